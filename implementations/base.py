@@ -1,0 +1,123 @@
+"""What every attention implementation is: a name, a family, its options, what it supports, a call."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Protocol
+
+import torch
+
+DTYPES: dict[str, torch.dtype] = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
+
+
+class CaseLike(Protocol):
+    """The shape of a benchmark case as implementations see it (the harness's Case satisfies it)."""
+
+    batch: int
+    heads: int
+    seq_len: int
+    head_dim: int
+    dtype: str  # a key of DTYPES
+    causal: bool
+    mode: str  # "fwd", "bwd" or "fwd+bwd"
+    device: str  # "cpu" or "cuda"
+
+
+class Unsupported(Exception):
+    """Raised by a call that cannot run its inputs; one readable reason per problem."""
+
+    def __init__(self, reasons: list[str]):
+        self.reasons = list(reasons)
+        super().__init__("; ".join(self.reasons))
+
+
+@dataclass(frozen=True)
+class Option:
+    """One tunable of an implementation, settable from the command line as NAME:KEY=VALUE."""
+
+    default: Any
+    parse: Callable[[str], Any]
+    check: Callable[[Any], str | None] = lambda value: None  # a problem, or None if fine
+    help: str = ""
+
+
+def must_be_positive(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return "must be a positive integer"
+    return None
+
+
+class Implementation:
+    """An attention implementation in the (batch, heads, seq, head_dim) layout, scale 1/sqrt(head_dim).
+
+    Subclasses set `family`, may declare `options`, override `supports` and `__call__`, and
+    prepare whatever they need (compiled kernels, random features) themselves on first use.
+    """
+
+    family: ClassVar[str] = "exact"
+    options: ClassVar[dict[str, Option]] = {}
+
+    def __init__(self, name: str, **options: Any):
+        self.name = name
+        self.settings = self._resolve_options(options)
+
+    def _resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(given) - set(self.options))
+        if unknown:
+            allowed = ", ".join(sorted(self.options)) or "none"
+            raise ValueError(f"{self.name}: unknown option {unknown[0]!r} (allowed: {allowed})")
+        settings = {key: option.default for key, option in self.options.items()}
+        for key, value in given.items():
+            option = self.options[key]
+            if isinstance(value, str):
+                try:
+                    value = option.parse(value)
+                except ValueError:
+                    raise ValueError(
+                        f"{self.name}: option {key}={given[key]!r} is not valid ({option.help})"
+                    ) from None
+            problem = option.check(value)
+            if problem:
+                raise ValueError(f"{self.name}: option {key}={given[key]!r} {problem} ({option.help})")
+            settings[key] = value
+        return settings
+
+    @property
+    def label(self) -> str:
+        """The name plus every option that differs from its default, e.g. `performer:features=64`."""
+        changed = [f"{k}={v}" for k, v in sorted(self.settings.items()) if v != self.options[k].default]
+        return ":".join([self.name, *changed])
+
+    def supports(self, case: CaseLike) -> list[str]:
+        """Why this implementation cannot run `case`; empty when it can."""
+        return []
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
+        raise NotImplementedError
+
+    def visible_pairs(self, seq_len: int, causal: bool) -> int:
+        """Query-key pairs that contribute to the output: N² dense, N(N+1)/2 causal."""
+        return seq_len * (seq_len + 1) // 2 if causal else seq_len * seq_len
+
+    def backend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False) -> str | None:
+        """Which kernel this call dispatches to, for implementations that choose for themselves."""
+        return None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.label}>"
+
+
+def dtype_reasons(case: CaseLike, allowed: set[str]) -> list[str]:
+    if case.dtype in allowed:
+        return []
+    return [f"dtype={case.dtype} (supported: {', '.join(sorted(allowed))})"]
+
+
+def device_reasons(case: CaseLike, allowed: set[str]) -> list[str]:
+    if case.device in allowed:
+        return []
+    return [f"device={case.device} (supported: {', '.join(sorted(allowed))})"]

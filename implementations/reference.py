@@ -1,0 +1,80 @@
+"""Exact softmax attention in float64, chunked over queries so long sequences fit in memory.
+
+This is the oracle every exact implementation is checked against. Forward and backward are written
+out (the backward in FlashAttention's form) so that gradients need no N×N autograd graph:
+
+    S = scale·QKᵀ,  P = softmax(S),  O = PV
+    dV = Pᵀ dO,  dP = dO Vᵀ,  dS = P ∘ (dP − rowsum(dO ∘ O)),  dQ = scale·dS K,  dK = scale·dSᵀ Q
+"""
+from __future__ import annotations
+
+import torch
+
+from .base import Implementation, device_reasons
+
+# Scores of one chunk: batch·heads·chunk·seq float64 values; about 512 MiB.
+_CHUNK_ELEMENTS = 1 << 26
+
+
+def _chunk_rows(batch: int, heads: int, seq_len: int) -> int:
+    return max(1, min(seq_len, _CHUNK_ELEMENTS // max(1, batch * heads * seq_len)))
+
+
+def _probabilities(q_chunk: torch.Tensor, k: torch.Tensor, start: int, causal: bool, scale: float) -> torch.Tensor:
+    """Softmax weights of queries start..start+c over the keys they may see: (B, H, c, visible)."""
+    rows = q_chunk.shape[-2]
+    visible = start + rows if causal else k.shape[-2]
+    scores = (q_chunk @ k[..., :visible, :].transpose(-2, -1)) * scale
+    if causal:
+        query_pos = torch.arange(start, start + rows, device=q_chunk.device)[:, None]
+        key_pos = torch.arange(visible, device=q_chunk.device)[None, :]
+        scores = scores.masked_fill(key_pos > query_pos, float("-inf"))
+    return torch.softmax(scores, dim=-1)
+
+
+class _ChunkedAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
+        scale = q.shape[-1] ** -0.5
+        out = torch.empty_like(q)
+        step = _chunk_rows(q.shape[0], q.shape[1], q.shape[-2])
+        for start in range(0, q.shape[-2], step):
+            probs = _probabilities(q[..., start : start + step, :], k, start, causal, scale)
+            out[..., start : start + step, :] = probs @ v[..., : probs.shape[-1], :]
+        ctx.save_for_backward(q, k, v, out)
+        ctx.causal = causal
+        return out
+
+    @staticmethod
+    def backward(ctx, dout: torch.Tensor):
+        q, k, v, out = ctx.saved_tensors
+        scale = q.shape[-1] ** -0.5
+        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        step = _chunk_rows(q.shape[0], q.shape[1], q.shape[-2])
+        for start in range(0, q.shape[-2], step):
+            rows = slice(start, start + step)
+            probs = _probabilities(q[..., rows, :], k, start, ctx.causal, scale)
+            visible = probs.shape[-1]
+            do = dout[..., rows, :]
+            dv[..., :visible, :] += probs.transpose(-2, -1) @ do
+            dprobs = do @ v[..., :visible, :].transpose(-2, -1)
+            row_dot = (do * out[..., rows, :]).sum(-1, keepdim=True)
+            dscores = probs * (dprobs - row_dot)
+            dq[..., rows, :] = scale * (dscores @ k[..., :visible, :])
+            dk[..., :visible, :] += scale * (dscores.transpose(-2, -1) @ q[..., rows, :])
+        return dq, dk, dv, None
+
+
+def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
+    """Softmax attention computed in float64; differentiable, returns float64 (B, H, N, D)."""
+    return _ChunkedAttention.apply(q.double(), k.double(), v.double(), causal)
+
+
+class ReferenceAttention(Implementation):
+    """The float64 oracle as a registry entry: returns its output in the input dtype."""
+
+    def supports(self, case) -> list[str]:
+        return device_reasons(case, {"cpu", "cuda"})
+
+    def __call__(self, q, k, v, *, causal=False):
+        return reference_attention(q, k, v, causal=causal).to(q.dtype)

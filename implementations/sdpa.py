@@ -1,0 +1,88 @@
+"""PyTorch's scaled_dot_product_attention, either with its own dispatch or with one backend forced."""
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from .base import DTYPES, Implementation, Unsupported, device_reasons
+
+BACKENDS: dict[str, SDPBackend] = {
+    "math": SDPBackend.MATH,
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+}
+_BACKEND_NAMES = {backend: name for name, backend in BACKENDS.items()}
+# Which devices each backend has kernels for at all; finer limits are asked of PyTorch itself.
+_DEVICES = {"math": {"cpu", "cuda"}, "flash": {"cpu", "cuda"}, "efficient": {"cuda"}, "cudnn": {"cuda"}}
+_CAN_USE = {
+    "flash": "can_use_flash_attention",
+    "efficient": "can_use_efficient_attention",
+    "cudnn": "can_use_cudnn_attention",
+}
+_NO_KERNEL_MESSAGES = ("No available kernel", "No viable backend")
+
+
+def _probe_tensors(case, requires_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Small inputs with the case's head dim, dtype and device: backend limits depend on these."""
+    shape = (1, 1, min(case.seq_len, 64), case.head_dim)
+    make = lambda: torch.empty(shape, dtype=DTYPES[case.dtype], device=case.device, requires_grad=requires_grad)
+    return make(), make(), make()
+
+
+def _pytorch_reasons(backend: str, case) -> list[str]:
+    """Ask PyTorch's own checks (torch.backends.cuda.can_use_*) why a CUDA backend would refuse."""
+    if backend not in _CAN_USE or case.device != "cuda":
+        return []
+    check = getattr(torch.backends.cuda, _CAN_USE[backend], None)
+    if check is None:
+        return [f"this PyTorch build ({torch.__version__}) has no {backend} backend check"]
+    q, k, v = _probe_tensors(case, requires_grad=case.mode != "fwd")
+    params = torch.backends.cuda.SDPAParams(q, k, v, None, 0.0, case.causal, False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ok = check(params, True)
+    if ok:
+        return []
+    messages = [" ".join(str(w.message).split()) for w in caught]
+    return messages or [f"PyTorch's {_CAN_USE[backend]} refused these inputs"]
+
+
+class SdpaAttention(Implementation):
+    """`F.scaled_dot_product_attention`; `backend=None` lets PyTorch choose, otherwise it is forced."""
+
+    def __init__(self, name: str, backend: str | None = None, **options):
+        super().__init__(name, **options)
+        if backend is not None and backend not in BACKENDS:
+            raise ValueError(f"unknown SDPA backend {backend!r} (allowed: {', '.join(BACKENDS)})")
+        self.forced = backend
+        self._allowed = [BACKENDS[backend]] if backend else list(BACKENDS.values())
+
+    def supports(self, case) -> list[str]:
+        if self.forced is None:
+            return device_reasons(case, {"cpu", "cuda"})
+        reasons = device_reasons(case, _DEVICES[self.forced])
+        if case.device == "cuda" and not torch.cuda.is_available():
+            reasons.append("device=cuda but no CUDA device is available")
+        return reasons or _pytorch_reasons(self.forced, case)
+
+    def __call__(self, q, k, v, *, causal=False):
+        try:
+            with sdpa_kernel(self._allowed):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        except RuntimeError as error:
+            if not any(m in str(error) for m in _NO_KERNEL_MESSAGES):
+                raise
+            raise Unsupported([f"sdpa backend {self.forced or 'auto'} has no kernel for these inputs: {error}"]) from None
+
+    def backend(self, q, k, v, *, causal=False) -> str | None:
+        """The backend PyTorch's dispatcher picks for these inputs (torch._fused_sdp_choice)."""
+        choose = getattr(torch, "_fused_sdp_choice", None)
+        if choose is None:
+            return None
+        with sdpa_kernel(self._allowed):
+            choice = SDPBackend(choose(q, k, v, None, 0.0, causal))
+        return _BACKEND_NAMES.get(choice, choice.name.lower())

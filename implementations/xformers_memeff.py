@@ -1,0 +1,81 @@
+"""xformers' memory_efficient_attention with its own operator dispatch (an optional extra)."""
+from __future__ import annotations
+
+import re
+
+import torch
+
+from .base import DTYPES, Implementation, Unsupported
+
+
+def _condense(message: str) -> list[str]:
+    """Turn xformers' multi-line "No operator found" message into one reason per operator."""
+    reasons, current = [], None
+    for line in message.splitlines():
+        header = re.match(r"`(.+)` is not supported because:", line.strip())
+        if header:
+            current = [header.group(1)]
+            reasons.append(current)
+        elif current is not None and line.startswith("    "):
+            current.append(" ".join(line.split()))
+    if not reasons:
+        return [" ".join(message.split())]
+    return [f"xformers op {op}: {'; '.join(why)}" for op, *why in reasons]
+
+
+def _load_xformers():
+    """The xformers fmha module, or the reason it cannot be used."""
+    try:
+        import xformers.ops.fmha as fmha
+    except ImportError as error:
+        return None, f"xformers is not installed (pip install 'attnbench[xformers]'): {error}"
+    return fmha, None
+
+
+class XformersAttention(Implementation):
+    """`xformers.ops.memory_efficient_attention` in its (batch, seq, heads, head_dim) layout."""
+
+    def _inputs(self, fmha, q, k, v, causal: bool):
+        bias = fmha.attn_bias.LowerTriangularMask() if causal else None
+        return fmha.Inputs(query=q, key=k, value=v, attn_bias=bias)
+
+    def supports(self, case) -> list[str]:
+        fmha, problem = _load_xformers()
+        if problem:
+            return [problem]
+        if case.device == "cuda" and not torch.cuda.is_available():
+            return ["device=cuda but no CUDA device is available"]
+        # Same sizes as the case (empty: nothing is touched) so sequence-length limits apply too.
+        shape = (case.batch, case.seq_len, case.heads, case.head_dim)
+        q, k, v = (torch.empty(shape, dtype=DTYPES[case.dtype], device=case.device) for _ in range(3))
+        inputs = self._inputs(fmha, q, k, v, case.causal)
+        try:
+            fmha.dispatch._dispatch_fw(inputs, needs_gradient=case.mode != "fwd")
+            if case.mode != "fwd":
+                fmha.dispatch._dispatch_bw(inputs, varlen_lse_packed=None)
+        except NotImplementedError as error:
+            return _condense(str(error))
+        return []
+
+    def __call__(self, q, k, v, *, causal=False):
+        fmha, problem = _load_xformers()
+        if problem:
+            raise Unsupported([problem])
+        bias = fmha.attn_bias.LowerTriangularMask() if causal else None
+        try:
+            out = fmha.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias)
+        except NotImplementedError as error:
+            raise Unsupported(_condense(str(error))) from None
+        return out.transpose(1, 2)
+
+    def backend(self, q, k, v, *, causal=False) -> str | None:
+        """The xformers operators its dispatcher picks, forward and (when training) backward."""
+        fmha, problem = _load_xformers()
+        if problem:
+            return None
+        inputs = self._inputs(fmha, q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal)
+        training = q.requires_grad
+        names = [f"fwd={fmha.dispatch._dispatch_fw(inputs, needs_gradient=training).NAME}"]
+        if training:
+            names.append(f"bwd={fmha.dispatch._dispatch_bw(inputs, varlen_lse_packed=None).NAME}")
+        return " ".join(names)

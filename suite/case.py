@@ -1,0 +1,79 @@
+"""A benchmark case (one shape, dtype, mask and mode on one device) and grids of them."""
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+
+from implementations import DTYPES
+
+MODES = ("fwd", "bwd", "fwd+bwd")
+DEVICES = ("cpu", "cuda")
+_DTYPE_SHORT = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float64": "fp64"}
+
+
+@dataclass(frozen=True)
+class Case:
+    batch: int
+    heads: int
+    seq_len: int
+    head_dim: int
+    dtype: str
+    causal: bool
+    mode: str
+    device: str
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def needs_grad(self) -> bool:
+        return self.mode != "fwd"
+
+    @property
+    def label(self) -> str:
+        mask = "causal" if self.causal else "dense"
+        return (f"B{self.batch}-H{self.heads}-N{self.seq_len}-D{self.head_dim}-"
+                f"{_DTYPE_SHORT[self.dtype]}-{mask}-{self.mode}")
+
+    def key(self) -> tuple:
+        return tuple(asdict(self).values())
+
+
+CASE_FIELDS = tuple(Case.__dataclass_fields__)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Lists of values whose cartesian product is the set of cases.
+
+    With `batch=None`, each case's batch is `tokens_per_batch // seq_len` (at least 1), the way
+    FlashAttention's published charts keep the work per step constant across lengths.
+    """
+
+    impls: tuple[str, ...]
+    seq_len: tuple[int, ...]
+    heads: tuple[int, ...]
+    head_dim: tuple[int, ...]
+    dtype: tuple[str, ...]
+    causal: tuple[bool, ...]
+    mode: tuple[str, ...]
+    batch: tuple[int, ...] | None = None
+    tokens_per_batch: int = 16384
+    description: str = field(default="", compare=False)
+
+    def with_overrides(self, **overrides) -> "Grid":
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return replace(self, **given)
+
+    def cases(self, device: str) -> list[Case]:
+        out = []
+        for seq_len, heads, head_dim, dtype, causal, mode in itertools.product(
+            self.seq_len, self.heads, self.head_dim, self.dtype, self.causal, self.mode
+        ):
+            batches = self.batch or (max(1, self.tokens_per_batch // seq_len),)
+            for batch in batches:
+                out.append(Case(batch, heads, seq_len, head_dim, dtype, causal, mode, device))
+        return out

@@ -1,0 +1,158 @@
+"""The `attnbench` command: list, env, run."""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+import implementations
+
+from . import __version__, config
+from .case import Case
+from .config import UsageError
+from .environment import collect
+from .peak import measured_matmul_tflops
+from .presets import PRESETS, default_preset
+from .progress import Progress
+from .results import ResultsFormatError, ResultsWriter, finished_keys
+from .runner import RunSettings, run_cases
+from .summary import format_table
+
+RESULTS_DIR = Path("results")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="attnbench", description="Benchmark and compare attention implementations.")
+    parser.add_argument("--version", action="version", version=f"attnbench {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    listing = commands.add_parser("list", help="implementations, their family and whether they can run here")
+    listing.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+
+    commands.add_parser("env", help="the environment record as JSON")
+
+    run = commands.add_parser("run", help="run a grid of cases and write a results file")
+    source = run.add_mutually_exclusive_group()
+    source.add_argument("--preset", help=f"one of: {', '.join(PRESETS)} (default: default on cuda, smoke on cpu)")
+    source.add_argument("--config", help="a TOML grid file (keys: " + ", ".join(config.CONFIG_KEYS) + ")")
+    run.add_argument("--impl", help="NAME[:KEY=VALUE...][,NAME...]; see `attnbench list`")
+    run.add_argument("--seq-len", dest="seq_len", help="N[,N...]")
+    run.add_argument("--heads", help="H[,H...]")
+    run.add_argument("--batch", help="B[,B...] (default: 16384 tokens per batch, i.e. 16384 // seq_len)")
+    run.add_argument("--head-dim", dest="head_dim", help="D[,D...]")
+    run.add_argument("--dtype", help="float16,bfloat16,float32")
+    run.add_argument("--causal", nargs="?", const="true", help="causal masking: true (bare flag), false or both")
+    run.add_argument("--no-causal", dest="causal", action="store_const", const="false")
+    run.add_argument("--mode", help="fwd,bwd,fwd+bwd")
+    run.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    run.add_argument("--out", help="results file (default: results/<date>_<device>_<preset>.jsonl)")
+    run.add_argument("--resume", action="store_true", help="append to --out, skipping cases already in it")
+    run.add_argument("--seed", type=int, default=0, help="seed for the random inputs (default 0)")
+    return parser
+
+
+def _device(text: str | None) -> str:
+    cuda = torch.cuda.is_available()
+    return config.device("--device", text, cuda) if text else ("cuda" if cuda else "cpu")
+
+
+def _representative_case(device: str) -> Case:
+    dtype = "bfloat16" if device == "cuda" else "float32"
+    return Case(batch=1, heads=8, seq_len=1024, head_dim=64, dtype=dtype, causal=False, mode="fwd", device=device)
+
+
+def cmd_list(args) -> int:
+    device = _device(args.device)
+    case = _representative_case(device)
+    print(f"implementations on {device} (checked with {case.label}):")
+    for name in implementations.names():
+        impl = implementations.get(name)
+        reasons = impl.supports(case)
+        verdict = "runs" if not reasons else "cannot run: " + "; ".join(reasons)
+        print(f"  {name:<16} {impl.family:<10} {verdict}")
+    return 0
+
+
+def cmd_env(args) -> int:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    print(json.dumps(collect(device), indent=2))
+    return 0
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def default_out_path(device: str, preset_name: str, resume: bool) -> Path:
+    machine = _slug(torch.cuda.get_device_name()) if device == "cuda" else "cpu"
+    stem = f"{_dt.date.today().isoformat()}_{machine}_{_slug(preset_name)}"
+    path = RESULTS_DIR / f"{stem}.jsonl"
+    counter = 2
+    while path.exists() and not resume:
+        path = RESULTS_DIR / f"{stem}-{counter}.jsonl"
+        counter += 1
+    return path
+
+
+def cmd_run(args) -> int:
+    flags = {key: getattr(args, key) for key in ("impl", "seq_len", "heads", "batch", "head_dim", "dtype", "causal", "mode")}
+    from_config = config.read_config(args.config) if args.config else {}
+    device = _device(args.device or from_config.get("device"))
+    preset_name = args.preset or from_config.get("preset") or default_preset(device)
+    base = config.preset("--preset" if args.preset else "--config preset", preset_name)
+    merged = {**from_config, **{k: v for k, v in flags.items() if v is not None}}
+    grid = config.build_grid(base, merged)
+    impls = [config.build_impl("--impl", spec) for spec in grid.impls]
+    cases = grid.cases(device)
+    label = Path(args.config).stem if args.config else preset_name
+    out = Path(args.out) if args.out else default_out_path(device, label, args.resume)
+    if out.exists() and not args.resume:
+        raise UsageError(f"--out: {str(out)!r} already exists (use --resume to continue it, or another path)")
+    try:
+        skip = finished_keys(out) if args.resume else set()
+    except ResultsFormatError as error:
+        raise UsageError(f"--resume: {error}") from None
+
+    settings = RunSettings(seed=args.seed)
+    torch_device = torch.device(device)
+    if device == "cuda":
+        for dtype in sorted({case.dtype for case in cases}):
+            print(f"measuring this GPU's {dtype} matmul peak...", file=sys.stderr, flush=True)
+            settings.peak_tflops[dtype] = measured_matmul_tflops(implementations.DTYPES[dtype], torch_device)
+    run_info = {"preset": preset_name, "config": args.config, "argv": sys.argv[1:], "grid": _grid_record(grid),
+                "measured_peak_tflops": settings.peak_tflops, "timing_policy": vars(settings.policies[device])}
+    writer = ResultsWriter(out, collect(torch_device), run_info)
+    if skip:
+        print(f"resuming {out}: {len(skip)} rows already there", file=sys.stderr)
+    try:
+        rows = run_cases(impls, cases, settings=settings, on_row=writer.append, skip=skip, progress=Progress())
+    except KeyboardInterrupt:
+        writer.close()
+        print(f"\ninterrupted: every finished row is in {out} (continue with --resume --out {out})", file=sys.stderr)
+        return 130
+    writer.close()
+    if rows:
+        print(format_table(rows))
+        print(f"results: {out}")
+    else:
+        print(f"nothing to run: every case is already in {out}")
+    return 0
+
+
+def _grid_record(grid) -> dict:
+    return {key: value for key, value in vars(grid).items() if key != "description"}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"list": cmd_list, "env": cmd_env, "run": cmd_run}[args.command](args)
+    except UsageError as error:
+        print(f"attnbench: error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,156 @@
+"""Turning command-line flags and TOML grid files into a validated Grid; every error names its value."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import implementations
+from implementations import DTYPES, Implementation
+
+from .case import DEVICES, MODES, Grid
+from .presets import PRESETS
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+_DTYPE_ALIASES = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32"}
+_RUN_DTYPES = ("float16", "bfloat16", "float32")
+CONFIG_KEYS = ("preset", "impl", "seq_len", "heads", "batch", "head_dim", "dtype", "causal", "mode",
+               "tokens_per_batch", "device")
+
+
+class UsageError(ValueError):
+    """Bad input from the user: the message names the flag, the value and what is allowed."""
+
+
+def _items(flag: str, text: str) -> list[str]:
+    items = [item.strip() for item in str(text).split(",")]
+    if not text or any(not item for item in items):
+        raise UsageError(f"{flag}: {text!r} has an empty item (expected a comma-separated list)")
+    return items
+
+
+def positive_ints(flag: str, text: str) -> tuple[int, ...]:
+    values = []
+    for item in _items(flag, text):
+        try:
+            value = int(item)
+        except ValueError:
+            value = 0
+        if value < 1 or str(value) != item.lstrip("+"):
+            raise UsageError(f"{flag}: {item!r} is not a positive integer (allowed: integers >= 1)")
+        values.append(value)
+    return tuple(values)
+
+
+def dtypes(flag: str, text: str) -> tuple[str, ...]:
+    values = []
+    for item in _items(flag, text):
+        name = _DTYPE_ALIASES.get(item.lower(), item.lower())
+        if name not in _RUN_DTYPES:
+            raise UsageError(f"{flag}: unknown dtype {item!r} (allowed: {', '.join(_RUN_DTYPES)})")
+        values.append(name)
+    return tuple(values)
+
+
+def modes(flag: str, text: str) -> tuple[str, ...]:
+    values = _items(flag, text)
+    for item in values:
+        if item not in MODES:
+            raise UsageError(f"{flag}: unknown mode {item!r} (allowed: {', '.join(MODES)})")
+    return tuple(values)
+
+
+def causal_values(flag: str, text: str) -> tuple[bool, ...]:
+    choices = {"true": (True,), "false": (False,), "both": (False, True)}
+    key = str(text).lower()
+    if key not in choices:
+        raise UsageError(f"{flag}: {text!r} is not allowed (allowed: true, false, both)")
+    return choices[key]
+
+
+def device(flag: str, text: str, cuda_available: bool) -> str:
+    if text not in DEVICES:
+        raise UsageError(f"{flag}: unknown device {text!r} (allowed: {', '.join(DEVICES)})")
+    if text == "cuda" and not cuda_available:
+        raise UsageError(f"{flag}: 'cuda' was asked for but no CUDA device is available (allowed here: cpu)")
+    return text
+
+
+def preset(flag: str, text: str) -> Grid:
+    if text not in PRESETS:
+        raise UsageError(f"{flag}: unknown preset {text!r} (allowed: {', '.join(PRESETS)})")
+    return PRESETS[text]
+
+
+def impl_specs(flag: str, text: str) -> tuple[str, ...]:
+    specs = tuple(_items(flag, text))
+    for spec in specs:
+        build_impl(flag, spec)  # validate now, so a bad spec stops the run before it starts
+    return specs
+
+
+def build_impl(flag: str, spec: str) -> Implementation:
+    """`NAME` or `NAME:KEY=VALUE[:KEY=VALUE]` -> an Implementation."""
+    name, *pairs = spec.split(":")
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key or not value:
+            raise UsageError(f"{flag}: option {pair!r} in {spec!r} is not KEY=VALUE")
+        options[key] = value
+    try:
+        return implementations.get(name, **options)
+    except KeyError as error:
+        raise UsageError(f"{flag}: {error.args[0]}") from None
+    except ValueError as error:
+        raise UsageError(f"{flag}: {error}") from None
+
+
+def read_config(path: str) -> dict[str, Any]:
+    """A TOML grid file as flag-like strings, checked for unknown keys."""
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise UsageError(f"--config: cannot read {path!r}: {error}") from None
+    unknown = sorted(set(data) - set(CONFIG_KEYS))
+    if unknown:
+        raise UsageError(f"--config: unknown key {unknown[0]!r} in {path!r} (allowed: {', '.join(CONFIG_KEYS)})")
+
+    def as_text(value: Any) -> str:
+        if isinstance(value, list):
+            return ",".join(as_text(v) for v in value)
+        if isinstance(value, bool):
+            return str(value).lower()
+        return str(value)
+
+    text = {key: as_text(value) for key, value in data.items()}
+    if isinstance(data.get("causal"), list):
+        both = {as_text(v) for v in data["causal"]}
+        text["causal"] = "both" if both == {"true", "false"} else next(iter(both), "")
+    return text
+
+
+def build_grid(base: Grid, flags: dict[str, str | None]) -> Grid:
+    """Apply flag values (strings, None when not given) on top of a preset grid."""
+    def parsed(key: str, flag: str, parse):
+        return None if flags.get(key) is None else parse(flag, flags[key])
+
+    return base.with_overrides(
+        impls=parsed("impl", "--impl", impl_specs),
+        seq_len=parsed("seq_len", "--seq-len", positive_ints),
+        heads=parsed("heads", "--heads", positive_ints),
+        batch=parsed("batch", "--batch", positive_ints),
+        head_dim=parsed("head_dim", "--head-dim", positive_ints),
+        dtype=parsed("dtype", "--dtype", dtypes),
+        causal=parsed("causal", "--causal", causal_values),
+        mode=parsed("mode", "--mode", modes),
+        tokens_per_batch=None if flags.get("tokens_per_batch") is None
+        else positive_ints("tokens_per_batch", flags["tokens_per_batch"])[0],
+    )
+
+
+__all__ = ["DTYPES", "UsageError", "build_grid", "build_impl", "read_config"]

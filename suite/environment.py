@@ -1,0 +1,83 @@
+"""The environment record stored with every run: versions, device, driver, clocks."""
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .gpu_monitor import GpuMonitor
+
+_PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit() -> str | None:
+    """The project's commit, with `+dirty` when the work tree has changes."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_PROJECT_ROOT, capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=_PROJECT_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def collect(device: torch.device, monitor: GpuMonitor | None = None) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "attnbench_version": __version__,
+        "git_commit": git_commit(),
+        "recorded_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "hostname": platform.node(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "triton": _package_version("triton"),
+        "xformers": _package_version("xformers"),
+        "pynvml": _package_version("nvidia-ml-py"),
+        "cpu": _cpu_name(),
+        "cpu_threads": torch.get_num_threads(),
+        "device": device.type,
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        monitor = monitor or GpuMonitor(device)
+        record.update(
+            gpu=props.name,
+            gpu_memory_bytes=props.total_memory,
+            gpu_multiprocessors=props.multi_processor_count,
+            gpu_compute_capability=f"{props.major}.{props.minor}",
+            gpu_l2_bytes=getattr(props, "L2_cache_size", None),
+            driver=monitor.driver_version(),
+            gpu_state=monitor.sample(),
+            cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+        )
+    else:
+        record.update(gpu=None, driver=None,
+                      gpu_state={"unavailable": f"no NVIDIA GPU in use (device={device.type})"})
+    return record

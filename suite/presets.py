@@ -1,0 +1,38 @@
+"""Named grids. Budgets: smoke < 1 min on 2 CPU cores; quick < 2 min and default < 8 min on one H100."""
+from __future__ import annotations
+
+from .case import Grid
+
+_FUSED = ("sdpa", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "xformers")
+_POW2 = lambda lo, hi: tuple(1 << p for p in range(lo, hi + 1))  # noqa: E731
+
+PRESETS: dict[str, Grid] = {
+    "smoke": Grid(
+        impls=("naive", "sdpa", "sdpa-math", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "xformers"),
+        seq_len=(128, 255), heads=(2,), head_dim=(64,), dtype=("float32", "bfloat16"),
+        causal=(False, True), mode=("fwd", "fwd+bwd"), batch=(2,),
+        description="CPU sanity run: every exact implementation on two small shapes",
+    ),
+    "quick": Grid(
+        impls=("naive", *_FUSED),
+        seq_len=(1024, 4096, 16384), heads=(16,), head_dim=(64, 128), dtype=("bfloat16",),
+        causal=(False, True), mode=("fwd", "fwd+bwd"),
+        description="a minute on a GPU: the fused kernels at three lengths, 16K tokens per batch",
+    ),
+    "default": Grid(
+        impls=("naive", *_FUSED),
+        seq_len=_POW2(9, 14), heads=(8, 16, 32), head_dim=(64, 128), dtype=("float16", "bfloat16"),
+        causal=(False, True), mode=("fwd", "fwd+bwd"),
+        description="the publishable grid: 512..16K tokens, 16K tokens per batch as in FlashAttention's charts",
+    ),
+    "long": Grid(
+        impls=_FUSED,
+        seq_len=_POW2(14, 17), heads=(16,), head_dim=(128,), dtype=("bfloat16",),
+        causal=(False, True), mode=("fwd", "fwd+bwd"), batch=(1,),
+        description="long context: 16K..128K tokens, batch 1, the fused kernels only",
+    ),
+}
+
+
+def default_preset(device: str) -> str:
+    return "default" if device == "cuda" else "smoke"

@@ -1,0 +1,47 @@
+"""A progress line per finished row on stderr: i of n, implementation, case, elapsed and remaining."""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+from .case import Case
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class Progress:
+    def __init__(self, stream: TextIO = sys.stderr):
+        self.stream = stream
+        self.total = 0
+        self.done = 0
+        self.started = time.monotonic()
+        self._current = ""
+
+    def start(self, total: int) -> None:
+        self.total, self.done, self.started = total, 0, time.monotonic()
+        print(f"attnbench: {total} measurements to run", file=self.stream, flush=True)
+
+    def row_started(self, impl: str, case: Case) -> None:
+        self._current = f"{impl} {case.label}"
+
+    def row_done(self, row: dict[str, Any]) -> None:
+        self.done += 1
+        elapsed = time.monotonic() - self.started
+        remaining = elapsed / self.done * (self.total - self.done)
+        if row["status"] in ("ok", "mismatch"):
+            outcome = f"{row['time_ms']:.3f} ms"
+            if row["status"] == "mismatch":
+                outcome += " MISMATCH"
+        else:
+            outcome = row["status"].upper()
+        width = len(str(self.total))
+        print(f"[{self.done:>{width}}/{self.total}] {_clock(elapsed)} elapsed, ~{_clock(remaining)} left  "
+              f"{row['impl']:<15} {_case_label(row)}  {outcome}", file=self.stream, flush=True)
+
+
+def _case_label(row: dict[str, Any]) -> str:
+    return Case(**{f: row[f] for f in Case.__dataclass_fields__}).label

@@ -1,0 +1,130 @@
+"""Results files: JSON Lines, an environment header line per run, one line per (implementation, case).
+
+Each line is written whole and flushed as soon as its case finishes, so an interrupted run leaves
+every finished row in a well-formed file. `load` reads one or many files into a DataFrame.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from .case import CASE_FIELDS
+
+FORMAT_VERSION = 1
+STATUSES = ("ok", "mismatch", "unsupported", "oom", "error")
+ROW_COLUMNS = (
+    "impl", "family", *CASE_FIELDS, "status", "reason", "backend",
+    "time_ms", "time_iqr_ms", "repeats", "times_ms", "first_call_ms", "noisy",
+    "tflops", "tokens_per_s", "peak_fraction", "peak_mem_bytes", "peak_mem_reason",
+    "max_abs_err", "rel_rms_err", "accuracy_ok", "accuracy_tolerance", "errors",
+    "throttled", "throttle_reasons", "gpu_before", "gpu_after",
+)
+
+
+class ResultsFormatError(ValueError):
+    """A results file that cannot be read; the message names the file and line."""
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN/inf: store them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+class ResultsWriter:
+    """Appends to a results file; the header is written when the first line is."""
+
+    def __init__(self, path: Path, environment: dict[str, Any], run_info: dict[str, Any]):
+        self.path = Path(path)
+        self.run_id = uuid.uuid4().hex[:12]
+        self._header = {"record": "run", "format": FORMAT_VERSION, "run_id": self.run_id,
+                        "environment": environment, **run_info}
+        self._file = None
+
+    def _write(self, record: dict[str, Any]) -> None:
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a", encoding="utf-8")
+            self._write_line(self._header)
+        self._write_line(record)
+
+    def _write_line(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(_clean(record), allow_nan=False) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def append(self, row: dict[str, Any]) -> None:
+        self._write({"record": "result", "run_id": self.run_id, **row})
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _read_records(path: Path) -> Iterable[dict[str, Any]]:
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ResultsFormatError(f"{path}: cannot read results file: {error}") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            if number == len(lines):  # a run killed mid-write leaves at most one torn last line
+                warnings.warn(f"{path}:{number}: ignoring incomplete last line")
+                continue
+            raise ResultsFormatError(f"{path}:{number}: not valid JSON: {error}") from None
+        if not isinstance(record, dict) or record.get("record") not in ("run", "result"):
+            raise ResultsFormatError(f"{path}:{number}: not an attnbench record (expected a 'run' or 'result' object)")
+        yield record
+
+
+def read(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(run headers, result rows) of one file."""
+    runs, rows = [], []
+    for record in _read_records(path):
+        (runs if record["record"] == "run" else rows).append(record)
+    return runs, rows
+
+
+def load(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
+    """All result rows of one or many files, with each row's GPU/device name and source file."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    frames = []
+    for path in paths:
+        runs, rows = read(Path(path))
+        environment = {run["run_id"]: run.get("environment", {}) for run in runs}
+        for row in rows:
+            env = environment.get(row.get("run_id"), {})
+            row.setdefault("gpu", env.get("gpu"))
+            row["source"] = str(path)
+        frames.append(pd.DataFrame(rows))
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    for column in ROW_COLUMNS:
+        if column not in frame:
+            frame[column] = None
+    return frame.drop(columns=["record"], errors="ignore")
+
+
+def finished_keys(path: Path) -> set[tuple]:
+    """(impl, *case fields) of every row already in `path`; used by --resume."""
+    if not Path(path).exists():
+        return set()
+    _, rows = read(Path(path))
+    return {(row["impl"], *(row[f] for f in CASE_FIELDS)) for row in rows}

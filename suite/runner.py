@@ -1,0 +1,217 @@
+"""Runs implementations over cases; every (implementation, case) ends as exactly one result row.
+
+Failures never lose the run: unsupported inputs, out-of-memory and any other exception each become
+a row with its status and reason, and the next case runs.
+"""
+from __future__ import annotations
+
+import gc
+import traceback
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from implementations import Implementation, Unsupported, reference_attention
+
+from .accuracy import judge
+from .case import Case
+from .flops import attention_flops
+from .gpu_monitor import GpuMonitor, throttle_verdict
+from .memory import peak_call_memory
+from .timing import TimingPolicy, measure, time_once_wall
+from .workload import Inputs, Workload, make_inputs
+
+SLOW_FIRST_CALL_MS = 100.0  # above this, one warm-up call is enough
+
+
+@dataclass
+class RunSettings:
+    policies: dict[str, TimingPolicy] = field(
+        default_factory=lambda: {device: TimingPolicy.for_device(device) for device in ("cpu", "cuda")})
+    # The float64 reference is skipped above this many FLOPs (dense forward+backward count).
+    max_reference_flops: dict[str, float] = field(default_factory=lambda: {"cpu": 2e10, "cuda": 2e14})
+    seed: int = 0
+    peak_tflops: dict[str, float] = field(default_factory=dict)  # dtype -> measured matmul peak
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    message = str(error)
+    return isinstance(error, RuntimeError) and ("can't allocate memory" in message or "not enough memory" in message)
+
+
+def row_key(impl_label: str, case: Case) -> tuple:
+    return (impl_label, *case.key())
+
+
+class ReferenceOutputs:
+    """Float64 outputs (and gradients) for one case, computed at most once and shared by all rows."""
+
+    def __init__(self, case: Case, inputs: Inputs, settings: RunSettings):
+        self.case, self.inputs = case, inputs
+        self.flops = attention_flops(case.batch, case.heads, case.seq_len**2, case.head_dim, case.mode)
+        self.limit = settings.max_reference_flops.get(case.device, 0.0)
+        self._outputs: dict[str, torch.Tensor] | None = None
+        self._failure: str | None = None
+        if self.flops > self.limit:
+            self._failure = (f"accuracy not checked: the float64 reference needs {self.flops / 1e9:.3g} GFLOP "
+                             f"(limit {self.limit / 1e9:.3g} GFLOP on {self.case.device})")
+
+    def expected(self) -> tuple[dict[str, torch.Tensor] | None, str | None]:
+        """(float64 outputs, None), or (None, why accuracy is not checked)."""
+        if self._outputs is None and self._failure is None:
+            try:
+                self._outputs = self._compute()
+            except Exception as error:  # noqa: BLE001 - the reference failing must not fail the row
+                if not is_out_of_memory(error):
+                    raise
+                self._failure = "accuracy not checked: the float64 reference ran out of memory"
+                _free_memory(self.case.device)
+        return self._outputs, self._failure
+
+    def _compute(self) -> dict[str, torch.Tensor]:
+        i, causal = self.inputs, self.case.causal
+        q, k, v = (t.detach().double().requires_grad_(self.case.needs_grad) for t in (i.q, i.k, i.v))
+        out = reference_attention(q, k, v, causal=causal)
+        outputs = {"out": out.detach()}
+        if self.case.needs_grad:
+            out.backward(i.dout.double())
+            outputs.update(dq=q.grad, dk=k.grad, dv=v.grad)
+        return outputs
+
+    def release(self) -> None:
+        self._outputs = None
+
+
+def _base_row(impl: Implementation, case: Case) -> dict[str, Any]:
+    return {"impl": impl.label, "family": impl.family, **asdict(case), "status": None, "reason": None}
+
+
+def _throughput(impl: Implementation, case: Case, time_ms: float, peaks: dict[str, float]) -> dict[str, Any]:
+    pairs = impl.visible_pairs(case.seq_len, case.causal)
+    flops = attention_flops(case.batch, case.heads, pairs, case.head_dim, case.mode)
+    tflops = flops / (time_ms * 1e-3) / 1e12
+    peak = peaks.get(case.dtype)
+    return {
+        "tflops": tflops,
+        "tokens_per_s": case.batch * case.seq_len / (time_ms * 1e-3),
+        "peak_fraction": tflops / peak if peak else None,
+    }
+
+
+def measure_row(impl: Implementation, case: Case, inputs: Inputs, reference: ReferenceOutputs,
+                settings: RunSettings, monitor: GpuMonitor) -> dict[str, Any]:
+    """Check, time and measure one implementation on one case (raises on failure)."""
+    device = torch.device(case.device)
+    row: dict[str, Any] = {}
+    work = Workload(impl, case, inputs)
+    try:
+        outputs: dict[str, torch.Tensor] = {}
+        # The first call carries one-time costs (compilation, autotuning, lazy setup): recorded apart.
+        row["first_call_ms"] = time_once_wall(lambda: outputs.update(work.checked_call()), device)
+        expected, not_checked = reference.expected()
+        if expected is None:
+            row.update(status="ok", reason=not_checked, accuracy_ok=None)
+        else:
+            verdict = judge(outputs, expected, case.dtype)
+            row.update(
+                status="ok" if verdict.ok else "mismatch", reason=verdict.reason(),
+                max_abs_err=verdict.max_abs, rel_rms_err=verdict.worst[1].rel_rms,
+                accuracy_ok=verdict.ok, accuracy_tolerance=verdict.tolerance,
+                errors={name: asdict(e) for name, e in verdict.errors.items()},
+            )
+        del outputs
+        row["backend"] = work.backend()
+        fn, before_each = work.timed_call()
+        policy = settings.policies[case.device]
+        if row["first_call_ms"] > SLOW_FIRST_CALL_MS:
+            policy = TimingPolicy(**{**asdict(policy), "warmup_calls": 1})
+        row["gpu_before"] = monitor.sample()
+        timing = measure(fn, device, policy, before_each)
+        row["gpu_after"] = monitor.sample()
+        row.update(
+            time_ms=timing.median, time_iqr_ms=timing.iqr, repeats=timing.repeats, times_ms=timing.times_ms,
+            noisy=timing.relative_iqr > policy.noisy_relative_iqr,
+            **_throughput(impl, case, timing.median, settings.peak_tflops),
+        )
+        row["throttled"], row["throttle_reasons"] = throttle_verdict(row["gpu_after"])
+        if before_each:
+            before_each()
+        row["peak_mem_bytes"], row["peak_mem_reason"] = peak_call_memory(fn, device)
+    finally:
+        work.release()
+    return row
+
+
+def run_one(impl: Implementation, case: Case, inputs: Inputs, reference: ReferenceOutputs,
+            settings: RunSettings, monitor: GpuMonitor) -> dict[str, Any]:
+    """One result row, whatever happens."""
+    row = _base_row(impl, case)
+    try:
+        reasons = impl.supports(case)
+        if reasons:
+            return {**row, "status": "unsupported", "reason": "; ".join(reasons)}
+        return {**row, **measure_row(impl, case, inputs, reference, settings, monitor)}
+    except Unsupported as error:
+        return {**row, "status": "unsupported", "reason": str(error)}
+    except Exception as error:  # noqa: BLE001 - any failure becomes a row; the run goes on
+        if is_out_of_memory(error):
+            return {**row, "status": "oom", "reason": " ".join(str(error).split())[:500]}
+        detail = traceback.format_exception_only(type(error), error)[-1].strip()
+        return {**row, "status": "error", "reason": detail[:2000]}
+    finally:
+        _free_memory(case.device)
+
+
+def _free_memory(device: str) -> None:
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+
+def run_cases(
+    impls: list[Implementation],
+    cases: list[Case],
+    *,
+    settings: RunSettings,
+    on_row: Callable[[dict[str, Any]], None],
+    skip: set[tuple] = frozenset(),
+    progress=None,
+) -> list[dict[str, Any]]:
+    """Every implementation on every case (cases outer, so inputs and reference are made once)."""
+    todo = [(case, [impl for impl in impls if row_key(impl.label, case) not in skip]) for case in cases]
+    todo = [(case, chosen) for case, chosen in todo if chosen]
+    total = sum(len(chosen) for _, chosen in todo)
+    monitors: dict[str, GpuMonitor] = {}
+    rows = []
+    if progress:
+        progress.start(total)
+    for case, chosen in todo:
+        monitor = monitors.setdefault(case.device, GpuMonitor(torch.device(case.device)))
+        try:
+            inputs = make_inputs(case, settings.seed)
+        except Exception as error:  # noqa: BLE001 - e.g. the inputs alone do not fit
+            status = "oom" if is_out_of_memory(error) else "error"
+            for impl in chosen:
+                row = {**_base_row(impl, case), "status": status, "reason": f"creating inputs failed: {error}"}
+                rows.append(row)
+                on_row(row)
+                if progress:
+                    progress.row_done(row)
+            _free_memory(case.device)
+            continue
+        reference = ReferenceOutputs(case, inputs, settings)
+        for impl in chosen:
+            if progress:
+                progress.row_started(impl.label, case)
+            row = run_one(impl, case, inputs, reference, settings, monitor)
+            rows.append(row)
+            on_row(row)
+            if progress:
+                progress.row_done(row)
+        reference.release()
+        del inputs, reference
+        _free_memory(case.device)
+    return rows

@@ -1,0 +1,32 @@
+"""The compact table printed after a run: one row per case, one column per implementation."""
+from __future__ import annotations
+
+from typing import Any
+
+from .case import Case
+
+_SHORT = {"unsupported": "unsupp.", "mismatch": "MISMATCH"}
+
+
+def _cell(row: dict[str, Any]) -> str:
+    if row["status"] in ("ok", "mismatch") and row.get("time_ms") is not None:
+        text = f"{row['time_ms']:.3g} ms"
+        if row.get("tflops") is not None:
+            text += f" {row['tflops']:.3g} TF/s"
+        return text + (" !" if row["status"] == "mismatch" else "")
+    return _SHORT.get(row["status"], row["status"])
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    impls = list(dict.fromkeys(row["impl"] for row in rows))
+    by_case: dict[str, dict[str, str]] = {}
+    for row in rows:
+        label = Case(**{f: row[f] for f in Case.__dataclass_fields__}).label
+        by_case.setdefault(label, {})[row["impl"]] = _cell(row)
+    header = ["case", *impls]
+    body = [[label, *(cells.get(impl, "-") for impl in impls)] for label, cells in by_case.items()]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    render = lambda line: "  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()  # noqa: E731
+    lines = [render(header), render(["-" * w for w in widths]), *(render(line) for line in body)]
+    lines.append("cells: median time and TFLOP/s; ! = accuracy mismatch; unsupp./oom/error: see the results file")
+    return "\n".join(lines)

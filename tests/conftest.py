@@ -1,0 +1,40 @@
+"""Shared test helpers: the `gpu` marker skips without CUDA; small cases and fake implementations."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from implementations import Implementation
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU; none is available on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+class ScriptedAttention(Implementation):
+    """A test double: correct attention, except on the cases where it is told to fail."""
+
+    def __init__(self, name, fail_on_seq_len=None, error=None, scale_output=1.0, **options):
+        super().__init__(name, **options)
+        self.fail_on_seq_len, self.error, self.scale_output = fail_on_seq_len, error, scale_output
+
+    def __call__(self, q, k, v, *, causal=False):
+        if q.shape[-2] == self.fail_on_seq_len:
+            raise self.error
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        return out * self.scale_output
+
+
+@pytest.fixture
+def fake_registry(monkeypatch):
+    """Add scripted implementations to the registry for the duration of one test."""
+    import implementations
+
+    def add(name, **kwargs):
+        monkeypatch.setitem(implementations.REGISTRY, name, lambda n, **o: ScriptedAttention(n, **kwargs, **o))
+    return add

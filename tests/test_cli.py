@@ -1,0 +1,113 @@
+"""The command line: bad input exits 2 with one clear line and writes nothing; good input runs."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from suite import results
+from suite.cli import main
+
+TINY = ["--impl", "naive,sdpa-cudnn", "--seq-len", "17", "--heads", "1", "--batch", "1", "--head-dim", "16",
+        "--dtype", "float32", "--mode", "fwd", "--device", "cpu"]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--seq-len", "0"], r"--seq-len: '0' is not a positive integer \(allowed: integers >= 1\)"),
+    (["--seq-len", "-5"], r"--seq-len: '-5' is not a positive integer"),
+    (["--seq-len", "12.5"], r"--seq-len: '12.5' is not a positive integer"),
+    (["--seq-len", "128,,256"], r"--seq-len: '128,,256' has an empty item"),
+    (["--heads", "many"], r"--heads: 'many' is not a positive integer"),
+    (["--impl", "flashy"], r"--impl: unknown implementation 'flashy' \(valid: .*sdpa-flash"),
+    (["--impl", "naive:window"], r"--impl: option 'window' in 'naive:window' is not KEY=VALUE"),
+    (["--impl", "naive:window=3"], r"--impl: naive: unknown option 'window' \(allowed: none\)"),
+    (["--dtype", "float8"], r"--dtype: unknown dtype 'float8' \(allowed: float16, bfloat16, float32\)"),
+    (["--mode", "sideways"], r"--mode: unknown mode 'sideways' \(allowed: fwd, bwd, fwd\+bwd\)"),
+    (["--causal", "maybe"], r"--causal: 'maybe' is not allowed \(allowed: true, false, both\)"),
+    (["--device", "tpu"], r"--device: unknown device 'tpu' \(allowed: cpu, cuda\)"),
+    (["--preset", "huge"], r"--preset: unknown preset 'huge' \(allowed: smoke, quick, default, long\)"),
+])
+def test_bad_input_exits_2_with_one_clear_line_and_writes_nothing(tmp_path, capsys, flags, message):
+    out = tmp_path / "r.jsonl"
+    assert main(["run", *flags, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("attnbench: error: ")
+    assert re.search(message, err), err
+    assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_asked_for_without_cuda(tmp_path, capsys):
+    assert main(["run", "--device", "cuda", "--out", str(tmp_path / "r.jsonl")]) == 2
+    assert "'cuda' was asked for but no CUDA device is available" in capsys.readouterr().err
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+@pytest.mark.parametrize("content,message", [
+    (None, r"--config: cannot read"),
+    ("seq_len = [", r"--config: cannot read .*grid.toml"),
+    ("seq_lens = [128]", r"--config: unknown key 'seq_lens'"),
+    ("seq_len = [0]", r"--seq-len: '0' is not a positive integer"),
+])
+def test_unreadable_config_exits_2(tmp_path, capsys, content, message):
+    config = tmp_path / "grid.toml"
+    if content is not None:
+        config.write_text(content)
+    assert main(["run", "--config", str(config), "--out", str(tmp_path / "r.jsonl")]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_existing_out_without_resume_is_refused(tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    out.write_text("")
+    assert main(["run", *TINY, "--out", str(out)]) == 2
+    assert "already exists (use --resume" in capsys.readouterr().err
+
+
+def test_run_prints_a_table_and_writes_rows(tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    assert main(["run", *TINY, "--causal", "both", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "B1-H1-N17-D16-fp32-dense-fwd" in printed and "B1-H1-N17-D16-fp32-causal-fwd" in printed
+    assert "unsupp." in printed and f"results: {out}" in printed
+    frame = results.load(out)
+    assert sorted(frame.status) == ["ok", "ok", "unsupported", "unsupported"]
+    header = json.loads(out.read_text().splitlines()[0])
+    assert header["record"] == "run" and header["environment"]["torch"] == torch.__version__
+
+    # --resume on a finished file runs nothing and keeps it intact
+    assert main(["run", *TINY, "--causal", "both", "--out", str(out), "--resume"]) == 0
+    assert "nothing to run" in capsys.readouterr().out
+    assert len(results.load(out)) == 4
+
+
+def test_config_file_defines_the_grid(tmp_path):
+    config = tmp_path / "grid.toml"
+    config.write_text('impl = ["naive"]\nseq_len = [9, 10]\nheads = [1]\nbatch = [2]\nhead_dim = [8]\n'
+                      'dtype = ["float32"]\ncausal = [true, false]\nmode = ["fwd"]\ndevice = "cpu"\n')
+    out = tmp_path / "r.jsonl"
+    assert main(["run", "--config", str(config), "--out", str(out)]) == 0
+    frame = results.load(out)
+    assert len(frame) == 4 and set(frame.seq_len) == {9, 10} and set(frame.batch) == {2}
+
+
+def test_flags_override_the_preset(tmp_path):
+    out = tmp_path / "r.jsonl"
+    assert main(["run", "--preset", "smoke", "--impl", "sdpa-math", "--seq-len", "5", "--dtype", "bf16",
+                 "--no-causal", "--mode", "fwd", "--device", "cpu", "--out", str(out)]) == 0
+    frame = results.load(out)
+    assert frame[["impl", "seq_len", "dtype", "causal", "batch", "heads"]].values.tolist() == [
+        ["sdpa-math", 5, "bfloat16", False, 2, 2]]
+
+
+def test_list_and_env(capsys):
+    assert main(["list", "--device", "cpu"]) == 0
+    listing = capsys.readouterr().out
+    assert "naive" in listing and "sdpa-cudnn" in listing and "cannot run: device=cpu" in listing
+    assert main(["env"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["torch"] == torch.__version__ and "gpu_state" in record

@@ -1,0 +1,76 @@
+"""Checks that need a CUDA GPU (marked `gpu`; skipped with a reason elsewhere)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import implementations
+from suite.accuracy import REL_RMS_TOLERANCE, error
+from suite.case import Case
+from suite.environment import collect
+from suite.gpu_monitor import GpuMonitor
+from suite.peak import measured_matmul_tflops
+from suite.runner import RunSettings, run_cases
+
+pytestmark = pytest.mark.gpu
+
+SHAPES = [(1, 2, 1, 64), (3, 2, 17, 64), (2, 4, 257, 128), (1, 8, 1000, 64)]
+
+
+def _gpu_cases():
+    for name in implementations.names():
+        for batch, heads, seq_len, head_dim in SHAPES:
+            for dtype in ("float16", "bfloat16", "float32"):
+                for causal in (False, True):
+                    case = Case(batch, heads, seq_len, head_dim, dtype, causal, "fwd+bwd", "cuda")
+                    yield pytest.param(name, case, id=f"{name}-{case.label}")
+
+
+@pytest.mark.parametrize("name,case", list(_gpu_cases()))
+def test_gpu_matches_float64_reference(name, case):
+    impl = implementations.get(name)
+    reasons = impl.supports(case)
+    if reasons:
+        pytest.skip(f"{name} cannot run {case.label}: {'; '.join(reasons)}")
+    generator = torch.Generator(device="cuda").manual_seed(case.seq_len)
+    shape = (case.batch, case.heads, case.seq_len, case.head_dim)
+    q, k, v, dout = (torch.randn(shape, device="cuda", generator=generator, dtype=case.torch_dtype) for _ in range(4))
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    exact = [t.clone().requires_grad_() for t in (q, k, v)]
+    try:
+        out = impl(*leaves, causal=case.causal)
+        grads = torch.autograd.grad(out, leaves, dout)
+    except implementations.Unsupported as unsupported:
+        pytest.skip(f"{name} refused {case.label} at run time: {unsupported}")
+    expected = implementations.reference_attention(*exact, causal=case.causal)
+    expected_grads = torch.autograd.grad(expected, exact, dout.double())
+    for label, actual, wanted in zip(("out", "dq", "dk", "dv"), (out, *grads), (expected, *expected_grads)):
+        err = error(actual, wanted)
+        assert err.rel_rms <= REL_RMS_TOLERANCE[case.dtype], f"{label}: {err}"
+
+
+@pytest.mark.parametrize("name,backend", [("sdpa-flash", "flash"), ("sdpa-efficient", "efficient"), ("sdpa-math", "math")])
+def test_forced_backend_is_the_one_dispatched(name, backend):
+    q = torch.randn(2, 4, 256, 64, device="cuda", dtype=torch.bfloat16)
+    assert implementations.get(name).backend(q, q, q, causal=True) == backend
+
+
+def test_runner_on_gpu_measures_memory_clocks_and_throughput(tmp_path):
+    case = Case(2, 8, 1024, 64, "bfloat16", True, "fwd+bwd", "cuda")
+    rows = []
+    settings = RunSettings(peak_tflops={"bfloat16": measured_matmul_tflops(torch.bfloat16, torch.device("cuda"), 4096)})
+    run_cases([implementations.get("sdpa"), implementations.get("naive")], [case], settings=settings, on_row=rows.append)
+    sdpa, naive = rows
+    assert sdpa["status"] == "ok" and sdpa["accuracy_ok"], sdpa["reason"]
+    assert sdpa["backend"] in {"flash", "efficient", "cudnn"}
+    assert sdpa["peak_mem_bytes"] > 0 and naive["peak_mem_bytes"] > sdpa["peak_mem_bytes"]  # naive holds N² scores
+    assert 0 < sdpa["peak_fraction"] < 1.5
+    assert sdpa["gpu_after"].get("sm_clock_mhz") or sdpa["gpu_after"].get("unavailable")
+
+
+def test_environment_names_the_gpu():
+    record = collect(torch.device("cuda"))
+    assert record["gpu"] == torch.cuda.get_device_name()
+    monitor = GpuMonitor(torch.device("cuda"))
+    if monitor.unavailable is None:
+        assert record["driver"] and record["gpu_state"]["max_sm_clock_mhz"] > 0

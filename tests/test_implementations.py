@@ -1,0 +1,56 @@
+"""Every registry implementation that runs on CPU, against the float64 reference, forward and gradients.
+
+Implementations are picked up from the registry, never from a hand-kept list.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import implementations
+from implementations import reference_attention
+from suite.accuracy import REL_RMS_TOLERANCE, error
+from suite.case import Case
+
+# Awkward sizes: length 1, primes, one past a power of two; head dims 16 and 64; batch 1 and 3.
+SHAPES = [(1, 2, 1, 16), (3, 2, 17, 64), (1, 3, 257, 64), (3, 1, 257, 16), (1, 2, 64, 64)]
+
+
+def _cases():
+    for name in implementations.names():
+        for batch, heads, seq_len, head_dim in SHAPES:
+            for dtype in ("float32", "bfloat16"):
+                for causal in (False, True):
+                    case = Case(batch, heads, seq_len, head_dim, dtype, causal, "fwd+bwd", "cpu")
+                    yield pytest.param(name, case, id=f"{name}-{case.label}")
+
+
+@pytest.mark.parametrize("name,case", list(_cases()))
+def test_matches_float64_reference(name, case):
+    impl = implementations.get(name)
+    reasons = impl.supports(case)
+    if reasons:
+        pytest.skip(f"{name} cannot run {case.label} here: {'; '.join(reasons)}")
+    generator = torch.Generator().manual_seed(case.seq_len * 7 + case.head_dim)
+    shape = (case.batch, case.heads, case.seq_len, case.head_dim)
+    q, k, v, dout = (torch.randn(shape, generator=generator).to(case.torch_dtype) for _ in range(4))
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    exact = [t.clone().requires_grad_() for t in (q, k, v)]
+
+    out = impl(*leaves, causal=case.causal)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    expected = reference_attention(*exact, causal=case.causal)
+    grads = torch.autograd.grad(out, leaves, dout)
+    expected_grads = torch.autograd.grad(expected, exact, dout.double())
+
+    tolerance = REL_RMS_TOLERANCE[case.dtype]
+    for label, actual, wanted in zip(("out", "dq", "dk", "dv"), (out, *grads), (expected, *expected_grads)):
+        err = error(actual, wanted)
+        assert err.rel_rms <= tolerance, f"{label}: rel_rms {err.rel_rms:.3g} > {tolerance} (max_abs {err.max_abs:.3g})"
+
+
+def test_a_wrong_implementation_fails_the_same_check():
+    """The tolerance is tight enough to catch a plausible bug (a wrong softmax scale)."""
+    q, k, v = (torch.randn(1, 2, 33, 16) for _ in range(3))
+    wrong = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=1.0)
+    assert error(wrong, reference_attention(q, k, v)).rel_rms > REL_RMS_TOLERANCE["bfloat16"]

@@ -1,0 +1,40 @@
+"""Statistics of the measurement object and the FLOP formula."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from implementations import Implementation
+from suite.flops import attention_flops
+from suite.timing import Measurement, TimingPolicy, measure
+
+
+def test_median_and_iqr_from_raw_times():
+    m = Measurement([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert m.median == 3.0 and m.repeats == 5
+    assert m.iqr == pytest.approx(2.0)
+    lo, hi = m.median_ci()
+    assert lo <= m.median <= hi
+
+
+def test_tight_median_stops_early_and_noise_does_not():
+    assert Measurement([1.0] * 20).median_is_tight(0.01)
+    assert not Measurement([1.0, 2.0] * 10).median_is_tight(0.01)
+
+
+def test_measure_respects_repeat_bounds_and_runs_setup_outside():
+    calls = []
+    policy = TimingPolicy(warmup_calls=2, min_repeats=4, max_repeats=6, budget_s=10.0, target_relative_ci=0.0)
+    result = measure(lambda: calls.append("call"), torch.device("cpu"), policy, before_each=lambda: calls.append("setup"))
+    assert result.repeats == 6
+    assert calls.count("call") == 2 + 6 and calls.count("setup") == 2 + 6
+    assert all(t >= 0 for t in result.times_ms)
+
+
+def test_visible_pairs_and_flops():
+    impl = Implementation("x")
+    assert impl.visible_pairs(4, causal=False) == 16
+    assert impl.visible_pairs(4, causal=True) == 10  # 1 + 2 + 3 + 4
+    assert attention_flops(2, 3, 16, 8, "fwd") == 4 * 2 * 3 * 16 * 8
+    assert attention_flops(2, 3, 16, 8, "fwd+bwd") == 3.5 * attention_flops(2, 3, 16, 8, "fwd")
+    assert attention_flops(2, 3, 16, 8, "bwd") == 2.5 * attention_flops(2, 3, 16, 8, "fwd")

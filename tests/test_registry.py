@@ -1,0 +1,73 @@
+"""The registry API, options, and readable reasons for what cannot run."""
+from __future__ import annotations
+
+import pytest
+
+import implementations
+from implementations import Implementation, Option
+from implementations.base import must_be_positive
+from suite.case import Case
+
+CPU_CASE = Case(1, 2, 64, 64, "float32", False, "fwd", "cpu")
+
+
+def test_names_lists_every_exact_implementation():
+    assert {"naive", "sdpa", "sdpa-math", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "xformers", "reference"} <= set(
+        implementations.names())
+
+
+@pytest.mark.parametrize("name", implementations.names())
+def test_every_entry_builds_and_declares_itself(name):
+    impl = implementations.get(name)
+    assert impl.name == name and impl.label == name
+    assert impl.family in {"exact", "sparse", "linear", "performer"}
+    assert isinstance(impl.supports(CPU_CASE), list)
+
+
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(KeyError, match=r"unknown implementation 'flashy'.*valid: .*sdpa-flash"):
+        implementations.get("flashy")
+
+
+class Windowed(Implementation):
+    options = {"window": Option(default=256, parse=int, check=must_be_positive, help="a positive integer")}
+
+
+@pytest.mark.parametrize("given,message", [
+    ({"size": "3"}, r"unknown option 'size' \(allowed: window\)"),
+    ({"window": "0"}, r"window='0' must be a positive integer"),
+    ({"window": "wide"}, r"window='wide' is not valid"),
+])
+def test_bad_options_are_named(given, message):
+    with pytest.raises(ValueError, match=message):
+        Windowed("windowed", **given)
+
+
+def test_options_parse_and_show_in_label():
+    impl = Windowed("windowed", window="64")
+    assert impl.settings == {"window": 64}
+    assert impl.label == "windowed:window=64"
+    assert Windowed("windowed").label == "windowed"
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("sdpa-cudnn", "device=cpu (supported: cuda)"),
+    ("sdpa-efficient", "device=cpu (supported: cuda)"),
+    ("xformers", "xformers"),
+])
+def test_cpu_unsupported_paths_give_reasons(name, expected):
+    reasons = implementations.get(name).supports(CPU_CASE)
+    assert reasons and any(expected in reason for reason in reasons), reasons
+
+
+def test_xformers_reason_names_device_and_dtype():
+    pytest.importorskip("xformers")
+    reasons = " ".join(implementations.get("xformers").supports(CPU_CASE))
+    assert "device=cpu" in reasons and "dtype=torch.float32" in reasons
+
+
+def test_sdpa_reports_the_backend_it_dispatches_to():
+    import torch
+    q = torch.randn(1, 2, 8, 16)
+    assert implementations.get("sdpa-math").backend(q, q, q) == "math"
+    assert implementations.get("sdpa").backend(q, q, q) in {"math", "flash"}

@@ -1,0 +1,123 @@
+"""Every (implementation, case) becomes one row, whatever fails; results round-trip through pandas."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import implementations
+from suite import results
+from suite.case import Case
+from suite.results import ResultsWriter
+from suite.runner import RunSettings, run_cases
+from suite.timing import TimingPolicy
+from tests.conftest import ScriptedAttention
+
+FAST = RunSettings(policies={"cpu": TimingPolicy(warmup_calls=1, min_repeats=3, max_repeats=5, budget_s=0.05)})
+
+
+def cases(*seq_lens, mode="fwd"):
+    return [Case(1, 2, n, 16, "float32", False, mode, "cpu") for n in seq_lens]
+
+
+def run(impls, case_list, tmp_path, **kwargs):
+    writer = ResultsWriter(tmp_path / "r.jsonl", {"device": "cpu"}, {"preset": "test"})
+    rows = run_cases(impls, case_list, settings=FAST, on_row=writer.append, **kwargs)
+    writer.close()
+    return rows, tmp_path / "r.jsonl"
+
+
+def test_injected_oom_becomes_a_row_and_the_run_goes_on(tmp_path):
+    flaky = ScriptedAttention("flaky", fail_on_seq_len=33, error=torch.OutOfMemoryError("CUDA out of memory. Tried"))
+    rows, path = run([flaky, implementations.get("naive")], cases(17, 33, 65), tmp_path)
+    assert [(r["impl"], r["seq_len"], r["status"]) for r in rows] == [
+        ("flaky", 17, "ok"), ("naive", 17, "ok"),
+        ("flaky", 33, "oom"), ("naive", 33, "ok"),
+        ("flaky", 65, "ok"), ("naive", 65, "ok"),
+    ]
+    assert "out of memory" in rows[2]["reason"]
+    assert len(results.load(path)) == 6
+
+
+def test_injected_exception_becomes_an_error_row(tmp_path):
+    broken = ScriptedAttention("broken", fail_on_seq_len=17, error=ZeroDivisionError("kernel bug"))
+    rows, _ = run([broken], cases(17, 33), tmp_path)
+    assert rows[0]["status"] == "error" and "ZeroDivisionError: kernel bug" in rows[0]["reason"]
+    assert rows[1]["status"] == "ok"
+
+
+def test_unsupported_case_is_a_row_with_reasons(tmp_path):
+    rows, _ = run([implementations.get("sdpa-cudnn")], cases(17), tmp_path)
+    assert rows[0]["status"] == "unsupported" and "device=cpu (supported: cuda)" in rows[0]["reason"]
+
+
+def test_wrong_output_is_a_mismatch_not_a_crash(tmp_path):
+    wrong = ScriptedAttention("wrong", scale_output=1.01)
+    rows, _ = run([wrong], cases(17, mode="fwd+bwd"), tmp_path)
+    row = rows[0]
+    assert row["status"] == "mismatch" and row["accuracy_ok"] is False
+    assert row["rel_rms_err"] == pytest.approx(0.01, rel=0.05)
+    assert "rel_rms_err" in row["reason"] and row["time_ms"] > 0
+
+
+def test_ok_row_has_every_column_with_real_numbers(tmp_path):
+    rows, path = run([implementations.get("naive")], cases(33, mode="fwd+bwd"), tmp_path)
+    row = results.load(path).iloc[0]
+    for column in results.ROW_COLUMNS:
+        assert column in row.index
+    assert row["status"] == "ok" and row["accuracy_ok"]
+    assert row["repeats"] == len(row["times_ms"]) >= 3
+    assert row["time_ms"] == pytest.approx(sorted(row["times_ms"])[len(row["times_ms"]) // 2], rel=0.5)
+    assert row["tflops"] > 0 and row["tokens_per_s"] > 0
+    assert set(row["errors"]) == {"out", "dq", "dk", "dv"}
+    assert row["peak_mem_bytes"] is None and "CUDA only" in row["peak_mem_reason"]
+
+
+def test_bwd_mode_times_the_backward_alone(tmp_path):
+    rows, _ = run([implementations.get("naive")], cases(65, mode="bwd"), tmp_path)
+    assert rows[0]["status"] == "ok" and rows[0]["accuracy_ok"] and rows[0]["time_ms"] > 0
+
+
+def test_interrupted_run_keeps_finished_rows_and_resume_skips_them(tmp_path):
+    stopper = ScriptedAttention("stopper", fail_on_seq_len=65, error=KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        run([stopper], cases(17, 33, 65, 129), tmp_path)
+    path = tmp_path / "r.jsonl"
+    frame = results.load(path)
+    assert list(frame.seq_len) == [17, 33]
+    for line in path.read_text().splitlines():
+        json.loads(line)  # every line is whole
+    done = results.finished_keys(path)
+    writer = ResultsWriter(path, {"device": "cpu"}, {"preset": "test"})
+    rows = run_cases([ScriptedAttention("stopper")], cases(17, 33, 65, 129), settings=FAST,
+                     on_row=writer.append, skip=done)
+    writer.close()
+    assert [r["seq_len"] for r in rows] == [65, 129]
+    assert list(results.load(path).seq_len) == [17, 33, 65, 129]
+
+
+def test_reference_is_skipped_above_its_limit(tmp_path):
+    settings = RunSettings(policies=FAST.policies, max_reference_flops={"cpu": 10.0})
+    writer = ResultsWriter(tmp_path / "r.jsonl", {}, {})
+    rows = run_cases([implementations.get("naive")], cases(33), settings=settings, on_row=writer.append)
+    assert rows[0]["status"] == "ok" and rows[0]["accuracy_ok"] is None
+    assert rows[0]["reason"].startswith("accuracy not checked: the float64 reference needs")
+
+
+def test_load_reads_many_files_and_rejects_garbage(tmp_path):
+    _, path = run([implementations.get("naive")], cases(17), tmp_path)
+    frame = results.load([path, path])
+    assert len(frame) == 2 and frame.impl.tolist() == ["naive", "naive"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"record": "result"}\nnot json\n{"record": "result"}\n')
+    with pytest.raises(results.ResultsFormatError, match=r"bad.jsonl:2: not valid JSON"):
+        results.load(bad)
+
+
+def test_torn_last_line_is_ignored_with_a_warning(tmp_path):
+    _, path = run([implementations.get("naive")], cases(17, 33), tmp_path)
+    text = path.read_text()
+    path.write_text(text[: len(text) - 40])
+    with pytest.warns(UserWarning, match="incomplete last line"):
+        assert len(results.load(path)) == 1

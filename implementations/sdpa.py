@@ -1,6 +1,7 @@
 """PyTorch's scaled_dot_product_attention, either with its own dispatch or with one backend forced."""
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import torch
@@ -59,7 +60,8 @@ class SdpaAttention(Implementation):
         if backend is not None and backend not in BACKENDS:
             raise ValueError(f"unknown SDPA backend {backend!r} (allowed: {', '.join(BACKENDS)})")
         self.forced = backend
-        self._allowed = [BACKENDS[backend]] if backend else list(BACKENDS.values())
+        # Auto mode leaves PyTorch's backend flags exactly as the user has them.
+        self._context = (lambda: sdpa_kernel([BACKENDS[backend]])) if backend else contextlib.nullcontext
 
     def supports(self, case) -> list[str]:
         if self.forced is None:
@@ -71,7 +73,7 @@ class SdpaAttention(Implementation):
 
     def __call__(self, q, k, v, *, causal=False):
         try:
-            with sdpa_kernel(self._allowed):
+            with self._context():
                 return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
         except RuntimeError as error:
             if not any(m in str(error) for m in _NO_KERNEL_MESSAGES):
@@ -83,6 +85,6 @@ class SdpaAttention(Implementation):
         choose = getattr(torch, "_fused_sdp_choice", None)
         if choose is None:
             return None
-        with sdpa_kernel(self._allowed):
+        with self._context():
             choice = SDPBackend(choose(q, k, v, None, 0.0, causal))
         return _BACKEND_NAMES.get(choice, choice.name.lower())

@@ -84,8 +84,9 @@ def _handle_for(pynvml, device: torch.device):
     index = device.index if device.index is not None else torch.cuda.current_device()
     uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
     if uuid is not None:
+        text = str(uuid)
         try:
-            return pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
+            return pynvml.nvmlDeviceGetHandleByUUID(text if text.startswith("GPU-") else f"GPU-{text}")
         except Exception:
             pass
     return pynvml.nvmlDeviceGetHandleByIndex(index)

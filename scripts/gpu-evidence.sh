@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# On a lent GPU machine with no internet: install the carried xformers wheel, run the GPU tests and
+# one or more presets, and write everything under $OUT (results, logs, environment).
+# Usage: bash scripts/gpu-evidence.sh PRESET[,PRESET...] [TIMEOUT_S_PER_PRESET] [--tests]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/attnbench-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+presets=${1:-quick}
+limit=${2:-540}
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit,temperature.gpu --format=csv | tee "$OUT/nvidia-smi.txt"
+python3 -m suite env > "$OUT/env.json"
+python3 -m suite list --device cuda 2>&1 | tee "$OUT/list.txt"
+if [ "${3:-}" = "--tests" ]; then
+  python3 -m pytest -m gpu -q -p no:cacheprovider tests 2>&1 | tail -n 60 | tee "$OUT/pytest-gpu.txt"
+fi
+gpu=$(python3 -c "import torch, re; print(re.sub(r'[^a-z0-9]+', '-', torch.cuda.get_device_name().lower()).strip('-'))")
+for preset in ${presets//,/ }; do
+  out="$OUT/$(date +%F)_${gpu}_${preset}.jsonl"
+  timeout --signal=INT "$limit" python3 -m suite run --preset "$preset" --device cuda --out "$out" \
+    > "$OUT/run-$preset.txt" 2> "$OUT/run-$preset.log"
+  echo "preset $preset exit $?"
+  tail -n 40 "$OUT/run-$preset.txt"
+done

@@ -32,6 +32,18 @@ def _load_xformers():
     return fmha, None
 
 
+def _extension_problem() -> list[str]:
+    """Why xformers' compiled operators did not load (commonly: built for another torch/CUDA)."""
+    try:
+        from xformers import _cpp_lib
+    except ImportError:
+        return []
+    failure = getattr(_cpp_lib, "_cpp_library_load_exception", None)
+    if failure is None:
+        return []
+    return [f"xformers' compiled extension did not load: {' '.join(str(failure).split())}"]
+
+
 class XformersAttention(Implementation):
     """`xformers.ops.memory_efficient_attention` in its (batch, seq, heads, head_dim) layout."""
 
@@ -54,7 +66,7 @@ class XformersAttention(Implementation):
             if case.mode != "fwd":
                 fmha.dispatch._dispatch_bw(inputs, varlen_lse_packed=None)
         except NotImplementedError as error:
-            return _condense(str(error))
+            return _extension_problem() + _condense(str(error))
         return []
 
     def __call__(self, q, k, v, *, causal=False):

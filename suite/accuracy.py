@@ -18,9 +18,10 @@ class Error:
     rel_rms: float
 
 
-# A reference whose RMS is below this is treated as zero, and its error is judged absolutely:
-# e.g. dQ at seq_len 1 is exactly zero in theory and ~1e-16 in float64 practice.
-_RMS_FLOOR = 1e-6
+# The reference's RMS is floored here (inputs are unit normal, so outputs and gradients are far
+# above it except where they vanish in theory): dQ at seq_len 1 is exactly zero, and a kernel's
+# rounding residue there is judged as an absolute error instead of dividing by ~1e-16.
+_RMS_FLOOR = 1e-3
 
 
 def error(actual: torch.Tensor, expected: torch.Tensor) -> Error:

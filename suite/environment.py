@@ -25,7 +25,12 @@ def _package_version(name: str) -> str | None:
 
 
 def git_commit() -> str | None:
-    """The project's commit, with `+dirty` when the work tree has changes."""
+    """The project's commit, with `+dirty` when the work tree has changes.
+
+    ATTNBENCH_GIT_COMMIT names it where the tree was copied without its .git (e.g. to a GPU host).
+    """
+    if os.environ.get("ATTNBENCH_GIT_COMMIT"):
+        return os.environ["ATTNBENCH_GIT_COMMIT"]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_PROJECT_ROOT, capture_output=True,
                                 text=True, timeout=10, check=True).stdout.strip()

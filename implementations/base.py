@@ -6,6 +6,8 @@ from typing import Any, Callable, ClassVar, Protocol
 
 import torch
 
+from .flops import softmax_attention_flops
+
 DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
@@ -102,6 +104,19 @@ class Implementation:
     def visible_pairs(self, seq_len: int, causal: bool) -> int:
         """Query-key pairs that contribute to the output: N² dense, N(N+1)/2 causal."""
         return seq_len * (seq_len + 1) // 2 if causal else seq_len * seq_len
+
+    def forward_flops(self, batch: int, heads: int, seq_len: int, head_dim: int, causal: bool) -> float:
+        """FLOPs of the forward maths (see implementations/flops.py); softmax attention by default."""
+        return softmax_attention_flops(batch, heads, self.visible_pairs(seq_len, causal), head_dim)
+
+    def exact_twin(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
+        """The same maths in float64, differentiable: what this implementation is checked against.
+
+        For exact implementations that is softmax attention; approximate families override it.
+        """
+        from .reference import reference_attention
+
+        return reference_attention(q, k, v, causal=causal)
 
     def backend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False) -> str | None:
         """Which kernel this call dispatches to, for implementations that choose for themselves."""

@@ -8,6 +8,8 @@ out (the backward in FlashAttention's form) so that gradients need no N×N autog
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from .base import Implementation, device_reasons
@@ -20,29 +22,37 @@ def _chunk_rows(batch: int, heads: int, seq_len: int) -> int:
     return max(1, min(seq_len, _CHUNK_ELEMENTS // max(1, batch * heads * seq_len)))
 
 
-def _probabilities(q_chunk: torch.Tensor, k: torch.Tensor, start: int, causal: bool, scale: float) -> torch.Tensor:
+# mask(query_pos (c, 1), key_pos (1, n)) -> bool (c, n), True where the query may see the key.
+MaskFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _probabilities(q_chunk: torch.Tensor, k: torch.Tensor, start: int, causal: bool, scale: float,
+                   mask: MaskFn | None) -> torch.Tensor:
     """Softmax weights of queries start..start+c over the keys they may see: (B, H, c, visible)."""
     rows = q_chunk.shape[-2]
     visible = start + rows if causal else k.shape[-2]
     scores = (q_chunk @ k[..., :visible, :].transpose(-2, -1)) * scale
-    if causal:
+    if causal or mask is not None:
         query_pos = torch.arange(start, start + rows, device=q_chunk.device)[:, None]
         key_pos = torch.arange(visible, device=q_chunk.device)[None, :]
-        scores = scores.masked_fill(key_pos > query_pos, float("-inf"))
+        allowed = key_pos <= query_pos if causal else torch.ones((), dtype=torch.bool, device=q_chunk.device)
+        if mask is not None:
+            allowed = allowed & mask(query_pos, key_pos)
+        scores = scores.masked_fill(~allowed, float("-inf"))
     return torch.softmax(scores, dim=-1)
 
 
 class _ChunkedAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, mask: MaskFn | None) -> torch.Tensor:
         scale = q.shape[-1] ** -0.5
         out = torch.empty_like(q)
         step = _chunk_rows(q.shape[0], q.shape[1], q.shape[-2])
         for start in range(0, q.shape[-2], step):
-            probs = _probabilities(q[..., start : start + step, :], k, start, causal, scale)
+            probs = _probabilities(q[..., start : start + step, :], k, start, causal, scale, mask)
             out[..., start : start + step, :] = probs @ v[..., : probs.shape[-1], :]
         ctx.save_for_backward(q, k, v, out)
-        ctx.causal = causal
+        ctx.causal, ctx.mask = causal, mask
         return out
 
     @staticmethod
@@ -53,7 +63,7 @@ class _ChunkedAttention(torch.autograd.Function):
         step = _chunk_rows(q.shape[0], q.shape[1], q.shape[-2])
         for start in range(0, q.shape[-2], step):
             rows = slice(start, start + step)
-            probs = _probabilities(q[..., rows, :], k, start, ctx.causal, scale)
+            probs = _probabilities(q[..., rows, :], k, start, ctx.causal, scale, ctx.mask)
             visible = probs.shape[-1]
             do = dout[..., rows, :]
             dv[..., :visible, :] += probs.transpose(-2, -1) @ do
@@ -62,12 +72,16 @@ class _ChunkedAttention(torch.autograd.Function):
             dscores = probs * (dprobs - row_dot)
             dq[..., rows, :] = scale * (dscores @ k[..., :visible, :])
             dk[..., :visible, :] += scale * (dscores.transpose(-2, -1) @ q[..., rows, :])
-        return dq, dk, dv, None
+        return dq, dk, dv, None, None
 
 
-def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
-    """Softmax attention computed in float64; differentiable, returns float64 (B, H, N, D)."""
-    return _ChunkedAttention.apply(q.double(), k.double(), v.double(), causal)
+def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+                        mask: MaskFn | None = None) -> torch.Tensor:
+    """Softmax attention computed in float64; differentiable, returns float64 (B, H, N, D).
+
+    `mask` restricts which keys each query sees (on top of `causal`); every query must see one key.
+    """
+    return _ChunkedAttention.apply(q.double(), k.double(), v.double(), causal, mask)
 
 
 class ReferenceAttention(Implementation):

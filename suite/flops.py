@@ -1,16 +1,21 @@
-"""FLOP counts for attention, written once.
+"""FLOPs of one case for one implementation: the family's forward count times the mode's factor.
 
-Per visible query-key pair and head-dim element, the forward does two multiply-adds: one for the
-score qᵢ·kⱼ (QKᵀ) and one for accumulating pᵢⱼ·vⱼ (PV), so forward FLOPs = 4·B·H·pairs·D.
-Dense attention has N² pairs; causal has exactly N(N+1)/2 (query i sees keys 0..i), which the common
-"×0.5" convention approximates. The backward recomputes QKᵀ and does four more products
-(dV = PᵀdO, dP = dOVᵀ, dQ = dS·K, dK = dSᵀQ): 5 products against the forward's 2, hence ×2.5.
-Softmax and elementwise work are not counted, as in FlashAttention's and Triton's benchmarks.
+The per-family forward formulas and their derivations live in `implementations/flops.py`.
 """
 from __future__ import annotations
 
-MODE_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd+bwd": 3.5}
+from implementations import Implementation
+from implementations.flops import MODE_FACTOR, softmax_attention_flops
+
+from .case import Case
 
 
-def attention_flops(batch: int, heads: int, visible_pairs: int, head_dim: int, mode: str) -> float:
-    return 4.0 * batch * heads * visible_pairs * head_dim * MODE_FACTOR[mode]
+def case_flops(impl: Implementation, case: Case) -> float:
+    forward = impl.forward_flops(case.batch, case.heads, case.seq_len, case.head_dim, case.causal)
+    return forward * MODE_FACTOR[case.mode]
+
+
+def softmax_case_flops(case: Case) -> float:
+    """What exact softmax attention costs on this case (used to bound the float64 reference)."""
+    pairs = case.seq_len * (case.seq_len + 1) // 2 if case.causal else case.seq_len**2
+    return softmax_attention_flops(case.batch, case.heads, pairs, case.head_dim) * MODE_FACTOR[case.mode]

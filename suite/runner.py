@@ -14,9 +14,9 @@ import torch
 
 from implementations import Implementation, Unsupported, reference_attention
 
-from .accuracy import judge
+from .accuracy import error, judge
 from .case import Case
-from .flops import attention_flops
+from .flops import case_flops, softmax_case_flops
 from .gpu_monitor import GpuMonitor, throttle_verdict
 from .memory import peak_call_memory
 from .timing import TimingPolicy, measure, time_once_wall
@@ -46,18 +46,22 @@ def row_key(impl_label: str, case: Case) -> tuple:
     return (impl_label, *case.key())
 
 
-class ReferenceOutputs:
-    """Float64 outputs (and gradients) for one case, computed at most once and shared by all rows."""
+class ExpectedOutputs:
+    """Float64 outputs (and gradients) of exact maths on one case's inputs, computed at most once.
 
-    def __init__(self, case: Case, inputs: Inputs, settings: RunSettings):
-        self.case, self.inputs = case, inputs
-        self.flops = attention_flops(case.batch, case.heads, case.seq_len**2, case.head_dim, case.mode)
-        self.limit = settings.max_reference_flops.get(case.device, 0.0)
+    `compute(q, k, v)` gets float64 leaves; the softmax reference is shared by every exact
+    implementation of a case, an approximate family's exact twin is its own.
+    """
+
+    def __init__(self, compute: Callable[..., torch.Tensor], case: Case, inputs: Inputs,
+                 settings: RunSettings, what: str = "float64 reference"):
+        self.compute, self.case, self.inputs, self.what = compute, case, inputs, what
         self._outputs: dict[str, torch.Tensor] | None = None
         self._failure: str | None = None
-        if self.flops > self.limit:
-            self._failure = (f"accuracy not checked: the float64 reference needs {self.flops / 1e9:.3g} GFLOP "
-                             f"(limit {self.limit / 1e9:.3g} GFLOP on {self.case.device})")
+        flops, limit = softmax_case_flops(case), settings.max_reference_flops.get(case.device, 0.0)
+        if flops > limit:
+            self._failure = (f"accuracy not checked: the {what} needs {flops / 1e9:.3g} GFLOP "
+                             f"(limit {limit / 1e9:.3g} GFLOP on {case.device})")
 
     def expected(self) -> tuple[dict[str, torch.Tensor] | None, str | None]:
         """(float64 outputs, None), or (None, why accuracy is not checked)."""
@@ -67,14 +71,15 @@ class ReferenceOutputs:
             except Exception as error:  # noqa: BLE001 - the reference failing must not fail the row
                 if not is_out_of_memory(error):
                     raise
-                self._failure = "accuracy not checked: the float64 reference ran out of memory"
+                self._failure = f"accuracy not checked: the {self.what} ran out of memory"
+            if self._failure:
                 _free_memory(self.case.device)
         return self._outputs, self._failure
 
     def _compute(self) -> dict[str, torch.Tensor]:
-        i, causal = self.inputs, self.case.causal
+        i = self.inputs
         q, k, v = (t.detach().double().requires_grad_(self.case.needs_grad) for t in (i.q, i.k, i.v))
-        out = reference_attention(q, k, v, causal=causal)
+        out = self.compute(q, k, v)
         outputs = {"out": out.detach()}
         if self.case.needs_grad:
             out.backward(i.dout.double())
@@ -85,13 +90,23 @@ class ReferenceOutputs:
         self._outputs = None
 
 
+def softmax_reference(case: Case, inputs: Inputs, settings: RunSettings) -> ExpectedOutputs:
+    return ExpectedOutputs(lambda q, k, v: reference_attention(q, k, v, causal=case.causal), case, inputs, settings)
+
+
+def twin_reference(impl: Implementation, case: Case, inputs: Inputs, settings: RunSettings) -> ExpectedOutputs:
+    return ExpectedOutputs(lambda q, k, v: impl.exact_twin(q, k, v, causal=case.causal), case, inputs, settings,
+                           what=f"float64 exact twin of {impl.name}")
+
+
 def _base_row(impl: Implementation, case: Case) -> dict[str, Any]:
-    return {"impl": impl.label, "family": impl.family, **asdict(case), "status": None, "reason": None}
+    density = impl.visible_pairs(case.seq_len, case.causal) / case.seq_len**2  # of the full N×N score matrix
+    return {"impl": impl.label, "family": impl.family, **asdict(case), "status": None, "reason": None,
+            "density": density}
 
 
 def _throughput(impl: Implementation, case: Case, time_ms: float, peaks: dict[str, float]) -> dict[str, Any]:
-    pairs = impl.visible_pairs(case.seq_len, case.causal)
-    flops = attention_flops(case.batch, case.heads, pairs, case.head_dim, case.mode)
+    flops = case_flops(impl, case)
     tflops = flops / (time_ms * 1e-3) / 1e12
     peak = peaks.get(case.dtype)
     return {
@@ -101,7 +116,16 @@ def _throughput(impl: Implementation, case: Case, time_ms: float, peaks: dict[st
     }
 
 
-def measure_row(impl: Implementation, case: Case, inputs: Inputs, reference: ReferenceOutputs,
+def _softmax_error(out: torch.Tensor, reference: ExpectedOutputs) -> dict[str, Any]:
+    """How far an approximate family's output is from exact softmax attention: a figure, not a test."""
+    expected, not_checked = reference.expected()
+    if expected is None:
+        return {"softmax_note": not_checked}
+    err = error(out, expected["out"])
+    return {"softmax_max_abs_err": err.max_abs, "softmax_rel_rms_err": err.rel_rms}
+
+
+def measure_row(impl: Implementation, case: Case, inputs: Inputs, reference: ExpectedOutputs,
                 settings: RunSettings, monitor: GpuMonitor) -> dict[str, Any]:
     """Check, time and measure one implementation on one case (raises on failure)."""
     device = torch.device(case.device)
@@ -111,7 +135,11 @@ def measure_row(impl: Implementation, case: Case, inputs: Inputs, reference: Ref
         outputs: dict[str, torch.Tensor] = {}
         # The first call carries one-time costs (compilation, autotuning, lazy setup): recorded apart.
         row["first_call_ms"] = time_once_wall(lambda: outputs.update(work.checked_call()), device)
-        expected, not_checked = reference.expected()
+        approximate = impl.family != "exact"
+        twin = twin_reference(impl, case, inputs, settings) if approximate else reference
+        expected, not_checked = twin.expected()
+        if approximate:
+            row.update(_softmax_error(outputs["out"], reference))
         if expected is None:
             row.update(status="ok", reason=not_checked, accuracy_ok=None)
         else:
@@ -122,7 +150,8 @@ def measure_row(impl: Implementation, case: Case, inputs: Inputs, reference: Ref
                 accuracy_ok=verdict.ok, accuracy_tolerance=verdict.tolerance,
                 errors={name: asdict(e) for name, e in verdict.errors.items()},
             )
-        del outputs
+        del outputs, expected
+        twin.release()
         row["backend"] = work.backend()
         fn, before_each = work.timed_call()
         policy = settings.policies[case.device]
@@ -145,7 +174,7 @@ def measure_row(impl: Implementation, case: Case, inputs: Inputs, reference: Ref
     return row
 
 
-def run_one(impl: Implementation, case: Case, inputs: Inputs, reference: ReferenceOutputs,
+def run_one(impl: Implementation, case: Case, inputs: Inputs, reference: ExpectedOutputs,
             settings: RunSettings, monitor: GpuMonitor) -> dict[str, Any]:
     """One result row, whatever happens."""
     row = _base_row(impl, case)
@@ -204,7 +233,7 @@ def run_cases(
                     progress.row_done(row)
             _free_memory(case.device)
             continue
-        reference = ReferenceOutputs(case, inputs, settings)
+        reference = softmax_reference(case, inputs, settings)
         for impl in chosen:
             if progress:
                 progress.row_started(impl.label, case)

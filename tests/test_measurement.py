@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from implementations import Implementation
-from suite.flops import attention_flops
+from implementations.flops import MODE_FACTOR, softmax_attention_flops
 from suite.timing import Measurement, TimingPolicy, measure
 
 
@@ -35,6 +35,6 @@ def test_visible_pairs_and_flops():
     impl = Implementation("x")
     assert impl.visible_pairs(4, causal=False) == 16
     assert impl.visible_pairs(4, causal=True) == 10  # 1 + 2 + 3 + 4
-    assert attention_flops(2, 3, 16, 8, "fwd") == 4 * 2 * 3 * 16 * 8
-    assert attention_flops(2, 3, 16, 8, "fwd+bwd") == 3.5 * attention_flops(2, 3, 16, 8, "fwd")
-    assert attention_flops(2, 3, 16, 8, "bwd") == 2.5 * attention_flops(2, 3, 16, 8, "fwd")
+    assert softmax_attention_flops(2, 3, 16, 8) == 4 * 2 * 3 * 16 * 8
+    assert impl.forward_flops(2, 3, 4, 8, causal=True) == 4 * 2 * 3 * 10 * 8
+    assert MODE_FACTOR == {"fwd": 1.0, "bwd": 2.5, "fwd+bwd": 3.5}

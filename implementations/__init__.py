@@ -12,6 +12,11 @@ from .base import DTYPES, CaseLike, Implementation, Option, Unsupported
 from .naive import NaiveAttention
 from .reference import ReferenceAttention, reference_attention
 from .sdpa import SdpaAttention
+from .linear import LinearAttention
+from .linear_fla import FlaLinearAttention
+from .performer import PerformerAttention
+from .sparse_block import BlockSparseAttention
+from .sparse_window import SlidingWindowAttention
 from .xformers_memeff import XformersAttention
 
 # name -> factory(name, **options)
@@ -24,6 +29,11 @@ REGISTRY: dict[str, Callable[..., Implementation]] = {
     "sdpa-efficient": partial(SdpaAttention, backend="efficient"),
     "sdpa-cudnn": partial(SdpaAttention, backend="cudnn"),
     "xformers": XformersAttention,
+    "sparse-window": SlidingWindowAttention,
+    "sparse-block": BlockSparseAttention,
+    "linear": LinearAttention,
+    "linear-fla": FlaLinearAttention,
+    "performer": PerformerAttention,
 }
 
 

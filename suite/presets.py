@@ -8,10 +8,11 @@ _POW2 = lambda lo, hi: tuple(1 << p for p in range(lo, hi + 1))  # noqa: E731
 
 PRESETS: dict[str, Grid] = {
     "smoke": Grid(
-        impls=("naive", "sdpa", "sdpa-math", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "xformers"),
+        impls=("naive", "sdpa", "sdpa-math", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "xformers",
+               "sparse-window:window=32", "sparse-block", "linear", "performer"),
         seq_len=(128, 255), heads=(2,), head_dim=(64,), dtype=("float32", "bfloat16"),
         causal=(False, True), mode=("fwd", "fwd+bwd"), batch=(2,),
-        description="CPU sanity run: every exact implementation on two small shapes",
+        description="CPU sanity run: every implementation family on two small shapes",
     ),
     "quick": Grid(
         impls=("naive", *_FUSED),
@@ -24,6 +25,13 @@ PRESETS: dict[str, Grid] = {
         seq_len=_POW2(9, 14), heads=(8, 16, 32), head_dim=(64, 128), dtype=("float16", "bfloat16"),
         causal=(False, True), mode=("fwd", "fwd+bwd"),
         description="the publishable grid: 512..16K tokens, 16K tokens per batch as in FlashAttention's charts",
+    ),
+    "efficient": Grid(
+        impls=("sdpa-flash", "sdpa-cudnn", "xformers", "sparse-window", "sparse-block", "linear", "linear-fla",
+               "performer"),
+        seq_len=_POW2(10, 16), heads=(16,), head_dim=(64, 128), dtype=("bfloat16",),
+        causal=(False, True), mode=("fwd", "fwd+bwd"), tokens_per_batch=65536,
+        description="exact fused kernels against sparse, linear and Performer attention, 1K..64K tokens",
     ),
     "long": Grid(
         impls=_FUSED,

@@ -1,0 +1,111 @@
+"""Linear attention (Katharopoulos et al., 2020): softmax replaced by a positive feature map φ.
+
+    out_i = φ(q_i)ᵀ S_i / φ(q_i)ᵀ z_i,   S_i = Σ_j φ(k_j) v_jᵀ,   z_i = Σ_j φ(k_j)   (j ≤ i when causal)
+
+with φ(x) = elu(x) + 1 and no softmax scale. Non-causal costs O(N·F·D). Causal is computed in chunks
+of C tokens: inside a chunk the masked quadratic form φ(Q_c)φ(K_c)ᵀ, across chunks a running state
+(an exclusive cumulative sum of per-chunk φ(K_c)ᵀV_c) — batched matmuls, no loop over tokens.
+
+`linear_attention` is the fast path shared with FAVOR+ (performer.py); `quadratic_linear_attention`
+is the float64 exact twin: the same maths as an explicit N×N weight matrix, chunked over queries.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from .base import Implementation, Option, device_reasons, must_be_positive
+from .flops import linear_attention_flops
+
+
+def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
+    return F.elu(x) + 1
+
+
+def linear_attention(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *, causal: bool, chunk: int = 64) -> torch.Tensor:
+    """fq, fk: positive features (B, H, N, F); v: (B, H, N, D) -> (B, H, N, D) in v's dtype.
+
+    Matmuls run in the input dtype; running states and the normalizer are accumulated in float32
+    (or float64 for float64 inputs).
+    """
+    acc = torch.promote_types(v.dtype, torch.float32)
+    if not causal:
+        state = (fk.transpose(-2, -1) @ v).to(acc)  # (B, H, F, D)
+        normalizer = fk.to(acc).sum(-2)  # (B, H, F)
+        numerator = fq.to(acc) @ state
+        return (numerator / (fq.to(acc) @ normalizer[..., None])).to(v.dtype)
+
+    batch, heads, seq_len, features = fq.shape
+    chunks = -(-seq_len // chunk)
+    pad = chunks * chunk - seq_len  # padded keys come after every real query, so no one sees them
+
+    def split(x: torch.Tensor, value: float = 0.0) -> torch.Tensor:
+        return F.pad(x, (0, 0, 0, pad), value=value).view(batch, heads, chunks, chunk, x.shape[-1])
+
+    # Padded queries get features 1 (not 0) so their discarded rows never divide 0 by 0:
+    # a NaN there would flow back into the real gradients.
+    fq_c, fk_c, v_c = split(fq, 1.0), split(fk), split(v)
+    weights = torch.tril(fq_c @ fk_c.transpose(-2, -1))  # (B, H, n, C, C), within-chunk causal
+    numerator = (weights @ v_c).to(acc)
+    denominator = weights.to(acc).sum(-1, keepdim=True)
+    chunk_state = (fk_c.transpose(-2, -1) @ v_c).to(acc)  # (B, H, n, F, D)
+    chunk_norm = fk_c.to(acc).sum(-2)  # (B, H, n, F)
+    state_before = chunk_state.cumsum(2) - chunk_state  # what all earlier chunks contribute
+    norm_before = chunk_norm.cumsum(2) - chunk_norm
+    numerator = numerator + fq_c.to(acc) @ state_before
+    denominator = denominator + fq_c.to(acc) @ norm_before[..., None]
+    out = (numerator / denominator).view(batch, heads, chunks * chunk, -1)[..., :seq_len, :]
+    return out.to(v.dtype)
+
+
+def quadratic_linear_attention(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *, causal: bool,
+                               chunk_elements: int = 1 << 25) -> torch.Tensor:
+    """The exact twin: weights φ(q_i)ᵀφ(k_j), masked, row-normalized, times V; float64 in, float64 out.
+
+    Chunked over queries and checkpointed, so neither forward nor backward holds all N×N weights.
+    """
+    batch, heads, seq_len, _ = fq.shape
+    rows = max(1, min(seq_len, chunk_elements // max(1, batch * heads * seq_len)))
+
+    def block(fq_rows: torch.Tensor, start: int) -> torch.Tensor:
+        weights = fq_rows @ fk.transpose(-2, -1)
+        if causal:
+            query_pos = torch.arange(start, start + fq_rows.shape[-2], device=fq.device)[:, None]
+            weights = weights * (torch.arange(seq_len, device=fq.device)[None, :] <= query_pos)
+        return (weights @ v) / weights.sum(-1, keepdim=True)
+
+    parts = [checkpoint(block, fq[..., s : s + rows, :], s, use_reentrant=False) for s in range(0, seq_len, rows)]
+    return torch.cat(parts, dim=-2)
+
+
+def linear_recurrence(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal linear attention token by token (S += φ(k_t)v_tᵀ): the plainest statement, for tests."""
+    state = torch.zeros(*fq.shape[:-2], fq.shape[-1], v.shape[-1], dtype=torch.float64, device=fq.device)
+    normalizer = torch.zeros(*fq.shape[:-2], fq.shape[-1], dtype=torch.float64, device=fq.device)
+    outs = []
+    for t in range(fq.shape[-2]):
+        state = state + fk[..., t, :, None].double() * v[..., t, None, :].double()
+        normalizer = normalizer + fk[..., t, :].double()
+        q_t = fq[..., t, :].double()
+        outs.append((q_t[..., None, :] @ state)[..., 0, :] / (q_t * normalizer).sum(-1, keepdim=True))
+    return torch.stack(outs, dim=-2)
+
+
+class LinearAttention(Implementation):
+    family = "linear"
+    options = {"chunk": Option(default=64, parse=int, check=must_be_positive,
+                               help="chunk: tokens per chunk of the causal computation, a positive integer")}
+
+    def supports(self, case) -> list[str]:
+        return device_reasons(case, {"cpu", "cuda"})
+
+    def __call__(self, q, k, v, *, causal=False):
+        return linear_attention(elu_feature_map(q), elu_feature_map(k), v, causal=causal, chunk=self.settings["chunk"])
+
+    def exact_twin(self, q, k, v, *, causal=False):
+        q, k, v = q.double(), k.double(), v.double()
+        return quadratic_linear_attention(elu_feature_map(q), elu_feature_map(k), v, causal=causal)
+
+    def forward_flops(self, batch, heads, seq_len, head_dim, causal):
+        return linear_attention_flops(batch, heads, seq_len, head_dim, features=head_dim)

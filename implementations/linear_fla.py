@@ -1,0 +1,50 @@
+"""Linear attention through flash-linear-attention's chunked Triton kernel (`fla-core`), as a peer.
+
+The same maths as `linear` (φ = elu + 1, normalized), so it shares `linear`'s exact twin:
+fla's `chunk_linear_attn(normalize=True)` divides scale·φ(q)ᵀS by scale·φ(q)ᵀz, and the scale
+cancels. fla's kernel is causal only and needs a GPU; elsewhere `supports()` says so.
+"""
+from __future__ import annotations
+
+import torch
+
+from .base import Unsupported, device_reasons
+from .linear import LinearAttention, elu_feature_map
+
+
+def _load_fla():
+    try:
+        from fla.ops.linear_attn import chunk_linear_attn
+    except ImportError as error:
+        return None, f"flash-linear-attention is not installed (pip install fla-core): {error}"
+    return chunk_linear_attn, None
+
+
+class FlaLinearAttention(LinearAttention):
+    options = {}
+
+    def supports(self, case) -> list[str]:
+        reasons = device_reasons(case, {"cuda"})
+        if not case.causal:
+            reasons.append("causal=False (supported: causal=True; fla's chunk_linear_attn is causal only)")
+        if case.dtype not in ("float16", "bfloat16", "float32"):
+            reasons.append(f"dtype={case.dtype} (supported: bfloat16, float16, float32)")
+        _, problem = _load_fla()
+        if problem:
+            reasons.append(problem)
+        return reasons
+
+    def __call__(self, q, k, v, *, causal=False):
+        kernel, problem = _load_fla()
+        if problem or not causal:
+            raise Unsupported([problem or "fla's chunk_linear_attn is causal only"])
+        as_bthd = lambda x: x.transpose(1, 2)  # noqa: E731 - fla's layout is (batch, seq, heads, dim)
+        out, _ = kernel(as_bthd(elu_feature_map(q)), as_bthd(elu_feature_map(k)), as_bthd(v), scale=1.0, normalize=True)
+        return out.transpose(1, 2)
+
+    def backend(self, q, k, v, *, causal=False) -> str | None:
+        try:
+            import fla
+        except ImportError:
+            return None
+        return f"fla {getattr(fla, '__version__', '?')} chunk_linear_attn"

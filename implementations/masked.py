@@ -1,0 +1,117 @@
+"""Shared machinery of sparse (masked) softmax attention: one mask, three ways to run it.
+
+A subclass defines which keys each query may see (`allowed`, before causality) and which key
+ranges can hold them (`candidate_keys`). From that this class derives:
+  * the GPU fast path: FlexAttention with a block mask, compiled once per shape (first call);
+  * the CPU path: queries in chunks, each attending only to its gathered candidate keys;
+  * the exact twin: float64 softmax attention with the same mask (`reference_attention(mask=...)`);
+  * the exact number of visible pairs (for FLOPs and density) and the dense boolean mask.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .base import Implementation, device_reasons
+from .reference import reference_attention
+
+_CPU_QUERY_CHUNK = 64
+
+
+def _raise_recompile_limit(minimum: int = 256) -> None:
+    # One compiled graph per (shape, mask) is expected here; dynamo's default limit of 8 would make
+    # a grid silently fall back to the unfused eager path after the 8th shape.
+    config = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit"):
+        if hasattr(config, name) and getattr(config, name) < minimum:
+            setattr(config, name, minimum)
+
+
+class MaskedAttention(Implementation):
+    family = "sparse"
+
+    def __init__(self, name: str, **options: Any):
+        super().__init__(name, **options)
+        self._block_masks: dict[tuple, Any] = {}
+        self._pairs: dict[tuple[int, bool], int] = {}
+        self._compiled = None
+
+    # --- what a subclass defines -------------------------------------------------------------
+    def allowed(self, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+        """True where query q_idx may see key kv_idx (before causality); broadcasting tensors."""
+        raise NotImplementedError
+
+    def candidate_keys(self, start: int, stop: int, seq_len: int) -> list[tuple[int, int]]:
+        """Key index ranges [a, b) that hold every key some query in [start, stop) may see."""
+        raise NotImplementedError
+
+    # --- derived -----------------------------------------------------------------------------
+    def visible(self, q_idx: torch.Tensor, kv_idx: torch.Tensor, causal: bool) -> torch.Tensor:
+        allowed = self.allowed(q_idx, kv_idx)
+        return allowed & (kv_idx <= q_idx) if causal else allowed
+
+    def dense_mask(self, seq_len: int, causal: bool, device: str | torch.device = "cpu") -> torch.Tensor:
+        """The (seq_len, seq_len) boolean mask: True where query i sees key j."""
+        positions = torch.arange(seq_len, device=device)
+        return self.visible(positions[:, None], positions[None, :], causal)
+
+    def _key_index(self, start: int, stop: int, seq_len: int, device) -> torch.Tensor:
+        ranges = self.candidate_keys(start, stop, seq_len)
+        return torch.cat([torch.arange(a, b, device=device) for a, b in ranges]).unique()
+
+    def visible_pairs(self, seq_len: int, causal: bool) -> int:
+        key = (seq_len, causal)
+        if key not in self._pairs:
+            total = 0
+            for start in range(0, seq_len, _CPU_QUERY_CHUNK):
+                stop = min(seq_len, start + _CPU_QUERY_CHUNK)
+                keys = self._key_index(start, stop, seq_len, "cpu")
+                total += int(self.visible(torch.arange(start, stop)[:, None], keys[None, :], causal).sum())
+            self._pairs[key] = total
+        return self._pairs[key]
+
+    def supports(self, case) -> list[str]:
+        reasons = device_reasons(case, {"cpu", "cuda"})
+        if case.device == "cuda":
+            try:
+                import torch.nn.attention.flex_attention  # noqa: F401
+            except ImportError:
+                reasons.append(f"FlexAttention is not in this PyTorch ({torch.__version__}; needs >= 2.5)")
+        return reasons
+
+    def exact_twin(self, q, k, v, *, causal=False):
+        return reference_attention(q, k, v, causal=causal, mask=self.allowed)
+
+    def __call__(self, q, k, v, *, causal=False):
+        if q.device.type == "cuda":
+            return self._flex(q, k, v, causal)
+        return self._chunked(q, k, v, causal)
+
+    def backend(self, q, k, v, *, causal=False) -> str | None:
+        return "flex_attention (compiled)" if q.device.type == "cuda" else "chunked gather (cpu)"
+
+    def _flex(self, q, k, v, causal: bool) -> torch.Tensor:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        if self._compiled is None:
+            _raise_recompile_limit()
+            self._compiled = torch.compile(flex_attention, dynamic=False)
+        seq_len = q.shape[-2]
+        key = (seq_len, causal, q.device)
+        if key not in self._block_masks:
+            mask_mod = lambda b, h, q_idx, kv_idx: self.visible(q_idx, kv_idx, causal)  # noqa: E731
+            self._block_masks = {key: create_block_mask(mask_mod, None, None, seq_len, seq_len, device=q.device)}
+        return self._compiled(q, k, v, block_mask=self._block_masks[key])
+
+    def _chunked(self, q, k, v, causal: bool) -> torch.Tensor:
+        seq_len, scale = q.shape[-2], q.shape[-1] ** -0.5
+        chunks = []
+        for start in range(0, seq_len, _CPU_QUERY_CHUNK):
+            stop = min(seq_len, start + _CPU_QUERY_CHUNK)
+            keys = self._key_index(start, stop, seq_len, q.device)
+            scores = (q[..., start:stop, :] @ k.index_select(-2, keys).transpose(-2, -1)) * scale
+            seen = self.visible(torch.arange(start, stop, device=q.device)[:, None], keys[None, :], causal)
+            probs = torch.softmax(scores.float().masked_fill(~seen, float("-inf")), dim=-1).to(q.dtype)
+            chunks.append(probs @ v.index_select(-2, keys))
+        return torch.cat(chunks, dim=-2)

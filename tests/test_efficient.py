@@ -1,0 +1,146 @@
+"""Sparse, linear and Performer attention: their masks, recurrences and estimators, beyond the twin check."""
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+
+import implementations
+from implementations.linear import elu_feature_map, linear_attention, linear_recurrence, quadratic_linear_attention
+from implementations.performer import favor_features, orthogonal_random_features
+from suite.accuracy import error
+from suite.cli import main
+
+
+def randn(*shape, seed=0, dtype=torch.float64):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+# --- sparse ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_window_covering_the_sequence_is_dense_attention(causal):
+    q, k, v = (randn(2, 2, 70, 16, seed=s, dtype=torch.float32) for s in range(3))
+    window = implementations.get("sparse-window", window=70)
+    dense = implementations.reference_attention(q, k, v, causal=causal)
+    assert error(window(q, k, v, causal=causal), dense).rel_rms < 1e-5
+    assert window.visible_pairs(70, causal) == (70 * 71 // 2 if causal else 70 * 70)
+
+
+@pytest.mark.parametrize("seq_len,window", [(1, 3), (17, 3), (100, 7)])
+def test_window_mask_has_the_stated_pairs(seq_len, window):
+    impl = implementations.get("sparse-window", window=window)
+    expected_dense = sum(min(seq_len - 1, i + window) - max(0, i - window) + 1 for i in range(seq_len))
+    expected_causal = sum(min(i, window) + 1 for i in range(seq_len))
+    mask = impl.dense_mask(seq_len, causal=False)
+    assert int(mask.sum()) == impl.visible_pairs(seq_len, False) == expected_dense
+    assert int(impl.dense_mask(seq_len, causal=True).sum()) == impl.visible_pairs(seq_len, True) == expected_causal
+    i, j = 5 % seq_len, (5 + window + 1) % seq_len
+    assert bool(mask[i, j]) == (abs(i - j) <= window)
+
+
+def test_block_mask_follows_the_documented_pattern():
+    impl = implementations.get("sparse-block", block=4, local=1, globals=1)
+    mask = impl.dense_mask(22, causal=False)  # 6 blocks, the last of 2 tokens
+    blocks = [[bool(mask[a * 4, b * 4]) for b in range(6)] for a in range(6)]
+    assert blocks == [
+        [True] * 6,  # global query block sees every key
+        [True, True, True, False, False, False],
+        [True, True, True, True, False, False],
+        [True, False, True, True, True, False],
+        [True, False, False, True, True, True],
+        [True, False, False, False, True, True],
+    ]
+    assert int(mask.sum()) == impl.visible_pairs(22, False)
+    causal = impl.dense_mask(22, causal=True)
+    assert torch.equal(causal, mask & torch.ones(22, 22, dtype=torch.bool).tril())
+    assert int(causal.sum()) == impl.visible_pairs(22, True)
+
+
+@pytest.mark.parametrize("name", ["sparse-window", "sparse-block"])
+def test_flex_attention_mask_matches_the_twin(name):
+    """The GPU path's mask_mod, run through FlexAttention eagerly (forward only, no compile on CPU)."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    impl = implementations.get(name, **({"window": 5} if name == "sparse-window" else {"block": 8}))
+    q, k, v = (randn(1, 2, 45, 16, seed=s, dtype=torch.float32) for s in range(3))
+    for causal in (False, True):
+        mask_mod = lambda b, h, qi, ki: impl.visible(qi, ki, causal)  # noqa: E731
+        block_mask = create_block_mask(mask_mod, None, None, 45, 45, device="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = flex_attention(q, k, v, block_mask=block_mask)
+        assert error(out, impl.exact_twin(q, k, v, causal=causal)).rel_rms < 1e-5
+
+
+# --- linear ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("chunk", [1, 4, 16, 64])
+def test_causal_chunked_linear_equals_the_token_recurrence(chunk):
+    q, k, v = (randn(2, 3, 23, 8, seed=s) for s in range(3))
+    fq, fk = elu_feature_map(q), elu_feature_map(k)
+    chunked = linear_attention(fq, fk, v, causal=True, chunk=chunk)
+    torch.testing.assert_close(chunked, linear_recurrence(fq, fk, v), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(quadratic_linear_attention(fq, fk, v, causal=True), linear_recurrence(fq, fk, v))
+
+
+def test_non_causal_linear_equals_its_quadratic_form():
+    q, k, v = (randn(1, 2, 31, 8, seed=s) for s in range(3))
+    fq, fk = elu_feature_map(q), elu_feature_map(k)
+    torch.testing.assert_close(linear_attention(fq, fk, v, causal=False), quadratic_linear_attention(fq, fk, v, causal=False))
+
+
+# --- performer ---------------------------------------------------------------------------------
+
+def test_favor_estimator_is_unbiased():
+    dim = 16
+    x, y = randn(dim, seed=1) * 0.5, randn(dim, seed=2) * 0.5
+    exact = math.exp(float(x @ y) / math.sqrt(dim))
+    estimates = []
+    for seed in range(400):
+        w = orthogonal_random_features(32, dim, seed)
+        fx = favor_features(x[None, None, None], w, is_query=True, stabilize=False)
+        fy = favor_features(y[None, None, None], w, is_query=False, stabilize=False)
+        estimates.append(float((fx * fy).sum()))
+    mean = sum(estimates) / len(estimates)
+    spread = (sum((e - mean) ** 2 for e in estimates) / len(estimates)) ** 0.5 / math.sqrt(len(estimates))
+    assert abs(mean - exact) < 4 * spread + 1e-3 * exact, (mean, exact, spread)
+
+
+def test_orthogonal_features_are_orthogonal_within_a_block():
+    w = orthogonal_random_features(20, 8, seed=3)
+    directions = w / w.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(directions[:8] @ directions[:8].T, torch.eye(8, dtype=torch.float64))
+
+
+def test_performer_error_against_softmax_shrinks_with_more_features():
+    q, k, v = (randn(1, 4, 64, 16, seed=s) * 0.5 for s in range(3))
+    softmax = implementations.reference_attention(q, k, v)
+
+    def mean_error(features):
+        errs = [error(implementations.get("performer", features=features, seed=s)(q, k, v), softmax).rel_rms
+                for s in range(4)]
+        return sum(errs) / len(errs)
+
+    few, many = mean_error(8), mean_error(512)
+    assert many < few / 3, (few, many)
+
+
+# --- options -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("spec,message", [
+    ("sparse-window:window=0", r"window='0' must be a positive integer"),
+    ("sparse-window:window=1.5", r"window='1.5' is not valid"),
+    ("sparse-block:block=-4", r"block='-4' must be a positive integer"),
+    ("performer:features=0", r"features='0' must be a positive integer"),
+    ("performer:features=many", r"features='many' is not valid"),
+    ("performer:feature=64", r"unknown option 'feature' \(allowed: chunk, features, seed\)"),
+    ("linear:chunk=0", r"chunk='0' must be a positive integer"),
+])
+def test_bad_options_exit_2(tmp_path, capsys, spec, message):
+    import re
+    assert main(["run", "--impl", spec, "--device", "cpu", "--out", str(tmp_path / "r.jsonl")]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "r.jsonl").exists()

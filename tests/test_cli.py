@@ -27,7 +27,7 @@ TINY = ["--impl", "naive,sdpa-cudnn", "--seq-len", "17", "--heads", "1", "--batc
     (["--mode", "sideways"], r"--mode: unknown mode 'sideways' \(allowed: fwd, bwd, fwd\+bwd\)"),
     (["--causal", "maybe"], r"--causal: 'maybe' is not allowed \(allowed: true, false, both\)"),
     (["--device", "tpu"], r"--device: unknown device 'tpu' \(allowed: cpu, cuda\)"),
-    (["--preset", "huge"], r"--preset: unknown preset 'huge' \(allowed: smoke, quick, default, long\)"),
+    (["--preset", "huge"], r"--preset: unknown preset 'huge' \(allowed: smoke, quick, default, efficient, long\)"),
 ])
 def test_bad_input_exits_2_with_one_clear_line_and_writes_nothing(tmp_path, capsys, flags, message):
     out = tmp_path / "r.jsonl"

@@ -3,6 +3,7 @@
 # one or more presets, and write everything under $OUT (results, logs, environment).
 # Usage: bash scripts/gpu-evidence.sh PRESET[,PRESET...] [TIMEOUT_S_PER_PRESET] [--tests]
 # A preset whose results file is already under results/ (same date and GPU) is resumed.
+# Environment: TEST_TIMEOUT_S, TEST_SELECT (pytest -k), RUN_FLAGS (extra `attnbench run` flags).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/attnbench-out}
@@ -20,14 +21,14 @@ nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit,temperature
 python3 -m suite env > "$OUT/env.json"
 python3 -m suite list --device cuda 2>&1 | tee "$OUT/list.txt"
 if [ "${3:-}" = "--tests" ]; then
-  timeout "${TEST_TIMEOUT_S:-300}" python3 -m pytest -m gpu -q -p no:cacheprovider tests > "$OUT/pytest-gpu.txt" 2>&1
+  timeout "${TEST_TIMEOUT_S:-300}" python3 -m pytest -m gpu -q -p no:cacheprovider ${TEST_SELECT:+-k "$TEST_SELECT"} tests > "$OUT/pytest-gpu.txt" 2>&1
   grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/pytest-gpu.txt" | tail -n 40
 fi
 gpu=$(python3 -c "import torch, re; print(re.sub(r'[^a-z0-9]+', '-', torch.cuda.get_device_name().lower()).strip('-'))")
 for preset in ${presets//,/ }; do
   out="$OUT/$(date +%F)_${gpu}_${preset}.jsonl"
   resume=""; [ -f "results/$(basename "$out")" ] && cp "results/$(basename "$out")" "$out" && resume="--resume"
-  timeout --signal=INT "$limit" python3 -m suite run --preset "$preset" --device cuda --out "$out" $resume \
+  timeout --signal=INT "$limit" python3 -m suite run --preset "$preset" --device cuda --out "$out" $resume ${RUN_FLAGS:-} \
     > "$OUT/run-$preset.txt" 2> "$OUT/run-$preset.log"
   echo "preset $preset exit $?"
   tail -n 40 "$OUT/run-$preset.txt"

@@ -118,6 +118,12 @@ class Implementation:
 
         return reference_attention(q, k, v, causal=causal)
 
+    def attention_weights(self, q: torch.Tensor, k: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
+        """The (…, N, N) float64 weights this implementation applies to V (for attention-map charts)."""
+        from .reference import softmax_weights
+
+        return softmax_weights(q, k, causal=causal)
+
     def backend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False) -> str | None:
         """Which kernel this call dispatches to, for implementations that choose for themselves."""
         return None

@@ -79,6 +79,14 @@ def quadratic_linear_attention(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tens
     return torch.cat(parts, dim=-2)
 
 
+def linear_weights(fq: torch.Tensor, fk: torch.Tensor, *, causal: bool) -> torch.Tensor:
+    """The implied (…, N, N) attention weights φ(q_i)ᵀφ(k_j) / Σ_j φ(q_i)ᵀφ(k_j), float64."""
+    weights = fq.double() @ fk.double().transpose(-2, -1)
+    if causal:
+        weights = torch.tril(weights)
+    return weights / weights.sum(-1, keepdim=True)
+
+
 def linear_recurrence(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Causal linear attention token by token (S += φ(k_t)v_tᵀ): the plainest statement, for tests."""
     state = torch.zeros(*fq.shape[:-2], fq.shape[-1], v.shape[-1], dtype=torch.float64, device=fq.device)
@@ -106,6 +114,9 @@ class LinearAttention(Implementation):
     def exact_twin(self, q, k, v, *, causal=False):
         q, k, v = q.double(), k.double(), v.double()
         return quadratic_linear_attention(elu_feature_map(q), elu_feature_map(k), v, causal=causal)
+
+    def attention_weights(self, q, k, *, causal=False):
+        return linear_weights(elu_feature_map(q.double()), elu_feature_map(k.double()), causal=causal)
 
     def forward_flops(self, batch, heads, seq_len, head_dim, causal):
         return linear_attention_flops(batch, heads, seq_len, head_dim, features=head_dim)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .base import Implementation, device_reasons
-from .reference import reference_attention
+from .reference import reference_attention, softmax_weights
 
 _CPU_QUERY_CHUNK = 64
 
@@ -82,6 +82,9 @@ class MaskedAttention(Implementation):
 
     def exact_twin(self, q, k, v, *, causal=False):
         return reference_attention(q, k, v, causal=causal, mask=self.allowed)
+
+    def attention_weights(self, q, k, *, causal=False):
+        return softmax_weights(q, k, causal=causal, mask=self.allowed)
 
     def __call__(self, q, k, v, *, causal=False):
         if q.device.type == "cuda":

@@ -21,7 +21,7 @@ import torch
 
 from .base import Implementation, Option, device_reasons, must_be_positive
 from .flops import linear_attention_flops, random_feature_flops
-from .linear import linear_attention, quadratic_linear_attention
+from .linear import linear_attention, linear_weights, quadratic_linear_attention
 
 
 def orthogonal_random_features(features: int, head_dim: int, seed: int) -> torch.Tensor:
@@ -83,6 +83,12 @@ class PerformerAttention(Implementation):
         fq = favor_features(q, projection, is_query=True)
         fk = favor_features(k, projection, is_query=False)
         return quadratic_linear_attention(fq, fk, v, causal=causal)
+
+    def attention_weights(self, q, k, *, causal=False):
+        projection = self.projection(q.shape[-1], q.device)
+        fq = favor_features(q.double(), projection, is_query=True)
+        fk = favor_features(k.double(), projection, is_query=False)
+        return linear_weights(fq, fk, causal=causal)
 
     def forward_flops(self, batch, heads, seq_len, head_dim, causal):
         m = self.settings["features"]

@@ -84,6 +84,19 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, ca
     return _ChunkedAttention.apply(q.double(), k.double(), v.double(), causal, mask)
 
 
+def softmax_weights(q: torch.Tensor, k: torch.Tensor, *, causal: bool = False, mask: MaskFn | None = None) -> torch.Tensor:
+    """The full (…, N, N) float64 softmax weights, for small inputs (attention-map charts)."""
+    return _probabilities(q.double(), k.double(), 0, False, q.shape[-1] ** -0.5, _combine(mask, causal))
+
+
+def _combine(mask: MaskFn | None, causal: bool) -> MaskFn | None:
+    if not causal:
+        return mask
+    if mask is None:
+        return lambda qi, ki: ki <= qi
+    return lambda qi, ki: (ki <= qi) & mask(qi, ki)
+
+
 class ReferenceAttention(Implementation):
     """The float64 oracle as a registry entry: returns its output in the input dtype."""
 

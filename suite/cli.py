@@ -54,6 +54,23 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="results file (default: results/<date>_<device>_<preset>.jsonl)")
     run.add_argument("--resume", action="store_true", help="append to --out, skipping cases already in it")
     run.add_argument("--seed", type=int, default=0, help="seed for the random inputs (default 0)")
+
+    report = commands.add_parser("report", help="markdown, charts and HTML from results files")
+    report.add_argument("results", nargs="+", help="results files (JSON Lines)")
+    report.add_argument("--out", help="output folder (default: reports/<name of the first results file>)")
+    report.add_argument("--baseline", default="sdpa", help="implementation the speed-up chart divides by (default sdpa)")
+
+    recommend = commands.add_parser("recommend", help="rank implementations for a shape from measured results")
+    recommend.add_argument("--seq-len", dest="seq_len", required=True)
+    recommend.add_argument("--heads", required=True)
+    recommend.add_argument("--head-dim", dest="head_dim", required=True)
+    recommend.add_argument("--batch", default="1", help="batch to scale time and memory to (default 1)")
+    recommend.add_argument("--dtype", default="bfloat16")
+    recommend.add_argument("--causal", nargs="?", const="true", default="false", help="true (bare flag) or false")
+    recommend.add_argument("--mode", default="fwd", help="fwd, bwd or fwd+bwd")
+    recommend.add_argument("--max-error", dest="max_error", help="largest relative RMS error to accept")
+    recommend.add_argument("--memory-budget", dest="memory_budget", help="bytes, or with a unit: 512MiB, 8GiB, 40GB")
+    recommend.add_argument("--results", nargs="+", help="results files (default: the newest in results/ for this device)")
     return parser
 
 
@@ -149,10 +166,72 @@ def _grid_record(grid) -> dict:
     return {key: value for key, value in vars(grid).items() if key != "description"}
 
 
+def cmd_report(args) -> int:
+    from .reporting import build_report
+    from .reporting.data import ReportInputError
+
+    missing = [p for p in args.results if not Path(p).is_file()]
+    if missing:
+        raise UsageError(f"report: {missing[0]!r} is not a file")
+    out = Path(args.out) if args.out else Path("reports") / Path(args.results[0]).stem
+    try:
+        path = build_report(args.results, out, baseline=args.baseline)
+    except ReportInputError as error:
+        raise UsageError(f"report: {error}") from None
+    print(f"report: {path}\nhtml: {path.parent / 'index.html'}")
+    return 0
+
+
+def _newest_results(device: str) -> list[Path]:
+    """The newest results file in results/ whose run was on this device (and this GPU model)."""
+    from .results import read
+
+    gpu = torch.cuda.get_device_name() if device == "cuda" else None
+    for path in sorted(RESULTS_DIR.glob("*.jsonl"), key=lambda p: (p.name[:10], p.stat().st_mtime), reverse=True):
+        try:
+            runs, _ = read(path)
+        except ResultsFormatError:
+            continue
+        env = runs[0].get("environment", {}) if runs else {}
+        if env.get("device") == device and env.get("gpu") == gpu:
+            return [path]
+    raise UsageError(f"--results: no results file for {gpu or device} in {RESULTS_DIR}/ (run `attnbench run` first, "
+                     "or name files with --results)")
+
+
+def cmd_recommend(args) -> int:
+    from .recommend import Query, format_answer, rank
+    from .reporting.data import ReportInputError, prepare
+    from .results import load
+
+    query = Query(
+        seq_len=config.positive_ints("--seq-len", args.seq_len)[0], heads=config.positive_ints("--heads", args.heads)[0],
+        head_dim=config.positive_ints("--head-dim", args.head_dim)[0], batch=config.positive_ints("--batch", args.batch)[0],
+        dtype=config.dtypes("--dtype", args.dtype)[0], causal=config.causal_values("--causal", args.causal) == (True,),
+        mode=config.modes("--mode", args.mode)[0],
+        max_error=None if args.max_error is None else config.positive_float("--max-error", args.max_error),
+        memory_budget=None if args.memory_budget is None else config.byte_size("--memory-budget", args.memory_budget),
+    )
+    if args.causal == "both":
+        raise UsageError("--causal: 'both' is not allowed here (allowed: true, false)")
+    sources = [Path(p) for p in args.results] if args.results else _newest_results(_device(None))
+    missing = [p for p in sources if not p.is_file()]
+    if missing:
+        raise UsageError(f"--results: {str(missing[0])!r} is not a file")
+    try:
+        frame = prepare(load(sources))
+    except (ResultsFormatError, ReportInputError) as error:
+        raise UsageError(f"--results: {error}") from None
+    candidates, excluded = rank(frame, query)
+    print(format_answer(query, candidates, excluded, sources))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"list": cmd_list, "env": cmd_env, "run": cmd_run}[args.command](args)
+        commands = {"list": cmd_list, "env": cmd_env, "run": cmd_run, "report": cmd_report, "recommend": cmd_recommend}
+        return commands[args.command](args)
     except UsageError as error:
         print(f"attnbench: error: {error}", file=sys.stderr)
         return 2

@@ -46,6 +46,31 @@ def positive_ints(flag: str, text: str) -> tuple[int, ...]:
     return tuple(values)
 
 
+def positive_float(flag: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value != value or value == float("inf"):
+        raise UsageError(f"{flag}: {text!r} is not a positive number")
+    return value
+
+
+_BYTE_UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def byte_size(flag: str, text: str) -> float:
+    """`123`, `512MiB`, `8GiB`, `40GB` -> bytes."""
+    import re
+
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    unit = match.group(2).lower() if match else None
+    if not match or unit not in _BYTE_UNITS or float(match.group(1)) <= 0:
+        raise UsageError(f"{flag}: {text!r} is not a size (allowed: a positive number of bytes, optionally with "
+                         "a unit: KB, MB, GB, TB, KiB, MiB, GiB, TiB)")
+    return float(match.group(1)) * _BYTE_UNITS[unit]
+
+
 def dtypes(flag: str, text: str) -> tuple[str, ...]:
     values = []
     for item in _items(flag, text):

@@ -144,3 +144,15 @@ def test_bad_options_exit_2(tmp_path, capsys, spec, message):
     assert main(["run", "--impl", spec, "--device", "cpu", "--out", str(tmp_path / "r.jsonl")]) == 2
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "r.jsonl").exists()
+
+
+@pytest.mark.parametrize("name", implementations.names())
+def test_attention_weights_are_what_the_twin_applies(name):
+    """The weights drawn in attention maps are the ones the exact twin multiplies V by."""
+    impl = implementations.get(name)
+    q, k, v = (randn(1, 2, 40, 16, seed=s) for s in range(3))
+    for causal in (False, True):
+        weights = impl.attention_weights(q, k, causal=causal)
+        assert weights.shape == (1, 2, 40, 40)
+        torch.testing.assert_close(weights.sum(-1), torch.ones(1, 2, 40, dtype=torch.float64))
+        torch.testing.assert_close(weights @ v, impl.exact_twin(q, k, v, causal=causal))

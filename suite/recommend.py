@@ -1,0 +1,131 @@
+"""`attnbench recommend`: rank the implementations measured for a shape, and say why others are out.
+
+Only measured numbers are used. Times and memory are scaled from the measured batch to the asked
+batch (default 1; attention's cost is linear in the batch). Between two measured sequence lengths
+they are interpolated on log-log axes (attention's cost is a power of N); outside the measured range
+nothing is extrapolated: the implementation is listed as not measured near that length.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from .reporting.data import MEASURED, fmt_bytes, fmt_num, impl_order
+
+
+@dataclass
+class Query:
+    seq_len: int
+    heads: int
+    head_dim: int
+    dtype: str
+    causal: bool
+    mode: str
+    max_error: float | None = None
+    memory_budget: float | None = None
+    batch: int = 1
+
+
+@dataclass
+class Candidate:
+    impl: str
+    time_ms: float
+    peak_mem_bytes: float | None
+    error: float | None
+    basis: str
+
+
+def _error(row) -> float | None:
+    """The error a user weighs: against softmax for approximate families, against float64 otherwise."""
+    for column in ("softmax_rel_rms_err", "rel_rms_err"):
+        value = row.get(column)
+        if value is not None and not pd.isna(value):
+            return float(value)
+    return None
+
+
+def _interpolate(x: float, x0: float, x1: float, y0: float | None, y1: float | None) -> float | None:
+    if y0 is None or y1 is None or pd.isna(y0) or pd.isna(y1) or y0 <= 0 or y1 <= 0:
+        return None
+    t = (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0))
+    return math.exp(math.log(y0) + t * (math.log(y1) - math.log(y0)))
+
+
+def rank(frame: pd.DataFrame, query: Query) -> tuple[list[Candidate], list[tuple[str, str]]]:
+    """(candidates fastest first, [(impl, why excluded)])."""
+    shape = frame[(frame.heads == query.heads) & (frame.head_dim == query.head_dim) & (frame.dtype == query.dtype)
+                  & (frame.causal == query.causal) & (frame["mode"] == query.mode)]
+    candidates, excluded = [], []
+    for label in impl_order(shape.impl):
+        rows = shape[shape.impl == label].sort_values("seq_len")
+        exact = rows[rows.seq_len == query.seq_len]
+        if not exact.empty:
+            row = exact.iloc[-1]
+            if row.status not in MEASURED:
+                excluded.append((label, f"{row.status} at seq_len {query.seq_len}: {row.reason}"))
+                continue
+            scale = query.batch / row.batch
+            memory = row.peak_mem_bytes * scale if pd.notna(row.peak_mem_bytes) else None
+            found = Candidate(label, float(row.time_ms) * scale, memory, _error(row),
+                              f"measured at seq_len {query.seq_len}, batch {row.batch}")
+            status_problem = "accuracy mismatch against its exact twin" if row.status == "mismatch" else None
+        else:
+            below = rows[rows.seq_len < query.seq_len].tail(1)
+            above = rows[rows.seq_len > query.seq_len].head(1)
+            measured = sorted(set(rows.seq_len))
+            if below.empty or above.empty:
+                excluded.append((label, f"not measured around seq_len {query.seq_len} (measured: {measured}); "
+                                        "no extrapolation"))
+                continue
+            lo, hi = below.iloc[0], above.iloc[0]
+            bad = [r for r in (lo, hi) if r.status not in MEASURED]
+            if bad:
+                excluded.append((label, f"{bad[0].status} at neighbouring seq_len {bad[0].seq_len}: {bad[0].reason}"))
+                continue
+            per_batch = lambda r, column: r[column] * query.batch / r.batch  # noqa: E731
+            time_ms = _interpolate(query.seq_len, lo.seq_len, hi.seq_len, per_batch(lo, "time_ms"), per_batch(hi, "time_ms"))
+            memory = _interpolate(query.seq_len, lo.seq_len, hi.seq_len,
+                                  per_batch(lo, "peak_mem_bytes"), per_batch(hi, "peak_mem_bytes"))
+            errors = [e for e in (_error(lo), _error(hi)) if e is not None]
+            found = Candidate(label, time_ms, memory, max(errors) if errors else None,
+                              f"interpolated between seq_len {lo.seq_len} (batch {lo.batch}) and {hi.seq_len} "
+                              f"(batch {hi.batch})")
+            status_problem = "accuracy mismatch at a neighbouring length" if "mismatch" in (lo.status, hi.status) else None
+        if status_problem:
+            excluded.append((label, status_problem))
+        elif query.max_error is not None and (found.error is None or found.error > query.max_error):
+            excluded.append((label, f"error {fmt_num(found.error)} above --max-error {query.max_error:g}"
+                             if found.error is not None else "error not measured (reference skipped)"))
+        elif query.memory_budget is not None and found.peak_mem_bytes is not None \
+                and found.peak_mem_bytes > query.memory_budget:
+            excluded.append((label, f"peak memory {fmt_bytes(found.peak_mem_bytes)} above --memory-budget "
+                                    f"{fmt_bytes(query.memory_budget)}"))
+        else:
+            candidates.append(found)
+    candidates.sort(key=lambda c: c.time_ms)
+    return candidates, excluded
+
+
+def format_answer(query: Query, candidates: list[Candidate], excluded: list[tuple[str, str]], sources: list[Path]) -> str:
+    mask = "causal" if query.causal else "dense"
+    lines = [f"shape: batch {query.batch}, seq_len {query.seq_len}, {query.heads} heads, head dim {query.head_dim}, "
+             f"{query.dtype}, {mask}, {query.mode}; results: {', '.join(str(s) for s in sources)}",
+             "error: relative RMS against exact softmax attention (approximate families) or the float64 reference"]
+    if query.memory_budget is not None and any(c.peak_mem_bytes is None for c in candidates):
+        lines.append("note: memory was not measured for some rows (CPU runs), so --memory-budget cannot exclude them")
+    if candidates:
+        lines.append("")
+        lines.append(f"{'rank':<5}{'implementation':<28}{'time':>12}{'memory':>12}{'error':>10}  basis")
+        for i, c in enumerate(candidates, 1):
+            lines.append(f"{i:<5}{c.impl:<28}{fmt_num(c.time_ms) + ' ms':>12}{fmt_bytes(c.peak_mem_bytes):>12}"
+                         f"{fmt_num(c.error):>10}  {c.basis}")
+    else:
+        lines.append("no implementation qualifies")
+    if excluded:
+        lines.append("")
+        lines.append("excluded:")
+        lines += [f"  {impl}: {why}" for impl, why in excluded]
+    return "\n".join(lines)

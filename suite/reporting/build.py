@@ -1,0 +1,179 @@
+"""`attnbench report`: result files -> report.md, charts/*.png and index.html in one folder."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from .. import config
+from ..results import ResultsFormatError, load, read
+from . import charts
+from .attention_maps import attention_map_chart
+from .blocks import Heading, Image, Paragraph, Report, Table, to_html, to_markdown
+from .data import MEASURED, ReportInputError, colours, fmt_bytes, fmt_num, group_title, groups, impl_order, prepare
+
+CHART_KEYS = ("device", "gpu", "dtype", "causal", "mode")
+
+
+def _slug(*parts) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", "-".join(str(p) for p in parts).lower()).strip("-")
+
+
+def _environment_blocks(paths: list[Path]) -> list:
+    rows = []
+    for path in paths:
+        for run in read(path)[0]:
+            env = run.get("environment", {})
+            state = env.get("gpu_state") or {}
+            rows.append([
+                Path(path).name, env.get("gpu") or env.get("cpu") or "?", env.get("driver") or "–",
+                f"{state.get('sm_clock_mhz', '–')}/{state.get('max_sm_clock_mhz', '–')} MHz" if "sm_clock_mhz" in state else "–",
+                f"torch {env.get('torch')}, CUDA {env.get('cuda') or '–'}, cuDNN {env.get('cudnn') or '–'}, "
+                f"triton {env.get('triton') or '–'}, xformers {env.get('xformers') or '–'}",
+                ", ".join(f"{k} {v:.0f}" for k, v in (run.get("measured_peak_tflops") or {}).items()) or "–",
+                (env.get("git_commit") or "–")[:12], run.get("preset") or "–",
+            ])
+    return [Heading("Environment"), Table(["file", "device", "driver", "SM clock (now/max)", "software",
+                                            "measured matmul TFLOP/s", "commit", "preset"], rows)]
+
+
+def _cell(row) -> str:
+    if row.status not in MEASURED:
+        return row.status
+    text = f"{fmt_num(row.time_ms)} ms · {fmt_num(row.tflops)} TF/s"
+    if pd.notna(row.peak_mem_bytes):
+        text += f" · {fmt_bytes(row.peak_mem_bytes)}"
+    if row.status == "mismatch":
+        text += " · MISMATCH"
+    if row.noisy is True:
+        text += " ~"
+    if row.throttled is True:
+        text += " †"
+    return text
+
+
+def _group_table(part: pd.DataFrame) -> Table:
+    labels = impl_order(part.impl)
+    rows = []
+    for (seq_len, batch), cases in part.groupby(["seq_len", "batch"], sort=True):
+        by_impl = {row.impl: _cell(row) for row in cases.itertuples()}
+        rows.append([f"{seq_len} (B{batch})", *(by_impl.get(label, "") for label in labels)])
+    return Table(["seq len (batch)", *labels], rows)
+
+
+def _accuracy_table(frame: pd.DataFrame) -> Table:
+    rows = []
+    for (label, dtype), part in frame[frame.status.isin(MEASURED)].groupby(["impl", "dtype"]):
+        checked = part[part.accuracy_ok.notna()]
+        softmax = part.softmax_rel_rms_err.dropna()
+        rows.append([
+            label, dtype, fmt_num(pd.to_numeric(checked.max_abs_err, errors="coerce").max()),
+            fmt_num(checked.rel_rms_err.max()), f"{int((checked.accuracy_ok == True).sum())}/{len(checked)}",  # noqa: E712
+            fmt_num(softmax.median()) if not softmax.empty else "exact",
+            fmt_num(softmax.max()) if not softmax.empty else "exact",
+        ])
+    order = impl_order([r[0] for r in rows])
+    rows.sort(key=lambda r: (order.index(r[0]), r[1]))
+    return Table(["implementation", "dtype", "max abs err", "max rel RMS err", "passed",
+                  "vs softmax: median rel RMS", "vs softmax: max rel RMS"], rows)
+
+
+def _status_paragraph(frame: pd.DataFrame) -> Paragraph:
+    counts = frame.status.value_counts()
+    text = ", ".join(f"{count} {status}" for status, count in counts.items())
+    return Paragraph(f"{len(frame)} result rows: {text}. Cells: median time · TFLOP/s · peak memory; "
+                     "~ = noisy (IQR above 10% of the median), † = GPU throttled during the case.")
+
+
+def _failure_table(frame: pd.DataFrame) -> Table:
+    failed = frame[~frame.status.isin(MEASURED)]
+    summary = failed.groupby(["impl", "status", "reason"], dropna=False).size().reset_index(name="rows")
+    return Table(["implementation", "status", "reason", "rows"],
+                 [[r.impl, r.status, str(r.reason)[:300], str(r.rows)] for r in summary.itertuples()])
+
+
+def _accuracy_case(frame: pd.DataFrame) -> dict | None:
+    """The shape where most implementations were measured (forward preferred, then the longest)."""
+    ok = frame[frame.status.isin(MEASURED)]
+    if ok.empty:
+        return None
+    keys = ["seq_len", "heads", "head_dim", "dtype", "causal", "mode", "gpu"]
+    counts = ok.groupby(keys).impl.nunique().reset_index(name="n")
+    counts["fwd"] = counts["mode"] == "fwd"
+    best = counts.sort_values(["n", "fwd", "seq_len"], ascending=False).iloc[0]
+    return {key: best[key] for key in keys}
+
+
+def _approximations(frame: pd.DataFrame) -> list:
+    """Approximate implementations named in the results that this version can still build."""
+    built = []
+    for label in impl_order(frame[frame.family != "exact"].impl):
+        try:
+            built.append(config.build_impl("report", label))
+        except config.UsageError:
+            continue
+    return built
+
+
+def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str = "sdpa") -> Path:
+    paths = [Path(p) for p in paths]
+    try:
+        frame = prepare(load(paths))
+    except ResultsFormatError as error:
+        raise ReportInputError(str(error)) from None
+    out_dir = Path(out_dir)
+    (out_dir / "charts").mkdir(parents=True, exist_ok=True)
+    colour_of = colours(frame.impl)
+    report = Report(f"attnbench report: {', '.join(p.stem for p in paths)}")
+    report.add(*_environment_blocks(paths), Heading("Summary"), _status_paragraph(frame))
+    measured = frame[frame.status.isin(MEASURED)]
+    if measured.empty:
+        report.add(Paragraph("No case was measured: every row failed or could not run. Reasons:"), _failure_table(frame))
+
+    def chart(fig, name: str, alt: str) -> None:
+        relative = Path("charts") / f"{name}.png"
+        charts.save(fig, out_dir / relative)
+        report.add(Image(relative, alt))
+
+    if not measured.empty:
+        report.add(Heading("Charts"))
+        if baseline not in set(measured.impl):
+            report.add(Paragraph(f"No speed-up charts: the baseline {baseline!r} was not measured in these results "
+                                 "(choose another with --baseline)."))
+        for key, part in frame.groupby(list(CHART_KEYS), sort=True):
+            group = dict(zip(CHART_KEYS, key))
+            if not part.status.isin(MEASURED).any():
+                continue
+            slug = _slug(group["gpu"], group["dtype"], "causal" if group["causal"] else "dense", group["mode"])
+            report.add(Heading(group_title(group), 3))
+            chart(charts.throughput_chart(part, colour_of, group, "time_ms"), f"time-{slug}", "median time vs sequence length")
+            chart(charts.throughput_chart(part, colour_of, group, "tflops"), f"tflops-{slug}", "TFLOP/s vs sequence length")
+            if part.peak_mem_bytes.notna().any():
+                chart(charts.memory_chart(part, colour_of, group), f"memory-{slug}", "peak memory vs sequence length")
+            if baseline in set(part[part.status.isin(MEASURED)].impl):
+                chart(charts.speedup_chart(part, colour_of, group, baseline), f"speedup-{slug}", f"speed-up over {baseline}")
+        case = _accuracy_case(frame)
+        at_case = measured
+        for key, value in case.items():
+            at_case = at_case[at_case[key] == value]
+        report.add(Heading("Accuracy against speed", 3))
+        chart(charts.accuracy_speed_chart(at_case, colour_of, case), "accuracy-vs-speed", "error vs time at one shape")
+        approximations = _approximations(frame)
+        if approximations:
+            report.add(Heading("Attention maps", 3))
+            for causal in sorted(set(frame[frame.family != "exact"].causal)):
+                chart(attention_map_chart(approximations, causal=bool(causal)),
+                      f"attention-maps-{'causal' if causal else 'dense'}", "exact vs implied attention weights")
+        report.add(Heading("Accuracy"), Paragraph(
+            "Errors against each implementation's float64 exact twin (softmax attention for exact ones), worst of "
+            "output and input gradients; approximate families also against exact softmax attention (a figure, not a test)."),
+            _accuracy_table(frame))
+        report.add(Heading("Tables"))
+        for group, part in groups(frame):
+            report.add(Heading(group_title(group), 3), _group_table(part))
+        if (~frame.status.isin(MEASURED)).any():
+            report.add(Heading("Rows that did not run"), _failure_table(frame))
+    (out_dir / "report.md").write_text(to_markdown(report), encoding="utf-8")
+    (out_dir / "index.html").write_text(to_html(report, out_dir), encoding="utf-8")
+    return out_dir / "report.md"

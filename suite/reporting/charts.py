@@ -1,0 +1,146 @@
+"""Comparison charts (matplotlib, Agg): each function returns a Figure, so tests can inspect it.
+
+Conventions: log2 sequence-length axes, one line per implementation in a colour fixed for the whole
+report, the IQR as a band, out-of-memory points marked with ×, legends outside the data.
+"""
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib import ticker  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from .data import MEASURED, group_title, impl_order  # noqa: E402
+
+PANEL_KEYS = ("heads", "head_dim")
+
+
+def _panels(frame: pd.DataFrame, title: str, ylabel: str, *, logy: bool = False):
+    keys = sorted({tuple(row) for row in frame[list(PANEL_KEYS)].itertuples(index=False)})
+    columns = min(3, len(keys))
+    rows = math.ceil(len(keys) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns + 2.2, 3.6 * rows), squeeze=False,
+                             layout="constrained", sharex=True)
+    fig.suptitle(title)
+    panels = []
+    for ax, key in zip(axes.flat, keys):
+        part = frame[(frame.heads == key[0]) & (frame.head_dim == key[1])]
+        ax.set_title(f"{key[0]} heads, head dim {key[1]}", fontsize=10)
+        ax.set_xscale("log", base=2)
+        if logy:
+            _log_axis(ax.yaxis)
+        ax.set_xlabel("sequence length (tokens)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="major", alpha=0.3)
+        panels.append((ax, part))
+    for ax in list(axes.flat)[len(keys):]:
+        ax.set_visible(False)
+    return fig, panels
+
+
+def _log_axis(axis) -> None:
+    """Log scale with plain tick labels (0.5, 20, 300) instead of 5×10⁻¹ notation."""
+    axis._set_axes_scale("log") if hasattr(axis, "_set_axes_scale") else axis.axes.set_yscale("log")
+    axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(ticker.NullFormatter())
+
+
+def _finish(fig: Figure, handles: dict) -> Figure:
+    if handles:
+        fig.legend(handles.values(), handles.keys(), loc="outside right center", fontsize=9, title="implementation")
+    return fig
+
+
+def _mark_oom(ax, part: pd.DataFrame, label: str, colour, handles: dict) -> None:
+    failed = part[part.status == "oom"]
+    if failed.empty:
+        return
+    ymin = ax.get_ylim()[0] if ax.has_data() else 1.0
+    marker = ax.scatter(failed.seq_len, [ymin] * len(failed), marker="x", color=colour, s=60, zorder=5, clip_on=False)
+    handles.setdefault("out of memory (×)", marker)
+
+
+def throughput_chart(frame: pd.DataFrame, colour_of: dict, group: dict, metric: str = "time_ms") -> Figure:
+    """Median time (ms, with IQR band) or TFLOP/s against sequence length, per (heads, head dim)."""
+    ylabel = {"time_ms": "median time per call (ms)", "tflops": "throughput (TFLOP/s)"}[metric]
+    fig, panels = _panels(frame, f"{'Time' if metric == 'time_ms' else 'Throughput'} · {group_title(group)}",
+                          ylabel, logy=metric == "time_ms")
+    handles: dict = {}
+    for ax, part in panels:
+        for label in impl_order(part.impl):
+            rows = part[(part.impl == label) & part.status.isin(MEASURED)].sort_values("seq_len")
+            if not rows.empty:
+                (line,) = ax.plot(rows.seq_len, rows[metric], marker="o", ms=3, color=colour_of[label], label=label)
+                handles.setdefault(label, line)
+                if metric == "time_ms":
+                    half = rows.time_iqr_ms.fillna(0) / 2
+                    ax.fill_between(rows.seq_len, rows.time_ms - half, rows.time_ms + half, color=colour_of[label], alpha=0.2)
+        for label in impl_order(part.impl):
+            _mark_oom(ax, part[part.impl == label], label, colour_of[label], handles)
+    return _finish(fig, handles)
+
+
+def memory_chart(frame: pd.DataFrame, colour_of: dict, group: dict) -> Figure:
+    """Peak memory against sequence length, log-log: quadratic and linear growth show as slopes 2 and 1."""
+    fig, panels = _panels(frame, f"Peak memory · {group_title(group)}", "peak memory beyond inputs (bytes)", logy=True)
+    handles: dict = {}
+    for ax, part in panels:
+        for label in impl_order(part.impl):
+            rows = part[(part.impl == label) & part.status.isin(MEASURED) & (part.peak_mem_bytes > 0)].sort_values("seq_len")
+            if not rows.empty:
+                (line,) = ax.plot(rows.seq_len, rows.peak_mem_bytes, marker="o", ms=3, color=colour_of[label])
+                handles.setdefault(label, line)
+        for label in impl_order(part.impl):
+            _mark_oom(ax, part[part.impl == label], label, colour_of[label], handles)
+    return _finish(fig, handles)
+
+
+def speedup_chart(frame: pd.DataFrame, colour_of: dict, group: dict, baseline: str) -> Figure:
+    """Time of the baseline over each implementation's time (above 1: faster than the baseline)."""
+    fig, panels = _panels(frame, f"Speed-up over {baseline} · {group_title(group)}", f"speed-up over {baseline} (×)")
+    handles: dict = {}
+    for ax, part in panels:
+        ok = part[part.status.isin(MEASURED)]
+        base = ok[ok.impl == baseline].set_index("seq_len").time_ms
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        for label in impl_order(ok.impl):
+            if label == baseline:
+                continue
+            rows = ok[ok.impl == label].set_index("seq_len").time_ms
+            ratio = (base / rows).dropna()
+            if not ratio.empty:
+                (line,) = ax.plot(ratio.index, ratio.values, marker="o", ms=3, color=colour_of[label])
+                handles.setdefault(label, line)
+    return _finish(fig, handles)
+
+
+def accuracy_speed_chart(frame: pd.DataFrame, colour_of: dict, case: dict) -> Figure:
+    """Error against time at one shape: the trade-off between fidelity and speed."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.6), layout="constrained")
+    mask = "causal" if case["causal"] else "dense"
+    ax.set_title(f"Accuracy vs speed · N={case['seq_len']} H{case['heads']} D{case['head_dim']} "
+                 f"{case['dtype']} {mask} {case['mode']}", fontsize=10)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.set_xlabel("median time per call (ms)")
+    ax.set_ylabel("relative RMS error vs exact softmax attention")
+    handles = {}
+    for _, row in frame.sort_values("time_ms").iterrows():
+        err = row.softmax_rel_rms_err if pd.notna(row.softmax_rel_rms_err) else row.rel_rms_err
+        if pd.isna(err) or pd.isna(row.time_ms):
+            continue
+        handles[row.impl] = ax.scatter(row.time_ms, max(err, 1e-8), s=50, color=colour_of[row.impl], zorder=3)
+    ax.grid(True, which="major", alpha=0.3)
+    return _finish(fig, handles)
+
+
+def save(fig: Figure, path) -> None:
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

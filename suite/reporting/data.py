@@ -1,0 +1,70 @@
+"""Shaping result rows for reports: groups of comparable cases, stable colours, formatting."""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import pandas as pd
+
+import implementations
+
+# Cases that differ only in seq_len (and the batch that goes with it) are drawn and tabulated together.
+GROUP_KEYS = ("device", "gpu", "heads", "head_dim", "dtype", "causal", "mode")
+MEASURED = ("ok", "mismatch")
+
+
+class ReportInputError(ValueError):
+    """Results that cannot make a report (empty, malformed); the message says which and why."""
+
+
+def prepare(frame: pd.DataFrame) -> pd.DataFrame:
+    if frame.empty:
+        raise ReportInputError("the results hold no result rows")
+    frame = frame.copy()
+    frame["gpu"] = frame["gpu"].fillna("cpu")
+    for column in ("time_ms", "time_iqr_ms", "tflops", "peak_mem_bytes", "rel_rms_err", "softmax_rel_rms_err"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    return frame
+
+
+def groups(frame: pd.DataFrame) -> Iterable[tuple[dict, pd.DataFrame]]:
+    for key, part in frame.groupby(list(GROUP_KEYS), sort=True, dropna=False):
+        yield dict(zip(GROUP_KEYS, key)), part
+
+
+def group_title(group: dict) -> str:
+    """E.g. `NVIDIA H100 · H16 D128 · bfloat16 · causal · fwd` (the shape part only when fixed)."""
+    mask = "causal" if group["causal"] else "dense"
+    shape = [f"H{group['heads']} D{group['head_dim']}"] if "heads" in group else []
+    return " · ".join([str(group["gpu"]), *shape, group["dtype"], mask, group["mode"]])
+
+
+def impl_order(labels: Iterable[str]) -> list[str]:
+    """Registry order, then options, so every chart lists (and colours) implementations alike."""
+    registry = implementations.names()
+    rank = lambda label: (registry.index(label.split(":")[0]) if label.split(":")[0] in registry else len(registry), label)  # noqa: E731
+    return sorted(set(labels), key=rank)
+
+
+def colours(labels: Iterable[str]) -> dict[str, tuple]:
+    import matplotlib
+
+    palette = [*matplotlib.colormaps["tab10"].colors, *matplotlib.colormaps["Dark2"].colors,
+               *matplotlib.colormaps["Set1"].colors]
+    return {label: palette[i % len(palette)] for i, label in enumerate(impl_order(labels))}
+
+
+def fmt_bytes(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(value)
+
+
+def fmt_num(value: float | None, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}g}"

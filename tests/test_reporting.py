@@ -1,0 +1,159 @@
+"""Reports, charts and `recommend`, on results produced by a CPU run in the test itself."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from suite.case import Case
+from suite.cli import main
+from suite.reporting import charts
+from suite.reporting.data import colours, fmt_num, prepare
+from suite.results import ResultsWriter, load
+from suite.runner import RunSettings, run_cases
+from suite.timing import TimingPolicy
+from suite import config
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+FAST = RunSettings(policies={"cpu": TimingPolicy(warmup_calls=1, min_repeats=3, max_repeats=5, budget_s=0.05)})
+IMPLS = ["naive", "sdpa", "sdpa-cudnn", "sparse-window:window=8", "linear", "performer:features=32"]
+
+
+def _run(path: Path, impls: list[str], seq_lens=(16, 32, 64)) -> Path:
+    cases = [Case(1, 2, n, 16, "float32", causal, "fwd", "cpu") for n in seq_lens for causal in (False, True)]
+    writer = ResultsWriter(path, {"device": "cpu", "cpu": "test cpu", "torch": "x"}, {"preset": "test"})
+    run_cases([config.build_impl("--impl", spec) for spec in impls], cases, settings=FAST, on_row=writer.append)
+    writer.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def cpu_results(tmp_path_factory) -> Path:
+    return _run(tmp_path_factory.mktemp("run") / "cpu.jsonl", IMPLS)
+
+
+@pytest.fixture(scope="module")
+def gpu_like_results(cpu_results, tmp_path_factory) -> Path:
+    """The CPU run's rows with the memory a GPU run would record, and naive out of memory at 64."""
+    lines = cpu_results.read_text().splitlines()
+    out = []
+    for line in lines:
+        record = json.loads(line)
+        if record.get("record") == "result" and record["status"] == "ok":
+            n = record["seq_len"]
+            record["peak_mem_bytes"] = (4 * n * n * 2 if record["impl"] == "naive" else 64 * n * 2)
+            if record["impl"] == "naive" and n == 64:
+                record.update(status="oom", reason="CUDA out of memory (injected)", time_ms=None)
+        out.append(json.dumps(record))
+    path = tmp_path_factory.mktemp("gpu") / "gpu-like.jsonl"
+    path.write_text("\n".join(out) + "\n")
+    return path
+
+
+def test_report_writes_charts_markdown_and_html(cpu_results, gpu_like_results, tmp_path):
+    out = tmp_path / "report"
+    assert main(["report", str(cpu_results), str(gpu_like_results), "--out", str(out), "--baseline", "naive"]) == 0
+    pngs = sorted((out / "charts").glob("*.png"))
+    names = {p.name.split("-")[0] for p in pngs}
+    assert {"time", "tflops", "memory", "speedup", "accuracy", "attention"} <= names
+    for png in pngs:
+        assert png.read_bytes()[:8] == PNG_SIGNATURE and png.stat().st_size > 5000
+    html = (out / "index.html").read_text()
+    assert html.count("<img ") == len(pngs) and html.count("data:image/png;base64,") == len(pngs)
+    markdown = (out / "report.md").read_text()
+    assert len(re.findall(r"!\[[^]]*\]\(charts/[^)]+\.png\)", markdown)) == len(pngs)
+    frame = load(cpu_results)
+    ok = frame[frame.status == "ok"].iloc[0]
+    assert f"{fmt_num(ok.time_ms)} ms · {fmt_num(ok.tflops)} TF/s" in markdown  # measured numbers, not placeholders
+    assert "unsupported" in markdown and "oom" in markdown
+    assert "vs softmax" in markdown
+
+
+def test_throughput_chart_has_one_line_per_measured_implementation(cpu_results):
+    frame = prepare(load(cpu_results))
+    part = frame[frame.causal == False]  # noqa: E712
+    group = {"device": "cpu", "gpu": "cpu", "dtype": "float32", "causal": False, "mode": "fwd"}
+    fig = charts.throughput_chart(part, colours(frame.impl), group, "time_ms")
+    (ax,) = [a for a in fig.axes if a.get_visible()]
+    measured = set(part[part.status == "ok"].impl)
+    assert {line.get_label() for line in ax.get_lines()} == measured and len(ax.get_lines()) == len(measured)
+    assert ax.get_xlabel() == "sequence length (tokens)" and "ms" in ax.get_ylabel()
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    assert "Time" in fig._suptitle.get_text()
+    legend = fig.legends[0]
+    assert {t.get_text() for t in legend.get_texts()} == measured
+
+
+def test_memory_chart_is_log_log_and_marks_oom(gpu_like_results):
+    frame = prepare(load(gpu_like_results))
+    part = frame[frame.causal == False]  # noqa: E712
+    group = {"device": "cpu", "gpu": "cpu", "dtype": "float32", "causal": False, "mode": "fwd"}
+    fig = charts.memory_chart(part, colours(frame.impl), group)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log" and "bytes" in ax.get_ylabel()
+    labels = {t.get_text() for t in fig.legends[0].get_texts()}
+    assert "out of memory (×)" in labels and "naive" in labels
+    naive = [line for line in ax.get_lines() if line.get_color() == colours(frame.impl)["naive"]][0]
+    assert list(naive.get_xdata()) == [16, 32]  # 64 ran out of memory: a marker, not a point
+
+
+def test_report_on_only_failed_rows_says_so(tmp_path):
+    path = _run(tmp_path / "failed.jsonl", ["sdpa-cudnn", "sdpa-efficient"])
+    assert main(["report", str(path), "--out", str(tmp_path / "r")]) == 0
+    markdown = (tmp_path / "r" / "report.md").read_text()
+    assert "No case was measured" in markdown and "device=cpu (supported: cuda)" in markdown
+
+
+@pytest.mark.parametrize("content,message", [
+    ("", r"no result rows"),
+    ("{not json\n{}\n", r"not valid JSON"),
+    ('{"record": "something"}\n', r"not an attnbench record"),
+])
+def test_empty_or_malformed_results_exit_2(tmp_path, capsys, content, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content)
+    assert main(["report", str(path), "--out", str(tmp_path / "r")]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert main(["recommend", "--seq-len", "32", "--heads", "2", "--head-dim", "16", "--results", str(path)]) == 2
+
+
+def _recommend(capsys, path, *flags) -> str:
+    assert main(["recommend", "--heads", "2", "--head-dim", "16", "--dtype", "float32", "--results", str(path), *flags]) == 0
+    return capsys.readouterr().out
+
+
+def test_recommend_ranks_and_respects_max_error(capsys, cpu_results):
+    everything = _recommend(capsys, cpu_results, "--seq-len", "32")
+    ranked = re.findall(r"^\d+\s+(\S+)", everything, re.M)
+    assert {"naive", "sdpa", "linear", "sparse-window:window=8"} <= set(ranked)
+    frame = load(cpu_results)
+    at = frame[(frame.seq_len == 32) & (frame.causal == False) & (frame.status == "ok")].set_index("impl")  # noqa: E712
+    assert ranked == sorted(ranked, key=lambda impl: at.time_ms[impl])  # fastest first
+    assert "sdpa-cudnn: unsupported at seq_len 32: device=cpu" in everything
+
+    strict = _recommend(capsys, cpu_results, "--seq-len", "32", "--max-error", "0.01")
+    kept = re.findall(r"^\d+\s+(\S+)", strict, re.M)
+    assert "linear" not in kept and "naive" in kept
+    assert re.search(r"linear: error \S+ above --max-error 0.01", strict)
+
+
+def test_recommend_respects_memory_budget(capsys, gpu_like_results):
+    answer = _recommend(capsys, gpu_like_results, "--seq-len", "32", "--memory-budget", "4KiB")
+    assert re.search(r"naive: peak memory 8\.0 KiB above --memory-budget 4\.0 KiB", answer)
+    assert "sdpa" in re.findall(r"^\d+\s+(\S+)", answer, re.M)
+
+
+def test_recommend_interpolates_between_measured_lengths_only(capsys, cpu_results):
+    between = _recommend(capsys, cpu_results, "--seq-len", "48")
+    assert "interpolated between seq_len 32 (batch 1) and 64 (batch 1)" in between
+    beyond = _recommend(capsys, cpu_results, "--seq-len", "128")
+    assert "no implementation qualifies" in beyond
+    assert "naive: not measured around seq_len 128 (measured: [16, 32, 64]); no extrapolation" in beyond
+
+
+def test_recommend_bad_memory_budget_exits_2(capsys, cpu_results):
+    assert main(["recommend", "--seq-len", "32", "--heads", "2", "--head-dim", "16", "--memory-budget", "lots",
+                 "--results", str(cpu_results)]) == 2
+    assert "--memory-budget: 'lots' is not a size" in capsys.readouterr().err

@@ -57,7 +57,7 @@ def test_report_writes_charts_markdown_and_html(cpu_results, gpu_like_results, t
     assert main(["report", str(cpu_results), str(gpu_like_results), "--out", str(out), "--baseline", "naive"]) == 0
     pngs = sorted((out / "charts").glob("*.png"))
     names = {p.name.split("-")[0] for p in pngs}
-    assert {"time", "tflops", "memory", "speedup", "accuracy", "attention"} <= names
+    assert {"time", "memory", "speedup", "accuracy", "attention"} <= names
     for png in pngs:
         assert png.read_bytes()[:8] == PNG_SIGNATURE and png.stat().st_size > 5000
     html = (out / "index.html").read_text()

@@ -60,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="output folder (default: reports/<name of the first results file>)")
     report.add_argument("--baseline", default="sdpa", help="implementation the speed-up chart divides by (default sdpa)")
 
+    comparing = commands.add_parser("compare", help="regressions between two runs (exit 1 on a regression)")
+    comparing.add_argument("baseline", help="results file(s), comma-separated (attnbench JSONL or pytest-benchmark JSON)")
+    comparing.add_argument("current", help="results file(s), comma-separated")
+    comparing.add_argument("--threshold", default="5", help="smallest slowdown that counts, in percent (default 5)")
+    comparing.add_argument("--format", default="text", choices=("text", "md", "json"))
+
     recommend = commands.add_parser("recommend", help="rank implementations for a shape from measured results")
     recommend.add_argument("--seq-len", dest="seq_len", required=True)
     recommend.add_argument("--heads", required=True)
@@ -227,10 +233,24 @@ def cmd_recommend(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from .compare import CompareInputError, run
+
+    threshold = config.positive_float("--threshold", args.threshold) / 100
+    split = lambda text: [Path(p) for p in text.split(",") if p]  # noqa: E731
+    try:
+        text, status = run(split(args.baseline), split(args.current), threshold, args.format)
+    except CompareInputError as error:
+        raise UsageError(f"compare: {error}") from None
+    print(text)
+    return status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        commands = {"list": cmd_list, "env": cmd_env, "run": cmd_run, "report": cmd_report, "recommend": cmd_recommend}
+        commands = {"list": cmd_list, "env": cmd_env, "run": cmd_run, "report": cmd_report, "recommend": cmd_recommend,
+                    "compare": cmd_compare}
         return commands[args.command](args)
     except UsageError as error:
         print(f"attnbench: error: {error}", file=sys.stderr)

@@ -1,0 +1,253 @@
+"""`attnbench compare BASELINE CURRENT`: did anything get slower, break, or stop running?
+
+The verdict per (implementation, case) follows two peers:
+  * asv (`asv compare`, airspeed velocity): a change is reported only if the ratio of the two
+    results exceeds a factor *and* the difference is statistically significant on the raw samples
+    (asv uses a Mann-Whitney U test where it has samples, confidence intervals otherwise);
+  * nvbench's `nvbench_compare.py`: a difference counts only if it exceeds the measured noise of
+    both runs (it compares the relative change with the larger of the two noise estimates).
+Here a row is `slower` only if all of these hold: median ratio − 1 > threshold (default 5%);
+ratio − 1 > the two runs' relative IQRs added up (their noise, with no overlap of typical spread);
+and a one-sided Mann-Whitney U test on the raw per-repeat times gives p < 0.01. `faster` mirrors it.
+Within the threshold a row is `same`; beyond it without that evidence, `ambiguous`. Rows during
+which the GPU throttled in either run are `ambiguous`: their times measure the clock, not the code.
+Status changes are regressions too: accuracy passed -> mismatch, ran -> oom/error/unsupported,
+present -> missing.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from .case import CASE_FIELDS
+from .results import ResultsFormatError, load
+
+KEY = ("impl", *CASE_FIELDS)
+P_VALUE = 0.01
+RAN = ("ok", "mismatch")
+
+
+class CompareInputError(ValueError):
+    """Inputs that cannot be compared; the message says why."""
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+def _read_pytest_benchmark(path: Path, data: dict) -> pd.DataFrame:
+    gpu = (data.get("machine_info") or {}).get("gpu")
+    rows = []
+    for bench in data.get("benchmarks", []):
+        info, stats = bench.get("extra_info") or {}, bench.get("stats") or {}
+        if not all(key in info for key in KEY):
+            raise CompareInputError(f"{path}: benchmark {bench.get('name')!r} lacks the attnbench case in extra_info")
+        raw = [t * 1e3 for t in stats.get("data") or []]
+        rows.append({**{key: info[key] for key in KEY}, "status": info.get("status", "ok"),
+                     "accuracy_ok": info.get("accuracy_ok"), "time_ms": stats.get("median", math.nan) * 1e3,
+                     "time_iqr_ms": stats.get("iqr", math.nan) * 1e3, "times_ms": raw, "throttled": None, "gpu": gpu})
+    return pd.DataFrame(rows)
+
+
+def read_side(paths: list[Path]) -> pd.DataFrame:
+    """attnbench JSON Lines or pytest-benchmark JSON, one or many files, as rows keyed by KEY."""
+    frames = []
+    for path in paths:
+        if not path.is_file():
+            raise CompareInputError(f"{path}: no such file")
+        text = path.read_text(encoding="utf-8", errors="replace")
+        try:
+            whole = json.loads(text)
+        except json.JSONDecodeError:
+            whole = None
+        if isinstance(whole, dict) and "benchmarks" in whole:
+            frames.append(_read_pytest_benchmark(path, whole))
+            continue
+        try:
+            frames.append(load(path))
+        except ResultsFormatError as error:
+            raise CompareInputError(str(error)) from None
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if frame.empty:
+        raise CompareInputError(f"{', '.join(map(str, paths))}: no result rows")
+    frame["gpu"] = frame["gpu"].fillna("cpu")
+    return frame
+
+
+def _merge_repeats(frame: pd.DataFrame) -> pd.DataFrame:
+    """Several runs of one case (e.g. alternating base/candidate runs) pool their raw samples."""
+    def pool(group: pd.DataFrame) -> pd.Series:
+        ran = group[group.status.isin(RAN)]
+        source = ran if not ran.empty else group
+        times = [t for ts in source.times_ms if isinstance(ts, list) for t in ts]
+        last = source.iloc[-1]
+        return pd.Series({
+            "status": last.status, "accuracy_ok": last.accuracy_ok, "reason": last.get("reason"),
+            "time_ms": pd.Series(times).median() if times else last.time_ms,
+            "iqr_ms": _iqr(times) if times else last.get("time_iqr_ms"),
+            "times_ms": times, "throttled": bool(source.throttled.fillna(False).astype(bool).any()),
+            "gpu": last.gpu,
+        })
+    return frame.groupby(list(KEY), dropna=False).apply(pool, include_groups=False).reset_index()
+
+
+def _iqr(values: list[float]) -> float:
+    series = pd.Series(values)
+    return float(series.quantile(0.75) - series.quantile(0.25))
+
+
+# --- statistics -------------------------------------------------------------------------------
+
+def mann_whitney_greater(a: list[float], b: list[float]) -> float:
+    """One-sided p-value that samples `a` tend to be larger than `b` (normal approximation, ties corrected)."""
+    n, m = len(a), len(b)
+    if n < 3 or m < 3:
+        return 1.0
+    ranks = pd.Series(list(a) + list(b)).rank().tolist()
+    u = sum(ranks[:n]) - n * (n + 1) / 2
+    counts = pd.Series(list(a) + list(b)).value_counts()
+    ties = float(((counts**3) - counts).sum())
+    total = n + m
+    variance = n * m / 12 * ((total + 1) - ties / (total * (total - 1)))
+    if variance <= 0:
+        return 1.0
+    z = (u - n * m / 2 - 0.5) / math.sqrt(variance)  # continuity correction
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+@dataclass
+class RowVerdict:
+    key: dict
+    verdict: str  # same, faster, slower, ambiguous, regression, improvement, new
+    ratio: float | None = None
+    detail: str = ""
+
+
+def timing_verdict(base: pd.Series, current: pd.Series, threshold: float) -> tuple[str, float | None, str]:
+    ratio = current.time_ms / base.time_ms if base.time_ms and not math.isnan(base.time_ms) else None
+    if ratio is None or math.isnan(ratio):
+        return "ambiguous", None, "no median time to compare"
+    change = ratio - 1
+    if abs(change) <= threshold:
+        return "same", ratio, f"{change:+.1%} within ±{threshold:.0%}"
+    if base.throttled or current.throttled:
+        return "ambiguous", ratio, f"{change:+.1%}, but the GPU throttled during this case"
+    noise = sum(_relative(row) for row in (base, current))
+    if math.isnan(noise) or abs(change) <= noise:
+        return "ambiguous", ratio, f"{change:+.1%} does not clear the runs' noise (relative IQRs {noise:.1%})"
+    slower = change > 0
+    p = mann_whitney_greater(current.times_ms, base.times_ms) if slower else mann_whitney_greater(base.times_ms, current.times_ms)
+    if not (current.times_ms and base.times_ms):
+        return "ambiguous", ratio, f"{change:+.1%}, but no raw samples for a rank test"
+    if p >= P_VALUE:
+        return "ambiguous", ratio, f"{change:+.1%}, but the rank test is not significant (p={p:.2g})"
+    return ("slower" if slower else "faster"), ratio, f"{change:+.1%}, noise {noise:.1%}, p={p:.2g}"
+
+
+def _relative(row: pd.Series) -> float:
+    return float(row.iqr_ms) / float(row.time_ms) if row.time_ms else math.nan
+
+
+def status_verdict(base: pd.Series | None, current: pd.Series | None) -> tuple[str, str] | None:
+    """A regression (or improvement) of status, or None when both ran alike."""
+    if current is None:
+        return ("regression", f"disappeared (was {base.status})") if base.status in RAN else None
+    if base is None:
+        return "new", f"new case ({current.status})"
+    if base.status in RAN and current.status not in RAN:
+        return "regression", f"{base.status} -> {current.status}: {current.reason}"
+    if base.status == "ok" and base.accuracy_ok is not False and current.status == "mismatch":
+        return "regression", f"accuracy passed -> mismatch: {current.reason}"
+    if base.status not in RAN and current.status in RAN:
+        return "improvement", f"{base.status} -> {current.status}"
+    if base.status == "mismatch" and current.status == "ok":
+        return "improvement", "mismatch -> ok"
+    return None
+
+
+@dataclass
+class Comparison:
+    rows: list[RowVerdict] = field(default_factory=list)
+
+    def count(self, verdict: str) -> int:
+        return sum(1 for r in self.rows if r.verdict == verdict)
+
+    @property
+    def regressed(self) -> bool:
+        return any(r.verdict in ("slower", "regression") for r in self.rows)
+
+
+def compare(base_frame: pd.DataFrame, current_frame: pd.DataFrame, threshold: float = 0.05) -> Comparison:
+    base_gpus, current_gpus = set(base_frame.gpu), set(current_frame.gpu)
+    if base_gpus != current_gpus:
+        raise CompareInputError(f"different machines: baseline ran on {sorted(base_gpus)}, current on "
+                                f"{sorted(current_gpus)}; timings from different GPU models are not comparable")
+    base, current = _merge_repeats(base_frame), _merge_repeats(current_frame)
+    keyed_base = {tuple(r[k] for k in KEY): r for _, r in base.iterrows()}
+    keyed_current = {tuple(r[k] for k in KEY): r for _, r in current.iterrows()}
+    if not set(keyed_base) & set(keyed_current):
+        raise CompareInputError("the two results have no (implementation, case) in common: different grids")
+    result = Comparison()
+    for key in sorted(set(keyed_base) | set(keyed_current), key=str):
+        b, c = keyed_base.get(key), keyed_current.get(key)
+        names = dict(zip(KEY, key))
+        changed = status_verdict(b, c)
+        if changed:
+            result.rows.append(RowVerdict(names, changed[0], detail=changed[1]))
+        elif b.status in RAN and c.status in RAN:
+            verdict, ratio, detail = timing_verdict(b, c, threshold)
+            result.rows.append(RowVerdict(names, verdict, ratio, detail))
+        else:
+            result.rows.append(RowVerdict(names, "same", detail=f"{c.status} in both"))
+    return result
+
+
+# --- output -----------------------------------------------------------------------------------
+
+ORDER = ("regression", "slower", "ambiguous", "faster", "improvement", "new", "same")
+
+
+def _label(key: dict) -> str:
+    mask = "causal" if key["causal"] else "dense"
+    return (f"{key['impl']} B{key['batch']} H{key['heads']} N{key['seq_len']} D{key['head_dim']} "
+            f"{key['dtype']} {mask} {key['mode']}")
+
+
+def _summary(result: Comparison) -> str:
+    return ", ".join(f"{result.count(v)} {v}" for v in ORDER if result.count(v))
+
+
+def format_text(result: Comparison) -> str:
+    lines = [f"{'verdict':<12}{'ratio':>8}  case / detail"]
+    for row in sorted(result.rows, key=lambda r: ORDER.index(r.verdict)):
+        ratio = f"{row.ratio:.3f}" if row.ratio is not None else "–"
+        lines.append(f"{row.verdict:<12}{ratio:>8}  {_label(row.key)}: {row.detail}")
+    lines.append(f"summary: {_summary(result)}")
+    return "\n".join(lines)
+
+
+def format_markdown(result: Comparison) -> str:
+    bad = [r for r in result.rows if r.verdict in ("regression", "slower")]
+    lines = ["## attnbench: " + ("**regression**" if bad else "no regression"), ""]
+    if bad:
+        lines += ["| verdict | case | ratio | detail |", "|---|---|---|---|"]
+        lines += [f"| {r.verdict} | `{_label(r.key)}` | {f'{r.ratio:.3f}' if r.ratio else '–'} | {r.detail} |" for r in bad]
+        lines.append("")
+    lines += ["| verdict | rows |", "|---|---|"]
+    lines += [f"| {v} | {result.count(v)} |" for v in ORDER if result.count(v)]
+    return "\n".join(lines)
+
+
+def format_json(result: Comparison) -> str:
+    return json.dumps({"regressed": result.regressed,
+                       "counts": {v: result.count(v) for v in ORDER},
+                       "rows": [{**r.key, "verdict": r.verdict, "ratio": r.ratio, "detail": r.detail}
+                                for r in result.rows]}, indent=2, default=str)
+
+
+def run(base_paths: list[Path], current_paths: list[Path], threshold: float, fmt: str) -> tuple[str, int]:
+    result = compare(read_side(base_paths), read_side(current_paths), threshold)
+    text = {"text": format_text, "md": format_markdown, "json": format_json}[fmt](result)
+    return text, 1 if result.regressed else 0

@@ -1,0 +1,176 @@
+"""`attnbench compare` on result files built from a real CPU run, with controlled timing changes."""
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from suite.case import Case
+from suite.cli import main
+from suite.compare import mann_whitney_greater
+from suite.results import ResultsWriter
+from suite.runner import RunSettings, run_cases
+from suite.timing import TimingPolicy
+import implementations
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def real_rows(tmp_path_factory) -> list[dict]:
+    """A real CPU run: its rows are the cases and medians the synthetic variants start from."""
+    path = tmp_path_factory.mktemp("base") / "cpu.jsonl"
+    writer = ResultsWriter(path, {"device": "cpu"}, {})
+    settings = RunSettings(policies={"cpu": TimingPolicy(warmup_calls=1, min_repeats=3, max_repeats=3, budget_s=0.01)})
+    cases = [Case(1, 2, n, 16, "float32", False, "fwd", "cpu") for n in (16, 32, 64)]
+    run_cases([implementations.get("naive"), implementations.get("sdpa")], cases, settings=settings, on_row=writer.append)
+    writer.close()
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def synthetic(path: Path, records: list[dict], *, seed: int, noise: float = 0.02, slow: dict | None = None,
+              edit=None, gpu: str | None = None) -> Path:
+    """Replace each row's raw times by 40 log-normal samples around its real median (× slow[impl])."""
+    rng = random.Random(seed)
+    lines = []
+    for record in records:
+        record = json.loads(json.dumps(record))
+        if record["record"] == "run" and gpu:
+            record["environment"]["gpu"] = gpu
+        if record["record"] == "result" and record["status"] == "ok":
+            center = record["time_ms"] * (slow or {}).get((record["impl"], record["seq_len"]), 1.0)
+            times = [center * rng.lognormvariate(0, noise) for _ in range(40)]
+            ordered = sorted(times)
+            record.update(times_ms=times, time_ms=ordered[20], time_iqr_ms=ordered[30] - ordered[10], throttled=False)
+            if edit:
+                edit(record)
+        lines.append(json.dumps(record))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def verdicts(capsys, base: Path, current: Path, *flags) -> tuple[int, dict]:
+    code = main(["compare", str(base), str(current), "--format", "json", *flags])
+    out = capsys.readouterr().out
+    if code == 2:
+        return code, {}
+    rows = json.loads(out)["rows"]
+    return code, {(r["impl"], r["seq_len"]): r["verdict"] for r in rows}
+
+
+def test_identical_runs_are_the_same(tmp_path, capsys, real_rows):
+    base = synthetic(tmp_path / "a.jsonl", real_rows, seed=1)
+    code, found = verdicts(capsys, base, base)
+    assert code == 0 and set(found.values()) == {"same"}
+
+
+def test_resampled_noise_is_the_same(tmp_path, capsys, real_rows):
+    for seed in range(5):
+        base = synthetic(tmp_path / "a.jsonl", real_rows, seed=seed)
+        current = synthetic(tmp_path / "b.jsonl", real_rows, seed=seed + 100)
+        code, found = verdicts(capsys, base, current)
+        assert code == 0 and set(found.values()) == {"same"}, found
+
+
+def test_a_20_percent_slowdown_is_slower_and_exits_1(tmp_path, capsys, real_rows):
+    base = synthetic(tmp_path / "a.jsonl", real_rows, seed=1)
+    current = synthetic(tmp_path / "b.jsonl", real_rows, seed=2, slow={("sdpa", 32): 1.2})
+    code, found = verdicts(capsys, base, current)
+    assert code == 1 and found[("sdpa", 32)] == "slower"
+    assert {v for k, v in found.items() if k != ("sdpa", 32)} == {"same"}
+    assert main(["compare", str(base), str(current), "--format", "md"]) == 1
+    markdown = capsys.readouterr().out
+    assert markdown.index("| slower | `sdpa") < markdown.index("| verdict | rows |")  # regressions first
+
+
+def test_a_3_percent_change_under_10_percent_noise_is_never_slower(tmp_path, capsys, real_rows):
+    for seed in range(8):
+        base = synthetic(tmp_path / "a.jsonl", real_rows, seed=seed, noise=0.10)
+        current = synthetic(tmp_path / "b.jsonl", real_rows, seed=seed + 50, noise=0.10, slow={("naive", 64): 1.03})
+        for threshold in ("5", "1"):
+            code, found = verdicts(capsys, base, current, "--threshold", threshold)
+            assert "slower" not in found.values() and code == 0, (seed, threshold, found)
+
+
+def test_a_throttled_row_is_ambiguous_not_slower(tmp_path, capsys, real_rows):
+    base = synthetic(tmp_path / "a.jsonl", real_rows, seed=1)
+
+    def throttle(record):
+        if record["impl"] == "sdpa" and record["seq_len"] == 32:
+            record["throttled"] = True
+    current = synthetic(tmp_path / "b.jsonl", real_rows, seed=2, slow={("sdpa", 32): 1.3}, edit=throttle)
+    code, found = verdicts(capsys, base, current)
+    assert found[("sdpa", 32)] == "ambiguous" and code == 0
+
+
+@pytest.mark.parametrize("new_status", ["oom", "mismatch", "error"])
+def test_a_new_failure_is_a_regression(tmp_path, capsys, real_rows, new_status):
+    base = synthetic(tmp_path / "a.jsonl", real_rows, seed=1)
+
+    def fail(record):
+        if record["impl"] == "naive" and record["seq_len"] == 64:
+            record.update(status=new_status, reason="injected", accuracy_ok=False if new_status == "mismatch" else None)
+    current = synthetic(tmp_path / "b.jsonl", real_rows, seed=1, edit=fail)
+    code, found = verdicts(capsys, base, current)
+    assert code == 1 and found[("naive", 64)] == "regression"
+
+
+def test_a_disappeared_case_is_a_regression(tmp_path, capsys, real_rows):
+    base = synthetic(tmp_path / "a.jsonl", real_rows, seed=1)
+    kept = [r for r in real_rows if not (r.get("impl") == "naive" and r.get("seq_len") == 16)]
+    current = synthetic(tmp_path / "b.jsonl", kept, seed=1)
+    code, found = verdicts(capsys, base, current)
+    assert code == 1 and found[("naive", 16)] == "regression"
+
+
+def test_different_gpu_models_exit_2(tmp_path, capsys, real_rows):
+    base = synthetic(tmp_path / "a.jsonl", real_rows, seed=1, gpu="NVIDIA H100 80GB HBM3")
+    current = synthetic(tmp_path / "b.jsonl", real_rows, seed=1, gpu="NVIDIA A100-SXM4-80GB")
+    assert main(["compare", str(base), str(current)]) == 2
+    assert "different machines" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content,message", [
+    ("not json at all\n{}\n", "not valid JSON"),
+    ("", "no result rows"),
+    ('{"benchmarks": [{"name": "x", "stats": {}}]}', "lacks the attnbench case"),
+])
+def test_malformed_files_exit_2(tmp_path, capsys, real_rows, content, message):
+    good = synthetic(tmp_path / "a.jsonl", real_rows, seed=1)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(content)
+    assert main(["compare", str(good), str(bad)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_no_common_case_exits_2(tmp_path, capsys, real_rows):
+    base = synthetic(tmp_path / "a.jsonl", [r for r in real_rows if r.get("impl") != "sdpa"], seed=1)
+    current = synthetic(tmp_path / "b.jsonl", [r for r in real_rows if r.get("impl") != "naive"], seed=1)
+    assert main(["compare", str(base), str(current)]) == 2
+    assert "no (implementation, case) in common" in capsys.readouterr().err
+
+
+def test_rank_test_detects_a_shift_and_not_its_absence():
+    rng = random.Random(0)
+    a = [rng.gauss(1.0, 0.05) for _ in range(30)]
+    assert mann_whitney_greater([x * 1.2 for x in a], a) < 1e-6
+    assert mann_whitney_greater(a, [x * 1.2 for x in a]) > 0.99
+    assert mann_whitney_greater([1.0] * 10, [1.0] * 10) >= 0.5
+
+
+def test_pytest_benchmark_json_is_read_by_compare(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    command = [sys.executable, "-m", "pytest", "benchmarks", "-q", "-p", "no:cacheprovider", "-k", "naive or sdpa-math",
+               f"--benchmark-json={out}"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["machine_info"]["gpu"] == "cpu" and data["benchmarks"]
+    first = data["benchmarks"][0]
+    assert first["extra_info"]["tflops"] > 0 and len(first["stats"]["data"]) >= 3
+    assert main(["compare", str(out), str(out)]) == 0
+    assert "summary:" in capsys.readouterr().out

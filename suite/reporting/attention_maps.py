@@ -28,7 +28,7 @@ def map_inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 def attention_map_chart(approximations: list[Implementation], causal: bool = False, seed: int = 0) -> Figure:
     """Row 1: weights (exact first); row 2: approximate minus exact. One small seeded input."""
     q, k = map_inputs(seed)
-    exact = get("reference").attention_weights(q, k, causal=causal)[0, 0]
+    exact = get("reference").attention_weights(q, k, causal=causal)[0, 0].numpy()
     columns = 1 + len(approximations)
     fig, axes = plt.subplots(2, columns, figsize=(3.1 * columns + 1.2, 6.4), squeeze=False, layout="constrained")
     mask = "causal" if causal else "dense"
@@ -39,7 +39,7 @@ def attention_map_chart(approximations: list[Implementation], causal: bool = Fal
     axes[1, 0].set_visible(False)
     diff_image = None
     for column, impl in enumerate(approximations, start=1):
-        weights = impl.attention_weights(q, k, causal=causal)[0, 0]
+        weights = impl.attention_weights(q, k, causal=causal)[0, 0].numpy()
         axes[0, column].imshow(weights, cmap="viridis", vmin=0, vmax=vmax)
         axes[0, column].set_title(impl.label, fontsize=10)
         diff_image = axes[1, column].imshow(weights - exact, cmap="RdBu_r", vmin=-vmax, vmax=vmax)

@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
@@ -43,9 +44,14 @@ def _panels(frame: pd.DataFrame, title: str, ylabel: str, *, logy: bool = False)
     return fig, panels
 
 
+def _floats(values) -> np.ndarray:
+    """Plain float arrays for matplotlib (pandas' nullable and object columns warn or fail)."""
+    return np.asarray(pd.Series(values).astype(float))
+
+
 def _log_axis(axis) -> None:
     """Log scale with plain tick labels (0.5, 20, 300) instead of 5×10⁻¹ notation."""
-    axis._set_axes_scale("log") if hasattr(axis, "_set_axes_scale") else axis.axes.set_yscale("log")
+    axis.axes.set_yscale("log")
     axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
     axis.set_minor_formatter(ticker.NullFormatter())
 
@@ -61,7 +67,7 @@ def _mark_oom(ax, part: pd.DataFrame, label: str, colour, handles: dict) -> None
     if failed.empty:
         return
     ymin = ax.get_ylim()[0] if ax.has_data() else 1.0
-    marker = ax.scatter(failed.seq_len, [ymin] * len(failed), marker="x", color=colour, s=60, zorder=5, clip_on=False)
+    marker = ax.scatter(_floats(failed.seq_len), [ymin] * len(failed), marker="x", color=colour, s=60, zorder=5, clip_on=False)
     handles.setdefault("out of memory (×)", marker)
 
 
@@ -75,11 +81,12 @@ def throughput_chart(frame: pd.DataFrame, colour_of: dict, group: dict, metric: 
         for label in impl_order(part.impl):
             rows = part[(part.impl == label) & part.status.isin(MEASURED)].sort_values("seq_len")
             if not rows.empty:
-                (line,) = ax.plot(rows.seq_len, rows[metric], marker="o", ms=3, color=colour_of[label], label=label)
+                x, y = _floats(rows.seq_len), _floats(rows[metric])
+                (line,) = ax.plot(x, y, marker="o", ms=3, color=colour_of[label], label=label)
                 handles.setdefault(label, line)
                 if metric == "time_ms":
-                    half = rows.time_iqr_ms.fillna(0) / 2
-                    ax.fill_between(rows.seq_len, rows.time_ms - half, rows.time_ms + half, color=colour_of[label], alpha=0.2)
+                    half = _floats(rows.time_iqr_ms.fillna(0)) / 2
+                    ax.fill_between(x, y - half, y + half, color=colour_of[label], alpha=0.2)
         for label in impl_order(part.impl):
             _mark_oom(ax, part[part.impl == label], label, colour_of[label], handles)
     return _finish(fig, handles)
@@ -93,7 +100,7 @@ def memory_chart(frame: pd.DataFrame, colour_of: dict, group: dict) -> Figure:
         for label in impl_order(part.impl):
             rows = part[(part.impl == label) & part.status.isin(MEASURED) & (part.peak_mem_bytes > 0)].sort_values("seq_len")
             if not rows.empty:
-                (line,) = ax.plot(rows.seq_len, rows.peak_mem_bytes, marker="o", ms=3, color=colour_of[label])
+                (line,) = ax.plot(_floats(rows.seq_len), _floats(rows.peak_mem_bytes), marker="o", ms=3, color=colour_of[label])
                 handles.setdefault(label, line)
         for label in impl_order(part.impl):
             _mark_oom(ax, part[part.impl == label], label, colour_of[label], handles)
@@ -114,7 +121,7 @@ def speedup_chart(frame: pd.DataFrame, colour_of: dict, group: dict, baseline: s
             rows = ok[ok.impl == label].set_index("seq_len").time_ms
             ratio = (base / rows).dropna()
             if not ratio.empty:
-                (line,) = ax.plot(ratio.index, ratio.values, marker="o", ms=3, color=colour_of[label])
+                (line,) = ax.plot(_floats(ratio.index), _floats(ratio), marker="o", ms=3, color=colour_of[label])
                 handles.setdefault(label, line)
     return _finish(fig, handles)
 

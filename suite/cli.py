@@ -1,4 +1,4 @@
-"""The `attnbench` command: list, env, run."""
+"""The `attnbench` command: list, env, run, report, recommend, compare."""
 from __future__ import annotations
 
 import argparse
@@ -210,6 +210,8 @@ def cmd_recommend(args) -> int:
     from .reporting.data import ReportInputError, prepare
     from .results import load
 
+    if args.causal == "both":
+        raise UsageError("--causal: 'both' is not allowed here (allowed: true, false)")
     query = Query(
         seq_len=config.positive_ints("--seq-len", args.seq_len)[0], heads=config.positive_ints("--heads", args.heads)[0],
         head_dim=config.positive_ints("--head-dim", args.head_dim)[0], batch=config.positive_ints("--batch", args.batch)[0],
@@ -218,8 +220,6 @@ def cmd_recommend(args) -> int:
         max_error=None if args.max_error is None else config.positive_float("--max-error", args.max_error),
         memory_budget=None if args.memory_budget is None else config.byte_size("--memory-budget", args.memory_budget),
     )
-    if args.causal == "both":
-        raise UsageError("--causal: 'both' is not allowed here (allowed: true, false)")
     sources = [Path(p) for p in args.results] if args.results else _newest_results(_device(None))
     missing = [p for p in sources if not p.is_file()]
     if missing:

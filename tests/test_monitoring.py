@@ -1,0 +1,43 @@
+"""GPU clock monitoring degrades to reasons on CPU; throttling is judged from clocks and NVML reasons."""
+from __future__ import annotations
+
+import io
+
+import torch
+
+from suite.case import Case
+from suite.gpu_monitor import GpuMonitor, throttle_verdict
+from suite.progress import Progress
+
+
+def test_monitor_on_cpu_gives_a_reason_and_never_fails():
+    monitor = GpuMonitor(torch.device("cpu"))
+    assert monitor.unavailable == "no NVIDIA GPU in use (device=cpu)"
+    assert monitor.sample() == {"unavailable": monitor.unavailable}
+    assert throttle_verdict(monitor.sample()) == (None, [])
+
+
+def test_throttle_verdict_from_reasons_and_clock():
+    calm = {"sm_clock_mhz": 1980, "max_sm_clock_mhz": 1980, "clock_event_reasons": ["gpu_idle"]}
+    assert throttle_verdict(calm) == (False, [])
+    capped = {**calm, "clock_event_reasons": ["sw_power_cap"]}
+    assert throttle_verdict(capped) == (True, ["sw_power_cap"])
+    slow = {**calm, "sm_clock_mhz": 1200}
+    throttled, why = throttle_verdict(slow)
+    assert throttled and why == ["sm_clock 1200 MHz < 75% of max 1980 MHz"]
+
+
+def test_progress_reports_position_elapsed_and_remaining():
+    stream = io.StringIO()
+    progress = Progress(stream)
+    progress.start(3)
+    case = Case(1, 2, 17, 16, "float32", True, "fwd", "cpu")
+    row = {"impl": "naive", **case.__dict__, "status": "ok", "time_ms": 1.25}
+    progress.row_started("naive", case)
+    progress.row_done(row)
+    progress.row_done({**row, "status": "oom"})
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "attnbench: 3 measurements to run"
+    assert lines[1].startswith("[1/3] 0:00:00 elapsed, ~0:00:00 left  naive")
+    assert "B1-H2-N17-D16-fp32-causal-fwd  1.250 ms" in lines[1]
+    assert lines[2].startswith("[2/3]") and lines[2].endswith("OOM")

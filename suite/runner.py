@@ -178,22 +178,32 @@ def measure_row(impl: Implementation, case: Case, inputs: Inputs, reference: Exp
 
 def run_one(impl: Implementation, case: Case, inputs: Inputs, reference: ExpectedOutputs,
             settings: RunSettings, monitor: GpuMonitor) -> dict[str, Any]:
-    """One result row, whatever happens."""
+    """One result row, whatever happens.
+
+    An out-of-memory error is retried once after freeing the allocator's cache: memory left
+    fragmented by earlier cases must not be reported as this implementation not fitting.
+    """
     row = _base_row(impl, case)
-    try:
-        reasons = impl.supports(case)
-        if reasons:
-            return {**row, "status": "unsupported", "reason": "; ".join(reasons)}
-        return {**row, **measure_row(impl, case, inputs, reference, settings, monitor)}
-    except Unsupported as error:
-        return {**row, "status": "unsupported", "reason": str(error)}
-    except Exception as error:  # noqa: BLE001 - any failure becomes a row; the run goes on
-        oom = is_out_of_memory(error)
-        detail = " ".join(str(error).split()) if oom else traceback.format_exception_only(type(error), error)[-1].strip()
-        row.update(status="oom" if oom else "error", reason=detail[:2000])
-    # Outside the except block, so the exception and the tensors its frames hold can be freed.
-    _free_memory(case.device)
-    return row
+    for attempt in (1, 2):
+        try:
+            reasons = impl.supports(case)
+            if reasons:
+                return {**row, "status": "unsupported", "reason": "; ".join(reasons)}
+            return {**row, **measure_row(impl, case, inputs, reference, settings, monitor)}
+        except Unsupported as error:
+            return {**row, "status": "unsupported", "reason": str(error)}
+        except Exception as error:  # noqa: BLE001 - any failure becomes a row; the run goes on
+            oom = is_out_of_memory(error)
+            detail = " ".join(str(error).split()) if oom else traceback.format_exception_only(type(error), error)[-1].strip()
+            failure = ("oom" if oom else "error", detail[:2000])
+        # Outside the except block, so the exception and the tensors its frames hold can be freed.
+        _free_memory(case.device)
+        if failure[0] != "oom":
+            break
+    status, reason = failure
+    if status == "oom":
+        reason += " (still out of memory after freeing the allocator cache and retrying)"
+    return {**row, "status": status, "reason": reason}
 
 
 def _free_memory(device: str) -> None:
@@ -235,6 +245,8 @@ def run_cases(
                     progress.row_done(row)
             _free_memory(case.device)
             continue
+        if case.device == "cuda":
+            torch.cuda.empty_cache()  # each case starts from an unfragmented allocator
         reference = softmax_reference(case, inputs, settings)
         for impl in chosen:
             if progress:

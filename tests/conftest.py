@@ -19,12 +19,15 @@ def pytest_collection_modifyitems(config, items):
 class ScriptedAttention(Implementation):
     """A test double: correct attention, except on the cases where it is told to fail."""
 
-    def __init__(self, name, fail_on_seq_len=None, error=None, scale_output=1.0, **options):
+    def __init__(self, name, fail_on_seq_len=None, error=None, scale_output=1.0, failures=None, **options):
         super().__init__(name, **options)
         self.fail_on_seq_len, self.error, self.scale_output = fail_on_seq_len, error, scale_output
+        self.failures_left = failures  # None: fail every time
 
     def __call__(self, q, k, v, *, causal=False):
-        if q.shape[-2] == self.fail_on_seq_len:
+        if q.shape[-2] == self.fail_on_seq_len and self.failures_left != 0:
+            if self.failures_left is not None:
+                self.failures_left -= 1
             raise self.error
         out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
         return out * self.scale_output

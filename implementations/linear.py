@@ -23,18 +23,26 @@ def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
     return F.elu(x) + 1
 
 
+def _matmul_dtype(dtype: torch.dtype) -> torch.dtype:
+    """bf16, fp32 and fp64 multiply as they are; fp16 would overflow running sums (they grow like N)."""
+    return torch.float32 if dtype == torch.float16 else dtype
+
+
 def linear_attention(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *, causal: bool, chunk: int = 64) -> torch.Tensor:
     """fq, fk: positive features (B, H, N, F); v: (B, H, N, D) -> (B, H, N, D) in v's dtype.
 
-    Matmuls run in the input dtype; running states and the normalizer are accumulated in float32
-    (or float64 for float64 inputs).
+    Matmuls run in the input dtype (tensor cores for bf16; fp32 for fp16, whose range the running
+    sums would exceed); cumulative sums, normalizers and the final division in float32 or wider.
     """
+    mm = _matmul_dtype(v.dtype)
     acc = torch.promote_types(v.dtype, torch.float32)
+    fq, fk, values = fq.to(mm), fk.to(mm), v.to(mm)
     if not causal:
-        state = (fk.transpose(-2, -1) @ v).to(acc)  # (B, H, F, D)
-        normalizer = fk.to(acc).sum(-2)  # (B, H, F)
-        numerator = fq.to(acc) @ state
-        return (numerator / (fq.to(acc) @ normalizer[..., None])).to(v.dtype)
+        state = fk.transpose(-2, -1) @ values  # (B, H, F, D)
+        normalizer = fk.sum(-2, dtype=acc)  # (B, H, F)
+        numerator = (fq @ state).to(acc)
+        denominator = (fq @ normalizer.to(mm)[..., None]).to(acc)
+        return (numerator / denominator).to(v.dtype)
 
     batch, heads, seq_len, features = fq.shape
     chunks = -(-seq_len // chunk)
@@ -45,16 +53,16 @@ def linear_attention(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *, cau
 
     # Padded queries get features 1 (not 0) so their discarded rows never divide 0 by 0:
     # a NaN there would flow back into the real gradients.
-    fq_c, fk_c, v_c = split(fq, 1.0), split(fk), split(v)
+    fq_c, fk_c, v_c = split(fq, 1.0), split(fk), split(values)
     weights = torch.tril(fq_c @ fk_c.transpose(-2, -1))  # (B, H, n, C, C), within-chunk causal
     numerator = (weights @ v_c).to(acc)
-    denominator = weights.to(acc).sum(-1, keepdim=True)
+    denominator = weights.sum(-1, keepdim=True, dtype=acc)
     chunk_state = (fk_c.transpose(-2, -1) @ v_c).to(acc)  # (B, H, n, F, D)
-    chunk_norm = fk_c.to(acc).sum(-2)  # (B, H, n, F)
+    chunk_norm = fk_c.sum(-2, dtype=acc)  # (B, H, n, F)
     state_before = chunk_state.cumsum(2) - chunk_state  # what all earlier chunks contribute
     norm_before = chunk_norm.cumsum(2) - chunk_norm
-    numerator = numerator + fq_c.to(acc) @ state_before
-    denominator = denominator + fq_c.to(acc) @ norm_before[..., None]
+    numerator = numerator + (fq_c @ state_before.to(mm)).to(acc)
+    denominator = denominator + (fq_c @ norm_before.to(mm)[..., None]).to(acc)
     out = (numerator / denominator).view(batch, heads, chunks * chunk, -1)[..., :seq_len, :]
     return out.to(v.dtype)
 

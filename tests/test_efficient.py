@@ -156,3 +156,13 @@ def test_attention_weights_are_what_the_twin_applies(name):
         assert weights.shape == (1, 2, 40, 40)
         torch.testing.assert_close(weights.sum(-1), torch.ones(1, 2, 40, dtype=torch.float64))
         torch.testing.assert_close(weights @ v, impl.exact_twin(q, k, v, causal=causal))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_fp16_linear_attention_survives_sums_beyond_fp16_range(causal):
+    """Running sums of 70000 positive features exceed fp16's 65504: they must not overflow."""
+    q, k, v = (randn(1, 1, 70000, 4, seed=s, dtype=torch.float32) for s in range(3))
+    out = implementations.get("linear")(q.half(), k.half(), v.half(), causal=causal)
+    exact = linear_attention(elu_feature_map(q.double()), elu_feature_map(k.double()), v.double(), causal=causal)
+    assert torch.isfinite(out).all()
+    assert error(out, exact).rel_rms < 5e-3

@@ -7,7 +7,7 @@ cancels. fla's kernel is causal only and needs a GPU; elsewhere `supports()` say
 from __future__ import annotations
 
 
-from .base import Unsupported, device_reasons
+from .base import Unsupported, device_reasons, dtype_reasons
 from .linear import LinearAttention, elu_feature_map
 
 
@@ -26,8 +26,7 @@ class FlaLinearAttention(LinearAttention):
         reasons = device_reasons(case, {"cuda"})
         if not case.causal:
             reasons.append("causal=False (supported: causal=True; fla's chunk_linear_attn is causal only)")
-        if case.dtype not in ("float16", "bfloat16", "float32"):
-            reasons.append(f"dtype={case.dtype} (supported: bfloat16, float16, float32)")
+        reasons += dtype_reasons(case, {"float16", "bfloat16", "float32"})
         _, problem = _load_fla()
         if problem:
             reasons.append(problem)

@@ -41,6 +41,11 @@ class Case:
     def key(self) -> tuple:
         return tuple(asdict(self).values())
 
+    @classmethod
+    def from_row(cls, row: dict) -> "Case":
+        """The case of a result row (rows carry every case field)."""
+        return cls(**{name: row[name] for name in cls.__dataclass_fields__})
+
 
 CASE_FIELDS = tuple(Case.__dataclass_fields__)
 

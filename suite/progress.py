@@ -40,8 +40,4 @@ class Progress:
             outcome = row["status"].upper()
         width = len(str(self.total))
         print(f"[{self.done:>{width}}/{self.total}] {_clock(elapsed)} elapsed, ~{_clock(remaining)} left  "
-              f"{row['impl']:<15} {_case_label(row)}  {outcome}", file=self.stream, flush=True)
-
-
-def _case_label(row: dict[str, Any]) -> str:
-    return Case(**{f: row[f] for f in Case.__dataclass_fields__}).label
+              f"{row['impl']:<15} {Case.from_row(row).label}  {outcome}", file=self.stream, flush=True)

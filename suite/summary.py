@@ -21,7 +21,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     impls = list(dict.fromkeys(row["impl"] for row in rows))
     by_case: dict[str, dict[str, str]] = {}
     for row in rows:
-        label = Case(**{f: row[f] for f in Case.__dataclass_fields__}).label
+        label = Case.from_row(row).label
         by_case.setdefault(label, {})[row["impl"]] = _cell(row)
     header = ["case", *impls]
     body = [[label, *(cells.get(impl, "-") for impl in impls)] for label, cells in by_case.items()]

@@ -255,3 +255,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         print(f"attnbench: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before a run started (e.g. while measuring the matmul peak): nothing written
+        print("\nattnbench: interrupted", file=sys.stderr)
+        return 130

@@ -27,6 +27,7 @@ class CaseLike(Protocol):
     causal: bool
     mode: str  # "fwd", "bwd" or "fwd+bwd"
     device: str  # "cpu" or "cuda"
+    kv_heads: int | None  # grouped-query attention: key/value heads (None: as many as heads)
 
 
 class Unsupported(Exception):
@@ -136,6 +137,26 @@ def dtype_reasons(case: CaseLike, allowed: set[str]) -> list[str]:
     if case.dtype in allowed:
         return []
     return [f"dtype={case.dtype} (supported: {', '.join(sorted(allowed))})"]
+
+
+def is_grouped(case: CaseLike) -> bool:
+    kv_heads = getattr(case, "kv_heads", None)
+    return bool(kv_heads) and kv_heads != case.heads
+
+
+def grouped_query_reasons(case: CaseLike, why: str) -> list[str]:
+    """For implementations without grouped-query attention."""
+    if not is_grouped(case):
+        return []
+    return [f"kv_heads={case.kv_heads} with heads={case.heads} (supported: kv_heads = heads; {why})"]
+
+
+def expand_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grouped-query attention the plain way: repeat each key/value head for its group of query heads."""
+    groups = q.shape[1] // k.shape[1]
+    if groups == 1:
+        return k, v
+    return k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
 
 
 def device_reasons(case: CaseLike, allowed: set[str]) -> list[str]:

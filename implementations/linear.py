@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .base import Implementation, Option, device_reasons, must_be_positive
+from .base import Implementation, Option, device_reasons, expand_kv, must_be_positive
 from .flops import linear_attention_flops
 
 
@@ -117,9 +117,11 @@ class LinearAttention(Implementation):
         return device_reasons(case, {"cpu", "cuda"})
 
     def __call__(self, q, k, v, *, causal=False):
+        k, v = expand_kv(q, k, v)
         return linear_attention(elu_feature_map(q), elu_feature_map(k), v, causal=causal, chunk=self.settings["chunk"])
 
     def exact_twin(self, q, k, v, *, causal=False):
+        k, v = expand_kv(q, k, v)
         q, k, v = q.double(), k.double(), v.double()
         return quadratic_linear_attention(elu_feature_map(q), elu_feature_map(k), v, causal=causal)
 

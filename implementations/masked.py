@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .base import Implementation, device_reasons
+from .base import Implementation, device_reasons, expand_kv
 from .reference import reference_attention, softmax_weights
 
 _CPU_QUERY_CHUNK = 64
@@ -105,9 +105,10 @@ class MaskedAttention(Implementation):
         if key not in self._block_masks:
             mask_mod = lambda b, h, q_idx, kv_idx: self.visible(q_idx, kv_idx, causal)  # noqa: E731
             self._block_masks = {key: create_block_mask(mask_mod, None, None, seq_len, seq_len, device=q.device)}
-        return self._compiled(q, k, v, block_mask=self._block_masks[key])
+        return self._compiled(q, k, v, block_mask=self._block_masks[key], enable_gqa=q.shape[1] != k.shape[1])
 
     def _chunked(self, q, k, v, causal: bool) -> torch.Tensor:
+        k, v = expand_kv(q, k, v)
         seq_len, scale = q.shape[-2], q.shape[-1] ** -0.5
         chunks = []
         for start in range(0, seq_len, _CPU_QUERY_CHUNK):

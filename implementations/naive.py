@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Implementation
+from .base import Implementation, expand_kv
 
 
 class NaiveAttention(Implementation):
@@ -22,6 +22,7 @@ class NaiveAttention(Implementation):
         return self._masks[key]
 
     def __call__(self, q, k, v, *, causal=False):
+        k, v = expand_kv(q, k, v)
         scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
         if causal:
             scores = scores.masked_fill(self._causal_mask(q.shape[-2], q.device), float("-inf"))

@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from .base import Implementation, Option, device_reasons, must_be_positive
+from .base import Implementation, Option, device_reasons, expand_kv, must_be_positive
 from .flops import linear_attention_flops, random_feature_flops
 from .linear import linear_attention, linear_weights, quadratic_linear_attention
 
@@ -72,12 +72,14 @@ class PerformerAttention(Implementation):
         return device_reasons(case, {"cpu", "cuda"})
 
     def __call__(self, q, k, v, *, causal=False):
+        k, v = expand_kv(q, k, v)
         projection = self.projection(q.shape[-1], q.device)
         fq = favor_features(q, projection, is_query=True).to(q.dtype)
         fk = favor_features(k, projection, is_query=False).to(k.dtype)
         return linear_attention(fq, fk, v, causal=causal, chunk=self.settings["chunk"])
 
     def exact_twin(self, q, k, v, *, causal=False):
+        k, v = expand_kv(q, k, v)
         projection = self.projection(q.shape[-1], q.device)
         q, k, v = q.double(), k.double(), v.double()
         fq = favor_features(q, projection, is_query=True)

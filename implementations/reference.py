@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from .base import Implementation, device_reasons
+from .base import Implementation, device_reasons, expand_kv
 
 # Scores of one chunk: batch·heads·chunk·seq float64 values; about 512 MiB.
 _CHUNK_ELEMENTS = 1 << 26
@@ -80,7 +80,9 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, ca
     """Softmax attention computed in float64; differentiable, returns float64 (B, H, N, D).
 
     `mask` restricts which keys each query sees (on top of `causal`); every query must see one key.
+    Fewer key/value heads than query heads (grouped-query attention) are repeated per group.
     """
+    k, v = expand_kv(q, k, v)
     return _ChunkedAttention.apply(q.double(), k.double(), v.double(), causal, mask)
 
 

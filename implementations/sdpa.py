@@ -29,9 +29,10 @@ _NO_KERNEL_MESSAGES = ("No available kernel", "No viable backend")
 
 def _probe_tensors(case, requires_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Small inputs with the case's head dim, dtype and device: backend limits depend on these."""
-    shape = (1, 1, min(case.seq_len, 64), case.head_dim)
-    make = lambda: torch.empty(shape, dtype=DTYPES[case.dtype], device=case.device, requires_grad=requires_grad)
-    return make(), make(), make()
+    groups = case.heads // (getattr(case, "kv_heads", None) or case.heads)
+    make = lambda heads: torch.empty((1, heads, min(case.seq_len, 64), case.head_dim),  # noqa: E731
+                                     dtype=DTYPES[case.dtype], device=case.device, requires_grad=requires_grad)
+    return make(groups), make(1), make(1)
 
 
 def _pytorch_reasons(backend: str, case) -> list[str]:
@@ -42,7 +43,7 @@ def _pytorch_reasons(backend: str, case) -> list[str]:
     if check is None:
         return [f"this PyTorch build ({torch.__version__}) has no {backend} backend check"]
     q, k, v = _probe_tensors(case, requires_grad=case.mode != "fwd")
-    params = torch.backends.cuda.SDPAParams(q, k, v, None, 0.0, case.causal, False)
+    params = torch.backends.cuda.SDPAParams(q, k, v, None, 0.0, case.causal, q.shape[1] != k.shape[1])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ok = check(params, True)
@@ -74,7 +75,7 @@ class SdpaAttention(Implementation):
     def __call__(self, q, k, v, *, causal=False):
         try:
             with self._context():
-                return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+                return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=q.shape[1] != k.shape[1])
         except RuntimeError as error:
             if not any(m in str(error) for m in _NO_KERNEL_MESSAGES):
                 raise
@@ -86,5 +87,5 @@ class SdpaAttention(Implementation):
         if choose is None:
             return None
         with self._context():
-            choice = SDPBackend(choose(q, k, v, None, 0.0, causal))
+            choice = SDPBackend(choose(q, k, v, None, 0.0, causal, scale=None, enable_gqa=q.shape[1] != k.shape[1]))
         return _BACKEND_NAMES.get(choice, choice.name.lower())

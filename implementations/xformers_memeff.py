@@ -5,7 +5,7 @@ import re
 
 import torch
 
-from .base import DTYPES, Implementation, Unsupported
+from .base import DTYPES, Implementation, Unsupported, grouped_query_reasons
 
 
 def _condense(message: str) -> list[str]:
@@ -55,6 +55,9 @@ class XformersAttention(Implementation):
         fmha, problem = _load_xformers()
         if problem:
             return [problem]
+        grouped = grouped_query_reasons(case, "xformers takes groups in a 5-D layout not wired here")
+        if grouped:
+            return grouped
         if case.device == "cuda" and not torch.cuda.is_available():
             return ["device=cuda but no CUDA device is available"]
         # Same sizes as the case (empty: nothing is touched) so sequence-length limits apply too.

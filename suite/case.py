@@ -23,6 +23,11 @@ class Case:
     causal: bool
     mode: str
     device: str
+    kv_heads: int | None = None  # grouped-query attention: fewer key/value heads; None = heads
+
+    @property
+    def key_value_heads(self) -> int:
+        return self.kv_heads or self.heads
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -35,7 +40,8 @@ class Case:
     @property
     def label(self) -> str:
         mask = "causal" if self.causal else "dense"
-        return (f"B{self.batch}-H{self.heads}-N{self.seq_len}-D{self.head_dim}-"
+        groups = f"-KV{self.kv_heads}" if self.kv_heads and self.kv_heads != self.heads else ""
+        return (f"B{self.batch}-H{self.heads}{groups}-N{self.seq_len}-D{self.head_dim}-"
                 f"{_DTYPE_SHORT[self.dtype]}-{mask}-{self.mode}")
 
     def key(self) -> tuple:
@@ -43,8 +49,8 @@ class Case:
 
     @classmethod
     def from_row(cls, row: dict) -> "Case":
-        """The case of a result row (rows carry every case field)."""
-        return cls(**{name: row[name] for name in cls.__dataclass_fields__})
+        """The case of a result row (files written before kv_heads existed lack it)."""
+        return cls(**{name: row.get(name) for name in cls.__dataclass_fields__})
 
 
 CASE_FIELDS = tuple(Case.__dataclass_fields__)
@@ -67,6 +73,7 @@ class Grid:
     mode: tuple[str, ...]
     batch: tuple[int, ...] | None = None
     tokens_per_batch: int = 16384
+    kv_heads: tuple[int | None, ...] = (None,)
     description: str = field(default="", compare=False)
 
     def with_overrides(self, **overrides) -> "Grid":
@@ -75,10 +82,12 @@ class Grid:
 
     def cases(self, device: str) -> list[Case]:
         out = []
-        for seq_len, heads, head_dim, dtype, causal, mode in itertools.product(
-            self.seq_len, self.heads, self.head_dim, self.dtype, self.causal, self.mode
+        for seq_len, heads, kv_heads, head_dim, dtype, causal, mode in itertools.product(
+            self.seq_len, self.heads, self.kv_heads, self.head_dim, self.dtype, self.causal, self.mode
         ):
+            if kv_heads and heads % kv_heads:
+                raise ValueError(f"kv_heads {kv_heads} does not divide heads {heads}")
             batches = self.batch or (max(1, self.tokens_per_batch // seq_len),)
             for batch in batches:
-                out.append(Case(batch, heads, seq_len, head_dim, dtype, causal, mode, device))
+                out.append(Case(batch, heads, seq_len, head_dim, dtype, causal, mode, device, kv_heads))
         return out

@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--impl", help="NAME[:KEY=VALUE...][,NAME...]; see `attnbench list`")
     run.add_argument("--seq-len", dest="seq_len", help="N[,N...]")
     run.add_argument("--heads", help="H[,H...]")
+    run.add_argument("--kv-heads", dest="kv_heads", help="key/value heads for grouped-query attention, K[,K...] (default: = heads)")
     run.add_argument("--batch", help="B[,B...] (default: 16384 tokens per batch, i.e. 16384 // seq_len)")
     run.add_argument("--head-dim", dest="head_dim", help="D[,D...]")
     run.add_argument("--dtype", help="float16,bfloat16,float32")
@@ -70,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     recommend.add_argument("--seq-len", dest="seq_len", required=True)
     recommend.add_argument("--heads", required=True)
     recommend.add_argument("--head-dim", dest="head_dim", required=True)
+    recommend.add_argument("--kv-heads", dest="kv_heads", help="key/value heads (default: = heads)")
     recommend.add_argument("--batch", default="1", help="batch to scale time and memory to (default 1)")
     recommend.add_argument("--dtype", default="bfloat16")
     recommend.add_argument("--causal", nargs="?", const="true", default="false", help="true (bare flag) or false")
@@ -124,7 +126,8 @@ def default_out_path(device: str, preset_name: str, resume: bool) -> Path:
 
 
 def cmd_run(args) -> int:
-    flags = {key: getattr(args, key) for key in ("impl", "seq_len", "heads", "batch", "head_dim", "dtype", "causal", "mode")}
+    flags = {key: getattr(args, key) for key in ("impl", "seq_len", "heads", "kv_heads", "batch", "head_dim", "dtype",
+                                                 "causal", "mode")}
     from_config = config.read_config(args.config) if args.config else {}
     device = _device(args.device or from_config.get("device"))
     preset_name = args.preset or from_config.get("preset") or default_preset(device)
@@ -132,7 +135,10 @@ def cmd_run(args) -> int:
     merged = {**from_config, **{k: v for k, v in flags.items() if v is not None}}
     grid = config.build_grid(base, merged)
     impls = [config.build_impl("--impl", spec) for spec in grid.impls]
-    cases = grid.cases(device)
+    try:
+        cases = grid.cases(device)
+    except ValueError as error:
+        raise UsageError(f"--kv-heads: {error} (allowed: divisors of every --heads value)") from None
     label = Path(args.config).stem if args.config else preset_name
     out = Path(args.out) if args.out else default_out_path(device, label, args.resume)
     if out.exists() and not args.resume:
@@ -215,6 +221,7 @@ def cmd_recommend(args) -> int:
     query = Query(
         seq_len=config.positive_ints("--seq-len", args.seq_len)[0], heads=config.positive_ints("--heads", args.heads)[0],
         head_dim=config.positive_ints("--head-dim", args.head_dim)[0], batch=config.positive_ints("--batch", args.batch)[0],
+        kv_heads=None if args.kv_heads is None else config.positive_ints("--kv-heads", args.kv_heads)[0],
         dtype=config.dtypes("--dtype", args.dtype)[0], causal=config.causal_values("--causal", args.causal) == (True,),
         mode=config.modes("--mode", args.mode)[0],
         max_error=None if args.max_error is None else config.positive_float("--max-error", args.max_error),

@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from .case import CASE_FIELDS
-from .results import ResultsFormatError, load
+from .results import ResultsFormatError, load, with_explicit_kv_heads
 
 KEY = ("impl", *CASE_FIELDS)
 P_VALUE = 0.01
@@ -42,6 +42,7 @@ def _read_pytest_benchmark(path: Path, data: dict) -> pd.DataFrame:
     rows = []
     for bench in data.get("benchmarks", []):
         info, stats = bench.get("extra_info") or {}, bench.get("stats") or {}
+        info.setdefault("kv_heads", None)  # written before grouped-query attention existed
         if not all(key in info for key in KEY):
             raise CompareInputError(f"{path}: benchmark {bench.get('name')!r} lacks the attnbench case in extra_info")
         raw = [t * 1e3 for t in stats.get("data") or []]
@@ -73,7 +74,7 @@ def read_side(paths: list[Path]) -> pd.DataFrame:
     if frame.empty:
         raise CompareInputError(f"{', '.join(map(str, paths))}: no result rows")
     frame["gpu"] = frame["gpu"].fillna("cpu")
-    return frame
+    return with_explicit_kv_heads(frame)
 
 
 def _merge_repeats(frame: pd.DataFrame) -> pd.DataFrame:

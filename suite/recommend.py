@@ -27,6 +27,7 @@ class Query:
     max_error: float | None = None
     memory_budget: float | None = None
     batch: int = 1
+    kv_heads: int | None = None  # None: as many as heads
 
 
 @dataclass
@@ -56,7 +57,9 @@ def _interpolate(x: float, x0: float, x1: float, y0: float | None, y1: float | N
 
 def rank(frame: pd.DataFrame, query: Query) -> tuple[list[Candidate], list[tuple[str, str]]]:
     """(candidates fastest first, [(impl, why excluded)])."""
-    shape = frame[(frame.heads == query.heads) & (frame.head_dim == query.head_dim) & (frame.dtype == query.dtype)
+    kv_heads = query.kv_heads or query.heads
+    shape = frame[(frame.heads == query.heads) & (frame.kv_heads == kv_heads) & (frame.head_dim == query.head_dim)
+                  & (frame.dtype == query.dtype)
                   & (frame.causal == query.causal) & (frame["mode"] == query.mode)]
     candidates, excluded = [], []
     for label in impl_order(shape.impl):

@@ -120,7 +120,15 @@ def load(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     for column in ROW_COLUMNS:
         if column not in frame:
             frame[column] = None
-    return frame.drop(columns=["record"], errors="ignore")
+    return with_explicit_kv_heads(frame.drop(columns=["record"], errors="ignore"))
+
+
+def with_explicit_kv_heads(frame: pd.DataFrame) -> pd.DataFrame:
+    """kv_heads None means as many key/value heads as query heads: say so, so rows match and group."""
+    if not frame.empty:
+        kv = frame["kv_heads"] if "kv_heads" in frame else pd.Series(None, index=frame.index)
+        frame["kv_heads"] = kv.where(kv.notna(), frame["heads"]).astype("int64")
+    return frame
 
 
 def finished_keys(path: Path) -> set[tuple]:
@@ -128,4 +136,4 @@ def finished_keys(path: Path) -> set[tuple]:
     if not Path(path).exists():
         return set()
     _, rows = read(Path(path))
-    return {(row["impl"], *(row[f] for f in CASE_FIELDS)) for row in rows}
+    return {(row["impl"], *(row.get(f) for f in CASE_FIELDS)) for row in rows}

@@ -29,11 +29,13 @@ def case_seed(case: Case, seed: int) -> int:
 
 
 def make_inputs(case: Case, seed: int = 0) -> Inputs:
-    """Seeded standard-normal q, k, v, dout of shape (batch, heads, seq, head_dim)."""
+    """Seeded standard-normal q and dout (batch, heads, seq, head_dim); k, v with the key/value heads."""
     device = torch.device(case.device)
     generator = torch.Generator(device=device).manual_seed(case_seed(case, seed))
     shape = (case.batch, case.heads, case.seq_len, case.head_dim)
-    q, k, v, dout = (torch.randn(shape, generator=generator, device=device, dtype=case.torch_dtype) for _ in range(4))
+    kv_shape = (case.batch, case.key_value_heads, case.seq_len, case.head_dim)
+    q, k, v, dout = (torch.randn(s, generator=generator, device=device, dtype=case.torch_dtype)
+                     for s in (shape, kv_shape, kv_shape, shape))
     for t in (q, k, v):
         t.requires_grad_(case.needs_grad)
     return Inputs(q, k, v, dout)

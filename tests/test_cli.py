@@ -111,3 +111,19 @@ def test_list_and_env(capsys):
     assert main(["env"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["torch"] == torch.__version__ and "gpu_state" in record
+
+
+def test_grouped_query_run_and_bad_kv_heads(tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    assert main(["run", "--impl", "naive,sdpa,xformers", "--seq-len", "33", "--heads", "4", "--kv-heads", "2,4",
+                 "--batch", "1", "--head-dim", "16", "--dtype", "float32", "--mode", "fwd+bwd", "--no-causal",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "B1-H4-KV2-N33-D16-fp32-dense-fwd+bwd" in printed and "B1-H4-N33-D16-fp32-dense-fwd+bwd" in printed
+    frame = results.load(out)
+    grouped = frame[frame.kv_heads == 2].set_index("impl")
+    assert grouped.status["naive"] == "ok" and grouped.accuracy_ok["sdpa"] == True  # noqa: E712
+    assert grouped.status["xformers"] == "unsupported"
+    bad = tmp_path / "bad.jsonl"
+    assert main(["run", "--heads", "4", "--kv-heads", "3", "--device", "cpu", "--out", str(bad)]) == 2
+    assert "--kv-heads: kv_heads 3 does not divide heads 4" in capsys.readouterr().err and not bad.exists()

@@ -14,17 +14,17 @@ from suite.runner import RunSettings, run_cases
 
 pytestmark = pytest.mark.gpu
 
-SHAPES = [(1, 2, 1, 64), (3, 2, 17, 64), (2, 4, 257, 128), (1, 8, 1000, 64)]
+SHAPES = [(1, 2, 1, 64, None), (3, 2, 17, 64, None), (2, 4, 257, 128, None), (1, 8, 1000, 64, 2)]
 
 
 def _gpu_cases():
     for name in implementations.names():
         exact = implementations.get(name).family == "exact"
         # Compiled kernels (FlexAttention) cost seconds per shape: fewer shapes for the other families.
-        for batch, heads, seq_len, head_dim in SHAPES if exact else SHAPES[1:3]:
+        for batch, heads, seq_len, head_dim, kv_heads in SHAPES if exact else SHAPES[1:3]:
             for dtype in ("float16", "bfloat16", "float32") if exact else ("bfloat16",):
                 for causal in (False, True):
-                    case = Case(batch, heads, seq_len, head_dim, dtype, causal, "fwd+bwd", "cuda")
+                    case = Case(batch, heads, seq_len, head_dim, dtype, causal, "fwd+bwd", "cuda", kv_heads)
                     yield pytest.param(name, case, id=f"{name}-{case.label}")
 
 
@@ -36,7 +36,9 @@ def test_gpu_matches_float64_reference(name, case):
         pytest.skip(f"{name} cannot run {case.label}: {'; '.join(reasons)}")
     generator = torch.Generator(device="cuda").manual_seed(case.seq_len)
     shape = (case.batch, case.heads, case.seq_len, case.head_dim)
-    q, k, v, dout = (torch.randn(shape, device="cuda", generator=generator, dtype=case.torch_dtype) for _ in range(4))
+    kv_shape = (case.batch, case.key_value_heads, case.seq_len, case.head_dim)
+    q, k, v, dout = (torch.randn(s, device="cuda", generator=generator, dtype=case.torch_dtype)
+                     for s in (shape, kv_shape, kv_shape, shape))
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
     exact = [t.clone().requires_grad_() for t in (q, k, v)]
     try:

@@ -14,16 +14,18 @@ from implementations import reference_attention
 from suite.accuracy import error, tolerance
 from suite.case import Case
 
-# Awkward sizes: length 1, primes, one past a power of two; head dims 16 and 64; batch 1 and 3.
-SHAPES = [(1, 2, 1, 16), (3, 2, 17, 64), (1, 3, 257, 64), (3, 1, 257, 16), (1, 2, 64, 64)]
+# Awkward sizes: length 1, primes, one past a power of two; head dims 16 and 64; batch 1 and 3;
+# the last two are grouped-query attention (4 query heads sharing 2 and 1 key/value heads).
+SHAPES = [(1, 2, 1, 16, None), (3, 2, 17, 64, None), (1, 3, 257, 64, None), (3, 1, 257, 16, None),
+          (1, 2, 64, 64, None), (2, 4, 33, 16, 2), (1, 4, 70, 16, 1)]
 
 
 def _cases():
     for name in implementations.names():
-        for batch, heads, seq_len, head_dim in SHAPES:
+        for batch, heads, seq_len, head_dim, kv_heads in SHAPES:
             for dtype in ("float32", "bfloat16"):
                 for causal in (False, True):
-                    case = Case(batch, heads, seq_len, head_dim, dtype, causal, "fwd+bwd", "cpu")
+                    case = Case(batch, heads, seq_len, head_dim, dtype, causal, "fwd+bwd", "cpu", kv_heads)
                     yield pytest.param(name, case, id=f"{name}-{case.label}")
 
 
@@ -35,7 +37,8 @@ def test_matches_float64_exact_twin(name, case):
         pytest.skip(f"{name} cannot run {case.label} here: {'; '.join(reasons)}")
     generator = torch.Generator().manual_seed(case.seq_len * 7 + case.head_dim)
     shape = (case.batch, case.heads, case.seq_len, case.head_dim)
-    q, k, v, dout = (torch.randn(shape, generator=generator).to(case.torch_dtype) for _ in range(4))
+    kv_shape = (case.batch, case.key_value_heads, case.seq_len, case.head_dim)
+    q, k, v, dout = (torch.randn(s, generator=generator).to(case.torch_dtype) for s in (shape, kv_shape, kv_shape, shape))
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
     exact = [t.clone().requires_grad_() for t in (q, k, v)]
 

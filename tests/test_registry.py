@@ -71,3 +71,10 @@ def test_sdpa_reports_the_backend_it_dispatches_to():
     q = torch.randn(1, 2, 8, 16)
     assert implementations.get("sdpa-math").backend(q, q, q) == "math"
     assert implementations.get("sdpa").backend(q, q, q) in {"math", "flash"}
+
+
+def test_implementations_without_grouped_query_attention_say_so():
+    grouped = Case(1, 4, 64, 64, "bfloat16", True, "fwd", "cuda", kv_heads=2)
+    reasons = " ".join(implementations.get("linear-fla").supports(grouped))
+    assert "kv_heads=2 with heads=4 (supported: kv_heads = heads" in reasons
+    assert implementations.base.grouped_query_reasons(Case(1, 4, 64, 64, "bfloat16", True, "fwd", "cuda"), "x") == []

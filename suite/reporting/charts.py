@@ -18,7 +18,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from .data import MEASURED, group_title, impl_order  # noqa: E402
 
-PANEL_KEYS = ("heads", "head_dim")
+PANEL_KEYS = ("heads", "kv_heads", "head_dim")
 
 
 def _panels(frame: pd.DataFrame, title: str, ylabel: str, *, logy: bool = False):
@@ -30,8 +30,9 @@ def _panels(frame: pd.DataFrame, title: str, ylabel: str, *, logy: bool = False)
     fig.suptitle(title)
     panels = []
     for ax, key in zip(axes.flat, keys):
-        part = frame[(frame.heads == key[0]) & (frame.head_dim == key[1])]
-        ax.set_title(f"{key[0]} heads, head dim {key[1]}", fontsize=10)
+        part = frame[(frame.heads == key[0]) & (frame.kv_heads == key[1]) & (frame.head_dim == key[2])]
+        grouped = f" ({key[1]} key/value)" if key[1] != key[0] else ""
+        ax.set_title(f"{key[0]} heads{grouped}, head dim {key[2]}", fontsize=10)
         ax.set_xscale("log", base=2)
         if logy:
             _log_axis(ax.yaxis)

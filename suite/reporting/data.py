@@ -9,7 +9,7 @@ import pandas as pd
 import implementations
 
 # Cases that differ only in seq_len (and the batch that goes with it) are drawn and tabulated together.
-GROUP_KEYS = ("device", "gpu", "heads", "head_dim", "dtype", "causal", "mode")
+GROUP_KEYS = ("device", "gpu", "heads", "kv_heads", "head_dim", "dtype", "causal", "mode")
 MEASURED = ("ok", "mismatch")
 
 
@@ -35,7 +35,8 @@ def groups(frame: pd.DataFrame) -> Iterable[tuple[dict, pd.DataFrame]]:
 def group_title(group: dict) -> str:
     """E.g. `NVIDIA H100 · H16 D128 · bfloat16 · causal · fwd` (the shape part only when fixed)."""
     mask = "causal" if group["causal"] else "dense"
-    shape = [f"H{group['heads']} D{group['head_dim']}"] if "heads" in group else []
+    grouped = f" KV{group['kv_heads']}" if group.get("kv_heads") not in (None, group.get("heads")) else ""
+    shape = [f"H{group['heads']}{grouped} D{group['head_dim']}"] if "heads" in group else []
     return " · ".join([str(group["gpu"]), *shape, group["dtype"], mask, group["mode"]])
 
 

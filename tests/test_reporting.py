@@ -92,7 +92,7 @@ def test_memory_chart_is_log_log_and_marks_oom(gpu_like_results):
     group = {"device": "cpu", "gpu": "cpu", "dtype": "float32", "causal": False, "mode": "fwd"}
     fig = charts.memory_chart(part, colours(frame.impl), group)
     ax = fig.axes[0]
-    assert ax.get_xscale() == "log" and ax.get_yscale() == "log" and "bytes" in ax.get_ylabel()
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log" and "GiB" in ax.get_ylabel()
     labels = {t.get_text() for t in fig.legends[0].get_texts()}
     assert "out of memory (×)" in labels and "naive" in labels
     naive = [line for line in ax.get_lines() if line.get_color() == colours(frame.impl)["naive"]][0]

@@ -95,13 +95,14 @@ def throughput_chart(frame: pd.DataFrame, colour_of: dict, group: dict, metric: 
 
 def memory_chart(frame: pd.DataFrame, colour_of: dict, group: dict) -> Figure:
     """Peak memory against sequence length, log-log: quadratic and linear growth show as slopes 2 and 1."""
-    fig, panels = _panels(frame, f"Peak memory · {group_title(group)}", "peak memory beyond inputs (bytes)", logy=True)
+    fig, panels = _panels(frame, f"Peak memory · {group_title(group)}", "peak memory beyond inputs (GiB)", logy=True)
     handles: dict = {}
     for ax, part in panels:
         for label in impl_order(part.impl):
             rows = part[(part.impl == label) & part.status.isin(MEASURED) & (part.peak_mem_bytes > 0)].sort_values("seq_len")
             if not rows.empty:
-                (line,) = ax.plot(_floats(rows.seq_len), _floats(rows.peak_mem_bytes), marker="o", ms=3, color=colour_of[label])
+                gib = _floats(rows.peak_mem_bytes) / 2**30
+                (line,) = ax.plot(_floats(rows.seq_len), gib, marker="o", ms=3, color=colour_of[label])
                 handles.setdefault(label, line)
         for label in impl_order(part.impl):
             _mark_oom(ax, part[part.impl == label], label, colour_of[label], handles)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import implementations
-from suite.accuracy import error, tolerance
+from tests.twin_check import assert_matches_twin
 from suite.case import Case
 from suite.environment import collect
 from suite.gpu_monitor import GpuMonitor
@@ -29,29 +29,8 @@ def _gpu_cases():
 
 
 @pytest.mark.parametrize("name,case", list(_gpu_cases()))
-def test_gpu_matches_float64_reference(name, case):
-    impl = implementations.get(name)
-    reasons = impl.supports(case)
-    if reasons:
-        pytest.skip(f"{name} cannot run {case.label}: {'; '.join(reasons)}")
-    generator = torch.Generator(device="cuda").manual_seed(case.seq_len)
-    shape = (case.batch, case.heads, case.seq_len, case.head_dim)
-    kv_shape = (case.batch, case.key_value_heads, case.seq_len, case.head_dim)
-    q, k, v, dout = (torch.randn(s, device="cuda", generator=generator, dtype=case.torch_dtype)
-                     for s in (shape, kv_shape, kv_shape, shape))
-    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-    exact = [t.clone().requires_grad_() for t in (q, k, v)]
-    try:
-        out = impl(*leaves, causal=case.causal)
-        grads = torch.autograd.grad(out, leaves, dout)
-    except implementations.Unsupported as unsupported:
-        pytest.skip(f"{name} refused {case.label} at run time: {unsupported}")
-    expected = impl.exact_twin(*exact, causal=case.causal)
-    expected_grads = torch.autograd.grad(expected, exact, dout.double())
-    rtol, atol = tolerance(case.dtype, case.seq_len)
-    for label, actual, wanted in zip(("out", "dq", "dk", "dv"), (out, *grads), (expected, *expected_grads)):
-        err = error(actual, wanted)
-        assert err.within(rtol, atol), f"{label}: {err} beyond rtol {rtol}, atol {atol}"
+def test_gpu_matches_float64_exact_twin(name, case):
+    assert_matches_twin(name, case, seed=case.seq_len)
 
 
 @pytest.mark.parametrize("name,backend", [("sdpa-flash", "flash"), ("sdpa-efficient", "efficient"), ("sdpa-math", "math")])

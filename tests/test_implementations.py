@@ -12,6 +12,7 @@ import torch
 import implementations
 from implementations import reference_attention
 from suite.accuracy import error, tolerance
+from tests.twin_check import assert_matches_twin
 from suite.case import Case
 
 # Awkward sizes: length 1, primes, one past a power of two; head dims 16 and 64; batch 1 and 3;
@@ -31,28 +32,7 @@ def _cases():
 
 @pytest.mark.parametrize("name,case", list(_cases()))
 def test_matches_float64_exact_twin(name, case):
-    impl = implementations.get(name)
-    reasons = impl.supports(case)
-    if reasons:
-        pytest.skip(f"{name} cannot run {case.label} here: {'; '.join(reasons)}")
-    generator = torch.Generator().manual_seed(case.seq_len * 7 + case.head_dim)
-    shape = (case.batch, case.heads, case.seq_len, case.head_dim)
-    kv_shape = (case.batch, case.key_value_heads, case.seq_len, case.head_dim)
-    q, k, v, dout = (torch.randn(s, generator=generator).to(case.torch_dtype) for s in (shape, kv_shape, kv_shape, shape))
-    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-    exact = [t.clone().requires_grad_() for t in (q, k, v)]
-
-    out = impl(*leaves, causal=case.causal)
-    assert out.shape == q.shape and out.dtype == q.dtype
-    expected = impl.exact_twin(*exact, causal=case.causal)
-    assert expected.dtype == torch.float64
-    grads = torch.autograd.grad(out, leaves, dout)
-    expected_grads = torch.autograd.grad(expected, exact, dout.double())
-
-    rtol, atol = tolerance(case.dtype, case.seq_len)
-    for label, actual, wanted in zip(("out", "dq", "dk", "dv"), (out, *grads), (expected, *expected_grads)):
-        err = error(actual, wanted)
-        assert err.within(rtol, atol), f"{label}: {err} beyond rtol {rtol}, atol {atol}"
+    assert_matches_twin(name, case, seed=case.seq_len * 7 + case.head_dim)
 
 
 def test_a_wrong_implementation_fails_the_same_check():

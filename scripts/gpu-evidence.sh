@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# On a lent GPU machine with no internet: install the carried xformers wheel, run the GPU tests and
-# one or more presets, and write everything under $OUT (results, logs, environment).
+# On a GPU host without internet access: install any wheels placed in .whl/ (e.g. xformers), run the
+# GPU tests and one or more presets, and write everything under $OUT (results, logs, environment).
 # Usage: bash scripts/gpu-evidence.sh PRESET[,PRESET...] [TIMEOUT_S_PER_PRESET] [--tests]
 # A preset whose results file is already under results/ (same date and GPU) is resumed.
 # Environment: TEST_TIMEOUT_S, TEST_SELECT (pytest -k), RUN_FLAGS (extra `attnbench run` flags).

@@ -23,7 +23,7 @@ def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
     return F.elu(x) + 1
 
 
-def _matmul_dtype(dtype: torch.dtype) -> torch.dtype:
+def matmul_dtype(dtype: torch.dtype) -> torch.dtype:
     """bf16, fp32 and fp64 multiply as they are; fp16 would overflow running sums (they grow like N)."""
     return torch.float32 if dtype == torch.float16 else dtype
 
@@ -34,7 +34,7 @@ def linear_attention(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *, cau
     Matmuls run in the input dtype (tensor cores for bf16; fp32 for fp16, whose range the running
     sums would exceed); cumulative sums, normalizers and the final division in float32 or wider.
     """
-    mm = _matmul_dtype(v.dtype)
+    mm = matmul_dtype(v.dtype)
     acc = torch.promote_types(v.dtype, torch.float32)
     fq, fk, values = fq.to(mm), fk.to(mm), v.to(mm)
     if not causal:
@@ -49,7 +49,13 @@ def linear_attention(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *, cau
     pad = chunks * chunk - seq_len  # padded keys come after every real query, so no one sees them
 
     def split(x: torch.Tensor, value: float = 0.0) -> torch.Tensor:
-        return F.pad(x, (0, 0, 0, pad), value=value).view(batch, heads, chunks, chunk, x.shape[-1])
+        if pad:
+            x = F.pad(x, (0, 0, 0, pad), value=value)
+        return x.reshape(batch, heads, chunks, chunk, x.shape[-1])
+
+    def before_each_chunk(prefix_sums: torch.Tensor) -> torch.Tensor:
+        """Inclusive prefix sums over chunks (dim 2) shifted by one: what all earlier chunks contribute."""
+        return torch.cat([torch.zeros_like(prefix_sums[:, :, :1]), prefix_sums[:, :, :-1]], dim=2)
 
     # Padded queries get features 1 (not 0) so their discarded rows never divide 0 by 0:
     # a NaN there would flow back into the real gradients.
@@ -57,11 +63,10 @@ def linear_attention(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *, cau
     weights = torch.tril(fq_c @ fk_c.transpose(-2, -1))  # (B, H, n, C, C), within-chunk causal
     numerator = (weights @ v_c).to(acc)
     denominator = weights.sum(-1, keepdim=True, dtype=acc)
-    chunk_state = (fk_c.transpose(-2, -1) @ v_c).to(acc)  # (B, H, n, F, D)
-    chunk_norm = fk_c.sum(-2, dtype=acc)  # (B, H, n, F)
-    state_before = chunk_state.cumsum(2) - chunk_state  # what all earlier chunks contribute
-    norm_before = chunk_norm.cumsum(2) - chunk_norm
-    numerator = numerator + (fq_c @ state_before.to(mm)).to(acc)
+    # Running sums accumulate in float32 (they grow like N); matmuls read them in the matmul dtype.
+    state_before = before_each_chunk(torch.cumsum(fk_c.transpose(-2, -1) @ v_c, dim=2, dtype=acc).to(mm))
+    norm_before = before_each_chunk(torch.cumsum(fk_c.sum(-2, dtype=acc), dim=2))  # (B, H, n, F)
+    numerator = numerator + (fq_c @ state_before).to(acc)
     denominator = denominator + (fq_c @ norm_before.to(mm)[..., None]).to(acc)
     out = (numerator / denominator).view(batch, heads, chunks * chunk, -1)[..., :seq_len, :]
     return out.to(v.dtype)

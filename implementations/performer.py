@@ -10,6 +10,10 @@ For numerical stability each query's features are divided by exp(max_f (Wq')_f) 
 shared exp(max over keys and features): both factors cancel between numerator and denominator.
 Causal masking uses the chunked prefix sums of linear.py.
 
+The fast path computes the features in the input dtype for bfloat16 (whose range is float32's) and in
+float32 for float16 (whose smallest normal, 6e-5, is above typical stabilized key features), with
+W·D^-¼ rounded to that dtype; the exact twin keeps W in float64, so that rounding counts as error.
+
 Options: `features` (m, default 256), `seed` (default 0), `chunk` (default 64). Features are drawn once
 per (seed, head_dim, features) on first use and reused, outside the timed calls.
 """
@@ -21,7 +25,7 @@ import torch
 
 from .base import Implementation, Option, device_reasons, expand_kv, must_be_positive
 from .flops import linear_attention_flops, random_feature_flops
-from .linear import linear_attention, linear_weights, quadratic_linear_attention
+from .linear import linear_attention, linear_weights, matmul_dtype, quadratic_linear_attention
 
 
 def orthogonal_random_features(features: int, head_dim: int, seed: int) -> torch.Tensor:
@@ -38,15 +42,69 @@ def orthogonal_random_features(features: int, head_dim: int, seed: int) -> torch
 
 
 def favor_features(x: torch.Tensor, projection: torch.Tensor, *, is_query: bool, stabilize: bool = True) -> torch.Tensor:
-    """φ(x) for x (B, H, N, D) and projection (m, D) -> (B, H, N, m), computed in float32 or wider."""
+    """φ(x) as defined above, for x (B, H, N, D) and a projection (m, D) already scaled by D^-¼.
+
+    The plain statement, in float32 or wider: the exact twin and the tests use it.
+    """
     compute = torch.promote_types(x.dtype, torch.float32)
-    x = x.to(compute) * x.shape[-1] ** -0.25
-    logits = x @ projection.to(compute).T - (x * x).sum(-1, keepdim=True) / 2
+    x = x.to(compute)
+    logits = x @ projection.to(compute).T - (x * x).sum(-1, keepdim=True) / (2 * math.sqrt(x.shape[-1]))
     if stabilize:
         # Constant shifts cancel in the ratio; detached so they do not enter the gradient.
         shift = logits.amax(-1, keepdim=True) if is_query else logits.amax((-2, -1), keepdim=True)
         logits = logits - shift.detach()
     return torch.exp(logits) / math.sqrt(projection.shape[0])
+
+
+class _WideProjection(torch.autograd.Function):
+    """x @ Pᵀ with half-precision inputs and a float32 product: tensor-core speed, float32 logits.
+
+    Rounding the logits to bfloat16 would put a ~2% error on the largest features (a logit of 10 is
+    off by up to 0.02), which is most of the output's error budget. torch.mm's `out_dtype` (CUDA,
+    torch ≥ 2.8) keeps the float32 accumulator but has no gradient formula, so the one gradient
+    needed (the projection is fixed) is written here.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(projection)
+        flat = x.reshape(-1, x.shape[-1])
+        logits = None
+        if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
+            try:
+                logits = torch.mm(flat, projection.T, out_dtype=torch.float32)
+            except TypeError:  # torch before 2.8 has no out_dtype
+                pass
+        if logits is None:
+            wide = torch.promote_types(x.dtype, torch.float32)
+            logits = flat.to(wide) @ projection.to(wide).T
+        return logits.view(*x.shape[:-1], projection.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_logits: torch.Tensor):
+        (projection,) = ctx.saved_tensors
+        return grad_logits.to(projection.dtype) @ projection, None
+
+
+def favor_features_fast(x: torch.Tensor, projection: torch.Tensor, *, is_query: bool) -> torch.Tensor:
+    """φ(x) up to factors that linear attention's ratio cancels, returned in x's dtype.
+
+    Linear attention divides φ(q_i)ᵀS by φ(q_i)ᵀz, so any positive factor per query (here
+    exp(−‖q'‖²/2 − max_f) and 1/√m) and one factor shared by all keys (exp(−max) and 1/√m) cancel,
+    in value and in gradient; only the keys' norm term changes the result. Logits come from one
+    tensor-core matmul into float32; one subtraction, exp in place, one cast.
+    """
+    logits = _WideProjection.apply(x, projection)
+    with torch.no_grad():
+        row_max = logits.amax(-1, keepdim=True)
+    # Out of place: the projection's output is a view, which autograd will not let us modify.
+    if is_query:
+        logits = logits - row_max
+    else:
+        half_sq_norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=logits.dtype).square() / (2 * math.sqrt(x.shape[-1]))
+        shift = (row_max - half_sq_norm).amax(-2, keepdim=True).detach()  # max over keys of logits − norm term
+        logits = logits - (half_sq_norm + shift)
+    return logits.exp_().to(x.dtype)
 
 
 class PerformerAttention(Implementation):
@@ -61,11 +119,12 @@ class PerformerAttention(Implementation):
         super().__init__(name, **options)
         self._projections: dict[tuple, torch.Tensor] = {}
 
-    def projection(self, head_dim: int, device: torch.device) -> torch.Tensor:
-        key = (head_dim, device)
+    def projection(self, head_dim: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """W·D^-¼ in `dtype`, drawn in float64 once and rounded per dtype."""
+        key = (head_dim, dtype, device)
         if key not in self._projections:
             drawn = orthogonal_random_features(self.settings["features"], head_dim, self.settings["seed"])
-            self._projections[key] = drawn.to(device)
+            self._projections[key] = (drawn * head_dim ** -0.25).to(device=device, dtype=dtype)
         return self._projections[key]
 
     def supports(self, case) -> list[str]:
@@ -73,21 +132,22 @@ class PerformerAttention(Implementation):
 
     def __call__(self, q, k, v, *, causal=False):
         k, v = expand_kv(q, k, v)
-        projection = self.projection(q.shape[-1], q.device)
-        fq = favor_features(q, projection, is_query=True).to(q.dtype)
-        fk = favor_features(k, projection, is_query=False).to(k.dtype)
+        compute = matmul_dtype(q.dtype)  # fp16 features would underflow: exp(−15) is below its normal range
+        projection = self.projection(q.shape[-1], compute, q.device)
+        fq = favor_features_fast(q.to(compute), projection, is_query=True)
+        fk = favor_features_fast(k.to(compute), projection, is_query=False)
         return linear_attention(fq, fk, v, causal=causal, chunk=self.settings["chunk"])
 
     def exact_twin(self, q, k, v, *, causal=False):
         k, v = expand_kv(q, k, v)
-        projection = self.projection(q.shape[-1], q.device)
+        projection = self.projection(q.shape[-1], torch.float64, q.device)
         q, k, v = q.double(), k.double(), v.double()
         fq = favor_features(q, projection, is_query=True)
         fk = favor_features(k, projection, is_query=False)
         return quadratic_linear_attention(fq, fk, v, causal=causal)
 
     def attention_weights(self, q, k, *, causal=False):
-        projection = self.projection(q.shape[-1], q.device)
+        projection = self.projection(q.shape[-1], torch.float64, q.device)
         fq = favor_features(q.double(), projection, is_query=True)
         fk = favor_features(k.double(), projection, is_query=False)
         return linear_weights(fq, fk, causal=causal)

@@ -9,7 +9,7 @@ import torch
 
 import implementations
 from implementations.linear import elu_feature_map, linear_attention, linear_recurrence, quadratic_linear_attention
-from implementations.performer import favor_features, orthogonal_random_features
+from implementations.performer import favor_features, favor_features_fast, orthogonal_random_features
 from suite.accuracy import error
 from suite.cli import main
 
@@ -100,13 +100,22 @@ def test_favor_estimator_is_unbiased():
     exact = math.exp(float(x @ y) / math.sqrt(dim))
     estimates = []
     for seed in range(400):
-        w = orthogonal_random_features(32, dim, seed)
+        w = orthogonal_random_features(32, dim, seed) * dim ** -0.25
         fx = favor_features(x[None, None, None], w, is_query=True, stabilize=False)
         fy = favor_features(y[None, None, None], w, is_query=False, stabilize=False)
         estimates.append(float((fx * fy).sum()))
     mean = sum(estimates) / len(estimates)
     spread = (sum((e - mean) ** 2 for e in estimates) / len(estimates)) ** 0.5 / math.sqrt(len(estimates))
     assert abs(mean - exact) < 4 * spread + 1e-3 * exact, (mean, exact, spread)
+
+
+def test_fast_features_differ_from_the_definition_only_by_factors_that_cancel():
+    """One factor per query row, one per (batch, head) for all keys: linear attention's ratio drops both."""
+    x = randn(2, 3, 40, 16, seed=4).double()
+    w = orthogonal_random_features(24, 16, seed=5) * 16 ** -0.25
+    for is_query, dims in ((True, (-1,)), (False, (-2, -1))):
+        ratio = favor_features_fast(x, w, is_query=is_query) / favor_features(x, w, is_query=is_query)
+        torch.testing.assert_close(ratio, ratio.amax(dims, keepdim=True).expand_as(ratio))
 
 
 def test_orthogonal_features_are_orthogonal_within_a_block():

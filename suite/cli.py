@@ -1,4 +1,4 @@
-"""The `attnbench` command: list, env, run, report, recommend, compare."""
+"""The `attnbench` command: list, env, run, report, recommend, compare, profile."""
 from __future__ import annotations
 
 import argparse
@@ -79,6 +79,22 @@ def _parser() -> argparse.ArgumentParser:
     recommend.add_argument("--max-error", dest="max_error", help="largest relative RMS error to accept")
     recommend.add_argument("--memory-budget", dest="memory_budget", help="bytes, or with a unit: 512MiB, 8GiB, 40GB")
     recommend.add_argument("--results", nargs="+", help="results files (default: the newest in results/ for this device)")
+
+    prof = commands.add_parser("profile", help="where one case's time goes: torch.profiler's heaviest operators")
+    prof.add_argument("--impl", required=True, help="NAME[:KEY=VALUE...]; see `attnbench list`")
+    prof.add_argument("--seq-len", dest="seq_len", required=True)
+    prof.add_argument("--heads", default="16", help="(default 16)")
+    prof.add_argument("--kv-heads", dest="kv_heads", help="key/value heads (default: = heads)")
+    prof.add_argument("--head-dim", dest="head_dim", default="64", help="(default 64)")
+    prof.add_argument("--batch", default="1", help="(default 1)")
+    prof.add_argument("--dtype", help="(default: bfloat16 on cuda, float32 on cpu)")
+    prof.add_argument("--causal", nargs="?", const="true", default="false", help="true (bare flag) or false")
+    prof.add_argument("--mode", default="fwd", help="fwd, bwd or fwd+bwd (default fwd)")
+    prof.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    prof.add_argument("--calls", default="3", help="profiled calls after warm-up (default 3)")
+    prof.add_argument("--rows", default="20", help="operators to list (default 20)")
+    prof.add_argument("--trace", help="also write a Chrome/Perfetto trace to this path")
+    prof.add_argument("--seed", type=int, default=0, help="seed for the random inputs (default 0)")
     return parser
 
 
@@ -253,11 +269,44 @@ def cmd_compare(args) -> int:
     return status
 
 
+def cmd_profile(args) -> int:
+    from .profiling import profile_case
+
+    device = _device(args.device)
+    if args.causal == "both":
+        raise UsageError("--causal: 'both' is not allowed here (allowed: true, false)")
+    specs = config.impl_specs("--impl", args.impl)
+    if len(specs) != 1:
+        raise UsageError(f"--impl: {args.impl!r} names {len(specs)} implementations (allowed: exactly one)")
+    impl = config.build_impl("--impl", specs[0])
+    case = Case(
+        batch=config.positive_ints("--batch", args.batch)[0], heads=config.positive_ints("--heads", args.heads)[0],
+        seq_len=config.positive_ints("--seq-len", args.seq_len)[0],
+        head_dim=config.positive_ints("--head-dim", args.head_dim)[0],
+        dtype=config.dtypes("--dtype", args.dtype)[0] if args.dtype else _representative_case(device).dtype,
+        causal=config.causal_values("--causal", args.causal) == (True,), mode=config.modes("--mode", args.mode)[0],
+        device=device, kv_heads=None if args.kv_heads is None else config.positive_ints("--kv-heads", args.kv_heads)[0],
+    )
+    if case.heads % case.key_value_heads:
+        raise UsageError(f"--kv-heads: {case.key_value_heads} does not divide --heads {case.heads}")
+    reasons = impl.supports(case)
+    if reasons:
+        raise UsageError(f"{impl.label} cannot run {case.label}: {'; '.join(reasons)}")
+    try:
+        result = profile_case(impl, case, calls=config.positive_ints("--calls", args.calls)[0],
+                              rows=config.positive_ints("--rows", args.rows)[0], seed=args.seed,
+                              trace=Path(args.trace) if args.trace else None)
+    except implementations.Unsupported as unsupported:
+        raise UsageError(f"{impl.label} refused {case.label}: {unsupported}") from None
+    print(result.format())
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         commands = {"list": cmd_list, "env": cmd_env, "run": cmd_run, "report": cmd_report, "recommend": cmd_recommend,
-                    "compare": cmd_compare}
+                    "compare": cmd_compare, "profile": cmd_profile}
         return commands[args.command](args)
     except UsageError as error:
         print(f"attnbench: error: {error}", file=sys.stderr)

@@ -58,3 +58,11 @@ def test_environment_names_the_gpu():
     monitor = GpuMonitor(torch.device("cuda"))
     if monitor.unavailable is None:
         assert record["driver"] and record["gpu_state"]["max_sm_clock_mhz"] > 0
+
+
+def test_profile_on_gpu_sorts_by_device_time():
+    from suite.profiling import profile_case
+
+    case = Case(1, 8, 1024, 64, "bfloat16", True, "fwd+bwd", "cuda")
+    result = profile_case(implementations.get("sdpa-flash"), case, calls=2)
+    assert "Self CUDA" in result.table and "flash" in result.table.lower()

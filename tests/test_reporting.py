@@ -69,6 +69,7 @@ def test_report_writes_charts_markdown_and_html(cpu_results, gpu_like_results, t
     assert f"{fmt_num(ok.time_ms)} ms · {fmt_num(ok.tflops)} TF/s" in markdown  # measured numbers, not placeholders
     assert "unsupported" in markdown and "oom" in markdown
     assert "vs softmax" in markdown
+    assert "## Speed-up over naive" in markdown and "faster than naive from" in markdown
 
 
 def test_throughput_chart_has_one_line_per_measured_implementation(cpu_results):

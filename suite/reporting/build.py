@@ -10,6 +10,7 @@ from .. import config
 from ..results import ResultsFormatError, load, read
 from . import charts
 from .attention_maps import attention_map_chart
+from .crossover import crossover_table
 from .blocks import Heading, Image, Paragraph, Report, Table, to_html, to_markdown
 from .data import MEASURED, ReportInputError, colours, fmt_bytes, fmt_num, group_title, groups, impl_order, prepare
 
@@ -116,6 +117,19 @@ def _approximations(frame: pd.DataFrame) -> list:
     return built
 
 
+def _add_crossovers(report: Report, frame: pd.DataFrame, baseline: str) -> None:
+    tables = [(group, crossover_table(part, baseline)) for group, part in groups(frame)]
+    tables = [(group, table) for group, table in tables if table is not None]
+    if not tables:
+        return
+    report.add(Heading(f"Speed-up over {baseline}"), Paragraph(
+        f"Median time of {baseline} over each implementation's, per length. \"Faster from\" is the shortest "
+        f"length from which an implementation is faster at every longer length measured (a length where "
+        f"{baseline} could not run counts as faster; one where the implementation could not run shows why)."))
+    for group, table in tables:
+        report.add(Heading(group_title(group), 3), table)
+
+
 def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str = "sdpa") -> Path:
     paths = [Path(p) for p in paths]
     try:
@@ -136,6 +150,8 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str = "
         charts.save(fig, out_dir / relative)
         report.add(Image(relative, alt))
 
+    if not measured.empty and baseline in set(measured.impl):
+        _add_crossovers(report, frame, baseline)
     if not measured.empty:
         report.add(Heading("Charts"))
         if baseline not in set(measured.impl):

@@ -1,0 +1,64 @@
+"""Crossover tables: where an implementation starts to beat the baseline, judged beyond noise."""
+from __future__ import annotations
+
+import pandas as pd
+
+from suite.reporting.crossover import crossover_table, crossovers
+
+
+def _rows(impl: str, times: dict[int, float | str], iqr: float = 0.0) -> list[dict]:
+    rows = []
+    for length, time in times.items():
+        failed = isinstance(time, str)
+        rows.append({"impl": impl, "seq_len": length, "status": time if failed else "ok",
+                     "time_ms": None if failed else time, "time_iqr_ms": None if failed else iqr * time})
+    return rows
+
+
+def _frame(*groups: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame([row for rows in groups for row in rows])
+
+
+def _one(frame: pd.DataFrame, impl: str):
+    (found,) = [c for c in crossovers(frame, "base") if c.impl == impl]
+    return found
+
+
+def test_faster_from_needs_every_longer_length_to_win():
+    frame = _frame(_rows("base", {1: 1.0, 2: 2.0, 4: 4.0, 8: 8.0}),
+                   _rows("fast-early-then-slow", {1: 0.5, 2: 3.0, 4: 2.0, 8: 4.0}))
+    found = _one(frame, "fast-early-then-slow")
+    assert found.faster_from == 4  # the win at 1 does not count: it loses at 2
+    assert found.speedups == {1: 2.0, 2: 2.0 / 3.0, 4: 2.0, 8: 2.0}
+
+
+def test_never_faster_says_up_to_which_length():
+    frame = _frame(_rows("base", {1: 1.0, 2: 2.0}), _rows("slow", {1: 2.0, 2: 4.0}))
+    found = _one(frame, "slow")
+    assert found.faster_from is None and found.describe() == "never up to 2"
+
+
+def test_baseline_failure_counts_for_the_implementation_and_own_failure_compares_nothing():
+    frame = _frame(_rows("base", {1: 1.0, 2: 2.0, 4: "oom"}),
+                   _rows("runs-long", {1: 2.0, 2: 1.0, 4: 5.0}),
+                   _rows("fails-long", {1: 0.5, 2: 1.0, 4: "oom"}))
+    assert _one(frame, "runs-long").faster_from == 2
+    assert _one(frame, "runs-long").speedups[4] == "base oom"
+    fails = _one(frame, "fails-long")
+    assert fails.faster_from == 1 and fails.speedups[4] == "oom" and fails.longest == 2
+
+
+def test_a_ratio_within_the_spread_is_a_tie_not_a_win():
+    frame = _frame(_rows("base", {1: 1.0, 2: 2.0}, iqr=0.02), _rows("close", {1: 0.99, 2: 1.0}, iqr=0.02))
+    found = _one(frame, "close")
+    assert found.faster_from == 2 and found.ties == {1}
+    table = crossover_table(frame, "base")
+    assert table.header == ["implementation", "faster than base from", "1", "2"]
+    (row,) = [r for r in table.rows if r[0] == "close"]
+    assert row == ["close", "2", "≈1.01×", "2×"]
+
+
+def test_an_implementation_that_never_ran_gets_no_row():
+    frame = _frame(_rows("base", {1: 1.0}), _rows("cannot", {1: "unsupported"}))
+    assert crossovers(frame, "base") == []
+    assert crossover_table(frame, "base") is None

@@ -3,7 +3,8 @@
 # GPU tests and one or more presets, and write everything under $OUT (results, logs, environment).
 # Usage: bash scripts/gpu-evidence.sh PRESET[,PRESET...] [TIMEOUT_S_PER_PRESET] [--tests]
 # A preset whose results file is already under results/ (same date and GPU) is resumed.
-# Environment: TEST_TIMEOUT_S, TEST_SELECT (pytest -k), RUN_FLAGS (extra `attnbench run` flags).
+# Environment: TEST_TIMEOUT_S, TEST_SELECT (pytest -k), RUN_FLAGS (extra `attnbench run` flags),
+# PROFILE ("IMPL[ IMPL...]": `attnbench profile` each at PROFILE_FLAGS, default 64K tokens, D128, causal fwd+bwd).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/attnbench-out}
@@ -32,4 +33,9 @@ for preset in ${presets//,/ }; do
     > "$OUT/run-$preset.txt" 2> "$OUT/run-$preset.log"
   echo "preset $preset exit $?"
   tail -n 40 "$OUT/run-$preset.txt"
+done
+for impl in ${PROFILE:-}; do
+  timeout 300 python3 -m suite profile --impl "$impl" ${PROFILE_FLAGS:---seq-len 4096 --batch 16 --heads 16 --head-dim 128 --causal --mode fwd+bwd} \
+    --rows 25 > "$OUT/profile-${impl//[:=,]/_}.txt" 2>&1
+  echo "profile $impl exit $?"
 done

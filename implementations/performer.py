@@ -14,7 +14,7 @@ The fast path computes the features in the input dtype for bfloat16 (whose range
 float32 for float16 (whose smallest normal, 6e-5, is above typical stabilized key features), with
 W·D^-¼ rounded to that dtype; the exact twin keeps W in float64, so that rounding counts as error.
 
-Options: `features` (m, default 256), `seed` (default 0), `chunk` (default 64). Features are drawn once
+Options: `features` (m, default 256), `seed` (default 0), `chunk` (default 128). Features are drawn once
 per (seed, head_dim, features) on first use and reused, outside the timed calls.
 """
 from __future__ import annotations
@@ -112,7 +112,7 @@ class PerformerAttention(Implementation):
     options = {
         "features": Option(default=256, parse=int, check=must_be_positive, help="features: random features m, a positive integer"),
         "seed": Option(default=0, parse=int, help="seed: an integer"),
-        "chunk": Option(default=64, parse=int, check=must_be_positive, help="chunk: tokens per causal chunk, a positive integer"),
+        "chunk": Option(default=128, parse=int, check=must_be_positive, help="chunk: tokens per causal chunk, a positive integer"),
     }
 
     def __init__(self, name: str, **options):

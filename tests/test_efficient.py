@@ -77,7 +77,7 @@ def test_flex_attention_mask_matches_the_twin(name):
 
 # --- linear ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("chunk", [1, 4, 16, 64])
+@pytest.mark.parametrize("chunk", [1, 4, 16, 64, 128])
 def test_causal_chunked_linear_equals_the_token_recurrence(chunk):
     q, k, v = (randn(2, 3, 23, 8, seed=s) for s in range(3))
     fq, fk = elu_feature_map(q), elu_feature_map(k)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .base import Implementation, Option, device_reasons, expand_kv, must_be_positive
+from .compiling import COMPILE_OPTION, CompileOnRequest
 from .flops import linear_attention_flops
 
 
@@ -120,14 +121,25 @@ def linear_recurrence(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor) -> to
 class LinearAttention(Implementation):
     family = "linear"
     options = {"chunk": Option(default=128, parse=int, check=must_be_positive,
-                               help="chunk: tokens per chunk of the causal computation, a positive integer")}
+                               help="chunk: tokens per chunk of the causal computation, a positive integer"),
+               "compile": COMPILE_OPTION}
+
+    def __init__(self, name: str, **options):
+        super().__init__(name, **options)
+        self._attend = CompileOnRequest(self._attend_eager, self.settings.get("compile", False))
 
     def supports(self, case) -> list[str]:
         return device_reasons(case, {"cpu", "cuda"})
 
     def __call__(self, q, k, v, *, causal=False):
+        return self._attend(q, k, v, causal)
+
+    def _attend_eager(self, q, k, v, causal: bool) -> torch.Tensor:
         k, v = expand_kv(q, k, v)
         return linear_attention(elu_feature_map(q), elu_feature_map(k), v, causal=causal, chunk=self.settings["chunk"])
+
+    def backend(self, q, k, v, *, causal=False) -> str | None:
+        return self._attend.backend
 
     def exact_twin(self, q, k, v, *, causal=False):
         k, v = expand_kv(q, k, v)

@@ -14,18 +14,10 @@ from typing import Any
 import torch
 
 from .base import Implementation, device_reasons, expand_kv
+from .compiling import raise_recompile_limit
 from .reference import reference_attention, softmax_weights
 
 _CPU_QUERY_CHUNK = 64
-
-
-def _raise_recompile_limit(minimum: int = 256) -> None:
-    # One compiled graph per (shape, mask) is expected here; dynamo's default limit of 8 would make
-    # a grid silently fall back to the unfused eager path after the 8th shape.
-    config = torch._dynamo.config
-    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit"):
-        if hasattr(config, name) and getattr(config, name) < minimum:
-            setattr(config, name, minimum)
 
 
 class MaskedAttention(Implementation):
@@ -98,7 +90,7 @@ class MaskedAttention(Implementation):
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
         if self._compiled is None:
-            _raise_recompile_limit()
+            raise_recompile_limit()
             self._compiled = torch.compile(flex_attention, dynamic=False)
         seq_len = q.shape[-2]
         key = (seq_len, causal, q.device)

@@ -14,8 +14,9 @@ The fast path computes the features in the input dtype for bfloat16 (whose range
 float32 for float16 (whose smallest normal, 6e-5, is above typical stabilized key features), with
 W·D^-¼ rounded to that dtype; the exact twin keeps W in float64, so that rounding counts as error.
 
-Options: `features` (m, default 256), `seed` (default 0), `chunk` (default 128). Features are drawn once
-per (seed, head_dim, features) on first use and reused, outside the timed calls.
+Options: `features` (m, default 256), `seed` (default 0), `chunk` (default 128), `compile` (default
+false; see compiling.py). Features are drawn once per (seed, head_dim, features) on first use and
+reused, outside the timed calls.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import math
 import torch
 
 from .base import Implementation, Option, device_reasons, expand_kv, must_be_positive
+from .compiling import COMPILE_OPTION, CompileOnRequest
 from .flops import linear_attention_flops, random_feature_flops
 from .linear import linear_attention, linear_weights, matmul_dtype, quadratic_linear_attention
 
@@ -113,11 +115,13 @@ class PerformerAttention(Implementation):
         "features": Option(default=256, parse=int, check=must_be_positive, help="features: random features m, a positive integer"),
         "seed": Option(default=0, parse=int, help="seed: an integer"),
         "chunk": Option(default=128, parse=int, check=must_be_positive, help="chunk: tokens per causal chunk, a positive integer"),
+        "compile": COMPILE_OPTION,
     }
 
     def __init__(self, name: str, **options):
         super().__init__(name, **options)
         self._projections: dict[tuple, torch.Tensor] = {}
+        self._attend = CompileOnRequest(self._attend_eager, self.settings["compile"])
 
     def projection(self, head_dim: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """W·D^-¼ in `dtype`, drawn in float64 once and rounded per dtype."""
@@ -131,12 +135,18 @@ class PerformerAttention(Implementation):
         return device_reasons(case, {"cpu", "cuda"})
 
     def __call__(self, q, k, v, *, causal=False):
-        k, v = expand_kv(q, k, v)
         compute = matmul_dtype(q.dtype)  # fp16 features would underflow: exp(−15) is below its normal range
-        projection = self.projection(q.shape[-1], compute, q.device)
-        fq = favor_features_fast(q.to(compute), projection, is_query=True)
-        fk = favor_features_fast(k.to(compute), projection, is_query=False)
+        # Drawn here, outside the compiled function, so compilation sees a plain tensor argument.
+        return self._attend(q, k, v, self.projection(q.shape[-1], compute, q.device), causal)
+
+    def _attend_eager(self, q, k, v, projection: torch.Tensor, causal: bool) -> torch.Tensor:
+        k, v = expand_kv(q, k, v)
+        fq = favor_features_fast(q.to(projection.dtype), projection, is_query=True)
+        fk = favor_features_fast(k.to(projection.dtype), projection, is_query=False)
         return linear_attention(fq, fk, v, causal=causal, chunk=self.settings["chunk"])
+
+    def backend(self, q, k, v, *, causal=False) -> str | None:
+        return self._attend.backend
 
     def exact_twin(self, q, k, v, *, causal=False):
         k, v = expand_kv(q, k, v)

@@ -145,7 +145,8 @@ def test_performer_error_against_softmax_shrinks_with_more_features():
     ("sparse-block:block=-4", r"block='-4' must be a positive integer"),
     ("performer:features=0", r"features='0' must be a positive integer"),
     ("performer:features=many", r"features='many' is not valid"),
-    ("performer:feature=64", r"unknown option 'feature' \(allowed: chunk, features, seed\)"),
+    ("performer:feature=64", r"unknown option 'feature' \(allowed: chunk, compile, features, seed\)"),
+    ("linear:compile=maybe", r"option compile='maybe' is not valid \(compile: true or false"),
     ("linear:chunk=0", r"chunk='0' must be a positive integer"),
 ])
 def test_bad_options_exit_2(tmp_path, capsys, spec, message):
@@ -175,3 +176,17 @@ def test_fp16_linear_attention_survives_sums_beyond_fp16_range(causal):
     exact = linear_attention(elu_feature_map(q.double()), elu_feature_map(k.double()), v.double(), causal=causal)
     assert torch.isfinite(out).all()
     assert error(out, exact).rel_rms < 5e-3
+
+
+def test_compiled_performer_matches_eager_forward_and_gradients():
+    """compile=true (one CPU compilation, ~30 s): the same numbers as eager, and the backend says so."""
+    q, k, v, dout = (randn(1, 2, 70, 16, seed=s, dtype=torch.float32) for s in range(4))
+    results = []
+    for compile_it in (False, True):
+        impl = implementations.get("performer", compile=compile_it, features=32)
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = impl(*leaves, causal=True)
+        results.append((out, *torch.autograd.grad(out, leaves, dout)))
+        assert impl.backend(q, k, v, causal=True) == ("torch.compile (inductor)" if compile_it else "eager")
+    for eager, compiled in zip(*results):
+        torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)

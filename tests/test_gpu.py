@@ -35,6 +35,13 @@ def test_gpu_matches_float64_exact_twin(name, case):
     assert_matches_twin(name, case, seed=case.seq_len)
 
 
+@pytest.mark.parametrize("name", ["linear", "performer"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_gpu_compiled_variants_match_their_twin(name, causal):
+    case = Case(2, 4, 257, 128, "bfloat16", causal, "fwd+bwd", "cuda")
+    assert_matches_twin(name, case, seed=3, compile=True)
+
+
 @pytest.mark.parametrize("name,backend", [("sdpa-flash", "flash"), ("sdpa-efficient", "efficient"), ("sdpa-math", "math")])
 def test_forced_backend_is_the_one_dispatched(name, backend):
     q = torch.randn(2, 4, 256, 64, device="cuda", dtype=torch.bfloat16)

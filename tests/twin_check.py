@@ -9,9 +9,9 @@ from suite.accuracy import error, tolerance
 from suite.case import Case
 
 
-def assert_matches_twin(name: str, case: Case, seed: int) -> None:
+def assert_matches_twin(name: str, case: Case, seed: int, **options) -> None:
     """Skips (with the reasons) where the implementation cannot run the case."""
-    impl = implementations.get(name)
+    impl = implementations.get(name, **options)
     reasons = impl.supports(case)
     if reasons:
         pytest.skip(f"{name} cannot run {case.label} here: {'; '.join(reasons)}")

@@ -58,6 +58,9 @@ def favor_features(x: torch.Tensor, projection: torch.Tensor, *, is_query: bool,
     return torch.exp(logits) / math.sqrt(projection.shape[0])
 
 
+_MM_HAS_OUT_DTYPE = tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 8)
+
+
 class _WideProjection(torch.autograd.Function):
     """x @ Pᵀ with half-precision inputs and a float32 product: tensor-core speed, float32 logits.
 
@@ -71,13 +74,9 @@ class _WideProjection(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(projection)
         flat = x.reshape(-1, x.shape[-1])
-        logits = None
-        if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
-            try:
-                logits = torch.mm(flat, projection.T, out_dtype=torch.float32)
-            except TypeError:  # torch before 2.8 has no out_dtype
-                pass
-        if logits is None:
+        if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and _MM_HAS_OUT_DTYPE:
+            logits = torch.mm(flat, projection.T, out_dtype=torch.float32)
+        else:
             wide = torch.promote_types(x.dtype, torch.float32)
             logits = flat.to(wide) @ projection.to(wide).T
         return logits.view(*x.shape[:-1], projection.shape[0])

@@ -5,16 +5,17 @@ This package never imports the harness (`suite`): every implementation is usable
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 from .base import DTYPES, CaseLike, Implementation, Option, Unsupported
-from .naive import NaiveAttention
-from .reference import ReferenceAttention, reference_attention
-from .sdpa import SdpaAttention
 from .linear import LinearAttention
 from .linear_fla import FlaLinearAttention
+from .naive import NaiveAttention
 from .performer import PerformerAttention
+from .reference import ReferenceAttention, reference_attention
+from .sdpa import SdpaAttention
 from .sparse_block import BlockSparseAttention
 from .sparse_window import SlidingWindowAttention
 from .xformers_memeff import XformersAttention

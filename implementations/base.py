@@ -1,8 +1,9 @@
 """What every attention implementation is: a name, a family, its options, what it supports, a call."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 

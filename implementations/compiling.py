@@ -7,7 +7,7 @@ which the harness records apart from the timed calls.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -6,7 +6,6 @@ cancels. fla's kernel is causal only and needs a GPU; elsewhere `supports()` say
 """
 from __future__ import annotations
 
-
 from .base import Unsupported, device_reasons, dtype_reasons, grouped_query_reasons
 from .linear import LinearAttention, elu_feature_map
 

@@ -102,7 +102,8 @@ def favor_features_fast(x: torch.Tensor, projection: torch.Tensor, *, is_query: 
     if is_query:
         logits = logits - row_max
     else:
-        half_sq_norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=logits.dtype).square() / (2 * math.sqrt(x.shape[-1]))
+        sq_norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=logits.dtype).square()
+        half_sq_norm = sq_norm / (2 * math.sqrt(x.shape[-1]))
         shift = (row_max - half_sq_norm).amax(-2, keepdim=True).detach()  # max over keys of logits − norm term
         logits = logits - (half_sq_norm + shift)
     return logits.exp_().to(x.dtype)
@@ -111,9 +112,11 @@ def favor_features_fast(x: torch.Tensor, projection: torch.Tensor, *, is_query: 
 class PerformerAttention(Implementation):
     family = "performer"
     options = {
-        "features": Option(default=256, parse=int, check=must_be_positive, help="features: random features m, a positive integer"),
+        "features": Option(default=256, parse=int, check=must_be_positive,
+                           help="features: random features m, a positive integer"),
         "seed": Option(default=0, parse=int, help="seed: an integer"),
-        "chunk": Option(default=128, parse=int, check=must_be_positive, help="chunk: tokens per causal chunk, a positive integer"),
+        "chunk": Option(default=128, parse=int, check=must_be_positive,
+                        help="chunk: tokens per causal chunk, a positive integer"),
         "compile": COMPILE_OPTION,
     }
 
@@ -163,4 +166,5 @@ class PerformerAttention(Implementation):
 
     def forward_flops(self, batch, heads, seq_len, head_dim, causal):
         m = self.settings["features"]
-        return random_feature_flops(batch, heads, seq_len, head_dim, m) + linear_attention_flops(batch, heads, seq_len, head_dim, m)
+        features = random_feature_flops(batch, heads, seq_len, head_dim, m)
+        return features + linear_attention_flops(batch, heads, seq_len, head_dim, m)

@@ -8,7 +8,7 @@ out (the backward in FlashAttention's form) so that gradients need no N×N autog
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

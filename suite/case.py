@@ -48,7 +48,7 @@ class Case:
         return tuple(asdict(self).values())
 
     @classmethod
-    def from_row(cls, row: dict) -> "Case":
+    def from_row(cls, row: dict) -> Case:
         """The case of a result row (files written before kv_heads existed lack it)."""
         return cls(**{name: row.get(name) for name in cls.__dataclass_fields__})
 
@@ -76,7 +76,7 @@ class Grid:
     kv_heads: tuple[int | None, ...] = (None,)
     description: str = field(default="", compare=False)
 
-    def with_overrides(self, **overrides) -> "Grid":
+    def with_overrides(self, **overrides) -> Grid:
         given = {k: v for k, v in overrides.items() if v is not None}
         return replace(self, **given)
 

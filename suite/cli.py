@@ -6,8 +6,8 @@ import datetime as _dt
 import json
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -44,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--impl", help="NAME[:KEY=VALUE...][,NAME...]; see `attnbench list`")
     run.add_argument("--seq-len", dest="seq_len", help="N[,N...]")
     run.add_argument("--heads", help="H[,H...]")
-    run.add_argument("--kv-heads", dest="kv_heads", help="key/value heads for grouped-query attention, K[,K...] (default: = heads)")
+    run.add_argument("--kv-heads", dest="kv_heads",
+                     help="key/value heads for grouped-query attention, K[,K...] (default: = heads)")
     run.add_argument("--batch", help="B[,B...] (default: 16384 tokens per batch, i.e. 16384 // seq_len)")
     run.add_argument("--head-dim", dest="head_dim", help="D[,D...]")
     run.add_argument("--dtype", help="float16,bfloat16,float32")

@@ -1,7 +1,7 @@
 """Peak device memory one call allocates beyond what was already allocated (inputs, caches)."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

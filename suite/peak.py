@@ -11,5 +11,6 @@ def measured_matmul_tflops(dtype: torch.dtype, device: torch.device, size: int =
     generator = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(size, size, dtype=dtype, device=device, generator=generator)
     b = torch.randn(size, size, dtype=dtype, device=device, generator=generator)
-    timing: Measurement = measure(lambda: a @ b, device, TimingPolicy(warmup_calls=5, min_repeats=20, max_repeats=50, budget_s=2.0))
+    policy = TimingPolicy(warmup_calls=5, min_repeats=20, max_repeats=50, budget_s=2.0)
+    timing: Measurement = measure(lambda: a @ b, device, policy)
     return 2 * size**3 / (timing.median * 1e-3) / 1e12

@@ -10,8 +10,9 @@ import math
 import os
 import uuid
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 
@@ -87,7 +88,7 @@ def _read_records(path: Path) -> Iterable[dict[str, Any]]:
             record = json.loads(line)
         except json.JSONDecodeError as error:
             if number == len(lines):  # a run killed mid-write leaves at most one torn last line
-                warnings.warn(f"{path}:{number}: ignoring incomplete last line")
+                warnings.warn(f"{path}:{number}: ignoring incomplete last line", stacklevel=2)
                 continue
             raise ResultsFormatError(f"{path}:{number}: not valid JSON: {error}") from None
         if not isinstance(record, dict) or record.get("record") not in ("run", "result"):

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import gc
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -184,7 +185,7 @@ def run_one(impl: Implementation, case: Case, inputs: Inputs, reference: Expecte
     fragmented by earlier cases must not be reported as this implementation not fitting.
     """
     row = _base_row(impl, case)
-    for attempt in (1, 2):
+    for _attempt in (1, 2):
         try:
             reasons = impl.supports(case)
             if reasons:

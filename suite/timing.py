@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -64,7 +64,7 @@ class TimingPolicy:
     noisy_relative_iqr: float = 0.10  # torch.utils.benchmark warns above this spread
 
     @classmethod
-    def for_device(cls, device: str) -> "TimingPolicy":
+    def for_device(cls, device: str) -> TimingPolicy:
         # CPU timings on shared cores rarely tighten to ±1%; a short budget keeps CPU runs quick.
         return cls(budget_s=0.25, max_repeats=100) if device == "cpu" else cls()
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
+import implementations
 from suite.case import Case
 from suite.cli import main
 from suite.compare import mann_whitney_greater
 from suite.results import ResultsWriter
 from suite.runner import RunSettings, run_cases
 from suite.timing import TimingPolicy
-import implementations
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -67,7 +67,7 @@ def test_flex_attention_mask_matches_the_twin(name):
     impl = implementations.get(name, **({"window": 5} if name == "sparse-window" else {"block": 8}))
     q, k, v = (randn(1, 2, 45, 16, seed=s, dtype=torch.float32) for s in range(3))
     for causal in (False, True):
-        mask_mod = lambda b, h, qi, ki: impl.visible(qi, ki, causal)  # noqa: E731
+        mask_mod = lambda b, h, qi, ki, causal=causal: impl.visible(qi, ki, causal)  # noqa: E731
         block_mask = create_block_mask(mask_mod, None, None, 45, 45, device="cpu")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

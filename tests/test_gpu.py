@@ -5,12 +5,12 @@ import pytest
 import torch
 
 import implementations
-from tests.twin_check import assert_matches_twin
 from suite.case import Case
 from suite.environment import collect
 from suite.gpu_monitor import GpuMonitor
 from suite.peak import measured_matmul_tflops
 from suite.runner import RunSettings, run_cases
+from tests.twin_check import assert_matches_twin
 
 pytestmark = pytest.mark.gpu
 
@@ -22,7 +22,10 @@ def _gpu_cases():
         exact = implementations.get(name).family == "exact"
         # Compiled kernels (FlexAttention) cost seconds per shape: fewer shapes for the other families.
         # Linear and Performer also in float16, whose features and running sums they keep in float32.
-        dtypes = ("float16", "bfloat16", "float32") if exact else ("float16", "bfloat16") if name in {"linear", "performer"} else ("bfloat16",)
+        if exact:
+            dtypes = ("float16", "bfloat16", "float32")
+        else:
+            dtypes = ("float16", "bfloat16") if name in {"linear", "performer"} else ("bfloat16",)
         for batch, heads, seq_len, head_dim, kv_heads in SHAPES if exact else SHAPES[1:3]:
             for dtype in dtypes:
                 for causal in (False, True):

@@ -12,8 +12,8 @@ import torch
 import implementations
 from implementations import reference_attention
 from suite.accuracy import error, tolerance
-from tests.twin_check import assert_matches_twin
 from suite.case import Case
+from tests.twin_check import assert_matches_twin
 
 # Awkward sizes: length 1, primes, one past a power of two; head dims 16 and 64; batch 1 and 3;
 # the last two are grouped-query attention (4 query heads sharing 2 and 1 key/value heads).

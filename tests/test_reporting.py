@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from suite import config
 from suite.case import Case
 from suite.cli import main
 from suite.reporting import charts
@@ -14,7 +15,6 @@ from suite.reporting.data import colours, fmt_num, prepare
 from suite.results import ResultsWriter, load
 from suite.runner import RunSettings, run_cases
 from suite.timing import TimingPolicy
-from suite import config
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FAST = RunSettings(policies={"cpu": TimingPolicy(warmup_calls=1, min_repeats=3, max_repeats=5, budget_s=0.05)})

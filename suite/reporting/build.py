@@ -10,8 +10,8 @@ from .. import config
 from ..results import ResultsFormatError, load, read
 from . import charts
 from .attention_maps import attention_map_chart
-from .crossover import crossover_table
 from .blocks import Heading, Image, Paragraph, Report, Table, to_html, to_markdown
+from .crossover import crossover_table
 from .data import MEASURED, ReportInputError, colours, fmt_bytes, fmt_num, group_title, groups, impl_order, prepare
 
 CHART_KEYS = ("device", "gpu", "dtype", "causal", "mode")

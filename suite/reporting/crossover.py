@@ -2,9 +2,10 @@
 
 "Faster from L" means: faster at L and at every longer length where both were measured, where
 faster means a ratio of medians above 1 by more than the two rows' summed relative IQRs (a closer
-ratio is a tie, marked ≈, as `attnbench compare` would call it "same"). A length where the baseline could not run (out of memory, unsupported) but the
-implementation could counts in the implementation's favour; one where the implementation could not
-run is shown with its status and compares nothing.
+ratio is a tie, marked ≈, as `attnbench compare` would call it "same"). A length where the baseline
+could not run (out of memory, unsupported) but the implementation could counts in the
+implementation's favour; one where the implementation could not run is shown with its status and
+compares nothing.
 """
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 # On a GPU host without internet access: install any wheels placed in .whl/ (e.g. xformers), run the
 # GPU tests and one or more presets, and write everything under $OUT (results, logs, environment).
 # Usage: bash scripts/gpu-evidence.sh PRESET[,PRESET...] [TIMEOUT_S_PER_PRESET] [--tests]
-# A preset whose results file is already under results/ (same date and GPU) is resumed.
+# With RESUME=1, a preset whose results file is already under results/ (same date and GPU) is resumed;
+# otherwise a new file is started beside it (-2, -3, ...), so rows of different code are never mixed.
 # Environment: TEST_TIMEOUT_S, TEST_SELECT (pytest -k), RUN_FLAGS (extra `attnbench run` flags),
 # PROFILE ("IMPL[ IMPL...]": `attnbench profile` each at PROFILE_FLAGS, default 64K tokens, D128, causal fwd+bwd).
 set -uo pipefail
@@ -27,8 +28,14 @@ if [ "${3:-}" = "--tests" ]; then
 fi
 gpu=$(python3 -c "import torch, re; print(re.sub(r'[^a-z0-9]+', '-', torch.cuda.get_device_name().lower()).strip('-'))")
 for preset in ${presets//,/ }; do
-  out="$OUT/$(date +%F)_${gpu}_${preset}.jsonl"
-  resume=""; [ -f "results/$(basename "$out")" ] && cp "results/$(basename "$out")" "$out" && resume="--resume"
+  name="$(date +%F)_${gpu}_${preset}"; resume=""
+  if [ -f "results/$name.jsonl" ] && [ "${RESUME:-0}" = 1 ]; then
+    cp "results/$name.jsonl" "$OUT/$name.jsonl"; resume="--resume"
+  else
+    n=2; base=$name
+    while [ -f "results/$name.jsonl" ]; do name="$base-$n"; n=$((n + 1)); done
+  fi
+  out="$OUT/$name.jsonl"
   timeout --signal=INT "$limit" python3 -m suite run --preset "$preset" --device cuda --out "$out" $resume ${RUN_FLAGS:-} \
     > "$OUT/run-$preset.txt" 2> "$OUT/run-$preset.log"
   echo "preset $preset exit $?"

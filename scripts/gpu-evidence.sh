@@ -2,8 +2,8 @@
 # On a GPU host without internet access: install any wheels placed in .whl/ (e.g. xformers), run the
 # GPU tests and one or more presets, and write everything under $OUT (results, logs, environment).
 # Usage: bash scripts/gpu-evidence.sh PRESET[,PRESET...] [TIMEOUT_S_PER_PRESET] [--tests]
-# With RESUME=1, a preset whose results file is already under results/ (same date and GPU) is resumed;
-# otherwise a new file is started beside it (-2, -3, ...), so rows of different code are never mixed.
+# Each preset starts a new results file (named by date and GPU; -2, -3, ... when one exists under
+# results/), unless RESUME_FILE names a results file of that preset to continue.
 # Environment: TEST_TIMEOUT_S, TEST_SELECT (pytest -k), RUN_FLAGS (extra `attnbench run` flags),
 # PROFILE ("IMPL[ IMPL...]": `attnbench profile` each at PROFILE_FLAGS, default 64K tokens, D128, causal fwd+bwd).
 set -uo pipefail
@@ -29,8 +29,8 @@ fi
 gpu=$(python3 -c "import torch, re; print(re.sub(r'[^a-z0-9]+', '-', torch.cuda.get_device_name().lower()).strip('-'))")
 for preset in ${presets//,/ }; do
   name="$(date +%F)_${gpu}_${preset}"; resume=""
-  if [ -f "results/$name.jsonl" ] && [ "${RESUME:-0}" = 1 ]; then
-    cp "results/$name.jsonl" "$OUT/$name.jsonl"; resume="--resume"
+  if [ -n "${RESUME_FILE:-}" ] && [[ "$(basename "$RESUME_FILE")" == *"_${preset}"*.jsonl ]]; then
+    name=$(basename "$RESUME_FILE" .jsonl); cp "$RESUME_FILE" "$OUT/$name.jsonl"; resume="--resume"
   else
     n=2; base=$name
     while [ -f "results/$name.jsonl" ]; do name="$base-$n"; n=$((n + 1)); done

@@ -33,13 +33,15 @@ def matmul_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype == torch.float16 else dtype
 
 
-def linear_attention(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *, causal: bool, chunk: int = 128) -> torch.Tensor:
+def linear_attention(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *, causal: bool, chunk: int = 128,
+                     mm: torch.dtype | None = None) -> torch.Tensor:
     """fq, fk: positive features (B, H, N, F); v: (B, H, N, D) -> (B, H, N, D) in v's dtype.
 
-    Matmuls run in the input dtype (tensor cores for bf16; fp32 for fp16, whose range the running
-    sums would exceed); cumulative sums, normalizers and the final division in float32 or wider.
+    Matmuls run in `mm`, by default the input dtype (tensor cores for bf16; fp32 for fp16, whose
+    range the running sums would exceed); cumulative sums, normalizers and the final division in
+    float32 or wider.
     """
-    mm = matmul_dtype(v.dtype)
+    mm = mm or matmul_dtype(v.dtype)
     acc = torch.promote_types(v.dtype, torch.float32)
     fq, fk, values = fq.to(mm), fk.to(mm), v.to(mm)
     if not causal:

@@ -144,7 +144,7 @@ def measure_row(impl: Implementation, case: Case, inputs: Inputs, reference: Exp
         if expected is None:
             row.update(status="ok", reason=not_checked, accuracy_ok=None)
         else:
-            verdict = judge(outputs, expected, case.dtype, case.seq_len)
+            verdict = judge(outputs, expected, case.dtype, case.seq_len, impl.atol_scale)
             row.update(
                 status="ok" if verdict.ok else "mismatch", reason=verdict.reason(),
                 max_abs_err=verdict.max_abs, rel_rms_err=verdict.worst[1].rel_rms,

@@ -31,7 +31,7 @@ def assert_matches_twin(name: str, case: Case, seed: int, **options) -> None:
     expected = impl.exact_twin(*exact, causal=case.causal)
     assert expected.dtype == torch.float64
     expected_grads = torch.autograd.grad(expected, exact, dout.double())
-    rtol, atol = tolerance(case.dtype, case.seq_len)
+    rtol, atol = tolerance(case.dtype, case.seq_len, impl.atol_scale)
     for label, actual, wanted in zip(("out", "dq", "dk", "dv"), (out, *grads), (expected, *expected_grads)):
         err = error(actual, wanted)
         assert err.within(rtol, atol), f"{label}: {err} beyond rtol {rtol}, atol {atol}"

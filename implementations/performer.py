@@ -93,23 +93,22 @@ class _WideProjection(torch.autograd.Function):
 def favor_features_fast(x: torch.Tensor, projection: torch.Tensor, *, is_query: bool) -> torch.Tensor:
     """φ(x) up to factors that linear attention's ratio cancels, in float32 (or wider).
 
-    Linear attention divides φ(q_i)ᵀS by φ(q_i)ᵀz, so any positive factor per query (here
-    exp(−‖q'‖²/2 − max_f) and 1/√m) and one factor shared by all keys (exp(−max) and 1/√m) cancel,
-    in value and in gradient; only the keys' norm term changes the result. Logits come from one
-    tensor-core matmul into float32; then one subtraction and exp in place.
+    Linear attention divides φ(q_i)ᵀS by φ(q_i)ᵀz, so any positive factor per query and one factor
+    shared by all keys cancel, in value and in gradient. A query's features, exp(Wq' − ‖q'‖²/2)/√m,
+    are therefore taken as softmax_f(Wq'): one fused, stable pass with a fused backward. Keys keep
+    their norm term, which does change the result, and one shared shift by the largest exponent.
+    Logits come from one tensor-core matmul into float32.
     """
     logits = _WideProjection.apply(x, projection)
+    if is_query:
+        return torch.softmax(logits, dim=-1)
     with torch.no_grad():
         row_max = logits.amax(-1, keepdim=True)
+    sq_norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=logits.dtype).square()
+    half_sq_norm = sq_norm / (2 * math.sqrt(x.shape[-1]))
+    shift = (row_max - half_sq_norm).amax(-2, keepdim=True).detach()  # max over keys of logits − norm term
     # Out of place: the projection's output is a view, which autograd will not let us modify.
-    if is_query:
-        logits = logits - row_max
-    else:
-        sq_norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=logits.dtype).square()
-        half_sq_norm = sq_norm / (2 * math.sqrt(x.shape[-1]))
-        shift = (row_max - half_sq_norm).amax(-2, keepdim=True).detach()  # max over keys of logits − norm term
-        logits = logits - (half_sq_norm + shift)
-    return logits.exp_()
+    return (logits - (half_sq_norm + shift)).exp_()
 
 
 class PerformerAttention(Implementation):

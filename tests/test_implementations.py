@@ -38,12 +38,14 @@ def test_matches_float64_exact_twin(name, case):
 @pytest.mark.parametrize("name", implementations.names())
 def test_matches_twin_for_many_seeds_at_the_shortest_lengths(name):
     """At one or two tokens gradients cancel most; passing must not depend on a lucky seed."""
+    cases = [Case(1, 2, seq_len, 16, dtype, causal, "fwd+bwd", "cpu")
+             for seq_len in (1, 2) for dtype in ("float32", "bfloat16") for causal in (False, True)]
+    runnable = [case for case in cases if not implementations.get(name).supports(case)]
+    if not runnable:
+        pytest.skip(f"{name} runs none of these cases here: {implementations.get(name).supports(cases[0])}")
     for seed in range(6):
-        for seq_len in (1, 2):
-            for dtype in ("float32", "bfloat16"):
-                for causal in (False, True):
-                    case = Case(1, 2, seq_len, 16, dtype, causal, "fwd+bwd", "cpu")
-                    assert_matches_twin(name, case, seed=1000 + seed)
+        for case in runnable:
+            assert_matches_twin(name, case, seed=1000 + seed)
 
 
 def test_a_wrong_implementation_fails_the_same_check():

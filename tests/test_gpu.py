@@ -10,7 +10,7 @@ from suite.environment import collect
 from suite.gpu_monitor import GpuMonitor
 from suite.peak import measured_matmul_tflops
 from suite.runner import RunSettings, run_cases
-from tests.twin_check import assert_matches_twin
+from tests.twin_check import assert_matches_twin, assert_matches_twin_for_seeds
 
 pytestmark = pytest.mark.gpu
 
@@ -45,12 +45,7 @@ def test_gpu_matches_twin_for_many_seeds_at_the_shortest_lengths(name):
     kernels are left out: a new shape costs them seconds.)"""
     cases = [Case(1, 2, seq_len, 64, dtype, causal, "fwd+bwd", "cuda")
              for seq_len in (1, 2) for dtype in ("float16", "bfloat16", "float32") for causal in (False, True)]
-    runnable = [case for case in cases if not implementations.get(name).supports(case)]
-    if not runnable:
-        pytest.skip(f"{name} runs none of these cases here: {implementations.get(name).supports(cases[0])}")
-    for seed in range(4):
-        for case in runnable:
-            assert_matches_twin(name, case, seed=2000 + seed)
+    assert_matches_twin_for_seeds(name, cases, range(2000, 2004))
 
 
 @pytest.mark.parametrize("name", ["linear", "performer"])

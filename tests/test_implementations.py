@@ -13,7 +13,7 @@ import implementations
 from implementations import reference_attention
 from suite.accuracy import error, tolerance
 from suite.case import Case
-from tests.twin_check import assert_matches_twin
+from tests.twin_check import assert_matches_twin, assert_matches_twin_for_seeds
 
 # Awkward sizes: length 1, primes, one past a power of two; head dims 16 and 64; batch 1 and 3;
 # the last two are grouped-query attention (4 query heads sharing 2 and 1 key/value heads).
@@ -40,12 +40,7 @@ def test_matches_twin_for_many_seeds_at_the_shortest_lengths(name):
     """At one or two tokens gradients cancel most; passing must not depend on a lucky seed."""
     cases = [Case(1, 2, seq_len, 16, dtype, causal, "fwd+bwd", "cpu")
              for seq_len in (1, 2) for dtype in ("float32", "bfloat16") for causal in (False, True)]
-    runnable = [case for case in cases if not implementations.get(name).supports(case)]
-    if not runnable:
-        pytest.skip(f"{name} runs none of these cases here: {implementations.get(name).supports(cases[0])}")
-    for seed in range(6):
-        for case in runnable:
-            assert_matches_twin(name, case, seed=1000 + seed)
+    assert_matches_twin_for_seeds(name, cases, range(1000, 1006))
 
 
 def test_a_wrong_implementation_fails_the_same_check():

@@ -35,3 +35,14 @@ def assert_matches_twin(name: str, case: Case, seed: int, **options) -> None:
     for label, actual, wanted in zip(("out", "dq", "dk", "dv"), (out, *grads), (expected, *expected_grads)):
         err = error(actual, wanted)
         assert err.within(rtol, atol), f"{label}: {err} beyond rtol {rtol}, atol {atol}"
+
+
+def assert_matches_twin_for_seeds(name: str, cases: list[Case], seeds: range) -> None:
+    """Every case the implementation supports, for every seed; skips with the reasons if none."""
+    impl = implementations.get(name)
+    runnable = [case for case in cases if not impl.supports(case)]
+    if not runnable:
+        pytest.skip(f"{name} runs none of these cases here: {'; '.join(impl.supports(cases[0]))}")
+    for seed in seeds:
+        for case in runnable:
+            assert_matches_twin(name, case, seed=seed)

@@ -118,6 +118,9 @@ def cmd_list(args) -> int:
         reasons = impl.supports(case)
         verdict = "runs" if not reasons else "cannot run: " + "; ".join(reasons)
         print(f"  {name:<16} {impl.family:<10} {verdict}")
+        if impl.options:
+            defaults = ", ".join(f"{key}={option.default}" for key, option in impl.options.items())
+            print(f"  {'':<16} {'':<10} options ({name}:KEY=VALUE): {defaults}")
     return 0
 
 

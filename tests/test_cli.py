@@ -108,6 +108,7 @@ def test_list_and_env(capsys):
     assert main(["list", "--device", "cpu"]) == 0
     listing = capsys.readouterr().out
     assert "naive" in listing and "sdpa-cudnn" in listing and "cannot run: device=cpu" in listing
+    assert "options (performer:KEY=VALUE): features=256, seed=0, chunk=128, compile=False" in listing
     assert main(["env"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["torch"] == torch.__version__ and "gpu_state" in record

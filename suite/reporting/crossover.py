@@ -49,7 +49,7 @@ def crossovers(part: pd.DataFrame, baseline: str) -> list[Crossover]:
         mine = _status_by_length(part, impl)
         speedups: dict[int, float | str] = {}
         wins: dict[int, bool] = {}
-        ties: dict[int, bool] = {}
+        ties: set[int] = set()
         for length in sorted(mine):
             row, other = mine[length], base.get(length)
             if row.status not in MEASURED:
@@ -61,9 +61,11 @@ def crossovers(part: pd.DataFrame, baseline: str) -> list[Crossover]:
                 wins[length] = True
             else:
                 ratio = float(other.time_ms) / float(row.time_ms)
+                noise = _relative_iqr(row) + _relative_iqr(other)
                 speedups[length] = ratio
-                wins[length] = ratio > 1 + _relative_iqr(row) + _relative_iqr(other)
-                ties[length] = abs(ratio - 1) <= _relative_iqr(row) + _relative_iqr(other)
+                wins[length] = ratio > 1 + noise
+                if abs(ratio - 1) <= noise:
+                    ties.add(length)
         if not wins:
             continue  # nothing to compare: this implementation never ran here
         faster_from = None
@@ -71,7 +73,7 @@ def crossovers(part: pd.DataFrame, baseline: str) -> list[Crossover]:
             if not wins[length]:
                 break
             faster_from = length
-        found.append(Crossover(impl, speedups, faster_from, max(wins), {k for k, tie in ties.items() if tie}))
+        found.append(Crossover(impl, speedups, faster_from, max(wins), ties))
     return found
 
 

@@ -49,9 +49,9 @@ def test_gpu_matches_twin_for_many_seeds_at_the_shortest_lengths(name):
 
 
 @pytest.mark.parametrize("name", ["linear", "performer"])
-@pytest.mark.parametrize("causal", [False, True])
-def test_gpu_compiled_variants_match_their_twin(name, causal):
-    case = Case(2, 4, 257, 128, "bfloat16", causal, "fwd+bwd", "cuda")
+def test_gpu_compiled_variants_match_their_twin(name):
+    """Causal only (the chunked path holds everything the dense one does); each compile costs tens of seconds."""
+    case = Case(2, 4, 257, 128, "bfloat16", True, "fwd+bwd", "cuda")
     assert_matches_twin(name, case, seed=3, compile=True)
 
 

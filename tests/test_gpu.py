@@ -50,7 +50,7 @@ def test_gpu_matches_twin_for_many_seeds_at_the_shortest_lengths(name):
 
 @pytest.mark.parametrize("name", ["linear", "performer"])
 def test_gpu_compiled_variants_match_their_twin(name):
-    """Causal only (the chunked path holds everything the dense one does); each compile costs tens of seconds."""
+    """Causal only, to keep compilation (tens of seconds each) short; eager tests cover both paths."""
     case = Case(2, 4, 257, 128, "bfloat16", True, "fwd+bwd", "cuda")
     assert_matches_twin(name, case, seed=3, compile=True)
 

@@ -118,6 +118,14 @@ def test_fast_features_differ_from_the_definition_only_by_factors_that_cancel():
         torch.testing.assert_close(ratio, ratio.amax(dims, keepdim=True).expand_as(ratio))
 
 
+def test_wide_projection_gradient_is_the_matmul_gradient():
+    from implementations.performer import _WideProjection
+
+    x = randn(2, 5, 8, seed=6).requires_grad_()
+    w = randn(12, 8, seed=7)
+    assert torch.autograd.gradcheck(_WideProjection.apply, (x, w))
+
+
 def test_orthogonal_features_are_orthogonal_within_a_block():
     w = orthogonal_random_features(20, 8, seed=3)
     directions = w / w.norm(dim=1, keepdim=True)

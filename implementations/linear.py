@@ -51,7 +51,7 @@ def linear_attention(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *, cau
         denominator = (fq @ normalizer.to(mm)[..., None]).to(acc)
         return (numerator / denominator).to(v.dtype)
 
-    batch, heads, seq_len, features = fq.shape
+    batch, heads, seq_len, _ = fq.shape
     chunks = -(-seq_len // chunk)
     pad = chunks * chunk - seq_len  # padded keys come after every real query, so no one sees them
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On a GPU host without internet access: install any wheels placed in .whl/ (e.g. xformers), run the
 # GPU tests and one or more presets, and write everything under $OUT (results, logs, environment).
-# Usage: bash scripts/gpu-evidence.sh PRESET[,PRESET...] [TIMEOUT_S_PER_PRESET] [--tests]
+# Usage: bash scripts/gpu-evidence.sh PRESET[,PRESET...]|- [TIMEOUT_S_PER_PRESET] [--tests]
 # Each preset starts a new results file (named by date and GPU; -2, -3, ... when one exists under
 # results/), unless RESUME_FILE names a results file of that preset to continue.
 # Environment: TEST_TIMEOUT_S, TEST_SELECT (pytest -k), RUN_FLAGS (extra `attnbench run` flags),
@@ -18,6 +18,7 @@ else
   export PYTHONPATH=$PWD
 fi
 presets=${1:-quick}
+[ "$presets" = "-" ] && presets=""  # "-": tests and profiles only
 limit=${2:-540}
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit,temperature.gpu --format=csv | tee "$OUT/nvidia-smi.txt"
 python3 -m suite env > "$OUT/env.json"

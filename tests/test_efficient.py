@@ -198,3 +198,16 @@ def test_compiled_performer_matches_eager_forward_and_gradients():
         assert impl.backend(q, k, v, causal=True) == ("torch.compile (inductor)" if compile_it else "eager")
     for eager, compiled in zip(*results):
         torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("seq_len", [2, 17])
+def test_a_performer_bug_still_fails_its_twin_check(monkeypatch, seq_len):
+    """Its larger atol does not hide a plausible bug: keys' features without their norm term."""
+    import implementations.performer as performer
+    from suite.case import Case
+    from tests.twin_check import assert_matches_twin
+
+    plain = performer.favor_features_fast
+    monkeypatch.setattr(performer, "favor_features_fast", lambda x, p, *, is_query: plain(x, p, is_query=True))
+    with pytest.raises(AssertionError, match="beyond rtol"):
+        assert_matches_twin("performer", Case(1, 2, seq_len, 16, "bfloat16", False, "fwd+bwd", "cpu"), seed=5)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .base import Implementation, device_reasons, expand_kv
-from .compiling import raise_recompile_limit
+from .compiling import compiled
 from .reference import reference_attention, softmax_weights
 
 _CPU_QUERY_CHUNK = 64
@@ -90,8 +90,7 @@ class MaskedAttention(Implementation):
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
         if self._compiled is None:
-            raise_recompile_limit()
-            self._compiled = torch.compile(flex_attention, dynamic=False)
+            self._compiled = compiled(flex_attention)
         seq_len = q.shape[-2]
         key = (seq_len, causal, q.device)
         if key not in self._block_masks:

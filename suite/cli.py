@@ -231,19 +231,27 @@ def _newest_results(device: str) -> list[Path]:
                      "or name files with --results)")
 
 
+def _one_shape(args, default_dtype: str) -> dict:
+    """The flags that name one case's shape (recommend, profile), parsed and checked."""
+    if args.causal == "both":
+        raise UsageError("--causal: 'both' is not allowed here (allowed: true, false)")
+    first = lambda flag, text: config.positive_ints(flag, text)[0]  # noqa: E731
+    return {
+        "seq_len": first("--seq-len", args.seq_len), "heads": first("--heads", args.heads),
+        "head_dim": first("--head-dim", args.head_dim), "batch": first("--batch", args.batch),
+        "kv_heads": None if args.kv_heads is None else first("--kv-heads", args.kv_heads),
+        "dtype": config.dtypes("--dtype", args.dtype)[0] if args.dtype else default_dtype,
+        "causal": config.causal_values("--causal", args.causal) == (True,), "mode": config.modes("--mode", args.mode)[0],
+    }
+
+
 def cmd_recommend(args) -> int:
     from .recommend import Query, format_answer, rank
     from .reporting.data import ReportInputError, prepare
     from .results import load
 
-    if args.causal == "both":
-        raise UsageError("--causal: 'both' is not allowed here (allowed: true, false)")
     query = Query(
-        seq_len=config.positive_ints("--seq-len", args.seq_len)[0], heads=config.positive_ints("--heads", args.heads)[0],
-        head_dim=config.positive_ints("--head-dim", args.head_dim)[0], batch=config.positive_ints("--batch", args.batch)[0],
-        kv_heads=None if args.kv_heads is None else config.positive_ints("--kv-heads", args.kv_heads)[0],
-        dtype=config.dtypes("--dtype", args.dtype)[0], causal=config.causal_values("--causal", args.causal) == (True,),
-        mode=config.modes("--mode", args.mode)[0],
+        **_one_shape(args, "bfloat16"),
         max_error=None if args.max_error is None else config.positive_float("--max-error", args.max_error),
         memory_budget=None if args.memory_budget is None else config.byte_size("--memory-budget", args.memory_budget),
     )
@@ -277,20 +285,12 @@ def cmd_profile(args) -> int:
     from .profiling import profile_case
 
     device = _device(args.device)
-    if args.causal == "both":
-        raise UsageError("--causal: 'both' is not allowed here (allowed: true, false)")
+    shape = _one_shape(args, _representative_case(device).dtype)
     specs = config.impl_specs("--impl", args.impl)
     if len(specs) != 1:
         raise UsageError(f"--impl: {args.impl!r} names {len(specs)} implementations (allowed: exactly one)")
     impl = config.build_impl("--impl", specs[0])
-    case = Case(
-        batch=config.positive_ints("--batch", args.batch)[0], heads=config.positive_ints("--heads", args.heads)[0],
-        seq_len=config.positive_ints("--seq-len", args.seq_len)[0],
-        head_dim=config.positive_ints("--head-dim", args.head_dim)[0],
-        dtype=config.dtypes("--dtype", args.dtype)[0] if args.dtype else _representative_case(device).dtype,
-        causal=config.causal_values("--causal", args.causal) == (True,), mode=config.modes("--mode", args.mode)[0],
-        device=device, kv_heads=None if args.kv_heads is None else config.positive_ints("--kv-heads", args.kv_heads)[0],
-    )
+    case = Case(**shape, device=device)
     if case.heads % case.key_value_heads:
         raise UsageError(f"--kv-heads: {case.key_value_heads} does not divide --heads {case.heads}")
     reasons = impl.supports(case)

@@ -14,7 +14,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from implementations import Implementation
 
 from .case import Case
-from .timing import synchronize, time_once_wall
+from .timing import synchronize, time_once_wall, warm_up
 from .workload import Workload, make_inputs
 
 WARMUP_CALLS = 2
@@ -50,11 +50,7 @@ def profile_case(impl: Implementation, case: Case, *, calls: int = 3, rows: int 
     try:
         first_call_ms = time_once_wall(work.checked_call, device)
         fn, before_each = work.timed_call()
-        for _ in range(WARMUP_CALLS):
-            if before_each:
-                before_each()
-            fn()
-        synchronize(device)
+        warm_up(fn, device, WARMUP_CALLS, before_each)
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with profile(activities=activities, record_shapes=True) as profiler:
             for _ in range(calls):

@@ -103,6 +103,16 @@ def time_once_wall(fn: Callable[[], object], device: torch.device) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
+def warm_up(fn: Callable[[], object], device: torch.device, calls: int,
+            before_each: Callable[[], object] | None = None) -> None:
+    """Untimed calls (caches, allocator, clocks), then wait for the device."""
+    for _ in range(calls):
+        if before_each:
+            before_each()
+        fn()
+    synchronize(device)
+
+
 def measure(
     fn: Callable[[], object],
     device: torch.device,
@@ -110,11 +120,7 @@ def measure(
     before_each: Callable[[], object] | None = None,
 ) -> Measurement:
     """Time `fn` repeatedly; `before_each` runs outside the timed region (e.g. clearing grads)."""
-    for _ in range(policy.warmup_calls):
-        if before_each:
-            before_each()
-        fn()
-    synchronize(device)
+    warm_up(fn, device, policy.warmup_calls, before_each)
     result = Measurement()
     spent = 0.0
     cuda = device.type == "cuda"

@@ -3,7 +3,7 @@
 A subclass defines which keys each query may see (`allowed`, before causality) and which key
 ranges can hold them (`candidate_keys`). From that this class derives:
   * the GPU fast path: FlexAttention with a block mask, compiled once per shape (first call);
-  * the CPU path: queries in chunks, each attending only to its gathered candidate keys;
+  * the CPU path: queries in chunks, each attending only to its candidate keys (chunked_masked.py);
   * the exact twin: float64 softmax attention with the same mask (`reference_attention(mask=...)`);
   * the exact number of visible pairs (for FLOPs and density) and the dense boolean mask.
 """
@@ -14,10 +14,11 @@ from typing import Any
 import torch
 
 from .base import Implementation, device_reasons, expand_kv
+from .chunked_masked import ChunkedMaskedAttention, QueryChunk
 from .compiling import compiled
 from .reference import reference_attention, softmax_weights
 
-_CPU_QUERY_CHUNK = 64
+_CPU_QUERY_CHUNK = 128
 
 
 class MaskedAttention(Implementation):
@@ -28,6 +29,7 @@ class MaskedAttention(Implementation):
         self._block_masks: dict[tuple, Any] = {}
         self._pairs: dict[tuple[int, bool], int] = {}
         self._compiled = None
+        self._plans: dict[tuple, list[QueryChunk]] = {}
 
     # --- what a subclass defines -------------------------------------------------------------
     def allowed(self, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
@@ -84,7 +86,7 @@ class MaskedAttention(Implementation):
         return self._chunked(q, k, v, causal)
 
     def backend(self, q, k, v, *, causal=False) -> str | None:
-        return "flex_attention (compiled)" if q.device.type == "cuda" else "chunked gather (cpu)"
+        return "flex_attention (compiled)" if q.device.type == "cuda" else "query chunks against their candidate keys (cpu)"
 
     def _flex(self, q, k, v, causal: bool) -> torch.Tensor:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
@@ -100,13 +102,22 @@ class MaskedAttention(Implementation):
 
     def _chunked(self, q, k, v, causal: bool) -> torch.Tensor:
         k, v = expand_kv(q, k, v)
-        seq_len, scale = q.shape[-2], q.shape[-1] ** -0.5
-        chunks = []
-        for start in range(0, seq_len, _CPU_QUERY_CHUNK):
-            stop = min(seq_len, start + _CPU_QUERY_CHUNK)
-            keys = self._key_index(start, stop, seq_len, q.device)
-            scores = (q[..., start:stop, :] @ k.index_select(-2, keys).transpose(-2, -1)) * scale
-            seen = self.visible(torch.arange(start, stop, device=q.device)[:, None], keys[None, :], causal)
-            probs = torch.softmax(scores.float().masked_fill(~seen, float("-inf")), dim=-1).to(q.dtype)
-            chunks.append(probs @ v.index_select(-2, keys))
-        return torch.cat(chunks, dim=-2)
+        batch, heads, seq_len, head_dim = q.shape
+        plan = self._cpu_plan(seq_len, causal, q.device)
+        rows = [t.reshape(batch * heads, seq_len, head_dim) for t in (q, k, v)]
+        return ChunkedMaskedAttention.apply(*rows, plan).view(batch, heads, seq_len, head_dim)
+
+    def _cpu_plan(self, seq_len: int, causal: bool, device) -> list[QueryChunk]:
+        """Each query chunk's candidate keys and mask; built on the first call of a shape, like the block mask."""
+        key = (seq_len, causal, device)
+        if key not in self._plans:
+            plan = []
+            for start in range(0, seq_len, _CPU_QUERY_CHUNK):
+                stop = min(seq_len, start + _CPU_QUERY_CHUNK)
+                index = self._key_index(start, stop, seq_len, device)
+                contiguous = int(index[-1] - index[0]) + 1 == len(index)
+                keys = slice(int(index[0]), int(index[-1]) + 1) if contiguous else index
+                seen = self.visible(torch.arange(start, stop, device=device)[:, None], index[None, :], causal)
+                plan.append(QueryChunk(start, stop, keys, seen))
+            self._plans = {key: plan}  # one shape at a time: a plan holds N × (candidate keys) booleans
+        return self._plans[key]

@@ -35,7 +35,7 @@ def _gpu_cases():
 
 @pytest.mark.parametrize("name,case", list(_gpu_cases()))
 def test_gpu_matches_float64_exact_twin(name, case):
-    assert_matches_twin(name, case, seed=case.seq_len)
+    assert_matches_twin(name, case, input_seed=case.seq_len)
 
 
 @pytest.mark.parametrize("name", [n for n in implementations.names()
@@ -52,7 +52,7 @@ def test_gpu_matches_twin_for_many_seeds_at_the_shortest_lengths(name):
 def test_gpu_compiled_variants_match_their_twin(name):
     """Causal only, to keep compilation (tens of seconds each) short; eager tests cover both paths."""
     case = Case(2, 4, 257, 128, "bfloat16", True, "fwd+bwd", "cuda")
-    assert_matches_twin(name, case, seed=3, compile=True)
+    assert_matches_twin(name, case, input_seed=3, options={"compile": True})
 
 
 @pytest.mark.parametrize("name,backend", [("sdpa-flash", "flash"), ("sdpa-efficient", "efficient"), ("sdpa-math", "math")])

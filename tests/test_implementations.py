@@ -32,7 +32,7 @@ def _cases():
 
 @pytest.mark.parametrize("name,case", list(_cases()))
 def test_matches_float64_exact_twin(name, case):
-    assert_matches_twin(name, case, seed=case.seq_len * 7 + case.head_dim)
+    assert_matches_twin(name, case, input_seed=case.seq_len * 7 + case.head_dim)
 
 
 @pytest.mark.parametrize("name", implementations.names())

@@ -9,13 +9,16 @@ from suite.accuracy import error, tolerance
 from suite.case import Case
 
 
-def assert_matches_twin(name: str, case: Case, seed: int, **options) -> None:
-    """Skips (with the reasons) where the implementation cannot run the case."""
-    impl = implementations.get(name, **options)
+def assert_matches_twin(name: str, case: Case, input_seed: int, options: dict | None = None) -> None:
+    """Skips (with the reasons) where the implementation cannot run the case.
+
+    `options` is a dict rather than keywords: an option may be called `seed` (Performer's is).
+    """
+    impl = implementations.get(name, **(options or {}))
     reasons = impl.supports(case)
     if reasons:
         pytest.skip(f"{name} cannot run {case.label} here: {'; '.join(reasons)}")
-    generator = torch.Generator(device=case.device).manual_seed(seed)
+    generator = torch.Generator(device=case.device).manual_seed(input_seed)
     shape = (case.batch, case.heads, case.seq_len, case.head_dim)
     kv_shape = (case.batch, case.key_value_heads, case.seq_len, case.head_dim)
     q, k, v, dout = (torch.randn(s, generator=generator, device=case.device, dtype=case.torch_dtype)
@@ -45,4 +48,4 @@ def assert_matches_twin_for_seeds(name: str, cases: list[Case], seeds: range) ->
         pytest.skip(f"{name} runs none of these cases here: {'; '.join(impl.supports(cases[0]))}")
     for seed in seeds:
         for case in runnable:
-            assert_matches_twin(name, case, seed=seed)
+            assert_matches_twin(name, case, input_seed=seed)

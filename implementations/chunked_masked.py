@@ -1,0 +1,81 @@
+"""Masked softmax attention on the CPU: query chunks, each against only the keys it can see.
+
+The mask is given as a plan: for each chunk of queries, its candidate keys (a contiguous range,
+taken as a view, or an index) and which of them each query sees. Memory and work scale with the
+visible band, not N². The backward recomputes each chunk's probabilities (as FlashAttention
+does, from the inputs rather than stored N × keys) and accumulates key and value gradients in place in float32;
+autograd through per-chunk slices would instead allocate a full-size gradient for every chunk.
+Scores, softmax and gradient sums are float32 whatever the input dtype; matmuls take the input dtype.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class QueryChunk:
+    start: int
+    stop: int
+    keys: slice | torch.Tensor  # candidate keys: a contiguous range, or sorted indices
+    seen: torch.Tensor  # (stop - start, number of candidate keys) bool: query sees key
+
+
+def _accumulation_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def _take(x: torch.Tensor, keys: slice | torch.Tensor) -> torch.Tensor:
+    return x[:, keys] if isinstance(keys, slice) else x.index_select(1, keys)
+
+
+def _probabilities(q, k, chunk: QueryChunk, scale: float) -> torch.Tensor:
+    """One chunk's softmax probabilities, in float32 or wider (recomputed in the backward, not stored)."""
+    scores = torch.bmm(q[:, chunk.start:chunk.stop], _take(k, chunk.keys).transpose(1, 2))
+    scores = scores.to(_accumulation_dtype(q)).mul_(scale).masked_fill_(~chunk.seen, float("-inf"))
+    return torch.softmax(scores, dim=-1)
+
+
+class ChunkedMaskedAttention(torch.autograd.Function):
+    """q, k, v: (batch·heads, N, D), one head per row of the first dimension; scale 1/√D."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: list[QueryChunk]) -> torch.Tensor:
+        scale = q.shape[-1] ** -0.5
+        out = torch.empty_like(q)
+        for chunk in plan:
+            probs = _probabilities(q, k, chunk, scale)
+            out[:, chunk.start:chunk.stop] = torch.bmm(probs.to(q.dtype), _take(v, chunk.keys))
+        ctx.save_for_backward(q, k, v)
+        ctx.plan = plan
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        q, k, v = ctx.saved_tensors
+        scale, dtype, acc = q.shape[-1] ** -0.5, q.dtype, _accumulation_dtype(q)
+        grad_q = torch.empty_like(q)
+        grad_k = torch.zeros(k.shape, dtype=acc, device=k.device)
+        grad_v = torch.zeros(v.shape, dtype=acc, device=v.device)
+        for chunk in ctx.plan:
+            rows = slice(chunk.start, chunk.stop)
+            keys, values = _take(k, chunk.keys), _take(v, chunk.keys)
+            probs = _probabilities(q, k, chunk, scale)
+            grad_out_chunk = grad_out[:, rows]
+            grad_values = torch.bmm(probs.to(dtype).transpose(1, 2), grad_out_chunk).to(acc)
+            grad_probs = torch.bmm(grad_out_chunk, values.transpose(1, 2)).to(acc)
+            # The softmax backward's row term Σ_j p_ij dp_ij from these very (rounded) dp, not as dO_i · O_i
+            # (FlashAttention's shortcut): a query that sees one key then gets exactly zero dq and dk.
+            row_term = (probs * grad_probs).sum(dim=-1, keepdim=True)
+            grad_scores = probs.mul_(grad_probs.sub_(row_term)).mul_(scale).to(dtype)
+            grad_q[:, rows] = torch.bmm(grad_scores, keys)
+            grad_keys = torch.bmm(grad_scores.transpose(1, 2), q[:, rows]).to(acc)
+            if isinstance(chunk.keys, slice):
+                grad_k[:, chunk.keys] += grad_keys
+                grad_v[:, chunk.keys] += grad_values
+            else:
+                grad_k.index_add_(1, chunk.keys, grad_keys)
+                grad_v.index_add_(1, chunk.keys, grad_values)
+        return grad_q, grad_k.to(dtype), grad_v.to(dtype), None

@@ -182,7 +182,11 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str = "
                       f"attention-maps-{'causal' if causal else 'dense'}", "exact vs implied attention weights")
         report.add(Heading("Accuracy"), Paragraph(
             "Errors against each implementation's float64 exact twin (softmax attention for exact ones), worst of "
-            "output and input gradients; approximate families also against exact softmax attention (a figure, not a test)."),
+            "output and input gradients; approximate families also against exact softmax attention (a figure, not a test). "
+            "Inputs are i.i.d. standard normal, on which softmax attention is nearly uniform: its output shrinks like "
+            "1/√N while a window's or a feature map's does not, so errors relative to it grow with length and exceed 1 "
+            "at long lengths. Compare approximations with each other at one length; they do not predict the error on a "
+            "trained model's peaked attention."),
             _accuracy_table(frame))
         report.add(Heading("Tables"))
         for group, part in groups(frame):

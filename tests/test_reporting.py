@@ -68,8 +68,15 @@ def test_report_writes_charts_markdown_and_html(cpu_results, gpu_like_results, t
     ok = frame[frame.status == "ok"].iloc[0]
     assert f"{fmt_num(ok.time_ms)} ms · {fmt_num(ok.tflops)} TF/s" in markdown  # measured numbers, not placeholders
     assert "unsupported" in markdown and "oom" in markdown
-    assert "vs softmax" in markdown
+    assert "vs softmax" in markdown and "i.i.d. standard normal" in markdown
     assert "## Speed-up over naive" in markdown and "faster than naive from" in markdown
+
+
+def test_report_of_exact_implementations_only_has_no_approximation_caveat(tmp_path):
+    results = _run(tmp_path / "exact.jsonl", ["naive", "sdpa"], seq_lens=(16,))
+    assert main(["report", str(results), "--out", str(tmp_path / "report")]) == 0
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "## Accuracy" in markdown and "i.i.d." not in markdown
 
 
 def test_throughput_chart_has_one_line_per_measured_implementation(cpu_results):

@@ -180,14 +180,16 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str = "
             for causal in sorted(set(frame[frame.family != "exact"].causal)):
                 chart(attention_map_chart(approximations, causal=bool(causal)),
                       f"attention-maps-{'causal' if causal else 'dense'}", "exact vs implied attention weights")
-        report.add(Heading("Accuracy"), Paragraph(
-            "Errors against each implementation's float64 exact twin (softmax attention for exact ones), worst of "
-            "output and input gradients; approximate families also against exact softmax attention (a figure, not a test). "
-            "Inputs are i.i.d. standard normal, on which softmax attention is nearly uniform: its output shrinks like "
-            "1/√N while a window's or a feature map's does not, so errors relative to it grow with length and exceed 1 "
-            "at long lengths. Compare approximations with each other at one length; they do not predict the error on a "
-            "trained model's peaked attention."),
-            _accuracy_table(frame))
+        accuracy_text = ("Errors against each implementation's float64 exact twin (softmax attention for exact ones), "
+                         "worst of output and input gradients.")
+        if (frame.family != "exact").any():
+            accuracy_text += (
+                " Approximate families also against exact softmax attention (a figure, not a test). Inputs are i.i.d. "
+                "standard normal, on which softmax attention is nearly uniform: its output shrinks like 1/√N while a "
+                "window's or a feature map's does not, so errors relative to it grow with length and exceed 1 at long "
+                "lengths. Compare approximations with each other at one length; they do not predict the error on a "
+                "trained model's peaked attention.")
+        report.add(Heading("Accuracy"), Paragraph(accuracy_text), _accuracy_table(frame))
         report.add(Heading("Tables"))
         for group, part in groups(frame):
             report.add(Heading(group_title(group), 3), _group_table(part))

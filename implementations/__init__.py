@@ -1,6 +1,7 @@
 """The registry of attention implementations: one entry per implementation, nothing else.
 
 Adding an implementation = one module with an `Implementation` subclass + one line in `REGISTRY`.
+Other installed packages can add theirs through entry points (see `external.py`).
 This package never imports the harness (`suite`): every implementation is usable on its own.
 """
 from __future__ import annotations
@@ -10,6 +11,7 @@ from functools import partial
 from typing import Any
 
 from .base import DTYPES, CaseLike, Implementation, Option, Unsupported
+from .external import discover
 from .linear import LinearAttention
 from .linear_fla import FlaLinearAttention
 from .naive import NaiveAttention
@@ -38,18 +40,37 @@ REGISTRY: dict[str, Callable[..., Implementation]] = {
 }
 
 
+_declared: tuple[dict[str, Callable[..., Implementation]], list[str]] | None = None
+
+
+def _external() -> dict[str, Callable[..., Implementation]]:
+    """Implementations declared by installed packages (entry points), looked up once per process."""
+    global _declared
+    if _declared is None:
+        _declared = discover(taken=REGISTRY)
+    return _declared[0]
+
+
+def ignored_declarations() -> list[str]:
+    """Entry points that were not registered, and why (e.g. a name a built-in already has)."""
+    _external()
+    return list(_declared[1]) if _declared else []
+
+
 def names() -> list[str]:
-    return list(REGISTRY)
+    """Built-ins in registry order, then those installed packages declare."""
+    return [*REGISTRY, *(name for name in _external() if name not in REGISTRY)]
 
 
 def get(name: str, **options: Any) -> Implementation:
-    """A fresh implementation by registry name; raises KeyError listing the valid names."""
-    if name not in REGISTRY:
-        raise KeyError(f"unknown implementation {name!r} (valid: {', '.join(REGISTRY)})")
-    return REGISTRY[name](name, **options)
+    """A fresh implementation by name; raises KeyError listing the valid names."""
+    factory = REGISTRY.get(name) or _external().get(name)
+    if factory is None:
+        raise KeyError(f"unknown implementation {name!r} (valid: {', '.join(names())})")
+    return factory(name, **options)
 
 
 __all__ = [
     "DTYPES", "CaseLike", "Implementation", "Option", "REGISTRY", "Unsupported",
-    "get", "names", "reference_attention",
+    "get", "ignored_declarations", "names", "reference_attention",
 ]

@@ -121,6 +121,8 @@ def cmd_list(args) -> int:
         if impl.options:
             defaults = ", ".join(f"{key}={option.default}" for key, option in impl.options.items())
             print(f"  {'':<16} {'':<10} options ({name}:KEY=VALUE): {defaults}")
+    for line in implementations.ignored_declarations():
+        print(f"  ignored entry point {line}")
     return 0
 
 

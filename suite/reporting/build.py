@@ -106,10 +106,10 @@ def _accuracy_case(frame: pd.DataFrame) -> dict | None:
     return {key: best[key] for key in keys}
 
 
-def _approximations(frame: pd.DataFrame) -> list:
-    """Approximate implementations named in the results that this version can still build."""
+def _approximations(approximate: pd.DataFrame) -> list:
+    """The approximate implementations measured in these rows that this version can still build."""
     built = []
-    for label in impl_order(frame[frame.family != "exact"].impl):
+    for label in impl_order(approximate.impl):
         try:
             built.append(config.build_impl("report", label))
         except config.UsageError:
@@ -174,15 +174,16 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str = "
             at_case = at_case[at_case[key] == value]
         report.add(Heading("Accuracy against speed", 3))
         chart(charts.accuracy_speed_chart(at_case, colour_of, case), "accuracy-vs-speed", "error vs time at one shape")
-        approximations = _approximations(frame)
+        approximate = measured[measured.family != "exact"]
+        approximations = _approximations(approximate)
         if approximations:
             report.add(Heading("Attention maps", 3))
-            for causal in sorted(set(frame[frame.family != "exact"].causal)):
+            for causal in sorted(set(approximate.causal)):
                 chart(attention_map_chart(approximations, causal=bool(causal)),
                       f"attention-maps-{'causal' if causal else 'dense'}", "exact vs implied attention weights")
         accuracy_text = ("Errors against each implementation's float64 exact twin (softmax attention for exact ones), "
                          "worst of output and input gradients.")
-        if (frame.family != "exact").any():
+        if not approximate.empty:
             accuracy_text += (
                 " Approximate families also against exact softmax attention (a figure, not a test). Inputs are i.i.d. "
                 "standard normal, on which softmax attention is nearly uniform: its output shrinks like 1/√N while a "

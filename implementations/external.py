@@ -1,0 +1,72 @@
+"""Implementations that other installed packages declare, found through entry points.
+
+A package with its own attention kernel declares, in its pyproject.toml,
+
+    [project.entry-points."attnbench.implementations"]
+    my-attention = "my_package.attention:MyAttention"
+
+where the object is an `Implementation` subclass (or any factory(name, **options) returning one).
+Once that package is installed, `my-attention` is listed, run, checked against the float64
+reference and reported like a built-in, and the registry's tests check it too. The module is
+imported only when the implementation is first built; one that fails to import, or builds
+something else, becomes an implementation that cannot run anything and says why, so a broken
+package never stops a run of the others.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from functools import partial
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
+
+from .base import Implementation, Unsupported
+
+ENTRY_POINT_GROUP = "attnbench.implementations"
+Factory = Callable[..., Implementation]
+
+
+class Unavailable(Implementation):
+    """Stands in for a declared implementation that could not be built; supports nothing, says why."""
+
+    family = "unavailable"
+
+    def __init__(self, name: str, reason: str, **options: Any):
+        super().__init__(name)
+        self.reason = reason
+        self.given_options = options  # unknown to us: accepted so the reason, not an option error, is shown
+
+    def supports(self, case) -> list[str]:
+        return [self.reason]
+
+    def __call__(self, q, k, v, *, causal=False):
+        raise Unsupported([self.reason])
+
+
+def _origin(entry_point: EntryPoint) -> str:
+    dist = getattr(entry_point, "dist", None)
+    return f"{entry_point.value} (from {dist.name})" if dist is not None else entry_point.value
+
+
+def _build(entry_point: EntryPoint, name: str, **options: Any) -> Implementation:
+    try:
+        factory = entry_point.load()
+    except Exception as error:  # any import-time failure of a third-party package
+        return Unavailable(name, f"entry point {_origin(entry_point)} failed to load: {type(error).__name__}: {error}",
+                           **options)
+    impl = factory(name, **options)  # option errors (ValueError) surface as for built-ins
+    if not isinstance(impl, Implementation):
+        return Unavailable(name, f"entry point {_origin(entry_point)} built a {type(impl).__name__}, "
+                                 "not an implementations.Implementation", **options)
+    return impl
+
+
+def discover(taken: Collection[str]) -> tuple[dict[str, Factory], list[str]]:
+    """Factories for the declared implementations, and one line per declaration that was ignored."""
+    factories: dict[str, Factory] = {}
+    ignored: list[str] = []
+    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+        if entry_point.name in taken or entry_point.name in factories:
+            ignored.append(f"{entry_point.name}: {_origin(entry_point)} ignored, the name is already taken")
+            continue
+        factories[entry_point.name] = partial(_build, entry_point)
+    return factories, ignored

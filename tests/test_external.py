@@ -1,0 +1,87 @@
+"""Implementations declared by other installed packages (entry points), built and run like built-ins."""
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+import implementations
+from suite.cli import main
+from suite.results import load
+
+MODULE = textwrap.dedent('''
+    import torch
+    from implementations import Implementation, Option
+
+    class ScaledSdpa(Implementation):
+        """softmax attention through SDPA; `scale` multiplies the output (1 is correct)."""
+        options = {"scale": Option(default=1.0, parse=float, help="scale: a number")}
+
+        def __call__(self, q, k, v, *, causal=False):
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+            return out * self.settings["scale"]
+
+    def not_an_implementation(name, **options):
+        return "attention"
+''')
+
+ENTRY_POINTS = {
+    "scaled-sdpa": "plugged_attention:ScaledSdpa",
+    "missing": "plugged_attention:NoSuchClass",
+    "wrong-type": "plugged_attention:not_an_implementation",
+    "sdpa": "plugged_attention:ScaledSdpa",  # a built-in's name: ignored
+}
+
+
+@pytest.fixture
+def installed_package(tmp_path, monkeypatch):
+    """A package on sys.path with a dist-info that declares ENTRY_POINTS, as `pip install` would leave it."""
+    (tmp_path / "plugged_attention.py").write_text(MODULE)
+    info = tmp_path / "plugged_attention-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: plugged-attention\nVersion: 1.0\n")
+    lines = "".join(f"{name} = {target}\n" for name, target in ENTRY_POINTS.items())
+    (info / "entry_points.txt").write_text(f"[attnbench.implementations]\n{lines}")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(implementations, "_declared", None)  # look again, with the package installed
+    return tmp_path
+
+
+def test_declared_implementations_follow_the_built_ins(installed_package):
+    names = implementations.names()
+    assert names[:len(implementations.REGISTRY)] == list(implementations.REGISTRY)
+    assert names[len(implementations.REGISTRY):] == ["scaled-sdpa", "missing", "wrong-type"]
+    assert implementations.get("sdpa").__class__.__name__ == "SdpaAttention"
+    [ignored] = implementations.ignored_declarations()
+    assert ignored.startswith("sdpa: plugged_attention:ScaledSdpa (from plugged-attention) ignored")
+
+
+def test_broken_declarations_say_why_they_cannot_run(installed_package):
+    missing = implementations.get("missing", scale="2")
+    assert missing.family == "unavailable"
+    [reason] = missing.supports(None)
+    assert "plugged_attention:NoSuchClass (from plugged-attention) failed to load: AttributeError" in reason
+    [reason] = implementations.get("wrong-type").supports(None)
+    assert "built a str, not an implementations.Implementation" in reason
+    with pytest.raises(ValueError, match="scale='x' is not valid"):
+        implementations.get("scaled-sdpa", scale="x")
+
+
+def test_run_checks_and_records_declared_implementations(installed_package, tmp_path, capsys):
+    out = tmp_path / "run.jsonl"
+    argv = ["run", "--device", "cpu", "--impl", "scaled-sdpa,scaled-sdpa:scale=1.5,missing", "--seq-len", "33",
+            "--heads", "2", "--head-dim", "16", "--batch", "1", "--dtype", "float32", "--mode", "fwd", "--out", str(out)]
+    assert main(argv) == 0
+    rows = load(out).set_index("impl")
+    assert rows.loc["scaled-sdpa", "status"].tolist() == ["ok", "ok"]  # dense and causal
+    assert rows.loc["scaled-sdpa:scale=1.5", "status"].tolist() == ["mismatch", "mismatch"]  # the reference check applies
+    assert set(rows.loc["missing", "status"]) == {"unsupported"}
+    assert "failed to load" in rows.loc["missing", "reason"].iloc[0]
+
+
+def test_list_shows_declared_and_ignored_entries(installed_package, capsys):
+    assert main(["list", "--device", "cpu"]) == 0
+    listing = capsys.readouterr().out
+    assert "scaled-sdpa" in listing and "options (scaled-sdpa:KEY=VALUE): scale=1.0" in listing
+    assert "missing          unavailable cannot run: entry point" in listing
+    assert "ignored entry point sdpa:" in listing

@@ -53,7 +53,13 @@ def _build(entry_point: EntryPoint, name: str, **options: Any) -> Implementation
     except Exception as error:  # any import-time failure of a third-party package
         return Unavailable(name, f"entry point {_origin(entry_point)} failed to load: {type(error).__name__}: {error}",
                            **options)
-    impl = factory(name, **options)  # option errors (ValueError) surface as for built-ins
+    try:
+        impl = factory(name, **options)
+    except ValueError:
+        raise  # a bad option: reported to the user as for built-ins
+    except Exception as error:
+        return Unavailable(name, f"entry point {_origin(entry_point)} failed to build: {type(error).__name__}: {error}",
+                           **options)
     if not isinstance(impl, Implementation):
         return Unavailable(name, f"entry point {_origin(entry_point)} built a {type(impl).__name__}, "
                                  "not an implementations.Implementation", **options)

@@ -115,7 +115,10 @@ def cmd_list(args) -> int:
     print(f"implementations on {device} (checked with {case.label}):")
     for name in implementations.names():
         impl = implementations.get(name)
-        reasons = impl.supports(case)
+        try:
+            reasons = impl.supports(case)
+        except Exception as error:  # noqa: BLE001 - an installed package's bug must not hide the rest of the list
+            reasons = [f"supports() raised {type(error).__name__}: {error}"]
         verdict = "runs" if not reasons else "cannot run: " + "; ".join(reasons)
         print(f"  {name:<16} {impl.family:<10} {verdict}")
         if impl.options:

@@ -23,12 +23,22 @@ MODULE = textwrap.dedent('''
 
     def not_an_implementation(name, **options):
         return "attention"
+
+    class Crashing(Implementation):
+        def __init__(self, name, **options):
+            raise RuntimeError("no GPU context")
+
+    class Moody(Implementation):
+        def supports(self, case):
+            raise RuntimeError("cannot tell")
 ''')
 
 ENTRY_POINTS = {
     "scaled-sdpa": "plugged_attention:ScaledSdpa",
     "missing": "plugged_attention:NoSuchClass",
     "wrong-type": "plugged_attention:not_an_implementation",
+    "crashing": "plugged_attention:Crashing",
+    "moody": "plugged_attention:Moody",
     "sdpa": "plugged_attention:ScaledSdpa",  # a built-in's name: ignored
 }
 
@@ -50,7 +60,7 @@ def installed_package(tmp_path, monkeypatch):
 def test_declared_implementations_follow_the_built_ins(installed_package):
     names = implementations.names()
     assert names[:len(implementations.REGISTRY)] == list(implementations.REGISTRY)
-    assert names[len(implementations.REGISTRY):] == ["scaled-sdpa", "missing", "wrong-type"]
+    assert names[len(implementations.REGISTRY):] == ["scaled-sdpa", "missing", "wrong-type", "crashing", "moody"]
     assert implementations.get("sdpa").__class__.__name__ == "SdpaAttention"
     [ignored] = implementations.ignored_declarations()
     assert ignored.startswith("sdpa: plugged_attention:ScaledSdpa (from plugged-attention) ignored")
@@ -63,13 +73,15 @@ def test_broken_declarations_say_why_they_cannot_run(installed_package):
     assert "plugged_attention:NoSuchClass (from plugged-attention) failed to load: AttributeError" in reason
     [reason] = implementations.get("wrong-type").supports(None)
     assert "built a str, not an implementations.Implementation" in reason
+    [reason] = implementations.get("crashing").supports(None)
+    assert "failed to build: RuntimeError: no GPU context" in reason
     with pytest.raises(ValueError, match="scale='x' is not valid"):
         implementations.get("scaled-sdpa", scale="x")
 
 
 def test_run_checks_and_records_declared_implementations(installed_package, tmp_path, capsys):
     out = tmp_path / "run.jsonl"
-    argv = ["run", "--device", "cpu", "--impl", "scaled-sdpa,scaled-sdpa:scale=1.5,missing", "--seq-len", "33",
+    argv = ["run", "--device", "cpu", "--impl", "scaled-sdpa,scaled-sdpa:scale=1.5,missing,moody", "--seq-len", "33",
             "--heads", "2", "--head-dim", "16", "--batch", "1", "--dtype", "float32", "--mode", "fwd", "--out", str(out)]
     assert main(argv) == 0
     rows = load(out).set_index("impl")
@@ -77,6 +89,7 @@ def test_run_checks_and_records_declared_implementations(installed_package, tmp_
     assert rows.loc["scaled-sdpa:scale=1.5", "status"].tolist() == ["mismatch", "mismatch"]  # the reference check applies
     assert set(rows.loc["missing", "status"]) == {"unsupported"}
     assert "failed to load" in rows.loc["missing", "reason"].iloc[0]
+    assert set(rows.loc["moody", "status"]) == {"error"} and "cannot tell" in rows.loc["moody", "reason"].iloc[0]
 
 
 def test_list_shows_declared_and_ignored_entries(installed_package, capsys):
@@ -85,3 +98,4 @@ def test_list_shows_declared_and_ignored_entries(installed_package, capsys):
     assert "scaled-sdpa" in listing and "options (scaled-sdpa:KEY=VALUE): scale=1.0" in listing
     assert "missing          unavailable cannot run: entry point" in listing
     assert "ignored entry point sdpa:" in listing
+    assert "moody            exact      cannot run: supports() raised RuntimeError: cannot tell" in listing

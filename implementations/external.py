@@ -8,7 +8,7 @@ A package with its own attention kernel declares, in its pyproject.toml,
 where the object is an `Implementation` subclass (or any factory(name, **options) returning one).
 Once that package is installed, `my-attention` is listed, run, checked against the float64
 reference and reported like a built-in, and the registry's tests check it too. The module is
-imported only when the implementation is first built; one that fails to import, or builds
+imported only when the implementation is first built; one that fails to import or build, or builds
 something else, becomes an implementation that cannot run anything and says why, so a broken
 package never stops a run of the others.
 """

@@ -6,6 +6,7 @@ import datetime as _dt
 import json
 import re
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch
 
 import implementations
 
-from . import __version__, config
+from . import __version__, config, conformance
 from .case import Case
 from .config import UsageError
 from .environment import collect
@@ -56,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="results file (default: results/<date>_<device>_<preset>.jsonl)")
     run.add_argument("--resume", action="store_true", help="append to --out, skipping cases already in it")
     run.add_argument("--seed", type=int, default=0, help="seed for the random inputs (default 0)")
+
+    checking = commands.add_parser("check", help="correctness only: forward and gradients against the float64 "
+                                                 "exact twin at awkward sizes and many seeds (exit 1 on a failure)")
+    checking.add_argument("--impl", required=True, help="NAME[:KEY=VALUE...][,NAME...]; see `attnbench list`")
+    checking.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    checking.add_argument("--dtype", help="(default: float32,bfloat16 on cpu; float16,bfloat16,float32 on cuda)")
 
     report = commands.add_parser("report", help="markdown, charts and HTML from results files")
     report.add_argument("results", nargs="+", help="results files (JSON Lines)")
@@ -203,6 +210,24 @@ def _grid_record(grid) -> dict:
     return {key: value for key, value in vars(grid).items() if key != "description"}
 
 
+def cmd_check(args) -> int:
+    specs = config.impl_specs("--impl", args.impl)
+    device = _device(args.device)
+    default_dtypes = "float16,bfloat16,float32" if device == "cuda" else "float32,bfloat16"
+    dtypes = config.dtypes("--dtype", args.dtype or default_dtypes)
+    print(f"checking on {device} ({', '.join(dtypes)}): {len(conformance.AWKWARD_SHAPES)} awkward shapes, causal and "
+          f"not, then lengths {conformance.SHORT_LENGTHS} for {len(conformance.SHORT_LENGTH_SEEDS)} seeds", flush=True)
+    all_ok = True
+    for spec in specs:
+        impl = config.build_impl("--impl", spec)
+        started = time.perf_counter()
+        results = list(conformance.check(impl, device, dtypes))
+        summary = conformance.CheckSummary(impl.label, results, time.perf_counter() - started)
+        print(summary.format(), flush=True)
+        all_ok &= summary.ok
+    return 0 if all_ok else 1
+
+
 def cmd_report(args) -> int:
     from .reporting import build_report
     from .reporting.data import ReportInputError
@@ -314,8 +339,8 @@ def cmd_profile(args) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        commands = {"list": cmd_list, "env": cmd_env, "run": cmd_run, "report": cmd_report, "recommend": cmd_recommend,
-                    "compare": cmd_compare, "profile": cmd_profile}
+        commands = {"list": cmd_list, "env": cmd_env, "run": cmd_run, "check": cmd_check, "report": cmd_report,
+                    "recommend": cmd_recommend, "compare": cmd_compare, "profile": cmd_profile}
         return commands[args.command](args)
     except UsageError as error:
         print(f"attnbench: error: {error}", file=sys.stderr)

@@ -29,7 +29,8 @@ class ScriptedAttention(Implementation):
             if self.failures_left is not None:
                 self.failures_left -= 1
             raise self.error
-        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal,
+                                                             enable_gqa=q.shape[1] != k.shape[1])
         return out * self.scale_output
 
 

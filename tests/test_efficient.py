@@ -230,5 +230,5 @@ def test_a_performer_bug_still_fails_its_twin_check(monkeypatch, seq_len):
 
     plain = performer.favor_features_fast
     monkeypatch.setattr(performer, "favor_features_fast", lambda x, p, *, is_query: plain(x, p, is_query=True))
-    with pytest.raises(AssertionError, match="beyond rtol"):
+    with pytest.raises(AssertionError, match="beyond tolerance"):
         assert_matches_twin("performer", Case(1, 2, seq_len, 16, "bfloat16", False, "fwd+bwd", "cpu"), input_seed=5)

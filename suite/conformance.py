@@ -1,0 +1,127 @@
+"""The correctness check every implementation must pass, as a library rather than only as tests.
+
+Output and input gradients against the float64 exact twin (softmax attention, or an approximate
+family's own maths) on seeded standard-normal inputs, at awkward sizes and over several seeds at
+one and two tokens, where gradients cancel most. `attnbench check` runs it for any implementation,
+including one another package declares; the test suite runs it for the registry.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+import implementations
+from implementations import Implementation
+
+from .accuracy import judge
+from .case import Case
+
+# (batch, heads, seq_len, head_dim, kv_heads): length 1, primes, one past a power of two and a
+# length no chunk or block size divides; head dims 16 and 64; the last two are grouped-query attention.
+AWKWARD_SHAPES = [(1, 2, 1, 16, None), (3, 2, 17, 64, None), (1, 3, 257, 64, None), (3, 1, 257, 16, None),
+                  (1, 2, 64, 64, None), (2, 4, 33, 16, 2), (1, 4, 70, 16, 1)]
+SHORT_LENGTHS = (1, 2)
+SHORT_LENGTH_SEEDS = range(1000, 1006)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    case: Case
+    seed: int
+    status: str  # "pass", "fail", "unsupported" or "error"
+    detail: str = ""  # fail: the worst tensor's error and allowance; unsupported/error: why
+
+
+def awkward_cases(device: str, dtypes: tuple[str, ...]) -> list[Case]:
+    return [Case(batch, heads, seq_len, head_dim, dtype, causal, "fwd+bwd", device, kv_heads)
+            for batch, heads, seq_len, head_dim, kv_heads in AWKWARD_SHAPES
+            for dtype in dtypes for causal in (False, True)]
+
+
+def short_cases(device: str, dtypes: tuple[str, ...]) -> list[Case]:
+    return [Case(1, 2, seq_len, 16, dtype, causal, "fwd+bwd", device)
+            for seq_len in SHORT_LENGTHS for dtype in dtypes for causal in (False, True)]
+
+
+def input_seed(case: Case) -> int:
+    """The awkward cases' seed: differs between shapes, fixed between runs."""
+    return case.seq_len * 7 + case.head_dim
+
+
+def check_case(impl: Implementation, case: Case, seed: int) -> CheckResult:
+    """One case: forward and backward of `impl` and of its exact twin on the same inputs."""
+    reasons = impl.supports(case)
+    if reasons:
+        return CheckResult(case, seed, "unsupported", "; ".join(reasons))
+    generator = torch.Generator(device=case.device).manual_seed(seed)
+    shape = (case.batch, case.heads, case.seq_len, case.head_dim)
+    kv_shape = (case.batch, case.key_value_heads, case.seq_len, case.head_dim)
+    q, k, v, grad_out = (torch.randn(s, generator=generator, device=case.device, dtype=case.torch_dtype)
+                         for s in (shape, kv_shape, kv_shape, shape))
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    try:
+        out = impl(*leaves, causal=case.causal)
+        if out.shape != q.shape or out.dtype != q.dtype:
+            return CheckResult(case, seed, "fail", f"output is {tuple(out.shape)} {out.dtype}, expected "
+                                                   f"{tuple(q.shape)} {q.dtype}")
+        actual = dict(zip(("out", "dq", "dk", "dv"), (out, *torch.autograd.grad(out, leaves, grad_out))))
+    except implementations.Unsupported as unsupported:
+        return CheckResult(case, seed, "unsupported", f"refused at run time: {unsupported}")
+    except Exception as error:  # noqa: BLE001 - a crash is a finding, reported with the rest
+        return CheckResult(case, seed, "error", f"{type(error).__name__}: {' '.join(str(error).split())[:500]}")
+    exact = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    expected_out = impl.exact_twin(*exact, causal=case.causal)
+    expected = dict(zip(("out", "dq", "dk", "dv"),
+                        (expected_out, *torch.autograd.grad(expected_out, exact, grad_out.double()))))
+    verdict = judge({name: t.detach() for name, t in actual.items()}, expected, case.dtype, case.seq_len,
+                    impl.atol_scale)
+    return CheckResult(case, seed, "pass" if verdict.ok else "fail", verdict.reason() or "")
+
+
+def check(impl: Implementation, device: str, dtypes: tuple[str, ...]) -> Iterator[CheckResult]:
+    """Every awkward case once, then every short case for each of several seeds."""
+    for case in awkward_cases(device, dtypes):
+        yield check_case(impl, case, input_seed(case))
+    for seed in SHORT_LENGTH_SEEDS:
+        for case in short_cases(device, dtypes):
+            yield check_case(impl, case, seed)
+
+
+@dataclass
+class CheckSummary:
+    """One implementation's results, counted, with what a reader needs to act on."""
+
+    label: str
+    results: list[CheckResult]
+    seconds: float = 0.0
+
+    def count(self, status: str) -> int:
+        return sum(result.status == status for result in self.results)
+
+    @property
+    def checked(self) -> int:
+        return len(self.results) - self.count("unsupported")
+
+    @property
+    def ok(self) -> bool:
+        """Ran at least one case, and failed or crashed on none."""
+        return self.checked > 0 and self.count("fail") == self.count("error") == 0
+
+    def format(self, max_findings: int = 20) -> str:
+        counts = ", ".join(f"{self.count(status)} {word}" for status, word in
+                           (("pass", "passed"), ("fail", "failed"), ("error", "errors"), ("unsupported", "unsupported")))
+        verdict = "ok" if self.ok else ("NOT CHECKED" if self.checked == 0 else "FAILED")
+        lines = [f"{self.label}: {verdict} ({counts}; {self.seconds:.1f} s)"]
+        findings = [r for r in self.results if r.status in ("fail", "error")]
+        for result in findings[:max_findings]:
+            lines.append(f"  {result.status.upper():<5} {result.case.label} seed {result.seed}: {result.detail}")
+        if len(findings) > max_findings:
+            lines.append(f"  ... and {len(findings) - max_findings} more")
+        reasons = sorted({r.detail for r in self.results if r.status == "unsupported"})
+        for reason in reasons[:3]:
+            lines.append(f"  unsupported: {reason}")
+        if len(reasons) > 3:
+            lines.append(f"  ... and {len(reasons) - 3} more reasons")
+        return "\n".join(lines)

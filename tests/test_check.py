@@ -1,0 +1,48 @@
+"""`attnbench check`: the conformance check from the command line, for any implementation."""
+from __future__ import annotations
+
+from suite.cli import main
+
+
+def _check(capsys, *argv) -> tuple[int, str]:
+    status = main(["check", "--device", "cpu", *argv])
+    return status, capsys.readouterr().out
+
+
+def test_correct_implementations_pass(capsys):
+    status, out = _check(capsys, "--impl", "naive,sparse-window:window=4", "--dtype", "float32")
+    assert status == 0
+    assert "naive: ok (38 passed, 0 failed, 0 errors, 0 unsupported" in out
+    assert "sparse-window:window=4: ok (38 passed" in out
+
+
+def test_a_wrong_output_fails_with_the_case_and_error(capsys, fake_registry):
+    fake_registry("off-by-a-bit", scale_output=1.01)
+    status, out = _check(capsys, "--impl", "off-by-a-bit", "--dtype", "float32")
+    assert status == 1
+    assert "off-by-a-bit: FAILED (0 passed, 38 failed" in out
+    assert "FAIL  B1-H2-N1-D16-fp32-dense-fwd+bwd seed 23: out rel_rms_err 0.01 beyond tolerance" in out
+    assert "... and 18 more" in out
+
+
+def test_a_crash_is_reported_and_the_check_goes_on(capsys, fake_registry):
+    fake_registry("crashes-at-17", fail_on_seq_len=17, error=RuntimeError("bad launch"))
+    status, out = _check(capsys, "--impl", "crashes-at-17,naive", "--dtype", "bfloat16")
+    assert status == 1
+    assert "crashes-at-17: FAILED (36 passed, 0 failed, 2 errors" in out
+    assert "ERROR B3-H2-N17-D64-bf16-causal-fwd+bwd seed 183: RuntimeError: bad launch" in out
+    assert "naive: ok" in out
+
+
+def test_an_implementation_that_runs_nothing_here_is_not_a_pass(capsys):
+    status, out = _check(capsys, "--impl", "sdpa-cudnn", "--dtype", "float32")
+    assert status == 1
+    assert "sdpa-cudnn: NOT CHECKED (0 passed, 0 failed, 0 errors, 38 unsupported" in out
+    assert "unsupported: device=cpu (supported: cuda)" in out
+
+
+def test_bad_flags_exit_2(capsys):
+    assert main(["check", "--impl", "flashy"]) == 2
+    assert "unknown implementation 'flashy'" in capsys.readouterr().err
+    assert main(["check", "--impl", "naive", "--dtype", "float8"]) == 2
+    assert "unknown dtype 'float8'" in capsys.readouterr().err

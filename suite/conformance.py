@@ -8,7 +8,7 @@ including one another package declares; the test suite runs it for the registry.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -51,42 +51,56 @@ def input_seed(case: Case) -> int:
 
 
 def check_case(impl: Implementation, case: Case, seed: int) -> CheckResult:
-    """One case: forward and backward of `impl` and of its exact twin on the same inputs."""
+    """One case: forward (and, unless the mode is "fwd", backward) of `impl` and of its exact twin
+    on the same inputs."""
     reasons = impl.supports(case)
     if reasons:
         return CheckResult(case, seed, "unsupported", "; ".join(reasons))
+    with_grad = case.mode != "fwd"
     generator = torch.Generator(device=case.device).manual_seed(seed)
     shape = (case.batch, case.heads, case.seq_len, case.head_dim)
     kv_shape = (case.batch, case.key_value_heads, case.seq_len, case.head_dim)
     q, k, v, grad_out = (torch.randn(s, generator=generator, device=case.device, dtype=case.torch_dtype)
                          for s in (shape, kv_shape, kv_shape, shape))
-    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    leaves = [t.clone().requires_grad_(with_grad) for t in (q, k, v)]
     try:
-        out = impl(*leaves, causal=case.causal)
+        with torch.set_grad_enabled(with_grad):
+            out = impl(*leaves, causal=case.causal)
         if out.shape != q.shape or out.dtype != q.dtype:
             return CheckResult(case, seed, "fail", f"output is {tuple(out.shape)} {out.dtype}, expected "
                                                    f"{tuple(q.shape)} {q.dtype}")
-        actual = dict(zip(("out", "dq", "dk", "dv"), (out, *torch.autograd.grad(out, leaves, grad_out))))
+        grads = torch.autograd.grad(out, leaves, grad_out) if with_grad else ()
+        actual = dict(zip(("out", "dq", "dk", "dv"), (out, *grads)))
     except implementations.Unsupported as unsupported:
         return CheckResult(case, seed, "unsupported", f"refused at run time: {unsupported}")
     except Exception as error:  # noqa: BLE001 - a crash is a finding, reported with the rest
         return CheckResult(case, seed, "error", f"{type(error).__name__}: {' '.join(str(error).split())[:500]}")
-    exact = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    exact = [t.detach().clone().requires_grad_(with_grad) for t in (q, k, v)]
     expected_out = impl.exact_twin(*exact, causal=case.causal)
-    expected = dict(zip(("out", "dq", "dk", "dv"),
-                        (expected_out, *torch.autograd.grad(expected_out, exact, grad_out.double()))))
+    expected_grads = torch.autograd.grad(expected_out, exact, grad_out.double()) if with_grad else ()
+    expected = dict(zip(("out", "dq", "dk", "dv"), (expected_out, *expected_grads)))
     verdict = judge({name: t.detach() for name, t in actual.items()}, expected, case.dtype, case.seq_len,
                     impl.atol_scale)
     return CheckResult(case, seed, "pass" if verdict.ok else "fail", verdict.reason() or "")
 
 
+def _forward_only_if_need_be(impl: Implementation, case: Case) -> Case:
+    """An inference kernel without a backward is still checked forward, rather than not at all."""
+    if impl.supports(case):
+        forward = replace(case, mode="fwd")
+        if not impl.supports(forward):
+            return forward
+    return case
+
+
 def check(impl: Implementation, device: str, dtypes: tuple[str, ...]) -> Iterator[CheckResult]:
-    """Every awkward case once, then every short case for each of several seeds."""
+    """Every awkward case once, then every short case for each of several seeds; forward and
+    gradients, or the forward alone where the implementation supports only that."""
     for case in awkward_cases(device, dtypes):
-        yield check_case(impl, case, input_seed(case))
+        yield check_case(impl, _forward_only_if_need_be(impl, case), input_seed(case))
     for seed in SHORT_LENGTH_SEEDS:
         for case in short_cases(device, dtypes):
-            yield check_case(impl, case, seed)
+            yield check_case(impl, _forward_only_if_need_be(impl, case), seed)
 
 
 @dataclass
@@ -112,6 +126,9 @@ class CheckSummary:
     def format(self, max_findings: int = 20) -> str:
         counts = ", ".join(f"{self.count(status)} {word}" for status, word in
                            (("pass", "passed"), ("fail", "failed"), ("error", "errors"), ("unsupported", "unsupported")))
+        forward_only = sum(r.case.mode == "fwd" and r.status != "unsupported" for r in self.results)
+        if forward_only:
+            counts += f"; {forward_only} forward only, no backward supported"
         verdict = "ok" if self.ok else ("NOT CHECKED" if self.checked == 0 else "FAILED")
         lines = [f"{self.label}: {verdict} ({counts}; {self.seconds:.1f} s)"]
         findings = [r for r in self.results if r.status in ("fail", "error")]

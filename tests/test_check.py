@@ -46,3 +46,18 @@ def test_bad_flags_exit_2(capsys):
     assert "unknown implementation 'flashy'" in capsys.readouterr().err
     assert main(["check", "--impl", "naive", "--dtype", "float8"]) == 2
     assert "unknown dtype 'float8'" in capsys.readouterr().err
+
+
+def test_a_forward_only_kernel_is_checked_forward(capsys, monkeypatch):
+    """An inference kernel that refuses gradients is still checked, and the summary says forward only."""
+    import implementations
+    from implementations.naive import NaiveAttention
+
+    class InferenceOnly(NaiveAttention):
+        def supports(self, case):
+            return ["mode=fwd+bwd (supported: fwd)"] if case.mode != "fwd" else []
+
+    monkeypatch.setitem(implementations.REGISTRY, "inference-only", InferenceOnly)
+    status, out = _check(capsys, "--impl", "inference-only", "--dtype", "float32")
+    assert status == 0
+    assert "inference-only: ok (38 passed, 0 failed, 0 errors, 0 unsupported; 38 forward only" in out

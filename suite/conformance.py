@@ -76,8 +76,11 @@ def check_case(impl: Implementation, case: Case, seed: int) -> CheckResult:
     except Exception as error:  # noqa: BLE001 - a crash is a finding, reported with the rest
         return CheckResult(case, seed, "error", f"{type(error).__name__}: {' '.join(str(error).split())[:500]}")
     exact = [t.detach().clone().requires_grad_(with_grad) for t in (q, k, v)]
-    expected_out = impl.exact_twin(*exact, causal=case.causal)
-    expected_grads = torch.autograd.grad(expected_out, exact, grad_out.double()) if with_grad else ()
+    try:
+        expected_out = impl.exact_twin(*exact, causal=case.causal)
+        expected_grads = torch.autograd.grad(expected_out, exact, grad_out.double()) if with_grad else ()
+    except Exception as error:  # noqa: BLE001 - an implementation's own twin can be broken too
+        return CheckResult(case, seed, "error", f"exact_twin: {type(error).__name__}: {' '.join(str(error).split())[:500]}")
     expected = dict(zip(("out", "dq", "dk", "dv"), (expected_out, *expected_grads)))
     verdict = judge({name: t.detach() for name, t in actual.items()}, expected, case.dtype, case.seq_len,
                     impl.atol_scale)

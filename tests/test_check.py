@@ -61,3 +61,18 @@ def test_a_forward_only_kernel_is_checked_forward(capsys, monkeypatch):
     status, out = _check(capsys, "--impl", "inference-only", "--dtype", "float32")
     assert status == 0
     assert "inference-only: ok (38 passed, 0 failed, 0 errors, 0 unsupported; 38 forward only" in out
+
+
+def test_a_broken_exact_twin_is_an_error_not_a_crash(capsys, monkeypatch):
+    import implementations
+    from implementations.naive import NaiveAttention
+
+    class BrokenTwin(NaiveAttention):
+        def exact_twin(self, q, k, v, *, causal=False):
+            raise NotImplementedError("twin not written yet")
+
+    monkeypatch.setitem(implementations.REGISTRY, "broken-twin", BrokenTwin)
+    status, out = _check(capsys, "--impl", "broken-twin", "--dtype", "float32")
+    assert status == 1
+    assert "broken-twin: FAILED (0 passed, 0 failed, 38 errors" in out
+    assert "exact_twin: NotImplementedError: twin not written yet" in out

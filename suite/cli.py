@@ -63,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     checking.add_argument("--impl", required=True, help="NAME[:KEY=VALUE...][,NAME...]; see `attnbench list`")
     checking.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     checking.add_argument("--dtype", help="(default: float32,bfloat16 on cpu; float16,bfloat16,float32 on cuda)")
+    checking.add_argument("--seed", type=int, default=0, help="added to every input seed, for other inputs (default 0)")
 
     report = commands.add_parser("report", help="markdown, charts and HTML from results files")
     report.add_argument("results", nargs="+", help="results files (JSON Lines)")
@@ -221,7 +222,7 @@ def cmd_check(args) -> int:
     for spec in specs:
         impl = config.build_impl("--impl", spec)
         started = time.perf_counter()
-        results = list(conformance.check(impl, device, dtypes))
+        results = list(conformance.check(impl, device, dtypes, args.seed))
         summary = conformance.CheckSummary(impl.label, results, time.perf_counter() - started)
         print(summary.format(), flush=True)
         all_ok &= summary.ok

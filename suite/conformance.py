@@ -96,14 +96,15 @@ def _forward_only_if_need_be(impl: Implementation, case: Case) -> Case:
     return case
 
 
-def check(impl: Implementation, device: str, dtypes: tuple[str, ...]) -> Iterator[CheckResult]:
+def check(impl: Implementation, device: str, dtypes: tuple[str, ...], seed: int = 0) -> Iterator[CheckResult]:
     """Every awkward case once, then every short case for each of several seeds; forward and
-    gradients, or the forward alone where the implementation supports only that."""
+    gradients, or the forward alone where the implementation supports only that. `seed` shifts
+    every input seed, for other inputs than the default ones."""
     for case in awkward_cases(device, dtypes):
-        yield check_case(impl, _forward_only_if_need_be(impl, case), input_seed(case))
-    for seed in SHORT_LENGTH_SEEDS:
+        yield check_case(impl, _forward_only_if_need_be(impl, case), input_seed(case) + seed)
+    for short_seed in SHORT_LENGTH_SEEDS:
         for case in short_cases(device, dtypes):
-            yield check_case(impl, _forward_only_if_need_be(impl, case), seed)
+            yield check_case(impl, _forward_only_if_need_be(impl, case), short_seed + seed)
 
 
 @dataclass

@@ -16,6 +16,12 @@ def test_correct_implementations_pass(capsys):
     assert "sparse-window:window=4: ok (38 passed" in out
 
 
+def test_seed_changes_the_inputs(capsys, fake_registry):
+    fake_registry("off-by-a-bit", scale_output=1.01)
+    status, out = _check(capsys, "--impl", "off-by-a-bit", "--dtype", "float32", "--seed", "5")
+    assert status == 1 and "FAIL  B1-H2-N1-D16-fp32-dense-fwd+bwd seed 28:" in out
+
+
 def test_a_wrong_output_fails_with_the_case_and_error(capsys, fake_registry):
     fake_registry("off-by-a-bit", scale_output=1.01)
     status, out = _check(capsys, "--impl", "off-by-a-bit", "--dtype", "float32")

@@ -11,7 +11,7 @@ from functools import partial
 from typing import Any
 
 from .base import DTYPES, CaseLike, Implementation, Option, Unsupported
-from .external import discover
+from .external import declared_by, discover
 from .linear import LinearAttention
 from .linear_fla import FlaLinearAttention
 from .naive import NaiveAttention
@@ -62,6 +62,11 @@ def names() -> list[str]:
     return [*REGISTRY, *(name for name in _external() if name not in REGISTRY)]
 
 
+def origin(name: str) -> str | None:
+    """Which installed package declared `name`; None for a built-in (or an unknown name)."""
+    return None if name in REGISTRY else declared_by(_external().get(name))
+
+
 def get(name: str, **options: Any) -> Implementation:
     """A fresh implementation by name; raises KeyError listing the valid names."""
     factory = REGISTRY.get(name) or _external().get(name)
@@ -72,5 +77,5 @@ def get(name: str, **options: Any) -> Implementation:
 
 __all__ = [
     "DTYPES", "CaseLike", "Implementation", "Option", "REGISTRY", "Unsupported",
-    "get", "ignored_declarations", "names", "reference_attention",
+    "get", "ignored_declarations", "names", "origin", "reference_attention",
 ]

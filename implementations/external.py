@@ -66,6 +66,13 @@ def _build(entry_point: EntryPoint, name: str, **options: Any) -> Implementation
     return impl
 
 
+def declared_by(factory: Factory) -> str | None:
+    """`module:object (from distribution)` for a factory `discover` made; None for any other."""
+    if isinstance(factory, partial) and factory.func is _build:
+        return _origin(factory.args[0])
+    return None
+
+
 def discover(taken: Collection[str]) -> tuple[dict[str, Factory], list[str]]:
     """Factories for the declared implementations, and one line per declaration that was ignored."""
     factories: dict[str, Factory] = {}

@@ -97,5 +97,7 @@ def test_list_shows_declared_and_ignored_entries(installed_package, capsys):
     listing = capsys.readouterr().out
     assert "scaled-sdpa" in listing and "options (scaled-sdpa:KEY=VALUE): scale=1.0" in listing
     assert "missing          unavailable cannot run: entry point" in listing
+    assert "declared by plugged_attention:ScaledSdpa (from plugged-attention)" in listing
+    assert implementations.origin("sdpa") is None and implementations.origin("no-such-name") is None
     assert "ignored entry point sdpa:" in listing
     assert "moody            exact      cannot run: supports() raised RuntimeError: cannot tell" in listing

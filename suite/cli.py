@@ -223,8 +223,13 @@ def cmd_check(args) -> int:
     all_ok = True
     for spec in specs:
         impl = config.build_impl("--impl", spec)
-        started = time.perf_counter()
-        results = list(conformance.check(impl, device, dtypes, args.seed))
+        started = last_note = time.perf_counter()
+        results = []
+        for result in conformance.check(impl, device, dtypes, args.seed):
+            results.append(result)
+            if time.perf_counter() - last_note > 10:  # compiled kernels can take minutes: say it is moving
+                last_note = time.perf_counter()
+                print(f"  {impl.label}: {len(results)} cases done, {last_note - started:.0f} s", file=sys.stderr, flush=True)
         summary = conformance.CheckSummary(impl.label, results, time.perf_counter() - started)
         print(summary.format(), flush=True)
         all_ok &= summary.ok

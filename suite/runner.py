@@ -17,6 +17,7 @@ from implementations import Implementation, Unsupported, reference_attention
 
 from .accuracy import error, judge
 from .case import Case
+from .checked_slices import CheckedSlices
 from .flops import case_flops, softmax_case_flops
 from .gpu_monitor import GpuMonitor, throttle_verdict
 from .memory import peak_call_memory
@@ -30,8 +31,10 @@ SLOW_FIRST_CALL_MS = 100.0  # above this, one warm-up call is enough
 class RunSettings:
     policies: dict[str, TimingPolicy] = field(
         default_factory=lambda: {device: TimingPolicy.for_device(device) for device in ("cpu", "cuda")})
-    # The float64 reference is skipped above this many FLOPs (dense forward+backward count).
-    max_reference_flops: dict[str, float] = field(default_factory=lambda: {"cpu": 2e10, "cuda": 2e14})
+    # FLOPs the float64 reference may cost per case: beyond, it covers only as many (batch, head)
+    # slices as fit (see checked_slices.py), and none if one slice does not fit. On an H100 2e13
+    # float64 FLOPs take a few seconds; at 64K tokens every slice would take ~8× longer.
+    max_reference_flops: dict[str, float] = field(default_factory=lambda: {"cpu": 2e10, "cuda": 2e13})
     seed: int = 0
     peak_tflops: dict[str, float] = field(default_factory=dict)  # dtype -> measured matmul peak
 
@@ -59,10 +62,12 @@ class ExpectedOutputs:
         self.compute, self.case, self.inputs, self.what = compute, case, inputs, what
         self._outputs: dict[str, torch.Tensor] | None = None
         self._failure: str | None = None
-        flops, limit = softmax_case_flops(case), settings.max_reference_flops.get(case.device, 0.0)
-        if flops > limit:
-            self._failure = (f"accuracy not checked: the {what} needs {flops / 1e9:.3g} GFLOP "
-                             f"(limit {limit / 1e9:.3g} GFLOP on {case.device})")
+        limit = settings.max_reference_flops.get(case.device, 0.0)
+        self.slices = CheckedSlices.choose(case, limit)
+        if self.slices is None:
+            per_slice = softmax_case_flops(case) / (case.batch * case.key_value_heads)
+            self._failure = (f"accuracy not checked: one (batch, head) slice of the {what} needs "
+                             f"{per_slice / 1e9:.3g} GFLOP (limit {limit / 1e9:.3g} GFLOP on {case.device})")
 
     def expected(self) -> tuple[dict[str, torch.Tensor] | None, str | None]:
         """(float64 outputs, None), or (None, why accuracy is not checked)."""
@@ -78,12 +83,13 @@ class ExpectedOutputs:
         return self._outputs, self._failure
 
     def _compute(self) -> dict[str, torch.Tensor]:
-        i = self.inputs
-        q, k, v = (t.detach().double().requires_grad_(self.case.needs_grad) for t in (i.q, i.k, i.v))
+        i, slices = self.inputs, self.slices
+        q = slices.queries(i.q.detach()).double().requires_grad_(self.case.needs_grad)
+        k, v = (slices.key_values(t.detach()).double().requires_grad_(self.case.needs_grad) for t in (i.k, i.v))
         out = self.compute(q, k, v)
         outputs = {"out": out.detach()}
         if self.case.needs_grad:
-            out.backward(i.dout.double())
+            out.backward(slices.queries(i.dout).double())
             outputs.update(dq=q.grad, dk=k.grad, dv=v.grad)
         return outputs
 
@@ -122,7 +128,7 @@ def _softmax_error(out: torch.Tensor, reference: ExpectedOutputs) -> dict[str, A
     expected, not_checked = reference.expected()
     if expected is None:
         return {"softmax_note": not_checked}
-    err = error(out, expected["out"])
+    err = error(reference.slices.queries(out), expected["out"])
     return {"softmax_max_abs_err": err.max_abs, "softmax_rel_rms_err": err.rel_rms}
 
 
@@ -144,9 +150,10 @@ def measure_row(impl: Implementation, case: Case, inputs: Inputs, reference: Exp
         if expected is None:
             row.update(status="ok", reason=not_checked, accuracy_ok=None)
         else:
-            verdict = judge(outputs, expected, case.dtype, case.seq_len, impl.atol_scale)
+            verdict = judge(twin.slices.select(outputs), expected, case.dtype, case.seq_len, impl.atol_scale)
             row.update(
                 status="ok" if verdict.ok else "mismatch", reason=verdict.reason(),
+                accuracy_scope=twin.slices.describe(),
                 max_abs_err=verdict.max_abs, rel_rms_err=verdict.worst[1].rel_rms,
                 accuracy_ok=verdict.ok, accuracy_tolerance={"rtol": verdict.rtol, "atol": verdict.atol},
                 errors={name: asdict(e) for name, e in verdict.errors.items()},

@@ -79,6 +79,22 @@ def test_report_of_exact_implementations_only_has_no_approximation_caveat(tmp_pa
     assert "## Accuracy" in markdown and "i.i.d." not in markdown
 
 
+def test_report_says_when_the_reference_covered_only_some_slices(cpu_results, tmp_path):
+    lines = []
+    for line in cpu_results.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("record") == "result" and record["status"] == "ok" and record["seq_len"] == 64:
+            record["accuracy_scope"] = "1 of 2 (batch, key/value head) slices"
+        lines.append(json.dumps(record))
+    partial = tmp_path / "partial.jsonl"
+    partial.write_text("\n".join(lines) + "\n")
+    assert main(["report", str(partial), "--out", str(tmp_path / "report")]) == 0
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "rows (from 64 tokens) the float64 reference covered only some (batch, key/value head) slices" in markdown
+    assert main(["report", str(cpu_results), "--out", str(tmp_path / "full")]) == 0
+    assert "covered only some" not in (tmp_path / "full" / "report.md").read_text()
+
+
 def test_throughput_chart_has_one_line_per_measured_implementation(cpu_results):
     frame = prepare(load(cpu_results))
     part = frame[frame.causal == False]  # noqa: E712

@@ -32,8 +32,8 @@ class RunSettings:
     policies: dict[str, TimingPolicy] = field(
         default_factory=lambda: {device: TimingPolicy.for_device(device) for device in ("cpu", "cuda")})
     # FLOPs the float64 reference may cost per case: beyond, it covers only as many (batch, head)
-    # slices as fit (see checked_slices.py), and none if one slice does not fit. On an H100 2e13
-    # float64 FLOPs take a few seconds; at 64K tokens every slice would take ~8× longer.
+    # slices as fit (see checked_slices.py), and none if one slice does not fit. Every slice of a
+    # 64K-token forward+backward case (head dim 128, 16 heads) would cost ~6× the GPU budget.
     max_reference_flops: dict[str, float] = field(default_factory=lambda: {"cpu": 2e10, "cuda": 2e13})
     seed: int = 0
     peak_tflops: dict[str, float] = field(default_factory=dict)  # dtype -> measured matmul peak

@@ -1,0 +1,29 @@
+"""Presets name only implementations that exist, and `efficient` is the grid its families are compared on."""
+from __future__ import annotations
+
+import pytest
+
+from suite import config
+from suite.presets import PRESETS
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_builds_its_implementations_and_cases(name):
+    grid = PRESETS[name]
+    for spec in grid.impls:
+        config.build_impl("preset", spec)  # raises on an unknown name or option
+    assert grid.cases("cuda" if name != "smoke" else "cpu")
+
+
+def test_efficient_compares_the_approximations_with_the_fused_kernels():
+    grid = PRESETS["efficient"]
+    assert set(grid.impls) == {"sdpa-flash", "sdpa-cudnn", "xformers", "sparse-window", "sparse-block", "linear",
+                               "linear-fla", "performer"}
+    assert grid.seq_len == (1024, 2048, 4096, 8192, 16384, 32768, 65536)
+    assert grid.head_dim == (64, 128) and set(grid.causal) == {False, True} and set(grid.mode) == {"fwd", "fwd+bwd"}
+    assert len(grid.cases("cuda")) * len(grid.impls) == 448
+
+
+def test_smoke_covers_every_family_on_cpu():
+    families = {config.build_impl("preset", spec).family for spec in PRESETS["smoke"].impls}
+    assert {"exact", "sparse", "linear", "performer"} <= families

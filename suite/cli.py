@@ -18,7 +18,7 @@ from . import __version__, config, conformance
 from .case import Case
 from .config import UsageError
 from .environment import collect
-from .peak import measured_matmul_tflops
+from .peak import measured_copy_gbytes_per_s, measured_matmul_tflops
 from .presets import PRESETS, default_preset
 from .progress import Progress
 from .results import ResultsFormatError, ResultsWriter, finished_keys
@@ -189,8 +189,11 @@ def cmd_run(args) -> int:
         for dtype in sorted({case.dtype for case in cases}):
             print(f"measuring this GPU's {dtype} matmul peak...", file=sys.stderr, flush=True)
             settings.peak_tflops[dtype] = measured_matmul_tflops(implementations.DTYPES[dtype], torch_device)
+        print("measuring this GPU's copy bandwidth...", file=sys.stderr, flush=True)
+        settings.peak_gbytes_per_s = measured_copy_gbytes_per_s(torch_device)
     run_info = {"preset": preset_name, "config": args.config, "argv": sys.argv[1:], "grid": _grid_record(grid),
-                "measured_peak_tflops": settings.peak_tflops, "timing_policy": vars(settings.policies[device])}
+                "measured_peak_tflops": settings.peak_tflops, "measured_peak_gbytes_per_s": settings.peak_gbytes_per_s,
+                "timing_policy": vars(settings.policies[device])}
     writer = ResultsWriter(out, collect(torch_device), run_info)
     if skip:
         print(f"resuming {out}: {len(skip)} rows already there", file=sys.stderr)

@@ -22,6 +22,7 @@ from .flops import case_flops, softmax_case_flops
 from .gpu_monitor import GpuMonitor, throttle_verdict
 from .memory import peak_call_memory
 from .timing import TimingPolicy, measure, time_once_wall
+from .traffic import minimum_bytes
 from .workload import Inputs, Workload, make_inputs
 
 SLOW_FIRST_CALL_MS = 100.0  # above this, one warm-up call is enough
@@ -37,6 +38,7 @@ class RunSettings:
     max_reference_flops: dict[str, float] = field(default_factory=lambda: {"cpu": 2e10, "cuda": 2e13})
     seed: int = 0
     peak_tflops: dict[str, float] = field(default_factory=dict)  # dtype -> measured matmul peak
+    peak_gbytes_per_s: float | None = None  # measured copy bandwidth of the device
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -112,14 +114,16 @@ def _base_row(impl: Implementation, case: Case) -> dict[str, Any]:
             "density": density}
 
 
-def _throughput(impl: Implementation, case: Case, time_ms: float, peaks: dict[str, float]) -> dict[str, Any]:
-    flops = case_flops(impl, case)
-    tflops = flops / (time_ms * 1e-3) / 1e12
-    peak = peaks.get(case.dtype)
+def _throughput(impl: Implementation, case: Case, time_ms: float, settings: RunSettings) -> dict[str, Any]:
+    tflops = case_flops(impl, case) / (time_ms * 1e-3) / 1e12
+    gbytes_per_s = minimum_bytes(case) / (time_ms * 1e-3) / 1e9
+    peak, bandwidth = settings.peak_tflops.get(case.dtype), settings.peak_gbytes_per_s
     return {
         "tflops": tflops,
         "tokens_per_s": case.batch * case.seq_len / (time_ms * 1e-3),
         "peak_fraction": tflops / peak if peak else None,
+        "gbytes_per_s": gbytes_per_s,
+        "bandwidth_fraction": gbytes_per_s / bandwidth if bandwidth else None,
     }
 
 
@@ -173,7 +177,7 @@ def measure_row(impl: Implementation, case: Case, inputs: Inputs, reference: Exp
         row.update(
             time_ms=timing.median, time_iqr_ms=timing.iqr, repeats=timing.repeats, times_ms=timing.times_ms,
             noisy=timing.relative_iqr > policy.noisy_relative_iqr,
-            **_throughput(impl, case, timing.median, settings.peak_tflops),
+            **_throughput(impl, case, timing.median, settings),
         )
         row["throttled"], row["throttle_reasons"] = throttle_verdict(row["gpu_after"])
         if before_each:

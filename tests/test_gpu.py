@@ -8,7 +8,7 @@ import implementations
 from suite.case import Case
 from suite.environment import collect
 from suite.gpu_monitor import GpuMonitor
-from suite.peak import measured_matmul_tflops
+from suite.peak import measured_copy_gbytes_per_s, measured_matmul_tflops
 from suite.runner import RunSettings, run_cases
 from tests.twin_check import assert_matches_twin, assert_matches_twin_for_seeds
 
@@ -64,13 +64,15 @@ def test_forced_backend_is_the_one_dispatched(name, backend):
 def test_runner_on_gpu_measures_memory_clocks_and_throughput(tmp_path):
     case = Case(2, 8, 1024, 64, "bfloat16", True, "fwd+bwd", "cuda")
     rows = []
-    settings = RunSettings(peak_tflops={"bfloat16": measured_matmul_tflops(torch.bfloat16, torch.device("cuda"), 4096)})
+    settings = RunSettings(peak_tflops={"bfloat16": measured_matmul_tflops(torch.bfloat16, torch.device("cuda"), 4096)},
+                           peak_gbytes_per_s=measured_copy_gbytes_per_s(torch.device("cuda")))
     run_cases([implementations.get("sdpa"), implementations.get("naive")], [case], settings=settings, on_row=rows.append)
     sdpa, naive = rows
     assert sdpa["status"] == "ok" and sdpa["accuracy_ok"], sdpa["reason"]
     assert sdpa["backend"] in {"flash", "efficient", "cudnn"}
     assert sdpa["peak_mem_bytes"] > 0 and naive["peak_mem_bytes"] > sdpa["peak_mem_bytes"]  # naive holds N² scores
     assert 0 < sdpa["peak_fraction"] < 1.5
+    assert 0 < naive["bandwidth_fraction"] < sdpa["bandwidth_fraction"] < 1.5  # same bytes, naive is slower
     assert sdpa["gpu_after"].get("sm_clock_mhz") or sdpa["gpu_after"].get("unavailable")
 
 

@@ -154,3 +154,24 @@ def test_torn_last_line_is_ignored_with_a_warning(tmp_path):
     path.write_text(text[: len(text) - 40])
     with pytest.warns(UserWarning, match="incomplete last line"):
         assert len(results.load(path)) == 1
+
+
+def test_minimum_traffic_counts_inputs_read_and_outputs_written_once():
+    from suite.traffic import minimum_bytes
+
+    elements = 3 * 10 * 4  # batch × seq × head_dim per head
+    assert minimum_bytes(Case(3, 2, 10, 4, "float32", False, "fwd", "cpu")) == (2 * 2 + 2 * 2) * elements * 4
+    assert minimum_bytes(Case(3, 4, 10, 4, "bfloat16", True, "bwd", "cpu", 2)) == (3 * 4 + 4 * 2) * elements * 2
+    assert minimum_bytes(Case(3, 4, 10, 4, "float16", True, "fwd+bwd", "cpu", 1)) == (4 * 4 + 4 * 1) * elements * 2
+
+
+def test_rows_report_achieved_bandwidth_against_the_measured_peak(tmp_path):
+    from suite.traffic import minimum_bytes
+
+    case = cases(64, mode="fwd+bwd")[0]
+    settings = RunSettings(policies=FAST.policies, peak_gbytes_per_s=50.0)
+    [row] = run_cases([implementations.get("naive")], [case], settings=settings, on_row=lambda r: None)
+    assert row["gbytes_per_s"] == pytest.approx(minimum_bytes(case) / (row["time_ms"] * 1e-3) / 1e9)
+    assert row["bandwidth_fraction"] == pytest.approx(row["gbytes_per_s"] / 50.0)
+    [row] = run_cases([implementations.get("naive")], [case], settings=FAST, on_row=lambda r: None)
+    assert row["gbytes_per_s"] > 0 and row["bandwidth_fraction"] is None  # no peak measured (CPU runs)

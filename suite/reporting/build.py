@@ -33,10 +33,11 @@ def _environment_blocks(paths: list[Path]) -> list:
                 f"torch {env.get('torch')}, CUDA {env.get('cuda') or '–'}, cuDNN {env.get('cudnn') or '–'}, "
                 f"triton {env.get('triton') or '–'}, xformers {env.get('xformers') or '–'}",
                 ", ".join(f"{k} {v:.0f}" for k, v in (run.get("measured_peak_tflops") or {}).items()) or "–",
+                f"{run['measured_peak_gbytes_per_s']:.0f}" if run.get("measured_peak_gbytes_per_s") else "–",
                 (env.get("git_commit") or "–")[:12], run.get("preset") or "–",
             ])
     return [Heading("Environment"), Table(["file", "device", "driver", "SM clock (now/max)", "software",
-                                            "measured matmul TFLOP/s", "commit", "preset"], rows)]
+                                            "measured matmul TFLOP/s", "measured copy GB/s", "commit", "preset"], rows)]
 
 
 def _cell(row) -> str:

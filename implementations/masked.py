@@ -57,12 +57,7 @@ class MaskedAttention(Implementation):
     def visible_pairs(self, seq_len: int, causal: bool) -> int:
         key = (seq_len, causal)
         if key not in self._pairs:
-            total = 0
-            for start in range(0, seq_len, _CPU_QUERY_CHUNK):
-                stop = min(seq_len, start + _CPU_QUERY_CHUNK)
-                keys = self._key_index(start, stop, seq_len, "cpu")
-                total += int(self.visible(torch.arange(start, stop)[:, None], keys[None, :], causal).sum())
-            self._pairs[key] = total
+            self._pairs[key] = sum(int(chunk.seen.sum()) for chunk in self._cpu_plan(seq_len, causal, torch.device("cpu")))
         return self._pairs[key]
 
     def supports(self, case) -> list[str]:

@@ -17,6 +17,7 @@ from implementations import Implementation
 
 from .accuracy import judge
 from .case import Case
+from .workload import random_tensors
 
 # (batch, heads, seq_len, head_dim, kv_heads): length 1, primes, one past a power of two and a
 # length no chunk or block size divides; head dims 16 and 64; the last two are grouped-query attention.
@@ -57,11 +58,7 @@ def check_case(impl: Implementation, case: Case, seed: int) -> CheckResult:
     if reasons:
         return CheckResult(case, seed, "unsupported", "; ".join(reasons))
     with_grad = case.mode != "fwd"
-    generator = torch.Generator(device=case.device).manual_seed(seed)
-    shape = (case.batch, case.heads, case.seq_len, case.head_dim)
-    kv_shape = (case.batch, case.key_value_heads, case.seq_len, case.head_dim)
-    q, k, v, grad_out = (torch.randn(s, generator=generator, device=case.device, dtype=case.torch_dtype)
-                         for s in (shape, kv_shape, kv_shape, shape))
+    q, k, v, grad_out = random_tensors(case, seed)
     leaves = [t.clone().requires_grad_(with_grad) for t in (q, k, v)]
     try:
         with torch.set_grad_enabled(with_grad):

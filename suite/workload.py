@@ -28,14 +28,19 @@ def case_seed(case: Case, seed: int) -> int:
     return zlib.crc32(f"{seed}:{case.label}".encode())
 
 
-def make_inputs(case: Case, seed: int = 0) -> Inputs:
-    """Seeded standard-normal q and dout (batch, heads, seq, head_dim); k, v with the key/value heads."""
-    device = torch.device(case.device)
-    generator = torch.Generator(device=device).manual_seed(case_seed(case, seed))
+def random_tensors(case: Case, generator_seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Standard-normal q and dout (batch, heads, seq, head_dim), k and v with the key/value heads."""
+    generator = torch.Generator(device=case.device).manual_seed(generator_seed)
     shape = (case.batch, case.heads, case.seq_len, case.head_dim)
     kv_shape = (case.batch, case.key_value_heads, case.seq_len, case.head_dim)
-    q, k, v, dout = (torch.randn(s, generator=generator, device=device, dtype=case.torch_dtype)
+    q, k, v, dout = (torch.randn(s, generator=generator, device=case.device, dtype=case.torch_dtype)
                      for s in (shape, kv_shape, kv_shape, shape))
+    return q, k, v, dout
+
+
+def make_inputs(case: Case, seed: int = 0) -> Inputs:
+    """The case's inputs, seeded per case (see case_seed); q, k, v require grad in backward modes."""
+    q, k, v, dout = random_tensors(case, case_seed(case, seed))
     for t in (q, k, v):
         t.requires_grad_(case.needs_grad)
     return Inputs(q, k, v, dout)

@@ -129,8 +129,9 @@ def cmd_list(args) -> int:
             reasons = [f"supports() raised {type(error).__name__}: {error}"]
         verdict = "runs" if not reasons else "cannot run: " + "; ".join(reasons)
         print(f"  {name:<16} {impl.family:<10} {verdict}")
-        if implementations.origin(name):
-            print(f"  {'':<16} {'':<10} declared by {implementations.origin(name)}")
+        declared_by = implementations.origin(name)
+        if declared_by:
+            print(f"  {'':<16} {'':<10} declared by {declared_by}")
         if impl.options:
             defaults = ", ".join(f"{key}={option.default}" for key, option in impl.options.items())
             print(f"  {'':<16} {'':<10} options ({name}:KEY=VALUE): {defaults}")

@@ -24,7 +24,8 @@ nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit,temperature
 python3 -m suite env > "$OUT/env.json"
 python3 -m suite list --device cuda 2>&1 | tee "$OUT/list.txt"
 if [ "${3:-}" = "--tests" ]; then
-  timeout "${TEST_TIMEOUT_S:-300}" python3 -m pytest -m gpu -q -p no:cacheprovider ${TEST_SELECT:+-k "$TEST_SELECT"} tests > "$OUT/pytest-gpu.txt" 2>&1
+  # SIGINT: pytest stops and still prints its summary (and durations) of what ran.
+  timeout --signal=INT --kill-after=30 "${TEST_TIMEOUT_S:-300}" python3 -m pytest -m gpu -q -p no:cacheprovider --durations=12 ${TEST_SELECT:+-k "$TEST_SELECT"} tests > "$OUT/pytest-gpu.txt" 2>&1
   grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/pytest-gpu.txt" | tail -n 40
 fi
 gpu=$(python3 -c "import torch, re; print(re.sub(r'[^a-z0-9]+', '-', torch.cuda.get_device_name().lower()).strip('-'))")

@@ -6,6 +6,9 @@
 # results/), unless RESUME_FILE names a results file of that preset to continue.
 # Environment: TEST_TIMEOUT_S, TEST_SELECT (pytest -k), RUN_FLAGS (extra `attnbench run` flags),
 # PROFILE ("IMPL[ IMPL...]": `attnbench profile` each at PROFILE_FLAGS, default 64K tokens, D128, causal fwd+bwd).
+# Triton autotuning results (fla retunes some kernels at every batch size, ~10-20 s each) are written to
+# $OUT/GPU-triton-autotune.tgz; placed in .gpu-cache/ on a later call for the same GPU model, they are reused,
+# and `first_call_ms` then leaves out the search (it still includes compilation).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/attnbench-out}
@@ -20,15 +23,22 @@ fi
 presets=${1:-quick}
 [ "$presets" = "-" ] && presets=""  # "-": tests and profiles only
 limit=${2:-540}
-nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit,temperature.gpu --format=csv | tee "$OUT/nvidia-smi.txt"
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit,temperature.gpu --format=csv | tee "$OUT/machine.txt"
 python3 -m suite env > "$OUT/env.json"
-python3 -m suite list --device cuda 2>&1 | tee "$OUT/list.txt"
+python3 -m suite list --device cuda 2>&1 | tee -a "$OUT/machine.txt"
+gpu=$(python3 -c "import torch, re; print(re.sub(r'[^a-z0-9]+', '-', torch.cuda.get_device_name().lower()).strip('-'))")
+export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton-cache}
+mkdir -p "$TRITON_CACHE_DIR"
+tuned=".gpu-cache/$gpu-triton-autotune.tgz"
+[ -f "$tuned" ] && tar -xzf "$tuned" -C "$TRITON_CACHE_DIR" && echo "reusing Triton autotuning results from $tuned"
+save_tuning() {
+  (cd "$TRITON_CACHE_DIR" && find . -name '*.autotune.json' | tar -czf "$OUT/$gpu-triton-autotune.tgz" -T -)
+}
 if [ "${3:-}" = "--tests" ]; then
   # SIGINT: pytest stops and still prints its summary (and durations) of what ran.
   timeout --signal=INT --kill-after=30 "${TEST_TIMEOUT_S:-300}" python3 -m pytest -m gpu -q -p no:cacheprovider --durations=12 ${TEST_SELECT:+-k "$TEST_SELECT"} tests > "$OUT/pytest-gpu.txt" 2>&1
   grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/pytest-gpu.txt" | tail -n 40
 fi
-gpu=$(python3 -c "import torch, re; print(re.sub(r'[^a-z0-9]+', '-', torch.cuda.get_device_name().lower()).strip('-'))")
 for preset in ${presets//,/ }; do
   name="$(date +%F)_${gpu}_${preset}"; resume=""
   if [ -n "${RESUME_FILE:-}" ] && [[ "$(basename "$RESUME_FILE")" == *"_${preset}"*.jsonl ]]; then
@@ -42,9 +52,11 @@ for preset in ${presets//,/ }; do
     > "$OUT/run-$preset.txt" 2> "$OUT/run-$preset.log"
   echo "preset $preset exit $?"
   tail -n 40 "$OUT/run-$preset.txt"
+  save_tuning
 done
 for impl in ${PROFILE:-}; do
   timeout 300 python3 -m suite profile --impl "$impl" ${PROFILE_FLAGS:---seq-len 4096 --batch 16 --heads 16 --head-dim 128 --causal --mode fwd+bwd} \
     --rows 25 > "$OUT/profile-${impl//[:=,]/_}.txt" 2>&1
   echo "profile $impl exit $?"
 done
+save_tuning

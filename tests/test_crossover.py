@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from suite.reporting.crossover import crossover_table, crossovers
+from suite.reporting.crossover import crossover_summary, crossover_table, crossovers
 
 
 def _rows(impl: str, times: dict[int, float | str], iqr: float = 0.0) -> list[dict]:
@@ -62,3 +62,37 @@ def test_an_implementation_that_never_ran_gets_no_row():
     frame = _frame(_rows("base", {1: 1.0}), _rows("cannot", {1: "unsupported"}))
     assert crossovers(frame, "base") == []
     assert crossover_table(frame, "base") is None
+
+
+def _variant(rows: list[dict], *, causal: bool, mode: str, head_dim: int = 128) -> list[dict]:
+    shape = {"device": "cuda", "gpu": "GPU", "heads": 16, "kv_heads": 16, "head_dim": head_dim, "dtype": "bfloat16"}
+    return [{**row, **shape, "causal": causal, "mode": mode} for row in rows]
+
+
+def test_summary_puts_each_mask_and_mode_side_by_side():
+    frame = _frame(
+        _variant(_rows("base", {1024: 1.0, 2048: 2.0, 4096: 4.0}), causal=False, mode="fwd"),
+        _variant(_rows("fast", {1024: 2.0, 2048: 1.0, 4096: 0.5}), causal=False, mode="fwd"),
+        _variant(_rows("base", {1024: 1.0, 2048: 2.0, 4096: 4.0}), causal=True, mode="fwd+bwd"),
+        _variant(_rows("fast", {1024: 2.0, 2048: 4.0, 4096: 5.0}), causal=True, mode="fwd+bwd"),
+    )
+    ((title, table),) = crossover_summary(frame, "base")
+    assert title == "GPU · H16 D128 · bfloat16"
+    assert table.header == ["implementation", "dense fwd", "causal fwd+bwd"]
+    assert table.rows == [["fast", "from 2K · 8× at 4K", "never · 0.8× at 4K"]]
+
+
+def test_summary_has_one_table_per_shape_and_leaves_unmeasured_variants_empty():
+    frame = _frame(
+        _variant(_rows("base", {1000: 1.0, 3000: 3.0}), causal=False, mode="fwd", head_dim=64),
+        _variant(_rows("fast", {1000: 0.5, 3000: "oom"}), causal=False, mode="fwd", head_dim=64),
+        _variant(_rows("base", {1000: 1.0}), causal=False, mode="fwd", head_dim=128),
+        _variant(_rows("other", {1000: 0.5}), causal=False, mode="fwd", head_dim=128),
+        _variant(_rows("base", {1000: 1.0}), causal=True, mode="fwd", head_dim=128),
+        _variant(_rows("fast", {1000: 0.5}), causal=True, mode="fwd", head_dim=128),
+    )
+    summary = dict(crossover_summary(frame, "base"))
+    assert summary["GPU · H16 D64 · bfloat16"].rows == [["fast", "from 1000 · 2× at 1000"]]
+    wide = summary["GPU · H16 D128 · bfloat16"]
+    assert wide.header == ["implementation", "dense fwd", "causal fwd"]
+    assert sorted(wide.rows) == [["fast", "", "from 1000 · 2× at 1000"], ["other", "from 1000 · 2× at 1000", ""]]

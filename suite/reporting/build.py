@@ -11,7 +11,7 @@ from ..results import ResultsFormatError, load, read
 from . import charts
 from .attention_maps import attention_map_chart
 from .blocks import Heading, Image, Paragraph, Report, Table, to_html, to_markdown
-from .crossover import crossover_table
+from .crossover import crossover_summary, crossover_table
 from .data import MEASURED, ReportInputError, colours, fmt_bytes, fmt_num, group_title, groups, impl_order, prepare
 
 CHART_KEYS = ("device", "gpu", "dtype", "causal", "mode")
@@ -127,6 +127,10 @@ def _add_crossovers(report: Report, frame: pd.DataFrame, baseline: str) -> None:
         f"Median time of {baseline} over each implementation's, per length. \"Faster from\" is the shortest "
         f"length from which an implementation is faster at every longer length measured (a length where "
         f"{baseline} could not run counts as faster; one where the implementation could not run shows why)."))
+    for title, table in crossover_summary(frame, baseline):
+        report.add(Heading(f"At a glance: {title}", 3), Paragraph(
+            f"Where each implementation starts to beat {baseline}, and its speed-up at the longest length "
+            "both ran (≈: within the two measurements' spread)."), table)
     for group, table in tables:
         report.add(Heading(group_title(group), 3), table)
 

@@ -14,7 +14,10 @@ from dataclasses import dataclass
 import pandas as pd
 
 from .blocks import Table
-from .data import MEASURED, fmt_num, impl_order
+from .data import GROUP_KEYS, MEASURED, fmt_num, group_title, impl_order
+
+# A summary puts the four mask × mode variants of one shape side by side.
+SUMMARY_COLUMNS = (("dense", "fwd"), ("dense", "fwd+bwd"), ("causal", "fwd"), ("causal", "fwd+bwd"))
 
 
 @dataclass
@@ -92,3 +95,35 @@ def crossover_table(part: pd.DataFrame, baseline: str) -> Table | None:
     lengths = sorted({length for c in found for length in c.speedups})
     rows = [[c.impl, c.describe(), *(_ratio_cell(c.speedups.get(length), length in c.ties) for length in lengths)] for c in found]
     return Table(["implementation", f"faster than {baseline} from", *(str(length) for length in lengths)], rows)
+
+
+def fmt_length(length: int) -> str:
+    """1024 -> 1K, 32768 -> 32K; lengths that are not whole multiples of 1024 stay as they are."""
+    return f"{length // 1024}K" if length >= 1024 and length % 1024 == 0 else str(length)
+
+
+def _summary_cell(found: Crossover) -> str:
+    """E.g. `from 2K · 20× at 32K`, or `never · 0.93× at 16K`: the crossover and the longest length's ratio."""
+    start = "never" if found.faster_from is None else f"from {fmt_length(found.faster_from)}"
+    at_longest = found.speedups[found.longest]
+    ratio = at_longest if isinstance(at_longest, str) else _ratio_cell(at_longest, found.longest in found.ties)
+    return f"{start} · {ratio} at {fmt_length(found.longest)}"
+
+
+def crossover_summary(frame: pd.DataFrame, baseline: str) -> list[tuple[str, Table]]:
+    """Per shape (GPU, heads, head dim, dtype): one row per implementation, one column per mask × mode."""
+    shape_keys = [key for key in GROUP_KEYS if key not in ("causal", "mode")]
+    summaries = []
+    for shape, part in frame.groupby(shape_keys, sort=True, dropna=False):
+        cells: dict[str, dict[tuple[str, str], str]] = {}
+        for (causal, mode), variant in part.groupby(["causal", "mode"], sort=False):
+            column = ("causal" if causal else "dense", mode)
+            for found in crossovers(variant, baseline):
+                cells.setdefault(found.impl, {})[column] = _summary_cell(found)
+        if not cells:
+            continue
+        columns = [c for c in SUMMARY_COLUMNS if any(c in row for row in cells.values())]
+        rows = [[impl, *(cells[impl].get(column, "") for column in columns)] for impl in impl_order(cells)]
+        title = group_title(dict(zip(shape_keys, shape)))
+        summaries.append((title, Table(["implementation", *(" ".join(c) for c in columns)], rows)))
+    return summaries

@@ -33,11 +33,12 @@ def groups(frame: pd.DataFrame) -> Iterable[tuple[dict, pd.DataFrame]]:
 
 
 def group_title(group: dict) -> str:
-    """E.g. `NVIDIA H100 · H16 D128 · bfloat16 · causal · fwd` (the shape part only when fixed)."""
-    mask = "causal" if group["causal"] else "dense"
+    """E.g. `NVIDIA H100 · H16 D128 · bfloat16 · causal · fwd` (each part only when the group fixes it)."""
     grouped = f" KV{group['kv_heads']}" if group.get("kv_heads") not in (None, group.get("heads")) else ""
     shape = [f"H{group['heads']}{grouped} D{group['head_dim']}"] if "heads" in group else []
-    return " · ".join([str(group["gpu"]), *shape, group["dtype"], mask, group["mode"]])
+    mask = [] if "causal" not in group else ["causal" if group["causal"] else "dense"]
+    mode = [group["mode"]] if "mode" in group else []
+    return " · ".join([str(group["gpu"]), *shape, group["dtype"], *mask, *mode])
 
 
 def impl_order(labels: Iterable[str]) -> list[str]:

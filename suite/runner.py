@@ -8,7 +8,7 @@ from __future__ import annotations
 import gc
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -23,7 +23,7 @@ from .gpu_monitor import GpuMonitor, throttle_verdict
 from .memory import peak_call_memory
 from .timing import TimingPolicy, measure, time_once_wall
 from .traffic import minimum_bytes
-from .workload import Inputs, Workload, make_inputs
+from .workload import Inputs, Workload, case_seed, local_tensors, make_inputs
 
 SLOW_FIRST_CALL_MS = 100.0  # above this, one warm-up call is enough
 
@@ -127,13 +127,28 @@ def _throughput(impl: Implementation, case: Case, time_ms: float, settings: RunS
     }
 
 
-def _softmax_error(out: torch.Tensor, reference: ExpectedOutputs) -> dict[str, Any]:
+def _softmax_error(out: torch.Tensor, reference: ExpectedOutputs, prefix: str = "softmax") -> dict[str, Any]:
     """How far an approximate family's output is from exact softmax attention: a figure, not a test."""
     expected, not_checked = reference.expected()
     if expected is None:
-        return {"softmax_note": not_checked}
+        return {f"{prefix}_note": not_checked}
     err = error(reference.slices.queries(out), expected["out"])
-    return {"softmax_max_abs_err": err.max_abs, "softmax_rel_rms_err": err.rel_rms}
+    return {f"{prefix}_max_abs_err": err.max_abs, f"{prefix}_rel_rms_err": err.rel_rms}
+
+
+def _local_softmax_error(impl: Implementation, case: Case, settings: RunSettings) -> dict[str, Any]:
+    """The same figure on local inputs (workload.local_tensors), where softmax attention is peaked near
+    the diagonal as in trained models; on the run's i.i.d. inputs it is nearly uniform. Forward only."""
+    forward = replace(case, mode="fwd")
+    try:
+        q, k, v = local_tensors(case, case_seed(forward, settings.seed) + 1)
+        with torch.no_grad():
+            out = impl(q, k, v, causal=case.causal)
+        reference = softmax_reference(forward, Inputs(q, k, v, dout=None), settings)
+        return _softmax_error(out, reference, prefix="softmax_local")
+    except Exception as error:  # noqa: BLE001 - a supplementary figure must not cost the row its timing
+        _free_memory(case.device)
+        return {"softmax_local_note": f"not measured: {type(error).__name__}: {' '.join(str(error).split())[:300]}"}
 
 
 def measure_row(impl: Implementation, case: Case, inputs: Inputs, reference: ExpectedOutputs,
@@ -151,6 +166,7 @@ def measure_row(impl: Implementation, case: Case, inputs: Inputs, reference: Exp
         expected, not_checked = twin.expected()
         if approximate:
             row.update(_softmax_error(outputs["out"], reference))
+            row.update(_local_softmax_error(impl, case, settings))
         if expected is None:
             row.update(status="ok", reason=not_checked, accuracy_ok=None)
         else:

@@ -1,11 +1,13 @@
 """Inputs for a case and the call that gets timed for each mode (fwd, bwd, fwd+bwd)."""
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from implementations import Implementation
 
@@ -17,10 +19,10 @@ class Inputs:
     q: torch.Tensor
     k: torch.Tensor
     v: torch.Tensor
-    dout: torch.Tensor  # upstream gradient for bwd modes
+    dout: torch.Tensor | None  # upstream gradient for bwd modes (None for forward-only inputs)
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.q, self.k, self.v, self.dout))
+        return sum(t.numel() * t.element_size() for t in (self.q, self.k, self.v, self.dout) if t is not None)
 
 
 def case_seed(case: Case, seed: int) -> int:
@@ -36,6 +38,48 @@ def random_tensors(case: Case, generator_seed: int) -> tuple[torch.Tensor, torch
     q, k, v, dout = (torch.randn(s, generator=generator, device=case.device, dtype=case.torch_dtype)
                      for s in (shape, kv_shape, kv_shape, shape))
     return q, k, v, dout
+
+
+# Local inputs: the correlation length of the shared latent (tokens) and the mean logit of a query
+# against the key at its own position. Chosen so that softmax attention is peaked and mostly local
+# (at 4K tokens, head dim 64-128, ~60% of each query's weight lies within 64 tokens), unlike i.i.d.
+# inputs, on which it is nearly uniform.
+LOCAL_CORRELATION_TOKENS = 32.0
+LOCAL_SELF_LOGIT = 8.0
+_LOCAL_NOISE = 0.5  # what queries and keys add to the latent, relative to it
+
+
+def _drifting_latent(batch: int, heads: int, seq_len: int, head_dim: int, generator: torch.Generator,
+                     device: str) -> torch.Tensor:
+    """Unit-variance noise smoothed along the sequence by an exponential kernel (a stationary AR(1))."""
+    taps = int(8 * LOCAL_CORRELATION_TOKENS)  # the kernel's tail beyond 8 lengths is below e^-8
+    kernel = torch.exp(-torch.arange(taps, device=device, dtype=torch.float32) / LOCAL_CORRELATION_TOKENS)
+    kernel = (kernel / kernel.norm()).flip(0).view(1, 1, taps)
+    # taps - 1 extra leading samples, so the first positions are as smooth as the rest
+    noise = torch.randn(batch * heads * head_dim, 1, seq_len + taps - 1, generator=generator, device=device)
+    return F.conv1d(noise, kernel).view(batch, heads, head_dim, seq_len).transpose(-1, -2)
+
+
+def local_tensors(case: Case, generator_seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v on which softmax attention is peaked near the diagonal, as in trained models' local heads.
+
+    Queries and keys are one latent that drifts along the sequence plus independent noise, scaled so
+    that q_i·k_i/√D averages LOCAL_SELF_LOGIT; unrelated positions' logits spread about ±1. A query
+    head shares its key/value head's latent. v is standard normal.
+    """
+    generator = torch.Generator(device=case.device).manual_seed(generator_seed)
+    b, n, d, kv_heads = case.batch, case.seq_len, case.head_dim, case.key_value_heads
+    latent = _drifting_latent(b, kv_heads, n, d, generator, case.device)
+    scale = math.sqrt(LOCAL_SELF_LOGIT / math.sqrt(d))
+
+    def noisy(shape_latent: torch.Tensor) -> torch.Tensor:
+        noise = torch.randn(shape_latent.shape, generator=generator, device=case.device)
+        return (scale * (shape_latent + _LOCAL_NOISE * noise)).to(case.torch_dtype)
+
+    q = noisy(latent.repeat_interleave(case.heads // kv_heads, dim=1))
+    k = noisy(latent)
+    v = torch.randn((b, kv_heads, n, d), generator=generator, device=case.device, dtype=case.torch_dtype)
+    return q, k, v
 
 
 def make_inputs(case: Case, seed: int = 0) -> Inputs:

@@ -22,7 +22,8 @@ def prepare(frame: pd.DataFrame) -> pd.DataFrame:
         raise ReportInputError("the results hold no result rows")
     frame = frame.copy()
     frame["gpu"] = frame["gpu"].fillna("cpu")
-    for column in ("time_ms", "time_iqr_ms", "tflops", "peak_mem_bytes", "rel_rms_err", "softmax_rel_rms_err"):
+    for column in ("time_ms", "time_iqr_ms", "tflops", "peak_mem_bytes", "rel_rms_err", "softmax_rel_rms_err",
+                   "softmax_local_rel_rms_err"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     return frame
 

@@ -1,0 +1,99 @@
+"""Local inputs: softmax attention peaked near the diagonal, for the approximations' error figure."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import implementations
+from suite import config
+from suite.case import Case
+from suite.reporting.build import _accuracy_table
+from suite.results import ResultsWriter, load
+from suite.runner import RunSettings, run_cases
+from suite.timing import TimingPolicy
+from suite.workload import LOCAL_SELF_LOGIT, local_tensors, random_tensors
+
+FAST = RunSettings(policies={"cpu": TimingPolicy(warmup_calls=1, min_repeats=3, max_repeats=3, budget_s=0.01)})
+
+
+def _weights(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    group = q.shape[1] // k.shape[1]
+    k = k.double().repeat_interleave(group, dim=1)
+    return (q.double() @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).softmax(-1)
+
+
+def _weight_within(weights: torch.Tensor, tokens: int) -> float:
+    positions = torch.arange(weights.shape[-1])
+    near = (positions[:, None] - positions[None, :]).abs() <= tokens
+    return float((weights * near).sum(-1).mean())
+
+
+@pytest.mark.parametrize("head_dim", [32, 64, 128])
+def test_attention_on_local_inputs_is_peaked_near_the_diagonal_and_on_iid_inputs_is_not(head_dim):
+    case = Case(1, 2, 1024, head_dim, "float32", False, "fwd", "cpu")
+    q, k, _ = local_tensors(case, 7)
+    self_logits = (q.double() * k.double()).sum(-1) / math.sqrt(head_dim)
+    assert abs(float(self_logits.mean()) - LOCAL_SELF_LOGIT) < 1.0
+    assert _weight_within(_weights(q, k), 64) > 0.8
+    q, k, _, _ = random_tensors(case, 7)
+    assert _weight_within(_weights(q, k), 64) < 0.2
+
+
+def test_local_inputs_are_seeded_typed_and_share_a_latent_within_a_query_group():
+    case = Case(2, 4, 300, 16, "bfloat16", True, "fwd", "cpu", kv_heads=2)
+    q, k, v = local_tensors(case, 3)
+    assert q.shape == (2, 4, 300, 16) and k.shape == v.shape == (2, 2, 300, 16)
+    assert {t.dtype for t in (q, k, v)} == {torch.bfloat16}
+    assert all(torch.equal(a, b) for a, b in zip((q, k, v), local_tensors(case, 3)))
+    assert not torch.equal(q, local_tensors(case, 4)[0])
+
+    def correlation(a, b):
+        return float(torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0))
+
+    # Query heads 2 and 3 belong to key/value head 1: they follow its latent, not head 0's.
+    for head in (2, 3):
+        assert correlation(q[:, head], k[:, 1]) > 0.6
+        assert abs(correlation(q[:, head], k[:, 0])) < 0.2
+
+
+def test_runner_reports_each_approximation_against_softmax_on_local_inputs_too(tmp_path):
+    case = Case(1, 2, 512, 32, "float32", False, "fwd", "cpu")
+    impls = [implementations.get("sdpa"), config.build_impl("t", "sparse-window:window=64"), implementations.get("linear")]
+    writer = ResultsWriter(tmp_path / "r.jsonl", {"device": "cpu"}, {"preset": "test"})
+    rows = run_cases(impls, [case], settings=FAST, on_row=writer.append)
+    writer.close()
+    exact, window, linear = rows
+    assert exact["status"] == window["status"] == linear["status"] == "ok"
+    assert "softmax_local_rel_rms_err" not in exact
+    # A window keeps the local weight that linear attention's feature map cannot represent.
+    assert window["softmax_local_rel_rms_err"] < 0.3 < linear["softmax_local_rel_rms_err"]
+    # On i.i.d. inputs the ranking is the other way round: the figure there does not guide a choice.
+    assert window["softmax_rel_rms_err"] > linear["softmax_rel_rms_err"]
+
+    table = _accuracy_table(load(tmp_path / "r.jsonl"))
+    assert table.header[-2:] == ["vs softmax, local inputs: median", "vs softmax, local inputs: max"]
+    by_impl = {row[0]: row for row in table.rows}
+    assert by_impl["sdpa"][-1] == "exact" and by_impl["linear"][-1] not in ("exact", "—")
+
+
+def test_a_failure_on_local_inputs_leaves_the_row_its_timing(tmp_path):
+    class FailsOnLocalInputs(implementations.get("linear").__class__):
+        def __call__(self, q, k, v, *, causal=False):
+            if not torch.is_grad_enabled():  # in a fwd+bwd case, only the local-inputs forward runs without grad
+                raise RuntimeError("planted failure")
+            return super().__call__(q, k, v, causal=causal)
+
+    case = Case(1, 2, 64, 16, "float32", False, "fwd+bwd", "cpu")
+    rows = run_cases([FailsOnLocalInputs("fails-on-local")], [case], settings=FAST, on_row=lambda row: None)
+    assert rows[0]["status"] == "ok" and rows[0]["time_ms"] > 0
+    assert "planted failure" in rows[0]["softmax_local_note"]
+
+
+def test_recommend_weighs_the_local_figure_when_a_row_has_it():
+    from suite.recommend import _error
+
+    assert _error({"softmax_local_rel_rms_err": 0.1, "softmax_rel_rms_err": 2.0, "rel_rms_err": 0.001}) == 0.1
+    assert _error({"softmax_local_rel_rms_err": float("nan"), "softmax_rel_rms_err": 2.0, "rel_rms_err": 0.001}) == 2.0
+    assert _error({"softmax_local_rel_rms_err": None, "softmax_rel_rms_err": None, "rel_rms_err": 0.001}) == 0.001

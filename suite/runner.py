@@ -152,8 +152,12 @@ def _local_softmax_error(impl: Implementation, case: Case, settings: RunSettings
 
 
 def measure_row(impl: Implementation, case: Case, inputs: Inputs, reference: ExpectedOutputs,
-                settings: RunSettings, monitor: GpuMonitor) -> dict[str, Any]:
-    """Check, time and measure one implementation on one case (raises on failure)."""
+                settings: RunSettings, monitor: GpuMonitor, local_figures: dict[tuple, dict] | None = None,
+                ) -> dict[str, Any]:
+    """Check, time and measure one implementation on one case (raises on failure).
+
+    `local_figures` keeps each approximation's error on local inputs per forward case, so a case's
+    fwd and fwd+bwd rows share one measurement of it."""
     device = torch.device(case.device)
     row: dict[str, Any] = {}
     work = Workload(impl, case, inputs)
@@ -166,7 +170,11 @@ def measure_row(impl: Implementation, case: Case, inputs: Inputs, reference: Exp
         expected, not_checked = twin.expected()
         if approximate:
             row.update(_softmax_error(outputs["out"], reference))
-            row.update(_local_softmax_error(impl, case, settings))
+            cache = local_figures if local_figures is not None else {}
+            key = row_key(impl.label, replace(case, mode="fwd"))
+            if key not in cache:
+                cache[key] = _local_softmax_error(impl, case, settings)
+            row.update(cache[key])
         if expected is None:
             row.update(status="ok", reason=not_checked, accuracy_ok=None)
         else:
@@ -205,7 +213,8 @@ def measure_row(impl: Implementation, case: Case, inputs: Inputs, reference: Exp
 
 
 def run_one(impl: Implementation, case: Case, inputs: Inputs, reference: ExpectedOutputs,
-            settings: RunSettings, monitor: GpuMonitor) -> dict[str, Any]:
+            settings: RunSettings, monitor: GpuMonitor, local_figures: dict[tuple, dict] | None = None,
+            ) -> dict[str, Any]:
     """One result row, whatever happens.
 
     An out-of-memory error is retried once after freeing the allocator's cache: memory left
@@ -217,7 +226,7 @@ def run_one(impl: Implementation, case: Case, inputs: Inputs, reference: Expecte
             reasons = impl.supports(case)
             if reasons:
                 return {**row, "status": "unsupported", "reason": "; ".join(reasons)}
-            return {**row, **measure_row(impl, case, inputs, reference, settings, monitor)}
+            return {**row, **measure_row(impl, case, inputs, reference, settings, monitor, local_figures)}
         except Unsupported as error:
             return {**row, "status": "unsupported", "reason": str(error)}
         except Exception as error:  # noqa: BLE001 - any failure becomes a row; the run goes on
@@ -256,6 +265,7 @@ def run_cases(
     todo = [(case, chosen) for case, chosen in todo if chosen]
     total = sum(len(chosen) for _, chosen in todo)
     monitors: dict[str, GpuMonitor] = {}
+    local_figures: dict[tuple, dict] = {}
     rows = []
     if progress:
         progress.start(total)
@@ -279,7 +289,7 @@ def run_cases(
         for impl in chosen:
             if progress:
                 progress.row_started(impl.label, case)
-            row = run_one(impl, case, inputs, reference, settings, monitor)
+            row = run_one(impl, case, inputs, reference, settings, monitor, local_figures)
             rows.append(row)
             on_row(row)
             if progress:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -97,3 +98,18 @@ def test_recommend_weighs_the_local_figure_when_a_row_has_it():
     assert _error({"softmax_local_rel_rms_err": 0.1, "softmax_rel_rms_err": 2.0, "rel_rms_err": 0.001}) == 0.1
     assert _error({"softmax_local_rel_rms_err": float("nan"), "softmax_rel_rms_err": 2.0, "rel_rms_err": 0.001}) == 2.0
     assert _error({"softmax_local_rel_rms_err": None, "softmax_rel_rms_err": None, "rel_rms_err": 0.001}) == 0.001
+
+
+def test_fwd_and_fwd_bwd_rows_of_a_case_share_one_local_measurement(monkeypatch):
+    from suite import runner
+
+    measured = []
+    real = runner._local_softmax_error
+    monkeypatch.setattr(runner, "_local_softmax_error",
+                        lambda impl, case, settings: measured.append(case.mode) or real(impl, case, settings))
+    forward = Case(1, 2, 64, 16, "float32", False, "fwd", "cpu")
+    both = Case(1, 2, 64, 16, "float32", False, "fwd+bwd", "cpu")
+    rows = run_cases([implementations.get("linear")], [forward, both, replace(forward, causal=True)],
+                     settings=FAST, on_row=lambda row: None)
+    assert measured == ["fwd", "fwd"]  # once for dense, once for causal
+    assert rows[0]["softmax_local_rel_rms_err"] == rows[1]["softmax_local_rel_rms_err"]

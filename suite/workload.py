@@ -42,7 +42,7 @@ def random_tensors(case: Case, generator_seed: int) -> tuple[torch.Tensor, torch
 
 # Local inputs: the correlation length of the shared latent (tokens) and the mean logit of a query
 # against the key at its own position. Chosen so that softmax attention is peaked and mostly local
-# (at 4K tokens, head dim 64-128, ~60% of each query's weight lies within 64 tokens), unlike i.i.d.
+# (at 4K tokens, head dim 64-128, 75-80% of each query's weight lies within 64 tokens), unlike i.i.d.
 # inputs, on which it is nearly uniform.
 LOCAL_CORRELATION_TOKENS = 32.0
 LOCAL_SELF_LOGIT = 8.0

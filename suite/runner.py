@@ -136,24 +136,43 @@ def _softmax_error(out: torch.Tensor, reference: ExpectedOutputs, prefix: str = 
     return {f"{prefix}_max_abs_err": err.max_abs, f"{prefix}_rel_rms_err": err.rel_rms}
 
 
-def _local_softmax_error(impl: Implementation, case: Case, settings: RunSettings) -> dict[str, Any]:
-    """The same figure on local inputs (workload.local_tensors), where softmax attention is peaked near
-    the diagonal as in trained models; on the run's i.i.d. inputs it is nearly uniform. Forward only."""
-    forward = replace(case, mode="fwd")
+class LocalInputs:
+    """One case's local inputs (workload.local_tensors) and softmax attention on them, forward only:
+    made when the case's first approximation needs them, shared by the others."""
+
+    def __init__(self, case: Case, settings: RunSettings):
+        self.case, self.settings = replace(case, mode="fwd"), settings
+        self._inputs: Inputs | None = None
+        self._reference: ExpectedOutputs | None = None
+
+    def get(self) -> tuple[Inputs, ExpectedOutputs]:
+        if self._inputs is None or self._reference is None:
+            q, k, v = local_tensors(self.case, case_seed(self.case, self.settings.seed) + 1)
+            self._inputs = Inputs(q, k, v, dout=None)
+            self._reference = softmax_reference(self.case, self._inputs, self.settings)
+        return self._inputs, self._reference
+
+    def release(self) -> None:
+        self._inputs = self._reference = None
+
+
+def _local_softmax_error(impl: Implementation, local: LocalInputs) -> dict[str, Any]:
+    """The same figure on local inputs, where softmax attention is peaked near the diagonal as in
+    trained models; on the run's i.i.d. inputs it is nearly uniform."""
     try:
-        q, k, v = local_tensors(case, case_seed(forward, settings.seed) + 1)
+        inputs, reference = local.get()
         with torch.no_grad():
-            out = impl(q, k, v, causal=case.causal)
-        reference = softmax_reference(forward, Inputs(q, k, v, dout=None), settings)
+            out = impl(inputs.q, inputs.k, inputs.v, causal=local.case.causal)
         return _softmax_error(out, reference, prefix="softmax_local")
     except Exception as error:  # noqa: BLE001 - a supplementary figure must not cost the row its timing
-        _free_memory(case.device)
+        local.release()
+        _free_memory(local.case.device)
         return {"softmax_local_note": f"not measured: {type(error).__name__}: {' '.join(str(error).split())[:300]}"}
 
 
 def measure_row(impl: Implementation, case: Case, inputs: Inputs, reference: ExpectedOutputs,
-                settings: RunSettings, monitor: GpuMonitor, local_figures: dict[tuple, dict] | None = None,
-                ) -> dict[str, Any]:
+                settings: RunSettings, monitor: GpuMonitor, local: LocalInputs | None = None,
+                local_figures: dict[tuple, dict] | None = None) -> dict[str, Any]:
     """Check, time and measure one implementation on one case (raises on failure).
 
     `local_figures` keeps each approximation's error on local inputs per forward case, so a case's
@@ -170,10 +189,11 @@ def measure_row(impl: Implementation, case: Case, inputs: Inputs, reference: Exp
         expected, not_checked = twin.expected()
         if approximate:
             row.update(_softmax_error(outputs["out"], reference))
+            local = local or LocalInputs(case, settings)
             cache = local_figures if local_figures is not None else {}
-            key = row_key(impl.label, replace(case, mode="fwd"))
+            key = row_key(impl.label, local.case)
             if key not in cache:
-                cache[key] = _local_softmax_error(impl, case, settings)
+                cache[key] = _local_softmax_error(impl, local)
             row.update(cache[key])
         if expected is None:
             row.update(status="ok", reason=not_checked, accuracy_ok=None)
@@ -213,8 +233,8 @@ def measure_row(impl: Implementation, case: Case, inputs: Inputs, reference: Exp
 
 
 def run_one(impl: Implementation, case: Case, inputs: Inputs, reference: ExpectedOutputs,
-            settings: RunSettings, monitor: GpuMonitor, local_figures: dict[tuple, dict] | None = None,
-            ) -> dict[str, Any]:
+            settings: RunSettings, monitor: GpuMonitor, local: LocalInputs | None = None,
+            local_figures: dict[tuple, dict] | None = None) -> dict[str, Any]:
     """One result row, whatever happens.
 
     An out-of-memory error is retried once after freeing the allocator's cache: memory left
@@ -226,7 +246,7 @@ def run_one(impl: Implementation, case: Case, inputs: Inputs, reference: Expecte
             reasons = impl.supports(case)
             if reasons:
                 return {**row, "status": "unsupported", "reason": "; ".join(reasons)}
-            return {**row, **measure_row(impl, case, inputs, reference, settings, monitor, local_figures)}
+            return {**row, **measure_row(impl, case, inputs, reference, settings, monitor, local, local_figures)}
         except Unsupported as error:
             return {**row, "status": "unsupported", "reason": str(error)}
         except Exception as error:  # noqa: BLE001 - any failure becomes a row; the run goes on
@@ -286,14 +306,16 @@ def run_cases(
         if case.device == "cuda":
             torch.cuda.empty_cache()  # each case starts from an unfragmented allocator
         reference = softmax_reference(case, inputs, settings)
+        local = LocalInputs(case, settings)
         for impl in chosen:
             if progress:
                 progress.row_started(impl.label, case)
-            row = run_one(impl, case, inputs, reference, settings, monitor, local_figures)
+            row = run_one(impl, case, inputs, reference, settings, monitor, local, local_figures)
             rows.append(row)
             on_row(row)
             if progress:
                 progress.row_done(row)
         reference.release()
-        del inputs, reference
+        local.release()
+        del inputs, reference, local
     return rows

@@ -100,16 +100,19 @@ def test_recommend_weighs_the_local_figure_when_a_row_has_it():
     assert _error({"softmax_local_rel_rms_err": None, "softmax_rel_rms_err": None, "rel_rms_err": 0.001}) == 0.001
 
 
-def test_fwd_and_fwd_bwd_rows_of_a_case_share_one_local_measurement(monkeypatch):
+def test_local_figures_are_measured_once_per_forward_case_and_inputs_made_once_per_case(monkeypatch):
     from suite import runner
 
-    measured = []
-    real = runner._local_softmax_error
+    figures, inputs = [], []
+    real_error, real_tensors = runner._local_softmax_error, runner.local_tensors
     monkeypatch.setattr(runner, "_local_softmax_error",
-                        lambda impl, case, settings: measured.append(case.mode) or real(impl, case, settings))
+                        lambda impl, local: figures.append(impl.label) or real_error(impl, local))
+    monkeypatch.setattr(runner, "local_tensors", lambda case, seed: inputs.append(case.label) or real_tensors(case, seed))
     forward = Case(1, 2, 64, 16, "float32", False, "fwd", "cpu")
-    both = Case(1, 2, 64, 16, "float32", False, "fwd+bwd", "cpu")
-    rows = run_cases([implementations.get("linear")], [forward, both, replace(forward, causal=True)],
+    cases = [forward, replace(forward, mode="fwd+bwd"), replace(forward, causal=True)]
+    rows = run_cases([implementations.get("linear"), implementations.get("performer")], cases,
                      settings=FAST, on_row=lambda row: None)
-    assert measured == ["fwd", "fwd"]  # once for dense, once for causal
-    assert rows[0]["softmax_local_rel_rms_err"] == rows[1]["softmax_local_rel_rms_err"]
+    # fwd+bwd reuses the fwd figures; both approximations share one set of local inputs per case.
+    assert figures == ["linear", "performer", "linear", "performer"]
+    assert inputs == [forward.label, replace(forward, causal=True).label]
+    assert rows[0]["softmax_local_rel_rms_err"] == rows[2]["softmax_local_rel_rms_err"]

@@ -136,47 +136,51 @@ def _softmax_error(out: torch.Tensor, reference: ExpectedOutputs, prefix: str = 
     return {f"{prefix}_max_abs_err": err.max_abs, f"{prefix}_rel_rms_err": err.rel_rms}
 
 
-class LocalInputs:
-    """One case's local inputs (workload.local_tensors) and softmax attention on them, forward only:
-    made when the case's first approximation needs them, shared by the others."""
+class LocalErrors:
+    """Each approximation's error against softmax attention on local inputs (workload.local_tensors),
+    where softmax attention is peaked near the diagonal as in trained models; on the run's i.i.d.
+    inputs it is nearly uniform. Forward only, measured once per implementation and forward case (a
+    case's fwd and fwd+bwd rows share it); a case's approximations share its inputs and reference."""
 
-    def __init__(self, case: Case, settings: RunSettings):
-        self.case, self.settings = replace(case, mode="fwd"), settings
+    def __init__(self, settings: RunSettings):
+        self.settings = settings
+        self._figures: dict[tuple, dict[str, Any]] = {}
+        self._case: Case | None = None
         self._inputs: Inputs | None = None
         self._reference: ExpectedOutputs | None = None
 
-    def get(self) -> tuple[Inputs, ExpectedOutputs]:
-        if self._inputs is None or self._reference is None:
-            q, k, v = local_tensors(self.case, case_seed(self.case, self.settings.seed) + 1)
-            self._inputs = Inputs(q, k, v, dout=None)
-            self._reference = softmax_reference(self.case, self._inputs, self.settings)
-        return self._inputs, self._reference
+    def of(self, impl: Implementation, case: Case) -> dict[str, Any]:
+        forward = replace(case, mode="fwd")
+        key = row_key(impl.label, forward)
+        if key not in self._figures:
+            self._figures[key] = self._measure(impl, forward)
+        return self._figures[key]
+
+    def _measure(self, impl: Implementation, forward: Case) -> dict[str, Any]:
+        try:
+            if self._case != forward or self._inputs is None or self._reference is None:
+                self.release()
+                q, k, v = local_tensors(forward, case_seed(forward, self.settings.seed) + 1)
+                self._inputs = Inputs(q, k, v, dout=None)
+                self._reference = softmax_reference(forward, self._inputs, self.settings)
+                self._case = forward
+            with torch.no_grad():
+                out = impl(self._inputs.q, self._inputs.k, self._inputs.v, causal=forward.causal)
+            return _softmax_error(out, self._reference, prefix="softmax_local")
+        except Exception as error:  # noqa: BLE001 - a supplementary figure must not cost the row its timing
+            self.release()
+            _free_memory(forward.device)
+            return {"softmax_local_note": f"not measured: {type(error).__name__}: {' '.join(str(error).split())[:300]}"}
 
     def release(self) -> None:
-        self._inputs = self._reference = None
-
-
-def _local_softmax_error(impl: Implementation, local: LocalInputs) -> dict[str, Any]:
-    """The same figure on local inputs, where softmax attention is peaked near the diagonal as in
-    trained models; on the run's i.i.d. inputs it is nearly uniform."""
-    try:
-        inputs, reference = local.get()
-        with torch.no_grad():
-            out = impl(inputs.q, inputs.k, inputs.v, causal=local.case.causal)
-        return _softmax_error(out, reference, prefix="softmax_local")
-    except Exception as error:  # noqa: BLE001 - a supplementary figure must not cost the row its timing
-        local.release()
-        _free_memory(local.case.device)
-        return {"softmax_local_note": f"not measured: {type(error).__name__}: {' '.join(str(error).split())[:300]}"}
+        """Free the current case's inputs and reference; the figures (a few floats each) stay."""
+        self._case = self._inputs = self._reference = None
 
 
 def measure_row(impl: Implementation, case: Case, inputs: Inputs, reference: ExpectedOutputs,
-                settings: RunSettings, monitor: GpuMonitor, local: LocalInputs | None = None,
-                local_figures: dict[tuple, dict] | None = None) -> dict[str, Any]:
-    """Check, time and measure one implementation on one case (raises on failure).
-
-    `local_figures` keeps each approximation's error on local inputs per forward case, so a case's
-    fwd and fwd+bwd rows share one measurement of it."""
+                settings: RunSettings, monitor: GpuMonitor, local_errors: LocalErrors | None = None,
+                ) -> dict[str, Any]:
+    """Check, time and measure one implementation on one case (raises on failure)."""
     device = torch.device(case.device)
     row: dict[str, Any] = {}
     work = Workload(impl, case, inputs)
@@ -189,12 +193,7 @@ def measure_row(impl: Implementation, case: Case, inputs: Inputs, reference: Exp
         expected, not_checked = twin.expected()
         if approximate:
             row.update(_softmax_error(outputs["out"], reference))
-            local = local or LocalInputs(case, settings)
-            cache = local_figures if local_figures is not None else {}
-            key = row_key(impl.label, local.case)
-            if key not in cache:
-                cache[key] = _local_softmax_error(impl, local)
-            row.update(cache[key])
+            row.update((local_errors or LocalErrors(settings)).of(impl, case))
         if expected is None:
             row.update(status="ok", reason=not_checked, accuracy_ok=None)
         else:
@@ -233,8 +232,8 @@ def measure_row(impl: Implementation, case: Case, inputs: Inputs, reference: Exp
 
 
 def run_one(impl: Implementation, case: Case, inputs: Inputs, reference: ExpectedOutputs,
-            settings: RunSettings, monitor: GpuMonitor, local: LocalInputs | None = None,
-            local_figures: dict[tuple, dict] | None = None) -> dict[str, Any]:
+            settings: RunSettings, monitor: GpuMonitor, local_errors: LocalErrors | None = None,
+            ) -> dict[str, Any]:
     """One result row, whatever happens.
 
     An out-of-memory error is retried once after freeing the allocator's cache: memory left
@@ -246,7 +245,7 @@ def run_one(impl: Implementation, case: Case, inputs: Inputs, reference: Expecte
             reasons = impl.supports(case)
             if reasons:
                 return {**row, "status": "unsupported", "reason": "; ".join(reasons)}
-            return {**row, **measure_row(impl, case, inputs, reference, settings, monitor, local, local_figures)}
+            return {**row, **measure_row(impl, case, inputs, reference, settings, monitor, local_errors)}
         except Unsupported as error:
             return {**row, "status": "unsupported", "reason": str(error)}
         except Exception as error:  # noqa: BLE001 - any failure becomes a row; the run goes on
@@ -285,7 +284,7 @@ def run_cases(
     todo = [(case, chosen) for case, chosen in todo if chosen]
     total = sum(len(chosen) for _, chosen in todo)
     monitors: dict[str, GpuMonitor] = {}
-    local_figures: dict[tuple, dict] = {}
+    local_errors = LocalErrors(settings)
     rows = []
     if progress:
         progress.start(total)
@@ -306,16 +305,15 @@ def run_cases(
         if case.device == "cuda":
             torch.cuda.empty_cache()  # each case starts from an unfragmented allocator
         reference = softmax_reference(case, inputs, settings)
-        local = LocalInputs(case, settings)
         for impl in chosen:
             if progress:
                 progress.row_started(impl.label, case)
-            row = run_one(impl, case, inputs, reference, settings, monitor, local, local_figures)
+            row = run_one(impl, case, inputs, reference, settings, monitor, local_errors)
             rows.append(row)
             on_row(row)
             if progress:
                 progress.row_done(row)
         reference.release()
-        local.release()
-        del inputs, reference, local
+        local_errors.release()
+        del inputs, reference
     return rows

@@ -104,9 +104,9 @@ def test_local_figures_are_measured_once_per_forward_case_and_inputs_made_once_p
     from suite import runner
 
     figures, inputs = [], []
-    real_error, real_tensors = runner._local_softmax_error, runner.local_tensors
-    monkeypatch.setattr(runner, "_local_softmax_error",
-                        lambda impl, local: figures.append(impl.label) or real_error(impl, local))
+    real_measure, real_tensors = runner.LocalErrors._measure, runner.local_tensors
+    monkeypatch.setattr(runner.LocalErrors, "_measure",
+                        lambda self, impl, case: figures.append(impl.label) or real_measure(self, impl, case))
     monkeypatch.setattr(runner, "local_tensors", lambda case, seed: inputs.append(case.label) or real_tensors(case, seed))
     forward = Case(1, 2, 64, 16, "float32", False, "fwd", "cpu")
     cases = [forward, replace(forward, mode="fwd+bwd"), replace(forward, causal=True)]

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from .base import Implementation, device_reasons, expand_kv
+from .block_mask import block_mask_by_rows
 from .chunked_masked import ChunkedMaskedAttention, QueryChunk
 from .compiling import compiled
 from .reference import reference_attention, softmax_weights
@@ -50,6 +51,12 @@ class MaskedAttention(Implementation):
         positions = torch.arange(seq_len, device=device)
         return self.visible(positions[:, None], positions[None, :], causal)
 
+    def block_mask(self, seq_len: int, causal: bool, device: str | torch.device = "cpu",
+                   max_elements: int | None = None):
+        """FlexAttention's BlockMask of this mask, built in row chunks (memory bounded at any length)."""
+        return block_mask_by_rows(lambda q_idx, kv_idx: self.visible(q_idx, kv_idx, causal), seq_len, device,
+                                  max_elements)
+
     def _key_index(self, start: int, stop: int, seq_len: int, device) -> torch.Tensor:
         ranges = self.candidate_keys(start, stop, seq_len)
         return torch.cat([torch.arange(a, b, device=device) for a, b in ranges]).unique()
@@ -84,15 +91,14 @@ class MaskedAttention(Implementation):
         return "flex_attention (compiled)" if q.device.type == "cuda" else "query chunks against their candidate keys (cpu)"
 
     def _flex(self, q, k, v, causal: bool) -> torch.Tensor:
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        from torch.nn.attention.flex_attention import flex_attention
 
         if self._compiled is None:
             self._compiled = compiled(flex_attention)
         seq_len = q.shape[-2]
         key = (seq_len, causal, q.device)
         if key not in self._block_masks:
-            mask_mod = lambda b, h, q_idx, kv_idx: self.visible(q_idx, kv_idx, causal)  # noqa: E731
-            self._block_masks = {key: create_block_mask(mask_mod, None, None, seq_len, seq_len, device=q.device)}
+            self._block_masks = {key: self.block_mask(seq_len, causal, q.device)}
         return self._compiled(q, k, v, block_mask=self._block_masks[key], enable_gqa=q.shape[1] != k.shape[1])
 
     def _chunked(self, q, k, v, causal: bool) -> torch.Tensor:

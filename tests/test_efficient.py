@@ -61,18 +61,49 @@ def test_block_mask_follows_the_documented_pattern():
 
 @pytest.mark.parametrize("name", ["sparse-window", "sparse-block"])
 def test_flex_attention_mask_matches_the_twin(name):
-    """The GPU path's mask_mod, run through FlexAttention eagerly (forward only, no compile on CPU)."""
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    """The GPU path's block mask, run through FlexAttention eagerly (forward only, no compile on CPU)."""
+    from torch.nn.attention.flex_attention import flex_attention
 
     impl = implementations.get(name, **({"window": 5} if name == "sparse-window" else {"block": 8}))
-    q, k, v = (randn(1, 2, 45, 16, seed=s, dtype=torch.float32) for s in range(3))
+    q, k, v = (randn(1, 2, 300, 16, seed=s, dtype=torch.float32) for s in range(3))
     for causal in (False, True):
-        mask_mod = lambda b, h, qi, ki, causal=causal: impl.visible(qi, ki, causal)  # noqa: E731
-        block_mask = create_block_mask(mask_mod, None, None, 45, 45, device="cpu")
+        block_mask = impl.block_mask(300, causal, max_elements=1)  # one block row at a time
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             out = flex_attention(q, k, v, block_mask=block_mask)
         assert error(out, impl.exact_twin(q, k, v, causal=causal)).rel_rms < 1e-5
+
+
+@pytest.mark.parametrize("name,options", [("sparse-window", {"window": 100}), ("sparse-block", {"block": 48}),
+                                          ("sparse-block", {"block": 200, "globals": 0})])
+@pytest.mark.parametrize("seq_len", [1, 130, 700])
+@pytest.mark.parametrize("causal", [False, True])
+def test_block_mask_built_by_rows_equals_create_block_mask(name, options, seq_len, causal):
+    """Row by row (bounded memory at 64K tokens) it must give FlexAttention the very same blocks."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    impl = implementations.get(name, **options)
+    expected = create_block_mask(lambda b, h, qi, ki: impl.visible(qi, ki, causal), None, None, seq_len, seq_len,
+                                 device="cpu")
+    for max_elements in (1, 128 * 640, None):  # one block row at a time, two or three, all at once
+        built = impl.block_mask(seq_len, causal, max_elements=max_elements)
+        assert built.seq_lengths == expected.seq_lengths
+        for part in ("kv_num_blocks", "full_kv_num_blocks", "q_num_blocks", "full_q_num_blocks"):
+            assert torch.equal(getattr(built, part), getattr(expected, part)), part
+        for count, indices in (("kv_num_blocks", "kv_indices"), ("full_kv_num_blocks", "full_kv_indices"),
+                               ("q_num_blocks", "q_indices"), ("full_q_num_blocks", "full_q_indices")):
+            for row, n in enumerate(getattr(expected, count).flatten().tolist()):
+                assert torch.equal(getattr(built, indices)[0, 0, row, :n], getattr(expected, indices)[0, 0, row, :n])
+        assert torch.equal(built.to_dense(), expected.to_dense())
+
+
+def test_block_mask_evaluates_a_bounded_number_of_pairs_at_once(monkeypatch):
+    impl = implementations.get("sparse-block", block=64)
+    sizes = []
+    visible = impl.visible
+    monkeypatch.setattr(impl, "visible", lambda qi, ki, causal: sizes.append(qi.numel() * ki.numel()) or visible(qi, ki, causal))
+    impl.block_mask(1000, causal=False, max_elements=3 * 128 * 1024)
+    assert sizes and max(sizes) <= 3 * 128 * 1024 and sum(sizes) == 1024 * 1024
 
 
 @pytest.mark.parametrize("name,options", [("sparse-window", {"window": 20}), ("sparse-block", {"block": 16})])

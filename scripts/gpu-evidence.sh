@@ -35,9 +35,10 @@ save_tuning() {
   (cd "$TRITON_CACHE_DIR" && find . -name '*.autotune.json' | tar -czf "$OUT/$gpu-triton-autotune.tgz" -T -)
 }
 if [ "${3:-}" = "--tests" ]; then
-  # SIGINT: pytest stops and still prints its summary (and durations) of what ran.
-  timeout --signal=INT --kill-after=30 "${TEST_TIMEOUT_S:-300}" python3 -m pytest -m gpu -q -p no:cacheprovider --durations=12 ${TEST_SELECT:+-k "$TEST_SELECT"} tests > "$OUT/pytest-gpu.txt" 2>&1
-  grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/pytest-gpu.txt" | tail -n 40
+  # SIGINT: pytest stops and prints its summary of what ran; -v names each result as it comes, so the log
+  # still says which tests passed if a long Triton autotune ignores the interrupt and pytest is killed.
+  timeout --signal=INT --kill-after=30 "${TEST_TIMEOUT_S:-300}" python3 -m pytest -m gpu -v -p no:cacheprovider --durations=12 ${TEST_SELECT:+-k "$TEST_SELECT"} tests > "$OUT/pytest-gpu.txt" 2>&1
+  grep -E "FAILED|ERROR|passed|failed" "$OUT/pytest-gpu.txt" | grep -v " PASSED" | tail -n 40
 fi
 for preset in ${presets//,/ }; do
   name="$(date +%F)_${gpu}_${preset}"; resume=""

@@ -40,20 +40,32 @@ def random_tensors(case: Case, generator_seed: int) -> tuple[torch.Tensor, torch
     return q, k, v, dout
 
 
-# Local inputs: the correlation length of the shared latent (tokens) and the mean logit of a query
-# against the key at its own position. Chosen so that softmax attention is peaked and mostly local
-# (at 4K tokens, head dim 64-128, 75-80% of each query's weight lies within 64 tokens), unlike i.i.d.
-# inputs, on which it is nearly uniform.
+# Local inputs, at LOCAL_REFERENCE_TOKENS: the correlation length of the shared latent (tokens) and
+# the mean logit of a query against the key at its own position. Beyond it both grow with the log of
+# the length (the log-length logit scaling of Chiang & Cholak, 2022): with a fixed scale, the mass on
+# unrelated positions grows with N, and at 64K tokens only 20-35% of each query's weight stayed within
+# 64 tokens. Scaled, 80-99% does from 1K to 64K (head dim 64-128), and half of it within 4 tokens.
+# On i.i.d. inputs softmax attention is nearly uniform instead.
+LOCAL_REFERENCE_TOKENS = 1024
 LOCAL_CORRELATION_TOKENS = 32.0
 LOCAL_SELF_LOGIT = 8.0
-_LOCAL_NOISE = 0.5  # what queries and keys add to the latent, relative to it
+LOCAL_LOGIT_GROWTH = 2.0  # added to the self logit per e-fold of length beyond the reference
+_LOCAL_NOISE = 0.25  # what queries and keys add to the latent, relative to it
 
 
-def _drifting_latent(batch: int, heads: int, seq_len: int, head_dim: int, generator: torch.Generator,
-                     device: str) -> torch.Tensor:
+def local_shape(seq_len: int) -> tuple[float, float]:
+    """(mean self logit, correlation length in tokens) of the local inputs at seq_len. The correlation
+    length grows with the logit, so the width of each query's peak stays about the same."""
+    self_logit = LOCAL_SELF_LOGIT + LOCAL_LOGIT_GROWTH * math.log(max(seq_len, LOCAL_REFERENCE_TOKENS)
+                                                                  / LOCAL_REFERENCE_TOKENS)
+    return self_logit, LOCAL_CORRELATION_TOKENS * self_logit / LOCAL_SELF_LOGIT
+
+
+def _drifting_latent(batch: int, heads: int, seq_len: int, head_dim: int, correlation_tokens: float,
+                     generator: torch.Generator, device: str) -> torch.Tensor:
     """Unit-variance noise smoothed along the sequence by an exponential kernel (a stationary AR(1))."""
-    taps = int(8 * LOCAL_CORRELATION_TOKENS)  # the kernel's tail beyond 8 lengths is below e^-8
-    kernel = torch.exp(-torch.arange(taps, device=device, dtype=torch.float32) / LOCAL_CORRELATION_TOKENS)
+    taps = int(8 * correlation_tokens)  # the kernel's tail beyond 8 lengths is below e^-8
+    kernel = torch.exp(-torch.arange(taps, device=device, dtype=torch.float32) / correlation_tokens)
     kernel = (kernel / kernel.norm()).flip(0).view(1, 1, taps)
     # taps - 1 extra leading samples, so the first positions are as smooth as the rest
     noise = torch.randn(batch * heads * head_dim, 1, seq_len + taps - 1, generator=generator, device=device)
@@ -64,13 +76,14 @@ def local_tensors(case: Case, generator_seed: int) -> tuple[torch.Tensor, torch.
     """q, k, v on which softmax attention is peaked near the diagonal, as in trained models' local heads.
 
     Queries and keys are one latent that drifts along the sequence plus independent noise, scaled so
-    that q_i·k_i/√D averages LOCAL_SELF_LOGIT; unrelated positions' logits spread about ±1. A query
-    head shares its key/value head's latent. v is standard normal.
+    that q_i·k_i/√D averages the self logit of local_shape(N); unrelated positions' logits spread
+    about ±1-2. A query head shares its key/value head's latent. v is standard normal.
     """
     generator = torch.Generator(device=case.device).manual_seed(generator_seed)
     b, n, d, kv_heads = case.batch, case.seq_len, case.head_dim, case.key_value_heads
-    latent = _drifting_latent(b, kv_heads, n, d, generator, case.device)
-    scale = math.sqrt(LOCAL_SELF_LOGIT / math.sqrt(d))
+    self_logit, correlation_tokens = local_shape(n)
+    latent = _drifting_latent(b, kv_heads, n, d, correlation_tokens, generator, case.device)
+    scale = math.sqrt(self_logit / math.sqrt(d))
 
     def noisy(shape_latent: torch.Tensor) -> torch.Tensor:
         noise = torch.randn(shape_latent.shape, generator=generator, device=case.device)

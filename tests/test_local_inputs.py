@@ -14,7 +14,7 @@ from suite.reporting.build import _accuracy_table
 from suite.results import ResultsWriter, load
 from suite.runner import RunSettings, run_cases
 from suite.timing import TimingPolicy
-from suite.workload import LOCAL_SELF_LOGIT, local_tensors, random_tensors
+from suite.workload import LOCAL_CORRELATION_TOKENS, LOCAL_SELF_LOGIT, local_shape, local_tensors, random_tensors
 
 FAST = RunSettings(policies={"cpu": TimingPolicy(warmup_calls=1, min_repeats=3, max_repeats=3, budget_s=0.01)})
 
@@ -40,6 +40,23 @@ def test_attention_on_local_inputs_is_peaked_near_the_diagonal_and_on_iid_inputs
     assert _weight_within(_weights(q, k), 64) > 0.8
     q, k, _, _ = random_tensors(case, 7)
     assert _weight_within(_weights(q, k), 64) < 0.2
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_local_inputs_stay_local_at_long_lengths(head_dim):
+    """With a fixed logit scale the weight on unrelated positions grows with N (at 16K, under half of it
+    stayed within 64 tokens); scaled with log N, it stays local, and the peak keeps its width."""
+    seq_len, rows = 16384, torch.arange(8000, 8128)
+    case = Case(1, 1, seq_len, head_dim, "float32", False, "fwd", "cpu")
+    q, k, _ = local_tensors(case, 7)
+    self_logit, correlation_tokens = local_shape(seq_len)
+    assert self_logit > LOCAL_SELF_LOGIT + 5 and correlation_tokens > 1.5 * LOCAL_CORRELATION_TOKENS
+    self_logits = (q[0, 0].double() * k[0, 0].double()).sum(-1) / math.sqrt(head_dim)
+    assert abs(float(self_logits.mean()) - self_logit) < 1.0
+    weights = (q[0, 0, rows].double() @ k[0, 0].double().T / math.sqrt(head_dim)).softmax(-1)
+    distance = (rows[:, None] - torch.arange(seq_len)[None, :]).abs()
+    assert float((weights * (distance <= 64)).sum(-1).mean()) > 0.8
+    assert float((weights * (distance <= 4)).sum(-1).mean()) < 0.8  # more than the query's own position
 
 
 def test_local_inputs_are_seeded_typed_and_share_a_latent_within_a_query_group():

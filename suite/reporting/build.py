@@ -8,7 +8,7 @@ import pandas as pd
 
 from .. import config
 from ..results import ResultsFormatError, load, read
-from ..workload import LOCAL_CORRELATION_TOKENS, LOCAL_SELF_LOGIT
+from ..workload import LOCAL_CORRELATION_TOKENS, LOCAL_REFERENCE_TOKENS, LOCAL_SELF_LOGIT
 from . import charts
 from .attention_maps import attention_map_chart
 from .blocks import Heading, Image, Paragraph, Report, Table, to_html, to_markdown
@@ -213,8 +213,10 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str = "
             if approximate.softmax_local_rel_rms_err.notna().any():
                 accuracy_text += (
                     " The \"local inputs\" columns repeat the forward pass on queries and keys that share a latent "
-                    f"drifting along the sequence (correlation length {LOCAL_CORRELATION_TOKENS:g} tokens, a query's "
-                    f"logit against its own position about {LOCAL_SELF_LOGIT:g}), so that softmax attention is peaked "
+                    f"drifting along the sequence (at {LOCAL_REFERENCE_TOKENS} tokens, correlation length "
+                    f"{LOCAL_CORRELATION_TOKENS:g} tokens and a query's logit against its own position about "
+                    f"{LOCAL_SELF_LOGIT:g}; beyond, both grow with the log of the length, so that at every length most "
+                    "of each query's weight lies within 64 tokens), so that softmax attention is peaked "
                     "near the diagonal, as in many heads of trained models. There, windows and blocks keep the weight "
                     "near the diagonal and feature maps do not; which figure matters depends on the attention a model "
                     "actually learns.")

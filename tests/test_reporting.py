@@ -123,6 +123,18 @@ def test_memory_chart_is_log_log_and_marks_oom(gpu_like_results):
     assert list(naive.get_xdata()) == [16, 32]  # 64 ran out of memory: a marker, not a point
 
 
+def test_speedup_chart_is_log_scaled_with_the_baseline_at_one(cpu_results):
+    frame = prepare(load(cpu_results))
+    part = frame[frame.causal == False]  # noqa: E712
+    group = {"device": "cpu", "gpu": "cpu", "dtype": "float32", "causal": False, "mode": "fwd"}
+    fig = charts.speedup_chart(part, colours(frame.impl), group, "naive")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"  # 0.5x and 2x equally far from 1
+    curves = [line for line in ax.get_lines() if len(line.get_xdata()) > 2]
+    assert curves and all(ydata > 0 for line in curves for ydata in line.get_ydata())
+    assert any(list(line.get_ydata()) == [1.0, 1.0] for line in ax.get_lines())  # the baseline
+
+
 def test_report_on_only_failed_rows_says_so(tmp_path):
     path = _run(tmp_path / "failed.jsonl", ["sdpa-cudnn", "sdpa-efficient"])
     assert main(["report", str(path), "--out", str(tmp_path / "r")]) == 0

@@ -135,6 +135,27 @@ def test_speedup_chart_is_log_scaled_with_the_baseline_at_one(cpu_results):
     assert any(list(line.get_ydata()) == [1.0, 1.0] for line in ax.get_lines())  # the baseline
 
 
+def test_failure_table_groups_out_of_memory_rows_and_names_their_cases():
+    import pandas as pd
+
+    from suite.reporting.build import _failure_table
+
+    def row(impl, status, reason, seq_len, causal=False):
+        return dict(impl=impl, status=status, reason=reason, batch=1, heads=16, kv_heads=16, seq_len=seq_len,
+                    head_dim=64, dtype="bfloat16", causal=causal, mode="fwd", device="cuda")
+
+    oom = "CUDA out of memory. Tried to allocate 32.00 GiB. GPU 0 has a total capacity of 79.18 GiB of which {} GiB is free."
+    frame = pd.DataFrame([row("sparse-block", "oom", oom.format(9.26), 65536),
+                          row("sparse-block", "oom", oom.format(12.57), 65536, causal=True),
+                          *[row("xformers", "unsupported", "no CUDA build", n) for n in (1024, 2048, 4096, 8192, 16384)]])
+    table = _failure_table(frame)
+    assert table.rows == [
+        ["sparse-block", "oom", "CUDA out of memory. Tried to allocate 32.00 GiB.",
+         "B1-H16-N65536-D64-bf16-dense-fwd; B1-H16-N65536-D64-bf16-causal-fwd"],
+        ["xformers", "unsupported", "no CUDA build", "5 cases"],
+    ]
+
+
 def test_report_on_only_failed_rows_says_so(tmp_path):
     path = _run(tmp_path / "failed.jsonl", ["sdpa-cudnn", "sdpa-efficient"])
     assert main(["report", str(path), "--out", str(tmp_path / "r")]) == 0

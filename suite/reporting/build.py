@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import config
+from ..case import Case
 from ..results import ResultsFormatError, load, read
 from ..workload import LOCAL_CORRELATION_TOKENS, LOCAL_REFERENCE_TOKENS, LOCAL_SELF_LOGIT
 from . import charts
@@ -99,11 +100,33 @@ def _status_paragraph(frame: pd.DataFrame) -> Paragraph:
                      "~ = noisy (IQR above 10% of the median), † = GPU throttled during the case.")
 
 
+_OOM_HEAD = re.compile(r"^(.*?out of memory\.(?: Tried to allocate [\d.]+ \w+\.)?)", re.IGNORECASE)
+_LISTED_CASES = 4  # a failure group names its cases up to this many
+
+
+def _reason_head(reason) -> str:
+    """The part of a reason that groups rows: an out-of-memory message without the allocator's
+    free/reserved figures, which differ from row to row; any other reason whole."""
+    text = " ".join(str(reason).split())
+    match = _OOM_HEAD.match(text)
+    return match.group(1) if match else text[:300]
+
+
+def _case_name(row: dict) -> str:
+    try:
+        return Case.from_row(row).label
+    except (TypeError, ValueError):  # a row from a hand-edited or foreign file: still say which length
+        return f"N{row.get('seq_len')}"
+
+
 def _failure_table(frame: pd.DataFrame) -> Table:
-    failed = frame[~frame.status.isin(MEASURED)]
-    summary = failed.groupby(["impl", "status", "reason"], dropna=False).size().reset_index(name="rows")
-    return Table(["implementation", "status", "reason", "rows"],
-                 [[r.impl, r.status, str(r.reason)[:300], str(r.rows)] for r in summary.itertuples()])
+    failed = frame[~frame.status.isin(MEASURED)].assign(reason_head=lambda f: f.reason.map(_reason_head))
+    rows = []
+    for (impl, status, reason), part in failed.groupby(["impl", "status", "reason_head"], dropna=False, sort=True):
+        names = [_case_name(r) for r in part.to_dict("records")]
+        where = "; ".join(names) if len(names) <= _LISTED_CASES else f"{len(names)} cases"
+        rows.append([impl, status, reason, where])
+    return Table(["implementation", "status", "reason", "cases"], rows)
 
 
 def _accuracy_case(frame: pd.DataFrame) -> dict | None:

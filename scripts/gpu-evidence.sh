@@ -5,6 +5,7 @@
 # Each preset starts a new results file (named by date and GPU; -2, -3, ... when one exists under
 # results/), unless RESUME_FILE names a results file of that preset to continue.
 # Environment: TEST_TIMEOUT_S, TEST_SELECT (pytest -k), RUN_FLAGS (extra `attnbench run` flags),
+# RETRY (with RESUME_FILE: statuses whose rows run again, e.g. oom),
 # PROFILE ("IMPL[ IMPL...]": `attnbench profile` each at PROFILE_FLAGS, default 64K tokens, D128, causal fwd+bwd).
 # Triton autotuning results (fla retunes some kernels at every batch size, ~10-20 s each) are written to
 # $OUT/GPU-triton-autotune.tgz; placed in .gpu-cache/ on a later call for the same GPU model, they are reused,
@@ -43,7 +44,7 @@ fi
 for preset in ${presets//,/ }; do
   name="$(date +%F)_${gpu}_${preset}"; resume=""
   if [ -n "${RESUME_FILE:-}" ] && [[ "$(basename "$RESUME_FILE")" == *"_${preset}"*.jsonl ]]; then
-    name=$(basename "$RESUME_FILE" .jsonl); cp "$RESUME_FILE" "$OUT/$name.jsonl"; resume="--resume"
+    name=$(basename "$RESUME_FILE" .jsonl); cp "$RESUME_FILE" "$OUT/$name.jsonl"; resume="--resume${RETRY:+ --retry $RETRY}"
   else
     n=2; base=$name
     while [ -f "results/$name.jsonl" ]; do name="$base-$n"; n=$((n + 1)); done

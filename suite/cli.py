@@ -21,7 +21,7 @@ from .environment import collect
 from .peak import measured_copy_gbytes_per_s, measured_matmul_tflops
 from .presets import PRESETS, default_preset
 from .progress import Progress
-from .results import ResultsFormatError, ResultsWriter, finished_keys
+from .results import STATUSES, ResultsFormatError, ResultsWriter, finished_keys
 from .runner import RunSettings, run_cases
 from .summary import format_table
 
@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     run.add_argument("--out", help="results file (default: results/<date>_<device>_<preset>.jsonl)")
     run.add_argument("--resume", action="store_true", help="append to --out, skipping cases already in it")
+    run.add_argument("--retry", help=f"with --resume: run again the cases whose row has one of these statuses "
+                                     f"({', '.join(RETRYABLE)}); the new row replaces the old one")
     run.add_argument("--seed", type=int, default=0, help="seed for the random inputs (default 0)")
 
     checking = commands.add_parser("check", help="correctness only: forward and gradients against the float64 "
@@ -150,6 +152,21 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
+RETRYABLE = tuple(status for status in STATUSES if status != "ok")
+
+
+def _retry_statuses(value: str | None, resume: bool) -> set[str]:
+    if value is None:
+        return set()
+    if not resume:
+        raise UsageError("--retry: only with --resume (it re-runs cases of an existing results file)")
+    statuses = [item.strip() for item in value.split(",")]
+    for status in statuses:
+        if status not in RETRYABLE:
+            raise UsageError(f"--retry: unknown status {status!r} (allowed: {', '.join(RETRYABLE)})")
+    return set(statuses)
+
+
 def default_out_path(device: str, preset_name: str, resume: bool) -> Path:
     machine = _slug(torch.cuda.get_device_name()) if device == "cuda" else "cpu"
     stem = f"{_dt.date.today().isoformat()}_{machine}_{_slug(preset_name)}"
@@ -179,8 +196,9 @@ def cmd_run(args) -> int:
     out = Path(args.out) if args.out else default_out_path(device, label, args.resume)
     if out.exists() and not args.resume:
         raise UsageError(f"--out: {str(out)!r} already exists (use --resume to continue it, or another path)")
+    retry = _retry_statuses(args.retry, args.resume)
     try:
-        skip = finished_keys(out) if args.resume else set()
+        skip = finished_keys(out, retry) if args.resume else set()
     except ResultsFormatError as error:
         raise UsageError(f"--resume: {error}") from None
 

@@ -96,12 +96,21 @@ def _read_records(path: Path) -> Iterable[dict[str, Any]]:
         yield record
 
 
+def key_of_row(row: dict[str, Any]) -> tuple:
+    """(impl, *case fields) of a stored row: the key runner.row_key gives a case being run."""
+    return (row.get("impl"), *(row.get(field) for field in CASE_FIELDS))
+
+
 def read(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(run headers, result rows) of one file."""
-    runs, rows = [], []
+    """(run headers, result rows) of one file. A case run again (`run --resume --retry`) appears twice
+    in the file; its later row replaces the earlier one, in the earlier one's place."""
+    runs, latest = [], {}
     for record in _read_records(path):
-        (runs if record["record"] == "run" else rows).append(record)
-    return runs, rows
+        if record["record"] == "run":
+            runs.append(record)
+        else:
+            latest[key_of_row(record)] = record  # a dict keeps the first insertion's position
+    return runs, list(latest.values())
 
 
 def load(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
@@ -132,9 +141,11 @@ def with_explicit_kv_heads(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def finished_keys(path: Path) -> set[tuple]:
-    """(impl, *case fields) of every row already in `path`; used by --resume."""
+def finished_keys(path: Path, retry: Iterable[str] = ()) -> set[tuple]:
+    """(impl, *case fields) of every row already in `path`, except those whose status is in `retry`;
+    used by --resume."""
     if not Path(path).exists():
         return set()
     _, rows = read(Path(path))
-    return {(row["impl"], *(row.get(f) for f in CASE_FIELDS)) for row in rows}
+    retry = set(retry)
+    return {key_of_row(row) for row in rows if row.get("status") not in retry}

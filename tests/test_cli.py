@@ -85,6 +85,42 @@ def test_run_prints_a_table_and_writes_rows(tmp_path, capsys):
     assert len(results.load(out)) == 4
 
 
+def test_resume_with_retry_runs_failed_cases_again_and_the_new_row_replaces_the_old(tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    assert main(["run", *TINY, "--causal", "both", "--out", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    # as if naive's dense case had run out of memory on a first attempt
+    for number, line in enumerate(lines):
+        record = json.loads(line)
+        if record.get("impl") == "naive" and not record["causal"]:
+            record.update(status="oom", reason="CUDA out of memory (injected)", time_ms=None)
+            lines[number] = json.dumps(record)
+    out.write_text("\n".join(lines) + "\n")
+    assert main(["run", *TINY, "--causal", "both", "--out", str(out), "--resume"]) == 0
+    assert "nothing to run" in capsys.readouterr().out  # without --retry, a failed row counts as done
+
+    assert main(["run", *TINY, "--causal", "both", "--out", str(out), "--resume", "--retry", "oom,error"]) == 0
+    assert "1 rows already there" not in capsys.readouterr().err
+    frame = results.load(out)
+    assert len(frame) == 4 and sorted(frame.status) == ["ok", "ok", "unsupported", "unsupported"]
+    naive = frame[frame.impl == "naive"]
+    assert naive.time_ms.notna().all() and len(out.read_text().splitlines()) == len(lines) + 2  # header + new row
+    # the replacing row keeps the replaced one's place
+    assert list(frame.impl) == [json.loads(line)["impl"] for line in lines if '"result"' in line]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--retry", "oom"], r"--retry: only with --resume"),
+    (["--resume", "--retry", "ok"], r"--retry: unknown status 'ok' \(allowed: mismatch, unsupported, oom, error\)"),
+    (["--resume", "--retry", "oom,"], r"--retry: unknown status ''"),
+])
+def test_bad_retry_exits_2(tmp_path, capsys, flags, message):
+    out = tmp_path / "r.jsonl"
+    assert main(["run", *TINY, "--out", str(out), *flags]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not out.exists()
+
+
 def test_config_file_defines_the_grid(tmp_path):
     config = tmp_path / "grid.toml"
     config.write_text('impl = ["naive"]\nseq_len = [9, 10]\nheads = [1]\nbatch = [2]\nhead_dim = [8]\n'

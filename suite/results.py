@@ -97,7 +97,7 @@ def _read_records(path: Path) -> Iterable[dict[str, Any]]:
 
 
 def key_of_row(row: dict[str, Any]) -> tuple:
-    """(impl, *case fields) of a stored row: the key runner.row_key gives a case being run."""
+    """(impl, *case fields): what a row measured; runner.row_key gives a case being run the same key."""
     return (row.get("impl"), *(row.get(field) for field in CASE_FIELDS))
 
 

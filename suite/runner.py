@@ -21,6 +21,7 @@ from .checked_slices import CheckedSlices
 from .flops import case_flops, softmax_case_flops
 from .gpu_monitor import GpuMonitor, throttle_verdict
 from .memory import peak_call_memory
+from .results import key_of_row
 from .timing import TimingPolicy, measure, time_once_wall
 from .traffic import minimum_bytes
 from .workload import Inputs, Workload, case_seed, local_tensors, make_inputs
@@ -49,7 +50,8 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 def row_key(impl_label: str, case: Case) -> tuple:
-    return (impl_label, *case.key())
+    """The key of a case being run: the same as a stored row's (results.key_of_row), so --resume matches."""
+    return key_of_row({"impl": impl_label, **asdict(case)})
 
 
 class ExpectedOutputs:

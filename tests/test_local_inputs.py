@@ -25,9 +25,11 @@ def _weights(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return (q.double() @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).softmax(-1)
 
 
-def _weight_within(weights: torch.Tensor, tokens: int) -> float:
-    positions = torch.arange(weights.shape[-1])
-    near = (positions[:, None] - positions[None, :]).abs() <= tokens
+def _weight_within(weights: torch.Tensor, tokens: int, queries: torch.Tensor | None = None) -> float:
+    """Mean share of each query's weight on keys within `tokens` of it (queries: the rows' positions)."""
+    keys = torch.arange(weights.shape[-1])
+    queries = keys if queries is None else queries
+    near = (queries[:, None] - keys[None, :]).abs() <= tokens
     return float((weights * near).sum(-1).mean())
 
 
@@ -53,10 +55,9 @@ def test_local_inputs_stay_local_at_long_lengths(head_dim):
     assert self_logit > LOCAL_SELF_LOGIT + 5 and correlation_tokens > 1.5 * LOCAL_CORRELATION_TOKENS
     self_logits = (q[0, 0].double() * k[0, 0].double()).sum(-1) / math.sqrt(head_dim)
     assert abs(float(self_logits.mean()) - self_logit) < 1.0
-    weights = (q[0, 0, rows].double() @ k[0, 0].double().T / math.sqrt(head_dim)).softmax(-1)
-    distance = (rows[:, None] - torch.arange(seq_len)[None, :]).abs()
-    assert float((weights * (distance <= 64)).sum(-1).mean()) > 0.8
-    assert float((weights * (distance <= 4)).sum(-1).mean()) < 0.8  # more than the query's own position
+    weights = _weights(q[:, :, rows], k)
+    assert _weight_within(weights, 64, rows) > 0.8
+    assert _weight_within(weights, 4, rows) < 0.8  # more than the query's own position
 
 
 def test_local_inputs_are_seeded_typed_and_share_a_latent_within_a_query_group():

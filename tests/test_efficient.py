@@ -61,7 +61,8 @@ def test_block_mask_follows_the_documented_pattern():
 
 @pytest.mark.parametrize("name", ["sparse-window", "sparse-block"])
 def test_flex_attention_mask_matches_the_twin(name):
-    """The GPU path's block mask, run through FlexAttention eagerly (forward only, no compile on CPU)."""
+    """The GPU path's mask_mod, through FlexAttention eagerly (which applies mask_mod everywhere and ignores the
+    block structure: the compiled test below checks that)."""
     from torch.nn.attention.flex_attention import flex_attention
 
     impl = implementations.get(name, **({"window": 5} if name == "sparse-window" else {"block": 8}))
@@ -104,6 +105,22 @@ def test_block_mask_evaluates_a_bounded_number_of_pairs_at_once(monkeypatch):
     monkeypatch.setattr(impl, "visible", lambda qi, ki, causal: sizes.append(qi.numel() * ki.numel()) or visible(qi, ki, causal))
     impl.block_mask(1000, causal=False, max_elements=3 * 128 * 1024)
     assert sizes and max(sizes) <= 3 * 128 * 1024 and sum(sizes) == 1024 * 1024
+
+
+def test_gpu_path_compiled_through_a_row_built_mask_matches_the_twin(monkeypatch):
+    """The GPU path itself (compiled FlexAttention, which skips blocks the mask leaves out and applies
+    mask_mod only in partial ones) run on CPU tensors, forward only: one compilation, ~10 s."""
+    import implementations.block_mask as block_mask
+
+    monkeypatch.setattr(block_mask, "_MAX_ELEMENTS", 1)  # one block row at a time, as at 64K tokens
+    impl = implementations.get("sparse-block", block=48)  # global blocks: full blocks beside partial ones
+    q, k, v = (randn(1, 2, 700, 16, seed=s, dtype=torch.float32) for s in range(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = impl._flex(q, k, v, causal=False)
+    mask = impl.block_mask(700, causal=False)
+    assert int(mask.full_kv_num_blocks.sum()) > 0 and int(mask.kv_num_blocks.sum()) > 0
+    assert error(out, impl.exact_twin(q, k, v, causal=False)).rel_rms < 1e-5
 
 
 @pytest.mark.parametrize("name,options", [("sparse-window", {"window": 20}), ("sparse-block", {"block": 16})])

@@ -19,6 +19,7 @@ from .case import Case
 from .config import UsageError
 from .environment import collect
 from .peak import measured_copy_gbytes_per_s, measured_matmul_tflops
+from .plan import format_plan, plan_run
 from .presets import PRESETS, default_preset
 from .progress import Progress
 from .results import STATUSES, ResultsFormatError, ResultsWriter, finished_keys
@@ -59,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--retry", help=f"with --resume: run again the cases whose row has one of these statuses "
                                      f"({', '.join(RETRYABLE)}); the new row replaces the old one")
     run.add_argument("--seed", type=int, default=0, help="seed for the random inputs (default 0)")
+    run.add_argument("--dry-run", dest="dry_run", action="store_true",
+                     help="print what the run would measure, skip (--resume) or record as unsupported, and stop")
 
     checking = commands.add_parser("check", help="correctness only: forward and gradients against the float64 "
                                                  "exact twin at awkward sizes and many seeds (exit 1 on a failure)")
@@ -201,6 +204,9 @@ def cmd_run(args) -> int:
         skip = finished_keys(out, retry) if args.resume else set()
     except ResultsFormatError as error:
         raise UsageError(f"--resume: {error}") from None
+    if args.dry_run:
+        print(format_plan(plan_run(impls, cases, skip), cases, device))
+        return 0
 
     settings = RunSettings(seed=args.seed)
     torch_device = torch.device(device)

@@ -109,6 +109,37 @@ def test_resume_with_retry_runs_failed_cases_again_and_the_new_row_replaces_the_
     assert list(frame.impl) == [json.loads(line)["impl"] for line in lines if '"result"' in line]
 
 
+def _plan_table(printed: str) -> dict[str, list[int]]:
+    """implementation -> [measure, unsupported, already in file], from the dry run's table."""
+    rows = [line.split() for line in printed.splitlines()]
+    return {cells[0]: [int(cell) for cell in cells[1:]] for cells in rows if len(cells) == 4 and cells[1].isdigit()}
+
+
+def test_dry_run_says_what_a_run_would_do_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    assert main(["run", *TINY, "--seq-len", "17,33", "--causal", "both", "--out", str(out), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert _plan_table(printed) == {"naive": [4, 0, 0], "sdpa-cudnn": [0, 4, 0], "total": [4, 4, 0]}
+    assert "sdpa-cudnn (4): device=cpu (supported: cuda)" in printed
+    assert not out.exists()
+
+    assert main(["run", *TINY, "--causal", "both", "--out", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    for number, line in enumerate(lines):  # as if naive's dense case had run out of memory
+        record = json.loads(line)
+        if record.get("impl") == "naive" and not record["causal"]:
+            record.update(status="oom", reason="CUDA out of memory (injected)", time_ms=None)
+            lines[number] = json.dumps(record)
+    out.write_text("\n".join(lines) + "\n")
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert main(["run", *TINY, "--seq-len", "17,33", "--causal", "both", "--out", str(out), "--resume",
+                 "--retry", "oom", "--dry-run"]) == 0
+    # naive: its N17 causal row is done, the out-of-memory N17 dense row runs again, N33 is new
+    assert _plan_table(capsys.readouterr().out) == {"naive": [3, 0, 1], "sdpa-cudnn": [0, 2, 2], "total": [3, 2, 3]}
+    assert out.read_bytes() == before
+
+
 @pytest.mark.parametrize("flags,message", [
     (["--retry", "oom"], r"--retry: only with --resume"),
     (["--resume", "--retry", "ok"], r"--retry: unknown status 'ok' \(allowed: mismatch, unsupported, oom, error\)"),

@@ -50,6 +50,7 @@ for preset in ${presets//,/ }; do
     while [ -f "results/$name.jsonl" ]; do name="$base-$n"; n=$((n + 1)); done
   fi
   out="$OUT/$name.jsonl"
+  python3 -m suite run --preset "$preset" --device cuda --out "$out" $resume ${RUN_FLAGS:-} --dry-run 2>&1 | tee "$OUT/plan-$preset.txt" | tail -n 4
   timeout --signal=INT "$limit" python3 -m suite run --preset "$preset" --device cuda --out "$out" $resume ${RUN_FLAGS:-} \
     > "$OUT/run-$preset.txt" 2> "$OUT/run-$preset.log"
   echo "preset $preset exit $?"

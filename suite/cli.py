@@ -22,7 +22,7 @@ from .peak import measured_copy_gbytes_per_s, measured_matmul_tflops
 from .plan import format_plan, plan_run
 from .presets import PRESETS, default_preset
 from .progress import Progress
-from .results import STATUSES, ResultsFormatError, ResultsWriter, finished_keys
+from .results import STATUSES, ResultsFormatError, ResultsWriter, finished_keys, read
 from .runner import RunSettings, run_cases
 from .summary import format_table
 
@@ -69,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
     checking.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     checking.add_argument("--dtype", help="(default: float32,bfloat16 on cpu; float16,bfloat16,float32 on cuda)")
     checking.add_argument("--seed", type=int, default=0, help="added to every input seed, for other inputs (default 0)")
+
+    amend = commands.add_parser("local-errors", help="add the local-inputs error to a results file's approximate rows "
+                                                     "that lack it (nothing is timed; the rows are appended amended)")
+    amend.add_argument("results", help="results file (JSON Lines), amended in place")
+    amend.add_argument("--redo", action="store_true", help="measure every approximate row again, not only those without it")
+    amend.add_argument("--seed", type=int, default=0, help="seed for the local inputs (default 0)")
 
     report = commands.add_parser("report", help="markdown, charts and HTML from results files")
     report.add_argument("results", nargs="+", help="results files (JSON Lines)")
@@ -264,6 +270,41 @@ def cmd_check(args) -> int:
     return 0 if all_ok else 1
 
 
+def cmd_local_errors(args) -> int:
+    from .local_amend import amend_local_errors, rows_to_amend
+    from .runner import LocalErrors
+
+    path = Path(args.results)
+    if not path.is_file():
+        raise UsageError(f"local-errors: {str(path)!r} is not a file")
+    try:
+        _, rows = read(path)
+    except ResultsFormatError as error:
+        raise UsageError(f"local-errors: {error}") from None
+    devices = {row.get("device") for row in rows_to_amend(rows, args.redo)}
+    if not devices:
+        print(f"nothing to amend: every approximate row of {path} that ran has its local-inputs error")
+        return 0
+    device = "cuda" if "cuda" in devices else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"local-errors: {path} has rows measured on cuda, and no CUDA device is available here")
+    run_info = {"amends": "local-inputs errors", "argv": sys.argv[1:], "seed": args.seed}
+    writer = ResultsWriter(path, collect(torch.device(device)), run_info)
+    try:
+        done = amend_local_errors(path, writer, LocalErrors(RunSettings(seed=args.seed)).of,
+                                  lambda label: config.build_impl("results file", label), redo=args.redo)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the rows amended so far are in {path}; run the command again to amend the rest",
+              file=sys.stderr)
+        return 130
+    finally:
+        writer.close()
+    print(f"amended {done.amended} rows of {path}; {done.already_there} already had the figure")
+    for reason, count in done.cannot_run_here.items():
+        print(f"  {count} rows cannot run here: {reason}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from .reporting import build_report
     from .reporting.data import ReportInputError
@@ -282,8 +323,6 @@ def cmd_report(args) -> int:
 
 def _newest_results(device: str) -> list[Path]:
     """The newest results file in results/ whose run was on this device (and this GPU model)."""
-    from .results import read
-
     gpu = torch.cuda.get_device_name() if device == "cuda" else None
     for path in sorted(RESULTS_DIR.glob("*.jsonl"), key=lambda p: (p.name[:10], p.stat().st_mtime), reverse=True):
         try:
@@ -376,6 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         commands = {"list": cmd_list, "env": cmd_env, "run": cmd_run, "check": cmd_check, "report": cmd_report,
+                    "local-errors": cmd_local_errors,
                     "recommend": cmd_recommend, "compare": cmd_compare, "profile": cmd_profile}
         return commands[args.command](args)
     except UsageError as error:

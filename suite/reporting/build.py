@@ -36,7 +36,8 @@ def _environment_blocks(paths: list[Path]) -> list:
                 f"triton {env.get('triton') or '–'}, xformers {env.get('xformers') or '–'}",
                 ", ".join(f"{k} {v:.0f}" for k, v in (run.get("measured_peak_tflops") or {}).items()) or "–",
                 f"{run['measured_peak_gbytes_per_s']:.0f}" if run.get("measured_peak_gbytes_per_s") else "–",
-                (env.get("git_commit") or "–")[:12], run.get("preset") or "–",
+                (env.get("git_commit") or "–")[:12],
+                run.get("preset") or (f"amendment: {run['amends']}" if run.get("amends") else "–"),
             ])
     return [Heading("Environment"), Table(["file", "device", "driver", "SM clock (now/max)", "software",
                                             "measured matmul TFLOP/s", "measured copy GB/s", "commit", "preset"], rows)]

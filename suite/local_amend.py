@@ -1,0 +1,66 @@
+"""Add the local-inputs error to an existing results file's approximate rows, without timing anything.
+
+An approximation's error against softmax attention on local inputs (runner.LocalErrors) depends on
+the maths and the dtype, not on the timings beside it. Rows measured without it (an older version
+of the local inputs, or a run cut short) get it here: each such row is appended again, unchanged
+but for the `softmax_local_*` figures and `local_errors_run_id`, which names the header of the
+amending run (its environment). Readers keep the later row of a case, so reports pick it up.
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from implementations import Implementation
+
+from .case import Case
+from .results import ResultsWriter, read
+
+LOCAL_COLUMNS = ("softmax_local_max_abs_err", "softmax_local_rel_rms_err", "softmax_local_note")
+
+
+@dataclass
+class Amendment:
+    amended: int = 0
+    already_there: int = 0
+    cannot_run_here: dict[str, int] = field(default_factory=dict)  # reason -> rows
+
+
+def rows_to_amend(rows: list[dict[str, Any]], redo: bool) -> list[dict[str, Any]]:
+    """Rows of approximate families that ran, lacking the figure (or all of them with `redo`),
+    ordered so that a forward case's rows (fwd, fwd+bwd; every implementation) come together."""
+    chosen = [row for row in rows if row.get("status") in ("ok", "mismatch") and row.get("family") not in (None, "exact")
+              and (redo or row.get("softmax_local_rel_rms_err") is None)]
+    first_seen: dict[Case, int] = {}
+    for row in chosen:
+        first_seen.setdefault(replace(Case.from_row(row), mode="fwd"), len(first_seen))
+    return sorted(chosen, key=lambda row: first_seen[replace(Case.from_row(row), mode="fwd")])
+
+
+def amend_local_errors(path: Path, writer: ResultsWriter, measure: Callable[[Implementation, Case], dict[str, Any]],
+                       build_impl: Callable[[str], Implementation], *, redo: bool = False) -> Amendment:
+    """Appends, through `writer`, each row of `path` that lacks the figure, with `measure(impl, case)`'s."""
+    _, rows = read(path)
+    todo = rows_to_amend(rows, redo)
+    result = Amendment(already_there=len(rows_to_amend(rows, redo=True)) - len(todo))
+    impls: dict[str, Implementation] = {}
+    for number, row in enumerate(todo, 1):
+        case = Case.from_row(row)
+        impl = impls.setdefault(row["impl"], build_impl(row["impl"]))
+        reasons = impl.supports(case)
+        if reasons:
+            reason = "; ".join(reasons)
+            result.cannot_run_here[reason] = result.cannot_run_here.get(reason, 0) + 1
+            continue
+        figures = measure(impl, case)
+        amended = {key: value for key, value in row.items() if key not in ("record", *LOCAL_COLUMNS)}
+        writer.append({**amended, **figures, "local_errors_run_id": writer.run_id})
+        result.amended += 1
+        figure = figures.get("softmax_local_rel_rms_err")
+        outcome = f"{figure:.3g}" if figure is not None else figures.get("softmax_local_note", "?")
+        print(f"[{number}/{len(todo)}] {row['impl']:<15} {case.label}  local-inputs error {outcome}",
+              file=sys.stderr, flush=True)
+    return result

@@ -1,0 +1,84 @@
+"""`attnbench local-errors`: adds the local-inputs figure to rows that lack it, timings untouched."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from suite import results
+from suite.cli import main
+
+LOCAL = ["softmax_local_max_abs_err", "softmax_local_rel_rms_err"]
+GRID = ["--impl", "naive,linear,sparse-window:window=8,performer:features=32", "--seq-len", "33,64", "--batch", "1",
+        "--heads", "2", "--head-dim", "16", "--dtype", "float32", "--mode", "fwd,fwd+bwd", "--causal", "both",
+        "--device", "cpu"]
+
+
+def _rewrite_rows(path: Path, change) -> None:
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps(change(r) if r["record"] == "result" else r) + "\n" for r in records))
+
+
+def _without_local_figures(record: dict) -> dict:
+    return {key: value for key, value in record.items() if key not in LOCAL}
+
+
+def test_amending_restores_the_runs_own_figures_and_leaves_the_timings(tmp_path, capsys):
+    path = tmp_path / "r.jsonl"
+    assert main(["run", *GRID, "--out", str(path)]) == 0
+    measured = results.load(path)
+    approximate = measured.family != "exact"
+    assert measured.loc[approximate, LOCAL].notna().all().all()
+    _rewrite_rows(path, _without_local_figures)
+
+    capsys.readouterr()
+    assert main(["local-errors", str(path)]) == 0
+    assert "amended 24 rows" in capsys.readouterr().out
+    amended = results.load(path)
+    assert len(amended) == len(measured) and list(amended.impl) == list(measured.impl)
+    # Same seed, same local inputs: the very figures the run measured; everything else as it was.
+    pd.testing.assert_frame_equal(amended[LOCAL].astype(float), measured[LOCAL].astype(float))
+    for column in ("time_ms", "times_ms", "run_id", "rel_rms_err", "softmax_rel_rms_err"):
+        assert amended[column].equals(measured[column]), column
+    headers = [json.loads(line) for line in path.read_text().splitlines() if '"record": "run"' in line]
+    assert len(headers) == 2 and headers[1]["amends"] == "local-inputs errors"
+    assert set(amended.loc[approximate, "local_errors_run_id"]) == {headers[1]["run_id"]}
+    assert amended.loc[~approximate, "local_errors_run_id"].isna().all()  # exact rows are not rewritten
+
+    before = path.read_bytes()
+    assert main(["local-errors", str(path)]) == 0
+    assert "nothing to amend" in capsys.readouterr().out and path.read_bytes() == before
+
+    report = tmp_path / "report"
+    assert main(["report", str(path), "--out", str(report)]) == 0
+    assert "amendment: local-inputs errors" in (report / "report.md").read_text()
+
+
+def test_only_rows_without_the_figure_are_measured_unless_redo(tmp_path, capsys):
+    path = tmp_path / "r.jsonl"
+    assert main(["run", *GRID, "--seq-len", "33", "--causal", "false", "--out", str(path)]) == 0
+    _rewrite_rows(path, lambda r: _without_local_figures(r) if r["impl"] == "linear" else r)
+    capsys.readouterr()
+    assert main(["local-errors", str(path)]) == 0
+    assert "amended 2 rows" in capsys.readouterr().out  # linear's fwd and fwd+bwd
+    assert main(["local-errors", str(path), "--redo"]) == 0
+    assert "amended 6 rows" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_rows_from_a_gpu_are_refused_without_one_and_the_file_is_left_alone(tmp_path, capsys):
+    path = tmp_path / "r.jsonl"
+    assert main(["run", *GRID, "--impl", "linear", "--seq-len", "33", "--out", str(path)]) == 0
+    _rewrite_rows(path, lambda r: {**_without_local_figures(r), "device": "cuda"})
+    before = path.read_bytes()
+    assert main(["local-errors", str(path)]) == 2
+    assert "has rows measured on cuda, and no CUDA device is available here" in capsys.readouterr().err
+    assert path.read_bytes() == before
+
+
+def test_a_missing_file_exits_2(tmp_path, capsys):
+    assert main(["local-errors", str(tmp_path / "none.jsonl")]) == 2
+    assert "is not a file" in capsys.readouterr().err

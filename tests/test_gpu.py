@@ -68,6 +68,24 @@ def test_profile_on_gpu_sorts_by_device_time():
     assert "Self CUDA" in result.table and "flash" in result.table.lower()
 
 
+def test_local_errors_gives_gpu_rows_the_figures_their_run_measured(tmp_path):
+    import pandas as pd
+
+    from suite import results
+    from suite.cli import main
+    from tests.test_local_amend import LOCAL, rewrite_rows, without_local_figures
+
+    path = tmp_path / "r.jsonl"
+    assert main(["run", "--impl", "linear,sparse-window:window=64", "--seq-len", "1000", "--batch", "1", "--heads", "4",
+                 "--head-dim", "64", "--dtype", "bfloat16", "--mode", "fwd", "--causal", "both", "--device", "cuda",
+                 "--out", str(path)]) == 0
+    measured = results.load(path)
+    assert measured[LOCAL].notna().all().all()
+    rewrite_rows(path, without_local_figures)
+    assert main(["local-errors", str(path)]) == 0
+    pd.testing.assert_frame_equal(results.load(path)[LOCAL].astype(float), measured[LOCAL].astype(float), rtol=1e-3)
+
+
 # The long parametrized sweep runs last, so a time-boxed GPU session reaches the checks above first;
 # within it, shape by shape, so a cut-off run has checked every implementation at the small shapes.
 SHAPES = [(1, 2, 1, 64, None), (3, 2, 17, 64, None), (2, 4, 257, 128, None), (1, 8, 1000, 64, 2)]

@@ -17,12 +17,12 @@ GRID = ["--impl", "naive,linear,sparse-window:window=8,performer:features=32", "
         "--device", "cpu"]
 
 
-def _rewrite_rows(path: Path, change) -> None:
+def rewrite_rows(path: Path, change) -> None:
     records = [json.loads(line) for line in path.read_text().splitlines()]
     path.write_text("".join(json.dumps(change(r) if r["record"] == "result" else r) + "\n" for r in records))
 
 
-def _without_local_figures(record: dict) -> dict:
+def without_local_figures(record: dict) -> dict:
     return {key: value for key, value in record.items() if key not in LOCAL}
 
 
@@ -32,7 +32,7 @@ def test_amending_restores_the_runs_own_figures_and_leaves_the_timings(tmp_path,
     measured = results.load(path)
     approximate = measured.family != "exact"
     assert measured.loc[approximate, LOCAL].notna().all().all()
-    _rewrite_rows(path, _without_local_figures)
+    rewrite_rows(path, without_local_figures)
 
     capsys.readouterr()
     assert main(["local-errors", str(path)]) == 0
@@ -60,7 +60,7 @@ def test_amending_restores_the_runs_own_figures_and_leaves_the_timings(tmp_path,
 def test_only_rows_without_the_figure_are_measured_unless_redo(tmp_path, capsys):
     path = tmp_path / "r.jsonl"
     assert main(["run", *GRID, "--seq-len", "33", "--causal", "false", "--out", str(path)]) == 0
-    _rewrite_rows(path, lambda r: _without_local_figures(r) if r["impl"] == "linear" else r)
+    rewrite_rows(path, lambda r: without_local_figures(r) if r["impl"] == "linear" else r)
     capsys.readouterr()
     assert main(["local-errors", str(path)]) == 0
     assert "amended 2 rows" in capsys.readouterr().out  # linear's fwd and fwd+bwd
@@ -72,7 +72,7 @@ def test_only_rows_without_the_figure_are_measured_unless_redo(tmp_path, capsys)
 def test_rows_from_a_gpu_are_refused_without_one_and_the_file_is_left_alone(tmp_path, capsys):
     path = tmp_path / "r.jsonl"
     assert main(["run", *GRID, "--impl", "linear", "--seq-len", "33", "--out", str(path)]) == 0
-    _rewrite_rows(path, lambda r: {**_without_local_figures(r), "device": "cuda"})
+    rewrite_rows(path, lambda r: {**without_local_figures(r), "device": "cuda"})
     before = path.read_bytes()
     assert main(["local-errors", str(path)]) == 2
     assert "has rows measured on cuda, and no CUDA device is available here" in capsys.readouterr().err

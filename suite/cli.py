@@ -23,7 +23,7 @@ from .plan import format_plan, plan_run
 from .presets import PRESETS, default_preset
 from .progress import Progress
 from .results import STATUSES, ResultsFormatError, ResultsWriter, finished_keys, read
-from .runner import RunSettings, run_cases
+from .runner import RunSettings, row_key, run_cases
 from .summary import format_table
 
 RESULTS_DIR = Path("results")
@@ -213,6 +213,9 @@ def cmd_run(args) -> int:
     if args.dry_run:
         print(format_plan(plan_run(impls, cases, skip), cases, device))
         return 0
+    if skip and all(row_key(impl.label, case) in skip for impl in impls for case in cases):
+        print(f"nothing to run: every case is already in {out}")  # before measuring the GPU's peaks
+        return 0
 
     settings = RunSettings(seed=args.seed)
     torch_device = torch.device(device)
@@ -235,11 +238,8 @@ def cmd_run(args) -> int:
         print(f"\ninterrupted: every finished row is in {out} (continue with --resume --out {out})", file=sys.stderr)
         return 130
     writer.close()
-    if rows:
-        print(format_table(rows))
-        print(f"results: {out}")
-    else:
-        print(f"nothing to run: every case is already in {out}")
+    print(format_table(rows))
+    print(f"results: {out}")
     return 0
 
 

@@ -49,7 +49,9 @@ def amend_local_errors(path: Path, writer: ResultsWriter, measure: Callable[[Imp
     impls: dict[str, Implementation] = {}
     for number, row in enumerate(todo, 1):
         case = Case.from_row(row)
-        impl = impls.setdefault(row["impl"], build_impl(row["impl"]))
+        if row["impl"] not in impls:  # one instance per label: it keeps its per-shape state (masks, features)
+            impls[row["impl"]] = build_impl(row["impl"])
+        impl = impls[row["impl"]]
         reasons = impl.supports(case)
         if reasons:
             reason = "; ".join(reasons)

@@ -25,7 +25,8 @@ ROW_COLUMNS = (
     "time_ms", "time_iqr_ms", "repeats", "times_ms", "first_call_ms", "noisy",
     "tflops", "tokens_per_s", "peak_fraction", "gbytes_per_s", "bandwidth_fraction", "peak_mem_bytes", "peak_mem_reason",
     "max_abs_err", "rel_rms_err", "accuracy_ok", "accuracy_tolerance", "errors", "accuracy_scope",
-    "softmax_max_abs_err", "softmax_rel_rms_err", "softmax_local_max_abs_err", "softmax_local_rel_rms_err", "density",
+    "softmax_max_abs_err", "softmax_rel_rms_err", "softmax_local_max_abs_err", "softmax_local_rel_rms_err",
+    "local_errors_run_id", "density",
     "throttled", "throttle_reasons", "gpu_before", "gpu_after",
 )
 

@@ -82,3 +82,35 @@ def test_rows_from_a_gpu_are_refused_without_one_and_the_file_is_left_alone(tmp_
 def test_a_missing_file_exits_2(tmp_path, capsys):
     assert main(["local-errors", str(tmp_path / "none.jsonl")]) == 2
     assert "is not a file" in capsys.readouterr().err
+
+
+def test_each_implementation_is_built_once_and_a_forward_case_is_measured_in_one_group(tmp_path):
+    """One instance per label keeps its per-shape state; a case's rows come together, so the local
+    inputs and their softmax reference are made once per forward case."""
+    from suite import config
+    from suite.local_amend import amend_local_errors
+    from suite.results import ResultsWriter
+
+    path = tmp_path / "r.jsonl"
+    assert main(["run", *GRID, "--out", str(path)]) == 0
+    rewrite_rows(path, without_local_figures)
+    records = [json.loads(line) for line in path.read_text().splitlines()]  # all fwd rows first: cases apart
+    records.sort(key=lambda r: (r["record"] == "result", r.get("mode") == "fwd+bwd"))
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    built, measured = [], []
+
+    def build(label):
+        built.append(label)
+        return config.build_impl("test", label)
+
+    def measure(impl, case):
+        measured.append((impl.label, case.seq_len, case.causal))
+        return {"softmax_local_max_abs_err": 1.0, "softmax_local_rel_rms_err": 0.5}
+
+    writer = ResultsWriter(path, {}, {"amends": "test"})
+    done = amend_local_errors(path, writer, measure, build)
+    writer.close()
+    assert done.amended == 24 and sorted(built) == sorted(set(built)) and len(built) == 3
+    forward_cases = [(seq_len, causal) for _, seq_len, causal in measured]
+    assert all(forward_cases[i] == forward_cases[i - 1] or forward_cases[i] not in forward_cases[:i]
+               for i in range(1, len(forward_cases)))  # each forward case's rows are contiguous

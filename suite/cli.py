@@ -283,7 +283,7 @@ def cmd_local_errors(args) -> int:
         raise UsageError(f"local-errors: {error}") from None
     devices = {row.get("device") for row in rows_to_amend(rows, args.redo)}
     if not devices:
-        print(f"nothing to amend: every approximate row of {path} that ran has its local-inputs error")
+        print(f"nothing to amend: every approximate row of {path} that ran has its local-inputs error (or why not)")
         return 0
     device = "cuda" if "cuda" in devices else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
@@ -299,7 +299,7 @@ def cmd_local_errors(args) -> int:
         return 130
     finally:
         writer.close()
-    print(f"amended {done.amended} rows of {path}; {done.already_there} already had the figure")
+    print(f"amended {done.amended} rows of {path}; {done.already_there} already had the figure (or why not)")
     for reason, count in done.cannot_run_here.items():
         print(f"  {count} rows cannot run here: {reason}")
     return 0

@@ -30,10 +30,11 @@ class Amendment:
 
 
 def rows_to_amend(rows: list[dict[str, Any]], redo: bool) -> list[dict[str, Any]]:
-    """Rows of approximate families that ran, lacking the figure (or all of them with `redo`),
-    ordered so that a forward case's rows (fwd, fwd+bwd; every implementation) come together."""
+    """Rows of approximate families that ran, with neither the figure nor a note saying why it is missing
+    (all of them with `redo`), ordered so that a forward case's rows (fwd, fwd+bwd; every implementation)
+    come together."""
     chosen = [row for row in rows if row.get("status") in ("ok", "mismatch") and row.get("family") not in (None, "exact")
-              and (redo or row.get("softmax_local_rel_rms_err") is None)]
+              and (redo or (row.get("softmax_local_rel_rms_err") is None and row.get("softmax_local_note") is None))]
     first_seen: dict[Case, int] = {}
     for row in chosen:
         first_seen.setdefault(replace(Case.from_row(row), mode="fwd"), len(first_seen))
@@ -63,6 +64,6 @@ def amend_local_errors(path: Path, writer: ResultsWriter, measure: Callable[[Imp
         result.amended += 1
         figure = figures.get("softmax_local_rel_rms_err")
         outcome = f"{figure:.3g}" if figure is not None else figures.get("softmax_local_note", "?")
-        print(f"[{number}/{len(todo)}] {row['impl']:<15} {case.label}  local-inputs error {outcome}",
+        print(f"[{number}/{len(todo)}] {row['impl']:<15} {case.label}  local-inputs error: {outcome}",
               file=sys.stderr, flush=True)
     return result

@@ -60,7 +60,9 @@ def test_amending_restores_the_runs_own_figures_and_leaves_the_timings(tmp_path,
 def test_only_rows_without_the_figure_are_measured_unless_redo(tmp_path, capsys):
     path = tmp_path / "r.jsonl"
     assert main(["run", *GRID, "--seq-len", "33", "--causal", "false", "--out", str(path)]) == 0
-    rewrite_rows(path, lambda r: without_local_figures(r) if r["impl"] == "linear" else r)
+    noted = {"softmax_local_note": "accuracy not checked: over the budget"}  # why it is missing: not retried
+    rewrite_rows(path, lambda r: without_local_figures(r) if r["impl"] == "linear" else
+                 {**without_local_figures(r), **noted} if r["impl"].startswith("performer") else r)
     capsys.readouterr()
     assert main(["local-errors", str(path)]) == 0
     assert "amended 2 rows" in capsys.readouterr().out  # linear's fwd and fwd+bwd

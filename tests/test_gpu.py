@@ -73,7 +73,8 @@ def test_local_errors_gives_gpu_rows_the_figures_their_run_measured(tmp_path):
 
     from suite import results
     from suite.cli import main
-    from tests.test_local_amend import LOCAL, rewrite_rows, without_local_figures
+    from tests.results_files import rewrite_rows
+    from tests.test_local_amend import LOCAL, without_local_figures
 
     path = tmp_path / "r.jsonl"
     assert main(["run", "--impl", "linear,sparse-window:window=64", "--seq-len", "1000", "--batch", "1", "--heads", "4",

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -10,16 +9,12 @@ import torch
 
 from suite import results
 from suite.cli import main
+from tests.results_files import rewrite_rows
 
 LOCAL = ["softmax_local_max_abs_err", "softmax_local_rel_rms_err"]
 GRID = ["--impl", "naive,linear,sparse-window:window=8,performer:features=32", "--seq-len", "33,64", "--batch", "1",
         "--heads", "2", "--head-dim", "16", "--dtype", "float32", "--mode", "fwd,fwd+bwd", "--causal", "both",
         "--device", "cpu"]
-
-
-def rewrite_rows(path: Path, change) -> None:
-    records = [json.loads(line) for line in path.read_text().splitlines()]
-    path.write_text("".join(json.dumps(change(r) if r["record"] == "result" else r) + "\n" for r in records))
 
 
 def without_local_figures(record: dict) -> dict:

@@ -9,6 +9,7 @@ amending run (its environment). Readers keep the later row of a case, so reports
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,7 +27,7 @@ LOCAL_COLUMNS = ("softmax_local_max_abs_err", "softmax_local_rel_rms_err", "soft
 class Amendment:
     amended: int = 0
     already_there: int = 0
-    cannot_run_here: dict[str, int] = field(default_factory=dict)  # reason -> rows
+    cannot_run_here: Counter = field(default_factory=Counter)  # reason -> rows
 
 
 def rows_to_amend(rows: list[dict[str, Any]], redo: bool) -> list[dict[str, Any]]:
@@ -35,10 +36,12 @@ def rows_to_amend(rows: list[dict[str, Any]], redo: bool) -> list[dict[str, Any]
     come together."""
     chosen = [row for row in rows if row.get("status") in ("ok", "mismatch") and row.get("family") not in (None, "exact")
               and (redo or (row.get("softmax_local_rel_rms_err") is None and row.get("softmax_local_note") is None))]
+    forward = [replace(Case.from_row(row), mode="fwd") for row in chosen]
     first_seen: dict[Case, int] = {}
-    for row in chosen:
-        first_seen.setdefault(replace(Case.from_row(row), mode="fwd"), len(first_seen))
-    return sorted(chosen, key=lambda row: first_seen[replace(Case.from_row(row), mode="fwd")])
+    for case in forward:
+        first_seen.setdefault(case, len(first_seen))
+    order = sorted(range(len(chosen)), key=lambda i: first_seen[forward[i]])
+    return [chosen[i] for i in order]
 
 
 def amend_local_errors(path: Path, writer: ResultsWriter, measure: Callable[[Implementation, Case], dict[str, Any]],
@@ -55,8 +58,7 @@ def amend_local_errors(path: Path, writer: ResultsWriter, measure: Callable[[Imp
         impl = impls[row["impl"]]
         reasons = impl.supports(case)
         if reasons:
-            reason = "; ".join(reasons)
-            result.cannot_run_here[reason] = result.cannot_run_here.get(reason, 0) + 1
+            result.cannot_run_here["; ".join(reasons)] += 1
             continue
         figures = measure(impl, case)
         amended = {key: value for key, value in row.items() if key not in ("record", *LOCAL_COLUMNS)}

@@ -111,3 +111,15 @@ def test_each_implementation_is_built_once_and_a_forward_case_is_measured_in_one
     forward_cases = [(seq_len, causal) for _, seq_len, causal in measured]
     assert all(forward_cases[i] == forward_cases[i - 1] or forward_cases[i] not in forward_cases[:i]
                for i in range(1, len(forward_cases)))  # each forward case's rows are contiguous
+
+
+def test_rows_this_machine_cannot_run_are_counted_with_the_reason_and_left_alone(tmp_path, capsys):
+    path = tmp_path / "r.jsonl"
+    assert main(["run", *GRID, "--impl", "linear", "--seq-len", "33", "--causal", "true", "--out", str(path)]) == 0
+    rewrite_rows(path, lambda r: {**without_local_figures(r), "impl": "linear-fla"})  # as if from a GPU with fla
+    before = len(results.read(path)[1])
+    capsys.readouterr()
+    assert main(["local-errors", str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert "amended 0 rows" in printed and "2 rows cannot run here: device=cpu (supported: cuda)" in printed
+    assert len(results.read(path)[1]) == before and results.load(path)[LOCAL].isna().all().all()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -43,9 +43,6 @@ class Case:
         groups = f"-KV{self.kv_heads}" if self.kv_heads and self.kv_heads != self.heads else ""
         return (f"B{self.batch}-H{self.heads}{groups}-N{self.seq_len}-D{self.head_dim}-"
                 f"{_DTYPE_SHORT[self.dtype]}-{mask}-{self.mode}")
-
-    def key(self) -> tuple:
-        return tuple(asdict(self).values())
 
     @classmethod
     def from_row(cls, row: dict) -> Case:

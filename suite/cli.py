@@ -291,7 +291,7 @@ def cmd_local_errors(args) -> int:
     run_info = {"amends": "local-inputs errors", "argv": sys.argv[1:], "seed": args.seed}
     writer = ResultsWriter(path, collect(torch.device(device)), run_info)
     try:
-        done = amend_local_errors(path, writer, LocalErrors(RunSettings(seed=args.seed)).of,
+        done = amend_local_errors(rows, writer, LocalErrors(RunSettings(seed=args.seed)).of,
                                   lambda label: config.build_impl("results file", label), redo=args.redo)
     except KeyboardInterrupt:
         print(f"\ninterrupted: the rows amended so far are in {path}; run the command again to amend the rest",

@@ -12,13 +12,12 @@ import sys
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from implementations import Implementation
 
 from .case import Case
-from .results import ResultsWriter, read
+from .results import ResultsWriter
 
 LOCAL_COLUMNS = ("softmax_local_max_abs_err", "softmax_local_rel_rms_err", "softmax_local_note")
 
@@ -44,10 +43,10 @@ def rows_to_amend(rows: list[dict[str, Any]], redo: bool) -> list[dict[str, Any]
     return [chosen[i] for i in order]
 
 
-def amend_local_errors(path: Path, writer: ResultsWriter, measure: Callable[[Implementation, Case], dict[str, Any]],
+def amend_local_errors(rows: list[dict[str, Any]], writer: ResultsWriter,
+                       measure: Callable[[Implementation, Case], dict[str, Any]],
                        build_impl: Callable[[str], Implementation], *, redo: bool = False) -> Amendment:
-    """Appends, through `writer`, each row of `path` that lacks the figure, with `measure(impl, case)`'s."""
-    _, rows = read(path)
+    """Appends, through `writer`, each of a file's `rows` that lacks the figure, with `measure(impl, case)`'s."""
     todo = rows_to_amend(rows, redo)
     result = Amendment(already_there=len(rows_to_amend(rows, redo=True)) - len(todo))
     impls: dict[str, Implementation] = {}

@@ -105,7 +105,7 @@ def test_each_implementation_is_built_once_and_a_forward_case_is_measured_in_one
         return {"softmax_local_max_abs_err": 1.0, "softmax_local_rel_rms_err": 0.5}
 
     writer = ResultsWriter(path, {}, {"amends": "test"})
-    done = amend_local_errors(path, writer, measure, build)
+    done = amend_local_errors(results.read(path)[1], writer, measure, build)
     writer.close()
     assert done.amended == 24 and sorted(built) == sorted(set(built)) and len(built) == 3
     forward_cases = [(seq_len, causal) for _, seq_len, causal in measured]

@@ -1,6 +1,7 @@
 """xformers' memory_efficient_attention with its own operator dispatch (an optional extra)."""
 from __future__ import annotations
 
+import logging
 import re
 
 import torch
@@ -25,10 +26,17 @@ def _condense(message: str) -> list[str]:
 
 def _load_xformers():
     """The xformers fmha module, or the reason it cannot be used."""
+    # xformers logs a multi-line warning when its compiled extension does not load; the same message
+    # becomes each row's reason (`_extension_problem`), so it is not also printed over the progress output.
+    xformers_log = logging.getLogger("xformers")
+    level = xformers_log.level
+    xformers_log.setLevel(logging.ERROR)
     try:
         import xformers.ops.fmha as fmha
     except ImportError as error:
         return None, f"xformers is not installed (pip install 'attnbench[xformers]'): {error}"
+    finally:
+        xformers_log.setLevel(level)
     return fmha, None
 
 

@@ -66,6 +66,19 @@ def test_xformers_reason_names_device_and_dtype():
     assert "device=cpu" in reasons and "dtype=torch.float32" in reasons
 
 
+def test_xformers_import_leaves_its_load_warning_to_the_rows():
+    """A build for another torch logs a multi-line warning on import; the rows' reason carries it instead."""
+    pytest.importorskip("xformers")
+    import subprocess
+    import sys
+    probe = ("from implementations.xformers_memeff import _extension_problem, _load_xformers;"
+             "_load_xformers(); print(bool(_extension_problem()))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    if done.stdout.strip() != "True":
+        pytest.skip("xformers' compiled extension loads here, so it has nothing to warn about")
+    assert "WARNING[XFORMERS]" not in done.stderr, done.stderr
+
+
 def test_sdpa_reports_the_backend_it_dispatches_to():
     import torch
     q = torch.randn(1, 2, 8, 16)

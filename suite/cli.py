@@ -17,12 +17,12 @@ import implementations
 from . import __version__, config, conformance
 from .case import Case
 from .config import UsageError
-from .environment import collect
+from .environment import collect, machine_name, recorded_machine
 from .peak import measured_copy_gbytes_per_s, measured_matmul_tflops
 from .plan import format_plan, plan_run
 from .presets import PRESETS, default_preset
 from .progress import Progress
-from .results import STATUSES, ResultsFormatError, ResultsWriter, finished_keys, read
+from .results import STATUSES, ResultsFormatError, ResultsWriter, finished_keys, read, timed_by_runs
 from .runner import RunSettings, row_key, run_cases
 from .summary import format_table
 
@@ -187,6 +187,15 @@ def default_out_path(device: str, preset_name: str, resume: bool) -> Path:
     return path
 
 
+def _refuse_another_machine(out: Path, device: str) -> None:
+    """One file's timings are read as one comparison: a resumed run must measure on the same model."""
+    here = machine_name(device)
+    others = sorted({machine for machine in map(recorded_machine, timed_by_runs(out)) if machine and machine != here})
+    if others:
+        raise UsageError(f"--resume: {str(out)!r} holds timings measured on {', '.join(others)}, and this run would "
+                         f"measure on {here} (resume it there, or write these rows to another file with --out)")
+
+
 def cmd_run(args) -> int:
     flags = {key: getattr(args, key) for key in ("impl", "seq_len", "heads", "kv_heads", "batch", "head_dim", "dtype",
                                                  "causal", "mode")}
@@ -208,6 +217,8 @@ def cmd_run(args) -> int:
     retry = _retry_statuses(args.retry, args.resume)
     try:
         skip = finished_keys(out, retry) if args.resume else set()
+        if args.resume:
+            _refuse_another_machine(out, device)
     except ResultsFormatError as error:
         raise UsageError(f"--resume: {error}") from None
     if args.dry_run:

@@ -142,6 +142,14 @@ def with_explicit_kv_heads(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def timed_by_runs(path: Path) -> list[dict[str, Any]]:
+    """The environments of the runs that wrote `path`'s timings (not those that only amended its rows)."""
+    if not Path(path).exists():
+        return []
+    runs, _ = read(Path(path))
+    return [run.get("environment", {}) for run in runs if not run.get("amends")]
+
+
 def finished_keys(path: Path, retry: Iterable[str] = ()) -> set[tuple]:
     """(impl, *case fields) of every row already in `path`, except those whose status is in `retry`;
     used by --resume."""

@@ -9,7 +9,7 @@ import torch
 
 from suite import results
 from suite.cli import main
-from tests.results_files import rewrite_rows
+from tests.results_files import rewrite_headers, rewrite_rows
 
 TINY = ["--impl", "naive,sdpa-cudnn", "--seq-len", "17", "--heads", "1", "--batch", "1", "--head-dim", "16",
         "--dtype", "float32", "--mode", "fwd", "--device", "cpu"]
@@ -133,6 +133,31 @@ def test_dry_run_says_what_a_run_would_do_and_writes_nothing(tmp_path, capsys):
     # naive: its N17 causal row is done, the out-of-memory N17 dense row runs again, N33 is new
     assert _plan_table(capsys.readouterr().out) == {"naive": [3, 0, 1], "sdpa-cudnn": [0, 2, 2], "total": [3, 2, 3]}
     assert out.read_bytes() == before
+
+
+def _as_if_timed_on(machine: str):
+    def change(header: dict) -> dict:
+        return {**header, "environment": {**header["environment"], "cpu": machine}}
+    return change
+
+
+def test_resume_refuses_a_file_timed_on_another_machine(tmp_path, capsys):
+    """Rows of two models in one file would read as one comparison (an H100 file resumed on an H200)."""
+    out = tmp_path / "r.jsonl"
+    assert main(["run", *TINY, "--out", str(out)]) == 0
+    rewrite_headers(out, _as_if_timed_on("Other CPU 9000"))
+    before = out.read_bytes()
+    for extra in ([], ["--dry-run"], ["--causal", "both"]):
+        assert main(["run", *TINY, "--out", str(out), "--resume", *extra]) == 2
+        assert re.search(r"--resume: '.*r\.jsonl' holds timings measured on Other CPU 9000, and this run would "
+                         r"measure on .+ \(resume it there, or write these rows to another file with --out\)",
+                         capsys.readouterr().err)
+    assert out.read_bytes() == before
+
+    # a header that only amended rows (local-errors) elsewhere does not count: it timed nothing
+    rewrite_headers(out, lambda header: {**header, "amends": "local-inputs errors"})
+    assert main(["run", *TINY, "--causal", "both", "--out", str(out), "--resume"]) == 0
+    assert len(results.load(out)) == 4
 
 
 @pytest.mark.parametrize("flags,message", [

@@ -123,6 +123,24 @@ def test_memory_chart_is_log_log_and_marks_oom(gpu_like_results):
     assert list(naive.get_xdata()) == [16, 32]  # 64 ran out of memory: a marker, not a point
 
 
+@pytest.mark.parametrize("limits,expected", [
+    ((0.15, 3.0), ["0.2", "0.5", "1", "2"]),  # memory flat at a few hundred MiB: powers of ten alone give "1"
+    ((1.2, 3.5), ["2", "3"]),  # under a decade: every minor tick
+    ((0.01, 1000.0), ["0.01", "0.1", "1", "10", "100", "1000"]),  # many decades: powers of ten only
+])
+def test_log_axes_label_enough_ticks_to_read_a_value(limits, expected):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    charts._log_axis(ax.yaxis)
+    ax.set_ylim(*limits)
+    fig.canvas.draw()
+    shown = [(tick.get_loc(), tick.label1.get_text()) for tick in [*ax.yaxis.get_major_ticks(), *ax.yaxis.get_minor_ticks()]
+             if limits[0] <= tick.get_loc() <= limits[1] and tick.label1.get_text()]
+    plt.close(fig)
+    assert [text for _, text in sorted(shown)] == expected
+
+
 def test_speedup_chart_is_log_scaled_with_the_baseline_at_one(cpu_results):
     frame = prepare(load(cpu_results))
     part = frame[frame.causal == False]  # noqa: E712

@@ -51,10 +51,30 @@ def _floats(values) -> np.ndarray:
 
 
 def _log_axis(axis) -> None:
-    """Log scale with plain tick labels (0.5, 20, 300) instead of 5×10⁻¹ notation."""
+    """Log scale with plain tick labels (0.5, 20, 300) instead of 5×10⁻¹ notation; an axis spanning
+    about a decade or less labels its minor ticks too, or it would show one number or none."""
     axis.axes.set_yscale("log")
-    axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
-    axis.set_minor_formatter(ticker.NullFormatter())
+    plain = ticker.FuncFormatter(lambda value, _: f"{value:g}")
+    axis.set_major_formatter(plain)
+    axis.set_minor_formatter(_SparseMinorLabels(plain))
+
+
+class _SparseMinorLabels(ticker.Formatter):
+    """Minor tick labels on a short log axis: 2× and 5× each power of ten within ~2 decades, every
+    one within 0.7 of a decade; none on a longer axis, where the powers of ten suffice."""
+
+    def __init__(self, plain: ticker.Formatter):
+        self.plain = plain
+
+    def __call__(self, value: float, position=None) -> str:
+        low, high = sorted(self.axis.get_view_interval())
+        if low <= 0 or value <= 0:
+            return ""
+        decades = math.log10(high / low)
+        mantissa = round(value / 10 ** math.floor(math.log10(value) + 1e-9))
+        if decades < 0.7 or (decades < 2.1 and mantissa in (2, 5)):
+            return self.plain(value, position)
+        return ""
 
 
 def _finish(fig: Figure, handles: dict) -> Figure:

@@ -232,3 +232,27 @@ def test_recommend_bad_memory_budget_exits_2(capsys, cpu_results):
     assert main(["recommend", "--seq-len", "32", "--heads", "2", "--head-dim", "16", "--memory-budget", "lots",
                  "--results", str(cpu_results)]) == 2
     assert "--memory-budget: 'lots' is not a size" in capsys.readouterr().err
+
+
+def test_attention_maps_draw_each_approximations_own_weights_on_a_log_scale():
+    """A window's cut shows as the floor colour, and the difference row is its weights minus softmax's."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.colors import LogNorm
+
+    import implementations
+    from suite.reporting.attention_maps import WEIGHT_FLOOR, attention_map_chart, map_inputs
+
+    window = implementations.get("sparse-window", window=8)
+    fig = attention_map_chart([window], causal=False)
+    q, k = map_inputs()
+    exact = implementations.get("reference").attention_weights(q, k)[0, 0].numpy()
+    weights = window.attention_weights(q, k)[0, 0].numpy()
+    drawn = fig.axes[1].images[0]  # row 1: exact, window; row 2: (hidden), window − exact
+    assert isinstance(drawn.norm, LogNorm) and drawn.norm.vmin == WEIGHT_FLOOR
+    np.testing.assert_allclose(drawn.get_array(), np.clip(weights, WEIGHT_FLOOR, None))
+    positions = np.arange(weights.shape[0])
+    outside = np.abs(np.subtract.outer(positions, positions)) > 8
+    assert (drawn.get_array()[outside] == WEIGHT_FLOOR).all() and (exact[outside] > WEIGHT_FLOOR).any()
+    np.testing.assert_allclose(fig.axes[3].images[0].get_array(), weights - exact)
+    plt.close(fig)

@@ -5,12 +5,18 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.colors import LogNorm, SymLogNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from implementations import Implementation, get  # noqa: E402
 
 MAP_LENGTH, MAP_HEAD_DIM = 512, 32
+# Weights are drawn on a log scale down to this floor: a row's mass is spread over hundreds of keys, so
+# on a linear scale everything but the diagonal looks black, and so do a window's cut and linear
+# attention's long tail, which are what tells the approximations apart.
+WEIGHT_FLOOR = 1e-4
 
 
 def map_inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,21 +39,23 @@ def attention_map_chart(approximations: list[Implementation], causal: bool = Fal
     fig, axes = plt.subplots(2, columns, figsize=(3.1 * columns + 1.2, 6.4), squeeze=False, layout="constrained")
     mask = "causal" if causal else "dense"
     fig.suptitle(f"Attention weights for one input (N={MAP_LENGTH}, D={MAP_HEAD_DIM}, {mask}): exact vs implied")
-    vmax = float(exact.max()) / 2  # saturate the few largest weights so the structure shows
-    image = axes[0, 0].imshow(exact, cmap="viridis", vmin=0, vmax=vmax)
+    weight_norm = LogNorm(vmin=WEIGHT_FLOOR, vmax=float(exact.max()))
+    difference_norm = SymLogNorm(linthresh=WEIGHT_FLOOR * 10, vmin=-float(exact.max()), vmax=float(exact.max()))
+    image = axes[0, 0].imshow(np.clip(exact, WEIGHT_FLOOR, None), cmap="viridis", norm=weight_norm)
     axes[0, 0].set_title("exact softmax", fontsize=10)
     axes[1, 0].set_visible(False)
     diff_image = None
     for column, impl in enumerate(approximations, start=1):
         weights = impl.attention_weights(q, k, causal=causal)[0, 0].numpy()
-        axes[0, column].imshow(weights, cmap="viridis", vmin=0, vmax=vmax)
+        axes[0, column].imshow(np.clip(weights, WEIGHT_FLOOR, None), cmap="viridis", norm=weight_norm)
         axes[0, column].set_title(impl.label, fontsize=10)
-        diff_image = axes[1, column].imshow(weights - exact, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
+        diff_image = axes[1, column].imshow(weights - exact, cmap="RdBu_r", norm=difference_norm)
         axes[1, column].set_title(f"{impl.label} − exact", fontsize=9)
     for ax in axes.flat:
         ax.set_xlabel("key position")
         ax.set_ylabel("query position")
-    fig.colorbar(image, ax=axes[0, :].tolist(), label="weight", shrink=0.8)
+    fig.colorbar(image, ax=axes[0, :].tolist(), label=f"weight (log; {WEIGHT_FLOOR:g} and below alike)", shrink=0.8)
     if diff_image is not None:
-        fig.colorbar(diff_image, ax=axes[1, 1:].tolist(), label="difference", shrink=0.8)
+        fig.colorbar(diff_image, ax=axes[1, 1:].tolist(), label=f"difference (log beyond ±{WEIGHT_FLOOR * 10:g})",
+                     shrink=0.8)
     return fig

@@ -5,6 +5,7 @@ import json
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from suite import config
@@ -70,6 +71,7 @@ def test_report_writes_charts_markdown_and_html(cpu_results, gpu_like_results, t
     assert "unsupported" in markdown and "oom" in markdown
     assert "vs softmax" in markdown and "i.i.d. standard normal" in markdown
     assert "## Speed-up over naive" in markdown and "faster than naive from" in markdown
+    assert "## One-time costs" in markdown and "| performer:features=32 | fwd | 12 |" in markdown  # 6 rows in each file
 
 
 def test_report_of_exact_implementations_only_has_no_approximation_caveat(tmp_path):
@@ -256,3 +258,22 @@ def test_attention_maps_draw_each_approximations_own_weights_on_a_log_scale():
     assert (drawn.get_array()[outside] == WEIGHT_FLOOR).all() and (exact[outside] > WEIGHT_FLOOR).any()
     np.testing.assert_allclose(fig.axes[3].images[0].get_array(), weights - exact)
     plt.close(fig)
+
+
+def test_one_time_costs_table_gives_each_implementations_first_calls():
+    from suite.reporting.first_calls import first_call_table
+
+    def row(impl, seq_len, first_call_ms, time_ms, status="ok"):
+        return {"impl": impl, "batch": 1, "heads": 2, "seq_len": seq_len, "head_dim": 16, "dtype": "bfloat16",
+                "causal": False, "mode": "fwd", "device": "cuda", "kv_heads": 2, "gpu": "GPU", "status": status,
+                "first_call_ms": first_call_ms, "time_ms": time_ms}
+
+    frame = pd.DataFrame([row("sparse-window", 1024, 2000.0, 1.0), row("sparse-window", 2048, 3000.0, 2.0),
+                          row("sparse-window", 4096, 9000.0, 3.0), row("naive", 1024, 5.0, 2.5),
+                          row("naive", 2048, None, None, status="oom")])
+    table = first_call_table(frame)
+    assert table.rows == [
+        ["naive", "fwd", "1", "5 ms", "5 ms (B1-H2-N1024-D16-bf16-dense-fwd)", "2×"],
+        ["sparse-window", "fwd", "3", "3 s", "9 s (B1-H2-N4096-D16-bf16-dense-fwd)", "2000×"],
+    ]
+    assert first_call_table(frame[frame.status == "oom"]) is None

@@ -15,6 +15,7 @@ from .attention_maps import attention_map_chart
 from .blocks import Heading, Image, Paragraph, Report, Table, to_html, to_markdown
 from .crossover import crossover_summary, crossover_table
 from .data import MEASURED, ReportInputError, colours, fmt_bytes, fmt_num, group_title, groups, impl_order, prepare
+from .first_calls import first_call_table
 
 CHART_KEYS = ("device", "gpu", "dtype", "causal", "mode")
 
@@ -245,6 +246,15 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str = "
                     "near the diagonal and feature maps do not; which figure matters depends on the attention a model "
                     "actually learns.")
         report.add(Heading("Accuracy"), Paragraph(accuracy_text), _accuracy_table(frame))
+        first_calls = first_call_table(frame)
+        if first_calls is not None:
+            report.add(Heading("One-time costs"), Paragraph(
+                "Each case's first call is timed apart and kept out of the timings above: it carries compilation "
+                "(torch.compile, FlexAttention), autotuning (Triton kernels), plan building (cuDNN) and lazy set-up. "
+                "A program pays it once per new shape. Implementations that share a library share its caches within "
+                "a run (of `sdpa` and `sdpa-cudnn`, whichever meets a shape first builds cuDNN's plan for it), and "
+                "caches on disk (Triton's autotuning results, Inductor's compiled graphs) shorten it in later runs: "
+                "compare these figures within one run, and with the order of the run in mind."), first_calls)
         report.add(Heading("Tables"))
         for group, part in groups(frame):
             report.add(Heading(group_title(group), 3), _group_table(part))

@@ -3,7 +3,9 @@
 Only measured numbers are used. Times and memory are scaled from the measured batch to the asked
 batch (default 1; attention's cost is linear in the batch). Between two measured sequence lengths
 they are interpolated on log-log axes (attention's cost is a power of N); outside the measured range
-nothing is extrapolated: the implementation is listed as not measured near that length.
+nothing is extrapolated: the implementation is listed as not measured near that length. Each
+candidate's first call (compilation, autotuning: paid once per new shape) is shown as measured, the
+larger of the two between lengths, since it does not scale with the work.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from .reporting.data import MEASURED, fmt_bytes, fmt_num, impl_order
+from .reporting.first_calls import fmt_duration
 
 
 @dataclass
@@ -37,6 +40,12 @@ class Candidate:
     peak_mem_bytes: float | None
     error: float | None
     basis: str
+    first_call_ms: float | None = None
+
+
+def _first_call(*rows) -> float | None:
+    values = [float(r.first_call_ms) for r in rows if r.get("first_call_ms") is not None and pd.notna(r.first_call_ms)]
+    return max(values) if values else None
 
 
 def _error(row) -> float | None:
@@ -74,7 +83,7 @@ def rank(frame: pd.DataFrame, query: Query) -> tuple[list[Candidate], list[tuple
             scale = query.batch / row.batch
             memory = row.peak_mem_bytes * scale if pd.notna(row.peak_mem_bytes) else None
             found = Candidate(label, float(row.time_ms) * scale, memory, _error(row),
-                              f"measured at seq_len {query.seq_len}, batch {row.batch}")
+                              f"measured at seq_len {query.seq_len}, batch {row.batch}", _first_call(row))
             status_problem = "accuracy mismatch against its exact twin" if row.status == "mismatch" else None
         else:
             below = rows[rows.seq_len < query.seq_len].tail(1)
@@ -96,7 +105,7 @@ def rank(frame: pd.DataFrame, query: Query) -> tuple[list[Candidate], list[tuple
             errors = [e for e in (_error(lo), _error(hi)) if e is not None]
             found = Candidate(label, time_ms, memory, max(errors) if errors else None,
                               f"interpolated between seq_len {lo.seq_len} (batch {lo.batch}) and {hi.seq_len} "
-                              f"(batch {hi.batch})")
+                              f"(batch {hi.batch})", _first_call(lo, hi))
             status_problem = "accuracy mismatch at a neighbouring length" if "mismatch" in (lo.status, hi.status) else None
         if status_problem:
             excluded.append((label, status_problem))
@@ -123,10 +132,12 @@ def format_answer(query: Query, candidates: list[Candidate], excluded: list[tupl
         lines.append("note: memory was not measured for some rows (CPU runs), so --memory-budget cannot exclude them")
     if candidates:
         lines.append("")
-        lines.append(f"{'rank':<5}{'implementation':<28}{'time':>12}{'memory':>12}{'error':>10}  basis")
+        lines.append(f"{'rank':<5}{'implementation':<28}{'time':>12}{'memory':>12}{'error':>10}{'first call':>12}  basis")
         for i, c in enumerate(candidates, 1):
+            first_call = fmt_duration(c.first_call_ms) if c.first_call_ms is not None else "–"
             lines.append(f"{i:<5}{c.impl:<28}{fmt_num(c.time_ms) + ' ms':>12}{fmt_bytes(c.peak_mem_bytes):>12}"
-                         f"{fmt_num(c.error):>10}  {c.basis}")
+                         f"{fmt_num(c.error):>10}{first_call:>12}  {c.basis}")
+        lines.append("first call: one-time cost per new shape (compilation, autotuning), not in the time")
     else:
         lines.append("no implementation qualifies")
     if excluded:

@@ -13,6 +13,7 @@ from suite.case import Case
 from suite.cli import main
 from suite.reporting import charts
 from suite.reporting.data import colours, fmt_num, prepare
+from suite.reporting.first_calls import fmt_duration
 from suite.results import ResultsWriter, load
 from suite.runner import RunSettings, run_cases
 from suite.timing import TimingPolicy
@@ -209,6 +210,8 @@ def test_recommend_ranks_and_respects_max_error(capsys, cpu_results):
     at = frame[(frame.seq_len == 32) & (frame.causal == False) & (frame.status == "ok")].set_index("impl")  # noqa: E712
     assert ranked == sorted(ranked, key=lambda impl: at.time_ms[impl])  # fastest first
     assert "sdpa-cudnn: unsupported at seq_len 32: device=cpu" in everything
+    first_calls = dict(re.findall(r"^\d+\s+(\S+)\s.*?\s(\S+ m?s)  measured", everything, re.M))
+    assert first_calls == {impl: fmt_duration(at.first_call_ms[impl]) for impl in ranked}  # as measured, not scaled
 
     strict = _recommend(capsys, cpu_results, "--seq-len", "32", "--max-error", "0.01")
     kept = re.findall(r"^\d+\s+(\S+)", strict, re.M)
@@ -225,6 +228,10 @@ def test_recommend_respects_memory_budget(capsys, gpu_like_results):
 def test_recommend_interpolates_between_measured_lengths_only(capsys, cpu_results):
     between = _recommend(capsys, cpu_results, "--seq-len", "48")
     assert "interpolated between seq_len 32 (batch 1) and 64 (batch 1)" in between
+    frame = load(cpu_results)
+    naive = frame[(frame.impl == "naive") & (frame.causal == False) & frame.seq_len.isin([32, 64])]  # noqa: E712
+    assert re.search(rf"^\d+\s+naive\s.*\s{re.escape(fmt_duration(naive.first_call_ms.max()))}  interpolated",
+                     between, re.M)  # the larger of the two lengths' first calls
     beyond = _recommend(capsys, cpu_results, "--seq-len", "128")
     assert "no implementation qualifies" in beyond
     assert "naive: not measured around seq_len 128 (measured: [16, 32, 64]); no extrapolation" in beyond

@@ -23,7 +23,7 @@ from .plan import format_plan, plan_run
 from .presets import PRESETS, default_preset
 from .progress import Progress
 from .results import STATUSES, ResultsFormatError, ResultsWriter, finished_keys, read, timed_by_runs
-from .runner import RunSettings, row_key, run_cases
+from .runner import DeviceLost, RunSettings, row_key, run_cases
 from .summary import format_table
 
 RESULTS_DIR = Path("results")
@@ -248,6 +248,11 @@ def cmd_run(args) -> int:
         writer.close()
         print(f"\ninterrupted: every finished row is in {out} (continue with --resume --out {out})", file=sys.stderr)
         return 130
+    except DeviceLost as lost:
+        writer.close()
+        print(f"\nstopped: {lost}\nevery finished row is in {out}; the other cases can run in a new process with "
+              f"--resume --out {out} (the failed row counts as done; --retry error runs it again)", file=sys.stderr)
+        return 1
     writer.close()
     print(format_table(rows))
     print(f"results: {out}")
@@ -308,6 +313,10 @@ def cmd_local_errors(args) -> int:
         print(f"\ninterrupted: the rows amended so far are in {path}; run the command again to amend the rest",
               file=sys.stderr)
         return 130
+    except DeviceLost as lost:
+        print(f"\nstopped: {lost}\nthe rows amended so far are in {path}; run the command again, in a new process, "
+              "to amend the rest", file=sys.stderr)
+        return 1
     finally:
         writer.close()
     print(f"amended {done.amended} rows of {path}; {done.already_there} already had the figure (or why not)")

@@ -16,6 +16,7 @@ from typing import Any
 
 from implementations import Implementation
 
+from . import runner
 from .case import Case
 from .results import ResultsWriter
 
@@ -60,9 +61,14 @@ def amend_local_errors(rows: list[dict[str, Any]], writer: ResultsWriter,
             result.cannot_run_here["; ".join(reasons)] += 1
             continue
         figures = measure(impl, case)
+        lost = "softmax_local_note" in figures and not runner.device_usable(case.device)
+        if lost:  # written with its note, so that the next call does not run into the same failure
+            figures["softmax_local_note"] += " [the device was unusable after this error; amending stopped here]"
         amended = {key: value for key, value in row.items() if key not in ("record", *LOCAL_COLUMNS)}
         writer.append({**amended, **figures, "local_errors_run_id": writer.run_id})
         result.amended += 1
+        if lost:
+            raise runner.DeviceLost({**amended, "reason": figures["softmax_local_note"]})
         figure = figures.get("softmax_local_rel_rms_err")
         outcome = f"{figure:.3g}" if figure is not None else figures.get("softmax_local_note", "?")
         print(f"[{number}/{len(todo)}] {row['impl']:<15} {case.label}  local-inputs error: {outcome}",

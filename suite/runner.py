@@ -1,7 +1,10 @@
 """Runs implementations over cases; every (implementation, case) ends as exactly one result row.
 
 Failures never lose the run: unsupported inputs, out-of-memory and any other exception each become
-a row with its status and reason, and the next case runs.
+a row with its status and reason, and the next case runs. One failure stops it: an error that leaves
+the GPU unusable (a sticky CUDA error, such as a kernel's illegal memory access), after which every
+later case would fail too and be blamed on its implementation. That row is written and `DeviceLost`
+is raised; the rest can run in a new process (`run --resume`).
 """
 from __future__ import annotations
 
@@ -47,6 +50,25 @@ def is_out_of_memory(error: BaseException) -> bool:
         return True
     message = str(error)
     return isinstance(error, RuntimeError) and ("can't allocate memory" in message or "not enough memory" in message)
+
+
+class DeviceLost(RuntimeError):
+    """An implementation's failure left the device unusable in this process; `row` is its result row."""
+
+    def __init__(self, row: dict[str, Any]):
+        super().__init__(f"{row['impl']} on {Case.from_row(row).label} left the device unusable: {row['reason']}")
+        self.row = row
+
+
+def device_usable(device: str) -> bool:
+    """False after a sticky CUDA error: then every later kernel launch in this process fails."""
+    if device != "cuda":
+        return True
+    try:
+        torch.cuda.synchronize()
+        return torch.ones(1, device=device).add_(1).item() == 2.0
+    except Exception:  # noqa: BLE001 - any failure here means the context is gone
+        return False
 
 
 def row_key(impl_label: str, case: Case) -> tuple:
@@ -311,10 +333,15 @@ def run_cases(
             if progress:
                 progress.row_started(impl.label, case)
             row = run_one(impl, case, inputs, reference, settings, monitor, local_errors)
+            lost = row["status"] == "error" and not device_usable(case.device)
+            if lost:
+                row["reason"] += " [the device was unusable after this error; the run stopped here]"
             rows.append(row)
             on_row(row)
             if progress:
                 progress.row_done(row)
+            if lost:
+                raise DeviceLost(row)
         reference.release()
         local_errors.release()
         del inputs, reference

@@ -110,6 +110,27 @@ def test_resume_with_retry_runs_failed_cases_again_and_the_new_row_replaces_the_
     assert list(frame.impl) == [json.loads(line)["impl"] for line in lines if '"result"' in line]
 
 
+def test_a_run_stopped_by_an_unusable_device_exits_1_and_resume_runs_the_rest(tmp_path, capsys, monkeypatch,
+                                                                              fake_registry):
+    import suite.runner as runner
+
+    fake_registry("crashing", fail_on_seq_len=33, error=RuntimeError("CUDA error: an illegal memory access"))
+    out = tmp_path / "r.jsonl"
+    grid = ["--impl", "crashing,naive", "--seq-len", "17,33,65", "--causal", "false", *TINY[4:]]
+    monkeypatch.setattr(runner, "device_usable", lambda device: False)  # asked only after an error row
+    assert main(["run", *grid, "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "stopped: crashing on B1-H1-N33-D16-fp32-dense-fwd left the device unusable" in err
+    assert f"--resume --out {out}" in err
+    assert [(r.impl, r.seq_len, r.status) for r in results.load(out).itertuples()] == [
+        ("crashing", 17, "ok"), ("naive", 17, "ok"), ("crashing", 33, "error")]
+
+    monkeypatch.setattr(runner, "device_usable", lambda device: True)  # a new process: a working device
+    assert main(["run", *grid, "--out", str(out), "--resume"]) == 0
+    frame = results.load(out)
+    assert len(frame) == 6 and list(frame.status) == ["ok", "ok", "error", "ok", "ok", "ok"]
+
+
 def _plan_table(printed: str) -> dict[str, list[int]]:
     """implementation -> [measure, unsupported, already in file], from the dry run's table."""
     rows = [line.split() for line in printed.splitlines()]

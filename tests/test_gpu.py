@@ -60,6 +60,18 @@ def test_environment_names_the_gpu():
         assert record["driver"] and record["gpu_state"]["max_sm_clock_mhz"] > 0
 
 
+def test_a_sticky_cuda_error_is_recognized_as_an_unusable_device():
+    """In a child process, since a device-side assert breaks the CUDA context for good."""
+    import subprocess
+    import sys
+
+    probe = ("import torch; from suite.runner import device_usable; ok = device_usable('cuda')\n"
+             "try:\n    torch.zeros(2, device='cuda')[torch.tensor([5], device='cuda')].sum().item()\n"
+             "except RuntimeError:\n    pass\nprint(ok, device_usable('cuda'))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split()[-2:] == ["True", "False"], done.stdout + done.stderr
+
+
 def test_profile_on_gpu_sorts_by_device_time():
     from suite.profiling import profile_case
 

@@ -123,3 +123,31 @@ def test_rows_this_machine_cannot_run_are_counted_with_the_reason_and_left_alone
     printed = capsys.readouterr().out
     assert "amended 0 rows" in printed and "2 rows cannot run here: device=cpu (supported: cuda)" in printed
     assert len(results.read(path)[1]) == before and results.load(path)[LOCAL].isna().all().all()
+
+
+def test_an_unusable_device_stops_amending_after_writing_the_row_that_broke_it(tmp_path, capsys, monkeypatch):
+    import implementations.linear
+    import suite.runner as runner
+
+    path = tmp_path / "r.jsonl"
+    assert main(["run", *GRID, "--seq-len", "33", "--causal", "false", "--out", str(path)]) == 0
+    rewrite_rows(path, without_local_figures)
+
+    def crash(self, q, k, v, *, causal=False):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(implementations.linear.LinearAttention, "__call__", crash)
+    monkeypatch.setattr(runner, "device_usable", lambda device: False)  # asked only after a failed figure
+    capsys.readouterr()
+    assert main(["local-errors", str(path)]) == 1
+    assert "stopped: linear on B1-H2-N33-D16-fp32-dense-fwd left the device unusable" in capsys.readouterr().err
+    broken = results.load(path).set_index(["impl", "mode"])
+    assert "amending stopped here" in broken.loc[("linear", "fwd"), "softmax_local_note"]
+    assert broken[LOCAL].isna().all().all()  # nothing after it was measured
+
+    monkeypatch.undo()  # a new process, a working device: the rest is amended, the failed row is not retried
+    assert main(["local-errors", str(path)]) == 0
+    assert "amended 5 rows" in capsys.readouterr().out
+    amended = results.load(path).set_index(["impl", "mode"])
+    assert amended.loc[("linear", "fwd"), "softmax_local_note"] == broken.loc[("linear", "fwd"), "softmax_local_note"]
+    assert amended.drop(index=[("linear", "fwd")]).query("family != 'exact'")[LOCAL].notna().all().all()

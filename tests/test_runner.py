@@ -53,6 +53,27 @@ def test_injected_exception_becomes_an_error_row(tmp_path):
     assert rows[1]["status"] == "ok"
 
 
+def test_an_error_that_leaves_the_device_unusable_stops_the_run_after_writing_its_row(tmp_path, monkeypatch):
+    """After a sticky CUDA error every later case would fail too, and be blamed on its implementation."""
+    import suite.runner as runner
+
+    crashing = ScriptedAttention("crashing", fail_on_seq_len=33, failures=1,
+                                 error=RuntimeError("CUDA error: an illegal memory access was encountered"))
+    monkeypatch.setattr(runner, "device_usable", lambda device: crashing.failures_left != 0)
+    written = []
+    with pytest.raises(runner.DeviceLost, match="crashing on B1-H2-N33-D16-fp32-dense-fwd left the device unusable"):
+        run_cases([crashing, implementations.get("naive")], cases(17, 33, 65), settings=FAST, on_row=written.append)
+    assert [(r["impl"], r["seq_len"], r["status"]) for r in written] == [
+        ("crashing", 17, "ok"), ("naive", 17, "ok"), ("crashing", 33, "error")]
+    assert "illegal memory access" in written[-1]["reason"] and "the run stopped here" in written[-1]["reason"]
+
+    # an ordinary error leaves the device usable: the run goes on
+    monkeypatch.setattr(runner, "device_usable", lambda device: True)
+    broken = ScriptedAttention("broken", fail_on_seq_len=17, error=ZeroDivisionError("kernel bug"))
+    rows, _ = run([broken], cases(17, 33), tmp_path)
+    assert [r["status"] for r in rows] == ["error", "ok"] and "stopped" not in rows[0]["reason"]
+
+
 def test_unsupported_case_is_a_row_with_reasons(tmp_path):
     rows, _ = run([implementations.get("sdpa-cudnn")], cases(17), tmp_path)
     assert rows[0]["status"] == "unsupported" and "device=cpu (supported: cuda)" in rows[0]["reason"]

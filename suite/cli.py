@@ -14,7 +14,7 @@ import torch
 
 import implementations
 
-from . import __version__, config, conformance
+from . import __version__, config, conformance, runner
 from .case import Case
 from .config import UsageError
 from .environment import collect, machine_name, recorded_machine
@@ -271,18 +271,27 @@ def cmd_check(args) -> int:
     print(f"checking on {device} ({', '.join(dtypes)}): {len(conformance.AWKWARD_SHAPES)} awkward shapes, causal and "
           f"not, then lengths {conformance.SHORT_LENGTHS} for {len(conformance.SHORT_LENGTH_SEEDS)} seeds", flush=True)
     all_ok = True
-    for spec in specs:
+    for number, spec in enumerate(specs):
         impl = config.build_impl("--impl", spec)
         started = last_note = time.perf_counter()
-        results = []
+        results, device_lost = [], False
         for result in conformance.check(impl, device, dtypes, args.seed):
             results.append(result)
+            # After a sticky CUDA error every later case would crash too, whatever its implementation.
+            device_lost = result.status == "error" and not runner.device_usable(device)
+            if device_lost:
+                break
             if time.perf_counter() - last_note > 10:  # compiled kernels can take minutes: say it is moving
                 last_note = time.perf_counter()
                 print(f"  {impl.label}: {len(results)} cases done, {last_note - started:.0f} s", file=sys.stderr, flush=True)
         summary = conformance.CheckSummary(impl.label, results, time.perf_counter() - started)
         print(summary.format(), flush=True)
         all_ok &= summary.ok
+        if device_lost:
+            print(f"  stopped: the device was unusable after the error on {results[-1].case.label}", flush=True)
+            for rest in specs[number + 1:]:
+                print(f"{rest}: NOT CHECKED (the device was unusable after {impl.label}'s error)", flush=True)
+            return 1
     return 0 if all_ok else 1
 
 

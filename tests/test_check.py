@@ -40,6 +40,18 @@ def test_a_crash_is_reported_and_the_check_goes_on(capsys, fake_registry):
     assert "naive: ok" in out
 
 
+def test_an_error_that_leaves_the_device_unusable_stops_the_check(capsys, fake_registry, monkeypatch):
+    import suite.runner as runner
+
+    fake_registry("crashes-at-17", fail_on_seq_len=17, error=RuntimeError("illegal memory access"))
+    monkeypatch.setattr(runner, "device_usable", lambda device: False)  # asked only after an error
+    status, out = _check(capsys, "--impl", "crashes-at-17,naive", "--dtype", "bfloat16")
+    assert status == 1
+    assert "crashes-at-17: FAILED (2 passed, 0 failed, 1 errors" in out  # stopped at its first crash
+    assert "stopped: the device was unusable after the error on B3-H2-N17-D64-bf16-dense-fwd+bwd" in out
+    assert "naive: NOT CHECKED (the device was unusable after crashes-at-17's error)" in out
+
+
 def test_an_implementation_that_runs_nothing_here_is_not_a_pass(capsys):
     status, out = _check(capsys, "--impl", "sdpa-cudnn", "--dtype", "float32")
     assert status == 1

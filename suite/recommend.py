@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .reporting.data import MEASURED, fmt_bytes, fmt_num, impl_order
-from .reporting.first_calls import fmt_duration
+from .reporting.data import MEASURED, fmt_bytes, fmt_duration, fmt_num, impl_order
 
 
 @dataclass

@@ -12,8 +12,7 @@ from suite import config
 from suite.case import Case
 from suite.cli import main
 from suite.reporting import charts
-from suite.reporting.data import colours, fmt_num, prepare
-from suite.reporting.first_calls import fmt_duration
+from suite.reporting.data import colours, fmt_duration, fmt_num, prepare
 from suite.results import ResultsWriter, load
 from suite.runner import RunSettings, run_cases
 from suite.timing import TimingPolicy

@@ -51,8 +51,8 @@ def _floats(values) -> np.ndarray:
 
 
 def _log_axis(axis) -> None:
-    """Log scale with plain tick labels (0.5, 20, 300) instead of 5×10⁻¹ notation; an axis spanning
-    about a decade or less labels its minor ticks too, or it would show one number or none."""
+    """Log scale with plain tick labels (0.5, 20, 300) instead of 5×10⁻¹ notation; an axis spanning two
+    decades or less labels some minor ticks too, or it would show one number or none."""
     axis.axes.set_yscale("log")
     plain = ticker.FuncFormatter(lambda value, _: f"{value:g}")
     axis.set_major_formatter(plain)

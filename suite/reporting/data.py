@@ -71,3 +71,7 @@ def fmt_num(value: float | None, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return f"{value:.{digits}g}"
+
+
+def fmt_duration(ms: float) -> str:
+    return f"{fmt_num(ms / 1e3)} s" if ms >= 1e3 else f"{fmt_num(ms)} ms"

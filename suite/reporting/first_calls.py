@@ -2,7 +2,7 @@
 plan building, lazy set-up), per implementation and mode.
 
 A program with one shape pays these once; one whose shapes change (new lengths, new batch sizes) pays
-them again for each, so they weigh in the choice of a variant as much as the steady-state time does.
+them again for each, so they can weigh in the choice of a variant as much as the steady-state time.
 """
 from __future__ import annotations
 
@@ -10,11 +10,7 @@ import pandas as pd
 
 from ..case import Case
 from .blocks import Table
-from .data import MEASURED, fmt_num, impl_order
-
-
-def fmt_duration(ms: float) -> str:
-    return f"{fmt_num(ms / 1e3)} s" if ms >= 1e3 else f"{fmt_num(ms)} ms"
+from .data import MEASURED, fmt_duration, fmt_num, impl_order
 
 
 def fmt_times(ratio: float) -> str:

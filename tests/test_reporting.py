@@ -283,3 +283,8 @@ def test_one_time_costs_table_gives_each_implementations_first_calls():
         ["sparse-window", "fwd", "3", "3 s", "9 s (B1-H2-N4096-D16-bf16-dense-fwd)", "2000×"],
     ]
     assert first_call_table(frame[frame.status == "oom"]) is None
+
+
+@pytest.mark.parametrize("value,text", [(1980.4, "1980"), (123.456, "123"), (0.0123456, "0.0123"), (None, "–")])
+def test_numbers_keep_three_digits_without_exponent_notation(value, text):
+    assert fmt_num(value) == text

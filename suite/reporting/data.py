@@ -68,8 +68,11 @@ def fmt_bytes(value: float | None) -> str:
 
 
 def fmt_num(value: float | None, digits: int = 3) -> str:
+    """`digits` significant digits, without exponent notation for large values (1980, not 1.98e+03)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
+    if abs(value) >= 10 ** digits:
+        return f"{value:.0f}"
     return f"{value:.{digits}g}"
 
 

@@ -13,10 +13,6 @@ from .blocks import Table
 from .data import MEASURED, fmt_duration, fmt_num, impl_order
 
 
-def fmt_times(ratio: float) -> str:
-    return f"{ratio:.0f}×" if ratio >= 100 else f"{fmt_num(ratio)}×"
-
-
 def first_call_table(frame: pd.DataFrame) -> Table | None:
     """Per (device, implementation, mode): the median and the largest first call, and the median first call
     over the timed median of the same row (how many steady-state calls one first call costs)."""
@@ -34,7 +30,7 @@ def first_call_table(frame: pd.DataFrame) -> Table | None:
             *([gpu] if several_devices else []), label, mode, str(len(part)),
             fmt_duration(part.first_call_ms.median()),
             f"{fmt_duration(largest.first_call_ms)} ({Case.from_row(largest.to_dict()).label})",
-            fmt_times(part.calls_worth.median()),
+            f"{fmt_num(part.calls_worth.median())}×",
         ]))
     rows.sort(key=lambda item: item[0])
     header = [*(["device"] if several_devices else []), "implementation", "mode", "rows", "first call: median",

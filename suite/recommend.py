@@ -40,6 +40,7 @@ class Candidate:
     error: float | None
     basis: str
     first_call_ms: float | None = None
+    error_basis: str | None = None  # which figure `error` is: see ERROR_FIGURES
 
 
 def _first_call(*rows) -> float | None:
@@ -47,14 +48,19 @@ def _first_call(*rows) -> float | None:
     return max(values) if values else None
 
 
-def _error(row) -> float | None:
-    """The error a user weighs: against softmax for approximate families (on local inputs where measured,
-    since on i.i.d. inputs softmax attention is nearly uniform), against float64 otherwise."""
-    for column in ("softmax_local_rel_rms_err", "softmax_rel_rms_err", "rel_rms_err"):
+# The error a user weighs, best first: against softmax for approximate families (on local inputs where
+# measured, since on i.i.d. inputs softmax attention is nearly uniform), else against the float64
+# reference (for exact families, their rounding).
+ERROR_FIGURES = (("softmax_local_rel_rms_err", "local"), ("softmax_rel_rms_err", "i.i.d."), ("rel_rms_err", "rounding"))
+
+
+def _error(row) -> tuple[float | None, str | None]:
+    """(error, which figure it is)."""
+    for column, basis in ERROR_FIGURES:
         value = row.get(column)
         if value is not None and not pd.isna(value):
-            return float(value)
-    return None
+            return float(value), basis
+    return None, None
 
 
 def _interpolate(x: float, x0: float, x1: float, y0: float | None, y1: float | None) -> float | None:
@@ -81,8 +87,9 @@ def rank(frame: pd.DataFrame, query: Query) -> tuple[list[Candidate], list[tuple
                 continue
             scale = query.batch / row.batch
             memory = row.peak_mem_bytes * scale if pd.notna(row.peak_mem_bytes) else None
-            found = Candidate(label, float(row.time_ms) * scale, memory, _error(row),
-                              f"measured at seq_len {query.seq_len}, batch {row.batch}", _first_call(row))
+            found = Candidate(label, float(row.time_ms) * scale, memory, *_error(row)[:1],
+                              f"measured at seq_len {query.seq_len}, batch {row.batch}", _first_call(row),
+                              _error(row)[1])
             status_problem = "accuracy mismatch against its exact twin" if row.status == "mismatch" else None
         else:
             below = rows[rows.seq_len < query.seq_len].tail(1)
@@ -101,10 +108,10 @@ def rank(frame: pd.DataFrame, query: Query) -> tuple[list[Candidate], list[tuple
             time_ms = _interpolate(query.seq_len, lo.seq_len, hi.seq_len, per_batch(lo, "time_ms"), per_batch(hi, "time_ms"))
             memory = _interpolate(query.seq_len, lo.seq_len, hi.seq_len,
                                   per_batch(lo, "peak_mem_bytes"), per_batch(hi, "peak_mem_bytes"))
-            errors = [e for e in (_error(lo), _error(hi)) if e is not None]
-            found = Candidate(label, time_ms, memory, max(errors) if errors else None,
+            worst, basis = max(((e, b) for e, b in (_error(lo), _error(hi)) if e is not None), default=(None, None))
+            found = Candidate(label, time_ms, memory, worst,
                               f"interpolated between seq_len {lo.seq_len} (batch {lo.batch}) and {hi.seq_len} "
-                              f"(batch {hi.batch})", _first_call(lo, hi))
+                              f"(batch {hi.batch})", _first_call(lo, hi), basis)
             status_problem = "accuracy mismatch at a neighbouring length" if "mismatch" in (lo.status, hi.status) else None
         if status_problem:
             excluded.append((label, status_problem))
@@ -125,18 +132,25 @@ def format_answer(query: Query, candidates: list[Candidate], excluded: list[tupl
     mask = "causal" if query.causal else "dense"
     lines = [f"shape: batch {query.batch}, seq_len {query.seq_len}, {query.heads} heads, head dim {query.head_dim}, "
              f"{query.dtype}, {mask}, {query.mode}; results: {', '.join(str(s) for s in sources)}",
-             "error: relative RMS against exact softmax attention for approximate families (on local inputs, where "
-             "softmax attention is peaked, when the results have it), else against the float64 reference"]
+             "error: relative RMS against exact softmax attention (approximate families) or the float64 reference "
+             "(exact ones: their rounding); (on): local inputs, where softmax attention is peaked, or i.i.d. inputs, "
+             "where it is nearly uniform"]
     if query.memory_budget is not None and any(c.peak_mem_bytes is None for c in candidates):
         lines.append("note: memory was not measured for some rows (CPU runs), so --memory-budget cannot exclude them")
     if candidates:
         lines.append("")
-        lines.append(f"{'rank':<5}{'implementation':<28}{'time':>12}{'memory':>12}{'error':>10}{'first call':>12}  basis")
+        lines.append(f"{'rank':<5}{'implementation':<28}{'time':>12}{'memory':>12}{'error':>10} {'(on)':<10}"
+                     f"{'first call':>10}  basis")
         for i, c in enumerate(candidates, 1):
             first_call = fmt_duration(c.first_call_ms) if c.first_call_ms is not None else "–"
             lines.append(f"{i:<5}{c.impl:<28}{fmt_num(c.time_ms) + ' ms':>12}{fmt_bytes(c.peak_mem_bytes):>12}"
-                         f"{fmt_num(c.error):>10}{first_call:>12}  {c.basis}")
+                         f"{fmt_num(c.error):>10} {'(' + (c.error_basis or '–') + ')':<10}{first_call:>10}  {c.basis}")
         lines.append("first call: one-time cost per new shape (compilation, autotuning), not in the time")
+        iid = [c.impl for c in candidates if c.error_basis == "i.i.d."]
+        if iid:
+            lines.append(f"note: {', '.join(iid)} had no local-inputs figure, so the error shown is on i.i.d. inputs; "
+                         "there errors grow with length and rank windows below feature maps, the reverse of their order "
+                         "on peaked attention (`attnbench local-errors FILE` adds the local figures)")
     else:
         lines.append("no implementation qualifies")
     if excluded:

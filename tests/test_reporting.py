@@ -212,6 +212,9 @@ def test_recommend_ranks_and_respects_max_error(capsys, cpu_results):
     first_calls = dict(re.findall(r"^\d+\s+(\S+)\s.*?\s(\S+ m?s)  measured", everything, re.M))
     assert first_calls == {impl: fmt_duration(at.first_call_ms[impl]) for impl in ranked}  # as measured, not scaled
 
+    assert re.search(r"^\d+\s+naive\s.*\(rounding\)", everything, re.M)
+    assert re.search(r"^\d+\s+linear\s.*\(local\)", everything, re.M) and "note:" not in everything
+
     strict = _recommend(capsys, cpu_results, "--seq-len", "32", "--max-error", "0.01")
     kept = re.findall(r"^\d+\s+(\S+)", strict, re.M)
     assert "linear" not in kept and "naive" in kept
@@ -288,3 +291,19 @@ def test_one_time_costs_table_gives_each_implementations_first_calls():
 @pytest.mark.parametrize("value,text", [(1980.4, "1980"), (123.456, "123"), (0.0123456, "0.0123"), (None, "–")])
 def test_numbers_keep_three_digits_without_exponent_notation(value, text):
     assert fmt_num(value) == text
+
+
+def test_recommend_says_which_errors_are_on_iid_inputs(capsys, cpu_results, tmp_path):
+    """Without the local-inputs figure an approximation's error is on i.i.d. inputs: labelled, and a note says why
+    it is not comparable."""
+    from tests.results_files import rewrite_rows
+
+    path = tmp_path / "no-local.jsonl"
+    path.write_text(cpu_results.read_text())
+    rewrite_rows(path, lambda r: {**r, "softmax_local_rel_rms_err": None} if r["impl"] == "linear" else r)
+    out = _recommend(capsys, path, "--seq-len", "32")
+    frame = load(path)
+    linear = frame[(frame.impl == "linear") & (frame.seq_len == 32) & (frame.causal == False)].iloc[0]  # noqa: E712
+    assert re.search(rf"^\d+\s+linear\s.*\s{re.escape(fmt_num(linear.softmax_rel_rms_err))} \(i\.i\.d\.\)", out, re.M)
+    assert re.search(r"^\d+\s+performer:features=32\s.*\(local\)", out, re.M)
+    assert "note: linear had no local-inputs figure" in out

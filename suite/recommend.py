@@ -116,7 +116,8 @@ def rank(frame: pd.DataFrame, query: Query) -> tuple[list[Candidate], list[tuple
         if status_problem:
             excluded.append((label, status_problem))
         elif query.max_error is not None and (found.error is None or found.error > query.max_error):
-            excluded.append((label, f"error {fmt_num(found.error)} above --max-error {query.max_error:g}"
+            excluded.append((label, f"error {fmt_num(found.error)} ({found.error_basis}) above --max-error "
+                                    f"{query.max_error:g}"
                              if found.error is not None else "error not measured (reference skipped)"))
         elif query.memory_budget is not None and found.peak_mem_bytes is not None \
                 and found.peak_mem_bytes > query.memory_budget:

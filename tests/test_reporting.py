@@ -218,7 +218,7 @@ def test_recommend_ranks_and_respects_max_error(capsys, cpu_results):
     strict = _recommend(capsys, cpu_results, "--seq-len", "32", "--max-error", "0.01")
     kept = re.findall(r"^\d+\s+(\S+)", strict, re.M)
     assert "linear" not in kept and "naive" in kept
-    assert re.search(r"linear: error \S+ above --max-error 0.01", strict)
+    assert re.search(r"linear: error \S+ \(local\) above --max-error 0.01", strict)
 
 
 def test_recommend_respects_memory_budget(capsys, gpu_like_results):

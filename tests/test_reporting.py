@@ -307,3 +307,20 @@ def test_recommend_says_which_errors_are_on_iid_inputs(capsys, cpu_results, tmp_
     assert re.search(rf"^\d+\s+linear\s.*\s{re.escape(fmt_num(linear.softmax_rel_rms_err))} \(i\.i\.d\.\)", out, re.M)
     assert re.search(r"^\d+\s+performer:features=32\s.*\(local\)", out, re.M)
     assert "note: linear had no local-inputs figure" in out
+
+
+def test_accuracy_chart_leaves_out_an_approximation_without_the_charts_figure(cpu_results):
+    """Its error against its own twin would place it beside the exact kernels."""
+    frame = prepare(load(cpu_results))
+    case = {"seq_len": 32, "heads": 2, "head_dim": 16, "dtype": "float32", "causal": False, "mode": "fwd"}
+    at_case = frame[(frame.seq_len == 32) & (frame.causal == False) & frame.status.isin(["ok"])].copy()  # noqa: E712
+    at_case.loc[at_case.impl == "linear", "softmax_local_rel_rms_err"] = None
+    fig = charts.accuracy_speed_chart(at_case, colours(frame.impl), case)
+    ax = fig.axes[0]
+    assert "(local inputs)" in ax.get_ylabel()
+    drawn = {text.get_text() for text in fig.legends[0].get_texts()}
+    assert "linear" not in drawn and {"naive", "performer:features=32"} <= drawn
+    assert any("not drawn (no such figure): linear" in text.get_text() for text in ax.texts)
+    naive = at_case[at_case.impl == "naive"].iloc[0]
+    points = {tuple(collection.get_offsets()[0]) for collection in ax.collections}
+    assert (naive.time_ms, naive.rel_rms_err) in points  # exact kernels: their rounding against float64

@@ -308,6 +308,14 @@ def test_recommend_says_which_errors_are_on_iid_inputs(capsys, cpu_results, tmp_
     assert re.search(r"^\d+\s+performer:features=32\s.*\(local\)", out, re.M)
     assert "note: linear had no local-inputs figure" in out
 
+    # with neither softmax figure, its error against its own twin must not stand in for one
+    rewrite_rows(path, lambda r: {**r, "softmax_rel_rms_err": None} if r["impl"] == "linear" else r)
+    out = _recommend(capsys, path, "--seq-len", "32")
+    assert re.search(r"^\d+\s+linear\s.*\s– \(–\)", out, re.M), out
+    assert "(rounding)" not in re.search(r"^\d+\s+linear\s.*$", out, re.M).group(0)
+    strict = _recommend(capsys, path, "--seq-len", "32", "--max-error", "0.5")
+    assert "linear: error not measured" in strict
+
 
 def test_accuracy_chart_leaves_out_an_approximation_without_the_charts_figure(cpu_results):
     """Its error against its own twin would place it beside the exact kernels."""

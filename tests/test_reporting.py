@@ -155,6 +155,16 @@ def test_speedup_chart_is_log_scaled_with_the_baseline_at_one(cpu_results):
     assert any(list(line.get_ydata()) == [1.0, 1.0] for line in ax.get_lines())  # the baseline
 
 
+def test_speedup_chart_marks_out_of_memory_lengths(gpu_like_results):
+    frame = prepare(load(gpu_like_results))
+    part = frame[frame.causal == False]  # noqa: E712
+    group = {"device": "cpu", "gpu": "cpu", "dtype": "float32", "causal": False, "mode": "fwd"}
+    fig = charts.speedup_chart(part, colours(frame.impl), group, "sdpa")
+    assert "out of memory (×)" in {t.get_text() for t in fig.legends[0].get_texts()}
+    marked = [c for c in fig.axes[0].collections if c.get_offsets().shape[0] and c.get_offsets()[0][0] == 64]
+    assert len(marked) == 1  # naive ran out of memory at 64 tokens
+
+
 def test_failure_table_groups_out_of_memory_rows_and_names_their_cases():
     import pandas as pd
 

@@ -147,6 +147,9 @@ def speedup_chart(frame: pd.DataFrame, colour_of: dict, group: dict, baseline: s
             if not ratio.empty:
                 (line,) = ax.plot(_floats(ratio.index), _floats(ratio), marker="o", ms=3, color=colour_of[label])
                 handles.setdefault(label, line)
+        for label in impl_order(part.impl):
+            if label != baseline:
+                _mark_oom(ax, part[part.impl == label], label, colour_of[label], handles)
     return _finish(fig, handles)
 
 

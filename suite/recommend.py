@@ -89,9 +89,9 @@ def rank(frame: pd.DataFrame, query: Query) -> tuple[list[Candidate], list[tuple
                 continue
             scale = query.batch / row.batch
             memory = row.peak_mem_bytes * scale if pd.notna(row.peak_mem_bytes) else None
-            found = Candidate(label, float(row.time_ms) * scale, memory, *_error(row)[:1],
-                              f"measured at seq_len {query.seq_len}, batch {row.batch}", _first_call(row),
-                              _error(row)[1])
+            error, error_basis = _error(row)
+            found = Candidate(label, float(row.time_ms) * scale, memory, error,
+                              f"measured at seq_len {query.seq_len}, batch {row.batch}", _first_call(row), error_basis)
             status_problem = "accuracy mismatch against its exact twin" if row.status == "mismatch" else None
         else:
             below = rows[rows.seq_len < query.seq_len].tail(1)

@@ -113,9 +113,12 @@ def test_a_failure_on_local_inputs_leaves_the_row_its_timing(tmp_path):
 def test_recommend_weighs_the_local_figure_when_a_row_has_it():
     from suite.recommend import _error
 
-    assert _error({"softmax_local_rel_rms_err": 0.1, "softmax_rel_rms_err": 2.0, "rel_rms_err": 0.001}) == 0.1
-    assert _error({"softmax_local_rel_rms_err": float("nan"), "softmax_rel_rms_err": 2.0, "rel_rms_err": 0.001}) == 2.0
-    assert _error({"softmax_local_rel_rms_err": None, "softmax_rel_rms_err": None, "rel_rms_err": 0.001}) == 0.001
+    approximate = {"family": "linear", "rel_rms_err": 0.001}
+    assert _error({**approximate, "softmax_local_rel_rms_err": 0.1, "softmax_rel_rms_err": 2.0}) == (0.1, "local")
+    assert _error({**approximate, "softmax_local_rel_rms_err": float("nan"), "softmax_rel_rms_err": 2.0}) == (2.0, "i.i.d.")
+    # its error against its own twin is no error against softmax attention
+    assert _error({**approximate, "softmax_local_rel_rms_err": None, "softmax_rel_rms_err": None}) == (None, None)
+    assert _error({"family": "exact", "rel_rms_err": 0.001}) == (0.001, "rounding")
 
 
 def test_local_figures_are_measured_once_per_forward_case_and_inputs_made_once_per_case(monkeypatch):

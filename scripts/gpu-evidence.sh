@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# On a GPU host without internet access: install any wheels placed in .whl/ (e.g. xformers), run the
+# On a GPU host without internet access: install any wheels placed in .whl/ (scripts/fetch-gpu-wheels.sh
+# downloads xformers and fla-core there beforehand), run the
 # GPU tests and one or more presets, and write everything under $OUT (results, logs, environment).
 # Usage: bash scripts/gpu-evidence.sh PRESET[,PRESET...]|- [TIMEOUT_S_PER_PRESET] [--tests]
 # Each preset starts a new results file (named by date and GPU; -2, -3, ... when one exists under

@@ -177,7 +177,7 @@ def _retry_statuses(value: str | None, resume: bool) -> set[str]:
 
 
 def default_out_path(device: str, preset_name: str, resume: bool) -> Path:
-    machine = _slug(torch.cuda.get_device_name()) if device == "cuda" else "cpu"
+    machine = _slug(machine_name(device)) if device == "cuda" else "cpu"
     stem = f"{_dt.date.today().isoformat()}_{machine}_{_slug(preset_name)}"
     path = RESULTS_DIR / f"{stem}.jsonl"
     counter = 2
@@ -352,7 +352,7 @@ def cmd_report(args) -> int:
 
 def _newest_results(device: str) -> list[Path]:
     """The newest results file in results/ whose run was on this device (and this GPU model)."""
-    gpu = torch.cuda.get_device_name() if device == "cuda" else None
+    gpu = machine_name(device) if device == "cuda" else None
     for path in sorted(RESULTS_DIR.glob("*.jsonl"), key=lambda p: (p.name[:10], p.stat().st_mtime), reverse=True):
         try:
             runs, _ = read(path)

@@ -339,6 +339,17 @@ def test_accuracy_chart_leaves_out_an_approximation_without_the_charts_figure(cp
     drawn = {text.get_text() for text in fig.legends[0].get_texts()}
     assert "linear" not in drawn and {"naive", "performer:features=32"} <= drawn
     assert any("not drawn (no such figure): linear" in text.get_text() for text in ax.texts)
+    assert "i.i.d." not in ax.get_ylabel()
     naive = at_case[at_case.impl == "naive"].iloc[0]
     points = {tuple(collection.get_offsets()[0]) for collection in ax.collections}
     assert (naive.time_ms, naive.rel_rms_err) in points  # exact kernels: their rounding against float64
+
+    # without any local figure the chart falls back to the i.i.d. one, and says so
+    at_case["softmax_local_rel_rms_err"] = None
+    iid_fig = charts.accuracy_speed_chart(at_case, colours(frame.impl), case)
+    ax = iid_fig.axes[0]
+    assert "(i.i.d. inputs" in ax.get_ylabel() and "local" not in ax.get_ylabel()
+    performer = at_case[at_case.impl == "performer:features=32"].iloc[0]
+    assert (performer.time_ms, performer.softmax_rel_rms_err) in {tuple(c.get_offsets()[0]) for c in ax.collections}
+    for figure in (fig, iid_fig):
+        charts.plt.close(figure)

@@ -167,7 +167,9 @@ def accuracy_speed_chart(frame: pd.DataFrame, colour_of: dict, case: dict) -> Fi
     # Approximations on local inputs where measured: on i.i.d. inputs softmax attention is nearly uniform.
     local = frame.softmax_local_rel_rms_err.notna().any()
     softmax_column = "softmax_local_rel_rms_err" if local else "softmax_rel_rms_err"
-    ax.set_ylabel("relative RMS error vs exact softmax attention" + (" (local inputs)" if local else ""))
+    # Either way the label names the inputs: the i.i.d. figure ranks windows below feature maps, the local one above.
+    inputs = "local inputs" if local else "i.i.d. inputs, softmax nearly uniform"
+    ax.set_ylabel(f"relative RMS error vs exact softmax attention\n({inputs})")
     handles, without_figure = {}, []
     for _, row in frame.sort_values("time_ms").iterrows():
         # Exact kernels: their rounding against float64. An approximation's error against its own twin

@@ -98,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     recommend.add_argument("--mode", default="fwd", help="fwd, bwd or fwd+bwd")
     recommend.add_argument("--max-error", dest="max_error", help="largest relative RMS error to accept")
     recommend.add_argument("--memory-budget", dest="memory_budget", help="bytes, or with a unit: 512MiB, 8GiB, 40GB")
-    recommend.add_argument("--results", nargs="+", help="results files (default: the newest in results/ for this device)")
+    recommend.add_argument("--results", nargs="+", help="results files (default: the newest in results/ timed on this GPU or CPU model)")
 
     prof = commands.add_parser("profile", help="where one case's time goes: torch.profiler's heaviest operators")
     prof.add_argument("--impl", required=True, help="NAME[:KEY=VALUE...]; see `attnbench list`")
@@ -351,18 +351,23 @@ def cmd_report(args) -> int:
 
 
 def _newest_results(device: str) -> list[Path]:
-    """The newest results file in results/ whose run was on this device (and this GPU model)."""
-    gpu = machine_name(device) if device == "cuda" else None
+    """The newest results file in results/ timed on this machine model (this GPU, or this CPU): another
+    model's times would rank implementations by a machine the user is not on."""
+    here = machine_name(device)
+    elsewhere: dict[str, list[str]] = {}
     for path in sorted(RESULTS_DIR.glob("*.jsonl"), key=lambda p: (p.name[:10], p.stat().st_mtime), reverse=True):
         try:
             runs, _ = read(path)
         except ResultsFormatError:
             continue
-        env = runs[0].get("environment", {}) if runs else {}
-        if env.get("device") == device and env.get("gpu") == gpu:
+        machines = {recorded_machine(run.get("environment", {})) for run in runs if not run.get("amends")}
+        if machines == {here}:
             return [path]
-    raise UsageError(f"--results: no results file for {gpu or device} in {RESULTS_DIR}/ (run `attnbench run` first, "
-                     "or name files with --results)")
+        for machine in sorted(m for m in machines if m):
+            elsewhere.setdefault(machine, []).append(str(path))
+    found = "".join(f"; {machine}: {', '.join(paths)}" for machine, paths in elsewhere.items())
+    raise UsageError(f"--results: no results file timed on {here} in {RESULTS_DIR}/ (run `attnbench run` first, "
+                     f"or name files with --results{found and ', e.g. those of another machine' + found})")
 
 
 def _one_shape(args, default_dtype: str) -> dict:

@@ -211,6 +211,29 @@ def _recommend(capsys, path, *flags) -> str:
     return capsys.readouterr().out
 
 
+def test_recommend_reads_only_results_timed_on_this_machine_model(capsys, cpu_results, tmp_path, monkeypatch):
+    """Without --results: the newest file of this CPU (or GPU) model; another model's times would rank for the
+    wrong machine, so it is named as a choice, never taken."""
+    from suite import cli
+    from suite.environment import machine_name
+    from tests.results_files import rewrite_headers
+
+    monkeypatch.setattr(cli, "RESULTS_DIR", tmp_path)
+    elsewhere = tmp_path / "2099-01-01_other-cpu_smoke.jsonl"  # newer by name than the file of this machine
+    elsewhere.write_text(cpu_results.read_text())
+    rewrite_headers(elsewhere, lambda h: {**h, "environment": {**h["environment"], "cpu": "Another CPU 9000"}})
+    ask = ["recommend", "--seq-len", "32", "--heads", "2", "--head-dim", "16", "--dtype", "float32"]
+    assert main(ask) == 2
+    err = capsys.readouterr().err
+    assert "no results file timed on" in err and f"Another CPU 9000: {elsewhere}" in err
+
+    here = tmp_path / "2000-01-01_this-cpu_smoke.jsonl"
+    here.write_text(cpu_results.read_text())
+    rewrite_headers(here, lambda h: {**h, "environment": {**h["environment"], "cpu": machine_name("cpu")}})
+    assert main(ask) == 0
+    assert f"results: {here}" in capsys.readouterr().out
+
+
 def test_recommend_ranks_and_respects_max_error(capsys, cpu_results):
     everything = _recommend(capsys, cpu_results, "--seq-len", "32")
     ranked = re.findall(r"^\d+\s+(\S+)", everything, re.M)

@@ -7,7 +7,7 @@
 # results/), unless RESUME_FILE names a results file of that preset to continue.
 # Environment: TEST_TIMEOUT_S, TEST_SELECT (pytest -k), RUN_FLAGS (extra `attnbench run` flags),
 # RETRY (with RESUME_FILE: statuses whose rows run again, e.g. oom), LOCAL_ERRORS=1 (then `attnbench local-errors`
-# on the preset's file, within the same time limit),
+# on the preset's file, within the same time limit; LOCAL_ERRORS=NAME[,NAME...]: only those implementations' rows),
 # PROFILE ("IMPL[ IMPL...]": `attnbench profile` each at PROFILE_FLAGS, default 64K tokens, D128, causal fwd+bwd).
 # Triton autotuning results (fla retunes some kernels at every batch size, ~10-20 s each) are written to
 # $OUT/GPU-triton-autotune.tgz; placed in .gpu-cache/ on a later call for the same GPU model, they are reused,
@@ -58,7 +58,8 @@ for preset in ${presets//,/ }; do
   echo "preset $preset exit $?"
   tail -n 40 "$OUT/run-$preset.txt"
   if [ -n "${LOCAL_ERRORS:-}" ]; then  # add the local-inputs figures to approximate rows that lack them
-    timeout --signal=INT "$limit" python3 -m suite local-errors "$out" > "$OUT/local-errors-$preset.txt" 2>&1
+    only=""; [ "$LOCAL_ERRORS" != 1 ] && only="--impl $LOCAL_ERRORS"
+    timeout --signal=INT "$limit" python3 -m suite local-errors "$out" $only > "$OUT/local-errors-$preset.txt" 2>&1
     echo "local-errors $preset exit $?"; tail -n 3 "$OUT/local-errors-$preset.txt"
   fi
   save_tuning

@@ -75,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     amend.add_argument("results", help="results file (JSON Lines), amended in place")
     amend.add_argument("--redo", action="store_true", help="measure every approximate row again, not only those without it")
     amend.add_argument("--seed", type=int, default=0, help="seed for the local inputs (default 0)")
+    amend.add_argument("--impl", help="NAME[:KEY=VALUE...][,NAME...]: only these implementations' rows (a name "
+                                      "covers all its options; default: every approximate row)")
 
     report = commands.add_parser("report", help="markdown, charts and HTML from results files")
     report.add_argument("results", nargs="+", help="results files (JSON Lines)")
@@ -98,7 +100,8 @@ def _parser() -> argparse.ArgumentParser:
     recommend.add_argument("--mode", default="fwd", help="fwd, bwd or fwd+bwd")
     recommend.add_argument("--max-error", dest="max_error", help="largest relative RMS error to accept")
     recommend.add_argument("--memory-budget", dest="memory_budget", help="bytes, or with a unit: 512MiB, 8GiB, 40GB")
-    recommend.add_argument("--results", nargs="+", help="results files (default: the newest in results/ timed on this GPU or CPU model)")
+    recommend.add_argument("--results", nargs="+",
+                           help="results files (default: the newest in results/ timed on this GPU or CPU model)")
 
     prof = commands.add_parser("profile", help="where one case's time goes: torch.profiler's heaviest operators")
     prof.add_argument("--impl", required=True, help="NAME[:KEY=VALUE...]; see `attnbench list`")
@@ -296,7 +299,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_local_errors(args) -> int:
-    from .local_amend import amend_local_errors, rows_to_amend
+    from .local_amend import amend_local_errors, approximate_rows, matches, rows_to_amend
     from .runner import LocalErrors
 
     path = Path(args.results)
@@ -306,9 +309,18 @@ def cmd_local_errors(args) -> int:
         _, rows = read(path)
     except ResultsFormatError as error:
         raise UsageError(f"local-errors: {error}") from None
-    devices = {row.get("device") for row in rows_to_amend(rows, args.redo)}
+    impls = None
+    if args.impl is not None:
+        impls = config.comma_items("--impl", args.impl)
+        present = sorted({row["impl"] for row in approximate_rows(rows)})
+        unknown = [item for item in impls if not any(matches(label, [item]) for label in present)]
+        if unknown:
+            raise UsageError(f"--impl: {unknown[0]!r} has no approximate row that ran in {path} "
+                             f"(allowed: {', '.join(present) or 'none'})")
+    devices = {row.get("device") for row in rows_to_amend(rows, args.redo, impls)}
     if not devices:
-        print(f"nothing to amend: every approximate row of {path} that ran has its local-inputs error (or why not)")
+        which = f" of {', '.join(impls)}" if impls else ""
+        print(f"nothing to amend: every approximate row{which} of {path} that ran has its local-inputs error (or why not)")
         return 0
     device = "cuda" if "cuda" in devices else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
@@ -317,7 +329,8 @@ def cmd_local_errors(args) -> int:
     writer = ResultsWriter(path, collect(torch.device(device)), run_info)
     try:
         done = amend_local_errors(rows, writer, LocalErrors(RunSettings(seed=args.seed)).of,
-                                  lambda label: config.build_impl("results file", label), redo=args.redo)
+                                  lambda label: config.build_impl("results file", label), redo=args.redo,
+                                  impls=impls)
     except KeyboardInterrupt:
         print(f"\ninterrupted: the rows amended so far are in {path}; run the command again to amend the rest",
               file=sys.stderr)

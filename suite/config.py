@@ -26,7 +26,7 @@ class UsageError(ValueError):
     """Bad input from the user: the message names the flag, the value and what is allowed."""
 
 
-def _items(flag: str, text: str) -> list[str]:
+def comma_items(flag: str, text: str) -> list[str]:
     items = [item.strip() for item in str(text).split(",")]
     if not text or any(not item for item in items):
         raise UsageError(f"{flag}: {text!r} has an empty item (expected a comma-separated list)")
@@ -35,7 +35,7 @@ def _items(flag: str, text: str) -> list[str]:
 
 def positive_ints(flag: str, text: str) -> tuple[int, ...]:
     values = []
-    for item in _items(flag, text):
+    for item in comma_items(flag, text):
         try:
             value = int(item)
         except ValueError:
@@ -73,7 +73,7 @@ def byte_size(flag: str, text: str) -> float:
 
 def dtypes(flag: str, text: str) -> tuple[str, ...]:
     values = []
-    for item in _items(flag, text):
+    for item in comma_items(flag, text):
         name = _DTYPE_ALIASES.get(item.lower(), item.lower())
         if name not in _RUN_DTYPES:
             raise UsageError(f"{flag}: unknown dtype {item!r} (allowed: {', '.join(_RUN_DTYPES)})")
@@ -82,7 +82,7 @@ def dtypes(flag: str, text: str) -> tuple[str, ...]:
 
 
 def modes(flag: str, text: str) -> tuple[str, ...]:
-    values = _items(flag, text)
+    values = comma_items(flag, text)
     for item in values:
         if item not in MODES:
             raise UsageError(f"{flag}: unknown mode {item!r} (allowed: {', '.join(MODES)})")
@@ -112,7 +112,7 @@ def preset(flag: str, text: str) -> Grid:
 
 
 def impl_specs(flag: str, text: str) -> tuple[str, ...]:
-    specs = tuple(_items(flag, text))
+    specs = tuple(comma_items(flag, text))
     for spec in specs:
         build_impl(flag, spec)  # validate now, so a bad spec stops the run before it starts
     return specs

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -30,11 +30,21 @@ class Amendment:
     cannot_run_here: Counter = field(default_factory=Counter)  # reason -> rows
 
 
-def rows_to_amend(rows: list[dict[str, Any]], redo: bool) -> list[dict[str, Any]]:
-    """Rows of approximate families that ran, with neither the figure nor a note saying why it is missing
-    (all of them with `redo`), ordered so that a forward case's rows (fwd, fwd+bwd; every implementation)
-    come together."""
-    chosen = [row for row in rows if row.get("status") in ("ok", "mismatch") and row.get("family") not in (None, "exact")
+def approximate_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of approximate families that ran: those that can carry the figure."""
+    return [row for row in rows if row.get("status") in ("ok", "mismatch") and row.get("family") not in (None, "exact")]
+
+
+def matches(label: str, wanted: Collection[str]) -> bool:
+    """Whether an implementation label (`NAME[:KEY=VALUE...]`) is one of `wanted`: a name stands for all its options."""
+    return label in wanted or label.split(":", 1)[0] in wanted
+
+
+def rows_to_amend(rows: list[dict[str, Any]], redo: bool, impls: Collection[str] | None = None) -> list[dict[str, Any]]:
+    """Approximate rows that ran (of `impls` only, if given: labels or names), with neither the figure nor a
+    note saying why it is missing (all of them with `redo`), ordered so that a forward case's rows (fwd,
+    fwd+bwd; every implementation) come together."""
+    chosen = [row for row in approximate_rows(rows) if (impls is None or matches(row["impl"], impls))
               and (redo or (row.get("softmax_local_rel_rms_err") is None and row.get("softmax_local_note") is None))]
     forward = [replace(Case.from_row(row), mode="fwd") for row in chosen]
     first_seen: dict[Case, int] = {}
@@ -46,10 +56,12 @@ def rows_to_amend(rows: list[dict[str, Any]], redo: bool) -> list[dict[str, Any]
 
 def amend_local_errors(rows: list[dict[str, Any]], writer: ResultsWriter,
                        measure: Callable[[Implementation, Case], dict[str, Any]],
-                       build_impl: Callable[[str], Implementation], *, redo: bool = False) -> Amendment:
-    """Appends, through `writer`, each of a file's `rows` that lacks the figure, with `measure(impl, case)`'s."""
-    todo = rows_to_amend(rows, redo)
-    result = Amendment(already_there=len(rows_to_amend(rows, redo=True)) - len(todo))
+                       build_impl: Callable[[str], Implementation], *, redo: bool = False,
+                       impls: Collection[str] | None = None) -> Amendment:
+    """Appends, through `writer`, each of a file's `rows` (of `impls`, if given) that lacks the figure, with
+    `measure(impl, case)`'s."""
+    todo = rows_to_amend(rows, redo, impls)
+    result = Amendment(already_there=len(rows_to_amend(rows, True, impls)) - len(todo))
     impls: dict[str, Implementation] = {}
     for number, row in enumerate(todo, 1):
         case = Case.from_row(row)

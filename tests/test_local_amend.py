@@ -65,6 +65,28 @@ def test_only_rows_without_the_figure_are_measured_unless_redo(tmp_path, capsys)
     assert "amended 6 rows" in capsys.readouterr().out
 
 
+def test_impl_limits_the_amendment_to_the_named_implementations(tmp_path, capsys):
+    """A name covers every option set of it (performer:features=32 by `performer`); an unknown one exits 2."""
+    path = tmp_path / "r.jsonl"
+    assert main(["run", *GRID, "--seq-len", "33", "--causal", "false", "--out", str(path)]) == 0
+    rewrite_rows(path, without_local_figures)
+    before = path.read_bytes()
+    capsys.readouterr()
+    assert main(["local-errors", str(path), "--impl", "linear,naive"]) == 2
+    assert "--impl: 'naive' has no approximate row that ran" in capsys.readouterr().err
+    assert path.read_bytes() == before
+
+    assert main(["local-errors", str(path), "--impl", "performer,linear"]) == 0
+    assert "amended 4 rows" in capsys.readouterr().out
+    amended = results.load(path)
+    has_figure = amended.softmax_local_rel_rms_err.notna()
+    assert set(amended[has_figure].impl) == {"linear", "performer:features=32"}
+    assert main(["local-errors", str(path), "--impl", "sparse-window:window=8"]) == 0
+    assert "amended 2 rows" in capsys.readouterr().out
+    assert main(["local-errors", str(path), "--impl", "linear"]) == 0
+    assert "nothing to amend: every approximate row of linear" in capsys.readouterr().out
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_rows_from_a_gpu_are_refused_without_one_and_the_file_is_left_alone(tmp_path, capsys):
     path = tmp_path / "r.jsonl"

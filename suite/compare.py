@@ -121,7 +121,7 @@ def mann_whitney_greater(a: list[float], b: list[float]) -> float:
 @dataclass
 class RowVerdict:
     key: dict
-    verdict: str  # same, faster, slower, ambiguous, regression, improvement, new
+    verdict: str  # one of ORDER
     ratio: float | None = None
     detail: str = ""
 
@@ -153,8 +153,9 @@ def _relative(row: pd.Series) -> float:
 
 def status_verdict(base: pd.Series | None, current: pd.Series | None) -> tuple[str, str] | None:
     """A regression (or improvement) of status, or None when both ran alike."""
-    if current is None:
-        return ("regression", f"disappeared (was {base.status})") if base.status in RAN else None
+    if current is None:  # a case that ran must not vanish; one that could not run may leave the grid
+        return ("regression", f"disappeared (was {base.status})") if base.status in RAN else \
+            ("dropped", f"not in the current results (was {base.status}: {base.reason})")
     if base is None:
         return "new", f"new case ({current.status})"
     if base.status in RAN and current.status not in RAN:
@@ -207,7 +208,7 @@ def compare(base_frame: pd.DataFrame, current_frame: pd.DataFrame, threshold: fl
 
 # --- output -----------------------------------------------------------------------------------
 
-ORDER = ("regression", "slower", "ambiguous", "faster", "improvement", "new", "same")
+ORDER = ("regression", "slower", "ambiguous", "faster", "improvement", "new", "dropped", "same")
 
 
 def _label(key: dict) -> str:

@@ -127,6 +127,21 @@ def test_a_disappeared_case_is_a_regression(tmp_path, capsys, real_rows):
     assert code == 1 and found[("naive", 16)] == "regression"
 
 
+def test_a_case_that_never_ran_may_leave_the_grid(tmp_path, capsys, real_rows):
+    """Unsupported in the baseline and absent now (a narrower grid): reported as dropped, not a regression."""
+    def unsupported(record):
+        if record["impl"] == "naive" and record["seq_len"] == 16:
+            record.update(status="unsupported", reason="injected", time_ms=None, times_ms=None)
+    base = synthetic(tmp_path / "a.jsonl", real_rows, seed=1, edit=unsupported)
+    kept = [r for r in real_rows if not (r.get("impl") == "naive" and r.get("seq_len") == 16)]
+    current = synthetic(tmp_path / "b.jsonl", kept, seed=1)
+    code, found = verdicts(capsys, base, current)
+    assert code == 0 and found[("naive", 16)] == "dropped"
+    assert set(found.values()) == {"same", "dropped"}
+    assert main(["compare", str(base), str(current)]) == 0
+    assert "not in the current results (was unsupported: injected)" in capsys.readouterr().out
+
+
 def test_different_gpu_models_exit_2(tmp_path, capsys, real_rows):
     base = synthetic(tmp_path / "a.jsonl", real_rows, seed=1, gpu="NVIDIA H100 80GB HBM3")
     current = synthetic(tmp_path / "b.jsonl", real_rows, seed=1, gpu="NVIDIA A100-SXM4-80GB")

@@ -17,12 +17,12 @@ import implementations
 from . import __version__, config, conformance, runner
 from .case import Case
 from .config import UsageError
-from .environment import collect, machine_name, recorded_machine
+from .environment import collect, machine_name
 from .peak import measured_copy_gbytes_per_s, measured_matmul_tflops
 from .plan import format_plan, plan_run
 from .presets import PRESETS, default_preset
 from .progress import Progress
-from .results import STATUSES, ResultsFormatError, ResultsWriter, finished_keys, read, timed_by_runs
+from .results import STATUSES, ResultsFormatError, ResultsWriter, finished_keys, read, recorded_machine, timed_by_runs
 from .runner import DeviceLost, RunSettings, row_key, run_cases
 from .summary import format_table
 

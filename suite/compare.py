@@ -38,7 +38,11 @@ class CompareInputError(ValueError):
 # --- reading ----------------------------------------------------------------------------------
 
 def _read_pytest_benchmark(path: Path, data: dict) -> pd.DataFrame:
-    gpu = (data.get("machine_info") or {}).get("gpu")
+    machine_info = data.get("machine_info") or {}
+    gpu = machine_info.get("gpu")
+    # benchmarks/conftest.py writes "cpu" there without a GPU; pytest-benchmark itself names the CPU
+    cpu = (machine_info.get("cpu") or {}).get("brand_raw") if isinstance(machine_info.get("cpu"), dict) else None
+    machine = gpu if gpu and gpu != "cpu" else cpu
     rows = []
     for bench in data.get("benchmarks", []):
         info, stats = bench.get("extra_info") or {}, bench.get("stats") or {}
@@ -48,7 +52,8 @@ def _read_pytest_benchmark(path: Path, data: dict) -> pd.DataFrame:
         raw = [t * 1e3 for t in stats.get("data") or []]
         rows.append({**{key: info[key] for key in KEY}, "status": info.get("status", "ok"),
                      "accuracy_ok": info.get("accuracy_ok"), "time_ms": stats.get("median", math.nan) * 1e3,
-                     "time_iqr_ms": stats.get("iqr", math.nan) * 1e3, "times_ms": raw, "throttled": None, "gpu": gpu})
+                     "time_iqr_ms": stats.get("iqr", math.nan) * 1e3, "times_ms": raw, "throttled": None, "gpu": gpu,
+                     "machine": machine})
     return pd.DataFrame(rows)
 
 
@@ -73,7 +78,7 @@ def read_side(paths: list[Path]) -> pd.DataFrame:
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if frame.empty:
         raise CompareInputError(f"{', '.join(map(str, paths))}: no result rows")
-    frame["gpu"] = frame["gpu"].fillna("cpu")
+    frame["machine"] = frame["machine"].fillna("unknown machine")
     return with_explicit_kv_heads(frame)
 
 
@@ -89,7 +94,7 @@ def _merge_repeats(frame: pd.DataFrame) -> pd.DataFrame:
             "time_ms": pd.Series(times).median() if times else last.time_ms,
             "iqr_ms": _iqr(times) if times else last.get("time_iqr_ms"),
             "times_ms": times, "throttled": bool(source.throttled.fillna(False).astype(bool).any()),
-            "gpu": last.gpu,
+            "machine": last.machine,
         })
     return frame.groupby(list(KEY), dropna=False).apply(pool, include_groups=False).reset_index()
 
@@ -182,10 +187,11 @@ class Comparison:
 
 
 def compare(base_frame: pd.DataFrame, current_frame: pd.DataFrame, threshold: float = 0.05) -> Comparison:
-    base_gpus, current_gpus = set(base_frame.gpu), set(current_frame.gpu)
-    if base_gpus != current_gpus:
-        raise CompareInputError(f"different machines: baseline ran on {sorted(base_gpus)}, current on "
-                                f"{sorted(current_gpus)}; timings from different GPU models are not comparable")
+    base_machines, current_machines = set(base_frame.machine), set(current_frame.machine)
+    if base_machines != current_machines:
+        raise CompareInputError(f"different machines: baseline ran on {sorted(base_machines)}, current on "
+                                f"{sorted(current_machines)}; timings from different GPU (or CPU) models are not "
+                                "comparable")
     base, current = _merge_repeats(base_frame), _merge_repeats(current_frame)
     keyed_base = {tuple(r[k] for k in KEY): r for _, r in base.iterrows()}
     keyed_current = {tuple(r[k] for k in KEY): r for _, r in current.iterrows()}

@@ -56,11 +56,6 @@ def machine_name(device: str) -> str:
     return torch.cuda.get_device_name() if device == "cuda" else _cpu_name()
 
 
-def recorded_machine(environment: dict[str, Any]) -> str | None:
-    """`machine_name` as a run header's environment records it (None for records that lack it)."""
-    return environment.get("gpu") if environment.get("device") == "cuda" else environment.get("cpu")
-
-
 def collect(device: torch.device, monitor: GpuMonitor | None = None) -> dict[str, Any]:
     record: dict[str, Any] = {
         "attnbench_version": __version__,

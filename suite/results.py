@@ -97,6 +97,12 @@ def _read_records(path: Path) -> Iterable[dict[str, Any]]:
         yield record
 
 
+def recorded_machine(environment: dict[str, Any]) -> str | None:
+    """The model whose speed a run measured, as its header's environment records it: the GPU's on cuda,
+    the CPU's otherwise (environment.machine_name on the machine itself); None for records that lack it."""
+    return environment.get("gpu") if environment.get("device") == "cuda" else environment.get("cpu")
+
+
 def key_of_row(row: dict[str, Any]) -> tuple:
     """(impl, *case fields): what a row measured; runner.row_key gives a case being run the same key."""
     return (row.get("impl"), *(row.get(field) for field in CASE_FIELDS))
@@ -115,7 +121,8 @@ def read(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 
 
 def load(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
-    """All result rows of one or many files, with each row's GPU/device name and source file."""
+    """All result rows of one or many files, with each row's GPU name (`gpu`), the model that timed it
+    (`machine`: its GPU, or its CPU) and source file."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     frames = []
@@ -125,6 +132,7 @@ def load(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
         for row in rows:
             env = environment.get(row.get("run_id"), {})
             row.setdefault("gpu", env.get("gpu"))
+            row["machine"] = recorded_machine(env)
             row["source"] = str(path)
         frames.append(pd.DataFrame(rows))
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

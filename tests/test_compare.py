@@ -33,14 +33,16 @@ def real_rows(tmp_path_factory) -> list[dict]:
 
 
 def synthetic(path: Path, records: list[dict], *, seed: int, noise: float = 0.02, slow: dict | None = None,
-              edit=None, gpu: str | None = None) -> Path:
+              edit=None, gpu: str | None = None, cpu: str | None = None) -> Path:
     """Replace each row's raw times by 40 log-normal samples around its real median (× slow[impl])."""
     rng = random.Random(seed)
     lines = []
     for record in records:
         record = json.loads(json.dumps(record))
         if record["record"] == "run" and gpu:
-            record["environment"]["gpu"] = gpu
+            record["environment"].update(device="cuda", gpu=gpu)
+        if record["record"] == "run" and cpu:
+            record["environment"]["cpu"] = cpu
         if record["record"] == "result" and record["status"] == "ok":
             center = record["time_ms"] * (slow or {}).get((record["impl"], record["seq_len"]), 1.0)
             times = [center * rng.lognormvariate(0, noise) for _ in range(40)]
@@ -149,6 +151,15 @@ def test_different_gpu_models_exit_2(tmp_path, capsys, real_rows):
     assert "different machines" in capsys.readouterr().err
 
 
+def test_different_cpu_models_exit_2(tmp_path, capsys, real_rows):
+    base = synthetic(tmp_path / "a.jsonl", real_rows, seed=1, cpu="Intel(R) Xeon(R) Platinum 8480+")
+    current = synthetic(tmp_path / "b.jsonl", real_rows, seed=1, cpu="AMD EPYC 9654 96-Core Processor")
+    assert main(["compare", str(base), str(current)]) == 2
+    assert "AMD EPYC 9654" in capsys.readouterr().err
+    same_model = synthetic(tmp_path / "c.jsonl", real_rows, seed=2, cpu="Intel(R) Xeon(R) Platinum 8480+")
+    assert main(["compare", str(base), str(same_model)]) == 0
+
+
 @pytest.mark.parametrize("content,message", [
     ("not json at all\n{}\n", "not valid JSON"),
     ("", "no result rows"),
@@ -189,3 +200,10 @@ def test_pytest_benchmark_json_is_read_by_compare(tmp_path, capsys):
     assert first["extra_info"]["tflops"] > 0 and len(first["stats"]["data"]) >= 3
     assert main(["compare", str(out), str(out)]) == 0
     assert "summary:" in capsys.readouterr().out
+    # without a GPU, the CPU pytest-benchmark names is the machine
+    assert data["machine_info"]["cpu"]["brand_raw"]
+    data["machine_info"]["cpu"]["brand_raw"] = "Another CPU 9000"
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text(json.dumps(data))
+    assert main(["compare", str(out), str(elsewhere)]) == 2
+    assert "Another CPU 9000" in capsys.readouterr().err

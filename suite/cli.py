@@ -398,7 +398,7 @@ def _one_shape(args, default_dtype: str) -> dict:
 
 
 def cmd_recommend(args) -> int:
-    from .recommend import Query, format_answer, rank
+    from .recommend import Query, format_answer, rank, unmeasured_shape
     from .reporting.data import ReportInputError, prepare
     from .results import load
 
@@ -415,6 +415,9 @@ def cmd_recommend(args) -> int:
         frame = prepare(load(sources))
     except (ResultsFormatError, ReportInputError) as error:
         raise UsageError(f"--results: {error}") from None
+    unmeasured = unmeasured_shape(frame, query)
+    if unmeasured:
+        raise UsageError(f"recommend: {unmeasured}")
     candidates, excluded = rank(frame, query)
     print(format_answer(query, candidates, excluded, sources))
     return 0

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .reporting.data import MEASURED, fmt_bytes, fmt_duration, fmt_num, impl_order
@@ -70,6 +71,33 @@ def _interpolate(x: float, x0: float, x1: float, y0: float | None, y1: float | N
         return None
     t = (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0))
     return math.exp(math.log(y0) + t * (math.log(y1) - math.log(y0)))
+
+
+SHAPE_FLAGS = (("heads", "--heads"), ("kv_heads", "--kv-heads"), ("head_dim", "--head-dim"), ("dtype", "--dtype"),
+               ("causal", "--causal"), ("mode", "--mode"))
+
+
+def unmeasured_shape(frame: pd.DataFrame, query: Query) -> str | None:
+    """Why the results hold no row of the asked shape, or None: the first flag (in SHAPE_FLAGS order) whose
+    value no row matching the flags before it has, with the values those rows do have."""
+    asked = {**{column: getattr(query, column) for column, _ in SHAPE_FLAGS}, "kv_heads": query.kv_heads or query.heads}
+    rows, matched = frame, []
+    for column, flag in SHAPE_FLAGS:
+        narrower = rows[rows[column] == asked[column]]
+        if narrower.empty:
+            shown = f"{flag} {_shown(asked[column])}" + (" (as many as --heads)" if column == "kv_heads" and
+                                                          query.kv_heads is None else "")
+            where = f" for {', '.join(matched)}" if matched else ""
+            measured = ", ".join(_shown(value) for value in sorted(set(rows[column])))
+            return f"no rows with {shown}{where} in the results (measured: {measured})"
+        rows = narrower
+        matched.append(f"{flag} {_shown(asked[column])}")
+    return None
+
+
+def _shown(value) -> str:
+    """A value as it is written on the command line (causal: true/false)."""
+    return str(bool(value)).lower() if isinstance(value, (bool, np.bool_)) else str(value)
 
 
 def rank(frame: pd.DataFrame, query: Query) -> tuple[list[Candidate], list[tuple[str, str]]]:

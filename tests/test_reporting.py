@@ -234,6 +234,19 @@ def test_recommend_reads_only_results_timed_on_this_machine_model(capsys, cpu_re
     assert f"results: {here}" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("flags,message", [
+    (["--heads", "16"], "no rows with --heads 16 in the results (measured: 2)"),
+    (["--kv-heads", "1"], "no rows with --kv-heads 1 for --heads 2 in the results (measured: 2)"),
+    (["--mode", "bwd"], "no rows with --mode bwd for --heads 2, --kv-heads 2, --head-dim 16, --dtype float32, "
+                        "--causal true in the results (measured: fwd)"),
+])
+def test_recommend_for_an_unmeasured_shape_names_what_was_measured(capsys, cpu_results, flags, message):
+    ask = ["recommend", "--seq-len", "32", "--heads", "2", "--head-dim", "16", "--dtype", "float32", "--causal",
+           "--results", str(cpu_results)]
+    assert main([*ask, *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_recommend_ranks_and_respects_max_error(capsys, cpu_results):
     everything = _recommend(capsys, cpu_results, "--seq-len", "32")
     ranked = re.findall(r"^\d+\s+(\S+)", everything, re.M)

@@ -44,6 +44,9 @@ class Candidate:
     error_basis: str | None = None  # which figure `error` is: see ERROR_FIGURES
 
 
+ABOVE_MAX_ERROR = "above --max-error"
+
+
 def _first_call(*rows) -> float | None:
     values = [float(r.first_call_ms) for r in rows if r.get("first_call_ms") is not None and pd.notna(r.first_call_ms)]
     return max(values) if values else None
@@ -146,7 +149,7 @@ def rank(frame: pd.DataFrame, query: Query) -> tuple[list[Candidate], list[tuple
         if status_problem:
             excluded.append((label, status_problem))
         elif query.max_error is not None and (found.error is None or found.error > query.max_error):
-            excluded.append((label, f"error {fmt_num(found.error)} ({found.error_basis}) above --max-error "
+            excluded.append((label, f"error {fmt_num(found.error)} ({found.error_basis}) {ABOVE_MAX_ERROR} "
                                     f"{query.max_error:g}"
                              if found.error is not None else "error not measured (no reference for this row)"))
         elif query.memory_budget is not None and found.peak_mem_bytes is not None \
@@ -177,13 +180,15 @@ def format_answer(query: Query, candidates: list[Candidate], excluded: list[tupl
             lines.append(f"{i:<5}{c.impl:<28}{fmt_num(c.time_ms) + ' ms':>12}{fmt_bytes(c.peak_mem_bytes):>12}"
                          f"{fmt_num(c.error):>10} {'(' + (c.error_basis or '–') + ')':<10}{first_call:>10}  {c.basis}")
         lines.append("first call: one-time cost per new shape (compilation, autotuning), not in the time")
-        iid = [c.impl for c in candidates if c.error_basis == "i.i.d."]
-        if iid:
-            lines.append(f"note: {', '.join(iid)} had no local-inputs figure, so the error shown is on i.i.d. inputs; "
-                         "there errors grow with length and rank windows below feature maps, the reverse of their order "
-                         "on peaked attention (`attnbench local-errors FILE` adds the local figures)")
     else:
         lines.append("no implementation qualifies")
+    iid = [c.impl for c in candidates if c.error_basis == "i.i.d."]
+    iid_excluded = [impl for impl, why in excluded if f"(i.i.d.) {ABOVE_MAX_ERROR}" in why]
+    if iid or iid_excluded:
+        by_them = f"; {', '.join(iid_excluded)} excluded by them" if iid_excluded else ""
+        lines.append(f"note: the errors of {', '.join(iid + iid_excluded)} are on i.i.d. inputs (no local-inputs figure)"
+                     f"{by_them}: there errors grow with length and rank windows below feature maps, the reverse of "
+                     "their order on peaked attention (`attnbench local-errors FILE` adds the local figures)")
     if excluded:
         lines.append("")
         lines.append("excluded:")

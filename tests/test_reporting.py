@@ -352,7 +352,11 @@ def test_recommend_says_which_errors_are_on_iid_inputs(capsys, cpu_results, tmp_
     linear = frame[(frame.impl == "linear") & (frame.seq_len == 32) & (frame.causal == False)].iloc[0]  # noqa: E712
     assert re.search(rf"^\d+\s+linear\s.*\s{re.escape(fmt_num(linear.softmax_rel_rms_err))} \(i\.i\.d\.\)", out, re.M)
     assert re.search(r"^\d+\s+performer:features=32\s.*\(local\)", out, re.M)
-    assert "note: linear had no local-inputs figure" in out
+    assert "note: the errors of linear are on i.i.d. inputs (no local-inputs figure):" in out
+    # excluded by the i.i.d. figure: the note names it too, since that figure misranks windows and feature maps
+    strict = _recommend(capsys, path, "--seq-len", "32", "--max-error", f"{linear.softmax_rel_rms_err / 2:g}")
+    assert re.search(r"^  linear: error .* \(i\.i\.d\.\) above --max-error", strict, re.M)
+    assert "note: the errors of linear are on i.i.d. inputs (no local-inputs figure); linear excluded by them:" in strict
 
     # with neither softmax figure, its error against its own twin must not stand in for one
     rewrite_rows(path, lambda r: {**r, "softmax_rel_rms_err": None} if r["impl"] == "linear" else r)

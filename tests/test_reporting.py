@@ -391,5 +391,7 @@ def test_accuracy_chart_leaves_out_an_approximation_without_the_charts_figure(cp
     assert "(i.i.d. inputs" in ax.get_ylabel() and "local" not in ax.get_ylabel()
     performer = at_case[at_case.impl == "performer:features=32"].iloc[0]
     assert (performer.time_ms, performer.softmax_rel_rms_err) in {tuple(c.get_offsets()[0]) for c in ax.collections}
-    for figure in (fig, iid_fig):
+    exact_fig = charts.accuracy_speed_chart(at_case[at_case.family == "exact"], colours(frame.impl), case)
+    assert exact_fig.axes[0].get_ylabel() == "relative RMS error vs exact softmax attention"  # rounding: no inputs named
+    for figure in (fig, iid_fig, exact_fig):
         charts.plt.close(figure)

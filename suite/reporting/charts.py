@@ -167,9 +167,11 @@ def accuracy_speed_chart(frame: pd.DataFrame, colour_of: dict, case: dict) -> Fi
     # Approximations on local inputs where measured: on i.i.d. inputs softmax attention is nearly uniform.
     local = frame.softmax_local_rel_rms_err.notna().any()
     softmax_column = "softmax_local_rel_rms_err" if local else "softmax_rel_rms_err"
-    # Either way the label names the inputs: the i.i.d. figure ranks windows below feature maps, the local one above.
-    inputs = "local inputs" if local else "i.i.d. inputs, softmax nearly uniform"
-    ax.set_ylabel(f"relative RMS error vs exact softmax attention\n({inputs})")
+    # Where approximations are drawn the label names their inputs: the i.i.d. figure ranks windows below
+    # feature maps, the local one above. Exact kernels' rounding needs no such word.
+    approximate = (frame.family != "exact").any()
+    inputs = "\n(local inputs)" if local else "\n(i.i.d. inputs, softmax nearly uniform)" if approximate else ""
+    ax.set_ylabel(f"relative RMS error vs exact softmax attention{inputs}")
     handles, without_figure = {}, []
     for _, row in frame.sort_values("time_ms").iterrows():
         # Exact kernels: their rounding against float64. An approximation's error against its own twin

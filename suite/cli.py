@@ -81,7 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="markdown, charts and HTML from results files")
     report.add_argument("results", nargs="+", help="results files (JSON Lines)")
     report.add_argument("--out", help="output folder (default: reports/<name of the first results file>)")
-    report.add_argument("--baseline", default="sdpa", help="implementation the speed-up chart divides by (default sdpa)")
+    report.add_argument("--baseline", help="implementation the speed-up chart divides by, one measured in the results "
+                                           "(default: sdpa, where it was measured)")
 
     comparing = commands.add_parser("compare", help="regressions between two runs (exit 1 on a regression)")
     comparing.add_argument("baseline", help="results file(s), comma-separated (attnbench JSONL or pytest-benchmark JSON)")

@@ -193,6 +193,21 @@ def test_report_on_only_failed_rows_says_so(tmp_path):
     assert "No case was measured" in markdown and "device=cpu (supported: cuda)" in markdown
 
 
+def test_a_baseline_asked_for_must_have_been_measured(cpu_results, tmp_path, capsys):
+    """A typo in --baseline exits 2 naming the measured implementations, and writes nothing; without the flag,
+    results lacking the default baseline still get a report that says why it has no speed-ups."""
+    out = tmp_path / "report"
+    assert main(["report", str(cpu_results), "--out", str(out), "--baseline", "sdpa-flsh"]) == 2
+    err = capsys.readouterr().err
+    assert "--baseline: 'sdpa-flsh' was not measured in these results (measured: naive, sdpa," in err
+    assert not out.exists()
+    without_sdpa = tmp_path / "no-sdpa.jsonl"
+    without_sdpa.write_text("".join(line + "\n" for line in cpu_results.read_text().splitlines()
+                                    if '"impl": "sdpa"' not in line))
+    assert main(["report", str(without_sdpa), "--out", str(out)]) == 0
+    assert "No speed-up charts: the baseline 'sdpa' was not measured" in (out / "report.md").read_text()
+
+
 @pytest.mark.parametrize("content,message", [
     ("", r"no result rows"),
     ("{not json\n{}\n", r"not valid JSON"),

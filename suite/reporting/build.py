@@ -171,12 +171,22 @@ def _add_crossovers(report: Report, frame: pd.DataFrame, baseline: str) -> None:
         report.add(Heading(group_title(group), 3), table)
 
 
-def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str = "sdpa") -> Path:
+DEFAULT_BASELINE = "sdpa"
+
+
+def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | None = None) -> Path:
+    """Writes the report of `paths` into `out_dir`. A `baseline` asked for must have been measured; without
+    one, `sdpa` is used where it was, and the report says so where it was not."""
     paths = [Path(p) for p in paths]
     try:
         frame = prepare(load(paths))
     except ResultsFormatError as error:
         raise ReportInputError(str(error)) from None
+    measured_impls = impl_order(frame[frame.status.isin(MEASURED)].impl)
+    if baseline is not None and baseline not in measured_impls:
+        raise ReportInputError(f"--baseline: {baseline!r} was not measured in these results "
+                               f"(measured: {', '.join(measured_impls) or 'none'})")
+    baseline = baseline or DEFAULT_BASELINE
     out_dir = Path(out_dir)
     (out_dir / "charts").mkdir(parents=True, exist_ok=True)
     colour_of = colours(frame.impl)

@@ -59,6 +59,7 @@ class ResultsWriter:
     def _write(self, record: dict[str, Any]) -> None:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            _end_last_line(self.path)
             self._file = open(self.path, "a", encoding="utf-8")
             self._write_line(self._header)
         self._write_line(record)
@@ -75,6 +76,27 @@ class ResultsWriter:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _end_last_line(path: Path) -> None:
+    """Before appending: a run killed mid-write leaves a last line without its newline, and the next record
+    would be joined to it, making the file unreadable from there on. A complete record there gets its
+    newline; a torn one (readers already skip it) is cut off."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return
+    start = data.rfind(b"\n") + 1
+    try:
+        json.loads(data[start:])
+    except ValueError:
+        warnings.warn(f"{path}: cutting off an incomplete last line before appending", stacklevel=3)
+        with open(path, "r+b") as file:
+            file.truncate(start)
+        return
+    with open(path, "ab") as file:
+        file.write(b"\n")
 
 
 def _read_records(path: Path) -> Iterable[dict[str, Any]]:

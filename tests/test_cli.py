@@ -1,6 +1,7 @@
 """The command line: bad input exits 2 with one clear line and writes nothing; good input runs."""
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 
@@ -84,6 +85,22 @@ def test_run_prints_a_table_and_writes_rows(tmp_path, capsys):
     assert main(["run", *TINY, "--causal", "both", "--out", str(out), "--resume"]) == 0
     assert "nothing to run" in capsys.readouterr().out
     assert len(results.load(out)) == 4
+
+
+@pytest.mark.parametrize("torn", [True, False])
+def test_resume_after_a_kill_mid_write_keeps_the_file_readable(tmp_path, torn):
+    """A killed run can leave its last line without a newline: torn (cut off, readers skip it anyway) or
+    complete. Appending must not join the next record to it."""
+    out = tmp_path / "r.jsonl"
+    assert main(["run", *TINY, "--causal", "both", "--out", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    last = lines[-1][: len(lines[-1]) // 2] if torn else lines[-1]
+    out.write_text("\n".join(lines[:-1] + [last]))  # no newline at the end
+    with pytest.warns(UserWarning, match="incomplete last line") if torn else contextlib.nullcontext():
+        # one more length, so that rows are appended either way (the torn row's case runs again)
+        assert main(["run", *TINY, "--seq-len", "17,20", "--causal", "both", "--out", str(out), "--resume"]) == 0
+    frame = results.load(out)
+    assert len(frame) == 8 and frame.status.notna().all()
 
 
 def _as_if_naive_dense_ran_out_of_memory(row: dict) -> dict:

@@ -62,12 +62,12 @@ def amend_local_errors(rows: list[dict[str, Any]], writer: ResultsWriter,
     `measure(impl, case)`'s."""
     todo = rows_to_amend(rows, redo, impls)
     result = Amendment(already_there=len(rows_to_amend(rows, True, impls)) - len(todo))
-    impls: dict[str, Implementation] = {}
+    built: dict[str, Implementation] = {}
     for number, row in enumerate(todo, 1):
         case = Case.from_row(row)
-        if row["impl"] not in impls:  # one instance per label: it keeps its per-shape state (masks, features)
-            impls[row["impl"]] = build_impl(row["impl"])
-        impl = impls[row["impl"]]
+        if row["impl"] not in built:  # one instance per label: it keeps its per-shape state (masks, features)
+            built[row["impl"]] = build_impl(row["impl"])
+        impl = built[row["impl"]]
         reasons = impl.supports(case)
         if reasons:
             result.cannot_run_here["; ".join(reasons)] += 1

@@ -96,3 +96,16 @@ def test_summary_has_one_table_per_shape_and_leaves_unmeasured_variants_empty():
     wide = summary["GPU · H16 D128 · bfloat16"]
     assert wide.header == ["implementation", "dense fwd", "causal fwd"]
     assert sorted(wide.rows) == [["fast", "", "from 1000 · 2× at 1000"], ["other", "from 1000 · 2× at 1000", ""]]
+
+
+def test_a_ratio_resting_on_an_accuracy_mismatch_is_marked():
+    """The speed of a wrong result: in the table at that length, in the summary wherever it happened."""
+    wrong = _rows("wrong-at-2K", {1024: 0.5, 2048: 1.0, 4096: 2.0})
+    wrong[1]["status"] = "mismatch"
+    frame = _frame(_variant(_rows("base", {1024: 1.0, 2048: 2.0, 4096: 4.0}), causal=False, mode="fwd"),
+                   _variant(wrong, causal=False, mode="fwd"),
+                   _variant(_rows("right", {1024: 0.5, 2048: 1.0, 4096: 2.0}), causal=False, mode="fwd"))
+    rows = {row[0]: row for row in crossover_table(frame, "base").rows}
+    assert rows["wrong-at-2K"][2:] == ["2×", "2×!", "2×"] and rows["right"][2:] == ["2×", "2×", "2×"]
+    ((_, table),) = crossover_summary(frame, "base")
+    assert sorted(table.rows) == [["right", "from 1K · 2× at 4K"], ["wrong-at-2K", "from 1K · 2× at 4K!"]]

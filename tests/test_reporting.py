@@ -410,3 +410,16 @@ def test_accuracy_chart_leaves_out_an_approximation_without_the_charts_figure(cp
     assert exact_fig.axes[0].get_ylabel() == "relative RMS error vs exact softmax attention"  # rounding: no inputs named
     for figure in (fig, iid_fig, exact_fig):
         charts.plt.close(figure)
+
+
+def test_report_marks_speed_ups_that_rest_on_a_mismatch(cpu_results, tmp_path):
+    from tests.results_files import rewrite_rows
+
+    path = tmp_path / "mismatch.jsonl"
+    path.write_text(cpu_results.read_text())
+    rewrite_rows(path, lambda r: {**r, "status": "mismatch", "accuracy_ok": False, "reason": "injected"}
+                 if r["impl"] == "linear" and r["seq_len"] == 64 and not r["causal"] else r)
+    assert main(["report", str(path), "--out", str(tmp_path / "report"), "--baseline", "naive"]) == 0
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "! = it or naive failed its accuracy check there" in markdown
+    assert re.search(r"^\| linear \|.*×! \|$", markdown, re.M)

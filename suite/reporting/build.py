@@ -13,7 +13,7 @@ from ..workload import LOCAL_CORRELATION_TOKENS, LOCAL_REFERENCE_TOKENS, LOCAL_S
 from . import charts
 from .attention_maps import attention_map_chart
 from .blocks import Heading, Image, Paragraph, Report, Table, to_html, to_markdown
-from .crossover import crossover_summary, crossover_table
+from .crossover import MISMATCH_MARK, crossover_summary, crossover_table
 from .data import MEASURED, ReportInputError, colours, fmt_bytes, fmt_num, group_title, groups, impl_order, prepare
 from .first_calls import first_call_table
 
@@ -159,10 +159,13 @@ def _add_crossovers(report: Report, frame: pd.DataFrame, baseline: str) -> None:
     tables = [(group, table) for group, table in tables if table is not None]
     if not tables:
         return
+    mismatch = (frame.status == "mismatch").any()
     report.add(Heading(f"Speed-up over {baseline}"), Paragraph(
         f"Median time of {baseline} over each implementation's, per length. \"Faster from\" is the shortest "
         f"length from which an implementation is faster at every longer length measured (a length where "
-        f"{baseline} could not run counts as faster; one where the implementation could not run shows why)."))
+        f"{baseline} could not run counts as faster; one where the implementation could not run shows why)."
+        + (f" {MISMATCH_MARK} = it or {baseline} failed its accuracy check there (in a summary: at some length): "
+           "the speed of a wrong result." if mismatch else "")))
     for title, table in crossover_summary(frame, baseline):
         report.add(Heading(f"At a glance: {title}", 3), Paragraph(
             f"Where each implementation starts to beat {baseline}, and its speed-up at the longest length "

@@ -5,7 +5,8 @@ faster means a ratio of medians above 1 by more than the two rows' summed relati
 ratio is a tie, marked ≈, as `attnbench compare` would call it "same"). A length where the baseline
 could not run (out of memory, unsupported) but the implementation could counts in the
 implementation's favour; one where the implementation could not run is shown with its status and
-compares nothing.
+compares nothing. A ratio where either row failed its accuracy check is marked `!`: the speed of a
+wrong result.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class Crossover:
     faster_from: int | None  # None: not faster at the longest length compared
     longest: int  # the longest length compared
     ties: set[int]  # lengths where the ratio is within the measurements' spread
+    mismatched: set[int]  # lengths where it or the baseline disagreed with its float64 twin
 
     def describe(self) -> str:
         return f"never up to {self.longest}" if self.faster_from is None else str(self.faster_from)
@@ -53,6 +55,7 @@ def crossovers(part: pd.DataFrame, baseline: str) -> list[Crossover]:
         speedups: dict[int, float | str] = {}
         wins: dict[int, bool] = {}
         ties: set[int] = set()
+        mismatched: set[int] = set()
         for length in sorted(mine):
             row, other = mine[length], base.get(length)
             if row.status not in MEASURED:
@@ -69,6 +72,8 @@ def crossovers(part: pd.DataFrame, baseline: str) -> list[Crossover]:
                 wins[length] = ratio > 1 + noise
                 if abs(ratio - 1) <= noise:
                     ties.add(length)
+                if "mismatch" in (row.status, other.status):
+                    mismatched.add(length)
         if not wins:
             continue  # nothing to compare: this implementation never ran here
         faster_from = None
@@ -76,16 +81,19 @@ def crossovers(part: pd.DataFrame, baseline: str) -> list[Crossover]:
             if not wins[length]:
                 break
             faster_from = length
-        found.append(Crossover(impl, speedups, faster_from, max(wins), ties))
+        found.append(Crossover(impl, speedups, faster_from, max(wins), ties, mismatched))
     return found
 
 
-def _ratio_cell(value: float | str | None, tie: bool) -> str:
+MISMATCH_MARK = "!"
+
+
+def _ratio_cell(value: float | str | None, tie: bool, mismatch: bool = False) -> str:
     if value is None:
         return ""
     if isinstance(value, str):
         return value
-    return f"{'≈' if tie else ''}{fmt_num(value, 3)}×"
+    return f"{'≈' if tie else ''}{fmt_num(value, 3)}×{MISMATCH_MARK if mismatch else ''}"
 
 
 def crossover_table(part: pd.DataFrame, baseline: str) -> Table | None:
@@ -93,7 +101,8 @@ def crossover_table(part: pd.DataFrame, baseline: str) -> Table | None:
     if not found:
         return None
     lengths = sorted({length for c in found for length in c.speedups})
-    rows = [[c.impl, c.describe(), *(_ratio_cell(c.speedups.get(length), length in c.ties) for length in lengths)] for c in found]
+    rows = [[c.impl, c.describe(), *(_ratio_cell(c.speedups.get(length), length in c.ties, length in c.mismatched)
+                                     for length in lengths)] for c in found]
     return Table(["implementation", f"faster than {baseline} from", *(str(length) for length in lengths)], rows)
 
 
@@ -103,11 +112,12 @@ def fmt_length(length: int) -> str:
 
 
 def _summary_cell(found: Crossover) -> str:
-    """E.g. `from 2K · 20× at 32K`, or `never · 0.93× at 16K`: the crossover and the longest length's ratio."""
+    """E.g. `from 2K · 20× at 32K`, or `never · 0.93× at 16K`: the crossover and the longest length's ratio;
+    marked `!` if any length's comparison involved an accuracy mismatch (the crossover rests on it too)."""
     start = "never" if found.faster_from is None else f"from {fmt_length(found.faster_from)}"
     at_longest = found.speedups[found.longest]
     ratio = at_longest if isinstance(at_longest, str) else _ratio_cell(at_longest, found.longest in found.ties)
-    return f"{start} · {ratio} at {fmt_length(found.longest)}"
+    return f"{start} · {ratio} at {fmt_length(found.longest)}{MISMATCH_MARK if found.mismatched else ''}"
 
 
 def crossover_summary(frame: pd.DataFrame, baseline: str) -> list[tuple[str, Table]]:

@@ -423,3 +423,20 @@ def test_report_marks_speed_ups_that_rest_on_a_mismatch(cpu_results, tmp_path):
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "! = it or naive failed its accuracy check there" in markdown
     assert re.search(r"^\| linear \|.*×! \|$", markdown, re.M)
+
+
+def test_charts_ring_points_that_failed_their_accuracy_check(cpu_results):
+    frame = prepare(load(cpu_results))
+    part = frame[(frame.causal == False) & (frame["mode"] == "fwd")].copy()  # noqa: E712
+    wrong = (part.impl == "linear") & (part.seq_len == 64)
+    part.loc[wrong, "status"] = "mismatch"
+    group = {"gpu": "cpu", "dtype": "float32", "causal": False, "mode": "fwd"}
+    linear = part[wrong].iloc[0]
+    naive = part[(part.impl == "naive") & (part.seq_len == 64)].iloc[0]
+    expected = {"time": (64.0, linear.time_ms), "speed-up": (64.0, naive.time_ms / linear.time_ms)}
+    for name, fig in (("time", charts.throughput_chart(part, colours(frame.impl), group)),
+                      ("speed-up", charts.speedup_chart(part, colours(frame.impl), group, "naive"))):
+        assert "accuracy mismatch (red ring)" in {text.get_text() for text in fig.legends[0].get_texts()}, name
+        rings = [c for c in fig.axes[0].collections if len(c.get_offsets()) and not c.get_facecolor().any()]
+        assert [tuple(ring.get_offsets()[0]) for ring in rings] == [pytest.approx(expected[name])], name
+        charts.plt.close(fig)

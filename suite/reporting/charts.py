@@ -77,9 +77,16 @@ class _SparseMinorLabels(ticker.Formatter):
         return ""
 
 
+OOM_LABEL = "out of memory (×)"
+MISMATCH_LABEL = "accuracy mismatch (red ring)"
+
+
 def _finish(fig: Figure, handles: dict) -> Figure:
     if handles:
-        fig.legend(handles.values(), handles.keys(), loc="outside right center", fontsize=9, title="implementation")
+        # implementations first, then the markers that qualify their points
+        ordered = sorted(handles.items(), key=lambda item: item[0] in (OOM_LABEL, MISMATCH_LABEL))
+        fig.legend([h for _, h in ordered], [label for label, _ in ordered], loc="outside right center", fontsize=9,
+                   title="implementation")
     return fig
 
 
@@ -89,7 +96,14 @@ def _mark_oom(ax, part: pd.DataFrame, label: str, colour, handles: dict) -> None
         return
     ymin = ax.get_ylim()[0] if ax.has_data() else 1.0
     marker = ax.scatter(_floats(failed.seq_len), [ymin] * len(failed), marker="x", color=colour, s=60, zorder=5, clip_on=False)
-    handles.setdefault("out of memory (×)", marker)
+    handles.setdefault(OOM_LABEL, marker)
+
+
+def _mark_mismatch(ax, x, y, handles: dict) -> None:
+    """Ring the points whose row failed its accuracy check: the speed or memory of a wrong result."""
+    if len(x):
+        ring = ax.scatter(x, y, s=90, facecolors="none", edgecolors="red", linewidths=1.2, zorder=6)
+        handles.setdefault(MISMATCH_LABEL, ring)
 
 
 def throughput_chart(frame: pd.DataFrame, colour_of: dict, group: dict, metric: str = "time_ms") -> Figure:
@@ -105,6 +119,8 @@ def throughput_chart(frame: pd.DataFrame, colour_of: dict, group: dict, metric: 
                 x, y = _floats(rows.seq_len), _floats(rows[metric])
                 (line,) = ax.plot(x, y, marker="o", ms=3, color=colour_of[label], label=label)
                 handles.setdefault(label, line)
+                wrong = (rows.status == "mismatch").to_numpy()
+                _mark_mismatch(ax, x[wrong], y[wrong], handles)
                 if metric == "time_ms":
                     half = _floats(rows.time_iqr_ms.fillna(0)) / 2
                     ax.fill_between(x, y - half, y + half, color=colour_of[label], alpha=0.2)
@@ -121,9 +137,11 @@ def memory_chart(frame: pd.DataFrame, colour_of: dict, group: dict) -> Figure:
         for label in impl_order(part.impl):
             rows = part[(part.impl == label) & part.status.isin(MEASURED) & (part.peak_mem_bytes > 0)].sort_values("seq_len")
             if not rows.empty:
-                gib = _floats(rows.peak_mem_bytes) / 2**30
-                (line,) = ax.plot(_floats(rows.seq_len), gib, marker="o", ms=3, color=colour_of[label])
+                x, gib = _floats(rows.seq_len), _floats(rows.peak_mem_bytes) / 2**30
+                (line,) = ax.plot(x, gib, marker="o", ms=3, color=colour_of[label])
                 handles.setdefault(label, line)
+                wrong = (rows.status == "mismatch").to_numpy()
+                _mark_mismatch(ax, x[wrong], gib[wrong], handles)
         for label in impl_order(part.impl):
             _mark_oom(ax, part[part.impl == label], label, colour_of[label], handles)
     return _finish(fig, handles)
@@ -137,16 +155,20 @@ def speedup_chart(frame: pd.DataFrame, colour_of: dict, group: dict, baseline: s
     handles: dict = {}
     for ax, part in panels:
         ok = part[part.status.isin(MEASURED)]
-        base = ok[ok.impl == baseline].set_index("seq_len").time_ms
+        base = ok[ok.impl == baseline].set_index("seq_len")
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
         for label in impl_order(ok.impl):
             if label == baseline:
                 continue
-            rows = ok[ok.impl == label].set_index("seq_len").time_ms
-            ratio = (base / rows).dropna()
+            rows = ok[ok.impl == label].set_index("seq_len")
+            ratio = (base.time_ms / rows.time_ms).dropna()
             if not ratio.empty:
-                (line,) = ax.plot(_floats(ratio.index), _floats(ratio), marker="o", ms=3, color=colour_of[label])
+                x, y = _floats(ratio.index), _floats(ratio)
+                (line,) = ax.plot(x, y, marker="o", ms=3, color=colour_of[label])
                 handles.setdefault(label, line)
+                mismatched = set(rows.index[rows.status == "mismatch"]) | set(base.index[base.status == "mismatch"])
+                wrong = np.array([length in mismatched for length in ratio.index], dtype=bool)
+                _mark_mismatch(ax, x[wrong], y[wrong], handles)
         for label in impl_order(part.impl):
             if label != baseline:
                 _mark_oom(ax, part[part.impl == label], label, colour_of[label], handles)

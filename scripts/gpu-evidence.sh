@@ -1,24 +1,34 @@
 #!/usr/bin/env bash
 # On a GPU host without internet access: install any wheels placed in .whl/ (scripts/fetch-gpu-wheels.sh
-# downloads xformers and fla-core there beforehand), run the
-# GPU tests and one or more presets, and write everything under $OUT (results, logs, environment).
+# downloads xformers and fla-core there beforehand), run the GPU tests and one or more presets, and write
+# everything under $OUT in few files (hosts that hand back only a handful of files get all of them):
+#   machine.txt                 nvidia-smi, `attnbench list --device cuda`, `attnbench env`
+#   pytest-gpu.txt              the GPU tests (with --tests)
+#   DATE_GPU_PRESET.jsonl       each preset's results
+#   log-PRESET.txt              its --dry-run plan, the run's table and progress, and local-errors' output
+#   profiles.txt                `attnbench profile` of each PROFILE implementation
+#   GPU-triton-autotune.tgz     Triton's autotuning results
 # Usage: bash scripts/gpu-evidence.sh PRESET[,PRESET...]|- [TIMEOUT_S_PER_PRESET] [--tests]
 # Each preset starts a new results file (named by date and GPU; -2, -3, ... when one exists under
 # results/), unless RESUME_FILE names a results file of that preset to continue.
 # Environment: TEST_TIMEOUT_S, TEST_SELECT (pytest -k), RUN_FLAGS (extra `attnbench run` flags),
 # RETRY (with RESUME_FILE: statuses whose rows run again, e.g. oom), LOCAL_ERRORS=1 (then `attnbench local-errors`
 # on the preset's file, within the same time limit; LOCAL_ERRORS=NAME[,NAME...]: only those implementations' rows),
-# PROFILE ("IMPL[ IMPL...]": `attnbench profile` each at PROFILE_FLAGS, default 64K tokens, D128, causal fwd+bwd).
+# PROFILE ("IMPL[ IMPL...]": `attnbench profile` each at PROFILE_FLAGS, default 64K tokens, D128, causal fwd+bwd),
+# DEVICE=cpu (a rehearsal of the same steps on a machine without a GPU: small presets such as smoke),
+# PYTHON (the interpreter with torch; default python3, e.g. .venv/bin/python for a rehearsal).
 # Triton autotuning results (fla retunes some kernels at every batch size, ~10-20 s each) are written to
 # $OUT/GPU-triton-autotune.tgz; placed in .gpu-cache/ on a later call for the same GPU model, they are reused,
 # and `first_call_ms` then leaves out the search (it still includes compilation).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/attnbench-out}
+DEVICE=${DEVICE:-cuda}
+PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:$PWD
 else
   export PYTHONPATH=$PWD
@@ -26,10 +36,14 @@ fi
 presets=${1:-quick}
 [ "$presets" = "-" ] && presets=""  # "-": tests and profiles only
 limit=${2:-540}
-nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit,temperature.gpu --format=csv | tee "$OUT/machine.txt"
-python3 -m suite env > "$OUT/env.json"
-python3 -m suite list --device cuda 2>&1 | tee -a "$OUT/machine.txt"
-gpu=$(python3 -c "import torch, re; print(re.sub(r'[^a-z0-9]+', '-', torch.cuda.get_device_name().lower()).strip('-'))")
+{
+  [ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit,temperature.gpu --format=csv
+  "$PY" -m suite list --device "$DEVICE" 2>&1
+  "$PY" -m suite env
+} > "$OUT/machine.txt"
+head -n 2 "$OUT/machine.txt"
+gpu=$("$PY" -c "import re, sys; from suite.environment import machine_name
+print(re.sub(r'[^a-z0-9]+', '-', machine_name(sys.argv[1]).lower()).strip('-'))" "$DEVICE")
 export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton-cache}
 mkdir -p "$TRITON_CACHE_DIR"
 tuned=".gpu-cache/$gpu-triton-autotune.tgz"
@@ -40,7 +54,7 @@ save_tuning() {
 if [ "${3:-}" = "--tests" ]; then
   # SIGINT: pytest stops and prints its summary of what ran; -v names each result as it comes, so the log
   # still says which tests passed if a long Triton autotune ignores the interrupt and pytest is killed.
-  timeout --signal=INT --kill-after=30 "${TEST_TIMEOUT_S:-300}" python3 -m pytest -m gpu -v -p no:cacheprovider --durations=12 ${TEST_SELECT:+-k "$TEST_SELECT"} tests > "$OUT/pytest-gpu.txt" 2>&1
+  timeout --signal=INT --kill-after=30 "${TEST_TIMEOUT_S:-300}" "$PY" -m pytest -m gpu -v -p no:cacheprovider --durations=12 ${TEST_SELECT:+-k "$TEST_SELECT"} tests > "$OUT/pytest-gpu.txt" 2>&1
   grep -E "FAILED|ERROR|passed|failed" "$OUT/pytest-gpu.txt" | grep -v " PASSED" | tail -n 40
 fi
 for preset in ${presets//,/ }; do
@@ -52,21 +66,30 @@ for preset in ${presets//,/ }; do
     while [ -f "results/$name.jsonl" ]; do name="$base-$n"; n=$((n + 1)); done
   fi
   out="$OUT/$name.jsonl"
-  python3 -m suite run --preset "$preset" --device cuda --out "$out" $resume ${RUN_FLAGS:-} --dry-run 2>&1 | tee "$OUT/plan-$preset.txt" | tail -n 4
-  timeout --signal=INT "$limit" python3 -m suite run --preset "$preset" --device cuda --out "$out" $resume ${RUN_FLAGS:-} \
-    > "$OUT/run-$preset.txt" 2> "$OUT/run-$preset.log"
-  echo "preset $preset exit $?"
-  tail -n 40 "$OUT/run-$preset.txt"
+  log="$OUT/log-$preset.txt"
+  echo "== plan" > "$log"
+  "$PY" -m suite run --preset "$preset" --device "$DEVICE" --out "$out" $resume ${RUN_FLAGS:-} --dry-run >> "$log" 2>&1
+  tail -n 4 "$log"
+  echo "== run (progress, then the table)" >> "$log"
+  timeout --signal=INT "$limit" "$PY" -m suite run --preset "$preset" --device "$DEVICE" --out "$out" $resume ${RUN_FLAGS:-} \
+    >> "$log" 2>&1
+  echo "preset $preset exit $?" | tee -a "$log"
+  sed -n '/^case /,/^results: /p' "$log" | tail -n 40  # the run's table
   if [ -n "${LOCAL_ERRORS:-}" ]; then  # add the local-inputs figures to approximate rows that lack them
     only=""; [ "$LOCAL_ERRORS" != 1 ] && only="--impl $LOCAL_ERRORS"
-    timeout --signal=INT "$limit" python3 -m suite local-errors "$out" $only > "$OUT/local-errors-$preset.txt" 2>&1
-    echo "local-errors $preset exit $?"; tail -n 3 "$OUT/local-errors-$preset.txt"
+    echo "== local-errors" >> "$log"
+    timeout --signal=INT "$limit" "$PY" -m suite local-errors "$out" $only >> "$log" 2>&1
+    status=$?
+    tail -n 3 "$log"; echo "local-errors $preset exit $status" | tee -a "$log"
   fi
-  save_tuning
+  [ "$DEVICE" = cuda ] && save_tuning
 done
 for impl in ${PROFILE:-}; do
-  timeout 300 python3 -m suite profile --impl "$impl" ${PROFILE_FLAGS:---seq-len 4096 --batch 16 --heads 16 --head-dim 128 --causal --mode fwd+bwd} \
-    --rows 25 > "$OUT/profile-${impl//[:=,]/_}.txt" 2>&1
+  echo "== profile $impl" >> "$OUT/profiles.txt"
+  timeout 300 "$PY" -m suite profile --impl "$impl" --device "$DEVICE" \
+    ${PROFILE_FLAGS:---seq-len 4096 --batch 16 --heads 16 --head-dim 128 --causal --mode fwd+bwd} \
+    --rows 25 >> "$OUT/profiles.txt" 2>&1
   echo "profile $impl exit $?"
 done
-save_tuning
+[ "$DEVICE" = cuda ] && save_tuning
+ls "$OUT"

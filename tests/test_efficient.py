@@ -280,3 +280,15 @@ def test_a_performer_bug_still_fails_its_twin_check(monkeypatch, seq_len):
     monkeypatch.setattr(performer, "favor_features_fast", lambda x, p, *, is_query: plain(x, p, is_query=True))
     with pytest.raises(AssertionError, match="beyond tolerance"):
         assert_matches_twin("performer", Case(1, 2, seq_len, 16, "bfloat16", False, "fwd+bwd", "cpu"), input_seed=5)
+
+
+@pytest.mark.parametrize("name", ["linear", "performer"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_float16_matches_the_twin_on_cpu(name, causal):
+    """float16, which the CPU's awkward cases leave out: these two keep features and running sums in float32,
+    and on the CPU their half-precision products are taken in float32, as the GPU's float32-output matmuls do.
+    The GPU tests' largest shape, with their seed."""
+    from suite.case import Case
+    from tests.twin_check import assert_matches_twin
+
+    assert_matches_twin(name, Case(2, 4, 257, 128, "float16", causal, "fwd+bwd", "cpu"), input_seed=257)

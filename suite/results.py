@@ -125,6 +125,17 @@ def recorded_machine(environment: dict[str, Any]) -> str | None:
     return environment.get("gpu") if environment.get("device") == "cuda" else environment.get("cpu")
 
 
+def batching(run: dict[str, Any], row: dict[str, Any]) -> str | None:
+    """How the run that measured `row` chose its batch: `16384 tokens per batch` (batch = tokens // seq_len),
+    `batch 4` (one batch for every length), or None where its header does not say. Rows of different
+    batchings measure different work at the same length, so they are never compared or drawn as one series."""
+    grid = run.get("grid") or {}
+    if grid.get("batch"):
+        return f"batch {row.get('batch')}"
+    tokens = grid.get("tokens_per_batch")
+    return f"{tokens} tokens per batch" if tokens else None
+
+
 def key_of_row(row: dict[str, Any]) -> tuple:
     """(impl, *case fields): what a row measured; runner.row_key gives a case being run the same key."""
     return (row.get("impl"), *(row.get(field) for field in CASE_FIELDS))
@@ -144,17 +155,19 @@ def read(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 
 def load(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     """All result rows of one or many files, with each row's GPU name (`gpu`), the model that timed it
-    (`machine`: its GPU, or its CPU) and source file."""
+    (`machine`: its GPU, or its CPU), how its run chose the batch (`batching`) and source file."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     frames = []
     for path in paths:
         runs, rows = read(Path(path))
-        environment = {run["run_id"]: run.get("environment", {}) for run in runs}
+        by_id = {run["run_id"]: run for run in runs}
         for row in rows:
-            env = environment.get(row.get("run_id"), {})
+            run = by_id.get(row.get("run_id"), {})
+            env = run.get("environment", {})
             row.setdefault("gpu", env.get("gpu"))
             row["machine"] = recorded_machine(env)
+            row["batching"] = batching(run, row)
             row["source"] = str(path)
         frames.append(pd.DataFrame(rows))
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -440,3 +440,32 @@ def test_charts_ring_points_that_failed_their_accuracy_check(cpu_results):
         rings = [c for c in fig.axes[0].collections if len(c.get_offsets()) and not c.get_facecolor().any()]
         assert [tuple(ring.get_offsets()[0]) for ring in rings] == [pytest.approx(expected[name])], name
         charts.plt.close(fig)
+
+
+def test_results_of_two_batchings_are_compared_and_drawn_apart(tmp_path):
+    """Files of two presets can hold the same case at different batches: each ratio and line is within one."""
+    paths = []
+    for tokens in (64, 256):
+        path = tmp_path / f"tokens-{tokens}.jsonl"
+        cases = [Case(tokens // n, 2, n, 16, "float32", False, "fwd", "cpu") for n in (16, 32)]
+        writer = ResultsWriter(path, {"device": "cpu", "cpu": "test cpu"},
+                               {"grid": {"batch": None, "tokens_per_batch": tokens}})
+        run_cases([config.build_impl("--impl", spec) for spec in ("naive", "linear")], cases, settings=FAST,
+                  on_row=writer.append)
+        writer.close()
+        paths.append(path)
+    frame = prepare(load(paths))
+    assert sorted(set(frame.batching)) == ["256 tokens per batch", "64 tokens per batch"]
+    out = tmp_path / "report"
+    assert main(["report", *map(str, paths), "--out", str(out), "--baseline", "naive"]) == 0
+    markdown = (out / "report.md").read_text()
+    for tokens in (64, 256):
+        rows = frame[frame.batching == f"{tokens} tokens per batch"].set_index(["impl", "seq_len"]).time_ms
+        ratio = fmt_num(rows["naive", 32] / rows["linear", 32], 3)
+        section = markdown.split(f"### cpu · {tokens} tokens per batch · H2 D16 · float32 · dense · fwd\n")[1]
+        assert re.search(rf"^\| linear \| .* \| ≈?{re.escape(ratio)}× \|$", section.split("###")[0], re.M), section[:500]
+        assert (out / "charts" / f"speedup-cpu-{tokens}-tokens-per-batch-float32-dense-fwd.png").exists()
+
+    # one batching alone needs no word in titles and file names
+    assert main(["report", str(paths[0]), "--out", str(tmp_path / "one"), "--baseline", "naive"]) == 0
+    assert "tokens per batch" not in (tmp_path / "one" / "report.md").read_text()

@@ -17,7 +17,7 @@ from .crossover import MISMATCH_MARK, crossover_summary, crossover_table
 from .data import MEASURED, ReportInputError, colours, fmt_bytes, fmt_num, group_title, groups, impl_order, prepare
 from .first_calls import first_call_table
 
-CHART_KEYS = ("device", "gpu", "dtype", "causal", "mode")
+CHART_KEYS = ("device", "gpu", "batching", "dtype", "causal", "mode")
 
 
 def _slug(*parts) -> str:
@@ -136,7 +136,7 @@ def _accuracy_case(frame: pd.DataFrame) -> dict | None:
     ok = frame[frame.status.isin(MEASURED)]
     if ok.empty:
         return None
-    keys = ["seq_len", "heads", "head_dim", "dtype", "causal", "mode", "gpu"]
+    keys = ["seq_len", "batch", "heads", "head_dim", "dtype", "causal", "mode", "gpu"]
     counts = ok.groupby(keys).impl.nunique().reset_index(name="n")
     counts["fwd"] = counts["mode"] == "fwd"
     best = counts.sort_values(["n", "fwd", "seq_len"], ascending=False).iloc[0]
@@ -211,11 +211,12 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | N
         if baseline not in set(measured.impl):
             report.add(Paragraph(f"No speed-up charts: the baseline {baseline!r} was not measured in these results "
                                  "(choose another with --baseline)."))
-        for key, part in frame.groupby(list(CHART_KEYS), sort=True):
+        for key, part in frame.groupby(list(CHART_KEYS), sort=True, dropna=False):
             group = dict(zip(CHART_KEYS, key))
             if not part.status.isin(MEASURED).any():
                 continue
-            slug = _slug(group["gpu"], group["dtype"], "causal" if group["causal"] else "dense", group["mode"])
+            batching = [group["batching"]] if isinstance(group["batching"], str) else []
+            slug = _slug(group["gpu"], *batching, group["dtype"], "causal" if group["causal"] else "dense", group["mode"])
             report.add(Heading(group_title(group), 3))
             chart(charts.throughput_chart(part, colour_of, group, "time_ms"), f"time-{slug}", "median time vs sequence length")
             if part.peak_mem_bytes.notna().any():

@@ -8,8 +8,9 @@ import pandas as pd
 
 import implementations
 
-# Cases that differ only in seq_len (and the batch that goes with it) are drawn and tabulated together.
-GROUP_KEYS = ("device", "gpu", "heads", "kv_heads", "head_dim", "dtype", "causal", "mode")
+# Cases that differ only in seq_len (and the batch that goes with it) are drawn and tabulated together;
+# `batching` (how the batch goes with it) is set only where the results mix several.
+GROUP_KEYS = ("device", "gpu", "batching", "heads", "kv_heads", "head_dim", "dtype", "causal", "mode")
 MEASURED = ("ok", "mismatch")
 
 
@@ -22,6 +23,9 @@ def prepare(frame: pd.DataFrame) -> pd.DataFrame:
         raise ReportInputError("the results hold no result rows")
     frame = frame.copy()
     frame["gpu"] = frame["gpu"].fillna("cpu")
+    # Several batchings (files of two presets, say) are kept apart; one needs no word in the titles.
+    batchings = frame["batching"].fillna("batch as recorded") if "batching" in frame else None
+    frame["batching"] = batchings if batchings is not None and batchings.nunique() > 1 else None
     for column in ("time_ms", "time_iqr_ms", "tflops", "peak_mem_bytes", "rel_rms_err", "softmax_rel_rms_err",
                    "softmax_local_rel_rms_err"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
@@ -39,7 +43,8 @@ def group_title(group: dict) -> str:
     shape = [f"H{group['heads']}{grouped} D{group['head_dim']}"] if "heads" in group else []
     mask = [] if "causal" not in group else ["causal" if group["causal"] else "dense"]
     mode = [group["mode"]] if "mode" in group else []
-    return " · ".join([str(group["gpu"]), *shape, group["dtype"], *mask, *mode])
+    batching = [group["batching"]] if isinstance(group.get("batching"), str) else []
+    return " · ".join([str(group["gpu"]), *batching, *shape, group["dtype"], *mask, *mode])
 
 
 def impl_order(labels: Iterable[str]) -> list[str]:

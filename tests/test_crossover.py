@@ -110,3 +110,10 @@ def test_a_ratio_resting_on_an_accuracy_mismatch_is_marked():
     assert rows["wrong-at-2K"][2:] == ["2×", "2×!", "2×"] and rows["right"][2:] == ["2×", "2×", "2×"]
     ((_, table),) = crossover_summary(frame, "base")
     assert sorted(table.rows) == [["right", "from 1K · 2× at 4K"], ["wrong-at-2K", "from 1K · 2× at 4K!"]]
+
+
+def test_summary_has_a_column_for_the_backward_alone():
+    frame = _frame(_variant(_rows("base", {1024: 1.0, 2048: 2.0}), causal=True, mode="bwd"),
+                   _variant(_rows("fast", {1024: 0.5, 2048: 1.0}), causal=True, mode="bwd"))
+    ((_, table),) = crossover_summary(frame, "base")
+    assert table.header == ["implementation", "causal bwd"] and table.rows == [["fast", "from 1K · 2× at 2K"]]

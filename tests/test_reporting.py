@@ -37,11 +37,14 @@ def cpu_results(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def gpu_like_results(cpu_results, tmp_path_factory) -> Path:
-    """The CPU run's rows with the memory a GPU run would record, and naive out of memory at 64."""
+    """The CPU run's rows with the memory a GPU run would record, and naive out of memory at 64, as if from
+    another machine (a report keeps one row per case and machine)."""
     lines = cpu_results.read_text().splitlines()
     out = []
     for line in lines:
         record = json.loads(line)
+        if record.get("record") == "run":
+            record["environment"] = {**record["environment"], "device": "cuda", "gpu": "Test GPU"}
         if record.get("record") == "result" and record["status"] == "ok":
             n = record["seq_len"]
             record["peak_mem_bytes"] = (4 * n * n * 2 if record["impl"] == "naive" else 64 * n * 2)
@@ -71,7 +74,9 @@ def test_report_writes_charts_markdown_and_html(cpu_results, gpu_like_results, t
     assert "unsupported" in markdown and "oom" in markdown
     assert "vs softmax" in markdown and "i.i.d. standard normal" in markdown
     assert "## Speed-up over naive" in markdown and "faster than naive from" in markdown
-    assert "## One-time costs" in markdown and "| performer:features=32 | fwd | 12 |" in markdown  # 6 rows in each file
+    assert "## One-time costs" in markdown  # per machine: 6 rows of each file
+    for machine in ("cpu", "Test GPU"):
+        assert f"| {machine} | performer:features=32 | fwd | 6 |" in markdown
 
 
 def test_report_of_exact_implementations_only_has_no_approximation_caveat(tmp_path):
@@ -469,3 +474,19 @@ def test_results_of_two_batchings_are_compared_and_drawn_apart(tmp_path):
     # one batching alone needs no word in titles and file names
     assert main(["report", str(paths[0]), "--out", str(tmp_path / "one"), "--baseline", "naive"]) == 0
     assert "tokens per batch" not in (tmp_path / "one" / "report.md").read_text()
+
+
+def test_a_case_in_two_files_of_one_machine_appears_once_from_the_last(cpu_results, tmp_path):
+    from tests.results_files import rewrite_rows
+
+    later = tmp_path / "later.jsonl"
+    later.write_text(cpu_results.read_text())
+    rewrite_rows(later, lambda r: {**r, "time_ms": r["time_ms"] * 2 if r.get("time_ms") else r.get("time_ms")})
+    out = tmp_path / "report"
+    assert main(["report", str(cpu_results), str(later), "--out", str(out), "--baseline", "naive"]) == 0
+    markdown = (out / "report.md").read_text()
+    rows = len(load(cpu_results))
+    assert f"{rows} result rows" in markdown and f"{rows} rows measured a case that a later file measured" in markdown
+    naive = load(later).query("impl == 'naive' and seq_len == 16 and not causal").iloc[0]
+    section = markdown.split("## Tables")[1]
+    assert f"| {fmt_num(naive.time_ms)} ms" in section  # the later file's time, not the earlier one's

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import config
-from ..case import Case
+from ..case import CASE_FIELDS, Case
 from ..results import ResultsFormatError, load, read
 from ..workload import LOCAL_CORRELATION_TOKENS, LOCAL_REFERENCE_TOKENS, LOCAL_SELF_LOGIT
 from . import charts
@@ -177,12 +177,19 @@ def _add_crossovers(report: Report, frame: pd.DataFrame, baseline: str) -> None:
 DEFAULT_BASELINE = "sdpa"
 
 
+def _one_row_per_case(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """(frame with each case of each machine once, the last file's row; how many earlier rows were dropped).
+    Two runs' rows of one case would be drawn as one zigzag line and counted twice."""
+    repeated = frame.duplicated(["impl", *CASE_FIELDS, "machine"], keep="last")
+    return frame[~repeated], int(repeated.sum())
+
+
 def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | None = None) -> Path:
     """Writes the report of `paths` into `out_dir`. A `baseline` asked for must have been measured; without
     one, `sdpa` is used where it was, and the report says so where it was not."""
     paths = [Path(p) for p in paths]
     try:
-        frame = prepare(load(paths))
+        frame, repeated = _one_row_per_case(prepare(load(paths)))
     except ResultsFormatError as error:
         raise ReportInputError(str(error)) from None
     measured_impls = impl_order(frame[frame.status.isin(MEASURED)].impl)
@@ -195,6 +202,10 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | N
     colour_of = colours(frame.impl)
     report = Report(f"attnbench report: {', '.join(p.stem for p in paths)}")
     report.add(*_environment_blocks(paths), Heading("Summary"), _status_paragraph(frame))
+    if repeated:
+        report.add(Paragraph(f"{repeated} rows measured a case that a later file measured again on the same "
+                             "machine; each case appears once, from the last file named (to compare two runs, "
+                             "use `attnbench compare`)."))
     measured = frame[frame.status.isin(MEASURED)]
     if measured.empty:
         report.add(Paragraph("No case was measured: every row failed or could not run. Reasons:"), _failure_table(frame))

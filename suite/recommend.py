@@ -34,6 +34,13 @@ class Query:
 
 
 @dataclass
+class Exclusion:
+    impl: str
+    why: str
+    by_iid_error: bool = False  # excluded by --max-error on the i.i.d.-inputs figure, which misranks approximations
+
+
+@dataclass
 class Candidate:
     impl: str
     time_ms: float
@@ -42,9 +49,6 @@ class Candidate:
     basis: str
     first_call_ms: float | None = None
     error_basis: str | None = None  # which figure `error` is: see ERROR_FIGURES
-
-
-ABOVE_MAX_ERROR = "above --max-error"
 
 
 def _first_call(*rows) -> float | None:
@@ -103,8 +107,8 @@ def _shown(value) -> str:
     return str(bool(value)).lower() if isinstance(value, (bool, np.bool_)) else str(value)
 
 
-def rank(frame: pd.DataFrame, query: Query) -> tuple[list[Candidate], list[tuple[str, str]]]:
-    """(candidates fastest first, [(impl, why excluded)])."""
+def rank(frame: pd.DataFrame, query: Query) -> tuple[list[Candidate], list[Exclusion]]:
+    """(candidates fastest first, why each other implementation is excluded)."""
     kv_heads = query.kv_heads or query.heads
     shape = frame[(frame.heads == query.heads) & (frame.kv_heads == kv_heads) & (frame.head_dim == query.head_dim)
                   & (frame.dtype == query.dtype)
@@ -116,7 +120,7 @@ def rank(frame: pd.DataFrame, query: Query) -> tuple[list[Candidate], list[tuple
         if not exact.empty:
             row = exact.iloc[-1]
             if row.status not in MEASURED:
-                excluded.append((label, f"{row.status} at seq_len {query.seq_len}: {row.reason}"))
+                excluded.append(Exclusion(label, f"{row.status} at seq_len {query.seq_len}: {row.reason}"))
                 continue
             scale = query.batch / row.batch
             memory = row.peak_mem_bytes * scale if pd.notna(row.peak_mem_bytes) else None
@@ -129,13 +133,13 @@ def rank(frame: pd.DataFrame, query: Query) -> tuple[list[Candidate], list[tuple
             above = rows[rows.seq_len > query.seq_len].head(1)
             measured = sorted(set(rows.seq_len))
             if below.empty or above.empty:
-                excluded.append((label, f"not measured around seq_len {query.seq_len} (measured: {measured}); "
-                                        "no extrapolation"))
+                excluded.append(Exclusion(label, f"not measured around seq_len {query.seq_len} (measured: {measured}); "
+                                                 "no extrapolation"))
                 continue
             lo, hi = below.iloc[0], above.iloc[0]
             bad = [r for r in (lo, hi) if r.status not in MEASURED]
             if bad:
-                excluded.append((label, f"{bad[0].status} at neighbouring seq_len {bad[0].seq_len}: {bad[0].reason}"))
+                excluded.append(Exclusion(label, f"{bad[0].status} at neighbouring seq_len {bad[0].seq_len}: {bad[0].reason}"))
                 continue
             per_batch = lambda r, column: r[column] * query.batch / r.batch  # noqa: E731
             time_ms = _interpolate(query.seq_len, lo.seq_len, hi.seq_len, per_batch(lo, "time_ms"), per_batch(hi, "time_ms"))
@@ -147,22 +151,23 @@ def rank(frame: pd.DataFrame, query: Query) -> tuple[list[Candidate], list[tuple
                               f"(batch {hi.batch})", _first_call(lo, hi), basis)
             status_problem = "accuracy mismatch at a neighbouring length" if "mismatch" in (lo.status, hi.status) else None
         if status_problem:
-            excluded.append((label, status_problem))
+            excluded.append(Exclusion(label, status_problem))
         elif query.max_error is not None and (found.error is None or found.error > query.max_error):
-            excluded.append((label, f"error {fmt_num(found.error)} ({found.error_basis}) {ABOVE_MAX_ERROR} "
-                                    f"{query.max_error:g}"
-                             if found.error is not None else "error not measured (no reference for this row)"))
+            excluded.append(Exclusion(label, f"error {fmt_num(found.error)} ({found.error_basis}) above --max-error "
+                                             f"{query.max_error:g}"
+                                      if found.error is not None else "error not measured (no reference for this row)",
+                                      by_iid_error=found.error_basis == "i.i.d."))
         elif query.memory_budget is not None and found.peak_mem_bytes is not None \
                 and found.peak_mem_bytes > query.memory_budget:
-            excluded.append((label, f"peak memory {fmt_bytes(found.peak_mem_bytes)} above --memory-budget "
-                                    f"{fmt_bytes(query.memory_budget)}"))
+            excluded.append(Exclusion(label, f"peak memory {fmt_bytes(found.peak_mem_bytes)} above --memory-budget "
+                                             f"{fmt_bytes(query.memory_budget)}"))
         else:
             candidates.append(found)
     candidates.sort(key=lambda c: c.time_ms)
     return candidates, excluded
 
 
-def format_answer(query: Query, candidates: list[Candidate], excluded: list[tuple[str, str]], sources: list[Path]) -> str:
+def format_answer(query: Query, candidates: list[Candidate], excluded: list[Exclusion], sources: list[Path]) -> str:
     mask = "causal" if query.causal else "dense"
     lines = [f"shape: batch {query.batch}, seq_len {query.seq_len}, {query.heads} heads, head dim {query.head_dim}, "
              f"{query.dtype}, {mask}, {query.mode}; results: {', '.join(str(s) for s in sources)}",
@@ -183,7 +188,7 @@ def format_answer(query: Query, candidates: list[Candidate], excluded: list[tupl
     else:
         lines.append("no implementation qualifies")
     iid = [c.impl for c in candidates if c.error_basis == "i.i.d."]
-    iid_excluded = [impl for impl, why in excluded if f"(i.i.d.) {ABOVE_MAX_ERROR}" in why]
+    iid_excluded = [exclusion.impl for exclusion in excluded if exclusion.by_iid_error]
     if iid or iid_excluded:
         by_them = f"; {', '.join(iid_excluded)} excluded by them" if iid_excluded else ""
         lines.append(f"note: the errors of {', '.join(iid + iid_excluded)} are on i.i.d. inputs (no local-inputs figure)"
@@ -192,5 +197,5 @@ def format_answer(query: Query, candidates: list[Candidate], excluded: list[tupl
     if excluded:
         lines.append("")
         lines.append("excluded:")
-        lines += [f"  {impl}: {why}" for impl, why in excluded]
+        lines += [f"  {exclusion.impl}: {exclusion.why}" for exclusion in excluded]
     return "\n".join(lines)

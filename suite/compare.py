@@ -12,19 +12,22 @@ and a one-sided Mann-Whitney U test on the raw per-repeat times gives p < 0.01. 
 Within the threshold a row is `same`; beyond it without that evidence, `ambiguous`. Rows during
 which the GPU throttled in either run are `ambiguous`: their times measure the clock, not the code.
 Status changes are regressions too: accuracy passed -> mismatch, ran -> oom/error/unsupported,
-present -> missing.
+present -> missing. A case the current run was not asked for (outside the grid its header records,
+e.g. `run --impl mykernel` against a full baseline) is `not-run`, which is no regression.
 """
 from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from .case import CASE_FIELDS
-from .results import ResultsFormatError, load, with_explicit_kv_heads
+from .grid_scope import GridScope
+from .results import ResultsFormatError, load, read, with_explicit_kv_heads
 
 KEY = ("impl", *CASE_FIELDS)
 P_VALUE = 0.01
@@ -57,9 +60,10 @@ def _read_pytest_benchmark(path: Path, data: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def read_side(paths: list[Path]) -> pd.DataFrame:
-    """attnbench JSON Lines or pytest-benchmark JSON, one or many files, as rows keyed by KEY."""
-    frames = []
+def read_side(paths: list[Path]) -> tuple[pd.DataFrame, GridScope]:
+    """attnbench JSON Lines or pytest-benchmark JSON, one or many files: rows keyed by KEY, and the cases
+    their runs were asked for."""
+    frames, scope = [], GridScope([])
     for path in paths:
         if not path.is_file():
             raise CompareInputError(f"{path}: no such file")
@@ -70,16 +74,18 @@ def read_side(paths: list[Path]) -> pd.DataFrame:
             whole = None
         if isinstance(whole, dict) and "benchmarks" in whole:
             frames.append(_read_pytest_benchmark(path, whole))
+            scope = scope.merged(GridScope.unknown())
             continue
         try:
             frames.append(load(path))
+            scope = scope.merged(GridScope.from_headers(read(path)[0]))
         except ResultsFormatError as error:
             raise CompareInputError(str(error)) from None
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if frame.empty:
         raise CompareInputError(f"{', '.join(map(str, paths))}: no result rows")
     frame["machine"] = frame["machine"].fillna("unknown machine")
-    return with_explicit_kv_heads(frame)
+    return with_explicit_kv_heads(frame), scope
 
 
 def _merge_repeats(frame: pd.DataFrame) -> pd.DataFrame:
@@ -156,8 +162,11 @@ def _relative(row: pd.Series) -> float:
     return float(row.iqr_ms) / float(row.time_ms) if row.time_ms else math.nan
 
 
-def status_verdict(base: pd.Series | None, current: pd.Series | None) -> tuple[str, str] | None:
-    """A regression (or improvement) of status, or None when both ran alike."""
+def status_verdict(base: pd.Series | None, current: pd.Series | None, asked_for: bool = True) -> tuple[str, str] | None:
+    """A regression (or improvement) of status, or None when both ran alike. `asked_for`: whether the
+    current run's grid includes the case."""
+    if current is None and not asked_for:
+        return "not-run", f"not in the current run's grid (was {base.status})"
     if current is None:  # a case that ran must not vanish; one that could not run may leave the grid
         return ("regression", f"disappeared (was {base.status})") if base.status in RAN else \
             ("dropped", f"not in the current results (was {base.status}: {base.reason})")
@@ -186,7 +195,8 @@ class Comparison:
         return any(r.verdict in ("slower", "regression") for r in self.rows)
 
 
-def compare(base_frame: pd.DataFrame, current_frame: pd.DataFrame, threshold: float = 0.05) -> Comparison:
+def compare(base_frame: pd.DataFrame, current_frame: pd.DataFrame, threshold: float = 0.05,
+            current_scope: GridScope | None = None) -> Comparison:
     base_machines, current_machines = set(base_frame.machine), set(current_frame.machine)
     if base_machines != current_machines:
         raise CompareInputError(f"different machines: baseline ran on {sorted(base_machines)}, current on "
@@ -197,11 +207,12 @@ def compare(base_frame: pd.DataFrame, current_frame: pd.DataFrame, threshold: fl
     keyed_current = {tuple(r[k] for k in KEY): r for _, r in current.iterrows()}
     if not set(keyed_base) & set(keyed_current):
         raise CompareInputError("the two results have no (implementation, case) in common: different grids")
+    scope = current_scope or GridScope.unknown()
     result = Comparison()
     for key in sorted(set(keyed_base) | set(keyed_current), key=str):
         b, c = keyed_base.get(key), keyed_current.get(key)
         names = dict(zip(KEY, key))
-        changed = status_verdict(b, c)
+        changed = status_verdict(b, c, scope.asked_for(names))
         if changed:
             result.rows.append(RowVerdict(names, changed[0], detail=changed[1]))
         elif b.status in RAN and c.status in RAN:
@@ -214,7 +225,7 @@ def compare(base_frame: pd.DataFrame, current_frame: pd.DataFrame, threshold: fl
 
 # --- output -----------------------------------------------------------------------------------
 
-ORDER = ("regression", "slower", "ambiguous", "faster", "improvement", "new", "dropped", "same")
+ORDER = ("regression", "slower", "ambiguous", "faster", "improvement", "new", "dropped", "same", "not-run")
 
 
 def _label(key: dict) -> str:
@@ -227,11 +238,24 @@ def _summary(result: Comparison) -> str:
     return ", ".join(f"{result.count(v)} {v}" for v in ORDER if result.count(v))
 
 
+_DETAIL_CHARS = 200  # the text view shortens long reasons (an unsupported xformers' runs to 800); json keeps them
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= _DETAIL_CHARS else text[:_DETAIL_CHARS - 3] + "..."
+
+
 def format_text(result: Comparison) -> str:
     lines = [f"{'verdict':<12}{'ratio':>8}  case / detail"]
     for row in sorted(result.rows, key=lambda r: ORDER.index(r.verdict)):
+        if row.verdict == "not-run":  # one line per implementation below: a narrow run leaves hundreds
+            continue
         ratio = f"{row.ratio:.3f}" if row.ratio is not None else "–"
-        lines.append(f"{row.verdict:<12}{ratio:>8}  {_label(row.key)}: {row.detail}")
+        lines.append(f"{row.verdict:<12}{ratio:>8}  {_label(row.key)}: {_shorten(row.detail)}")
+    not_run = Counter(row.key["impl"] for row in result.rows if row.verdict == "not-run")
+    for impl, count in sorted(not_run.items()):
+        lines.append(f"{'not-run':<12}{'–':>8}  {impl}: {count} baseline case{'s' * (count != 1)} not in the current "
+                     "run's grid")
     lines.append(f"summary: {_summary(result)}")
     return "\n".join(lines)
 
@@ -256,6 +280,7 @@ def format_json(result: Comparison) -> str:
 
 
 def run(base_paths: list[Path], current_paths: list[Path], threshold: float, fmt: str) -> tuple[str, int]:
-    result = compare(read_side(base_paths), read_side(current_paths), threshold)
+    (base, _), (current, scope) = read_side(base_paths), read_side(current_paths)
+    result = compare(base, current, threshold, scope)
     text = {"text": format_text, "md": format_markdown, "json": format_json}[fmt](result)
     return text, 1 if result.regressed else 0

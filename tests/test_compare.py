@@ -144,6 +144,58 @@ def test_a_case_that_never_ran_may_leave_the_grid(tmp_path, capsys, real_rows):
     assert "not in the current results (was unsupported: injected)" in capsys.readouterr().out
 
 
+FIXTURE_GRID = {"impls": ["naive", "sdpa"], "seq_len": [16, 32, 64], "heads": [2], "head_dim": [16], "dtype": ["float32"],
+                "causal": [False], "mode": ["fwd"], "batch": [1], "tokens_per_batch": 16384, "kv_heads": [None]}
+
+
+def with_grid(records: list[dict], **grid) -> list[dict]:
+    """The fixture's records, their run header recording the grid `run` would have been given."""
+    return [{**r, "grid": {**FIXTURE_GRID, **grid}} if r["record"] == "run" else r for r in records]
+
+
+def test_a_case_outside_the_current_grid_is_not_run_not_a_regression(tmp_path, capsys, real_rows):
+    """`run --impl sdpa` compared with a baseline of naive and sdpa: naive was not asked for."""
+    base = synthetic(tmp_path / "a.jsonl", with_grid(real_rows), seed=1)
+    narrow = [r for r in with_grid(real_rows, impls=["sdpa"]) if r.get("impl") != "naive"]
+    current = synthetic(tmp_path / "b.jsonl", narrow, seed=1)
+    code, found = verdicts(capsys, base, current)
+    assert code == 0 and {k: v for k, v in found.items() if k[0] == "naive"} == {("naive", n): "not-run" for n in (16, 32, 64)}
+    assert main(["compare", str(base), str(current)]) == 0
+    text = capsys.readouterr().out
+    assert "naive: 3 baseline cases not in the current run's grid" in text and "3 not-run" in text
+    # a narrower list of lengths, by the same rule
+    shorter = [r for r in with_grid(real_rows, seq_len=[16, 32]) if r.get("seq_len") != 64]
+    code, found = verdicts(capsys, base, synthetic(tmp_path / "c.jsonl", shorter, seed=1))
+    assert code == 0 and found[("naive", 64)] == found[("sdpa", 64)] == "not-run"
+
+
+def test_a_case_inside_the_current_grid_that_vanished_is_still_a_regression(tmp_path, capsys, real_rows):
+    base = synthetic(tmp_path / "a.jsonl", with_grid(real_rows), seed=1)
+    crashed = [r for r in with_grid(real_rows) if not (r.get("impl") == "naive" and r.get("seq_len") == 64)]
+    code, found = verdicts(capsys, base, synthetic(tmp_path / "b.jsonl", crashed, seed=1))
+    assert code == 1 and found[("naive", 64)] == "regression"
+
+
+def test_grid_coverage_follows_how_the_run_chose_the_batch_and_labels_implementations():
+    from suite.grid_scope import GridScope
+
+    header = {"grid": {**FIXTURE_GRID, "impls": ["sparse-window:window=256", "performer:features=64"], "batch": None,
+                       "tokens_per_batch": 64, "kv_heads": [None, 1]}}
+    scope = GridScope.from_headers([header, {"amends": "local-inputs errors"}])
+    key = {"impl": "sparse-window", "batch": 4, "heads": 2, "kv_heads": 2, "seq_len": 16, "head_dim": 16,
+           "dtype": "float32", "causal": False, "mode": "fwd"}
+    assert scope.asked_for(key)  # the default window is left out of the row's label
+    assert scope.asked_for({**key, "impl": "performer:features=64", "kv_heads": 1})
+    assert not scope.asked_for({**key, "batch": 1})  # 64 tokens per batch at 16 tokens: batch 4
+    assert scope.asked_for({**key, "seq_len": 64, "batch": 1})
+    assert not scope.asked_for({**key, "impl": "performer"})
+    assert not scope.asked_for({**key, "causal": True})
+    assert not scope.asked_for({**key, "kv_heads": 1 + 2})
+    # a side whose runs do not all record a grid (pytest-benchmark JSON, old files) asks for everything
+    assert GridScope.from_headers([header, {"record": "run"}]).asked_for({**key, "impl": "naive"})
+    assert GridScope.from_headers([header]).merged(GridScope.unknown()).asked_for({**key, "impl": "naive"})
+
+
 def test_different_gpu_models_exit_2(tmp_path, capsys, real_rows):
     base = synthetic(tmp_path / "a.jsonl", real_rows, seed=1, gpu="NVIDIA H100 80GB HBM3")
     current = synthetic(tmp_path / "b.jsonl", real_rows, seed=1, gpu="NVIDIA A100-SXM4-80GB")

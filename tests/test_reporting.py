@@ -75,7 +75,7 @@ def test_report_writes_charts_markdown_and_html(cpu_results, gpu_like_results, t
     assert "vs softmax" in markdown and "i.i.d. standard normal" in markdown
     assert "## Speed-up over naive" in markdown and "faster than naive from" in markdown
     assert "## One-time costs" in markdown  # per machine: 6 rows of each file
-    for machine in ("cpu", "Test GPU"):
+    for machine in ("test cpu", "Test GPU"):
         assert f"| {machine} | performer:features=32 | fwd | 6 |" in markdown
 
 
@@ -105,7 +105,7 @@ def test_report_says_when_the_reference_covered_only_some_slices(cpu_results, tm
 def test_throughput_chart_has_one_line_per_measured_implementation(cpu_results):
     frame = prepare(load(cpu_results))
     part = frame[frame.causal == False]  # noqa: E712
-    group = {"device": "cpu", "gpu": "cpu", "dtype": "float32", "causal": False, "mode": "fwd"}
+    group = {"device": "cpu", "gpu": "test cpu", "dtype": "float32", "causal": False, "mode": "fwd"}
     fig = charts.throughput_chart(part, colours(frame.impl), group, "time_ms")
     (ax,) = [a for a in fig.axes if a.get_visible()]
     measured = set(part[part.status == "ok"].impl)
@@ -120,7 +120,7 @@ def test_throughput_chart_has_one_line_per_measured_implementation(cpu_results):
 def test_memory_chart_is_log_log_and_marks_oom(gpu_like_results):
     frame = prepare(load(gpu_like_results))
     part = frame[frame.causal == False]  # noqa: E712
-    group = {"device": "cpu", "gpu": "cpu", "dtype": "float32", "causal": False, "mode": "fwd"}
+    group = {"device": "cpu", "gpu": "test cpu", "dtype": "float32", "causal": False, "mode": "fwd"}
     fig = charts.memory_chart(part, colours(frame.impl), group)
     ax = fig.axes[0]
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log" and "GiB" in ax.get_ylabel()
@@ -151,7 +151,7 @@ def test_log_axes_label_enough_ticks_to_read_a_value(limits, expected):
 def test_speedup_chart_is_log_scaled_with_the_baseline_at_one(cpu_results):
     frame = prepare(load(cpu_results))
     part = frame[frame.causal == False]  # noqa: E712
-    group = {"device": "cpu", "gpu": "cpu", "dtype": "float32", "causal": False, "mode": "fwd"}
+    group = {"device": "cpu", "gpu": "test cpu", "dtype": "float32", "causal": False, "mode": "fwd"}
     fig = charts.speedup_chart(part, colours(frame.impl), group, "naive")
     ax = fig.axes[0]
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"  # 0.5x and 2x equally far from 1
@@ -163,7 +163,7 @@ def test_speedup_chart_is_log_scaled_with_the_baseline_at_one(cpu_results):
 def test_speedup_chart_marks_out_of_memory_lengths(gpu_like_results):
     frame = prepare(load(gpu_like_results))
     part = frame[frame.causal == False]  # noqa: E712
-    group = {"device": "cpu", "gpu": "cpu", "dtype": "float32", "causal": False, "mode": "fwd"}
+    group = {"device": "cpu", "gpu": "test cpu", "dtype": "float32", "causal": False, "mode": "fwd"}
     fig = charts.speedup_chart(part, colours(frame.impl), group, "sdpa")
     assert "out of memory (×)" in {t.get_text() for t in fig.legends[0].get_texts()}
     marked = [c for c in fig.axes[0].collections if c.get_offsets().shape[0] and c.get_offsets()[0][0] == 64]
@@ -467,9 +467,9 @@ def test_results_of_two_batchings_are_compared_and_drawn_apart(tmp_path):
     for tokens in (64, 256):
         rows = frame[frame.batching == f"{tokens} tokens per batch"].set_index(["impl", "seq_len"]).time_ms
         ratio = fmt_num(rows["naive", 32] / rows["linear", 32], 3)
-        section = markdown.split(f"### cpu · {tokens} tokens per batch · H2 D16 · float32 · dense · fwd\n")[1]
+        section = markdown.split(f"### test cpu · {tokens} tokens per batch · H2 D16 · float32 · dense · fwd\n")[1]
         assert re.search(rf"^\| linear \| .* \| ≈?{re.escape(ratio)}× \|$", section.split("###")[0], re.M), section[:500]
-        assert (out / "charts" / f"speedup-cpu-{tokens}-tokens-per-batch-float32-dense-fwd.png").exists()
+        assert (out / "charts" / f"speedup-test-cpu-{tokens}-tokens-per-batch-float32-dense-fwd.png").exists()
 
     # one batching alone needs no word in titles and file names
     assert main(["report", str(paths[0]), "--out", str(tmp_path / "one"), "--baseline", "naive"]) == 0
@@ -490,3 +490,19 @@ def test_a_case_in_two_files_of_one_machine_appears_once_from_the_last(cpu_resul
     naive = load(later).query("impl == 'naive' and seq_len == 16 and not causal").iloc[0]
     section = markdown.split("## Tables")[1]
     assert f"| {fmt_num(naive.time_ms)} ms" in section  # the later file's time, not the earlier one's
+
+
+def test_two_cpu_models_are_drawn_apart_and_named(cpu_results, tmp_path):
+    """CPU rows are grouped by the CPU that timed them, as GPU rows are by their GPU."""
+    from tests.results_files import rewrite_headers
+
+    other = tmp_path / "other-cpu.jsonl"
+    other.write_text(cpu_results.read_text())
+    rewrite_headers(other, lambda h: {**h, "environment": {**h["environment"], "cpu": "Another CPU 9000"}})
+    out = tmp_path / "report"
+    assert main(["report", str(cpu_results), str(other), "--out", str(out), "--baseline", "naive"]) == 0
+    markdown = (out / "report.md").read_text()
+    for cpu, slug in (("test cpu", "test-cpu"), ("Another CPU 9000", "another-cpu-9000")):
+        assert f"### {cpu} · H2 D16 · float32 · dense · fwd\n" in markdown
+        assert (out / "charts" / f"speedup-{slug}-float32-dense-fwd.png").exists()
+    assert "measured a case that a later file measured" not in markdown  # two machines: nothing set aside

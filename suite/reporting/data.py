@@ -22,7 +22,10 @@ def prepare(frame: pd.DataFrame) -> pd.DataFrame:
     if frame.empty:
         raise ReportInputError("the results hold no result rows")
     frame = frame.copy()
-    frame["gpu"] = frame["gpu"].fillna("cpu")
+    # the model that timed the rows names their groups: the GPU's, or for CPU runs the CPU's, so two CPU
+    # models' rows are never drawn as one series ("cpu" for files that do not record it)
+    machine = frame["machine"] if "machine" in frame else pd.Series(None, index=frame.index, dtype=object)
+    frame["gpu"] = frame["gpu"].fillna(machine).fillna("cpu")
     # Several batchings (files of two presets, say) are kept apart; one needs no word in the titles.
     batchings = frame["batching"].fillna("batch as recorded") if "batching" in frame else None
     frame["batching"] = batchings if batchings is not None and batchings.nunique() > 1 else None

@@ -83,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="output folder (default: reports/<name of the first results file>)")
     report.add_argument("--baseline", help="implementation the speed-up chart divides by, one measured in the results "
                                            "(default: sdpa, where it was measured)")
+    report.add_argument("--chart-formats", dest="chart_formats", default="png",
+                        help="comma-separated, of png, svg, pdf (default png): each chart in these formats; PNG is "
+                             "always written, as the pages show it (vector SVG or PDF for publishing)")
 
     comparing = commands.add_parser("compare", help="regressions between two runs (exit 1 on a regression)")
     comparing.add_argument("baseline", help="results file(s), comma-separated (attnbench JSONL or pytest-benchmark JSON)")
@@ -350,14 +353,19 @@ def cmd_local_errors(args) -> int:
 
 def cmd_report(args) -> int:
     from .reporting import build_report
+    from .reporting.charts import CHART_FORMATS
     from .reporting.data import ReportInputError
 
     missing = [p for p in args.results if not Path(p).is_file()]
     if missing:
         raise UsageError(f"report: {missing[0]!r} is not a file")
+    formats = tuple(dict.fromkeys(config.comma_items("--chart-formats", args.chart_formats)))
+    unknown = [fmt for fmt in formats if fmt not in CHART_FORMATS]
+    if unknown:
+        raise UsageError(f"--chart-formats: unknown format {unknown[0]!r} (allowed: {', '.join(CHART_FORMATS)})")
     out = Path(args.out) if args.out else Path("reports") / Path(args.results[0]).stem
     try:
-        path = build_report(args.results, out, baseline=args.baseline)
+        path = build_report(args.results, out, baseline=args.baseline, chart_formats=formats)
     except ReportInputError as error:
         raise UsageError(f"report: {error}") from None
     print(f"report: {path}\nhtml: {path.parent / 'index.html'}")

@@ -506,3 +506,27 @@ def test_two_cpu_models_are_drawn_apart_and_named(cpu_results, tmp_path):
         assert f"### {cpu} · H2 D16 · float32 · dense · fwd\n" in markdown
         assert (out / "charts" / f"speedup-{slug}-float32-dense-fwd.png").exists()
     assert "measured a case that a later file measured" not in markdown  # two machines: nothing set aside
+
+
+def test_charts_for_publishing_are_vector_and_the_same_when_regenerated(cpu_results, tmp_path, capsys):
+    import xml.etree.ElementTree as ElementTree
+
+    out = tmp_path / "report"
+    assert main(["report", str(cpu_results), "--out", str(out), "--chart-formats", "svg,pdf"]) == 0
+    charts_written = sorted(p.name for p in (out / "charts").iterdir())
+    stems = {name.rsplit(".", 1)[0] for name in charts_written}
+    assert charts_written == sorted(f"{stem}.{fmt}" for stem in stems for fmt in ("png", "svg", "pdf"))
+    assert ElementTree.parse(out / "charts" / "accuracy-vs-speed.svg").getroot().tag.endswith("svg")
+    assert (out / "charts" / "accuracy-vs-speed.pdf").read_bytes().startswith(b"%PDF")
+    assert ".png)" in (out / "report.md").read_text()  # the pages show the PNG
+    # drawn again, each file is the same bytes: no creation dates or random element ids
+    frame = prepare(load(cpu_results))
+    group = {"device": "cpu", "gpu": "test cpu", "dtype": "float32", "causal": False, "mode": "fwd"}
+    part = frame[(frame.causal == False) & (frame["mode"] == "fwd")]  # noqa: E712
+    for name in ("one", "two"):
+        charts.save(charts.throughput_chart(part, colours(frame.impl), group, "time_ms"), tmp_path / name, ("svg", "pdf"))
+    for fmt in ("svg", "pdf"):
+        assert (tmp_path / f"one.{fmt}").read_bytes() == (tmp_path / f"two.{fmt}").read_bytes(), fmt
+    assert main(["report", str(cpu_results), "--out", str(tmp_path / "bad"), "--chart-formats", "svg,jpg"]) == 2
+    assert "unknown format 'jpg' (allowed: png, svg, pdf)" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

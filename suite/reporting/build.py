@@ -1,4 +1,4 @@
-"""`attnbench report`: result files -> report.md, charts/*.png and index.html in one folder."""
+"""`attnbench report`: result files -> report.md, charts (PNG, and SVG or PDF if asked) and index.html in one folder."""
 from __future__ import annotations
 
 import re
@@ -184,9 +184,11 @@ def _one_row_per_case(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     return frame[~repeated], int(repeated.sum())
 
 
-def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | None = None) -> Path:
+def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | None = None,
+                 chart_formats: tuple[str, ...] = ("png",)) -> Path:
     """Writes the report of `paths` into `out_dir`. A `baseline` asked for must have been measured; without
-    one, `sdpa` is used where it was, and the report says so where it was not."""
+    one, `sdpa` is used where it was, and the report says so where it was not. Each chart is written as PNG,
+    which the pages show, and in the other `chart_formats` beside it."""
     paths = [Path(p) for p in paths]
     try:
         frame, repeated = _one_row_per_case(prepare(load(paths)))
@@ -211,9 +213,9 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | N
         report.add(Paragraph("No case was measured: every row failed or could not run. Reasons:"), _failure_table(frame))
 
     def chart(fig, name: str, alt: str) -> None:
-        relative = Path("charts") / f"{name}.png"
-        charts.save(fig, out_dir / relative)
-        report.add(Image(relative, alt))
+        stem = Path("charts") / name
+        charts.save(fig, out_dir / stem, tuple(dict.fromkeys(["png", *chart_formats])))
+        report.add(Image(stem.with_suffix(".png"), alt))
 
     if not measured.empty and baseline in set(measured.impl):
         _add_crossovers(report, frame, baseline)

@@ -6,6 +6,7 @@ report, the IQR as a band, out-of-memory points marked with ×, legends outside 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import matplotlib
 
@@ -212,6 +213,15 @@ def accuracy_speed_chart(frame: pd.DataFrame, colour_of: dict, case: dict) -> Fi
     return _finish(fig, handles)
 
 
-def save(fig: Figure, path) -> None:
-    fig.savefig(path, dpi=80)
+CHART_FORMATS = ("png", "svg", "pdf")
+# Without these, every SVG or PDF written differs from the last (creation date, random element ids): a
+# regenerated report would show as changed where nothing did.
+_UNDATED = {"png": {}, "svg": {"Date": None}, "pdf": {"CreationDate": None}}
+
+
+def save(fig: Figure, stem: Path, formats: tuple[str, ...] = ("png",)) -> None:
+    """Writes `stem.<format>` for each format: PNG (80 dpi) for pages, SVG and PDF (vector) for print and slides."""
+    with plt.rc_context({"svg.hashsalt": "attnbench"}):
+        for fmt in formats:
+            fig.savefig(stem.with_suffix(f".{fmt}"), dpi=80, metadata=_UNDATED[fmt])
     plt.close(fig)

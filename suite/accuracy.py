@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .poison import never_written
+
 # (rtol, atol at seq_len 1) on RMS. bf16 rounds to ~3e-3 and fp16 to ~4e-4 per element, and attention
 # adds one rounding of P before PV; fp32 stays below TF32's ~3e-4, so TF32 enabled by accident fails.
 TOLERANCE = {"float64": (1e-10, 1e-12), "float32": (2e-4, 1e-6), "float16": (5e-3, 2 ** -11), "bfloat16": (3e-2, 2 ** -8)}
@@ -32,6 +34,8 @@ class Error:
     rel_rms: float  # RMS(out − ref) / RMS(ref)
     rms_diff: float
     rms_ref: float
+    never_written: int = 0  # elements still holding the poison put in the memory before the call
+    elements: int = 0
 
     def within(self, rtol: float, atol: float) -> bool:
         return math.isfinite(self.rms_diff) and self.rms_diff <= rtol * self.rms_ref + atol
@@ -47,6 +51,8 @@ def error(actual: torch.Tensor, expected: torch.Tensor) -> Error:
         rel_rms=rms_diff / rms_ref if rms_ref > 0 else (0.0 if rms_diff == 0 else math.inf),
         rms_diff=rms_diff,
         rms_ref=rms_ref,
+        never_written=never_written(actual),
+        elements=actual.numel(),
     )
 
 
@@ -75,6 +81,10 @@ class Verdict:
     def reason(self) -> str | None:
         if self.ok:
             return None
+        unwritten = [(name, e) for name, e in self.errors.items() if e.never_written]
+        if unwritten:  # say so: a kernel author looks for a missed tile, not for rounding
+            return "; ".join(f"{name}: {e.never_written} of {e.elements} elements never written (they still hold "
+                             "the poison put in the memory before the call)" for name, e in unwritten)
         name, worst = self.worst
         if not math.isfinite(worst.rms_diff):
             return f"{name} has non-finite values"

@@ -17,6 +17,7 @@ from implementations import Implementation
 
 from .accuracy import judge
 from .case import Case
+from .poison import poisoned_allocations
 from .workload import random_tensors
 
 # (batch, heads, seq_len, head_dim, kv_heads): length 1, primes, one past a power of two and a
@@ -61,12 +62,13 @@ def check_case(impl: Implementation, case: Case, seed: int) -> CheckResult:
     q, k, v, grad_out = random_tensors(case, seed)
     leaves = [t.clone().requires_grad_(with_grad) for t in (q, k, v)]
     try:
-        with torch.set_grad_enabled(with_grad):
-            out = impl(*leaves, causal=case.causal)
-        if out.shape != q.shape or out.dtype != q.dtype:
-            return CheckResult(case, seed, "fail", f"output is {tuple(out.shape)} {out.dtype}, expected "
-                                                   f"{tuple(q.shape)} {q.dtype}")
-        grads = torch.autograd.grad(out, leaves, grad_out) if with_grad else ()
+        with poisoned_allocations(case.device):  # an output element left unwritten must fail
+            with torch.set_grad_enabled(with_grad):
+                out = impl(*leaves, causal=case.causal)
+            if out.shape != q.shape or out.dtype != q.dtype:
+                return CheckResult(case, seed, "fail", f"output is {tuple(out.shape)} {out.dtype}, expected "
+                                                       f"{tuple(q.shape)} {q.dtype}")
+            grads = torch.autograd.grad(out, leaves, grad_out) if with_grad else ()
         actual = dict(zip(("out", "dq", "dk", "dv"), (out, *grads)))
     except implementations.Unsupported as unsupported:
         return CheckResult(case, seed, "unsupported", f"refused at run time: {unsupported}")

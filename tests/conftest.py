@@ -34,6 +34,16 @@ class ScriptedAttention(Implementation):
         return out * self.scale_output
 
 
+class UnwrittenLastRow(Implementation):
+    """A test double with a classic kernel bug: it allocates its output, then never writes the last query row
+    (a tail tile at a length its tiles do not divide)."""
+
+    def __call__(self, q, k, v, *, causal=False):
+        out = torch.empty_like(q)
+        out[..., :-1, :] = torch.nn.functional.scaled_dot_product_attention(q[..., :-1, :], k, v)
+        return out
+
+
 @pytest.fixture
 def fake_registry(monkeypatch):
     """Add scripted implementations to the registry for the duration of one test."""

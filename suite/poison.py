@@ -1,0 +1,86 @@
+"""Garbage, not the right answer, in the memory a checked call is given: an output element it never
+writes must fail the check.
+
+Every implementation of a case runs on the same inputs, so the memory freed by the one before (its
+output, its gradients, its timed calls' outputs) holds the right answer, and an allocator hands the
+next implementation a block of the same size: a kernel that leaves elements unwritten (a tail tile at a
+length that is not a multiple of its tile, say) would return them correct and pass. Seen on the CPU: a
+forward that never wrote its last query row passed the float32 check after `sdpa` at 17, 257 and 1000
+tokens.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+from collections.abc import Iterator
+from functools import cache
+
+import torch
+
+# Every byte of poisoned memory: NaN in float16, about 3.4e38 in bfloat16 and float32, never a plausible
+# attention output, and recognisable afterwards (see never_written). glibc fills each allocation with the
+# complement of its perturb byte.
+POISON_BYTE = 0x7F
+_GLIBC_PERTURB = POISON_BYTE ^ 0xFF
+_M_PERTURB = -6  # mallopt's parameter number, from glibc's malloc.h
+
+
+@contextlib.contextmanager
+def poisoned_allocations(device: torch.device | str) -> Iterator[None]:
+    """Around a checked call, never a timed one. On CUDA, every free block the caching allocator holds
+    for this stream is filled first. On the CPU (glibc), malloc fills every allocation made inside: the
+    call pays those fills, a little of its `first_call_ms`."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        _poison_cuda_cache(device)
+        yield
+        return
+    libc = _glibc()
+    if libc is None:  # another C library: nothing to poison with, the check runs as before
+        yield
+        return
+    libc.mallopt(_M_PERTURB, _GLIBC_PERTURB)
+    try:
+        yield
+    finally:
+        libc.mallopt(_M_PERTURB, int(os.environ.get("MALLOC_PERTURB_", "0") or 0))
+
+
+@cache
+def _glibc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    if libc is None or not hasattr(libc, "mallopt") or not hasattr(libc, "gnu_get_libc_version"):
+        return None
+    return libc
+
+
+def _poison_cuda_cache(device: torch.device) -> None:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    stream = torch.cuda.current_stream(index).cuda_stream
+    sizes = sorted((block["size"] for segment in torch.cuda.memory_snapshot()
+                    if segment.get("device") == index and segment.get("stream", stream) == stream
+                    and tuple(segment.get("segment_pool_id") or (0, 0)) == (0, 0)  # not a CUDA graph's pool
+                    for block in segment["blocks"] if block["state"] == "inactive"), reverse=True)
+    # Largest first, each request is given the free block of its own size (the allocator picks the
+    # smallest that fits, and every larger one is taken by then), so each is filled once.
+    held = []
+    try:
+        for size in sizes:
+            held.append(torch.empty(size, dtype=torch.uint8, device=device).fill_(POISON_BYTE))
+    except torch.OutOfMemoryError:  # best effort: what was filled stays filled
+        pass
+    del held
+
+
+def never_written(tensor: torch.Tensor) -> int:
+    """Elements of a checked call's output that still hold the poison, byte for byte."""
+    if tensor.numel() == 0 or tensor.dtype == torch.bool:
+        return 0
+    raw = tensor.detach().contiguous().view(torch.uint8).view(-1, tensor.element_size())
+    return int((raw == POISON_BYTE).all(dim=1).sum().item())

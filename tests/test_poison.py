@@ -1,0 +1,57 @@
+"""A kernel that leaves output elements unwritten fails its check, even after a correct kernel of the same case
+left the right answer in the memory it is given (suite/poison.py)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import implementations
+from suite.case import Case
+from suite.conformance import check_case
+from suite.poison import POISON_BYTE, never_written, poisoned_allocations
+from suite.runner import RunSettings, run_cases
+from suite.timing import TimingPolicy
+from tests.conftest import UnwrittenLastRow
+
+FAST = TimingPolicy(warmup_calls=1, min_repeats=3, max_repeats=3, budget_s=0.01)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_a_row_never_written_fails_after_a_correct_kernel_of_the_same_case(device):
+    # Unpoisoned, the float32 rows passed on the CPU: the buggy kernel was handed the block sdpa's output was
+    # freed from. On CUDA the caching allocator does the same.
+    cases = [Case(2, 2, n, 64, dtype, False, "fwd", device) for n in (17, 257, 1000) for dtype in ("float32", "bfloat16")]
+    rows = []
+    run_cases([implementations.get("sdpa"), UnwrittenLastRow("unwritten")], cases,
+              settings=RunSettings(policies={device: FAST}), on_row=rows.append)
+    for row in rows:
+        if row["impl"] == "sdpa":
+            assert row["status"] == "ok", row["reason"]
+        else:
+            expected = f"out: {2 * 2 * 64} of {2 * 2 * row['seq_len'] * 64} elements never written"
+            assert row["status"] == "mismatch" and row["reason"].startswith(expected), (row["seq_len"], row["reason"])
+
+
+def test_the_conformance_check_says_which_elements_were_never_written():
+    case = Case(3, 2, 17, 64, "float32", False, "fwd", "cpu")
+    assert check_case(implementations.get("sdpa"), case, seed=5).status == "pass"
+    result = check_case(UnwrittenLastRow("unwritten"), case, seed=5)
+    assert result.status == "fail" and "out: 384 of 6528 elements never written" in result.detail
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_never_written_counts_the_elements_that_hold_the_poison(dtype):
+    t = torch.randn(5, 7, dtype=dtype)
+    t.view(torch.uint8).view(5, 7, -1)[1, 3] = POISON_BYTE
+    t.view(torch.uint8).view(5, 7, -1)[4, 6] = POISON_BYTE
+    assert never_written(t) == 2
+    assert never_written(t.t()) == 2  # any layout
+    assert never_written(torch.randn(64, 64, dtype=dtype)) == 0
+
+
+def test_allocations_inside_are_poisoned_on_this_cpu():
+    with poisoned_allocations("cpu"):
+        fresh = torch.empty(1000, dtype=torch.float32)
+    if not (fresh.view(torch.uint8) == POISON_BYTE).all():
+        pytest.skip("this C library has no malloc perturbation (glibc's M_PERTURB); CPU checks run unpoisoned")
+    assert never_written(fresh) == 1000

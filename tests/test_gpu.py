@@ -125,4 +125,3 @@ def _gpu_cases():
 @pytest.mark.parametrize("name,case", list(_gpu_cases()))
 def test_gpu_matches_float64_exact_twin(name, case):
     assert_matches_twin(name, case, input_seed=case.seq_len)
-

@@ -19,10 +19,11 @@ def pytest_collection_modifyitems(config, items):
 class ScriptedAttention(Implementation):
     """A test double: correct attention, except on the cases where it is told to fail."""
 
-    def __init__(self, name, fail_on_seq_len=None, error=None, scale_output=1.0, failures=None, **options):
+    def __init__(self, name, fail_on_seq_len=None, error=None, scale_output=1.0, failures=None, jitter=0.0, **options):
         super().__init__(name, **options)
         self.fail_on_seq_len, self.error, self.scale_output = fail_on_seq_len, error, scale_output
         self.failures_left = failures  # None: fail every time
+        self.jitter, self.calls = jitter, 0  # relative, its sign alternating between calls (a race's symptom)
 
     def __call__(self, q, k, v, *, causal=False):
         if q.shape[-2] == self.fail_on_seq_len and self.failures_left != 0:
@@ -31,7 +32,8 @@ class ScriptedAttention(Implementation):
             raise self.error
         out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal,
                                                              enable_gqa=q.shape[1] != k.shape[1])
-        return out * self.scale_output
+        self.calls += 1
+        return out * (self.scale_output * (1 + self.jitter * (-1) ** self.calls))
 
 
 class UnwrittenLastRow(Implementation):

@@ -94,3 +94,20 @@ def test_a_broken_exact_twin_is_an_error_not_a_crash(capsys, monkeypatch):
     assert status == 1
     assert "broken-twin: FAILED (0 passed, 0 failed, 38 errors" in out
     assert "exact_twin: NotImplementedError: twin not written yet" in out
+
+
+def test_results_that_move_between_two_calls_on_the_same_inputs_fail(capsys, fake_registry):
+    """Each call within float32's tolerance (2e-4) of the reference, the two 3e-4 apart: a race's symptom."""
+    fake_registry("racy", jitter=1.5e-4)
+    status, out = _check(capsys, "--impl", "racy", "--dtype", "float32")
+    assert status == 1 and "racy: FAILED (0 passed, 38 failed" in out
+    assert "a second call on the same inputs differs from the first beyond the tolerance" in out
+
+
+def test_last_bit_differences_between_calls_are_noted_not_failed(capsys, fake_registry):
+    fake_registry("atomic-order", jitter=1e-6)
+    status, out = _check(capsys, "--impl", "atomic-order,naive", "--dtype", "float32")
+    assert status == 0 and "atomic-order: ok (38 passed" in out
+    # at one token dq and dk are exactly zero, whatever the jitter
+    assert "agreed within tolerance but not bit for bit (out in 38, dq in 36, dk in 36, dv in 38 of 38 passing" in out
+    assert out.count("not bit for bit") == 1  # naive repeats itself exactly

@@ -49,7 +49,18 @@ def _extension_problem() -> list[str]:
     failure = getattr(_cpp_lib, "_cpp_library_load_exception", None)
     if failure is None:
         return []
-    return [f"xformers' compiled extension did not load: {' '.join(str(failure).split())}"]
+    return [f"xformers' compiled extension did not load: {_condense_load_failure(str(failure))}"]
+
+
+def _condense_load_failure(message: str) -> str:
+    """xformers' five-line build mismatch as one clause (it is repeated in every row's reason); any
+    other message whole."""
+    built = re.findall(r"^\s*(PyTorch|Python)\s+(\S+)(?: with CUDA (\S+))? \(you have ([^)]+)\)", message, re.M)
+    if not built:
+        return " ".join(message.split())
+    parts = [f"{what} {version}{f' with CUDA {cuda}' if cuda else ''} (this is {have})"
+             for what, version, cuda, have in built if version != have]
+    return f"built for {', '.join(parts) or 'another build'}; install an xformers built for this torch"
 
 
 class XformersAttention(Implementation):

@@ -79,6 +79,19 @@ def test_xformers_import_leaves_its_load_warning_to_the_rows():
     assert "WARNING[XFORMERS]" not in done.stderr, done.stderr
 
 
+def test_xformers_build_mismatch_is_one_clause_naming_both_builds():
+    from implementations.xformers_memeff import _condense_load_failure
+
+    message = ("xFormers can't load C++/CUDA extensions. xFormers was built for:\n"
+               "    PyTorch 2.10.0+cu128 with CUDA 1208 (you have 2.11.0+cu130)\n"
+               "    Python  3.11.7 (you have 3.11.7)\n"
+               "  Please reinstall xformers (see https://github.com/facebookresearch/xformers#installing-xformers)\n"
+               "  Memory-efficient attention, SwiGLU, sparse and more won't be available.")
+    assert _condense_load_failure(message) == ("built for PyTorch 2.10.0+cu128 with CUDA 1208 (this is 2.11.0+cu130); "
+                                               "install an xformers built for this torch")
+    assert _condense_load_failure("something  else\nentirely") == "something else entirely"
+
+
 def test_sdpa_reports_the_backend_it_dispatches_to():
     import torch
     q = torch.randn(1, 2, 8, 16)

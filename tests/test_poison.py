@@ -55,3 +55,37 @@ def test_allocations_inside_are_poisoned_on_this_cpu():
     if not (fresh.view(torch.uint8) == POISON_BYTE).all():
         pytest.skip("this C library has no malloc perturbation (glibc's M_PERTURB); CPU checks run unpoisoned")
     assert never_written(fresh) == 1000
+
+
+class _KeysGradientMissesLastRow(torch.autograd.Function):
+    """Attention whose backward allocates dk and never writes its last key row."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        ctx.save_for_backward(q, k, v)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v = (t.detach().requires_grad_() for t in ctx.saved_tensors)
+        with torch.enable_grad():
+            dq, dk_full, dv = torch.autograd.grad(torch.nn.functional.scaled_dot_product_attention(q, k, v), (q, k, v),
+                                                  grad_out)
+        dk = torch.empty_like(k)
+        dk[..., :-1, :] = dk_full[..., :-1, :]
+        return dq, dk, dv
+
+
+class KeysGradientMissesLastRow(implementations.Implementation):
+    def __call__(self, q, k, v, *, causal=False):
+        return _KeysGradientMissesLastRow.apply(q, k, v)
+
+
+def test_a_gradient_row_never_written_fails_too():
+    cases = [Case(1, 2, 33, 16, "float32", False, "fwd+bwd", "cpu")]
+    rows = []
+    run_cases([implementations.get("sdpa"), KeysGradientMissesLastRow("dk-tail")], cases,
+              settings=RunSettings(policies={"cpu": FAST}), on_row=rows.append)
+    assert rows[1]["status"] == "mismatch" and rows[1]["reason"].startswith("dk: 32 of 1056 elements never written")
+    result = check_case(KeysGradientMissesLastRow("dk-tail"), cases[0], seed=3)
+    assert result.status == "fail" and result.detail.startswith("dk: 32 of 1056 elements never written")

@@ -1,7 +1,7 @@
 """`attnbench recommend`: rank the implementations measured for a shape, and say why others are out.
 
-Only measured numbers are used. Times and memory are scaled from the measured batch to the asked
-batch (default 1; attention's cost is linear in the batch). Between two measured sequence lengths
+Only measured numbers are used. Times and memory are scaled from the measured batch nearest the asked
+one (default 1) in proportion to the batch, which holds only where the device is as busy at both. Between two measured sequence lengths
 they are interpolated on log-log axes (attention's cost is a power of N); outside the measured range
 nothing is extrapolated: the implementation is listed as not measured near that length. Each
 candidate's first call (compilation, autotuning: paid once per new shape) is shown as measured, the
@@ -107,6 +107,13 @@ def _shown(value) -> str:
     return str(bool(value)).lower() if isinstance(value, (bool, np.bool_)) else str(value)
 
 
+def _nearest_batch(rows: pd.DataFrame, batch: int) -> pd.Series:
+    """Of the rows of one length, the one measured at the batch nearest the asked one (by ratio): scaling
+    time from a far batch assumes the GPU was as busy there. Of equals, the last (a later file's)."""
+    distance = np.abs(np.log(rows.batch.astype(float) / batch))
+    return rows[distance == distance.min()].iloc[-1]
+
+
 def rank(frame: pd.DataFrame, query: Query) -> tuple[list[Candidate], list[Exclusion]]:
     """(candidates fastest first, why each other implementation is excluded)."""
     kv_heads = query.kv_heads or query.heads
@@ -118,7 +125,7 @@ def rank(frame: pd.DataFrame, query: Query) -> tuple[list[Candidate], list[Exclu
         rows = shape[shape.impl == label].sort_values("seq_len")
         exact = rows[rows.seq_len == query.seq_len]
         if not exact.empty:
-            row = exact.iloc[-1]
+            row = _nearest_batch(exact, query.batch)
             if row.status not in MEASURED:
                 excluded.append(Exclusion(label, f"{row.status} at seq_len {query.seq_len}: {row.reason}"))
                 continue
@@ -129,14 +136,14 @@ def rank(frame: pd.DataFrame, query: Query) -> tuple[list[Candidate], list[Exclu
                               f"measured at seq_len {query.seq_len}, batch {row.batch}", _first_call(row), error_basis)
             status_problem = "accuracy mismatch against its exact twin" if row.status == "mismatch" else None
         else:
-            below = rows[rows.seq_len < query.seq_len].tail(1)
-            above = rows[rows.seq_len > query.seq_len].head(1)
+            below, above = rows[rows.seq_len < query.seq_len], rows[rows.seq_len > query.seq_len]
             measured = sorted(set(rows.seq_len))
             if below.empty or above.empty:
                 excluded.append(Exclusion(label, f"not measured around seq_len {query.seq_len} (measured: {measured}); "
                                                  "no extrapolation"))
                 continue
-            lo, hi = below.iloc[0], above.iloc[0]
+            lo = _nearest_batch(below[below.seq_len == below.seq_len.max()], query.batch)
+            hi = _nearest_batch(above[above.seq_len == above.seq_len.min()], query.batch)
             bad = [r for r in (lo, hi) if r.status not in MEASURED]
             if bad:
                 excluded.append(Exclusion(label, f"{bad[0].status} at neighbouring seq_len {bad[0].seq_len}: {bad[0].reason}"))

@@ -305,6 +305,26 @@ def test_recommend_interpolates_between_measured_lengths_only(capsys, cpu_result
     assert "naive: not measured around seq_len 128 (measured: [16, 32, 64]); no extrapolation" in beyond
 
 
+def test_recommend_scales_from_the_measured_batch_nearest_the_asked_one(capsys, cpu_results, tmp_path):
+    """A GPU is not 4x busier at batch 4 than at 1: the time measured at the asked batch beats a scaled one."""
+    from tests.results_files import rewrite_rows
+
+    at_four = tmp_path / "batch-4.jsonl"
+    at_four.write_text(cpu_results.read_text())
+    rewrite_rows(at_four, lambda r: {**r, "batch": 4, "time_ms": r["time_ms"] * 3 if r.get("time_ms") else None})
+    both = tmp_path / "both.jsonl"
+    both.write_text(at_four.read_text() + cpu_results.read_text())  # the batch-1 rows come last
+    naive = load(cpu_results).query("impl == 'naive' and seq_len == 32 and not causal").iloc[0]
+
+    def naive_line(batch: str) -> str:
+        out = _recommend(capsys, both, "--seq-len", "32", "--batch", batch)
+        return next(line for line in out.splitlines() if re.match(r"^\d+\s+naive\s", line))
+    assert f"{fmt_num(naive.time_ms)} ms" in naive_line("1") and naive_line("1").endswith("batch 1")
+    for batch, expected in (("4", naive.time_ms * 3), ("3", naive.time_ms * 3 * 3 / 4)):
+        line = naive_line(batch)  # 3 is nearer 4 than 1 by ratio
+        assert f"{fmt_num(expected)} ms" in line and line.endswith("measured at seq_len 32, batch 4"), (batch, line)
+
+
 def test_recommend_bad_memory_budget_exits_2(capsys, cpu_results):
     assert main(["recommend", "--seq-len", "32", "--heads", "2", "--head-dim", "16", "--memory-budget", "lots",
                  "--results", str(cpu_results)]) == 2

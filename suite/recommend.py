@@ -1,11 +1,12 @@
 """`attnbench recommend`: rank the implementations measured for a shape, and say why others are out.
 
 Only measured numbers are used. Times and memory are scaled from the measured batch nearest the asked
-one (default 1) in proportion to the batch, which holds only where the device is as busy at both. Between two measured sequence lengths
-they are interpolated on log-log axes (attention's cost is a power of N); outside the measured range
-nothing is extrapolated: the implementation is listed as not measured near that length. Each
-candidate's first call (compilation, autotuning: paid once per new shape) is shown as measured, the
-larger of the two between lengths, since it does not scale with the work.
+one (default 1) in proportion to the batch, which holds only where the device is as busy at both.
+Between two measured sequence lengths they are interpolated on log-log axes (attention's cost is a
+power of N); outside the measured range nothing is extrapolated: the implementation is listed as not
+measured near that length. Each candidate's first call (compilation, autotuning: paid once per new
+shape) is shown as measured, the larger of the two between lengths, since it does not scale with the
+work.
 """
 from __future__ import annotations
 

@@ -271,12 +271,15 @@ def _grid_record(grid) -> dict:
 
 
 def cmd_check(args) -> int:
+    from .poison import poisoning
+
     specs = config.impl_specs("--impl", args.impl)
     device = _device(args.device)
     default_dtypes = "float16,bfloat16,float32" if device == "cuda" else "float32,bfloat16"
     dtypes = config.dtypes("--dtype", args.dtype or default_dtypes)
     print(f"checking on {device} ({', '.join(dtypes)}): {len(conformance.AWKWARD_SHAPES)} awkward shapes, causal and "
-          f"not, then lengths {conformance.SHORT_LENGTHS} for {len(conformance.SHORT_LENGTH_SEEDS)} seeds", flush=True)
+          f"not, then lengths {conformance.SHORT_LENGTHS} for {len(conformance.SHORT_LENGTH_SEEDS)} seeds, each twice; "
+          f"memory poisoning: {poisoning(device)}", flush=True)
     all_ok = True
     for number, spec in enumerate(specs):
         impl = config.build_impl("--impl", spec)

@@ -13,6 +13,7 @@ import torch
 
 from . import __version__
 from .gpu_monitor import GpuMonitor
+from .poison import poisoning
 
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,6 +74,7 @@ def collect(device: torch.device, monitor: GpuMonitor | None = None) -> dict[str
         "cpu": _cpu_name(),
         "cpu_threads": torch.get_num_threads(),
         "device": device.type,
+        "checked_call_poisoning": poisoning(device),  # absent from files written before checks were poisoned
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)

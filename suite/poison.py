@@ -48,6 +48,15 @@ def poisoned_allocations(device: torch.device | str) -> Iterator[None]:
         libc.mallopt(_M_PERTURB, int(os.environ.get("MALLOC_PERTURB_", "0") or 0))
 
 
+def poisoning(device: torch.device | str) -> str:
+    """How checked calls on `device` are poisoned, in words, or why they are not."""
+    if torch.device(device).type == "cuda":
+        return "free blocks of the CUDA caching allocator filled before each checked call"
+    if _glibc() is None:
+        return "off: this C library has no malloc perturbation (glibc's), so unwritten elements may pass"
+    return "glibc malloc fills each allocation inside a checked call"
+
+
 @cache
 def _glibc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")

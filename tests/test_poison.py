@@ -55,6 +55,9 @@ def test_allocations_inside_are_poisoned_on_this_cpu():
     if not (fresh.view(torch.uint8) == POISON_BYTE).all():
         pytest.skip("this C library has no malloc perturbation (glibc's M_PERTURB); CPU checks run unpoisoned")
     assert never_written(fresh) == 1000
+    from suite.environment import collect
+
+    assert collect(torch.device("cpu"))["checked_call_poisoning"].startswith("glibc malloc fills")  # in every run header
 
 
 class _KeysGradientMissesLastRow(torch.autograd.Function):

@@ -38,14 +38,14 @@ def poisoned_allocations(device: torch.device | str) -> Iterator[None]:
         yield
         return
     libc = _glibc()
-    if libc is None:  # another C library: nothing to poison with, the check runs as before
+    if libc is None or not _glibc_fills_torch_allocations():  # nothing to poison with: the check runs as before
         yield
         return
-    libc.mallopt(_M_PERTURB, _GLIBC_PERTURB)
+    _perturb(libc, True)
     try:
         yield
     finally:
-        libc.mallopt(_M_PERTURB, int(os.environ.get("MALLOC_PERTURB_", "0") or 0))
+        _perturb(libc, False)
 
 
 def poisoning(device: torch.device | str) -> str:
@@ -54,7 +54,25 @@ def poisoning(device: torch.device | str) -> str:
         return "free blocks of the CUDA caching allocator filled before each checked call"
     if _glibc() is None:
         return "off: this C library has no malloc perturbation (glibc's), so unwritten elements may pass"
+    if not _glibc_fills_torch_allocations():
+        return "off: glibc's malloc perturbation does not reach torch's allocations here (another allocator preloaded?)"
     return "glibc malloc fills each allocation inside a checked call"
+
+
+@cache
+def _glibc_fills_torch_allocations() -> bool:
+    libc = _glibc()
+    _perturb(libc, True)
+    try:
+        probe = torch.empty(4096, dtype=torch.uint8)
+    finally:
+        _perturb(libc, False)
+    return bool((probe == POISON_BYTE).all())
+
+
+def _perturb(libc: ctypes.CDLL, on: bool) -> None:
+    """glibc's malloc perturbation on, or back to what the environment set (MALLOC_PERTURB_, usually off)."""
+    libc.mallopt(_M_PERTURB, _GLIBC_PERTURB if on else int(os.environ.get("MALLOC_PERTURB_", "0") or 0))
 
 
 @cache

@@ -184,7 +184,9 @@ def _retry_statuses(value: str | None, resume: bool) -> set[str]:
 
 
 def default_out_path(device: str, preset_name: str, resume: bool) -> Path:
-    machine = _slug(machine_name(device)) if device == "cuda" else "cpu"
+    """results/DATE_MACHINE_PRESET.jsonl, named by the model that times it (the GPU, or the CPU for CPU runs),
+    so two machines' files never share a name."""
+    machine = _slug(machine_name(device)) or device
     stem = f"{_dt.date.today().isoformat()}_{machine}_{_slug(preset_name)}"
     path = RESULTS_DIR / f"{stem}.jsonl"
     counter = 2

@@ -253,3 +253,17 @@ def test_grouped_query_run_and_bad_kv_heads(tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     assert main(["run", "--heads", "4", "--kv-heads", "3", "--device", "cpu", "--out", str(bad)]) == 2
     assert "--kv-heads: kv_heads 3 does not divide heads 4" in capsys.readouterr().err and not bad.exists()
+
+
+def test_results_file_is_named_by_the_machine_that_timed_it(tmp_path, monkeypatch):
+    """Two CPU models' default files never share a name, as two GPU models' do not."""
+    import datetime
+
+    from suite import cli
+    from suite.environment import machine_name
+
+    monkeypatch.setattr(cli, "RESULTS_DIR", tmp_path)
+    assert main(["run", "--impl", "naive", "--seq-len", "8", "--heads", "1", "--head-dim", "8", "--dtype", "float32",
+                 "--causal", "false", "--mode", "fwd", "--device", "cpu"]) == 0
+    machine = re.sub(r"[^a-z0-9]+", "-", machine_name("cpu").lower()).strip("-")
+    assert [p.name for p in tmp_path.iterdir()] == [f"{datetime.date.today().isoformat()}_{machine}_smoke.jsonl"]

@@ -9,6 +9,7 @@
 #   profiles.txt                `attnbench profile` of each PROFILE implementation
 #   GPU-triton-autotune.tgz     Triton's autotuning results
 # Usage: bash scripts/gpu-evidence.sh PRESET[,PRESET...]|- [TIMEOUT_S_PER_PRESET] [--tests]
+# (a preset's run starts no row after TIMEOUT less a margin, min(60 s, a quarter), and exits 3 there)
 # Each preset starts a new results file (named by date and GPU; -2, -3, ... when one exists under
 # results/), unless RESUME_FILE names a results file of that preset to continue.
 # Environment: TEST_TIMEOUT_S, TEST_SELECT (pytest -k), RUN_FLAGS (extra `attnbench run` flags),
@@ -71,8 +72,11 @@ for preset in ${presets//,/ }; do
   "$PY" -m suite run --preset "$preset" --device "$DEVICE" --out "$out" $resume ${RUN_FLAGS:-} --dry-run >> "$log" 2>&1
   tail -n 4 "$log"
   echo "== run (progress, then the table)" >> "$log"
+  # Soft limit first: no row starts after it, so the run normally ends between rows; the hard timeout only
+  # interrupts a row that overruns the margin (a long compilation or autotune), and that row is lost.
+  soft=$(( limit - (limit / 4 < 60 ? limit / 4 : 60) ))
   timeout --signal=INT "$limit" "$PY" -m suite run --preset "$preset" --device "$DEVICE" --out "$out" $resume ${RUN_FLAGS:-} \
-    >> "$log" 2>&1
+    --time-limit "$soft" >> "$log" 2>&1
   echo "preset $preset exit $?" | tee -a "$log"
   sed -n '/^case /,/^results: /p' "$log" | tail -n 40  # the run's table
   if [ -n "${LOCAL_ERRORS:-}" ]; then  # add the local-inputs figures to approximate rows that lack them

@@ -23,7 +23,7 @@ from .plan import format_plan, plan_run
 from .presets import PRESETS, default_preset
 from .progress import Progress
 from .results import STATUSES, ResultsFormatError, ResultsWriter, finished_keys, read, recorded_machine, timed_by_runs
-from .runner import DeviceLost, RunSettings, row_key, run_cases
+from .runner import DeviceLost, RunSettings, TimeLimitReached, row_key, run_cases
 from .summary import format_table
 
 RESULTS_DIR = Path("results")
@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--retry", help=f"with --resume: run again the cases whose row has one of these statuses "
                                      f"({', '.join(RETRYABLE)}); the new row replaces the old one")
     run.add_argument("--seed", type=int, default=0, help="seed for the random inputs (default 0)")
+    run.add_argument("--time-limit", dest="time_limit",
+                     help="seconds: start no new row after this long; the run stops cleanly, every finished row kept "
+                          "(exit 3; continue with --resume --out FILE)")
     run.add_argument("--dry-run", dest="dry_run", action="store_true",
                      help="print what the run would measure, skip (--resume) or record as unsupported, and stop")
 
@@ -206,6 +209,7 @@ def _refuse_another_machine(out: Path, device: str) -> None:
 
 
 def cmd_run(args) -> int:
+    started = time.monotonic()
     flags = {key: getattr(args, key) for key in ("impl", "seq_len", "heads", "kv_heads", "batch", "head_dim", "dtype",
                                                  "causal", "mode")}
     from_config = config.read_config(args.config) if args.config else {}
@@ -224,6 +228,7 @@ def cmd_run(args) -> int:
     if out.exists() and not args.resume:
         raise UsageError(f"--out: {str(out)!r} already exists (use --resume to continue it, or another path)")
     retry = _retry_statuses(args.retry, args.resume)
+    deadline = started + config.positive_float("--time-limit", args.time_limit) if args.time_limit else None
     try:
         skip = finished_keys(out, retry) if args.resume else set()
         if args.resume:
@@ -252,7 +257,14 @@ def cmd_run(args) -> int:
     if skip:
         print(f"resuming {out}: {len(skip)} rows already there", file=sys.stderr)
     try:
-        rows = run_cases(impls, cases, settings=settings, on_row=writer.append, skip=skip, progress=Progress())
+        rows = run_cases(impls, cases, settings=settings, on_row=writer.append, skip=skip, progress=Progress(),
+                         deadline=deadline)
+    except TimeLimitReached as reached:
+        writer.close()
+        kept = f"every finished row is in {out}" if reached.done else "no row finished"
+        print(f"\nstopped at --time-limit {args.time_limit} s: {reached}; {kept} (continue with --resume --out {out})",
+              file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         writer.close()
         print(f"\ninterrupted: every finished row is in {out} (continue with --resume --out {out})", file=sys.stderr)

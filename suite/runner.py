@@ -9,6 +9,7 @@ is raised; the rest can run in a new process (`run --resume`).
 from __future__ import annotations
 
 import gc
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -51,6 +52,14 @@ def is_out_of_memory(error: BaseException) -> bool:
         return True
     message = str(error)
     return isinstance(error, RuntimeError) and ("can't allocate memory" in message or "not enough memory" in message)
+
+
+class TimeLimitReached(RuntimeError):
+    """`run --time-limit`: the deadline passed before a row could start; every finished row is written."""
+
+    def __init__(self, done: int, total: int):
+        super().__init__(f"the time limit passed after {done} of {total} rows")
+        self.done, self.total = done, total
 
 
 class DeviceLost(RuntimeError):
@@ -304,8 +313,10 @@ def run_cases(
     on_row: Callable[[dict[str, Any]], None],
     skip: set[tuple] = frozenset(),
     progress=None,
+    deadline: float | None = None,
 ) -> list[dict[str, Any]]:
-    """Every implementation on every case (cases outer, so inputs and reference are made once)."""
+    """Every implementation on every case (cases outer, so inputs and reference are made once). No row starts
+    after `deadline` (time.monotonic()): the run ends there with TimeLimitReached, each row whole."""
     todo = [(case, [impl for impl in impls if row_key(impl.label, case) not in skip]) for case in cases]
     todo = [(case, chosen) for case, chosen in todo if chosen]
     total = sum(len(chosen) for _, chosen in todo)
@@ -314,7 +325,12 @@ def run_cases(
     rows = []
     if progress:
         progress.start(total)
+    def check_deadline() -> None:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise TimeLimitReached(len(rows), total)
+
     for case, chosen in todo:
+        check_deadline()
         monitor = monitors.setdefault(case.device, GpuMonitor(torch.device(case.device)))
         try:
             inputs = make_inputs(case, settings.seed)
@@ -332,6 +348,7 @@ def run_cases(
             torch.cuda.empty_cache()  # each case starts from an unfragmented allocator
         reference = softmax_reference(case, inputs, settings)
         for impl in chosen:
+            check_deadline()
             if progress:
                 progress.row_started(impl.label, case)
             row = run_one(impl, case, inputs, reference, settings, monitor, local_errors)

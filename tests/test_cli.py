@@ -267,3 +267,21 @@ def test_results_file_is_named_by_the_machine_that_timed_it(tmp_path, monkeypatc
                  "--causal", "false", "--mode", "fwd", "--device", "cpu"]) == 0
     machine = re.sub(r"[^a-z0-9]+", "-", machine_name("cpu").lower()).strip("-")
     assert [p.name for p in tmp_path.iterdir()] == [f"{datetime.date.today().isoformat()}_{machine}_smoke.jsonl"]
+
+
+def test_time_limit_stops_between_rows_and_resume_finishes(tmp_path, monkeypatch, capsys):
+    import itertools
+    import time
+
+    out = tmp_path / "limited.jsonl"
+    grid = ["--impl", "naive,sdpa", "--seq-len", "8,16", "--heads", "1", "--head-dim", "8", "--dtype", "float32",
+            "--causal", "both", "--mode", "fwd", "--device", "cpu", "--out", str(out)]
+    clock = itertools.count()  # each reading of the clock is one second later
+    monkeypatch.setattr(time, "monotonic", lambda: float(next(clock)))
+    assert main(["run", *grid, "--time-limit", "4.5"]) == 3
+    assert "stopped at --time-limit 4.5 s: the time limit passed after" in capsys.readouterr().err
+    done = len(results.load(out))
+    assert 0 < done < 8  # whole rows only: each one written, none cut
+    monkeypatch.undo()
+    assert main(["run", *grid, "--resume"]) == 0
+    assert len(results.load(out)) == 8

@@ -1,7 +1,9 @@
 """Timing one call: warm-up, repeats until the median is tight or the budget is spent, raw times kept.
 
 On CUDA each repeat is bracketed by CUDA events after an L2 flush (a write of twice the L2 size), so
-no repeat reads inputs left in cache by the one before. On CPU a monotonic clock times the same loop.
+no repeat reads inputs left in cache by the one before. On CPU a monotonic clock times the same loop,
+without a flush: evicting a last-level cache of hundreds of MB per repeat would cost more than the
+cases, so CPU times are warm-cache.
 The stopping rule follows torch.utils.benchmark's spirit: keep the raw samples, derive statistics.
 """
 from __future__ import annotations

@@ -7,7 +7,13 @@ softmax(QKᵀ/√D)V is approximated by linear attention with the feature map
 where W holds m rows drawn as blocks of orthogonal directions with chi-distributed norms (each row
 is marginally standard Gaussian, so the estimator stays unbiased; orthogonality lowers its variance).
 For numerical stability each query's features are divided by exp(max_f (Wq')_f) and all keys' by one
-shared exp(max over keys and features): both factors cancel between numerator and denominator.
+shared exp(max over keys and features): both factors cancel between numerator and denominator. Keys'
+features then get KEY_FEATURE_FLOOR added, as the Performer reference code adds its
+`numerical_stabilizer`: with large-norm keys, the keys a causal query sees can all fall below
+float32's range under the shared shift, and its ratio was 0/0 (NaN, seen in bfloat16 at logits of
+standard deviation 30); with the floor it is their plain average instead. The reference's 1e-6 moved
+the error against softmax by 1.5% on i.i.d. inputs; 1e-12 prevents the 0/0 as well and moves it by
+1e-7. The exact twin has the same floor.
 Causal masking uses the chunked prefix sums of linear.py.
 
 Precision: the projection multiplies in the input dtype (W·D^-¼ rounded to it; the exact twin keeps
@@ -46,6 +52,9 @@ def orthogonal_random_features(features: int, head_dim: int, seed: int) -> torch
     return directions * norms[:, None]
 
 
+KEY_FEATURE_FLOOR = 1e-12  # added to each key feature after the shift (relative to the largest, 1)
+
+
 def favor_features(x: torch.Tensor, projection: torch.Tensor, *, is_query: bool, stabilize: bool = True) -> torch.Tensor:
     """φ(x) as defined above, for x (B, H, N, D) and a projection (m, D) already scaled by D^-¼.
 
@@ -58,7 +67,8 @@ def favor_features(x: torch.Tensor, projection: torch.Tensor, *, is_query: bool,
         # Constant shifts cancel in the ratio; detached so they do not enter the gradient.
         shift = logits.amax(-1, keepdim=True) if is_query else logits.amax((-2, -1), keepdim=True)
         logits = logits - shift.detach()
-    return torch.exp(logits) / math.sqrt(projection.shape[0])
+    floor = KEY_FEATURE_FLOOR if stabilize and not is_query else 0.0
+    return (torch.exp(logits) + floor) / math.sqrt(projection.shape[0])
 
 
 _MM_HAS_OUT_DTYPE = tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 8)
@@ -108,7 +118,7 @@ def favor_features_fast(x: torch.Tensor, projection: torch.Tensor, *, is_query: 
     half_sq_norm = sq_norm / (2 * math.sqrt(x.shape[-1]))
     shift = (row_max - half_sq_norm).amax(-2, keepdim=True).detach()  # max over keys of logits − norm term
     # Out of place: the projection's output is a view, which autograd will not let us modify.
-    return (logits - (half_sq_norm + shift)).exp_()
+    return (logits - (half_sq_norm + shift)).exp_() + KEY_FEATURE_FLOOR  # not add_: exp_ saved its output
 
 
 class PerformerAttention(Implementation):

@@ -27,6 +27,11 @@ AWKWARD_SHAPES = [(1, 2, 1, 16, None), (3, 2, 17, 64, None), (1, 3, 257, 64, Non
                   (1, 2, 64, 64, None), (2, 4, 33, 16, 2), (1, 4, 70, 16, 1)]
 SHORT_LENGTHS = (1, 2)
 SHORT_LENGTH_SEEDS = range(1000, 1006)
+# Logits q·k/√D of this spread (trained models reach tens): an exp taken without subtracting the row's
+# maximum overflows even in float32 (the largest of 257 is ~3 spreads), and a stabilizer shared by all
+# keys can underflow every key a causal query sees. Outputs and gradients must stay finite there.
+LARGE_LOGIT_STD = 40.0
+LARGE_LOGIT_SEED = 4000
 TENSORS = ("out", "dq", "dk", "dv")
 
 
@@ -37,6 +42,7 @@ class CheckResult:
     status: str  # "pass", "fail", "unsupported" or "error"
     detail: str = ""  # fail: the worst tensor's error and allowance; unsupported/error: why
     not_bitwise: tuple[str, ...] = ()  # pass: tensors a second call reproduced within tolerance, not bit for bit
+    repeated: bool = False  # a second call on the same inputs was compared with the first
 
 
 def awkward_cases(device: str, dtypes: tuple[str, ...]) -> list[Case]:
@@ -48,6 +54,10 @@ def awkward_cases(device: str, dtypes: tuple[str, ...]) -> list[Case]:
 def short_cases(device: str, dtypes: tuple[str, ...]) -> list[Case]:
     return [Case(1, 2, seq_len, 16, dtype, causal, "fwd+bwd", device)
             for seq_len in SHORT_LENGTHS for dtype in dtypes for causal in (False, True)]
+
+
+def large_logit_cases(device: str, dtypes: tuple[str, ...]) -> list[Case]:
+    return [Case(1, 2, 257, 64, dtype, causal, "fwd+bwd", device) for dtype in dtypes for causal in (False, True)]
 
 
 def input_seed(case: Case) -> int:
@@ -73,23 +83,32 @@ def _call(impl: Implementation, case: Case, inputs: tuple[torch.Tensor, ...]) ->
     return {name: t.detach() for name, t in zip(TENSORS, (out, *grads))}
 
 
-def check_case(impl: Implementation, case: Case, seed: int) -> CheckResult:
-    """One case: forward (and, unless the mode is "fwd", backward) of `impl` and of its exact twin on the
-    same inputs; then `impl` once more on them, which must agree with its first call within the dtype's
-    tolerance (a race, or a read of memory nothing wrote, moves the result between calls)."""
+def _called(impl: Implementation, case: Case, seed: int,
+            inputs: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor] | CheckResult:
+    """The implementation's outputs and gradients, or the result that ends the case (refused, crashed, or an
+    output of the wrong shape)."""
     reasons = impl.supports(case)
     if reasons:
         return CheckResult(case, seed, "unsupported", "; ".join(reasons))
-    with_grad = case.mode != "fwd"
-    inputs = random_tensors(case, seed)
     try:
-        actual = _call(impl, case, inputs)
+        return _call(impl, case, inputs)
     except _WrongShape as wrong:
         return CheckResult(case, seed, "fail", str(wrong))
     except implementations.Unsupported as unsupported:
         return CheckResult(case, seed, "unsupported", f"refused at run time: {unsupported}")
     except Exception as error:  # noqa: BLE001 - a crash is a finding, reported with the rest
         return CheckResult(case, seed, "error", _described(error))
+
+
+def check_case(impl: Implementation, case: Case, seed: int) -> CheckResult:
+    """One case: forward (and, unless the mode is "fwd", backward) of `impl` and of its exact twin on the
+    same inputs; then `impl` once more on them, which must agree with its first call within the dtype's
+    tolerance (a race, or a read of memory nothing wrote, moves the result between calls)."""
+    inputs = random_tensors(case, seed)
+    actual = _called(impl, case, seed, inputs)
+    if isinstance(actual, CheckResult):
+        return actual
+    with_grad = case.mode != "fwd"
     q, k, v, grad_out = inputs
     exact = [t.detach().clone().requires_grad_(with_grad) for t in (q, k, v)]
     try:
@@ -102,6 +121,21 @@ def check_case(impl: Implementation, case: Case, seed: int) -> CheckResult:
     if not verdict.ok:
         return CheckResult(case, seed, "fail", verdict.reason() or "")
     return _repeated(impl, case, seed, inputs, actual)
+
+
+def check_large_logits(impl: Implementation, case: Case, seed: int) -> CheckResult:
+    """Queries and keys scaled so that the logits spread LARGE_LOGIT_STD: every output and gradient finite."""
+    q, k, v, grad_out = random_tensors(case, seed)
+    scale = LARGE_LOGIT_STD ** 0.5  # q·k/√D of unit-normal q, k has spread 1; each factor scales it
+    actual = _called(impl, case, seed, ((q.float() * scale).to(q.dtype), (k.float() * scale).to(k.dtype), v, grad_out))
+    if isinstance(actual, CheckResult):
+        return actual
+    broken = [f"{name} has {int((~torch.isfinite(t)).sum())} of {t.numel()} values NaN or infinite"
+              for name, t in actual.items() if not torch.isfinite(t).all()]
+    if broken:
+        why = f"at logits of spread {LARGE_LOGIT_STD:g} (an exp that overflows, or features that all underflow)"
+        return CheckResult(case, seed, "fail", f"{why}: {'; '.join(broken)}")
+    return CheckResult(case, seed, "pass")
 
 
 def _repeated(impl: Implementation, case: Case, seed: int, inputs: tuple[torch.Tensor, ...],
@@ -118,7 +152,7 @@ def _repeated(impl: Implementation, case: Case, seed: int, inputs: tuple[torch.T
                                                f"{verdict.reason()}")
     # Within tolerance but not bit for bit: atomic accumulation (common in backward kernels), not a bug.
     moved = tuple(name for name in first if not torch.equal(first[name], again[name]))
-    return CheckResult(case, seed, "pass", not_bitwise=moved)
+    return CheckResult(case, seed, "pass", not_bitwise=moved, repeated=True)
 
 
 def _described(error: Exception) -> str:
@@ -143,6 +177,8 @@ def check(impl: Implementation, device: str, dtypes: tuple[str, ...], seed: int 
     for short_seed in SHORT_LENGTH_SEEDS:
         for case in short_cases(device, dtypes):
             yield check_case(impl, _forward_only_if_need_be(impl, case), short_seed + seed)
+    for case in large_logit_cases(device, dtypes):
+        yield check_large_logits(impl, _forward_only_if_need_be(impl, case), LARGE_LOGIT_SEED + seed)
 
 
 @dataclass
@@ -176,8 +212,9 @@ class CheckSummary:
         moved = Counter(name for r in self.results for name in r.not_bitwise)
         if moved:  # not a failure: kernels that accumulate with atomics (many backward passes) vary in the last bits
             tensors = ", ".join(f"{name} in {count}" for name, count in sorted(moved.items(), key=lambda i: TENSORS.index(i[0])))
+            repeated = sum(r.repeated for r in self.results)
             lines.append(f"  note: a second call on the same inputs agreed within tolerance but not bit for bit "
-                         f"({tensors} of {self.count('pass')} passing cases): accumulation order varies between calls")
+                         f"({tensors} of {repeated} passing cases): accumulation order varies between calls")
         findings = [r for r in self.results if r.status in ("fail", "error")]
         for result in findings[:max_findings]:
             lines.append(f"  {result.status.upper():<5} {result.case.label} seed {result.seed}: {result.detail}")

@@ -10,7 +10,7 @@ from suite.environment import collect
 from suite.gpu_monitor import GpuMonitor
 from suite.peak import measured_copy_gbytes_per_s, measured_matmul_tflops
 from suite.runner import RunSettings, run_cases
-from tests.twin_check import assert_matches_twin, assert_matches_twin_for_seeds
+from tests.twin_check import assert_finite_at_large_logits, assert_matches_twin, assert_matches_twin_for_seeds
 
 pytestmark = pytest.mark.gpu
 
@@ -22,6 +22,12 @@ def test_gpu_matches_twin_for_many_seeds_at_the_shortest_lengths(name):
     cases = [Case(1, 2, seq_len, 64, dtype, causal, "fwd+bwd", "cuda")
              for seq_len in (1, 2) for dtype in ("float16", "bfloat16", "float32") for causal in (False, True)]
     assert_matches_twin_for_seeds(name, cases, range(2000, 2004))
+
+
+@pytest.mark.parametrize("name", [n for n in implementations.names()
+                                  if implementations.get(n).family == "exact" or n in {"linear", "performer"}])
+def test_gpu_stays_finite_at_large_logits(name):
+    assert_finite_at_large_logits(name, "cuda", ("float16", "bfloat16", "float32"))
 
 
 @pytest.mark.parametrize("name", ["linear", "performer"])

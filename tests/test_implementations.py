@@ -13,7 +13,7 @@ import implementations
 from implementations import reference_attention
 from suite.accuracy import error, tolerance
 from suite.conformance import SHORT_LENGTH_SEEDS, awkward_cases, input_seed, short_cases
-from tests.twin_check import assert_matches_twin, assert_matches_twin_for_seeds
+from tests.twin_check import assert_finite_at_large_logits, assert_matches_twin, assert_matches_twin_for_seeds
 
 
 def _cases():
@@ -31,6 +31,13 @@ def test_matches_float64_exact_twin(name, case):
 def test_matches_twin_for_many_seeds_at_the_shortest_lengths(name):
     """At one or two tokens gradients cancel most; passing must not depend on a lucky seed."""
     assert_matches_twin_for_seeds(name, short_cases("cpu", ("float32", "bfloat16")), SHORT_LENGTH_SEEDS)
+
+
+@pytest.mark.parametrize("name", implementations.names())
+def test_stays_finite_at_large_logits(name):
+    """Trained models' logits reach tens: no overflowing exp, no keys' features that all underflow (Performer's
+    causal ratio was 0/0 there before its key features got a floor)."""
+    assert_finite_at_large_logits(name, "cpu", ("float32", "bfloat16", "float16"))
 
 
 def test_a_wrong_implementation_fails_the_same_check():

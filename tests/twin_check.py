@@ -28,3 +28,15 @@ def assert_matches_twin_for_seeds(name: str, cases: list[Case], seeds: range) ->
     for seed in seeds:
         for case in runnable:
             assert_matches_twin(name, case, input_seed=seed)
+
+
+def assert_finite_at_large_logits(name: str, device: str, dtypes: tuple[str, ...]) -> None:
+    """The conformance check's large-logit cases: every output and gradient finite; skips if none can run."""
+    from suite.conformance import LARGE_LOGIT_SEED, check_large_logits, large_logit_cases
+
+    results = [check_large_logits(implementations.get(name), case, LARGE_LOGIT_SEED)
+               for case in large_logit_cases(device, dtypes)]
+    if all(result.status == "unsupported" for result in results):
+        pytest.skip(f"{name} runs none of these cases here: {results[0].detail}")
+    failed = [f"{r.case.label}: {r.status}: {r.detail}" for r in results if r.status not in ("pass", "unsupported")]
+    assert not failed, failed

@@ -293,7 +293,8 @@ def cmd_check(args) -> int:
     dtypes = config.dtypes("--dtype", args.dtype or default_dtypes)
     print(f"checking on {device} ({', '.join(dtypes)}): {len(conformance.AWKWARD_SHAPES)} awkward shapes, causal and "
           f"not, then lengths {conformance.SHORT_LENGTHS} for {len(conformance.SHORT_LENGTH_SEEDS)} seeds, each twice, "
-          f"then 257 tokens at logits of spread {conformance.LARGE_LOGIT_STD:g} (finite results); "
+          f"then transposed (non-contiguous) inputs, then 257 tokens at logits of spread "
+          f"{conformance.LARGE_LOGIT_STD:g} (finite results); "
           f"memory poisoning: {poisoning(device)}", flush=True)
     all_ok = True
     for number, spec in enumerate(specs):

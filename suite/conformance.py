@@ -32,6 +32,11 @@ SHORT_LENGTH_SEEDS = range(1000, 1006)
 # keys can underflow every key a causal query sees. Outputs and gradients must stay finite there.
 LARGE_LOGIT_STD = 40.0
 LARGE_LOGIT_SEED = 4000
+# Models hand attention q, k, v as (batch, seq, heads, dim) tensors transposed to (batch, heads, seq, dim):
+# not contiguous. A kernel that assumes contiguous strides reads the wrong elements.
+TRANSPOSED_SHAPE = (2, 3, 65, 32)
+TRANSPOSED_SEED = 5000
+TRANSPOSED_NOTE = "with q, k, v laid out (batch, seq, heads, dim) in memory"
 TENSORS = ("out", "dq", "dk", "dv")
 
 
@@ -54,6 +59,12 @@ def awkward_cases(device: str, dtypes: tuple[str, ...]) -> list[Case]:
 def short_cases(device: str, dtypes: tuple[str, ...]) -> list[Case]:
     return [Case(1, 2, seq_len, 16, dtype, causal, "fwd+bwd", device)
             for seq_len in SHORT_LENGTHS for dtype in dtypes for causal in (False, True)]
+
+
+def transposed_cases(device: str, dtypes: tuple[str, ...]) -> list[Case]:
+    batch, heads, seq_len, head_dim = TRANSPOSED_SHAPE
+    return [Case(batch, heads, seq_len, head_dim, dtype, causal, "fwd+bwd", device) for dtype in dtypes
+            for causal in (False, True)]
 
 
 def large_logit_cases(device: str, dtypes: tuple[str, ...]) -> list[Case]:
@@ -100,14 +111,24 @@ def _called(impl: Implementation, case: Case, seed: int,
         return CheckResult(case, seed, "error", _described(error))
 
 
-def check_case(impl: Implementation, case: Case, seed: int) -> CheckResult:
+def _seq_major(t: torch.Tensor) -> torch.Tensor:
+    """The same values, laid out (batch, seq, heads, dim) in memory and viewed as (batch, heads, seq, dim)."""
+    return t.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def check_case(impl: Implementation, case: Case, seed: int, transposed: bool = False) -> CheckResult:
     """One case: forward (and, unless the mode is "fwd", backward) of `impl` and of its exact twin on the
     same inputs; then `impl` once more on them, which must agree with its first call within the dtype's
-    tolerance (a race, or a read of memory nothing wrote, moves the result between calls)."""
+    tolerance (a race, or a read of memory nothing wrote, moves the result between calls). `transposed`:
+    q, k and v are non-contiguous views, as a model passes them."""
     inputs = random_tensors(case, seed)
+    if transposed:
+        q, k, v, grad_out = inputs
+        inputs = (_seq_major(q), _seq_major(k), _seq_major(v), grad_out)
     actual = _called(impl, case, seed, inputs)
     if isinstance(actual, CheckResult):
-        return actual
+        failed = transposed and actual.status in ("fail", "error")
+        return replace(actual, detail=f"{TRANSPOSED_NOTE}: {actual.detail}") if failed else actual
     with_grad = case.mode != "fwd"
     q, k, v, grad_out = inputs
     exact = [t.detach().clone().requires_grad_(with_grad) for t in (q, k, v)]
@@ -119,7 +140,7 @@ def check_case(impl: Implementation, case: Case, seed: int) -> CheckResult:
     expected = dict(zip(TENSORS, (expected_out, *expected_grads)))
     verdict = judge(actual, expected, case.dtype, case.seq_len, impl.atol_scale)
     if not verdict.ok:
-        return CheckResult(case, seed, "fail", verdict.reason() or "")
+        return CheckResult(case, seed, "fail", f"{TRANSPOSED_NOTE}: {verdict.reason()}" if transposed else verdict.reason() or "")
     return _repeated(impl, case, seed, inputs, actual)
 
 
@@ -177,6 +198,8 @@ def check(impl: Implementation, device: str, dtypes: tuple[str, ...], seed: int 
     for short_seed in SHORT_LENGTH_SEEDS:
         for case in short_cases(device, dtypes):
             yield check_case(impl, _forward_only_if_need_be(impl, case), short_seed + seed)
+    for case in transposed_cases(device, dtypes):
+        yield check_case(impl, _forward_only_if_need_be(impl, case), TRANSPOSED_SEED + seed, transposed=True)
     for case in large_logit_cases(device, dtypes):
         yield check_large_logits(impl, _forward_only_if_need_be(impl, case), LARGE_LOGIT_SEED + seed)
 

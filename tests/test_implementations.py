@@ -13,7 +13,12 @@ import implementations
 from implementations import reference_attention
 from suite.accuracy import error, tolerance
 from suite.conformance import SHORT_LENGTH_SEEDS, awkward_cases, input_seed, short_cases
-from tests.twin_check import assert_finite_at_large_logits, assert_matches_twin, assert_matches_twin_for_seeds
+from tests.twin_check import (
+    assert_finite_at_large_logits,
+    assert_matches_twin,
+    assert_matches_twin_for_seeds,
+    assert_transposed_views_match_twin,
+)
 
 
 def _cases():
@@ -31,6 +36,12 @@ def test_matches_float64_exact_twin(name, case):
 def test_matches_twin_for_many_seeds_at_the_shortest_lengths(name):
     """At one or two tokens gradients cancel most; passing must not depend on a lucky seed."""
     assert_matches_twin_for_seeds(name, short_cases("cpu", ("float32", "bfloat16")), SHORT_LENGTH_SEEDS)
+
+
+@pytest.mark.parametrize("name", implementations.names())
+def test_matches_twin_on_transposed_views(name):
+    """q, k, v as a model passes them: (batch, seq, heads, dim) in memory, viewed (batch, heads, seq, dim)."""
+    assert_transposed_views_match_twin(name, "cpu", ("float32", "bfloat16"))
 
 
 @pytest.mark.parametrize("name", implementations.names())

@@ -8,12 +8,13 @@ from suite.case import Case
 from suite.conformance import check_case
 
 
-def assert_matches_twin(name: str, case: Case, input_seed: int, options: dict | None = None) -> None:
+def assert_matches_twin(name: str, case: Case, input_seed: int, options: dict | None = None,
+                        transposed: bool = False) -> None:
     """Skips (with the reasons) where the implementation cannot run the case.
 
     `options` is a dict rather than keywords: an option may be called `seed` (Performer's is).
     """
-    result = check_case(implementations.get(name, **(options or {})), case, input_seed)
+    result = check_case(implementations.get(name, **(options or {})), case, input_seed, transposed=transposed)
     if result.status == "unsupported":
         pytest.skip(f"{name} cannot run {case.label} here: {result.detail}")
     assert result.status == "pass", f"{name} {case.label} seed {input_seed}: {result.status}: {result.detail}"
@@ -36,6 +37,18 @@ def assert_finite_at_large_logits(name: str, device: str, dtypes: tuple[str, ...
 
     results = [check_large_logits(implementations.get(name), case, LARGE_LOGIT_SEED)
                for case in large_logit_cases(device, dtypes)]
+    if all(result.status == "unsupported" for result in results):
+        pytest.skip(f"{name} runs none of these cases here: {results[0].detail}")
+    failed = [f"{r.case.label}: {r.status}: {r.detail}" for r in results if r.status not in ("pass", "unsupported")]
+    assert not failed, failed
+
+
+def assert_transposed_views_match_twin(name: str, device: str, dtypes: tuple[str, ...]) -> None:
+    """The conformance check's transposed-layout cases, each that the implementation supports; skips if none."""
+    from suite.conformance import TRANSPOSED_SEED, transposed_cases
+
+    impl = implementations.get(name)
+    results = [check_case(impl, case, TRANSPOSED_SEED, transposed=True) for case in transposed_cases(device, dtypes)]
     if all(result.status == "unsupported" for result in results):
         pytest.skip(f"{name} runs none of these cases here: {results[0].detail}")
     failed = [f"{r.case.label}: {r.status}: {r.detail}" for r in results if r.status not in ("pass", "unsupported")]

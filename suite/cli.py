@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import os
 import re
 import sys
 import time
@@ -502,3 +503,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # before a run started (e.g. while measuring the matmul peak): nothing written
         print("\nattnbench: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`attnbench check ... | head`): stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not raise again
+        return 141

@@ -285,3 +285,19 @@ def test_time_limit_stops_between_rows_and_resume_finishes(tmp_path, monkeypatch
     monkeypatch.undo()
     assert main(["run", *grid, "--resume"]) == 0
     assert len(results.load(out)) == 8
+
+
+def test_a_reader_that_goes_away_stops_the_command_quietly():
+    """`attnbench check ... | head -1`: no BrokenPipeError traceback."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    command = [sys.executable, "-m", "suite", "check", "--impl", "naive,sdpa,sdpa-math", "--dtype", "float32",
+               "--device", "cpu"]
+    process = subprocess.Popen(command, cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline().startswith("checking on cpu")
+    process.stdout.close()
+    stderr = process.stderr.read()
+    assert process.wait(timeout=120) == 141 and "Traceback" not in stderr, stderr

@@ -22,9 +22,10 @@ from .poison import poisoned_allocations
 from .workload import random_tensors
 
 # (batch, heads, seq_len, head_dim, kv_heads): length 1, primes, one past a power of two and a
-# length no chunk or block size divides; head dims 16 and 64; the last two are grouped-query attention.
+# length no chunk or block size divides; head dims 16, 64 and 128 (the commonest in models, and its own
+# kernel path in most libraries); the last two are grouped-query attention.
 AWKWARD_SHAPES = [(1, 2, 1, 16, None), (3, 2, 17, 64, None), (1, 3, 257, 64, None), (3, 1, 257, 16, None),
-                  (1, 2, 64, 64, None), (2, 4, 33, 16, 2), (1, 4, 70, 16, 1)]
+                  (1, 2, 64, 64, None), (1, 2, 129, 128, None), (2, 4, 33, 16, 2), (1, 4, 70, 16, 1)]
 SHORT_LENGTHS = (1, 2)
 SHORT_LENGTH_SEEDS = range(1000, 1006)
 # Logits q·k/√D of this spread (trained models reach tens): an exp taken without subtracting the row's

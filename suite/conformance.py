@@ -122,14 +122,17 @@ def check_case(impl: Implementation, case: Case, seed: int, transposed: bool = F
     same inputs; then `impl` once more on them, which must agree with its first call within the dtype's
     tolerance (a race, or a read of memory nothing wrote, moves the result between calls). `transposed`:
     q, k and v are non-contiguous views, as a model passes them."""
-    inputs = random_tensors(case, seed)
-    if transposed:
-        q, k, v, grad_out = inputs
-        inputs = (_seq_major(q), _seq_major(k), _seq_major(v), grad_out)
+    q, k, v, grad_out = random_tensors(case, seed)
+    if not transposed:
+        return _against_twin(impl, case, seed, (q, k, v, grad_out))
+    result = _against_twin(impl, case, seed, (_seq_major(q), _seq_major(k), _seq_major(v), grad_out))
+    return replace(result, detail=f"{TRANSPOSED_NOTE}: {result.detail}") if result.status in ("fail", "error") else result
+
+
+def _against_twin(impl: Implementation, case: Case, seed: int, inputs: tuple[torch.Tensor, ...]) -> CheckResult:
     actual = _called(impl, case, seed, inputs)
     if isinstance(actual, CheckResult):
-        failed = transposed and actual.status in ("fail", "error")
-        return replace(actual, detail=f"{TRANSPOSED_NOTE}: {actual.detail}") if failed else actual
+        return actual
     with_grad = case.mode != "fwd"
     q, k, v, grad_out = inputs
     exact = [t.detach().clone().requires_grad_(with_grad) for t in (q, k, v)]
@@ -141,7 +144,7 @@ def check_case(impl: Implementation, case: Case, seed: int, transposed: bool = F
     expected = dict(zip(TENSORS, (expected_out, *expected_grads)))
     verdict = judge(actual, expected, case.dtype, case.seq_len, impl.atol_scale)
     if not verdict.ok:
-        return CheckResult(case, seed, "fail", f"{TRANSPOSED_NOTE}: {verdict.reason()}" if transposed else verdict.reason() or "")
+        return CheckResult(case, seed, "fail", verdict.reason() or "")
     return _repeated(impl, case, seed, inputs, actual)
 
 

@@ -87,15 +87,20 @@ def _glibc() -> ctypes.CDLL | None:
     return libc
 
 
+def free_block_sizes(snapshot: list[dict], device_index: int, stream: int) -> list[int]:
+    """Sizes of the caching allocator's free blocks that this device and stream can be given (not those of a
+    CUDA graph's private pool), largest first: requested in that order, each request is given the free
+    block of its own size (the allocator picks the smallest that fits, and every larger one is taken by
+    then), so each is filled once."""
+    return sorted((block["size"] for segment in snapshot
+                   if segment.get("device") == device_index and segment.get("stream", stream) == stream
+                   and tuple(segment.get("segment_pool_id") or (0, 0)) == (0, 0)
+                   for block in segment["blocks"] if block["state"] == "inactive"), reverse=True)
+
+
 def _poison_cuda_cache(device: torch.device) -> None:
     index = device.index if device.index is not None else torch.cuda.current_device()
-    stream = torch.cuda.current_stream(index).cuda_stream
-    sizes = sorted((block["size"] for segment in torch.cuda.memory_snapshot()
-                    if segment.get("device") == index and segment.get("stream", stream) == stream
-                    and tuple(segment.get("segment_pool_id") or (0, 0)) == (0, 0)  # not a CUDA graph's pool
-                    for block in segment["blocks"] if block["state"] == "inactive"), reverse=True)
-    # Largest first, each request is given the free block of its own size (the allocator picks the
-    # smallest that fits, and every larger one is taken by then), so each is filled once.
+    sizes = free_block_sizes(torch.cuda.memory_snapshot(), index, torch.cuda.current_stream(index).cuda_stream)
     held = []
     try:
         for size in sizes:

@@ -92,3 +92,19 @@ def test_a_gradient_row_never_written_fails_too():
     assert rows[1]["status"] == "mismatch" and rows[1]["reason"].startswith("dk: 32 of 1056 elements never written")
     result = check_case(KeysGradientMissesLastRow("dk-tail"), cases[0], seed=3)
     assert result.status == "fail" and result.detail.startswith("dk: 32 of 1056 elements never written")
+
+
+def test_the_cuda_fill_takes_every_free_block_of_this_device_and_stream_largest_first():
+    from suite.poison import free_block_sizes
+
+    def segment(device, stream, blocks, pool=(0, 0)):
+        return {"device": device, "stream": stream, "segment_pool_id": pool,
+                "blocks": [{"size": size, "state": state} for size, state in blocks]}
+    snapshot = [
+        segment(0, 0, [(2 << 20, "active_allocated"), (6 << 20, "inactive"), (1 << 20, "inactive")]),
+        segment(0, 0, [(512, "inactive"), (4096, "active_pending_free")]),
+        segment(1, 0, [(8 << 20, "inactive")]),  # another GPU
+        segment(0, 7, [(8 << 20, "inactive")]),  # another stream's blocks
+        segment(0, 0, [(8 << 20, "inactive")], pool=(3, 1)),  # a CUDA graph's private pool
+    ]
+    assert free_block_sizes(snapshot, device_index=0, stream=0) == [6 << 20, 1 << 20, 512]

@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import warnings
 from collections.abc import Iterator
 from functools import cache
 
@@ -100,7 +101,11 @@ def free_block_sizes(snapshot: list[dict], device_index: int, stream: int) -> li
 
 def _poison_cuda_cache(device: torch.device) -> None:
     index = device.index if device.index is not None else torch.cuda.current_device()
-    sizes = free_block_sizes(torch.cuda.memory_snapshot(), index, torch.cuda.current_stream(index).cuda_stream)
+    try:
+        sizes = free_block_sizes(torch.cuda.memory_snapshot(), index, torch.cuda.current_stream(index).cuda_stream)
+    except (RuntimeError, KeyError, TypeError) as error:  # an allocator this code does not know: check unpoisoned
+        _warn_once(f"attnbench: cannot read the CUDA allocator's free blocks ({error}); checks run unpoisoned")
+        return
     held = []
     try:
         for size in sizes:
@@ -116,3 +121,8 @@ def never_written(tensor: torch.Tensor) -> int:
         return 0
     raw = tensor.detach().contiguous().view(torch.uint8).view(-1, tensor.element_size())
     return int((raw == POISON_BYTE).all(dim=1).sum().item())
+
+
+@cache
+def _warn_once(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=3)

@@ -14,7 +14,18 @@ from . import charts
 from .attention_maps import attention_map_chart
 from .blocks import Heading, Image, Paragraph, Report, Table, to_html, to_markdown
 from .crossover import MISMATCH_MARK, crossover_summary, crossover_table
-from .data import MEASURED, ReportInputError, colours, fmt_bytes, fmt_num, group_title, groups, impl_order, prepare
+from .data import (
+    MEASURED,
+    ReportInputError,
+    batching_words,
+    colours,
+    fmt_bytes,
+    fmt_num,
+    group_title,
+    groups,
+    impl_order,
+    prepare,
+)
 from .first_calls import first_call_table
 
 CHART_KEYS = ("device", "gpu", "batching", "dtype", "causal", "mode")
@@ -228,8 +239,8 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | N
             group = dict(zip(CHART_KEYS, key))
             if not part.status.isin(MEASURED).any():
                 continue
-            batching = [group["batching"]] if isinstance(group["batching"], str) else []
-            slug = _slug(group["gpu"], *batching, group["dtype"], "causal" if group["causal"] else "dense", group["mode"])
+            slug = _slug(group["gpu"], *batching_words(group), group["dtype"], "causal" if group["causal"] else "dense",
+                         group["mode"])
             report.add(Heading(group_title(group), 3))
             chart(charts.throughput_chart(part, colour_of, group, "time_ms"), f"time-{slug}", "median time vs sequence length")
             if part.peak_mem_bytes.notna().any():

@@ -46,8 +46,12 @@ def group_title(group: dict) -> str:
     shape = [f"H{group['heads']}{grouped} D{group['head_dim']}"] if "heads" in group else []
     mask = [] if "causal" not in group else ["causal" if group["causal"] else "dense"]
     mode = [group["mode"]] if "mode" in group else []
-    batching = [group["batching"]] if isinstance(group.get("batching"), str) else []
-    return " · ".join([str(group["gpu"]), *batching, *shape, group["dtype"], *mask, *mode])
+    return " · ".join([str(group["gpu"]), *batching_words(group), *shape, group["dtype"], *mask, *mode])
+
+
+def batching_words(group: dict) -> list[str]:
+    """The group's batching, for titles and file names, where the results mix several (else nothing)."""
+    return [group["batching"]] if isinstance(group.get("batching"), str) else []
 
 
 def impl_order(labels: Iterable[str]) -> list[str]:

@@ -81,6 +81,11 @@ class _WrongShape(Exception):
     """The implementation returned an output of another shape or dtype than the query's."""
 
 
+class _WroteIntoInputs(Exception):
+    """The implementation changed q, k or v in place: a caller's tensors, and in a run every later
+    implementation's inputs."""
+
+
 def _call(impl: Implementation, case: Case, inputs: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
     """One forward (and backward) on fresh leaves, in poisoned memory: an element left unwritten must fail."""
     q, k, v, grad_out = inputs
@@ -92,6 +97,9 @@ def _call(impl: Implementation, case: Case, inputs: tuple[torch.Tensor, ...]) ->
         if out.shape != q.shape or out.dtype != q.dtype:
             raise _WrongShape(f"output is {tuple(out.shape)} {out.dtype}, expected {tuple(q.shape)} {q.dtype}")
         grads = torch.autograd.grad(out, leaves, grad_out) if with_grad else ()
+    changed = [name for name, leaf, given in zip("qkv", leaves, (q, k, v)) if not torch.equal(leaf.detach(), given)]
+    if changed:
+        raise _WroteIntoInputs(f"it wrote into its inputs: {', '.join(changed)} changed during the call")
     return {name: t.detach() for name, t in zip(TENSORS, (out, *grads))}
 
 
@@ -104,7 +112,7 @@ def _called(impl: Implementation, case: Case, seed: int,
         return CheckResult(case, seed, "unsupported", "; ".join(reasons))
     try:
         return _call(impl, case, inputs)
-    except _WrongShape as wrong:
+    except (_WrongShape, _WroteIntoInputs) as wrong:
         return CheckResult(case, seed, "fail", str(wrong))
     except implementations.Unsupported as unsupported:
         return CheckResult(case, seed, "unsupported", f"refused at run time: {unsupported}")

@@ -347,11 +347,19 @@ def run_cases(
         if case.device == "cuda":
             torch.cuda.empty_cache()  # each case starts from an unfragmented allocator
         reference = softmax_reference(case, inputs, settings)
+        untouched = inputs.fingerprint()
         for impl in chosen:
             check_deadline()
             if progress:
                 progress.row_started(impl.label, case)
             row = run_one(impl, case, inputs, reference, settings, monitor, local_errors)
+            if inputs.fingerprint() != untouched:  # its results, and every later one's, would be on other inputs
+                row = {**_base_row(impl, case), "status": "error",
+                       "reason": "it wrote into its inputs (q, k, v or the upstream gradient changed during its calls); "
+                                 "the case's later implementations got fresh inputs"}
+                reference.release()
+                inputs = make_inputs(case, settings.seed)
+                reference = softmax_reference(case, inputs, settings)  # it may have been computed from changed inputs
             lost = row["status"] == "error" and not device_usable(case.device)
             if lost:
                 row["reason"] += " [the device was unusable after this error; the run stopped here]"

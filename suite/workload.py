@@ -24,6 +24,17 @@ class Inputs:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.q, self.k, self.v, self.dout) if t is not None)
 
+    def fingerprint(self) -> tuple[float, ...]:
+        """Sum and norm of each tensor, in float64: changed by an implementation that writes into its inputs
+        (a scale applied in place), which would hand every later implementation of the case other inputs."""
+        prints = []
+        for t in (self.q, self.k, self.v, self.dout):
+            if t is not None:
+                data = t.detach()
+                prints += [torch.sum(data, dtype=torch.float64).item(),
+                           torch.linalg.vector_norm(data, dtype=torch.float64).item()]
+        return tuple(prints)
+
 
 def case_seed(case: Case, seed: int) -> int:
     """A seed per case, stable across runs and machines."""

@@ -124,3 +124,26 @@ def test_an_allocator_snapshot_that_cannot_be_read_leaves_the_check_unpoisoned(m
         warnings.simplefilter("always")
         poison._poison_cuda_cache(torch.device("cuda", 0))  # returns instead of raising: the row still runs
     assert any("checks run unpoisoned" in str(w.message) for w in caught)
+
+
+class ScalesQueriesInPlace(implementations.Implementation):
+    """Right output, but applies the softmax scale to the caller's q in place."""
+
+    def __call__(self, q, k, v, *, causal=False):
+        q.mul_(q.shape[-1] ** -0.5)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=1.0)
+
+
+def test_an_implementation_that_writes_into_its_inputs_is_blamed_alone():
+    """Inputs are shared by a case's implementations: sdpa after it would have mismatched on scaled queries."""
+    cases = [Case(1, 2, 33, 16, "float32", causal, "fwd", "cpu") for causal in (False, True)]
+    rows = []
+    run_cases([ScalesQueriesInPlace("in-place"), implementations.get("sdpa")], cases,
+              settings=RunSettings(policies={"cpu": FAST}), on_row=rows.append)
+    statuses = {(row["impl"], row["causal"]): (row["status"], row.get("reason") or "") for row in rows}
+    for causal in (False, True):
+        assert statuses[("sdpa", causal)][0] == "ok", statuses
+        status, reason = statuses[("in-place", causal)]
+        assert status == "error" and reason.startswith("it wrote into its inputs"), reason
+    result = check_case(ScalesQueriesInPlace("in-place"), Case(1, 2, 33, 16, "float32", False, "fwd", "cpu"), seed=3)
+    assert result.status == "fail" and result.detail == "it wrote into its inputs: q changed during the call"

@@ -353,7 +353,7 @@ def run_cases(
             if progress:
                 progress.row_started(impl.label, case)
             row = run_one(impl, case, inputs, reference, settings, monitor, local_errors)
-            if inputs.fingerprint() != untouched:  # its results, and every later one's, would be on other inputs
+            if not inputs.unchanged_since(untouched):  # its results, and every later one's, would be on other inputs
                 row = {**_base_row(impl, case), "status": "error",
                        "reason": "it wrote into its inputs (q, k, v or the upstream gradient changed during its calls); "
                                  "the case's later implementations got fresh inputs"}

@@ -35,6 +35,10 @@ class Inputs:
                            torch.linalg.vector_norm(data, dtype=torch.float64).item()]
         return tuple(prints)
 
+    def unchanged_since(self, fingerprint: tuple[float, ...]) -> bool:
+        """Whether the tensors still match an earlier fingerprint (to 1e-9: a reduction's last bits may vary)."""
+        return all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9) for a, b in zip(self.fingerprint(), fingerprint))
+
 
 def case_seed(case: Case, seed: int) -> int:
     """A seed per case, stable across runs and machines."""

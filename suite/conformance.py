@@ -37,7 +37,7 @@ LARGE_LOGIT_SEED = 4000
 # not contiguous. A kernel that assumes contiguous strides reads the wrong elements.
 TRANSPOSED_SHAPE = (2, 3, 65, 32)
 TRANSPOSED_SEED = 5000
-TRANSPOSED_NOTE = "with q, k, v laid out (batch, seq, heads, dim) in memory"
+TRANSPOSED_NOTE = "with q, k, v and the upstream gradient laid out (batch, seq, heads, dim) in memory"
 TENSORS = ("out", "dq", "dk", "dv")
 
 
@@ -129,11 +129,12 @@ def check_case(impl: Implementation, case: Case, seed: int, transposed: bool = F
     """One case: forward (and, unless the mode is "fwd", backward) of `impl` and of its exact twin on the
     same inputs; then `impl` once more on them, which must agree with its first call within the dtype's
     tolerance (a race, or a read of memory nothing wrote, moves the result between calls). `transposed`:
-    q, k and v are non-contiguous views, as a model passes them."""
+    q, k, v and the upstream gradient are non-contiguous views, as a model passes them."""
     q, k, v, grad_out = random_tensors(case, seed)
     if not transposed:
         return _against_twin(impl, case, seed, (q, k, v, grad_out))
-    result = _against_twin(impl, case, seed, (_seq_major(q), _seq_major(k), _seq_major(v), grad_out))
+    # The upstream gradient too: a model's output projection hands it back through the same transpose.
+    result = _against_twin(impl, case, seed, (_seq_major(q), _seq_major(k), _seq_major(v), _seq_major(grad_out)))
     return replace(result, detail=f"{TRANSPOSED_NOTE}: {result.detail}") if result.status in ("fail", "error") else result
 
 

@@ -153,4 +153,39 @@ def test_a_kernel_that_assumes_contiguous_inputs_fails_on_transposed_views(capsy
     monkeypatch.setitem(implementations.REGISTRY, "stride-blind", StrideBlind)
     status, out = _check(capsys, "--impl", "stride-blind", "--dtype", "float32")
     assert status == 1 and "stride-blind: FAILED (42 passed, 2 failed" in out
-    assert "B2-H3-N65-D32-fp32-dense-fwd+bwd seed 5000: with q, k, v laid out (batch, seq, heads, dim) in memory" in out
+    assert ("B2-H3-N65-D32-fp32-dense-fwd+bwd seed 5000: with q, k, v and the upstream gradient laid out (batch, seq, "
+            "heads, dim) in memory") in out
+
+
+def test_a_backward_that_assumes_a_contiguous_upstream_gradient_fails_on_transposed_views(capsys, monkeypatch):
+    import torch
+
+    import implementations
+
+    class _Blind(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, v, causal):
+            ctx.save_for_backward(q, k, v)
+            ctx.causal = causal
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+        @staticmethod
+        def backward(ctx, grad_out):
+            b, h, n, d = grad_out.shape  # read as if contiguous, as a kernel given a raw pointer would
+            grad_out = torch.as_strided(grad_out, grad_out.shape, (h * n * d, n * d, d, 1), grad_out.storage_offset())
+            q, k, v = (t.detach().requires_grad_() for t in ctx.saved_tensors)
+            with torch.enable_grad():
+                out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=ctx.causal)
+            return (*torch.autograd.grad(out, (q, k, v), grad_out), None)
+
+    class GradientStrideBlind(implementations.Implementation):
+        def supports(self, case):
+            return ["no grouped-query attention"] if case.kv_heads not in (None, case.heads) else []
+
+        def __call__(self, q, k, v, *, causal=False):
+            return _Blind.apply(q, k, v, causal)
+
+    monkeypatch.setitem(implementations.REGISTRY, "grad-stride-blind", GradientStrideBlind)
+    status, out = _check(capsys, "--impl", "grad-stride-blind", "--dtype", "float32")
+    assert status == 1 and "grad-stride-blind: FAILED (38 passed, 2 failed, 0 errors, 4 unsupported" in out
+    assert "seed 5000: with q, k, v and the upstream gradient laid out (batch, seq, heads, dim) in memory: dq" in out

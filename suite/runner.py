@@ -240,6 +240,10 @@ def measure_row(impl: Implementation, case: Case, inputs: Inputs, reference: Exp
                 accuracy_ok=verdict.ok, accuracy_tolerance={"rtol": verdict.rtol, "atol": verdict.atol},
                 errors={name: asdict(e) for name, e in verdict.errors.items()},
             )
+        # The checked slices of the first call, kept on the host (no device memory during timing) to compare a
+        # call after the timed ones with: the timed kernel must be the checked one (autotuning, plan caches).
+        checked_first = None if expected is None else {
+            name: t.detach().to("cpu", copy=True) for name, t in twin.slices.select(outputs).items()}
         outputs.clear()  # free them before timing
         del expected
         if approximate:
@@ -261,9 +265,25 @@ def measure_row(impl: Implementation, case: Case, inputs: Inputs, reference: Exp
         if before_each:
             before_each()
         row["peak_mem_bytes"], row["peak_mem_reason"] = peak_call_memory(fn, device)
+        if checked_first is not None and row["status"] == "ok":
+            row.update(_after_timing(work, twin.slices, checked_first, impl, case))
     finally:
         work.release()
     return row
+
+
+def _after_timing(work: Workload, slices, checked_first: dict[str, torch.Tensor], impl: Implementation,
+                  case: Case) -> dict[str, Any]:
+    """One more call, untimed, against the checked first call: a kernel that autotunes or caches plans must
+    compute after its timed calls what it computed when it was checked."""
+    with poisoned_allocations(torch.device(case.device)):
+        again = {name: t.detach().to("cpu") for name, t in slices.select(work.checked_call()).items()}
+    verdict = judge(again, checked_first, case.dtype, case.seq_len, impl.atol_scale)
+    if verdict.ok:
+        return {}
+    return {"status": "mismatch", "accuracy_ok": False,
+            "reason": f"a call after the timed ones disagrees with the checked first call beyond the tolerance (the "
+                      f"timed kernel is not the one that was checked): {verdict.reason()}"}
 
 
 def run_one(impl: Implementation, case: Case, inputs: Inputs, reference: ExpectedOutputs,

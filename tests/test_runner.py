@@ -196,3 +196,31 @@ def test_rows_report_achieved_bandwidth_against_the_measured_peak(tmp_path):
     assert row["bandwidth_fraction"] == pytest.approx(row["gbytes_per_s"] / 50.0)
     [row] = run_cases([implementations.get("naive")], [case], settings=FAST, on_row=lambda r: None)
     assert row["gbytes_per_s"] > 0 and row["bandwidth_fraction"] is None  # no peak measured (CPU runs)
+
+
+class RightOnlyWhenChecked(ScriptedAttention):
+    """Right on its first call of a case, 1% off on every later one: what a kernel whose autotuner or plan cache
+    switches to a wrong variant after the first call returns."""
+
+    def __init__(self, name, **options):
+        super().__init__(name, **options)
+        self.seen: set[tuple] = set()
+
+    def __call__(self, q, k, v, *, causal=False):
+        out = super().__call__(q, k, v, causal=causal)
+        key = (tuple(q.shape), causal)
+        first = key not in self.seen
+        self.seen.add(key)
+        return out if first else out * 1.01
+
+
+@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+def test_the_timed_kernel_must_compute_what_the_checked_one_did(tmp_path, mode):
+    rows, _ = run([RightOnlyWhenChecked("switches"), implementations.get("naive")], cases(17, 33, mode=mode), tmp_path)
+    for row in rows:
+        if row["impl"] == "naive":
+            assert row["status"] == "ok", row["reason"]
+        else:
+            assert row["status"] == "mismatch" and row["accuracy_ok"] is False
+            assert row["reason"].startswith("a call after the timed ones disagrees with the checked first call"), row
+            assert row["time_ms"] > 0  # measured, and marked: a speed that rests on a wrong result

@@ -276,8 +276,11 @@ def _after_timing(work: Workload, slices, checked_first: dict[str, torch.Tensor]
                   case: Case) -> dict[str, Any]:
     """One more call, untimed, against the checked first call: a kernel that autotunes or caches plans must
     compute after its timed calls what it computed when it was checked."""
-    with poisoned_allocations(torch.device(case.device)):
-        again = {name: t.detach().to("cpu") for name, t in slices.select(work.checked_call()).items()}
+    try:
+        with poisoned_allocations(torch.device(case.device)):
+            again = {name: t.detach().to("cpu") for name, t in slices.select(work.checked_call()).items()}
+    except torch.OutOfMemoryError:  # the timed calls fitted: keep their row, and say what was not done
+        return {"reason": "the call after the timed ones ran out of memory: it was not compared with the checked one"}
     verdict = judge(again, checked_first, case.dtype, case.seq_len, impl.atol_scale)
     if verdict.ok:
         return {}

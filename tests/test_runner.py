@@ -224,3 +224,19 @@ def test_the_timed_kernel_must_compute_what_the_checked_one_did(tmp_path, mode):
             assert row["status"] == "mismatch" and row["accuracy_ok"] is False
             assert row["reason"].startswith("a call after the timed ones disagrees with the checked first call"), row
             assert row["time_ms"] > 0  # measured, and marked: a speed that rests on a wrong result
+
+
+def test_a_timed_row_survives_running_out_of_memory_in_the_call_after_timing(tmp_path, monkeypatch):
+    from suite.workload import Workload
+
+    original, calls = Workload.checked_call, []
+
+    def second_call_out_of_memory(self):
+        calls.append(1)
+        if len(calls) == 2:  # the first checked call passed; the one after the timed calls finds no memory
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate")
+        return original(self)
+    monkeypatch.setattr(Workload, "checked_call", second_call_out_of_memory)
+    rows, _ = run([implementations.get("naive")], cases(17), tmp_path)
+    assert rows[0]["status"] == "ok" and rows[0]["time_ms"] > 0 and rows[0]["accuracy_ok"]
+    assert rows[0]["reason"] == "the call after the timed ones ran out of memory: it was not compared with the checked one"

@@ -272,8 +272,8 @@ def measure_row(impl: Implementation, case: Case, inputs: Inputs, reference: Exp
     return row
 
 
-def _after_timing(work: Workload, slices, checked_first: dict[str, torch.Tensor], impl: Implementation,
-                  case: Case) -> dict[str, Any]:
+def _after_timing(work: Workload, slices: CheckedSlices, checked_first: dict[str, torch.Tensor],
+                  impl: Implementation, case: Case) -> dict[str, Any]:
     """One more call, untimed, against the checked first call: a kernel that autotunes or caches plans must
     compute after its timed calls what it computed when it was checked."""
     try:
@@ -348,6 +348,7 @@ def run_cases(
     rows = []
     if progress:
         progress.start(total)
+
     def check_deadline() -> None:
         if deadline is not None and time.monotonic() >= deadline:
             raise TimeLimitReached(len(rows), total)

@@ -207,7 +207,10 @@ def check(impl: Implementation, device: str, dtypes: tuple[str, ...], seed: int 
     gradients, or the forward alone where the implementation supports only that. `seed` shifts
     every input seed, for other inputs than the default ones."""
     for case in awkward_cases(device, dtypes):
-        yield check_case(impl, _forward_only_if_need_be(impl, case), input_seed(case) + seed)
+        checked = _forward_only_if_need_be(impl, case)
+        yield check_case(impl, checked, input_seed(case) + seed)
+        if checked.mode != "fwd":  # the inference path too: without autograd some libraries dispatch another kernel
+            yield check_case(impl, replace(case, mode="fwd"), input_seed(case) + seed)
     for short_seed in SHORT_LENGTH_SEEDS:
         for case in short_cases(device, dtypes):
             yield check_case(impl, _forward_only_if_need_be(impl, case), short_seed + seed)

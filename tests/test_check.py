@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from suite.cli import main
+from tests.conftest import ScriptedAttention
 
 
 def _check(capsys, *argv) -> tuple[int, str]:
@@ -12,8 +13,8 @@ def _check(capsys, *argv) -> tuple[int, str]:
 def test_correct_implementations_pass(capsys):
     status, out = _check(capsys, "--impl", "naive,sparse-window:window=4", "--dtype", "float32")
     assert status == 0
-    assert "naive: ok (44 passed, 0 failed, 0 errors, 0 unsupported" in out
-    assert "sparse-window:window=4: ok (44 passed" in out
+    assert "naive: ok (60 passed, 0 failed, 0 errors, 0 unsupported" in out
+    assert "sparse-window:window=4: ok (60 passed" in out
 
 
 def test_seed_changes_the_inputs(capsys, fake_registry):
@@ -26,16 +27,16 @@ def test_a_wrong_output_fails_with_the_case_and_error(capsys, fake_registry):
     fake_registry("off-by-a-bit", scale_output=1.01)
     status, out = _check(capsys, "--impl", "off-by-a-bit", "--dtype", "float32")
     assert status == 1
-    assert "off-by-a-bit: FAILED (2 passed, 42 failed" in out
+    assert "off-by-a-bit: FAILED (2 passed, 58 failed" in out
     assert "FAIL  B1-H2-N1-D16-fp32-dense-fwd+bwd seed 23: out rel_rms_err 0.01 beyond tolerance" in out
-    assert "... and 22 more" in out
+    assert "... and 38 more" in out
 
 
 def test_a_crash_is_reported_and_the_check_goes_on(capsys, fake_registry):
     fake_registry("crashes-at-17", fail_on_seq_len=17, error=RuntimeError("bad launch"))
     status, out = _check(capsys, "--impl", "crashes-at-17,naive", "--dtype", "bfloat16")
     assert status == 1
-    assert "crashes-at-17: FAILED (42 passed, 0 failed, 2 errors" in out
+    assert "crashes-at-17: FAILED (56 passed, 0 failed, 4 errors" in out
     assert "ERROR B3-H2-N17-D64-bf16-causal-fwd+bwd seed 183: RuntimeError: bad launch" in out
     assert "naive: ok" in out
 
@@ -47,7 +48,7 @@ def test_an_error_that_leaves_the_device_unusable_stops_the_check(capsys, fake_r
     monkeypatch.setattr(runner, "device_usable", lambda device: False)  # asked only after an error
     status, out = _check(capsys, "--impl", "crashes-at-17,naive", "--dtype", "bfloat16")
     assert status == 1
-    assert "crashes-at-17: FAILED (2 passed, 0 failed, 1 errors" in out  # stopped at its first crash
+    assert "crashes-at-17: FAILED (4 passed, 0 failed, 1 errors" in out  # stopped at its first crash
     assert "stopped: the device was unusable after the error on B3-H2-N17-D64-bf16-dense-fwd+bwd" in out
     assert "naive: NOT CHECKED (the device was unusable after crashes-at-17's error)" in out
 
@@ -55,7 +56,7 @@ def test_an_error_that_leaves_the_device_unusable_stops_the_check(capsys, fake_r
 def test_an_implementation_that_runs_nothing_here_is_not_a_pass(capsys):
     status, out = _check(capsys, "--impl", "sdpa-cudnn", "--dtype", "float32")
     assert status == 1
-    assert "sdpa-cudnn: NOT CHECKED (0 passed, 0 failed, 0 errors, 44 unsupported" in out
+    assert "sdpa-cudnn: NOT CHECKED (0 passed, 0 failed, 0 errors, 60 unsupported" in out
     assert "unsupported: device=cpu (supported: cuda)" in out
 
 
@@ -92,7 +93,7 @@ def test_a_broken_exact_twin_is_an_error_not_a_crash(capsys, monkeypatch):
     monkeypatch.setitem(implementations.REGISTRY, "broken-twin", BrokenTwin)
     status, out = _check(capsys, "--impl", "broken-twin", "--dtype", "float32")
     assert status == 1
-    assert "broken-twin: FAILED (2 passed, 0 failed, 42 errors" in out
+    assert "broken-twin: FAILED (2 passed, 0 failed, 58 errors" in out
     assert "exact_twin: NotImplementedError: twin not written yet" in out
 
 
@@ -100,16 +101,16 @@ def test_results_that_move_between_two_calls_on_the_same_inputs_fail(capsys, fak
     """Each call within float32's tolerance (2e-4) of the reference, the two 3e-4 apart: a race's symptom."""
     fake_registry("racy", jitter=1.5e-4)
     status, out = _check(capsys, "--impl", "racy", "--dtype", "float32")
-    assert status == 1 and "racy: FAILED (2 passed, 42 failed" in out
+    assert status == 1 and "racy: FAILED (2 passed, 58 failed" in out
     assert "a second call on the same inputs differs from the first beyond the tolerance" in out
 
 
 def test_last_bit_differences_between_calls_are_noted_not_failed(capsys, fake_registry):
     fake_registry("atomic-order", jitter=1e-6)
     status, out = _check(capsys, "--impl", "atomic-order,naive", "--dtype", "float32")
-    assert status == 0 and "atomic-order: ok (44 passed" in out
+    assert status == 0 and "atomic-order: ok (60 passed" in out
     # at one token dq and dk are exactly zero, whatever the jitter
-    assert "agreed within tolerance but not bit for bit (out in 42, dq in 40, dk in 40, dv in 42 of 42 passing" in out
+    assert "agreed within tolerance but not bit for bit (out in 58, dq in 40, dk in 40, dv in 42 of 58 passing" in out
     assert out.count("not bit for bit") == 1  # naive repeats itself exactly
 
 
@@ -130,7 +131,7 @@ def test_an_exp_without_the_row_maximum_fails_at_large_logits(capsys, monkeypatc
 
     monkeypatch.setitem(implementations.REGISTRY, "unstabilized", Unstabilized)
     status, out = _check(capsys, "--impl", "unstabilized", "--dtype", "float32")
-    assert status == 1 and "unstabilized: FAILED (42 passed, 2 failed" in out
+    assert status == 1 and "unstabilized: FAILED (58 passed, 2 failed" in out
     assert "B1-H2-N257-D64-fp32-dense-fwd+bwd seed 4000: at logits of spread 40" in out and "NaN or infinite" in out
 
 
@@ -152,7 +153,7 @@ def test_a_kernel_that_assumes_contiguous_inputs_fails_on_transposed_views(capsy
 
     monkeypatch.setitem(implementations.REGISTRY, "stride-blind", StrideBlind)
     status, out = _check(capsys, "--impl", "stride-blind", "--dtype", "float32")
-    assert status == 1 and "stride-blind: FAILED (42 passed, 2 failed" in out
+    assert status == 1 and "stride-blind: FAILED (58 passed, 2 failed" in out
     assert ("B2-H3-N65-D32-fp32-dense-fwd+bwd seed 5000: with q, k, v and the upstream gradient laid out (batch, seq, "
             "heads, dim) in memory") in out
 
@@ -187,5 +188,22 @@ def test_a_backward_that_assumes_a_contiguous_upstream_gradient_fails_on_transpo
 
     monkeypatch.setitem(implementations.REGISTRY, "grad-stride-blind", GradientStrideBlind)
     status, out = _check(capsys, "--impl", "grad-stride-blind", "--dtype", "float32")
-    assert status == 1 and "grad-stride-blind: FAILED (38 passed, 2 failed, 0 errors, 4 unsupported" in out
+    assert status == 1 and "grad-stride-blind: FAILED (50 passed, 2 failed, 0 errors, 8 unsupported" in out
     assert "seed 5000: with q, k, v and the upstream gradient laid out (batch, seq, heads, dim) in memory: dq" in out
+
+
+def test_an_inference_path_of_its_own_is_checked_too(capsys, monkeypatch):
+    """Right when autograd records it, wrong without: `run --mode fwd` would time the wrong one."""
+    import torch
+
+    import implementations
+
+    class WrongWithoutGrad(ScriptedAttention):
+        def __call__(self, q, k, v, *, causal=False):
+            out = super().__call__(q, k, v, causal=causal)
+            return out if torch.is_grad_enabled() and q.requires_grad else out * 1.01
+
+    monkeypatch.setitem(implementations.REGISTRY, "wrong-without-grad", WrongWithoutGrad)
+    status, out = _check(capsys, "--impl", "wrong-without-grad", "--dtype", "float32")
+    assert status == 1 and "wrong-without-grad: FAILED (44 passed, 16 failed" in out
+    assert "FAIL  B1-H2-N1-D16-fp32-dense-fwd seed 23: out rel_rms_err 0.01" in out

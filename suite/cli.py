@@ -293,10 +293,10 @@ def cmd_check(args) -> int:
     default_dtypes = "float16,bfloat16,float32" if device == "cuda" else "float32,bfloat16"
     dtypes = config.dtypes("--dtype", args.dtype or default_dtypes)
     print(f"checking on {device} ({', '.join(dtypes)}): {len(conformance.AWKWARD_SHAPES)} awkward shapes, causal and "
-          f"not, with and without autograd, then lengths {conformance.SHORT_LENGTHS} for {len(conformance.SHORT_LENGTH_SEEDS)} seeds, each twice, "
-          f"then transposed (non-contiguous) inputs, then 257 tokens at logits of spread "
-          f"{conformance.LARGE_LOGIT_STD:g} (finite results); "
-          f"memory poisoning: {poisoning(device)}", flush=True)
+          f"not, with and without autograd, then lengths {conformance.SHORT_LENGTHS} for "
+          f"{len(conformance.SHORT_LENGTH_SEEDS)} seeds, each twice, then transposed (non-contiguous) inputs, then 257 "
+          f"tokens at logits of spread {conformance.LARGE_LOGIT_STD:g} (finite results); memory poisoning: "
+          f"{poisoning(device)}", flush=True)
     all_ok = True
     for number, spec in enumerate(specs):
         impl = config.build_impl("--impl", spec)

@@ -17,7 +17,9 @@
 # on the preset's file, within the same time limit; LOCAL_ERRORS=NAME[,NAME...]: only those implementations' rows),
 # PROFILE ("IMPL[ IMPL...]": `attnbench profile` each at PROFILE_FLAGS, default 64K tokens, D128, causal fwd+bwd),
 # DEVICE=cpu (a rehearsal of the same steps on a machine without a GPU: small presets such as smoke),
-# PYTHON (the interpreter with torch; default python3, e.g. .venv/bin/python for a rehearsal).
+# PYTHON (the interpreter with torch; default python3, e.g. .venv/bin/python for a rehearsal),
+# CHECK=IMPL[,IMPL...] (`attnbench check` of these after the tests, into pytest-gpu.txt, within CHECK_TIMEOUT_S,
+# default 180; compiled ones such as the sparse families compile FlexAttention for every shape: minutes).
 # Triton autotuning results (fla retunes some kernels at every batch size, ~10-20 s each) are written to
 # $OUT/GPU-triton-autotune.tgz; placed in .gpu-cache/ on a later call for the same GPU model, they are reused,
 # and `first_call_ms` then leaves out the search (it still includes compilation).
@@ -57,6 +59,13 @@ if [ "${3:-}" = "--tests" ]; then
   # still says which tests passed if a long Triton autotune ignores the interrupt and pytest is killed.
   timeout --signal=INT --kill-after=30 "${TEST_TIMEOUT_S:-300}" "$PY" -m pytest -m gpu -v -p no:cacheprovider --durations=12 ${TEST_SELECT:+-k "$TEST_SELECT"} tests > "$OUT/pytest-gpu.txt" 2>&1
   grep -E "FAILED|ERROR|passed|failed" "$OUT/pytest-gpu.txt" | grep -v " PASSED" | tail -n 40
+fi
+if [ -n "${CHECK:-}" ]; then  # `attnbench check` of these implementations, appended to the test log
+  echo "== attnbench check --impl $CHECK" >> "$OUT/pytest-gpu.txt"
+  timeout --signal=INT --kill-after=30 "${CHECK_TIMEOUT_S:-180}" "$PY" -m suite check --device "$DEVICE" --impl "$CHECK" \
+    >> "$OUT/pytest-gpu.txt" 2>&1
+  echo "check exit $?" | tee -a "$OUT/pytest-gpu.txt"
+  sed -n '/^== attnbench check/,$p' "$OUT/pytest-gpu.txt" | grep -E "^[a-z].*: (ok|FAILED|NOT CHECKED)|^  (FAIL|ERROR|note)" | head -n 40
 fi
 for preset in ${presets//,/ }; do
   name="$(date +%F)_${gpu}_${preset}"; resume=""

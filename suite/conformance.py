@@ -8,7 +8,7 @@ including one another package declares; the test suite runs it for the registry.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import torch
@@ -49,6 +49,7 @@ class CheckResult:
     detail: str = ""  # fail: the worst tensor's error and allowance; unsupported/error: why
     not_bitwise: tuple[str, ...] = ()  # pass: tensors a second call reproduced within tolerance, not bit for bit
     repeated: bool = False  # a second call on the same inputs was compared with the first
+    forward_only: bool = False  # checked forward alone because the implementation has no backward here
 
 
 def awkward_cases(device: str, dtypes: tuple[str, ...]) -> list[Case]:
@@ -206,18 +207,23 @@ def check(impl: Implementation, device: str, dtypes: tuple[str, ...], seed: int 
     """Every awkward case once, then every short case for each of several seeds; forward and
     gradients, or the forward alone where the implementation supports only that. `seed` shifts
     every input seed, for other inputs than the default ones."""
+    def checked(run: Callable[..., CheckResult], case: Case, case_seed: int, **options) -> CheckResult:
+        forward = _forward_only_if_need_be(impl, case)
+        result = run(impl, forward, case_seed, **options)
+        return replace(result, forward_only=True) if forward.mode != case.mode else result
+
     for case in awkward_cases(device, dtypes):
-        checked = _forward_only_if_need_be(impl, case)
-        yield check_case(impl, checked, input_seed(case) + seed)
-        if checked.mode != "fwd":  # the inference path too: without autograd some libraries dispatch another kernel
+        result = checked(check_case, case, input_seed(case) + seed)
+        yield result
+        if not result.forward_only:  # the inference path too: without autograd some libraries dispatch another kernel
             yield check_case(impl, replace(case, mode="fwd"), input_seed(case) + seed)
     for short_seed in SHORT_LENGTH_SEEDS:
         for case in short_cases(device, dtypes):
-            yield check_case(impl, _forward_only_if_need_be(impl, case), short_seed + seed)
+            yield checked(check_case, case, short_seed + seed)
     for case in transposed_cases(device, dtypes):
-        yield check_case(impl, _forward_only_if_need_be(impl, case), TRANSPOSED_SEED + seed, transposed=True)
+        yield checked(check_case, case, TRANSPOSED_SEED + seed, transposed=True)
     for case in large_logit_cases(device, dtypes):
-        yield check_large_logits(impl, _forward_only_if_need_be(impl, case), LARGE_LOGIT_SEED + seed)
+        yield checked(check_large_logits, case, LARGE_LOGIT_SEED + seed)
 
 
 @dataclass
@@ -243,7 +249,7 @@ class CheckSummary:
     def format(self, max_findings: int = 20) -> str:
         counts = ", ".join(f"{self.count(status)} {word}" for status, word in
                            (("pass", "passed"), ("fail", "failed"), ("error", "errors"), ("unsupported", "unsupported")))
-        forward_only = sum(r.case.mode == "fwd" and r.status != "unsupported" for r in self.results)
+        forward_only = sum(r.forward_only and r.status != "unsupported" for r in self.results)
         if forward_only:
             counts += f"; {forward_only} forward only, no backward supported"
         verdict = "ok" if self.ok else ("NOT CHECKED" if self.checked == 0 else "FAILED")

@@ -15,6 +15,7 @@ def test_correct_implementations_pass(capsys):
     assert status == 0
     assert "naive: ok (60 passed, 0 failed, 0 errors, 0 unsupported" in out
     assert "sparse-window:window=4: ok (60 passed" in out
+    assert "forward only" not in out  # their forward-alone cases are deliberate, not a missing backward
 
 
 def test_seed_changes_the_inputs(capsys, fake_registry):

@@ -214,7 +214,7 @@ class RightOnlyWhenChecked(ScriptedAttention):
         return out if first else out * 1.01
 
 
-@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("mode", ["fwd", "bwd", "fwd+bwd"])
 def test_the_timed_kernel_must_compute_what_the_checked_one_did(tmp_path, mode):
     rows, _ = run([RightOnlyWhenChecked("switches"), implementations.get("naive")], cases(17, 33, mode=mode), tmp_path)
     for row in rows:

@@ -238,6 +238,36 @@ def _summary(result: Comparison) -> str:
     return ", ".join(f"{result.count(v)} {v}" for v in ORDER if result.count(v))
 
 
+@dataclass
+class ImplementationSummary:
+    """One implementation over every case both runs timed: the geometric mean of its time ratios (what a
+    reader weighs first), and its verdicts."""
+    impl: str
+    geomean_ratio: float | None
+    timed: int
+    verdicts: Counter
+
+
+def per_implementation(result: Comparison) -> list[ImplementationSummary]:
+    summaries = []
+    for impl in sorted({row.key["impl"] for row in result.rows}):
+        rows = [row for row in result.rows if row.key["impl"] == impl and row.verdict != "not-run"]
+        if not rows:
+            continue
+        ratios = [row.ratio for row in rows if row.ratio is not None and row.ratio > 0 and math.isfinite(row.ratio)]
+        geomean = math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else None
+        summaries.append(ImplementationSummary(impl, geomean, len(ratios), Counter(row.verdict for row in rows)))
+    return summaries
+
+
+def _verdict_counts(counts: Counter) -> str:
+    return ", ".join(f"{counts[v]} {v}" for v in ORDER if counts[v])
+
+
+def _geomean(summary: ImplementationSummary) -> str:
+    return f"×{summary.geomean_ratio:.3f}" if summary.geomean_ratio is not None else "–"
+
+
 _DETAIL_CHARS = 200  # the text view shortens long reasons (an unsupported xformers' runs to 800); json keeps them
 
 
@@ -256,6 +286,10 @@ def format_text(result: Comparison) -> str:
     for impl, count in sorted(not_run.items()):
         lines.append(f"{'not-run':<12}{'–':>8}  {impl}: {count} baseline case{'s' * (count != 1)} not in the current "
                      "run's grid")
+    lines.append("per implementation (geometric mean of current / baseline time over the cases both timed):")
+    for summary in per_implementation(result):
+        lines.append(f"  {summary.impl:<28}{_geomean(summary):>9} over {summary.timed:>3}   "
+                     f"{_verdict_counts(summary.verdicts)}")
     lines.append(f"summary: {_summary(result)}")
     return "\n".join(lines)
 
@@ -267,7 +301,10 @@ def format_markdown(result: Comparison) -> str:
         lines += ["| verdict | case | ratio | detail |", "|---|---|---|---|"]
         lines += [f"| {r.verdict} | `{_label(r.key)}` | {f'{r.ratio:.3f}' if r.ratio else '–'} | {r.detail} |" for r in bad]
         lines.append("")
-    lines += ["| verdict | rows |", "|---|---|"]
+    lines += ["| implementation | time, current / baseline (geometric mean) | cases timed in both | verdicts |",
+              "|---|---|---|---|"]
+    lines += [f"| `{s.impl}` | {_geomean(s)} | {s.timed} | {_verdict_counts(s.verdicts)} |" for s in per_implementation(result)]
+    lines += ["", "| verdict | rows |", "|---|---|"]
     lines += [f"| {v} | {result.count(v)} |" for v in ORDER if result.count(v)]
     return "\n".join(lines)
 
@@ -275,6 +312,8 @@ def format_markdown(result: Comparison) -> str:
 def format_json(result: Comparison) -> str:
     return json.dumps({"regressed": result.regressed,
                        "counts": {v: result.count(v) for v in ORDER},
+                       "implementations": [{"impl": s.impl, "geomean_ratio": s.geomean_ratio, "timed": s.timed,
+                                            "verdicts": dict(s.verdicts)} for s in per_implementation(result)],
                        "rows": [{**r.key, "verdict": r.verdict, "ratio": r.ratio, "detail": r.detail}
                                 for r in result.rows]}, indent=2, default=str)
 

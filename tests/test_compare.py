@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -259,3 +260,16 @@ def test_pytest_benchmark_json_is_read_by_compare(tmp_path, capsys):
     elsewhere.write_text(json.dumps(data))
     assert main(["compare", str(out), str(elsewhere)]) == 2
     assert "Another CPU 9000" in capsys.readouterr().err
+
+
+def test_each_implementation_gets_the_geometric_mean_of_its_time_ratios(tmp_path, capsys, real_rows):
+    base = synthetic(tmp_path / "a.jsonl", real_rows, seed=1)
+    current = synthetic(tmp_path / "b.jsonl", real_rows, seed=2, slow={("sdpa", 32): 1.2, ("sdpa", 64): 1.2})
+    assert main(["compare", str(base), str(current), "--format", "json"]) == 1
+    summaries = {s["impl"]: s for s in json.loads(capsys.readouterr().out)["implementations"]}
+    assert summaries["sdpa"]["timed"] == summaries["naive"]["timed"] == 3
+    assert summaries["sdpa"]["geomean_ratio"] == pytest.approx(1.2 ** (2 / 3), rel=0.02)  # two of three cases
+    assert summaries["naive"]["geomean_ratio"] == pytest.approx(1.0, rel=0.02)
+    assert summaries["sdpa"]["verdicts"] == {"slower": 2, "same": 1}
+    assert main(["compare", str(base), str(current), "--format", "md"]) == 1
+    assert re.search(r"^\| `sdpa` \| ×1\.1\d\d \| 3 \| 2 slower, 1 same \|$", capsys.readouterr().out, re.M)

@@ -73,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     checking.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     checking.add_argument("--dtype", help="(default: float32,bfloat16 on cpu; float16,bfloat16,float32 on cuda)")
     checking.add_argument("--seed", type=int, default=0, help="added to every input seed, for other inputs (default 0)")
+    checking.add_argument("--json", help="also write every case's result to this file (for CI dashboards)")
 
     amend = commands.add_parser("local-errors", help="add the local-inputs error to a results file's approximate rows "
                                                      "that lack it (nothing is timed; the rows are appended amended)")
@@ -297,7 +298,7 @@ def cmd_check(args) -> int:
           f"{len(conformance.SHORT_LENGTH_SEEDS)} seeds, each twice, then transposed (non-contiguous) inputs, then 257 "
           f"tokens at logits of spread {conformance.LARGE_LOGIT_STD:g} (finite results); memory poisoning: "
           f"{poisoning(device)}", flush=True)
-    all_ok = True
+    all_ok, summaries = True, []
     for number, spec in enumerate(specs):
         impl = config.build_impl("--impl", spec)
         started = last_note = time.perf_counter()
@@ -312,14 +313,28 @@ def cmd_check(args) -> int:
                 last_note = time.perf_counter()
                 print(f"  {impl.label}: {len(results)} cases done, {last_note - started:.0f} s", file=sys.stderr, flush=True)
         summary = conformance.CheckSummary(impl.label, results, time.perf_counter() - started)
+        summaries.append(summary)
         print(summary.format(), flush=True)
         all_ok &= summary.ok
         if device_lost:
             print(f"  stopped: the device was unusable after the error on {results[-1].case.label}", flush=True)
             for rest in specs[number + 1:]:
                 print(f"{rest}: NOT CHECKED (the device was unusable after {impl.label}'s error)", flush=True)
-            return 1
+            all_ok = False
+            break
+    if args.json:
+        _write_json(Path(args.json), {"device": device, "dtypes": list(dtypes), "poisoning": poisoning(device),
+                                      "ok": all_ok, "implementations": [s.as_record() for s in summaries]})
+        print(f"results: {args.json}")
     return 0 if all_ok else 1
+
+
+def _write_json(path: Path, record: dict) -> None:
+    """Whole or not at all: written beside, then renamed over."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    partial.replace(path)
 
 
 def cmd_local_errors(args) -> int:

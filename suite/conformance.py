@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -245,6 +245,14 @@ class CheckSummary:
     def ok(self) -> bool:
         """Ran at least one case, and failed or crashed on none."""
         return self.checked > 0 and self.count("fail") == self.count("error") == 0
+
+    def as_record(self) -> dict:
+        """For `check --json`: the counts, and every case with its result."""
+        return {"impl": self.label, "ok": self.ok, "seconds": round(self.seconds, 3),
+                "counts": {status: self.count(status) for status in ("pass", "fail", "error", "unsupported")},
+                "results": [{**asdict(r.case), "seed": r.seed, "status": r.status, "detail": r.detail,
+                             "not_bitwise": list(r.not_bitwise), "forward_only": r.forward_only}
+                            for r in self.results]}
 
     def format(self, max_findings: int = 20) -> str:
         counts = ", ".join(f"{self.count(status)} {word}" for status, word in

@@ -208,3 +208,19 @@ def test_an_inference_path_of_its_own_is_checked_too(capsys, monkeypatch):
     status, out = _check(capsys, "--impl", "wrong-without-grad", "--dtype", "float32")
     assert status == 1 and "wrong-without-grad: FAILED (44 passed, 16 failed" in out
     assert "FAIL  B1-H2-N1-D16-fp32-dense-fwd seed 23: out rel_rms_err 0.01" in out
+
+
+def test_json_holds_every_case_with_its_result(capsys, fake_registry, tmp_path):
+    import json
+
+    fake_registry("off-by-a-bit", scale_output=1.01)
+    path = tmp_path / "deep" / "check.json"
+    status, out = _check(capsys, "--impl", "naive,off-by-a-bit", "--dtype", "float32", "--json", str(path))
+    record = json.loads(path.read_text())
+    assert status == 1 and record["ok"] is False and f"results: {path}" in out
+    naive, wrong = record["implementations"]
+    assert naive["ok"] and naive["counts"] == {"pass": 60, "fail": 0, "error": 0, "unsupported": 0}
+    assert len(wrong["results"]) == 60 and wrong["counts"]["fail"] == 58
+    first_failure = next(r for r in wrong["results"] if r["status"] == "fail")
+    assert first_failure["seq_len"] == 1 and first_failure["detail"].startswith("out rel_rms_err 0.01")
+    assert not list(path.parent.glob("*.partial"))

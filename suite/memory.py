@@ -1,18 +1,59 @@
-"""Peak device memory one call allocates beyond what was already allocated (inputs, caches)."""
+"""Peak memory one call allocates beyond what was already allocated (inputs, caches).
+
+CUDA: the caching allocator's own peak statistics. CPU: PyTorch's CPU allocator keeps no statistics, but
+it reports every allocation and free to the profiler when memory profiling is on; their running sum over
+the call, in order, peaks where the call held the most. Both count what the call allocates through PyTorch
+(tensors, workspaces from its allocator), not memory a library such as oneDNN takes for itself.
+"""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
+from torch.profiler import ProfilerActivity, profile
+
+from .quiet_profiler import start_quietly, stop_quietly
 
 
 def peak_call_memory(fn: Callable[[], object], device: torch.device) -> tuple[int | None, str | None]:
-    """(bytes, None) on CUDA; (None, reason) where the allocator keeps no peak statistics."""
-    if device.type != "cuda":
-        return None, f"peak memory is measured on CUDA only (device={device.type})"
+    """(bytes, None), or (None, reason) where it could not be measured."""
+    if device.type == "cuda":
+        return _cuda_peak(fn, device)
+    if device.type == "cpu":
+        return _cpu_peak(fn)
+    return None, f"peak memory is measured on CUDA and CPU only (device={device.type})"
+
+
+def _cuda_peak(fn: Callable[[], object], device: torch.device) -> tuple[int, None]:
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
     fn()
     torch.cuda.synchronize(device)
     return torch.cuda.max_memory_allocated(device) - before, None
+
+
+def _cpu_peak(fn: Callable[[], object]) -> tuple[int | None, str | None]:
+    if torch.autograd._profiler_enabled():  # a second profiler would end the first one's session
+        return None, "CPU peak memory not measured: another profiler is recording this process"
+    recorder = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    try:
+        start_quietly(recorder)
+    except RuntimeError as error:  # e.g. another profiler is already running in this process
+        return None, f"CPU peak memory not measured: the profiler did not start ({' '.join(str(error).split())[:200]})"
+    try:
+        fn()
+    finally:
+        stop_quietly(recorder)
+    changes = sorted(((event.start_ns(), event.nbytes()) for event in recorder.profiler.kineto_results.events()
+                      if event.name() == "[memory]"), key=lambda change: change[0])  # stable: same-time order kept
+    return running_peak(nbytes for _, nbytes in changes), None
+
+
+def running_peak(changes: Iterator[int] | list[int]) -> int:
+    """The highest running sum of allocations (positive) and frees (negative), from zero."""
+    held = peak = 0
+    for nbytes in changes:
+        held += nbytes
+        peak = max(peak, held)
+    return peak

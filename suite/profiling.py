@@ -14,6 +14,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from implementations import Implementation
 
 from .case import Case
+from .quiet_profiler import start_quietly, stop_quietly
 from .timing import synchronize, time_once_wall, warm_up
 from .workload import Workload, make_inputs
 
@@ -52,13 +53,17 @@ def profile_case(impl: Implementation, case: Case, *, calls: int = 3, rows: int 
         fn, before_each = work.timed_call()
         warm_up(fn, device, WARMUP_CALLS, before_each)
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-        with profile(activities=activities, record_shapes=True) as profiler:
+        profiler = profile(activities=activities, record_shapes=True)
+        start_quietly(profiler)
+        try:
             for _ in range(calls):
                 if before_each:
                     before_each()
                 with record_function(f"attnbench: {impl.label} {case.mode}"):
                     fn()
             synchronize(device)
+        finally:
+            stop_quietly(profiler)
     finally:
         work.release()
     sort_by = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"

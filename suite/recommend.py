@@ -183,7 +183,8 @@ def format_answer(query: Query, candidates: list[Candidate], excluded: list[Excl
              "(exact ones: their rounding); (on): local inputs, where softmax attention is peaked, or i.i.d. inputs, "
              "where it is nearly uniform"]
     if query.memory_budget is not None and any(c.peak_mem_bytes is None for c in candidates):
-        lines.append("note: memory was not measured for some rows (CPU runs), so --memory-budget cannot exclude them")
+        lines.append("note: memory was not measured for some rows (their peak_mem_reason says why), "
+                     "so --memory-budget cannot exclude them")
     if candidates:
         lines.append("")
         lines.append(f"{'rank':<5}{'implementation':<28}{'time':>12}{'memory':>12}{'error':>10} {'(on)':<10}"

@@ -1,4 +1,4 @@
-"""Statistics of the measurement object and the FLOP formula."""
+"""Statistics of the measurement object, the peak-memory measurement and the FLOP formula."""
 from __future__ import annotations
 
 import pytest
@@ -6,6 +6,7 @@ import torch
 
 from implementations import Implementation
 from implementations.flops import MODE_FACTOR, softmax_attention_flops
+from suite.memory import peak_call_memory, running_peak
 from suite.timing import Measurement, TimingPolicy, measure
 
 
@@ -29,6 +30,31 @@ def test_measure_respects_repeat_bounds_and_runs_setup_outside():
     assert result.repeats == 6
     assert calls.count("call") == 2 + 6 and calls.count("setup") == 2 + 6
     assert all(t >= 0 for t in result.times_ms)
+
+
+def test_running_peak_follows_allocations_and_frees_in_order():
+    assert running_peak([]) == 0
+    assert running_peak([100, -100, 50, 30, -80]) == 100
+    assert running_peak([10, 20, -20, 40]) == 50
+
+
+def test_cpu_peak_memory_sees_materialized_scores_and_fused_kernels_avoid_them(capfd):
+    q = torch.randn(2, 3, 300, 64)
+    cpu = torch.device("cpu")
+    scores_bytes = 2 * 3 * 300 * 300 * 4  # one float32 (batch, heads, N, N) tensor
+    naive, reason = peak_call_memory(lambda: (q @ q.transpose(-1, -2)).softmax(-1) @ q, cpu)
+    assert reason is None and 2 * scores_bytes <= naive < 3 * scores_bytes  # scores and weights, both held at once
+    fused, _ = peak_call_memory(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q), cpu)
+    assert q.nelement() * 4 <= fused < scores_bytes  # the output, not the N x N scores
+    assert "profiler" not in capfd.readouterr().err  # the profiler's own start/stop lines stay out of the run's output
+
+
+def test_cpu_peak_memory_leaves_a_running_profiler_alone_and_says_why():
+    with torch.profiler.profile() as outer:
+        peak, reason = peak_call_memory(lambda: torch.ones(1000) * 2, torch.device("cpu"))
+        torch.ones(10).sum()
+    assert peak is None and "another profiler" in reason
+    assert any(event.name == "aten::sum" for event in outer.events())
 
 
 def test_visible_pairs_and_flops():

@@ -123,11 +123,18 @@ def test_memory_chart_is_log_log_and_marks_oom(gpu_like_results):
     group = {"device": "cpu", "gpu": "test cpu", "dtype": "float32", "causal": False, "mode": "fwd"}
     fig = charts.memory_chart(part, colours(frame.impl), group)
     ax = fig.axes[0]
-    assert ax.get_xscale() == "log" and ax.get_yscale() == "log" and "GiB" in ax.get_ylabel()
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log" and "(KiB)" in ax.get_ylabel()  # 8 KiB at most
     labels = {t.get_text() for t in fig.legends[0].get_texts()}
     assert "out of memory (×)" in labels and "naive" in labels
     naive = [line for line in ax.get_lines() if line.get_color() == colours(frame.impl)["naive"]][0]
     assert list(naive.get_xdata()) == [16, 32]  # 64 ran out of memory: a marker, not a point
+    assert list(naive.get_ydata()) == [4 * 16 * 16 * 2 / 1024, 4 * 32 * 32 * 2 / 1024]
+
+
+@pytest.mark.parametrize("largest,unit", [(3 * 2**30, "GiB"), (2**30, "GiB"), (2**30 - 1, "MiB"), (5 * 2**20, "MiB"),
+                                          (2**20 - 1, "KiB"), (0, "KiB")])
+def test_memory_axis_unit_keeps_the_largest_value_at_one_or_above(largest, unit):
+    assert charts.memory_unit(largest) == (unit, {"GiB": 2**30, "MiB": 2**20, "KiB": 2**10}[unit])
 
 
 @pytest.mark.parametrize("limits,expected", [

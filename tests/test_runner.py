@@ -98,7 +98,7 @@ def test_ok_row_has_every_column_with_real_numbers(tmp_path):
     assert row["time_ms"] == pytest.approx(sorted(row["times_ms"])[len(row["times_ms"]) // 2], rel=0.5)
     assert row["tflops"] > 0 and row["tokens_per_s"] > 0
     assert set(row["errors"]) == {"out", "dq", "dk", "dv"}
-    assert row["peak_mem_bytes"] is None and "CUDA only" in row["peak_mem_reason"]
+    assert row["peak_mem_bytes"] >= 2 * 33 * 33 * 4 and row["peak_mem_reason"] is None  # naive's scores, on the CPU too
 
 
 def test_bwd_mode_times_the_backward_alone(tmp_path):

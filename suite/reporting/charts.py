@@ -132,20 +132,29 @@ def throughput_chart(frame: pd.DataFrame, colour_of: dict, group: dict, metric: 
 
 def memory_chart(frame: pd.DataFrame, colour_of: dict, group: dict) -> Figure:
     """Peak memory against sequence length, log-log: quadratic and linear growth show as slopes 2 and 1."""
-    fig, panels = _panels(frame, f"Peak memory · {group_title(group)}", "peak memory beyond inputs (GiB)", logy=True)
+    unit, unit_bytes = memory_unit(frame.loc[frame.status.isin(MEASURED), "peak_mem_bytes"].max())
+    fig, panels = _panels(frame, f"Peak memory · {group_title(group)}", f"peak memory beyond inputs ({unit})", logy=True)
     handles: dict = {}
     for ax, part in panels:
         for label in impl_order(part.impl):
             rows = part[(part.impl == label) & part.status.isin(MEASURED) & (part.peak_mem_bytes > 0)].sort_values("seq_len")
             if not rows.empty:
-                x, gib = _floats(rows.seq_len), _floats(rows.peak_mem_bytes) / 2**30
-                (line,) = ax.plot(x, gib, marker="o", ms=3, color=colour_of[label])
+                x, amount = _floats(rows.seq_len), _floats(rows.peak_mem_bytes) / unit_bytes
+                (line,) = ax.plot(x, amount, marker="o", ms=3, color=colour_of[label])
                 handles.setdefault(label, line)
                 wrong = (rows.status == "mismatch").to_numpy()
-                _mark_mismatch(ax, x[wrong], gib[wrong], handles)
+                _mark_mismatch(ax, x[wrong], amount[wrong], handles)
         for label in impl_order(part.impl):
             _mark_oom(ax, part[part.impl == label], label, colour_of[label], handles)
     return _finish(fig, handles)
+
+
+def memory_unit(largest_bytes: float) -> tuple[str, int]:
+    """GiB, MiB or KiB, whichever keeps the largest value at 1 or above (CPU smoke runs hold a few MiB)."""
+    for unit, unit_bytes in (("GiB", 2**30), ("MiB", 2**20)):
+        if largest_bytes >= unit_bytes:
+            return unit, unit_bytes
+    return "KiB", 2**10
 
 
 def speedup_chart(frame: pd.DataFrame, colour_of: dict, group: dict, baseline: str) -> Figure:

@@ -6,8 +6,9 @@
 
 Each call synchronizes CUDA before returning, so the wall-clock timer measures finished GPU work;
 warm-up rounds run first (compilation and autotuning stay out of the stats), and each round runs
-several iterations so short calls are not dominated by timer resolution. The case and the measured
-TFLOP/s go into extra_info; the GPU goes into machine_info (conftest.py).
+several iterations so short calls are not dominated by timer resolution. The case, the measured
+TFLOP/s and the call's peak memory (from one more, untimed call) go into extra_info; the GPU goes into
+machine_info (conftest.py).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch
 import implementations
 from suite.case import Case
 from suite.flops import case_flops
+from suite.memory import peak_call_memory
 from suite.workload import Workload, make_inputs
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -62,3 +64,7 @@ def test_attention(benchmark, name, case):
     median_s = benchmark.stats.stats.median
     benchmark.extra_info["tflops"] = case_flops(impl, case) / median_s / 1e12
     benchmark.extra_info["tokens_per_s"] = case.batch * case.seq_len / median_s
+    if before_each:
+        before_each()  # outside the measured call, as in `attnbench run`: what it frees is not the call's
+    benchmark.extra_info["peak_mem_bytes"], benchmark.extra_info["peak_mem_reason"] = \
+        peak_call_memory(call, torch.device(DEVICE))

@@ -96,6 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     comparing.add_argument("baseline", help="results file(s), comma-separated (attnbench JSONL or pytest-benchmark JSON)")
     comparing.add_argument("current", help="results file(s), comma-separated")
     comparing.add_argument("--threshold", default="5", help="smallest slowdown that counts, in percent (default 5)")
+    comparing.add_argument("--memory-threshold", default="10",
+                           help="smallest growth of peak memory that counts, in percent (default 10), or 'off'")
     comparing.add_argument("--format", default="text", choices=("text", "md", "json"))
 
     recommend = commands.add_parser("recommend", help="rank implementations for a shape from measured results")
@@ -471,9 +473,11 @@ def cmd_compare(args) -> int:
     from .compare import CompareInputError, run
 
     threshold = config.positive_float("--threshold", args.threshold) / 100
+    memory_threshold = None if args.memory_threshold == "off" else \
+        config.positive_float("--memory-threshold", args.memory_threshold) / 100
     split = lambda text: [Path(p) for p in text.split(",") if p]  # noqa: E731
     try:
-        text, status = run(split(args.baseline), split(args.current), threshold, args.format)
+        text, status = run(split(args.baseline), split(args.current), threshold, args.format, memory_threshold)
     except CompareInputError as error:
         raise UsageError(f"compare: {error}") from None
     print(text)

@@ -14,6 +14,9 @@ which the GPU throttled in either run are `ambiguous`: their times measure the c
 Status changes are regressions too: accuracy passed -> mismatch, ran -> oom/error/unsupported,
 present -> missing. A case the current run was not asked for (outside the grid its header records,
 e.g. `run --impl mykernel` against a full baseline) is `not-run`, which is no regression.
+Peak memory gets its own verdict where both runs measured it. It is a count of bytes, not a noisy
+sample, so a growth beyond a threshold (default 10%) and beyond MEMORY_FLOOR_BYTES is `more` memory, a
+regression: a kernel that starts keeping an N x N tensor fails at the lengths that matter.
 """
 from __future__ import annotations
 
@@ -27,11 +30,13 @@ import pandas as pd
 
 from .case import CASE_FIELDS
 from .grid_scope import GridScope
+from .reporting.data import fmt_bytes
 from .results import ResultsFormatError, load, read, with_explicit_kv_heads
 
 KEY = ("impl", *CASE_FIELDS)
 P_VALUE = 0.01
 RAN = ("ok", "mismatch")
+MEMORY_FLOOR_BYTES = 64 * 1024  # smaller changes are scalars, allocator rounding and small workspaces
 
 
 class CompareInputError(ValueError):
@@ -56,7 +61,7 @@ def _read_pytest_benchmark(path: Path, data: dict) -> pd.DataFrame:
         rows.append({**{key: info[key] for key in KEY}, "status": info.get("status", "ok"),
                      "accuracy_ok": info.get("accuracy_ok"), "time_ms": stats.get("median", math.nan) * 1e3,
                      "time_iqr_ms": stats.get("iqr", math.nan) * 1e3, "times_ms": raw, "throttled": None, "gpu": gpu,
-                     "machine": machine})
+                     "machine": machine, "peak_mem_bytes": info.get("peak_mem_bytes")})
     return pd.DataFrame(rows)
 
 
@@ -94,13 +99,14 @@ def _merge_repeats(frame: pd.DataFrame) -> pd.DataFrame:
         ran = group[group.status.isin(RAN)]
         source = ran if not ran.empty else group
         times = [t for ts in source.times_ms if isinstance(ts, list) for t in ts]
+        peaks = source.peak_mem_bytes.dropna() if "peak_mem_bytes" in source else pd.Series(dtype=float)
         last = source.iloc[-1]
         return pd.Series({
             "status": last.status, "accuracy_ok": last.accuracy_ok, "reason": last.get("reason"),
             "time_ms": pd.Series(times).median() if times else last.time_ms,
             "iqr_ms": _iqr(times) if times else last.get("time_iqr_ms"),
             "times_ms": times, "throttled": bool(source.throttled.fillna(False).astype(bool).any()),
-            "machine": last.machine,
+            "machine": last.machine, "peak_mem_bytes": float(peaks.median()) if len(peaks) else None,
         })
     return frame.groupby(list(KEY), dropna=False).apply(pool, include_groups=False).reset_index()
 
@@ -135,6 +141,9 @@ class RowVerdict:
     verdict: str  # one of ORDER
     ratio: float | None = None
     detail: str = ""
+    memory: str | None = None  # one of MEMORY_ORDER where both runs measured peak memory and it was compared
+    memory_ratio: float | None = None
+    memory_detail: str = ""
 
 
 def timing_verdict(base: pd.Series, current: pd.Series, threshold: float) -> tuple[str, float | None, str]:
@@ -156,6 +165,19 @@ def timing_verdict(base: pd.Series, current: pd.Series, threshold: float) -> tup
     if p >= P_VALUE:
         return "ambiguous", ratio, f"{change:+.1%}, but the rank test is not significant (p={p:.2g})"
     return ("slower" if slower else "faster"), ratio, f"{change:+.1%}, noise {noise:.1%}, p={p:.2g}"
+
+
+def memory_verdict(base: pd.Series, current: pd.Series, threshold: float) -> tuple[str, float | None, str] | None:
+    """`more`, `less` or `same` peak memory; None where either run did not measure it."""
+    before, after = base.get("peak_mem_bytes"), current.get("peak_mem_bytes")
+    if before is None or after is None or pd.isna(before) or pd.isna(after):
+        return None
+    ratio = after / before if before > 0 else None
+    change = f"{fmt_bytes(before)} -> {fmt_bytes(after)}" + (f" ({ratio - 1:+.1%})" if ratio is not None else "")
+    allowed = max(threshold * before, MEMORY_FLOOR_BYTES)
+    if abs(after - before) <= allowed:
+        return "same", ratio, f"peak memory {change}, within ±{threshold:.0%} (or {fmt_bytes(MEMORY_FLOOR_BYTES)})"
+    return ("more" if after > before else "less"), ratio, f"peak memory {change}"
 
 
 def _relative(row: pd.Series) -> float:
@@ -190,13 +212,17 @@ class Comparison:
     def count(self, verdict: str) -> int:
         return sum(1 for r in self.rows if r.verdict == verdict)
 
+    def count_memory(self, verdict: str) -> int:
+        return sum(1 for r in self.rows if r.memory == verdict)
+
     @property
     def regressed(self) -> bool:
-        return any(r.verdict in ("slower", "regression") for r in self.rows)
+        return any(r.verdict in ("slower", "regression") or r.memory == "more" for r in self.rows)
 
 
 def compare(base_frame: pd.DataFrame, current_frame: pd.DataFrame, threshold: float = 0.05,
-            current_scope: GridScope | None = None) -> Comparison:
+            current_scope: GridScope | None = None, memory_threshold: float | None = 0.10) -> Comparison:
+    """`memory_threshold` None leaves peak memory out of the verdicts."""
     base_machines, current_machines = set(base_frame.machine), set(current_frame.machine)
     if base_machines != current_machines:
         raise CompareInputError(f"different machines: baseline ran on {sorted(base_machines)}, current on "
@@ -217,7 +243,11 @@ def compare(base_frame: pd.DataFrame, current_frame: pd.DataFrame, threshold: fl
             result.rows.append(RowVerdict(names, changed[0], detail=changed[1]))
         elif b.status in RAN and c.status in RAN:
             verdict, ratio, detail = timing_verdict(b, c, threshold)
-            result.rows.append(RowVerdict(names, verdict, ratio, detail))
+            row = RowVerdict(names, verdict, ratio, detail)
+            memory = memory_verdict(b, c, memory_threshold) if memory_threshold is not None else None
+            if memory:
+                row.memory, row.memory_ratio, row.memory_detail = memory
+            result.rows.append(row)
         else:
             result.rows.append(RowVerdict(names, "same", detail=f"{c.status} in both"))
     return result
@@ -226,6 +256,7 @@ def compare(base_frame: pd.DataFrame, current_frame: pd.DataFrame, threshold: fl
 # --- output -----------------------------------------------------------------------------------
 
 ORDER = ("regression", "slower", "ambiguous", "faster", "improvement", "new", "dropped", "same", "not-run")
+MEMORY_ORDER = ("more", "less", "same")
 
 
 def _label(key: dict) -> str:
@@ -235,7 +266,9 @@ def _label(key: dict) -> str:
 
 
 def _summary(result: Comparison) -> str:
-    return ", ".join(f"{result.count(v)} {v}" for v in ORDER if result.count(v))
+    times = ", ".join(f"{result.count(v)} {v}" for v in ORDER if result.count(v))
+    memory = ", ".join(f"{result.count_memory(v)} {v}" for v in MEMORY_ORDER if result.count_memory(v))
+    return times + (f"; peak memory: {memory}" if memory else "")
 
 
 @dataclass
@@ -246,6 +279,8 @@ class ImplementationSummary:
     geomean_ratio: float | None
     timed: int
     verdicts: Counter
+    memory_geomean_ratio: float | None = None
+    memory_verdicts: Counter = field(default_factory=Counter)
 
 
 def per_implementation(result: Comparison) -> list[ImplementationSummary]:
@@ -254,18 +289,34 @@ def per_implementation(result: Comparison) -> list[ImplementationSummary]:
         rows = [row for row in result.rows if row.key["impl"] == impl and row.verdict != "not-run"]
         if not rows:
             continue
-        ratios = [row.ratio for row in rows if row.ratio is not None and row.ratio > 0 and math.isfinite(row.ratio)]
-        geomean = math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else None
-        summaries.append(ImplementationSummary(impl, geomean, len(ratios), Counter(row.verdict for row in rows)))
+        ratios = _usable([row.ratio for row in rows])
+        memory_ratios = _usable([row.memory_ratio for row in rows if row.memory])
+        summaries.append(ImplementationSummary(impl, _geometric_mean(ratios), len(ratios), Counter(row.verdict for row in rows),
+                                               _geometric_mean(memory_ratios), Counter(row.memory for row in rows if row.memory)))
     return summaries
+
+
+def _usable(ratios: list[float | None]) -> list[float]:
+    return [r for r in ratios if r is not None and r > 0 and math.isfinite(r)]
+
+
+def _geometric_mean(ratios: list[float]) -> float | None:
+    return math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else None
 
 
 def _verdict_counts(counts: Counter) -> str:
     return ", ".join(f"{counts[v]} {v}" for v in ORDER if counts[v])
 
 
-def _geomean(summary: ImplementationSummary) -> str:
-    return f"×{summary.geomean_ratio:.3f}" if summary.geomean_ratio is not None else "–"
+def _times(ratio: float | None) -> str:
+    return f"×{ratio:.3f}" if ratio is not None else "–"
+
+
+def _memory_summary(summary: ImplementationSummary) -> str:
+    if not summary.memory_verdicts:
+        return "peak memory not compared"
+    return f"peak memory {_times(summary.memory_geomean_ratio)}: " + ", ".join(
+        f"{summary.memory_verdicts[v]} {v}" for v in MEMORY_ORDER if summary.memory_verdicts[v])
 
 
 _DETAIL_CHARS = 200  # the text view shortens long reasons (an unsupported xformers' runs to 800); json keeps them
@@ -282,44 +333,56 @@ def format_text(result: Comparison) -> str:
             continue
         ratio = f"{row.ratio:.3f}" if row.ratio is not None else "–"
         lines.append(f"{row.verdict:<12}{ratio:>8}  {_label(row.key)}: {_shorten(row.detail)}")
+    for row in sorted(result.rows, key=lambda r: MEMORY_ORDER.index(r.memory) if r.memory else 0):
+        if row.memory in ("more", "less"):
+            ratio = f"{row.memory_ratio:.3f}" if row.memory_ratio is not None else "–"
+            lines.append(f"{row.memory + ' memory':<12}{ratio:>8}  {_label(row.key)}: {row.memory_detail}")
     not_run = Counter(row.key["impl"] for row in result.rows if row.verdict == "not-run")
     for impl, count in sorted(not_run.items()):
         lines.append(f"{'not-run':<12}{'–':>8}  {impl}: {count} baseline case{'s' * (count != 1)} not in the current "
                      "run's grid")
     lines.append("per implementation (geometric mean of current / baseline time over the cases both timed):")
     for summary in per_implementation(result):
-        lines.append(f"  {summary.impl:<28}{_geomean(summary):>9} over {summary.timed:>3}   "
-                     f"{_verdict_counts(summary.verdicts)}")
+        lines.append(f"  {summary.impl:<28}{_times(summary.geomean_ratio):>9} over {summary.timed:>3}   "
+                     f"{_verdict_counts(summary.verdicts)}; {_memory_summary(summary)}")
     lines.append(f"summary: {_summary(result)}")
     return "\n".join(lines)
 
 
 def format_markdown(result: Comparison) -> str:
-    bad = [r for r in result.rows if r.verdict in ("regression", "slower")]
-    lines = ["## attnbench: " + ("**regression**" if bad else "no regression"), ""]
+    bad = [(r.verdict, r.ratio, r.detail, r) for r in result.rows if r.verdict in ("regression", "slower")]
+    bad += [("more memory", r.memory_ratio, r.memory_detail, r) for r in result.rows if r.memory == "more"]
+    lines = ["## attnbench: " + ("**regression**" if result.regressed else "no regression"), ""]
     if bad:
         lines += ["| verdict | case | ratio | detail |", "|---|---|---|---|"]
-        lines += [f"| {r.verdict} | `{_label(r.key)}` | {f'{r.ratio:.3f}' if r.ratio else '–'} | {r.detail} |" for r in bad]
+        lines += [f"| {verdict} | `{_label(r.key)}` | {f'{ratio:.3f}' if ratio else '–'} | {detail} |"
+                  for verdict, ratio, detail, r in bad]
         lines.append("")
-    lines += ["| implementation | time, current / baseline (geometric mean) | cases timed in both | verdicts |",
-              "|---|---|---|---|"]
-    lines += [f"| `{s.impl}` | {_geomean(s)} | {s.timed} | {_verdict_counts(s.verdicts)} |" for s in per_implementation(result)]
+    lines += ["| implementation | time, current / baseline (geometric mean) | cases timed in both | verdicts | peak memory |",
+              "|---|---|---|---|---|"]
+    lines += [f"| `{s.impl}` | {_times(s.geomean_ratio)} | {s.timed} | {_verdict_counts(s.verdicts)} | "
+              f"{_memory_summary(s).removeprefix('peak memory ')} |" for s in per_implementation(result)]
     lines += ["", "| verdict | rows |", "|---|---|"]
     lines += [f"| {v} | {result.count(v)} |" for v in ORDER if result.count(v)]
+    lines += [f"| {v} memory | {result.count_memory(v)} |" for v in MEMORY_ORDER if result.count_memory(v)]
     return "\n".join(lines)
 
 
 def format_json(result: Comparison) -> str:
     return json.dumps({"regressed": result.regressed,
                        "counts": {v: result.count(v) for v in ORDER},
+                       "memory_counts": {v: result.count_memory(v) for v in MEMORY_ORDER},
                        "implementations": [{"impl": s.impl, "geomean_ratio": s.geomean_ratio, "timed": s.timed,
-                                            "verdicts": dict(s.verdicts)} for s in per_implementation(result)],
-                       "rows": [{**r.key, "verdict": r.verdict, "ratio": r.ratio, "detail": r.detail}
+                                            "verdicts": dict(s.verdicts), "memory_geomean_ratio": s.memory_geomean_ratio,
+                                            "memory_verdicts": dict(s.memory_verdicts)} for s in per_implementation(result)],
+                       "rows": [{**r.key, "verdict": r.verdict, "ratio": r.ratio, "detail": r.detail,
+                                 "memory_verdict": r.memory, "memory_ratio": r.memory_ratio, "memory_detail": r.memory_detail}
                                 for r in result.rows]}, indent=2, default=str)
 
 
-def run(base_paths: list[Path], current_paths: list[Path], threshold: float, fmt: str) -> tuple[str, int]:
+def run(base_paths: list[Path], current_paths: list[Path], threshold: float, fmt: str,
+        memory_threshold: float | None = 0.10) -> tuple[str, int]:
     (base, _), (current, scope) = read_side(base_paths), read_side(current_paths)
-    result = compare(base, current, threshold, scope)
+    result = compare(base, current, threshold, scope, memory_threshold)
     text = {"text": format_text, "md": format_markdown, "json": format_json}[fmt](result)
     return text, 1 if result.regressed else 0

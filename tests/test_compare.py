@@ -251,8 +251,9 @@ def test_pytest_benchmark_json_is_read_by_compare(tmp_path, capsys):
     assert data["machine_info"]["gpu"] == "cpu" and data["benchmarks"]
     first = data["benchmarks"][0]
     assert first["extra_info"]["tflops"] > 0 and len(first["stats"]["data"]) >= 3
+    assert first["extra_info"]["peak_mem_bytes"] > 0
     assert main(["compare", str(out), str(out)]) == 0
-    assert "summary:" in capsys.readouterr().out
+    assert f"peak memory: {len(data['benchmarks'])} same" in capsys.readouterr().out
     # without a GPU, the CPU pytest-benchmark names is the machine
     assert data["machine_info"]["cpu"]["brand_raw"]
     data["machine_info"]["cpu"]["brand_raw"] = "Another CPU 9000"
@@ -272,4 +273,58 @@ def test_each_implementation_gets_the_geometric_mean_of_its_time_ratios(tmp_path
     assert summaries["naive"]["geomean_ratio"] == pytest.approx(1.0, rel=0.02)
     assert summaries["sdpa"]["verdicts"] == {"slower": 2, "same": 1}
     assert main(["compare", str(base), str(current), "--format", "md"]) == 1
-    assert re.search(r"^\| `sdpa` \| ×1\.1\d\d \| 3 \| 2 slower, 1 same \|$", capsys.readouterr().out, re.M)
+    assert re.search(r"^\| `sdpa` \| ×1\.1\d\d \| 3 \| 2 slower, 1 same \| ×1\.000: 3 same \|$", capsys.readouterr().out, re.M)
+
+
+def _peak_memory(scale: dict[tuple[str, int], float], base_bytes: int = 8 << 20):
+    """An edit for `synthetic`: every row holds `base_bytes`, times scale[(impl, seq_len)]."""
+    def edit(record: dict) -> None:
+        record["peak_mem_bytes"] = int(base_bytes * scale.get((record["impl"], record["seq_len"]), 1.0))
+    return edit
+
+
+def memory_verdicts(capsys, base: Path, current: Path, *flags) -> tuple[int, dict]:
+    code = main(["compare", str(base), str(current), "--format", "json", *flags])
+    return code, {(r["impl"], r["seq_len"]): r["memory_verdict"] for r in json.loads(capsys.readouterr().out)["rows"]}
+
+
+def test_real_runs_measure_the_same_peak_memory_twice(tmp_path, capsys, real_rows):
+    assert all(r["peak_mem_bytes"] > 0 for r in real_rows if r["record"] == "result")  # CPU rows measure it too
+    base = synthetic(tmp_path / "a.jsonl", real_rows, seed=1)
+    code, found = memory_verdicts(capsys, base, synthetic(tmp_path / "b.jsonl", real_rows, seed=2))
+    assert code == 0 and set(found.values()) == {"same"}
+
+
+def test_more_peak_memory_is_a_regression_even_at_the_same_speed(tmp_path, capsys, real_rows):
+    base = synthetic(tmp_path / "a.jsonl", real_rows, seed=1, edit=_peak_memory({}))
+    current = synthetic(tmp_path / "b.jsonl", real_rows, seed=1, edit=_peak_memory({("sdpa", 32): 1.5, ("naive", 16): 0.5}))
+    code, found = memory_verdicts(capsys, base, current)
+    assert code == 1 and found.pop(("sdpa", 32)) == "more" and found.pop(("naive", 16)) == "less"
+    assert set(found.values()) == {"same"}
+    assert main(["compare", str(base), str(current)]) == 1
+    text = capsys.readouterr().out
+    assert re.search(r"^more memory\s+1\.500\s+sdpa B1 H2 N32 .*8\.0 MiB -> 12\.0 MiB \(\+50\.0%\)$", text, re.M)
+    assert re.search(r"^less memory\s+0\.500\s+naive B1 H2 N16 ", text, re.M)
+    assert "peak memory: 1 more, 1 less, 4 same" in text
+    assert main(["compare", str(base), str(current), "--format", "md"]) == 1
+    markdown = capsys.readouterr().out
+    assert "## attnbench: **regression**" in markdown
+    assert re.search(r"^\| more memory \| `sdpa B1 H2 N32 .*\| 1\.500 \|", markdown, re.M)
+    assert main(["compare", str(base), str(current), "--memory-threshold", "60"]) == 0  # 50% is within 60%
+    capsys.readouterr()
+    code, found = memory_verdicts(capsys, base, current, "--memory-threshold", "off")
+    assert code == 0 and set(found.values()) == {None}
+
+
+def test_small_absolute_changes_in_peak_memory_do_not_count(tmp_path, capsys, real_rows):
+    base = synthetic(tmp_path / "a.jsonl", real_rows, seed=1, edit=_peak_memory({}, base_bytes=4096))
+    current = synthetic(tmp_path / "b.jsonl", real_rows, seed=1, edit=_peak_memory({("sdpa", 32): 3.0}, base_bytes=4096))
+    code, found = memory_verdicts(capsys, base, current)
+    assert code == 0 and found[("sdpa", 32)] == "same"  # 4 KiB -> 12 KiB: below the 64 KiB floor
+
+
+@pytest.mark.parametrize("value", ["-5", "0", "lots"])
+def test_a_bad_memory_threshold_exits_2(tmp_path, capsys, real_rows, value):
+    base = synthetic(tmp_path / "a.jsonl", real_rows, seed=1)
+    assert main(["compare", str(base), str(base), "--memory-threshold", value]) == 2
+    assert f"--memory-threshold: {value!r} is not a positive number" in capsys.readouterr().err

@@ -5,7 +5,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ from . import __version__, config, conformance, runner
 from .case import Case
 from .config import UsageError
 from .environment import collect, machine_name
+from .naming import slug
 from .peak import measured_copy_gbytes_per_s, measured_matmul_tflops
 from .plan import format_plan, plan_run
 from .presets import PRESETS, default_preset
@@ -171,10 +171,6 @@ def cmd_env(args) -> int:
     return 0
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-
-
 RETRYABLE = tuple(status for status in STATUSES if status != "ok")
 
 
@@ -193,8 +189,8 @@ def _retry_statuses(value: str | None, resume: bool) -> set[str]:
 def default_out_path(device: str, preset_name: str, resume: bool) -> Path:
     """results/DATE_MACHINE_PRESET.jsonl, named by the model that times it (the GPU, or the CPU for CPU runs),
     so two machines' files never share a name."""
-    machine = _slug(machine_name(device)) or device
-    stem = f"{_dt.date.today().isoformat()}_{machine}_{_slug(preset_name)}"
+    machine = slug(machine_name(device)) or device
+    stem = f"{_dt.date.today().isoformat()}_{machine}_{slug(preset_name)}"
     path = RESULTS_DIR / f"{stem}.jsonl"
     counter = 2
     while path.exists() and not resume:

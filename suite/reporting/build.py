@@ -8,6 +8,7 @@ import pandas as pd
 
 from .. import config
 from ..case import CASE_FIELDS, Case
+from ..naming import slug
 from ..results import ResultsFormatError, load, read
 from ..workload import LOCAL_CORRELATION_TOKENS, LOCAL_REFERENCE_TOKENS, LOCAL_SELF_LOGIT
 from . import charts
@@ -29,10 +30,6 @@ from .data import (
 from .first_calls import first_call_table
 
 CHART_KEYS = ("device", "gpu", "batching", "dtype", "causal", "mode")
-
-
-def _slug(*parts) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", "-".join(str(p) for p in parts).lower()).strip("-")
 
 
 def _environment_blocks(paths: list[Path]) -> list:
@@ -239,14 +236,14 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | N
             group = dict(zip(CHART_KEYS, key))
             if not part.status.isin(MEASURED).any():
                 continue
-            slug = _slug(group["gpu"], *batching_words(group), group["dtype"], "causal" if group["causal"] else "dense",
-                         group["mode"])
+            name = slug(group["gpu"], *batching_words(group), group["dtype"], "causal" if group["causal"] else "dense",
+                        group["mode"])
             report.add(Heading(group_title(group), 3))
-            chart(charts.throughput_chart(part, colour_of, group, "time_ms"), f"time-{slug}", "median time vs sequence length")
+            chart(charts.throughput_chart(part, colour_of, group, "time_ms"), f"time-{name}", "median time vs sequence length")
             if part.peak_mem_bytes.notna().any():
-                chart(charts.memory_chart(part, colour_of, group), f"memory-{slug}", "peak memory vs sequence length")
+                chart(charts.memory_chart(part, colour_of, group), f"memory-{name}", "peak memory vs sequence length")
             if baseline in set(part[part.status.isin(MEASURED)].impl):
-                chart(charts.speedup_chart(part, colour_of, group, baseline), f"speedup-{slug}", f"speed-up over {baseline}")
+                chart(charts.speedup_chart(part, colour_of, group, baseline), f"speedup-{name}", f"speed-up over {baseline}")
         case = _accuracy_case(frame)
         at_case = measured
         for key, value in case.items():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pytest
@@ -10,6 +11,7 @@ import implementations
 from suite.case import Case
 from suite.cli import main
 from suite.profiling import profile_case
+from suite.quiet_profiler import start_quietly, stop_quietly
 
 SMALL = ["--seq-len", "100", "--heads", "2", "--head-dim", "16", "--device", "cpu"]
 
@@ -48,3 +50,21 @@ def test_bad_profile_input_exits_2(capsys, flags, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("attnbench: error: ")
     assert re.search(message, err[0]), err[0]
+
+
+class _LoggingProfiler:
+    """Stands in for torch.profiler.profile: logs from C++'s file descriptor 2, as kineto does."""
+
+    def start(self) -> None:
+        os.write(2, b"USDT:2026-11-27 18:26:00 9705:9705 SyncActivityProfilerHandler.cpp:52] profiler_start\n"
+                    b"WARNING: CUPTI_ERROR_INSUFFICIENT_PRIVILEGES: no GPU activity will be recorded\n")
+
+    def stop(self) -> None:
+        os.write(2, b"USDT:2026-11-27 18:26:00 9705:9705 SyncActivityProfilerHandler.cpp:59] profiler_stop\n")
+
+
+def test_the_profilers_routine_lines_are_dropped_and_its_warnings_kept(capfd):
+    profiler = _LoggingProfiler()
+    start_quietly(profiler)
+    stop_quietly(profiler)
+    assert capfd.readouterr().err == "WARNING: CUPTI_ERROR_INSUFFICIENT_PRIVILEGES: no GPU activity will be recorded\n"

@@ -7,6 +7,7 @@ the call, in order, peaks where the call held the most. Both count what the call
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 
 import torch
@@ -39,15 +40,25 @@ def _cpu_peak(fn: Callable[[], object]) -> tuple[int | None, str | None]:
     recorder = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
     try:
         start_quietly(recorder)
-    except RuntimeError as error:  # e.g. another profiler is already running in this process
-        return None, f"CPU peak memory not measured: the profiler did not start ({' '.join(str(error).split())[:200]})"
+    except RuntimeError as error:
+        return None, _not_measured("the profiler did not start", error)
     try:
         fn()
-    finally:
+    except BaseException:  # the call's own failure is the row's; the profiler must not outlive it
+        with contextlib.suppress(Exception):
+            stop_quietly(recorder)
+        raise
+    try:  # the timings are already taken: a profiler failure costs this figure only, not the row
         stop_quietly(recorder)
-    changes = sorted(((event.start_ns(), event.nbytes()) for event in recorder.profiler.kineto_results.events()
-                      if event.name() == "[memory]"), key=lambda change: change[0])  # stable: same-time order kept
+        changes = sorted(((event.start_ns(), event.nbytes()) for event in recorder.profiler.kineto_results.events()
+                          if event.name() == "[memory]"), key=lambda change: change[0])  # stable: same-time order kept
+    except Exception as error:  # noqa: BLE001
+        return None, _not_measured("the profiler's record could not be read", error)
     return running_peak(nbytes for _, nbytes in changes), None
+
+
+def _not_measured(what: str, error: BaseException) -> str:
+    return f"CPU peak memory not measured: {what} ({type(error).__name__}: {' '.join(str(error).split())[:200]})"
 
 
 def running_peak(changes: Iterator[int] | list[int]) -> int:

@@ -57,6 +57,25 @@ def test_cpu_peak_memory_leaves_a_running_profiler_alone_and_says_why():
     assert any(event.name == "aten::sum" for event in outer.events())
 
 
+def test_a_profiler_failure_costs_the_memory_figure_only_and_never_hides_the_calls_own_error(monkeypatch):
+    import suite.memory
+
+    def broken_stop(profiler) -> None:
+        profiler.stop()
+        raise RuntimeError("kineto: trace buffer lost")
+
+    monkeypatch.setattr(suite.memory, "stop_quietly", broken_stop)
+    peak, reason = peak_call_memory(lambda: torch.ones(100) * 2, torch.device("cpu"))
+    assert peak is None and "could not be read" in reason and "trace buffer lost" in reason
+
+    def failing_call():
+        raise torch.OutOfMemoryError("out of memory in the call")
+
+    with pytest.raises(torch.OutOfMemoryError, match="in the call"):
+        peak_call_memory(failing_call, torch.device("cpu"))
+    assert not torch.autograd._profiler_enabled()
+
+
 def test_visible_pairs_and_flops():
     impl = Implementation("x")
     assert impl.visible_pairs(4, causal=False) == 16

@@ -61,7 +61,7 @@ def test_report_writes_charts_markdown_and_html(cpu_results, gpu_like_results, t
     assert main(["report", str(cpu_results), str(gpu_like_results), "--out", str(out), "--baseline", "naive"]) == 0
     pngs = sorted((out / "charts").glob("*.png"))
     names = {p.name.split("-")[0] for p in pngs}
-    assert {"time", "memory", "speedup", "accuracy", "attention"} <= names
+    assert {"time", "tflops", "memory", "speedup", "accuracy", "attention"} <= names
     for png in pngs:
         assert png.read_bytes()[:8] == PNG_SIGNATURE and png.stat().st_size > 5000
     html = (out / "index.html").read_text()
@@ -115,6 +115,24 @@ def test_throughput_chart_has_one_line_per_measured_implementation(cpu_results):
     assert "Time" in fig._suptitle.get_text()
     legend = fig.legends[0]
     assert {t.get_text() for t in legend.get_texts()} == measured
+
+
+def test_tflops_chart_starts_at_zero_and_draws_the_measured_peak_where_there_is_one(cpu_results):
+    frame = prepare(load(cpu_results))
+    part = frame[frame.causal == False].copy()  # noqa: E712
+    group = {"device": "cpu", "gpu": "test cpu", "dtype": "float32", "causal": False, "mode": "fwd"}
+    fig = charts.throughput_chart(part, colours(frame.impl), group, "tflops")
+    (ax,) = [a for a in fig.axes if a.get_visible()]
+    assert ax.get_yscale() == "linear" and ax.get_ylim()[0] == 0 and "TFLOP/s" in ax.get_ylabel()
+    assert not any(t.get_text().startswith("measured matmul peak") for t in fig.legends[0].get_texts())  # CPU: none
+    peak = 4 * part.tflops.max()  # each run measures its own; rows carry tflops / peak
+    part["peak_fraction"] = part.tflops / peak
+    assert charts.measured_peak_tflops(part) == pytest.approx(peak)
+    fig = charts.throughput_chart(part, colours(frame.impl), group, "tflops")
+    (ax,) = [a for a in fig.axes if a.get_visible()]
+    dotted = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
+    assert len(dotted) == 1 and dotted[0].get_ydata()[0] == pytest.approx(peak) and ax.get_ylim()[1] >= peak
+    assert f"measured matmul peak ({fmt_num(peak)} TFLOP/s)" in {t.get_text() for t in fig.legends[0].get_texts()}
 
 
 def test_memory_chart_is_log_log_and_marks_oom(gpu_like_results):

@@ -240,6 +240,7 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | N
                         group["mode"])
             report.add(Heading(group_title(group), 3))
             chart(charts.throughput_chart(part, colour_of, group, "time_ms"), f"time-{name}", "median time vs sequence length")
+            chart(charts.throughput_chart(part, colour_of, group, "tflops"), f"tflops-{name}", "TFLOP/s vs sequence length")
             if part.peak_mem_bytes.notna().any():
                 chart(charts.memory_chart(part, colour_of, group), f"memory-{name}", "peak memory vs sequence length")
             if baseline in set(part[part.status.isin(MEASURED)].impl):

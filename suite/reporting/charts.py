@@ -17,7 +17,7 @@ import pandas as pd  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from .data import MEASURED, group_title, impl_order  # noqa: E402
+from .data import MEASURED, fmt_num, group_title, impl_order  # noqa: E402
 
 PANEL_KEYS = ("heads", "kv_heads", "head_dim")
 
@@ -80,12 +80,14 @@ class _SparseMinorLabels(ticker.Formatter):
 
 OOM_LABEL = "out of memory (×)"
 MISMATCH_LABEL = "accuracy mismatch (red ring)"
+PEAK_LABEL = "measured matmul peak"
 
 
 def _finish(fig: Figure, handles: dict) -> Figure:
     if handles:
-        # implementations first, then the markers that qualify their points
-        ordered = sorted(handles.items(), key=lambda item: item[0] in (OOM_LABEL, MISMATCH_LABEL))
+        # implementations first, then the markers that qualify their points and the reference lines
+        ordered = sorted(handles.items(),
+                         key=lambda item: item[0] in (OOM_LABEL, MISMATCH_LABEL) or item[0].startswith(PEAK_LABEL))
         fig.legend([h for _, h in ordered], [label for label, _ in ordered], loc="outside right center", fontsize=9,
                    title="implementation")
     return fig
@@ -108,11 +110,14 @@ def _mark_mismatch(ax, x, y, handles: dict) -> None:
 
 
 def throughput_chart(frame: pd.DataFrame, colour_of: dict, group: dict, metric: str = "time_ms") -> Figure:
-    """Median time (ms, with IQR band) or TFLOP/s against sequence length, per (heads, head dim)."""
-    ylabel = {"time_ms": "median time per call (ms)", "tflops": "throughput (TFLOP/s)"}[metric]
+    """Median time (ms, with IQR band) or TFLOP/s against sequence length, per (heads, head dim). TFLOP/s
+    count each implementation's own FLOPs (a sparse mask's visible pairs, linear attention's own maths): they
+    say how well it uses the hardware, against this GPU's measured matmul peak (dotted), not how fast it is."""
+    ylabel = {"time_ms": "median time per call (ms)", "tflops": "TFLOP/s (its own FLOPs)"}[metric]
     fig, panels = _panels(frame, f"{'Time' if metric == 'time_ms' else 'Throughput'} · {group_title(group)}",
                           ylabel, logy=metric == "time_ms")
     handles: dict = {}
+    peak = measured_peak_tflops(frame) if metric == "tflops" else None
     for ax, part in panels:
         for label in impl_order(part.impl):
             rows = part[(part.impl == label) & part.status.isin(MEASURED)].sort_values("seq_len")
@@ -125,9 +130,28 @@ def throughput_chart(frame: pd.DataFrame, colour_of: dict, group: dict, metric: 
                 if metric == "time_ms":
                     half = _floats(rows.time_iqr_ms.fillna(0)) / 2
                     ax.fill_between(x, y - half, y + half, color=colour_of[label], alpha=0.2)
+        if metric == "tflops":  # a linear axis from zero, up to the peak: the distance to it is the point
+            top = ax.get_ylim()[1]
+            if peak is not None:
+                handles.setdefault(f"{PEAK_LABEL} ({fmt_num(peak)} TFLOP/s)",
+                                   ax.axhline(peak, color="black", ls=":", lw=1.2))
+                top = max(top, peak * 1.05)
+            ax.set_ylim(0, top)
         for label in impl_order(part.impl):
             _mark_oom(ax, part[part.impl == label], label, colour_of[label], handles)
     return _finish(fig, handles)
+
+
+def measured_peak_tflops(frame: pd.DataFrame) -> float | None:
+    """The matmul peak the rows' runs measured for their dtype (TFLOP/s over the fraction of it they reached);
+    the median where the rows come from several runs, each of which measured its own; None without one (CPU)."""
+    fraction = pd.to_numeric(frame.get("peak_fraction"), errors="coerce") if "peak_fraction" in frame else None
+    if fraction is None:
+        return None
+    usable = frame[(fraction > 0) & frame.tflops.notna()]
+    if usable.empty:
+        return None
+    return float((usable.tflops / fraction[usable.index]).median())
 
 
 def memory_chart(frame: pd.DataFrame, colour_of: dict, group: dict) -> Figure:

@@ -14,6 +14,7 @@ import torch
 from . import __version__
 from .gpu_monitor import GpuMonitor
 from .poison import poisoning
+from .results import cpu_machine
 
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,8 +54,9 @@ def _cpu_name() -> str:
 
 
 def machine_name(device: str) -> str:
-    """The model whose speed a run on `device` measures: the GPU's for cuda, the CPU's otherwise."""
-    return torch.cuda.get_device_name() if device == "cuda" else _cpu_name()
+    """The model whose speed a run on `device` measures: the GPU's for cuda; otherwise the CPU's, with the
+    threads torch uses, which change CPU times as much as another model does."""
+    return torch.cuda.get_device_name() if device == "cuda" else cpu_machine(_cpu_name(), torch.get_num_threads())
 
 
 def collect(device: torch.device, monitor: GpuMonitor | None = None) -> dict[str, Any]:

@@ -119,10 +119,19 @@ def _read_records(path: Path) -> Iterable[dict[str, Any]]:
         yield record
 
 
+def cpu_machine(model: str, threads: int | None) -> str:
+    """'Intel(R) Xeon(R) Processor (2 threads)'; the model alone where the thread count was not recorded."""
+    return f"{model} ({threads} thread{'s' * (threads != 1)})" if threads else model
+
+
 def recorded_machine(environment: dict[str, Any]) -> str | None:
     """The model whose speed a run measured, as its header's environment records it: the GPU's on cuda,
-    the CPU's otherwise (environment.machine_name on the machine itself); None for records that lack it."""
-    return environment.get("gpu") if environment.get("device") == "cuda" else environment.get("cpu")
+    the CPU's with its thread count otherwise (environment.machine_name on the machine itself); None for
+    records that lack it."""
+    if environment.get("device") == "cuda":
+        return environment.get("gpu")
+    model = environment.get("cpu")
+    return cpu_machine(model, environment.get("cpu_threads")) if model else None
 
 
 def batching(run: dict[str, Any], row: dict[str, Any]) -> str | None:

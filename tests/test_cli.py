@@ -187,10 +187,18 @@ def test_resume_refuses_a_file_timed_on_another_machine(tmp_path, capsys):
     before = out.read_bytes()
     for extra in ([], ["--dry-run"], ["--causal", "both"]):
         assert main(["run", *TINY, "--out", str(out), "--resume", *extra]) == 2
-        assert re.search(r"--resume: '.*r\.jsonl' holds timings measured on Other CPU 9000, and this run would "
+        assert re.search(r"--resume: '.*r\.jsonl' holds timings measured on Other CPU 9000 \(\d+ threads?\), and this run would "
                          r"measure on .+ \(resume it there, or write these rows to another file with --out\)",
                          capsys.readouterr().err)
     assert out.read_bytes() == before
+
+    # the same CPU model with another thread count times differently too
+    from suite.environment import _cpu_name
+    rewrite_headers(out, lambda header: {**header, "environment": {**header["environment"], "cpu": _cpu_name(),
+                                                                    "cpu_threads": 64}})
+    assert main(["run", *TINY, "--out", str(out), "--resume"]) == 2
+    assert re.search(r"holds timings measured on .+ \(64 threads\), and this run would measure on .+ \(\d+ threads?\)",
+                     capsys.readouterr().err)
 
     # a header that only amended rows (local-errors) elsewhere does not count: it timed nothing
     rewrite_headers(out, lambda header: {**header, "amends": "local-inputs errors"})

@@ -34,7 +34,7 @@ def real_rows(tmp_path_factory) -> list[dict]:
 
 
 def synthetic(path: Path, records: list[dict], *, seed: int, noise: float = 0.02, slow: dict | None = None,
-              edit=None, gpu: str | None = None, cpu: str | None = None) -> Path:
+              edit=None, gpu: str | None = None, cpu: str | None = None, edit_header=None) -> Path:
     """Replace each row's raw times by 40 log-normal samples around its real median (× slow[impl])."""
     rng = random.Random(seed)
     lines = []
@@ -44,6 +44,8 @@ def synthetic(path: Path, records: list[dict], *, seed: int, noise: float = 0.02
             record["environment"].update(device="cuda", gpu=gpu)
         if record["record"] == "run" and cpu:
             record["environment"]["cpu"] = cpu
+        if record["record"] == "run" and edit_header:
+            edit_header(record["environment"])
         if record["record"] == "result" and record["status"] == "ok":
             center = record["time_ms"] * (slow or {}).get((record["impl"], record["seq_len"]), 1.0)
             times = [center * rng.lognormvariate(0, noise) for _ in range(40)]
@@ -211,6 +213,12 @@ def test_different_cpu_models_exit_2(tmp_path, capsys, real_rows):
     assert "AMD EPYC 9654" in capsys.readouterr().err
     same_model = synthetic(tmp_path / "c.jsonl", real_rows, seed=2, cpu="Intel(R) Xeon(R) Platinum 8480+")
     assert main(["compare", str(base), str(same_model)]) == 0
+    capsys.readouterr()
+    threads = [synthetic(tmp_path / f"{count}.jsonl", real_rows, seed=count, cpu="Intel(R) Xeon(R) Platinum 8480+",
+                         edit_header=lambda environment, count=count: environment.update(cpu_threads=count))
+               for count in (2, 1)]
+    assert main(["compare", *map(str, threads)]) == 2  # OMP_NUM_THREADS=1 in one CI job, say
+    assert "Intel(R) Xeon(R) Platinum 8480+ (1 thread)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("content,message", [

@@ -45,8 +45,8 @@ limit=${2:-540}
   "$PY" -m suite env
 } > "$OUT/machine.txt"
 head -n 2 "$OUT/machine.txt"
-gpu=$("$PY" -c "import re, sys; from suite.environment import machine_name
-print(re.sub(r'[^a-z0-9]+', '-', machine_name(sys.argv[1]).lower()).strip('-'))" "$DEVICE")
+gpu=$("$PY" -c "import sys; from suite.environment import machine_name; from suite.naming import slug
+print(slug(machine_name(sys.argv[1])))" "$DEVICE")
 export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton-cache}
 mkdir -p "$TRITON_CACHE_DIR"
 tuned=".gpu-cache/$gpu-triton-autotune.tgz"

@@ -13,6 +13,7 @@ from suite.case import Case
 from suite.cli import main
 from suite.reporting import charts
 from suite.reporting.data import colours, fmt_duration, fmt_num, prepare
+from suite.reporting.memory_glance import memory_summary
 from suite.results import ResultsWriter, load
 from suite.runner import RunSettings, run_cases
 from suite.timing import TimingPolicy
@@ -133,6 +134,18 @@ def test_tflops_chart_starts_at_zero_and_draws_the_measured_peak_where_there_is_
     dotted = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
     assert len(dotted) == 1 and dotted[0].get_ydata()[0] == pytest.approx(peak) and ax.get_ylim()[1] >= peak
     assert f"measured matmul peak ({fmt_num(peak)} TFLOP/s)" in {t.get_text() for t in fig.legends[0].get_texts()}
+
+
+def test_memory_at_a_glance_compares_each_implementation_with_the_baseline_where_both_ran(gpu_like_results, tmp_path):
+    frame = prepare(load(gpu_like_results))
+    ((title, table),) = memory_summary(frame, "naive")
+    assert "Test GPU" in title and table.header == ["implementation", "dense fwd", "causal fwd"]
+    rows = {row[0]: row[1:] for row in table.rows}
+    assert list(rows)[0] == "naive" and rows["naive"] == ["8.0 KiB at 32", "8.0 KiB at 32"]  # out of memory at 64
+    assert rows["sdpa"] == ["0.5× · 4.0 KiB at 32"] * 2  # 64·32·2 bytes against 4·32²·2
+    assert memory_summary(prepare(load(gpu_like_results)), "sdpa")[0][1].rows[0][0] == "sdpa"
+    assert main(["report", str(gpu_like_results), "--out", str(tmp_path / "r"), "--baseline", "naive"]) == 0
+    assert "### Peak memory at a glance: Test GPU" in (tmp_path / "r" / "report.md").read_text()
 
 
 def test_memory_chart_is_log_log_and_marks_oom(gpu_like_results):

@@ -28,6 +28,7 @@ from .data import (
     prepare,
 )
 from .first_calls import first_call_table
+from .memory_glance import memory_summary
 
 CHART_KEYS = ("device", "gpu", "batching", "dtype", "causal", "mode")
 
@@ -178,6 +179,10 @@ def _add_crossovers(report: Report, frame: pd.DataFrame, baseline: str) -> None:
         report.add(Heading(f"At a glance: {title}", 3), Paragraph(
             f"Where each implementation starts to beat {baseline}, and its speed-up at the longest length "
             "both ran (≈: within the two measurements' spread)."), table)
+    for title, table in memory_summary(frame, baseline):
+        report.add(Heading(f"Peak memory at a glance: {title}", 3), Paragraph(
+            f"Each implementation's peak memory beyond its inputs over {baseline}'s, and its own, at the longest "
+            f"length where both ran ({baseline}: its own peak there)."), table)
     for group, table in tables:
         report.add(Heading(group_title(group), 3), table)
 

@@ -1,0 +1,50 @@
+"""Peak memory beside the speed-ups: each implementation's memory over the baseline's, at the longest
+length where both ran and measured it. O(N²) scores and O(N) kernels part most at the longest lengths,
+and there a model either fits or does not."""
+from __future__ import annotations
+
+import pandas as pd
+
+from .blocks import Table
+from .crossover import SUMMARY_COLUMNS, fmt_length
+from .data import GROUP_KEYS, MEASURED, fmt_bytes, fmt_num, group_title, impl_order
+
+
+def _memory_cell(part: pd.DataFrame, impl: str, baseline: str) -> str:
+    """E.g. `0.52× · 1.1 GiB at 64K`: memory over the baseline's at the longest length both measured."""
+    measured = part[part.status.isin(MEASURED) & part.peak_mem_bytes.notna()]
+    mine = measured[measured.impl == impl].set_index("seq_len").peak_mem_bytes
+    base = measured[measured.impl == baseline].set_index("seq_len").peak_mem_bytes
+    if impl == baseline:
+        return f"{fmt_bytes(mine.iloc[-1])} at {fmt_length(int(mine.index[-1]))}" if len(mine) else ""
+    both = sorted(set(mine.index) & set(base.index))
+    if not both:
+        return ""
+    length = both[-1]
+    if base[length] <= 0:
+        return f"{fmt_bytes(mine[length])} at {fmt_length(int(length))}"
+    return f"{fmt_num(mine[length] / base[length], 3)}× · {fmt_bytes(mine[length])} at {fmt_length(int(length))}"
+
+
+def memory_summary(frame: pd.DataFrame, baseline: str) -> list[tuple[str, Table]]:
+    """Per shape (machine, heads, head dim, dtype): one row per implementation (the baseline's own memory
+    first), one column per mask × mode; shapes where the baseline measured no memory are left out."""
+    shape_keys = [key for key in GROUP_KEYS if key not in ("causal", "mode")]
+    summaries = []
+    for shape, part in frame.sort_values("seq_len").groupby(shape_keys, sort=True, dropna=False):
+        if not (part[part.impl == baseline].peak_mem_bytes.notna()).any():
+            continue
+        cells: dict[str, dict[tuple[str, str], str]] = {}
+        for (causal, mode), variant in part.groupby(["causal", "mode"], sort=False):
+            column = ("causal" if causal else "dense", mode)
+            for impl in impl_order(variant.impl):
+                cell = _memory_cell(variant, impl, baseline)
+                if cell:
+                    cells.setdefault(impl, {})[column] = cell
+        columns = [c for c in SUMMARY_COLUMNS if any(c in row for row in cells.values())]
+        order = [baseline, *(impl for impl in impl_order(cells) if impl != baseline)]
+        rows = [[impl, *(cells[impl].get(column, "") for column in columns)] for impl in order if impl in cells]
+        if len(rows) > 1:
+            summaries.append((group_title(dict(zip(shape_keys, shape))), Table(
+                ["implementation", *(" ".join(c) for c in columns)], rows)))
+    return summaries

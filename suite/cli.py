@@ -15,15 +15,25 @@ import torch
 import implementations
 
 from . import __version__, config, conformance, runner
-from .case import Case
+from .case import CASE_FIELDS, Case
 from .config import UsageError
 from .environment import collect, machine_name
+from .in_flight import InFlight
 from .naming import slug
 from .peak import measured_copy_gbytes_per_s, measured_matmul_tflops
 from .plan import format_plan, plan_run
 from .presets import PRESETS, default_preset
 from .progress import Progress
-from .results import STATUSES, ResultsFormatError, ResultsWriter, finished_keys, read, recorded_machine, timed_by_runs
+from .results import (
+    STATUSES,
+    ResultsFormatError,
+    ResultsWriter,
+    finished_keys,
+    key_of_row,
+    read,
+    recorded_machine,
+    timed_by_runs,
+)
 from .runner import DeviceLost, RunSettings, TimeLimitReached, row_key, run_cases
 from .summary import format_table
 
@@ -229,16 +239,27 @@ def cmd_run(args) -> int:
         raise UsageError(f"--out: {str(out)!r} already exists (use --resume to continue it, or another path)")
     retry = _retry_statuses(args.retry, args.resume)
     deadline = started + config.positive_float("--time-limit", args.time_limit) if args.time_limit else None
+    in_flight = InFlight(out)
+    writing = in_flight.running_elsewhere()
+    if writing is not None and not args.dry_run:
+        raise UsageError(f"--out: {str(out)!r} is being written by a run still going on this machine (pid {writing}); "
+                         "two runs appending to one file would interleave their rows")
     try:
         skip = finished_keys(out, retry) if args.resume else set()
         if args.resume:
             _refuse_another_machine(out, device)
+        died = _row_a_process_died_in(in_flight, out)
     except ResultsFormatError as error:
         raise UsageError(f"--resume: {error}") from None
+    if died and "error" not in retry:
+        skip.add(key_of_row(died))
     if args.dry_run:
+        if died:
+            print(f"the run that wrote {out} died while measuring {_row_name(died)}: this run will record that as "
+                  "an error row", file=sys.stderr)
         print(format_plan(plan_run(impls, cases, skip), cases, device))
         return 0
-    if skip and all(row_key(impl.label, case) in skip for impl in impls for case in cases):
+    if not died and skip and all(row_key(impl.label, case) in skip for impl in impls for case in cases):
         print(f"nothing to run: every case is already in {out}")  # before measuring the GPU's peaks
         return 0
 
@@ -254,11 +275,15 @@ def cmd_run(args) -> int:
                 "measured_peak_tflops": settings.peak_tflops, "measured_peak_gbytes_per_s": settings.peak_gbytes_per_s,
                 "timing_policy": vars(settings.policies[device])}
     writer = ResultsWriter(out, collect(torch_device), run_info)
+    if died:
+        writer.append(died)
+        print(f"the run that wrote {out} died while measuring {_row_name(died)}: recorded as an error row"
+              + (" (--retry error: measured again below)" if "error" in retry else ""), file=sys.stderr)
     if skip:
         print(f"resuming {out}: {len(skip)} rows already there", file=sys.stderr)
     try:
         rows = run_cases(impls, cases, settings=settings, on_row=writer.append, skip=skip, progress=Progress(),
-                         deadline=deadline)
+                         deadline=deadline, on_start=in_flight.started)
     except TimeLimitReached as reached:
         writer.close()
         kept = f"every finished row is in {out}" if reached.done else "no row finished"
@@ -274,10 +299,24 @@ def cmd_run(args) -> int:
         print(f"\nstopped: {lost}\nevery finished row is in {out}; the other cases can run in a new process with "
               f"--resume --out {out} (the failed row counts as done; --retry error runs it again)", file=sys.stderr)
         return 1
+    finally:  # any end Python sees; only a process that died leaves the file naming its row
+        in_flight.clear()
     writer.close()
     print(format_table(rows))
     print(f"results: {out}")
     return 0
+
+
+def _row_a_process_died_in(in_flight: InFlight, out: Path) -> dict | None:
+    """The error row for the row a previous run on `out` died in, unless that row was written after all."""
+    died = in_flight.died_in()
+    if died is None or key_of_row(died) in finished_keys(out):
+        return None
+    return died
+
+
+def _row_name(row: dict) -> str:
+    return f"{row['impl']} on {Case(**{key: row[key] for key in CASE_FIELDS}).label}"
 
 
 def _grid_record(grid) -> dict:

@@ -337,9 +337,12 @@ def run_cases(
     skip: set[tuple] = frozenset(),
     progress=None,
     deadline: float | None = None,
+    on_start: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Every implementation on every case (cases outer, so inputs and reference are made once). No row starts
-    after `deadline` (time.monotonic()): the run ends there with TimeLimitReached, each row whole."""
+    after `deadline` (time.monotonic()): the run ends there with TimeLimitReached, each row whole. `on_start`
+    is given each row's implementation and case before anything of it runs (the case's inputs count as its
+    first implementation's)."""
     todo = [(case, [impl for impl in impls if row_key(impl.label, case) not in skip]) for case in cases]
     todo = [(case, chosen) for case, chosen in todo if chosen]
     total = sum(len(chosen) for _, chosen in todo)
@@ -356,6 +359,8 @@ def run_cases(
     for case, chosen in todo:
         check_deadline()
         monitor = monitors.setdefault(case.device, GpuMonitor(torch.device(case.device)))
+        if on_start:
+            on_start(_base_row(chosen[0], case))
         try:
             inputs = make_inputs(case, settings.seed)
         except Exception as error:  # noqa: BLE001 - e.g. the inputs alone do not fit
@@ -376,6 +381,8 @@ def run_cases(
             check_deadline()
             if progress:
                 progress.row_started(impl.label, case)
+            if on_start:
+                on_start(_base_row(impl, case))
             row = run_one(impl, case, inputs, reference, settings, monitor, local_errors)
             if not inputs.unchanged_since(untouched):  # its results, and every later one's, would be on other inputs
                 row = {**_base_row(impl, case), "status": "error",

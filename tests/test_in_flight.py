@@ -1,0 +1,108 @@
+"""A run whose process dies outright (no exception: the out-of-memory killer, a crash in native code) leaves
+the row it died in named beside its results; resuming records that row as an error instead of dying there
+again and again."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from suite import results
+from suite.cli import main
+from suite.in_flight import InFlight
+
+ROOT = Path(__file__).resolve().parent.parent
+
+MODULE = textwrap.dedent('''
+    import os, signal
+    import torch
+    from implementations import Implementation
+
+    class DiesAt33(Implementation):
+        """Softmax attention that kills its own process at 33 tokens, as the kernel's OOM killer would."""
+
+        def __call__(self, q, k, v, *, causal=False):
+            if q.shape[-2] == 33:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+''')
+
+GRID = ["--impl", "naive,dies-at-33", "--seq-len", "17,33,65", "--heads", "1", "--batch", "1", "--head-dim", "16",
+        "--dtype", "float32", "--mode", "fwd", "--causal", "false", "--device", "cpu"]
+
+ONE_ROW = ["--impl", "naive", "--seq-len", "17", "--heads", "1", "--batch", "1", "--head-dim", "16", "--dtype", "float32",
+           "--mode", "fwd", "--causal", "false", "--device", "cpu"]
+
+
+def _package(where: Path) -> Path:
+    """A package declaring `dies-at-33` as an implementation, as `pip install` would leave it."""
+    where.mkdir()
+    (where / "dying_attention.py").write_text(MODULE)
+    info = where / "dying_attention-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: dying-attention\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[attnbench.implementations]\ndies-at-33 = dying_attention:DiesAt33\n")
+    return where
+
+
+def _attnbench(*args: str, path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(path), str(ROOT)])}
+    return subprocess.run([sys.executable, "-m", "suite", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_a_row_whose_process_died_is_recorded_on_resume_and_the_run_goes_on(tmp_path):
+    package = _package(tmp_path / "package")
+    out = tmp_path / "r.jsonl"
+    died = _attnbench("run", *GRID, "--out", str(out), path=package)
+    assert died.returncode == -signal.SIGKILL, died.stderr[-2000:]
+    assert [(r["impl"], r["seq_len"]) for r in results.read(out)[1]] == [("naive", 17), ("dies-at-33", 17), ("naive", 33)]
+    assert json.loads(InFlight(out).path.read_text())["impl"] == "dies-at-33"
+
+    resumed = _attnbench("run", *GRID, "--out", str(out), "--resume", path=package)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "died while measuring dies-at-33 on B1-H1-N33-D16-fp32-dense-fwd: recorded as an error row" in resumed.stderr
+    rows = {(r["impl"], r["seq_len"]): r for r in results.read(out)[1]}
+    assert len(rows) == 6 and rows[("dies-at-33", 33)]["status"] == "error"
+    assert "the process died while measuring this row" in rows[("dies-at-33", 33)]["reason"]
+    assert rows[("dies-at-33", 65)]["status"] == "ok" and rows[("naive", 65)]["status"] == "ok"
+    assert not InFlight(out).path.exists()  # the resumed run ended normally
+
+
+def test_runs_that_end_in_a_way_python_sees_leave_nothing_behind(tmp_path):
+    out = tmp_path / "r.jsonl"
+    assert main(["run", *ONE_ROW, "--out", str(out)]) == 0
+    assert not InFlight(out).path.exists()
+    assert main(["run", *ONE_ROW, "--causal", "both", "--out", str(out), "--resume", "--time-limit", "0.001"]) == 3
+    assert not InFlight(out).path.exists()
+
+
+def test_a_marker_whose_row_was_written_after_all_records_nothing(tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    assert main(["run", *ONE_ROW, "--out", str(out)]) == 0
+    InFlight(out).started(results.read(out)[1][0])  # died between writing its row and naming the next one
+    InFlight(out).path.write_text(InFlight(out).path.read_text().replace(str(os.getpid()), "999999999"))
+    assert main(["run", *ONE_ROW, "--out", str(out), "--resume"]) == 0
+    assert "nothing to run" in capsys.readouterr().out and len(results.read(out)[1]) == 1
+
+
+def test_a_file_another_live_run_is_writing_is_refused(tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    assert main(["run", *ONE_ROW, "--out", str(out)]) == 0
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        InFlight(out).started(results.read(out)[1][0])
+        marker = json.loads(InFlight(out).path.read_text())
+        InFlight(out).path.write_text(json.dumps({**marker, "pid": other.pid}))
+        assert main(["run", *ONE_ROW, "--causal", "both", "--out", str(out), "--resume"]) == 2
+        assert f"is being written by a run still going on this machine (pid {other.pid})" in capsys.readouterr().err
+        assert main(["run", *ONE_ROW, "--causal", "both", "--out", str(out), "--resume", "--dry-run"]) == 0
+        assert "died" not in capsys.readouterr().err  # it is alive: nothing died
+    finally:
+        other.kill()
+        other.wait()
+    assert len(results.read(out)[1]) == 1

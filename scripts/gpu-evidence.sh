@@ -32,9 +32,9 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 if ls .whl/*.whl >/dev/null 2>&1; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:$PWD
+  export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}  # an implementation package of your own stays on it
 else
-  export PYTHONPATH=$PWD
+  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 fi
 presets=${1:-quick}
 [ "$presets" = "-" ] && presets=""  # "-": tests and profiles only
@@ -83,10 +83,20 @@ for preset in ${presets//,/ }; do
   echo "== run (progress, then the table)" >> "$log"
   # Soft limit first: no row starts after it, so the run normally ends between rows; the hard timeout only
   # interrupts a row that overruns the margin (a long compilation or autotune), and that row is lost.
-  soft=$(( limit - (limit / 4 < 60 ? limit / 4 : 60) ))
-  timeout --signal=INT "$limit" "$PY" -m suite run --preset "$preset" --device "$DEVICE" --out "$out" $resume ${RUN_FLAGS:-} \
-    --time-limit "$soft" >> "$log" 2>&1
-  echo "preset $preset exit $?" | tee -a "$log"
+  # A process that died outright (a native crash) leaves $out.running: resuming records that row as an
+  # error and goes on with the rest, within what is left of the limit (at most three times).
+  started=$SECONDS
+  for attempt in 1 2 3; do
+    left=$(( limit - (SECONDS - started) ))
+    [ "$left" -lt 30 ] && break
+    soft=$(( left - (left / 4 < 60 ? left / 4 : 60) ))
+    timeout --signal=INT "$left" "$PY" -m suite run --preset "$preset" --device "$DEVICE" --out "$out" $resume \
+      ${RUN_FLAGS:-} --time-limit "$soft" >> "$log" 2>&1
+    echo "preset $preset exit $?" | tee -a "$log"
+    [ -f "$out.running" ] || break
+    echo "the run died while measuring a row ($out.running names it): resuming" | tee -a "$log"
+    resume="--resume"  # not --retry: the row it died in is not measured again
+  done
   sed -n '/^case /,/^results: /p' "$log" | tail -n 40  # the run's table
   if [ -n "${LOCAL_ERRORS:-}" ]; then  # add the local-inputs figures to approximate rows that lack them
     only=""; [ "$LOCAL_ERRORS" != 1 ] && only="--impl $LOCAL_ERRORS"

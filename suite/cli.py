@@ -375,7 +375,7 @@ def _write_json(path: Path, record: dict) -> None:
 
 
 def cmd_local_errors(args) -> int:
-    from .local_amend import amend_local_errors, approximate_rows, matches, rows_to_amend
+    from .local_amend import amend_died_row, amend_local_errors, approximate_rows, matches, rows_to_amend
     from .runner import LocalErrors
 
     path = Path(args.results)
@@ -402,11 +402,16 @@ def cmd_local_errors(args) -> int:
     if device == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"local-errors: {path} has rows measured on cuda, and no CUDA device is available here")
     run_info = {"amends": "local-inputs errors", "argv": sys.argv[1:], "seed": args.seed}
+    in_flight = InFlight(path, ".amending")
+    if (writing := in_flight.running_elsewhere()) is not None:
+        raise UsageError(f"local-errors: {str(path)!r} is being amended by a process still going on this machine "
+                         f"(pid {writing})")
     writer = ResultsWriter(path, collect(torch.device(device)), run_info)
     try:
+        rows = amend_died_row(rows, in_flight.died_in(), writer)
         done = amend_local_errors(rows, writer, LocalErrors(RunSettings(seed=args.seed)).of,
                                   lambda label: config.build_impl("results file", label), redo=args.redo,
-                                  impls=impls)
+                                  impls=impls, on_start=in_flight.started)
     except KeyboardInterrupt:
         print(f"\ninterrupted: the rows amended so far are in {path}; run the command again to amend the rest",
               file=sys.stderr)
@@ -415,7 +420,8 @@ def cmd_local_errors(args) -> int:
         print(f"\nstopped: {lost}\nthe rows amended so far are in {path}; run the command again, in a new process, "
               "to amend the rest", file=sys.stderr)
         return 1
-    finally:
+    finally:  # any end Python sees; only a process that died leaves the file naming its row
+        in_flight.clear()
         writer.close()
     print(f"amended {done.amended} rows of {path}; {done.already_there} already had the figure (or why not)")
     for reason, count in done.cannot_run_here.items():

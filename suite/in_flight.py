@@ -6,6 +6,7 @@ abort in native code. The row is lost with the process, and `--resume` would sta
 again and die there every time. So before each row the runner names it in a small file beside the
 results (`RESULTS.running`), and any exit Python sees removes that file; one that is still there when
 the run is resumed names the row its process died in, which is then written as an `error` row.
+`local-errors` keeps its own (`RESULTS.amending`) and notes such a row instead of measuring it again.
 """
 from __future__ import annotations
 
@@ -23,8 +24,10 @@ DIED_REASON = ("the process died while measuring this row (no exception: killed 
 
 
 class InFlight:
-    def __init__(self, results_path: Path):
-        self.path = Path(results_path).with_name(Path(results_path).name + ".running")
+    """`suffix` tells the commands apart: `run` (.running) and `local-errors` (.amending) each find their own."""
+
+    def __init__(self, results_path: Path, suffix: str = ".running"):
+        self.path = Path(results_path).with_name(Path(results_path).name + suffix)
 
     def started(self, row: dict[str, Any]) -> None:
         """Name the row about to be measured (its implementation and case), replacing the last one."""
@@ -60,7 +63,8 @@ class InFlight:
         return int(record["pid"])
 
     def died_in(self) -> dict[str, Any] | None:
-        """The row a previous process died in, as an `error` row; None if it ended in a way Python saw."""
+        """The row a previous process died in (its implementation and case), as an `error` row; None if that
+        process ended in a way Python saw, or is still running."""
         record = self._read()
         if record is None or self.running_elsewhere() is not None:
             return None

@@ -18,7 +18,7 @@ from implementations import Implementation
 
 from . import runner
 from .case import Case
-from .results import ResultsWriter
+from .results import ResultsWriter, key_of_row
 
 LOCAL_COLUMNS = ("softmax_local_max_abs_err", "softmax_local_rel_rms_err", "softmax_local_note")
 
@@ -54,12 +54,17 @@ def rows_to_amend(rows: list[dict[str, Any]], redo: bool, impls: Collection[str]
     return [chosen[i] for i in order]
 
 
+DIED_NOTE = ("not measured: the process died while measuring it (no exception: killed by the operating system, "
+             "or a crash in native code); --redo measures it again")
+
+
 def amend_local_errors(rows: list[dict[str, Any]], writer: ResultsWriter,
                        measure: Callable[[Implementation, Case], dict[str, Any]],
                        build_impl: Callable[[str], Implementation], *, redo: bool = False,
-                       impls: Collection[str] | None = None) -> Amendment:
+                       impls: Collection[str] | None = None,
+                       on_start: Callable[[dict[str, Any]], None] | None = None) -> Amendment:
     """Appends, through `writer`, each of a file's `rows` (of `impls`, if given) that lacks the figure, with
-    `measure(impl, case)`'s."""
+    `measure(impl, case)`'s. `on_start` is given each row before it is measured."""
     todo = rows_to_amend(rows, redo, impls)
     result = Amendment(already_there=len(rows_to_amend(rows, True, impls)) - len(todo))
     built: dict[str, Implementation] = {}
@@ -72,6 +77,8 @@ def amend_local_errors(rows: list[dict[str, Any]], writer: ResultsWriter,
         if reasons:
             result.cannot_run_here["; ".join(reasons)] += 1
             continue
+        if on_start:
+            on_start(row)
         figures = measure(impl, case)
         lost = "softmax_local_note" in figures and not runner.device_usable(case.device)
         if lost:  # written with its note, so that the next call does not run into the same failure
@@ -86,3 +93,24 @@ def amend_local_errors(rows: list[dict[str, Any]], writer: ResultsWriter,
         print(f"[{number}/{len(todo)}] {row['impl']:<15} {case.label}  local-inputs error: {outcome}",
               file=sys.stderr, flush=True)
     return result
+
+
+def amend_died_row(rows: list[dict[str, Any]], died: dict[str, Any] | None, writer: ResultsWriter) -> list[dict[str, Any]]:
+    """`rows` with the row a previous amending process died in (if it still lacks the figure) noted as such and
+    appended through `writer`, so that it is not measured again to die again."""
+    if died is None:
+        return rows
+    key = key_of_row(died)
+    pending = {key_of_row(row) for row in rows_to_amend(rows, False)}
+    if key not in pending:
+        return rows
+    updated = []
+    for row in rows:
+        if key_of_row(row) == key:
+            row = {**{k: v for k, v in row.items() if k not in ("record", *LOCAL_COLUMNS)},
+                   "softmax_local_note": DIED_NOTE, "local_errors_run_id": writer.run_id}
+            writer.append(row)
+            print(f"the previous local-errors died while measuring {row['impl']} on {Case.from_row(row).label}: "
+                  "noted in its row", file=sys.stderr)
+        updated.append(row)
+    return updated

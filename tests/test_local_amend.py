@@ -173,3 +173,29 @@ def test_an_unusable_device_stops_amending_after_writing_the_row_that_broke_it(t
     amended = results.load(path).set_index(["impl", "mode"])
     assert amended.loc[("linear", "fwd"), "softmax_local_note"] == broken.loc[("linear", "fwd"), "softmax_local_note"]
     assert amended.drop(index=[("linear", "fwd")]).query("family != 'exact'")[LOCAL].notna().all().all()
+
+
+def test_a_row_the_previous_amending_process_died_in_is_noted_not_measured_again(tmp_path, capsys):
+    from suite.in_flight import InFlight
+    from suite.local_amend import DIED_NOTE
+
+    path = tmp_path / "r.jsonl"
+    assert main(["run", *GRID, "--seq-len", "33", "--causal", "false", "--mode", "fwd", "--out", str(path)]) == 0
+    rewrite_rows(path, without_local_figures)
+    _, rows = results.read(path)
+    fatal = next(row for row in rows if row["impl"] == "linear")
+    marker = InFlight(path, ".amending")
+    marker.started(fatal)  # as the process that was measuring it left it when it was killed
+    marker.path.write_text(json.dumps({**json.loads(marker.path.read_text()), "pid": 999_999_999}))
+    assert InFlight(path).died_in() is None  # `run`'s own marker is another file
+
+    capsys.readouterr()
+    assert main(["local-errors", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert "died while measuring linear on B1-H2-N33-D16-fp32-dense-fwd: noted in its row" in captured.err
+    assert "amended 2 rows" in captured.out  # sparse-window and performer; linear was not measured again
+    amended = results.load(path).set_index("impl")
+    assert amended.loc["linear", "softmax_local_note"] == DIED_NOTE and pd.isna(amended.loc["linear", LOCAL[1]])
+    assert amended.loc["performer:features=32", LOCAL].notna().all()
+    assert not marker.path.exists()
+    assert main(["local-errors", str(path)]) == 0 and "nothing to amend" in capsys.readouterr().out

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
+
+RESULTS_DIR = Path("results")  # where results files go without --out, and where `recommend` looks
 
 
 def slug(*parts: object) -> str:

@@ -267,10 +267,10 @@ def test_results_file_is_named_by_the_machine_that_timed_it(tmp_path, monkeypatc
     """Two CPU models' default files never share a name, as two GPU models' do not."""
     import datetime
 
-    from suite import cli
+    from suite import naming
     from suite.environment import machine_name
 
-    monkeypatch.setattr(cli, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(naming, "RESULTS_DIR", tmp_path)
     assert main(["run", "--impl", "naive", "--seq-len", "8", "--heads", "1", "--head-dim", "8", "--dtype", "float32",
                  "--causal", "false", "--mode", "fwd", "--device", "cpu"]) == 0
     machine = re.sub(r"[^a-z0-9]+", "-", machine_name("cpu").lower()).strip("-")

@@ -272,11 +272,11 @@ def _recommend(capsys, path, *flags) -> str:
 def test_recommend_reads_only_results_timed_on_this_machine_model(capsys, cpu_results, tmp_path, monkeypatch):
     """Without --results: the newest file of this CPU (or GPU) model; another model's times would rank for the
     wrong machine, so it is named as a choice, never taken."""
-    from suite import cli
+    from suite import naming
     from suite.environment import machine_name
     from tests.results_files import rewrite_headers
 
-    monkeypatch.setattr(cli, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(naming, "RESULTS_DIR", tmp_path)
     elsewhere = tmp_path / "2099-01-01_other-cpu_smoke.jsonl"  # newer by name than the file of this machine
     elsewhere.write_text(cpu_results.read_text())
     rewrite_headers(elsewhere, lambda h: {**h, "environment": {**h["environment"], "cpu": "Another CPU 9000"}})

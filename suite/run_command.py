@@ -1,0 +1,165 @@
+"""`attnbench run`: a grid of cases measured into a results file, resumable, with a time limit."""
+from __future__ import annotations
+
+import datetime as _dt
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import implementations
+
+from . import config, naming
+from .case import CASE_FIELDS, Case
+from .config import UsageError
+from .environment import collect, machine_name
+from .in_flight import InFlight
+from .peak import measured_copy_gbytes_per_s, measured_matmul_tflops
+from .plan import format_plan, plan_run
+from .presets import default_preset
+from .progress import Progress
+from .results import STATUSES, ResultsFormatError, ResultsWriter, finished_keys, key_of_row, recorded_machine, timed_by_runs
+from .runner import DeviceLost, RunSettings, TimeLimitReached, row_key, run_cases
+from .summary import format_table
+
+RETRYABLE = tuple(status for status in STATUSES if status != "ok")
+
+
+def _retry_statuses(value: str | None, resume: bool) -> set[str]:
+    if value is None:
+        return set()
+    if not resume:
+        raise UsageError("--retry: only with --resume (it re-runs cases of an existing results file)")
+    statuses = [item.strip() for item in value.split(",")]
+    for status in statuses:
+        if status not in RETRYABLE:
+            raise UsageError(f"--retry: unknown status {status!r} (allowed: {', '.join(RETRYABLE)})")
+    return set(statuses)
+
+
+def default_out_path(device: str, preset_name: str, resume: bool) -> Path:
+    """results/DATE_MACHINE_PRESET.jsonl, named by the model that times it (the GPU, or the CPU for CPU runs),
+    so two machines' files never share a name."""
+    machine = naming.slug(machine_name(device)) or device
+    stem = f"{_dt.date.today().isoformat()}_{machine}_{naming.slug(preset_name)}"
+    path = naming.RESULTS_DIR / f"{stem}.jsonl"
+    counter = 2
+    while path.exists() and not resume:
+        path = naming.RESULTS_DIR / f"{stem}-{counter}.jsonl"
+        counter += 1
+    return path
+
+
+def _refuse_another_machine(out: Path, device: str) -> None:
+    """One file's timings are read as one comparison: a resumed run must measure on the same model."""
+    here = machine_name(device)
+    others = sorted({machine for machine in map(recorded_machine, timed_by_runs(out)) if machine and machine != here})
+    if others:
+        raise UsageError(f"--resume: {str(out)!r} holds timings measured on {', '.join(others)}, and this run would "
+                         f"measure on {here} (resume it there, or write these rows to another file with --out)")
+
+
+def cmd_run(args) -> int:
+    started = time.monotonic()
+    flags = {key: getattr(args, key) for key in ("impl", "seq_len", "heads", "kv_heads", "batch", "head_dim", "dtype",
+                                                 "causal", "mode")}
+    from_config = config.read_config(args.config) if args.config else {}
+    device = config.device_or_default(args.device or from_config.get("device"))
+    preset_name = args.preset or from_config.get("preset") or default_preset(device)
+    base = config.preset("--preset" if args.preset else "--config preset", preset_name)
+    merged = {**from_config, **{k: v for k, v in flags.items() if v is not None}}
+    grid = config.build_grid(base, merged)
+    impls = [config.build_impl("--impl", spec) for spec in grid.impls]
+    try:
+        cases = grid.cases(device)
+    except ValueError as error:
+        raise UsageError(f"--kv-heads: {error} (allowed: divisors of every --heads value)") from None
+    label = Path(args.config).stem if args.config else preset_name
+    out = Path(args.out) if args.out else default_out_path(device, label, args.resume)
+    if out.exists() and not args.resume:
+        raise UsageError(f"--out: {str(out)!r} already exists (use --resume to continue it, or another path)")
+    retry = _retry_statuses(args.retry, args.resume)
+    deadline = started + config.positive_float("--time-limit", args.time_limit) if args.time_limit else None
+    in_flight = InFlight(out)
+    writing = in_flight.running_elsewhere()
+    if writing is not None and not args.dry_run:
+        raise UsageError(f"--out: {str(out)!r} is being written by a run still going on this machine (pid {writing}); "
+                         "two runs appending to one file would interleave their rows")
+    try:
+        skip = finished_keys(out, retry) if args.resume else set()
+        if args.resume:
+            _refuse_another_machine(out, device)
+        died = _row_a_process_died_in(in_flight, out)
+    except ResultsFormatError as error:
+        raise UsageError(f"--resume: {error}") from None
+    if died and "error" not in retry:
+        skip.add(key_of_row(died))
+    if args.dry_run:
+        if died:
+            print(f"the run that wrote {out} died while measuring {_row_name(died)}: this run will record that as "
+                  "an error row", file=sys.stderr)
+        print(format_plan(plan_run(impls, cases, skip), cases, device))
+        return 0
+    if not died and skip and all(row_key(impl.label, case) in skip for impl in impls for case in cases):
+        print(f"nothing to run: every case is already in {out}")  # before measuring the GPU's peaks
+        return 0
+
+    settings = RunSettings(seed=args.seed)
+    torch_device = torch.device(device)
+    if device == "cuda":
+        for dtype in sorted({case.dtype for case in cases}):
+            print(f"measuring this GPU's {dtype} matmul peak...", file=sys.stderr, flush=True)
+            settings.peak_tflops[dtype] = measured_matmul_tflops(implementations.DTYPES[dtype], torch_device)
+        print("measuring this GPU's copy bandwidth...", file=sys.stderr, flush=True)
+        settings.peak_gbytes_per_s = measured_copy_gbytes_per_s(torch_device)
+    run_info = {"preset": preset_name, "config": args.config, "argv": sys.argv[1:], "grid": _grid_record(grid),
+                "measured_peak_tflops": settings.peak_tflops, "measured_peak_gbytes_per_s": settings.peak_gbytes_per_s,
+                "timing_policy": vars(settings.policies[device])}
+    writer = ResultsWriter(out, collect(torch_device), run_info)
+    if died:
+        writer.append(died)
+        print(f"the run that wrote {out} died while measuring {_row_name(died)}: recorded as an error row"
+              + (" (--retry error: measured again below)" if "error" in retry else ""), file=sys.stderr)
+    if skip:
+        print(f"resuming {out}: {len(skip)} rows already there", file=sys.stderr)
+    try:
+        rows = run_cases(impls, cases, settings=settings, on_row=writer.append, skip=skip, progress=Progress(),
+                         deadline=deadline, on_start=in_flight.started)
+    except TimeLimitReached as reached:
+        writer.close()
+        kept = f"every finished row is in {out}" if reached.done else "no row finished"
+        print(f"\nstopped at --time-limit {args.time_limit} s: {reached}; {kept} (continue with --resume --out {out})",
+              file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        writer.close()
+        print(f"\ninterrupted: every finished row is in {out} (continue with --resume --out {out})", file=sys.stderr)
+        return 130
+    except DeviceLost as lost:
+        writer.close()
+        print(f"\nstopped: {lost}\nevery finished row is in {out}; the other cases can run in a new process with "
+              f"--resume --out {out} (the failed row counts as done; --retry error runs it again)", file=sys.stderr)
+        return 1
+    finally:  # any end Python sees; only a process that died leaves the file naming its row
+        in_flight.clear()
+    writer.close()
+    print(format_table(rows))
+    print(f"results: {out}")
+    return 0
+
+
+def _row_a_process_died_in(in_flight: InFlight, out: Path) -> dict | None:
+    """The error row for the row a previous run on `out` died in, unless that row was written after all."""
+    died = in_flight.died_in()
+    if died is None or key_of_row(died) in finished_keys(out):
+        return None
+    return died
+
+
+def _row_name(row: dict) -> str:
+    return f"{row['impl']} on {Case(**{key: row[key] for key in CASE_FIELDS}).label}"
+
+
+def _grid_record(grid) -> dict:
+    return {key: value for key, value in vars(grid).items() if key != "description"}

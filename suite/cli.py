@@ -22,6 +22,7 @@ from .presets import PRESETS
 from .results import ResultsFormatError, ResultsWriter, read, recorded_machine
 from .run_command import RETRYABLE, cmd_run
 from .runner import DeviceLost, RunSettings
+from .termination import exit_status, sigterm_raises, stop_word
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -251,10 +252,10 @@ def cmd_local_errors(args) -> int:
         done = amend_local_errors(rows, writer, LocalErrors(RunSettings(seed=args.seed)).of,
                                   lambda label: config.build_impl("results file", label), redo=args.redo,
                                   impls=impls, on_start=in_flight.started)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: the rows amended so far are in {path}; run the command again to amend the rest",
+    except KeyboardInterrupt as interrupt:
+        print(f"\n{stop_word(interrupt)}: the rows amended so far are in {path}; run the command again to amend the rest",
               file=sys.stderr)
-        return 130
+        return exit_status(interrupt)
     except DeviceLost as lost:
         print(f"\nstopped: {lost}\nthe rows amended so far are in {path}; run the command again, in a new process, "
               "to amend the rest", file=sys.stderr)
@@ -395,13 +396,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         commands = {"list": cmd_list, "env": cmd_env, "run": cmd_run, "check": cmd_check, "report": cmd_report,
                     "local-errors": cmd_local_errors,
                     "recommend": cmd_recommend, "compare": cmd_compare, "profile": cmd_profile}
-        return commands[args.command](args)
+        with sigterm_raises():
+            return commands[args.command](args)
     except UsageError as error:
         print(f"attnbench: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # before a run started (e.g. while measuring the matmul peak): nothing written
-        print("\nattnbench: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:  # before a run started (e.g. while measuring the matmul peak): nothing written
+        print(f"\nattnbench: {stop_word(interrupt)}", file=sys.stderr)
+        return exit_status(interrupt)
     except BrokenPipeError:  # the reader went away (`attnbench check ... | head`): stop quietly, as other tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not raise again
         return 141

@@ -22,6 +22,7 @@ from .progress import Progress
 from .results import STATUSES, ResultsFormatError, ResultsWriter, finished_keys, key_of_row, recorded_machine, timed_by_runs
 from .runner import DeviceLost, RunSettings, TimeLimitReached, row_key, run_cases
 from .summary import format_table
+from .termination import exit_status, stop_word
 
 RETRYABLE = tuple(status for status in STATUSES if status != "ok")
 
@@ -132,10 +133,11 @@ def cmd_run(args) -> int:
         print(f"\nstopped at --time-limit {args.time_limit} s: {reached}; {kept} (continue with --resume --out {out})",
               file=sys.stderr)
         return 3
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM (termination.Terminated)
         writer.close()
-        print(f"\ninterrupted: every finished row is in {out} (continue with --resume --out {out})", file=sys.stderr)
-        return 130
+        print(f"\n{stop_word(interrupt)}: every finished row is in {out} (continue with --resume --out {out})",
+              file=sys.stderr)
+        return exit_status(interrupt)
     except DeviceLost as lost:
         writer.close()
         print(f"\nstopped: {lost}\nevery finished row is in {out}; the other cases can run in a new process with "

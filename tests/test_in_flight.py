@@ -29,6 +29,14 @@ MODULE = textwrap.dedent('''
             if q.shape[-2] == 33:
                 os.kill(os.getpid(), signal.SIGKILL)
             return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+    class TerminatedAt33(DiesAt33):
+        """Sent SIGTERM at 33 tokens, as by `timeout` or a cancelled CI job."""
+
+        def __call__(self, q, k, v, *, causal=False):
+            if q.shape[-2] == 33:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
 ''')
 
 GRID = ["--impl", "naive,dies-at-33", "--seq-len", "17,33,65", "--heads", "1", "--batch", "1", "--head-dim", "16",
@@ -45,7 +53,8 @@ def _package(where: Path) -> Path:
     info = where / "dying_attention-1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: dying-attention\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[attnbench.implementations]\ndies-at-33 = dying_attention:DiesAt33\n")
+    (info / "entry_points.txt").write_text("[attnbench.implementations]\ndies-at-33 = dying_attention:DiesAt33\n"
+                                           "terminated-at-33 = dying_attention:TerminatedAt33\n")
     return where
 
 
@@ -71,6 +80,16 @@ def test_a_row_whose_process_died_is_recorded_on_resume_and_the_run_goes_on(tmp_
     assert "the process died while measuring this row" in rows[("dies-at-33", 33)]["reason"]
     assert rows[("dies-at-33", 65)]["status"] == "ok" and rows[("naive", 65)]["status"] == "ok"
     assert not InFlight(out).path.exists()  # the resumed run ended normally
+
+
+def test_sigterm_ends_a_run_as_ctrl_c_does_and_blames_no_row(tmp_path):
+    package = _package(tmp_path / "package")
+    out = tmp_path / "r.jsonl"
+    grid = [*GRID[:1], "naive,terminated-at-33", *GRID[2:]]
+    stopped = _attnbench("run", *grid, "--out", str(out), path=package)
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
+    assert f"terminated (SIGTERM): every finished row is in {out}" in stopped.stderr
+    assert len(results.read(out)[1]) == 3 and not InFlight(out).path.exists()  # resuming measures N33 again
 
 
 def test_runs_that_end_in_a_way_python_sees_leave_nothing_behind(tmp_path):

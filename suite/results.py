@@ -134,6 +134,12 @@ def recorded_machine(environment: dict[str, Any]) -> str | None:
     return cpu_machine(model, environment.get("cpu_threads")) if model else None
 
 
+def software_of(environment: dict[str, Any]) -> str | None:
+    """'torch 2.11.0+cu130, CUDA 13.0': what a chart of the run's times was measured with."""
+    parts = [f"{name} {environment[key]}" for key, name in (("torch", "torch"), ("cuda", "CUDA")) if environment.get(key)]
+    return ", ".join(parts) or None
+
+
 def batching(run: dict[str, Any], row: dict[str, Any]) -> str | None:
     """How the run that measured `row` chose its batch: `16384 tokens per batch` (batch = tokens // seq_len),
     `batch 4` (one batch for every length), or None where its header does not say. Rows of different
@@ -176,6 +182,7 @@ def load(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
             env = run.get("environment", {})
             row.setdefault("gpu", env.get("gpu"))
             row["machine"] = recorded_machine(env)
+            row["software"], row["attnbench_commit"] = software_of(env), env.get("git_commit")
             row["batching"] = batching(run, row)
             row["source"] = str(path)
         frames.append(pd.DataFrame(rows))

@@ -148,6 +148,18 @@ def test_memory_at_a_glance_compares_each_implementation_with_the_baseline_where
     assert "### Peak memory at a glance: Test GPU" in (tmp_path / "r" / "report.md").read_text()
 
 
+def test_a_chart_says_what_its_rows_were_measured_with(cpu_results):
+    frame = prepare(load(cpu_results))
+    assert set(frame.software) == {"torch x"}  # the fixture's header records torch "x" and no CUDA
+    part = frame[frame.causal == False].copy()  # noqa: E712
+    part["attnbench_commit"] = ["0123456789abcdef+dirty"] * (len(part) - 1) + ["fedcba9876543210"]
+    group = {"device": "cpu", "gpu": "test cpu", "dtype": "float32", "causal": False, "mode": "fwd"}
+    fig = charts.throughput_chart(part, colours(frame.impl), group, "time_ms")
+    charts.stamp(fig, part)
+    footers = [t.get_text() for t in fig.texts if t.get_text().startswith("measured with")]
+    assert footers == ["measured with torch x · attnbench 0123456789ab+dirty, fedcba987654"]
+
+
 def test_memory_chart_is_log_log_and_marks_oom(gpu_like_results):
     frame = prepare(load(gpu_like_results))
     part = frame[frame.causal == False]  # noqa: E712

@@ -225,7 +225,9 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | N
     if measured.empty:
         report.add(Paragraph("No case was measured: every row failed or could not run. Reasons:"), _failure_table(frame))
 
-    def chart(fig, name: str, alt: str) -> None:
+    def chart(fig, name: str, alt: str, measured_rows: pd.DataFrame | None = None) -> None:
+        if measured_rows is not None:
+            charts.stamp(fig, measured_rows)
         stem = Path("charts") / name
         charts.save(fig, out_dir / stem, tuple(dict.fromkeys(["png", *chart_formats])))
         report.add(Image(stem.with_suffix(".png"), alt))
@@ -244,18 +246,22 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | N
             name = slug(group["gpu"], *batching_words(group), group["dtype"], "causal" if group["causal"] else "dense",
                         group["mode"])
             report.add(Heading(group_title(group), 3))
-            chart(charts.throughput_chart(part, colour_of, group, "time_ms"), f"time-{name}", "median time vs sequence length")
-            chart(charts.throughput_chart(part, colour_of, group, "tflops"), f"tflops-{name}", "TFLOP/s vs sequence length")
+            chart(charts.throughput_chart(part, colour_of, group, "time_ms"), f"time-{name}", "median time vs sequence length",
+                  part)
+            chart(charts.throughput_chart(part, colour_of, group, "tflops"), f"tflops-{name}", "TFLOP/s vs sequence length",
+                  part)
             if part.peak_mem_bytes.notna().any():
-                chart(charts.memory_chart(part, colour_of, group), f"memory-{name}", "peak memory vs sequence length")
+                chart(charts.memory_chart(part, colour_of, group), f"memory-{name}", "peak memory vs sequence length", part)
             if baseline in set(part[part.status.isin(MEASURED)].impl):
-                chart(charts.speedup_chart(part, colour_of, group, baseline), f"speedup-{name}", f"speed-up over {baseline}")
+                chart(charts.speedup_chart(part, colour_of, group, baseline), f"speedup-{name}", f"speed-up over {baseline}",
+                      part)
         case = _accuracy_case(frame)
         at_case = measured
         for key, value in case.items():
             at_case = at_case[at_case[key] == value]
         report.add(Heading("Accuracy against speed", 3))
-        chart(charts.accuracy_speed_chart(at_case, colour_of, case), "accuracy-vs-speed", "error vs time at one shape")
+        chart(charts.accuracy_speed_chart(at_case, colour_of, case), "accuracy-vs-speed", "error vs time at one shape",
+              at_case)
         approximate = measured[measured.family != "exact"]
         approximations = _approximations(approximate)
         if approximations:

@@ -252,6 +252,20 @@ CHART_FORMATS = ("png", "svg", "pdf")
 _UNDATED = {"png": {}, "svg": {"Date": None}, "pdf": {"CreationDate": None}}
 
 
+def stamp(fig: Figure, frame: pd.DataFrame) -> None:
+    """A footer with what the chart's rows were measured with (software, attnbench commit), so that a chart
+    shown on its own still says where its numbers come from."""
+    software = sorted({str(v) for v in frame.get("software", pd.Series(dtype=object)).dropna()})
+    commits = sorted({str(v)[:12] + ("+dirty" if str(v).endswith("+dirty") else "")
+                      for v in frame.get("attnbench_commit", pd.Series(dtype=object)).dropna()})
+    text = " · ".join(part for part in ("; ".join(software), f"attnbench {', '.join(commits)}" if commits else "") if part)
+    if not text:
+        return
+    footer_in = 0.22
+    fig.get_layout_engine().set(rect=(0, footer_in / fig.get_figheight(), 1, 1 - footer_in / fig.get_figheight()))
+    fig.text(0.005, 0.005, f"measured with {text}", fontsize=7, color="0.4", ha="left", va="bottom")
+
+
 def save(fig: Figure, stem: Path, formats: tuple[str, ...] = ("png",)) -> None:
     """Writes `stem.<format>` for each format: PNG (80 dpi) for pages, SVG and PDF (vector) for print and slides."""
     with plt.rc_context({"svg.hashsalt": "attnbench"}):

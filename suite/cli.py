@@ -68,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     checking.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     checking.add_argument("--dtype", help="(default: float32,bfloat16 on cpu; float16,bfloat16,float32 on cuda)")
     checking.add_argument("--seed", type=int, default=0, help="added to every input seed, for other inputs (default 0)")
+    checking.add_argument("--seq-len", help="lengths of your own to check too, N[,N...] (each with grouped-query heads)")
+    checking.add_argument("--head-dim", help="head dims of your own to check too, D[,D...] (at 17, 257 and 33 tokens)")
     checking.add_argument("--json", help="also write every case's result to this file (for CI dashboards)")
 
     amend = commands.add_parser("local-errors", help="add the local-inputs error to a results file's approximate rows "
@@ -170,17 +172,22 @@ def cmd_check(args) -> int:
     device = config.device_or_default(args.device)
     default_dtypes = "float16,bfloat16,float32" if device == "cuda" else "float32,bfloat16"
     dtypes = config.dtypes("--dtype", args.dtype or default_dtypes)
+    own = conformance.own_shapes(config.positive_ints("--seq-len", args.seq_len) if args.seq_len else (),
+                                 config.positive_ints("--head-dim", args.head_dim) if args.head_dim else ())
     print(f"checking on {device} ({', '.join(dtypes)}): {len(conformance.AWKWARD_SHAPES)} awkward shapes, causal and "
           f"not, with and without autograd, then lengths {conformance.SHORT_LENGTHS} for "
           f"{len(conformance.SHORT_LENGTH_SEEDS)} seeds, each twice, then transposed (non-contiguous) inputs, then 257 "
           f"tokens at logits of spread {conformance.LARGE_LOGIT_STD:g} (finite results); memory poisoning: "
           f"{poisoning(device)}", flush=True)
+    if own:  # checked like the awkward shapes
+        print(f"and shapes of your own: {', '.join(_shape_text(shape) for shape in own)} (KV: key/value heads shared "
+              "by the query heads)", flush=True)
     all_ok, summaries = True, []
     for number, spec in enumerate(specs):
         impl = config.build_impl("--impl", spec)
         started = last_note = time.perf_counter()
         results, device_lost = [], False
-        for result in conformance.check(impl, device, dtypes, args.seed):
+        for result in conformance.check(impl, device, dtypes, args.seed, own):
             results.append(result)
             # After a sticky CUDA error every later case would crash too, whatever its implementation.
             device_lost = result.status == "error" and not runner.device_usable(device)
@@ -204,6 +211,11 @@ def cmd_check(args) -> int:
                                       "ok": all_ok, "implementations": [s.as_record() for s in summaries]})
         print(f"results: {args.json}")
     return 0 if all_ok else 1
+
+
+def _shape_text(shape: tuple) -> str:
+    batch, heads, seq_len, head_dim, kv_heads = shape
+    return f"B{batch}-H{heads}{f'-KV{kv_heads}' if kv_heads else ''}-N{seq_len}-D{head_dim}"
 
 
 def _write_json(path: Path, record: dict) -> None:

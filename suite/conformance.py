@@ -52,10 +52,21 @@ class CheckResult:
     forward_only: bool = False  # checked forward alone because the implementation has no backward here
 
 
-def awkward_cases(device: str, dtypes: tuple[str, ...]) -> list[Case]:
+def awkward_cases(device: str, dtypes: tuple[str, ...], shapes: list[tuple] | None = None) -> list[Case]:
     return [Case(batch, heads, seq_len, head_dim, dtype, causal, "fwd+bwd", device, kv_heads)
-            for batch, heads, seq_len, head_dim, kv_heads in AWKWARD_SHAPES
+            for batch, heads, seq_len, head_dim, kv_heads in (AWKWARD_SHAPES if shapes is None else shapes)
             for dtype in dtypes for causal in (False, True)]
+
+
+def own_shapes(seq_lens: tuple[int, ...] = (), head_dims: tuple[int, ...] = ()) -> list[tuple]:
+    """Shapes of a model's own, checked like the awkward ones: each head dim at lengths 17 and 257 (a batch of
+    three at 17) and grouped-query at 33; each length at every head dim asked for (64 if none), with
+    grouped-query heads too."""
+    shapes = [shape for head_dim in head_dims
+              for shape in ((3, 2, 17, head_dim, None), (1, 2, 257, head_dim, None), (2, 4, 33, head_dim, 2))]
+    shapes += [shape for seq_len in seq_lens for head_dim in (head_dims or (64,))
+               for shape in ((1, 2, seq_len, head_dim, None), (1, 4, seq_len, head_dim, 2))]
+    return list(dict.fromkeys(shapes))
 
 
 def short_cases(device: str, dtypes: tuple[str, ...]) -> list[Case]:
@@ -203,16 +214,17 @@ def _forward_only_if_need_be(impl: Implementation, case: Case) -> Case:
     return case
 
 
-def check(impl: Implementation, device: str, dtypes: tuple[str, ...], seed: int = 0) -> Iterator[CheckResult]:
-    """Every awkward case once, then every short case for each of several seeds; forward and
-    gradients, or the forward alone where the implementation supports only that. `seed` shifts
-    every input seed, for other inputs than the default ones."""
+def check(impl: Implementation, device: str, dtypes: tuple[str, ...], seed: int = 0,
+          extra_shapes: list[tuple] = ()) -> Iterator[CheckResult]:
+    """Every awkward case once (and `extra_shapes`, see own_shapes, the same way), then every short case for each
+    of several seeds; forward and gradients, or the forward alone where the implementation supports only that.
+    `seed` shifts every input seed, for other inputs than the default ones."""
     def checked(run: Callable[..., CheckResult], case: Case, case_seed: int, **options) -> CheckResult:
         forward = _forward_only_if_need_be(impl, case)
         result = run(impl, forward, case_seed, **options)
         return replace(result, forward_only=True) if forward.mode != case.mode else result
 
-    for case in awkward_cases(device, dtypes):
+    for case in awkward_cases(device, dtypes, [*AWKWARD_SHAPES, *extra_shapes]):
         result = checked(check_case, case, input_seed(case) + seed)
         yield result
         if not result.forward_only:  # the inference path too: without autograd some libraries dispatch another kernel

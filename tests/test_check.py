@@ -224,3 +224,27 @@ def test_json_holds_every_case_with_its_result(capsys, fake_registry, tmp_path):
     first_failure = next(r for r in wrong["results"] if r["status"] == "fail")
     assert first_failure["seq_len"] == 1 and first_failure["detail"].startswith("out rel_rms_err 0.01")
     assert not list(path.parent.glob("*.partial"))
+
+
+def test_shapes_of_your_own_are_checked_like_the_awkward_ones(capsys, monkeypatch):
+    """A kernel wrong only at head dim 80 passes the built-in shapes and fails at `--head-dim 80`."""
+    import implementations
+
+    class WrongAtHeadDim80(ScriptedAttention):
+        def __call__(self, q, k, v, *, causal=False):
+            return super().__call__(q, k, v, causal=causal) * (1.01 if q.shape[-1] == 80 else 1.0)
+
+    monkeypatch.setitem(implementations.REGISTRY, "wrong-at-80", WrongAtHeadDim80)
+    status, out = _check(capsys, "--impl", "wrong-at-80", "--dtype", "float32")
+    assert status == 0 and "wrong-at-80: ok (60 passed" in out and "your own" not in out
+    status, out = _check(capsys, "--impl", "wrong-at-80", "--dtype", "float32", "--head-dim", "80", "--seq-len", "100")
+    assert "and shapes of your own: B3-H2-N17-D80, B1-H2-N257-D80, B2-H4-KV2-N33-D80, B1-H2-N100-D80, B1-H4-KV2-N100-D80" in out
+    assert status == 1 and "wrong-at-80: FAILED (60 passed, 20 failed" in out  # 5 shapes, causal and not, ± autograd
+    assert "FAIL  B2-H4-KV2-N33-D80-fp32-causal-fwd+bwd seed 311: dv rel_rms_err 0.01 beyond tolerance" in out
+
+
+def test_bad_own_shapes_exit_2(capsys):
+    assert main(["check", "--device", "cpu", "--impl", "naive", "--head-dim", "0"]) == 2
+    assert "--head-dim" in capsys.readouterr().err
+    assert main(["check", "--device", "cpu", "--impl", "naive", "--seq-len", "12x"]) == 2
+    assert "--seq-len" in capsys.readouterr().err

@@ -145,13 +145,11 @@ def throughput_chart(frame: pd.DataFrame, colour_of: dict, group: dict, metric: 
 def measured_peak_tflops(frame: pd.DataFrame) -> float | None:
     """The matmul peak the rows' runs measured for their dtype (TFLOP/s over the fraction of it they reached);
     the median where the rows come from several runs, each of which measured its own; None without one (CPU)."""
-    fraction = pd.to_numeric(frame.get("peak_fraction"), errors="coerce") if "peak_fraction" in frame else None
-    if fraction is None:
+    if "peak_fraction" not in frame:
         return None
-    usable = frame[(fraction > 0) & frame.tflops.notna()]
-    if usable.empty:
-        return None
-    return float((usable.tflops / fraction[usable.index]).median())
+    fraction = pd.to_numeric(frame.peak_fraction, errors="coerce")
+    usable = (fraction > 0) & frame.tflops.notna()
+    return float((frame.tflops[usable] / fraction[usable]).median()) if usable.any() else None
 
 
 def memory_chart(frame: pd.DataFrame, colour_of: dict, group: dict) -> Figure:
@@ -258,9 +256,10 @@ def stamp(fig: Figure, frame: pd.DataFrame) -> None:
     software = sorted({str(v) for v in frame.get("software", pd.Series(dtype=object)).dropna()})
     commits = sorted({str(v)[:12] + ("+dirty" if str(v).endswith("+dirty") else "")
                       for v in frame.get("attnbench_commit", pd.Series(dtype=object)).dropna()})
-    text = " · ".join(part for part in ("; ".join(software), f"attnbench {', '.join(commits)}" if commits else "") if part)
-    if not text:
+    parts = (["; ".join(software)] if software else []) + ([f"attnbench {', '.join(commits)}"] if commits else [])
+    if not parts:
         return
+    text = " · ".join(parts)
     footer_in = 0.22
     fig.get_layout_engine().set(rect=(0, footer_in / fig.get_figheight(), 1, 1 - footer_in / fig.get_figheight()))
     fig.text(0.005, 0.005, f"measured with {text}", fontsize=7, color="0.4", ha="left", va="bottom")

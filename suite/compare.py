@@ -333,10 +333,9 @@ def format_text(result: Comparison) -> str:
             continue
         ratio = f"{row.ratio:.3f}" if row.ratio is not None else "–"
         lines.append(f"{row.verdict:<12}{ratio:>8}  {_label(row.key)}: {_shorten(row.detail)}")
-    for row in sorted(result.rows, key=lambda r: MEMORY_ORDER.index(r.memory) if r.memory else 0):
-        if row.memory in ("more", "less"):
-            ratio = f"{row.memory_ratio:.3f}" if row.memory_ratio is not None else "–"
-            lines.append(f"{row.memory + ' memory':<12}{ratio:>8}  {_label(row.key)}: {row.memory_detail}")
+    for row in [r for r in result.rows if r.memory == "more"] + [r for r in result.rows if r.memory == "less"]:
+        ratio = f"{row.memory_ratio:.3f}" if row.memory_ratio is not None else "–"
+        lines.append(f"{row.memory + ' memory':<12}{ratio:>8}  {_label(row.key)}: {row.memory_detail}")
     not_run = Counter(row.key["impl"] for row in result.rows if row.verdict == "not-run")
     for impl, count in sorted(not_run.items()):
         lines.append(f"{'not-run':<12}{'–':>8}  {impl}: {count} baseline case{'s' * (count != 1)} not in the current "

@@ -160,6 +160,24 @@ def test_a_chart_says_what_its_rows_were_measured_with(cpu_results):
     assert footers == ["measured with torch x · attnbench 0123456789ab+dirty, fedcba987654"]
 
 
+def test_two_machines_are_set_side_by_side_over_the_cases_both_measured(cpu_results, tmp_path):
+    from tests.results_files import rewrite_headers, rewrite_rows
+
+    faster = tmp_path / "faster.jsonl"
+    faster.write_text(cpu_results.read_text())
+    rewrite_headers(faster, lambda h: {**h, "environment": {**h["environment"], "cpu": "Faster CPU 9000"}})
+    rewrite_rows(faster, lambda r: {**r, "time_ms": r["time_ms"] / 2} if r.get("time_ms") else r)
+    rewrite_rows(faster, lambda r: r if r["seq_len"] != 64 or r["impl"] != "naive" else {**r, "status": "oom"})
+    assert main(["report", str(cpu_results), str(faster), "--out", str(tmp_path / "r"), "--baseline", "naive"]) == 0
+    markdown = (tmp_path / "r" / "report.md").read_text()
+    section = markdown[markdown.index("## Across machines"):]
+    assert "### Faster CPU 9000 against test cpu" in section
+    assert "| naive | 2× (2 cases) | 2× (2 cases) |" in section  # its 64-token rows did not run on both
+    assert "| sdpa | 2× (3 cases) | 2× (3 cases) |" in section
+    assert main(["report", str(cpu_results), "--out", str(tmp_path / "one")]) == 0
+    assert "Across machines" not in (tmp_path / "one" / "report.md").read_text()
+
+
 def test_memory_chart_is_log_log_and_marks_oom(gpu_like_results):
     frame = prepare(load(gpu_like_results))
     part = frame[frame.causal == False]  # noqa: E712

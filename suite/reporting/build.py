@@ -28,6 +28,7 @@ from .data import (
     prepare,
 )
 from .first_calls import first_call_table
+from .machines import machine_table, machines_in_order
 from .memory_glance import memory_summary
 
 CHART_KEYS = ("device", "gpu", "batching", "dtype", "causal", "mode")
@@ -187,6 +188,20 @@ def _add_crossovers(report: Report, frame: pd.DataFrame, baseline: str) -> None:
         report.add(Heading(group_title(group), 3), table)
 
 
+def _add_machine_comparisons(report: Report, frame: pd.DataFrame) -> None:
+    machines = machines_in_order(frame)
+    tables = [(other, machine_table(frame, machines[0], other)) for other in machines[1:]]
+    tables = [(other, table) for other, table in tables if table is not None]
+    if not tables:
+        return
+    report.add(Heading("Across machines"))
+    for other, table in tables:
+        report.add(Heading(f"{other} against {machines[0]}", 3), Paragraph(
+            f"Median time on {machines[0]} over the median time on {other}, for each implementation: the geometric "
+            "mean over the cases both measured (same shape, dtype, mask, mode and batch). Above 1: faster on "
+            f"{other}."), table)
+
+
 DEFAULT_BASELINE = "sdpa"
 
 
@@ -234,6 +249,7 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | N
 
     if not measured.empty and baseline in set(measured.impl):
         _add_crossovers(report, frame, baseline)
+    _add_machine_comparisons(report, frame)
     if not measured.empty:
         report.add(Heading("Charts"))
         if baseline not in set(measured.impl):

@@ -110,6 +110,8 @@ def _parser() -> argparse.ArgumentParser:
     recommend.add_argument("--memory-budget", dest="memory_budget", help="bytes, or with a unit: 512MiB, 8GiB, 40GB")
     recommend.add_argument("--results", nargs="+",
                            help="results files (default: the newest in results/ timed on this GPU or CPU model)")
+    recommend.add_argument("--format", default="text", choices=("text", "json"),
+                           help="json: the ranking and exclusions for a program that picks a kernel")
 
     prof = commands.add_parser("profile", help="where one case's time goes: torch.profiler's heaviest operators")
     prof.add_argument("--impl", required=True, help="NAME[:KEY=VALUE...]; see `attnbench list`")
@@ -337,7 +339,7 @@ def _one_shape(args, default_dtype: str) -> dict:
 
 
 def cmd_recommend(args) -> int:
-    from .recommend import Query, format_answer, rank, unmeasured_shape
+    from .recommend import Query, answer_record, format_answer, rank, unmeasured_shape
     from .reporting.data import ReportInputError, prepare
     from .results import load
 
@@ -358,7 +360,8 @@ def cmd_recommend(args) -> int:
     if unmeasured:
         raise UsageError(f"recommend: {unmeasured}")
     candidates, excluded = rank(frame, query)
-    print(format_answer(query, candidates, excluded, sources))
+    answer = answer_record if args.format == "json" else format_answer
+    print(answer(query, candidates, excluded, sources))
     return 0
 
 

@@ -10,14 +10,16 @@ work.
 """
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .reporting.data import MEASURED, fmt_bytes, fmt_duration, fmt_num, impl_order
+from .results import json_safe
 
 
 @dataclass
@@ -208,3 +210,12 @@ def format_answer(query: Query, candidates: list[Candidate], excluded: list[Excl
         lines.append("excluded:")
         lines += [f"  {exclusion.impl}: {exclusion.why}" for exclusion in excluded]
     return "\n".join(lines)
+
+
+def answer_record(query: Query, candidates: list[Candidate], excluded: list[Exclusion], sources: list[Path]) -> str:
+    """The same answer as JSON: the query, the ranking (fastest first; times in ms, memory in bytes, each with
+    its basis) and every exclusion with its reason."""
+    return json.dumps(json_safe({"query": asdict(query), "results": [str(source) for source in sources],
+                                 "ranked": [asdict(candidate) for candidate in candidates],
+                                 "excluded": [asdict(exclusion) for exclusion in excluded]}), indent=2, allow_nan=False)
+

@@ -35,14 +35,14 @@ class ResultsFormatError(ValueError):
     """A results file that cannot be read; the message names the file and line."""
 
 
-def _clean(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """JSON has no NaN/inf: store them as null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -65,7 +65,7 @@ class ResultsWriter:
         self._write_line(record)
 
     def _write_line(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(_clean(record), allow_nan=False) + "\n")
+        self._file.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
 

@@ -355,6 +355,17 @@ def test_recommend_ranks_and_respects_max_error(capsys, cpu_results):
     assert re.search(r"linear: error \S+ \(local\) above --max-error 0.01", strict)
 
 
+def test_recommend_as_json_gives_the_same_ranking_and_exclusions(capsys, cpu_results):
+    text = _recommend(capsys, cpu_results, "--seq-len", "32", "--max-error", "0.01")
+    answer = json.loads(_recommend(capsys, cpu_results, "--seq-len", "32", "--max-error", "0.01", "--format", "json"))
+    assert [c["impl"] for c in answer["ranked"]] == re.findall(r"^\d+\s+(\S+)", text, re.M)
+    assert answer["query"]["seq_len"] == 32 and answer["query"]["max_error"] == 0.01
+    times = [c["time_ms"] for c in answer["ranked"]]
+    assert times == sorted(times) and all(t > 0 for t in times)
+    excluded = {e["impl"]: e["why"] for e in answer["excluded"]}
+    assert "above --max-error 0.01" in excluded["linear"] and "unsupported" in excluded["sdpa-cudnn"]
+
+
 def test_recommend_respects_memory_budget(capsys, gpu_like_results):
     answer = _recommend(capsys, gpu_like_results, "--seq-len", "32", "--memory-budget", "4KiB")
     assert re.search(r"naive: peak memory 8\.0 KiB above --memory-budget 4\.0 KiB", answer)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import faulthandler
 import json
 import os
 import sys
@@ -405,8 +407,17 @@ def cmd_profile(args) -> int:
     return 0
 
 
+def _trace_native_crashes() -> None:
+    """A segmentation fault or abort in a kernel prints the Python traceback it happened in (the
+    implementation's module and line), where it would otherwise end the process without a word."""
+    if not faulthandler.is_enabled():
+        with contextlib.suppress(AttributeError, OSError, ValueError, RuntimeError):  # stderr without a descriptor
+            faulthandler.enable()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _trace_native_crashes()
     try:
         commands = {"list": cmd_list, "env": cmd_env, "run": cmd_run, "check": cmd_check, "report": cmd_report,
                     "local-errors": cmd_local_errors,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,6 +29,15 @@ MODULE = textwrap.dedent('''
         def __call__(self, q, k, v, *, causal=False):
             if q.shape[-2] == 33:
                 os.kill(os.getpid(), signal.SIGKILL)
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+    class SegfaultsAt33(DiesAt33):
+        """Reads address 0 at 33 tokens, as a kernel with a bad pointer would."""
+
+        def __call__(self, q, k, v, *, causal=False):
+            if q.shape[-2] == 33:
+                import ctypes
+                ctypes.string_at(0)
             return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
     class TerminatedAt33(DiesAt33):
@@ -54,7 +64,8 @@ def _package(where: Path) -> Path:
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: dying-attention\nVersion: 1.0\n")
     (info / "entry_points.txt").write_text("[attnbench.implementations]\ndies-at-33 = dying_attention:DiesAt33\n"
-                                           "terminated-at-33 = dying_attention:TerminatedAt33\n")
+                                           "terminated-at-33 = dying_attention:TerminatedAt33\n"
+                                           "segfaults-at-33 = dying_attention:SegfaultsAt33\n")
     return where
 
 
@@ -80,6 +91,16 @@ def test_a_row_whose_process_died_is_recorded_on_resume_and_the_run_goes_on(tmp_
     assert "the process died while measuring this row" in rows[("dies-at-33", 33)]["reason"]
     assert rows[("dies-at-33", 65)]["status"] == "ok" and rows[("naive", 65)]["status"] == "ok"
     assert not InFlight(out).path.exists()  # the resumed run ended normally
+
+
+def test_a_segfault_names_the_python_line_it_happened_in_and_its_row(tmp_path):
+    package = _package(tmp_path / "package")
+    out = tmp_path / "r.jsonl"
+    crashed = _attnbench("run", *GRID[:1], "naive,segfaults-at-33", *GRID[2:], "--out", str(out), path=package)
+    assert crashed.returncode == -signal.SIGSEGV
+    assert "Fatal Python error: Segmentation fault" in crashed.stderr
+    assert re.search(r'File ".*dying_attention\.py", line \d+ in __call__', crashed.stderr)
+    assert json.loads(InFlight(out).path.read_text())["impl"] == "segfaults-at-33"
 
 
 def test_sigterm_ends_a_run_as_ctrl_c_does_and_blames_no_row(tmp_path):

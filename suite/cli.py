@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import faulthandler
+import functools
 import json
 import os
 import sys
@@ -73,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     checking.add_argument("--seq-len", help="lengths of your own to check too, N[,N...] (each with grouped-query heads)")
     checking.add_argument("--head-dim", help="head dims of your own to check too, D[,D...] (at 17, 257 and 33 tokens)")
     checking.add_argument("--json", help="also write every case's result to this file (for CI dashboards)")
+    checking.add_argument("--verbose", action="store_true",
+                          help="name each case before it runs (to find the one a crash that ends the process was in)")
 
     amend = commands.add_parser("local-errors", help="add the local-inputs error to a results file's approximate rows "
                                                      "that lack it (nothing is timed; the rows are appended amended)")
@@ -191,7 +194,8 @@ def cmd_check(args) -> int:
         impl = config.build_impl("--impl", spec)
         started = last_note = time.perf_counter()
         results, device_lost = [], False
-        for result in conformance.check(impl, device, dtypes, args.seed, own):
+        starting = functools.partial(_announce_case, impl.label) if args.verbose else None
+        for result in conformance.check(impl, device, dtypes, args.seed, own, starting):
             results.append(result)
             # After a sticky CUDA error every later case would crash too, whatever its implementation.
             device_lost = result.status == "error" and not runner.device_usable(device)
@@ -215,6 +219,10 @@ def cmd_check(args) -> int:
                                       "ok": all_ok, "implementations": [s.as_record() for s in summaries]})
         print(f"results: {args.json}")
     return 0 if all_ok else 1
+
+
+def _announce_case(label: str, case: Case, seed: int) -> None:
+    print(f"  {label}: {case.label} seed {seed} ...", file=sys.stderr, flush=True)
 
 
 def _shape_text(shape: tuple) -> str:

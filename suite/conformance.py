@@ -215,12 +215,15 @@ def _forward_only_if_need_be(impl: Implementation, case: Case) -> Case:
 
 
 def check(impl: Implementation, device: str, dtypes: tuple[str, ...], seed: int = 0,
-          extra_shapes: list[tuple] = ()) -> Iterator[CheckResult]:
+          extra_shapes: list[tuple] = (), starting: Callable[[Case, int], None] | None = None) -> Iterator[CheckResult]:
     """Every awkward case once (and `extra_shapes`, see own_shapes, the same way), then every short case for each
     of several seeds; forward and gradients, or the forward alone where the implementation supports only that.
-    `seed` shifts every input seed, for other inputs than the default ones."""
+    `seed` shifts every input seed, for other inputs than the default ones. `starting(case, seed)` is told of
+    each case before it runs (a crash that ends the process then names its case)."""
     def checked(run: Callable[..., CheckResult], case: Case, case_seed: int, **options) -> CheckResult:
         forward = _forward_only_if_need_be(impl, case)
+        if starting:
+            starting(forward, case_seed)
         result = run(impl, forward, case_seed, **options)
         return replace(result, forward_only=True) if forward.mode != case.mode else result
 
@@ -228,7 +231,7 @@ def check(impl: Implementation, device: str, dtypes: tuple[str, ...], seed: int 
         result = checked(check_case, case, input_seed(case) + seed)
         yield result
         if not result.forward_only:  # the inference path too: without autograd some libraries dispatch another kernel
-            yield check_case(impl, replace(case, mode="fwd"), input_seed(case) + seed)
+            yield checked(check_case, replace(case, mode="fwd"), input_seed(case) + seed)
     for short_seed in SHORT_LENGTH_SEEDS:
         for case in short_cases(device, dtypes):
             yield checked(check_case, case, short_seed + seed)

@@ -103,6 +103,15 @@ def test_a_segfault_names_the_python_line_it_happened_in_and_its_row(tmp_path):
     assert json.loads(InFlight(out).path.read_text())["impl"] == "segfaults-at-33"
 
 
+def test_check_verbose_names_the_case_a_crash_ended_the_process_in(tmp_path):
+    package = _package(tmp_path / "package")
+    crashed = _attnbench("check", "--impl", "segfaults-at-33", "--device", "cpu", "--dtype", "float32", "--verbose",
+                         path=package)
+    assert crashed.returncode == -signal.SIGSEGV
+    before_the_crash = crashed.stderr[:crashed.stderr.index("Fatal Python error")].strip().splitlines()[-1]
+    assert before_the_crash == "  segfaults-at-33: B2-H4-KV2-N33-D16-fp32-dense-fwd+bwd seed 247 ..."
+
+
 def test_sigterm_ends_a_run_as_ctrl_c_does_and_blames_no_row(tmp_path):
     package = _package(tmp_path / "package")
     out = tmp_path / "r.jsonl"

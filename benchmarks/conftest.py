@@ -12,4 +12,4 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["gpu"] = record.get("gpu") or "cpu"
     machine_info["attnbench"] = {key: record.get(key) for key in (
         "attnbench_version", "git_commit", "torch", "cuda", "cudnn", "triton", "xformers", "driver",
-        "gpu_memory_bytes", "gpu_compute_capability")}
+        "gpu_memory_bytes", "gpu_compute_capability", "cpu_threads")}

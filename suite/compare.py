@@ -31,7 +31,7 @@ import pandas as pd
 from .case import CASE_FIELDS
 from .grid_scope import GridScope
 from .reporting.data import fmt_bytes
-from .results import ResultsFormatError, load, read, with_explicit_kv_heads
+from .results import ResultsFormatError, cpu_machine, load, read, with_explicit_kv_heads
 
 KEY = ("impl", *CASE_FIELDS)
 P_VALUE = 0.01
@@ -50,7 +50,8 @@ def _read_pytest_benchmark(path: Path, data: dict) -> pd.DataFrame:
     gpu = machine_info.get("gpu")
     # benchmarks/conftest.py writes "cpu" there without a GPU; pytest-benchmark itself names the CPU
     cpu = (machine_info.get("cpu") or {}).get("brand_raw") if isinstance(machine_info.get("cpu"), dict) else None
-    machine = gpu if gpu and gpu != "cpu" else cpu
+    threads = (machine_info.get("attnbench") or {}).get("cpu_threads")
+    machine = gpu if gpu and gpu != "cpu" else (cpu_machine(cpu, threads) if cpu else None)  # as attnbench's own files
     rows = []
     for bench in data.get("benchmarks", []):
         info, stats = bench.get("extra_info") or {}, bench.get("stats") or {}

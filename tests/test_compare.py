@@ -269,6 +269,12 @@ def test_pytest_benchmark_json_is_read_by_compare(tmp_path, capsys):
     elsewhere.write_text(json.dumps(data))
     assert main(["compare", str(out), str(elsewhere)]) == 2
     assert "Another CPU 9000" in capsys.readouterr().err
+    # nor between two thread counts of one CPU, as for attnbench's own files
+    data["machine_info"]["cpu"]["brand_raw"] = json.loads(out.read_text())["machine_info"]["cpu"]["brand_raw"]
+    data["machine_info"]["attnbench"]["cpu_threads"] += 1
+    elsewhere.write_text(json.dumps(data))
+    assert main(["compare", str(out), str(elsewhere)]) == 2
+    assert f"({data['machine_info']['attnbench']['cpu_threads']} threads)" in capsys.readouterr().err
 
 
 def test_each_implementation_gets_the_geometric_mean_of_its_time_ratios(tmp_path, capsys, real_rows):

@@ -30,7 +30,7 @@ import pandas as pd
 
 from .case import CASE_FIELDS
 from .grid_scope import GridScope
-from .reporting.data import fmt_bytes
+from .reporting.data import fmt_bytes, geometric_mean
 from .results import ResultsFormatError, cpu_machine, load, read, with_explicit_kv_heads
 
 KEY = ("impl", *CASE_FIELDS)
@@ -292,17 +292,13 @@ def per_implementation(result: Comparison) -> list[ImplementationSummary]:
             continue
         ratios = _usable([row.ratio for row in rows])
         memory_ratios = _usable([row.memory_ratio for row in rows if row.memory])
-        summaries.append(ImplementationSummary(impl, _geometric_mean(ratios), len(ratios), Counter(row.verdict for row in rows),
-                                               _geometric_mean(memory_ratios), Counter(row.memory for row in rows if row.memory)))
+        summaries.append(ImplementationSummary(impl, geometric_mean(ratios), len(ratios), Counter(row.verdict for row in rows),
+                                               geometric_mean(memory_ratios), Counter(row.memory for row in rows if row.memory)))
     return summaries
 
 
 def _usable(ratios: list[float | None]) -> list[float]:
     return [r for r in ratios if r is not None and r > 0 and math.isfinite(r)]
-
-
-def _geometric_mean(ratios: list[float]) -> float | None:
-    return math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else None
 
 
 def _verdict_counts(counts: Counter) -> str:

@@ -69,6 +69,11 @@ def colours(labels: Iterable[str]) -> dict[str, tuple]:
     return {label: palette[i % len(palette)] for i, label in enumerate(impl_order(labels))}
 
 
+def geometric_mean(ratios: list[float]) -> float | None:
+    """Of ratios (speed-ups, time or memory ratios), where 2× and 0.5× cancel; None for none."""
+    return math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else None
+
+
 def fmt_bytes(value: float | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"

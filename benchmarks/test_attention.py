@@ -47,24 +47,26 @@ def test_attention(benchmark, name, case):
     reasons = impl.supports(case)
     if reasons:
         pytest.skip("; ".join(reasons))
-    work = Workload(impl, case, make_inputs(case))
-    call, before_each = work.timed_call()
+    # The implementation's set-up (a forced SDPA backend) once around every call, as `attnbench run` does.
+    with impl.session():
+        work = Workload(impl, case, make_inputs(case))
+        call, before_each = work.timed_call()
 
-    def synchronized_call():
+        def synchronized_call():
+            if before_each:
+                before_each()
+            call()
+            if DEVICE == "cuda":
+                torch.cuda.synchronize()
+
+        benchmark.extra_info.update({"impl": impl.label, **case.__dict__, "status": "ok"})
+        benchmark.pedantic(synchronized_call, rounds=ROUNDS, iterations=ITERATIONS, warmup_rounds=2)
+        if benchmark.stats is None:  # --benchmark-disable: the call ran once, as a test, untimed
+            return
+        median_s = benchmark.stats.stats.median
+        benchmark.extra_info["tflops"] = case_flops(impl, case) / median_s / 1e12
+        benchmark.extra_info["tokens_per_s"] = case.batch * case.seq_len / median_s
         if before_each:
-            before_each()
-        call()
-        if DEVICE == "cuda":
-            torch.cuda.synchronize()
-
-    benchmark.extra_info.update({"impl": impl.label, **case.__dict__, "status": "ok"})
-    benchmark.pedantic(synchronized_call, rounds=ROUNDS, iterations=ITERATIONS, warmup_rounds=2)
-    if benchmark.stats is None:  # --benchmark-disable: the call ran once, as a test, untimed
-        return
-    median_s = benchmark.stats.stats.median
-    benchmark.extra_info["tflops"] = case_flops(impl, case) / median_s / 1e12
-    benchmark.extra_info["tokens_per_s"] = case.batch * case.seq_len / median_s
-    if before_each:
-        before_each()  # outside the measured call, as in `attnbench run`: what it frees is not the call's
-    benchmark.extra_info["peak_mem_bytes"], benchmark.extra_info["peak_mem_reason"] = \
-        peak_call_memory(call, torch.device(DEVICE))
+            before_each()  # outside the measured call, as in `attnbench run`: what it frees is not the call's
+        benchmark.extra_info["peak_mem_bytes"], benchmark.extra_info["peak_mem_reason"] = \
+            peak_call_memory(call, torch.device(DEVICE))

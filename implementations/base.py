@@ -1,6 +1,7 @@
 """What every attention implementation is: a name, a family, its options, what it supports, a call."""
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
@@ -105,6 +106,12 @@ class Implementation:
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
         raise NotImplementedError
+
+    def session(self) -> contextlib.AbstractContextManager:
+        """Set-up a program does once around many calls, not in each (forcing an SDPA backend). The harness
+        enters it around all of a row's calls, so its cost stays out of the timed ones; a call made outside
+        it must still do the same thing (by entering the set-up itself)."""
+        return contextlib.nullcontext()
 
     def visible_pairs(self, seq_len: int, causal: bool) -> int:
         """Query-key pairs that contribute to the output: N² dense, N(N+1)/2 causal."""

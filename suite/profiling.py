@@ -5,6 +5,7 @@ starts, so the table shows steady-state kernels only; times in it are totals ove
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +49,9 @@ def profile_case(impl: Implementation, case: Case, *, calls: int = 3, rows: int 
     """Profile `calls` timed calls of `impl` on `case` (raises Unsupported or the call's own error)."""
     device = torch.device(case.device)
     work = Workload(impl, case, make_inputs(case, seed))
-    try:
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(work.release)
+        cleanup.enter_context(impl.session())  # set once, as `attnbench run` does: not a cost of each call
         first_call_ms = time_once_wall(work.checked_call, device)
         fn, before_each = work.timed_call()
         warm_up(fn, device, WARMUP_CALLS, before_each)
@@ -64,8 +67,6 @@ def profile_case(impl: Implementation, case: Case, *, calls: int = 3, rows: int 
             synchronize(device)
         finally:
             stop_quietly(profiler)
-    finally:
-        work.release()
     sort_by = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     table = profiler.key_averages().table(sort_by=sort_by, row_limit=rows)
     if trace:

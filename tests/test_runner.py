@@ -1,6 +1,7 @@
 """Every (implementation, case) becomes one row, whatever fails; results round-trip through pandas."""
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -240,3 +241,37 @@ def test_a_timed_row_survives_running_out_of_memory_in_the_call_after_timing(tmp
     rows, _ = run([implementations.get("naive")], cases(17), tmp_path)
     assert rows[0]["status"] == "ok" and rows[0]["time_ms"] > 0 and rows[0]["accuracy_ok"]
     assert rows[0]["reason"] == "the call after the timed ones ran out of memory: it was not compared with the checked one"
+
+
+class CountsItsSession(ScriptedAttention):
+    """Records whether each call ran inside its session, and how often the session was entered."""
+
+    def __init__(self, name):
+        super().__init__(name)
+        self.sessions = self.calls_inside = self.calls_outside = 0
+        self._inside = False
+
+    @contextlib.contextmanager
+    def session(self):
+        self.sessions += 1
+        self._inside = True
+        try:
+            yield
+        finally:
+            self._inside = False
+
+    def __call__(self, q, k, v, *, causal=False):
+        if self._inside:
+            self.calls_inside += 1
+        else:
+            self.calls_outside += 1
+        return super().__call__(q, k, v, causal=causal)
+
+
+@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd", "bwd"])
+def test_a_row_enters_the_implementations_session_once_around_all_its_calls(tmp_path, mode):
+    spy = CountsItsSession("spy")
+    rows, _ = run([spy], cases(17, 33, mode=mode), tmp_path)
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert spy.sessions == 2  # one per row: its set-up is not a cost of each timed call
+    assert spy.calls_outside == 0 and spy.calls_inside >= 2 * 3

@@ -629,3 +629,64 @@ def test_charts_for_publishing_are_vector_and_the_same_when_regenerated(cpu_resu
     assert main(["report", str(cpu_results), "--out", str(tmp_path / "bad"), "--chart-formats", "svg,jpg"]) == 2
     assert "unknown format 'jpg' (allowed: png, svg, pdf)" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def _timed_row(impl, time_ms, *, iqr=0.0, seq_len=1024, heads=8, causal=False, mode="fwd", status="ok",
+               family="exact", backend=None, head_dim=64):
+    return {"impl": impl, "family": family, "batch": 16384 // seq_len, "heads": heads, "kv_heads": heads,
+            "seq_len": seq_len, "head_dim": head_dim, "dtype": "bfloat16", "causal": causal, "mode": mode,
+            "device": "cuda", "gpu": "GPU", "batching": None, "status": status, "time_ms": time_ms,
+            "time_iqr_ms": iqr, "backend": backend, "tflops": None, "peak_mem_bytes": None, "rel_rms_err": None,
+            "softmax_rel_rms_err": None, "softmax_local_rel_rms_err": None}
+
+
+def test_the_fastest_exact_implementation_is_named_with_its_margin_and_whoever_ties_it():
+    from suite.reporting.fastest import lead
+
+    rows = lambda *r: pd.DataFrame(list(r))  # noqa: E731
+    found = lead(rows(_timed_row("sdpa-flash", 2.0), _timed_row("sdpa-cudnn", 1.0), _timed_row("naive", 9.0)))
+    assert found.describe() == "sdpa-cudnn · 2× over sdpa-flash"
+    # within the two rows' summed relative IQRs: a tie, and the margin is over the next one outside it
+    found = lead(rows(_timed_row("sdpa-flash", 1.04, iqr=0.03), _timed_row("sdpa-cudnn", 1.0, iqr=0.02),
+                      _timed_row("naive", 3.0)))
+    assert found.describe() == "sdpa-cudnn ≈ sdpa-flash · 3× over naive"
+    # `sdpa` choosing cuDNN runs sdpa-cudnn's kernel: one lead, however far apart their medians
+    found = lead(rows(_timed_row("sdpa", 1.0, backend="cudnn"), _timed_row("sdpa-cudnn", 1.2),
+                      _timed_row("sdpa-flash", 1.5)))
+    assert found.describe() == "sdpa (cudnn) ≈ sdpa-cudnn · 1.5× over sdpa-flash" and found.kernels == {"sdpa-cudnn"}
+    # a wrong result, an approximation or a row that did not run never leads
+    found = lead(rows(_timed_row("naive", 3.0), _timed_row("sdpa", 1.0, status="mismatch"),
+                      _timed_row("linear", 0.1, family="linear"), _timed_row("sdpa-flash", None, status="oom")))
+    assert found.describe() == "naive (alone)"
+    assert lead(rows(_timed_row("linear", 0.1, family="linear"))) is None
+
+
+def test_the_fastest_tables_cover_lengths_and_head_counts_per_head_dim():
+    from suite.reporting.fastest import fastest_tables, win_counts
+
+    rows = []
+    for seq_len in (1024, 4096):
+        for heads in (8, 32):
+            for causal in (False, True):
+                flash_time = 1.0 if (seq_len, heads) == (1024, 8) else 2.0  # flash wins one case of four
+                rows += [_timed_row("sdpa-flash", flash_time, seq_len=seq_len, heads=heads, causal=causal),
+                         _timed_row("sdpa-cudnn", 1.6, seq_len=seq_len, heads=heads, causal=causal),
+                         _timed_row("performer", 0.1, seq_len=seq_len, heads=heads, causal=causal, family="performer")]
+    rows.append(_timed_row("naive", 1.0, head_dim=128))  # alone at its head dim: nothing to compare, no table
+    frame = prepare(pd.DataFrame(rows))
+    ((title, table),) = fastest_tables(frame)
+    assert title == "GPU · D64 · bfloat16"
+    assert table.header == ["length (batch) · heads", "dense fwd", "causal fwd"]
+    assert [row[0] for row in table.rows] == ["1K (B16) · H8", "1K (B16) · H32", "4K (B4) · H8", "4K (B4) · H32"]
+    assert table.rows[0][1:] == ["sdpa-flash · 1.6× over sdpa-cudnn"] * 2
+    assert table.rows[3][1:] == ["sdpa-cudnn · 1.25× over sdpa-flash"] * 2
+    assert win_counts(frame) == {"sdpa-cudnn": 6, "sdpa-flash": 2}
+
+
+def test_a_report_says_which_exact_implementation_is_fastest_where(gpu_like_results, tmp_path):
+    out = tmp_path / "report"
+    assert main(["report", str(gpu_like_results), "--out", str(out), "--baseline", "naive"]) == 0
+    markdown = (out / "report.md").read_text()
+    assert "## Fastest exact implementation" in markdown
+    section = markdown.split("## Fastest exact implementation")[1].split("\n## ")[0]
+    assert "### Fastest: Test GPU · D16 · float32" in section and "performer" not in section

@@ -27,6 +27,7 @@ from .data import (
     impl_order,
     prepare,
 )
+from .fastest import fastest_tables, win_counts
 from .first_calls import first_call_table
 from .machines import machine_table, machines_in_order
 from .memory_glance import memory_summary
@@ -188,6 +189,23 @@ def _add_crossovers(report: Report, frame: pd.DataFrame, baseline: str) -> None:
         report.add(Heading(group_title(group), 3), table)
 
 
+def _add_fastest(report: Report, frame: pd.DataFrame) -> None:
+    tables = fastest_tables(frame)
+    if not tables:
+        return
+    wins = win_counts(frame)
+    tally = "; ".join(f"{label} {count}" for label, count in wins.items())
+    report.add(Heading("Fastest exact implementation"), Paragraph(
+        "For each case, the implementation of exact softmax attention with the shortest median time among those "
+        "that passed their accuracy check; those within the two measurements' spread of it, or running the same "
+        "kernel (`sdpa (cudnn)` is `sdpa` dispatching to the kernel `sdpa-cudnn` forces), are named after it (≈), "
+        "and the margin is the median of the next one over the fastest's. Approximate families are left out: the "
+        "speed-up tables weigh them, with their errors." + (
+            f" Cases that one kernel led (`sdpa`'s choices counted with the backend it chose): {tally}." if tally else "")))
+    for title, table in tables:
+        report.add(Heading(f"Fastest: {title}", 3), table)
+
+
 def _add_machine_comparisons(report: Report, frame: pd.DataFrame) -> None:
     machines = machines_in_order(frame)
     tables = [(other, machine_table(frame, machines[0], other)) for other in machines[1:]]
@@ -247,6 +265,7 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | N
         charts.save(fig, out_dir / stem, tuple(dict.fromkeys(["png", *chart_formats])))
         report.add(Image(stem.with_suffix(".png"), alt))
 
+    _add_fastest(report, frame)
     if not measured.empty and baseline in set(measured.impl):
         _add_crossovers(report, frame, baseline)
     _add_machine_comparisons(report, frame)

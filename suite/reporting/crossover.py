@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from .blocks import Table
-from .data import GROUP_KEYS, MEASURED, fmt_num, group_title, impl_order
+from .data import GROUP_KEYS, MEASURED, fmt_num, group_title, impl_order, relative_iqr
 
 # A summary puts the mask × mode variants of one shape side by side (those measured).
 SUMMARY_COLUMNS = tuple((mask, mode) for mask in ("dense", "causal") for mode in ("fwd", "bwd", "fwd+bwd"))
@@ -32,11 +32,6 @@ class Crossover:
 
     def describe(self) -> str:
         return f"never up to {self.longest}" if self.faster_from is None else str(self.faster_from)
-
-
-def _relative_iqr(row: pd.Series) -> float:
-    iqr = pd.to_numeric(row.get("time_iqr_ms"), errors="coerce")
-    return float(iqr / row.time_ms) if pd.notna(iqr) and row.time_ms > 0 else 0.0
 
 
 def _status_by_length(part: pd.DataFrame, impl: str) -> dict[int, pd.Series]:
@@ -67,7 +62,7 @@ def crossovers(part: pd.DataFrame, baseline: str) -> list[Crossover]:
                 wins[length] = True
             else:
                 ratio = float(other.time_ms) / float(row.time_ms)
-                noise = _relative_iqr(row) + _relative_iqr(other)
+                noise = relative_iqr(row) + relative_iqr(other)
                 speedups[length] = ratio
                 wins[length] = ratio > 1 + noise
                 if abs(ratio - 1) <= noise:

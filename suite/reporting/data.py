@@ -41,9 +41,11 @@ def groups(frame: pd.DataFrame) -> Iterable[tuple[dict, pd.DataFrame]]:
 
 
 def group_title(group: dict) -> str:
-    """E.g. `NVIDIA H100 · H16 D128 · bfloat16 · causal · fwd` (each part only when the group fixes it)."""
+    """E.g. `NVIDIA H100 · H16 D128 · bfloat16 · causal · fwd` (each part only when the group fixes it; the
+    head dim alone, `D128`, in a group of several head counts)."""
     grouped = f" KV{group['kv_heads']}" if group.get("kv_heads") not in (None, group.get("heads")) else ""
-    shape = [f"H{group['heads']}{grouped} D{group['head_dim']}"] if "heads" in group else []
+    shape = ([f"H{group['heads']}{grouped} D{group['head_dim']}"] if "heads" in group
+             else [f"D{group['head_dim']}"] if "head_dim" in group else [])
     mask = [] if "causal" not in group else ["causal" if group["causal"] else "dense"]
     mode = [group["mode"]] if "mode" in group else []
     return " · ".join([str(group["gpu"]), *batching_words(group), *shape, group["dtype"], *mask, *mode])
@@ -67,6 +69,12 @@ def colours(labels: Iterable[str]) -> dict[str, tuple]:
     palette = [*matplotlib.colormaps["tab10"].colors, *matplotlib.colormaps["Dark2"].colors,
                *matplotlib.colormaps["Set1"].colors]
     return {label: palette[i % len(palette)] for i, label in enumerate(impl_order(labels))}
+
+
+def relative_iqr(row: pd.Series) -> float:
+    """A row's interquartile range over its median (0 where it has none): its measurement's spread."""
+    iqr = pd.to_numeric(row.get("time_iqr_ms"), errors="coerce")
+    return float(iqr / row.time_ms) if pd.notna(iqr) and row.time_ms > 0 else 0.0
 
 
 def geometric_mean(ratios: list[float]) -> float | None:

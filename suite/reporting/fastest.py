@@ -1,0 +1,112 @@
+"""Which exact implementation is fastest where: over the whole grid of lengths and head counts at once.
+
+The speed-up tables compare each implementation with one baseline; a reader who has to pick a kernel
+for a model's shape asks a different question: of the implementations that compute softmax attention
+exactly, which one wins at my length and head count, and by how much? Approximate families are left
+out (they trade accuracy for speed; the speed-up tables weigh them), and so are rows that failed their
+accuracy check, since the speed of a wrong result decides nothing.
+
+Several implementations may share the lead: those whose median lies within the two rows' summed
+relative IQRs of the fastest one (the rule `compare` and the speed-up tables use for "same"), and those
+that ran the same kernel as one of them (`sdpa` dispatching to cuDNN and `sdpa-cudnn`), are all named,
+and the margin is over the fastest implementation outside that set.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from .blocks import Table
+from .crossover import SUMMARY_COLUMNS, fmt_length
+from .data import GROUP_KEYS, fmt_num, group_title, impl_order, relative_iqr
+
+# Rows of one table: a length and a head count; columns: mask × mode. The other keys name the table.
+TABLE_KEYS = tuple(key for key in GROUP_KEYS if key not in ("heads", "kv_heads", "causal", "mode"))
+
+
+@dataclass
+class Lead:
+    leaders: list[str]  # the fastest implementation, then those within the measurements' spread of it
+    margin: float | None  # the next implementation's median over the fastest one's; None if nothing is behind
+    runner_up: str | None
+    contenders: int  # how many exact implementations were measured here
+    kernels: set[str]  # the leaders' kernels (`sdpa` and the backend it chose count once)
+
+    def describe(self) -> str:
+        """E.g. `sdpa-cudnn ≈ sdpa · 1.9× over sdpa-flash`; `naive (alone)` where nothing else ran."""
+        text = " ≈ ".join(self.leaders)
+        if self.contenders == 1:
+            return f"{text} (alone)"
+        return text if self.margin is None else f"{text} · {fmt_num(self.margin, 3)}× over {self.runner_up}"
+
+
+def _label(row: pd.Series) -> str:
+    """`sdpa` names the backend PyTorch dispatched to, since that is the kernel that ran."""
+    backend = row.get("backend")
+    return f"{row.impl} ({backend})" if row.impl == "sdpa" and isinstance(backend, str) and backend else str(row.impl)
+
+
+def kernel(row: pd.Series) -> str:
+    """The kernel a row ran: `sdpa` dispatching to cuDNN ran `sdpa-cudnn`'s, and the two share a lead."""
+    backend = row.get("backend")
+    return f"sdpa-{backend}" if row.impl == "sdpa" and isinstance(backend, str) and backend else str(row.impl)
+
+
+def lead(rows: pd.DataFrame) -> Lead | None:
+    """The lead among one case's rows (one per implementation); None if no exact implementation ran correctly."""
+    ran = rows[(rows.status == "ok") & (rows.family == "exact") & (rows.time_ms > 0)].sort_values("time_ms")
+    if ran.empty:
+        return None
+    fastest = ran.iloc[0]
+    leaders, kernels = [_label(fastest)], {kernel(fastest)}
+    for _, row in ran.iloc[1:].iterrows():
+        if kernel(row) in kernels or row.time_ms / fastest.time_ms - 1 <= relative_iqr(fastest) + relative_iqr(row):
+            leaders.append(_label(row))
+            kernels.add(kernel(row))
+            continue
+        return Lead(leaders, float(row.time_ms / fastest.time_ms), _label(row), len(ran), kernels)
+    return Lead(leaders, None, None, len(ran), kernels)
+
+
+def _row_name(seq_len: int, batch: int, heads: int, kv_heads: int) -> str:
+    grouped = f" KV{kv_heads}" if kv_heads != heads else ""
+    return f"{fmt_length(seq_len)} (B{batch}) · H{heads}{grouped}"
+
+
+def fastest_tables(frame: pd.DataFrame) -> list[tuple[str, Table]]:
+    """Per (machine, batching, head dim, dtype): one row per (length, batch, heads), one column per mask ×
+    mode, each cell the lead there. Tables where no case had two exact implementations to compare are left out."""
+    exact = frame[frame.family == "exact"]
+    tables = []
+    for key, part in exact.groupby(list(TABLE_KEYS), sort=True, dropna=False):
+        cells: dict[tuple, dict[tuple[str, str], Lead]] = {}
+        case_keys = ["seq_len", "batch", "heads", "kv_heads", "causal", "mode"]
+        for (seq_len, batch, heads, kv_heads, causal, mode), rows in part.groupby(case_keys, sort=True):
+            found = lead(rows)
+            if found is not None:
+                column = ("causal" if causal else "dense", mode)
+                cells.setdefault((int(seq_len), int(batch), int(heads), int(kv_heads)), {})[column] = found
+        if not any(found.contenders > 1 for row in cells.values() for found in row.values()):
+            continue
+        columns = [c for c in SUMMARY_COLUMNS if any(c in row for row in cells.values())]
+        rows = [[_row_name(*name), *(cells[name][c].describe() if c in cells[name] else "" for c in columns)]
+                for name in sorted(cells)]
+        tables.append((group_title(dict(zip(TABLE_KEYS, key))), Table(
+            ["length (batch) · heads", *(" ".join(c) for c in columns)], rows)))
+    return tables
+
+
+def win_counts(frame: pd.DataFrame) -> dict[str, int]:
+    """How many compared cases each kernel led alone (a tie between two kernels counts for neither): a
+    one-line summary above the tables."""
+    counts: dict[str, int] = {}
+    exact = frame[frame.family == "exact"]
+    for _, rows in exact.groupby([*TABLE_KEYS, "seq_len", "batch", "heads", "kv_heads", "causal", "mode"],
+                                 sort=False, dropna=False):
+        found = lead(rows)
+        if found is not None and found.contenders > 1 and len(found.kernels) == 1:
+            (winner,) = found.kernels
+            counts[winner] = counts.get(winner, 0) + 1
+    order = impl_order(counts)
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], order.index(item[0]))))

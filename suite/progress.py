@@ -20,9 +20,12 @@ class Progress:
         self.done = 0
         self.started = time.monotonic()
         self._current = ""
+        self._label_width = 15
 
-    def start(self, total: int) -> None:
+    def start(self, total: int, labels: list[str] = ()) -> None:
+        """`labels`: the implementations' labels, so that the case column lines up after the longest."""
         self.total, self.done, self.started = total, 0, time.monotonic()
+        self._label_width = max([15, *map(len, labels)])
         print(f"attnbench: {total} measurements to run", file=self.stream, flush=True)
 
     def row_started(self, impl: str, case: Case) -> None:
@@ -40,4 +43,4 @@ class Progress:
             outcome = row["status"].upper()
         width = len(str(self.total))
         print(f"[{self.done:>{width}}/{self.total}] {_clock(elapsed)} elapsed, ~{_clock(remaining)} left  "
-              f"{row['impl']:<15} {Case.from_row(row).label}  {outcome}", file=self.stream, flush=True)
+              f"{row['impl']:<{self._label_width}} {Case.from_row(row).label}  {outcome}", file=self.stream, flush=True)

@@ -358,7 +358,7 @@ def run_cases(
     local_errors = LocalErrors(settings)
     rows = []
     if progress:
-        progress.start(total)
+        progress.start(total, [impl.label for impl in impls])
 
     def check_deadline() -> None:
         if deadline is not None and time.monotonic() >= deadline:

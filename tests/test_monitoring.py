@@ -41,3 +41,14 @@ def test_progress_reports_position_elapsed_and_remaining():
     assert lines[1].startswith("[1/3] 0:00:00 elapsed, ~0:00:00 left  naive")
     assert "B1-H2-N17-D16-fp32-causal-fwd  1.250 ms" in lines[1]
     assert lines[2].startswith("[2/3]") and lines[2].endswith("OOM")
+
+
+def test_progress_lines_up_cases_after_the_longest_implementation_label():
+    stream = io.StringIO()
+    progress = Progress(stream)
+    progress.start(2, ["naive", "sparse-window:window=32"])
+    case = Case(1, 2, 17, 16, "float32", True, "fwd", "cpu")
+    for impl in ("naive", "sparse-window:window=32"):
+        progress.row_done({"impl": impl, **case.__dict__, "status": "ok", "time_ms": 1.25})
+    first, second = stream.getvalue().splitlines()[1:]
+    assert first.index("B1-H2-N17") == second.index("B1-H2-N17")

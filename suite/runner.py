@@ -27,7 +27,7 @@ from .gpu_monitor import GpuMonitor, throttle_verdict
 from .memory import peak_call_memory
 from .poison import poisoned_allocations
 from .results import key_of_row
-from .timing import TimingPolicy, measure, time_once_wall
+from .timing import Measurement, TimingPolicy, measure, time_once_wall
 from .traffic import minimum_bytes
 from .workload import Inputs, Workload, case_seed, local_tensors, make_inputs
 
@@ -266,7 +266,7 @@ def _measure_in_session(impl: Implementation, case: Case, inputs: Inputs, refere
         row["gpu_after"] = monitor.sample()
         row.update(
             time_ms=timing.median, time_iqr_ms=timing.iqr, repeats=timing.repeats, times_ms=timing.times_ms,
-            noisy=timing.relative_iqr > policy.noisy_relative_iqr,
+            noisy=timing.relative_iqr > policy.noisy_relative_iqr, **host_figures(timing),
             **_throughput(impl, case, timing.median, settings),
         )
         row["throttled"], row["throttle_reasons"] = throttle_verdict(row["gpu_after"])
@@ -278,6 +278,14 @@ def _measure_in_session(impl: Implementation, case: Case, inputs: Inputs, refere
     finally:
         work.release()
     return row
+
+
+def host_figures(timing: Measurement) -> dict[str, Any]:
+    """On CUDA: the median time the host took to issue a call, and whether it took as long as the GPU ran it
+    (host-bound: called back to back, as in a model, the host would set the pace, and a CUDA graph or a fused
+    kernel would gain what a faster kernel would not). None on a CPU, where the host is the device."""
+    host = timing.host_median
+    return {"host_ms": host, "host_bound": None if host is None else host >= timing.median}
 
 
 def _after_timing(work: Workload, slices: CheckedSlices, checked_first: dict[str, torch.Tensor],

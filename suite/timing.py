@@ -19,9 +19,11 @@ import torch
 
 @dataclass
 class Measurement:
-    """Raw per-repeat times in milliseconds; statistics are derived on demand."""
+    """Raw per-repeat times in milliseconds; statistics are derived on demand. On CUDA, `host_ms` holds how
+    long the host took to issue each timed call (Python, dispatch, launches, any synchronization inside)."""
 
     times_ms: list[float] = field(default_factory=list)
+    host_ms: list[float] = field(default_factory=list)
 
     @property
     def repeats(self) -> int:
@@ -30,6 +32,10 @@ class Measurement:
     @property
     def median(self) -> float:
         return statistics.median(self.times_ms)
+
+    @property
+    def host_median(self) -> float | None:
+        return statistics.median(self.host_ms) if self.host_ms else None
 
     @property
     def iqr(self) -> float:
@@ -135,7 +141,9 @@ def measure(
         if cuda:
             flush()
             start_event.record()
+            issued_from = time.perf_counter()
             fn()
+            result.host_ms.append((time.perf_counter() - issued_from) * 1e3)
             end_event.record()
             end_event.synchronize()
             elapsed = start_event.elapsed_time(end_event)

@@ -137,3 +137,17 @@ def _gpu_cases():
 @pytest.mark.parametrize("name,case", list(_gpu_cases()))
 def test_gpu_matches_float64_exact_twin(name, case):
     assert_matches_twin(name, case, input_seed=case.seq_len)
+
+
+def test_rows_say_when_issuing_a_call_took_the_host_as_long_as_the_gpu_took_to_run_it():
+    """A few microsecond kernels behind tens of microseconds of Python and dispatch: host-bound. A long
+    fused kernel issued in one launch: not."""
+    tiny = Case(1, 1, 16, 16, "float32", False, "fwd", "cuda")
+    long = Case(1, 16, 8192, 128, "bfloat16", False, "fwd", "cuda")
+    rows = []
+    run_cases([implementations.get("naive")], [tiny], settings=RunSettings(), on_row=rows.append)
+    run_cases([implementations.get("sdpa")], [long], settings=RunSettings(), on_row=rows.append)
+    tiny_row, long_row = rows
+    assert tiny_row["status"] == long_row["status"] == "ok"
+    assert tiny_row["host_bound"] is True and tiny_row["host_ms"] >= tiny_row["time_ms"]
+    assert long_row["host_bound"] is False and 0 < long_row["host_ms"] < long_row["time_ms"] / 10

@@ -83,3 +83,14 @@ def test_visible_pairs_and_flops():
     assert softmax_attention_flops(2, 3, 16, 8) == 4 * 2 * 3 * 16 * 8
     assert impl.forward_flops(2, 3, 4, 8, causal=True) == 4 * 2 * 3 * 10 * 8
     assert MODE_FACTOR == {"fwd": 1.0, "bwd": 2.5, "fwd+bwd": 3.5}
+
+
+def test_a_call_is_host_bound_when_issuing_it_took_as_long_as_the_gpu_ran_it():
+    from suite.runner import host_figures
+
+    assert host_figures(Measurement(times_ms=[1.0, 1.1, 0.9], host_ms=[1.2, 1.0, 1.3])) == \
+        {"host_ms": 1.2, "host_bound": True}
+    assert host_figures(Measurement(times_ms=[1.0, 1.1, 0.9], host_ms=[0.02, 0.03, 0.02])) == \
+        {"host_ms": 0.02, "host_bound": False}
+    # on a CPU the host is the device: nothing to say
+    assert host_figures(Measurement(times_ms=[1.0])) == {"host_ms": None, "host_bound": None}

@@ -67,6 +67,8 @@ def _cell(row) -> str:
         text += " ~"
     if row.throttled is True:
         text += " †"
+    if row.host_bound is True:
+        text += " ‡"
     return text
 
 
@@ -109,8 +111,12 @@ def _accuracy_table(frame: pd.DataFrame) -> Table:
 def _status_paragraph(frame: pd.DataFrame) -> Paragraph:
     counts = frame.status.value_counts()
     text = ", ".join(f"{count} {status}" for status, count in counts.items())
+    host_bound = (frame.host_bound == True).sum()  # noqa: E712
     return Paragraph(f"{len(frame)} result rows: {text}. Cells: median time · TFLOP/s · peak memory; "
-                     "~ = noisy (IQR above 10% of the median), † = GPU throttled during the case.")
+                     "~ = noisy (IQR above 10% of the median), † = GPU throttled during the case." + (
+                         f" ‡ = host-bound ({host_bound} rows): issuing the call took the host (Python, dispatch, "
+                         "launches) at least as long as the GPU took to run it, so called back to back the host "
+                         "sets the pace; `host_ms` in the results gives its time." if host_bound else ""))
 
 
 _OOM_HEAD = re.compile(r"^(.*?out of memory\.(?: Tried to allocate [\d.]+ \w+\.)?)", re.IGNORECASE)

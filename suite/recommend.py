@@ -52,6 +52,12 @@ class Candidate:
     basis: str
     first_call_ms: float | None = None
     error_basis: str | None = None  # which figure `error` is: see ERROR_FIGURES
+    host_bound: bool = False  # the host took as long to issue a call as the GPU to run it, where measured
+
+
+def _host_bound(*rows) -> bool:
+    return any(r.get("host_bound") is not None and pd.notna(r.get("host_bound")) and bool(r.get("host_bound"))
+               for r in rows)
 
 
 def _first_call(*rows) -> float | None:
@@ -136,7 +142,8 @@ def rank(frame: pd.DataFrame, query: Query) -> tuple[list[Candidate], list[Exclu
             memory = row.peak_mem_bytes * scale if pd.notna(row.peak_mem_bytes) else None
             error, error_basis = _error(row)
             found = Candidate(label, float(row.time_ms) * scale, memory, error,
-                              f"measured at seq_len {query.seq_len}, batch {row.batch}", _first_call(row), error_basis)
+                              f"measured at seq_len {query.seq_len}, batch {row.batch}", _first_call(row), error_basis,
+                              _host_bound(row))
             status_problem = "accuracy mismatch against its exact twin" if row.status == "mismatch" else None
         else:
             below, above = rows[rows.seq_len < query.seq_len], rows[rows.seq_len > query.seq_len]
@@ -158,7 +165,7 @@ def rank(frame: pd.DataFrame, query: Query) -> tuple[list[Candidate], list[Exclu
             worst, basis = max(((e, b) for e, b in (_error(lo), _error(hi)) if e is not None), default=(None, None))
             found = Candidate(label, time_ms, memory, worst,
                               f"interpolated between seq_len {lo.seq_len} (batch {lo.batch}) and {hi.seq_len} "
-                              f"(batch {hi.batch})", _first_call(lo, hi), basis)
+                              f"(batch {hi.batch})", _first_call(lo, hi), basis, _host_bound(lo, hi))
             status_problem = "accuracy mismatch at a neighbouring length" if "mismatch" in (lo.status, hi.status) else None
         if status_problem:
             excluded.append(Exclusion(label, status_problem))
@@ -198,6 +205,12 @@ def format_answer(query: Query, candidates: list[Candidate], excluded: list[Excl
         lines.append("first call: one-time cost per new shape (compilation, autotuning), not in the time")
     else:
         lines.append("no implementation qualifies")
+    host_bound = [c.impl for c in candidates if c.host_bound]
+    if host_bound:
+        lines.append(f"note: {', '.join(host_bound)} {'was' if len(host_bound) == 1 else 'were'} host-bound where "
+                     "measured (issuing a call took the host as long as the GPU took to run it): called back to back, "
+                     "the host sets the pace, and a time scaled to another batch is too high scaled up and too low "
+                     "scaled down, since the host's share does not grow with the batch")
     iid = [c.impl for c in candidates if c.error_basis == "i.i.d."]
     iid_excluded = [exclusion.impl for exclusion in excluded if exclusion.by_iid_error]
     if iid or iid_excluded:

@@ -690,3 +690,35 @@ def test_a_report_says_which_exact_implementation_is_fastest_where(gpu_like_resu
     assert "## Fastest exact implementation" in markdown
     section = markdown.split("## Fastest exact implementation")[1].split("\n## ")[0]
     assert "### Fastest: Test GPU · D16 · float32" in section and "performer" not in section
+
+
+def test_recommend_notes_implementations_that_were_host_bound_where_measured(capsys, cpu_results, tmp_path):
+    from tests.results_files import rewrite_rows
+
+    path = tmp_path / "host-bound.jsonl"
+    path.write_text(cpu_results.read_text())
+    rewrite_rows(path, lambda r: {**r, "host_ms": 1.0, "host_bound": r["impl"] == "naive"})
+    out = _recommend(capsys, path, "--seq-len", "32")
+    assert "note: naive was host-bound where measured" in out
+    between = _recommend(capsys, path, "--seq-len", "24")  # interpolated: either neighbour counts
+    assert "note: naive was host-bound where measured" in between
+    ranked = json.loads(_recommend(capsys, path, "--seq-len", "32", "--format", "json"))["ranked"]
+    assert {c["impl"]: c["host_bound"] for c in ranked}["naive"] is True
+    assert not any(c["host_bound"] for c in ranked if c["impl"] != "naive")
+    assert "host-bound" not in _recommend(capsys, cpu_results, "--seq-len", "32")
+
+
+def test_report_marks_host_bound_cells_and_says_what_the_mark_means(cpu_results, tmp_path):
+    from tests.results_files import rewrite_rows
+
+    path = tmp_path / "host-bound.jsonl"
+    path.write_text(cpu_results.read_text())
+    rewrite_rows(path, lambda r: {**r, "host_ms": 1.0, "host_bound": r["impl"] == "naive" and r["status"] == "ok"})
+    assert main(["report", str(path), "--out", str(tmp_path / "report")]) == 0
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    naive_rows = int((load(path).pipe(lambda f: (f.impl == "naive") & (f.status == "ok"))).sum())
+    assert f"‡ = host-bound ({naive_rows} rows)" in markdown
+    header, *_ = [line for line in markdown.splitlines() if line.startswith("| seq len (batch) | naive |")]
+    table_rows = [line for line in markdown.splitlines() if re.match(r"\| \d+ \(B\d+\) \|", line)]
+    assert table_rows and all(line.split("|")[2].strip().endswith("‡") for line in table_rows)
+    assert all("‡" not in cell for line in table_rows for cell in line.split("|")[3:])

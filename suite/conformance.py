@@ -186,15 +186,18 @@ def check_large_logits(impl: Implementation, case: Case, seed: int) -> CheckResu
 
 def _repeated(impl: Implementation, case: Case, seed: int, inputs: tuple[torch.Tensor, ...],
               first: dict[str, torch.Tensor]) -> CheckResult:
-    """The passing first call against a second one on the same inputs."""
+    """The passing first call, made as a program calls it alone, against a second one on the same inputs, made
+    inside the implementation's session as `attnbench run` makes its timed calls: both ways are checked."""
     try:
-        again = _call(impl, case, inputs)
+        with impl.session():
+            again = _call(impl, case, inputs)
     except Exception as error:  # noqa: BLE001 - a crash on the second call is a finding too
         return CheckResult(case, seed, "error", f"second call: {_described(error)}")
     verdict = judge(again, first, case.dtype, case.seq_len, impl.atol_scale)
     if not verdict.ok:
-        return CheckResult(case, seed, "fail", f"a second call on the same inputs differs from the first beyond the "
-                                               f"tolerance (a race, or memory read before it is written): "
+        return CheckResult(case, seed, "fail", f"a second call on the same inputs, inside the implementation's "
+                                               f"session, differs from the first beyond the tolerance (a race, memory "
+                                               f"read before it is written, or a session that changes the result): "
                                                f"{verdict.reason()}")
     # Within tolerance but not bit for bit: atomic accumulation (common in backward kernels), not a bug.
     moved = tuple(name for name in first if not torch.equal(first[name], again[name]))

@@ -103,7 +103,37 @@ def test_results_that_move_between_two_calls_on_the_same_inputs_fail(capsys, fak
     fake_registry("racy", jitter=1.5e-4)
     status, out = _check(capsys, "--impl", "racy", "--dtype", "float32")
     assert status == 1 and "racy: FAILED (2 passed, 58 failed" in out
-    assert "a second call on the same inputs differs from the first beyond the tolerance" in out
+    assert "a second call on the same inputs, inside the implementation's session, differs from the first beyond the " \
+        "tolerance" in out
+
+
+def test_a_session_that_changes_what_a_call_computes_fails(capsys, monkeypatch):
+    """The timed calls of `attnbench run` are made inside the implementation's session; a program's call alone is
+    not: the check compares one of each."""
+    import contextlib
+
+    import implementations
+    from implementations.naive import NaiveAttention
+
+    class WrongInItsSession(NaiveAttention):
+        inside = False
+
+        @contextlib.contextmanager
+        def session(self):
+            self.inside = True
+            try:
+                yield
+            finally:
+                self.inside = False
+
+        def __call__(self, q, k, v, *, causal=False):
+            out = super().__call__(q, k, v, causal=causal)
+            return out * 1.01 if self.inside else out
+
+    monkeypatch.setitem(implementations.REGISTRY, "wrong-in-session", WrongInItsSession)
+    status, out = _check(capsys, "--impl", "wrong-in-session", "--dtype", "float32")
+    assert status == 1 and "wrong-in-session: FAILED (2 passed, 58 failed" in out
+    assert "or a session that changes the result" in out
 
 
 def test_last_bit_differences_between_calls_are_noted_not_failed(capsys, fake_registry):

@@ -239,8 +239,8 @@ def _write_json(path: Path, record: dict) -> None:
 
 
 def cmd_local_errors(args) -> int:
+    from .expected import LocalErrors
     from .local_amend import amend_died_row, amend_local_errors, approximate_rows, matches, rows_to_amend
-    from .runner import LocalErrors
 
     path = Path(args.results)
     if not path.is_file():

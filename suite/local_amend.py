@@ -1,6 +1,6 @@
 """Add the local-inputs error to an existing results file's approximate rows, without timing anything.
 
-An approximation's error against softmax attention on local inputs (runner.LocalErrors) depends on
+An approximation's error against softmax attention on local inputs (expected.LocalErrors) depends on
 the maths and the dtype, not on the timings beside it. Rows measured without it (an older version
 of the local inputs, or a run cut short) get it here: each such row is appended again, unchanged
 but for the `softmax_local_*` figures and `local_errors_run_id`, which names the header of the

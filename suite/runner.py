@@ -8,28 +8,29 @@ is raised; the rest can run in a new process (`run --resume`).
 """
 from __future__ import annotations
 
-import gc
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
-from implementations import Implementation, Unsupported, reference_attention
+from implementations import Implementation, Unsupported
 
-from .accuracy import error, judge
+from .accuracy import judge
 from .case import Case
 from .checked_slices import CheckedSlices
-from .flops import case_flops, softmax_case_flops
+from .expected import ExpectedOutputs, LocalErrors, softmax_error, softmax_reference, twin_reference
+from .flops import case_flops
 from .gpu_monitor import GpuMonitor, throttle_verdict
 from .memory import peak_call_memory
+from .out_of_memory import free_after_failure, is_out_of_memory
 from .poison import poisoned_allocations
 from .results import key_of_row
 from .timing import Measurement, TimingPolicy, measure, time_once_wall
 from .traffic import minimum_bytes
-from .workload import Inputs, Workload, case_seed, local_tensors, make_inputs
+from .workload import Inputs, Workload, make_inputs
 
 SLOW_FIRST_CALL_MS = 100.0  # above this, one warm-up call is enough
 
@@ -45,13 +46,6 @@ class RunSettings:
     seed: int = 0
     peak_tflops: dict[str, float] = field(default_factory=dict)  # dtype -> measured matmul peak
     peak_gbytes_per_s: float | None = None  # measured copy bandwidth of the device
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    if isinstance(error, torch.OutOfMemoryError):
-        return True
-    message = str(error)
-    return isinstance(error, RuntimeError) and ("can't allocate memory" in message or "not enough memory" in message)
 
 
 class TimeLimitReached(RuntimeError):
@@ -86,62 +80,6 @@ def row_key(impl_label: str, case: Case) -> tuple:
     return key_of_row({"impl": impl_label, **asdict(case)})
 
 
-class ExpectedOutputs:
-    """Float64 outputs (and gradients) of exact maths on one case's inputs, computed at most once.
-
-    `compute(q, k, v)` gets float64 leaves; the softmax reference is shared by every exact
-    implementation of a case, an approximate family's exact twin is its own.
-    """
-
-    def __init__(self, compute: Callable[..., torch.Tensor], case: Case, inputs: Inputs,
-                 settings: RunSettings, what: str = "float64 reference"):
-        self.compute, self.case, self.inputs, self.what = compute, case, inputs, what
-        self._outputs: dict[str, torch.Tensor] | None = None
-        self._failure: str | None = None
-        limit = settings.max_reference_flops.get(case.device, 0.0)
-        self.slices = CheckedSlices.choose(case, limit)
-        if self.slices is None:
-            per_slice = softmax_case_flops(case) / (case.batch * case.key_value_heads)
-            self._failure = (f"accuracy not checked: one (batch, head) slice of the {what} needs "
-                             f"{per_slice / 1e9:.3g} GFLOP (limit {limit / 1e9:.3g} GFLOP on {case.device})")
-
-    def expected(self) -> tuple[dict[str, torch.Tensor] | None, str | None]:
-        """(float64 outputs, None), or (None, why accuracy is not checked)."""
-        if self._outputs is None and self._failure is None:
-            try:
-                self._outputs = self._compute()
-            except Exception as error:  # noqa: BLE001 - the reference failing must not fail the row
-                if not is_out_of_memory(error):
-                    raise
-                self._failure = f"accuracy not checked: the {self.what} ran out of memory"
-            if self._failure:
-                _free_memory(self.case.device)
-        return self._outputs, self._failure
-
-    def _compute(self) -> dict[str, torch.Tensor]:
-        i, slices = self.inputs, self.slices
-        q = slices.queries(i.q.detach()).double().requires_grad_(self.case.needs_grad)
-        k, v = (slices.key_values(t.detach()).double().requires_grad_(self.case.needs_grad) for t in (i.k, i.v))
-        out = self.compute(q, k, v)
-        outputs = {"out": out.detach()}
-        if self.case.needs_grad:
-            out.backward(slices.queries(i.dout).double())
-            outputs.update(dq=q.grad, dk=k.grad, dv=v.grad)
-        return outputs
-
-    def release(self) -> None:
-        self._outputs = None
-
-
-def softmax_reference(case: Case, inputs: Inputs, settings: RunSettings) -> ExpectedOutputs:
-    return ExpectedOutputs(lambda q, k, v: reference_attention(q, k, v, causal=case.causal), case, inputs, settings)
-
-
-def twin_reference(impl: Implementation, case: Case, inputs: Inputs, settings: RunSettings) -> ExpectedOutputs:
-    return ExpectedOutputs(lambda q, k, v: impl.exact_twin(q, k, v, causal=case.causal), case, inputs, settings,
-                           what=f"float64 exact twin of {impl.name}")
-
-
 def _base_row(impl: Implementation, case: Case) -> dict[str, Any]:
     density = impl.visible_pairs(case.seq_len, case.causal) / case.seq_len**2  # of the full N×N score matrix
     return {"impl": impl.label, "family": impl.family, **asdict(case), "status": None, "reason": None,
@@ -159,56 +97,6 @@ def _throughput(impl: Implementation, case: Case, time_ms: float, settings: RunS
         "gbytes_per_s": gbytes_per_s,
         "bandwidth_fraction": gbytes_per_s / bandwidth if bandwidth else None,
     }
-
-
-def _softmax_error(out: torch.Tensor, reference: ExpectedOutputs, prefix: str = "softmax") -> dict[str, Any]:
-    """How far an approximate family's output is from exact softmax attention: a figure, not a test."""
-    expected, not_checked = reference.expected()
-    if expected is None:
-        return {f"{prefix}_note": not_checked}
-    err = error(reference.slices.queries(out), expected["out"])
-    return {f"{prefix}_max_abs_err": err.max_abs, f"{prefix}_rel_rms_err": err.rel_rms}
-
-
-class LocalErrors:
-    """Each approximation's error against softmax attention on local inputs (workload.local_tensors),
-    where softmax attention is peaked near the diagonal as in trained models; on the run's i.i.d.
-    inputs it is nearly uniform. Forward only, measured once per implementation and forward case (a
-    case's fwd and fwd+bwd rows share it); a case's approximations share its inputs and reference."""
-
-    def __init__(self, settings: RunSettings):
-        self.settings = settings
-        self._figures: dict[tuple, dict[str, Any]] = {}
-        self._case: Case | None = None
-        self._inputs: Inputs | None = None
-        self._reference: ExpectedOutputs | None = None
-
-    def of(self, impl: Implementation, case: Case) -> dict[str, Any]:
-        forward = replace(case, mode="fwd")
-        key = row_key(impl.label, forward)
-        if key not in self._figures:
-            self._figures[key] = self._measure(impl, forward)
-        return self._figures[key]
-
-    def _measure(self, impl: Implementation, forward: Case) -> dict[str, Any]:
-        try:
-            if self._case != forward or self._inputs is None or self._reference is None:
-                self.release()
-                q, k, v = local_tensors(forward, case_seed(forward, self.settings.seed) + 1)
-                self._inputs = Inputs(q, k, v, dout=None)
-                self._reference = softmax_reference(forward, self._inputs, self.settings)
-                self._case = forward
-            with torch.no_grad():
-                out = impl(self._inputs.q, self._inputs.k, self._inputs.v, causal=forward.causal)
-            return _softmax_error(out, self._reference, prefix="softmax_local")
-        except Exception as error:  # noqa: BLE001 - a supplementary figure must not cost the row its timing
-            self.release()
-            _free_memory(forward.device)
-            return {"softmax_local_note": f"not measured: {type(error).__name__}: {' '.join(str(error).split())[:300]}"}
-
-    def release(self) -> None:
-        """Free the current case's inputs and reference; the figures (a few floats each) stay."""
-        self._case = self._inputs = self._reference = None
 
 
 def measure_row(impl: Implementation, case: Case, inputs: Inputs, reference: ExpectedOutputs,
@@ -235,7 +123,7 @@ def _measure_in_session(impl: Implementation, case: Case, inputs: Inputs, refere
         twin = twin_reference(impl, case, inputs, settings) if approximate else reference
         expected, not_checked = twin.expected()
         if approximate:
-            row.update(_softmax_error(outputs["out"], reference))
+            row.update(softmax_error(outputs["out"], reference))
             row.update((local_errors or LocalErrors(settings)).of(impl, case))
         if expected is None:
             row.update(status="ok", reason=not_checked, accuracy_ok=None)
@@ -327,21 +215,13 @@ def run_one(impl: Implementation, case: Case, inputs: Inputs, reference: Expecte
             detail = " ".join(str(error).split()) if oom else traceback.format_exception_only(type(error), error)[-1].strip()
             failure = ("oom" if oom else "error", detail[:2000])
         # Outside the except block, so the exception and the tensors its frames hold can be freed.
-        _free_memory(case.device)
+        free_after_failure(case.device)
         if failure[0] != "oom":
             break
     status, reason = failure
     if status == "oom":
         reason += " (still out of memory after freeing the allocator cache and retrying)"
     return {**row, "status": status, "reason": reason}
-
-
-def _free_memory(device: str) -> None:
-    """After a failure only: the exception's frames may hold tensors in reference cycles.
-    (gc.collect costs ~0.2 s, too much to pay on every row.)"""
-    gc.collect()
-    if device == "cuda":
-        torch.cuda.empty_cache()
 
 
 def run_cases(
@@ -387,7 +267,7 @@ def run_cases(
                 on_row(row)
                 if progress:
                     progress.row_done(row)
-            _free_memory(case.device)
+            free_after_failure(case.device)
             continue
         if case.device == "cuda":
             torch.cuda.empty_cache()  # each case starts from an unfragmented allocator

@@ -122,13 +122,13 @@ def test_recommend_weighs_the_local_figure_when_a_row_has_it():
 
 
 def test_local_figures_are_measured_once_per_forward_case_and_inputs_made_once_per_case(monkeypatch):
-    from suite import runner
+    from suite import expected
 
     figures, inputs = [], []
-    real_measure, real_tensors = runner.LocalErrors._measure, runner.local_tensors
-    monkeypatch.setattr(runner.LocalErrors, "_measure",
+    real_measure, real_tensors = expected.LocalErrors._measure, expected.local_tensors
+    monkeypatch.setattr(expected.LocalErrors, "_measure",
                         lambda self, impl, case: figures.append(impl.label) or real_measure(self, impl, case))
-    monkeypatch.setattr(runner, "local_tensors", lambda case, seed: inputs.append(case.label) or real_tensors(case, seed))
+    monkeypatch.setattr(expected, "local_tensors", lambda case, seed: inputs.append(case.label) or real_tensors(case, seed))
     forward = Case(1, 2, 64, 16, "float32", False, "fwd", "cpu")
     cases = [forward, replace(forward, mode="fwd+bwd"), replace(forward, causal=True)]
     rows = run_cases([implementations.get("linear"), implementations.get("performer")], cases,

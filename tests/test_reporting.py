@@ -75,6 +75,7 @@ def test_report_writes_charts_markdown_and_html(cpu_results, gpu_like_results, t
     assert "unsupported" in markdown and "oom" in markdown
     assert "vs softmax" in markdown and "i.i.d. standard normal" in markdown
     assert "## Speed-up over naive" in markdown and "faster than naive from" in markdown
+    assert "## How time grows with length" in markdown and "### Scaling: Test GPU" in markdown
     assert "## One-time costs" in markdown  # per machine: 6 rows of each file
     for machine in ("test cpu", "Test GPU"):
         assert f"| {machine} | performer:features=32 | fwd | 6 |" in markdown
@@ -722,3 +723,28 @@ def test_report_marks_host_bound_cells_and_says_what_the_mark_means(cpu_results,
     table_rows = [line for line in markdown.splitlines() if re.match(r"\| \d+ \(B\d+\) \|", line)]
     assert table_rows and all(line.split("|")[2].strip().endswith("‡") for line in table_rows)
     assert all("‡" not in cell for line in table_rows for cell in line.split("|")[3:])
+
+
+def test_scaling_exponents_are_fitted_per_sequence_over_the_longest_lengths():
+    from suite.reporting.scaling import scaling_exponent, scaling_tables
+
+    def rows(impl, time_of, lengths=(512, 1024, 2048, 4096, 8192), **extra):
+        # 16K tokens per batch, as the presets run them: the batch shrinks as the length grows
+        return [_timed_row(impl, time_of(n) * (16384 // n), seq_len=n, **extra) for n in lengths]
+
+    frame = prepare(pd.DataFrame([
+        *rows("sdpa-flash", lambda n: 1e-6 * n * n),
+        # fixed costs at short lengths must not pull the exponent of a linear-time kernel down
+        *rows("linear", lambda n: 1e-3 * n + (5.0 if n < 2048 else 0.0), family="linear"),
+        *rows("naive", lambda n: 1e-6 * n * n, lengths=(512, 1024, 2048, 4096)),
+        _timed_row("naive", None, seq_len=8192, status="oom"),
+        _timed_row("sdpa-cudnn", 1.0, seq_len=8192),
+    ]))
+    flash = scaling_exponent(frame[frame.impl == "sdpa-flash"])
+    assert flash == (pytest.approx(2.0), 2048, 8192)
+    assert scaling_exponent(frame[frame.impl == "linear"]) == (pytest.approx(1.0), 2048, 8192)
+    assert scaling_exponent(frame[frame.impl == "naive"])[1:] == (1024, 4096)  # out of memory at 8K: fitted below
+    assert scaling_exponent(frame[frame.impl == "sdpa-cudnn"]) is None  # one length: nothing to fit
+    ((title, table),) = scaling_tables(frame)
+    assert title == "GPU · H8 D64 · bfloat16" and table.header == ["implementation", "dense fwd"]
+    assert table.rows == [["naive", "2.00 (1K–4K)"], ["sdpa-flash", "2.00 (2K–8K)"], ["linear", "1.00 (2K–8K)"]]

@@ -31,6 +31,7 @@ from .fastest import fastest_tables, win_counts
 from .first_calls import first_call_table
 from .machines import machine_table, machines_in_order
 from .memory_glance import memory_summary
+from .scaling import LONGEST_LENGTHS, scaling_tables
 
 CHART_KEYS = ("device", "gpu", "batching", "dtype", "causal", "mode")
 
@@ -212,6 +213,20 @@ def _add_fastest(report: Report, frame: pd.DataFrame) -> None:
         report.add(Heading(f"Fastest: {title}", 3), table)
 
 
+def _add_scaling(report: Report, frame: pd.DataFrame) -> None:
+    tables = scaling_tables(frame)
+    if not tables:
+        return
+    report.add(Heading("How time grows with length"), Paragraph(
+        "The exponent x of N^x that fits the time of one sequence (the median over the batch) over the longest "
+        f"{LONGEST_LENGTHS} lengths each implementation ran (least squares in log-log; the lengths in brackets). "
+        "Exact attention is O(N²) per sequence and tends to 2; windows, linear attention and random features are "
+        "O(N) and tend to 1. Above the limit, something grows faster than the maths (a serial pass, a cache that "
+        "no longer holds); below it, fixed costs still weigh."))
+    for title, table in tables:
+        report.add(Heading(f"Scaling: {title}", 3), table)
+
+
 def _add_machine_comparisons(report: Report, frame: pd.DataFrame) -> None:
     machines = machines_in_order(frame)
     tables = [(other, machine_table(frame, machines[0], other)) for other in machines[1:]]
@@ -274,6 +289,7 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | N
     _add_fastest(report, frame)
     if not measured.empty and baseline in set(measured.impl):
         _add_crossovers(report, frame, baseline)
+    _add_scaling(report, frame)
     _add_machine_comparisons(report, frame)
     if not measured.empty:
         report.add(Heading("Charts"))

@@ -15,10 +15,8 @@ from dataclasses import dataclass
 import pandas as pd
 
 from .blocks import Table
-from .data import GROUP_KEYS, MEASURED, fmt_num, group_title, impl_order, relative_iqr
-
-# A summary puts the mask × mode variants of one shape side by side (those measured).
-SUMMARY_COLUMNS = tuple((mask, mode) for mask in ("dense", "causal") for mode in ("fwd", "bwd", "fwd+bwd"))
+from .data import MEASURED, fmt_num, impl_order, relative_iqr
+from .shape_tables import fmt_length, shape_tables
 
 
 @dataclass
@@ -101,11 +99,6 @@ def crossover_table(part: pd.DataFrame, baseline: str) -> Table | None:
     return Table(["implementation", f"faster than {baseline} from", *(str(length) for length in lengths)], rows)
 
 
-def fmt_length(length: int) -> str:
-    """1024 -> 1K, 32768 -> 32K; lengths that are not whole multiples of 1024 stay as they are."""
-    return f"{length // 1024}K" if length >= 1024 and length % 1024 == 0 else str(length)
-
-
 def _summary_cell(found: Crossover) -> str:
     """E.g. `from 2K · 20× at 32K`, or `never · 0.93× at 16K`: the crossover and the longest length's ratio;
     marked `!` if any length's comparison involved an accuracy mismatch (the crossover rests on it too)."""
@@ -117,18 +110,4 @@ def _summary_cell(found: Crossover) -> str:
 
 def crossover_summary(frame: pd.DataFrame, baseline: str) -> list[tuple[str, Table]]:
     """Per shape (GPU, heads, head dim, dtype): one row per implementation, one column per mask × mode."""
-    shape_keys = [key for key in GROUP_KEYS if key not in ("causal", "mode")]
-    summaries = []
-    for shape, part in frame.groupby(shape_keys, sort=True, dropna=False):
-        cells: dict[str, dict[tuple[str, str], str]] = {}
-        for (causal, mode), variant in part.groupby(["causal", "mode"], sort=False):
-            column = ("causal" if causal else "dense", mode)
-            for found in crossovers(variant, baseline):
-                cells.setdefault(found.impl, {})[column] = _summary_cell(found)
-        if not cells:
-            continue
-        columns = [c for c in SUMMARY_COLUMNS if any(c in row for row in cells.values())]
-        rows = [[impl, *(cells[impl].get(column, "") for column in columns)] for impl in impl_order(cells)]
-        title = group_title(dict(zip(shape_keys, shape)))
-        summaries.append((title, Table(["implementation", *(" ".join(c) for c in columns)], rows)))
-    return summaries
+    return shape_tables(frame, lambda rows: {found.impl: _summary_cell(found) for found in crossovers(rows, baseline)})

@@ -7,8 +7,8 @@ import pandas as pd
 
 from ..case import CASE_FIELDS
 from .blocks import Table
-from .crossover import SUMMARY_COLUMNS
 from .data import MEASURED, fmt_num, geometric_mean, impl_order
+from .shape_tables import SUMMARY_COLUMNS
 
 
 def machines_in_order(frame: pd.DataFrame) -> list[str]:

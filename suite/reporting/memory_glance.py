@@ -6,8 +6,8 @@ from __future__ import annotations
 import pandas as pd
 
 from .blocks import Table
-from .crossover import SUMMARY_COLUMNS, fmt_length
-from .data import GROUP_KEYS, MEASURED, fmt_bytes, fmt_num, group_title, impl_order
+from .data import MEASURED, fmt_bytes, fmt_num, impl_order
+from .shape_tables import fmt_length, shape_tables
 
 
 def _memory_cell(part: pd.DataFrame, impl: str, baseline: str) -> str:
@@ -29,22 +29,6 @@ def _memory_cell(part: pd.DataFrame, impl: str, baseline: str) -> str:
 def memory_summary(frame: pd.DataFrame, baseline: str) -> list[tuple[str, Table]]:
     """Per shape (machine, heads, head dim, dtype): one row per implementation (the baseline's own memory
     first), one column per mask × mode; shapes where the baseline measured no memory are left out."""
-    shape_keys = [key for key in GROUP_KEYS if key not in ("causal", "mode")]
-    summaries = []
-    for shape, part in frame.sort_values("seq_len").groupby(shape_keys, sort=True, dropna=False):
-        if not (part[part.impl == baseline].peak_mem_bytes.notna()).any():
-            continue
-        cells: dict[str, dict[tuple[str, str], str]] = {}
-        for (causal, mode), variant in part.groupby(["causal", "mode"], sort=False):
-            column = ("causal" if causal else "dense", mode)
-            for impl in impl_order(variant.impl):
-                cell = _memory_cell(variant, impl, baseline)
-                if cell:
-                    cells.setdefault(impl, {})[column] = cell
-        columns = [c for c in SUMMARY_COLUMNS if any(c in row for row in cells.values())]
-        order = [baseline, *(impl for impl in impl_order(cells) if impl != baseline)]
-        rows = [[impl, *(cells[impl].get(column, "") for column in columns)] for impl in order if impl in cells]
-        if len(rows) > 1:
-            summaries.append((group_title(dict(zip(shape_keys, shape))), Table(
-                ["implementation", *(" ".join(c) for c in columns)], rows)))
-    return summaries
+    return shape_tables(frame.sort_values("seq_len"),
+                        lambda rows: {impl: _memory_cell(rows, impl, baseline) for impl in impl_order(rows.impl)},
+                        first=baseline, min_rows=2)

@@ -54,3 +54,17 @@ def fake_registry(monkeypatch):
     def add(name, **kwargs):
         monkeypatch.setitem(implementations.REGISTRY, name, lambda n, **o: ScriptedAttention(n, **kwargs, **o))
     return add
+
+
+def aten_ops(call) -> set[str]:
+    """The names of the operators `call()` ran, from torch.profiler (CPU activity: every aten op is seen there)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from suite.quiet_profiler import start_quietly, stop_quietly
+    profiler = profile(activities=[ProfilerActivity.CPU])
+    start_quietly(profiler)
+    try:
+        call()
+    finally:
+        stop_quietly(profiler)
+    return {event.key for event in profiler.key_averages()}

@@ -151,3 +151,16 @@ def test_rows_say_when_issuing_a_call_took_the_host_as_long_as_the_gpu_took_to_r
     assert tiny_row["status"] == long_row["status"] == "ok"
     assert tiny_row["host_bound"] is True and tiny_row["host_ms"] >= tiny_row["time_ms"]
     assert long_row["host_bound"] is False and 0 < long_row["host_ms"] < long_row["time_ms"] / 10
+
+
+@pytest.mark.parametrize("name,kernel", [("sdpa-flash", "aten::_scaled_dot_product_flash_attention"),
+                                         ("sdpa-efficient", "aten::_scaled_dot_product_efficient_attention"),
+                                         ("sdpa-cudnn", "aten::_scaled_dot_product_cudnn_attention")])
+def test_a_forced_backend_dispatches_its_kernel_inside_the_session_run_times_it_in(name, kernel):
+    from tests.conftest import aten_ops
+
+    impl = implementations.get(name)
+    q = torch.randn(2, 4, 256, 64, device="cuda", dtype=torch.bfloat16)
+    with impl.session():
+        ops = aten_ops(lambda: [impl(q, q, q, causal=causal) for causal in (False, True)])
+    assert kernel in ops, sorted(op for op in ops if "attention" in op)

@@ -7,6 +7,7 @@ import implementations
 from implementations import Implementation, Option
 from implementations.base import must_be_positive
 from suite.case import Case
+from tests.conftest import aten_ops
 
 CPU_CASE = Case(1, 2, 64, 64, "float32", False, "fwd", "cpu")
 
@@ -106,19 +107,6 @@ def test_implementations_without_grouped_query_attention_say_so():
     assert implementations.base.grouped_query_reasons(Case(1, 4, 64, 64, "bfloat16", True, "fwd", "cuda"), "x") == []
 
 
-def _aten_ops(call) -> set[str]:
-    from torch.profiler import ProfilerActivity, profile
-
-    from suite.quiet_profiler import start_quietly, stop_quietly
-    profiler = profile(activities=[ProfilerActivity.CPU])
-    start_quietly(profiler)
-    try:
-        call()
-    finally:
-        stop_quietly(profiler)
-    return {event.key for event in profiler.key_averages()}
-
-
 @pytest.mark.parametrize("name,kernel", [("sdpa-math", "aten::_scaled_dot_product_attention_math"),
                                          ("sdpa-flash", "aten::_scaled_dot_product_flash_attention_for_cpu")])
 def test_a_forced_backend_is_set_once_for_a_session_and_holds_in_every_call_inside_it(name, kernel, monkeypatch):
@@ -135,7 +123,7 @@ def test_a_forced_backend_is_set_once_for_a_session_and_holds_in_every_call_insi
     flags = lambda: [getattr(torch.backends.cuda, f"{b}_sdp_enabled")() for b in ("math", "flash", "mem_efficient", "cudnn")]  # noqa: E731
     before = flags()
     with impl.session():
-        ops = _aten_ops(lambda: [impl(q, q, q, causal=causal) for causal in (False, True, False)])
+        ops = aten_ops(lambda: [impl(q, q, q, causal=causal) for causal in (False, True, False)])
     assert kernel in ops
     assert {"aten::_scaled_dot_product_attention_math", "aten::_scaled_dot_product_flash_attention_for_cpu"} - ops
     assert len(entered) == 1

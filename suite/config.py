@@ -1,6 +1,7 @@
 """Turning command-line flags and TOML grid files into a validated Grid; every error names its value."""
 from __future__ import annotations
 
+import fnmatch
 import sys
 from pathlib import Path
 from typing import Any
@@ -120,10 +121,22 @@ def preset(flag: str, text: str) -> Grid:
 
 
 def impl_specs(flag: str, text: str) -> tuple[str, ...]:
-    specs = tuple(comma_items(flag, text))
+    """Comma-separated `NAME[:KEY=VALUE...]`; a NAME with shell wildcards (`sdpa*`, `sparse-*`) stands for every
+    implementation it matches, in registry order (the float64 `reference` only when named)."""
+    specs = tuple(dict.fromkeys(spec for item in comma_items(flag, text) for spec in _expanded(flag, item)))
     for spec in specs:
         build_impl(flag, spec)  # validate now, so a bad spec stops the run before it starts
     return specs
+
+
+def _expanded(flag: str, spec: str) -> list[str]:
+    name, colon, options = spec.partition(":")
+    if not any(char in name for char in "*?["):
+        return [spec]
+    matched = [n for n in implementations.names() if fnmatch.fnmatchcase(n, name) and n != "reference"]
+    if not matched:
+        raise UsageError(f"{flag}: {name!r} matches no implementation (known: {', '.join(implementations.names())})")
+    return [f"{n}{colon}{options}" for n in matched]
 
 
 def build_impl(flag: str, spec: str) -> Implementation:

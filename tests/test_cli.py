@@ -25,6 +25,8 @@ TINY = ["--impl", "naive,sdpa-cudnn", "--seq-len", "17", "--heads", "1", "--batc
     (["--impl", "flashy"], r"--impl: unknown implementation 'flashy' \(valid: .*sdpa-flash"),
     (["--impl", "naive:window"], r"--impl: option 'window' in 'naive:window' is not KEY=VALUE"),
     (["--impl", "naive:window=3"], r"--impl: naive: unknown option 'window' \(allowed: none\)"),
+    (["--impl", "flash*"], r"--impl: 'flash\*' matches no implementation \(known: reference, naive, sdpa"),
+    (["--impl", "sparse-*:window=3"], r"--impl: sparse-block: unknown option 'window'"),
     (["--dtype", "float8"], r"--dtype: unknown dtype 'float8' \(allowed: float16, bfloat16, float32\)"),
     (["--mode", "sideways"], r"--mode: unknown mode 'sideways' \(allowed: fwd, bwd, fwd\+bwd\)"),
     (["--causal", "maybe"], r"--causal: 'maybe' is not allowed \(allowed: true, false, both\)"),
@@ -39,6 +41,17 @@ def test_bad_input_exits_2_with_one_clear_line_and_writes_nothing(tmp_path, caps
     assert err.startswith("attnbench: error: ")
     assert re.search(message, err), err
     assert not out.exists()
+
+
+def test_wildcards_name_every_implementation_they_match_in_registry_order():
+    from suite.config import impl_specs
+
+    assert impl_specs("--impl", "sdpa-*,naive") == ("sdpa-math", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "naive")
+    assert impl_specs("--impl", "sparse-*,perf*:features=8") == ("sparse-window", "sparse-block", "performer:features=8")
+    everything = impl_specs("--impl", "*")
+    assert "reference" not in everything and "naive" in everything and "performer" in everything
+    assert impl_specs("--impl", "reference") == ("reference",)  # the float64 oracle only when named
+    assert impl_specs("--impl", "naive,na?ve") == ("naive",)  # named twice: measured once
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")

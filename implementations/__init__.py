@@ -12,6 +12,7 @@ from typing import Any
 
 from .base import DTYPES, CaseLike, Implementation, Option, Unsupported
 from .external import declared_by, discover
+from .flex import FlexAttention
 from .linear import LinearAttention
 from .linear_fla import FlaLinearAttention
 from .naive import NaiveAttention
@@ -32,6 +33,7 @@ REGISTRY: dict[str, Callable[..., Implementation]] = {
     "sdpa-efficient": partial(SdpaAttention, backend="efficient"),
     "sdpa-cudnn": partial(SdpaAttention, backend="cudnn"),
     "xformers": XformersAttention,
+    "flex": FlexAttention,
     "sparse-window": SlidingWindowAttention,
     "sparse-block": BlockSparseAttention,
     "linear": LinearAttention,

@@ -16,7 +16,7 @@ import torch
 from .base import Implementation, device_reasons, expand_kv
 from .block_mask import block_mask_by_rows
 from .chunked_masked import ChunkedMaskedAttention, QueryChunk
-from .compiling import compiled
+from .flex import FlexCall, flex_reasons
 from .reference import reference_attention, softmax_weights
 
 _CPU_QUERY_CHUNK = 128
@@ -27,9 +27,8 @@ class MaskedAttention(Implementation):
 
     def __init__(self, name: str, **options: Any):
         super().__init__(name, **options)
-        self._block_masks: dict[tuple, Any] = {}
+        self._flex_call = FlexCall()
         self._pairs: dict[tuple[int, bool], int] = {}
-        self._compiled = None
         self._plans: dict[tuple, list[QueryChunk]] = {}
 
     # --- what a subclass defines -------------------------------------------------------------
@@ -68,13 +67,7 @@ class MaskedAttention(Implementation):
         return self._pairs[key]
 
     def supports(self, case) -> list[str]:
-        reasons = device_reasons(case, {"cpu", "cuda"})
-        if case.device == "cuda":
-            try:
-                import torch.nn.attention.flex_attention  # noqa: F401
-            except ImportError:
-                reasons.append(f"FlexAttention is not in this PyTorch ({torch.__version__}; needs >= 2.5)")
-        return reasons
+        return device_reasons(case, {"cpu", "cuda"}) + flex_reasons(case)
 
     def exact_twin(self, q, k, v, *, causal=False):
         return reference_attention(q, k, v, causal=causal, mask=self.allowed)
@@ -91,15 +84,7 @@ class MaskedAttention(Implementation):
         return "flex_attention (compiled)" if q.device.type == "cuda" else "query chunks against their candidate keys (cpu)"
 
     def _flex(self, q, k, v, causal: bool) -> torch.Tensor:
-        from torch.nn.attention.flex_attention import flex_attention
-
-        if self._compiled is None:
-            self._compiled = compiled(flex_attention)
-        seq_len = q.shape[-2]
-        key = (seq_len, causal, q.device)
-        if key not in self._block_masks:
-            self._block_masks = {key: self.block_mask(seq_len, causal, q.device)}
-        return self._compiled(q, k, v, block_mask=self._block_masks[key], enable_gqa=q.shape[1] != k.shape[1])
+        return self._flex_call(q, k, v, lambda q_idx, kv_idx: self.visible(q_idx, kv_idx, causal), mask_key=(causal,))
 
     def _chunked(self, q, k, v, causal: bool) -> torch.Tensor:
         k, v = expand_kv(q, k, v)

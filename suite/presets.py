@@ -34,10 +34,10 @@ PRESETS: dict[str, Grid] = {
         description="exact fused kernels against sparse, linear and Performer attention, 1K..64K tokens",
     ),
     "long": Grid(
-        impls=_FUSED,
+        impls=(*_FUSED, "flex"),
         seq_len=_POW2(14, 17), heads=(16,), head_dim=(128,), dtype=("bfloat16",),
         causal=(False, True), mode=("fwd", "fwd+bwd"), batch=(1,),
-        description="long context: 16K..128K tokens, batch 1, the fused kernels only",
+        description="long context: 16K..128K tokens, batch 1, the fused kernels and FlexAttention only",
     ),
 }
 

@@ -11,6 +11,7 @@ import implementations
 from implementations.linear import elu_feature_map, linear_attention, linear_recurrence, quadratic_linear_attention
 from implementations.performer import favor_features, favor_features_fast, orthogonal_random_features
 from suite.accuracy import error
+from suite.case import Case
 from suite.cli import main
 
 
@@ -121,6 +122,27 @@ def test_gpu_path_compiled_through_a_row_built_mask_matches_the_twin(monkeypatch
     mask = impl.block_mask(700, causal=False)
     assert int(mask.full_kv_num_blocks.sum()) > 0 and int(mask.kv_num_blocks.sum()) > 0
     assert error(out, impl.exact_twin(q, k, v, causal=False)).rel_rms < 1e-5
+
+
+@pytest.mark.parametrize("seq_len", [1, 17, 257, 300])
+@pytest.mark.parametrize("causal", [False, True])
+def test_flex_runs_softmax_attention_unmasked_or_through_a_causal_block_mask(seq_len, causal):
+    """`flex`'s call, eagerly on the CPU (FlexAttention has no CPU backward; compiled it is the CUDA path):
+    lengths that its 128-token blocks do not divide, grouped-query heads."""
+    from implementations.flex import FlexAttention, FlexCall
+
+    impl = FlexAttention("flex")
+    impl._flex = FlexCall(compile_it=False)
+    q = randn(2, 4, seq_len, 16, seed=1, dtype=torch.float32)
+    k, v = (randn(2, 2, seq_len, 16, seed=s, dtype=torch.float32) for s in (2, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the eager call's advice to compile
+        out = impl(q, k, v, causal=causal)
+    assert error(out, implementations.reference_attention(q, k, v, causal=causal)).rel_rms < 1e-5
+    assert impl.supports(CPU_FORWARD) == ["device=cpu (supported: cuda)"]
+
+
+CPU_FORWARD = Case(1, 2, 64, 16, "float32", False, "fwd", "cpu")
 
 
 @pytest.mark.parametrize("name,options", [("sparse-window", {"window": 20}), ("sparse-block", {"block": 16})])

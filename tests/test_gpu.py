@@ -19,8 +19,16 @@ from tests.twin_check import (
 
 pytestmark = pytest.mark.gpu
 
-@pytest.mark.parametrize("name", [n for n in implementations.names()
-                                  if implementations.get(n).family == "exact" or n in {"linear", "performer"}])
+
+def _compiled_per_shape(name: str) -> bool:
+    """FlexAttention (the sparse families, `flex`) and autotuned kernels cost seconds for every new shape."""
+    return implementations.get(name).family not in ("exact", "linear", "performer") or name in {"flex", "linear-fla"}
+
+
+EAGER = [n for n in implementations.names() if not _compiled_per_shape(n)]
+
+
+@pytest.mark.parametrize("name", EAGER)
 def test_gpu_matches_twin_for_many_seeds_at_the_shortest_lengths(name):
     """As on CPU: passing at one or two tokens must not depend on the seed. (Compiled and autotuned
     kernels are left out: a new shape costs them seconds.)"""
@@ -29,8 +37,7 @@ def test_gpu_matches_twin_for_many_seeds_at_the_shortest_lengths(name):
     assert_matches_twin_for_seeds(name, cases, range(2000, 2004))
 
 
-@pytest.mark.parametrize("name", [n for n in implementations.names()
-                                  if implementations.get(n).family == "exact" or n in {"linear", "performer"}])
+@pytest.mark.parametrize("name", EAGER)
 def test_gpu_stays_finite_at_large_logits_and_reads_transposed_views(name):
     assert_transposed_views_match_twin(name, "cuda", ("float16", "bfloat16", "float32"))
     assert_finite_at_large_logits(name, "cuda", ("float16", "bfloat16", "float32"))
@@ -119,8 +126,8 @@ SHAPES = [(1, 2, 1, 64, None), (3, 2, 17, 64, None), (2, 4, 257, 128, None), (1,
 def _gpu_cases():
     for index, (batch, heads, seq_len, head_dim, kv_heads) in enumerate(SHAPES):
         for name in implementations.names():
-            exact = implementations.get(name).family == "exact"
-            # Compiled kernels (FlexAttention) cost seconds per shape: fewer shapes for the other families.
+            exact = implementations.get(name).family == "exact" and not _compiled_per_shape(name)
+            # Compiled kernels (FlexAttention) cost seconds per shape: fewer shapes for them and the other families.
             if not exact and index not in (1, 2):
                 continue
             # Linear and Performer also in float16, whose features and running sums they keep in float32.

@@ -654,7 +654,7 @@ def test_the_fastest_exact_implementation_is_named_with_its_margin_and_whoever_t
     # `sdpa` choosing cuDNN runs sdpa-cudnn's kernel: one lead, however far apart their medians
     found = lead(rows(_timed_row("sdpa", 1.0, backend="cudnn"), _timed_row("sdpa-cudnn", 1.2),
                       _timed_row("sdpa-flash", 1.5)))
-    assert found.describe() == "sdpa (cudnn) ≈ sdpa-cudnn · 1.5× over sdpa-flash" and found.kernels == {"sdpa-cudnn"}
+    assert found.describe() == "sdpa (cudnn) ≈ sdpa-cudnn · 1.5× over sdpa-flash" and found.kernels == ["sdpa-cudnn"]
     # a wrong result, an approximation or a row that did not run never leads
     found = lead(rows(_timed_row("naive", 3.0), _timed_row("sdpa", 1.0, status="mismatch"),
                       _timed_row("linear", 0.1, family="linear"), _timed_row("sdpa-flash", None, status="oom")))
@@ -748,3 +748,36 @@ def test_scaling_exponents_are_fitted_per_sequence_over_the_longest_lengths():
     ((title, table),) = scaling_tables(frame)
     assert title == "GPU · H8 D64 · bfloat16" and table.header == ["implementation", "dense fwd"]
     assert table.rows == [["naive", "2.00 (1K–4K)"], ["sdpa-flash", "2.00 (2K–8K)"], ["linear", "1.00 (2K–8K)"]]
+
+
+def test_the_fastest_map_colours_each_case_by_the_kernel_that_led_and_labels_its_margin():
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgb
+
+    from suite.reporting.fastest import lead_grids
+    from suite.reporting.fastest_map import fastest_map
+
+    rows = []
+    for seq_len in (1024, 4096):
+        for heads in (8, 32):
+            cudnn_time = 1.0 if seq_len == 4096 else 3.0  # cuDNN leads at 4K, flash at 1K
+            rows += [_timed_row("sdpa-flash", 2.0, iqr=0.01, seq_len=seq_len, heads=heads),
+                     _timed_row("sdpa", cudnn_time * 0.99, seq_len=seq_len, heads=heads, backend="cudnn"),
+                     _timed_row("sdpa-cudnn", cudnn_time, seq_len=seq_len, heads=heads)]
+    rows.append(_timed_row("sdpa-efficient", 2.0, iqr=0.01, seq_len=1024, heads=8))  # tied with flash there
+    frame = prepare(pd.DataFrame(rows))
+    colour_of = colours(frame.impl)
+    ((group, grid, _),) = lead_grids(frame)
+    fig = fastest_map(group, grid, colour_of)
+    ax = fig.axes[0]
+    cells = {(int(p.get_x()), int(p.get_y())): p for p in ax.patches}
+    texts = {(round(t.get_position()[0] - 0.5), round(t.get_position()[1] - 0.5)): t.get_text() for t in ax.texts}
+    # rows: 1K, 4K; columns: H8, H32
+    assert texts == {(0, 0): "≈", (1, 0): "1.5×", (0, 1): "2×", (1, 1): "2×"}
+    assert cells[(0, 0)].get_hatch() and not cells[(1, 0)].get_hatch()
+    assert cells[(1, 0)].get_facecolor()[:3] == pytest.approx(to_rgb(colour_of["sdpa-flash"]))
+    # sdpa choosing cuDNN is drawn as sdpa-cudnn, the kernel that ran, however it was called
+    assert cells[(0, 1)].get_facecolor()[:3] == pytest.approx(to_rgb(colour_of["sdpa-cudnn"]))
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["1K (B16)", "4K (B4)"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["H8", "H32"]
+    plt.close(fig)

@@ -27,7 +27,8 @@ from .data import (
     impl_order,
     prepare,
 )
-from .fastest import fastest_tables, win_counts
+from .fastest import fastest_table, lead_grids, win_counts
+from .fastest_map import fastest_map
 from .first_calls import first_call_table
 from .machines import machine_table, machines_in_order
 from .memory_glance import memory_summary
@@ -196,9 +197,9 @@ def _add_crossovers(report: Report, frame: pd.DataFrame, baseline: str) -> None:
         report.add(Heading(group_title(group), 3), table)
 
 
-def _add_fastest(report: Report, frame: pd.DataFrame) -> None:
-    tables = fastest_tables(frame)
-    if not tables:
+def _add_fastest(report: Report, frame: pd.DataFrame, chart, colour_of: dict) -> None:
+    grids = lead_grids(frame)
+    if not grids:
         return
     wins = win_counts(frame)
     tally = "; ".join(f"{label} {count}" for label, count in wins.items())
@@ -209,8 +210,10 @@ def _add_fastest(report: Report, frame: pd.DataFrame) -> None:
         "and the margin is the median of the next one over the fastest's. Approximate families are left out: the "
         "speed-up tables weigh them, with their errors." + (
             f" Cases that one kernel led (`sdpa`'s choices counted with the backend it chose): {tally}." if tally else "")))
-    for title, table in tables:
-        report.add(Heading(f"Fastest: {title}", 3), table)
+    for group, grid, rows in grids:
+        report.add(Heading(f"Fastest: {group_title(group)}", 3), fastest_table(grid))
+        name = slug("fastest", group["gpu"], *batching_words(group), f"d{group['head_dim']}", group["dtype"])
+        chart(fastest_map(group, grid, colour_of), name, "fastest exact implementation by length and head count", rows)
 
 
 def _add_scaling(report: Report, frame: pd.DataFrame) -> None:
@@ -286,7 +289,7 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | N
         charts.save(fig, out_dir / stem, tuple(dict.fromkeys(["png", *chart_formats])))
         report.add(Image(stem.with_suffix(".png"), alt))
 
-    _add_fastest(report, frame)
+    _add_fastest(report, frame, chart, colour_of)
     if not measured.empty and baseline in set(measured.impl):
         _add_crossovers(report, frame, baseline)
     _add_scaling(report, frame)

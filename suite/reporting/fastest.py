@@ -31,7 +31,7 @@ class Lead:
     margin: float | None  # the next implementation's median over the fastest one's; None if nothing is behind
     runner_up: str | None
     contenders: int  # how many exact implementations were measured here
-    kernels: set[str]  # the leaders' kernels (`sdpa` and the backend it chose count once)
+    kernels: list[str]  # the leaders' kernels, the fastest's first (`sdpa` and the backend it chose count once)
 
     def describe(self) -> str:
         """E.g. `sdpa-cudnn ≈ sdpa · 1.9× over sdpa-flash`; `naive (alone)` where nothing else ran."""
@@ -59,11 +59,11 @@ def lead(rows: pd.DataFrame) -> Lead | None:
     if ran.empty:
         return None
     fastest = ran.iloc[0]
-    leaders, kernels = [_label(fastest)], {kernel(fastest)}
+    leaders, kernels = [_label(fastest)], [kernel(fastest)]
     for _, row in ran.iloc[1:].iterrows():
         if kernel(row) in kernels or row.time_ms / fastest.time_ms - 1 <= relative_iqr(fastest) + relative_iqr(row):
             leaders.append(_label(row))
-            kernels.add(kernel(row))
+            kernels += [kernel(row)] if kernel(row) not in kernels else []
             continue
         return Lead(leaders, float(row.time_ms / fastest.time_ms), _label(row), len(ran), kernels)
     return Lead(leaders, None, None, len(ran), kernels)
@@ -74,27 +74,44 @@ def _row_name(seq_len: int, batch: int, heads: int, kv_heads: int) -> str:
     return f"{fmt_length(seq_len)} (B{batch}) · H{heads}{grouped}"
 
 
-def fastest_tables(frame: pd.DataFrame) -> list[tuple[str, Table]]:
-    """Per (machine, batching, head dim, dtype): one row per (length, batch, heads), one column per mask ×
-    mode, each cell the lead there. Tables where no case had two exact implementations to compare are left out."""
+# A case's place in a lead grid: (seq_len, batch, heads, kv_heads) -> (mask, mode) -> Lead.
+LeadGrid = dict[tuple[int, int, int, int], dict[tuple[str, str], Lead]]
+
+
+def lead_grids(frame: pd.DataFrame) -> list[tuple[dict, LeadGrid, pd.DataFrame]]:
+    """Per (machine, batching, head dim, dtype): the group, the lead of every case and the group's rows, where
+    some case had two exact implementations to compare."""
     exact = frame[frame.family == "exact"]
-    tables = []
+    grids = []
     for key, part in exact.groupby(list(TABLE_KEYS), sort=True, dropna=False):
-        cells: dict[tuple, dict[tuple[str, str], Lead]] = {}
+        grid: LeadGrid = {}
         case_keys = ["seq_len", "batch", "heads", "kv_heads", "causal", "mode"]
         for (seq_len, batch, heads, kv_heads, causal, mode), rows in part.groupby(case_keys, sort=True):
             found = lead(rows)
             if found is not None:
                 column = ("causal" if causal else "dense", mode)
-                cells.setdefault((int(seq_len), int(batch), int(heads), int(kv_heads)), {})[column] = found
-        if not any(found.contenders > 1 for row in cells.values() for found in row.values()):
-            continue
-        columns = [c for c in SUMMARY_COLUMNS if any(c in row for row in cells.values())]
-        rows = [[_row_name(*name), *(cells[name][c].describe() if c in cells[name] else "" for c in columns)]
-                for name in sorted(cells)]
-        tables.append((group_title(dict(zip(TABLE_KEYS, key))), Table(
-            ["length (batch) · heads", *(" ".join(c) for c in columns)], rows)))
-    return tables
+                grid.setdefault((int(seq_len), int(batch), int(heads), int(kv_heads)), {})[column] = found
+        if any(found.contenders > 1 for row in grid.values() for found in row.values()):
+            grids.append((dict(zip(TABLE_KEYS, key)), grid, part))
+    return grids
+
+
+def grid_columns(grid: LeadGrid) -> list[tuple[str, str]]:
+    return [c for c in SUMMARY_COLUMNS if any(c in row for row in grid.values())]
+
+
+def fastest_table(grid: LeadGrid) -> Table:
+    """One row per (length, batch, heads), one column per mask × mode, each cell the lead there."""
+    columns = grid_columns(grid)
+    rows = [[_row_name(*name), *(grid[name][c].describe() if c in grid[name] else "" for c in columns)]
+            for name in sorted(grid)]
+    return Table(["length (batch) · heads", *(" ".join(c) for c in columns)], rows)
+
+
+def fastest_tables(frame: pd.DataFrame) -> list[tuple[str, Table]]:
+    """Per (machine, batching, head dim, dtype), titled: the table of leads. Groups where no case had two exact
+    implementations to compare are left out."""
+    return [(group_title(group), fastest_table(grid)) for group, grid, _ in lead_grids(frame)]
 
 
 def win_counts(frame: pd.DataFrame) -> dict[str, int]:

@@ -1,6 +1,7 @@
 """Reports, charts and `recommend`, on results produced by a CPU run in the test itself."""
 from __future__ import annotations
 
+import csv
 import json
 import re
 from pathlib import Path
@@ -76,6 +77,15 @@ def test_report_writes_charts_markdown_and_html(cpu_results, gpu_like_results, t
     assert "vs softmax" in markdown and "i.i.d. standard normal" in markdown
     assert "## Speed-up over naive" in markdown and "faster than naive from" in markdown
     assert "## How time grows with length" in markdown and "### Scaling: Test GPU" in markdown
+    # the numbers behind it all, for a spreadsheet: one row per implementation and case, as measured
+    data = pd.read_csv(out / "data.csv")
+    both = pd.concat([load(cpu_results), load(gpu_like_results)], ignore_index=True)
+    assert len(data) == len(both) and {"machine", "impl", "seq_len", "time_ms", "peak_mem_bytes"} <= set(data.columns)
+    measured = data[data.status == "ok"].iloc[0]
+    same_impl = both[(both.impl == measured.impl) & (both.seq_len == measured.seq_len)]
+    assert min(abs(same_impl.time_ms - measured.time_ms)) < 1e-12
+    raw = next(csv.DictReader((out / "data.csv").open()))
+    assert raw["status"] == "ok" and raw["repeats"].isdigit()  # a count, not 5.0 beside the empty cells
     assert "## One-time costs" in markdown  # per machine: 6 rows of each file
     for machine in ("test cpu", "Test GPU"):
         assert f"| {machine} | performer:features=32 | fwd | 6 |" in markdown

@@ -246,6 +246,21 @@ def _add_machine_comparisons(report: Report, frame: pd.DataFrame) -> None:
 
 DEFAULT_BASELINE = "sdpa"
 
+# The columns of data.csv: the numbers behind the report's tables and charts, one row per implementation and case.
+DATA_COLUMNS = ("machine", "impl", "family", *CASE_FIELDS, "status", "reason", "backend", "time_ms", "time_iqr_ms",
+                "repeats", "noisy", "first_call_ms", "host_ms", "host_bound", "tflops", "tokens_per_s", "peak_fraction",
+                "gbytes_per_s", "bandwidth_fraction", "peak_mem_bytes", "max_abs_err", "rel_rms_err", "accuracy_ok",
+                "softmax_rel_rms_err", "softmax_local_rel_rms_err", "density", "throttled", "software",
+                "attnbench_commit", "source")
+
+
+def _write_data(frame: pd.DataFrame, path: Path) -> None:
+    """The report's rows as CSV, for a spreadsheet or a plot of one's own (raw per-repeat times stay in the
+    results files)."""
+    data = frame.assign(machine=frame["gpu"]).reindex(columns=list(DATA_COLUMNS))
+    data["repeats"] = pd.to_numeric(data["repeats"], errors="coerce").astype("Int64")  # not 50.0 beside empty cells
+    data.to_csv(path, index=False)
+
 
 def _one_row_per_case(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     """(frame with each case of each machine once, the last file's row; how many earlier rows were dropped).
@@ -367,6 +382,7 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | N
             report.add(Heading(group_title(group), 3), _group_table(part))
         if (~frame.status.isin(MEASURED)).any():
             report.add(Heading("Rows that did not run"), _failure_table(frame))
+    _write_data(frame, out_dir / "data.csv")
     (out_dir / "report.md").write_text(to_markdown(report), encoding="utf-8")
     (out_dir / "index.html").write_text(to_html(report, out_dir), encoding="utf-8")
     return out_dir / "report.md"

@@ -41,16 +41,22 @@ class Lead:
         return text if self.margin is None else f"{text} · {fmt_num(self.margin, 3)}× over {self.runner_up}"
 
 
+def _chosen_backend(row: pd.Series) -> str | None:
+    """The backend `sdpa` (PyTorch's own dispatch) chose in this row; None for every other implementation."""
+    backend = row.get("backend")
+    return backend if row.impl == "sdpa" and isinstance(backend, str) and backend else None
+
+
 def _label(row: pd.Series) -> str:
     """`sdpa` names the backend PyTorch dispatched to, since that is the kernel that ran."""
-    backend = row.get("backend")
-    return f"{row.impl} ({backend})" if row.impl == "sdpa" and isinstance(backend, str) and backend else str(row.impl)
+    backend = _chosen_backend(row)
+    return f"sdpa ({backend})" if backend else str(row.impl)
 
 
 def kernel(row: pd.Series) -> str:
     """The kernel a row ran: `sdpa` dispatching to cuDNN ran `sdpa-cudnn`'s, and the two share a lead."""
-    backend = row.get("backend")
-    return f"sdpa-{backend}" if row.impl == "sdpa" and isinstance(backend, str) and backend else str(row.impl)
+    backend = _chosen_backend(row)
+    return f"sdpa-{backend}" if backend else str(row.impl)
 
 
 def lead(rows: pd.DataFrame) -> Lead | None:
@@ -118,12 +124,9 @@ def win_counts(frame: pd.DataFrame) -> dict[str, int]:
     """How many compared cases each kernel led alone (a tie between two kernels counts for neither): a
     one-line summary above the tables."""
     counts: dict[str, int] = {}
-    exact = frame[frame.family == "exact"]
-    for _, rows in exact.groupby([*TABLE_KEYS, "seq_len", "batch", "heads", "kv_heads", "causal", "mode"],
-                                 sort=False, dropna=False):
-        found = lead(rows)
-        if found is not None and found.contenders > 1 and len(found.kernels) == 1:
-            (winner,) = found.kernels
-            counts[winner] = counts.get(winner, 0) + 1
+    for _, grid, _ in lead_grids(frame):
+        for found in (found for by_column in grid.values() for found in by_column.values()):
+            if found.contenders > 1 and len(found.kernels) == 1:
+                counts[found.kernels[0]] = counts.get(found.kernels[0], 0) + 1
     order = impl_order(counts)
     return dict(sorted(counts.items(), key=lambda item: (-item[1], order.index(item[0]))))

@@ -1,14 +1,13 @@
-"""The `attnbench` command: list, env, run, report, recommend, compare, profile."""
+"""The `attnbench` command line: its parser, and the smaller commands (list, env, report, recommend, compare,
+profile); run, check and local-errors have modules of their own."""
 from __future__ import annotations
 
 import argparse
 import contextlib
 import faulthandler
-import functools
 import json
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,15 +15,15 @@ import torch
 
 import implementations
 
-from . import __version__, config, conformance, naming, runner
+from . import __version__, config, naming
 from .case import Case
+from .check_command import cmd_check
 from .config import UsageError
 from .environment import collect, machine_name
-from .in_flight import InFlight
+from .local_errors_command import cmd_local_errors
 from .presets import PRESETS
-from .results import ResultsFormatError, ResultsWriter, read, recorded_machine
+from .results import ResultsFormatError, read, recorded_machine
 from .run_command import RETRYABLE, cmd_run
-from .runner import DeviceLost, RunSettings
 from .termination import exit_status, sigterm_raises, stop_word
 
 
@@ -170,127 +169,6 @@ def cmd_env(args) -> int:
     return 0
 
 
-
-
-def cmd_check(args) -> int:
-    from .poison import poisoning
-
-    specs = config.impl_specs("--impl", args.impl)
-    device = config.device_or_default(args.device)
-    default_dtypes = "float16,bfloat16,float32" if device == "cuda" else "float32,bfloat16"
-    dtypes = config.dtypes("--dtype", args.dtype or default_dtypes)
-    own = conformance.own_shapes(config.positive_ints("--seq-len", args.seq_len) if args.seq_len else (),
-                                 config.positive_ints("--head-dim", args.head_dim) if args.head_dim else ())
-    print(f"checking on {device} ({', '.join(dtypes)}): {len(conformance.AWKWARD_SHAPES)} awkward shapes, causal and "
-          f"not, with and without autograd, then lengths {conformance.SHORT_LENGTHS} for "
-          f"{len(conformance.SHORT_LENGTH_SEEDS)} seeds, each twice, then transposed (non-contiguous) inputs, then 257 "
-          f"tokens at logits of spread {conformance.LARGE_LOGIT_STD:g} (finite results); memory poisoning: "
-          f"{poisoning(device)}", flush=True)
-    if own:  # checked like the awkward shapes
-        print(f"and shapes of your own: {', '.join(_shape_text(shape) for shape in own)} (KV: key/value heads shared "
-              "by the query heads)", flush=True)
-    all_ok, summaries = True, []
-    for number, spec in enumerate(specs):
-        impl = config.build_impl("--impl", spec)
-        started = last_note = time.perf_counter()
-        results, device_lost = [], False
-        starting = functools.partial(_announce_case, impl.label) if args.verbose else None
-        for result in conformance.check(impl, device, dtypes, args.seed, own, starting):
-            results.append(result)
-            # After a sticky CUDA error every later case would crash too, whatever its implementation.
-            device_lost = result.status == "error" and not runner.device_usable(device)
-            if device_lost:
-                break
-            if time.perf_counter() - last_note > 10:  # compiled kernels can take minutes: say it is moving
-                last_note = time.perf_counter()
-                print(f"  {impl.label}: {len(results)} cases done, {last_note - started:.0f} s", file=sys.stderr, flush=True)
-        summary = conformance.CheckSummary(impl.label, results, time.perf_counter() - started)
-        summaries.append(summary)
-        print(summary.format(), flush=True)
-        all_ok &= summary.ok
-        if device_lost:
-            print(f"  stopped: the device was unusable after the error on {results[-1].case.label}", flush=True)
-            for rest in specs[number + 1:]:
-                print(f"{rest}: NOT CHECKED (the device was unusable after {impl.label}'s error)", flush=True)
-            all_ok = False
-            break
-    if args.json:
-        _write_json(Path(args.json), {"device": device, "dtypes": list(dtypes), "poisoning": poisoning(device),
-                                      "ok": all_ok, "implementations": [s.as_record() for s in summaries]})
-        print(f"results: {args.json}")
-    return 0 if all_ok else 1
-
-
-def _announce_case(label: str, case: Case, seed: int) -> None:
-    print(f"  {label}: {case.label} seed {seed} ...", file=sys.stderr, flush=True)
-
-
-def _shape_text(shape: tuple) -> str:
-    batch, heads, seq_len, head_dim, kv_heads = shape
-    return f"B{batch}-H{heads}{f'-KV{kv_heads}' if kv_heads else ''}-N{seq_len}-D{head_dim}"
-
-
-def _write_json(path: Path, record: dict) -> None:
-    """Whole or not at all: written beside, then renamed over."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    partial.replace(path)
-
-
-def cmd_local_errors(args) -> int:
-    from .expected import LocalErrors
-    from .local_amend import amend_died_row, amend_local_errors, approximate_rows, matches, rows_to_amend
-
-    path = Path(args.results)
-    if not path.is_file():
-        raise UsageError(f"local-errors: {str(path)!r} is not a file")
-    try:
-        _, rows = read(path)
-    except ResultsFormatError as error:
-        raise UsageError(f"local-errors: {error}") from None
-    impls = None
-    if args.impl is not None:
-        impls = config.comma_items("--impl", args.impl)
-        present = sorted({row["impl"] for row in approximate_rows(rows)})
-        unknown = [item for item in impls if not any(matches(label, [item]) for label in present)]
-        if unknown:
-            raise UsageError(f"--impl: {unknown[0]!r} has no approximate row that ran in {path} "
-                             f"(allowed: {', '.join(present) or 'none'})")
-    devices = {row.get("device") for row in rows_to_amend(rows, args.redo, impls)}
-    if not devices:
-        which = f" of {', '.join(impls)}" if impls else ""
-        print(f"nothing to amend: every approximate row{which} of {path} that ran has its local-inputs error (or why not)")
-        return 0
-    device = "cuda" if "cuda" in devices else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"local-errors: {path} has rows measured on cuda, and no CUDA device is available here")
-    run_info = {"amends": "local-inputs errors", "argv": sys.argv[1:], "seed": args.seed}
-    in_flight = InFlight(path, ".amending")
-    if (writing := in_flight.running_elsewhere()) is not None:
-        raise UsageError(f"local-errors: {str(path)!r} is being amended by a process still going on this machine "
-                         f"(pid {writing})")
-    writer = ResultsWriter(path, collect(torch.device(device)), run_info)
-    try:
-        rows = amend_died_row(rows, in_flight.died_in(), writer)
-        done = amend_local_errors(rows, writer, LocalErrors(RunSettings(seed=args.seed)).of,
-                                  lambda label: config.build_impl("results file", label), redo=args.redo,
-                                  impls=impls, on_start=in_flight.started)
-    except KeyboardInterrupt as interrupt:
-        print(f"\n{stop_word(interrupt)}: the rows amended so far are in {path}; run the command again to amend the rest",
-              file=sys.stderr)
-        return exit_status(interrupt)
-    except DeviceLost as lost:
-        print(f"\nstopped: {lost}\nthe rows amended so far are in {path}; run the command again, in a new process, "
-              "to amend the rest", file=sys.stderr)
-        return 1
-    finally:  # any end Python sees; only a process that died leaves the file naming its row
-        in_flight.clear()
-        writer.close()
-    print(f"amended {done.amended} rows of {path}; {done.already_there} already had the figure (or why not)")
-    for reason, count in done.cannot_run_here.items():
-        print(f"  {count} rows cannot run here: {reason}")
-    return 0
 
 
 def cmd_report(args) -> int:

@@ -1,0 +1,78 @@
+"""`attnbench check`: the conformance check of any implementation, printed per implementation and, with
+--json, written whole for a CI dashboard."""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+
+from . import config, conformance, runner
+from .case import Case
+
+
+def cmd_check(args) -> int:
+    from .poison import poisoning
+
+    specs = config.impl_specs("--impl", args.impl)
+    device = config.device_or_default(args.device)
+    default_dtypes = "float16,bfloat16,float32" if device == "cuda" else "float32,bfloat16"
+    dtypes = config.dtypes("--dtype", args.dtype or default_dtypes)
+    own = conformance.own_shapes(config.positive_ints("--seq-len", args.seq_len) if args.seq_len else (),
+                                 config.positive_ints("--head-dim", args.head_dim) if args.head_dim else ())
+    print(f"checking on {device} ({', '.join(dtypes)}): {len(conformance.AWKWARD_SHAPES)} awkward shapes, causal and "
+          f"not, with and without autograd, then lengths {conformance.SHORT_LENGTHS} for "
+          f"{len(conformance.SHORT_LENGTH_SEEDS)} seeds, each twice, then transposed (non-contiguous) inputs, then 257 "
+          f"tokens at logits of spread {conformance.LARGE_LOGIT_STD:g} (finite results); memory poisoning: "
+          f"{poisoning(device)}", flush=True)
+    if own:  # checked like the awkward shapes
+        print(f"and shapes of your own: {', '.join(_shape_text(shape) for shape in own)} (KV: key/value heads shared "
+              "by the query heads)", flush=True)
+    all_ok, summaries = True, []
+    for number, spec in enumerate(specs):
+        impl = config.build_impl("--impl", spec)
+        started = last_note = time.perf_counter()
+        results, device_lost = [], False
+        starting = functools.partial(_announce_case, impl.label) if args.verbose else None
+        for result in conformance.check(impl, device, dtypes, args.seed, own, starting):
+            results.append(result)
+            # After a sticky CUDA error every later case would crash too, whatever its implementation.
+            device_lost = result.status == "error" and not runner.device_usable(device)
+            if device_lost:
+                break
+            if time.perf_counter() - last_note > 10:  # compiled kernels can take minutes: say it is moving
+                last_note = time.perf_counter()
+                print(f"  {impl.label}: {len(results)} cases done, {last_note - started:.0f} s", file=sys.stderr, flush=True)
+        summary = conformance.CheckSummary(impl.label, results, time.perf_counter() - started)
+        summaries.append(summary)
+        print(summary.format(), flush=True)
+        all_ok &= summary.ok
+        if device_lost:
+            print(f"  stopped: the device was unusable after the error on {results[-1].case.label}", flush=True)
+            for rest in specs[number + 1:]:
+                print(f"{rest}: NOT CHECKED (the device was unusable after {impl.label}'s error)", flush=True)
+            all_ok = False
+            break
+    if args.json:
+        _write_json(Path(args.json), {"device": device, "dtypes": list(dtypes), "poisoning": poisoning(device),
+                                      "ok": all_ok, "implementations": [s.as_record() for s in summaries]})
+        print(f"results: {args.json}")
+    return 0 if all_ok else 1
+
+
+def _announce_case(label: str, case: Case, seed: int) -> None:
+    print(f"  {label}: {case.label} seed {seed} ...", file=sys.stderr, flush=True)
+
+
+def _shape_text(shape: tuple) -> str:
+    batch, heads, seq_len, head_dim, kv_heads = shape
+    return f"B{batch}-H{heads}{f'-KV{kv_heads}' if kv_heads else ''}-N{seq_len}-D{head_dim}"
+
+
+def _write_json(path: Path, record: dict) -> None:
+    """Whole or not at all: written beside, then renamed over."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    partial.replace(path)

@@ -68,6 +68,7 @@ def amend_local_errors(rows: list[dict[str, Any]], writer: ResultsWriter,
     todo = rows_to_amend(rows, redo, impls)
     result = Amendment(already_there=len(rows_to_amend(rows, True, impls)) - len(todo))
     built: dict[str, Implementation] = {}
+    label_width = max([15, *(len(row["impl"]) for row in todo)])  # the case column lines up after the longest
     for number, row in enumerate(todo, 1):
         case = Case.from_row(row)
         if row["impl"] not in built:  # one instance per label: it keeps its per-shape state (masks, features)
@@ -90,7 +91,8 @@ def amend_local_errors(rows: list[dict[str, Any]], writer: ResultsWriter,
             raise runner.DeviceLost({**amended, "reason": figures["softmax_local_note"]})
         figure = figures.get("softmax_local_rel_rms_err")
         outcome = f"{figure:.3g}" if figure is not None else figures.get("softmax_local_note", "?")
-        print(f"[{number}/{len(todo)}] {row['impl']:<15} {case.label}  local-inputs error: {outcome}",
+        position = f"{number:>{len(str(len(todo)))}}/{len(todo)}"
+        print(f"[{position}] {row['impl']:<{label_width}} {case.label}  local-inputs error: {outcome}",
               file=sys.stderr, flush=True)
     return result
 

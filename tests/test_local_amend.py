@@ -31,7 +31,11 @@ def test_amending_restores_the_runs_own_figures_and_leaves_the_timings(tmp_path,
 
     capsys.readouterr()
     assert main(["local-errors", str(path)]) == 0
-    assert "amended 24 rows" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "amended 24 rows" in out
+    # one progress line per row, the case column lined up after the longest label (performer:features=32)
+    progress = [line for line in err.splitlines() if "local-inputs error" in line]
+    assert len(progress) == 24 and len({line.index(" B1-H2-") for line in progress}) == 1
     amended = results.load(path)
     assert len(amended) == len(measured) and list(amended.impl) == list(measured.impl)
     # Same seed, same local inputs: the very figures the run measured; everything else as it was.

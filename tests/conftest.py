@@ -1,6 +1,8 @@
 """Shared test helpers: the `gpu` marker skips without CUDA; small cases and fake implementations."""
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -14,6 +16,23 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+class WithSession:
+    """A test double's session (mixed in before its Implementation): counts how often it is entered, and
+    `inside` says whether a call is made within it."""
+
+    sessions = 0
+    inside = False
+
+    @contextlib.contextmanager
+    def session(self):
+        self.sessions += 1
+        self.inside = True
+        try:
+            yield
+        finally:
+            self.inside = False
 
 
 class ScriptedAttention(Implementation):

@@ -110,22 +110,11 @@ def test_results_that_move_between_two_calls_on_the_same_inputs_fail(capsys, fak
 def test_a_session_that_changes_what_a_call_computes_fails(capsys, monkeypatch):
     """The timed calls of `attnbench run` are made inside the implementation's session; a program's call alone is
     not: the check compares one of each."""
-    import contextlib
-
     import implementations
     from implementations.naive import NaiveAttention
+    from tests.conftest import WithSession
 
-    class WrongInItsSession(NaiveAttention):
-        inside = False
-
-        @contextlib.contextmanager
-        def session(self):
-            self.inside = True
-            try:
-                yield
-            finally:
-                self.inside = False
-
+    class WrongInItsSession(WithSession, NaiveAttention):
         def __call__(self, q, k, v, *, causal=False):
             out = super().__call__(q, k, v, causal=causal)
             return out * 1.01 if self.inside else out

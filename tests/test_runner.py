@@ -1,7 +1,6 @@
 """Every (implementation, case) becomes one row, whatever fails; results round-trip through pandas."""
 from __future__ import annotations
 
-import contextlib
 import json
 
 import pytest
@@ -13,7 +12,7 @@ from suite.case import Case
 from suite.results import ResultsWriter
 from suite.runner import RunSettings, run_cases
 from suite.timing import TimingPolicy
-from tests.conftest import ScriptedAttention
+from tests.conftest import ScriptedAttention, WithSession
 
 FAST = RunSettings(policies={"cpu": TimingPolicy(warmup_calls=1, min_repeats=3, max_repeats=5, budget_s=0.05)})
 
@@ -243,25 +242,13 @@ def test_a_timed_row_survives_running_out_of_memory_in_the_call_after_timing(tmp
     assert rows[0]["reason"] == "the call after the timed ones ran out of memory: it was not compared with the checked one"
 
 
-class CountsItsSession(ScriptedAttention):
-    """Records whether each call ran inside its session, and how often the session was entered."""
+class CountsItsSession(WithSession, ScriptedAttention):
+    """Records whether each call ran inside its session."""
 
-    def __init__(self, name):
-        super().__init__(name)
-        self.sessions = self.calls_inside = self.calls_outside = 0
-        self._inside = False
-
-    @contextlib.contextmanager
-    def session(self):
-        self.sessions += 1
-        self._inside = True
-        try:
-            yield
-        finally:
-            self._inside = False
+    calls_inside = calls_outside = 0
 
     def __call__(self, q, k, v, *, causal=False):
-        if self._inside:
+        if self.inside:
             self.calls_inside += 1
         else:
             self.calls_outside += 1

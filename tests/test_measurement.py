@@ -32,6 +32,21 @@ def test_measure_respects_repeat_bounds_and_runs_setup_outside():
     assert all(t >= 0 for t in result.times_ms)
 
 
+def test_the_timer_measures_a_call_of_known_length_and_leaves_the_setup_out():
+    """A call that spins for 2 ms is measured at 2 ms, not less (a clock read after the call returned) and not
+    much more (the set-up before each call, which also takes 2 ms, must stay outside)."""
+    import time
+
+    def spin(ms: float) -> None:
+        until = time.perf_counter() + ms / 1e3
+        while time.perf_counter() < until:
+            pass
+
+    policy = TimingPolicy(warmup_calls=1, min_repeats=15, max_repeats=15, budget_s=10.0)
+    result = measure(lambda: spin(2.0), torch.device("cpu"), policy, before_each=lambda: spin(2.0))
+    assert 2.0 <= result.median < 2.5
+
+
 def test_running_peak_follows_allocations_and_frees_in_order():
     assert running_peak([]) == 0
     assert running_peak([100, -100, 50, 30, -80]) == 100

@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -63,7 +64,7 @@ def test_report_writes_charts_markdown_and_html(cpu_results, gpu_like_results, t
     assert main(["report", str(cpu_results), str(gpu_like_results), "--out", str(out), "--baseline", "naive"]) == 0
     pngs = sorted((out / "charts").glob("*.png"))
     names = {p.name.split("-")[0] for p in pngs}
-    assert {"time", "tflops", "memory", "speedup", "accuracy", "attention"} <= names
+    assert {"time", "tflops", "memory", "speedup", "roofline", "accuracy", "attention", "fastest"} <= names
     for png in pngs:
         assert png.read_bytes()[:8] == PNG_SIGNATURE and png.stat().st_size > 5000
     html = (out / "index.html").read_text()
@@ -218,7 +219,7 @@ def test_log_axes_label_enough_ticks_to_read_a_value(limits, expected):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots()
-    charts._log_axis(ax.yaxis)
+    charts.log_axis(ax.yaxis)
     ax.set_ylim(*limits)
     fig.canvas.draw()
     shown = [(tick.get_loc(), tick.label1.get_text()) for tick in [*ax.yaxis.get_major_ticks(), *ax.yaxis.get_minor_ticks()]
@@ -790,4 +791,32 @@ def test_the_fastest_map_colours_each_case_by_the_kernel_that_led_and_labels_its
     assert cells[(0, 1)].get_facecolor()[:3] == pytest.approx(to_rgb(colour_of["sdpa-cudnn"]))
     assert [t.get_text() for t in ax.get_yticklabels()] == ["1K (B16)", "4K (B4)"]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["H8", "H32"]
+    plt.close(fig)
+
+
+def test_a_roofline_places_each_row_by_its_intensity_under_the_roofs_its_run_measured():
+    import matplotlib.pyplot as plt
+
+    from suite.reporting.roofline import roofline_chart
+
+    peak, bandwidth = 800.0, 3000.0  # TFLOP/s, GB/s: the ridge at 266.7 FLOPs per byte
+    rows = []
+    for impl, tflops, gbytes in (("sdpa-flash", 400.0, 400.0), ("linear", 20.0, 500.0)):
+        row = _timed_row(impl, 1.0, family="exact" if impl == "sdpa-flash" else "linear")
+        rows.append({**row, "tflops": tflops, "gbytes_per_s": gbytes, "peak_fraction": tflops / peak,
+                     "bandwidth_fraction": gbytes / bandwidth})
+    frame = prepare(pd.DataFrame(rows))
+    group = {"gpu": "GPU", "dtype": "bfloat16", "causal": False, "mode": "fwd"}
+    fig = roofline_chart(frame, colours(frame.impl), group)
+    ax = fig.axes[0]
+    points = {tuple(np.round(collection.get_offsets()[0], 6)) for collection in ax.collections}
+    assert points == {(1000.0, 400.0), (40.0, 20.0)}  # FLOPs per byte = TFLOP/s × 1000 / GB/s
+    ((x, y),) = [line.get_data() for line in ax.get_lines()]
+    assert np.allclose(y, np.minimum(peak, bandwidth * x / 1e3))
+    assert x.min() < 40 and x.max() > 1000  # the roof spans every point and the ridge
+    plt.close(fig)
+    # CPU rows have neither roof, and the chart says why there is none
+    cpu = frame.assign(peak_fraction=None, bandwidth_fraction=None)
+    fig = roofline_chart(cpu, colours(cpu.impl), group)
+    assert not fig.axes[0].get_lines() and "no roofs" in fig.axes[0].get_title()
     plt.close(fig)

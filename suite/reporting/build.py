@@ -32,6 +32,7 @@ from .fastest_map import fastest_map
 from .first_calls import first_call_table
 from .machines import machine_table, machines_in_order
 from .memory_glance import memory_summary
+from .roofline import roofline_chart
 from .scaling import LONGEST_LENGTHS, scaling_tables
 
 CHART_KEYS = ("device", "gpu", "batching", "dtype", "causal", "mode")
@@ -310,7 +311,12 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | N
     _add_scaling(report, frame)
     _add_machine_comparisons(report, frame)
     if not measured.empty:
-        report.add(Heading("Charts"))
+        report.add(Heading("Charts"), Paragraph(
+            "Per group: time, TFLOP/s, peak memory and speed-up against length, and a roofline: each row's TFLOP/s "
+            "against its arithmetic intensity (its FLOPs over the bytes it must move at least: inputs read once, "
+            "outputs written once), under the matmul peak and copy bandwidth its GPU measured. A row far below "
+            "the bandwidth roof at low intensity loses its time to extra passes over memory or to launches, not "
+            "to arithmetic."))
         if baseline not in set(measured.impl):
             report.add(Paragraph(f"No speed-up charts: the baseline {baseline!r} was not measured in these results "
                                  "(choose another with --baseline)."))
@@ -330,6 +336,9 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | N
             if baseline in set(part[part.status.isin(MEASURED)].impl):
                 chart(charts.speedup_chart(part, colour_of, group, baseline), f"speedup-{name}", f"speed-up over {baseline}",
                       part)
+            if (part.status.isin(MEASURED) & (part.gbytes_per_s.fillna(0) > 0)).any():
+                chart(roofline_chart(part, colour_of, group), f"roofline-{name}",
+                      "TFLOP/s against arithmetic intensity, under the measured roofs", part)
         case = _accuracy_case(frame)
         at_case = measured
         for key, value in case.items():

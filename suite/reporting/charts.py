@@ -36,7 +36,7 @@ def _panels(frame: pd.DataFrame, title: str, ylabel: str, *, logy: bool = False)
         ax.set_title(f"{key[0]} heads{grouped}, head dim {key[2]}", fontsize=10)
         ax.set_xscale("log", base=2)
         if logy:
-            _log_axis(ax.yaxis)
+            log_axis(ax.yaxis)
         ax.set_xlabel("sequence length (tokens)")
         ax.set_ylabel(ylabel)
         ax.grid(True, which="major", alpha=0.3)
@@ -46,15 +46,15 @@ def _panels(frame: pd.DataFrame, title: str, ylabel: str, *, logy: bool = False)
     return fig, panels
 
 
-def _floats(values) -> np.ndarray:
+def as_floats(values) -> np.ndarray:
     """Plain float arrays for matplotlib (pandas' nullable and object columns warn or fail)."""
     return np.asarray(pd.Series(values).astype(float))
 
 
-def _log_axis(axis) -> None:
+def log_axis(axis) -> None:
     """Log scale with plain tick labels (0.5, 20, 300) instead of 5×10⁻¹ notation; an axis spanning two
     decades or less labels some minor ticks too, or it would show one number or none."""
-    axis.axes.set_yscale("log")
+    (axis.axes.set_xscale if axis.axis_name == "x" else axis.axes.set_yscale)("log")
     plain = ticker.FuncFormatter(lambda value, _: f"{value:g}")
     axis.set_major_formatter(plain)
     axis.set_minor_formatter(_SparseMinorLabels(plain))
@@ -83,7 +83,7 @@ MISMATCH_LABEL = "accuracy mismatch (red ring)"
 PEAK_LABEL = "measured matmul peak"
 
 
-def _finish(fig: Figure, handles: dict) -> Figure:
+def finish_legend(fig: Figure, handles: dict) -> Figure:
     if handles:
         # implementations first, then the markers that qualify their points and the reference lines
         ordered = sorted(handles.items(),
@@ -98,7 +98,7 @@ def _mark_oom(ax, part: pd.DataFrame, label: str, colour, handles: dict) -> None
     if failed.empty:
         return
     ymin = ax.get_ylim()[0] if ax.has_data() else 1.0
-    marker = ax.scatter(_floats(failed.seq_len), [ymin] * len(failed), marker="x", color=colour, s=60, zorder=5, clip_on=False)
+    marker = ax.scatter(as_floats(failed.seq_len), [ymin] * len(failed), marker="x", color=colour, s=60, zorder=5, clip_on=False)
     handles.setdefault(OOM_LABEL, marker)
 
 
@@ -122,13 +122,13 @@ def throughput_chart(frame: pd.DataFrame, colour_of: dict, group: dict, metric: 
         for label in impl_order(part.impl):
             rows = part[(part.impl == label) & part.status.isin(MEASURED)].sort_values("seq_len")
             if not rows.empty:
-                x, y = _floats(rows.seq_len), _floats(rows[metric])
+                x, y = as_floats(rows.seq_len), as_floats(rows[metric])
                 (line,) = ax.plot(x, y, marker="o", ms=3, color=colour_of[label], label=label)
                 handles.setdefault(label, line)
                 wrong = (rows.status == "mismatch").to_numpy()
                 _mark_mismatch(ax, x[wrong], y[wrong], handles)
                 if metric == "time_ms":
-                    half = _floats(rows.time_iqr_ms.fillna(0)) / 2
+                    half = as_floats(rows.time_iqr_ms.fillna(0)) / 2
                     ax.fill_between(x, y - half, y + half, color=colour_of[label], alpha=0.2)
         if metric == "tflops":  # a linear axis from zero, up to the peak: the distance to it is the point
             top = ax.get_ylim()[1]
@@ -139,7 +139,7 @@ def throughput_chart(frame: pd.DataFrame, colour_of: dict, group: dict, metric: 
             ax.set_ylim(0, top)
         for label in impl_order(part.impl):
             _mark_oom(ax, part[part.impl == label], label, colour_of[label], handles)
-    return _finish(fig, handles)
+    return finish_legend(fig, handles)
 
 
 def measured_peak_tflops(frame: pd.DataFrame) -> float | None:
@@ -161,14 +161,14 @@ def memory_chart(frame: pd.DataFrame, colour_of: dict, group: dict) -> Figure:
         for label in impl_order(part.impl):
             rows = part[(part.impl == label) & part.status.isin(MEASURED) & (part.peak_mem_bytes > 0)].sort_values("seq_len")
             if not rows.empty:
-                x, amount = _floats(rows.seq_len), _floats(rows.peak_mem_bytes) / unit_bytes
+                x, amount = as_floats(rows.seq_len), as_floats(rows.peak_mem_bytes) / unit_bytes
                 (line,) = ax.plot(x, amount, marker="o", ms=3, color=colour_of[label])
                 handles.setdefault(label, line)
                 wrong = (rows.status == "mismatch").to_numpy()
                 _mark_mismatch(ax, x[wrong], amount[wrong], handles)
         for label in impl_order(part.impl):
             _mark_oom(ax, part[part.impl == label], label, colour_of[label], handles)
-    return _finish(fig, handles)
+    return finish_legend(fig, handles)
 
 
 def memory_unit(largest_bytes: float) -> tuple[str, int]:
@@ -195,7 +195,7 @@ def speedup_chart(frame: pd.DataFrame, colour_of: dict, group: dict, baseline: s
             rows = ok[ok.impl == label].set_index("seq_len")
             ratio = (base.time_ms / rows.time_ms).dropna()
             if not ratio.empty:
-                x, y = _floats(ratio.index), _floats(ratio)
+                x, y = as_floats(ratio.index), as_floats(ratio)
                 (line,) = ax.plot(x, y, marker="o", ms=3, color=colour_of[label])
                 handles.setdefault(label, line)
                 mismatched = set(rows.index[rows.status == "mismatch"]) | set(base.index[base.status == "mismatch"])
@@ -204,7 +204,7 @@ def speedup_chart(frame: pd.DataFrame, colour_of: dict, group: dict, baseline: s
         for label in impl_order(part.impl):
             if label != baseline:
                 _mark_oom(ax, part[part.impl == label], label, colour_of[label], handles)
-    return _finish(fig, handles)
+    return finish_legend(fig, handles)
 
 
 def accuracy_speed_chart(frame: pd.DataFrame, colour_of: dict, case: dict) -> Figure:
@@ -241,7 +241,7 @@ def accuracy_speed_chart(frame: pd.DataFrame, colour_of: dict, case: dict) -> Fi
         ax.annotate(f"not drawn (no such figure): {', '.join(without_figure)}", (0.01, 0.01), xycoords="axes fraction",
                     fontsize=8, color="dimgrey")
     ax.grid(True, which="major", alpha=0.3)
-    return _finish(fig, handles)
+    return finish_legend(fig, handles)
 
 
 CHART_FORMATS = ("png", "svg", "pdf")

@@ -29,9 +29,9 @@ def prepare(frame: pd.DataFrame) -> pd.DataFrame:
     # Several batchings (files of two presets, say) are kept apart; one needs no word in the titles.
     batchings = frame["batching"].fillna("batch as recorded") if "batching" in frame else None
     frame["batching"] = batchings if batchings is not None and batchings.nunique() > 1 else None
-    for column in ("time_ms", "time_iqr_ms", "tflops", "peak_mem_bytes", "rel_rms_err", "softmax_rel_rms_err",
+    for column in ("time_ms", "time_iqr_ms", "tflops", "gbytes_per_s", "peak_mem_bytes", "rel_rms_err", "softmax_rel_rms_err",
                    "softmax_local_rel_rms_err"):
-        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+        frame[column] = pd.to_numeric(frame[column], errors="coerce") if column in frame else float("nan")
     return frame
 
 

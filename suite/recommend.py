@@ -208,7 +208,7 @@ def format_answer(query: Query, candidates: list[Candidate], excluded: list[Excl
     host_bound = [c.impl for c in candidates if c.host_bound]
     if host_bound:
         lines.append(f"note: {', '.join(host_bound)} {'was' if len(host_bound) == 1 else 'were'} host-bound where "
-                     "measured (issuing a call took the host as long as the GPU took to run it): called back to back, "
+                     "measured (issuing a call took the host about as long as the GPU took to run it): called back to back, "
                      "the host sets the pace, and a time scaled to another batch is too high scaled up and too low "
                      "scaled down, since the host's share does not grow with the batch")
     iid = [c.impl for c in candidates if c.error_basis == "i.i.d."]

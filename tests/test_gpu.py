@@ -156,7 +156,7 @@ def test_rows_say_when_issuing_a_call_took_the_host_as_long_as_the_gpu_took_to_r
     run_cases([implementations.get("sdpa")], [long], settings=RunSettings(), on_row=rows.append)
     tiny_row, long_row = rows
     assert tiny_row["status"] == long_row["status"] == "ok"
-    assert tiny_row["host_bound"] is True and tiny_row["host_ms"] >= tiny_row["time_ms"]
+    assert tiny_row["host_bound"] is True and tiny_row["host_ms"] >= 0.9 * tiny_row["time_ms"]
     assert long_row["host_bound"] is False and 0 < long_row["host_ms"] < long_row["time_ms"] / 10
 
 

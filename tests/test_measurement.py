@@ -107,5 +107,8 @@ def test_a_call_is_host_bound_when_issuing_it_took_as_long_as_the_gpu_ran_it():
         {"host_ms": 1.2, "host_bound": True}
     assert host_figures(Measurement(times_ms=[1.0, 1.1, 0.9], host_ms=[0.02, 0.03, 0.02])) == \
         {"host_ms": 0.02, "host_bound": False}
+    # the GPU waited for the host, then ran its last kernel: timed a little longer than the issuing
+    assert host_figures(Measurement(times_ms=[0.050], host_ms=[0.046]))["host_bound"] is True
+    assert host_figures(Measurement(times_ms=[0.050], host_ms=[0.040]))["host_bound"] is False
     # on a CPU the host is the device: nothing to say
     assert host_figures(Measurement(times_ms=[1.0])) == {"host_ms": None, "host_bound": None}

@@ -118,7 +118,7 @@ def _status_paragraph(frame: pd.DataFrame) -> Paragraph:
     return Paragraph(f"{len(frame)} result rows: {text}. Cells: median time · TFLOP/s · peak memory; "
                      "~ = noisy (IQR above 10% of the median), † = GPU throttled during the case." + (
                          f" ‡ = host-bound ({host_bound} rows): issuing the call took the host (Python, dispatch, "
-                         "launches) at least as long as the GPU took to run it, so called back to back the host "
+                         "launches) 90% or more of the time the GPU took to run it, so called back to back the host "
                          "sets the pace; `host_ms` in the results gives its time." if host_bound else ""))
 
 

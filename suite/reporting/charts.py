@@ -142,14 +142,20 @@ def throughput_chart(frame: pd.DataFrame, colour_of: dict, group: dict, metric: 
     return finish_legend(fig, handles)
 
 
-def measured_peak_tflops(frame: pd.DataFrame) -> float | None:
-    """The matmul peak the rows' runs measured for their dtype (TFLOP/s over the fraction of it they reached);
-    the median where the rows come from several runs, each of which measured its own; None without one (CPU)."""
-    if "peak_fraction" not in frame:
+def measured_ceiling(frame: pd.DataFrame, achieved: str, fraction: str) -> float | None:
+    """What the rows' runs measured of their GPU (a row's `achieved` figure over the `fraction` of the ceiling it
+    reached); the median where the rows come from several runs, each of which measured its own; None without
+    one (CPU runs measure none)."""
+    if fraction not in frame or achieved not in frame:
         return None
-    fraction = pd.to_numeric(frame.peak_fraction, errors="coerce")
-    usable = (fraction > 0) & frame.tflops.notna()
-    return float((frame.tflops[usable] / fraction[usable]).median()) if usable.any() else None
+    share, value = pd.to_numeric(frame[fraction], errors="coerce"), pd.to_numeric(frame[achieved], errors="coerce")
+    usable = (share > 0) & value.notna()
+    return float((value[usable] / share[usable]).median()) if usable.any() else None
+
+
+def measured_peak_tflops(frame: pd.DataFrame) -> float | None:
+    """The matmul peak the rows' runs measured for their dtype, in TFLOP/s."""
+    return measured_ceiling(frame, "tflops", "peak_fraction")
 
 
 def memory_chart(frame: pd.DataFrame, colour_of: dict, group: dict) -> Figure:

@@ -15,20 +15,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from .charts import PEAK_LABEL, as_floats, finish_legend, log_axis, measured_peak_tflops
+from .charts import PEAK_LABEL, as_floats, finish_legend, log_axis, measured_ceiling, measured_peak_tflops
 from .data import MEASURED, fmt_num, group_title, impl_order
 
 _MARKERS = {64: "o", 128: "s"}  # by head dim; others ^
-
-
-def measured_bandwidth_gbytes_per_s(frame: pd.DataFrame) -> float | None:
-    """The copy bandwidth the rows' runs measured (GB/s over the fraction of it they reached); None without one."""
-    if "bandwidth_fraction" not in frame:
-        return None
-    fraction = pd.to_numeric(frame.bandwidth_fraction, errors="coerce")
-    achieved = pd.to_numeric(frame.gbytes_per_s, errors="coerce")
-    usable = (fraction > 0) & achieved.notna()
-    return float((achieved[usable] / fraction[usable]).median()) if usable.any() else None
 
 
 def intensity(rows: pd.DataFrame) -> pd.Series:
@@ -56,7 +46,7 @@ def roofline_chart(frame: pd.DataFrame, colour_of: dict, group: dict) -> Figure:
     if len(head_dims) > 1:  # the markers tell head dims apart
         for head_dim in head_dims:
             handles[f"head dim {head_dim}"] = Line2D([], [], ls="", marker=_MARKERS.get(head_dim, "^"), color="0.45")
-    peak, bandwidth = measured_peak_tflops(ran), measured_bandwidth_gbytes_per_s(ran)
+    peak, bandwidth = measured_peak_tflops(ran), measured_ceiling(ran, "gbytes_per_s", "bandwidth_fraction")
     if peak is not None and bandwidth is not None and not ran.empty:
         xs = as_floats(intensity(ran))
         x = np.logspace(np.log10(xs.min() / 2), np.log10(max(xs.max() * 2, 2 * peak * 1e3 / bandwidth)), 200)

@@ -216,14 +216,20 @@ def _one_shape(args, default_dtype: str) -> dict:
     """The flags that name one case's shape (recommend, profile), parsed and checked."""
     if args.causal == "both":
         raise UsageError("--causal: 'both' is not allowed here (allowed: true, false)")
-    first = lambda flag, text: config.positive_ints(flag, text)[0]  # noqa: E731
-    return {
-        "seq_len": first("--seq-len", args.seq_len), "heads": first("--heads", args.heads),
-        "head_dim": first("--head-dim", args.head_dim), "batch": first("--batch", args.batch),
-        "kv_heads": None if args.kv_heads is None else first("--kv-heads", args.kv_heads),
-        "dtype": config.dtypes("--dtype", args.dtype)[0] if args.dtype else default_dtype,
-        "causal": config.causal_values("--causal", args.causal) == (True,), "mode": config.modes("--mode", args.mode)[0],
+    one = lambda flag, parse, text: config.only_one(flag, parse(flag, text))  # noqa: E731
+    shape = {
+        "seq_len": one("--seq-len", config.positive_ints, args.seq_len),
+        "heads": one("--heads", config.positive_ints, args.heads),
+        "head_dim": one("--head-dim", config.positive_ints, args.head_dim),
+        "batch": one("--batch", config.positive_ints, args.batch),
+        "kv_heads": None if args.kv_heads is None else one("--kv-heads", config.positive_ints, args.kv_heads),
+        "dtype": one("--dtype", config.dtypes, args.dtype) if args.dtype else default_dtype,
+        "causal": config.causal_values("--causal", args.causal) == (True,),
+        "mode": one("--mode", config.modes, args.mode),
     }
+    if shape["kv_heads"] and shape["heads"] % shape["kv_heads"]:
+        raise UsageError(f"--kv-heads: {shape['kv_heads']} does not divide --heads {shape['heads']}")
+    return shape
 
 
 def cmd_recommend(args) -> int:
@@ -278,14 +284,12 @@ def cmd_profile(args) -> int:
         raise UsageError(f"--impl: {args.impl!r} names {len(specs)} implementations (allowed: exactly one)")
     impl = config.build_impl("--impl", specs[0])
     case = Case(**shape, device=device)
-    if case.heads % case.key_value_heads:
-        raise UsageError(f"--kv-heads: {case.key_value_heads} does not divide --heads {case.heads}")
     reasons = impl.supports(case)
     if reasons:
         raise UsageError(f"{impl.label} cannot run {case.label}: {'; '.join(reasons)}")
     try:
-        result = profile_case(impl, case, calls=config.positive_ints("--calls", args.calls)[0],
-                              rows=config.positive_ints("--rows", args.rows)[0], seed=args.seed,
+        result = profile_case(impl, case, calls=config.only_one("--calls", config.positive_ints("--calls", args.calls)),
+                              rows=config.only_one("--rows", config.positive_ints("--rows", args.rows)), seed=args.seed,
                               trace=Path(args.trace) if args.trace else None)
     except implementations.Unsupported as unsupported:
         raise UsageError(f"{impl.label} refused {case.label}: {unsupported}") from None

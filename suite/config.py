@@ -47,6 +47,13 @@ def positive_ints(flag: str, text: str) -> tuple[int, ...]:
     return tuple(values)
 
 
+def only_one(flag: str, values: tuple):
+    """The single value of a flag that names one case (recommend, profile): a list there would be cut silently."""
+    if len(values) != 1:
+        raise UsageError(f"{flag}: {len(values)} values given ({', '.join(map(str, values))}) (allowed: exactly one)")
+    return values[0]
+
+
 def positive_float(flag: str, text: str) -> float:
     try:
         value = float(text)
@@ -196,7 +203,7 @@ def build_grid(base: Grid, flags: dict[str, str | None]) -> Grid:
         causal=parsed("causal", "--causal", causal_values),
         mode=parsed("mode", "--mode", modes),
         tokens_per_batch=None if flags.get("tokens_per_batch") is None
-        else positive_ints("tokens_per_batch", flags["tokens_per_batch"])[0],
+        else only_one("tokens_per_batch", positive_ints("tokens_per_batch", flags["tokens_per_batch"])),
     )
 
 

@@ -1,7 +1,10 @@
 """`attnbench recommend`: rank the implementations measured for a shape, and say why others are out.
 
-Only measured numbers are used. Times and memory are scaled from the measured batch nearest the asked
-one (default 1) in proportion to the batch, which holds only where the device is as busy at both.
+Only measured numbers are used. A case is batch × heads independent problems of one length: times and memory
+are scaled from the measured rows whose batch × heads is nearest the asked one (default batch 1), in proportion
+to it, which holds only where the device is as busy at both. Rows at the asked head count are used where an
+implementation has any; otherwise rows at other head counts with as many query heads per key/value head stand in
+(grouping changes how much key/value data each head reads), and the basis names the head count they had.
 Between two measured sequence lengths they are interpolated on log-log axes (attention's cost is a
 power of N); outside the measured range nothing is extrapolated: the implementation is listed as not
 measured near that length. Each candidate's first call (compilation, autotuning: paid once per new
@@ -89,25 +92,38 @@ def _interpolate(x: float, x0: float, x1: float, y0: float | None, y1: float | N
     return math.exp(math.log(y0) + t * (math.log(y1) - math.log(y0)))
 
 
-SHAPE_FLAGS = (("heads", "--heads"), ("kv_heads", "--kv-heads"), ("head_dim", "--head-dim"), ("dtype", "--dtype"),
-               ("causal", "--causal"), ("mode", "--mode"))
+SHAPE_FLAGS = (("head_dim", "--head-dim"), ("dtype", "--dtype"), ("causal", "--causal"), ("mode", "--mode"))
+
+
+def _same_grouping(frame: pd.DataFrame, query: Query) -> pd.Series:
+    """Rows with as many query heads per key/value head as asked, at any head count."""
+    return frame.heads * (query.kv_heads or query.heads) == frame.kv_heads * query.heads
+
+
+def _grouping(heads: int, kv_heads: int) -> str:
+    return "ungrouped heads" if heads == kv_heads else f"{heads // kv_heads} query heads per key/value head"
 
 
 def unmeasured_shape(frame: pd.DataFrame, query: Query) -> str | None:
-    """Why the results hold no row of the asked shape, or None: the first flag (in SHAPE_FLAGS order) whose
-    value no row matching the flags before it has, with the values those rows do have."""
-    asked = {**{column: getattr(query, column) for column, _ in SHAPE_FLAGS}, "kv_heads": query.kv_heads or query.heads}
-    rows, matched = frame, []
+    """Why the results hold no row of the asked shape, or None: first the grouping of heads (any head count
+    scales), then the first flag (in SHAPE_FLAGS order) whose value no row matching the ones before it has, with
+    the values those rows do have."""
+    kv_heads = query.kv_heads or query.heads
+    rows = frame[_same_grouping(frame, query)]
+    grouping = _grouping(query.heads, kv_heads)
+    if rows.empty:
+        measured = ", ".join(sorted({_grouping(h, k) for h, k in zip(frame.heads, frame.kv_heads)}))
+        return (f"no rows with {grouping} (--heads {query.heads}, --kv-heads {kv_heads}) in the results "
+                f"(measured: {measured})")
+    matched = [grouping]
     for column, flag in SHAPE_FLAGS:
-        narrower = rows[rows[column] == asked[column]]
+        asked = getattr(query, column)
+        narrower = rows[rows[column] == asked]
         if narrower.empty:
-            shown = f"{flag} {_shown(asked[column])}" + (" (as many as --heads)" if column == "kv_heads" and
-                                                          query.kv_heads is None else "")
-            where = f" for {', '.join(matched)}" if matched else ""
             measured = ", ".join(_shown(value) for value in sorted(set(rows[column])))
-            return f"no rows with {shown}{where} in the results (measured: {measured})"
+            return f"no rows with {flag} {_shown(asked)} for {', '.join(matched)} in the results (measured: {measured})"
         rows = narrower
-        matched.append(f"{flag} {_shown(asked[column])}")
+        matched.append(f"{flag} {_shown(asked)}")
     return None
 
 
@@ -116,34 +132,47 @@ def _shown(value) -> str:
     return str(bool(value)).lower() if isinstance(value, (bool, np.bool_)) else str(value)
 
 
-def _nearest_batch(rows: pd.DataFrame, batch: int) -> pd.Series:
-    """Of the rows of one length, the one measured at the batch nearest the asked one (by ratio): scaling
-    time from a far batch assumes the GPU was as busy there. Of equals, the last (a later file's)."""
-    distance = np.abs(np.log(rows.batch.astype(float) / batch))
-    return rows[distance == distance.min()].iloc[-1]
+def _nearest_size(rows: pd.DataFrame, query: Query) -> pd.Series:
+    """Of the rows of one length, the one whose batch × heads is nearest the asked one (by ratio): scaling time
+    from a far size assumes the GPU was as busy there. Of equals, the one nearest the asked head count, then the
+    last (a later file's)."""
+    size = np.abs(np.log((rows.batch * rows.heads).astype(float) / (query.batch * query.heads)))
+    heads = np.abs(np.log(rows.heads.astype(float) / query.heads))
+    nearest = rows[size == size.min()]
+    heads = heads[size == size.min()]
+    return nearest[heads == heads.min()].iloc[-1]
+
+
+def _scale(row: pd.Series, query: Query) -> float:
+    return query.batch * query.heads / (row.batch * row.heads)
+
+
+def _measured_at(row: pd.Series, query: Query) -> str:
+    """A row's batch, and its head count where it is not the asked one."""
+    return f"batch {row.batch}" + (f", {row.heads} heads" if row.heads != query.heads else "")
 
 
 def rank(frame: pd.DataFrame, query: Query) -> tuple[list[Candidate], list[Exclusion]]:
     """(candidates fastest first, why each other implementation is excluded)."""
-    kv_heads = query.kv_heads or query.heads
-    shape = frame[(frame.heads == query.heads) & (frame.kv_heads == kv_heads) & (frame.head_dim == query.head_dim)
-                  & (frame.dtype == query.dtype)
+    shape = frame[_same_grouping(frame, query) & (frame.head_dim == query.head_dim) & (frame.dtype == query.dtype)
                   & (frame.causal == query.causal) & (frame["mode"] == query.mode)]
     candidates, excluded = [], []
     for label in impl_order(shape.impl):
         rows = shape[shape.impl == label].sort_values("seq_len")
+        if (rows.heads == query.heads).any():  # measured at the asked head count: no other stands in
+            rows = rows[rows.heads == query.heads]
         exact = rows[rows.seq_len == query.seq_len]
         if not exact.empty:
-            row = _nearest_batch(exact, query.batch)
+            row = _nearest_size(exact, query)
             if row.status not in MEASURED:
                 excluded.append(Exclusion(label, f"{row.status} at seq_len {query.seq_len}: {row.reason}"))
                 continue
-            scale = query.batch / row.batch
+            scale = _scale(row, query)
             memory = row.peak_mem_bytes * scale if pd.notna(row.peak_mem_bytes) else None
             error, error_basis = _error(row)
             found = Candidate(label, float(row.time_ms) * scale, memory, error,
-                              f"measured at seq_len {query.seq_len}, batch {row.batch}", _first_call(row), error_basis,
-                              _host_bound(row))
+                              f"measured at seq_len {query.seq_len}, {_measured_at(row, query)}", _first_call(row),
+                              error_basis, _host_bound(row))
             status_problem = "accuracy mismatch against its exact twin" if row.status == "mismatch" else None
         else:
             below, above = rows[rows.seq_len < query.seq_len], rows[rows.seq_len > query.seq_len]
@@ -152,20 +181,20 @@ def rank(frame: pd.DataFrame, query: Query) -> tuple[list[Candidate], list[Exclu
                 excluded.append(Exclusion(label, f"not measured around seq_len {query.seq_len} (measured: {measured}); "
                                                  "no extrapolation"))
                 continue
-            lo = _nearest_batch(below[below.seq_len == below.seq_len.max()], query.batch)
-            hi = _nearest_batch(above[above.seq_len == above.seq_len.min()], query.batch)
+            lo = _nearest_size(below[below.seq_len == below.seq_len.max()], query)
+            hi = _nearest_size(above[above.seq_len == above.seq_len.min()], query)
             bad = [r for r in (lo, hi) if r.status not in MEASURED]
             if bad:
                 excluded.append(Exclusion(label, f"{bad[0].status} at neighbouring seq_len {bad[0].seq_len}: {bad[0].reason}"))
                 continue
-            per_batch = lambda r, column: r[column] * query.batch / r.batch  # noqa: E731
-            time_ms = _interpolate(query.seq_len, lo.seq_len, hi.seq_len, per_batch(lo, "time_ms"), per_batch(hi, "time_ms"))
+            scaled = lambda r, column: r[column] * _scale(r, query)  # noqa: E731
+            time_ms = _interpolate(query.seq_len, lo.seq_len, hi.seq_len, scaled(lo, "time_ms"), scaled(hi, "time_ms"))
             memory = _interpolate(query.seq_len, lo.seq_len, hi.seq_len,
-                                  per_batch(lo, "peak_mem_bytes"), per_batch(hi, "peak_mem_bytes"))
+                                  scaled(lo, "peak_mem_bytes"), scaled(hi, "peak_mem_bytes"))
             worst, basis = max(((e, b) for e, b in (_error(lo), _error(hi)) if e is not None), default=(None, None))
             found = Candidate(label, time_ms, memory, worst,
-                              f"interpolated between seq_len {lo.seq_len} (batch {lo.batch}) and {hi.seq_len} "
-                              f"(batch {hi.batch})", _first_call(lo, hi), basis, _host_bound(lo, hi))
+                              f"interpolated between seq_len {lo.seq_len} ({_measured_at(lo, query)}) and "
+                              f"{hi.seq_len} ({_measured_at(hi, query)})", _first_call(lo, hi), basis, _host_bound(lo, hi))
             status_problem = "accuracy mismatch at a neighbouring length" if "mismatch" in (lo.status, hi.status) else None
         if status_problem:
             excluded.append(Exclusion(label, status_problem))
@@ -209,8 +238,8 @@ def format_answer(query: Query, candidates: list[Candidate], excluded: list[Excl
     if host_bound:
         lines.append(f"note: {', '.join(host_bound)} {'was' if len(host_bound) == 1 else 'were'} host-bound where "
                      "measured (issuing a call took the host about as long as the GPU took to run it): called back to back, "
-                     "the host sets the pace, and a time scaled to another batch is too high scaled up and too low "
-                     "scaled down, since the host's share does not grow with the batch")
+                     "the host sets the pace, and a time scaled to another batch or head count is too high scaled up "
+                     "and too low scaled down, since the host's share does not grow with them")
     iid = [c.impl for c in candidates if c.error_basis == "i.i.d."]
     iid_excluded = [exclusion.impl for exclusion in excluded if exclusion.by_iid_error]
     if iid or iid_excluded:

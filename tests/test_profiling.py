@@ -43,6 +43,8 @@ def test_profile_command_prints_the_heaviest_operators(tmp_path, capsys):
     (["--impl", "naive", *SMALL, "--causal", "both"], r"--causal: 'both' is not allowed here"),
     (["--impl", "naive", *SMALL, "--kv-heads", "3"], r"--kv-heads: 3 does not divide --heads 2"),
     (["--impl", "naive", *SMALL, "--calls", "0"], r"--calls: '0' is not a positive integer"),
+    (["--impl", "naive", *SMALL, "--seq-len", "100,200"], r"--seq-len: 2 values given \(100, 200\) \(allowed: exactly one\)"),
+    (["--impl", "naive", *SMALL, "--rows", "5,10"], r"--rows: 2 values given"),
     (["--impl", "performer:features=0", *SMALL], r"features='0' must be a positive integer"),
 ])
 def test_bad_profile_input_exits_2(capsys, flags, message):

@@ -335,10 +335,14 @@ def test_recommend_reads_only_results_timed_on_this_machine_model(capsys, cpu_re
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--heads", "16"], "no rows with --heads 16 in the results (measured: 2)"),
-    (["--kv-heads", "1"], "no rows with --kv-heads 1 for --heads 2 in the results (measured: 2)"),
-    (["--mode", "bwd"], "no rows with --mode bwd for --heads 2, --kv-heads 2, --head-dim 16, --dtype float32, "
+    (["--kv-heads", "1"], "no rows with 2 query heads per key/value head (--heads 2, --kv-heads 1) in the results "
+                          "(measured: ungrouped heads)"),
+    (["--heads", "8", "--kv-heads", "2"], "no rows with 4 query heads per key/value head (--heads 8, --kv-heads 2)"),
+    (["--head-dim", "64"], "no rows with --head-dim 64 for ungrouped heads in the results (measured: 16)"),
+    (["--mode", "bwd"], "no rows with --mode bwd for ungrouped heads, --head-dim 16, --dtype float32, "
                         "--causal true in the results (measured: fwd)"),
+    (["--seq-len", "32,64"], r"--seq-len: 2 values given (32, 64) (allowed: exactly one)"),
+    (["--heads", "4", "--kv-heads", "3"], "--kv-heads: 3 does not divide --heads 4"),
 ])
 def test_recommend_for_an_unmeasured_shape_names_what_was_measured(capsys, cpu_results, flags, message):
     ask = ["recommend", "--seq-len", "32", "--heads", "2", "--head-dim", "16", "--dtype", "float32", "--causal",
@@ -414,6 +418,41 @@ def test_recommend_scales_from_the_measured_batch_nearest_the_asked_one(capsys, 
     for batch, expected in (("4", naive.time_ms * 3), ("3", naive.time_ms * 3 * 3 / 4)):
         line = naive_line(batch)  # 3 is nearer 4 than 1 by ratio
         assert f"{fmt_num(expected)} ms" in line and line.endswith("measured at seq_len 32, batch 4"), (batch, line)
+
+
+def test_recommend_scales_from_another_head_count_only_where_the_asked_one_was_not_measured(capsys, cpu_results,
+                                                                                          tmp_path):
+    """Heads are independent problems, as the batch is: rows at 2 heads answer for 4 (scaled by batch × heads),
+    but rows at the asked head count, where there are any, answer alone."""
+    from tests.results_files import rewrite_rows
+
+    naive = load(cpu_results).query("impl == 'naive' and seq_len == 32 and not causal").iloc[0]
+
+    def naive_line(path, *flags) -> str:
+        assert main(["recommend", "--head-dim", "16", "--dtype", "float32", "--seq-len", "32", "--results", str(path),
+                     *flags]) == 0
+        return next(line for line in capsys.readouterr().out.splitlines() if re.match(r"^\d+\s+naive\s", line))
+    line = naive_line(cpu_results, "--heads", "4")
+    assert f"{fmt_num(naive.time_ms * 2)} ms" in line and line.endswith("measured at seq_len 32, batch 1, 2 heads")
+    line = naive_line(cpu_results, "--heads", "2", "--batch", "3")
+    assert f"{fmt_num(naive.time_ms * 3)} ms" in line and line.endswith("measured at seq_len 32, batch 1")
+
+    at_eight = tmp_path / "heads-8.jsonl"
+    at_eight.write_text(cpu_results.read_text())
+    rewrite_rows(at_eight, lambda r: {**r, "heads": 8, "kv_heads": None,
+                                      "time_ms": r["time_ms"] * 3 if r.get("time_ms") else None})
+    both = tmp_path / "both.jsonl"
+    both.write_text(at_eight.read_text() + cpu_results.read_text())
+    line = naive_line(both, "--heads", "8")
+    assert f"{fmt_num(naive.time_ms * 3)} ms" in line and line.endswith("measured at seq_len 32, batch 1")
+    line = naive_line(both, "--heads", "6")  # 6 problems: nearer 8 than 2 by ratio
+    assert f"{fmt_num(naive.time_ms * 3 * 6 / 8)} ms" in line and line.endswith("batch 1, 8 heads")
+    # 2 heads at batch 6 is 12 problems, nearer 8 heads at batch 1 than 2 heads at batch 1; yet the asked head
+    # count's rows answer alone
+    line = naive_line(both, "--heads", "2", "--batch", "6")
+    assert f"{fmt_num(naive.time_ms * 6)} ms" in line and line.endswith("measured at seq_len 32, batch 1")
+    between = naive_line(both, "--heads", "5", "--seq-len", "48")  # 5 problems: 8 heads (ratio 1.6) over 2 (2.5)
+    assert between.endswith("interpolated between seq_len 32 (batch 1, 8 heads) and 64 (batch 1, 8 heads)")
 
 
 def test_recommend_bad_memory_budget_exits_2(capsys, cpu_results):

@@ -78,6 +78,7 @@ class Grid:
         return replace(self, **given)
 
     def cases(self, device: str) -> list[Case]:
+        """Each case once, in grid order, even where a list repeats a value (`--seq-len 64,64`)."""
         out = []
         for seq_len, heads, kv_heads, head_dim, dtype, causal, mode in itertools.product(
             self.seq_len, self.heads, self.kv_heads, self.head_dim, self.dtype, self.causal, self.mode
@@ -87,4 +88,4 @@ class Grid:
             batches = self.batch or (max(1, self.tokens_per_batch // seq_len),)
             for batch in batches:
                 out.append(Case(batch, heads, seq_len, head_dim, dtype, causal, mode, device, kv_heads))
-        return out
+        return list(dict.fromkeys(out))

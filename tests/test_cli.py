@@ -250,6 +250,16 @@ def test_flags_override_the_preset(tmp_path):
         ["sdpa-math", 5, "bfloat16", False, 2, 2]]
 
 
+def test_a_value_repeated_in_a_list_measures_its_cases_once(tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    grid = ["run", "--preset", "smoke", "--impl", "naive,naive", "--seq-len", "5,5", "--dtype", "fp32,float32",
+            "--no-causal", "--mode", "fwd,fwd", "--batch", "1,1", "--device", "cpu", "--out", str(out)]
+    assert main([*grid, "--dry-run"]) == 0
+    assert re.search(r"^total\s+1\s+0\s+0$", capsys.readouterr().out, re.M)
+    assert main(grid) == 0
+    assert len(results.load(out)) == 1
+
+
 def test_list_and_env(capsys):
     assert main(["list", "--device", "cpu"]) == 0
     listing = capsys.readouterr().out

@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--head-dim", dest="head_dim", help="D[,D...]")
     run.add_argument("--dtype", help="float16,bfloat16,float32")
     run.add_argument("--causal", nargs="?", const="true", help="causal masking: true (bare flag), false or both")
-    run.add_argument("--no-causal", dest="causal", action="store_const", const="false")
+    run.add_argument("--no-causal", dest="causal", action="store_const", const="false", help="the same as --causal false")
     run.add_argument("--mode", help="fwd,bwd,fwd+bwd")
     run.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     run.add_argument("--out", help="results file (default: results/<date>_<device>_<preset>.jsonl)")
@@ -102,12 +102,14 @@ def _parser() -> argparse.ArgumentParser:
     comparing.add_argument("--format", default="text", choices=("text", "md", "json"))
 
     recommend = commands.add_parser("recommend", help="rank implementations for a shape from measured results")
-    recommend.add_argument("--seq-len", dest="seq_len", required=True)
-    recommend.add_argument("--heads", required=True)
-    recommend.add_argument("--head-dim", dest="head_dim", required=True)
+    recommend.add_argument("--seq-len", dest="seq_len", required=True,
+                           help="sequence length; between two measured ones, interpolated (log-log)")
+    recommend.add_argument("--heads", required=True, help="query heads; another measured head count is scaled to it "
+                                                          "where this one was not measured")
+    recommend.add_argument("--head-dim", dest="head_dim", required=True, help="head dimension, as measured")
     recommend.add_argument("--kv-heads", dest="kv_heads", help="key/value heads (default: = heads)")
     recommend.add_argument("--batch", default="1", help="batch to scale time and memory to (default 1)")
-    recommend.add_argument("--dtype", default="bfloat16")
+    recommend.add_argument("--dtype", default="bfloat16", help="float16, bfloat16 or float32 (default bfloat16)")
     recommend.add_argument("--causal", nargs="?", const="true", default="false", help="true (bare flag) or false")
     recommend.add_argument("--mode", default="fwd", help="fwd, bwd or fwd+bwd")
     recommend.add_argument("--max-error", dest="max_error", help="largest relative RMS error to accept")
@@ -119,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
 
     prof = commands.add_parser("profile", help="where one case's time goes: torch.profiler's heaviest operators")
     prof.add_argument("--impl", required=True, help="NAME[:KEY=VALUE...]; see `attnbench list`")
-    prof.add_argument("--seq-len", dest="seq_len", required=True)
+    prof.add_argument("--seq-len", dest="seq_len", required=True, help="sequence length")
     prof.add_argument("--heads", default="16", help="(default 16)")
     prof.add_argument("--kv-heads", dest="kv_heads", help="key/value heads (default: = heads)")
     prof.add_argument("--head-dim", dest="head_dim", default="64", help="(default 64)")

@@ -105,7 +105,7 @@ def _merge_repeats(frame: pd.DataFrame) -> pd.DataFrame:
             "status": last.status, "accuracy_ok": last.accuracy_ok, "reason": last.get("reason"),
             "time_ms": pd.Series(times).median() if times else last.time_ms,
             "iqr_ms": _iqr(times) if times else last.get("time_iqr_ms"),
-            "times_ms": times, "throttled": bool(source.throttled.fillna(False).astype(bool).any()),
+            "times_ms": times, "throttled": bool(source.throttled.eq(True).any()),
             "machine": last.machine, "peak_mem_bytes": float(peaks.median()) if len(peaks) else None,
         })
     return frame.groupby(list(KEY), dropna=False).apply(pool, include_groups=False).reset_index()

@@ -105,12 +105,12 @@ def causal_values(flag: str, text: str) -> tuple[bool, ...]:
     return choices[key]
 
 
-def device_or_default(text: str | None) -> str:
+def device_or_default(text: str | None, flag: str = "--device") -> str:
     """--device as given (checked), or the GPU where there is one."""
     import torch
 
     cuda = torch.cuda.is_available()
-    return device("--device", text, cuda) if text else ("cuda" if cuda else "cpu")
+    return device(flag, text, cuda) if text else ("cuda" if cuda else "cpu")
 
 
 def device(flag: str, text: str, cuda_available: bool) -> str:

@@ -14,8 +14,8 @@ def _clock(seconds: float) -> str:
 
 
 class Progress:
-    def __init__(self, stream: TextIO = sys.stderr):
-        self.stream = stream
+    def __init__(self, stream: TextIO | None = None):
+        self.stream = stream or sys.stderr  # looked up now, not at import: a caller may have redirected it
         self.total = 0
         self.done = 0
         self.started = time.monotonic()

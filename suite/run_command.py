@@ -106,18 +106,8 @@ def cmd_run(args) -> int:
         print(f"nothing to run: every case is already in {out}")  # before measuring the GPU's peaks
         return 0
 
-    settings = RunSettings(seed=args.seed)
-    torch_device = torch.device(device)
-    if device == "cuda":
-        for dtype in sorted({case.dtype for case in cases}):
-            print(f"measuring this GPU's {dtype} matmul peak...", file=sys.stderr, flush=True)
-            settings.peak_tflops[dtype] = measured_matmul_tflops(implementations.DTYPES[dtype], torch_device)
-        print("measuring this GPU's copy bandwidth...", file=sys.stderr, flush=True)
-        settings.peak_gbytes_per_s = measured_copy_gbytes_per_s(torch_device)
-    run_info = {"preset": preset_name, "config": args.config, "argv": sys.argv[1:], "grid": _grid_record(grid),
-                "measured_peak_tflops": settings.peak_tflops, "measured_peak_gbytes_per_s": settings.peak_gbytes_per_s,
-                "timing_policy": vars(settings.policies[device])}
-    writer = ResultsWriter(out, collect(torch_device), run_info)
+    settings = measured_settings(cases, device, args.seed)
+    writer = results_writer(out, grid, settings, device, preset=preset_name, config=args.config, argv=sys.argv[1:])
     if died:
         writer.append(died)
         print(f"the run that wrote {out} died while measuring {_row_name(died)}: recorded as an error row"
@@ -149,6 +139,28 @@ def cmd_run(args) -> int:
     print(format_table(rows))
     print(f"results: {out}")
     return 0
+
+
+def measured_settings(cases: list[Case], device: str, seed: int) -> RunSettings:
+    """The run's settings, with this GPU's matmul peak for each dtype of `cases` and its copy bandwidth (the
+    ceilings TFLOP/s and GB/s are read against); nothing to measure on a CPU."""
+    settings = RunSettings(seed=seed)
+    if device == "cuda":
+        torch_device = torch.device(device)
+        for dtype in sorted({case.dtype for case in cases}):
+            print(f"measuring this GPU's {dtype} matmul peak...", file=sys.stderr, flush=True)
+            settings.peak_tflops[dtype] = measured_matmul_tflops(implementations.DTYPES[dtype], torch_device)
+        print("measuring this GPU's copy bandwidth...", file=sys.stderr, flush=True)
+        settings.peak_gbytes_per_s = measured_copy_gbytes_per_s(torch_device)
+    return settings
+
+
+def results_writer(out: Path, grid, settings: RunSettings, device: str, **how) -> ResultsWriter:
+    """A writer whose run header records the environment, the grid asked for (so `compare` tells a case left
+    out from a case lost), the measured ceilings and the timing policy; `how`: preset, config, argv."""
+    run_info = {**how, "grid": _grid_record(grid), "measured_peak_tflops": settings.peak_tflops,
+                "measured_peak_gbytes_per_s": settings.peak_gbytes_per_s, "timing_policy": vars(settings.policies[device])}
+    return ResultsWriter(out, collect(torch.device(device)), run_info)
 
 
 def _row_a_process_died_in(in_flight: InFlight, out: Path) -> dict | None:

@@ -1,0 +1,142 @@
+"""attnbench from Python: check and time a function of one's own beside the registry's, without writing a module.
+
+    from suite.api import as_implementation, benchmark, check
+
+    mine = as_implementation(my_attention, "mine")   # (q, k, v, *, causal) -> out; (batch, heads, seq, dim), 1/√dim
+    print(check(mine).format())                      # what `attnbench check` runs
+    frame = benchmark([mine, "sdpa-flash"], seq_len=[1024, 4096], heads=16, head_dim=128, dtype="bfloat16",
+                      causal=True, mode="fwd+bwd", out="results/mine.jsonl")
+
+`benchmark` measures the way `attnbench run` does (the same runner, checks and results file, which `attnbench
+report` and `compare` read) and returns the rows as `suite.results.load` gives them. Values are checked as the
+command line checks its flags; a bad one raises ValueError naming the argument, the value and what is allowed.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from implementations import CaseLike, Implementation
+
+from . import config, conformance
+from .case import Grid
+from .check_command import default_check_dtypes
+from .progress import Progress
+from .results import load
+from .run_command import measured_settings, results_writer
+from .runner import run_cases
+
+AttentionFunction = Callable[..., torch.Tensor]  # (q, k, v, *, causal: bool) -> out
+
+
+class FunctionImplementation(Implementation):
+    """A plain function as an exact implementation: checked against softmax attention in float64."""
+
+    def __init__(self, name: str, function: AttentionFunction,
+                 supports: Callable[[CaseLike], list[str]] | None = None):
+        super().__init__(name)
+        self.function, self._supports = function, supports
+
+    def supports(self, case: CaseLike) -> list[str]:
+        return list(self._supports(case)) if self._supports else []
+
+    def __call__(self, q, k, v, *, causal=False):
+        return self.function(q, k, v, causal=causal)
+
+
+def as_implementation(function: AttentionFunction, name: str,
+                      supports: Callable[[CaseLike], list[str]] | None = None) -> Implementation:
+    """`function(q, k, v, *, causal)` as an implementation named `name`. `supports(case)`, if given, returns one
+    reason per thing the function cannot run (a device, a dtype): those cases become `unsupported` rows. An
+    approximation needs its own exact twin: subclass `implementations.Implementation` instead (see README)."""
+    if not callable(function):
+        raise ValueError(f"function: {function!r} is not callable (allowed: a function (q, k, v, *, causal) -> out)")
+    if not isinstance(name, str) or not name or any(char in name for char in ":,* "):
+        raise ValueError(f"name: {name!r} is not a usable name (allowed: a non-empty string without ':', ',', '*' "
+                         "or spaces, which the command line gives meanings)")
+    return FunctionImplementation(name, function, supports)
+
+
+def _built(impls: Iterable[Implementation | str]) -> list[Implementation]:
+    built = [impl if isinstance(impl, Implementation) else config.build_impl("impls", impl) for impl in impls]
+    if not built:
+        raise ValueError("impls: none given (allowed: implementations, or registry names such as 'sdpa')")
+    labels = [impl.label for impl in built]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise ValueError(f"impls: {repeated[0]!r} is given twice (allowed: each label once; their rows would share "
+                         "one key)")
+    return built
+
+
+def _text(values: Any) -> str:
+    """A value or a sequence of them as the command line writes it, for its parsers (and their messages)."""
+    items = values if isinstance(values, Sequence) and not isinstance(values, str) else [values]
+    return ",".join(str(item).lower() if isinstance(item, bool) else str(item) for item in items)
+
+
+def _causal(values: bool | Sequence[bool]) -> tuple[bool, ...]:
+    items = values if isinstance(values, Sequence) and not isinstance(values, str) else [values]
+    if not items or any(not isinstance(item, bool) for item in items):
+        raise ValueError(f"causal: {values!r} is not allowed (allowed: True, False or both as [False, True])")
+    return tuple(dict.fromkeys(items))
+
+
+def benchmark(impls: Iterable[Implementation | str], *, seq_len: int | Sequence[int], heads: int | Sequence[int] = 16,
+              head_dim: int | Sequence[int] = 64, batch: int | Sequence[int] | None = None,
+              tokens_per_batch: int = 16384, kv_heads: int | Sequence[int] | None = None,
+              dtype: str | Sequence[str] | None = None,
+              causal: bool | Sequence[bool] = False, mode: str | Sequence[str] = "fwd", device: str | None = None,
+              out: str | Path | None = None, seed: int = 0, progress: bool = True) -> pd.DataFrame:
+    """Every implementation on every case of the grid, one row each (a case one cannot run is a row with its
+    reason). Without `batch`, each length's batch is `tokens_per_batch // seq_len`. `dtype` defaults to bfloat16
+    on a GPU and float32 on a CPU; `device` to the GPU where there is one. `out`: the results file to write (it
+    must not exist); without it the rows go to a temporary file. Progress lines go to stderr unless `progress`
+    is False. Rows finished before an interruption or a lost device stay in `out`."""
+    built = _built(impls)
+    device = config.device_or_default(device, "device")
+    grid = Grid(
+        impls=tuple(impl.label for impl in built),
+        seq_len=config.positive_ints("seq_len", _text(seq_len)), heads=config.positive_ints("heads", _text(heads)),
+        head_dim=config.positive_ints("head_dim", _text(head_dim)),
+        dtype=config.dtypes("dtype", _text(dtype or ("bfloat16" if device == "cuda" else "float32"))),
+        causal=_causal(causal), mode=config.modes("mode", _text(mode)),
+        batch=None if batch is None else config.positive_ints("batch", _text(batch)),
+        tokens_per_batch=config.only_one("tokens_per_batch", config.positive_ints("tokens_per_batch", _text(tokens_per_batch))),
+        kv_heads=(None,) if kv_heads is None else config.positive_ints("kv_heads", _text(kv_heads)),
+    )
+    cases = grid.cases(device)  # raises ValueError where kv_heads does not divide heads
+    if out is not None and Path(out).exists():
+        raise ValueError(f"out: {str(out)!r} already exists (allowed: a new path; `attnbench run --resume --out` "
+                         "continues a file)")
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(out) if out is not None else Path(scratch) / "results.jsonl"
+        settings = measured_settings(cases, device, seed)
+        writer = results_writer(path, grid, settings, device, preset=None, config=None, argv=["(suite.api.benchmark)"])
+        try:
+            run_cases(built, cases, settings=settings, on_row=writer.append, progress=Progress() if progress else None)
+        finally:
+            writer.close()
+        return load(path)
+
+
+def check(impl: Implementation | str, device: str | None = None, dtypes: str | Sequence[str] | None = None,
+          seed: int = 0) -> conformance.CheckSummary:
+    """The conformance check `attnbench check` runs (awkward sizes, short lengths over many seeds, transposed
+    inputs, large logits; forward and gradients against the float64 twin, each case called twice), as a summary:
+    `.ok`, `.format()` for a reader, `.as_record()` for a program."""
+    (built,) = _built([impl])
+    device = config.device_or_default(device, "device")
+    chosen = config.dtypes("dtypes", _text(dtypes or default_check_dtypes(device)))
+    started = time.perf_counter()
+    results = list(conformance.check(built, device, chosen, seed))
+    return conformance.CheckSummary(built.label, results, time.perf_counter() - started)
+
+
+__all__ = ["FunctionImplementation", "as_implementation", "benchmark", "check"]

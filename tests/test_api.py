@@ -1,0 +1,102 @@
+"""suite.api: a function of one's own checked and timed from Python, as the command line does it."""
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from suite import results
+from suite.api import as_implementation, benchmark, check
+from suite.cli import main
+
+
+def attention(q, k, v, *, causal=False):
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+
+def unscaled(q, k, v, *, causal=False):
+    """Forgets the 1/√D scale: a bug every check must catch."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=1.0)
+
+
+def without_grouped_heads(case) -> list[str]:
+    return [f"kv_heads={case.kv_heads} (not written yet)"] if case.kv_heads not in (None, case.heads) else []
+
+
+def test_check_passes_a_correct_function_and_fails_a_wrong_one():
+    good = check(as_implementation(attention, "mine", supports=without_grouped_heads), dtypes="float32")
+    assert good.ok and good.count("fail") == good.count("error") == 0 and good.count("unsupported") > 0
+    assert good.format().startswith("mine: ok")
+    bad = check(as_implementation(unscaled, "mine"), dtypes="float32")
+    assert not bad.ok and bad.count("fail") > 0 and bad.format().startswith("mine: FAILED")
+
+
+def test_benchmark_writes_rows_the_command_line_reads(tmp_path, capsys):
+    out = tmp_path / "mine.jsonl"
+    frame = benchmark([as_implementation(attention, "mine", supports=without_grouped_heads), "naive",
+                       as_implementation(unscaled, "unscaled")],
+                      seq_len=[17, 64], heads=4, kv_heads=[4, 2], head_dim=16, batch=2, causal=[False, True],
+                      mode="fwd", dtype="float32", device="cpu", out=out, progress=False)
+    assert len(frame) == 3 * 2 * 2 * 2 and set(frame.impl) == {"mine", "naive", "unscaled"}
+    mine = frame[frame.impl == "mine"]
+    assert set(mine[mine.kv_heads == 4].status) == {"ok"} and mine[mine.kv_heads == 4].accuracy_ok.all()
+    assert (mine[mine.kv_heads == 2].reason == "kv_heads=2 (not written yet)").all()
+    unscaled_rows = frame[frame.impl == "unscaled"]
+    assert set(unscaled_rows[unscaled_rows.kv_heads == 4].status) == {"mismatch"}
+    crashed = unscaled_rows[unscaled_rows.kv_heads == 2]  # SDPA without enable_gqa: an error row, and the run goes on
+    assert set(crashed.status) == {"error"} and crashed.reason.str.contains("RuntimeError").all()
+    assert (frame[frame.status == "ok"].time_ms > 0).all()
+    assert frame.equals(results.load(out))  # the file holds what was returned
+
+    assert main(["compare", str(out), str(out)]) == 0
+    assert re.search(r"^  mine\s", capsys.readouterr().out, re.M)
+    assert main(["report", str(out), "--out", str(tmp_path / "report"), "--baseline", "naive"]) == 0
+    assert "| mine |" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_benchmark_without_out_leaves_no_file_and_shows_progress(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    frame = benchmark(["naive"], seq_len=9, heads=1, head_dim=8, batch=1, mode=["fwd", "fwd+bwd"], device="cpu")
+    assert list(frame.status) == ["ok", "ok"] and list(frame["mode"]) == ["fwd", "fwd+bwd"]
+    assert "naive" in capsys.readouterr().err and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("arguments,message", [
+    ({"seq_len": 0}, r"seq_len: '0' is not a positive integer"),
+    ({"seq_len": [8, 1.5]}, r"seq_len: '1.5' is not a positive integer"),
+    ({"dtype": "float64"}, r"dtype: unknown dtype 'float64' \(allowed: float16, bfloat16, float32\)"),
+    ({"causal": "yes"}, r"causal: 'yes' is not allowed \(allowed: True, False or both as \[False, True\]\)"),
+    ({"mode": "forward"}, r"mode: unknown mode 'forward' \(allowed: fwd, bwd, fwd\+bwd\)"),
+    ({"heads": 4, "kv_heads": 3}, r"kv_heads 3 does not divide heads 4"),
+    ({"device": "tpu"}, r"device: unknown device 'tpu' \(allowed: cpu, cuda\)"),
+    ({"impls": ["naive", "naive"]}, r"impls: 'naive' is given twice"),
+    ({"impls": ["nave"]}, r"impls: unknown implementation 'nave'"),
+    ({"impls": []}, r"impls: none given"),
+])
+def test_benchmark_refuses_bad_arguments_before_measuring(tmp_path, arguments, message):
+    out = tmp_path / "r.jsonl"
+    given = {"impls": ["naive"], "seq_len": 8, "device": "cpu", "out": out, **arguments}
+    with pytest.raises(ValueError, match=message):
+        benchmark(given.pop("impls"), **given)
+    assert not out.exists()
+
+
+def test_benchmark_refuses_an_existing_file_and_names_that_are_not_labels(tmp_path):
+    out = tmp_path / "r.jsonl"
+    out.write_text("")
+    with pytest.raises(ValueError, match=r"out: .* already exists"):
+        benchmark(["naive"], seq_len=8, device="cpu", out=out)
+    assert out.read_text() == ""
+    for name in ("", "my:attention", "a,b", "sdpa*"):
+        with pytest.raises(ValueError, match=re.escape(f"name: {name!r} is not a usable name")):
+            as_implementation(attention, name)
+    with pytest.raises(ValueError, match="function: 3 is not callable"):
+        as_implementation(3, "three")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_benchmark_on_cuda_without_a_gpu_says_so():
+    with pytest.raises(ValueError, match=r"device: 'cuda' was asked for but no CUDA device is available"):
+        benchmark(["naive"], seq_len=8, device="cuda")

@@ -208,6 +208,7 @@ def status_verdict(base: pd.Series | None, current: pd.Series | None, asked_for:
 @dataclass
 class Comparison:
     rows: list[RowVerdict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what differed between the runs besides the code
 
     def count(self, verdict: str) -> int:
         return sum(1 for r in self.rows if r.verdict == verdict)
@@ -218,6 +219,27 @@ class Comparison:
     @property
     def regressed(self) -> bool:
         return any(r.verdict in ("slower", "regression") or r.memory == "more" for r in self.rows)
+
+
+def _recorded(frame: pd.DataFrame, column: str) -> list[str]:
+    values = frame[column].dropna() if column in frame else pd.Series(dtype=object)
+    return sorted({str(value) or "default" for value in values})
+
+
+def conditions_notes(base_frame: pd.DataFrame, current_frame: pd.DataFrame) -> list[str]:
+    """What differed between the two sides besides the code (software; settings that change speed), and settings
+    under which neither side's timings mean what they claim: a verdict then may be theirs, not the code's."""
+    notes = []
+    for column, what in (("software", "software"), ("settings", "speed settings")):
+        before, after = _recorded(base_frame, column), _recorded(current_frame, column)
+        if before and after and before != after:
+            notes.append(f"the runs differ in {what}: baseline {'; '.join(before)}, current {'; '.join(after)}")
+    for side, frame in (("baseline", base_frame), ("current", current_frame)):
+        distorting = _recorded(frame, "distorted_by")
+        if distorting:
+            notes.append(f"the {side} ran with {'; '.join(distorting)} set: its timings include costs a program does "
+                         "not pay (suite/speed_settings.py says which)")
+    return notes
 
 
 def compare(base_frame: pd.DataFrame, current_frame: pd.DataFrame, threshold: float = 0.05,
@@ -234,7 +256,7 @@ def compare(base_frame: pd.DataFrame, current_frame: pd.DataFrame, threshold: fl
     if not set(keyed_base) & set(keyed_current):
         raise CompareInputError("the two results have no (implementation, case) in common: different grids")
     scope = current_scope or GridScope.unknown()
-    result = Comparison()
+    result = Comparison(notes=conditions_notes(base_frame, current_frame))
     for key in sorted(set(keyed_base) | set(keyed_current), key=str):
         b, c = keyed_base.get(key), keyed_current.get(key)
         names = dict(zip(KEY, key))

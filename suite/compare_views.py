@@ -78,7 +78,8 @@ def _shorten(text: str) -> str:
 
 
 def format_text(result: Comparison) -> str:
-    lines = [f"{'verdict':<12}{'ratio':>8}  case / detail"]
+    lines = [f"note: {note}" for note in result.notes]
+    lines.append(f"{'verdict':<12}{'ratio':>8}  case / detail")
     for row in sorted(result.rows, key=lambda r: ORDER.index(r.verdict)):
         if row.verdict == "not-run":  # one line per implementation below: a narrow run leaves hundreds
             continue
@@ -103,6 +104,7 @@ def format_markdown(result: Comparison) -> str:
     bad = [(r.verdict, r.ratio, r.detail, r) for r in result.rows if r.verdict in ("regression", "slower")]
     bad += [("more memory", r.memory_ratio, r.memory_detail, r) for r in result.rows if r.memory == "more"]
     lines = ["## attnbench: " + ("**regression**" if result.regressed else "no regression"), ""]
+    lines += [f"> note: {note}" for note in result.notes] + ([""] if result.notes else [])
     if bad:
         lines += ["| verdict | case | ratio | detail |", "|---|---|---|---|"]
         lines += [f"| {verdict} | `{_label(r.key)}` | {f'{ratio:.3f}' if ratio else '–'} | {detail} |"
@@ -119,7 +121,7 @@ def format_markdown(result: Comparison) -> str:
 
 
 def format_json(result: Comparison) -> str:
-    return json.dumps({"regressed": result.regressed,
+    return json.dumps({"regressed": result.regressed, "notes": result.notes,
                        "counts": {v: result.count(v) for v in ORDER},
                        "memory_counts": {v: result.count_memory(v) for v in MEMORY_ORDER},
                        "implementations": [{"impl": s.impl, "geomean_ratio": s.geomean_ratio, "timed": s.timed,

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from . import __version__
+from . import __version__, speed_settings
 from .gpu_monitor import GpuMonitor
 from .poison import poisoning
 from .results import cpu_machine
@@ -77,6 +77,7 @@ def collect(device: torch.device, monitor: GpuMonitor | None = None) -> dict[str
         "cpu_threads": torch.get_num_threads(),
         "device": device.type,
         "checked_call_poisoning": poisoning(device),  # absent from files written before checks were poisoned
+        "speed_settings": speed_settings.current(),  # absent from files written before they were recorded
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)

@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from . import speed_settings
 from .case import CASE_FIELDS
 
 FORMAT_VERSION = 1
@@ -183,6 +184,8 @@ def load(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
             row.setdefault("gpu", env.get("gpu"))
             row["machine"] = recorded_machine(env)
             row["software"], row["attnbench_commit"] = software_of(env), env.get("git_commit")
+            row["settings"] = speed_settings.summary(env.get("speed_settings"))
+            row["distorted_by"] = ", ".join(speed_settings.distorting(env.get("speed_settings"))) or None
             row["batching"] = batching(run, row)
             row["source"] = str(path)
         frames.append(pd.DataFrame(rows))

@@ -10,7 +10,7 @@ import torch
 
 import implementations
 
-from . import config, naming
+from . import config, naming, speed_settings
 from .case import CASE_FIELDS, Case
 from .config import UsageError
 from .environment import collect, machine_name
@@ -143,9 +143,12 @@ def cmd_run(args) -> int:
 
 def measured_settings(cases: list[Case], device: str, seed: int) -> RunSettings:
     """The run's settings, with this GPU's matmul peak for each dtype of `cases` and its copy bandwidth (the
-    ceilings TFLOP/s and GB/s are read against); nothing to measure on a CPU."""
+    ceilings TFLOP/s and GB/s are read against); nothing to measure on a CPU. On a GPU, first a warning for each
+    setting of this process under which its timings would not be a program's (the results record them too)."""
     settings = RunSettings(seed=seed)
     if device == "cuda":
+        for warning in speed_settings.warnings_for(speed_settings.current()):
+            print(f"attnbench: warning: {warning}", file=sys.stderr, flush=True)
         torch_device = torch.device(device)
         for dtype in sorted({case.dtype for case in cases}):
             print(f"measuring this GPU's {dtype} matmul peak...", file=sys.stderr, flush=True)

@@ -332,3 +332,33 @@ def test_a_reader_that_goes_away_stops_the_command_quietly():
     process.stdout.close()
     stderr = process.stderr.read()
     assert process.wait(timeout=120) == 141 and "Traceback" not in stderr, stderr
+
+
+def test_a_run_records_the_settings_that_change_speed_and_the_report_shows_them(tmp_path, monkeypatch):
+    from suite import speed_settings
+
+    monkeypatch.setenv("CUDA_LAUNCH_BLOCKING", "1")
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    monkeypatch.delenv("PYTORCH_NO_CUDA_MEMORY_CACHING", raising=False)
+    out = tmp_path / "r.jsonl"
+    assert main(["run", *TINY, "--out", str(out)]) == 0
+    header = json.loads(out.read_text().splitlines()[0])
+    recorded = header["environment"]["speed_settings"]
+    assert recorded["environment"] == {"CUDA_LAUNCH_BLOCKING": "1", "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+    assert recorded["float32_matmul_precision"] == torch.get_float32_matmul_precision()
+    frame = results.load(out)
+    assert set(frame.settings) == {"CUDA_LAUNCH_BLOCKING=1, PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True"}
+    assert set(frame.distorted_by) == {"CUDA_LAUNCH_BLOCKING"}
+    assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
+    environment = (tmp_path / "report" / "report.md").read_text().split("## Summary")[0]
+    assert "| settings |" in environment and "CUDA_LAUNCH_BLOCKING=1, PYTORCH_CUDA_ALLOC_CONF" in environment
+
+    warnings = speed_settings.warnings_for(speed_settings.current())
+    assert len(warnings) == 1 and warnings[0].startswith("CUDA_LAUNCH_BLOCKING=1: every kernel launch waits")
+    monkeypatch.setenv("CUDA_LAUNCH_BLOCKING", "0")
+    monkeypatch.setenv("PYTORCH_NO_CUDA_MEMORY_CACHING", "1")
+    assert [w.split("=")[0] for w in speed_settings.warnings_for(speed_settings.current())] == [
+        "PYTORCH_NO_CUDA_MEMORY_CACHING"]
+    assert speed_settings.summary(None) is None and speed_settings.summary(
+        {"environment": {}, "float32_matmul_precision": "high", "deterministic_algorithms": True}) == \
+        "float32 matmul precision high, deterministic algorithms"

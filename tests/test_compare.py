@@ -342,3 +342,34 @@ def test_a_bad_memory_threshold_exits_2(tmp_path, capsys, real_rows, value):
     base = synthetic(tmp_path / "a.jsonl", real_rows, seed=1)
     assert main(["compare", str(base), str(base), "--memory-threshold", value]) == 2
     assert f"--memory-threshold: {value!r} is not a positive number" in capsys.readouterr().err
+
+
+def test_runs_under_other_software_or_speed_settings_are_noted(tmp_path, capsys, real_rows):
+    """A verdict between runs that differ besides the code may be that difference's: compare says so, and says
+    which side's timings a distorting setting (CUDA_LAUNCH_BLOCKING) inflated."""
+    def recorded(**environment):
+        return lambda env: env.update(torch="2.11.0", speed_settings={
+            "environment": environment, "float32_matmul_precision": "highest", "deterministic_algorithms": False})
+    base = synthetic(tmp_path / "a.jsonl", real_rows, seed=1, edit_header=recorded())
+    same = synthetic(tmp_path / "b.jsonl", real_rows, seed=2, edit_header=recorded())
+    assert main(["compare", str(base), str(same)]) == 0
+    assert "note:" not in capsys.readouterr().out
+
+    blocking = synthetic(tmp_path / "c.jsonl", real_rows, seed=2, edit_header=recorded(CUDA_LAUNCH_BLOCKING="1"))
+    assert main(["compare", str(base), str(blocking)]) == 0
+    out = capsys.readouterr().out
+    assert "note: the runs differ in speed settings: baseline default, current CUDA_LAUNCH_BLOCKING=1" in out
+    assert "note: the current ran with CUDA_LAUNCH_BLOCKING set" in out and "the baseline ran with" not in out
+    assert main(["compare", str(base), str(blocking), "--format", "md"]) == 0
+    assert "> note: the runs differ in speed settings" in capsys.readouterr().out
+    assert main(["compare", str(base), str(blocking), "--format", "json"]) == 0
+    notes = json.loads(capsys.readouterr().out)["notes"]
+    assert len(notes) == 2 and notes[1].startswith("the current ran with CUDA_LAUNCH_BLOCKING")
+
+    not_blocking = synthetic(tmp_path / "d.jsonl", real_rows, seed=2, edit_header=recorded(CUDA_LAUNCH_BLOCKING="0"))
+    newer = synthetic(tmp_path / "e.jsonl", real_rows, seed=2,
+                      edit_header=lambda env: (recorded(CUDA_LAUNCH_BLOCKING="0")(env), env.update(torch="2.12.0")))
+    assert main(["compare", str(not_blocking), str(newer)]) == 0
+    out = capsys.readouterr().out
+    assert "note: the runs differ in software: baseline torch 2.11.0, current torch 2.12.0" in out
+    assert "speed settings" not in out and "ran with" not in out  # set to 0: launches do not block

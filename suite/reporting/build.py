@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import config
+from .. import config, speed_settings
 from ..case import CASE_FIELDS, Case
 from ..naming import slug
 from ..results import ResultsFormatError, load, read
@@ -49,13 +49,20 @@ def _environment_blocks(paths: list[Path]) -> list:
                 f"{state.get('sm_clock_mhz', '–')}/{state.get('max_sm_clock_mhz', '–')} MHz" if "sm_clock_mhz" in state else "–",
                 f"torch {env.get('torch')}, CUDA {env.get('cuda') or '–'}, cuDNN {env.get('cudnn') or '–'}, "
                 f"triton {env.get('triton') or '–'}, xformers {env.get('xformers') or '–'}",
+                _settings_text(env),
                 ", ".join(f"{k} {v:.0f}" for k, v in (run.get("measured_peak_tflops") or {}).items()) or "–",
                 f"{run['measured_peak_gbytes_per_s']:.0f}" if run.get("measured_peak_gbytes_per_s") else "–",
                 (env.get("git_commit") or "–")[:12],
                 run.get("preset") or (f"amendment: {run['amends']}" if run.get("amends") else "–"),
             ])
-    return [Heading("Environment"), Table(["file", "device", "driver", "SM clock (now/max)", "software",
+    return [Heading("Environment"), Table(["file", "device", "driver", "SM clock (now/max)", "software", "settings",
                                             "measured matmul TFLOP/s", "measured copy GB/s", "commit", "preset"], rows)]
+
+
+def _settings_text(environment: dict) -> str:
+    """What the run's process set that changes speed (suite/speed_settings.py), 'default' where nothing."""
+    text = speed_settings.summary(environment.get("speed_settings"))
+    return "not recorded" if text is None else (text or "default")
 
 
 def _cell(row) -> str:
@@ -251,7 +258,7 @@ DEFAULT_BASELINE = "sdpa"
 DATA_COLUMNS = ("machine", "impl", "family", *CASE_FIELDS, "status", "reason", "backend", "time_ms", "time_iqr_ms",
                 "repeats", "noisy", "first_call_ms", "host_ms", "host_bound", "tflops", "tokens_per_s", "peak_fraction",
                 "gbytes_per_s", "bandwidth_fraction", "peak_mem_bytes", "max_abs_err", "rel_rms_err", "accuracy_ok",
-                "softmax_rel_rms_err", "softmax_local_rel_rms_err", "density", "throttled", "software",
+                "softmax_rel_rms_err", "softmax_local_rel_rms_err", "density", "throttled", "software", "settings",
                 "attnbench_commit", "source")
 
 

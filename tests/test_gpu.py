@@ -191,3 +191,15 @@ def test_event_timing_agrees_with_the_wall_clock_over_back_to_back_calls():
     wall_ms = (time.perf_counter() - started) * 1e3 / calls
     assert timing.median == pytest.approx(wall_ms, rel=0.15)
     assert timing.host_median < timing.median / 10
+
+
+def test_the_python_api_benchmarks_a_function_beside_the_registry_on_gpu(tmp_path):
+    from suite.api import as_implementation, benchmark
+
+    mine = as_implementation(lambda q, k, v, *, causal=False: torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, is_causal=causal), "mine")
+    frame = benchmark([mine, "sdpa-flash"], seq_len=[257, 1024], heads=8, head_dim=64, dtype="bfloat16",
+                      causal=[False, True], mode=["fwd", "fwd+bwd"], out=tmp_path / "mine.jsonl", progress=False)
+    assert len(frame) == 16 and set(frame.status) == {"ok"} and frame.accuracy_ok.all()
+    assert frame.host_ms.notna().all() and (frame.peak_mem_bytes > 0).all() and (frame.tflops > 0).all()
+    assert set(frame.machine) == {torch.cuda.get_device_name()}

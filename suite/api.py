@@ -63,7 +63,9 @@ def as_implementation(function: AttentionFunction, name: str,
     return FunctionImplementation(name, function, supports)
 
 
-def _built(impls: Iterable[Implementation | str]) -> list[Implementation]:
+def _built(impls: Iterable[Implementation | str] | Implementation | str) -> list[Implementation]:
+    if isinstance(impls, (str, Implementation)):  # one, not a sequence of characters
+        impls = [impls]
     built = [impl if isinstance(impl, Implementation) else config.build_impl("impls", impl) for impl in impls]
     if not built:
         raise ValueError("impls: none given (allowed: implementations, or registry names such as 'sdpa')")
@@ -88,7 +90,8 @@ def _causal(values: bool | Sequence[bool]) -> tuple[bool, ...]:
     return tuple(dict.fromkeys(items))
 
 
-def benchmark(impls: Iterable[Implementation | str], *, seq_len: int | Sequence[int], heads: int | Sequence[int] = 16,
+def benchmark(impls: Iterable[Implementation | str] | Implementation | str, *, seq_len: int | Sequence[int],
+              heads: int | Sequence[int] = 16,
               head_dim: int | Sequence[int] = 64, batch: int | Sequence[int] | None = None,
               tokens_per_batch: int = 16384, kv_heads: int | Sequence[int] | None = None,
               dtype: str | Sequence[str] | None = None,
@@ -101,6 +104,8 @@ def benchmark(impls: Iterable[Implementation | str], *, seq_len: int | Sequence[
     is False. Rows finished before an interruption or a lost device stay in `out`."""
     built = _built(impls)
     device = config.device_or_default(device, "device")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed: {seed!r} is not an integer (allowed: any integer)")
     grid = Grid(
         impls=tuple(impl.label for impl in built),
         seq_len=config.positive_ints("seq_len", _text(seq_len)), heads=config.positive_ints("heads", _text(heads)),

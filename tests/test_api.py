@@ -58,7 +58,7 @@ def test_benchmark_writes_rows_the_command_line_reads(tmp_path, capsys):
 
 def test_benchmark_without_out_leaves_no_file_and_shows_progress(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    frame = benchmark(["naive"], seq_len=9, heads=1, head_dim=8, batch=1, mode=["fwd", "fwd+bwd"], device="cpu")
+    frame = benchmark("naive", seq_len=9, heads=1, head_dim=8, batch=1, mode=["fwd", "fwd+bwd"], device="cpu")
     assert list(frame.status) == ["ok", "ok"] and list(frame["mode"]) == ["fwd", "fwd+bwd"]
     assert "naive" in capsys.readouterr().err and not list(tmp_path.iterdir())
 
@@ -74,6 +74,8 @@ def test_benchmark_without_out_leaves_no_file_and_shows_progress(tmp_path, capsy
     ({"impls": ["naive", "naive"]}, r"impls: 'naive' is given twice"),
     ({"impls": ["nave"]}, r"impls: unknown implementation 'nave'"),
     ({"impls": []}, r"impls: none given"),
+    ({"impls": "nave"}, r"impls: unknown implementation 'nave'"),  # one name, not its letters
+    ({"seed": "1"}, r"seed: '1' is not an integer"),
 ])
 def test_benchmark_refuses_bad_arguments_before_measuring(tmp_path, arguments, message):
     out = tmp_path / "r.jsonl"

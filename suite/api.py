@@ -17,7 +17,6 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import torch
@@ -77,12 +76,6 @@ def _built(impls: Iterable[Implementation | str] | Implementation | str) -> list
     return built
 
 
-def _text(values: Any) -> str:
-    """A value or a sequence of them as the command line writes it, for its parsers (and their messages)."""
-    items = values if isinstance(values, Sequence) and not isinstance(values, str) else [values]
-    return ",".join(str(item).lower() if isinstance(item, bool) else str(item) for item in items)
-
-
 def _causal(values: bool | Sequence[bool]) -> tuple[bool, ...]:
     items = values if isinstance(values, Sequence) and not isinstance(values, str) else [values]
     if not items or any(not isinstance(item, bool) for item in items):
@@ -106,15 +99,15 @@ def benchmark(impls: Iterable[Implementation | str] | Implementation | str, *, s
     device = config.device_or_default(device, "device")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed: {seed!r} is not an integer (allowed: any integer)")
+    ints = lambda name, value: config.positive_ints(name, config.as_flag_text(value))  # noqa: E731
     grid = Grid(
         impls=tuple(impl.label for impl in built),
-        seq_len=config.positive_ints("seq_len", _text(seq_len)), heads=config.positive_ints("heads", _text(heads)),
-        head_dim=config.positive_ints("head_dim", _text(head_dim)),
-        dtype=config.dtypes("dtype", _text(dtype or ("bfloat16" if device == "cuda" else "float32"))),
-        causal=_causal(causal), mode=config.modes("mode", _text(mode)),
-        batch=None if batch is None else config.positive_ints("batch", _text(batch)),
-        tokens_per_batch=config.only_one("tokens_per_batch", config.positive_ints("tokens_per_batch", _text(tokens_per_batch))),
-        kv_heads=(None,) if kv_heads is None else config.positive_ints("kv_heads", _text(kv_heads)),
+        seq_len=ints("seq_len", seq_len), heads=ints("heads", heads), head_dim=ints("head_dim", head_dim),
+        dtype=config.dtypes("dtype", config.as_flag_text(dtype or ("bfloat16" if device == "cuda" else "float32"))),
+        causal=_causal(causal), mode=config.modes("mode", config.as_flag_text(mode)),
+        batch=None if batch is None else ints("batch", batch),
+        tokens_per_batch=config.only_one("tokens_per_batch", ints("tokens_per_batch", tokens_per_batch)),
+        kv_heads=(None,) if kv_heads is None else ints("kv_heads", kv_heads),
     )
     cases = grid.cases(device)  # raises ValueError where kv_heads does not divide heads
     if out is not None and Path(out).exists():
@@ -138,7 +131,7 @@ def check(impl: Implementation | str, device: str | None = None, dtypes: str | S
     `.ok`, `.format()` for a reader, `.as_record()` for a program."""
     (built,) = _built([impl])
     device = config.device_or_default(device, "device")
-    chosen = config.dtypes("dtypes", _text(dtypes or default_check_dtypes(device)))
+    chosen = config.dtypes("dtypes", config.as_flag_text(dtypes or default_check_dtypes(device)))
     started = time.perf_counter()
     results = list(conformance.check(built, device, chosen, seed))
     return conformance.CheckSummary(built.label, results, time.perf_counter() - started)

@@ -163,6 +163,16 @@ def build_impl(flag: str, spec: str) -> Implementation:
         raise UsageError(f"{flag}: {error}") from None
 
 
+def as_flag_text(value: Any) -> str:
+    """A value, or a list of them, as a flag writes it (`1024,4096`, `true`), for the flag parsers above: a grid
+    file's values and suite.api's arguments are checked as the command line checks its flags."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(as_flag_text(v) for v in value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
 def read_config(path: str) -> dict[str, Any]:
     """A TOML grid file as flag-like strings, checked for unknown keys."""
     try:
@@ -173,16 +183,9 @@ def read_config(path: str) -> dict[str, Any]:
     if unknown:
         raise UsageError(f"--config: unknown key {unknown[0]!r} in {path!r} (allowed: {', '.join(CONFIG_KEYS)})")
 
-    def as_text(value: Any) -> str:
-        if isinstance(value, list):
-            return ",".join(as_text(v) for v in value)
-        if isinstance(value, bool):
-            return str(value).lower()
-        return str(value)
-
-    text = {key: as_text(value) for key, value in data.items()}
+    text = {key: as_flag_text(value) for key, value in data.items()}
     if isinstance(data.get("causal"), list):
-        both = {as_text(v) for v in data["causal"]}
+        both = {as_flag_text(v) for v in data["causal"]}
         text["causal"] = "both" if both == {"true", "false"} else next(iter(both), "")
     return text
 

@@ -113,6 +113,8 @@ def benchmark(impls: Iterable[Implementation | str] | Implementation | str, *, s
     if out is not None and Path(out).exists():
         raise ValueError(f"out: {str(out)!r} already exists (allowed: a new path; `attnbench run --resume --out` "
                          "continues a file)")
+    if out is not None:
+        config.writable("out", out)
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(out) if out is not None else Path(scratch) / "results.jsonl"
         settings = measured_settings(cases, device, seed)

@@ -21,6 +21,8 @@ def cmd_check(args) -> int:
     from .poison import poisoning
 
     specs = config.impl_specs("--impl", args.impl)
+    if args.json:
+        config.writable("--json", args.json)  # before minutes of checking, not after
     device = config.device_or_default(args.device)
     dtypes = config.dtypes("--dtype", args.dtype or default_check_dtypes(device))
     own = conformance.own_shapes(config.positive_ints("--seq-len", args.seq_len) if args.seq_len else (),

@@ -185,7 +185,7 @@ def cmd_report(args) -> int:
     unknown = [fmt for fmt in formats if fmt not in CHART_FORMATS]
     if unknown:
         raise UsageError(f"--chart-formats: unknown format {unknown[0]!r} (allowed: {', '.join(CHART_FORMATS)})")
-    out = Path(args.out) if args.out else Path("reports") / Path(args.results[0]).stem
+    out = config.writable("--out", args.out if args.out else Path("reports") / Path(args.results[0]).stem, folder=True)
     try:
         path = build_report(args.results, out, baseline=args.baseline, chart_formats=formats)
     except ReportInputError as error:
@@ -286,6 +286,8 @@ def cmd_profile(args) -> int:
         raise UsageError(f"--impl: {args.impl!r} names {len(specs)} implementations (allowed: exactly one)")
     impl = config.build_impl("--impl", specs[0])
     case = Case(**shape, device=device)
+    if args.trace:
+        config.writable("--trace", args.trace)
     reasons = impl.supports(case)
     if reasons:
         raise UsageError(f"{impl.label} cannot run {case.label}: {'; '.join(reasons)}")

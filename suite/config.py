@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import fnmatch
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,25 @@ def only_one(flag: str, values: tuple):
     if len(values) != 1:
         raise UsageError(f"{flag}: {len(values)} values given ({', '.join(map(str, values))}) (allowed: exactly one)")
     return values[0]
+
+
+def writable(flag: str, path: str | Path, *, folder: bool = False) -> Path:
+    """`path` (a file, or with `folder` a directory), refused before any work where it cannot be written: the
+    nearest part of it that exists must be a directory that takes a new file. Creates nothing (the probe file
+    is gone when this returns), so a run that is refused leaves nothing behind."""
+    path = Path(path)
+    existing = path if folder else path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{flag}: cannot write {str(path)!r}: {str(existing)!r} is a file, not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise UsageError(f"{flag}: cannot write {str(path)!r}: {str(existing)!r} takes no new files "
+                         f"({error.strerror or error})") from None
+    return path
 
 
 def positive_float(flag: str, text: str) -> float:

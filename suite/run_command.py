@@ -80,6 +80,7 @@ def cmd_run(args) -> int:
     out = Path(args.out) if args.out else default_out_path(device, label, args.resume)
     if out.exists() and not args.resume:
         raise UsageError(f"--out: {str(out)!r} already exists (use --resume to continue it, or another path)")
+    config.writable("--out", out)
     retry = _retry_statuses(args.retry, args.resume)
     deadline = started + config.positive_float("--time-limit", args.time_limit) if args.time_limit else None
     in_flight = InFlight(out)

@@ -91,6 +91,8 @@ def test_benchmark_refuses_an_existing_file_and_names_that_are_not_labels(tmp_pa
     with pytest.raises(ValueError, match=r"out: .* already exists"):
         benchmark(["naive"], seq_len=8, device="cpu", out=out)
     assert out.read_text() == ""
+    with pytest.raises(ValueError, match=r"out: cannot write .* is a file, not a directory"):
+        benchmark(["naive"], seq_len=8, device="cpu", out=out / "r.jsonl")
     for name in ("", "my:attention", "a,b", "sdpa*"):
         with pytest.raises(ValueError, match=re.escape(f"name: {name!r} is not a usable name")):
             as_implementation(attention, name)

@@ -362,3 +362,26 @@ def test_a_run_records_the_settings_that_change_speed_and_the_report_shows_them(
     assert speed_settings.summary(None) is None and speed_settings.summary(
         {"environment": {}, "float32_matmul_precision": "high", "deterministic_algorithms": True}) == \
         "float32 matmul precision high, deterministic algorithms"
+
+
+@pytest.mark.parametrize("command,flag", [
+    (["run", *TINY, "--out", "{path}/r.jsonl"], "--out"),
+    (["run", *TINY, "--out", "{path}/r.jsonl", "--dry-run"], "--out"),
+    (["check", "--impl", "naive", "--json", "{path}/c.json"], "--json"),
+    (["profile", "--impl", "naive", "--seq-len", "16", "--heads", "2", "--head-dim", "16", "--trace", "{path}/t.json"],
+     "--trace"),
+    (["report", "{results}", "--out", "{path}/report"], "--out"),
+])
+def test_an_output_path_that_cannot_be_written_exits_2_before_any_work(tmp_path, capsys, command, flag):
+    """Under a regular file no folder can be made, even by root: refused at once, in one line, not in a traceback
+    after the measurements."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    results_file = tmp_path / "results.jsonl"
+    results_file.write_text("")
+    argv = [part.format(path=blocker / "sub", results=results_file) for part in command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"attnbench: error: {flag}: cannot write ")
+    assert f"{str(blocker)!r} is a file, not a directory" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "results.jsonl"]

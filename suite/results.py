@@ -102,16 +102,19 @@ def _end_last_line(path: Path) -> None:
 
 def _read_records(path: Path) -> Iterable[dict[str, Any]]:
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise ResultsFormatError(f"{path}: cannot read results file: {error}") from None
+    lines = text.splitlines()
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
-            if number == len(lines):  # a run killed mid-write leaves at most one torn last line
+            # A run killed mid-write leaves at most one torn last line, without its newline (each record is
+            # written whole with it); an ended line that is not JSON is not ours, wherever it stands.
+            if number == len(lines) and not text.endswith("\n"):
                 warnings.warn(f"{path}:{number}: ignoring incomplete last line", stacklevel=2)
                 continue
             raise ResultsFormatError(f"{path}:{number}: not valid JSON: {error}") from None

@@ -177,6 +177,21 @@ def test_torn_last_line_is_ignored_with_a_warning(tmp_path):
         assert len(results.load(path)) == 1
 
 
+def test_an_ended_last_line_that_is_not_json_is_not_taken_for_a_torn_one(tmp_path, capsys):
+    """Only a line a killed run left without its newline is skipped: a file of other text must not be resumed,
+    which would append records after it and leave a file no reader accepts."""
+    from suite.cli import main
+
+    foreign = tmp_path / "notes.jsonl"
+    foreign.write_text("hello\n")
+    with pytest.raises(results.ResultsFormatError, match=r"notes.jsonl:1: not valid JSON"):
+        results.load(foreign)
+    argv = ["run", "--impl", "naive", "--seq-len", "9", "--heads", "1", "--batch", "1", "--head-dim", "8", "--dtype",
+            "float32", "--no-causal", "--mode", "fwd", "--device", "cpu", "--resume", "--out", str(foreign)]
+    assert main(argv) == 2
+    assert "--resume: " in capsys.readouterr().err and foreign.read_text() == "hello\n"
+
+
 def test_minimum_traffic_counts_inputs_read_and_outputs_written_once():
     from suite.traffic import minimum_bytes
 

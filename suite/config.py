@@ -150,10 +150,11 @@ def preset(flag: str, text: str) -> Grid:
 def impl_specs(flag: str, text: str) -> tuple[str, ...]:
     """Comma-separated `NAME[:KEY=VALUE...]`; a NAME with shell wildcards (`sdpa*`, `sparse-*`) stands for every
     implementation it matches, in registry order (the float64 `reference` only when named)."""
-    specs = tuple(dict.fromkeys(spec for item in comma_items(flag, text) for spec in _expanded(flag, item)))
-    for spec in specs:
-        build_impl(flag, spec)  # validate now, so a bad spec stops the run before it starts
-    return specs
+    chosen: dict[str, str] = {}  # label -> the first spec with it: `performer` and `performer:features=256` are one
+    for spec in (spec for item in comma_items(flag, text) for spec in _expanded(flag, item)):
+        label = build_impl(flag, spec).label  # built now, so a bad spec stops the run before it starts
+        chosen.setdefault(label, spec)
+    return tuple(chosen.values())
 
 
 def _expanded(flag: str, spec: str) -> list[str]:
@@ -174,6 +175,8 @@ def build_impl(flag: str, spec: str) -> Implementation:
         key, sep, value = pair.partition("=")
         if not sep or not key or not value:
             raise UsageError(f"{flag}: option {pair!r} in {spec!r} is not KEY=VALUE")
+        if key in options:  # the last would win silently, and the label would hide the first
+            raise UsageError(f"{flag}: option {key!r} is given twice in {spec!r} (allowed: once)")
         options[key] = value
     try:
         return implementations.get(name, **options)

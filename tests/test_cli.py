@@ -25,6 +25,8 @@ TINY = ["--impl", "naive,sdpa-cudnn", "--seq-len", "17", "--heads", "1", "--batc
     (["--impl", "flashy"], r"--impl: unknown implementation 'flashy' \(valid: .*sdpa-flash"),
     (["--impl", "naive:window"], r"--impl: option 'window' in 'naive:window' is not KEY=VALUE"),
     (["--impl", "naive:window=3"], r"--impl: naive: unknown option 'window' \(allowed: none\)"),
+    (["--impl", "performer:features=64:features=32"],
+     r"--impl: option 'features' is given twice in 'performer:features=64:features=32' \(allowed: once\)"),
     (["--impl", "flash*"], r"--impl: 'flash\*' matches no implementation \(known: reference, naive, sdpa"),
     (["--impl", "sparse-*:window=3"], r"--impl: sparse-block: unknown option 'window'"),
     (["--dtype", "float8"], r"--dtype: unknown dtype 'float8' \(allowed: float16, bfloat16, float32\)"),
@@ -252,12 +254,13 @@ def test_flags_override_the_preset(tmp_path):
 
 def test_a_value_repeated_in_a_list_measures_its_cases_once(tmp_path, capsys):
     out = tmp_path / "r.jsonl"
-    grid = ["run", "--preset", "smoke", "--impl", "naive,naive", "--seq-len", "5,5", "--dtype", "fp32,float32",
+    grid = ["run", "--preset", "smoke", "--impl", "naive,naive,performer,performer:features=256,performer:seed=0",
+            "--seq-len", "5,5", "--dtype", "fp32,float32",
             "--no-causal", "--mode", "fwd,fwd", "--batch", "1,1", "--device", "cpu", "--out", str(out)]
     assert main([*grid, "--dry-run"]) == 0
-    assert re.search(r"^total\s+1\s+0\s+0$", capsys.readouterr().out, re.M)
+    assert re.search(r"^total\s+2\s+0\s+0$", capsys.readouterr().out, re.M)  # one label, one implementation
     assert main(grid) == 0
-    assert len(results.load(out)) == 1
+    assert results.load(out).impl.tolist() == ["naive", "performer"]
 
 
 def test_list_and_env(capsys):

@@ -22,6 +22,17 @@ from .poison import never_written
 TOLERANCE = {"float64": (1e-10, 1e-12), "float32": (2e-4, 1e-6), "float16": (5e-3, 2 ** -11), "bfloat16": (3e-2, 2 ** -8)}
 
 
+class WrongOutput(Exception):
+    """The implementation returned an output of another shape or dtype than the query's: not attention for the
+    case asked (an output in float32 for bfloat16 inputs is another computation, timed as another)."""
+
+
+def check_output(out: torch.Tensor, q: torch.Tensor) -> None:
+    """Raises WrongOutput unless `out` has the query's shape and dtype."""
+    if out.shape != q.shape or out.dtype != q.dtype:
+        raise WrongOutput(f"output is {tuple(out.shape)} {out.dtype}, expected {tuple(q.shape)} {q.dtype}")
+
+
 def tolerance(dtype: str, seq_len: int, atol_scale: float = 1.0) -> tuple[float, float]:
     """(rtol, atol) for a case; `atol_scale` is an implementation's own (see Implementation.atol_scale)."""
     rtol, atol = TOLERANCE[dtype]

@@ -16,7 +16,7 @@ import torch
 import implementations
 from implementations import Implementation
 
-from .accuracy import judge
+from .accuracy import WrongOutput, check_output, judge
 from .case import Case
 from .poison import poisoned_allocations
 from .workload import random_tensors
@@ -89,10 +89,6 @@ def input_seed(case: Case) -> int:
     return case.seq_len * 7 + case.head_dim
 
 
-class _WrongShape(Exception):
-    """The implementation returned an output of another shape or dtype than the query's."""
-
-
 class _WroteIntoInputs(Exception):
     """The implementation changed q, k or v in place: a caller's tensors, and in a run every later
     implementation's inputs."""
@@ -106,8 +102,7 @@ def _call(impl: Implementation, case: Case, inputs: tuple[torch.Tensor, ...]) ->
     with poisoned_allocations(case.device):
         with torch.set_grad_enabled(with_grad):
             out = impl(*leaves, causal=case.causal)
-        if out.shape != q.shape or out.dtype != q.dtype:
-            raise _WrongShape(f"output is {tuple(out.shape)} {out.dtype}, expected {tuple(q.shape)} {q.dtype}")
+        check_output(out, q)
         grads = torch.autograd.grad(out, leaves, grad_out) if with_grad else ()
     changed = [name for name, leaf, given in zip("qkv", leaves, (q, k, v)) if not torch.equal(leaf.detach(), given)]
     if changed:
@@ -124,7 +119,7 @@ def _called(impl: Implementation, case: Case, seed: int,
         return CheckResult(case, seed, "unsupported", "; ".join(reasons))
     try:
         return _call(impl, case, inputs)
-    except (_WrongShape, _WroteIntoInputs) as wrong:
+    except (WrongOutput, _WroteIntoInputs) as wrong:
         return CheckResult(case, seed, "fail", str(wrong))
     except implementations.Unsupported as unsupported:
         return CheckResult(case, seed, "unsupported", f"refused at run time: {unsupported}")

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from implementations import Implementation
 
+from .accuracy import check_output
 from .case import Case
 
 
@@ -134,13 +135,17 @@ class Workload:
             t.grad = None
 
     def checked_call(self) -> dict[str, torch.Tensor]:
-        """One full forward (and backward) whose results are compared with the reference."""
+        """One full forward (and backward) whose results are compared with the reference; WrongOutput if the
+        output does not have the query's shape and dtype."""
         i = self.inputs
         if not self.case.needs_grad:
             with torch.no_grad():
-                return {"out": self._forward()}
+                out = self._forward()
+            check_output(out, i.q)
+            return {"out": out}
         self.clear_grads()
         out = self._forward()
+        check_output(out, i.q)
         out.backward(i.dout)
         return {"out": out.detach(), "dq": i.q.grad, "dk": i.k.grad, "dv": i.v.grad}
 

@@ -28,6 +28,32 @@ def run(impls, case_list, tmp_path, **kwargs):
     return rows, tmp_path / "r.jsonl"
 
 
+class WideningAttention(implementations.Implementation):
+    """Right values, in float64 for float32 inputs, or transposed: not the computation the case asks for."""
+
+    def __init__(self, name: str, transposed: bool = False):
+        super().__init__(name)
+        self.transposed = transposed
+
+    def __call__(self, q, k, v, *, causal=False):
+        out = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=causal)
+        return out.to(q.dtype).transpose(1, 2) if self.transposed else out
+
+
+def test_an_output_of_another_dtype_or_shape_is_an_error_row_that_says_so(tmp_path):
+    """Timed, a float64 output for float32 inputs would stand for float32 attention: its row is an error naming
+    both dtypes, as `check` fails it, and never ok; a transposed output says the same of shapes."""
+    rows, _ = run([WideningAttention("wide"), WideningAttention("turned", transposed=True),
+                   implementations.get("naive")], cases(17, mode="fwd") + cases(17, mode="fwd+bwd"), tmp_path)
+    by = {(r["impl"], r["mode"]): r for r in rows}
+    for mode in ("fwd", "fwd+bwd"):
+        assert by["wide", mode]["status"] == "error" and by["wide", mode]["reason"].endswith(
+            "WrongOutput: output is (1, 2, 17, 16) torch.float64, expected (1, 2, 17, 16) torch.float32")
+        assert by["turned", mode]["status"] == "error" and "output is (1, 17, 2, 16) torch.float32" in by[
+            "turned", mode]["reason"]
+        assert by["naive", mode]["status"] == "ok"
+
+
 def test_injected_oom_becomes_a_row_and_the_run_goes_on(tmp_path):
     flaky = ScriptedAttention("flaky", fail_on_seq_len=33, error=torch.OutOfMemoryError("CUDA out of memory. Tried"))
     rows, path = run([flaky, implementations.get("naive")], cases(17, 33, 65), tmp_path)

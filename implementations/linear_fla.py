@@ -38,7 +38,7 @@ class FlaLinearAttention(LinearAttention):
             raise Unsupported([problem or "fla's chunk_linear_attn is causal only"])
         as_bthd = lambda x: x.transpose(1, 2)  # noqa: E731 - fla's layout is (batch, seq, heads, dim)
         out, _ = kernel(as_bthd(elu_feature_map(q)), as_bthd(elu_feature_map(k)), as_bthd(v), scale=1.0, normalize=True)
-        return out.transpose(1, 2)
+        return out.transpose(1, 2).to(q.dtype)  # a no-op where fla keeps the input dtype, as its kernels do today
 
     def backend(self, q, k, v, *, causal=False) -> str | None:
         try:

@@ -100,6 +100,8 @@ def _parser() -> argparse.ArgumentParser:
     comparing.add_argument("--memory-threshold", default="10",
                            help="smallest growth of peak memory that counts, in percent (default 10), or 'off'")
     comparing.add_argument("--format", default="text", choices=("text", "md", "json"))
+    comparing.add_argument("--chart", help="also draw every case's time ratio, coloured by verdict, into this "
+                                           "file (.png, .svg or .pdf)")
 
     recommend = commands.add_parser("recommend", help="rank implementations for a shape from measured results")
     recommend.add_argument("--seq-len", dest="seq_len", required=True,
@@ -268,8 +270,16 @@ def cmd_compare(args) -> int:
     memory_threshold = None if args.memory_threshold == "off" else \
         config.positive_float("--memory-threshold", args.memory_threshold) / 100
     split = lambda text: [Path(p) for p in text.split(",") if p]  # noqa: E731
+    chart = None
+    if args.chart:
+        from .reporting.charts import CHART_FORMATS
+
+        chart = config.writable("--chart", args.chart)
+        if chart.suffix.lstrip(".") not in CHART_FORMATS:
+            raise UsageError(f"--chart: {args.chart!r} does not end in a chart format "
+                             f"(allowed: {', '.join('.' + fmt for fmt in CHART_FORMATS)})")
     try:
-        text, status = run(split(args.baseline), split(args.current), threshold, args.format, memory_threshold)
+        text, status = run(split(args.baseline), split(args.current), threshold, args.format, memory_threshold, chart)
     except CompareInputError as error:
         raise UsageError(f"compare: {error}") from None
     print(text)

@@ -276,10 +276,16 @@ def compare(base_frame: pd.DataFrame, current_frame: pd.DataFrame, threshold: fl
 
 
 def run(base_paths: list[Path], current_paths: list[Path], threshold: float, fmt: str,
-        memory_threshold: float | None = 0.10) -> tuple[str, int]:
+        memory_threshold: float | None = 0.10, chart: Path | None = None) -> tuple[str, int]:
+    """The comparison in `fmt`, and the exit status; with `chart`, also the ratio chart (compare_chart.py)."""
     from .compare_views import format_json, format_markdown, format_text
 
     (base, _), (current, scope) = read_side(base_paths), read_side(current_paths)
     result = compare(base, current, threshold, scope, memory_threshold)
+    if chart is not None:
+        from .compare_chart import ratio_chart
+        from .reporting.charts import save_to
+
+        save_to(ratio_chart(result, threshold), chart)
     text = {"text": format_text, "md": format_markdown, "json": format_json}[fmt](result)
     return text, 1 if result.regressed else 0

@@ -373,3 +373,44 @@ def test_runs_under_other_software_or_speed_settings_are_noted(tmp_path, capsys,
     out = capsys.readouterr().out
     assert "note: the runs differ in software: baseline torch 2.11.0, current torch 2.12.0" in out
     assert "speed settings" not in out and "ran with" not in out  # set to 0: launches do not block
+
+
+def test_the_ratio_chart_draws_every_timed_case_in_its_verdicts_colour(tmp_path, capsys, real_rows):
+    from matplotlib.colors import to_rgba
+
+    from suite.compare import compare, read_side
+    from suite.compare_chart import VERDICT_COLOURS, ratio_chart
+
+    base = synthetic(tmp_path / "a.jsonl", real_rows, seed=1)
+
+    def fail(record):
+        if record["impl"] == "naive" and record["seq_len"] == 64:
+            record.update(status="oom", reason="injected")
+    current = synthetic(tmp_path / "b.jsonl", real_rows, seed=2, slow={("sdpa", 32): 1.3}, edit=fail)
+    chart = tmp_path / "ratios.svg"
+    assert main(["compare", str(base), str(current), "--chart", str(chart)]) == 1
+    assert chart.read_bytes().startswith(b"<?xml") and "slower" in capsys.readouterr().out
+    first = chart.read_bytes()
+    assert main(["compare", str(base), str(current), "--chart", str(chart)]) == 1
+    assert chart.read_bytes() == first  # the same bytes when drawn again, for a diff of a stored chart
+
+    result = compare(read_side([base])[0], read_side([current])[0])
+    fig = ratio_chart(result, 0.05)
+    ax = fig.axes[0]
+    points = [(tuple(c.get_offsets()[0]), tuple(c.get_facecolors()[0])) for c in ax.collections if len(c.get_offsets())]
+    timed = [row for row in result.rows if row.ratio is not None]
+    assert len(points) == len(timed) == 5  # 2 implementations x 3 lengths, less the case that failed
+    slowed = [colour for (x, _), colour in points if x > 1.2]
+    assert slowed == [to_rgba(VERDICT_COLOURS["slower"])]
+    assert sum(colour == to_rgba(VERDICT_COLOURS["same"]) for _, colour in points) == 4
+    assert [label.get_text() for label in ax.get_yticklabels()] == ["sdpa", "naive"]
+    assert "not drawn: 1 cases whose status changed" in ax.get_title()
+
+
+@pytest.mark.parametrize("chart,message", [("ratios.txt", "does not end in a chart format (allowed: .png, .svg, .pdf)"),
+                                           ("a-file/ratios.png", "is a file, not a directory")])
+def test_a_chart_path_that_cannot_be_drawn_exits_2_before_comparing(tmp_path, capsys, real_rows, chart, message):
+    base = synthetic(tmp_path / "a.jsonl", real_rows, seed=1)
+    (tmp_path / "a-file").write_text("")
+    assert main(["compare", str(base), str(base), "--chart", str(tmp_path / chart)]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "ratios.txt").exists()

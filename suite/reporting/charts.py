@@ -273,7 +273,14 @@ def stamp(fig: Figure, frame: pd.DataFrame) -> None:
 
 def save(fig: Figure, stem: Path, formats: tuple[str, ...] = ("png",)) -> None:
     """Writes `stem.<format>` for each format: PNG (80 dpi) for pages, SVG and PDF (vector) for print and slides."""
-    with plt.rc_context({"svg.hashsalt": "attnbench"}):
-        for fmt in formats:
-            fig.savefig(stem.with_suffix(f".{fmt}"), dpi=80, metadata=_UNDATED[fmt])
+    for fmt in formats:
+        save_to(fig, stem.with_suffix(f".{fmt}"), close=False)
     plt.close(fig)
+
+
+def save_to(fig: Figure, path: Path, close: bool = True) -> None:
+    """Writes the chart in the format its suffix names (one of CHART_FORMATS), the same bytes when regenerated."""
+    with plt.rc_context({"svg.hashsalt": "attnbench"}):
+        fig.savefig(path, dpi=80, metadata=_UNDATED[path.suffix.lstrip(".")])
+    if close:
+        plt.close(fig)

@@ -19,7 +19,7 @@ from .peak import measured_copy_gbytes_per_s, measured_matmul_tflops
 from .plan import format_plan, plan_run
 from .presets import default_preset
 from .progress import Progress
-from .results import STATUSES, ResultsFormatError, ResultsWriter, finished_keys, key_of_row, recorded_machine, timed_by_runs
+from .results import STATUSES, ResultsFormatError, ResultsWriter, finished_keys, key_of_row, read, recorded_machine, timed_by_runs
 from .runner import DeviceLost, RunSettings, TimeLimitReached, row_key, run_cases
 from .summary import format_table
 from .termination import exit_status, stop_word
@@ -61,6 +61,16 @@ def _refuse_another_machine(out: Path, device: str) -> None:
                          f"measure on {here} (resume it there, or write these rows to another file with --out)")
 
 
+def _refuse_another_seed(out: Path, seed: int) -> None:
+    """A file's rows of one case were measured on the same inputs, which the seed makes: resuming with another
+    would check and time its new rows on other inputs (files written before the seed was recorded pass)."""
+    runs, _ = read(out) if out.exists() else ([], [])
+    seeds = sorted({run["seed"] for run in runs if not run.get("amends") and run.get("seed") is not None} - {seed})
+    if seeds:
+        raise UsageError(f"--seed: {str(out)!r} was measured with seed {', '.join(map(str, seeds))}, and this run would "
+                         f"use {seed} (resume with --seed {seeds[0]}, or write these rows to another file with --out)")
+
+
 def cmd_run(args) -> int:
     started = time.monotonic()
     flags = {key: getattr(args, key) for key in ("impl", "seq_len", "heads", "kv_heads", "batch", "head_dim", "dtype",
@@ -92,6 +102,7 @@ def cmd_run(args) -> int:
         skip = finished_keys(out, retry) if args.resume else set()
         if args.resume:
             _refuse_another_machine(out, device)
+            _refuse_another_seed(out, args.seed)
         died = _row_a_process_died_in(in_flight, out)
     except ResultsFormatError as error:
         raise UsageError(f"--resume: {error}") from None
@@ -162,7 +173,7 @@ def measured_settings(cases: list[Case], device: str, seed: int) -> RunSettings:
 def results_writer(out: Path, grid, settings: RunSettings, device: str, **how) -> ResultsWriter:
     """A writer whose run header records the environment, the grid asked for (so `compare` tells a case left
     out from a case lost), the measured ceilings and the timing policy; `how`: preset, config, argv."""
-    run_info = {**how, "grid": _grid_record(grid), "measured_peak_tflops": settings.peak_tflops,
+    run_info = {**how, "grid": _grid_record(grid), "seed": settings.seed, "measured_peak_tflops": settings.peak_tflops,
                 "measured_peak_gbytes_per_s": settings.peak_gbytes_per_s, "timing_policy": vars(settings.policies[device])}
     return ResultsWriter(out, collect(torch.device(device)), run_info)
 

@@ -388,3 +388,18 @@ def test_an_output_path_that_cannot_be_written_exits_2_before_any_work(tmp_path,
     assert len(err) == 1 and err[0].startswith(f"attnbench: error: {flag}: cannot write ")
     assert f"{str(blocker)!r} is a file, not a directory" in err[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "results.jsonl"]
+
+
+def test_resume_with_another_seed_is_refused(tmp_path, capsys):
+    """The seed makes a case's inputs: a file resumed with another would hold rows of one case on other inputs."""
+    out = tmp_path / "r.jsonl"
+    assert main(["run", *TINY, "--out", str(out), "--seed", "7"]) == 0
+    assert json.loads(out.read_text().splitlines()[0])["seed"] == 7
+    before = out.read_text()
+    more = ["--seq-len", "17,18"]
+    assert main(["run", *TINY, *more, "--out", str(out), "--resume"]) == 2
+    assert f"--seed: {str(out)!r} was measured with seed 7, and this run would use 0 (resume with --seed 7" in \
+        capsys.readouterr().err
+    assert out.read_text() == before
+    assert main(["run", *TINY, *more, "--out", str(out), "--resume", "--seed", "7"]) == 0
+    assert set(results.load(out).seq_len) == {17, 18}

@@ -189,7 +189,8 @@ def cmd_report(args) -> int:
         raise UsageError(f"--chart-formats: unknown format {unknown[0]!r} (allowed: {', '.join(CHART_FORMATS)})")
     out = config.writable("--out", args.out if args.out else Path("reports") / Path(args.results[0]).stem, folder=True)
     try:
-        path = build_report(args.results, out, baseline=args.baseline, chart_formats=formats)
+        path = build_report(args.results, out, baseline=args.baseline, chart_formats=formats,
+                            say=lambda message: print(f"attnbench: {message}", file=sys.stderr, flush=True))
     except ReportInputError as error:
         raise UsageError(f"report: {error}") from None
     print(f"report: {path}\nhtml: {path.parent / 'index.html'}")

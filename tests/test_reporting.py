@@ -859,3 +859,15 @@ def test_a_roofline_places_each_row_by_its_intensity_under_the_roofs_its_run_mea
     fig = roofline_chart(cpu, colours(cpu.impl), group)
     assert not fig.axes[0].get_lines() and "no roofs" in fig.axes[0].get_title()
     plt.close(fig)
+
+
+def test_report_says_how_far_it_has_got(cpu_results, tmp_path):
+    from suite.reporting import build_report
+
+    told: list[str] = []
+    build_report([cpu_results], tmp_path / "report", baseline="naive", say=told.append)
+    groups = [message for message in told if message.startswith("charts ")]
+    assert told[0].endswith(" rows from 1 file") and told[-1] == "writing report.md, index.html and data.csv"
+    assert groups and groups[0].startswith(f"charts 1/{len(groups)}: ") and groups[-1].startswith(f"charts {len(groups)}/")
+    charts_drawn = {p.name.split("-")[0] for p in (tmp_path / "report" / "charts").glob("time-*.png")}
+    assert len(list((tmp_path / "report" / "charts").glob("time-*.png"))) == len(groups) and charts_drawn == {"time"}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -278,10 +279,11 @@ def _one_row_per_case(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
 
 
 def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | None = None,
-                 chart_formats: tuple[str, ...] = ("png",)) -> Path:
+                 chart_formats: tuple[str, ...] = ("png",), say: Callable[[str], None] = lambda message: None) -> Path:
     """Writes the report of `paths` into `out_dir`. A `baseline` asked for must have been measured; without
     one, `sdpa` is used where it was, and the report says so where it was not. Each chart is written as PNG,
-    which the pages show, and in the other `chart_formats` beside it."""
+    which the pages show, and in the other `chart_formats` beside it. `say` is told how far it has got (drawing
+    a large file's charts takes a minute)."""
     paths = [Path(p) for p in paths]
     try:
         frame, repeated = _one_row_per_case(prepare(load(paths)))
@@ -292,6 +294,7 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | N
         raise ReportInputError(f"--baseline: {baseline!r} was not measured in these results "
                                f"(measured: {', '.join(measured_impls) or 'none'})")
     baseline = baseline or DEFAULT_BASELINE
+    say(f"{len(frame)} rows from {len(paths)} file{'s' * (len(paths) != 1)}")
     out_dir = Path(out_dir)
     (out_dir / "charts").mkdir(parents=True, exist_ok=True)
     colour_of = colours(frame.impl)
@@ -327,10 +330,11 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | N
         if baseline not in set(measured.impl):
             report.add(Paragraph(f"No speed-up charts: the baseline {baseline!r} was not measured in these results "
                                  "(choose another with --baseline)."))
-        for key, part in frame.groupby(list(CHART_KEYS), sort=True, dropna=False):
-            group = dict(zip(CHART_KEYS, key))
-            if not part.status.isin(MEASURED).any():
-                continue
+        chart_groups = [(dict(zip(CHART_KEYS, key)), part)
+                        for key, part in frame.groupby(list(CHART_KEYS), sort=True, dropna=False)
+                        if part.status.isin(MEASURED).any()]
+        for number, (group, part) in enumerate(chart_groups, 1):
+            say(f"charts {number}/{len(chart_groups)}: {group_title(group)}")
             name = slug(group["gpu"], *batching_words(group), group["dtype"], "causal" if group["causal"] else "dense",
                         group["mode"])
             report.add(Heading(group_title(group), 3))
@@ -398,6 +402,7 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | N
             report.add(Heading(group_title(group), 3), _group_table(part))
         if (~frame.status.isin(MEASURED)).any():
             report.add(Heading("Rows that did not run"), _failure_table(frame))
+    say("writing report.md, index.html and data.csv")
     _write_data(frame, out_dir / "data.csv")
     (out_dir / "report.md").write_text(to_markdown(report), encoding="utf-8")
     (out_dir / "index.html").write_text(to_html(report, out_dir), encoding="utf-8")

@@ -14,7 +14,6 @@ command line checks its flags; a bad one raises ValueError naming the argument, 
 from __future__ import annotations
 
 import tempfile
-import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from implementations import CaseLike, Implementation
 
 from . import config, conformance
 from .case import Grid
-from .check_command import default_check_dtypes
+from .check_command import checked, default_check_dtypes
 from .progress import Progress
 from .results import load
 from .run_command import measured_settings, results_writer
@@ -134,9 +133,8 @@ def check(impl: Implementation | str, device: str | None = None, dtypes: str | S
     (built,) = _built([impl])
     device = config.device_or_default(device, "device")
     chosen = config.dtypes("dtypes", config.as_flag_text(dtypes or default_check_dtypes(device)))
-    started = time.perf_counter()
-    results = list(conformance.check(built, device, chosen, seed))
-    return conformance.CheckSummary(built.label, results, time.perf_counter() - started)
+    summary, _ = checked(built, device, chosen, seed)  # stopped early where the device became unusable
+    return summary
 
 
 __all__ = ["FunctionImplementation", "as_implementation", "benchmark", "check"]

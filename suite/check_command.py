@@ -6,7 +6,10 @@ import functools
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+from implementations import Implementation
 
 from . import config, conformance, runner
 from .case import Case
@@ -38,24 +41,13 @@ def cmd_check(args) -> int:
     all_ok, summaries = True, []
     for number, spec in enumerate(specs):
         impl = config.build_impl("--impl", spec)
-        started = last_note = time.perf_counter()
-        results, device_lost = [], False
         starting = functools.partial(_announce_case, impl.label) if args.verbose else None
-        for result in conformance.check(impl, device, dtypes, args.seed, own, starting):
-            results.append(result)
-            # After a sticky CUDA error every later case would crash too, whatever its implementation.
-            device_lost = result.status == "error" and not runner.device_usable(device)
-            if device_lost:
-                break
-            if time.perf_counter() - last_note > 10:  # compiled kernels can take minutes: say it is moving
-                last_note = time.perf_counter()
-                print(f"  {impl.label}: {len(results)} cases done, {last_note - started:.0f} s", file=sys.stderr, flush=True)
-        summary = conformance.CheckSummary(impl.label, results, time.perf_counter() - started)
+        summary, device_lost = checked(impl, device, dtypes, args.seed, own, starting, moving=_say_it_is_moving)
         summaries.append(summary)
         print(summary.format(), flush=True)
         all_ok &= summary.ok
         if device_lost:
-            print(f"  stopped: the device was unusable after the error on {results[-1].case.label}", flush=True)
+            print(f"  stopped: the device was unusable after the error on {summary.results[-1].case.label}", flush=True)
             for rest in specs[number + 1:]:
                 print(f"{rest}: NOT CHECKED (the device was unusable after {impl.label}'s error)", flush=True)
             all_ok = False
@@ -65,6 +57,29 @@ def cmd_check(args) -> int:
                                       "ok": all_ok, "implementations": [s.as_record() for s in summaries]})
         print(f"results: {args.json}")
     return 0 if all_ok else 1
+
+
+def checked(impl: Implementation, device: str, dtypes: tuple[str, ...], seed: int = 0, own: list[tuple] = (),
+            starting: Callable[[Case, int], None] | None = None,
+            moving: Callable[[str, int, float], None] | None = None) -> tuple[conformance.CheckSummary, bool]:
+    """One implementation's conformance check, summed up, and whether it left the device unusable (a sticky CUDA
+    error: every later case would crash too, whatever its implementation, so the check stops there). `moving`
+    is told (label, cases done, seconds) every 10 s: compiled kernels can take minutes."""
+    started = last_note = time.perf_counter()
+    results, device_lost = [], False
+    for result in conformance.check(impl, device, dtypes, seed, own, starting):
+        results.append(result)
+        device_lost = result.status == "error" and not runner.device_usable(device)
+        if device_lost:
+            break
+        if moving and time.perf_counter() - last_note > 10:
+            last_note = time.perf_counter()
+            moving(impl.label, len(results), last_note - started)
+    return conformance.CheckSummary(impl.label, results, time.perf_counter() - started), device_lost
+
+
+def _say_it_is_moving(label: str, done: int, seconds: float) -> None:
+    print(f"  {label}: {done} cases done, {seconds:.0f} s", file=sys.stderr, flush=True)
 
 
 def _announce_case(label: str, case: Case, seed: int) -> None:

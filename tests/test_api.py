@@ -104,3 +104,13 @@ def test_benchmark_refuses_an_existing_file_and_names_that_are_not_labels(tmp_pa
 def test_benchmark_on_cuda_without_a_gpu_says_so():
     with pytest.raises(ValueError, match=r"device: 'cuda' was asked for but no CUDA device is available"):
         benchmark(["naive"], seq_len=8, device="cuda")
+
+
+def test_check_stops_where_the_device_became_unusable(monkeypatch):
+    from suite import runner
+
+    def crashes(q, k, v, *, causal=False):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+    monkeypatch.setattr(runner, "device_usable", lambda device: False)  # asked only after an error
+    summary = check(as_implementation(crashes, "crashes"), dtypes="float32")
+    assert len(summary.results) == 1 and summary.results[0].status == "error" and not summary.ok

@@ -14,7 +14,7 @@ command line checks its flags; a bad one raises ValueError naming the argument, 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -88,11 +88,13 @@ def benchmark(impls: Iterable[Implementation | str] | Implementation | str, *, s
               tokens_per_batch: int = 16384, kv_heads: int | Sequence[int] | None = None,
               dtype: str | Sequence[str] | None = None,
               causal: bool | Sequence[bool] = False, mode: str | Sequence[str] = "fwd", device: str | None = None,
-              out: str | Path | None = None, seed: int = 0, progress: bool = True) -> pd.DataFrame:
+              out: str | Path | None = None, seed: int = 0, timing: Mapping[str, int | float] | str | None = None,
+              progress: bool = True) -> pd.DataFrame:
     """Every implementation on every case of the grid, one row each (a case one cannot run is a row with its
     reason). Without `batch`, each length's batch is `tokens_per_batch // seq_len`. `dtype` defaults to bfloat16
     on a GPU and float32 on a CPU; `device` to the GPU where there is one. `out`: the results file to write (it
-    must not exist); without it the rows go to a temporary file. Progress lines go to stderr unless `progress`
+    must not exist); without it the rows go to a temporary file. `timing` changes how each case is timed, as
+    `run --timing` does (`{"min_repeats": 20, "budget_s": 3}`). Progress lines go to stderr unless `progress`
     is False. Rows finished before an interruption or a lost device stay in `out`."""
     built = _built(impls)
     device = config.device_or_default(device, "device")
@@ -109,6 +111,7 @@ def benchmark(impls: Iterable[Implementation | str] | Implementation | str, *, s
         kv_heads=(None,) if kv_heads is None else ints("kv_heads", kv_heads),
     )
     cases = grid.cases(device)  # raises ValueError where kv_heads does not divide heads
+    policy = config.timing_policy("timing", None if timing is None else config.as_flag_text(timing), device)
     if out is not None and Path(out).exists():
         raise ValueError(f"out: {str(out)!r} already exists (allowed: a new path; `attnbench run --resume --out` "
                          "continues a file)")
@@ -116,7 +119,7 @@ def benchmark(impls: Iterable[Implementation | str] | Implementation | str, *, s
         config.writable("out", out)
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(out) if out is not None else Path(scratch) / "results.jsonl"
-        settings = measured_settings(cases, device, seed)
+        settings = measured_settings(cases, device, seed, policy)
         writer = results_writer(path, grid, settings, device, preset=None, config=None, argv=["(suite.api.benchmark)"])
         try:
             run_cases(built, cases, settings=settings, on_row=writer.append, progress=Progress() if progress else None)

@@ -25,6 +25,7 @@ from .presets import PRESETS
 from .results import ResultsFormatError, read, recorded_machine
 from .run_command import RETRYABLE, cmd_run
 from .termination import exit_status, sigterm_raises, stop_word
+from .timing import ADJUSTABLE, TimingPolicy, describe
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--retry", help=f"with --resume: run again the cases whose row has one of these statuses "
                                      f"({', '.join(RETRYABLE)}); the new row replaces the old one")
     run.add_argument("--seed", type=int, default=0, help="seed for the random inputs (default 0)")
+    run.add_argument("--timing", help="KEY=VALUE[,KEY=VALUE...]: how each case is timed, e.g. min_repeats=20,budget_s=3 "
+                                      "(keys: " + ", ".join(ADJUSTABLE) + "; defaults: on cuda " +
+                                      describe(vars(TimingPolicy.for_device("cuda"))) + ", on cpu " +
+                                      describe(vars(TimingPolicy.for_device("cpu"))) + ")")
     run.add_argument("--time-limit", dest="time_limit",
                      help="seconds: start no new row after this long; the run stops cleanly, every finished row kept "
                           "(exit 3; continue with --resume --out FILE)")

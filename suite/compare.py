@@ -227,10 +227,11 @@ def _recorded(frame: pd.DataFrame, column: str) -> list[str]:
 
 
 def conditions_notes(base_frame: pd.DataFrame, current_frame: pd.DataFrame) -> list[str]:
-    """What differed between the two sides besides the code (software; settings that change speed), and settings
-    under which neither side's timings mean what they claim: a verdict then may be theirs, not the code's."""
+    """What differed between the two sides besides the code (software; settings that change speed; the timing
+    policy, which sets what a median is taken over), and settings under which neither side's timings mean what they
+    claim: a verdict then may be theirs, not the code's."""
     notes = []
-    for column, what in (("software", "software"), ("settings", "speed settings")):
+    for column, what in (("software", "software"), ("settings", "speed settings"), ("timing", "timing policy")):
         before, after = _recorded(base_frame, column), _recorded(current_frame, column)
         if before and after and before != after:
             notes.append(f"the runs differ in {what}: baseline {'; '.join(before)}, current {'; '.join(after)}")

@@ -12,6 +12,7 @@ from implementations import DTYPES, Implementation
 
 from .case import DEVICES, MODES, Grid
 from .presets import PRESETS
+from .timing import TimingPolicy
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -21,7 +22,7 @@ else:  # pragma: no cover
 _DTYPE_ALIASES = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32"}
 _RUN_DTYPES = ("float16", "bfloat16", "float32")
 CONFIG_KEYS = ("preset", "impl", "seq_len", "heads", "kv_heads", "batch", "head_dim", "dtype", "causal", "mode",
-               "tokens_per_batch", "device")
+               "tokens_per_batch", "device", "timing")
 
 
 class UsageError(ValueError):
@@ -186,9 +187,31 @@ def build_impl(flag: str, spec: str) -> Implementation:
         raise UsageError(f"{flag}: {error}") from None
 
 
+def timing_policy(flag: str, text: str | None, device: str) -> TimingPolicy:
+    """The device's timing policy with `KEY=VALUE[,KEY=VALUE...]` applied (`min_repeats=20,budget_s=3`)."""
+    policy = TimingPolicy.for_device(device)
+    if text is None:
+        return policy
+    changes: dict[str, str] = {}
+    for item in comma_items(flag, text):
+        key, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or not key or not value:
+            raise UsageError(f"{flag}: {item!r} is not KEY=VALUE")
+        if key in changes:
+            raise UsageError(f"{flag}: {key!r} is given twice in {text!r} (allowed: once)")
+        changes[key] = value
+    try:
+        return policy.adjusted(changes)
+    except ValueError as error:
+        raise UsageError(f"{flag}: {error}") from None
+
+
 def as_flag_text(value: Any) -> str:
-    """A value, or a list of them, as a flag writes it (`1024,4096`, `true`), for the flag parsers above: a grid
-    file's values and suite.api's arguments are checked as the command line checks its flags."""
+    """A value, or a list of them, as a flag writes it (`1024,4096`, `true`; a table as `key=value,...`), for the
+    flag parsers above: a grid file's values and suite.api's arguments are checked as the command line checks its
+    flags."""
+    if isinstance(value, dict):
+        return ",".join(f"{key}={as_flag_text(v)}" for key, v in value.items())
     if isinstance(value, (list, tuple)):
         return ",".join(as_flag_text(v) for v in value)
     if isinstance(value, bool):

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import speed_settings
+from . import speed_settings, timing
 from .case import CASE_FIELDS
 
 FORMAT_VERSION = 1
@@ -189,6 +189,7 @@ def load(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
             row["software"], row["attnbench_commit"] = software_of(env), env.get("git_commit")
             row["settings"] = speed_settings.summary(env.get("speed_settings"))
             row["distorted_by"] = ", ".join(speed_settings.distorting(env.get("speed_settings"))) or None
+            row["timing"] = timing.describe(run.get("timing_policy"))
             row["batching"] = batching(run, row)
             row["source"] = str(path)
         frames.append(pd.DataFrame(rows))

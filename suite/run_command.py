@@ -23,6 +23,7 @@ from .results import STATUSES, ResultsFormatError, ResultsWriter, finished_keys,
 from .runner import DeviceLost, RunSettings, TimeLimitReached, row_key, run_cases
 from .summary import format_table
 from .termination import exit_status, stop_word
+from .timing import TimingPolicy, describe
 
 RETRYABLE = tuple(status for status in STATUSES if status != "ok")
 
@@ -71,6 +72,16 @@ def _refuse_another_seed(out: Path, seed: int) -> None:
                          f"use {seed} (resume with --seed {seeds[0]}, or write these rows to another file with --out)")
 
 
+def _note_another_timing(out: Path, policy: TimingPolicy) -> None:
+    """Rows timed with another policy are still measurements of the same calls, so a resume may change it; it is
+    said, and each run's header records its own."""
+    runs, _ = read(out) if out.exists() else ([], [])
+    others = sorted({describe(run["timing_policy"]) for run in runs if run.get("timing_policy")} - {describe(vars(policy))})
+    if others:
+        print(f"note: {out} holds rows timed with {'; '.join(others)}; these will be timed with {describe(vars(policy))}",
+              file=sys.stderr)
+
+
 def cmd_run(args) -> int:
     started = time.monotonic()
     flags = {key: getattr(args, key) for key in ("impl", "seq_len", "heads", "kv_heads", "batch", "head_dim", "dtype",
@@ -92,6 +103,7 @@ def cmd_run(args) -> int:
         raise UsageError(f"--out: {str(out)!r} already exists (use --resume to continue it, or another path)")
     config.writable("--out", out)
     retry = _retry_statuses(args.retry, args.resume)
+    policy = config.timing_policy("--timing", from_config.get("timing") if args.timing is None else args.timing, device)
     deadline = started + config.positive_float("--time-limit", args.time_limit) if args.time_limit else None
     in_flight = InFlight(out)
     writing = in_flight.running_elsewhere()
@@ -103,6 +115,7 @@ def cmd_run(args) -> int:
         if args.resume:
             _refuse_another_machine(out, device)
             _refuse_another_seed(out, args.seed)
+            _note_another_timing(out, policy)
         died = _row_a_process_died_in(in_flight, out)
     except ResultsFormatError as error:
         raise UsageError(f"--resume: {error}") from None
@@ -118,7 +131,7 @@ def cmd_run(args) -> int:
         print(f"nothing to run: every case is already in {out}")  # before measuring the GPU's peaks
         return 0
 
-    settings = measured_settings(cases, device, args.seed)
+    settings = measured_settings(cases, device, args.seed, policy)
     writer = results_writer(out, grid, settings, device, preset=preset_name, config=args.config, argv=sys.argv[1:])
     if died:
         writer.append(died)
@@ -153,11 +166,14 @@ def cmd_run(args) -> int:
     return 0
 
 
-def measured_settings(cases: list[Case], device: str, seed: int) -> RunSettings:
-    """The run's settings, with this GPU's matmul peak for each dtype of `cases` and its copy bandwidth (the
-    ceilings TFLOP/s and GB/s are read against); nothing to measure on a CPU. On a GPU, first a warning for each
-    setting of this process under which its timings would not be a program's (the results record them too)."""
+def measured_settings(cases: list[Case], device: str, seed: int, policy: TimingPolicy | None = None) -> RunSettings:
+    """The run's settings (`policy`: how each case is timed, the device's default if None), with this GPU's matmul
+    peak for each dtype of `cases` and its copy bandwidth (the ceilings TFLOP/s and GB/s are read against); nothing
+    to measure on a CPU. On a GPU, first a warning for each setting of this process under which its timings would
+    not be a program's (the results record them too)."""
     settings = RunSettings(seed=seed)
+    if policy is not None:
+        settings.policies[device] = policy
     if device == "cuda":
         for warning in speed_settings.warnings_for(speed_settings.current()):
             print(f"attnbench: warning: {warning}", file=sys.stderr, flush=True)

@@ -63,6 +63,12 @@ def test_benchmark_without_out_leaves_no_file_and_shows_progress(tmp_path, capsy
     assert "naive" in capsys.readouterr().err and not list(tmp_path.iterdir())
 
 
+def test_benchmark_takes_a_timing_policy():
+    frame = benchmark("naive", seq_len=9, heads=1, head_dim=8, batch=1, device="cpu", progress=False,
+                      timing={"min_repeats": 5, "max_repeats": 5, "warmup_calls": 0})
+    assert list(frame.repeats) == [5] and list(frame.timing) == ["0 warm-up, 5-5 repeats, 0.25 s, ±1%, noisy >10%"]
+
+
 @pytest.mark.parametrize("arguments,message", [
     ({"seq_len": 0}, r"seq_len: '0' is not a positive integer"),
     ({"seq_len": [8, 1.5]}, r"seq_len: '1.5' is not a positive integer"),
@@ -76,6 +82,8 @@ def test_benchmark_without_out_leaves_no_file_and_shows_progress(tmp_path, capsy
     ({"impls": []}, r"impls: none given"),
     ({"impls": "nave"}, r"impls: unknown implementation 'nave'"),  # one name, not its letters
     ({"seed": "1"}, r"seed: '1' is not an integer"),
+    ({"timing": {"min_repeats": 0}}, r"timing: min_repeats='0' is not allowed \(allowed: an integer >= 1"),
+    ({"timing": {"repeats": 5}}, r"timing: unknown key 'repeats'"),
 ])
 def test_benchmark_refuses_bad_arguments_before_measuring(tmp_path, arguments, message):
     out = tmp_path / "r.jsonl"

@@ -34,6 +34,16 @@ TINY = ["--impl", "naive,sdpa-cudnn", "--seq-len", "17", "--heads", "1", "--batc
     (["--causal", "maybe"], r"--causal: 'maybe' is not allowed \(allowed: true, false, both\)"),
     (["--device", "tpu"], r"--device: unknown device 'tpu' \(allowed: cpu, cuda\)"),
     (["--preset", "huge"], r"--preset: unknown preset 'huge' \(allowed: smoke, quick, default, efficient, long\)"),
+    (["--timing", "repeats=20"], r"--timing: unknown key 'repeats' \(allowed: warmup_calls, min_repeats, max_repeats, "),
+    (["--timing", "min_repeats"], r"--timing: 'min_repeats' is not KEY=VALUE"),
+    (["--timing", "min_repeats=0"], r"--timing: min_repeats='0' is not allowed \(allowed: an integer >= 1: "),
+    (["--timing", "min_repeats=2.5"], r"--timing: min_repeats='2.5' is not allowed \(allowed: an integer >= 1"),
+    (["--timing", "budget_s=0"], r"--timing: budget_s='0' is not allowed \(allowed: a number > 0: "),
+    (["--timing", "budget_s=nan"], r"--timing: budget_s='nan' is not allowed"),
+    (["--timing", "target_relative_ci=-0.1"], r"--timing: target_relative_ci='-0.1' is not allowed \(allowed: a number >= 0"),
+    (["--timing", "max_repeats=3"], r"--timing: max_repeats 3 is below min_repeats 7 \(allowed: max_repeats >= "),
+    (["--timing", "warmup_calls=1,warmup_calls=2"], r"--timing: 'warmup_calls' is given twice in "),
+    (["--timing", ""], r"--timing: '' has an empty item"),
 ])
 def test_bad_input_exits_2_with_one_clear_line_and_writes_nothing(tmp_path, capsys, flags, message):
     out = tmp_path / "r.jsonl"
@@ -403,3 +413,51 @@ def test_resume_with_another_seed_is_refused(tmp_path, capsys):
     assert out.read_text() == before
     assert main(["run", *TINY, *more, "--out", str(out), "--resume", "--seed", "7"]) == 0
     assert set(results.load(out).seq_len) == {17, 18}
+
+
+def test_timing_flag_sets_how_cases_are_timed_and_every_reader_says_so(tmp_path, capsys):
+    """More repeats for a CI gate, fewer for a look around: the rows are timed that way, the header records it, and
+    compare, report and a resume say where two runs were timed differently."""
+    default, custom = tmp_path / "default.jsonl", tmp_path / "custom.jsonl"
+    assert main(["run", *TINY, "--out", str(default)]) == 0
+    fixed = "warmup_calls=0,min_repeats=4,max_repeats=4,target_relative_ci=0"
+    assert main(["run", *TINY, "--out", str(custom), "--timing", fixed]) == 0
+    header = json.loads(custom.read_text().splitlines()[0])
+    assert header["timing_policy"] == {"warmup_calls": 0, "min_repeats": 4, "max_repeats": 4, "budget_s": 0.25,
+                                       "target_relative_ci": 0.0, "noisy_relative_iqr": 0.1}
+    frame = results.load(custom)
+    timed = frame[frame.status == "ok"]
+    assert len(timed) == 2 and set(timed.repeats) == {4} and all(len(times) == 4 for times in timed.times_ms)
+    assert set(frame.timing) == {"0 warm-up, 4-4 repeats, 0.25 s, ±0%, noisy >10%"}
+    assert set(results.load(default).timing) == {"3 warm-up, 7-100 repeats, 0.25 s, ±1%, noisy >10%"}
+    capsys.readouterr()
+
+    main(["compare", str(default), str(custom)])
+    assert ("note: the runs differ in timing policy: baseline 3 warm-up, 7-100 repeats, 0.25 s, ±1%, noisy >10%, "
+            "current 0 warm-up, 4-4 repeats") in capsys.readouterr().out
+    main(["compare", str(custom), str(custom)])
+    assert "timing policy" not in capsys.readouterr().out
+    assert main(["report", str(custom), "--out", str(tmp_path / "report")]) == 0
+    environment = (tmp_path / "report" / "report.md").read_text().split("## Summary")[0]
+    assert "| timing |" in environment and "| 0 warm-up, 4-4 repeats, 0.25 s, ±0%, noisy >10% |" in environment
+
+    assert main(["run", *TINY, "--seq-len", "17,18", "--out", str(custom), "--resume"]) == 0
+    assert (f"note: {custom} holds rows timed with 0 warm-up, 4-4 repeats, 0.25 s, ±0%, noisy >10%; these will be "
+            "timed with 3 warm-up, 7-100 repeats") in capsys.readouterr().err
+    assert main(["run", *TINY, "--seq-len", "17,19", "--out", str(custom), "--resume", "--timing", fixed]) == 0
+    assert f"note: {custom} holds rows timed with 3 warm-up, 7-100 repeats, 0.25 s, ±1%, noisy >10%; these " \
+        in capsys.readouterr().err  # only the policy other than this run's
+    repeats = results.load(custom).query("status == 'ok'").groupby("seq_len").repeats
+    assert repeats.max()[[17, 19]].tolist() == [4, 4] and repeats.min()[18] >= 7
+
+
+def test_a_grid_file_sets_timing_as_a_table_and_the_flag_overrides_it(tmp_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text('impl = ["naive"]\nseq_len = [17]\nheads = [1]\nbatch = [1]\nhead_dim = [16]\n'
+                    'dtype = ["float32"]\nmode = ["fwd"]\ncausal = [false]\ndevice = "cpu"\n'
+                    "[timing]\nmin_repeats = 5\nmax_repeats = 5\n")
+    assert main(["run", "--config", str(grid), "--out", str(tmp_path / "a.jsonl")]) == 0
+    assert list(results.load(tmp_path / "a.jsonl").repeats) == [5]
+    assert main(["run", "--config", str(grid), "--out", str(tmp_path / "b.jsonl"),
+                 "--timing", "min_repeats=3,max_repeats=3"]) == 0
+    assert list(results.load(tmp_path / "b.jsonl").repeats) == [3]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import config, speed_settings
+from .. import config, speed_settings, timing
 from ..case import CASE_FIELDS, Case
 from ..naming import slug
 from ..results import ResultsFormatError, load, read
@@ -51,12 +51,13 @@ def _environment_blocks(paths: list[Path]) -> list:
                 f"torch {env.get('torch')}, CUDA {env.get('cuda') or '–'}, cuDNN {env.get('cudnn') or '–'}, "
                 f"triton {env.get('triton') or '–'}, xformers {env.get('xformers') or '–'}",
                 _settings_text(env),
+                timing.describe(run.get("timing_policy")) or "–",
                 ", ".join(f"{k} {v:.0f}" for k, v in (run.get("measured_peak_tflops") or {}).items()) or "–",
                 f"{run['measured_peak_gbytes_per_s']:.0f}" if run.get("measured_peak_gbytes_per_s") else "–",
                 (env.get("git_commit") or "–")[:12],
                 run.get("preset") or (f"amendment: {run['amends']}" if run.get("amends") else "–"),
             ])
-    return [Heading("Environment"), Table(["file", "device", "driver", "SM clock (now/max)", "software", "settings",
+    return [Heading("Environment"), Table(["file", "device", "driver", "SM clock (now/max)", "software", "settings", "timing",
                                             "measured matmul TFLOP/s", "measured copy GB/s", "commit", "preset"], rows)]
 
 
@@ -260,7 +261,7 @@ DATA_COLUMNS = ("machine", "impl", "family", *CASE_FIELDS, "status", "reason", "
                 "repeats", "noisy", "first_call_ms", "host_ms", "host_bound", "tflops", "tokens_per_s", "peak_fraction",
                 "gbytes_per_s", "bandwidth_fraction", "peak_mem_bytes", "max_abs_err", "rel_rms_err", "accuracy_ok",
                 "softmax_rel_rms_err", "softmax_local_rel_rms_err", "density", "throttled", "software", "settings",
-                "attnbench_commit", "source")
+                "timing", "attnbench_commit", "source")
 
 
 def _write_data(frame: pd.DataFrame, path: Path) -> None:

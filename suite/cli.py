@@ -107,6 +107,10 @@ def _parser() -> argparse.ArgumentParser:
     comparing.add_argument("--format", default="text", choices=("text", "md", "json"))
     comparing.add_argument("--chart", help="also draw every case's time ratio, coloured by verdict, into this "
                                            "file (.png, .svg or .pdf)")
+    comparing.add_argument("--baseline-impl", dest="baseline_impl",
+                           help="with --current-impl: compare two implementations instead of two runs, this one's "
+                                "rows in BASELINE against the other's in CURRENT (the same file may be both)")
+    comparing.add_argument("--current-impl", dest="current_impl", help="see --baseline-impl")
 
     recommend = commands.add_parser("recommend", help="rank implementations for a shape from measured results")
     recommend.add_argument("--seq-len", dest="seq_len", required=True,
@@ -284,8 +288,14 @@ def cmd_compare(args) -> int:
         if chart.suffix.lstrip(".") not in CHART_FORMATS:
             raise UsageError(f"--chart: {args.chart!r} does not end in a chart format "
                              f"(allowed: {', '.join('.' + fmt for fmt in CHART_FORMATS)})")
+    if (args.baseline_impl is None) != (args.current_impl is None):
+        given, missing = ("--baseline-impl", "--current-impl") if args.baseline_impl else ("--current-impl",
+                                                                                            "--baseline-impl")
+        raise UsageError(f"{given}: only with {missing} (allowed: both, to compare two implementations, or neither)")
+    impls = (args.baseline_impl, args.current_impl) if args.baseline_impl else None
     try:
-        text, status = run(split(args.baseline), split(args.current), threshold, args.format, memory_threshold, chart)
+        text, status = run(split(args.baseline), split(args.current), threshold, args.format, memory_threshold, chart,
+                           impls)
     except CompareInputError as error:
         raise UsageError(f"compare: {error}") from None
     print(text)

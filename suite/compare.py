@@ -276,12 +276,32 @@ def compare(base_frame: pd.DataFrame, current_frame: pd.DataFrame, threshold: fl
     return result
 
 
+def paired(base: pd.DataFrame, current: pd.DataFrame, scope: GridScope, base_impl: str,
+           current_impl: str) -> tuple[pd.DataFrame, pd.DataFrame, GridScope]:
+    """One implementation against another, case by case: the baseline side keeps `base_impl`'s rows, the current
+    side `current_impl`'s, both under one label (`mine vs sdpa-flash`), so each case's verdict says whether
+    `current_impl` is slower, faster or fails where `base_impl` runs."""
+    label = f"{current_impl} vs {base_impl}"
+    sides = []
+    for side, frame, impl in (("baseline", base, base_impl), ("current", current, current_impl)):
+        chosen = frame[frame.impl == impl]
+        if chosen.empty:
+            raise CompareInputError(f"the {side} results have no row of {impl!r} "
+                                    f"(they have: {', '.join(sorted(frame.impl.dropna().unique()))})")
+        sides.append(chosen.assign(impl=label))
+    return sides[0], sides[1], scope.renamed(current_impl, label)
+
+
 def run(base_paths: list[Path], current_paths: list[Path], threshold: float, fmt: str,
-        memory_threshold: float | None = 0.10, chart: Path | None = None) -> tuple[str, int]:
-    """The comparison in `fmt`, and the exit status; with `chart`, also the ratio chart (compare_chart.py)."""
+        memory_threshold: float | None = 0.10, chart: Path | None = None,
+        impls: tuple[str, str] | None = None) -> tuple[str, int]:
+    """The comparison in `fmt`, and the exit status; with `chart`, also the ratio chart (compare_chart.py). With
+    `impls` (baseline implementation, current implementation), those two implementations' rows are compared."""
     from .compare_views import format_json, format_markdown, format_text
 
     (base, _), (current, scope) = read_side(base_paths), read_side(current_paths)
+    if impls is not None:
+        base, current, scope = paired(base, current, scope, *impls)
     result = compare(base, current, threshold, scope, memory_threshold)
     if chart is not None:
         from .compare_chart import ratio_chart

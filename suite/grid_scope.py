@@ -78,5 +78,11 @@ class GridScope:
             return GridScope.unknown()
         return GridScope(self.grids + other.grids)
 
+    def renamed(self, impl: str, label: str) -> GridScope:
+        """The same scope with `impl`'s cases asked for under `label` too (compare's implementation pairs)."""
+        if self.grids is None:
+            return self
+        return GridScope([RunGrid(grid.impls | {label}, grid.grid) if impl in grid.impls else grid for grid in self.grids])
+
     def asked_for(self, key: dict[str, Any]) -> bool:
         return self.grids is None or any(grid.covers(key) for grid in self.grids)

@@ -414,3 +414,54 @@ def test_a_chart_path_that_cannot_be_drawn_exits_2_before_comparing(tmp_path, ca
     (tmp_path / "a-file").write_text("")
     assert main(["compare", str(base), str(base), "--chart", str(tmp_path / chart)]) == 2
     assert message in capsys.readouterr().err and not (tmp_path / "ratios.txt").exists()
+
+
+def _timed(records: list[dict], centers: dict, seed: int = 0) -> list[dict]:
+    """`records` with each ok row's raw times drawn around centers[(impl, seq_len)] ms (1.0 where not named)."""
+    rng = random.Random(seed)
+    out = []
+    for record in json.loads(json.dumps(records)):
+        if record["record"] == "result" and record["status"] == "ok":
+            times = [centers.get((record["impl"], record["seq_len"]), 1.0) * rng.lognormvariate(0, 0.02)
+                     for _ in range(40)]
+            ordered = sorted(times)
+            record.update(times_ms=times, time_ms=ordered[20], time_iqr_ms=ordered[30] - ordered[10], throttled=False)
+        out.append(record)
+    return out
+
+
+def test_two_implementations_are_compared_case_by_case(tmp_path, capsys, real_rows):
+    """`--baseline-impl sdpa --current-impl naive`: each case's verdict says whether naive is slower than sdpa
+    there, with the statistics and exit status of a comparison of two runs."""
+    records = _timed(real_rows, {("naive", 64): 1.3})
+    path = tmp_path / "one-run.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    code, found = verdicts(capsys, path, path, "--baseline-impl", "sdpa", "--current-impl", "naive")
+    assert code == 1 and found == {("naive vs sdpa", 16): "same", ("naive vs sdpa", 32): "same",
+                                   ("naive vs sdpa", 64): "slower"}
+    code, found = verdicts(capsys, path, path, "--baseline-impl", "naive", "--current-impl", "sdpa")
+    assert code == 0 and found[("sdpa vs naive", 64)] == "faster"
+
+    assert main(["compare", str(path), str(path), "--baseline-impl", "sdpa", "--current-impl", "mine"]) == 2
+    assert "the current results have no row of 'mine' (they have: naive, sdpa)" in capsys.readouterr().err
+    assert main(["compare", str(path), str(path), "--current-impl", "naive"]) == 2
+    assert "--current-impl: only with --baseline-impl" in capsys.readouterr().err
+
+
+def test_an_implementation_pair_reads_the_current_grid_for_its_implementation(tmp_path, capsys, real_rows):
+    """A case the current implementation was asked for and has no row of (a crash) is a regression, as in a
+    comparison of two runs: the grid's cases of `--current-impl` count under the pair's label."""
+    grid = {"impls": ["naive", "sdpa"], "seq_len": [16, 32, 64], "heads": [2], "head_dim": [16], "dtype": ["float32"],
+            "causal": [False], "mode": ["fwd"], "batch": [1], "kv_heads": [None]}
+    records = [{**r, "grid": grid} if r["record"] == "run" else r for r in _timed(real_rows, {})]
+    base, current = tmp_path / "base.jsonl", tmp_path / "current.jsonl"
+    base.write_text("".join(json.dumps(r) + "\n" for r in records))
+    current.write_text("".join(json.dumps(r) + "\n" for r in records
+                               if not (r.get("impl") == "naive" and r.get("seq_len") == 32)))
+    code, found = verdicts(capsys, base, current, "--baseline-impl", "sdpa", "--current-impl", "naive")
+    assert code == 1 and found[("naive vs sdpa", 32)] == "regression"
+    narrower = {**grid, "seq_len": [16, 64]}
+    current.write_text("".join(json.dumps({**r, "grid": narrower} if r["record"] == "run" else r) + "\n"
+                               for r in records if not (r.get("impl") == "naive" and r.get("seq_len") == 32)))
+    code, found = verdicts(capsys, base, current, "--baseline-impl", "sdpa", "--current-impl", "naive")
+    assert code == 0 and found[("naive vs sdpa", 32)] == "not-run"

@@ -94,6 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="output folder (default: reports/<name of the first results file>)")
     report.add_argument("--baseline", help="implementation the speed-up chart divides by, one measured in the results "
                                            "(default: sdpa, where it was measured)")
+    report.add_argument("--impl", help="NAME[:KEY=VALUE...][,NAME...], shell wildcards allowed: only these "
+                                        "implementations (a name covers all its options; default: every one)")
     report.add_argument("--chart-formats", dest="chart_formats", default="png",
                         help="comma-separated, of png, svg, pdf (default png): each chart in these formats; PNG is "
                              "always written, as the pages show it (vector SVG or PDF for publishing)")
@@ -199,7 +201,8 @@ def cmd_report(args) -> int:
     out = config.writable("--out", args.out if args.out else Path("reports") / Path(args.results[0]).stem, folder=True)
     try:
         path = build_report(args.results, out, baseline=args.baseline, chart_formats=formats,
-                            say=lambda message: print(f"attnbench: {message}", file=sys.stderr, flush=True))
+                            say=lambda message: print(f"attnbench: {message}", file=sys.stderr, flush=True),
+                            impls=None if args.impl is None else config.comma_items("--impl", args.impl))
     except ReportInputError as error:
         raise UsageError(f"report: {error}") from None
     print(f"report: {path}\nhtml: {path.parent / 'index.html'}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import fnmatch
 import sys
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,13 @@ def impl_specs(flag: str, text: str) -> tuple[str, ...]:
         label = build_impl(flag, spec).label  # built now, so a bad spec stops the run before it starts
         chosen.setdefault(label, spec)
     return tuple(chosen.values())
+
+
+def label_matches(label: str, patterns: Collection[str]) -> bool:
+    """Whether a row's implementation label (`NAME[:KEY=VALUE...]`) is named by one of `patterns`: the label, or
+    the name alone for all its option sets, either with shell wildcards (`sdpa-*`)."""
+    name = label.split(":", 1)[0]
+    return any(fnmatch.fnmatchcase(label, pattern) or fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
 def _expanded(flag: str, spec: str) -> list[str]:

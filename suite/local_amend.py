@@ -18,6 +18,7 @@ from implementations import Implementation
 
 from . import runner
 from .case import Case
+from .config import label_matches
 from .results import ResultsWriter, key_of_row
 
 LOCAL_COLUMNS = ("softmax_local_max_abs_err", "softmax_local_rel_rms_err", "softmax_local_note")
@@ -35,16 +36,11 @@ def approximate_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [row for row in rows if row.get("status") in ("ok", "mismatch") and row.get("family") not in (None, "exact")]
 
 
-def matches(label: str, wanted: Collection[str]) -> bool:
-    """Whether an implementation label (`NAME[:KEY=VALUE...]`) is one of `wanted`: a name stands for all its options."""
-    return label in wanted or label.split(":", 1)[0] in wanted
-
-
 def rows_to_amend(rows: list[dict[str, Any]], redo: bool, impls: Collection[str] | None = None) -> list[dict[str, Any]]:
     """Approximate rows that ran (of `impls` only, if given: labels or names), with neither the figure nor a
     note saying why it is missing (all of them with `redo`), ordered so that a forward case's rows (fwd,
     fwd+bwd; every implementation) come together."""
-    chosen = [row for row in approximate_rows(rows) if (impls is None or matches(row["impl"], impls))
+    chosen = [row for row in approximate_rows(rows) if (impls is None or label_matches(row["impl"], impls))
               and (redo or (row.get("softmax_local_rel_rms_err") is None and row.get("softmax_local_note") is None))]
     forward = [replace(Case.from_row(row), mode="fwd") for row in chosen]
     first_seen: dict[Case, int] = {}

@@ -18,7 +18,7 @@ from .termination import exit_status, stop_word
 
 def cmd_local_errors(args) -> int:
     from .expected import LocalErrors
-    from .local_amend import amend_died_row, amend_local_errors, approximate_rows, matches, rows_to_amend
+    from .local_amend import amend_died_row, amend_local_errors, approximate_rows, rows_to_amend
 
     path = Path(args.results)
     if not path.is_file():
@@ -31,7 +31,7 @@ def cmd_local_errors(args) -> int:
     if args.impl is not None:
         impls = config.comma_items("--impl", args.impl)
         present = sorted({row["impl"] for row in approximate_rows(rows)})
-        unknown = [item for item in impls if not any(matches(label, [item]) for label in present)]
+        unknown = [item for item in impls if not any(config.label_matches(label, [item]) for label in present)]
         if unknown:
             raise UsageError(f"--impl: {unknown[0]!r} has no approximate row that ran in {path} "
                              f"(allowed: {', '.join(present) or 'none'})")

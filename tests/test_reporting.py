@@ -14,7 +14,7 @@ from suite import config
 from suite.case import Case
 from suite.cli import main
 from suite.reporting import charts
-from suite.reporting.data import colours, fmt_duration, fmt_num, prepare
+from suite.reporting.data import colours, fmt_duration, fmt_num, impl_order, prepare
 from suite.reporting.memory_glance import memory_summary
 from suite.results import ResultsWriter, load
 from suite.runner import RunSettings, run_cases
@@ -871,3 +871,38 @@ def test_report_says_how_far_it_has_got(cpu_results, tmp_path):
     assert groups and groups[0].startswith(f"charts 1/{len(groups)}: ") and groups[-1].startswith(f"charts {len(groups)}/")
     charts_drawn = {p.name.split("-")[0] for p in (tmp_path / "report" / "charts").glob("time-*.png")}
     assert len(list((tmp_path / "report" / "charts").glob("time-*.png"))) == len(groups) and charts_drawn == {"time"}
+
+
+def test_report_of_some_implementations_keeps_their_colours(cpu_results, tmp_path, capsys, monkeypatch):
+    """`--impl 'sdpa*,perf*'` reports those rows only, each in the colour the whole file's report gives it, so
+    charts of several selections read alike; a pattern that matches nothing exits 2 and writes nothing."""
+    from suite.reporting import build
+
+    drawn: list[dict] = []
+    throughput_chart = build.charts.throughput_chart
+    monkeypatch.setattr(build.charts, "throughput_chart",
+                        lambda frame, colour_of, *rest: drawn.append(colour_of) or throughput_chart(frame, colour_of, *rest))
+    out = tmp_path / "report"
+    assert main(["report", str(cpu_results), "--out", str(out), "--impl", "sdpa*,perf*"]) == 0
+    data = pd.read_csv(out / "data.csv")
+    assert impl_order(data.impl) == ["sdpa", "sdpa-cudnn", "performer:features=32"]
+    whole = colours(IMPLS)
+    assert drawn and all(colour_of["performer:features=32"] == whole["performer:features=32"] for colour_of in drawn)
+    markdown = (out / "report.md").read_text()
+    assert ("Implementations shown: sdpa, sdpa-cudnn, performer:features=32, selected with `--impl sdpa*,perf*` of "
+            "the 6 implementations in these files.") in markdown
+    assert "| naive |" not in markdown
+
+    elsewhere = tmp_path / "elsewhere"
+    assert main(["report", str(cpu_results), "--out", str(elsewhere), "--impl", "sdpa,flash"]) == 2
+    assert ("--impl: 'flash' matches no implementation in these results (they have: naive, sdpa, sdpa-cudnn, "
+            "sparse-window:window=8, linear, performer:features=32)") in capsys.readouterr().err
+    assert not elsewhere.exists()
+
+
+def test_an_implementation_pattern_names_labels_and_names_with_wildcards():
+    label_matches = config.label_matches
+    assert label_matches("performer:features=32", ["performer"]) and label_matches("performer:features=32", ["perf*"])
+    assert label_matches("performer:features=32", ["performer:features=32"])
+    assert not label_matches("performer:features=32", ["performer:features=64"])
+    assert label_matches("sdpa-flash", ["sdpa-*"]) and not label_matches("sdpa", ["sdpa-*"])

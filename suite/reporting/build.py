@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import pandas as pd
@@ -279,17 +279,37 @@ def _one_row_per_case(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     return frame[~repeated], int(repeated.sum())
 
 
+def _selected(frame: pd.DataFrame, patterns: Collection[str]) -> pd.DataFrame:
+    present = impl_order(frame.impl.dropna())
+    for pattern in patterns:
+        if not any(config.label_matches(label, [pattern]) for label in present):
+            raise ReportInputError(f"--impl: {pattern!r} matches no implementation in these results "
+                                   f"(they have: {', '.join(present)})")
+    return frame[frame.impl.map(lambda label: config.label_matches(label, patterns))]
+
+
 def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | None = None,
-                 chart_formats: tuple[str, ...] = ("png",), say: Callable[[str], None] = lambda message: None) -> Path:
+                 chart_formats: tuple[str, ...] = ("png",), say: Callable[[str], None] = lambda message: None,
+                 impls: Collection[str] | None = None) -> Path:
     """Writes the report of `paths` into `out_dir`. A `baseline` asked for must have been measured; without
     one, `sdpa` is used where it was, and the report says so where it was not. Each chart is written as PNG,
     which the pages show, and in the other `chart_formats` beside it. `say` is told how far it has got (drawing
-    a large file's charts takes a minute)."""
+    a large file's charts takes a minute). `impls` (labels or names, with shell wildcards) keeps only those
+    implementations' rows; each keeps the colour it has in the whole files' report, so charts of several
+    selections read alike."""
     paths = [Path(p) for p in paths]
     try:
-        frame, repeated = _one_row_per_case(prepare(load(paths)))
+        loaded = prepare(load(paths))
     except ResultsFormatError as error:
         raise ReportInputError(str(error)) from None
+    colour_of = colours(loaded.impl)
+    selection = None
+    if impls is not None:
+        everything = impl_order(loaded.impl.dropna())
+        loaded = _selected(loaded, impls)
+        selection = Paragraph(f"Implementations shown: {', '.join(impl_order(loaded.impl.dropna()))}, selected with "
+                              f"`--impl {','.join(impls)}` of the {len(everything)} implementations in these files.")
+    frame, repeated = _one_row_per_case(loaded)
     measured_impls = impl_order(frame[frame.status.isin(MEASURED)].impl)
     if baseline is not None and baseline not in measured_impls:
         raise ReportInputError(f"--baseline: {baseline!r} was not measured in these results "
@@ -298,9 +318,10 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | N
     say(f"{len(frame)} rows from {len(paths)} file{'s' * (len(paths) != 1)}")
     out_dir = Path(out_dir)
     (out_dir / "charts").mkdir(parents=True, exist_ok=True)
-    colour_of = colours(frame.impl)
     report = Report(f"attnbench report: {', '.join(p.stem for p in paths)}")
     report.add(*_environment_blocks(paths), Heading("Summary"), _status_paragraph(frame))
+    if selection is not None:
+        report.add(selection)
     if repeated:
         report.add(Paragraph(f"{repeated} rows measured a case that a later file measured again on the same "
                              "machine; each case appears once, from the last file named (to compare two runs, "

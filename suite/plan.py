@@ -1,16 +1,21 @@
 """What a run would do, before it spends device time (`attnbench run --dry-run`).
 
 Per implementation: the rows it would measure, those it would record as unsupported here (with
-why), and those a resumed results file already holds. Nothing is measured or written.
+why), and those a resumed results file already holds; and how long the rows to measure took when earlier
+runs on this machine model measured them. Nothing is measured or written.
 """
 from __future__ import annotations
 
+import os
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from implementations import Implementation
 
 from .case import Case
+from .results import ResultsFormatError, key_of_row, read, recorded_machine
 from .runner import row_key
 
 _REASON_CHARS = 160  # an unsupported reason is shortened to this in the plan; the real row keeps it whole
@@ -23,9 +28,38 @@ class ImplementationPlan:
     already_done: int = 0
     unsupported_cases: int = 0
     unsupported: Counter = field(default_factory=Counter)  # each reason -> the cases it applies to
+    earlier_s: float = 0.0  # what the rows to measure took in earlier runs, where one measured them
+    earlier_rows: int = 0
 
 
-def plan_run(impls: list[Implementation], cases: list[Case], skip: set[tuple]) -> list[ImplementationPlan]:
+@dataclass
+class EarlierRows:
+    """How long each (implementation, case) row took (`row_s`) in results files timed on one machine model."""
+
+    seconds: dict[tuple, float] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, paths: Iterable[Path], machine: str) -> EarlierRows:
+        """The newest file's row where several have one (by modification time); files that cannot be read, or
+        were timed on another model, are passed over."""
+        found = cls()
+        for path in sorted({Path(p) for p in paths if Path(p).is_file()}, key=os.path.getmtime):
+            try:
+                runs, rows = read(path)
+            except (ResultsFormatError, OSError):
+                continue
+            here = {run["run_id"] for run in runs if recorded_machine(run.get("environment", {})) == machine}
+            timed = {key_of_row(row): row["row_s"] for row in rows
+                     if row.get("run_id") in here and isinstance(row.get("row_s"), (int, float))}
+            if timed:
+                found.seconds.update(timed)
+                found.files.append(path)
+        return found
+
+
+def plan_run(impls: list[Implementation], cases: list[Case], skip: set[tuple],
+             earlier: EarlierRows | None = None) -> list[ImplementationPlan]:
     plans = []
     for impl in impls:
         plan = ImplementationPlan(impl.label)
@@ -42,6 +76,10 @@ def plan_run(impls: list[Implementation], cases: list[Case], skip: set[tuple]) -
                 plan.unsupported.update(reasons)
             else:
                 plan.to_measure += 1
+                seconds = earlier.seconds.get(row_key(impl.label, case)) if earlier else None
+                if seconds is not None:
+                    plan.earlier_s += seconds
+                    plan.earlier_rows += 1
         plans.append(plan)
     return plans
 
@@ -50,18 +88,46 @@ def _shorten(text: str) -> str:
     return text if len(text) <= _REASON_CHARS else text[:_REASON_CHARS - 3] + "..."
 
 
-def format_plan(plans: list[ImplementationPlan], cases: list[Case], device: str) -> str:
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _earlier_cell(measure: int, known: int, seconds: float) -> str:
+    if not measure or not known:
+        return "–"
+    return _duration(seconds) + ("" if known == measure else f" ({known} rows)")
+
+
+def format_plan(plans: list[ImplementationPlan], cases: list[Case], device: str,
+                earlier: EarlierRows | None = None) -> str:
     width = max([len("implementation"), *(len(plan.label) for plan in plans)])
     lines = [f"dry run on {device}: {len(plans)} implementations x {len(cases)} cases; nothing measured or written",
-             f"{'implementation':<{width}}  {'measure':>8}  {'unsupported':>11}  {'already in file':>15}"]
+             f"{'implementation':<{width}}  {'measure':>8}  {'unsupported':>11}  {'already in file':>15}  took before"]
     for plan in plans:
         lines.append(f"{plan.label:<{width}}  {plan.to_measure:>8}  {plan.unsupported_cases:>11}  "
-                     f"{plan.already_done:>15}")
+                     f"{plan.already_done:>15}  {_earlier_cell(plan.to_measure, plan.earlier_rows, plan.earlier_s)}")
     totals = [sum(plan.to_measure for plan in plans), sum(plan.unsupported_cases for plan in plans),
               sum(plan.already_done for plan in plans)]
-    lines.append(f"{'total':<{width}}  {totals[0]:>8}  {totals[1]:>11}  {totals[2]:>15}")
+    known, seconds = sum(plan.earlier_rows for plan in plans), sum(plan.earlier_s for plan in plans)
+    lines.append(f"{'total':<{width}}  {totals[0]:>8}  {totals[1]:>11}  {totals[2]:>15}  "
+                 f"{_earlier_cell(totals[0], known, seconds)}")
+    if totals[0]:
+        lines.append(_estimate_line(totals[0], known, earlier))
     unsupported = [(plan.label, reason, count) for plan in plans for reason, count in plan.unsupported.most_common()]
     if unsupported:
         lines.append("why not here (a case may have several reasons; its row records them all):")
         lines += [f"  {label} ({count}): {_shorten(reason)}" for label, reason, count in unsupported]
     return "\n".join(lines)
+
+
+def _estimate_line(measure: int, known: int, earlier: EarlierRows | None) -> str:
+    """What `took before` rests on: earlier rows of the same implementation and case on this machine model
+    (checks, reference, warm-up, timing and memory included; compilation too, unless caches on disk now hold it)."""
+    if not known:
+        return ("took before: none of these rows was measured on this machine model in the results files read "
+                f"({len(earlier.files) if earlier else 0} with row times), so no estimate")
+    files = ", ".join(str(path) for path in earlier.files)
+    return (f"took before: {known} of the {measure} rows to measure were measured on this machine model, in {files}; "
+            "the column sums their wall times" + ("" if known == measure else f", and the other {measure - known} "
+                                                  "rows have none"))

@@ -16,7 +16,7 @@ from .config import UsageError
 from .environment import collect, machine_name
 from .in_flight import InFlight
 from .peak import measured_copy_gbytes_per_s, measured_matmul_tflops
-from .plan import format_plan, plan_run
+from .plan import EarlierRows, format_plan, plan_run
 from .presets import default_preset
 from .progress import Progress
 from .results import STATUSES, ResultsFormatError, ResultsWriter, finished_keys, key_of_row, read, recorded_machine, timed_by_runs
@@ -125,7 +125,8 @@ def cmd_run(args) -> int:
         if died:
             print(f"the run that wrote {out} died while measuring {_row_name(died)}: this run will record that as "
                   "an error row", file=sys.stderr)
-        print(format_plan(plan_run(impls, cases, skip), cases, device))
+        earlier = EarlierRows.read([*naming.RESULTS_DIR.glob("*.jsonl"), out], machine_name(device))
+        print(format_plan(plan_run(impls, cases, skip, earlier), cases, device, earlier))
         return 0
     if not died and skip and all(row_key(impl.label, case) in skip for impl in impls for case in cases):
         print(f"nothing to run: every case is already in {out}")  # before measuring the GPU's peaks

@@ -168,6 +168,12 @@ def _measure_in_session(impl: Implementation, case: Case, inputs: Inputs, refere
     return row
 
 
+def _seconds_since(start: float) -> float:
+    """Wall seconds a row took, everything included (checks, reference, warm-up, timing, memory): what it costs a
+    run, for `--dry-run`'s estimates and the report's run time, not a measurement of the implementation."""
+    return round(time.monotonic() - start, 3)
+
+
 HOST_BOUND_SHARE = 0.9
 
 
@@ -258,6 +264,7 @@ def run_cases(
 
     for case, chosen in todo:
         check_deadline()
+        row_started = time.monotonic()  # a case's inputs and reference count as its first row's time
         monitor = monitors.setdefault(case.device, GpuMonitor(torch.device(case.device)))
         if on_start:
             on_start(_base_row(chosen[0], case))
@@ -266,7 +273,9 @@ def run_cases(
         except Exception as error:  # noqa: BLE001 - e.g. the inputs alone do not fit
             status = "oom" if is_out_of_memory(error) else "error"
             for impl in chosen:
-                row = {**_base_row(impl, case), "status": status, "reason": f"creating inputs failed: {error}"}
+                row = {**_base_row(impl, case), "status": status, "reason": f"creating inputs failed: {error}",
+                       "row_s": _seconds_since(row_started)}
+                row_started = time.monotonic()
                 rows.append(row)
                 on_row(row)
                 if progress:
@@ -294,6 +303,8 @@ def run_cases(
             lost = row["status"] == "error" and not device_usable(case.device)
             if lost:
                 row["reason"] += " [the device was unusable after this error; the run stopped here]"
+            row["row_s"] = _seconds_since(row_started)
+            row_started = time.monotonic()
             rows.append(row)
             on_row(row)
             if progress:

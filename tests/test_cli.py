@@ -176,7 +176,8 @@ def test_a_run_stopped_by_an_unusable_device_exits_1_and_resume_runs_the_rest(tm
 def _plan_table(printed: str) -> dict[str, list[int]]:
     """implementation -> [measure, unsupported, already in file], from the dry run's table."""
     rows = [line.split() for line in printed.splitlines()]
-    return {cells[0]: [int(cell) for cell in cells[1:]] for cells in rows if len(cells) == 4 and cells[1].isdigit()}
+    return {cells[0]: [int(cell) for cell in cells[1:4]] for cells in rows
+            if len(cells) >= 5 and all(cell.isdigit() for cell in cells[1:4])}
 
 
 def test_dry_run_says_what_a_run_would_do_and_writes_nothing(tmp_path, capsys):
@@ -268,7 +269,7 @@ def test_a_value_repeated_in_a_list_measures_its_cases_once(tmp_path, capsys):
             "--seq-len", "5,5", "--dtype", "fp32,float32",
             "--no-causal", "--mode", "fwd,fwd", "--batch", "1,1", "--device", "cpu", "--out", str(out)]
     assert main([*grid, "--dry-run"]) == 0
-    assert re.search(r"^total\s+2\s+0\s+0$", capsys.readouterr().out, re.M)  # one label, one implementation
+    assert re.search(r"^total\s+2\s+0\s+0\s+–$", capsys.readouterr().out, re.M)  # one label, one implementation
     assert main(grid) == 0
     assert results.load(out).impl.tolist() == ["naive", "performer"]
 
@@ -322,8 +323,8 @@ def test_time_limit_stops_between_rows_and_resume_finishes(tmp_path, monkeypatch
             "--causal", "both", "--mode", "fwd", "--device", "cpu", "--out", str(out)]
     clock = itertools.count()  # each reading of the clock is one second later
     monkeypatch.setattr(time, "monotonic", lambda: float(next(clock)))
-    assert main(["run", *grid, "--time-limit", "4.5"]) == 3
-    assert "stopped at --time-limit 4.5 s: the time limit passed after" in capsys.readouterr().err
+    assert main(["run", *grid, "--time-limit", "6.5"]) == 3
+    assert "stopped at --time-limit 6.5 s: the time limit passed after" in capsys.readouterr().err
     done = len(results.load(out))
     assert 0 < done < 8  # whole rows only: each one written, none cut
     monkeypatch.undo()
@@ -461,3 +462,32 @@ def test_a_grid_file_sets_timing_as_a_table_and_the_flag_overrides_it(tmp_path):
     assert main(["run", "--config", str(grid), "--out", str(tmp_path / "b.jsonl"),
                  "--timing", "min_repeats=3,max_repeats=3"]) == 0
     assert list(results.load(tmp_path / "b.jsonl").repeats) == [3]
+
+
+def test_dry_run_says_how_long_the_rows_took_when_this_machine_model_measured_them(tmp_path, capsys, monkeypatch):
+    """Each row records its wall time (`row_s`); a dry run sums them for the rows it would measure, from the
+    newest results file of this machine model that has each, and says how many rows have none."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results").mkdir()
+    earlier = tmp_path / "results" / "earlier.jsonl"
+    assert main(["run", *TINY, "--no-causal", "--seq-len", "17,33", "--out", str(earlier)]) == 0
+    assert all(row_s >= 0 for row_s in results.load(earlier).row_s)
+    rewrite_rows(earlier, lambda row: {**row, "row_s": 30.0 if row["seq_len"] == 17 else 45.0})
+    elsewhere = tmp_path / "results" / "elsewhere.jsonl"  # newer, but another machine model's: passed over
+    elsewhere.write_text(earlier.read_text())
+    rewrite_rows(elsewhere, lambda row: {**row, "row_s": 1000.0})
+    rewrite_headers(elsewhere, lambda header: {**header, "environment": {**header["environment"], "cpu": "Other CPU"}})
+    capsys.readouterr()
+
+    assert main(["run", *TINY, "--no-causal", "--seq-len", "17,33,65", "--out", str(tmp_path / "next.jsonl"), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    naive = next(line.split() for line in printed.splitlines() if line.startswith("naive"))
+    assert naive[1:] == ["3", "0", "0", "1m15s", "(2", "rows)"]
+    assert "took before: 2 of the 3 rows to measure were measured on this machine model, in results/earlier.jsonl; " \
+           "the column sums their wall times, and the other 1 rows have none" in printed
+
+    newer = tmp_path / "results" / "newer.jsonl"
+    newer.write_text(earlier.read_text())
+    rewrite_rows(newer, lambda row: {**row, "row_s": 60.0})
+    assert main(["run", *TINY, "--no-causal", "--seq-len", "17", "--out", str(tmp_path / "next.jsonl"), "--dry-run"]) == 0
+    assert next(line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("naive"))[4] == "1m00s"

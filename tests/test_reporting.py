@@ -906,3 +906,20 @@ def test_an_implementation_pattern_names_labels_and_names_with_wildcards():
     assert label_matches("performer:features=32", ["performer:features=32"])
     assert not label_matches("performer:features=32", ["performer:features=64"])
     assert label_matches("sdpa-flash", ["sdpa-*"]) and not label_matches("sdpa", ["sdpa-*"])
+
+
+def test_report_says_what_each_implementations_rows_cost_the_run(cpu_results, tmp_path):
+    timed = tmp_path / "timed.jsonl"
+    records = [json.loads(line) for line in cpu_results.read_text().splitlines()]
+    for record in records:
+        if record["record"] == "result":
+            record["row_s"] = {"naive": 6.0, "sdpa": 3.0}.get(record["impl"], 0.5 if record["seq_len"] < 64 else 1.5)
+    timed.write_text("".join(json.dumps(record) + "\n" for record in records))
+    out = tmp_path / "report"
+    assert main(["report", str(timed), "--out", str(out)]) == 0
+    section = (out / "report.md").read_text().split("## Run time")[1].split("## Tables")[0]
+    # 6 rows each: naive 36 s, sdpa 18 s, each of the other four 4 × 0.5 + 2 × 1.5 = 5 s (74 s in all)
+    assert "| naive | 6 | 36 s | 48.6% | 6 s (B1-H2-N16-D16-fp32-dense-fwd, ok) |" in section
+    assert "| sdpa-cudnn | 6 | 5 s | 6.76% | 1.5 s (B1-H2-N64-D16-fp32-dense-fwd, unsupported) |" in section
+    assert main(["report", str(cpu_results), "--out", str(tmp_path / "untimed")]) == 0
+    assert "## Run time" in (tmp_path / "untimed" / "report.md").read_text()  # this version's runs record it

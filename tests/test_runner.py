@@ -303,3 +303,17 @@ def test_a_row_enters_the_implementations_session_once_around_all_its_calls(tmp_
     assert [r["status"] for r in rows] == ["ok", "ok"]
     assert spy.sessions == 2  # one per row: its set-up is not a cost of each timed call
     assert spy.calls_outside == 0 and spy.calls_inside >= 2 * 3
+
+
+def test_every_row_records_its_wall_time_and_together_they_are_the_run(tmp_path):
+    """`row_s`: what each row cost the run, the case's inputs and reference in its first row; a failed or
+    unsupported row has one too. Their sum is the run's time, less the loop between rows."""
+    import time
+
+    started = time.monotonic()
+    broken = ScriptedAttention("broken", fail_on_seq_len=16, error=RuntimeError("boom"))
+    rows, _ = run([implementations.get("naive"), implementations.get("sdpa-cudnn"), broken], cases(16, 33), tmp_path)
+    wall = time.monotonic() - started
+    assert [row["status"] for row in rows] == ["ok", "unsupported", "error", "ok", "unsupported", "ok"]
+    assert all(isinstance(row["row_s"], float) and row["row_s"] >= 0 for row in rows)
+    assert 0.5 * wall <= sum(row["row_s"] for row in rows) <= wall

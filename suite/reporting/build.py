@@ -34,6 +34,7 @@ from .first_calls import first_call_table
 from .machines import machine_table, machines_in_order
 from .memory_glance import memory_summary
 from .roofline import roofline_chart
+from .run_time import run_time_table
 from .scaling import LONGEST_LENGTHS, scaling_tables
 
 CHART_KEYS = ("device", "gpu", "batching", "dtype", "causal", "mode")
@@ -256,12 +257,26 @@ def _add_machine_comparisons(report: Report, frame: pd.DataFrame) -> None:
 
 DEFAULT_BASELINE = "sdpa"
 
+ONE_TIME_COSTS = (
+    "Each case's first call is timed apart and kept out of the timings above: it carries compilation "
+    "(torch.compile, FlexAttention), autotuning (Triton kernels), plan building (cuDNN) and lazy set-up. "
+    "A program pays it once per new shape. Implementations that share a library share its caches within "
+    "a run (of `sdpa` and `sdpa-cudnn`, whichever meets a shape first builds cuDNN's plan for it), and "
+    "caches on disk (Triton's autotuning results, Inductor's compiled graphs) shorten it in later runs: "
+    "compare these figures within one run, and with the order of the run in mind.")
+RUN_TIME = (
+    "What each implementation's rows cost the run, in wall time: everything a row does (the checks "
+    "against the float64 reference, the first call, warm-up, the timed calls, the memory measurement; a "
+    "case's inputs and reference count as its first implementation's). Not a measure of speed: a plan "
+    "for the next run. `attnbench run --dry-run` sums them for the rows it would measure on this machine "
+    "model.")
+
 # The columns of data.csv: the numbers behind the report's tables and charts, one row per implementation and case.
 DATA_COLUMNS = ("machine", "impl", "family", *CASE_FIELDS, "status", "reason", "backend", "time_ms", "time_iqr_ms",
                 "repeats", "noisy", "first_call_ms", "host_ms", "host_bound", "tflops", "tokens_per_s", "peak_fraction",
                 "gbytes_per_s", "bandwidth_fraction", "peak_mem_bytes", "max_abs_err", "rel_rms_err", "accuracy_ok",
                 "softmax_rel_rms_err", "softmax_local_rel_rms_err", "density", "throttled", "software", "settings",
-                "timing", "attnbench_commit", "source")
+                "timing", "row_s", "attnbench_commit", "source")
 
 
 def _write_data(frame: pd.DataFrame, path: Path) -> None:
@@ -410,15 +425,10 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | N
                     "near the diagonal and feature maps do not; which figure matters depends on the attention a model "
                     "actually learns.")
         report.add(Heading("Accuracy"), Paragraph(accuracy_text), _accuracy_table(frame))
-        first_calls = first_call_table(frame)
-        if first_calls is not None:
-            report.add(Heading("One-time costs"), Paragraph(
-                "Each case's first call is timed apart and kept out of the timings above: it carries compilation "
-                "(torch.compile, FlexAttention), autotuning (Triton kernels), plan building (cuDNN) and lazy set-up. "
-                "A program pays it once per new shape. Implementations that share a library share its caches within "
-                "a run (of `sdpa` and `sdpa-cudnn`, whichever meets a shape first builds cuDNN's plan for it), and "
-                "caches on disk (Triton's autotuning results, Inductor's compiled graphs) shorten it in later runs: "
-                "compare these figures within one run, and with the order of the run in mind."), first_calls)
+        for heading, text, table in (("One-time costs", ONE_TIME_COSTS, first_call_table(frame)),
+                                     ("Run time", RUN_TIME, run_time_table(frame))):
+            if table is not None:
+                report.add(Heading(heading), Paragraph(text), table)
         report.add(Heading("Tables"))
         for group, part in groups(frame):
             report.add(Heading(group_title(group), 3), _group_table(part))

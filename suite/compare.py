@@ -71,7 +71,7 @@ def read_side(paths: list[Path]) -> tuple[pd.DataFrame, GridScope]:
     frames, scope = [], GridScope([])
     for path in paths:
         if not path.is_file():
-            raise CompareInputError(f"{path}: no such file")
+            raise CompareInputError(f"{path}: {'not a regular file' if path.exists() else 'no such file'}")
         text = path.read_text(encoding="utf-8", errors="replace")
         try:
             whole = json.loads(text)

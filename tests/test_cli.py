@@ -491,3 +491,19 @@ def test_dry_run_says_how_long_the_rows_took_when_this_machine_model_measured_th
     rewrite_rows(newer, lambda row: {**row, "row_s": 60.0})
     assert main(["run", *TINY, "--no-causal", "--seq-len", "17", "--out", str(tmp_path / "next.jsonl"), "--dry-run"]) == 0
     assert next(line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("naive"))[4] == "1m00s"
+
+
+@pytest.mark.parametrize("resume", [False, True])
+@pytest.mark.parametrize("kind", ["folder", "pipe"])
+def test_an_out_path_that_is_not_a_regular_file_is_refused(tmp_path, capsys, kind, resume):
+    """A named pipe would block `--resume`'s read for ever, a device such as /dev/full fill memory with its
+    endless bytes: refused at once, like a folder."""
+    import os
+
+    out = tmp_path / "out"
+    out.mkdir() if kind == "folder" else os.mkfifo(out)
+    assert main(["run", *TINY, "--out", str(out), *(["--resume"] if resume else [])]) == 2
+    assert f"--out: {str(out)!r} is not a regular file (allowed: a results file, or a new path)" in capsys.readouterr().err
+    assert main(["compare", str(out), str(out)]) == 2
+    assert f"compare: {out}: not a regular file" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from . import speed_settings, timing
-from .case import CASE_FIELDS
+from .case import CASE_FIELDS, MODES
 
 FORMAT_VERSION = 1
 STATUSES = ("ok", "mismatch", "unsupported", "oom", "error")
@@ -120,7 +120,39 @@ def _read_records(path: Path) -> Iterable[dict[str, Any]]:
             raise ResultsFormatError(f"{path}:{number}: not valid JSON: {error}") from None
         if not isinstance(record, dict) or record.get("record") not in ("run", "result"):
             raise ResultsFormatError(f"{path}:{number}: not an attnbench record (expected a 'run' or 'result' object)")
+        problem = _header_problem(record) if record["record"] == "run" else _row_problem(record)
+        if problem:  # a line edited by hand or by another tool: every reader would trip over it somewhere else
+            raise ResultsFormatError(f"{path}:{number}: {record['record']} record: {problem}")
         yield record
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _header_problem(record: dict[str, Any]) -> str | None:
+    if not isinstance(record.get("run_id"), str):
+        return f"run_id is {record.get('run_id')!r} (allowed: a string naming the run)"
+    return None
+
+
+def _row_problem(row: dict[str, Any]) -> str | None:
+    """What makes a result row unreadable, or None: its key (implementation and case) and status must be what
+    `run` writes, since readers group, sort and compare by them."""
+    checks = [("impl", lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+              *((name, _is_count, "a positive integer") for name in ("batch", "heads", "seq_len", "head_dim")),
+              ("kv_heads", lambda v: v is None or _is_count(v), "a positive integer, or null for = heads"),
+              ("dtype", lambda v: isinstance(v, str) and v != "", "a dtype name"),
+              ("causal", lambda v: isinstance(v, bool), "true or false"),
+              ("mode", lambda v: v in MODES, ", ".join(MODES)),
+              ("device", lambda v: isinstance(v, str) and v != "", "a device name"),
+              ("status", lambda v: v in STATUSES, ", ".join(STATUSES)),
+              ("time_ms", lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)),
+               "a number, or null")]
+    for name, valid, allowed in checks:
+        if not valid(row.get(name)):
+            return f"{name} is {row.get(name)!r} (allowed: {allowed})"
+    return None
 
 
 def cpu_machine(model: str, threads: int | None) -> str:

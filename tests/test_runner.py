@@ -190,9 +190,33 @@ def test_load_reads_many_files_and_rejects_garbage(tmp_path):
     frame = results.load([path, path])
     assert len(frame) == 2 and frame.impl.tolist() == ["naive", "naive"]
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"record": "result"}\nnot json\n{"record": "result"}\n')
+    header, row = path.read_text().splitlines()
+    bad.write_text(f"{header}\nnot json\n{row}\n")
     with pytest.raises(results.ResultsFormatError, match=r"bad.jsonl:2: not valid JSON"):
         results.load(bad)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"seq_len": "17"}, r"seq_len is '17' \(allowed: a positive integer\)"),
+    ({"heads": True}, r"heads is True \(allowed: a positive integer\)"),
+    ({"kv_heads": 0}, r"kv_heads is 0 \(allowed: a positive integer, or null for = heads\)"),
+    ({"impl": None}, r"impl is None \(allowed: a non-empty string\)"),
+    ({"causal": "false"}, r"causal is 'false' \(allowed: true or false\)"),
+    ({"mode": "forward"}, r"mode is 'forward' \(allowed: fwd, bwd, fwd\+bwd\)"),
+    ({"status": "great"}, r"status is 'great' \(allowed: ok, mismatch, unsupported, oom, error\)"),
+    ({"time_ms": "fast"}, r"time_ms is 'fast' \(allowed: a number, or null\)"),
+])
+def test_a_row_edited_into_something_run_never_writes_is_refused_with_its_line(tmp_path, change, message):
+    """Readers group, sort and compare by a row's case and status: a string length or an unknown status made
+    report, compare and recommend end in tracebacks; every reader now refuses the file, naming line and field."""
+    _, path = run([implementations.get("naive")], cases(17), tmp_path)
+    header, row = path.read_text().splitlines()
+    path.write_text(f"{header}\n{json.dumps({**json.loads(row), **change})}\n")
+    with pytest.raises(results.ResultsFormatError, match=r"r.jsonl:2: result record: " + message):
+        results.load(path)
+    path.write_text(f"{json.dumps({**json.loads(header), 'run_id': 7})}\n{row}\n")
+    with pytest.raises(results.ResultsFormatError, match=r"r.jsonl:1: run record: run_id is 7"):
+        results.load(path)
 
 
 def test_torn_last_line_is_ignored_with_a_warning(tmp_path):
@@ -306,14 +330,25 @@ def test_a_row_enters_the_implementations_session_once_around_all_its_calls(tmp_
 
 
 def test_every_row_records_its_wall_time_and_together_they_are_the_run(tmp_path):
-    """`row_s`: what each row cost the run, the case's inputs and reference in its first row; a failed or
-    unsupported row has one too. Their sum is the run's time, less the loop between rows."""
+    """`row_s`: what each row cost the run, everything included; a failed or unsupported row has one too. Rows
+    are disjoint stretches of the run, so they add up to no more than it; a row whose calls sleep costs at
+    least its sleeps."""
     import time
 
-    started = time.monotonic()
+    class Sleepy(ScriptedAttention):
+        calls_made = 0
+
+        def __call__(self, q, k, v, *, causal=False):
+            Sleepy.calls_made += 1
+            time.sleep(0.01)
+            return super().__call__(q, k, v, causal=causal)
+
     broken = ScriptedAttention("broken", fail_on_seq_len=16, error=RuntimeError("boom"))
-    rows, _ = run([implementations.get("naive"), implementations.get("sdpa-cudnn"), broken], cases(16, 33), tmp_path)
+    started = time.monotonic()
+    rows, _ = run([implementations.get("naive"), implementations.get("sdpa-cudnn"), broken, Sleepy("sleepy")],
+                  cases(16, 33), tmp_path)
     wall = time.monotonic() - started
-    assert [row["status"] for row in rows] == ["ok", "unsupported", "error", "ok", "unsupported", "ok"]
+    assert [row["status"] for row in rows] == ["ok", "unsupported", "error", "ok", "ok", "unsupported", "ok", "ok"]
     assert all(isinstance(row["row_s"], float) and row["row_s"] >= 0 for row in rows)
-    assert 0.5 * wall <= sum(row["row_s"] for row in rows) <= wall
+    assert sum(row["row_s"] for row in rows) <= wall + 0.0005 * len(rows)  # each rounded to the millisecond
+    assert sum(row["row_s"] for row in rows if row["impl"] == "sleepy") >= 0.01 * Sleepy.calls_made

@@ -62,6 +62,8 @@ def writable(flag: str, path: str | Path, *, folder: bool = False) -> Path:
     nearest part of it that exists must be a directory that takes a new file. Creates nothing (the probe file
     is gone when this returns), so a run that is refused leaves nothing behind."""
     path = Path(path)
+    if not folder and path.exists() and not path.is_file():  # a folder, a device, a pipe: not a file to write
+        raise UsageError(f"{flag}: {str(path)!r} is not a regular file (allowed: a file, or a new path)")
     existing = path if folder else path.parent
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent

@@ -99,11 +99,9 @@ def cmd_run(args) -> int:
         raise UsageError(f"--kv-heads: {error} (allowed: divisors of every --heads value)") from None
     label = Path(args.config).stem if args.config else preset_name
     out = Path(args.out) if args.out else default_out_path(device, label, args.resume)
-    if out.exists() and not out.is_file():  # a folder, a device, a pipe: nothing a run can append to and read back
-        raise UsageError(f"--out: {str(out)!r} is not a regular file (allowed: a results file, or a new path)")
+    config.writable("--out", out)  # first: a pipe or a device would block --resume's read, or fill memory
     if out.exists() and not args.resume:
         raise UsageError(f"--out: {str(out)!r} already exists (use --resume to continue it, or another path)")
-    config.writable("--out", out)
     retry = _retry_statuses(args.retry, args.resume)
     policy = config.timing_policy("--timing", from_config.get("timing") if args.timing is None else args.timing, device)
     deadline = started + config.positive_float("--time-limit", args.time_limit) if args.time_limit else None

@@ -503,7 +503,26 @@ def test_an_out_path_that_is_not_a_regular_file_is_refused(tmp_path, capsys, kin
     out = tmp_path / "out"
     out.mkdir() if kind == "folder" else os.mkfifo(out)
     assert main(["run", *TINY, "--out", str(out), *(["--resume"] if resume else [])]) == 2
-    assert f"--out: {str(out)!r} is not a regular file (allowed: a results file, or a new path)" in capsys.readouterr().err
+    assert f"--out: {str(out)!r} is not a regular file (allowed: a file, or a new path)" in capsys.readouterr().err
     assert main(["compare", str(out), str(out)]) == 2
     assert f"compare: {out}: not a regular file" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize("command,flag", [
+    (["check", "--impl", "naive", "--json", "{folder}"], "--json"),
+    (["profile", "--impl", "naive", "--seq-len", "16", "--heads", "2", "--head-dim", "16", "--trace", "{folder}"],
+     "--trace"),
+    (["compare", "{results}", "{results}", "--chart", "{folder}"], "--chart"),
+])
+def test_a_file_output_that_names_a_folder_exits_2_before_any_work(tmp_path, capsys, command, flag):
+    """`check --json results/` ran every case, then ended in IsADirectoryError: refused at once now."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    results_file = tmp_path / "r.jsonl"
+    assert main(["run", *TINY, "--out", str(results_file)]) == 0
+    capsys.readouterr()
+    assert main([part.format(folder=folder, results=results_file) for part in command]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"attnbench: error: {flag}: {str(folder)!r} is not a regular file (allowed: a file, or a new path)"]
+    assert list(folder.iterdir()) == []

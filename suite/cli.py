@@ -24,6 +24,7 @@ from .local_errors_command import cmd_local_errors
 from .presets import PRESETS
 from .results import ResultsFormatError, read, recorded_machine
 from .run_command import RETRYABLE, cmd_run
+from .runs_command import cmd_runs
 from .termination import exit_status, sigterm_raises, stop_word
 from .timing import ADJUSTABLE, TimingPolicy, describe
 
@@ -88,6 +89,11 @@ def _parser() -> argparse.ArgumentParser:
     amend.add_argument("--seed", type=int, default=0, help="seed for the local inputs (default 0)")
     amend.add_argument("--impl", help="NAME[:KEY=VALUE...][,NAME...]: only these implementations' rows (a name "
                                       "covers all its options; default: every approximate row)")
+
+    listing_runs = commands.add_parser("runs", help="what results files hold: machine, dates, preset, software, rows "
+                                                    "by status, implementations")
+    listing_runs.add_argument("results", nargs="*", help="results files (default: every one in results/)")
+    listing_runs.add_argument("--format", default="text", choices=("text", "json"))
 
     report = commands.add_parser("report", help="markdown, charts and HTML from results files")
     report.add_argument("results", nargs="+", help="results files (JSON Lines)")
@@ -343,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _trace_native_crashes()
     try:
         commands = {"list": cmd_list, "env": cmd_env, "run": cmd_run, "check": cmd_check, "report": cmd_report,
-                    "local-errors": cmd_local_errors,
+                    "local-errors": cmd_local_errors, "runs": cmd_runs,
                     "recommend": cmd_recommend, "compare": cmd_compare, "profile": cmd_profile}
         with sigterm_raises():
             return commands[args.command](args)

@@ -526,3 +526,27 @@ def test_a_file_output_that_names_a_folder_exits_2_before_any_work(tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"attnbench: error: {flag}: {str(folder)!r} is not a regular file (allowed: a file, or a new path)"]
     assert list(folder.iterdir()) == []
+
+
+def test_runs_says_what_each_results_file_holds(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["runs"]) == 2
+    assert "runs: no results files in results/" in capsys.readouterr().err
+    (tmp_path / "results").mkdir()
+    first = tmp_path / "results" / "a.jsonl"
+    assert main(["run", *TINY, "--out", str(first)]) == 0
+    (tmp_path / "results" / "b.jsonl").write_text('{"record": "result"}\n')
+    capsys.readouterr()
+    assert main(["runs"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "results/a.jsonl"
+    assert printed[1].startswith(f"  {results.load(first).machine[0]} · ") and " · preset smoke · torch " in printed[1]
+    assert printed[2].startswith("  4 rows: 2 ok, 2 unsupported · 1 run · rows took ")
+    assert printed[3] == "  2 implementations: naive, sdpa-cudnn"
+    assert printed[4:] == ["results/b.jsonl", "  unreadable: results/b.jsonl:1: result record: impl is None (allowed: a "
+                                               "non-empty string)"]
+    assert main(["runs", "--format", "json", str(first)]) == 0
+    (entry,) = json.loads(capsys.readouterr().out)
+    assert entry["statuses"] == {"ok": 2, "unsupported": 2} and entry["presets"] == ["smoke"] and entry["runs"] == 1
+    assert main(["runs", "nothere.jsonl"]) == 2
+    assert "runs: 'nothere.jsonl' is not a file" in capsys.readouterr().err

@@ -121,11 +121,11 @@ def cmd_run(args) -> int:
         raise UsageError(f"--resume: {error}") from None
     if died and "error" not in retry:
         skip.add(key_of_row(died))
+    earlier = EarlierRows.read([*naming.RESULTS_DIR.glob("*.jsonl"), out], machine_name(device))
     if args.dry_run:
         if died:
             print(f"the run that wrote {out} died while measuring {_row_name(died)}: this run will record that as "
                   "an error row", file=sys.stderr)
-        earlier = EarlierRows.read([*naming.RESULTS_DIR.glob("*.jsonl"), out], machine_name(device))
         print(format_plan(plan_run(impls, cases, skip, earlier), cases, device, earlier))
         return 0
     if not died and skip and all(row_key(impl.label, case) in skip for impl in impls for case in cases):
@@ -141,8 +141,8 @@ def cmd_run(args) -> int:
     if skip:
         print(f"resuming {out}: {len(skip)} rows already there", file=sys.stderr)
     try:
-        rows = run_cases(impls, cases, settings=settings, on_row=writer.append, skip=skip, progress=Progress(),
-                         deadline=deadline, on_start=in_flight.started)
+        rows = run_cases(impls, cases, settings=settings, on_row=writer.append, skip=skip,
+                         progress=Progress(earlier=earlier.seconds), deadline=deadline, on_start=in_flight.started)
     except TimeLimitReached as reached:
         writer.close()
         kept = f"every finished row is in {out}" if reached.done else "no row finished"

@@ -256,7 +256,8 @@ def run_cases(
     local_errors = LocalErrors(settings)
     rows = []
     if progress:
-        progress.start(total, [impl.label for impl in impls])
+        progress.start(total, [impl.label for impl in impls],
+                       [row_key(impl.label, case) for case, chosen in todo for impl in chosen])
 
     def check_deadline() -> None:
         if deadline is not None and time.monotonic() >= deadline:

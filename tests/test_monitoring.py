@@ -5,6 +5,7 @@ import io
 
 import torch
 
+from suite import results
 from suite.case import Case
 from suite.gpu_monitor import GpuMonitor, throttle_verdict
 from suite.progress import Progress
@@ -52,3 +53,25 @@ def test_progress_lines_up_cases_after_the_longest_implementation_label():
         progress.row_done({"impl": impl, **case.__dict__, "status": "ok", "time_ms": 1.25})
     first, second = stream.getvalue().splitlines()[1:]
     assert first.index("B1-H2-N17") == second.index("B1-H2-N17")
+
+
+def test_progress_takes_the_time_left_from_earlier_rows_scaled_by_this_runs_pace():
+    """Rows of one run differ by orders of magnitude (a compilation, a 64K case), so the mean so far misjudges
+    what is left; earlier rows of the same cases, scaled by how this run compares with them so far, do not."""
+    cases = [Case(1, 2, n, 16, "float32", False, "fwd", "cpu") for n in (17, 33, 65)]
+    rows = [{"impl": "naive", **case.__dict__, "status": "ok", "time_ms": 1.0} for case in cases]
+    keys = [results.key_of_row(row) for row in rows]
+    stream = io.StringIO()
+    progress = Progress(stream, earlier={keys[0]: 10.0, keys[1]: 100.0, keys[2]: 300.0})
+    progress.start(3, ["naive"], keys)
+    progress.row_done({**rows[0], "row_s": 20.0})  # twice as slow as before: 2 × (100 + 300) s left
+    progress.row_done({**rows[1], "row_s": 200.0})
+    first, second, third = stream.getvalue().splitlines()
+    assert first == "attnbench: 3 measurements to run; time left from what these rows took in earlier runs on this " \
+                    "machine model"
+    assert "~0:13:20 left" in second and "~0:10:00 left" in third
+
+    unknown = Progress(io.StringIO(), earlier={keys[0]: 10.0})
+    unknown.start(3, ["naive"], keys)
+    unknown.row_done({**rows[0], "row_s": 20.0})  # the other rows have no earlier time: the mean so far
+    assert "time left from" not in unknown.stream.getvalue() and "~0:00:00 left" in unknown.stream.getvalue()

@@ -893,6 +893,11 @@ def test_report_of_some_implementations_keeps_their_colours(cpu_results, tmp_pat
             "the 6 implementations in these files.") in markdown
     assert "| naive |" not in markdown
 
+    with_baseline = tmp_path / "with-baseline"
+    assert main(["report", str(cpu_results), "--out", str(with_baseline), "--impl", "linear", "--baseline", "naive"]) == 0
+    assert impl_order(pd.read_csv(with_baseline / "data.csv").impl) == ["naive", "linear"]  # the speed-ups need it
+    assert "## Speed-up over naive" in (with_baseline / "report.md").read_text()
+
     elsewhere = tmp_path / "elsewhere"
     assert main(["report", str(cpu_results), "--out", str(elsewhere), "--impl", "sdpa,flash"]) == 2
     assert ("--impl: 'flash' matches no implementation in these results (they have: naive, sdpa, sdpa-cudnn, "

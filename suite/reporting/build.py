@@ -294,13 +294,14 @@ def _one_row_per_case(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     return frame[~repeated], int(repeated.sum())
 
 
-def _selected(frame: pd.DataFrame, patterns: Collection[str]) -> pd.DataFrame:
+def _selected(frame: pd.DataFrame, patterns: Collection[str], baseline: str | None) -> pd.DataFrame:
+    """The rows of the implementations `patterns` name, and the `baseline` asked for, which the speed-ups need."""
     present = impl_order(frame.impl.dropna())
     for pattern in patterns:
         if not any(config.label_matches(label, [pattern]) for label in present):
             raise ReportInputError(f"--impl: {pattern!r} matches no implementation in these results "
                                    f"(they have: {', '.join(present)})")
-    return frame[frame.impl.map(lambda label: config.label_matches(label, patterns))]
+    return frame[frame.impl.map(lambda label: label == baseline or config.label_matches(label, patterns))]
 
 
 def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | None = None,
@@ -310,8 +311,8 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | N
     one, `sdpa` is used where it was, and the report says so where it was not. Each chart is written as PNG,
     which the pages show, and in the other `chart_formats` beside it. `say` is told how far it has got (drawing
     a large file's charts takes a minute). `impls` (labels or names, with shell wildcards) keeps only those
-    implementations' rows; each keeps the colour it has in the whole files' report, so charts of several
-    selections read alike."""
+    implementations' rows, and the `baseline`'s; each keeps the colour it has in the whole files' report, so
+    charts of several selections read alike."""
     paths = [Path(p) for p in paths]
     try:
         loaded = prepare(load(paths))
@@ -321,7 +322,7 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | N
     selection = None
     if impls is not None:
         everything = impl_order(loaded.impl.dropna())
-        loaded = _selected(loaded, impls)
+        loaded = _selected(loaded, impls, baseline)
         selection = Paragraph(f"Implementations shown: {', '.join(impl_order(loaded.impl.dropna()))}, selected with "
                               f"`--impl {','.join(impls)}` of the {len(everything)} implementations in these files.")
     frame, repeated = _one_row_per_case(loaded)

@@ -6,6 +6,7 @@
     print(check(mine).format())                      # what `attnbench check` runs
     frame = benchmark([mine, "sdpa-flash"], seq_len=[1024, 4096], heads=16, head_dim=128, dtype="bfloat16",
                       causal=True, mode="fwd+bwd", out="results/mine.jsonl")
+    verdicts = compare(frame, frame, baseline_impl="sdpa-flash", current_impl="mine")  # slower anywhere?
 
 `benchmark` measures the way `attnbench run` does (the same runner, checks and results file, which `attnbench
 report` and `compare` read) and returns the rows as `suite.results.load` gives them. Values are checked as the
@@ -23,8 +24,11 @@ import torch
 from implementations import CaseLike, Implementation
 
 from . import config, conformance
-from .case import Grid
+from .case import CASE_FIELDS, Grid
 from .check_command import checked, default_check_dtypes
+from .compare import CompareInputError, paired, read_side
+from .compare import compare as compared
+from .grid_scope import GridScope
 from .progress import Progress
 from .results import load
 from .run_command import measured_settings, results_writer
@@ -128,6 +132,49 @@ def benchmark(impls: Iterable[Implementation | str] | Implementation | str, *, s
         return load(path)
 
 
+Results = str | Path | Sequence[str | Path] | pd.DataFrame  # results files, or rows as `benchmark` returns them
+
+
+def _side(name: str, results: Results) -> tuple[pd.DataFrame, GridScope]:
+    if isinstance(results, pd.DataFrame):
+        if results.empty or not {"impl", "machine", "time_ms"} <= set(results.columns):
+            raise ValueError(f"{name}: a DataFrame without result rows (allowed: rows as benchmark() or "
+                             "suite.results.load() return them, or results files)")
+        return results, GridScope.unknown()
+    paths = [results] if isinstance(results, (str, Path)) else list(results)
+    try:
+        return read_side([Path(path) for path in paths])
+    except CompareInputError as error:
+        raise ValueError(f"{name}: {error}") from None
+
+
+def compare(baseline: Results, current: Results, *, baseline_impl: str | None = None, current_impl: str | None = None,
+            threshold: float = 0.05, memory_threshold: float | None = 0.10) -> pd.DataFrame:
+    """What `attnbench compare` decides, as a DataFrame: one row per implementation and case, with `verdict`
+    (`same`, `slower`, `faster`, `ambiguous`, `regression`, ...), `ratio` (current / baseline median time),
+    `detail`, and `memory_verdict`, `memory_ratio`. `attrs["regressed"]` is what the command's exit status says,
+    `attrs["notes"]` what differed between the sides besides the code. With `baseline_impl` and `current_impl`,
+    one implementation's rows against the other's (`current` may be `baseline`): is `mine` slower than
+    `sdpa-flash` anywhere?"""
+    if (baseline_impl is None) != (current_impl is None):
+        raise ValueError("baseline_impl, current_impl: give both, to compare two implementations, or neither")
+    for name, value in (("threshold", threshold), ("memory_threshold", memory_threshold)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+            raise ValueError(f"{name}: {value!r} is not allowed (allowed: a fraction > 0, such as 0.05 for 5%)")
+    (base, _), (now, scope) = _side("baseline", baseline), _side("current", current)
+    try:
+        if baseline_impl is not None:
+            base, now, scope = paired(base, now, scope, baseline_impl, current_impl)
+        result = compared(base, now, threshold, scope, memory_threshold)
+    except CompareInputError as error:
+        raise ValueError(str(error)) from None
+    frame = pd.DataFrame([{**row.key, "verdict": row.verdict, "ratio": row.ratio, "detail": row.detail,
+                           "memory_verdict": row.memory, "memory_ratio": row.memory_ratio} for row in result.rows])
+    frame = frame.sort_values(["impl", *CASE_FIELDS], kind="stable", ignore_index=True)
+    frame.attrs.update(regressed=result.regressed, notes=list(result.notes))
+    return frame
+
+
 def check(impl: Implementation | str, device: str | None = None, dtypes: str | Sequence[str] | None = None,
           seed: int = 0) -> conformance.CheckSummary:
     """The conformance check `attnbench check` runs (awkward sizes, short lengths over many seeds, transposed
@@ -140,4 +187,4 @@ def check(impl: Implementation | str, device: str | None = None, dtypes: str | S
     return summary
 
 
-__all__ = ["FunctionImplementation", "as_implementation", "benchmark", "check"]
+__all__ = ["FunctionImplementation", "as_implementation", "benchmark", "check", "compare"]

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from suite import results
-from suite.api import as_implementation, benchmark, check
+from suite.api import as_implementation, benchmark, check, compare
 from suite.cli import main
 
 
@@ -122,3 +122,25 @@ def test_check_stops_where_the_device_became_unusable(monkeypatch):
     monkeypatch.setattr(runner, "device_usable", lambda device: False)  # asked only after an error
     summary = check(as_implementation(crashes, "crashes"), dtypes="float32")
     assert len(summary.results) == 1 and summary.results[0].status == "error" and not summary.ok
+
+
+def test_compare_gives_the_verdicts_of_attnbench_compare_as_a_frame(tmp_path):
+    out = tmp_path / "r.jsonl"
+    frame = benchmark(["naive", "sdpa"], seq_len=[9, 17], heads=1, head_dim=8, batch=1, device="cpu", out=out,
+                      progress=False)
+    same = compare(frame, frame)
+    assert len(same) == 4 and set(same.verdict) == {"same"} and same.attrs == {"regressed": False, "notes": []}
+    paired = compare(out, [out], baseline_impl="naive", current_impl="sdpa")
+    assert paired.impl.tolist() == ["sdpa vs naive"] * 2 and paired.seq_len.tolist() == [9, 17]
+    assert set(paired.verdict) <= {"same", "slower", "faster", "ambiguous"} and (paired.ratio > 0).all()
+    expected = frame.set_index("seq_len").time_ms
+    assert paired.ratio.tolist() == pytest.approx((expected[frame.impl.eq("sdpa").values] /
+                                                   expected[frame.impl.eq("naive").values]).tolist())
+    with pytest.raises(ValueError, match="baseline_impl, current_impl: give both"):
+        compare(frame, frame, current_impl="sdpa")
+    with pytest.raises(ValueError, match=r"the current results have no row of 'mine' \(they have: naive, sdpa\)"):
+        compare(frame, frame, baseline_impl="sdpa", current_impl="mine")
+    with pytest.raises(ValueError, match=r"threshold: -1 is not allowed \(allowed: a fraction > 0"):
+        compare(frame, frame, threshold=-1)
+    with pytest.raises(ValueError, match=r"baseline: .*nothere.jsonl: no such file"):
+        compare(tmp_path / "nothere.jsonl", frame)

@@ -119,6 +119,8 @@ def _parser() -> argparse.ArgumentParser:
                            help="with --current-impl: compare two implementations instead of two runs, this one's "
                                 "rows in BASELINE against the other's in CURRENT (the same file may be both)")
     comparing.add_argument("--current-impl", dest="current_impl", help="see --baseline-impl")
+    comparing.add_argument("--impl", help="NAME[:KEY=VALUE...][,NAME...], shell wildcards allowed: compare only these "
+                                          "implementations' rows (default: every one)")
 
     recommend = commands.add_parser("recommend", help="rank implementations for a shape from measured results")
     recommend.add_argument("--seq-len", dest="seq_len", required=True,
@@ -302,9 +304,12 @@ def cmd_compare(args) -> int:
                                                                                             "--baseline-impl")
         raise UsageError(f"{given}: only with {missing} (allowed: both, to compare two implementations, or neither)")
     impls = (args.baseline_impl, args.current_impl) if args.baseline_impl else None
+    if impls is not None and args.impl is not None:
+        raise UsageError("--impl: not with --baseline-impl and --current-impl, which name the rows compared already")
+    patterns = None if args.impl is None else config.comma_items("--impl", args.impl)
     try:
         text, status = run(split(args.baseline), split(args.current), threshold, args.format, memory_threshold, chart,
-                           impls)
+                           impls, patterns)
     except CompareInputError as error:
         raise UsageError(f"compare: {error}") from None
     print(text)

@@ -292,14 +292,29 @@ def paired(base: pd.DataFrame, current: pd.DataFrame, scope: GridScope, base_imp
     return sides[0], sides[1], scope.renamed(current_impl, label)
 
 
+def only(base: pd.DataFrame, current: pd.DataFrame, patterns: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both sides' rows of the implementations `patterns` name (labels or names, shell wildcards)."""
+    from .config import label_matches
+
+    present = sorted(set(base.impl.dropna()) | set(current.impl.dropna()))
+    for pattern in patterns:
+        if not any(label_matches(label, [pattern]) for label in present):
+            raise CompareInputError(f"--impl: {pattern!r} matches no implementation of either side "
+                                    f"(they have: {', '.join(present)})")
+    return tuple(frame[frame.impl.map(lambda label: label_matches(label, patterns))] for frame in (base, current))
+
+
 def run(base_paths: list[Path], current_paths: list[Path], threshold: float, fmt: str,
         memory_threshold: float | None = 0.10, chart: Path | None = None,
-        impls: tuple[str, str] | None = None) -> tuple[str, int]:
+        impls: tuple[str, str] | None = None, patterns: list[str] | None = None) -> tuple[str, int]:
     """The comparison in `fmt`, and the exit status; with `chart`, also the ratio chart (compare_chart.py). With
-    `impls` (baseline implementation, current implementation), those two implementations' rows are compared."""
+    `impls` (baseline implementation, current implementation), those two implementations' rows are compared;
+    with `patterns`, only the implementations they name."""
     from .compare_views import format_json, format_markdown, format_text
 
     (base, _), (current, scope) = read_side(base_paths), read_side(current_paths)
+    if patterns is not None:
+        base, current = only(base, current, patterns)
     if impls is not None:
         base, current, scope = paired(base, current, scope, *impls)
     result = compare(base, current, threshold, scope, memory_threshold)

@@ -465,3 +465,17 @@ def test_an_implementation_pair_reads_the_current_grid_for_its_implementation(tm
                                for r in records if not (r.get("impl") == "naive" and r.get("seq_len") == 32)))
     code, found = verdicts(capsys, base, current, "--baseline-impl", "sdpa", "--current-impl", "naive")
     assert code == 0 and found[("naive vs sdpa", 32)] == "not-run"
+
+
+def test_compare_impl_keeps_the_rows_of_the_implementations_it_names(tmp_path, capsys, real_rows):
+    base = synthetic(tmp_path / "a.jsonl", real_rows, seed=1)
+    slower = synthetic(tmp_path / "b.jsonl", real_rows, seed=2, slow={("naive", 64): 1.5})
+    code, found = verdicts(capsys, base, slower)
+    assert code == 1 and found[("naive", 64)] == "slower"
+    code, found = verdicts(capsys, base, slower, "--impl", "sd*")  # the gate on sdpa alone passes
+    assert code == 0 and {impl for impl, _ in found} == {"sdpa"}
+    assert main(["compare", str(base), str(slower), "--impl", "flash"]) == 2
+    assert "--impl: 'flash' matches no implementation of either side (they have: naive, sdpa)" in capsys.readouterr().err
+    assert main(["compare", str(base), str(base), "--impl", "sdpa", "--baseline-impl", "naive",
+                 "--current-impl", "sdpa"]) == 2
+    assert "--impl: not with --baseline-impl and --current-impl" in capsys.readouterr().err

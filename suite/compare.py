@@ -294,13 +294,13 @@ def paired(base: pd.DataFrame, current: pd.DataFrame, scope: GridScope, base_imp
 
 def only(base: pd.DataFrame, current: pd.DataFrame, patterns: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Both sides' rows of the implementations `patterns` name (labels or names, shell wildcards)."""
-    from .config import label_matches
+    from .config import label_matches, unmatched_pattern
 
     present = sorted(set(base.impl.dropna()) | set(current.impl.dropna()))
-    for pattern in patterns:
-        if not any(label_matches(label, [pattern]) for label in present):
-            raise CompareInputError(f"--impl: {pattern!r} matches no implementation of either side "
-                                    f"(they have: {', '.join(present)})")
+    typo = unmatched_pattern(patterns, present)
+    if typo is not None:
+        raise CompareInputError(f"--impl: {typo!r} matches no implementation of either side (they have: "
+                                f"{', '.join(present)})")
     return tuple(frame[frame.impl.map(lambda label: label_matches(label, patterns))] for frame in (base, current))
 
 

@@ -168,6 +168,11 @@ def label_matches(label: str, patterns: Collection[str]) -> bool:
     return any(fnmatch.fnmatchcase(label, pattern) or fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
+def unmatched_pattern(patterns: Collection[str], labels: Collection[str]) -> str | None:
+    """The first of `patterns` that names none of `labels` (label_matches), or None: a typo to refuse."""
+    return next((pattern for pattern in patterns if not any(label_matches(label, [pattern]) for label in labels)), None)
+
+
 def _expanded(flag: str, spec: str) -> list[str]:
     name, colon, options = spec.partition(":")
     if not any(char in name for char in "*?["):

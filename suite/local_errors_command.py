@@ -31,9 +31,9 @@ def cmd_local_errors(args) -> int:
     if args.impl is not None:
         impls = config.comma_items("--impl", args.impl)
         present = sorted({row["impl"] for row in approximate_rows(rows)})
-        unknown = [item for item in impls if not any(config.label_matches(label, [item]) for label in present)]
-        if unknown:
-            raise UsageError(f"--impl: {unknown[0]!r} has no approximate row that ran in {path} "
+        typo = config.unmatched_pattern(impls, present)
+        if typo is not None:
+            raise UsageError(f"--impl: {typo!r} has no approximate row that ran in {path} "
                              f"(allowed: {', '.join(present) or 'none'})")
     devices = {row.get("device") for row in rows_to_amend(rows, args.redo, impls)}
     if not devices:

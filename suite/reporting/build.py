@@ -297,10 +297,10 @@ def _one_row_per_case(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
 def _selected(frame: pd.DataFrame, patterns: Collection[str], baseline: str | None) -> pd.DataFrame:
     """The rows of the implementations `patterns` name, and the `baseline` asked for, which the speed-ups need."""
     present = impl_order(frame.impl.dropna())
-    for pattern in patterns:
-        if not any(config.label_matches(label, [pattern]) for label in present):
-            raise ReportInputError(f"--impl: {pattern!r} matches no implementation in these results "
-                                   f"(they have: {', '.join(present)})")
+    typo = config.unmatched_pattern(patterns, present)
+    if typo is not None:
+        raise ReportInputError(f"--impl: {typo!r} matches no implementation in these results (they have: "
+                               f"{', '.join(present)})")
     return frame[frame.impl.map(lambda label: label == baseline or config.label_matches(label, patterns))]
 
 

@@ -6,6 +6,7 @@ runs on this machine model measured them. Nothing is measured or written.
 """
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from collections.abc import Iterable
@@ -45,6 +46,8 @@ class EarlierRows:
         were timed on another model, are passed over."""
         found = cls()
         for path in sorted({Path(p) for p in paths if Path(p).is_file()}, key=os.path.getmtime):
+            if _first_machine(path) not in (machine, None):  # a file is timed on one model: skip reading it all
+                continue
             try:
                 runs, rows = read(path)
             except (ResultsFormatError, OSError):
@@ -56,6 +59,18 @@ class EarlierRows:
                 found.seconds.update(timed)
                 found.files.append(path)
         return found
+
+
+def _first_machine(path: Path) -> str | None:
+    """The model the first run header of `path` names, or None where the first line says nothing clear."""
+    try:
+        with open(path, encoding="utf-8") as lines:
+            header = json.loads(lines.readline())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(header, dict) or header.get("record") != "run" or header.get("amends"):
+        return None
+    return recorded_machine(header.get("environment") or {})
 
 
 def plan_run(impls: list[Implementation], cases: list[Case], skip: set[tuple],

@@ -240,19 +240,13 @@ def with_explicit_kv_heads(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def timed_by_runs(path: Path) -> list[dict[str, Any]]:
-    """The environments of the runs that wrote `path`'s timings (not those that only amended its rows)."""
-    if not Path(path).exists():
-        return []
-    runs, _ = read(Path(path))
+def timed_by_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The environments of the runs (a file's headers) that wrote timings, not those that only amended rows."""
     return [run.get("environment", {}) for run in runs if not run.get("amends")]
 
 
-def finished_keys(path: Path, retry: Iterable[str] = ()) -> set[tuple]:
-    """(impl, *case fields) of every row already in `path`, except those whose status is in `retry`;
-    used by --resume."""
-    if not Path(path).exists():
-        return set()
-    _, rows = read(Path(path))
+def finished_keys(rows: list[dict[str, Any]], retry: Iterable[str] = ()) -> set[tuple]:
+    """(impl, *case fields) of every row (a file's, as `read` gives them), except those whose status is in
+    `retry`; used by --resume."""
     retry = set(retry)
     return {key_of_row(row) for row in rows if row.get("status") not in retry}

@@ -53,29 +53,27 @@ def default_out_path(device: str, preset_name: str, resume: bool) -> Path:
     return path
 
 
-def _refuse_another_machine(out: Path, device: str) -> None:
+def _refuse_another_machine(out: Path, runs: list[dict], device: str) -> None:
     """One file's timings are read as one comparison: a resumed run must measure on the same model."""
     here = machine_name(device)
-    others = sorted({machine for machine in map(recorded_machine, timed_by_runs(out)) if machine and machine != here})
+    others = sorted({machine for machine in map(recorded_machine, timed_by_runs(runs)) if machine and machine != here})
     if others:
         raise UsageError(f"--resume: {str(out)!r} holds timings measured on {', '.join(others)}, and this run would "
                          f"measure on {here} (resume it there, or write these rows to another file with --out)")
 
 
-def _refuse_another_seed(out: Path, seed: int) -> None:
+def _refuse_another_seed(out: Path, runs: list[dict], seed: int) -> None:
     """A file's rows of one case were measured on the same inputs, which the seed makes: resuming with another
     would check and time its new rows on other inputs (files written before the seed was recorded pass)."""
-    runs, _ = read(out) if out.exists() else ([], [])
     seeds = sorted({run["seed"] for run in runs if not run.get("amends") and run.get("seed") is not None} - {seed})
     if seeds:
         raise UsageError(f"--seed: {str(out)!r} was measured with seed {', '.join(map(str, seeds))}, and this run would "
                          f"use {seed} (resume with --seed {seeds[0]}, or write these rows to another file with --out)")
 
 
-def _note_another_timing(out: Path, policy: TimingPolicy) -> None:
+def _note_another_timing(out: Path, runs: list[dict], policy: TimingPolicy) -> None:
     """Rows timed with another policy are still measurements of the same calls, so a resume may change it; it is
     said, and each run's header records its own."""
-    runs, _ = read(out) if out.exists() else ([], [])
     others = sorted({describe(run["timing_policy"]) for run in runs if run.get("timing_policy")} - {describe(vars(policy))})
     if others:
         print(f"note: {out} holds rows timed with {'; '.join(others)}; these will be timed with {describe(vars(policy))}",
@@ -111,14 +109,15 @@ def cmd_run(args) -> int:
         raise UsageError(f"--out: {str(out)!r} is being written by a run still going on this machine (pid {writing}); "
                          "two runs appending to one file would interleave their rows")
     try:
-        skip = finished_keys(out, retry) if args.resume else set()
-        if args.resume:
-            _refuse_another_machine(out, device)
-            _refuse_another_seed(out, args.seed)
-            _note_another_timing(out, policy)
-        died = _row_a_process_died_in(in_flight, out)
+        stored_runs, stored_rows = read(out) if out.exists() else ([], [])  # once: it may hold thousands of rows
     except ResultsFormatError as error:
         raise UsageError(f"--resume: {error}") from None
+    skip = finished_keys(stored_rows, retry) if args.resume else set()
+    if args.resume:
+        _refuse_another_machine(out, stored_runs, device)
+        _refuse_another_seed(out, stored_runs, args.seed)
+        _note_another_timing(out, stored_runs, policy)
+    died = _row_a_process_died_in(in_flight, stored_rows)
     if died and "error" not in retry:
         skip.add(key_of_row(died))
     earlier = EarlierRows.read([*naming.RESULTS_DIR.glob("*.jsonl"), out], machine_name(device))
@@ -195,10 +194,11 @@ def results_writer(out: Path, grid, settings: RunSettings, device: str, **how) -
     return ResultsWriter(out, collect(torch.device(device)), run_info)
 
 
-def _row_a_process_died_in(in_flight: InFlight, out: Path) -> dict | None:
-    """The error row for the row a previous run on `out` died in, unless that row was written after all."""
+def _row_a_process_died_in(in_flight: InFlight, rows: list[dict]) -> dict | None:
+    """The error row for the row a previous run on the file died in, unless that row (among the file's `rows`) was
+    written after all."""
     died = in_flight.died_in()
-    if died is None or key_of_row(died) in finished_keys(out):
+    if died is None or key_of_row(died) in finished_keys(rows):
         return None
     return died
 

@@ -141,7 +141,7 @@ def test_interrupted_run_keeps_finished_rows_and_resume_skips_them(tmp_path):
     assert list(frame.seq_len) == [17, 33]
     for line in path.read_text().splitlines():
         json.loads(line)  # every line is whole
-    done = results.finished_keys(path)
+    done = results.finished_keys(results.read(path)[1])
     writer = ResultsWriter(path, {"device": "cpu"}, {"preset": "test"})
     rows = run_cases([ScriptedAttention("stopper")], cases(17, 33, 65, 129), settings=FAST,
                      on_row=writer.append, skip=done)

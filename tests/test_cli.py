@@ -24,7 +24,7 @@ TINY = ["--impl", "naive,sdpa-cudnn", "--seq-len", "17", "--heads", "1", "--batc
     (["--heads", "many"], r"--heads: 'many' is not a positive integer"),
     (["--impl", "flashy"], r"--impl: unknown implementation 'flashy' \(valid: .*sdpa-flash"),
     (["--impl", "naive:window"], r"--impl: option 'window' in 'naive:window' is not KEY=VALUE"),
-    (["--impl", "naive:window=3"], r"--impl: naive: unknown option 'window' \(allowed: none\)"),
+    (["--impl", "sdpa:window=3"], r"--impl: sdpa: unknown option 'window' \(allowed: none\)"),
     (["--impl", "performer:features=64:features=32"],
      r"--impl: option 'features' is given twice in 'performer:features=64:features=32' \(allowed: once\)"),
     (["--impl", "flash*"], r"--impl: 'flash\*' matches no implementation \(known: reference, naive, sdpa"),

@@ -43,7 +43,7 @@ def test_gpu_stays_finite_at_large_logits_and_reads_transposed_views(name):
     assert_finite_at_large_logits(name, "cuda", ("float16", "bfloat16", "float32"))
 
 
-@pytest.mark.parametrize("name", ["linear", "performer"])
+@pytest.mark.parametrize("name", ["naive", "linear", "performer"])
 def test_gpu_compiled_variants_match_their_twin(name):
     """Causal only, to keep compilation (tens of seconds each) short; eager tests cover both paths."""
     case = Case(2, 4, 257, 128, "bfloat16", True, "fwd+bwd", "cuda")

@@ -60,3 +60,23 @@ def test_a_wrong_implementation_fails_the_same_check():
     q, k, v = (torch.randn(1, 2, 33, 16) for _ in range(3))
     wrong = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=1.0)
     assert not error(wrong, reference_attention(q, k, v)).within(*tolerance("bfloat16", 33))
+
+
+def test_compiled_naive_matches_eager_and_its_twin():
+    """`naive:compile=true` (one CPU compilation, a few seconds): hand-written attention through torch.compile
+    gives eager's numbers, forward and gradients, causal at a length no tile divides, and says how it ran."""
+    from suite.case import Case
+    from tests.twin_check import assert_matches_twin
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 33, 16, requires_grad=True) for _ in range(3))
+    results = []
+    for compile_it in (False, True):
+        impl = implementations.get("naive", compile=compile_it)
+        out = impl(q, k, v, causal=True)
+        results.append((out, *torch.autograd.grad(out.square().sum(), (q, k, v))))
+        assert impl.backend(q, k, v, causal=True) == ("torch.compile (inductor)" if compile_it else "eager")
+    for eager, compiled in zip(*results):
+        torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+    assert_matches_twin("naive", Case(2, 3, 33, 16, "float32", True, "fwd+bwd", "cpu"), input_seed=5,
+                        options={"compile": True})

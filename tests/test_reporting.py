@@ -928,3 +928,14 @@ def test_report_says_what_each_implementations_rows_cost_the_run(cpu_results, tm
     assert "| sdpa-cudnn | 6 | 5 s | 6.76% | 1.5 s (B1-H2-N64-D16-fp32-dense-fwd, unsupported) |" in section
     assert main(["report", str(cpu_results), "--out", str(tmp_path / "untimed")]) == 0
     assert "## Run time" in (tmp_path / "untimed" / "report.md").read_text()  # this version's runs record it
+
+
+def test_a_report_written_again_into_its_folder_leaves_no_stale_chart(cpu_results, tmp_path):
+    """A report folder is published as it is: charts of an earlier report (other implementations, other formats)
+    must not stay beside the new ones; files that are not charts stay."""
+    out = tmp_path / "report"
+    assert main(["report", str(cpu_results), "--out", str(out), "--chart-formats", "png,svg"]) == 0
+    (out / "charts" / "notes.txt").write_text("mine")
+    assert main(["report", str(cpu_results), "--out", str(out), "--impl", "sdpa"]) == 0
+    linked = set(re.findall(r"charts/([^)\"]+\.png)", (out / "report.md").read_text()))
+    assert linked and {p.name for p in (out / "charts").iterdir()} == linked | {"notes.txt"}

@@ -304,6 +304,14 @@ def _selected(frame: pd.DataFrame, patterns: Collection[str], baseline: str | No
     return frame[frame.impl.map(lambda label: label == baseline or config.label_matches(label, patterns))]
 
 
+def _remove_stale_charts(folder: Path, written: set[Path]) -> None:
+    """Charts an earlier report left in the folder (other groups, other implementations, other formats): a folder
+    published as it is must hold this report's charts only."""
+    for path in folder.iterdir():
+        if path.suffix.lstrip(".") in charts.CHART_FORMATS and path not in written:
+            path.unlink()
+
+
 def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | None = None,
                  chart_formats: tuple[str, ...] = ("png",), say: Callable[[str], None] = lambda message: None,
                  impls: Collection[str] | None = None) -> Path:
@@ -346,11 +354,15 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | N
     if measured.empty:
         report.add(Paragraph("No case was measured: every row failed or could not run. Reasons:"), _failure_table(frame))
 
+    written: set[Path] = set()
+
     def chart(fig, name: str, alt: str, measured_rows: pd.DataFrame | None = None) -> None:
         if measured_rows is not None:
             charts.stamp(fig, measured_rows)
         stem = Path("charts") / name
-        charts.save(fig, out_dir / stem, tuple(dict.fromkeys(["png", *chart_formats])))
+        formats = tuple(dict.fromkeys(["png", *chart_formats]))
+        charts.save(fig, out_dir / stem, formats)
+        written.update(out_dir / stem.with_suffix(f".{fmt}") for fmt in formats)
         report.add(Image(stem.with_suffix(".png"), alt))
 
     _add_fastest(report, frame, chart, colour_of)
@@ -435,6 +447,7 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | N
             report.add(Heading(group_title(group), 3), _group_table(part))
         if (~frame.status.isin(MEASURED)).any():
             report.add(Heading("Rows that did not run"), _failure_table(frame))
+    _remove_stale_charts(out_dir / "charts", written)
     say("writing report.md, index.html and data.csv")
     _write_data(frame, out_dir / "data.csv")
     (out_dir / "report.md").write_text(to_markdown(report), encoding="utf-8")

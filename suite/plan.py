@@ -31,6 +31,7 @@ class ImplementationPlan:
     unsupported: Counter = field(default_factory=Counter)  # each reason -> the cases it applies to
     earlier_s: float = 0.0  # what the rows to measure took in earlier runs, where one measured them
     earlier_rows: int = 0
+    earlier_files: set = field(default_factory=set)  # the files those times come from
 
 
 @dataclass
@@ -38,7 +39,7 @@ class EarlierRows:
     """How long each (implementation, case) row took (`row_s`) in results files timed on one machine model."""
 
     seconds: dict[tuple, float] = field(default_factory=dict)
-    files: list[Path] = field(default_factory=list)
+    file_of: dict[tuple, Path] = field(default_factory=dict)  # the file each row's time comes from
 
     @classmethod
     def read(cls, paths: Iterable[Path], machine: str) -> EarlierRows:
@@ -55,9 +56,8 @@ class EarlierRows:
             here = {run["run_id"] for run in runs if recorded_machine(run.get("environment", {})) == machine}
             timed = {key_of_row(row): row["row_s"] for row in rows
                      if row.get("run_id") in here and isinstance(row.get("row_s"), (int, float))}
-            if timed:
-                found.seconds.update(timed)
-                found.files.append(path)
+            found.seconds.update(timed)
+            found.file_of.update(dict.fromkeys(timed, path))
         return found
 
 
@@ -91,10 +91,11 @@ def plan_run(impls: list[Implementation], cases: list[Case], skip: set[tuple],
                 plan.unsupported.update(reasons)
             else:
                 plan.to_measure += 1
-                seconds = earlier.seconds.get(row_key(impl.label, case)) if earlier else None
-                if seconds is not None:
-                    plan.earlier_s += seconds
+                key = row_key(impl.label, case)
+                if earlier and key in earlier.seconds:
+                    plan.earlier_s += earlier.seconds[key]
                     plan.earlier_rows += 1
+                    plan.earlier_files.add(earlier.file_of[key])
         plans.append(plan)
     return plans
 
@@ -114,8 +115,7 @@ def _earlier_cell(measure: int, known: int, seconds: float) -> str:
     return _duration(seconds) + ("" if known == measure else f" ({known} rows)")
 
 
-def format_plan(plans: list[ImplementationPlan], cases: list[Case], device: str,
-                earlier: EarlierRows | None = None) -> str:
+def format_plan(plans: list[ImplementationPlan], cases: list[Case], device: str) -> str:
     width = max([len("implementation"), *(len(plan.label) for plan in plans)])
     lines = [f"dry run on {device}: {len(plans)} implementations x {len(cases)} cases; nothing measured or written",
              f"{'implementation':<{width}}  {'measure':>8}  {'unsupported':>11}  {'already in file':>15}  took before"]
@@ -128,7 +128,7 @@ def format_plan(plans: list[ImplementationPlan], cases: list[Case], device: str,
     lines.append(f"{'total':<{width}}  {totals[0]:>8}  {totals[1]:>11}  {totals[2]:>15}  "
                  f"{_earlier_cell(totals[0], known, seconds)}")
     if totals[0]:
-        lines.append(_estimate_line(totals[0], known, earlier))
+        lines.append(_estimate_line(totals[0], known, sorted(set().union(*(plan.earlier_files for plan in plans)))))
     unsupported = [(plan.label, reason, count) for plan in plans for reason, count in plan.unsupported.most_common()]
     if unsupported:
         lines.append("why not here (a case may have several reasons; its row records them all):")
@@ -136,13 +136,13 @@ def format_plan(plans: list[ImplementationPlan], cases: list[Case], device: str,
     return "\n".join(lines)
 
 
-def _estimate_line(measure: int, known: int, earlier: EarlierRows | None) -> str:
+def _estimate_line(measure: int, known: int, files: list[Path]) -> str:
     """What `took before` rests on: earlier rows of the same implementation and case on this machine model
     (checks, reference, warm-up, timing and memory included; compilation too, unless caches on disk now hold it)."""
     if not known:
-        return ("took before: none of these rows was measured on this machine model in the results files read "
-                f"({len(earlier.files) if earlier else 0} with row times), so no estimate")
-    files = ", ".join(str(path) for path in earlier.files)
+        return ("took before: no results file of this machine model (in results/, or --out) holds the time of any "
+                "of these rows, so no estimate")
+    files = ", ".join(map(str, files))
     return (f"took before: {known} of the {measure} rows to measure were measured on this machine model, in {files}; "
             "the column sums their wall times" + ("" if known == measure else f", and the other {measure - known} "
                                                   "rows have none"))

@@ -125,7 +125,7 @@ def cmd_run(args) -> int:
         if died:
             print(f"the run that wrote {out} died while measuring {_row_name(died)}: this run will record that as "
                   "an error row", file=sys.stderr)
-        print(format_plan(plan_run(impls, cases, skip, earlier), cases, device, earlier))
+        print(format_plan(plan_run(impls, cases, skip, earlier), cases, device))
         return 0
     if not died and skip and all(row_key(impl.label, case) in skip for impl in impls for case in cases):
         print(f"nothing to run: every case is already in {out}")  # before measuring the GPU's peaks

@@ -490,7 +490,9 @@ def test_dry_run_says_how_long_the_rows_took_when_this_machine_model_measured_th
     newer.write_text(earlier.read_text())
     rewrite_rows(newer, lambda row: {**row, "row_s": 60.0})
     assert main(["run", *TINY, "--no-causal", "--seq-len", "17", "--out", str(tmp_path / "next.jsonl"), "--dry-run"]) == 0
-    assert next(line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("naive"))[4] == "1m00s"
+    printed = capsys.readouterr().out
+    assert next(line.split() for line in printed.splitlines() if line.startswith("naive"))[4] == "1m00s"
+    assert "measured on this machine model, in results/newer.jsonl; the column" in printed  # only the file used
 
 
 @pytest.mark.parametrize("resume", [False, True])

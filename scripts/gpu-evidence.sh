@@ -98,10 +98,12 @@ for preset in ${presets//,/ }; do
     resume="--resume"  # not --retry: the row it died in is not measured again
   done
   sed -n '/^case /,/^results: /p' "$log" | tail -n 40  # the run's table
+  "$PY" -m suite runs "$out" | tee -a "$log"  # rows by status, and what they took
   if [ -n "${LOCAL_ERRORS:-}" ]; then  # add the local-inputs figures to approximate rows that lack them
     only=""; [ "$LOCAL_ERRORS" != 1 ] && only="--impl $LOCAL_ERRORS"
     echo "== local-errors" >> "$log"
-    timeout --signal=INT "$limit" "$PY" -m suite local-errors "$out" $only >> "$log" 2>&1
+    left=$(( limit - (SECONDS - started) )); [ "$left" -lt 30 ] && left=30  # the preset's limit, not a second one
+    timeout --signal=INT "$left" "$PY" -m suite local-errors "$out" $only >> "$log" 2>&1
     status=$?
     tail -n 3 "$log"; echo "local-errors $preset exit $status" | tee -a "$log"
   fi

@@ -9,6 +9,7 @@ from typing import Any
 
 from . import naming
 from .config import UsageError
+from .reporting.data import fmt_wall_time
 from .results import STATUSES, ResultsFormatError, read, recorded_machine, software_of
 
 
@@ -41,7 +42,7 @@ def _text(entry: dict[str, Any]) -> str:
     statuses = ", ".join(f"{count} {status}" for status, count in entry["statuses"].items()) or "none"
     runs = f"{entry['runs']} run{'s' * (entry['runs'] != 1)}" + (
         f" + {entry['amendments']} amendment{'s' * (entry['amendments'] != 1)}" if entry["amendments"] else "")
-    took = f" · rows took {entry['row_seconds'] / 60:.1f} min" if entry["row_seconds"] is not None else ""
+    took = f" · rows took {fmt_wall_time(entry['row_seconds'])}" if entry["row_seconds"] is not None else ""
     dates = entry["dates"]
     when = "undated" if not dates else dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
     return "\n".join([

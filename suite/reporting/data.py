@@ -103,3 +103,8 @@ def fmt_num(value: float | None, digits: int = 3) -> str:
 
 def fmt_duration(ms: float) -> str:
     return f"{fmt_num(ms / 1e3)} s" if ms >= 1e3 else f"{fmt_num(ms)} ms"
+
+
+def fmt_wall_time(seconds: float) -> str:
+    """A stretch of a run: `42 s`, `12.5 min`."""
+    return f"{fmt_num(seconds / 60)} min" if seconds >= 60 else f"{fmt_num(seconds)} s"

@@ -6,11 +6,7 @@ import pandas as pd
 
 from ..case import Case
 from .blocks import Table
-from .data import fmt_num, impl_order
-
-
-def _minutes(seconds: float) -> str:
-    return f"{fmt_num(seconds / 60)} min" if seconds >= 60 else f"{fmt_num(seconds)} s"
+from .data import fmt_num, fmt_wall_time, impl_order
 
 
 def run_time_table(frame: pd.DataFrame) -> Table | None:
@@ -25,9 +21,9 @@ def run_time_table(frame: pd.DataFrame) -> Table | None:
     for (gpu, label), part in timed.groupby(["gpu", "impl"], sort=False):
         longest = part.loc[part.row_s.idxmax()]
         rows.append(((gpu, order.index(label)), [
-            *([gpu] if several_devices else []), label, str(len(part)), _minutes(part.row_s.sum()),
+            *([gpu] if several_devices else []), label, str(len(part)), fmt_wall_time(part.row_s.sum()),
             f"{fmt_num(100 * part.row_s.sum() / totals[gpu])}%" if totals[gpu] > 0 else "–",
-            f"{_minutes(longest.row_s)} ({Case.from_row(longest.to_dict()).label}, {longest.status})",
+            f"{fmt_wall_time(longest.row_s)} ({Case.from_row(longest.to_dict()).label}, {longest.status})",
         ]))
     rows.sort(key=lambda item: item[0])
     header = [*(["device"] if several_devices else []), "implementation", "rows", "wall time", "share",

@@ -119,7 +119,10 @@ def never_written(tensor: torch.Tensor) -> int:
     """Elements of a checked call's output that still hold the poison, byte for byte."""
     if tensor.numel() == 0 or tensor.dtype == torch.bool:
         return 0
-    raw = tensor.detach().contiguous().view(torch.uint8).view(-1, tensor.element_size())
+    # A fresh copy with unit stride: a byte view needs it, and neither contiguous() nor reshape() promises it
+    # where a dim has size 1 (a head dim of 1 gave strides (9, 3, 1, 3), a slice of one token (384, 128, 1, 1)).
+    flat = tensor.detach().reshape(-1).clone(memory_format=torch.contiguous_format)
+    raw = flat.view(torch.uint8).view(-1, tensor.element_size())
     return int((raw == POISON_BYTE).all(dim=1).sum().item())
 
 

@@ -47,6 +47,13 @@ def test_never_written_counts_the_elements_that_hold_the_poison(dtype):
     assert never_written(t) == 2
     assert never_written(t.t()) == 2  # any layout
     assert never_written(torch.randn(64, 64, dtype=dtype)) == 0
+    # A head dim of 1: "contiguous" with the last stride 3, as a kernel returned it (a byte view needs stride 1)
+    flat = torch.randn(9, dtype=dtype)
+    flat.view(torch.uint8).view(9, -1)[4] = POISON_BYTE
+    head_dim_one = flat.as_strided((1, 3, 3, 1), (9, 3, 1, 3))
+    assert head_dim_one.is_contiguous() and head_dim_one.stride(-1) == 3 and never_written(head_dim_one) == 1
+    one_token = flat.as_strided((1, 3, 1, 1), (9, 4, 1, 1))  # a slice of one token and one dim: strided, 1-D
+    assert never_written(one_token) == 1
 
 
 def test_allocations_inside_are_poisoned_on_this_cpu():

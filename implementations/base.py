@@ -69,6 +69,10 @@ class Implementation:
     # at softmax attention's scale; a computation whose cancelling terms are larger may say by how much.
     atol_scale: ClassVar[float] = 1.0
 
+    def atol_scale_for(self, case: CaseLike) -> float:
+        """`atol_scale` for one case: override where the cancelling terms' size depends on its shape."""
+        return self.atol_scale
+
     def __init__(self, name: str, **options: Any):
         self.name = name
         self.settings = self._resolve_options(options)

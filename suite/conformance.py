@@ -158,7 +158,7 @@ def _against_twin(impl: Implementation, case: Case, seed: int, inputs: tuple[tor
     except Exception as error:  # noqa: BLE001 - an implementation's own twin can be broken too
         return CheckResult(case, seed, "error", f"exact_twin: {_described(error)}")
     expected = dict(zip(TENSORS, (expected_out, *expected_grads)))
-    verdict = judge(actual, expected, case.dtype, case.seq_len, impl.atol_scale)
+    verdict = judge(actual, expected, case.dtype, case.seq_len, impl.atol_scale_for(case))
     if not verdict.ok:
         return CheckResult(case, seed, "fail", verdict.reason() or "")
     return _repeated(impl, case, seed, inputs, actual)
@@ -188,7 +188,7 @@ def _repeated(impl: Implementation, case: Case, seed: int, inputs: tuple[torch.T
             again = _call(impl, case, inputs)
     except Exception as error:  # noqa: BLE001 - a crash on the second call is a finding too
         return CheckResult(case, seed, "error", f"second call: {_described(error)}")
-    verdict = judge(again, first, case.dtype, case.seq_len, impl.atol_scale)
+    verdict = judge(again, first, case.dtype, case.seq_len, impl.atol_scale_for(case))
     if not verdict.ok:
         return CheckResult(case, seed, "fail", f"a second call on the same inputs, inside the implementation's "
                                                f"session, differs from the first beyond the tolerance (a race, memory "

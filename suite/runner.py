@@ -128,7 +128,7 @@ def _measure_in_session(impl: Implementation, case: Case, inputs: Inputs, refere
         if expected is None:
             row.update(status="ok", reason=not_checked, accuracy_ok=None)
         else:
-            verdict = judge(twin.slices.select(outputs), expected, case.dtype, case.seq_len, impl.atol_scale)
+            verdict = judge(twin.slices.select(outputs), expected, case.dtype, case.seq_len, impl.atol_scale_for(case))
             row.update(
                 status="ok" if verdict.ok else "mismatch", reason=verdict.reason(),
                 accuracy_scope=twin.slices.describe(),
@@ -195,7 +195,7 @@ def _after_timing(work: Workload, slices: CheckedSlices, checked_first: dict[str
             again = {name: t.detach().to("cpu") for name, t in slices.select(work.checked_call()).items()}
     except torch.OutOfMemoryError:  # the timed calls fitted: keep their row, and say what was not done
         return {"reason": "the call after the timed ones ran out of memory: it was not compared with the checked one"}
-    verdict = judge(again, checked_first, case.dtype, case.seq_len, impl.atol_scale)
+    verdict = judge(again, checked_first, case.dtype, case.seq_len, impl.atol_scale_for(case))
     if verdict.ok:
         return {}
     return {"status": "mismatch", "accuracy_ok": False,

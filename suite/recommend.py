@@ -215,7 +215,8 @@ def rank(frame: pd.DataFrame, query: Query) -> tuple[list[Candidate], list[Exclu
 
 def format_answer(query: Query, candidates: list[Candidate], excluded: list[Exclusion], sources: list[Path]) -> str:
     mask = "causal" if query.causal else "dense"
-    lines = [f"shape: batch {query.batch}, seq_len {query.seq_len}, {query.heads} heads, head dim {query.head_dim}, "
+    grouped = f" ({query.kv_heads} key/value)" if query.kv_heads not in (None, query.heads) else ""
+    lines = [f"shape: batch {query.batch}, seq_len {query.seq_len}, {query.heads} heads{grouped}, head dim {query.head_dim}, "
              f"{query.dtype}, {mask}, {query.mode}; results: {', '.join(str(s) for s in sources)}",
              "error: relative RMS against exact softmax attention (approximate families) or the float64 reference "
              "(exact ones: their rounding); (on): local inputs, where softmax attention is peaked, or i.i.d. inputs, "

@@ -552,3 +552,12 @@ def test_runs_says_what_each_results_file_holds(tmp_path, capsys, monkeypatch):
     assert entry["statuses"] == {"ok": 2, "unsupported": 2} and entry["presets"] == ["smoke"] and entry["runs"] == 1
     assert main(["runs", "nothere.jsonl"]) == 2
     assert "runs: 'nothere.jsonl' is not a file" in capsys.readouterr().err
+
+
+def test_recommend_names_the_key_value_heads_of_a_grouped_shape(tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    assert main(["run", *TINY, "--heads", "2", "--kv-heads", "1", "--no-causal", "--out", str(out)]) == 0
+    capsys.readouterr()
+    shape = ["--seq-len", "17", "--heads", "2", "--head-dim", "16", "--dtype", "float32", "--results", str(out)]
+    assert main(["recommend", *shape, "--kv-heads", "1"]) == 0
+    assert capsys.readouterr().out.startswith("shape: batch 1, seq_len 17, 2 heads (1 key/value), head dim 16, ")

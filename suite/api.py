@@ -24,7 +24,7 @@ import torch
 from implementations import CaseLike, Implementation
 
 from . import config, conformance
-from .case import CASE_FIELDS, Grid
+from .case import Grid
 from .check_command import checked, default_check_dtypes
 from .compare import CompareInputError, paired, read_side
 from .compare import compare as compared
@@ -170,7 +170,9 @@ def compare(baseline: Results, current: Results, *, baseline_impl: str | None = 
         raise ValueError(str(error)) from None
     frame = pd.DataFrame([{**row.key, "verdict": row.verdict, "ratio": row.ratio, "detail": row.detail,
                            "memory_verdict": row.memory, "memory_ratio": row.memory_ratio} for row in result.rows])
-    frame = frame.sort_values(["impl", *CASE_FIELDS], kind="stable", ignore_index=True)
+    # Grouped as a reader scans them: each implementation, each shape, lengths in order.
+    frame = frame.sort_values(["impl", "device", "dtype", "head_dim", "heads", "kv_heads", "causal", "mode", "seq_len",
+                               "batch"], kind="stable", ignore_index=True)
     frame.attrs.update(regressed=result.regressed, notes=list(result.notes))
     return frame
 

@@ -126,16 +126,15 @@ def test_check_stops_where_the_device_became_unusable(monkeypatch):
 
 def test_compare_gives_the_verdicts_of_attnbench_compare_as_a_frame(tmp_path):
     out = tmp_path / "r.jsonl"
-    frame = benchmark(["naive", "sdpa"], seq_len=[9, 17], heads=1, head_dim=8, batch=1, device="cpu", out=out,
-                      progress=False)
+    frame = benchmark(["naive", "sdpa"], seq_len=[17, 9], heads=1, head_dim=8, tokens_per_batch=68, device="cpu",
+                      out=out, progress=False)  # batch 4 at 17 tokens, 7 at 9: lengths still come in order
     same = compare(frame, frame)
     assert len(same) == 4 and set(same.verdict) == {"same"} and same.attrs == {"regressed": False, "notes": []}
     paired = compare(out, [out], baseline_impl="naive", current_impl="sdpa")
     assert paired.impl.tolist() == ["sdpa vs naive"] * 2 and paired.seq_len.tolist() == [9, 17]
     assert set(paired.verdict) <= {"same", "slower", "faster", "ambiguous"} and (paired.ratio > 0).all()
-    expected = frame.set_index("seq_len").time_ms
-    assert paired.ratio.tolist() == pytest.approx((expected[frame.impl.eq("sdpa").values] /
-                                                   expected[frame.impl.eq("naive").values]).tolist())
+    median = frame.set_index(["impl", "seq_len"]).time_ms
+    assert paired.ratio.tolist() == pytest.approx([median["sdpa", n] / median["naive", n] for n in (9, 17)])
     with pytest.raises(ValueError, match="baseline_impl, current_impl: give both"):
         compare(frame, frame, current_impl="sdpa")
     with pytest.raises(ValueError, match=r"the current results have no row of 'mine' \(they have: naive, sdpa\)"):

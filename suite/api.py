@@ -170,9 +170,6 @@ def compare(baseline: Results, current: Results, *, baseline_impl: str | None = 
         raise ValueError(str(error)) from None
     frame = pd.DataFrame([{**row.key, "verdict": row.verdict, "ratio": row.ratio, "detail": row.detail,
                            "memory_verdict": row.memory, "memory_ratio": row.memory_ratio} for row in result.rows])
-    # Grouped as a reader scans them: each implementation, each shape, lengths in order.
-    frame = frame.sort_values(["impl", "device", "dtype", "head_dim", "heads", "kv_heads", "causal", "mode", "seq_len",
-                               "batch"], kind="stable", ignore_index=True)
     frame.attrs.update(regressed=result.regressed, notes=list(result.notes))
     return frame
 

@@ -243,6 +243,16 @@ def conditions_notes(base_frame: pd.DataFrame, current_frame: pd.DataFrame) -> l
     return notes
 
 
+READING_ORDER = ("impl", "device", "dtype", "head_dim", "heads", "kv_heads", "causal", "mode", "seq_len", "batch")
+
+
+def _reading_order(key: tuple) -> tuple:
+    """Each implementation, each shape, its lengths in order (the key's own order starts with the batch, and as
+    text 128 came before 64)."""
+    named = dict(zip(KEY, key))
+    return tuple(named[field] for field in READING_ORDER)
+
+
 def compare(base_frame: pd.DataFrame, current_frame: pd.DataFrame, threshold: float = 0.05,
             current_scope: GridScope | None = None, memory_threshold: float | None = 0.10) -> Comparison:
     """`memory_threshold` None leaves peak memory out of the verdicts."""
@@ -258,7 +268,7 @@ def compare(base_frame: pd.DataFrame, current_frame: pd.DataFrame, threshold: fl
         raise CompareInputError("the two results have no (implementation, case) in common: different grids")
     scope = current_scope or GridScope.unknown()
     result = Comparison(notes=conditions_notes(base_frame, current_frame))
-    for key in sorted(set(keyed_base) | set(keyed_current), key=str):
+    for key in sorted(set(keyed_base) | set(keyed_current), key=_reading_order):
         b, c = keyed_base.get(key), keyed_current.get(key)
         names = dict(zip(KEY, key))
         changed = status_verdict(b, c, scope.asked_for(names))

@@ -159,7 +159,8 @@ def compare(baseline: Results, current: Results, *, baseline_impl: str | None = 
     if (baseline_impl is None) != (current_impl is None):
         raise ValueError("baseline_impl, current_impl: give both, to compare two implementations, or neither")
     for name, value in (("threshold", threshold), ("memory_threshold", memory_threshold)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+        if (value is not None or name == "threshold") and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
             raise ValueError(f"{name}: {value!r} is not allowed (allowed: a fraction > 0, such as 0.05 for 5%)")
     (base, _), (now, scope) = _side("baseline", baseline), _side("current", current)
     try:

@@ -141,5 +141,8 @@ def test_compare_gives_the_verdicts_of_attnbench_compare_as_a_frame(tmp_path):
         compare(frame, frame, baseline_impl="sdpa", current_impl="mine")
     with pytest.raises(ValueError, match=r"threshold: -1 is not allowed \(allowed: a fraction > 0"):
         compare(frame, frame, threshold=-1)
+    with pytest.raises(ValueError, match=r"^threshold: None is not allowed"):
+        compare(frame, frame, threshold=None)
+    assert compare(frame, frame, memory_threshold=None).memory_verdict.isna().all()  # memory left out
     with pytest.raises(ValueError, match=r"baseline: .*nothere.jsonl: no such file"):
         compare(tmp_path / "nothere.jsonl", frame)

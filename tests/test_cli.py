@@ -501,10 +501,20 @@ def test_an_out_path_that_is_not_a_regular_file_is_refused(tmp_path, capsys, kin
     """A named pipe would block `--resume`'s read for ever, a device such as /dev/full fill memory with its
     endless bytes: refused at once, like a folder."""
     import os
+    import signal
+
+    def blocked(signum, frame):  # a regression here would hang the test suite, not fail it
+        raise TimeoutError("attnbench blocked on the pipe")
 
     out = tmp_path / "out"
     out.mkdir() if kind == "folder" else os.mkfifo(out)
-    assert main(["run", *TINY, "--out", str(out), *(["--resume"] if resume else [])]) == 2
+    previous = signal.signal(signal.SIGALRM, blocked)
+    signal.alarm(30)
+    try:
+        assert main(["run", *TINY, "--out", str(out), *(["--resume"] if resume else [])]) == 2
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
     assert f"--out: {str(out)!r} is not a regular file (allowed: a file, or a new path)" in capsys.readouterr().err
     assert main(["compare", str(out), str(out)]) == 2
     assert f"compare: {out}: not a regular file" in capsys.readouterr().err

@@ -244,6 +244,8 @@ def read_config(path: str) -> dict[str, Any]:
     if unknown:
         raise UsageError(f"--config: unknown key {unknown[0]!r} in {path!r} (allowed: {', '.join(CONFIG_KEYS)})")
 
+    if data.get("timing") == {}:  # an empty [timing] table changes nothing
+        del data["timing"]
     text = {key: as_flag_text(value) for key, value in data.items()}
     if isinstance(data.get("causal"), list):
         both = {as_flag_text(v) for v in data["causal"]}

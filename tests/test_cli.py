@@ -462,6 +462,8 @@ def test_a_grid_file_sets_timing_as_a_table_and_the_flag_overrides_it(tmp_path):
     assert main(["run", "--config", str(grid), "--out", str(tmp_path / "b.jsonl"),
                  "--timing", "min_repeats=3,max_repeats=3"]) == 0
     assert list(results.load(tmp_path / "b.jsonl").repeats) == [3]
+    grid.write_text(grid.read_text().replace("min_repeats = 5\nmax_repeats = 5\n", ""))  # an empty [timing] table
+    assert main(["run", "--config", str(grid), "--out", str(tmp_path / "c.jsonl"), "--dry-run"]) == 0
 
 
 def test_dry_run_says_how_long_the_rows_took_when_this_machine_model_measured_them(tmp_path, capsys, monkeypatch):

@@ -110,7 +110,7 @@ def _checked(name: str, value: Any) -> int | float:
     try:
         if isinstance(value, bool) or (kind is int and isinstance(value, float)):
             raise ValueError
-        number = kind(str(value).strip()) if isinstance(value, str) else kind(value)
+        number = kind(value.strip()) if isinstance(value, str) else kind(value)
     except ValueError:
         raise ValueError(f"{name}={value!r} is not allowed (allowed: {allowed})") from None
     if not math.isfinite(number) or number < least or (number == least and not least_allowed):

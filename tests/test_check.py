@@ -1,6 +1,8 @@
 """`attnbench check`: the conformance check from the command line, for any implementation."""
 from __future__ import annotations
 
+import re
+
 from suite.cli import main
 from tests.conftest import ScriptedAttention
 
@@ -129,8 +131,13 @@ def test_last_bit_differences_between_calls_are_noted_not_failed(capsys, fake_re
     fake_registry("atomic-order", jitter=1e-6)
     status, out = _check(capsys, "--impl", "atomic-order,naive", "--dtype", "float32")
     assert status == 0 and "atomic-order: ok (60 passed" in out
-    # at one token dq and dk are exactly zero, whatever the jitter
-    assert "agreed within tolerance but not bit for bit (out in 58, dq in 40, dk in 40, dv in 42 of 58 passing" in out
+    # Every output moves with the jitter; at one token dq and dk are exactly zero, whatever the jitter. Which
+    # other gradients round back to the same bits depends on the CPU's kernels (40 to 42 cases seen).
+    note = re.search(r"agreed within tolerance but not bit for bit \(out in (\d+), dq in (\d+), dk in (\d+), "
+                     r"dv in (\d+) of 58 passing", out)
+    assert note, out
+    moved_out, moved_dq, moved_dk, moved_dv = map(int, note.groups())
+    assert moved_out == 58 and 0 < moved_dq < 58 and 0 < moved_dk < 58 and 0 < moved_dv <= 58
     assert out.count("not bit for bit") == 1  # naive repeats itself exactly
 
 

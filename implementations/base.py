@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Protocol
 
 import torch
 
-from .flops import softmax_attention_flops
+from .flops import attention_pairs, softmax_attention_flops
 
 DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
@@ -30,6 +30,7 @@ class CaseLike(Protocol):
     mode: str  # "fwd", "bwd" or "fwd+bwd"
     device: str  # "cpu" or "cuda"
     kv_heads: int | None  # grouped-query attention: key/value heads (None: as many as heads)
+    q_len: int | None  # queries: the last q_len of the seq_len positions (None: all of them)
 
 
 class Unsupported(Exception):
@@ -117,13 +118,16 @@ class Implementation:
         it must still do the same thing (by entering the set-up itself)."""
         return contextlib.nullcontext()
 
-    def visible_pairs(self, seq_len: int, causal: bool) -> int:
-        """Query-key pairs that contribute to the output: N² dense, N(N+1)/2 causal."""
-        return seq_len * (seq_len + 1) // 2 if causal else seq_len * seq_len
+    def visible_pairs(self, seq_len: int, causal: bool, q_len: int | None = None) -> int:
+        """Query-key pairs that contribute to the output: N² dense, N(N+1)/2 causal; with q_len queries (the last
+        of the N positions) Q·N dense, and causal each query sees the keys up to its own position."""
+        return attention_pairs(q_len or seq_len, seq_len, causal)
 
-    def forward_flops(self, batch: int, heads: int, seq_len: int, head_dim: int, causal: bool) -> float:
-        """FLOPs of the forward maths (see implementations/flops.py); softmax attention by default."""
-        return softmax_attention_flops(batch, heads, self.visible_pairs(seq_len, causal), head_dim)
+    def forward_flops(self, batch: int, heads: int, seq_len: int, head_dim: int, causal: bool,
+                      q_len: int | None = None) -> float:
+        """FLOPs of the forward maths (see implementations/flops.py); softmax attention by default. The harness
+        passes q_len only for cases with fewer queries than keys, so an override without it serves the rest."""
+        return softmax_attention_flops(batch, heads, self.visible_pairs(seq_len, causal, q_len), head_dim)
 
     def exact_twin(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
         """The same maths in float64, differentiable: what this implementation is checked against.
@@ -172,6 +176,28 @@ def expand_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.
     if groups == 1:
         return k, v
     return k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+
+
+def query_len(case: CaseLike) -> int:
+    """How many queries a case has: the last `q_len` of its `seq_len` positions (all of them when q_len is None)."""
+    return getattr(case, "q_len", None) or case.seq_len
+
+
+def has_fewer_queries(case: CaseLike) -> bool:
+    """A decoding-style case: fewer queries than keys (a KV cache), causal masks aligned to the last key."""
+    return query_len(case) != case.seq_len
+
+
+def query_length_reasons(case: CaseLike, why: str) -> list[str]:
+    """For implementations that need as many queries as keys."""
+    if not has_fewer_queries(case):
+        return []
+    return [f"q_len={case.q_len} with seq_len={case.seq_len} (supported: q_len = seq_len; {why})"]
+
+
+def query_offset(q: torch.Tensor, k: torch.Tensor) -> int:
+    """The position of the first query among the keys: queries are the last q.shape[-2] positions."""
+    return k.shape[-2] - q.shape[-2]
 
 
 def device_reasons(case: CaseLike, allowed: set[str]) -> list[str]:

@@ -23,22 +23,26 @@ def _ordered(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return blocks.sum(-1).to(torch.int32), torch.argsort(blocks, dim=-1, descending=True, stable=True).to(torch.int32)
 
 
-def block_mask_by_rows(visible: Visible, seq_len: int, device: torch.device | str, max_elements: int | None = None):
-    """The BlockMask of `visible` over seq_len × seq_len, with one batch and head dimension of 1.
-    max_elements bounds the mask elements evaluated at once (at least one block row is)."""
+def block_mask_by_rows(visible: Visible, seq_len: int, device: torch.device | str, max_elements: int | None = None,
+                       q_len: int | None = None):
+    """The BlockMask of `visible` over q_len × seq_len (q_len: seq_len), with one batch and head dimension of 1.
+    `visible` takes positions among the keys: the queries are the last q_len of them. max_elements bounds the
+    mask elements evaluated at once (at least one block row is)."""
     from torch.nn.attention.flex_attention import BlockMask
 
-    blocks = -(-seq_len // FLEX_BLOCK)
+    q_len = q_len or seq_len
+    offset = seq_len - q_len
+    q_blocks, blocks = -(-q_len // FLEX_BLOCK), -(-seq_len // FLEX_BLOCK)
     padded = blocks * FLEX_BLOCK
     kv_idx = torch.arange(padded, device=device)
     rows_at_once = max(1, (max_elements or _MAX_ELEMENTS) // (FLEX_BLOCK * padded))
     full_area = FLEX_BLOCK * FLEX_BLOCK
     partial, full = [], []
-    for first in range(0, blocks, rows_at_once):
-        last = min(blocks, first + rows_at_once)
+    for first in range(0, q_blocks, rows_at_once):
+        last = min(q_blocks, first + rows_at_once)
         q_idx = torch.arange(first * FLEX_BLOCK, last * FLEX_BLOCK, device=device)[:, None]
-        # The padding past seq_len is never visible, so edge blocks are partial, as in create_block_mask.
-        seen = visible(q_idx, kv_idx[None, :]) & (q_idx < seq_len) & (kv_idx[None, :] < seq_len)
+        # The padding past either length is never visible, so edge blocks are partial, as in create_block_mask.
+        seen = visible(q_idx + offset, kv_idx[None, :]) & (q_idx < q_len) & (kv_idx[None, :] < seq_len)
         counts = seen.view(last - first, FLEX_BLOCK, blocks, FLEX_BLOCK).sum(dim=(1, 3))
         full.append(counts == full_area)
         partial.append((counts > 0) & (counts < full_area))
@@ -46,7 +50,7 @@ def block_mask_by_rows(visible: Visible, seq_len: int, device: torch.device | st
     full_kv_num_blocks, full_kv_indices = _ordered(torch.cat(full)[None, None])
 
     def mask_mod(b, h, q_idx, kv_idx):
-        return visible(q_idx, kv_idx)
+        return visible(q_idx + offset, kv_idx)
 
     return BlockMask.from_kv_blocks(kv_num_blocks, kv_indices, full_kv_num_blocks, full_kv_indices,
-                                    BLOCK_SIZE=FLEX_BLOCK, mask_mod=mask_mod, seq_lengths=(seq_len, seq_len))
+                                    BLOCK_SIZE=FLEX_BLOCK, mask_mod=mask_mod, seq_lengths=(q_len, seq_len))

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class QueryChunk:
-    start: int
+    start: int  # rows of q: with fewer queries than keys, row 0 is the query at position N − Q
     stop: int
     keys: slice | torch.Tensor  # candidate keys: a contiguous range, or sorted indices
     seen: torch.Tensor  # (stop - start, number of candidate keys) bool: query sees key

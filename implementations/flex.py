@@ -44,17 +44,18 @@ class FlexCall:
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: Visible | None,
                  mask_key: tuple = ()) -> torch.Tensor:
-        """`visible(q_idx, kv_idx)`: which keys each query sees (None: all of them); `mask_key` names it
-        among the masks this caller uses (the block mask is also keyed by the length and device)."""
+        """`visible(q_idx, kv_idx)`: which keys each query sees (None: all of them), in positions among the keys
+        (the queries are the last ones); `mask_key` names it among the masks this caller uses (the block mask is
+        also keyed by the lengths and device)."""
         from torch.nn.attention.flex_attention import flex_attention
 
         if self._call is None:
             self._call = compiled(flex_attention) if self.compile_it else flex_attention
         block_mask = None
         if visible is not None:
-            key = (q.shape[-2], q.device, *mask_key)
+            key = (q.shape[-2], k.shape[-2], q.device, *mask_key)
             if key not in self._block_masks:
-                self._block_masks = {key: block_mask_by_rows(visible, q.shape[-2], q.device)}
+                self._block_masks = {key: block_mask_by_rows(visible, k.shape[-2], q.device, q_len=q.shape[-2])}
             block_mask = self._block_masks[key]
         return self._call(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
 

@@ -4,12 +4,15 @@ Softmax attention (dense, causal or any mask): per visible query-key pair and he
 forward does two multiply-adds — one for the score qᵢ·kⱼ (QKᵀ), one for accumulating pᵢⱼ·vⱼ (PV) —
 so forward FLOPs = 4·B·H·pairs·D. Dense attention has N² pairs; causal exactly N(N+1)/2 (query i
 sees keys 0..i), which the common "×0.5" convention approximates; a sparse mask counts its own
-visible pairs, so its TFLOP/s is comparable with dense attention's. Softmax and elementwise work are
+visible pairs, so its TFLOP/s is comparable with dense attention's. With Q queries, the last Q of N
+positions (decoding against a KV cache), dense attention has Q·N pairs and causal Q·(N−Q) + Q(Q+1)/2
+(query i, at position N−Q+i, sees N−Q+i+1 keys). Softmax and elementwise work are
 not counted, as in FlashAttention's and Triton's benchmarks.
 
 Linear attention with an F-dimensional feature map (F = D for elu+1, F = features for FAVOR+): the
 maths is out_i = φ(q_i)ᵀ S / φ(q_i)ᵀ z with S = Σ_j φ(k_j) v_jᵀ (F×D) and z = Σ_j φ(k_j): building S
-and z costs 2·N·F·(D+1), applying them 2·N·F·(D+1), so 4·B·H·N·F·(D+1) — the same whether causal
+and z costs 2·N·F·(D+1), applying them 2·N·F·(D+1), so 4·B·H·N·F·(D+1) (with Q queries against N keys,
+2·B·H·(N+Q)·F·(D+1)) — the same whether causal
 (a running S) or not; chunked algorithms do extra work that is not counted. FAVOR+ adds the random
 projections of queries and keys, 2·N·D·F each: 4·B·H·N·D·F.
 
@@ -21,13 +24,22 @@ from __future__ import annotations
 MODE_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd+bwd": 3.5}
 
 
+def attention_pairs(q_len: int, kv_len: int, causal: bool) -> int:
+    """Visible query-key pairs of dense or causal attention, queries being the last q_len of kv_len positions."""
+    if not causal:
+        return q_len * kv_len
+    return q_len * (kv_len - q_len) + q_len * (q_len + 1) // 2
+
+
 def softmax_attention_flops(batch: int, heads: int, visible_pairs: int, head_dim: int) -> float:
     return 4.0 * batch * heads * visible_pairs * head_dim
 
 
-def linear_attention_flops(batch: int, heads: int, seq_len: int, head_dim: int, features: int) -> float:
-    return 4.0 * batch * heads * seq_len * features * (head_dim + 1)
+def linear_attention_flops(batch: int, heads: int, seq_len: int, head_dim: int, features: int,
+                           q_len: int | None = None) -> float:
+    return 2.0 * batch * heads * (seq_len + (q_len or seq_len)) * features * (head_dim + 1)
 
 
-def random_feature_flops(batch: int, heads: int, seq_len: int, head_dim: int, features: int) -> float:
-    return 4.0 * batch * heads * seq_len * head_dim * features
+def random_feature_flops(batch: int, heads: int, seq_len: int, head_dim: int, features: int,
+                         q_len: int | None = None) -> float:
+    return 2.0 * batch * heads * (seq_len + (q_len or seq_len)) * head_dim * features

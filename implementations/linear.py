@@ -2,7 +2,9 @@
 
     out_i = φ(q_i)ᵀ S_i / φ(q_i)ᵀ z_i,   S_i = Σ_j φ(k_j) v_jᵀ,   z_i = Σ_j φ(k_j)   (j ≤ i when causal)
 
-with φ(x) = elu(x) + 1 and no softmax scale. Non-causal costs O(N·F·D). Causal is computed in chunks
+with φ(x) = elu(x) + 1 and no softmax scale. Non-causal costs O(N·F·D). With fewer queries than keys
+(decoding: the queries are the last Q positions), causal attention starts from the state of the first
+N − Q keys, as a recurrent decoder carries it. Causal is computed in chunks
 of C tokens: inside a chunk the masked quadratic form φ(Q_c)φ(K_c)ᵀ, across chunks a running state
 (an exclusive cumulative sum of per-chunk φ(K_c)ᵀV_c) — batched matmuls, no loop over tokens.
 
@@ -35,7 +37,8 @@ def matmul_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def linear_attention(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *, causal: bool, chunk: int = 128,
                      mm: torch.dtype | None = None) -> torch.Tensor:
-    """fq, fk: positive features (B, H, N, F); v: (B, H, N, D) -> (B, H, N, D) in v's dtype.
+    """fq: positive features (B, H, Q, F) of the last Q ≤ N positions; fk (B, H, N, F); v (B, H, N, D) ->
+    (B, H, Q, D) in v's dtype.
 
     Matmuls run in `mm`, by default the input dtype (tensor cores for bf16; fp32 for fp16, whose
     range the running sums would exceed); cumulative sums, normalizers and the final division in
@@ -51,6 +54,14 @@ def linear_attention(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *, cau
         denominator = (fq @ normalizer.to(mm)[..., None]).to(acc)
         return (numerator / denominator).to(v.dtype)
 
+    # Keys before the first query are seen by every query: their sums start each running state.
+    offset = fk.shape[-2] - fq.shape[-2]
+    prefix_state = prefix_norm = None
+    if offset:
+        prefix_state = (fk[..., :offset, :].transpose(-2, -1) @ values[..., :offset, :]).to(acc)  # (B, H, F, D)
+        prefix_norm = fk[..., :offset, :].sum(-2, dtype=acc)  # (B, H, F)
+        fk, values = fk[..., offset:, :], values[..., offset:, :]
+
     batch, heads, seq_len, _ = fq.shape
     chunks = -(-seq_len // chunk)
     pad = chunks * chunk - seq_len  # padded keys come after every real query, so no one sees them
@@ -60,9 +71,11 @@ def linear_attention(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *, cau
             x = F.pad(x, (0, 0, 0, pad), value=value)
         return x.reshape(batch, heads, chunks, chunk, x.shape[-1])
 
-    def before_each_chunk(prefix_sums: torch.Tensor) -> torch.Tensor:
-        """Inclusive prefix sums over chunks (dim 2) shifted by one: what all earlier chunks contribute."""
-        return torch.cat([torch.zeros_like(prefix_sums[:, :, :1]), prefix_sums[:, :, :-1]], dim=2)
+    def before_each_chunk(prefix_sums: torch.Tensor, start: torch.Tensor | None) -> torch.Tensor:
+        """Inclusive prefix sums over chunks (dim 2) shifted by one: what all earlier chunks contribute, after
+        the keys before the first query (`start`)."""
+        shifted = torch.cat([torch.zeros_like(prefix_sums[:, :, :1]), prefix_sums[:, :, :-1]], dim=2)
+        return shifted if start is None else shifted + start[:, :, None]
 
     # Padded queries get features 1 (not 0) so their discarded rows never divide 0 by 0:
     # a NaN there would flow back into the real gradients.
@@ -71,8 +84,8 @@ def linear_attention(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *, cau
     numerator = (weights @ v_c).to(acc)
     denominator = weights.sum(-1, keepdim=True, dtype=acc)
     # Running sums accumulate in float32 (they grow like N); matmuls read them in the matmul dtype.
-    state_before = before_each_chunk(torch.cumsum(fk_c.transpose(-2, -1) @ v_c, dim=2, dtype=acc).to(mm))
-    norm_before = before_each_chunk(torch.cumsum(fk_c.sum(-2, dtype=acc), dim=2))  # (B, H, n, F)
+    state_before = before_each_chunk(torch.cumsum(fk_c.transpose(-2, -1) @ v_c, dim=2, dtype=acc), prefix_state).to(mm)
+    norm_before = before_each_chunk(torch.cumsum(fk_c.sum(-2, dtype=acc), dim=2), prefix_norm)  # (B, H, n, F)
     numerator = numerator + (fq_c @ state_before).to(acc)
     denominator = denominator + (fq_c @ norm_before.to(mm)[..., None]).to(acc)
     out = (numerator / denominator).view(batch, heads, chunks * chunk, -1)[..., :seq_len, :]
@@ -85,25 +98,26 @@ def quadratic_linear_attention(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tens
 
     Chunked over queries and checkpointed, so neither forward nor backward holds all N×N weights.
     """
-    batch, heads, seq_len, _ = fq.shape
-    rows = max(1, min(seq_len, chunk_elements // max(1, batch * heads * seq_len)))
+    batch, heads, q_len, _ = fq.shape
+    seq_len = fk.shape[-2]
+    rows = max(1, min(q_len, chunk_elements // max(1, batch * heads * seq_len)))
 
     def block(fq_rows: torch.Tensor, start: int) -> torch.Tensor:
         weights = fq_rows @ fk.transpose(-2, -1)
-        if causal:
-            query_pos = torch.arange(start, start + fq_rows.shape[-2], device=fq.device)[:, None]
+        if causal:  # queries are the last q_len positions
+            query_pos = torch.arange(start, start + fq_rows.shape[-2], device=fq.device)[:, None] + seq_len - q_len
             weights = weights * (torch.arange(seq_len, device=fq.device)[None, :] <= query_pos)
         return (weights @ v) / weights.sum(-1, keepdim=True)
 
-    parts = [checkpoint(block, fq[..., s : s + rows, :], s, use_reentrant=False) for s in range(0, seq_len, rows)]
+    parts = [checkpoint(block, fq[..., s : s + rows, :], s, use_reentrant=False) for s in range(0, q_len, rows)]
     return torch.cat(parts, dim=-2)
 
 
 def linear_weights(fq: torch.Tensor, fk: torch.Tensor, *, causal: bool) -> torch.Tensor:
-    """The implied (…, N, N) attention weights φ(q_i)ᵀφ(k_j) / Σ_j φ(q_i)ᵀφ(k_j), float64."""
+    """The implied (…, Q, N) attention weights φ(q_i)ᵀφ(k_j) / Σ_j φ(q_i)ᵀφ(k_j), float64."""
     weights = fq.double() @ fk.double().transpose(-2, -1)
     if causal:
-        weights = torch.tril(weights)
+        weights = torch.tril(weights, diagonal=fk.shape[-2] - fq.shape[-2])
     return weights / weights.sum(-1, keepdim=True)
 
 
@@ -159,5 +173,5 @@ class LinearAttention(Implementation):
     def attention_weights(self, q, k, *, causal=False):
         return linear_weights(elu_feature_map(q.double()), elu_feature_map(k.double()), causal=causal)
 
-    def forward_flops(self, batch, heads, seq_len, head_dim, causal):
-        return linear_attention_flops(batch, heads, seq_len, head_dim, features=head_dim)
+    def forward_flops(self, batch, heads, seq_len, head_dim, causal, q_len=None):
+        return linear_attention_flops(batch, heads, seq_len, head_dim, features=head_dim, q_len=q_len)

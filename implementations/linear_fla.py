@@ -6,7 +6,7 @@ cancels. fla's kernel is causal only and needs a GPU; elsewhere `supports()` say
 """
 from __future__ import annotations
 
-from .base import Unsupported, device_reasons, dtype_reasons, grouped_query_reasons
+from .base import Unsupported, device_reasons, dtype_reasons, grouped_query_reasons, query_length_reasons
 from .linear import LinearAttention, elu_feature_map
 
 
@@ -27,6 +27,7 @@ class FlaLinearAttention(LinearAttention):
             reasons.append("causal=False (supported: causal=True; fla's chunk_linear_attn is causal only)")
         reasons += dtype_reasons(case, {"float16", "bfloat16", "float32"})
         reasons += grouped_query_reasons(case, "not wired for fla's kernel here")
+        reasons += query_length_reasons(case, "fla's chunk_linear_attn takes as many queries as keys")
         _, problem = _load_fla()
         if problem:
             reasons.append(problem)

@@ -6,6 +6,7 @@ ranges can hold them (`candidate_keys`). From that this class derives:
   * the CPU path: queries in chunks, each attending only to its candidate keys (chunked_masked.py);
   * the exact twin: float64 softmax attention with the same mask (`reference_attention(mask=...)`);
   * the exact number of visible pairs (for FLOPs and density) and the dense boolean mask.
+Positions are those of the keys: with fewer queries than keys, the queries are the last positions.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ class MaskedAttention(Implementation):
     def __init__(self, name: str, **options: Any):
         super().__init__(name, **options)
         self._flex_call = FlexCall()
-        self._pairs: dict[tuple[int, bool], int] = {}
+        self._pairs: dict[tuple[int, bool, int | None], int] = {}
         self._plans: dict[tuple, list[QueryChunk]] = {}
 
     # --- what a subclass defines -------------------------------------------------------------
@@ -45,25 +46,27 @@ class MaskedAttention(Implementation):
         allowed = self.allowed(q_idx, kv_idx)
         return allowed & (kv_idx <= q_idx) if causal else allowed
 
-    def dense_mask(self, seq_len: int, causal: bool, device: str | torch.device = "cpu") -> torch.Tensor:
-        """The (seq_len, seq_len) boolean mask: True where query i sees key j."""
+    def dense_mask(self, seq_len: int, causal: bool, device: str | torch.device = "cpu",
+                   q_len: int | None = None) -> torch.Tensor:
+        """The (q_len, seq_len) boolean mask (q_len: seq_len): True where query i sees key j."""
         positions = torch.arange(seq_len, device=device)
-        return self.visible(positions[:, None], positions[None, :], causal)
+        return self.visible(positions[seq_len - (q_len or seq_len):, None], positions[None, :], causal)
 
     def block_mask(self, seq_len: int, causal: bool, device: str | torch.device = "cpu",
-                   max_elements: int | None = None):
+                   max_elements: int | None = None, q_len: int | None = None):
         """FlexAttention's BlockMask of this mask, built in row chunks (memory bounded at any length)."""
         return block_mask_by_rows(lambda q_idx, kv_idx: self.visible(q_idx, kv_idx, causal), seq_len, device,
-                                  max_elements)
+                                  max_elements, q_len)
 
     def _key_index(self, start: int, stop: int, seq_len: int, device) -> torch.Tensor:
         ranges = self.candidate_keys(start, stop, seq_len)
         return torch.cat([torch.arange(a, b, device=device) for a, b in ranges]).unique()
 
-    def visible_pairs(self, seq_len: int, causal: bool) -> int:
-        key = (seq_len, causal)
+    def visible_pairs(self, seq_len: int, causal: bool, q_len: int | None = None) -> int:
+        key = (seq_len, causal, q_len or seq_len)
         if key not in self._pairs:
-            self._pairs[key] = sum(int(chunk.seen.sum()) for chunk in self._cpu_plan(seq_len, causal, torch.device("cpu")))
+            plan = self._cpu_plan(q_len or seq_len, seq_len, causal, torch.device("cpu"))
+            self._pairs[key] = sum(int(chunk.seen.sum()) for chunk in plan)
         return self._pairs[key]
 
     def supports(self, case) -> list[str]:
@@ -88,22 +91,26 @@ class MaskedAttention(Implementation):
 
     def _chunked(self, q, k, v, causal: bool) -> torch.Tensor:
         k, v = expand_kv(q, k, v)
-        batch, heads, seq_len, head_dim = q.shape
-        plan = self._cpu_plan(seq_len, causal, q.device)
-        rows = [t.reshape(batch * heads, seq_len, head_dim) for t in (q, k, v)]
-        return ChunkedMaskedAttention.apply(*rows, plan).view(batch, heads, seq_len, head_dim)
+        batch, heads, q_len, head_dim = q.shape
+        seq_len = k.shape[-2]
+        plan = self._cpu_plan(q_len, seq_len, causal, q.device)
+        rows = [t.reshape(batch * heads, t.shape[-2], head_dim) for t in (q, k, v)]
+        return ChunkedMaskedAttention.apply(*rows, plan).view(batch, heads, q_len, head_dim)
 
-    def _cpu_plan(self, seq_len: int, causal: bool, device) -> list[QueryChunk]:
-        """Each query chunk's candidate keys and mask; built on the first call of a shape, like the block mask."""
-        key = (seq_len, causal, device)
+    def _cpu_plan(self, q_len: int, seq_len: int, causal: bool, device) -> list[QueryChunk]:
+        """Each query chunk's candidate keys and mask (the queries are the last q_len positions); built on the
+        first call of a shape, like the block mask."""
+        key = (q_len, seq_len, causal, device)
         if key not in self._plans:
             plan = []
-            for start in range(0, seq_len, _CPU_QUERY_CHUNK):
-                stop = min(seq_len, start + _CPU_QUERY_CHUNK)
-                index = self._key_index(start, stop, seq_len, device)
+            offset = seq_len - q_len
+            for start in range(0, q_len, _CPU_QUERY_CHUNK):
+                stop = min(q_len, start + _CPU_QUERY_CHUNK)
+                index = self._key_index(offset + start, offset + stop, seq_len, device)
                 contiguous = int(index[-1] - index[0]) + 1 == len(index)
                 keys = slice(int(index[0]), int(index[-1]) + 1) if contiguous else index
-                seen = self.visible(torch.arange(start, stop, device=device)[:, None], index[None, :], causal)
+                positions = torch.arange(offset + start, offset + stop, device=device)
+                seen = self.visible(positions[:, None], index[None, :], causal)
                 plan.append(QueryChunk(start, stop, keys, seen))
             self._plans = {key: plan}  # one shape at a time: a plan holds N × (candidate keys) booleans
         return self._plans[key]

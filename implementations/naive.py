@@ -28,19 +28,20 @@ class NaiveAttention(Implementation):
 
     def __init__(self, name: str, **options):
         super().__init__(name, **options)
-        self._masks: dict[tuple[int, torch.device], torch.Tensor] = {}
+        self._masks: dict[tuple[int, int, torch.device], torch.Tensor] = {}
         self._attend = CompileOnRequest(_materialized, self.settings.get("compile", False))
 
-    def _causal_mask(self, seq_len: int, device: torch.device) -> torch.Tensor:
-        # Built once per length and device: mask construction is setup, not attention.
-        key = (seq_len, device)
+    def _causal_mask(self, q_len: int, kv_len: int, device: torch.device) -> torch.Tensor:
+        """True where a key is hidden: the queries are the last q_len of kv_len positions. Built once per shape
+        and device: mask construction is setup, not attention."""
+        key = (q_len, kv_len, device)
         if key not in self._masks:
             self._masks.clear()
-            self._masks[key] = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).triu(1)
+            self._masks[key] = torch.ones(q_len, kv_len, dtype=torch.bool, device=device).triu(1 + kv_len - q_len)
         return self._masks[key]
 
     def __call__(self, q, k, v, *, causal=False):
-        return self._attend(q, k, v, self._causal_mask(q.shape[-2], q.device) if causal else None)
+        return self._attend(q, k, v, self._causal_mask(q.shape[-2], k.shape[-2], q.device) if causal else None)
 
     def backend(self, q, k, v, *, causal=False) -> str | None:
         return self._attend.backend

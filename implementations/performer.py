@@ -179,7 +179,7 @@ class PerformerAttention(Implementation):
         fk = favor_features(k.double(), projection, is_query=False)
         return linear_weights(fq, fk, causal=causal)
 
-    def forward_flops(self, batch, heads, seq_len, head_dim, causal):
+    def forward_flops(self, batch, heads, seq_len, head_dim, causal, q_len=None):
         m = self.settings["features"]
-        features = random_feature_flops(batch, heads, seq_len, head_dim, m)
-        return features + linear_attention_flops(batch, heads, seq_len, head_dim, m)
+        features = random_feature_flops(batch, heads, seq_len, head_dim, m, q_len)
+        return features + linear_attention_flops(batch, heads, seq_len, head_dim, m, q_len)

@@ -12,23 +12,24 @@ from collections.abc import Callable
 
 import torch
 
-from .base import Implementation, device_reasons, expand_kv
+from .base import Implementation, device_reasons, expand_kv, query_offset
 
 # Scores of one chunk: batch·heads·chunk·seq float64 values; about 512 MiB.
 _CHUNK_ELEMENTS = 1 << 26
 
 
-def _chunk_rows(batch: int, heads: int, seq_len: int) -> int:
-    return max(1, min(seq_len, _CHUNK_ELEMENTS // max(1, batch * heads * seq_len)))
+def _chunk_rows(batch: int, heads: int, q_len: int, kv_len: int) -> int:
+    return max(1, min(q_len, _CHUNK_ELEMENTS // max(1, batch * heads * kv_len)))
 
 
-# mask(query_pos (c, 1), key_pos (1, n)) -> bool (c, n), True where the query may see the key.
+# mask(query_pos (c, 1), key_pos (1, n)) -> bool (c, n), True where the query may see the key. Positions
+# are in the sequence of keys: with fewer queries than keys, the queries are its last positions.
 MaskFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _probabilities(q_chunk: torch.Tensor, k: torch.Tensor, start: int, causal: bool, scale: float,
                    mask: MaskFn | None) -> torch.Tensor:
-    """Softmax weights of queries start..start+c over the keys they may see: (B, H, c, visible)."""
+    """Softmax weights of the queries at positions start..start+c over the keys they may see: (B, H, c, visible)."""
     rows = q_chunk.shape[-2]
     visible = start + rows if causal else k.shape[-2]
     scores = (q_chunk @ k[..., :visible, :].transpose(-2, -1)) * scale
@@ -47,9 +48,10 @@ class _ChunkedAttention(torch.autograd.Function):
     def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, mask: MaskFn | None) -> torch.Tensor:
         scale = q.shape[-1] ** -0.5
         out = torch.empty_like(q)
-        step = _chunk_rows(q.shape[0], q.shape[1], q.shape[-2])
+        offset = query_offset(q, k)
+        step = _chunk_rows(q.shape[0], q.shape[1], q.shape[-2], k.shape[-2])
         for start in range(0, q.shape[-2], step):
-            probs = _probabilities(q[..., start : start + step, :], k, start, causal, scale, mask)
+            probs = _probabilities(q[..., start : start + step, :], k, offset + start, causal, scale, mask)
             out[..., start : start + step, :] = probs @ v[..., : probs.shape[-1], :]
         ctx.save_for_backward(q, k, v, out)
         ctx.causal, ctx.mask = causal, mask
@@ -60,10 +62,11 @@ class _ChunkedAttention(torch.autograd.Function):
         q, k, v, out = ctx.saved_tensors
         scale = q.shape[-1] ** -0.5
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-        step = _chunk_rows(q.shape[0], q.shape[1], q.shape[-2])
+        offset = query_offset(q, k)
+        step = _chunk_rows(q.shape[0], q.shape[1], q.shape[-2], k.shape[-2])
         for start in range(0, q.shape[-2], step):
             rows = slice(start, start + step)
-            probs = _probabilities(q[..., rows, :], k, start, ctx.causal, scale, ctx.mask)
+            probs = _probabilities(q[..., rows, :], k, offset + start, ctx.causal, scale, ctx.mask)
             visible = probs.shape[-1]
             do = dout[..., rows, :]
             dv[..., :visible, :] += probs.transpose(-2, -1) @ do
@@ -77,8 +80,10 @@ class _ChunkedAttention(torch.autograd.Function):
 
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
                         mask: MaskFn | None = None) -> torch.Tensor:
-    """Softmax attention computed in float64; differentiable, returns float64 (B, H, N, D).
+    """Softmax attention computed in float64; differentiable, returns float64 (B, H, Q, D).
 
+    q (B, H, Q, D) holds the last Q of the N positions of k and v (B, KV, N, D), Q ≤ N; causal, the query at
+    position p sees keys 0..p (the mask aligned to the last key, as in decoding against a KV cache).
     `mask` restricts which keys each query sees (on top of `causal`); every query must see one key.
     Fewer key/value heads than query heads (grouped-query attention) are repeated per group.
     """
@@ -87,8 +92,8 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, ca
 
 
 def softmax_weights(q: torch.Tensor, k: torch.Tensor, *, causal: bool = False, mask: MaskFn | None = None) -> torch.Tensor:
-    """The full (…, N, N) float64 softmax weights, for small inputs (attention-map charts)."""
-    return _probabilities(q.double(), k.double(), 0, False, q.shape[-1] ** -0.5, _combine(mask, causal))
+    """The full (…, Q, N) float64 softmax weights, for small inputs (attention-map charts)."""
+    return _probabilities(q.double(), k.double(), query_offset(q, k), False, q.shape[-1] ** -0.5, _combine(mask, causal))
 
 
 def _combine(mask: MaskFn | None, causal: bool) -> MaskFn | None:

@@ -1,4 +1,10 @@
-"""PyTorch's scaled_dot_product_attention, either with its own dispatch or with one backend forced."""
+"""PyTorch's scaled_dot_product_attention, either with its own dispatch or with one backend forced.
+
+With fewer queries than keys (decoding against a KV cache) a causal mask must be aligned to the last key,
+while SDPA's `is_causal` aligns it to the first: such calls pass `causal_lower_right`, which PyTorch runs in
+its flash or memory-efficient kernel where one is enabled and otherwise as a materialized boolean mask. One
+query sees every key either way, so it is called unmasked.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -8,8 +14,9 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.bias import causal_lower_right
 
-from .base import DTYPES, Implementation, Unsupported, device_reasons
+from .base import DTYPES, Implementation, Unsupported, device_reasons, query_len
 
 BACKENDS: dict[str, SDPBackend] = {
     "math": SDPBackend.MATH,
@@ -31,9 +38,19 @@ _NO_KERNEL_MESSAGES = ("No available kernel", "No viable backend")
 def _probe_tensors(case, requires_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Small inputs with the case's head dim, dtype and device: backend limits depend on these."""
     groups = case.heads // (getattr(case, "kv_heads", None) or case.heads)
-    make = lambda heads: torch.empty((1, heads, min(case.seq_len, 64), case.head_dim),  # noqa: E731
-                                     dtype=DTYPES[case.dtype], device=case.device, requires_grad=requires_grad)
-    return make(groups), make(1), make(1)
+    make = lambda heads, length: torch.empty((1, heads, min(length, 64), case.head_dim),  # noqa: E731
+                                             dtype=DTYPES[case.dtype], device=case.device, requires_grad=requires_grad)
+    return make(groups, query_len(case)), make(1, case.seq_len), make(1, case.seq_len)
+
+
+def _mask_of(causal: bool, q_len: int, kv_len: int) -> tuple[bool, object | None]:
+    """(is_causal, attn_mask) for SDPA: its is_causal where queries and keys are as many, else the lower-right
+    causal bias (none for one query, which sees every key)."""
+    if not causal or q_len == 1 and kv_len > 1:
+        return False, None
+    if q_len == kv_len:
+        return True, None
+    return False, causal_lower_right(q_len, kv_len)
 
 
 def _pytorch_reasons(backend: str, case) -> list[str]:
@@ -44,7 +61,8 @@ def _pytorch_reasons(backend: str, case) -> list[str]:
     if check is None:
         return [f"this PyTorch build ({torch.__version__}) has no {backend} backend check"]
     q, k, v = _probe_tensors(case, requires_grad=case.mode != "fwd")
-    params = torch.backends.cuda.SDPAParams(q, k, v, None, 0.0, case.causal, q.shape[1] != k.shape[1])
+    is_causal, _ = _mask_of(case.causal, query_len(case), case.seq_len)  # the lower-right bias is checked unmasked
+    params = torch.backends.cuda.SDPAParams(q, k, v, None, 0.0, is_causal, q.shape[1] != k.shape[1])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ok = check(params, True)
@@ -88,9 +106,11 @@ class SdpaAttention(Implementation):
         return reasons or _pytorch_reasons(self.forced, case)
 
     def __call__(self, q, k, v, *, causal=False):
+        is_causal, mask = _mask_of(causal, q.shape[-2], k.shape[-2])
         try:
             with contextlib.nullcontext() if self._open_sessions else self._context():
-                return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=q.shape[1] != k.shape[1])
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                                      enable_gqa=q.shape[1] != k.shape[1])
         except RuntimeError as error:
             if not any(m in str(error) for m in _NO_KERNEL_MESSAGES):
                 raise
@@ -101,6 +121,15 @@ class SdpaAttention(Implementation):
         choose = getattr(torch, "_fused_sdp_choice", None)
         if choose is None:
             return None
+        is_causal, mask = _mask_of(causal, q.shape[-2], k.shape[-2])
+        gqa = q.shape[1] != k.shape[1]
         with self._context():
-            choice = SDPBackend(choose(q, k, v, None, 0.0, causal, scale=None, enable_gqa=q.shape[1] != k.shape[1]))
-        return _BACKEND_NAMES.get(choice, choice.name.lower())
+            if mask is not None:  # the order in which causal_lower_right tries kernels
+                params = torch.backends.cuda.SDPAParams(q, k, v, None, 0.0, False, gqa)
+                for name in ("flash", "efficient"):
+                    if q.device.type == "cuda" and getattr(torch.backends.cuda, _CAN_USE[name])(params, False):
+                        return name
+                mask = mask._materialize(q.device)
+            choice = SDPBackend(choose(q, k, v, mask, 0.0, is_causal, scale=None, enable_gqa=gqa))
+        name = _BACKEND_NAMES.get(choice, choice.name.lower())
+        return name if mask is None else f"{name} (materialized lower-right causal mask)"

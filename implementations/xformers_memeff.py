@@ -1,4 +1,8 @@
-"""xformers' memory_efficient_attention with its own operator dispatch (an optional extra)."""
+"""xformers' memory_efficient_attention with its own operator dispatch (an optional extra).
+
+With fewer queries than keys, causal masks are xformers' LowerTriangularFromBottomRightMask (aligned to the last
+key); its LowerTriangularMask aligns them to the first.
+"""
 from __future__ import annotations
 
 import logging
@@ -6,7 +10,7 @@ import re
 
 import torch
 
-from .base import DTYPES, Implementation, Unsupported, grouped_query_reasons
+from .base import DTYPES, Implementation, Unsupported, grouped_query_reasons, query_len
 
 
 def _condense(message: str) -> list[str]:
@@ -63,12 +67,18 @@ def _condense_load_failure(message: str) -> str:
     return f"built for {', '.join(parts) or 'another build'}; install an xformers built for this torch"
 
 
+def _causal_bias(fmha, causal: bool, q_len: int, kv_len: int):
+    if not causal:
+        return None
+    return fmha.attn_bias.LowerTriangularMask() if q_len == kv_len else fmha.attn_bias.LowerTriangularFromBottomRightMask()
+
+
 class XformersAttention(Implementation):
     """`xformers.ops.memory_efficient_attention` in its (batch, seq, heads, head_dim) layout."""
 
     def _inputs(self, fmha, q, k, v, causal: bool):
-        bias = fmha.attn_bias.LowerTriangularMask() if causal else None
-        return fmha.Inputs(query=q, key=k, value=v, attn_bias=bias)
+        """q, k, v in xformers' layout (batch, seq, heads, head_dim)."""
+        return fmha.Inputs(query=q, key=k, value=v, attn_bias=_causal_bias(fmha, causal, q.shape[1], k.shape[1]))
 
     def supports(self, case) -> list[str]:
         fmha, problem = _load_xformers()
@@ -80,8 +90,9 @@ class XformersAttention(Implementation):
         if case.device == "cuda" and not torch.cuda.is_available():
             return ["device=cuda but no CUDA device is available"]
         # Same sizes as the case (empty: nothing is touched) so sequence-length limits apply too.
-        shape = (case.batch, case.seq_len, case.heads, case.head_dim)
-        q, k, v = (torch.empty(shape, dtype=DTYPES[case.dtype], device=case.device) for _ in range(3))
+        make = lambda length: torch.empty((case.batch, length, case.heads, case.head_dim),  # noqa: E731
+                                          dtype=DTYPES[case.dtype], device=case.device)
+        q, k, v = make(query_len(case)), make(case.seq_len), make(case.seq_len)
         inputs = self._inputs(fmha, q, k, v, case.causal)
         try:
             fmha.dispatch._dispatch_fw(inputs, needs_gradient=case.mode != "fwd")
@@ -95,7 +106,7 @@ class XformersAttention(Implementation):
         fmha, problem = _load_xformers()
         if problem:
             raise Unsupported([problem])
-        bias = fmha.attn_bias.LowerTriangularMask() if causal else None
+        bias = _causal_bias(fmha, causal, q.shape[-2], k.shape[-2])
         try:
             out = fmha.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias)
         except NotImplementedError as error:

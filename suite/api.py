@@ -90,12 +90,13 @@ def benchmark(impls: Iterable[Implementation | str] | Implementation | str, *, s
               heads: int | Sequence[int] = 16,
               head_dim: int | Sequence[int] = 64, batch: int | Sequence[int] | None = None,
               tokens_per_batch: int = 16384, kv_heads: int | Sequence[int] | None = None,
-              dtype: str | Sequence[str] | None = None,
+              q_len: int | Sequence[int] | None = None, dtype: str | Sequence[str] | None = None,
               causal: bool | Sequence[bool] = False, mode: str | Sequence[str] = "fwd", device: str | None = None,
               out: str | Path | None = None, seed: int = 0, timing: Mapping[str, int | float] | str | None = None,
               progress: bool = True) -> pd.DataFrame:
     """Every implementation on every case of the grid, one row each (a case one cannot run is a row with its
-    reason). Without `batch`, each length's batch is `tokens_per_batch // seq_len`. `dtype` defaults to bfloat16
+    reason). Without `batch`, each length's batch is `tokens_per_batch // seq_len`. `q_len`: fewer queries than
+    keys, the last positions (decoding against a KV cache of seq_len tokens). `dtype` defaults to bfloat16
     on a GPU and float32 on a CPU; `device` to the GPU where there is one. `out`: the results file to write (it
     must not exist); without it the rows go to a temporary file. `timing` changes how each case is timed, as
     `run --timing` does (`{"min_repeats": 20, "budget_s": 3}`). Progress lines go to stderr unless `progress`
@@ -113,8 +114,9 @@ def benchmark(impls: Iterable[Implementation | str] | Implementation | str, *, s
         batch=None if batch is None else ints("batch", batch),
         tokens_per_batch=config.only_one("tokens_per_batch", ints("tokens_per_batch", tokens_per_batch)),
         kv_heads=(None,) if kv_heads is None else ints("kv_heads", kv_heads),
+        q_len=(None,) if q_len is None else ints("q_len", q_len),
     )
-    cases = grid.cases(device)  # raises ValueError where kv_heads does not divide heads
+    cases = grid.cases(device)  # raises ValueError where kv_heads does not divide heads, or q_len exceeds seq_len
     policy = config.timing_policy("timing", None if timing is None else config.as_flag_text(timing), device)
     if out is not None and Path(out).exists():
         raise ValueError(f"out: {str(out)!r} already exists (allowed: a new path; `attnbench run --resume --out` "

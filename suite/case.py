@@ -24,10 +24,21 @@ class Case:
     mode: str
     device: str
     kv_heads: int | None = None  # grouped-query attention: fewer key/value heads; None = heads
+    # Decoding against a KV cache: the queries are the last q_len of the seq_len positions, and a causal mask
+    # is aligned to the last key. None = as many queries as keys (q_len = seq_len is stored as None).
+    q_len: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.q_len == self.seq_len:  # one spelling per case, so rows and their keys match
+            object.__setattr__(self, "q_len", None)
 
     @property
     def key_value_heads(self) -> int:
         return self.kv_heads or self.heads
+
+    @property
+    def query_len(self) -> int:
+        return self.q_len or self.seq_len
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -41,16 +52,26 @@ class Case:
     def label(self) -> str:
         mask = "causal" if self.causal else "dense"
         groups = f"-KV{self.kv_heads}" if self.kv_heads and self.kv_heads != self.heads else ""
-        return (f"B{self.batch}-H{self.heads}{groups}-N{self.seq_len}-D{self.head_dim}-"
+        queries = f"-Q{self.q_len}" if self.q_len else ""
+        return (f"B{self.batch}-H{self.heads}{groups}-N{self.seq_len}{queries}-D{self.head_dim}-"
                 f"{_DTYPE_SHORT[self.dtype]}-{mask}-{self.mode}")
 
     @classmethod
     def from_row(cls, row: dict) -> Case:
-        """The case of a result row (files written before kv_heads existed lack it)."""
+        """The case of a result row (files written before kv_heads or q_len existed lack them)."""
         return cls(**{name: row.get(name) for name in cls.__dataclass_fields__})
 
 
 CASE_FIELDS = tuple(Case.__dataclass_fields__)
+
+
+class GridError(ValueError):
+    """A grid whose values do not combine (key/value heads that do not divide the heads, more queries than keys);
+    `flag` names the command-line flag to blame, `allowed` what would do."""
+
+    def __init__(self, message: str, flag: str, allowed: str):
+        super().__init__(message)
+        self.flag, self.allowed = flag, allowed
 
 
 @dataclass(frozen=True)
@@ -58,7 +79,8 @@ class Grid:
     """Lists of values whose cartesian product is the set of cases.
 
     With `batch=None`, each case's batch is `tokens_per_batch // seq_len` (at least 1), the way
-    FlashAttention's published charts keep the work per step constant across lengths.
+    FlashAttention's published charts keep the work per step constant across lengths. `q_len` values are
+    query lengths against each seq_len of keys (None: as many queries as keys).
     """
 
     impls: tuple[str, ...]
@@ -71,6 +93,7 @@ class Grid:
     batch: tuple[int, ...] | None = None
     tokens_per_batch: int = 16384
     kv_heads: tuple[int | None, ...] = (None,)
+    q_len: tuple[int | None, ...] = (None,)
     description: str = field(default="", compare=False)
 
     def with_overrides(self, **overrides) -> Grid:
@@ -80,12 +103,16 @@ class Grid:
     def cases(self, device: str) -> list[Case]:
         """Each case once, in grid order, even where a list repeats a value (`--seq-len 64,64`)."""
         out = []
-        for seq_len, heads, kv_heads, head_dim, dtype, causal, mode in itertools.product(
-            self.seq_len, self.heads, self.kv_heads, self.head_dim, self.dtype, self.causal, self.mode
+        for seq_len, q_len, heads, kv_heads, head_dim, dtype, causal, mode in itertools.product(
+            self.seq_len, self.q_len, self.heads, self.kv_heads, self.head_dim, self.dtype, self.causal, self.mode
         ):
             if kv_heads and heads % kv_heads:
-                raise ValueError(f"kv_heads {kv_heads} does not divide heads {heads}")
+                raise GridError(f"kv_heads {kv_heads} does not divide heads {heads}", "--kv-heads",
+                                "divisors of every --heads value")
+            if q_len and q_len > seq_len:
+                raise GridError(f"q_len {q_len} exceeds seq_len {seq_len}", "--q-len",
+                                "at most every --seq-len value: the queries are the last positions of the keys")
             batches = self.batch or (max(1, self.tokens_per_batch // seq_len),)
             for batch in batches:
-                out.append(Case(batch, heads, seq_len, head_dim, dtype, causal, mode, device, kv_heads))
+                out.append(Case(batch, heads, seq_len, head_dim, dtype, causal, mode, device, kv_heads, q_len))
         return list(dict.fromkeys(out))

@@ -30,8 +30,9 @@ def cmd_check(args) -> int:
     dtypes = config.dtypes("--dtype", args.dtype or default_check_dtypes(device))
     own = conformance.own_shapes(config.positive_ints("--seq-len", args.seq_len) if args.seq_len else (),
                                  config.positive_ints("--head-dim", args.head_dim) if args.head_dim else ())
-    print(f"checking on {device} ({', '.join(dtypes)}): {len(conformance.AWKWARD_SHAPES)} awkward shapes, causal and "
-          f"not, with and without autograd, then lengths {conformance.SHORT_LENGTHS} for "
+    print(f"checking on {device} ({', '.join(dtypes)}): {len(conformance.AWKWARD_SHAPES)} awkward shapes and "
+          f"{len(conformance.DECODING_SHAPES)} with fewer queries than keys, causal and not, with and without autograd, "
+          f"then lengths {conformance.SHORT_LENGTHS} for "
           f"{len(conformance.SHORT_LENGTH_SEEDS)} seeds, each twice, then transposed (non-contiguous) inputs, then 257 "
           f"tokens at logits of spread {conformance.LARGE_LOGIT_STD:g} (finite results); memory poisoning: "
           f"{poisoning(device)}", flush=True)

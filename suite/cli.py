@@ -44,7 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--preset", help=f"one of: {', '.join(PRESETS)} (default: default on cuda, smoke on cpu)")
     source.add_argument("--config", help="a TOML grid file (keys: " + ", ".join(config.CONFIG_KEYS) + ")")
     run.add_argument("--impl", help="NAME[:KEY=VALUE...][,NAME...]; see `attnbench list`")
-    run.add_argument("--seq-len", dest="seq_len", help="N[,N...]")
+    run.add_argument("--seq-len", dest="seq_len", help="N[,N...]: keys (and queries, without --q-len)")
+    run.add_argument("--q-len", dest="q_len",
+                     help="queries against each --seq-len of keys, Q[,Q...], as in decoding with a KV cache: the last Q "
+                          "positions, causal masks aligned to the last key (default: = seq_len)")
     run.add_argument("--heads", help="H[,H...]")
     run.add_argument("--kv-heads", dest="kv_heads",
                      help="key/value heads for grouped-query attention, K[,K...] (default: = heads)")
@@ -129,6 +132,8 @@ def _parser() -> argparse.ArgumentParser:
                                                           "where this one was not measured")
     recommend.add_argument("--head-dim", dest="head_dim", required=True, help="head dimension, as measured")
     recommend.add_argument("--kv-heads", dest="kv_heads", help="key/value heads (default: = heads)")
+    recommend.add_argument("--q-len", dest="q_len", help="queries against --seq-len keys, as measured with run --q-len "
+                                                         "(default: = seq-len)")
     recommend.add_argument("--batch", default="1", help="batch to scale time and memory to (default 1)")
     recommend.add_argument("--dtype", default="bfloat16", help="float16, bfloat16 or float32 (default bfloat16)")
     recommend.add_argument("--causal", nargs="?", const="true", default="false", help="true (bare flag) or false")
@@ -145,6 +150,7 @@ def _parser() -> argparse.ArgumentParser:
     prof.add_argument("--seq-len", dest="seq_len", required=True, help="sequence length")
     prof.add_argument("--heads", default="16", help="(default 16)")
     prof.add_argument("--kv-heads", dest="kv_heads", help="key/value heads (default: = heads)")
+    prof.add_argument("--q-len", dest="q_len", help="queries against --seq-len keys (default: = seq-len)")
     prof.add_argument("--head-dim", dest="head_dim", default="64", help="(default 64)")
     prof.add_argument("--batch", default="1", help="(default 1)")
     prof.add_argument("--dtype", help="(default: bfloat16 on cuda, float32 on cpu)")
@@ -248,12 +254,16 @@ def _one_shape(args, default_dtype: str) -> dict:
         "head_dim": one("--head-dim", config.positive_ints, args.head_dim),
         "batch": one("--batch", config.positive_ints, args.batch),
         "kv_heads": None if args.kv_heads is None else one("--kv-heads", config.positive_ints, args.kv_heads),
+        "q_len": None if args.q_len is None else one("--q-len", config.positive_ints, args.q_len),
         "dtype": one("--dtype", config.dtypes, args.dtype) if args.dtype else default_dtype,
         "causal": config.causal_values("--causal", args.causal) == (True,),
         "mode": one("--mode", config.modes, args.mode),
     }
     if shape["kv_heads"] and shape["heads"] % shape["kv_heads"]:
         raise UsageError(f"--kv-heads: {shape['kv_heads']} does not divide --heads {shape['heads']}")
+    if shape["q_len"] and shape["q_len"] > shape["seq_len"]:
+        raise UsageError(f"--q-len: {shape['q_len']} exceeds --seq-len {shape['seq_len']} (allowed: at most --seq-len; "
+                         "the queries are the last positions of the keys)")
     return shape
 
 

@@ -30,7 +30,7 @@ import pandas as pd
 from .case import CASE_FIELDS
 from .grid_scope import GridScope
 from .reporting.data import fmt_bytes
-from .results import ResultsFormatError, cpu_machine, load, read, with_explicit_kv_heads
+from .results import ResultsFormatError, cpu_machine, load, read, with_explicit_shape
 
 KEY = ("impl", *CASE_FIELDS)
 P_VALUE = 0.01
@@ -55,6 +55,7 @@ def _read_pytest_benchmark(path: Path, data: dict) -> pd.DataFrame:
     for bench in data.get("benchmarks", []):
         info, stats = bench.get("extra_info") or {}, bench.get("stats") or {}
         info.setdefault("kv_heads", None)  # written before grouped-query attention existed
+        info.setdefault("q_len", None)  # written before query lengths existed
         if not all(key in info for key in KEY):
             raise CompareInputError(f"{path}: benchmark {bench.get('name')!r} lacks the attnbench case in extra_info")
         raw = [t * 1e3 for t in stats.get("data") or []]
@@ -90,7 +91,7 @@ def read_side(paths: list[Path]) -> tuple[pd.DataFrame, GridScope]:
     if frame.empty:
         raise CompareInputError(f"{', '.join(map(str, paths))}: no result rows")
     frame["machine"] = frame["machine"].fillna("unknown machine")
-    return with_explicit_kv_heads(frame), scope
+    return with_explicit_shape(frame), scope
 
 
 def _merge_repeats(frame: pd.DataFrame) -> pd.DataFrame:
@@ -243,7 +244,8 @@ def conditions_notes(base_frame: pd.DataFrame, current_frame: pd.DataFrame) -> l
     return notes
 
 
-READING_ORDER = ("impl", "device", "dtype", "head_dim", "heads", "kv_heads", "causal", "mode", "seq_len", "batch")
+READING_ORDER = ("impl", "device", "dtype", "head_dim", "heads", "kv_heads", "causal", "mode", "q_len", "seq_len",
+                 "batch")
 
 
 def _reading_order(key: tuple) -> tuple:

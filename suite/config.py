@@ -22,7 +22,7 @@ else:  # pragma: no cover
 
 _DTYPE_ALIASES = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32"}
 _RUN_DTYPES = ("float16", "bfloat16", "float32")
-CONFIG_KEYS = ("preset", "impl", "seq_len", "heads", "kv_heads", "batch", "head_dim", "dtype", "causal", "mode",
+CONFIG_KEYS = ("preset", "impl", "seq_len", "q_len", "heads", "kv_heads", "batch", "head_dim", "dtype", "causal", "mode",
                "tokens_per_batch", "device", "timing")
 
 
@@ -261,6 +261,7 @@ def build_grid(base: Grid, flags: dict[str, str | None]) -> Grid:
     return base.with_overrides(
         impls=parsed("impl", "--impl", impl_specs),
         seq_len=parsed("seq_len", "--seq-len", positive_ints),
+        q_len=parsed("q_len", "--q-len", positive_ints),
         heads=parsed("heads", "--heads", positive_ints),
         kv_heads=parsed("kv_heads", "--kv-heads", positive_ints),
         batch=parsed("batch", "--batch", positive_ints),

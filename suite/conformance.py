@@ -26,6 +26,11 @@ from .workload import random_tensors
 # kernel path in most libraries); the last two are grouped-query attention.
 AWKWARD_SHAPES = [(1, 2, 1, 16, None), (3, 2, 17, 64, None), (1, 3, 257, 64, None), (3, 1, 257, 16, None),
                   (1, 2, 64, 64, None), (1, 2, 129, 128, None), (2, 4, 33, 16, 2), (1, 4, 70, 16, 1)]
+# (batch, heads, q_len, seq_len, head_dim, kv_heads): fewer queries than keys, the last positions, as in
+# decoding against a KV cache: one query, a few (speculative decoding) with grouped heads, and a chunked
+# prefill whose 130 queries cross a 128-token chunk or block boundary and start at a position (170) that
+# no chunk or block size divides.
+DECODING_SHAPES = [(2, 2, 1, 17, 16, None), (1, 4, 5, 257, 64, 2), (1, 2, 130, 300, 32, None)]
 SHORT_LENGTHS = (1, 2)
 SHORT_LENGTH_SEEDS = range(1000, 1006)
 # Logits q·k/√D of this spread (trained models reach tens): an exp taken without subtracting the row's
@@ -38,6 +43,8 @@ LARGE_LOGIT_SEED = 4000
 TRANSPOSED_SHAPE = (2, 3, 65, 32)
 TRANSPOSED_SEED = 5000
 TRANSPOSED_NOTE = "with q, k, v and the upstream gradient laid out (batch, seq, heads, dim) in memory"
+DECODING_NOTE = ("q holds the last {q} of {n} positions: a causal mask must be aligned to the last key; an "
+                 "implementation that needs as many queries as keys says so in supports() (query_length_reasons)")
 TENSORS = ("out", "dq", "dk", "dv")
 
 
@@ -55,6 +62,12 @@ class CheckResult:
 def awkward_cases(device: str, dtypes: tuple[str, ...], shapes: list[tuple] | None = None) -> list[Case]:
     return [Case(batch, heads, seq_len, head_dim, dtype, causal, "fwd+bwd", device, kv_heads)
             for batch, heads, seq_len, head_dim, kv_heads in (AWKWARD_SHAPES if shapes is None else shapes)
+            for dtype in dtypes for causal in (False, True)]
+
+
+def decoding_cases(device: str, dtypes: tuple[str, ...]) -> list[Case]:
+    return [Case(batch, heads, seq_len, head_dim, dtype, causal, "fwd+bwd", device, kv_heads, q_len)
+            for batch, heads, q_len, seq_len, head_dim, kv_heads in DECODING_SHAPES
             for dtype in dtypes for causal in (False, True)]
 
 
@@ -86,7 +99,7 @@ def large_logit_cases(device: str, dtypes: tuple[str, ...]) -> list[Case]:
 
 def input_seed(case: Case) -> int:
     """The awkward cases' seed: differs between shapes, fixed between runs."""
-    return case.seq_len * 7 + case.head_dim
+    return case.seq_len * 7 + case.head_dim + 13 * (case.q_len or 0)
 
 
 class _WroteIntoInputs(Exception):
@@ -139,10 +152,13 @@ def check_case(impl: Implementation, case: Case, seed: int, transposed: bool = F
     q, k, v and the upstream gradient are non-contiguous views, as a model passes them."""
     q, k, v, grad_out = random_tensors(case, seed)
     if not transposed:
-        return _against_twin(impl, case, seed, (q, k, v, grad_out))
-    # The upstream gradient too: a model's output projection hands it back through the same transpose.
-    result = _against_twin(impl, case, seed, (_seq_major(q), _seq_major(k), _seq_major(v), _seq_major(grad_out)))
-    return replace(result, detail=f"{TRANSPOSED_NOTE}: {result.detail}") if result.status in ("fail", "error") else result
+        result = _against_twin(impl, case, seed, (q, k, v, grad_out))
+        note = DECODING_NOTE.format(q=case.q_len, n=case.seq_len) if case.q_len else None
+    else:
+        # The upstream gradient too: a model's output projection hands it back through the same transpose.
+        result = _against_twin(impl, case, seed, (_seq_major(q), _seq_major(k), _seq_major(v), _seq_major(grad_out)))
+        note = TRANSPOSED_NOTE
+    return replace(result, detail=f"{note}: {result.detail}") if note and result.status in ("fail", "error") else result
 
 
 def _against_twin(impl: Implementation, case: Case, seed: int, inputs: tuple[torch.Tensor, ...]) -> CheckResult:
@@ -214,8 +230,9 @@ def _forward_only_if_need_be(impl: Implementation, case: Case) -> Case:
 
 def check(impl: Implementation, device: str, dtypes: tuple[str, ...], seed: int = 0,
           extra_shapes: list[tuple] = (), starting: Callable[[Case, int], None] | None = None) -> Iterator[CheckResult]:
-    """Every awkward case once (and `extra_shapes`, see own_shapes, the same way), then every short case for each
-    of several seeds; forward and gradients, or the forward alone where the implementation supports only that.
+    """Every awkward case once (and `extra_shapes`, see own_shapes, the same way, and the decoding cases), then every
+    short case for each of several seeds; forward and gradients, or the forward alone where the implementation
+    supports only that.
     `seed` shifts every input seed, for other inputs than the default ones. `starting(case, seed)` is told of
     each case before it runs (a crash that ends the process then names its case)."""
     def checked(run: Callable[..., CheckResult], case: Case, case_seed: int, **options) -> CheckResult:
@@ -225,7 +242,7 @@ def check(impl: Implementation, device: str, dtypes: tuple[str, ...], seed: int 
         result = run(impl, forward, case_seed, **options)
         return replace(result, forward_only=True) if forward.mode != case.mode else result
 
-    for case in awkward_cases(device, dtypes, [*AWKWARD_SHAPES, *extra_shapes]):
+    for case in [*awkward_cases(device, dtypes, [*AWKWARD_SHAPES, *extra_shapes]), *decoding_cases(device, dtypes)]:
         result = checked(check_case, case, input_seed(case) + seed)
         yield result
         if not result.forward_only:  # the inference path too: without autograd some libraries dispatch another kernel

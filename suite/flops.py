@@ -5,17 +5,19 @@ The per-family forward formulas and their derivations live in `implementations/f
 from __future__ import annotations
 
 from implementations import Implementation
-from implementations.flops import MODE_FACTOR, softmax_attention_flops
+from implementations.flops import MODE_FACTOR, attention_pairs, softmax_attention_flops
 
 from .case import Case
 
 
 def case_flops(impl: Implementation, case: Case) -> float:
-    forward = impl.forward_flops(case.batch, case.heads, case.seq_len, case.head_dim, case.causal)
+    # q_len only where it differs, so an implementation written before it existed serves the other cases.
+    fewer_queries = {"q_len": case.q_len} if case.q_len else {}
+    forward = impl.forward_flops(case.batch, case.heads, case.seq_len, case.head_dim, case.causal, **fewer_queries)
     return forward * MODE_FACTOR[case.mode]
 
 
 def softmax_case_flops(case: Case) -> float:
     """What exact softmax attention costs on this case (used to bound the float64 reference)."""
-    pairs = case.seq_len * (case.seq_len + 1) // 2 if case.causal else case.seq_len**2
+    pairs = attention_pairs(case.query_len, case.seq_len, case.causal)
     return softmax_attention_flops(case.batch, case.heads, pairs, case.head_dim) * MODE_FACTOR[case.mode]

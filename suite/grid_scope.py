@@ -45,6 +45,9 @@ class RunGrid:
         key_value_heads = {kv or key["heads"] for kv in grid.get("kv_heads") or [None]}
         if key["kv_heads"] not in key_value_heads:
             return False
+        query_lens = {q or key["seq_len"] for q in grid.get("q_len") or [None]}
+        if (key.get("q_len") or key["seq_len"]) not in query_lens:
+            return False
         if grid.get("batch"):
             return key["batch"] in grid["batch"]
         return key["batch"] == max(1, int(grid.get("tokens_per_batch", 16384)) // key["seq_len"])

@@ -1,4 +1,5 @@
-"""Named grids. Budgets: smoke < 1 min on 2 CPU cores; quick < 2 min and default < 8 min on one H100."""
+"""Named grids. Budgets: smoke < 1 min on 2 CPU cores; quick < 2 min and default < 8 min on one H100; decode
+has not yet been run on a GPU."""
 from __future__ import annotations
 
 from .case import Grid
@@ -38,6 +39,13 @@ PRESETS: dict[str, Grid] = {
         seq_len=_POW2(14, 17), heads=(16,), head_dim=(128,), dtype=("bfloat16",),
         causal=(False, True), mode=("fwd", "fwd+bwd"), batch=(1,),
         description="long context: 16K..128K tokens, batch 1, the fused kernels and FlexAttention only",
+    ),
+    "decode": Grid(
+        impls=("naive", *_FUSED, "flex"),
+        seq_len=_POW2(10, 17), q_len=(1, 16), heads=(32,), kv_heads=(8,), head_dim=(128,), dtype=("bfloat16",),
+        causal=(True,), mode=("fwd",), batch=(1, 16),
+        description="decoding against a KV cache of 1K..128K tokens: 1 or 16 new queries, 32 query heads sharing 8 "
+                    "key/value heads (as in Llama 3 8B), head dim 128, batch 1 and 16",
     ),
 }
 

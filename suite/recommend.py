@@ -37,6 +37,7 @@ class Query:
     memory_budget: float | None = None
     batch: int = 1
     kv_heads: int | None = None  # None: as many as heads
+    q_len: int | None = None  # queries against seq_len keys (decoding); None: as many as keys
 
 
 @dataclass
@@ -100,6 +101,15 @@ def _same_grouping(frame: pd.DataFrame, query: Query) -> pd.Series:
     return frame.heads * (query.kv_heads or query.heads) == frame.kv_heads * query.heads
 
 
+def _same_queries(frame: pd.DataFrame, query: Query) -> pd.Series:
+    """Rows with as many queries as asked: a fixed number against their keys, or as many as their keys."""
+    return frame.q_len == (frame.seq_len if query.q_len in (None, query.seq_len) else query.q_len)
+
+
+def _queries(q_len: int | None) -> str:
+    return "as many queries as keys" if q_len is None else f"--q-len {q_len}"
+
+
 def _grouping(heads: int, kv_heads: int) -> str:
     return "ungrouped heads" if heads == kv_heads else f"{heads // kv_heads} query heads per key/value head"
 
@@ -109,6 +119,11 @@ def unmeasured_shape(frame: pd.DataFrame, query: Query) -> str | None:
     scales), then the first flag (in SHAPE_FLAGS order) whose value no row matching the ones before it has, with
     the values those rows do have."""
     kv_heads = query.kv_heads or query.heads
+    if not _same_queries(frame, query).any():
+        counts = {None if q == n else int(q) for q, n in zip(frame.q_len, frame.seq_len)}
+        measured = ", ".join(_queries(q) for q in sorted(counts, key=lambda q: (q is None, q or 0)))
+        return f"no rows with {_queries(query.q_len)} in the results (measured: {measured})"
+    frame = frame[_same_queries(frame, query)]
     rows = frame[_same_grouping(frame, query)]
     grouping = _grouping(query.heads, kv_heads)
     if rows.empty:
@@ -154,7 +169,8 @@ def _measured_at(row: pd.Series, query: Query) -> str:
 
 def rank(frame: pd.DataFrame, query: Query) -> tuple[list[Candidate], list[Exclusion]]:
     """(candidates fastest first, why each other implementation is excluded)."""
-    shape = frame[_same_grouping(frame, query) & (frame.head_dim == query.head_dim) & (frame.dtype == query.dtype)
+    shape = frame[_same_grouping(frame, query) & _same_queries(frame, query) & (frame.head_dim == query.head_dim)
+                  & (frame.dtype == query.dtype)
                   & (frame.causal == query.causal) & (frame["mode"] == query.mode)]
     candidates, excluded = [], []
     for label in impl_order(shape.impl):
@@ -216,7 +232,9 @@ def rank(frame: pd.DataFrame, query: Query) -> tuple[list[Candidate], list[Exclu
 def format_answer(query: Query, candidates: list[Candidate], excluded: list[Exclusion], sources: list[Path]) -> str:
     mask = "causal" if query.causal else "dense"
     grouped = f" ({query.kv_heads} key/value)" if query.kv_heads not in (None, query.heads) else ""
-    lines = [f"shape: batch {query.batch}, seq_len {query.seq_len}, {query.heads} heads{grouped}, head dim {query.head_dim}, "
+    queries = f" ({query.q_len} quer{'y' if query.q_len == 1 else 'ies'})" if query.q_len not in (None, query.seq_len) else ""
+    lines = [f"shape: batch {query.batch}, seq_len {query.seq_len}{queries}, {query.heads} heads{grouped}, "
+             f"head dim {query.head_dim}, "
              f"{query.dtype}, {mask}, {query.mode}; results: {', '.join(str(s) for s in sources)}",
              "error: relative RMS against exact softmax attention (approximate families) or the float64 reference "
              "(exact ones: their rounding); (on): local inputs, where softmax attention is peaked, or i.i.d. inputs, "

@@ -142,6 +142,7 @@ def _row_problem(row: dict[str, Any]) -> str | None:
     checks = [("impl", lambda v: isinstance(v, str) and v != "", "a non-empty string"),
               *((name, _is_count, "a positive integer") for name in ("batch", "heads", "seq_len", "head_dim")),
               ("kv_heads", lambda v: v is None or _is_count(v), "a positive integer, or null for = heads"),
+              ("q_len", lambda v: v is None or _is_count(v), "a positive integer, or null for = seq_len"),
               ("dtype", lambda v: isinstance(v, str) and v != "", "a dtype name"),
               ("causal", lambda v: isinstance(v, bool), "true or false"),
               ("mode", lambda v: v in MODES, ", ".join(MODES)),
@@ -229,14 +230,16 @@ def load(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     for column in ROW_COLUMNS:
         if column not in frame:
             frame[column] = None
-    return with_explicit_kv_heads(frame.drop(columns=["record"], errors="ignore"))
+    return with_explicit_shape(frame.drop(columns=["record"], errors="ignore"))
 
 
-def with_explicit_kv_heads(frame: pd.DataFrame) -> pd.DataFrame:
-    """kv_heads None means as many key/value heads as query heads: say so, so rows match and group."""
+def with_explicit_shape(frame: pd.DataFrame) -> pd.DataFrame:
+    """kv_heads None means as many key/value heads as query heads, q_len None as many queries as keys: say so,
+    so rows match and group (pandas leaves rows with a missing group key out of every group)."""
     if not frame.empty:
-        kv = frame["kv_heads"] if "kv_heads" in frame else pd.Series(None, index=frame.index)
-        frame["kv_heads"] = kv.where(kv.notna(), frame["heads"]).astype("int64")
+        for column, default in (("kv_heads", "heads"), ("q_len", "seq_len")):
+            given = frame[column] if column in frame else pd.Series(None, index=frame.index)
+            frame[column] = given.where(given.notna(), frame[default]).astype("int64")
     return frame
 
 

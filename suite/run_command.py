@@ -11,7 +11,7 @@ import torch
 import implementations
 
 from . import config, naming, speed_settings
-from .case import CASE_FIELDS, Case
+from .case import CASE_FIELDS, Case, GridError
 from .config import UsageError
 from .environment import collect, machine_name
 from .in_flight import InFlight
@@ -82,8 +82,8 @@ def _note_another_timing(out: Path, runs: list[dict], policy: TimingPolicy) -> N
 
 def cmd_run(args) -> int:
     started = time.monotonic()
-    flags = {key: getattr(args, key) for key in ("impl", "seq_len", "heads", "kv_heads", "batch", "head_dim", "dtype",
-                                                 "causal", "mode")}
+    flags = {key: getattr(args, key) for key in ("impl", "seq_len", "q_len", "heads", "kv_heads", "batch", "head_dim",
+                                                 "dtype", "causal", "mode")}
     from_config = config.read_config(args.config) if args.config else {}
     device = config.device_or_default(args.device or from_config.get("device"))
     preset_name = args.preset or from_config.get("preset") or default_preset(device)
@@ -93,8 +93,8 @@ def cmd_run(args) -> int:
     impls = [config.build_impl("--impl", spec) for spec in grid.impls]
     try:
         cases = grid.cases(device)
-    except ValueError as error:
-        raise UsageError(f"--kv-heads: {error} (allowed: divisors of every --heads value)") from None
+    except GridError as error:
+        raise UsageError(f"{error.flag}: {error} (allowed: {error.allowed})") from None
     label = Path(args.config).stem if args.config else preset_name
     out = Path(args.out) if args.out else default_out_path(device, label, args.resume)
     config.writable("--out", out)  # first: a pipe or a device would block --resume's read, or fill memory

@@ -81,7 +81,8 @@ def row_key(impl_label: str, case: Case) -> tuple:
 
 
 def _base_row(impl: Implementation, case: Case) -> dict[str, Any]:
-    density = impl.visible_pairs(case.seq_len, case.causal) / case.seq_len**2  # of the full N×N score matrix
+    # Of the full Q×N score matrix (N×N with as many queries as keys).
+    density = impl.visible_pairs(case.seq_len, case.causal, case.q_len) / (case.query_len * case.seq_len)
     return {"impl": impl.label, "family": impl.family, **asdict(case), "status": None, "reason": None,
             "density": density}
 
@@ -92,7 +93,7 @@ def _throughput(impl: Implementation, case: Case, time_ms: float, settings: RunS
     peak, bandwidth = settings.peak_tflops.get(case.dtype), settings.peak_gbytes_per_s
     return {
         "tflops": tflops,
-        "tokens_per_s": case.batch * case.seq_len / (time_ms * 1e-3),
+        "tokens_per_s": case.batch * case.query_len / (time_ms * 1e-3),  # queries: tokens decoded, with a KV cache
         "peak_fraction": tflops / peak if peak else None,
         "gbytes_per_s": gbytes_per_s,
         "bandwidth_fraction": gbytes_per_s / bandwidth if bandwidth else None,

@@ -8,7 +8,8 @@ is extra traffic. Per case, in elements of the input dtype:
     bwd       read q, k, v, dout; write dq, dk, dv       (3·H + 4·KV)·B·N·D
     fwd+bwd   read q, k, v, dout; write out, dq, dk, dv  (4·H + 4·KV)·B·N·D
 
-with H query heads and KV key/value heads. A backward that re-reads the forward's output or
+with H query heads and KV key/value heads; with fewer queries than keys (Q), the query-side tensors
+have Q rows instead of N: a decoding step reads the whole KV cache and writes one row per query. A backward that re-reads the forward's output or
 log-sum-exp (FlashAttention's does) moves more; the model is a floor, so bytes over time is a
 lower bound on achieved bandwidth: `bandwidth_fraction` near 1 means memory-bound and efficient,
 far below 1 with low TFLOP/s means time goes to neither (launches, extra passes).
@@ -22,5 +23,5 @@ _TENSORS = {"fwd": (2, 2), "bwd": (3, 4), "fwd+bwd": (4, 4)}  # (query-side, key
 
 def minimum_bytes(case: Case) -> int:
     query_side, key_value_side = _TENSORS[case.mode]
-    heads = query_side * case.heads + key_value_side * case.key_value_heads
-    return heads * case.batch * case.seq_len * case.head_dim * case.torch_dtype.itemsize
+    rows = query_side * case.heads * case.query_len + key_value_side * case.key_value_heads * case.seq_len
+    return rows * case.batch * case.head_dim * case.torch_dtype.itemsize

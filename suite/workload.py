@@ -47,9 +47,9 @@ def case_seed(case: Case, seed: int) -> int:
 
 
 def random_tensors(case: Case, generator_seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Standard-normal q and dout (batch, heads, seq, head_dim), k and v with the key/value heads."""
+    """Standard-normal q and dout (batch, heads, q_len, head_dim), k and v (batch, key/value heads, seq, head_dim)."""
     generator = torch.Generator(device=case.device).manual_seed(generator_seed)
-    shape = (case.batch, case.heads, case.seq_len, case.head_dim)
+    shape = (case.batch, case.heads, case.query_len, case.head_dim)
     kv_shape = (case.batch, case.key_value_heads, case.seq_len, case.head_dim)
     q, k, v, dout = (torch.randn(s, generator=generator, device=case.device, dtype=case.torch_dtype)
                      for s in (shape, kv_shape, kv_shape, shape))
@@ -93,7 +93,8 @@ def local_tensors(case: Case, generator_seed: int) -> tuple[torch.Tensor, torch.
 
     Queries and keys are one latent that drifts along the sequence plus independent noise, scaled so
     that q_i·k_i/√D averages the self logit of local_shape(N); unrelated positions' logits spread
-    about ±1-2. A query head shares its key/value head's latent. v is standard normal.
+    about ±1-2. A query head shares its key/value head's latent. v is standard normal. With fewer queries
+    than keys, the queries are those of the last positions.
     """
     generator = torch.Generator(device=case.device).manual_seed(generator_seed)
     b, n, d, kv_heads = case.batch, case.seq_len, case.head_dim, case.key_value_heads
@@ -105,7 +106,7 @@ def local_tensors(case: Case, generator_seed: int) -> tuple[torch.Tensor, torch.
         noise = torch.randn(shape_latent.shape, generator=generator, device=case.device)
         return (scale * (shape_latent + _LOCAL_NOISE * noise)).to(case.torch_dtype)
 
-    q = noisy(latent.repeat_interleave(case.heads // kv_heads, dim=1))
+    q = noisy(latent[..., n - case.query_len:, :].repeat_interleave(case.heads // kv_heads, dim=1))
     k = noisy(latent)
     v = torch.randn((b, kv_heads, n, d), generator=generator, device=case.device, dtype=case.torch_dtype)
     return q, k, v

@@ -18,6 +18,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, **options) -> torch.Tensor:
+    """PyTorch's SDPA with the registry's convention: where q is shorter than k (decoding), its rows are the last
+    positions and a causal mask is aligned to the last key (SDPA's is_causal aligns it to the first)."""
+    from torch.nn.attention.bias import causal_lower_right
+
+    lower_right = causal and q.shape[-2] != k.shape[-2]
+    return torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=causal_lower_right(q.shape[-2], k.shape[-2]) if lower_right else None,
+        is_causal=causal and not lower_right, **options)
+
+
 class WithSession:
     """A test double's session (mixed in before its Implementation): counts how often it is entered, and
     `inside` says whether a call is made within it."""
@@ -49,8 +60,7 @@ class ScriptedAttention(Implementation):
             if self.failures_left is not None:
                 self.failures_left -= 1
             raise self.error
-        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal,
-                                                             enable_gqa=q.shape[1] != k.shape[1])
+        out = sdpa(q, k, v, causal=causal, enable_gqa=q.shape[1] != k.shape[1])
         self.calls += 1
         return out * (self.scale_output * (1 + self.jitter * (-1) ** self.calls))
 

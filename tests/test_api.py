@@ -10,15 +10,16 @@ import torch.nn.functional as F
 from suite import results
 from suite.api import as_implementation, benchmark, check, compare
 from suite.cli import main
+from tests.conftest import sdpa
 
 
 def attention(q, k, v, *, causal=False):
-    return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    return sdpa(q, k, v, causal=causal)
 
 
 def unscaled(q, k, v, *, causal=False):
     """Forgets the 1/√D scale: a bug every check must catch."""
-    return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=1.0)
+    return sdpa(q, k, v, causal=causal, scale=1.0)
 
 
 def without_grouped_heads(case) -> list[str]:

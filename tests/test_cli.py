@@ -33,7 +33,7 @@ TINY = ["--impl", "naive,sdpa-cudnn", "--seq-len", "17", "--heads", "1", "--batc
     (["--mode", "sideways"], r"--mode: unknown mode 'sideways' \(allowed: fwd, bwd, fwd\+bwd\)"),
     (["--causal", "maybe"], r"--causal: 'maybe' is not allowed \(allowed: true, false, both\)"),
     (["--device", "tpu"], r"--device: unknown device 'tpu' \(allowed: cpu, cuda\)"),
-    (["--preset", "huge"], r"--preset: unknown preset 'huge' \(allowed: smoke, quick, default, efficient, long\)"),
+    (["--preset", "huge"], r"--preset: unknown preset 'huge' \(allowed: smoke, quick, default, efficient, long, decode\)"),
     (["--timing", "repeats=20"], r"--timing: unknown key 'repeats' \(allowed: warmup_calls, min_repeats, max_repeats, "),
     (["--timing", "min_repeats"], r"--timing: 'min_repeats' is not KEY=VALUE"),
     (["--timing", "min_repeats=0"], r"--timing: min_repeats='0' is not allowed \(allowed: an integer >= 1: "),

@@ -65,7 +65,7 @@ def test_an_implementation_that_never_ran_gets_no_row():
 
 
 def _variant(rows: list[dict], *, causal: bool, mode: str, head_dim: int = 128) -> list[dict]:
-    shape = {"device": "cuda", "gpu": "GPU", "batching": None, "heads": 16, "kv_heads": 16, "head_dim": head_dim,
+    shape = {"device": "cuda", "gpu": "GPU", "batching": None, "queries": None, "heads": 16, "kv_heads": 16, "head_dim": head_dim,
              "dtype": "bfloat16"}
     return [{**row, **shape, "causal": causal, "mode": mode} for row in rows]
 

@@ -78,17 +78,19 @@ def test_flex_attention_mask_matches_the_twin(name):
 
 @pytest.mark.parametrize("name,options", [("sparse-window", {"window": 100}), ("sparse-block", {"block": 48}),
                                           ("sparse-block", {"block": 200, "globals": 0})])
-@pytest.mark.parametrize("seq_len", [1, 130, 700])
+@pytest.mark.parametrize("seq_len,q_len", [(1, 1), (130, 130), (700, 700), (130, 1), (700, 131)])
 @pytest.mark.parametrize("causal", [False, True])
-def test_block_mask_built_by_rows_equals_create_block_mask(name, options, seq_len, causal):
-    """Row by row (bounded memory at 64K tokens) it must give FlexAttention the very same blocks."""
+def test_block_mask_built_by_rows_equals_create_block_mask(name, options, seq_len, q_len, causal):
+    """Row by row (bounded memory at 64K tokens) it must give FlexAttention the very same blocks; with fewer
+    queries than keys, those of the last q_len positions."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     impl = implementations.get(name, **options)
-    expected = create_block_mask(lambda b, h, qi, ki: impl.visible(qi, ki, causal), None, None, seq_len, seq_len,
+    offset = seq_len - q_len
+    expected = create_block_mask(lambda b, h, qi, ki: impl.visible(qi + offset, ki, causal), None, None, q_len, seq_len,
                                  device="cpu")
     for max_elements in (1, 128 * 640, None):  # one block row at a time, two or three, all at once
-        built = impl.block_mask(seq_len, causal, max_elements=max_elements)
+        built = impl.block_mask(seq_len, causal, max_elements=max_elements, q_len=q_len)
         assert built.seq_lengths == expected.seq_lengths
         for part in ("kv_num_blocks", "full_kv_num_blocks", "q_num_blocks", "full_q_num_blocks"):
             assert torch.equal(getattr(built, part), getattr(expected, part)), part
@@ -147,13 +149,15 @@ CPU_FORWARD = Case(1, 2, 64, 16, "float32", False, "fwd", "cpu")
 
 @pytest.mark.parametrize("name,options", [("sparse-window", {"window": 20}), ("sparse-block", {"block": 16})])
 @pytest.mark.parametrize("causal", [False, True])
-def test_cpu_chunked_path_has_exact_float64_gradients(name, options, causal):
+@pytest.mark.parametrize("q_len", [160, 150])
+def test_cpu_chunked_path_has_exact_float64_gradients(name, options, causal, q_len):
     """The CPU path's hand-written backward against finite differences (the full Jacobian: gradcheck's
     fast mode missed a 0.1% error in dq). 160 tokens span two query chunks, whose candidate keys are
-    one range (window) or a global block plus a local range (block-sparse)."""
+    one range (window) or a global block plus a local range (block-sparse); so do the last 150 of them."""
     impl = implementations.get(name, **options)
-    q, k, v = (randn(1, 1, 160, 4, seed=s).requires_grad_() for s in range(3))
-    plans = impl._cpu_plan(160, causal, q.device)
+    q = randn(1, 1, q_len, 4, seed=0).requires_grad_()
+    k, v = (randn(1, 1, 160, 4, seed=s).requires_grad_() for s in (1, 2))
+    plans = impl._cpu_plan(q_len, 160, causal, q.device)
     assert len(plans) == 2
     if name == "sparse-block":
         assert not isinstance(plans[1].keys, slice)

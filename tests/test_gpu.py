@@ -203,3 +203,23 @@ def test_the_python_api_benchmarks_a_function_beside_the_registry_on_gpu(tmp_pat
     assert len(frame) == 16 and set(frame.status) == {"ok"} and frame.accuracy_ok.all()
     assert frame.host_ms.notna().all() and (frame.peak_mem_bytes > 0).all() and (frame.tflops > 0).all()
     assert set(frame.machine) == {torch.cuda.get_device_name()}
+
+
+def _gpu_decoding_cases():
+    """Every implementation on the conformance check's decoding shapes (fewer queries than keys), bfloat16 and float16:
+    SDPA's backends each take the lower-right causal mask their own way (flash, efficient, a materialized mask)."""
+    from suite.conformance import DECODING_SHAPES
+
+    for name in implementations.names():
+        for batch, heads, q_len, seq_len, head_dim, kv_heads in DECODING_SHAPES:
+            for dtype in ("float16", "bfloat16"):
+                for causal in (False, True):
+                    case = Case(batch, heads, seq_len, head_dim, dtype, causal, "fwd+bwd", "cuda", kv_heads, q_len)
+                    yield pytest.param(name, case, id=f"{name}-{case.label}")
+
+
+@pytest.mark.parametrize("name,case", list(_gpu_decoding_cases()))
+def test_gpu_decoding_matches_float64_exact_twin(name, case):
+    from suite.conformance import input_seed
+
+    assert_matches_twin(name, case, input_seed=input_seed(case))

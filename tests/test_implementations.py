@@ -14,7 +14,7 @@ import torch
 import implementations
 from implementations import reference_attention
 from suite.accuracy import error, tolerance
-from suite.conformance import SHORT_LENGTH_SEEDS, awkward_cases, input_seed, short_cases
+from suite.conformance import SHORT_LENGTH_SEEDS, awkward_cases, decoding_cases, input_seed, short_cases
 from tests.twin_check import (
     assert_finite_at_large_logits,
     assert_matches_twin,
@@ -25,7 +25,7 @@ from tests.twin_check import (
 
 def _cases():
     for name in implementations.names():
-        for case in awkward_cases("cpu", ("float32", "bfloat16")):
+        for case in [*awkward_cases("cpu", ("float32", "bfloat16")), *decoding_cases("cpu", ("float32", "bfloat16"))]:
             for mode in ("fwd+bwd", "fwd"):  # forward alone runs without autograd: some dispatch another kernel
                 checked = replace(case, mode=mode)
                 yield pytest.param(name, checked, id=f"{name}-{checked.label}")

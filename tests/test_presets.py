@@ -27,3 +27,10 @@ def test_efficient_compares_the_approximations_with_the_fused_kernels():
 def test_smoke_covers_every_family_on_cpu():
     families = {config.build_impl("preset", spec).family for spec in PRESETS["smoke"].impls}
     assert {"exact", "sparse", "linear", "performer"} <= families
+
+
+def test_decode_measures_few_queries_against_long_caches():
+    cases = PRESETS["decode"].cases("cuda")
+    assert {case.query_len for case in cases} == {1, 16}
+    assert {case.seq_len for case in cases} == {1 << p for p in range(10, 18)}
+    assert all(case.causal and case.mode == "fwd" and case.key_value_heads == 8 for case in cases)

@@ -32,7 +32,9 @@ def test_reference_matches_plain_autograd(monkeypatch, chunk_elements, causal, s
 
 
 def test_chunk_rows_bounds_memory():
-    assert reference._chunk_rows(1, 1, 16) == 16
-    assert reference._chunk_rows(64, 32, 1 << 17) == 1  # never zero rows
-    rows = reference._chunk_rows(1, 16, 1 << 15)
+    assert reference._chunk_rows(1, 1, 16, 16) == 16
+    assert reference._chunk_rows(64, 32, 1 << 17, 1 << 17) == 1  # never zero rows
+    rows = reference._chunk_rows(1, 16, 1 << 15, 1 << 15)
     assert rows * 16 * (1 << 15) <= reference._CHUNK_ELEMENTS
+    assert reference._chunk_rows(1, 1, 1, 1 << 20) == 1  # one query against a long cache
+    assert reference._chunk_rows(1, 16, 1 << 15, 1 << 16) * 16 * (1 << 16) <= reference._CHUNK_ELEMENTS

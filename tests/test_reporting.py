@@ -686,7 +686,7 @@ def _timed_row(impl, time_ms, *, iqr=0.0, seq_len=1024, heads=8, causal=False, m
                family="exact", backend=None, head_dim=64):
     return {"impl": impl, "family": family, "batch": 16384 // seq_len, "heads": heads, "kv_heads": heads,
             "seq_len": seq_len, "head_dim": head_dim, "dtype": "bfloat16", "causal": causal, "mode": mode,
-            "device": "cuda", "gpu": "GPU", "batching": None, "status": status, "time_ms": time_ms,
+            "device": "cuda", "gpu": "GPU", "batching": None, "queries": None, "status": status, "time_ms": time_ms,
             "time_iqr_ms": iqr, "backend": backend, "tflops": None, "peak_mem_bytes": None, "rel_rms_err": None,
             "softmax_rel_rms_err": None, "softmax_local_rel_rms_err": None}
 

@@ -19,7 +19,7 @@ from .crossover import MISMATCH_MARK, crossover_summary, crossover_table
 from .data import (
     MEASURED,
     ReportInputError,
-    batching_words,
+    scope_words,
     colours,
     fmt_bytes,
     fmt_num,
@@ -37,7 +37,7 @@ from .roofline import roofline_chart
 from .run_time import run_time_table
 from .scaling import LONGEST_LENGTHS, scaling_tables
 
-CHART_KEYS = ("device", "gpu", "batching", "dtype", "causal", "mode")
+CHART_KEYS = ("device", "gpu", "batching", "queries", "dtype", "causal", "mode")
 
 
 def _environment_blocks(paths: list[Path]) -> list:
@@ -223,7 +223,7 @@ def _add_fastest(report: Report, frame: pd.DataFrame, chart, colour_of: dict) ->
             f" Cases that one kernel led (`sdpa`'s choices counted with the backend it chose): {tally}." if tally else "")))
     for group, grid, rows in grids:
         report.add(Heading(f"Fastest: {group_title(group)}", 3), fastest_table(grid))
-        name = slug("fastest", group["gpu"], *batching_words(group), f"d{group['head_dim']}", group["dtype"])
+        name = slug("fastest", group["gpu"], *scope_words(group), f"d{group['head_dim']}", group["dtype"])
         chart(fastest_map(group, grid, colour_of), name, "fastest exact implementation by length and head count", rows)
 
 
@@ -385,7 +385,7 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | N
                         if part.status.isin(MEASURED).any()]
         for number, (group, part) in enumerate(chart_groups, 1):
             say(f"charts {number}/{len(chart_groups)}: {group_title(group)}")
-            name = slug(group["gpu"], *batching_words(group), group["dtype"], "causal" if group["causal"] else "dense",
+            name = slug(group["gpu"], *scope_words(group), group["dtype"], "causal" if group["causal"] else "dense",
                         group["mode"])
             report.add(Heading(group_title(group), 3))
             chart(charts.throughput_chart(part, colour_of, group, "time_ms"), f"time-{name}", "median time vs sequence length",

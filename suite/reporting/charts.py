@@ -37,7 +37,8 @@ def _panels(frame: pd.DataFrame, title: str, ylabel: str, *, logy: bool = False)
         ax.set_xscale("log", base=2)
         if logy:
             log_axis(ax.yaxis)
-        ax.set_xlabel("sequence length (tokens)")
+        decoding = "queries" in part and part["queries"].notna().any()  # a fixed number of queries, keys grow
+        ax.set_xlabel("keys in the cache (tokens)" if decoding else "sequence length (tokens)")
         ax.set_ylabel(ylabel)
         ax.grid(True, which="major", alpha=0.3)
         panels.append((ax, part))

@@ -9,8 +9,9 @@ import pandas as pd
 import implementations
 
 # Cases that differ only in seq_len (and the batch that goes with it) are drawn and tabulated together;
-# `batching` (how the batch goes with it) is set only where the results mix several.
-GROUP_KEYS = ("device", "gpu", "batching", "heads", "kv_heads", "head_dim", "dtype", "causal", "mode")
+# `batching` (how the batch goes with it) is set only where the results mix several. `queries` keeps decoding
+# cases (a fixed number of queries against seq_len keys) apart from those with as many queries as keys.
+GROUP_KEYS = ("device", "gpu", "batching", "queries", "heads", "kv_heads", "head_dim", "dtype", "causal", "mode")
 MEASURED = ("ok", "mismatch")
 
 
@@ -29,6 +30,8 @@ def prepare(frame: pd.DataFrame) -> pd.DataFrame:
     # Several batchings (files of two presets, say) are kept apart; one needs no word in the titles.
     batchings = frame["batching"].fillna("batch as recorded") if "batching" in frame else None
     frame["batching"] = batchings if batchings is not None and batchings.nunique() > 1 else None
+    frame["queries"] = [query_words(q_len, seq_len) for q_len, seq_len in zip(frame["q_len"], frame["seq_len"])] \
+        if "q_len" in frame else None
     for column in ("time_ms", "time_iqr_ms", "tflops", "gbytes_per_s", "peak_mem_bytes", "rel_rms_err", "softmax_rel_rms_err",
                    "softmax_local_rel_rms_err"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce") if column in frame else float("nan")
@@ -48,12 +51,20 @@ def group_title(group: dict) -> str:
              else [f"D{group['head_dim']}"] if "head_dim" in group else [])
     mask = [] if "causal" not in group else ["causal" if group["causal"] else "dense"]
     mode = [group["mode"]] if "mode" in group else []
-    return " · ".join([str(group["gpu"]), *batching_words(group), *shape, group["dtype"], *mask, *mode])
+    return " · ".join([str(group["gpu"]), *scope_words(group), *shape, group["dtype"], *mask, *mode])
 
 
-def batching_words(group: dict) -> list[str]:
-    """The group's batching, for titles and file names, where the results mix several (else nothing)."""
-    return [group["batching"]] if isinstance(group.get("batching"), str) else []
+def query_words(q_len, seq_len) -> str | None:
+    """`1 query`, `16 queries` for a decoding case (fewer queries than keys); None for as many as keys."""
+    if pd.isna(q_len) or int(q_len) == int(seq_len):
+        return None
+    return f"{int(q_len)} quer{'y' if int(q_len) == 1 else 'ies'}"
+
+
+def scope_words(group: dict) -> list[str]:
+    """The group's batching, where the results mix several, and its queries, for a decoding group (else
+    nothing): for titles and file names."""
+    return [group[key] for key in ("batching", "queries") if isinstance(group.get(key), str)]
 
 
 def impl_order(labels: Iterable[str]) -> list[str]:

@@ -127,7 +127,8 @@ class Implementation:
                       q_len: int | None = None) -> float:
         """FLOPs of the forward maths (see implementations/flops.py); softmax attention by default. The harness
         passes q_len only for cases with fewer queries than keys, so an override without it serves the rest."""
-        return softmax_attention_flops(batch, heads, self.visible_pairs(seq_len, causal, q_len), head_dim)
+        pairs = self.visible_pairs(seq_len, causal, q_len) if q_len else self.visible_pairs(seq_len, causal)
+        return softmax_attention_flops(batch, heads, pairs, head_dim)
 
     def exact_twin(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
         """The same maths in float64, differentiable: what this implementation is checked against.

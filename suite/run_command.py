@@ -11,7 +11,7 @@ import torch
 import implementations
 
 from . import config, naming, speed_settings
-from .case import CASE_FIELDS, Case, GridError
+from .case import Case, GridError
 from .config import UsageError
 from .environment import collect, machine_name
 from .in_flight import InFlight
@@ -204,7 +204,7 @@ def _row_a_process_died_in(in_flight: InFlight, rows: list[dict]) -> dict | None
 
 
 def _row_name(row: dict) -> str:
-    return f"{row['impl']} on {Case(**{key: row[key] for key in CASE_FIELDS}).label}"
+    return f"{row['impl']} on {Case.from_row(row).label}"
 
 
 def _grid_record(grid) -> dict:

@@ -11,7 +11,9 @@ _SHORT = {"unsupported": "unsupp.", "mismatch": "MISMATCH"}
 def _cell(row: dict[str, Any]) -> str:
     if row["status"] in ("ok", "mismatch") and row.get("time_ms") is not None:
         text = f"{row['time_ms']:.3g} ms"
-        if row.get("tflops") is not None:
+        if row.get("q_len") and row.get("gbytes_per_s") is not None:  # decoding is bound by reading the cache
+            text += f" {row['gbytes_per_s']:.3g} GB/s"
+        elif row.get("tflops") is not None:
             text += f" {row['tflops']:.3g} TF/s"
         return text + (" !" if row["status"] == "mismatch" else "")
     return _SHORT.get(row["status"], row["status"])
@@ -29,4 +31,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     render = lambda line: "  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()  # noqa: E731
     lines = [render(header), render(["-" * w for w in widths]), *(render(line) for line in body)]
     lines.append("cells: median time and TFLOP/s; ! = accuracy mismatch; unsupp./oom/error: see the results file")
+    if any(row.get("q_len") for row in rows):
+        lines.append("cases with fewer queries than keys (-Q): GB/s instead, the least memory traffic of the call (the "
+                     "whole KV cache read once) over its time")
     return "\n".join(lines)

@@ -96,9 +96,19 @@ def decoding_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("decoding") / "decoding.jsonl"
     assert main(["run", "--impl", "naive,sdpa,linear,sparse-window:window=8", "--seq-len", "48,96",
                  "--q-len", "1,5,48", "--heads", "4", "--kv-heads", "2", "--batch", "2", "--head-dim", "16",
-                 "--dtype", "float32", "--causal", "both", "--mode", "fwd,fwd+bwd", "--device", "cpu",
+                 "--dtype", "float32", "--causal", "both", "--mode", "fwd", "--device", "cpu",
                  "--timing", "warmup_calls=0,min_repeats=3,max_repeats=3,target_relative_ci=0", "--out", str(out)]) == 0
     return out
+
+
+def test_the_run_table_gives_decoding_rows_their_bandwidth():
+    from suite.summary import format_table
+
+    row = {"impl": "sdpa", **vars(DECODING), "status": "ok", "time_ms": 2.0, "tflops": 0.5, "gbytes_per_s": 300.0}
+    full = {**row, "q_len": None, "tflops": 0.25}
+    table = format_table([row, full])
+    assert "2 ms 300 GB/s" in table and "2 ms 0.25 TF/s" in table and "GB/s instead" in table
+    assert "GB/s" not in format_table([full])
 
 
 def test_a_run_measures_and_checks_decoding_rows(decoding_results):

@@ -148,8 +148,7 @@ CPU_FORWARD = Case(1, 2, 64, 16, "float32", False, "fwd", "cpu")
 
 
 @pytest.mark.parametrize("name,options", [("sparse-window", {"window": 20}), ("sparse-block", {"block": 16})])
-@pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("q_len", [160, 150])
+@pytest.mark.parametrize("causal,q_len", [(False, 160), (True, 160), (True, 150)])  # the last 150: causal, where it matters
 def test_cpu_chunked_path_has_exact_float64_gradients(name, options, causal, q_len):
     """The CPU path's hand-written backward against finite differences (the full Jacobian: gradcheck's
     fast mode missed a 0.1% error in dq). 160 tokens span two query chunks, whose candidate keys are

@@ -166,7 +166,7 @@ def _accuracy_case(frame: pd.DataFrame) -> dict | None:
     ok = frame[frame.status.isin(MEASURED)]
     if ok.empty:
         return None
-    keys = ["seq_len", "batch", "heads", "head_dim", "dtype", "causal", "mode", "gpu"]
+    keys = ["seq_len", "q_len", "batch", "heads", "kv_heads", "head_dim", "dtype", "causal", "mode", "gpu"]
     counts = ok.groupby(keys).impl.nunique().reset_index(name="n")
     counts["fwd"] = counts["mode"] == "fwd"
     best = counts.sort_values(["n", "fwd", "seq_len"], ascending=False).iloc[0]

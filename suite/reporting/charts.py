@@ -218,7 +218,9 @@ def accuracy_speed_chart(frame: pd.DataFrame, colour_of: dict, case: dict) -> Fi
     """Error against time at one shape: the trade-off between fidelity and speed."""
     fig, ax = plt.subplots(figsize=(7.5, 4.6), layout="constrained")
     mask = "causal" if case["causal"] else "dense"
-    ax.set_title(f"Accuracy vs speed · N={case['seq_len']} H{case['heads']} D{case['head_dim']} "
+    queries = f" Q={case['q_len']}" if case.get("q_len", case["seq_len"]) != case["seq_len"] else ""
+    grouped = f" KV{case['kv_heads']}" if case.get("kv_heads", case["heads"]) != case["heads"] else ""
+    ax.set_title(f"Accuracy vs speed · N={case['seq_len']}{queries} H{case['heads']}{grouped} D{case['head_dim']} "
                  f"{case['dtype']} {mask} {case['mode']}", fontsize=10)
     ax.set_xscale("log")
     ax.set_yscale("log")

@@ -164,3 +164,29 @@ def test_run_refuses_more_queries_than_keys_before_any_work(tmp_path, capsys):
     assert not out.exists()
     assert main(["run", "--q-len", "0", "--device", "cpu", "--out", str(out)]) == 2
     assert "--q-len" in capsys.readouterr().err and not out.exists()
+
+
+def test_an_implementation_written_before_query_lengths_still_runs_full_length_cases(tmp_path):
+    """Overrides of visible_pairs and forward_flops without q_len (an installed package's) keep working where
+    there are as many queries as keys; only the harness's decoding cases pass q_len."""
+    from suite.flops import case_flops
+    from suite.runner import _base_row
+
+    class Banded(implementations.Implementation):
+        family = "sparse"
+
+        def visible_pairs(self, seq_len, causal):
+            return seq_len
+
+        def forward_flops(self, batch, heads, seq_len, head_dim, causal):
+            return 1.0 * seq_len
+
+    impl = Banded("banded")
+    full = Case(1, 2, 64, 16, "float32", False, "fwd", "cpu")
+    assert _base_row(impl, full)["density"] == 64 / 64**2 and case_flops(impl, full) == 64.0
+
+    class OnlyPairs(implementations.Implementation):
+        def visible_pairs(self, seq_len, causal):
+            return seq_len
+
+    assert case_flops(OnlyPairs("pairs"), full) == 4 * 2 * 64 * 16

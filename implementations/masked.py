@@ -29,7 +29,7 @@ class MaskedAttention(Implementation):
     def __init__(self, name: str, **options: Any):
         super().__init__(name, **options)
         self._flex_call = FlexCall()
-        self._pairs: dict[tuple[int, bool, int | None], int] = {}
+        self._pairs: dict[tuple[int, bool, int], int] = {}
         self._plans: dict[tuple, list[QueryChunk]] = {}
 
     # --- what a subclass defines -------------------------------------------------------------

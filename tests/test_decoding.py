@@ -134,6 +134,8 @@ def test_a_report_draws_decoding_rows_apart_from_full_length_ones(decoding_resul
     decoding_charts = {name for name in charts if name.startswith("time-") and "1-query" in name}
     full_charts = {name for name in charts if name.startswith("time-") and "quer" not in name}
     assert decoding_charts and full_charts
+    bandwidth = {name for name in charts if name.startswith("bandwidth-")}
+    assert bandwidth and all("quer" in name for name in bandwidth)  # drawn for decoding groups alone
 
 
 def test_recommend_answers_for_the_number_of_queries_asked(decoding_results, capsys):

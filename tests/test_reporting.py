@@ -148,6 +148,20 @@ def test_tflops_chart_starts_at_zero_and_draws_the_measured_peak_where_there_is_
     assert f"measured matmul peak ({fmt_num(peak)} TFLOP/s)" in {t.get_text() for t in fig.legends[0].get_texts()}
 
 
+def test_bandwidth_chart_draws_the_measured_copy_bandwidth_where_there_is_one(cpu_results):
+    frame = prepare(load(cpu_results))
+    part = frame[frame.causal == False].copy()  # noqa: E712
+    group = {"device": "cpu", "gpu": "test cpu", "dtype": "float32", "causal": False, "mode": "fwd"}
+    bandwidth = 3 * part.gbytes_per_s.max()
+    part["bandwidth_fraction"] = part.gbytes_per_s / bandwidth
+    fig = charts.throughput_chart(part, colours(frame.impl), group, "gbytes_per_s")
+    (ax,) = [a for a in fig.axes if a.get_visible()]
+    assert ax.get_ylim()[0] == 0 and "GB/s" in ax.get_ylabel() and ax.get_ylim()[1] >= bandwidth
+    dotted = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
+    assert len(dotted) == 1 and dotted[0].get_ydata()[0] == pytest.approx(bandwidth)
+    assert f"measured copy bandwidth ({fmt_num(bandwidth)} GB/s)" in {t.get_text() for t in fig.legends[0].get_texts()}
+
+
 def test_memory_at_a_glance_compares_each_implementation_with_the_baseline_where_both_ran(gpu_like_results, tmp_path):
     frame = prepare(load(gpu_like_results))
     ((title, table),) = memory_summary(frame, "naive")

@@ -372,7 +372,8 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | N
     _add_machine_comparisons(report, frame)
     if not measured.empty:
         report.add(Heading("Charts"), Paragraph(
-            "Per group: time, TFLOP/s, peak memory and speed-up against length, and a roofline: each row's TFLOP/s "
+            "Per group: time, TFLOP/s, peak memory and speed-up against length (with fewer queries than keys, "
+            "GB/s as well: decoding is bound by reading the KV cache), and a roofline: each row's TFLOP/s "
             "against its arithmetic intensity (its FLOPs over the bytes it must move at least: inputs read once, "
             "outputs written once), under the matmul peak and copy bandwidth its GPU measured. A row far below "
             "the bandwidth roof at low intensity loses its time to extra passes over memory or to launches, not "
@@ -392,6 +393,9 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | N
                   part)
             chart(charts.throughput_chart(part, colour_of, group, "tflops"), f"tflops-{name}", "TFLOP/s vs sequence length",
                   part)
+            if isinstance(group.get("queries"), str):  # decoding: bound by reading the cache, not by arithmetic
+                chart(charts.throughput_chart(part, colour_of, group, "gbytes_per_s"), f"bandwidth-{name}",
+                      "GB/s vs cache length", part)
             if part.peak_mem_bytes.notna().any():
                 chart(charts.memory_chart(part, colour_of, group), f"memory-{name}", "peak memory vs sequence length", part)
             if baseline in set(part[part.status.isin(MEASURED)].impl):

@@ -111,14 +111,19 @@ def _mark_mismatch(ax, x, y, handles: dict) -> None:
 
 
 def throughput_chart(frame: pd.DataFrame, colour_of: dict, group: dict, metric: str = "time_ms") -> Figure:
-    """Median time (ms, with IQR band) or TFLOP/s against sequence length, per (heads, head dim). TFLOP/s
+    """Median time (ms, with IQR band), TFLOP/s or GB/s against sequence length, per (heads, head dim). TFLOP/s
     count each implementation's own FLOPs (a sparse mask's visible pairs, linear attention's own maths): they
-    say how well it uses the hardware, against this GPU's measured matmul peak (dotted), not how fast it is."""
-    ylabel = {"time_ms": "median time per call (ms)", "tflops": "TFLOP/s (its own FLOPs)"}[metric]
-    fig, panels = _panels(frame, f"{'Time' if metric == 'time_ms' else 'Throughput'} · {group_title(group)}",
-                          ylabel, logy=metric == "time_ms")
+    say how well it uses the hardware, against this GPU's measured matmul peak (dotted), not how fast it is.
+    GB/s are the least traffic a call must move (inputs read once, outputs written once) over its time, against
+    the measured copy bandwidth (dotted): what bounds decoding, which reads the whole KV cache for a few queries."""
+    ylabel = {"time_ms": "median time per call (ms)", "tflops": "TFLOP/s (its own FLOPs)",
+              "gbytes_per_s": "GB/s (least traffic over time)"}[metric]
+    title = {"time_ms": "Time", "tflops": "Throughput", "gbytes_per_s": "Bandwidth"}[metric]
+    fig, panels = _panels(frame, f"{title} · {group_title(group)}", ylabel, logy=metric == "time_ms")
     handles: dict = {}
-    peak = measured_peak_tflops(frame) if metric == "tflops" else None
+    peak, unit, peak_label = {"tflops": (measured_peak_tflops(frame), "TFLOP/s", PEAK_LABEL),
+                              "gbytes_per_s": (measured_ceiling(frame, "gbytes_per_s", "bandwidth_fraction"), "GB/s",
+                                               "measured copy bandwidth")}.get(metric, (None, "", ""))
     for ax, part in panels:
         for label in impl_order(part.impl):
             rows = part[(part.impl == label) & part.status.isin(MEASURED)].sort_values("seq_len")
@@ -131,11 +136,10 @@ def throughput_chart(frame: pd.DataFrame, colour_of: dict, group: dict, metric: 
                 if metric == "time_ms":
                     half = as_floats(rows.time_iqr_ms.fillna(0)) / 2
                     ax.fill_between(x, y - half, y + half, color=colour_of[label], alpha=0.2)
-        if metric == "tflops":  # a linear axis from zero, up to the peak: the distance to it is the point
+        if metric != "time_ms":  # a linear axis from zero, up to the ceiling: the distance to it is the point
             top = ax.get_ylim()[1]
             if peak is not None:
-                handles.setdefault(f"{PEAK_LABEL} ({fmt_num(peak)} TFLOP/s)",
-                                   ax.axhline(peak, color="black", ls=":", lw=1.2))
+                handles.setdefault(f"{peak_label} ({fmt_num(peak)} {unit})", ax.axhline(peak, color="black", ls=":", lw=1.2))
                 top = max(top, peak * 1.05)
             ax.set_ylim(0, top)
         for label in impl_order(part.impl):

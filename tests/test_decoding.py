@@ -130,6 +130,7 @@ def test_a_report_draws_decoding_rows_apart_from_full_length_ones(decoding_resul
     assert main(["report", str(decoding_results), "--out", str(tmp_path / "report"), "--baseline", "naive"]) == 0
     text = (tmp_path / "report" / "report.md").read_text()
     assert "1 query" in text and "5 queries" in text and "48 queries" in text
+    assert "exact attention too is O(N) and tends to 1" in text
     charts = {path.name for path in (tmp_path / "report" / "charts").iterdir()}
     decoding_charts = {name for name in charts if name.startswith("time-") and "1-query" in name}
     full_charts = {name for name in charts if name.startswith("time-") and "quer" not in name}

@@ -236,7 +236,10 @@ def _add_scaling(report: Report, frame: pd.DataFrame) -> None:
         f"{LONGEST_LENGTHS} lengths each implementation ran (least squares in log-log; the lengths in brackets). "
         "Exact attention is O(N²) per sequence and tends to 2; windows, linear attention and random features are "
         "O(N) and tend to 1. Above the limit, something grows faster than the maths (a serial pass, a cache that "
-        "no longer holds); below it, fixed costs still weigh."))
+        "no longer holds); below it, fixed costs still weigh."
+        + (" With a fixed number of queries (the groups that name them: decoding), N is the length of the cache, "
+           "and exact attention too is O(N) and tends to 1; a window's time stops growing once the cache is longer "
+           "than it." if "queries" in frame and frame["queries"].notna().any() else "")))
     for title, table in tables:
         report.add(Heading(f"Scaling: {title}", 3), table)
 

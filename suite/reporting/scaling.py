@@ -2,7 +2,8 @@
 fits a sequence's time (the row's median over its batch) over the longest lengths it ran.
 
 Exact attention is O(N²) per sequence and its exponent tends to 2; windows, linear attention and random
-features are O(N) and tend to 1. Below those limits fixed costs still weigh (launches, a state of fixed
+features are O(N) and tend to 1 (decoding: a fixed number of queries against N keys is O(N) for exact attention
+too). Below those limits fixed costs still weigh (launches, a state of fixed
 size, a per-call set-up), so the exponent is taken where the lengths are longest. Whether an O(N) claim
 holds on the hardware, and from where, is then a figure rather than an assumption.
 """

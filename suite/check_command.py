@@ -28,8 +28,13 @@ def cmd_check(args) -> int:
         config.writable("--json", args.json)  # before minutes of checking, not after
     device = config.device_or_default(args.device)
     dtypes = config.dtypes("--dtype", args.dtype or default_check_dtypes(device))
-    own = conformance.own_shapes(config.positive_ints("--seq-len", args.seq_len) if args.seq_len else (),
-                                 config.positive_ints("--head-dim", args.head_dim) if args.head_dim else ())
+    lengths, head_dims, query_lengths = (config.positive_ints(flag, text) if text else ()
+                                         for flag, text in (("--seq-len", args.seq_len), ("--head-dim", args.head_dim),
+                                                            ("--q-len", args.q_len)))
+    try:
+        own = conformance.own_shapes(lengths, head_dims, query_lengths)
+    except ValueError as error:  # a query length longer than a length
+        raise config.UsageError(f"--q-len: {error}") from None
     print(f"checking on {device} ({', '.join(dtypes)}): {len(conformance.AWKWARD_SHAPES)} awkward shapes and "
           f"{len(conformance.DECODING_SHAPES)} with fewer queries than keys, causal and not, with and without autograd, "
           f"then lengths {conformance.SHORT_LENGTHS} for "
@@ -88,8 +93,9 @@ def _announce_case(label: str, case: Case, seed: int) -> None:
 
 
 def _shape_text(shape: tuple) -> str:
-    batch, heads, seq_len, head_dim, kv_heads = shape
-    return f"B{batch}-H{heads}{f'-KV{kv_heads}' if kv_heads else ''}-N{seq_len}-D{head_dim}"
+    batch, heads, seq_len, head_dim, kv_heads, *q_len = shape
+    queries = f"-Q{q_len[0]}" if q_len else ""
+    return f"B{batch}-H{heads}{f'-KV{kv_heads}' if kv_heads else ''}-N{seq_len}{queries}-D{head_dim}"
 
 
 def _write_json(path: Path, record: dict) -> None:

@@ -81,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     checking.add_argument("--seed", type=int, default=0, help="added to every input seed, for other inputs (default 0)")
     checking.add_argument("--seq-len", help="lengths of your own to check too, N[,N...] (each with grouped-query heads)")
     checking.add_argument("--head-dim", help="head dims of your own to check too, D[,D...] (at 17, 257 and 33 tokens)")
+    checking.add_argument("--q-len", help="query lengths of your own to check too, Q[,Q...]: the last Q positions "
+                                          "against each --seq-len of keys (257 without one), as in decoding")
     checking.add_argument("--json", help="also write every case's result to this file (for CI dashboards)")
     checking.add_argument("--verbose", action="store_true",
                           help="name each case before it runs (to find the one a crash that ends the process was in)")

@@ -273,3 +273,28 @@ def test_bad_own_shapes_exit_2(capsys):
     assert "--head-dim" in capsys.readouterr().err
     assert main(["check", "--device", "cpu", "--impl", "naive", "--seq-len", "12x"]) == 2
     assert "--seq-len" in capsys.readouterr().err
+
+
+def test_query_lengths_of_your_own_are_checked_against_each_length(capsys, monkeypatch):
+    """A kernel that aligns its causal mask to the first key passes every full-length shape and fails the decoding
+    shapes, built-in and `--q-len` ones."""
+    import torch
+
+    import implementations
+
+    class TopLeftCausal(ScriptedAttention):
+        def __call__(self, q, k, v, *, causal=False):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal,
+                                                                    enable_gqa=q.shape[1] != k.shape[1])
+
+    monkeypatch.setitem(implementations.REGISTRY, "top-left", TopLeftCausal)
+    status, out = _check(capsys, "--impl", "top-left", "--dtype", "float32", "--seq-len", "100", "--q-len", "1,7,100")
+    assert "and shapes of your own: B1-H2-N100-D64, B1-H4-KV2-N100-D64, B1-H2-N100-Q1-D64, B1-H4-KV2-N100-Q1-D64, " \
+           "B1-H2-N100-Q7-D64, B1-H4-KV2-N100-Q7-D64 (KV" in out  # 100 of 100 is the full-length shape
+    # every causal decoding shape, with and without autograd: 3 built-in ones and 4 of your own (aligned to the first
+    # key, one query sees that key alone)
+    assert status == 1 and "top-left: FAILED (82 passed, 14 failed" in out
+    assert "FAIL  B1-H2-N100-Q7-D64-fp32-causal-fwd+bwd seed 855: q holds the last 7 of 100 positions: a causal " \
+           "mask must be aligned to the last key" in out
+    assert main(["check", "--device", "cpu", "--impl", "naive", "--seq-len", "64", "--q-len", "65"]) == 2
+    assert "--q-len: 65 exceeds the length 64" in capsys.readouterr().err

@@ -24,9 +24,12 @@ from suite.workload import Workload, make_inputs
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cuda":
     GRID = [(4, 16, 2048, 64), (1, 16, 8192, 128)]
+    # (batch, heads, seq_len, head_dim, kv_heads, q_len): one decoding step against an 8K-token cache, causal forward
+    DECODING = [(16, 32, 8192, 128, 8, 1)]
     DTYPE, ROUNDS, ITERATIONS = "bfloat16", 20, 5
 else:  # a tiny grid: CPU runs check the plumbing, not the speed
     GRID = [(1, 2, 64, 16)]
+    DECODING = [(1, 4, 64, 16, 2, 1)]
     DTYPE, ROUNDS, ITERATIONS = "float32", 5, 2
 
 
@@ -39,6 +42,9 @@ def _cases():
                 for mode in ("fwd", "fwd+bwd"):
                     case = Case(batch, heads, seq_len, head_dim, DTYPE, causal, mode, DEVICE)
                     yield pytest.param(name, case, id=f"{name}-{case.label}")
+        for batch, heads, seq_len, head_dim, kv_heads, q_len in DECODING:
+            case = Case(batch, heads, seq_len, head_dim, DTYPE, True, "fwd", DEVICE, kv_heads, q_len)
+            yield pytest.param(name, case, id=f"{name}-{case.label}")
 
 
 @pytest.mark.parametrize("name,case", list(_cases()))
@@ -65,7 +71,7 @@ def test_attention(benchmark, name, case):
             return
         median_s = benchmark.stats.stats.median
         benchmark.extra_info["tflops"] = case_flops(impl, case) / median_s / 1e12
-        benchmark.extra_info["tokens_per_s"] = case.batch * case.seq_len / median_s
+        benchmark.extra_info["tokens_per_s"] = case.batch * case.query_len / median_s  # queries: tokens decoded
         if before_each:
             before_each()  # outside the measured call, as in `attnbench run`: what it frees is not the call's
         benchmark.extra_info["peak_mem_bytes"], benchmark.extra_info["peak_mem_reason"] = \

@@ -15,8 +15,11 @@ MEMORY_ORDER = ("more", "less", "same")
 
 
 def _label(key: dict) -> str:
+    """`sdpa B1 H32 KV8 N8192 Q1 D128 bfloat16 causal fwd`: KV and Q only where they differ from H and N."""
     mask = "causal" if key["causal"] else "dense"
-    return (f"{key['impl']} B{key['batch']} H{key['heads']} N{key['seq_len']} D{key['head_dim']} "
+    grouped = f" KV{key['kv_heads']}" if key.get("kv_heads") not in (None, key["heads"]) else ""
+    queries = f" Q{key['q_len']}" if key.get("q_len") not in (None, key["seq_len"]) else ""
+    return (f"{key['impl']} B{key['batch']} H{key['heads']}{grouped} N{key['seq_len']}{queries} D{key['head_dim']} "
             f"{key['dtype']} {mask} {key['mode']}")
 
 

@@ -152,6 +152,12 @@ def test_recommend_answers_for_the_number_of_queries_asked(decoding_results, cap
     assert "--q-len: 97 exceeds --seq-len 96" in capsys.readouterr().err
 
 
+def test_compare_names_the_queries_and_key_value_heads_of_a_case(decoding_results, capsys):
+    assert main(["compare", str(decoding_results), str(decoding_results)]) == 0
+    text = capsys.readouterr().out
+    assert "naive B2 H4 KV2 N96 Q5 D16 float32 causal fwd" in text and "naive B2 H4 KV2 N48 D16 float32 causal fwd" in text
+
+
 def test_compare_matches_decoding_rows_case_by_case(decoding_results, capsys):
     assert main(["compare", str(decoding_results), str(decoding_results), "--format", "json"]) == 0
     verdicts = json.loads(capsys.readouterr().out)["rows"]

@@ -199,3 +199,29 @@ def test_an_implementation_written_before_query_lengths_still_runs_full_length_c
             return seq_len
 
     assert case_flops(OnlyPairs("pairs"), full) == 4 * 2 * 64 * 16
+
+
+def test_a_grid_file_takes_query_lengths(tmp_path, capsys):
+    grid = tmp_path / "decode.toml"
+    grid.write_text('impl = ["sdpa"]\nseq_len = [64]\nq_len = [1, 4]\nheads = [2]\nhead_dim = [16]\nbatch = [1]\n'
+                    'dtype = ["float32"]\ncausal = [true]\nmode = ["fwd"]\ndevice = "cpu"\n'
+                    '[timing]\nwarmup_calls = 0\nmin_repeats = 2\nmax_repeats = 2\n')
+    out = tmp_path / "decode.jsonl"
+    assert main(["run", "--config", str(grid), "--out", str(out)]) == 0
+    _, rows = results.read(out)
+    assert sorted(row["q_len"] for row in rows) == [1, 4] and all(row["status"] == "ok" for row in rows)
+    header = json.loads(out.read_text().splitlines()[0])
+    assert header["grid"]["q_len"] == [1, 4]  # so compare knows which cases the run was asked for
+
+
+def test_compare_calls_query_lengths_a_run_was_not_asked_for_not_run(tmp_path, capsys):
+    common = ["--impl", "sdpa", "--seq-len", "64", "--heads", "2", "--head-dim", "16", "--batch", "1", "--dtype",
+              "float32", "--causal", "--mode", "fwd", "--device", "cpu", "--timing",
+              "warmup_calls=0,min_repeats=2,max_repeats=2,target_relative_ci=0"]
+    base, current = tmp_path / "base.jsonl", tmp_path / "current.jsonl"
+    assert main(["run", *common, "--q-len", "1,4", "--out", str(base)]) == 0
+    assert main(["run", *common, "--q-len", "1", "--out", str(current)]) == 0
+    capsys.readouterr()
+    main(["compare", str(base), str(current), "--format", "json"])
+    verdicts = {row["q_len"]: row["verdict"] for row in json.loads(capsys.readouterr().out)["rows"]}
+    assert verdicts[4] == "not-run" and verdicts[1] != "not-run"

@@ -9,6 +9,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -171,6 +172,15 @@ def _representative_case(device: str) -> Case:
     return Case(batch=1, heads=8, seq_len=1024, head_dim=64, dtype=dtype, causal=False, mode="fwd", device=device)
 
 
+def _decoding_reasons(impl: implementations.Implementation, case: Case) -> list[str]:
+    """Why `impl`, which runs `case`, would refuse it with one query against its keys (decoding), causal."""
+    decoding = replace(case, q_len=1, causal=True)
+    try:
+        return impl.supports(decoding)
+    except Exception as error:  # noqa: BLE001 - as in the listing itself
+        return [f"supports() raised {type(error).__name__}: {error}"]
+
+
 def cmd_list(args) -> int:
     device = config.device_or_default(args.device)
     case = _representative_case(device)
@@ -183,6 +193,9 @@ def cmd_list(args) -> int:
             reasons = [f"supports() raised {type(error).__name__}: {error}"]
         verdict = "runs" if not reasons else "cannot run: " + "; ".join(reasons)
         print(f"  {name:<16} {impl.family:<10} {verdict}")
+        decoding = _decoding_reasons(impl, case) if not reasons else []
+        if decoding:
+            print(f"  {'':<16} {'':<10} not with fewer queries than keys (--q-len): {'; '.join(decoding)}")
         declared_by = implementations.origin(name)
         if declared_by:
             print(f"  {'':<16} {'':<10} declared by {declared_by}")

@@ -225,3 +225,20 @@ def test_compare_calls_query_lengths_a_run_was_not_asked_for_not_run(tmp_path, c
     main(["compare", str(base), str(current), "--format", "json"])
     verdicts = {row["q_len"]: row["verdict"] for row in json.loads(capsys.readouterr().out)["rows"]}
     assert verdicts[4] == "not-run" and verdicts[1] != "not-run"
+
+
+def test_list_says_which_implementations_refuse_fewer_queries_than_keys(capsys, monkeypatch):
+    from implementations.base import query_length_reasons
+
+    class FullLengthOnly(implementations.Implementation):
+        def supports(self, case):
+            return query_length_reasons(case, "its kernel takes as many queries as keys")
+
+    monkeypatch.setitem(implementations.REGISTRY, "full-length-only", FullLengthOnly)
+    assert main(["list", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.split()[:1] == ["full-length-only"])
+    assert lines[at].endswith("runs")
+    assert lines[at + 1].strip() == ("not with fewer queries than keys (--q-len): q_len=1 with seq_len=1024 (supported: "
+                                     "q_len = seq_len; its kernel takes as many queries as keys)")
+    assert sum("not with fewer queries" in line for line in lines) == 1  # every built-in that runs here takes them

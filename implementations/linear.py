@@ -4,7 +4,7 @@
 
 with φ(x) = elu(x) + 1 and no softmax scale. Non-causal costs O(N·F·D). With fewer queries than keys
 (decoding: the queries are the last Q positions), causal attention starts from the state of the first
-N − Q keys, as a recurrent decoder carries it. Causal is computed in chunks
+N − Q keys, built from them on every call: a recurrent decoder carries that state from step to step instead. Causal is computed in chunks
 of C tokens: inside a chunk the masked quadratic form φ(Q_c)φ(K_c)ᵀ, across chunks a running state
 (an exclusive cumulative sum of per-chunk φ(K_c)ᵀV_c) — batched matmuls, no loop over tokens.
 

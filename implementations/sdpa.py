@@ -8,6 +8,7 @@ query sees every key either way, so it is called unmasked.
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from collections.abc import Iterator
 
@@ -43,6 +44,13 @@ def _probe_tensors(case, requires_grad: bool) -> tuple[torch.Tensor, torch.Tenso
     return make(groups, query_len(case)), make(1, case.seq_len), make(1, case.seq_len)
 
 
+@functools.lru_cache(maxsize=8)
+def _lower_right(q_len: int, kv_len: int):
+    """Built once per shape, as naive builds its mask: making one costs ~3.5 µs on a CPU, a tenth of a short
+    decoding call."""
+    return causal_lower_right(q_len, kv_len)
+
+
 def _mask_of(causal: bool, q_len: int, kv_len: int) -> tuple[bool, object | None]:
     """(is_causal, attn_mask) for SDPA: its is_causal where queries and keys are as many, else the lower-right
     causal bias (none for one query, which sees every key)."""
@@ -50,7 +58,7 @@ def _mask_of(causal: bool, q_len: int, kv_len: int) -> tuple[bool, object | None
         return False, None
     if q_len == kv_len:
         return True, None
-    return False, causal_lower_right(q_len, kv_len)
+    return False, _lower_right(q_len, kv_len)
 
 
 def _pytorch_reasons(backend: str, case) -> list[str]:

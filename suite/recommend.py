@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .reporting.data import MEASURED, fmt_bytes, fmt_duration, fmt_num, impl_order
+from .reporting.data import MEASURED, fmt_bytes, fmt_duration, fmt_num, impl_order, query_words
 from .results import json_safe
 
 
@@ -232,7 +232,8 @@ def rank(frame: pd.DataFrame, query: Query) -> tuple[list[Candidate], list[Exclu
 def format_answer(query: Query, candidates: list[Candidate], excluded: list[Exclusion], sources: list[Path]) -> str:
     mask = "causal" if query.causal else "dense"
     grouped = f" ({query.kv_heads} key/value)" if query.kv_heads not in (None, query.heads) else ""
-    queries = f" ({query.q_len} quer{'y' if query.q_len == 1 else 'ies'})" if query.q_len not in (None, query.seq_len) else ""
+    counted = query_words(query.q_len or query.seq_len, query.seq_len)
+    queries = f" ({counted})" if counted else ""
     lines = [f"shape: batch {query.batch}, seq_len {query.seq_len}{queries}, {query.heads} heads{grouped}, "
              f"head dim {query.head_dim}, "
              f"{query.dtype}, {mask}, {query.mode}; results: {', '.join(str(s) for s in sources)}",

@@ -9,8 +9,8 @@ is extra traffic. Per case, in elements of the input dtype:
     fwd+bwd   read q, k, v, dout; write out, dq, dk, dv  (4·H + 4·KV)·B·N·D
 
 with H query heads and KV key/value heads; with fewer queries than keys (Q), the query-side tensors
-have Q rows instead of N: a decoding step reads the whole KV cache and writes one row per query. A backward that re-reads the forward's output or
-log-sum-exp (FlashAttention's does) moves more; the model is a floor, so bytes over time is a
+have Q rows instead of N: a decoding step reads the whole KV cache and writes one row per query. A
+backward that re-reads the forward's output or log-sum-exp (FlashAttention's does) moves more; the model is a floor, so bytes over time is a
 lower bound on achieved bandwidth: `bandwidth_fraction` near 1 means memory-bound and efficient,
 far below 1 with low TFLOP/s means time goes to neither (launches, extra passes).
 """

@@ -145,6 +145,8 @@ def test_recommend_answers_for_the_number_of_queries_asked(decoding_results, cap
     assert main(["recommend", *shape, "--q-len", "5"]) == 0
     answer = json.loads(capsys.readouterr().out)
     assert answer["query"]["q_len"] == 5 and {c["impl"] for c in answer["ranked"]} == {"naive", "sdpa", "linear", "sparse-window:window=8"}
+    assert main(["recommend", *shape[:-2], "--q-len", "1"]) == 0
+    assert capsys.readouterr().out.startswith("shape: batch 1, seq_len 96 (1 query), 4 heads (2 key/value), ")
     assert main(["recommend", *shape, "--q-len", "3"]) == 2
     assert "no rows with --q-len 3 in the results (measured: --q-len 1, --q-len 5, --q-len 48, as many queries as keys)" in \
         capsys.readouterr().err

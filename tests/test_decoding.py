@@ -244,3 +244,22 @@ def test_list_says_which_implementations_refuse_fewer_queries_than_keys(capsys, 
     assert lines[at + 1].strip() == ("not with fewer queries than keys (--q-len): q_len=1 with seq_len=1024 (supported: "
                                      "q_len = seq_len; its kernel takes as many queries as keys)")
     assert sum("not with fewer queries" in line for line in lines) == 1  # every built-in that runs here takes them
+
+
+def test_the_fastest_map_of_a_decoding_group_names_the_cache_and_fits_its_title(decoding_results):
+    import matplotlib.pyplot as plt
+
+    from suite.reporting.data import colours, prepare
+    from suite.reporting.fastest import lead_grids
+    from suite.reporting.fastest_map import fastest_map
+
+    frame = prepare(results.load(decoding_results))
+    for group, grid, _ in lead_grids(frame):
+        fig = fastest_map(group, grid, colours(frame.impl))
+        fig.canvas.draw()
+        title = fig.get_suptitle()
+        extent = fig._suptitle.get_window_extent()
+        assert 0 <= extent.x0 and extent.x1 <= fig.bbox.width, title  # the whole title is on the figure
+        decoding = isinstance(group.get("queries"), str)
+        assert fig.axes[0].get_ylabel() == ("keys in the cache (batch)" if decoding else "sequence length (batch)")
+        plt.close(fig)

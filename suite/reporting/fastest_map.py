@@ -36,9 +36,11 @@ def fastest_map(group: dict, grid: LeadGrid, colour_of: dict[str, tuple]) -> Fig
     lengths = sorted({(n, b) for n, b, _, _ in grid})
     heads = sorted({(h, kv) for _, _, h, kv in grid})
     panel_width = max(1.0 * len(heads), 1.8)  # a panel's title must fit above it
-    fig, axes = plt.subplots(1, len(columns), figsize=(panel_width * len(columns) + 3.2, 0.42 * len(lengths) + 1.9),
+    title = f"Fastest exact implementation · {group_title(group)}"
+    width = max(panel_width * len(columns) + 3.2, 0.09 * len(title))  # and the figure's title above them all
+    fig, axes = plt.subplots(1, len(columns), figsize=(width, 0.42 * len(lengths) + 1.9),
                              squeeze=False, layout="constrained", sharey=True)
-    fig.suptitle(f"Fastest exact implementation · {group_title(group)}")
+    fig.suptitle(title)
     shown: dict[str, tuple] = {}
     for ax, column in zip(axes[0], columns):
         for i, (seq_len, batch) in enumerate(lengths):
@@ -63,7 +65,8 @@ def fastest_map(group: dict, grid: LeadGrid, colour_of: dict[str, tuple]) -> Fig
         ax.set_title(" ".join(column), fontsize=10)
         for side in ax.spines.values():
             side.set_visible(False)
-    axes[0][0].set_ylabel("sequence length (batch)")
+    decoding = isinstance(group.get("queries"), str)  # a fixed number of queries against the cache's keys
+    axes[0][0].set_ylabel("keys in the cache (batch)" if decoding else "sequence length (batch)")
     handles = [Patch(facecolor=colour, label=name) for name, colour in shown.items()]
     fig.legend(handles=handles, loc="outside right center", fontsize=8, frameon=False, title="fastest kernel",
                title_fontsize=8)

@@ -172,12 +172,12 @@ def _representative_case(device: str) -> Case:
     return Case(batch=1, heads=8, seq_len=1024, head_dim=64, dtype=dtype, causal=False, mode="fwd", device=device)
 
 
-def _decoding_reasons(impl: implementations.Implementation, case: Case) -> list[str]:
-    """Why `impl`, which runs `case`, would refuse it with one query against its keys (decoding), causal."""
-    decoding = replace(case, q_len=1, causal=True)
+def _listed_reasons(impl: implementations.Implementation, case: Case) -> list[str]:
+    """`impl.supports(case)`, or the exception it raised as the reason: an installed package's bug must not hide
+    the rest of the list."""
     try:
-        return impl.supports(decoding)
-    except Exception as error:  # noqa: BLE001 - as in the listing itself
+        return impl.supports(case)
+    except Exception as error:  # noqa: BLE001
         return [f"supports() raised {type(error).__name__}: {error}"]
 
 
@@ -187,13 +187,11 @@ def cmd_list(args) -> int:
     print(f"implementations on {device} (checked with {case.label}):")
     for name in implementations.names():
         impl = implementations.get(name)
-        try:
-            reasons = impl.supports(case)
-        except Exception as error:  # noqa: BLE001 - an installed package's bug must not hide the rest of the list
-            reasons = [f"supports() raised {type(error).__name__}: {error}"]
+        reasons = _listed_reasons(impl, case)
         verdict = "runs" if not reasons else "cannot run: " + "; ".join(reasons)
         print(f"  {name:<16} {impl.family:<10} {verdict}")
-        decoding = _decoding_reasons(impl, case) if not reasons else []
+        # One query against the keys, causal: whether it decodes too, where it runs at all.
+        decoding = _listed_reasons(impl, replace(case, q_len=1, causal=True)) if not reasons else []
         if decoding:
             print(f"  {'':<16} {'':<10} not with fewer queries than keys (--q-len): {'; '.join(decoding)}")
         declared_by = implementations.origin(name)

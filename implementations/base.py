@@ -130,6 +130,11 @@ class Implementation:
         pairs = self.visible_pairs(seq_len, causal, q_len) if q_len else self.visible_pairs(seq_len, causal)
         return softmax_attention_flops(batch, heads, pairs, head_dim)
 
+    def carried_state_bytes(self, case: CaseLike) -> int | None:
+        """For a decoding call that reads a state of the keys before its first query, carried between calls, in
+        place of those keys and values (a recurrent decoder): that state's bytes. None: it reads the cache."""
+        return None
+
     def exact_twin(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
         """The same maths in float64, differentiable: what this implementation is checked against.
 

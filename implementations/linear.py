@@ -17,11 +17,15 @@ is the float64 exact twin: the same maths as an explicit N×N weight matrix, chu
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .base import Implementation, Option, device_reasons, expand_kv, must_be_positive
+from .base import DTYPES, Implementation, Option, device_reasons, expand_kv, must_be_positive
+from .carried_state import (STATE_OPTION, CarriedState, carried_bytes, carried_description, carried_state_reasons,
+                            carries, summed_keys)
 from .compiling import COMPILE_OPTION, CompileOnRequest
 from .flops import linear_attention_flops
 
@@ -35,10 +39,47 @@ def matmul_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype == torch.float16 else dtype
 
 
+@dataclass(frozen=True)
+class KeySums:
+    """Σ_j φ(k_j) v_jᵀ (B, KV, F, D) and Σ_j φ(k_j) (B, KV, F) over keys that every query sees, per key/value
+    head, in the dtype the queries multiply them in: all linear attention needs of those keys, and what a
+    recurrent decoder carries."""
+
+    state: torch.Tensor
+    norm: torch.Tensor
+
+
+def key_sums(fk: torch.Tensor, v: torch.Tensor, mm: torch.dtype | None = None) -> KeySums:
+    """The sums of features fk (B, KV, N, F) and values v (B, KV, N, D), multiplied in `mm` (the normalizer
+    summed in float32 or wider), held in `mm`."""
+    mm = mm or matmul_dtype(v.dtype)
+    acc = torch.promote_types(v.dtype, torch.float32)
+    return KeySums(fk.to(mm).transpose(-2, -1) @ v.to(mm), fk.sum(-2, dtype=acc).to(mm))
+
+
+def seen_by_queries(fq: torch.Tensor, sums: KeySums,
+                    scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Numerators (B, H, Q, D) and denominators (B, H, Q, 1), in float32 or wider, that summed keys add for
+    queries fq (B, H, Q, F), the sums having KV ≤ H heads (query head h reads key/value head h // (H / KV)): the
+    query heads of a group are stacked as rows of one matmul, so the sums are never repeated per query head.
+    `scale` (B, KV, 1, 1) multiplies the sums' contributions (FAVOR+ rescales keys taken under another shift)."""
+    batch, heads, q_len, features = fq.shape
+    kv_heads, mm = sums.state.shape[1], sums.state.dtype
+    acc = torch.promote_types(mm, torch.float32)
+    grouped = fq.to(mm).reshape(batch, kv_heads, heads // kv_heads * q_len, features)
+    numerator = (grouped @ sums.state).to(acc)
+    denominator = (grouped @ sums.norm[..., None]).to(acc)
+    if scale is not None:
+        numerator, denominator = numerator * scale, denominator * scale
+    return numerator.view(batch, heads, q_len, -1), denominator.view(batch, heads, q_len, 1)
+
+
 def linear_attention(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *, causal: bool, chunk: int = 128,
-                     mm: torch.dtype | None = None) -> torch.Tensor:
+                     mm: torch.dtype | None = None,
+                     seen: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """fq: positive features (B, H, Q, F) of the last Q ≤ N positions; fk (B, H, N, F); v (B, H, N, D) ->
-    (B, H, Q, D) in v's dtype.
+    (B, H, Q, D) in v's dtype. `seen`: what keys before all of these add to each query (seen_by_queries),
+    for a decoding step whose earlier keys are a carried state.
 
     Matmuls run in `mm`, by default the input dtype (tensor cores for bf16; fp32 for fp16, whose
     range the running sums would exceed); cumulative sums, normalizers and the final division in
@@ -48,21 +89,26 @@ def linear_attention(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *, cau
     acc = torch.promote_types(v.dtype, torch.float32)
     fq, fk, values = fq.to(mm), fk.to(mm), v.to(mm)
     if not causal:
-        state = fk.transpose(-2, -1) @ values  # (B, H, F, D)
-        normalizer = fk.sum(-2, dtype=acc)  # (B, H, F)
-        numerator = (fq @ state).to(acc)
-        denominator = (fq @ normalizer.to(mm)[..., None]).to(acc)
-        return (numerator / denominator).to(v.dtype)
+        numerator = (fq @ (fk.transpose(-2, -1) @ values)).to(acc)
+        denominator = (fq @ fk.sum(-2, dtype=acc).to(mm)[..., None]).to(acc)
+    else:
+        # Keys before the first query are seen by every query: their sums are added to each.
+        offset = fk.shape[-2] - fq.shape[-2]
+        if offset:
+            earlier = seen_by_queries(fq, key_sums(fk[..., :offset, :], values[..., :offset, :], mm))
+            seen = earlier if seen is None else (seen[0] + earlier[0], seen[1] + earlier[1])
+            fk, values = fk[..., offset:, :], values[..., offset:, :]
+        numerator, denominator = _causal_sums(fq, fk, values, chunk, acc)
+    if seen is not None:
+        numerator, denominator = numerator + seen[0], denominator + seen[1]
+    return (numerator / denominator).to(v.dtype)
 
-    # Keys before the first query are seen by every query: their sums start each running state.
-    offset = fk.shape[-2] - fq.shape[-2]
-    prefix_state = prefix_norm = None
-    if offset:
-        prefix_state = (fk[..., :offset, :].transpose(-2, -1) @ values[..., :offset, :]).to(acc)  # (B, H, F, D)
-        prefix_norm = fk[..., :offset, :].sum(-2, dtype=acc)  # (B, H, F)
-        fk, values = fk[..., offset:, :], values[..., offset:, :]
 
+def _causal_sums(fq: torch.Tensor, fk: torch.Tensor, values: torch.Tensor, chunk: int,
+                 acc: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal numerators (B, H, N, D) and denominators (B, H, N, 1), for as many queries as keys, in chunks."""
     batch, heads, seq_len, _ = fq.shape
+    chunk = min(chunk, seq_len)  # a decoding step's few queries are not padded to a whole chunk
     chunks = -(-seq_len // chunk)
     pad = chunks * chunk - seq_len  # padded keys come after every real query, so no one sees them
 
@@ -71,25 +117,24 @@ def linear_attention(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *, cau
             x = F.pad(x, (0, 0, 0, pad), value=value)
         return x.reshape(batch, heads, chunks, chunk, x.shape[-1])
 
-    def before_each_chunk(prefix_sums: torch.Tensor, start: torch.Tensor | None) -> torch.Tensor:
-        """Inclusive prefix sums over chunks (dim 2) shifted by one: what all earlier chunks contribute, after
-        the keys before the first query (`start`)."""
-        shifted = torch.cat([torch.zeros_like(prefix_sums[:, :, :1]), prefix_sums[:, :, :-1]], dim=2)
-        return shifted if start is None else shifted + start[:, :, None]
+    def before_each_chunk(prefix_sums: torch.Tensor) -> torch.Tensor:
+        """Inclusive prefix sums over chunks (dim 2) shifted by one: what all earlier chunks contribute."""
+        return torch.cat([torch.zeros_like(prefix_sums[:, :, :1]), prefix_sums[:, :, :-1]], dim=2)
 
-    # Padded queries get features 1 (not 0) so their discarded rows never divide 0 by 0:
-    # a NaN there would flow back into the real gradients.
+    # Padded queries get features 1 (not 0): their rows are cut off below, before any division.
     fq_c, fk_c, v_c = split(fq, 1.0), split(fk), split(values)
     weights = torch.tril(fq_c @ fk_c.transpose(-2, -1))  # (B, H, n, C, C), within-chunk causal
     numerator = (weights @ v_c).to(acc)
     denominator = weights.sum(-1, keepdim=True, dtype=acc)
     # Running sums accumulate in float32 (they grow like N); matmuls read them in the matmul dtype.
-    state_before = before_each_chunk(torch.cumsum(fk_c.transpose(-2, -1) @ v_c, dim=2, dtype=acc), prefix_state).to(mm)
-    norm_before = before_each_chunk(torch.cumsum(fk_c.sum(-2, dtype=acc), dim=2), prefix_norm)  # (B, H, n, F)
+    mm = fq.dtype
+    state_before = before_each_chunk(torch.cumsum(fk_c.transpose(-2, -1) @ v_c, dim=2, dtype=acc)).to(mm)
+    norm_before = before_each_chunk(torch.cumsum(fk_c.sum(-2, dtype=acc), dim=2))  # (B, H, n, F)
     numerator = numerator + (fq_c @ state_before).to(acc)
     denominator = denominator + (fq_c @ norm_before.to(mm)[..., None]).to(acc)
-    out = (numerator / denominator).view(batch, heads, chunks * chunk, -1)[..., :seq_len, :]
-    return out.to(v.dtype)
+    rows = chunks * chunk
+    return (numerator.view(batch, heads, rows, -1)[..., :seq_len, :],
+            denominator.view(batch, heads, rows, 1)[..., :seq_len, :])
 
 
 def quadratic_linear_attention(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *, causal: bool,
@@ -138,14 +183,19 @@ class LinearAttention(Implementation):
     family = "linear"
     options = {"chunk": Option(default=128, parse=int, check=must_be_positive,
                                help="chunk: tokens per chunk of the causal computation, a positive integer"),
-               "compile": COMPILE_OPTION}
+               "compile": COMPILE_OPTION,
+               "state": STATE_OPTION}
 
     def __init__(self, name: str, **options):
         super().__init__(name, **options)
+        # .get: linear-fla shares this class and its exact twin, without these options.
         self._attend = CompileOnRequest(self._attend_eager, self.settings.get("compile", False))
+        self._step = CompileOnRequest(self._step_eager, self.settings.get("compile", False))
+        self._state = self.settings.get("state", "rebuilt")
+        self._carried: CarriedState[KeySums] = CarriedState()
 
     def supports(self, case) -> list[str]:
-        return device_reasons(case, {"cpu", "cuda"})
+        return device_reasons(case, {"cpu", "cuda"}) + carried_state_reasons(case, self._state)
 
     def atol_scale_for(self, case) -> float:
         # With one key, out = v and dq, dk vanish in theory. In bfloat16 the numerator φ(q)ᵀ Σ φ(k)vᵀ is multiplied
@@ -156,14 +206,31 @@ class LinearAttention(Implementation):
         return max(1.0, 16 / case.head_dim)
 
     def __call__(self, q, k, v, *, causal=False):
-        return self._attend(q, k, v, causal)
+        if not carries(self._state, q, k, v):
+            return self._attend(q, k, v, causal)
+        earlier = k.shape[-2] - q.shape[-2]
+        sums = self._carried.get((k, v), earlier, lambda: self._earlier_sums(k[..., :earlier, :], v[..., :earlier, :]))
+        return self._step(q, k[..., earlier:, :], v[..., earlier:, :], sums.state, sums.norm, causal)
 
     def _attend_eager(self, q, k, v, causal: bool) -> torch.Tensor:
         k, v = expand_kv(q, k, v)
         return linear_attention(elu_feature_map(q), elu_feature_map(k), v, causal=causal, chunk=self.settings["chunk"])
 
+    @staticmethod
+    @torch.no_grad()
+    def _earlier_sums(k: torch.Tensor, v: torch.Tensor) -> KeySums:
+        """The carried state of the keys before the first query, per key/value head."""
+        return key_sums(elu_feature_map(k), v)
+
+    def _step_eager(self, q, k, v, state: torch.Tensor, norm: torch.Tensor, causal: bool) -> torch.Tensor:
+        """A decoding step: the new tokens' keys k and values v (B, KV, Q, D), the earlier ones' carried sums."""
+        fq = elu_feature_map(q)
+        seen = seen_by_queries(fq, KeySums(state, norm))
+        k, v = expand_kv(q, k, v)
+        return linear_attention(fq, elu_feature_map(k), v, causal=causal, chunk=self.settings["chunk"], seen=seen)
+
     def backend(self, q, k, v, *, causal=False) -> str | None:
-        return self._attend.backend
+        return self._attend.backend + carried_description(self._state, q, k)
 
     def exact_twin(self, q, k, v, *, causal=False):
         k, v = expand_kv(q, k, v)
@@ -174,4 +241,8 @@ class LinearAttention(Implementation):
         return linear_weights(elu_feature_map(q.double()), elu_feature_map(k.double()), causal=causal)
 
     def forward_flops(self, batch, heads, seq_len, head_dim, causal, q_len=None):
-        return linear_attention_flops(batch, heads, seq_len, head_dim, features=head_dim, q_len=q_len)
+        keys = summed_keys(self._state, seq_len, q_len)
+        return linear_attention_flops(batch, heads, keys, head_dim, features=head_dim, q_len=q_len)
+
+    def carried_state_bytes(self, case) -> int | None:
+        return carried_bytes(self._state, case, features=case.head_dim, dtype=matmul_dtype(DTYPES[case.dtype]))

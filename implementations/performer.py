@@ -33,10 +33,12 @@ import math
 
 import torch
 
-from .base import Implementation, Option, device_reasons, expand_kv, must_be_positive
+from .base import DTYPES, Implementation, Option, device_reasons, expand_kv, must_be_positive
+from .carried_state import (STATE_OPTION, CarriedState, carried_bytes, carried_description, carried_state_reasons,
+                            carries, summed_keys)
 from .compiling import COMPILE_OPTION, CompileOnRequest
 from .flops import linear_attention_flops, random_feature_flops
-from .linear import linear_attention, linear_weights, quadratic_linear_attention
+from .linear import KeySums, key_sums, linear_attention, linear_weights, quadratic_linear_attention, seen_by_queries
 
 
 def orthogonal_random_features(features: int, head_dim: int, seed: int) -> torch.Tensor:
@@ -106,19 +108,29 @@ def favor_features_fast(x: torch.Tensor, projection: torch.Tensor, *, is_query: 
     Linear attention divides φ(q_i)ᵀS by φ(q_i)ᵀz, so any positive factor per query and one factor
     shared by all keys cancel, in value and in gradient. A query's features, exp(Wq' − ‖q'‖²/2)/√m,
     are therefore taken as softmax_f(Wq'): one fused, stable pass with a fused backward. Keys keep
-    their norm term, which does change the result, and one shared shift by the largest exponent.
-    Logits come from one tensor-core matmul into float32.
+    their norm term, which does change the result, and one shared shift by the largest exponent
+    (favor_key_features). Logits come from one tensor-core matmul into float32.
     """
-    logits = _WideProjection.apply(x, projection)
     if is_query:
-        return torch.softmax(logits, dim=-1)
+        return torch.softmax(_WideProjection.apply(x, projection), dim=-1)
+    return favor_key_features(x, projection)[0]
+
+
+def favor_key_features(x: torch.Tensor, projection: torch.Tensor,
+                       at_least: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys' features exp(Wx' − ‖x'‖²/2 − s) + KEY_FEATURE_FLOOR and the shift s (B, H, 1, 1) they were taken
+    under: the largest exponent over these keys, or `at_least` where that is larger (the shift of keys summed
+    in an earlier decoding step, whose sums are then scaled by exp(at_least − s))."""
+    logits = _WideProjection.apply(x, projection)
     with torch.no_grad():
         row_max = logits.amax(-1, keepdim=True)
     sq_norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=logits.dtype).square()
     half_sq_norm = sq_norm / (2 * math.sqrt(x.shape[-1]))
     shift = (row_max - half_sq_norm).amax(-2, keepdim=True).detach()  # max over keys of logits − norm term
+    if at_least is not None:
+        shift = torch.maximum(shift, at_least)
     # Out of place: the projection's output is a view, which autograd will not let us modify.
-    return (logits - (half_sq_norm + shift)).exp_() + KEY_FEATURE_FLOOR  # not add_: exp_ saved its output
+    return (logits - (half_sq_norm + shift)).exp_() + KEY_FEATURE_FLOOR, shift  # not add_: exp_ saved its output
 
 
 class PerformerAttention(Implementation):
@@ -134,12 +146,15 @@ class PerformerAttention(Implementation):
         "chunk": Option(default=128, parse=int, check=must_be_positive,
                         help="chunk: tokens per causal chunk, a positive integer"),
         "compile": COMPILE_OPTION,
+        "state": STATE_OPTION,
     }
 
     def __init__(self, name: str, **options):
         super().__init__(name, **options)
         self._projections: dict[tuple, torch.Tensor] = {}
         self._attend = CompileOnRequest(self._attend_eager, self.settings["compile"])
+        self._step = CompileOnRequest(self._step_eager, self.settings["compile"])
+        self._carried: CarriedState[tuple[KeySums, torch.Tensor]] = CarriedState()
 
     def projection(self, head_dim: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """W·D^-¼ in `dtype`, drawn in float64 once and rounded per dtype."""
@@ -150,11 +165,17 @@ class PerformerAttention(Implementation):
         return self._projections[key]
 
     def supports(self, case) -> list[str]:
-        return device_reasons(case, {"cpu", "cuda"})
+        return device_reasons(case, {"cpu", "cuda"}) + carried_state_reasons(case, self.settings["state"])
 
     def __call__(self, q, k, v, *, causal=False):
         # Drawn here, outside the compiled function, so compilation sees a plain tensor argument.
-        return self._attend(q, k, v, self.projection(q.shape[-1], q.dtype, q.device), causal)
+        projection = self.projection(q.shape[-1], q.dtype, q.device)
+        if not carries(self.settings["state"], q, k, v):
+            return self._attend(q, k, v, projection, causal)
+        earlier = k.shape[-2] - q.shape[-2]
+        sums, shift = self._carried.get(
+            (k, v), earlier, lambda: self._earlier_sums(k[..., :earlier, :], v[..., :earlier, :], projection))
+        return self._step(q, k[..., earlier:, :], v[..., earlier:, :], projection, sums.state, sums.norm, shift, causal)
 
     def _attend_eager(self, q, k, v, projection: torch.Tensor, causal: bool) -> torch.Tensor:
         k, v = expand_kv(q, k, v)
@@ -162,8 +183,27 @@ class PerformerAttention(Implementation):
         fk = favor_features_fast(k, projection, is_query=False)
         return linear_attention(fq, fk, v, causal=causal, chunk=self.settings["chunk"], mm=fq.dtype)
 
+    @staticmethod
+    @torch.no_grad()
+    def _earlier_sums(k: torch.Tensor, v: torch.Tensor, projection: torch.Tensor) -> tuple[KeySums, torch.Tensor]:
+        """The carried state of the keys before the first query, per key/value head, and the shift of its features."""
+        fk, shift = favor_key_features(k, projection)
+        return key_sums(fk, v, mm=fk.dtype), shift
+
+    def _step_eager(self, q, k, v, projection: torch.Tensor, state: torch.Tensor, norm: torch.Tensor,
+                    shift: torch.Tensor, causal: bool) -> torch.Tensor:
+        """A decoding step: the new tokens' keys k and values v (B, KV, Q, D), the earlier ones' carried sums. All
+        keys' features must share one shift: the new keys take the larger of theirs and the sums', and the sums
+        are scaled to it (with their floor, which the exact twin adds after the shared shift: at most 1e-12 of
+        the largest feature apart)."""
+        fq = favor_features_fast(q, projection, is_query=True)
+        fk, new_shift = favor_key_features(k, projection, at_least=shift)
+        seen = seen_by_queries(fq, KeySums(state, norm), scale=torch.exp(shift - new_shift))
+        fk, v = expand_kv(q, fk, v)
+        return linear_attention(fq, fk, v, causal=causal, chunk=self.settings["chunk"], mm=fq.dtype, seen=seen)
+
     def backend(self, q, k, v, *, causal=False) -> str | None:
-        return self._attend.backend
+        return self._attend.backend + carried_description(self.settings["state"], q, k)
 
     def exact_twin(self, q, k, v, *, causal=False):
         k, v = expand_kv(q, k, v)
@@ -181,5 +221,10 @@ class PerformerAttention(Implementation):
 
     def forward_flops(self, batch, heads, seq_len, head_dim, causal, q_len=None):
         m = self.settings["features"]
-        features = random_feature_flops(batch, heads, seq_len, head_dim, m, q_len)
-        return features + linear_attention_flops(batch, heads, seq_len, head_dim, m, q_len)
+        keys = summed_keys(self.settings["state"], seq_len, q_len)
+        features = random_feature_flops(batch, heads, keys, head_dim, m, q_len)
+        return features + linear_attention_flops(batch, heads, keys, head_dim, m, q_len)
+
+    def carried_state_bytes(self, case) -> int | None:
+        wide = torch.promote_types(DTYPES[case.dtype], torch.float32)  # features and their sums stay wide
+        return carried_bytes(self.settings["state"], case, features=self.settings["features"], dtype=wide)

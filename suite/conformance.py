@@ -118,11 +118,19 @@ class _WroteIntoInputs(Exception):
     implementation's inputs."""
 
 
-def _call(impl: Implementation, case: Case, inputs: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
-    """One forward (and backward) on fresh leaves, in poisoned memory: an element left unwritten must fail."""
+def _leaves(case: Case, inputs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    """Copies of q, k, v to call the implementation with (so that a write into them is seen), requiring grad
+    where the mode has a backward."""
+    return [t.clone().requires_grad_(case.mode != "fwd") for t in inputs[:3]]
+
+
+def _call(impl: Implementation, case: Case, inputs: tuple[torch.Tensor, ...],
+          leaves: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """One forward (and backward) on `leaves` (fresh ones if none), in poisoned memory: an element left unwritten
+    must fail."""
     q, k, v, grad_out = inputs
     with_grad = case.mode != "fwd"
-    leaves = [t.clone().requires_grad_(with_grad) for t in (q, k, v)]
+    leaves = _leaves(case, inputs) if leaves is None else leaves
     with poisoned_allocations(case.device):
         with torch.set_grad_enabled(with_grad):
             out = impl(*leaves, causal=case.causal)
@@ -134,15 +142,15 @@ def _call(impl: Implementation, case: Case, inputs: tuple[torch.Tensor, ...]) ->
     return {name: t.detach() for name, t in zip(TENSORS, (out, *grads))}
 
 
-def _called(impl: Implementation, case: Case, seed: int,
-            inputs: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor] | CheckResult:
+def _called(impl: Implementation, case: Case, seed: int, inputs: tuple[torch.Tensor, ...],
+            leaves: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor] | CheckResult:
     """The implementation's outputs and gradients, or the result that ends the case (refused, crashed, or an
     output of the wrong shape)."""
     reasons = impl.supports(case)
     if reasons:
         return CheckResult(case, seed, "unsupported", "; ".join(reasons))
     try:
-        return _call(impl, case, inputs)
+        return _call(impl, case, inputs, leaves)
     except (WrongOutput, _WroteIntoInputs) as wrong:
         return CheckResult(case, seed, "fail", str(wrong))
     except implementations.Unsupported as unsupported:
@@ -173,7 +181,8 @@ def check_case(impl: Implementation, case: Case, seed: int, transposed: bool = F
 
 
 def _against_twin(impl: Implementation, case: Case, seed: int, inputs: tuple[torch.Tensor, ...]) -> CheckResult:
-    actual = _called(impl, case, seed, inputs)
+    leaves = _leaves(case, inputs)
+    actual = _called(impl, case, seed, inputs, leaves)
     if isinstance(actual, CheckResult):
         return actual
     with_grad = case.mode != "fwd"
@@ -188,7 +197,7 @@ def _against_twin(impl: Implementation, case: Case, seed: int, inputs: tuple[tor
     verdict = judge(actual, expected, case.dtype, case.seq_len, impl.atol_scale_for(case))
     if not verdict.ok:
         return CheckResult(case, seed, "fail", verdict.reason() or "")
-    return _repeated(impl, case, seed, inputs, actual)
+    return _repeated(impl, case, seed, inputs, leaves, actual)
 
 
 def check_large_logits(impl: Implementation, case: Case, seed: int) -> CheckResult:
@@ -207,12 +216,13 @@ def check_large_logits(impl: Implementation, case: Case, seed: int) -> CheckResu
 
 
 def _repeated(impl: Implementation, case: Case, seed: int, inputs: tuple[torch.Tensor, ...],
-              first: dict[str, torch.Tensor]) -> CheckResult:
-    """The passing first call, made as a program calls it alone, against a second one on the same inputs, made
-    inside the implementation's session as `attnbench run` makes its timed calls: both ways are checked."""
+              leaves: list[torch.Tensor], first: dict[str, torch.Tensor]) -> CheckResult:
+    """The passing first call, made as a program calls it alone, against a second one on the same tensors, made
+    inside the implementation's session as `attnbench run` makes its timed calls: both ways are checked, and
+    what an implementation keeps of its inputs from call to call (a carried decoding state) is used."""
     try:
         with impl.session():
-            again = _call(impl, case, inputs)
+            again = _call(impl, case, inputs, leaves)
     except Exception as error:  # noqa: BLE001 - a crash on the second call is a finding too
         return CheckResult(case, seed, "error", f"second call: {_described(error)}")
     verdict = judge(again, first, case.dtype, case.seq_len, impl.atol_scale_for(case))

@@ -41,12 +41,13 @@ PRESETS: dict[str, Grid] = {
         description="long context: 16K..128K tokens, batch 1, the fused kernels and FlexAttention only",
     ),
     "decode": Grid(
-        impls=("naive", *_FUSED, "flex", "sparse-window:window=4096"),
+        impls=("naive", *_FUSED, "flex", "sparse-window:window=4096", "linear:state=carried", "performer:state=carried"),
         seq_len=_POW2(10, 17), q_len=(1, 16), heads=(32,), kv_heads=(8,), head_dim=(128,), dtype=("bfloat16",),
         causal=(True,), mode=("fwd",), batch=(1, 16),
         description="decoding against a KV cache of 1K..128K tokens: 1 or 16 new queries, 32 query heads sharing 8 "
-                    "key/value heads (as in Llama 3 8B), head dim 128, batch 1 and 16; exact kernels, and a 4K-token "
-                    "sliding window (as local-attention layers decode)",
+                    "key/value heads (as in Llama 3 8B), head dim 128, batch 1 and 16; exact kernels, a 4K-token "
+                    "sliding window (as local-attention layers decode), and linear attention and FAVOR+ as recurrent "
+                    "decoders (their state carried from call to call)",
     ),
 }
 

@@ -91,7 +91,7 @@ def _base_row(impl: Implementation, case: Case) -> dict[str, Any]:
 
 def _throughput(impl: Implementation, case: Case, time_ms: float, settings: RunSettings) -> dict[str, Any]:
     tflops = case_flops(impl, case) / (time_ms * 1e-3) / 1e12
-    gbytes_per_s = minimum_bytes(case) / (time_ms * 1e-3) / 1e9
+    gbytes_per_s = minimum_bytes(case, impl.carried_state_bytes(case)) / (time_ms * 1e-3) / 1e9
     peak, bandwidth = settings.peak_tflops.get(case.dtype), settings.peak_gbytes_per_s
     return {
         "tflops": tflops,

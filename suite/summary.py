@@ -33,5 +33,5 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     lines.append("cells: median time and TFLOP/s; ! = accuracy mismatch; unsupp./oom/error: see the results file")
     if any(row.get("q_len") for row in rows):
         lines.append("cases with fewer queries than keys (-Q): GB/s instead, the least memory traffic of the call (the "
-                     "whole KV cache read once) over its time")
+                     "whole KV cache read once, or a carried state in its place) over its time")
     return "\n".join(lines)

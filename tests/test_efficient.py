@@ -247,7 +247,7 @@ def test_performer_error_against_softmax_shrinks_with_more_features():
     ("sparse-block:block=-4", r"block='-4' must be a positive integer"),
     ("performer:features=0", r"features='0' must be a positive integer"),
     ("performer:features=many", r"features='many' is not valid"),
-    ("performer:feature=64", r"unknown option 'feature' \(allowed: chunk, compile, features, seed\)"),
+    ("performer:feature=64", r"unknown option 'feature' \(allowed: chunk, compile, features, seed, state\)"),
     ("linear:compile=maybe", r"option compile='maybe' is not valid \(compile: true or false"),
     ("linear:chunk=0", r"chunk='0' must be a positive integer"),
 ])

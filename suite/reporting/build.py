@@ -376,7 +376,8 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | N
     if not measured.empty:
         report.add(Heading("Charts"), Paragraph(
             "Per group: time, TFLOP/s, peak memory and speed-up against length (with fewer queries than keys, "
-            "GB/s as well: decoding is bound by reading the KV cache), and a roofline: each row's TFLOP/s "
+            "GB/s as well: decoding is bound by reading the KV cache, or the state a recurrent decoder carries in its "
+            "place), and a roofline: each row's TFLOP/s "
             "against its arithmetic intensity (its FLOPs over the bytes it must move at least: inputs read once, "
             "outputs written once), under the matmul peak and copy bandwidth its GPU measured. A row far below "
             "the bandwidth roof at low intensity loses its time to extra passes over memory or to launches, not "

@@ -115,7 +115,8 @@ def throughput_chart(frame: pd.DataFrame, colour_of: dict, group: dict, metric: 
     count each implementation's own FLOPs (a sparse mask's visible pairs, linear attention's own maths): they
     say how well it uses the hardware, against this GPU's measured matmul peak (dotted), not how fast it is.
     GB/s are the least traffic a call must move (inputs read once, outputs written once) over its time, against
-    the measured copy bandwidth (dotted): what bounds decoding, which reads the whole KV cache for a few queries."""
+    the measured copy bandwidth (dotted): what bounds decoding, which reads the whole KV cache for a few queries
+    (or, with `state=carried`, the state a recurrent decoder keeps in its place)."""
     ylabel = {"time_ms": "median time per call (ms)", "tflops": "TFLOP/s (its own FLOPs)",
               "gbytes_per_s": "GB/s (least traffic over time)"}[metric]
     title = {"time_ms": "Time", "tflops": "Throughput", "gbytes_per_s": "Bandwidth"}[metric]

@@ -1,0 +1,168 @@
+"""`state=carried`: linear attention and FAVOR+ decoding as a recurrent decoder does, the state of the cached keys
+built once per cache and reused, so that a decoding call's work does not grow with the cache."""
+from __future__ import annotations
+
+import gc
+from dataclasses import replace
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import implementations
+from implementations.base import Unsupported
+from implementations.carried_state import CarriedState
+from suite.case import Case
+from suite.conformance import check, check_case, decoding_cases
+from suite.runner import _throughput
+from suite.traffic import minimum_bytes
+
+CARRIED = ("linear", "performer")
+
+
+def decoding_inputs(batch=2, heads=4, kv_heads=2, q_len=5, seq_len=300, head_dim=16, dtype=torch.float32, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, heads, q_len, head_dim, generator=generator, dtype=dtype)
+    k, v = (torch.randn(batch, kv_heads, seq_len, head_dim, generator=generator, dtype=dtype) for _ in range(2))
+    return q, k, v
+
+
+def test_a_kept_value_is_reused_for_the_same_unchanged_tensors_only():
+    kept: CarriedState[int] = CarriedState()
+    a, b = torch.zeros(3), torch.zeros(3)
+    built = iter(range(100))
+    assert kept.get((a, b), "x", lambda: next(built)) == 0
+    assert kept.get((a, b), "x", lambda: next(built)) == 0  # the same tensors, unchanged
+    assert kept.get((a, b), "y", lambda: next(built)) == 1  # something else it depends on changed
+    a.add_(1)  # written into: its version counter moves
+    assert kept.get((a, b), "y", lambda: next(built)) == 2
+    same_values = a.clone()
+    assert kept.get((same_values, b), "y", lambda: next(built)) == 3  # equal values, another tensor
+    assert kept.builds == 4
+
+
+def test_a_kept_value_goes_with_its_tensors():
+    kept: CarriedState[torch.Tensor] = CarriedState()
+    a = torch.zeros(3)
+    kept.get((a,), None, lambda: torch.ones(1000))
+    del a
+    gc.collect()
+    assert kept._value is None  # freed with the cache it was built from, not held until the next call
+    with torch.inference_mode():
+        frozen = torch.zeros(3)
+    kept.get((frozen,), None, lambda: 1)
+    kept.get((frozen,), None, lambda: 1)
+    assert kept.builds == 3  # no version counter to trust: built on every call
+
+
+@pytest.mark.parametrize("name", CARRIED)
+@pytest.mark.parametrize("causal", [False, True], ids=["dense", "causal"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", [(2, 4, 2, 5, 300, 16), (1, 2, 2, 1, 17, 8), (1, 2, 1, 130, 257, 32)],
+                         ids=["B2-H4-KV2-Q5-N300-D16", "B1-H2-Q1-N17-D8", "B1-H2-KV1-Q130-N257-D32"])
+def test_a_carried_state_gives_what_rebuilding_it_gives(name, causal, dtype, shape):
+    batch, heads, kv_heads, q_len, seq_len, head_dim = shape
+    q, k, v = decoding_inputs(batch, heads, kv_heads, q_len, seq_len, head_dim, dtype, seed=q_len)
+    carried, rebuilt = implementations.get(name, state="carried"), implementations.get(name)
+    first, again = carried(q, k, v, causal=causal), carried(q, k, v, causal=causal)
+    twin = carried.exact_twin(q, k, v, causal=causal)
+    tolerance = {torch.float32: 1e-5, torch.bfloat16: 2e-2}[dtype]
+    for out in (first, rebuilt(q, k, v, causal=causal)):
+        assert out.dtype == dtype and out.shape == q.shape
+        assert ((out.double() - twin).norm() / twin.norm()).item() < tolerance
+    assert torch.equal(first, again) and carried._carried.builds == 1
+    k[..., 0, :] += 1  # the cache changed: the state is built again, and the result follows
+    moved = carried(q, k, v, causal=causal)
+    assert carried._carried.builds == 2
+    torch.testing.assert_close(moved, rebuilt(q, k, v, causal=causal), rtol=tolerance, atol=tolerance)
+
+
+def test_performer_rescales_the_carried_sums_when_new_keys_are_larger():
+    """The new keys' features must share the carried sums' shift: a new key far larger than every cached one
+    moves it, and the sums are scaled to it rather than overflowing the new features."""
+    q, k, v = decoding_inputs(q_len=3, seq_len=40)
+    k[..., -2, :] *= 6  # a new key whose features' exponent is far above the cached keys'
+    carried = implementations.get("performer", state="carried")
+    out = carried(q, k, v, causal=True)
+    twin = carried.exact_twin(q, k, v, causal=True)
+    assert torch.isfinite(out).all()
+    assert ((out.double() - twin).norm() / twin.norm()).item() < 1e-5
+
+
+@pytest.mark.parametrize("name", CARRIED)
+def test_a_carried_decoding_call_does_the_same_work_whatever_the_cache_length(name):
+    impl = implementations.get(name, state="carried")
+    flops = {}
+    for seq_len in (256, 4096):
+        q, k, v = decoding_inputs(q_len=2, seq_len=seq_len)
+        impl(q, k, v, causal=True)  # builds the state: a first, untimed call in a run
+        with FlopCounterMode(display=False) as counter:
+            impl(q, k, v, causal=True)
+        flops[seq_len] = counter.get_total_flops()
+    assert flops[256] == flops[4096] > 0
+    rebuilt = implementations.get(name)
+    with FlopCounterMode(display=False) as counter:
+        rebuilt(q, k, v, causal=True)
+    assert counter.get_total_flops() > 10 * flops[4096]
+
+
+@pytest.mark.parametrize("name", CARRIED)
+def test_a_carried_state_serves_forward_decoding_only(name):
+    impl = implementations.get(name, state="carried")
+    decoding = Case(1, 2, 64, 16, "float32", True, "fwd+bwd", "cpu", q_len=4)
+    (reason,) = impl.supports(decoding)
+    assert "mode=fwd+bwd with state=carried" in reason and "supported: fwd" in reason
+    assert impl.supports(Case(1, 2, 64, 16, "float32", True, "fwd", "cpu", q_len=4)) == []
+    assert impl.supports(Case(1, 2, 64, 16, "float32", True, "fwd+bwd", "cpu")) == []  # full length: nothing carried
+    q, k, v = (t.requires_grad_() for t in decoding_inputs())
+    with pytest.raises(Unsupported, match="require grad with state=carried"):
+        impl(q, k, v, causal=True)
+    full = impl(q, k[..., -5:, :], v[..., -5:, :], causal=True)  # as many queries as keys: the usual path
+    full.sum().backward()
+    assert q.grad is not None
+
+
+@pytest.mark.parametrize("name", CARRIED)
+def test_an_unknown_state_is_refused_with_the_choices(name):
+    with pytest.raises(ValueError, match=r"option state='kept' must be one of rebuilt, carried"):
+        implementations.get(name, state="kept")
+
+
+def test_a_carried_call_counts_the_new_tokens_and_reads_the_state_in_place_of_the_cache():
+    case = Case(2, 8, 4096, 64, "bfloat16", True, "fwd", "cpu", kv_heads=2, q_len=1)
+    rebuilt, carried = implementations.get("linear"), implementations.get("linear", state="carried")
+    assert carried.forward_flops(2, 8, 4096, 64, True, 1) == rebuilt.forward_flops(2, 8, 1, 64, True, 1)
+    assert rebuilt.carried_state_bytes(case) is None
+    state = carried.carried_state_bytes(case)
+    assert state == 2 * 2 * 64 * (64 + 1) * 2  # an F × D + F state per key/value head, F = D, multiplied in bfloat16
+    performer = implementations.get("performer", state="carried", features=32)
+    assert performer.carried_state_bytes(case) == 2 * 2 * 32 * (64 + 1) * 4  # its features stay in float32
+    new_tokens = Case(2, 8, 1, 64, "bfloat16", True, "fwd", "cpu", kv_heads=2)  # q, one key and value, out
+    assert minimum_bytes(case, state) == minimum_bytes(new_tokens) + state
+    assert minimum_bytes(case) > 50 * minimum_bytes(case, state)  # a 4096-token bfloat16 cache, a 64 × 65 state
+    assert carried.carried_state_bytes(Case(2, 8, 4096, 64, "bfloat16", True, "fwd", "cpu")) is None
+
+    class Settings:
+        peak_tflops, peak_gbytes_per_s = {}, None
+
+    assert _throughput(carried, case, 1.0, Settings)["gbytes_per_s"] == pytest.approx((minimum_bytes(case, state)) / 1e6)
+
+
+@pytest.mark.parametrize("name", CARRIED)
+def test_the_conformance_check_passes_a_carried_state_forward(name):
+    impl = implementations.get(name, state="carried")
+    results = list(check(impl, "cpu", ("float32", "bfloat16")))
+    decoding = {(c.batch, c.heads, c.seq_len, c.q_len) for c in decoding_cases("cpu", ("float32",))}
+    assert all(r.status == "pass" for r in results), [r.detail for r in results if r.status != "pass"]
+    forward_only = {(r.case.batch, r.case.heads, r.case.seq_len, r.case.q_len) for r in results if r.forward_only}
+    assert forward_only == decoding
+
+
+@pytest.mark.parametrize("name", CARRIED)
+def test_the_conformance_checks_second_call_reads_the_carried_state(name):
+    """The check calls twice on the same tensors, as `run` does: the second call is the one a timed call makes."""
+    impl = implementations.get(name, state="carried")
+    (case, *_) = decoding_cases("cpu", ("float32",))
+    result = check_case(impl, replace(case, mode="fwd"), seed=1)
+    assert result.status == "pass" and result.repeated
+    assert impl._carried.builds == 1

@@ -41,15 +41,19 @@ def _cases():
             for causal in (False, True):
                 for mode in ("fwd", "fwd+bwd"):
                     case = Case(batch, heads, seq_len, head_dim, DTYPE, causal, mode, DEVICE)
-                    yield pytest.param(name, case, id=f"{name}-{case.label}")
-        for batch, heads, seq_len, head_dim, kv_heads, q_len in DECODING:
-            case = Case(batch, heads, seq_len, head_dim, DTYPE, True, "fwd", DEVICE, kv_heads, q_len)
-            yield pytest.param(name, case, id=f"{name}-{case.label}")
+                    yield pytest.param(name, {}, case, id=f"{name}-{case.label}")
+        # Decoding also as a recurrent decoder does it, where the implementation can carry its state.
+        variants = [{}, {"state": "carried"}] if "state" in implementations.get(name).options else [{}]
+        for options in variants:
+            label = ":".join([name, *(f"{key}={value}" for key, value in options.items())])
+            for batch, heads, seq_len, head_dim, kv_heads, q_len in DECODING:
+                case = Case(batch, heads, seq_len, head_dim, DTYPE, True, "fwd", DEVICE, kv_heads, q_len)
+                yield pytest.param(name, options, case, id=f"{label}-{case.label}")
 
 
-@pytest.mark.parametrize("name,case", list(_cases()))
-def test_attention(benchmark, name, case):
-    impl = implementations.get(name)
+@pytest.mark.parametrize("name,options,case", list(_cases()))
+def test_attention(benchmark, name, options, case):
+    impl = implementations.get(name, **options)
     reasons = impl.supports(case)
     if reasons:
         pytest.skip("; ".join(reasons))

@@ -1,6 +1,8 @@
 """Checks that need a CUDA GPU (marked `gpu`; skipped with a reason elsewhere)."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -215,11 +217,14 @@ def _gpu_decoding_cases():
             for dtype in ("float16", "bfloat16"):
                 for causal in (False, True):
                     case = Case(batch, heads, seq_len, head_dim, dtype, causal, "fwd+bwd", "cuda", kv_heads, q_len)
-                    yield pytest.param(name, case, id=f"{name}-{case.label}")
+                    yield pytest.param(name, {}, case, id=f"{name}-{case.label}")
+                    if name in ("linear", "performer"):  # as a recurrent decoder: forward, the state carried
+                        forward = replace(case, mode="fwd")
+                        yield pytest.param(name, {"state": "carried"}, forward, id=f"{name}:state=carried-{forward.label}")
 
 
-@pytest.mark.parametrize("name,case", list(_gpu_decoding_cases()))
-def test_gpu_decoding_matches_float64_exact_twin(name, case):
+@pytest.mark.parametrize("name,options,case", list(_gpu_decoding_cases()))
+def test_gpu_decoding_matches_float64_exact_twin(name, options, case):
     from suite.conformance import input_seed
 
-    assert_matches_twin(name, case, input_seed=input_seed(case))
+    assert_matches_twin(name, case, input_seed=input_seed(case), options=options)

@@ -117,21 +117,24 @@ def _causal_sums(fq: torch.Tensor, fk: torch.Tensor, values: torch.Tensor, chunk
             x = F.pad(x, (0, 0, 0, pad), value=value)
         return x.reshape(batch, heads, chunks, chunk, x.shape[-1])
 
-    def before_each_chunk(prefix_sums: torch.Tensor) -> torch.Tensor:
-        """Inclusive prefix sums over chunks (dim 2) shifted by one: what all earlier chunks contribute."""
-        return torch.cat([torch.zeros_like(prefix_sums[:, :, :1]), prefix_sums[:, :, :-1]], dim=2)
+    def before_each_chunk(all_but_last: torch.Tensor) -> torch.Tensor:
+        """From the sums of each chunk but the last (dim 2), what all earlier chunks contribute to each chunk, in
+        float32 or wider (the last chunk's own sums are never needed)."""
+        earlier = torch.cumsum(all_but_last, dim=2, dtype=acc)
+        return torch.cat([torch.zeros_like(earlier[:, :, :1]), earlier], dim=2)
 
     # Padded queries get features 1 (not 0): their rows are cut off below, before any division.
     fq_c, fk_c, v_c = split(fq, 1.0), split(fk), split(values)
     weights = torch.tril(fq_c @ fk_c.transpose(-2, -1))  # (B, H, n, C, C), within-chunk causal
     numerator = (weights @ v_c).to(acc)
     denominator = weights.sum(-1, keepdim=True, dtype=acc)
-    # Running sums accumulate in float32 (they grow like N); matmuls read them in the matmul dtype.
-    mm = fq.dtype
-    state_before = before_each_chunk(torch.cumsum(fk_c.transpose(-2, -1) @ v_c, dim=2, dtype=acc)).to(mm)
-    norm_before = before_each_chunk(torch.cumsum(fk_c.sum(-2, dtype=acc), dim=2))  # (B, H, n, F)
-    numerator = numerator + (fq_c @ state_before).to(acc)
-    denominator = denominator + (fq_c @ norm_before.to(mm)[..., None]).to(acc)
+    if chunks > 1:  # one chunk (a decoding step's few new tokens) has no earlier chunks
+        # Running sums accumulate in float32 (they grow like N); matmuls read them in the matmul dtype.
+        mm = fq.dtype
+        state_before = before_each_chunk(fk_c[:, :, :-1].transpose(-2, -1) @ v_c[:, :, :-1]).to(mm)
+        norm_before = before_each_chunk(fk_c[:, :, :-1].sum(-2, dtype=acc))  # (B, H, n, F)
+        numerator = numerator + (fq_c @ state_before).to(acc)
+        denominator = denominator + (fq_c @ norm_before.to(mm)[..., None]).to(acc)
     rows = chunks * chunk
     return (numerator.view(batch, heads, rows, -1)[..., :seq_len, :],
             denominator.view(batch, heads, rows, 1)[..., :seq_len, :])

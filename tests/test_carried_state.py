@@ -100,6 +100,9 @@ def test_a_carried_decoding_call_does_the_same_work_whatever_the_cache_length(na
             impl(q, k, v, causal=True)
         flops[seq_len] = counter.get_total_flops()
     assert flops[256] == flops[4096] > 0
+    # The matmuls it does are no more than the FLOPs its rows are credited with (the new tokens' maths).
+    batch, heads, q_len, head_dim = q.shape
+    assert flops[4096] <= impl.forward_flops(batch, heads, 4096, head_dim, True, q_len)
     rebuilt = implementations.get(name)
     with FlopCounterMode(display=False) as counter:
         rebuilt(q, k, v, causal=True)

@@ -3,9 +3,9 @@
     out_i = φ(q_i)ᵀ S_i / φ(q_i)ᵀ z_i,   S_i = Σ_j φ(k_j) v_jᵀ,   z_i = Σ_j φ(k_j)   (j ≤ i when causal)
 
 with φ(x) = elu(x) + 1 and no softmax scale. Non-causal costs O(N·F·D). With fewer queries than keys
-(decoding: the queries are the last Q positions), causal attention starts from the state of the first
-N − Q keys, built from them on every call: a recurrent decoder carries that state from step to step instead. Causal is computed in chunks
-of C tokens: inside a chunk the masked quadratic form φ(Q_c)φ(K_c)ᵀ, across chunks a running state
+(decoding: the queries are the last Q positions), every query also sees the sums of the first N − Q keys
+(KeySums), built from them on every call, or with `state=carried` once per cache and carried from call to
+call as a recurrent decoder does (carried_state.py). Causal is computed in chunks of C tokens: inside a chunk the masked quadratic form φ(Q_c)φ(K_c)ᵀ, across chunks a running state
 (an exclusive cumulative sum of per-chunk φ(K_c)ᵀV_c) — batched matmuls, no loop over tokens.
 
 The chunk size trades the two: per token, the within-chunk part costs ~C·(F + D) multiply-adds and

@@ -173,8 +173,8 @@ class PerformerAttention(Implementation):
         if not carries(self.settings["state"], q, k, v):
             return self._attend(q, k, v, projection, causal)
         earlier = k.shape[-2] - q.shape[-2]
-        sums, shift = self._carried.get(
-            (k, v), earlier, lambda: self._earlier_sums(k[..., :earlier, :], v[..., :earlier, :], projection))
+        sums, shift = self._carried.get(  # the projection follows the queries' dtype
+            (k, v), (earlier, q.dtype), lambda: self._earlier_sums(k[..., :earlier, :], v[..., :earlier, :], projection))
         return self._step(q, k[..., earlier:, :], v[..., earlier:, :], projection, sums.state, sums.norm, shift, causal)
 
     def _attend_eager(self, q, k, v, projection: torch.Tensor, causal: bool) -> torch.Tensor:

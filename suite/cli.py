@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--time-limit", dest="time_limit",
                      help="seconds: start no new row after this long; the run stops cleanly, every finished row kept "
                           "(exit 3; continue with --resume --out FILE)")
+    run.add_argument("--cuda-graph", dest="cuda_graph", action="store_true",
+                     help="also time each forward row replayed from a CUDA graph, without the host issuing its kernels "
+                          "(graph_time_ms; GPU only)")
     run.add_argument("--dry-run", dest="dry_run", action="store_true",
                      help="print what the run would measure, skip (--resume) or record as unsupported, and stop")
 

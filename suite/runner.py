@@ -21,6 +21,7 @@ from implementations import Implementation, Unsupported
 from .accuracy import judge
 from .case import Case
 from .checked_slices import CheckedSlices
+from .cuda_graph import graph_figures, unavailable_reason
 from .expected import ExpectedOutputs, LocalErrors, softmax_error, softmax_reference, twin_reference
 from .flops import case_flops
 from .gpu_monitor import GpuMonitor, throttle_verdict
@@ -46,6 +47,7 @@ class RunSettings:
     seed: int = 0
     peak_tflops: dict[str, float] = field(default_factory=dict)  # dtype -> measured matmul peak
     peak_gbytes_per_s: float | None = None  # measured copy bandwidth of the device
+    cuda_graph: bool = False  # also time forward rows replayed from a CUDA graph (cuda_graph.py)
 
 
 class TimeLimitReached(RuntimeError):
@@ -164,6 +166,8 @@ def _measure_in_session(impl: Implementation, case: Case, inputs: Inputs, refere
         if before_each:
             before_each()
         row["peak_mem_bytes"], row["peak_mem_reason"] = peak_call_memory(fn, device)
+        if settings.cuda_graph:
+            row.update(_graph_figures(fn, case, policy, twin.slices, checked_first, impl))
         if checked_first is not None and row["status"] == "ok":
             row.update(_after_timing(work, twin.slices, checked_first, impl, case))
     finally:
@@ -187,6 +191,27 @@ def host_figures(timing: Measurement) -> dict[str, Any]:
     counts from HOST_BOUND_SHARE of the GPU time. None on a CPU, where the host is the device."""
     host = timing.host_median
     return {"host_ms": host, "host_bound": None if host is None else host >= HOST_BOUND_SHARE * timing.median}
+
+
+def _graph_figures(fn: Callable[[], object], case: Case, policy: TimingPolicy, slices: CheckedSlices,
+                   checked_first: dict[str, torch.Tensor] | None, impl: Implementation) -> dict[str, Any]:
+    """The row's CUDA-graph columns (cuda_graph.py); raises if a failed capture left the GPU unusable, as any
+    failure that does is raised, so that the run stops there."""
+    why_not = unavailable_reason(case.device, case.mode)
+    if why_not:
+        return {"graph_reason": why_not}
+
+    def disagreement(output: torch.Tensor) -> str | None:
+        if checked_first is None:
+            return None
+        replayed = {name: t.detach().to("cpu") for name, t in slices.select({"out": output}).items()}
+        verdict = judge(replayed, checked_first, case.dtype, case.seq_len, impl.atol_scale_for(case))
+        return None if verdict.ok else verdict.reason()
+
+    figures = graph_figures(fn, torch.device(case.device), policy, disagreement)
+    if "graph_reason" in figures and not device_usable(case.device):
+        raise RuntimeError(f"the GPU is unusable after a CUDA graph capture: {figures['graph_reason']}")
+    return figures
 
 
 def _after_timing(work: Workload, slices: CheckedSlices, checked_first: dict[str, torch.Tensor],

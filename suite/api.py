@@ -28,7 +28,8 @@ from .case import Grid
 from .check_command import checked, default_check_dtypes
 from .compare import CompareInputError, paired, read_side
 from .compare import compare as compared
-from .cuda_graph import refused_for_run
+from .cuda_graph import refused_for_run as graph_refusal
+from .energy import refused_for_run as energy_refusal
 from .grid_scope import GridScope
 from .progress import Progress
 from .results import load
@@ -94,7 +95,7 @@ def benchmark(impls: Iterable[Implementation | str] | Implementation | str, *, s
               q_len: int | Sequence[int] | None = None, dtype: str | Sequence[str] | None = None,
               causal: bool | Sequence[bool] = False, mode: str | Sequence[str] = "fwd", device: str | None = None,
               out: str | Path | None = None, seed: int = 0, timing: Mapping[str, int | float] | str | None = None,
-              progress: bool = True, cuda_graph: bool = False) -> pd.DataFrame:
+              progress: bool = True, cuda_graph: bool = False, energy: bool = False) -> pd.DataFrame:
     """Every implementation on every case of the grid, one row each (a case one cannot run is a row with its
     reason). Without `batch`, each length's batch is `tokens_per_batch // seq_len`. `q_len`: fewer queries than
     keys, the last positions (decoding against a KV cache of seq_len tokens). `dtype` defaults to bfloat16
@@ -102,13 +103,15 @@ def benchmark(impls: Iterable[Implementation | str] | Implementation | str, *, s
     must not exist); without it the rows go to a temporary file. `timing` changes how each case is timed, as
     `run --timing` does (`{"min_repeats": 20, "budget_s": 3}`). Progress lines go to stderr unless `progress`
     is False. `cuda_graph`: also time each forward row replayed from a CUDA graph, as `run --cuda-graph` does (GPU
-    only). Rows finished before an interruption or a lost device stay in `out`."""
+    only); `energy`: also measure each row's energy per call, as `run --energy` does (GPU only). Rows finished
+    before an interruption or a lost device stay in `out`."""
     built = _built(impls)
     device = config.device_or_default(device, "device")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed: {seed!r} is not an integer (allowed: any integer)")
-    if cuda_graph and refused_for_run("cuda_graph", device):
-        raise ValueError(refused_for_run("cuda_graph", device))
+    for asked, refusal in ((cuda_graph, graph_refusal("cuda_graph", device)), (energy, energy_refusal("energy", device))):
+        if asked and refusal:
+            raise ValueError(refusal)
     ints = lambda name, value: config.positive_ints(name, config.as_flag_text(value))  # noqa: E731
     grid = Grid(
         impls=tuple(impl.label for impl in built),
@@ -130,7 +133,7 @@ def benchmark(impls: Iterable[Implementation | str] | Implementation | str, *, s
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(out) if out is not None else Path(scratch) / "results.jsonl"
         settings = measured_settings(cases, device, seed, policy)
-        settings.cuda_graph = cuda_graph
+        settings.cuda_graph, settings.energy = cuda_graph, energy
         writer = results_writer(path, grid, settings, device, preset=None, config=None, argv=["(suite.api.benchmark)"])
         try:
             run_cases(built, cases, settings=settings, on_row=writer.append, progress=Progress() if progress else None)

@@ -74,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--cuda-graph", dest="cuda_graph", action="store_true",
                      help="also time each forward row replayed from a CUDA graph, without the host issuing its kernels "
                           "(graph_time_ms; GPU only)")
+    run.add_argument("--energy", action="store_true",
+                     help="also measure each row's energy per call and mean power from the GPU's energy counter (NVML; "
+                          "about 2 s more per row; GPU only)")
     run.add_argument("--dry-run", dest="dry_run", action="store_true",
                      help="print what the run would measure, skip (--resume) or record as unsupported, and stop")
 

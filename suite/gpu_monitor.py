@@ -69,6 +69,10 @@ class GpuMonitor:
             "clock_event_reasons": None if bits is None else [n for b, n in _REASONS.items() if bits & b],
         }
 
+    def energy_mj(self) -> int | None:
+        """The board's total energy since the driver loaded, in millijoules (Volta and later); None without it."""
+        return None if self._nvml is None else self._call("nvmlDeviceGetTotalEnergyConsumption")
+
     def driver_version(self) -> str | None:
         if self._nvml is None:
             return None

@@ -25,6 +25,7 @@ ROW_COLUMNS = (
     "impl", "family", *CASE_FIELDS, "status", "reason", "backend",
     "time_ms", "time_iqr_ms", "repeats", "times_ms", "first_call_ms", "noisy", "host_ms", "host_bound",
     "graph_time_ms", "graph_time_iqr_ms", "graph_repeats", "graph_reason",
+    "energy_j", "energy_power_w", "energy_calls", "energy_window_s", "energy_reason",
     "tflops", "tokens_per_s", "peak_fraction", "gbytes_per_s", "bandwidth_fraction", "peak_mem_bytes", "peak_mem_reason",
     "max_abs_err", "rel_rms_err", "accuracy_ok", "accuracy_tolerance", "errors", "accuracy_scope",
     "softmax_max_abs_err", "softmax_rel_rms_err", "softmax_local_max_abs_err", "softmax_local_rel_rms_err",

@@ -13,7 +13,8 @@ import implementations
 from . import config, naming, speed_settings
 from .case import Case, GridError
 from .config import UsageError
-from .cuda_graph import refused_for_run
+from .cuda_graph import refused_for_run as graph_refusal
+from .energy import refused_for_run as energy_refusal
 from .environment import collect, machine_name
 from .in_flight import InFlight
 from .peak import measured_copy_gbytes_per_s, measured_matmul_tflops
@@ -104,8 +105,10 @@ def cmd_run(args) -> int:
     retry = _retry_statuses(args.retry, args.resume)
     policy = config.timing_policy("--timing", from_config.get("timing") if args.timing is None else args.timing, device)
     deadline = started + config.positive_float("--time-limit", args.time_limit) if args.time_limit else None
-    if args.cuda_graph and refused_for_run("--cuda-graph", device):
-        raise UsageError(refused_for_run("--cuda-graph", device))
+    for asked, refusal in ((args.cuda_graph, graph_refusal("--cuda-graph", device)),
+                           (args.energy, energy_refusal("--energy", device))):
+        if asked and refusal:
+            raise UsageError(refusal)
     in_flight = InFlight(out)
     writing = in_flight.running_elsewhere()
     if writing is not None and not args.dry_run:
@@ -135,7 +138,7 @@ def cmd_run(args) -> int:
         return 0
 
     settings = measured_settings(cases, device, args.seed, policy)
-    settings.cuda_graph = args.cuda_graph
+    settings.cuda_graph, settings.energy = args.cuda_graph, args.energy
     writer = results_writer(out, grid, settings, device, preset=preset_name, config=args.config, argv=sys.argv[1:])
     if died:
         writer.append(died)
@@ -195,7 +198,7 @@ def results_writer(out: Path, grid, settings: RunSettings, device: str, **how) -
     out from a case lost), the measured ceilings and the timing policy; `how`: preset, config, argv."""
     run_info = {**how, "grid": _grid_record(grid), "seed": settings.seed, "measured_peak_tflops": settings.peak_tflops,
                 "measured_peak_gbytes_per_s": settings.peak_gbytes_per_s, "timing_policy": vars(settings.policies[device]),
-                "cuda_graph": settings.cuda_graph}
+                "cuda_graph": settings.cuda_graph, "energy": settings.energy}
     return ResultsWriter(out, collect(torch.device(device)), run_info)
 
 

@@ -22,6 +22,7 @@ from .accuracy import judge
 from .case import Case
 from .checked_slices import CheckedSlices
 from .cuda_graph import graph_figures, unavailable_reason
+from .energy import energy_figures
 from .expected import ExpectedOutputs, LocalErrors, softmax_error, softmax_reference, twin_reference
 from .flops import case_flops
 from .gpu_monitor import GpuMonitor, throttle_verdict
@@ -48,6 +49,7 @@ class RunSettings:
     peak_tflops: dict[str, float] = field(default_factory=dict)  # dtype -> measured matmul peak
     peak_gbytes_per_s: float | None = None  # measured copy bandwidth of the device
     cuda_graph: bool = False  # also time forward rows replayed from a CUDA graph (cuda_graph.py)
+    energy: bool = False  # also measure each row's energy per call through NVML (energy.py)
 
 
 class TimeLimitReached(RuntimeError):
@@ -163,6 +165,8 @@ def _measure_in_session(impl: Implementation, case: Case, inputs: Inputs, refere
             **_throughput(impl, case, timing.median, settings),
         )
         row["throttled"], row["throttle_reasons"] = throttle_verdict(row["gpu_after"])
+        if settings.energy:
+            row.update(energy_figures(fn, before_each, device, monitor.energy_mj, timing.median, monitor.unavailable))
         if before_each:
             before_each()
         row["peak_mem_bytes"], row["peak_mem_reason"] = peak_call_memory(fn, device)

@@ -97,3 +97,14 @@ def aten_ops(call) -> set[str]:
     finally:
         stop_quietly(profiler)
     return {event.key for event in profiler.key_averages()}
+
+
+def run_into(path, impls, cases, settings, device: str = "cpu") -> list[dict]:
+    """run_cases over `cases`, its rows written to the results file `path` as `attnbench run` writes them."""
+    from suite.results import ResultsWriter
+    from suite.runner import run_cases
+
+    writer = ResultsWriter(path, {"device": device}, {"preset": "test"})
+    rows = run_cases(impls, cases, settings=settings, on_row=writer.append)
+    writer.close()
+    return rows

@@ -9,19 +9,15 @@ import implementations
 from suite import cuda_graph, runner
 from suite.case import Case
 from suite.cli import main
-from suite.results import ResultsWriter
-from suite.runner import RunSettings, run_cases
+from suite.runner import RunSettings
 from suite.timing import TimingPolicy
+from tests.conftest import run_into
 
 FAST = TimingPolicy(warmup_calls=1, min_repeats=3, max_repeats=5, budget_s=0.05)
 
 
 def graph_run(impls, case_list, tmp_path, device="cpu"):
-    settings = RunSettings(policies={device: FAST}, cuda_graph=True)
-    writer = ResultsWriter(tmp_path / "r.jsonl", {"device": device}, {"preset": "test"})
-    rows = run_cases(impls, case_list, settings=settings, on_row=writer.append)
-    writer.close()
-    return rows
+    return run_into(tmp_path / "r.jsonl", impls, case_list, RunSettings(policies={device: FAST}, cuda_graph=True), device)
 
 
 def test_cuda_graph_on_a_cpu_run_exits_2_before_any_work(tmp_path, capsys):

@@ -31,6 +31,7 @@ from .data import (
 from .fastest import fastest_table, lead_grids, win_counts
 from .fastest_map import fastest_map
 from .first_calls import first_call_table
+from .energy_table import ENERGY, energy_table
 from .graph_replays import GRAPH_REPLAYS, graph_replay_table
 from .machines import machine_table, machines_in_order
 from .memory_glance import memory_summary
@@ -277,7 +278,7 @@ RUN_TIME = (
 
 # The columns of data.csv: the numbers behind the report's tables and charts, one row per implementation and case.
 DATA_COLUMNS = ("machine", "impl", "family", *CASE_FIELDS, "status", "reason", "backend", "time_ms", "time_iqr_ms",
-                "repeats", "noisy", "first_call_ms", "host_ms", "host_bound", "graph_time_ms", "graph_reason", "tflops", "tokens_per_s", "peak_fraction",
+                "repeats", "noisy", "first_call_ms", "host_ms", "host_bound", "graph_time_ms", "graph_reason", "energy_j", "energy_power_w", "tflops", "tokens_per_s", "peak_fraction",
                 "gbytes_per_s", "bandwidth_fraction", "peak_mem_bytes", "max_abs_err", "rel_rms_err", "accuracy_ok",
                 "softmax_rel_rms_err", "softmax_local_rel_rms_err", "density", "throttled", "software", "settings",
                 "timing", "row_s", "attnbench_commit", "source")
@@ -448,6 +449,7 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | N
                     "actually learns.")
         report.add(Heading("Accuracy"), Paragraph(accuracy_text), _accuracy_table(frame))
         for heading, text, table in (("CUDA-graph replays", GRAPH_REPLAYS, graph_replay_table(frame)),
+                                     ("Energy", ENERGY, energy_table(frame)),
                                      ("One-time costs", ONE_TIME_COSTS, first_call_table(frame)),
                                      ("Run time", RUN_TIME, run_time_table(frame))):
             if table is not None:

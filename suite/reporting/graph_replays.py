@@ -9,7 +9,8 @@ import pandas as pd
 
 from ..case import Case
 from .blocks import Table
-from .data import MEASURED, fmt_duration, fmt_num, impl_order
+from .data import fmt_duration, fmt_num
+from .row_tables import per_row_table, rows_with
 
 GRAPH_REPLAYS = (
     "Forward rows were also captured in a CUDA graph and its replays timed as the eager calls are (CUDA events "
@@ -21,27 +22,16 @@ GRAPH_REPLAYS = (
 
 
 def graph_replay_table(frame: pd.DataFrame) -> Table | None:
-    """One line per row that was replayed, or tried and could not be: eager and replayed medians and their ratio."""
-    if "graph_time_ms" not in frame or "graph_reason" not in frame:
-        return None
-    replayed = pd.to_numeric(frame.graph_time_ms, errors="coerce")
-    # Rows of a mode or device that is never replayed say so in the results; here they would only be noise.
-    tried = frame.status.isin(MEASURED) & (replayed.notna() | frame.graph_reason.fillna("").str.startswith(
-        ("could not", "the replayed")))
-    rows = frame[tried].assign(graph_time_ms=replayed[tried])
+    """One line per row that was replayed, or tried and could not be: eager and replayed medians and their ratio.
+    Rows of a mode or device that is never replayed say so in the results; here they would only be noise."""
+    rows = rows_with(frame, "graph_time_ms", "graph_reason", reasons_shown=("could not", "the replayed"))
     if rows.empty:
         return None
-    order = impl_order(rows.impl)
-    lines = []
-    for _, row in rows.iterrows():
-        case = Case.from_row(row.to_dict())
-        host_bound = " ‡" if row.get("host_bound") is True else ""
-        if pd.notna(row.graph_time_ms):
-            cells = [fmt_duration(row.graph_time_ms), f"{fmt_num(row.time_ms / row.graph_time_ms)}×", ""]
-        else:
-            cells = ["–", "–", str(row.graph_reason)[:200]]
-        lines.append(((order.index(row.impl), case.label),
-                      [row.impl, case.label, fmt_duration(row.time_ms) + host_bound, *cells]))
-    lines.sort(key=lambda item: item[0])
-    return Table(["implementation", "case", "eager median", "replayed median", "eager ÷ replayed", "not replayed: why"],
-                 [cells for _, cells in lines])
+
+    def cells(row: pd.Series, case: Case) -> list[str]:
+        eager = fmt_duration(row.time_ms) + (" ‡" if row.get("host_bound") is True else "")
+        if pd.isna(row.graph_time_ms):
+            return [eager, "–", "–", str(row.graph_reason)[:200]]
+        return [eager, fmt_duration(row.graph_time_ms), f"{fmt_num(row.time_ms / row.graph_time_ms)}×", ""]
+
+    return per_row_table(rows, ["eager median", "replayed median", "eager ÷ replayed", "not replayed: why"], cells)

@@ -77,9 +77,9 @@ def seen_by_queries(fq: torch.Tensor, sums: KeySums,
 def linear_attention(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *, causal: bool, chunk: int = 128,
                      mm: torch.dtype | None = None,
                      seen: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """fq: positive features (B, H, Q, F) of the last Q ≤ N positions; fk (B, H, N, F); v (B, H, N, D) ->
-    (B, H, Q, D) in v's dtype. `seen`: what keys before all of these add to each query (seen_by_queries),
-    for a decoding step whose earlier keys are a carried state.
+    """fq: positive features (B, H, N, F) of N positions; fk (B, H, N, F) and v (B, H, N, D) of the same positions
+    -> (B, H, N, D) in v's dtype. `seen`: what keys before all of these add to each query (seen_by_queries), for a
+    decoding step: the queries and keys given are the new tokens, the earlier keys' sums are built or carried.
 
     Matmuls run in `mm`, by default the input dtype (tensor cores for bf16; fp32 for fp16, whose
     range the running sums would exceed); cumulative sums, normalizers and the final division in
@@ -92,12 +92,9 @@ def linear_attention(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *, cau
         numerator = (fq @ (fk.transpose(-2, -1) @ values)).to(acc)
         denominator = (fq @ fk.sum(-2, dtype=acc).to(mm)[..., None]).to(acc)
     else:
-        # Keys before the first query are seen by every query: their sums are added to each.
-        offset = fk.shape[-2] - fq.shape[-2]
-        if offset:
-            earlier = seen_by_queries(fq, key_sums(fk[..., :offset, :], values[..., :offset, :], mm))
-            seen = earlier if seen is None else (seen[0] + earlier[0], seen[1] + earlier[1])
-            fk, values = fk[..., offset:, :], values[..., offset:, :]
+        if fq.shape[-2] != fk.shape[-2]:
+            raise ValueError(f"causal linear_attention takes as many queries as keys (got {fq.shape[-2]} and "
+                             f"{fk.shape[-2]}): pass the earlier keys as `seen`")
         numerator, denominator = _causal_sums(fq, fk, values, chunk, acc)
     if seen is not None:
         numerator, denominator = numerator + seen[0], denominator + seen[1]
@@ -194,6 +191,7 @@ class LinearAttention(Implementation):
         # .get: linear-fla shares this class and its exact twin, without these options.
         self._attend = CompileOnRequest(self._attend_eager, self.settings.get("compile", False))
         self._step = CompileOnRequest(self._step_eager, self.settings.get("compile", False))
+        self._decode = CompileOnRequest(self._decode_eager, self.settings.get("compile", False))
         self._state = self.settings.get("state", "rebuilt")
         self._carried: CarriedState[KeySums] = CarriedState()
 
@@ -209,9 +207,11 @@ class LinearAttention(Implementation):
         return max(1.0, 16 / case.head_dim)
 
     def __call__(self, q, k, v, *, causal=False):
-        if not carries(self._state, q, k, v):
-            return self._attend(q, k, v, causal)
         earlier = k.shape[-2] - q.shape[-2]
+        if not earlier:
+            return self._attend(q, k, v, causal)
+        if not carries(self._state, q, k, v):
+            return self._decode(q, k, v, causal)
         sums = self._carried.get((k, v), earlier, lambda: self._earlier_sums(k[..., :earlier, :], v[..., :earlier, :]))
         return self._step(q, k[..., earlier:, :], v[..., earlier:, :], sums.state, sums.norm, causal)
 
@@ -220,10 +220,15 @@ class LinearAttention(Implementation):
         return linear_attention(elu_feature_map(q), elu_feature_map(k), v, causal=causal, chunk=self.settings["chunk"])
 
     @staticmethod
-    @torch.no_grad()
     def _earlier_sums(k: torch.Tensor, v: torch.Tensor) -> KeySums:
-        """The carried state of the keys before the first query, per key/value head."""
+        """The state of the keys before the first query, per key/value head."""
         return key_sums(elu_feature_map(k), v)
+
+    def _decode_eager(self, q, k, v, causal: bool) -> torch.Tensor:
+        """Fewer queries than keys, the earlier keys' state built from the cache in this call (`state=rebuilt`)."""
+        earlier = k.shape[-2] - q.shape[-2]
+        sums = self._earlier_sums(k[..., :earlier, :], v[..., :earlier, :])
+        return self._step_eager(q, k[..., earlier:, :], v[..., earlier:, :], sums.state, sums.norm, causal)
 
     def _step_eager(self, q, k, v, state: torch.Tensor, norm: torch.Tensor, causal: bool) -> torch.Tensor:
         """A decoding step: the new tokens' keys k and values v (B, KV, Q, D), the earlier ones' carried sums."""

@@ -154,6 +154,7 @@ class PerformerAttention(Implementation):
         self._projections: dict[tuple, torch.Tensor] = {}
         self._attend = CompileOnRequest(self._attend_eager, self.settings["compile"])
         self._step = CompileOnRequest(self._step_eager, self.settings["compile"])
+        self._decode = CompileOnRequest(self._decode_eager, self.settings["compile"])
         self._carried: CarriedState[tuple[KeySums, torch.Tensor]] = CarriedState()
 
     def projection(self, head_dim: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -170,9 +171,11 @@ class PerformerAttention(Implementation):
     def __call__(self, q, k, v, *, causal=False):
         # Drawn here, outside the compiled function, so compilation sees a plain tensor argument.
         projection = self.projection(q.shape[-1], q.dtype, q.device)
-        if not carries(self.settings["state"], q, k, v):
-            return self._attend(q, k, v, projection, causal)
         earlier = k.shape[-2] - q.shape[-2]
+        if not earlier:
+            return self._attend(q, k, v, projection, causal)
+        if not carries(self.settings["state"], q, k, v):
+            return self._decode(q, k, v, projection, causal)
         sums, shift = self._carried.get(  # the projection follows the queries' dtype
             (k, v), (earlier, q.dtype), lambda: self._earlier_sums(k[..., :earlier, :], v[..., :earlier, :], projection))
         return self._step(q, k[..., earlier:, :], v[..., earlier:, :], projection, sums.state, sums.norm, shift, causal)
@@ -184,11 +187,17 @@ class PerformerAttention(Implementation):
         return linear_attention(fq, fk, v, causal=causal, chunk=self.settings["chunk"], mm=fq.dtype)
 
     @staticmethod
-    @torch.no_grad()
     def _earlier_sums(k: torch.Tensor, v: torch.Tensor, projection: torch.Tensor) -> tuple[KeySums, torch.Tensor]:
-        """The carried state of the keys before the first query, per key/value head, and the shift of its features."""
+        """The state of the keys before the first query, per key/value head, and the shift of its features."""
         fk, shift = favor_key_features(k, projection)
         return key_sums(fk, v, mm=fk.dtype), shift
+
+    def _decode_eager(self, q, k, v, projection: torch.Tensor, causal: bool) -> torch.Tensor:
+        """Fewer queries than keys, the earlier keys' state built from the cache in this call (`state=rebuilt`)."""
+        earlier = k.shape[-2] - q.shape[-2]
+        sums, shift = self._earlier_sums(k[..., :earlier, :], v[..., :earlier, :], projection)
+        return self._step_eager(q, k[..., earlier:, :], v[..., earlier:, :], projection, sums.state, sums.norm, shift,
+                                causal)
 
     def _step_eager(self, q, k, v, projection: torch.Tensor, state: torch.Tensor, norm: torch.Tensor,
                     shift: torch.Tensor, causal: bool) -> torch.Tensor:

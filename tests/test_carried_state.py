@@ -169,3 +169,11 @@ def test_the_conformance_checks_second_call_reads_the_carried_state(name):
     result = check_case(impl, replace(case, mode="fwd"), seed=1)
     assert result.status == "pass" and result.repeated
     assert impl._carried.builds == 1
+
+
+def test_causal_linear_attention_takes_the_earlier_keys_as_sums_not_as_extra_keys():
+    from implementations.linear import linear_attention
+
+    fq, fk, v = (torch.rand(1, 2, n, 4) for n in (3, 5, 5))
+    with pytest.raises(ValueError, match=r"as many queries as keys \(got 3 and 5\): pass the earlier keys as `seen`"):
+        linear_attention(fq, fk, v, causal=True)

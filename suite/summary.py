@@ -15,6 +15,10 @@ def _cell(row: dict[str, Any]) -> str:
             text += f" {row['gbytes_per_s']:.3g} GB/s"
         elif row.get("tflops") is not None:
             text += f" {row['tflops']:.3g} TF/s"
+        if row.get("graph_time_ms") is not None:
+            text += f" (graph {row['graph_time_ms']:.3g} ms)"
+        if row.get("energy_j") is not None:
+            text += f" {row['energy_j'] * 1e3:.3g} mJ"
         return text + (" !" if row["status"] == "mismatch" else "")
     return _SHORT.get(row["status"], row["status"])
 
@@ -34,4 +38,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     if any(row.get("q_len") for row in rows):
         lines.append("cases with fewer queries than keys (-Q): GB/s instead, the least memory traffic of the call (the "
                      "whole KV cache read once, or a carried state in its place) over its time")
+    if any(row.get("graph_time_ms") is not None for row in rows):
+        lines.append("(graph ...): the median of the call replayed from a CUDA graph (--cuda-graph)")
+    if any(row.get("energy_j") is not None for row in rows):
+        lines.append("mJ: the board's energy per call, from NVML's counter (--energy)")
     return "\n".join(lines)

@@ -141,3 +141,14 @@ def test_gpu_replays_are_timed_for_kernels_and_a_synchronizing_call_is_refused(t
     backward = Case(1, 4, 256, 64, "bfloat16", True, "fwd+bwd", "cuda")
     (row,) = graph_run([implementations.get("sdpa")], [backward], tmp_path / "bwd", device="cuda")
     assert row["graph_reason"].startswith("mode=fwd+bwd")
+
+
+def test_the_run_table_shows_replayed_and_energy_figures_where_they_were_measured():
+    from suite.summary import format_table
+
+    row = {"impl": "sdpa", **vars(Case(1, 2, 64, 16, "bfloat16", True, "fwd", "cuda")), "status": "ok",
+           "time_ms": 0.05, "tflops": 0.5}
+    table = format_table([{**row, "graph_time_ms": 0.02, "energy_j": 0.0031}])
+    assert "0.05 ms 0.5 TF/s (graph 0.02 ms) 3.1 mJ" in table
+    assert "CUDA graph (--cuda-graph)" in table and "NVML's counter (--energy)" in table
+    assert "graph" not in format_table([row]) and "mJ" not in format_table([row])

@@ -14,6 +14,7 @@ from . import config, naming, speed_settings
 from .case import Case, GridError
 from .config import UsageError
 from .cuda_graph import refused_for_run as graph_refusal
+from .energy import WINDOW_S as ENERGY_WINDOW_S
 from .energy import refused_for_run as energy_refusal
 from .environment import collect, machine_name
 from .in_flight import InFlight
@@ -131,7 +132,11 @@ def cmd_run(args) -> int:
         if died:
             print(f"the run that wrote {out} died while measuring {_row_name(died)}: this run will record that as "
                   "an error row", file=sys.stderr)
-        print(format_plan(plan_run(impls, cases, skip, earlier), cases, device))
+        plans = plan_run(impls, cases, skip, earlier)
+        print(format_plan(plans, cases, device))
+        extra = _extra_measurements(sum(plan.to_measure for plan in plans), args.cuda_graph, args.energy, policy)
+        if extra:
+            print(extra)
         return 0
     if not died and skip and all(row_key(impl.label, case) in skip for impl in impls for case in cases):
         print(f"nothing to run: every case is already in {out}")  # before measuring the GPU's peaks
@@ -171,6 +176,16 @@ def cmd_run(args) -> int:
     print(format_table(rows))
     print(f"results: {out}")
     return 0
+
+
+def _extra_measurements(rows: int, cuda_graph: bool, energy: bool, policy: TimingPolicy) -> str | None:
+    """What --cuda-graph and --energy add to the rows a dry run counts, which `took before` leaves out."""
+    parts = []
+    if energy:
+        parts.append(f"--energy: about {ENERGY_WINDOW_S:g} s more per row ({rows * ENERGY_WINDOW_S / 60:.1f} min for {rows})")
+    if cuda_graph:
+        parts.append(f"--cuda-graph: each forward row's capture and up to {policy.budget_s:g} s of replays more")
+    return ("not in `took before`: " + "; ".join(parts)) if parts else None
 
 
 def measured_settings(cases: list[Case], device: str, seed: int, policy: TimingPolicy | None = None) -> RunSettings:

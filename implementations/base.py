@@ -126,7 +126,9 @@ class Implementation:
     def forward_flops(self, batch: int, heads: int, seq_len: int, head_dim: int, causal: bool,
                       q_len: int | None = None) -> float:
         """FLOPs of the forward maths (see implementations/flops.py); softmax attention by default. The harness
-        passes q_len only for cases with fewer queries than keys, so an override without it serves the rest."""
+        passes q_len only for cases with fewer queries than keys, so an override without it serves the rest; and
+        kv_heads, for grouped heads, only to an override that takes it (the linear families: their key side
+        belongs to the key/value heads)."""
         pairs = self.visible_pairs(seq_len, causal, q_len) if q_len else self.visible_pairs(seq_len, causal)
         return softmax_attention_flops(batch, heads, pairs, head_dim)
 

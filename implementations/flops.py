@@ -14,7 +14,9 @@ maths is out_i = φ(q_i)ᵀ S / φ(q_i)ᵀ z with S = Σ_j φ(k_j) v_jᵀ (F×D)
 and z costs 2·N·F·(D+1), applying them 2·N·F·(D+1), so 4·B·H·N·F·(D+1) (with Q queries against N keys,
 2·B·H·(N+Q)·F·(D+1)) — the same whether causal
 (a running S) or not; chunked algorithms do extra work that is not counted. FAVOR+ adds the random
-projections of queries and keys, 2·N·D·F each: 4·B·H·N·D·F.
+projections of queries and keys, 2·N·D·F each: 4·B·H·N·D·F. With KV key/value heads shared by H query heads,
+S and z and the keys' projections belong to the KV heads: the key side counts KV, 2·B·(KV·N + H·Q)·F·(D+1)
+(an implementation that repeats the keys per query head does extra work that is not counted).
 
 The backward is counted as 2.5× the forward for every family (the convention of FlashAttention's
 benchmarks: it recomputes QKᵀ and does four more products, 5 against the forward's 2).
@@ -35,11 +37,16 @@ def softmax_attention_flops(batch: int, heads: int, visible_pairs: int, head_dim
     return 4.0 * batch * heads * visible_pairs * head_dim
 
 
+def _key_and_query_rows(heads: int, seq_len: int, q_len: int | None, kv_heads: int | None) -> int:
+    """Keys summed (per key/value head) plus queries (per query head), over all heads."""
+    return (kv_heads or heads) * seq_len + heads * (q_len or seq_len)
+
+
 def linear_attention_flops(batch: int, heads: int, seq_len: int, head_dim: int, features: int,
-                           q_len: int | None = None) -> float:
-    return 2.0 * batch * heads * (seq_len + (q_len or seq_len)) * features * (head_dim + 1)
+                           q_len: int | None = None, kv_heads: int | None = None) -> float:
+    return 2.0 * batch * _key_and_query_rows(heads, seq_len, q_len, kv_heads) * features * (head_dim + 1)
 
 
 def random_feature_flops(batch: int, heads: int, seq_len: int, head_dim: int, features: int,
-                         q_len: int | None = None) -> float:
-    return 2.0 * batch * heads * (seq_len + (q_len or seq_len)) * head_dim * features
+                         q_len: int | None = None, kv_heads: int | None = None) -> float:
+    return 2.0 * batch * _key_and_query_rows(heads, seq_len, q_len, kv_heads) * head_dim * features

@@ -248,9 +248,9 @@ class LinearAttention(Implementation):
     def attention_weights(self, q, k, *, causal=False):
         return linear_weights(elu_feature_map(q.double()), elu_feature_map(k.double()), causal=causal)
 
-    def forward_flops(self, batch, heads, seq_len, head_dim, causal, q_len=None):
+    def forward_flops(self, batch, heads, seq_len, head_dim, causal, q_len=None, kv_heads=None):
         keys = summed_keys(self._state, seq_len, q_len)
-        return linear_attention_flops(batch, heads, keys, head_dim, features=head_dim, q_len=q_len)
+        return linear_attention_flops(batch, heads, keys, head_dim, features=head_dim, q_len=q_len, kv_heads=kv_heads)
 
     def carried_state_bytes(self, case) -> int | None:
         return carried_bytes(self._state, case, features=case.head_dim, dtype=matmul_dtype(DTYPES[case.dtype]))

@@ -228,11 +228,11 @@ class PerformerAttention(Implementation):
         fk = favor_features(k.double(), projection, is_query=False)
         return linear_weights(fq, fk, causal=causal)
 
-    def forward_flops(self, batch, heads, seq_len, head_dim, causal, q_len=None):
+    def forward_flops(self, batch, heads, seq_len, head_dim, causal, q_len=None, kv_heads=None):
         m = self.settings["features"]
         keys = summed_keys(self.settings["state"], seq_len, q_len)
-        features = random_feature_flops(batch, heads, keys, head_dim, m, q_len)
-        return features + linear_attention_flops(batch, heads, keys, head_dim, m, q_len)
+        features = random_feature_flops(batch, heads, keys, head_dim, m, q_len, kv_heads)
+        return features + linear_attention_flops(batch, heads, keys, head_dim, m, q_len, kv_heads)
 
     def carried_state_bytes(self, case) -> int | None:
         wide = torch.promote_types(DTYPES[case.dtype], torch.float32)  # features and their sums stay wide

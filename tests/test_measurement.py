@@ -100,6 +100,30 @@ def test_visible_pairs_and_flops():
     assert MODE_FACTOR == {"fwd": 1.0, "bwd": 2.5, "fwd+bwd": 3.5}
 
 
+def test_the_linear_families_count_their_key_side_per_key_value_head():
+    """S = Σφ(k)vᵀ and the keys' random projections belong to the key/value heads: with 8 query heads sharing 2, a
+    linear row counts the keys 2 times, not 8, and the queries 8 times; softmax attention counts every query head."""
+    import implementations
+    from suite.case import Case
+    from suite.flops import case_flops
+
+    grouped, plain = (Case(2, 8, 64, 16, "float32", True, "fwd", "cpu", kv_heads) for kv_heads in (2, None))
+    rows = lambda kv: kv * 64 + 8 * 64  # noqa: E731 - keys per key/value head, queries per query head
+    assert case_flops(implementations.get("linear"), grouped) == 2 * 2 * rows(2) * 16 * 17
+    assert case_flops(implementations.get("linear"), plain) == 2 * 2 * rows(8) * 16 * 17
+    performer = implementations.get("performer", features=32)
+    assert case_flops(performer, grouped) == 2 * 2 * rows(2) * (16 * 32 + 32 * 17)
+    assert case_flops(implementations.get("naive"), grouped) == case_flops(implementations.get("naive"), plain)
+
+    class WrittenBeforeKvHeads(Implementation):
+        family = "linear"
+
+        def forward_flops(self, batch, heads, seq_len, head_dim, causal, q_len=None):
+            return 1.0
+
+    assert case_flops(WrittenBeforeKvHeads("old"), grouped) == 1.0  # not given an argument it does not take
+
+
 def test_a_call_is_host_bound_when_issuing_it_took_as_long_as_the_gpu_ran_it():
     from suite.runner import host_figures
 

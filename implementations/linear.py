@@ -57,29 +57,42 @@ def key_sums(fk: torch.Tensor, v: torch.Tensor, mm: torch.dtype | None = None) -
     return KeySums(fk.to(mm).transpose(-2, -1) @ v.to(mm), fk.sum(-2, dtype=acc).to(mm))
 
 
-def seen_by_queries(fq: torch.Tensor, sums: KeySums,
-                    scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Numerators (B, H, Q, D) and denominators (B, H, Q, 1), in float32 or wider, that summed keys add for
-    queries fq (B, H, Q, F), the sums having KV ≤ H heads (query head h reads key/value head h // (H / KV)): the
-    query heads of a group are stacked as rows of one matmul, so the sums are never repeated per query head.
-    `scale` (B, KV, 1, 1) multiplies the sums' contributions (FAVOR+ rescales keys taken under another shift)."""
+def decoding_step(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, sums: KeySums, *, causal: bool,
+                  chunk: int = 128, mm: torch.dtype | None = None, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """A decoding step: queries fq (B, H, Q, F) of the Q new tokens, their keys' features fk (B, KV, Q, F) and values
+    v (B, KV, Q, D), and the sums of the keys before them (KV ≤ H heads; query head h reads key/value head h // G)
+    -> (B, H, Q, D) in v's dtype. The G query heads of a group are stacked as rows of one matmul against their
+    key/value head's sums and new keys, so neither is repeated per query head. `scale` (B, KV, 1, 1) multiplies
+    the sums' contributions (FAVOR+ rescales keys taken under another shift). More new tokens than one chunk (a
+    chunked prefill) go through the chunked routine instead."""
+    mm = mm or matmul_dtype(v.dtype)
+    acc = torch.promote_types(v.dtype, torch.float32)
     batch, heads, q_len, features = fq.shape
-    kv_heads, mm = sums.state.shape[1], sums.state.dtype
-    acc = torch.promote_types(mm, torch.float32)
-    grouped = fq.to(mm).reshape(batch, kv_heads, heads // kv_heads * q_len, features)
-    numerator = (grouped @ sums.state).to(acc)
-    denominator = (grouped @ sums.norm[..., None]).to(acc)
+    kv_heads = fk.shape[1]
+    grouped = fq.to(mm).reshape(batch, kv_heads, heads // kv_heads * q_len, features)  # row g·Q + i: query i of head g
+    numerator = (grouped @ sums.state.to(mm)).to(acc)
+    denominator = (grouped @ sums.norm.to(mm)[..., None]).to(acc)
     if scale is not None:
         numerator, denominator = numerator * scale, denominator * scale
-    return numerator.view(batch, heads, q_len, -1), denominator.view(batch, heads, q_len, 1)
+    if q_len > chunk:
+        seen = (numerator.view(batch, heads, q_len, -1), denominator.view(batch, heads, q_len, 1))
+        fk, v = expand_kv(fq, fk, v)
+        return linear_attention(fq, fk, v, causal=causal, chunk=chunk, mm=mm, seen=seen)
+    weights = grouped @ fk.to(mm).transpose(-2, -1)  # (B, KV, G·Q, Q)
+    if causal and q_len > 1:  # query i sees the new keys 0..i
+        visible = torch.ones(q_len, q_len, dtype=weights.dtype, device=weights.device).tril()
+        weights = weights * visible.repeat(heads // kv_heads, 1)
+    numerator = numerator + (weights @ v.to(mm)).to(acc)
+    denominator = denominator + weights.sum(-1, keepdim=True, dtype=acc)
+    return (numerator / denominator).to(v.dtype).view(batch, heads, q_len, -1)
 
 
 def linear_attention(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *, causal: bool, chunk: int = 128,
                      mm: torch.dtype | None = None,
                      seen: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """fq: positive features (B, H, N, F) of N positions; fk (B, H, N, F) and v (B, H, N, D) of the same positions
-    -> (B, H, N, D) in v's dtype. `seen`: what keys before all of these add to each query (seen_by_queries), for a
-    decoding step: the queries and keys given are the new tokens, the earlier keys' sums are built or carried.
+    -> (B, H, N, D) in v's dtype. `seen`: the numerators (B, H, N, D) and denominators (B, H, N, 1) that keys before
+    all of these add to each query (decoding_step passes them for a chunked prefill's new tokens).
 
     Matmuls run in `mm`, by default the input dtype (tensor cores for bf16; fp32 for fp16, whose
     range the running sums would exceed); cumulative sums, normalizers and the final division in
@@ -232,10 +245,8 @@ class LinearAttention(Implementation):
 
     def _step_eager(self, q, k, v, state: torch.Tensor, norm: torch.Tensor, causal: bool) -> torch.Tensor:
         """A decoding step: the new tokens' keys k and values v (B, KV, Q, D), the earlier ones' carried sums."""
-        fq = elu_feature_map(q)
-        seen = seen_by_queries(fq, KeySums(state, norm))
-        k, v = expand_kv(q, k, v)
-        return linear_attention(fq, elu_feature_map(k), v, causal=causal, chunk=self.settings["chunk"], seen=seen)
+        return decoding_step(elu_feature_map(q), elu_feature_map(k), v, KeySums(state, norm), causal=causal,
+                             chunk=self.settings["chunk"])
 
     def backend(self, q, k, v, *, causal=False) -> str | None:
         return self._attend.backend + carried_description(self._state, q, k)

@@ -38,7 +38,8 @@ from .carried_state import (STATE_OPTION, CarriedState, carried_bytes, carried_d
                             carries, summed_keys)
 from .compiling import COMPILE_OPTION, CompileOnRequest
 from .flops import linear_attention_flops, random_feature_flops
-from .linear import KeySums, key_sums, linear_attention, linear_weights, quadratic_linear_attention, seen_by_queries
+from .linear import (KeySums, decoding_step, key_sums, linear_attention, linear_weights,
+                     quadratic_linear_attention)
 
 
 def orthogonal_random_features(features: int, head_dim: int, seed: int) -> torch.Tensor:
@@ -207,9 +208,8 @@ class PerformerAttention(Implementation):
         the largest feature apart)."""
         fq = favor_features_fast(q, projection, is_query=True)
         fk, new_shift = favor_key_features(k, projection, at_least=shift)
-        seen = seen_by_queries(fq, KeySums(state, norm), scale=torch.exp(shift - new_shift))
-        fk, v = expand_kv(q, fk, v)
-        return linear_attention(fq, fk, v, causal=causal, chunk=self.settings["chunk"], mm=fq.dtype, seen=seen)
+        return decoding_step(fq, fk, v, KeySums(state, norm), causal=causal, chunk=self.settings["chunk"], mm=fq.dtype,
+                             scale=torch.exp(shift - new_shift))
 
     def backend(self, q, k, v, *, causal=False) -> str | None:
         return self._attend.backend + carried_description(self.settings["state"], q, k)

@@ -28,8 +28,8 @@ from .case import Grid
 from .check_command import checked, default_check_dtypes
 from .compare import CompareInputError, paired, read_side
 from .compare import compare as compared
-from .cuda_graph import refused_for_run as graph_refusal
-from .energy import refused_for_run as energy_refusal
+from .cuda_graph import WHY_GPU_ONLY as GRAPH_WHY
+from .energy import WHY_GPU_ONLY as ENERGY_WHY
 from .grid_scope import GridScope
 from .progress import Progress
 from .results import load
@@ -109,9 +109,9 @@ def benchmark(impls: Iterable[Implementation | str] | Implementation | str, *, s
     device = config.device_or_default(device, "device")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed: {seed!r} is not an integer (allowed: any integer)")
-    for asked, refusal in ((cuda_graph, graph_refusal("cuda_graph", device)), (energy, energy_refusal("energy", device))):
-        if asked and refusal:
-            raise ValueError(refusal)
+    for asked, name, why in ((cuda_graph, "cuda_graph", GRAPH_WHY), (energy, "energy", ENERGY_WHY)):
+        if asked and config.gpu_only(name, device, why):
+            raise ValueError(config.gpu_only(name, device, why))
     ints = lambda name, value: config.positive_ints(name, config.as_flag_text(value))  # noqa: E731
     grid = Grid(
         impls=tuple(impl.label for impl in built),

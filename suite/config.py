@@ -129,6 +129,13 @@ def causal_values(flag: str, text: str) -> tuple[bool, ...]:
     return choices[key]
 
 
+def gpu_only(flag: str, device: str, why: str) -> str | None:
+    """The usage error of asking for a GPU-only measurement (`flag`) in a run on another device; None on a GPU."""
+    if device == "cuda":
+        return None
+    return f"{flag}: this run's device is {device} (allowed: a CUDA device; {why})"
+
+
 def device_or_default(text: str | None, flag: str = "--device") -> str:
     """--device as given (checked), or the GPU where there is one."""
     import torch

@@ -25,11 +25,7 @@ from .timing import TimingPolicy, measure
 WARMUP_CALLS = 3  # on the capture stream, before capturing
 
 
-def refused_for_run(flag: str, device: str) -> str | None:
-    """The usage error of asking for graph replays in a run on a CPU; None on a GPU."""
-    if device == "cuda":
-        return None
-    return f"{flag}: this run's device is {device} (allowed: a CUDA device; a CUDA graph replays GPU work)"
+WHY_GPU_ONLY = "a CUDA graph replays GPU work"
 
 
 def unavailable_reason(device: str, mode: str) -> str | None:

@@ -24,11 +24,7 @@ WINDOW_S = 2.0
 MAX_CALLS = 1_000_000
 
 
-def refused_for_run(flag: str, device: str) -> str | None:
-    """The usage error of asking for energy in a run on a CPU; None on a GPU."""
-    if device == "cuda":
-        return None
-    return f"{flag}: this run's device is {device} (allowed: a CUDA device; NVML reads an NVIDIA GPU's energy counter)"
+WHY_GPU_ONLY = "NVML reads an NVIDIA GPU's energy counter"
 
 
 def energy_figures(fn: Callable[[], object], before_each: Callable[[], object] | None, device: torch.device,

@@ -10,12 +10,9 @@ import torch
 
 import implementations
 
-from . import config, naming, speed_settings
+from . import config, cuda_graph, energy, naming, speed_settings
 from .case import Case, GridError
 from .config import UsageError
-from .cuda_graph import refused_for_run as graph_refusal
-from .energy import WINDOW_S as ENERGY_WINDOW_S
-from .energy import refused_for_run as energy_refusal
 from .environment import collect, machine_name
 from .in_flight import InFlight
 from .peak import measured_copy_gbytes_per_s, measured_matmul_tflops
@@ -106,10 +103,10 @@ def cmd_run(args) -> int:
     retry = _retry_statuses(args.retry, args.resume)
     policy = config.timing_policy("--timing", from_config.get("timing") if args.timing is None else args.timing, device)
     deadline = started + config.positive_float("--time-limit", args.time_limit) if args.time_limit else None
-    for asked, refusal in ((args.cuda_graph, graph_refusal("--cuda-graph", device)),
-                           (args.energy, energy_refusal("--energy", device))):
-        if asked and refusal:
-            raise UsageError(refusal)
+    for asked, flag, why in ((args.cuda_graph, "--cuda-graph", cuda_graph.WHY_GPU_ONLY),
+                             (args.energy, "--energy", energy.WHY_GPU_ONLY)):
+        if asked and config.gpu_only(flag, device, why):
+            raise UsageError(config.gpu_only(flag, device, why))
     in_flight = InFlight(out)
     writing = in_flight.running_elsewhere()
     if writing is not None and not args.dry_run:
@@ -178,12 +175,12 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _extra_measurements(rows: int, cuda_graph: bool, energy: bool, policy: TimingPolicy) -> str | None:
+def _extra_measurements(rows: int, graph_replays: bool, energy_per_call: bool, policy: TimingPolicy) -> str | None:
     """What --cuda-graph and --energy add to the rows a dry run counts, which `took before` leaves out."""
     parts = []
-    if energy:
-        parts.append(f"--energy: about {ENERGY_WINDOW_S:g} s more per row ({rows * ENERGY_WINDOW_S / 60:.1f} min for {rows})")
-    if cuda_graph:
+    if energy_per_call:
+        parts.append(f"--energy: about {energy.WINDOW_S:g} s more per row ({rows * energy.WINDOW_S / 60:.1f} min for {rows})")
+    if graph_replays:
         parts.append(f"--cuda-graph: each forward row's capture and up to {policy.budget_s:g} s of replays more")
     return ("not in `took before`: " + "; ".join(parts)) if parts else None
 

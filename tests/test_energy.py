@@ -99,7 +99,7 @@ def test_gpu_energy_per_call_agrees_with_power_and_time(tmp_path):
 def test_a_dry_run_says_what_energy_and_graph_replays_add_to_its_estimate():
     from suite.run_command import _extra_measurements
 
-    line = _extra_measurements(90, cuda_graph=True, energy=True, policy=TimingPolicy(budget_s=1.0))
+    line = _extra_measurements(90, graph_replays=True, energy_per_call=True, policy=TimingPolicy(budget_s=1.0))
     assert line == ("not in `took before`: --energy: about 2 s more per row (3.0 min for 90); "
                     "--cuda-graph: each forward row's capture and up to 1 s of replays more")
-    assert _extra_measurements(90, cuda_graph=False, energy=False, policy=TimingPolicy()) is None
+    assert _extra_measurements(90, graph_replays=False, energy_per_call=False, policy=TimingPolicy()) is None

@@ -6,7 +6,9 @@ with φ(x) = elu(x) + 1 and no softmax scale. Non-causal costs O(N·F·D). With 
 (decoding: the queries are the last Q positions), every query also sees the sums of the first N − Q keys
 (KeySums), built from them on every call, or with `state=carried` once per cache and carried from call to
 call as a recurrent decoder does (carried_state.py). Causal is computed in chunks of C tokens: inside a chunk the masked quadratic form φ(Q_c)φ(K_c)ᵀ, across chunks a running state
-(an exclusive cumulative sum of per-chunk φ(K_c)ᵀV_c) — batched matmuls, no loop over tokens.
+(an exclusive cumulative sum of per-chunk φ(K_c)ᵀV_c) — batched matmuls, no loop over tokens. With
+fewer key/value heads than query heads, the key side (features, states, sums) is computed once per
+key/value head, and each chunk's matmuls take the group's query heads as stacked rows (ChunkRows).
 
 The chunk size trades the two: per token, the within-chunk part costs ~C·(F + D) multiply-adds and
 the materialized states ~F·D/C values of memory traffic, so C ≈ √(F·D) balances them; the default
@@ -76,7 +78,6 @@ def decoding_step(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, sums: Key
         numerator, denominator = numerator * scale, denominator * scale
     if q_len > chunk:
         seen = (numerator.view(batch, heads, q_len, -1), denominator.view(batch, heads, q_len, 1))
-        fk, v = expand_kv(fq, fk, v)
         return linear_attention(fq, fk, v, causal=causal, chunk=chunk, mm=mm, seen=seen)
     weights = grouped @ fk.to(mm).transpose(-2, -1)  # (B, KV, G·Q, Q)
     if causal and q_len > 1:  # query i sees the new keys 0..i
@@ -87,12 +88,55 @@ def decoding_step(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, sums: Key
     return (numerator / denominator).to(v.dtype).view(batch, heads, q_len, -1)
 
 
+@dataclass(frozen=True)
+class ChunkRows:
+    """Queries (B, H, N, ·) laid out as the rows of chunked matmuls (B, KV, n, G·C, ·): per chunk of C positions
+    (N padded to n·C), the G query heads that share a key/value head stacked, so each chunk's products run once
+    against that head's keys (B, KV, n, C, ·) and no key or value is repeated per query head. With one chunk
+    (non-causal, or N ≤ C) the rows are a view of the queries; with several and G > 1, one copy."""
+
+    batch: int
+    heads: int
+    kv_heads: int
+    seq_len: int
+    chunk: int
+
+    @property
+    def groups(self) -> int:
+        return self.heads // self.kv_heads
+
+    @property
+    def chunks(self) -> int:
+        return -(-self.seq_len // self.chunk)
+
+    def _padded(self, x: torch.Tensor, value: float) -> torch.Tensor:
+        pad = self.chunks * self.chunk - self.seq_len  # padded keys come after every real query: no one sees them
+        return F.pad(x, (0, 0, 0, pad), value=value) if pad else x
+
+    def keys(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, KV, N, ·) -> (B, KV, n, C, ·), zero-padded."""
+        return self._padded(x, 0.0).reshape(self.batch, self.kv_heads, self.chunks, self.chunk, x.shape[-1])
+
+    def rows(self, x: torch.Tensor, pad_value: float = 0.0) -> torch.Tensor:
+        """(B, H, N, ·) -> (B, KV, n, G·C, ·): row g·C + i of chunk c is position c·C + i of query head kv·G + g."""
+        width = x.shape[-1]
+        split = self._padded(x, pad_value).reshape(self.batch, self.kv_heads, self.groups, self.chunks, self.chunk, width)
+        return split.transpose(2, 3).reshape(self.batch, self.kv_heads, self.chunks, self.groups * self.chunk, width)
+
+    def heads_first(self, x: torch.Tensor) -> torch.Tensor:
+        """The inverse of `rows`, padding cut off: (B, KV, n, G·C, ·) -> (B, H, N, ·)."""
+        width = x.shape[-1]
+        split = x.reshape(self.batch, self.kv_heads, self.chunks, self.groups, self.chunk, width).transpose(2, 3)
+        return split.reshape(self.batch, self.heads, self.chunks * self.chunk, width)[..., : self.seq_len, :]
+
+
 def linear_attention(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *, causal: bool, chunk: int = 128,
                      mm: torch.dtype | None = None,
                      seen: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """fq: positive features (B, H, N, F) of N positions; fk (B, H, N, F) and v (B, H, N, D) of the same positions
-    -> (B, H, N, D) in v's dtype. `seen`: the numerators (B, H, N, D) and denominators (B, H, N, 1) that keys before
-    all of these add to each query (decoding_step passes them for a chunked prefill's new tokens).
+    """fq: positive features (B, H, N, F) of N positions; fk (B, KV, N, F) and v (B, KV, N, D) of the same positions,
+    KV dividing H (query head h reads key/value head h // (H/KV)) -> (B, H, N, D) in v's dtype. `seen`: the
+    numerators (B, H, N, D) and denominators (B, H, N, 1) that keys before all of these add to each query
+    (decoding_step passes them for a chunked prefill's new tokens).
 
     Matmuls run in `mm`, by default the input dtype (tensor cores for bf16; fp32 for fp16, whose
     range the running sums would exceed); cumulative sums, normalizers and the final division in
@@ -100,32 +144,32 @@ def linear_attention(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *, cau
     """
     mm = mm or matmul_dtype(v.dtype)
     acc = torch.promote_types(v.dtype, torch.float32)
-    fq, fk, values = fq.to(mm), fk.to(mm), v.to(mm)
-    if not causal:
-        numerator = (fq @ (fk.transpose(-2, -1) @ values)).to(acc)
-        denominator = (fq @ fk.sum(-2, dtype=acc).to(mm)[..., None]).to(acc)
-    else:
-        if fq.shape[-2] != fk.shape[-2]:
-            raise ValueError(f"causal linear_attention takes as many queries as keys (got {fq.shape[-2]} and "
-                             f"{fk.shape[-2]}): pass the earlier keys as `seen`")
-        numerator, denominator = _causal_sums(fq, fk, values, chunk, acc)
-    if seen is not None:
-        numerator, denominator = numerator + seen[0], denominator + seen[1]
-    return (numerator / denominator).to(v.dtype)
-
-
-def _causal_sums(fq: torch.Tensor, fk: torch.Tensor, values: torch.Tensor, chunk: int,
-                 acc: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Causal numerators (B, H, N, D) and denominators (B, H, N, 1), for as many queries as keys, in chunks."""
     batch, heads, seq_len, _ = fq.shape
-    chunk = min(chunk, seq_len)  # a decoding step's few queries are not padded to a whole chunk
-    chunks = -(-seq_len // chunk)
-    pad = chunks * chunk - seq_len  # padded keys come after every real query, so no one sees them
+    if causal and fk.shape[-2] != seq_len:
+        raise ValueError(f"causal linear_attention takes as many queries as keys (got {seq_len} and "
+                         f"{fk.shape[-2]}): pass the earlier keys as `seen`")
+    # Non-causal attention is one chunk of all queries against all keys, with no mask.
+    layout = ChunkRows(batch, heads, fk.shape[1], seq_len, min(chunk, seq_len) if causal else seq_len)
+    # Padded queries get features 1 (not 0): positive denominators, so their rows, cut off before the
+    # output, put no NaN into the gradients.
+    fq_rows = layout.rows(fq.to(mm), pad_value=1.0)
+    if causal:
+        numerator, denominator = _causal_sums(fq_rows, layout.keys(fk.to(mm)), layout.keys(v.to(mm)), acc)
+    else:
+        fk, values = fk.to(mm)[:, :, None], v.to(mm)[:, :, None]  # all keys as one chunk
+        numerator = (fq_rows @ (fk.transpose(-2, -1) @ values)).to(acc)
+        denominator = (fq_rows @ fk.sum(-2, dtype=acc).to(mm)[..., None]).to(acc)
+    if seen is not None:
+        numerator, denominator = numerator + layout.rows(seen[0]), denominator + layout.rows(seen[1], pad_value=1.0)
+    return layout.heads_first((numerator / denominator).to(v.dtype))
 
-    def split(x: torch.Tensor, value: float = 0.0) -> torch.Tensor:
-        if pad:
-            x = F.pad(x, (0, 0, 0, pad), value=value)
-        return x.reshape(batch, heads, chunks, chunk, x.shape[-1])
+
+def _causal_sums(fq: torch.Tensor, fk: torch.Tensor, values: torch.Tensor,
+                 acc: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal numerators (B, KV, n, G·C, D) and denominators (B, KV, n, G·C, 1) from query rows fq (B, KV, n, G·C, F)
+    and the keys' chunks fk (B, KV, n, C, F) and values (B, KV, n, C, D) (ChunkRows)."""
+    batch, kv_heads, chunks, rows, _ = fq.shape
+    chunk = fk.shape[-2]
 
     def before_each_chunk(all_but_last: torch.Tensor) -> torch.Tensor:
         """From the sums of each chunk but the last (dim 2), what all earlier chunks contribute to each chunk, in
@@ -133,21 +177,18 @@ def _causal_sums(fq: torch.Tensor, fk: torch.Tensor, values: torch.Tensor, chunk
         earlier = torch.cumsum(all_but_last, dim=2, dtype=acc)
         return torch.cat([torch.zeros_like(earlier[:, :, :1]), earlier], dim=2)
 
-    # Padded queries get features 1 (not 0): their rows are cut off below, before any division.
-    fq_c, fk_c, v_c = split(fq, 1.0), split(fk), split(values)
-    weights = torch.tril(fq_c @ fk_c.transpose(-2, -1))  # (B, H, n, C, C), within-chunk causal
-    numerator = (weights @ v_c).to(acc)
+    weights = fq @ fk.transpose(-2, -1)  # (B, KV, n, G·C, C): each query head's C×C block within the chunk
+    weights = torch.tril(weights.view(batch, kv_heads, chunks, rows // chunk, chunk, chunk)).view(weights.shape)
+    numerator = (weights @ values).to(acc)
     denominator = weights.sum(-1, keepdim=True, dtype=acc)
     if chunks > 1:  # one chunk (a decoding step's few new tokens) has no earlier chunks
         # Running sums accumulate in float32 (they grow like N); matmuls read them in the matmul dtype.
         mm = fq.dtype
-        state_before = before_each_chunk(fk_c[:, :, :-1].transpose(-2, -1) @ v_c[:, :, :-1]).to(mm)
-        norm_before = before_each_chunk(fk_c[:, :, :-1].sum(-2, dtype=acc))  # (B, H, n, F)
-        numerator = numerator + (fq_c @ state_before).to(acc)
-        denominator = denominator + (fq_c @ norm_before.to(mm)[..., None]).to(acc)
-    rows = chunks * chunk
-    return (numerator.view(batch, heads, rows, -1)[..., :seq_len, :],
-            denominator.view(batch, heads, rows, 1)[..., :seq_len, :])
+        state_before = before_each_chunk(fk[:, :, :-1].transpose(-2, -1) @ values[:, :, :-1]).to(mm)
+        norm_before = before_each_chunk(fk[:, :, :-1].sum(-2, dtype=acc))  # (B, KV, n, F)
+        numerator = numerator + (fq @ state_before).to(acc)
+        denominator = denominator + (fq @ norm_before.to(mm)[..., None]).to(acc)
+    return numerator, denominator
 
 
 def quadratic_linear_attention(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *, causal: bool,
@@ -229,7 +270,6 @@ class LinearAttention(Implementation):
         return self._step(q, k[..., earlier:, :], v[..., earlier:, :], sums.state, sums.norm, causal)
 
     def _attend_eager(self, q, k, v, causal: bool) -> torch.Tensor:
-        k, v = expand_kv(q, k, v)
         return linear_attention(elu_feature_map(q), elu_feature_map(k), v, causal=causal, chunk=self.settings["chunk"])
 
     @staticmethod

@@ -182,7 +182,6 @@ class PerformerAttention(Implementation):
         return self._step(q, k[..., earlier:, :], v[..., earlier:, :], projection, sums.state, sums.norm, shift, causal)
 
     def _attend_eager(self, q, k, v, projection: torch.Tensor, causal: bool) -> torch.Tensor:
-        k, v = expand_kv(q, k, v)
         fq = favor_features_fast(q, projection, is_query=True)
         fk = favor_features_fast(k, projection, is_query=False)
         return linear_attention(fq, fk, v, causal=causal, chunk=self.settings["chunk"], mm=fq.dtype)

@@ -186,6 +186,58 @@ def test_non_causal_linear_equals_its_quadratic_form():
     torch.testing.assert_close(linear_attention(fq, fk, v, causal=False), quadratic_linear_attention(fq, fk, v, causal=False))
 
 
+@pytest.mark.parametrize("causal", [False, True], ids=["dense", "causal"])
+@pytest.mark.parametrize("heads,kv_heads,seq_len,chunk", [(4, 2, 75, 16), (6, 2, 300, 128), (3, 1, 9, 4), (4, 1, 5, 128)])
+def test_grouped_query_heads_read_their_own_key_value_head(causal, heads, kv_heads, seq_len, chunk):
+    """Keys and values per key/value head, never repeated: each query head h gets what it gets from head h // G's
+    keys repeated for it, across chunks, padding and the earlier keys' `seen` sums."""
+    q, k, v = randn(2, heads, seq_len, 8, seed=1), randn(2, kv_heads, seq_len, 8, seed=2), randn(2, kv_heads, seq_len, 8, seed=3)
+    fq, fk = elu_feature_map(q), elu_feature_map(k)
+    fk_repeated, v_repeated = implementations.base.expand_kv(q, fk, v)
+    grouped = linear_attention(fq, fk, v, causal=causal, chunk=chunk)
+    torch.testing.assert_close(grouped, quadratic_linear_attention(fq, fk_repeated, v_repeated, causal=causal))
+    if causal:
+        torch.testing.assert_close(grouped, linear_recurrence(fq, fk_repeated, v_repeated), rtol=1e-10, atol=1e-12)
+    seen = (randn(2, heads, seq_len, 8, seed=4).abs(), randn(2, heads, seq_len, 1, seed=5).abs())
+    torch.testing.assert_close(linear_attention(fq, fk, v, causal=causal, chunk=chunk, seen=seen),
+                               linear_attention(fq, fk_repeated, v_repeated, causal=causal, chunk=chunk, seen=seen))
+
+
+@pytest.mark.parametrize("name", ["linear", "performer"])
+def test_grouped_heads_give_the_gradients_of_repeated_keys(name):
+    """Full length, three chunks and a partial one: outputs and gradients (summed over each group for k and v) as
+    with the keys repeated per query head."""
+    impl = implementations.get(name, chunk=16)
+    q = randn(1, 4, 40, 8, seed=1).requires_grad_()
+    k, v = (randn(1, 2, 40, 8, seed=s).requires_grad_() for s in (2, 3))
+    for causal in (False, True):
+        grouped = impl(q, k, v, causal=causal)
+        repeated = impl(q, *implementations.base.expand_kv(q, k, v), causal=causal)
+        torch.testing.assert_close(grouped, repeated)
+        out_grad = randn(*grouped.shape, seed=4)
+        grads = torch.autograd.grad(grouped, (q, k, v), out_grad)
+        torch.testing.assert_close(grads, torch.autograd.grad(repeated, (q, k, v), out_grad))
+
+
+@pytest.mark.parametrize("name", ["linear", "performer"])
+def test_grouped_heads_do_the_key_side_work_once_per_key_value_head(name):
+    """Non-causal, the matmuls are no more than the FLOPs the row is credited with, which count Σφ(k)vᵀ and the
+    keys' projections per key/value head; causal, sharing key/value heads saves work over one per query head."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    impl = implementations.get(name)
+    q = randn(1, 8, 512, 32, seed=1, dtype=torch.float32)
+    counted = {}
+    for kv_heads in (8, 2):
+        k, v = (randn(1, kv_heads, 512, 32, seed=s, dtype=torch.float32) for s in (2, 3))
+        for causal in (False, True):
+            with FlopCounterMode(display=False) as counter:
+                impl(q, k, v, causal=causal)
+            counted[kv_heads, causal] = counter.get_total_flops()
+    assert counted[2, False] <= impl.forward_flops(1, 8, 512, 32, False, kv_heads=2) < counted[8, False]
+    assert counted[2, True] < counted[8, True]
+
+
 # --- performer ---------------------------------------------------------------------------------
 
 def test_favor_estimator_is_unbiased():

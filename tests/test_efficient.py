@@ -333,11 +333,13 @@ def test_fp16_linear_attention_survives_sums_beyond_fp16_range(causal):
 
 
 def test_compiled_performer_matches_eager_forward_and_gradients():
-    """compile=true (one CPU compilation, ~30 s): the same numbers as eager, and the backend says so."""
-    q, k, v, dout = (randn(1, 2, 70, 16, seed=s, dtype=torch.float32) for s in range(4))
+    """compile=true (one CPU compilation, ~30 s): the same numbers as eager, and the backend says so; two query
+    heads sharing one key/value head over three chunks, the last one partial."""
+    q, dout = (randn(1, 2, 70, 16, seed=s, dtype=torch.float32) for s in (0, 3))
+    k, v = (randn(1, 1, 70, 16, seed=s, dtype=torch.float32) for s in (1, 2))
     results = []
     for compile_it in (False, True):
-        impl = implementations.get("performer", compile=compile_it, features=32)
+        impl = implementations.get("performer", compile=compile_it, features=32, chunk=32)
         leaves = [t.clone().requires_grad_() for t in (q, k, v)]
         out = impl(*leaves, causal=True)
         results.append((out, *torch.autograd.grad(out, leaves, dout)))

@@ -23,9 +23,11 @@ from .workload import random_tensors
 
 # (batch, heads, seq_len, head_dim, kv_heads): length 1, primes, one past a power of two and a
 # length no chunk or block size divides; head dims 16, 64 and 128 (the commonest in models, and its own
-# kernel path in most libraries); the last two are grouped-query attention.
+# kernel path in most libraries); the last three are grouped-query attention, the last across 128-token
+# chunk and block boundaries (3 query heads per key/value head).
 AWKWARD_SHAPES = [(1, 2, 1, 16, None), (3, 2, 17, 64, None), (1, 3, 257, 64, None), (3, 1, 257, 16, None),
-                  (1, 2, 64, 64, None), (1, 2, 129, 128, None), (2, 4, 33, 16, 2), (1, 4, 70, 16, 1)]
+                  (1, 2, 64, 64, None), (1, 2, 129, 128, None), (2, 4, 33, 16, 2), (1, 4, 70, 16, 1),
+                  (1, 6, 300, 16, 2)]
 # (batch, heads, q_len, seq_len, head_dim, kv_heads): fewer queries than keys, the last positions, as in
 # decoding against a KV cache: one query, a few (speculative decoding) with grouped heads, and a chunked
 # prefill whose 130 queries cross a 128-token chunk or block boundary and start at a position (170) that

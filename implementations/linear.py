@@ -19,6 +19,7 @@ is the float64 exact twin: the same maths as an explicit N×N weight matrix, chu
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -131,12 +132,15 @@ class ChunkRows:
 
 
 def linear_attention(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *, causal: bool, chunk: int = 128,
-                     mm: torch.dtype | None = None,
-                     seen: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                     mm: torch.dtype | None = None, seen: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     query_map: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """fq: positive features (B, H, N, F) of N positions; fk (B, KV, N, F) and v (B, KV, N, D) of the same positions,
     KV dividing H (query head h reads key/value head h // (H/KV)) -> (B, H, N, D) in v's dtype. `seen`: the
     numerators (B, H, N, D) and denominators (B, H, N, 1) that keys before all of these add to each query
-    (decoding_step passes them for a chunked prefill's new tokens).
+    (decoding_step passes them for a chunked prefill's new tokens). `query_map`: fq holds the queries themselves,
+    and this row-wise feature map is applied once they are laid out as rows (padded rows are zeros, whose
+    features must be positive): with grouped heads the rows are a copy, cheaper of queries than of their
+    features where those are wider (FAVOR+'s 256 in float32 against 64 in bfloat16).
 
     Matmuls run in `mm`, by default the input dtype (tensor cores for bf16; fp32 for fp16, whose
     range the running sums would exceed); cumulative sums, normalizers and the final division in
@@ -150,9 +154,10 @@ def linear_attention(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *, cau
                          f"{fk.shape[-2]}): pass the earlier keys as `seen`")
     # Non-causal attention is one chunk of all queries against all keys, with no mask.
     layout = ChunkRows(batch, heads, fk.shape[1], seq_len, min(chunk, seq_len) if causal else seq_len)
-    # Padded queries get features 1 (not 0): positive denominators, so their rows, cut off before the
-    # output, put no NaN into the gradients.
-    fq_rows = layout.rows(fq.to(mm), pad_value=1.0)
+    # Padded queries get positive features (1, or those of a zero query), so positive denominators: their rows,
+    # cut off before the output, put no NaN into the gradients.
+    fq_rows = layout.rows(fq, pad_value=1.0) if query_map is None else query_map(layout.rows(fq))
+    fq_rows = fq_rows.to(mm)
     if causal:
         numerator, denominator = _causal_sums(fq_rows, layout.keys(fk.to(mm)), layout.keys(v.to(mm)), acc)
     else:
@@ -178,7 +183,7 @@ def _causal_sums(fq: torch.Tensor, fk: torch.Tensor, values: torch.Tensor,
         return torch.cat([torch.zeros_like(earlier[:, :, :1]), earlier], dim=2)
 
     weights = fq @ fk.transpose(-2, -1)  # (B, KV, n, G·C, C): each query head's C×C block within the chunk
-    weights = torch.tril(weights.view(batch, kv_heads, chunks, rows // chunk, chunk, chunk)).view(weights.shape)
+    weights.view(batch, kv_heads, chunks, rows // chunk, chunk, chunk).tril_()  # in place: no second N·C tensor
     numerator = (weights @ values).to(acc)
     denominator = weights.sum(-1, keepdim=True, dtype=acc)
     if chunks > 1:  # one chunk (a decoding step's few new tokens) has no earlier chunks
@@ -270,7 +275,8 @@ class LinearAttention(Implementation):
         return self._step(q, k[..., earlier:, :], v[..., earlier:, :], sums.state, sums.norm, causal)
 
     def _attend_eager(self, q, k, v, causal: bool) -> torch.Tensor:
-        return linear_attention(elu_feature_map(q), elu_feature_map(k), v, causal=causal, chunk=self.settings["chunk"])
+        return linear_attention(q, elu_feature_map(k), v, causal=causal, chunk=self.settings["chunk"],
+                                query_map=elu_feature_map)
 
     @staticmethod
     def _earlier_sums(k: torch.Tensor, v: torch.Tensor) -> KeySums:

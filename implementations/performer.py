@@ -182,9 +182,9 @@ class PerformerAttention(Implementation):
         return self._step(q, k[..., earlier:, :], v[..., earlier:, :], projection, sums.state, sums.norm, shift, causal)
 
     def _attend_eager(self, q, k, v, projection: torch.Tensor, causal: bool) -> torch.Tensor:
-        fq = favor_features_fast(q, projection, is_query=True)
         fk = favor_features_fast(k, projection, is_query=False)
-        return linear_attention(fq, fk, v, causal=causal, chunk=self.settings["chunk"], mm=fq.dtype)
+        return linear_attention(q, fk, v, causal=causal, chunk=self.settings["chunk"], mm=fk.dtype,
+                                query_map=lambda rows: favor_features_fast(rows, projection, is_query=True))
 
     @staticmethod
     def _earlier_sums(k: torch.Tensor, v: torch.Tensor, projection: torch.Tensor) -> tuple[KeySums, torch.Tensor]:

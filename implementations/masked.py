@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .base import Implementation, device_reasons, expand_kv
+from .base import Implementation, device_reasons
 from .block_mask import block_mask_by_rows
 from .chunked_masked import ChunkedMaskedAttention, QueryChunk
 from .flex import FlexCall, flex_reasons
@@ -90,11 +90,10 @@ class MaskedAttention(Implementation):
         return self._flex_call(q, k, v, lambda q_idx, kv_idx: self.visible(q_idx, kv_idx, causal), mask_key=(causal,))
 
     def _chunked(self, q, k, v, causal: bool) -> torch.Tensor:
-        k, v = expand_kv(q, k, v)
         batch, heads, q_len, head_dim = q.shape
         seq_len = k.shape[-2]
         plan = self._cpu_plan(q_len, seq_len, causal, q.device)
-        rows = [t.reshape(batch * heads, t.shape[-2], head_dim) for t in (q, k, v)]
+        rows = [t.reshape(batch * t.shape[1], t.shape[-2], head_dim) for t in (q, k, v)]
         return ChunkedMaskedAttention.apply(*rows, plan).view(batch, heads, q_len, head_dim)
 
     def _cpu_plan(self, q_len: int, seq_len: int, causal: bool, device) -> list[QueryChunk]:

@@ -169,6 +169,22 @@ def test_cpu_chunked_path_has_exact_float64_gradients(name, options, causal, q_l
         assert torch.autograd.gradcheck(of_one, ((q, k, v)[position],), atol=1e-8, rtol=1e-6)
 
 
+@pytest.mark.parametrize("name,options", [("sparse-window", {"window": 20}), ("sparse-block", {"block": 16})])
+@pytest.mark.parametrize("causal,q_len", [(False, 160), (True, 160), (True, 150)])
+def test_cpu_chunked_path_takes_grouped_heads_without_repeating_keys(name, options, causal, q_len):
+    """6 query heads sharing 2 key/value heads, batch 2: outputs and gradients as with k and v repeated per query
+    head (whose gradients sum over each group), which the test above checks against finite differences."""
+    impl = implementations.get(name, **options)
+    q = randn(2, 6, q_len, 4, seed=0).requires_grad_()
+    k, v = (randn(2, 2, 160, 4, seed=s).requires_grad_() for s in (1, 2))
+    grouped = impl(q, k, v, causal=causal)
+    repeated = impl(q, *implementations.base.expand_kv(q, k, v), causal=causal)
+    torch.testing.assert_close(grouped, repeated, rtol=0, atol=1e-12)
+    out_grad = randn(*grouped.shape, seed=3)
+    torch.testing.assert_close(torch.autograd.grad(grouped, (q, k, v), out_grad),
+                               torch.autograd.grad(repeated, (q, k, v), out_grad), rtol=0, atol=1e-12)
+
+
 # --- linear ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("chunk", [1, 4, 16, 64, 128])

@@ -65,9 +65,9 @@ def decoding_step(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, sums: Key
     """A decoding step: queries fq (B, H, Q, F) of the Q new tokens, their keys' features fk (B, KV, Q, F) and values
     v (B, KV, Q, D), and the sums of the keys before them (KV ≤ H heads; query head h reads key/value head h // G)
     -> (B, H, Q, D) in v's dtype. The G query heads of a group are stacked as rows of one matmul against their
-    key/value head's sums and new keys, so neither is repeated per query head. `scale` (B, KV, 1, 1) multiplies
-    the sums' contributions (FAVOR+ rescales keys taken under another shift). More new tokens than one chunk (a
-    chunked prefill) go through the chunked routine instead."""
+    key/value head's sums, and linear_attention does the same against the new keys (one chunk of them, as a view;
+    more than a chunk, a chunked prefill, in chunks), so neither is repeated per query head. `scale` (B, KV, 1, 1)
+    multiplies the sums' contributions (FAVOR+ rescales keys taken under another shift)."""
     mm = mm or matmul_dtype(v.dtype)
     acc = torch.promote_types(v.dtype, torch.float32)
     batch, heads, q_len, features = fq.shape
@@ -77,16 +77,8 @@ def decoding_step(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, sums: Key
     denominator = (grouped @ sums.norm.to(mm)[..., None]).to(acc)
     if scale is not None:
         numerator, denominator = numerator * scale, denominator * scale
-    if q_len > chunk:
-        seen = (numerator.view(batch, heads, q_len, -1), denominator.view(batch, heads, q_len, 1))
-        return linear_attention(fq, fk, v, causal=causal, chunk=chunk, mm=mm, seen=seen)
-    weights = grouped @ fk.to(mm).transpose(-2, -1)  # (B, KV, G·Q, Q)
-    if causal and q_len > 1:  # query i sees the new keys 0..i
-        visible = torch.ones(q_len, q_len, dtype=weights.dtype, device=weights.device).tril()
-        weights = weights * visible.repeat(heads // kv_heads, 1)
-    numerator = numerator + (weights @ v.to(mm)).to(acc)
-    denominator = denominator + weights.sum(-1, keepdim=True, dtype=acc)
-    return (numerator / denominator).to(v.dtype).view(batch, heads, q_len, -1)
+    seen = (numerator.view(batch, heads, q_len, -1), denominator.view(batch, heads, q_len, 1))
+    return linear_attention(fq, fk, v, causal=causal, chunk=chunk, mm=mm, seen=seen)
 
 
 @dataclass(frozen=True)
@@ -183,7 +175,8 @@ def _causal_sums(fq: torch.Tensor, fk: torch.Tensor, values: torch.Tensor,
         return torch.cat([torch.zeros_like(earlier[:, :, :1]), earlier], dim=2)
 
     weights = fq @ fk.transpose(-2, -1)  # (B, KV, n, G·C, C): each query head's C×C block within the chunk
-    weights.view(batch, kv_heads, chunks, rows // chunk, chunk, chunk).tril_()  # in place: no second N·C tensor
+    if chunk > 1:  # a chunk of one token (one decoded token) sees itself
+        weights.view(batch, kv_heads, chunks, rows // chunk, chunk, chunk).tril_()  # in place: no second N·C tensor
     numerator = (weights @ values).to(acc)
     denominator = weights.sum(-1, keepdim=True, dtype=acc)
     if chunks > 1:  # one chunk (a decoding step's few new tokens) has no earlier chunks

@@ -208,8 +208,7 @@ def _graph_figures(fn: Callable[[], object], case: Case, policy: TimingPolicy, s
     def disagreement(output: torch.Tensor) -> str | None:
         if checked_first is None:
             return None
-        replayed = {name: t.detach().to("cpu") for name, t in slices.select({"out": output}).items()}
-        verdict = judge(replayed, checked_first, case.dtype, case.seq_len, impl.atol_scale_for(case))
+        verdict = _against_checked_first({"out": output}, slices, checked_first, impl, case)
         return None if verdict.ok else verdict.reason()
 
     figures = graph_figures(fn, torch.device(case.device), policy, disagreement)
@@ -218,16 +217,23 @@ def _graph_figures(fn: Callable[[], object], case: Case, policy: TimingPolicy, s
     return figures
 
 
+def _against_checked_first(outputs: dict[str, torch.Tensor], slices: CheckedSlices,
+                           checked_first: dict[str, torch.Tensor], impl: Implementation, case: Case):
+    """A later call's outputs (their checked slices, copied to the host) judged against the checked first call's."""
+    later = {name: t.detach().to("cpu") for name, t in slices.select(outputs).items()}
+    return judge(later, checked_first, case.dtype, case.seq_len, impl.atol_scale_for(case))
+
+
 def _after_timing(work: Workload, slices: CheckedSlices, checked_first: dict[str, torch.Tensor],
                   impl: Implementation, case: Case) -> dict[str, Any]:
     """One more call, untimed, against the checked first call: a kernel that autotunes or caches plans must
     compute after its timed calls what it computed when it was checked."""
     try:
         with poisoned_allocations(torch.device(case.device)):
-            again = {name: t.detach().to("cpu") for name, t in slices.select(work.checked_call()).items()}
+            again = work.checked_call()
+        verdict = _against_checked_first(again, slices, checked_first, impl, case)
     except torch.OutOfMemoryError:  # the timed calls fitted: keep their row, and say what was not done
         return {"reason": "the call after the timed ones ran out of memory: it was not compared with the checked one"}
-    verdict = judge(again, checked_first, case.dtype, case.seq_len, impl.atol_scale_for(case))
     if verdict.ok:
         return {}
     return {"status": "mismatch", "accuracy_ok": False,

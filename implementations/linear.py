@@ -154,11 +154,13 @@ def linear_attention(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *, cau
         numerator, denominator = _causal_sums(fq_rows, layout.keys(fk.to(mm)), layout.keys(v.to(mm)), acc)
     else:
         fk, values = fk.to(mm)[:, :, None], v.to(mm)[:, :, None]  # all keys as one chunk
-        numerator = (fq_rows @ (fk.transpose(-2, -1) @ values)).to(acc)
+        numerator = fq_rows @ (fk.transpose(-2, -1) @ values)  # in `mm`: the division below widens it exactly
         denominator = (fq_rows @ fk.sum(-2, dtype=acc).to(mm)[..., None]).to(acc)
     if seen is not None:
         numerator, denominator = numerator + layout.rows(seen[0]), denominator + layout.rows(seen[1], pad_value=1.0)
-    return layout.heads_first((numerator / denominator).to(v.dtype))
+    # In place: the quotient is computed in float32 and rounded into the numerator's dtype, as (n / d).to(dtype)
+    # would be, without a float32 N×D tensor besides it.
+    return layout.heads_first(numerator.div_(denominator).to(v.dtype))
 
 
 def _causal_sums(fq: torch.Tensor, fk: torch.Tensor, values: torch.Tensor,
@@ -168,23 +170,30 @@ def _causal_sums(fq: torch.Tensor, fk: torch.Tensor, values: torch.Tensor,
     batch, kv_heads, chunks, rows, _ = fq.shape
     chunk = fk.shape[-2]
 
-    def before_each_chunk(all_but_last: torch.Tensor) -> torch.Tensor:
-        """From the sums of each chunk but the last (dim 2), what all earlier chunks contribute to each chunk, in
-        float32 or wider (the last chunk's own sums are never needed)."""
-        earlier = torch.cumsum(all_but_last, dim=2, dtype=acc)
+    def before_each_chunk(per_chunk: torch.Tensor) -> torch.Tensor:
+        """From each chunk's sums (dim 2), what all earlier chunks contribute to each chunk, in float32 or wider
+        (the last chunk's own sums are never needed)."""
+        # In place where they already have the dtype to sum in (FAVOR+'s float32 states): no second copy of the
+        # states. The last chunk is summed too: in place on a slice, autograd would copy the whole gradient.
+        summed = per_chunk.cumsum_(dim=2) if per_chunk.dtype == acc else torch.cumsum(per_chunk, dim=2, dtype=acc)
+        earlier = summed[:, :, :-1]
         return torch.cat([torch.zeros_like(earlier[:, :, :1]), earlier], dim=2)
 
     weights = fq @ fk.transpose(-2, -1)  # (B, KV, n, G·C, C): each query head's C×C block within the chunk
     if chunk > 1:  # a chunk of one token (one decoded token) sees itself
         weights.view(batch, kv_heads, chunks, rows // chunk, chunk, chunk).tril_()  # in place: no second N·C tensor
-    numerator = (weights @ values).to(acc)
+    numerator = weights @ values
     denominator = weights.sum(-1, keepdim=True, dtype=acc)
+    del weights  # without autograd, its memory goes back before the states are built
     if chunks > 1:  # one chunk (a decoding step's few new tokens) has no earlier chunks
         # Running sums accumulate in float32 (they grow like N); matmuls read them in the matmul dtype.
         mm = fq.dtype
-        state_before = before_each_chunk(fk[:, :, :-1].transpose(-2, -1) @ values[:, :, :-1]).to(mm)
-        norm_before = before_each_chunk(fk[:, :, :-1].sum(-2, dtype=acc))  # (B, KV, n, F)
-        numerator = numerator + (fq @ state_before).to(acc)
+        # Every chunk's state, the last one's unused: a matmul of all but the last chunk would first copy the keys
+        # and values (their batch dims no longer flatten into one), for 1/n of the states' work saved.
+        state_before = before_each_chunk(fk.transpose(-2, -1) @ values).to(mm)
+        norm_before = before_each_chunk(fk.sum(-2, dtype=acc))  # (B, KV, n, F)
+        # Both parts summed in float32, in place: no second float32 N×D tensor.
+        numerator = numerator.to(acc).add_(fq @ state_before)
         denominator = denominator + (fq @ norm_before.to(mm)[..., None]).to(acc)
     return numerator, denominator
 

@@ -112,9 +112,15 @@ def favor_features_fast(x: torch.Tensor, projection: torch.Tensor, *, is_query: 
     their norm term, which does change the result, and one shared shift by the largest exponent
     (favor_key_features). Logits come from one tensor-core matmul into float32.
     """
-    if is_query:
-        return torch.softmax(_WideProjection.apply(x, projection), dim=-1)
-    return favor_key_features(x, projection)[0]
+    if not is_query:
+        return favor_key_features(x, projection)[0]
+    logits = _WideProjection.apply(x, projection)
+    if logits.requires_grad:
+        return torch.softmax(logits, dim=-1)
+    # No gradient to keep the logits for: softmax in their own memory (m float32 values a token, the largest
+    # tensor of a forward call).
+    logits.sub_(logits.amax(-1, keepdim=True)).exp_()
+    return logits.div_(logits.sum(-1, keepdim=True))
 
 
 def favor_key_features(x: torch.Tensor, projection: torch.Tensor,
@@ -130,6 +136,8 @@ def favor_key_features(x: torch.Tensor, projection: torch.Tensor,
     shift = (row_max - half_sq_norm).amax(-2, keepdim=True).detach()  # max over keys of logits − norm term
     if at_least is not None:
         shift = torch.maximum(shift, at_least)
+    if not logits.requires_grad:  # no gradient: the features take the logits' memory
+        return logits.sub_(half_sq_norm + shift).exp_().add_(KEY_FEATURE_FLOOR), shift
     # Out of place: the projection's output is a view, which autograd will not let us modify.
     return (logits - (half_sq_norm + shift)).exp_() + KEY_FEATURE_FLOOR, shift  # not add_: exp_ saved its output
 

@@ -280,6 +280,17 @@ def test_fast_features_differ_from_the_definition_only_by_factors_that_cancel():
         torch.testing.assert_close(ratio, ratio.amax(dims, keepdim=True).expand_as(ratio))
 
 
+@pytest.mark.parametrize("is_query", [True, False])
+def test_features_taken_in_the_logits_memory_equal_those_autograd_records(is_query):
+    """Without a gradient to record, the features are computed in place in the logits; with one, out of place."""
+    x = randn(2, 3, 40, 16, seed=8, dtype=torch.float32) * 3
+    w = (orthogonal_random_features(24, 16, seed=9) * 16 ** -0.25).float()
+    in_place = favor_features_fast(x, w, is_query=is_query)
+    recorded = favor_features_fast(x.clone().requires_grad_(), w, is_query=is_query)
+    assert recorded.requires_grad
+    torch.testing.assert_close(in_place, recorded.detach(), rtol=1e-6, atol=0)
+
+
 def test_wide_projection_gradient_is_the_matmul_gradient():
     from implementations.performer import _WideProjection
 
@@ -408,3 +419,41 @@ def test_linear_passes_at_one_key_and_the_smallest_head_dims_in_bfloat16():
     assert [linear.atol_scale_for(Case(1, 3, 2, d, "bfloat16", False, "fwd", "cpu")) for d in (1, 4, 16, 64)] == [
         16, 4, 1, 1]
     assert check_case(Off("off"), Case(1, 3, 2, 16, "bfloat16", False, "fwd+bwd", "cpu"), 0).status == "fail"
+
+
+# Peak memory beyond the inputs, in units of one input tensor (2 × 8 heads × 1024 tokens × D64, bfloat16, 8 chunks),
+# as the runner's CPU rows measure it. CPU kernels cast mixed-dtype operands and sums in copies that CUDA's do not,
+# so these counts are the CPU's; each bound lies between the current figure and the one before the change it guards.
+@pytest.mark.parametrize(("name", "causal", "backward", "bound", "guards"), [
+    pytest.param("linear", False, True, 14.0, "13.1; 15.1 with the numerator widened before the division",
+                 id="linear-dense-fwd+bwd"),
+    pytest.param("linear", True, False, 9.8, "9.0; 10.6 with the chunks' weights held while the states are built",
+                 id="linear-causal-fwd"),
+    pytest.param("linear", True, True, 18.4, "17.5; 19.3 with the states of all but the last chunk (keys copied)",
+                 id="linear-causal-fwd+bwd"),
+    pytest.param("performer", False, False, 22.5, "21.0; 24.1 with features beside their logits without autograd",
+                 id="performer-dense-fwd"),
+    pytest.param("performer", True, False, 32.0, "28.5; 32.5 with the states' cumulative sum beside them or the"
+                 " weights held, 36.3 with both and the keys copied", id="performer-causal-fwd"),
+    pytest.param("performer", True, True, 67.0, "63.0; 72.3 with the keys copied for the states",
+                 id="performer-causal-fwd+bwd"),
+])
+def test_linear_families_hold_no_avoidable_copy_at_their_peak(name, causal, backward, bound, guards):
+    from suite.memory import peak_call_memory
+
+    impl = implementations.get(name)
+    q, k, v, grad = (randn(2, 8, 1024, 64, seed=s, dtype=torch.float32).bfloat16() for s in range(4))
+    if backward:
+        for t in (q, k, v):
+            t.requires_grad_()
+
+    def call():
+        out = impl(q, k, v, causal=causal)
+        if backward:
+            out.backward(grad)
+
+    call()  # the performer's projection is drawn on first use
+    peak, reason = peak_call_memory(call, torch.device("cpu"))
+    assert reason is None
+    units = peak / (q.numel() * q.element_size())
+    assert units < bound, f"{units:.2f} input tensors' worth at the peak (measured when written: {guards})"

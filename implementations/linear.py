@@ -173,10 +173,7 @@ def _causal_sums(fq: torch.Tensor, fk: torch.Tensor, values: torch.Tensor,
     def before_each_chunk(per_chunk: torch.Tensor) -> torch.Tensor:
         """From each chunk's sums (dim 2), what all earlier chunks contribute to each chunk, in float32 or wider
         (the last chunk's own sums are never needed)."""
-        # In place where they already have the dtype to sum in (FAVOR+'s float32 states): no second copy of the
-        # states. The last chunk is summed too: in place on a slice, autograd would copy the whole gradient.
-        summed = per_chunk.cumsum_(dim=2) if per_chunk.dtype == acc else torch.cumsum(per_chunk, dim=2, dtype=acc)
-        earlier = summed[:, :, :-1]
+        earlier = torch.cumsum(per_chunk[:, :, :-1], dim=2, dtype=acc)
         return torch.cat([torch.zeros_like(earlier[:, :, :1]), earlier], dim=2)
 
     weights = fq @ fk.transpose(-2, -1)  # (B, KV, n, G·C, C): each query head's C×C block within the chunk

@@ -138,8 +138,28 @@ def favor_key_features(x: torch.Tensor, projection: torch.Tensor,
         shift = torch.maximum(shift, at_least)
     if not logits.requires_grad:  # no gradient: the features take the logits' memory
         return logits.sub_(half_sq_norm + shift).exp_().add_(KEY_FEATURE_FLOOR), shift
-    # Out of place: the projection's output is a view, which autograd will not let us modify.
-    return (logits - (half_sq_norm + shift)).exp_() + KEY_FEATURE_FLOOR, shift  # not add_: exp_ saved its output
+    return _FlooredExp.apply(logits - (half_sq_norm + shift)), shift
+
+
+class _FlooredExp(torch.autograd.Function):
+    """exp(x) + KEY_FEATURE_FLOOR, keeping only its output for the gradient (exp's: the output less the floor).
+
+    Autograd's exp keeps exp(x) and the sum is a second tensor of m float32 values a key, both held until the
+    backward. exp(x) is recovered exactly where it is above ~2e-5 (the floor is under half its last place),
+    and to within float32 rounding of the floor below that, where its gradient is negligible.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.mark_dirty(x)  # in place: callers pass a temporary of their own
+        features = x.exp_().add_(KEY_FEATURE_FLOOR)
+        ctx.save_for_backward(features)
+        return features
+
+    @staticmethod
+    def backward(ctx, grad_features: torch.Tensor) -> torch.Tensor:
+        (features,) = ctx.saved_tensors
+        return grad_features * (features - KEY_FEATURE_FLOOR)
 
 
 class PerformerAttention(Implementation):

@@ -108,7 +108,8 @@ def favor_features_fast(x: torch.Tensor, projection: torch.Tensor, *, is_query: 
 
     Linear attention divides φ(q_i)ᵀS by φ(q_i)ᵀz, so any positive factor per query and one factor
     shared by all keys cancel, in value and in gradient. A query's features, exp(Wq' − ‖q'‖²/2)/√m,
-    are therefore taken as softmax_f(Wq'): one fused, stable pass with a fused backward. Keys keep
+    are therefore taken as softmax_f(Wq'): one fused, stable pass with a fused backward (with no gradient to
+    record, the same maths in place in the logits). Keys keep
     their norm term, which does change the result, and one shared shift by the largest exponent
     (favor_key_features). Logits come from one tensor-core matmul into float32.
     """

@@ -158,6 +158,8 @@ def linear_attention(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *, cau
         denominator = (fq_rows @ fk.sum(-2, dtype=acc).to(mm)[..., None]).to(acc)
     if seen is not None:
         numerator, denominator = numerator + layout.rows(seen[0]), denominator + layout.rows(seen[1], pad_value=1.0)
+    if numerator.requires_grad:  # in place, autograd would copy the numerator for the backward: no gain
+        return layout.heads_first((numerator.to(acc) / denominator).to(v.dtype))
     # In place: the quotient is computed in float32 and rounded into the numerator's dtype, as (n / d).to(dtype)
     # would be, without a float32 N×D tensor besides it.
     return layout.heads_first(numerator.div_(denominator).to(v.dtype))
@@ -189,8 +191,9 @@ def _causal_sums(fq: torch.Tensor, fk: torch.Tensor, values: torch.Tensor,
         # and values (their batch dims no longer flatten into one), for 1/n of the states' work saved.
         state_before = before_each_chunk(fk.transpose(-2, -1) @ values).to(mm)
         norm_before = before_each_chunk(fk.sum(-2, dtype=acc))  # (B, KV, n, F)
-        # Both parts summed in float32, in place: no second float32 N×D tensor.
-        numerator = numerator.to(acc).add_(fq @ state_before)
+        # Both parts summed in float32, in place: no third float32 N×D tensor. (Adding the matmul's output as it is
+        # would save widening it, but CPU kernels add mixed dtypes more slowly.)
+        numerator = numerator.to(acc).add_((fq @ state_before).to(acc))
         denominator = denominator + (fq @ norm_before.to(mm)[..., None]).to(acc)
     return numerator, denominator
 

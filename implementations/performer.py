@@ -109,19 +109,16 @@ def favor_features_fast(x: torch.Tensor, projection: torch.Tensor, *, is_query: 
     Linear attention divides φ(q_i)ᵀS by φ(q_i)ᵀz, so any positive factor per query and one factor
     shared by all keys cancel, in value and in gradient. A query's features, exp(Wq' − ‖q'‖²/2)/√m,
     are therefore taken as softmax_f(Wq'): one fused, stable pass with a fused backward (with no gradient to
-    record, the same maths in place in the logits). Keys keep
+    record, in place over the logits). Keys keep
     their norm term, which does change the result, and one shared shift by the largest exponent
     (favor_key_features). Logits come from one tensor-core matmul into float32.
     """
     if not is_query:
         return favor_key_features(x, projection)[0]
     logits = _WideProjection.apply(x, projection)
-    if logits.requires_grad:
-        return torch.softmax(logits, dim=-1)
-    # No gradient to keep the logits for: softmax in their own memory (m float32 values a token, the largest
-    # tensor of a forward call).
-    logits.sub_(logits.amax(-1, keepdim=True)).exp_()
-    return logits.div_(logits.sum(-1, keepdim=True))
+    # No gradient to keep the logits for: the same fused softmax writes over them (m float32 values a token, the
+    # largest tensor of a forward call). Its kernels read a row before writing it, on CPU and CUDA alike.
+    return torch.softmax(logits, dim=-1) if logits.requires_grad else torch.softmax(logits, dim=-1, out=logits)
 
 
 def favor_key_features(x: torch.Tensor, projection: torch.Tensor,

@@ -288,7 +288,7 @@ def test_features_taken_in_the_logits_memory_equal_those_autograd_records(is_que
     in_place = favor_features_fast(x, w, is_query=is_query)
     recorded = favor_features_fast(x.clone().requires_grad_(), w, is_query=is_query)
     assert recorded.requires_grad
-    torch.testing.assert_close(in_place, recorded.detach(), rtol=1e-6, atol=0)
+    assert torch.equal(in_place, recorded.detach())  # the same kernels, in other memory
 
 
 def test_floored_exp_keeps_only_its_output_and_has_exp_s_gradient():
@@ -439,14 +439,12 @@ def test_linear_passes_at_one_key_and_the_smallest_head_dims_in_bfloat16():
 # as the runner's CPU rows measure it. CPU kernels cast mixed-dtype operands and sums in copies that CUDA's do not,
 # so these counts are the CPU's; each bound lies between the current figure and the one before the change it guards.
 @pytest.mark.parametrize(("name", "causal", "backward", "bound", "guards"), [
-    pytest.param("linear", False, True, 14.0, "13.1; 15.1 with the numerator widened before the division",
-                 id="linear-dense-fwd+bwd"),
     pytest.param("linear", True, False, 9.8, "9.0; 10.6 with the chunks' weights held while the states are built",
                  id="linear-causal-fwd"),
     pytest.param("linear", True, True, 18.4, "17.5; 19.3 with the states of all but the last chunk (keys copied)",
                  id="linear-causal-fwd+bwd"),
-    pytest.param("performer", False, False, 22.5, "21.0; 24.1 with features beside their logits without autograd",
-                 id="performer-dense-fwd"),
+    pytest.param("performer", False, False, 22.5, "21.0; 24.1 with features beside their logits or a float32"
+                 " quotient beside the numerator without autograd", id="performer-dense-fwd"),
     pytest.param("performer", True, False, 34.0, "32.0; 36.3 with the chunks' weights held while the states are"
                  " built and the keys copied for them", id="performer-causal-fwd"),
     pytest.param("performer", False, True, 47.5, "43.5; 51.5 with autograd's exp keeping a second copy of the"

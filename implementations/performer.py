@@ -134,9 +134,10 @@ def favor_key_features(x: torch.Tensor, projection: torch.Tensor,
     shift = (row_max - half_sq_norm).amax(-2, keepdim=True).detach()  # max over keys of logits − norm term
     if at_least is not None:
         shift = torch.maximum(shift, at_least)
-    if not logits.requires_grad:  # no gradient: the features take the logits' memory
-        return logits.sub_(half_sq_norm + shift).exp_().add_(KEY_FEATURE_FLOOR), shift
-    return _FlooredExp.apply(logits - (half_sq_norm + shift)), shift
+    # Out of place under autograd (the projection's output is a view it will not let us modify); without it,
+    # the features take the logits' memory.
+    exponents = logits - (half_sq_norm + shift) if logits.requires_grad else logits.sub_(half_sq_norm + shift)
+    return _FlooredExp.apply(exponents), shift
 
 
 class _FlooredExp(torch.autograd.Function):

@@ -110,8 +110,8 @@ def benchmark(impls: Iterable[Implementation | str] | Implementation | str, *, s
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed: {seed!r} is not an integer (allowed: any integer)")
     for asked, name, why in ((cuda_graph, "cuda_graph", GRAPH_WHY), (energy, "energy", ENERGY_WHY)):
-        if asked and config.gpu_only(name, device, why):
-            raise ValueError(config.gpu_only(name, device, why))
+        if asked and (refusal := config.gpu_only(name, device, why)):
+            raise ValueError(refusal)
     ints = lambda name, value: config.positive_ints(name, config.as_flag_text(value))  # noqa: E731
     grid = Grid(
         impls=tuple(impl.label for impl in built),

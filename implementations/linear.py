@@ -5,8 +5,9 @@
 with φ(x) = elu(x) + 1 and no softmax scale. Non-causal costs O(N·F·D). With fewer queries than keys
 (decoding: the queries are the last Q positions), every query also sees the sums of the first N − Q keys
 (KeySums), built from them on every call, or with `state=carried` once per cache and carried from call to
-call as a recurrent decoder does (carried_state.py). Causal is computed in chunks of C tokens: inside a chunk the masked quadratic form φ(Q_c)φ(K_c)ᵀ, across chunks a running state
-(an exclusive cumulative sum of per-chunk φ(K_c)ᵀV_c) — batched matmuls, no loop over tokens. With
+call as a recurrent decoder does (carried_state.py). Causal is computed in chunks of C tokens: inside a
+chunk the masked quadratic form φ(Q_c)φ(K_c)ᵀ, across chunks a running state (an exclusive cumulative
+sum of per-chunk φ(K_c)ᵀV_c) — batched matmuls, no loop over tokens. With
 fewer key/value heads than query heads, the key side (features, states, sums) is computed once per
 key/value head, and each chunk's matmuls take the group's query heads as stacked rows (ChunkRows).
 
@@ -103,11 +104,11 @@ class ChunkRows:
         return -(-self.seq_len // self.chunk)
 
     def _padded(self, x: torch.Tensor, value: float) -> torch.Tensor:
-        pad = self.chunks * self.chunk - self.seq_len  # padded keys come after every real query: no one sees them
+        pad = self.chunks * self.chunk - x.shape[-2]  # padded keys come after every real query: no one sees them
         return F.pad(x, (0, 0, 0, pad), value=value) if pad else x
 
     def keys(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, KV, N, ·) -> (B, KV, n, C, ·), zero-padded."""
+        """(B, KV, N, ·) -> (B, KV, n, C, ·), zero-padded (or already padded to n·C, as it is)."""
         return self._padded(x, 0.0).reshape(self.batch, self.kv_heads, self.chunks, self.chunk, x.shape[-1])
 
     def rows(self, x: torch.Tensor, pad_value: float = 0.0) -> torch.Tensor:
@@ -127,7 +128,9 @@ def linear_attention(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *, cau
                      mm: torch.dtype | None = None, seen: tuple[torch.Tensor, torch.Tensor] | None = None,
                      query_map: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """fq: positive features (B, H, N, F) of N positions; fk (B, KV, N, F) and v (B, KV, N, D) of the same positions,
-    KV dividing H (query head h reads key/value head h // (H/KV)) -> (B, H, N, D) in v's dtype. `seen`: the
+    KV dividing H (query head h reads key/value head h // (H/KV)) -> (B, H, N, D) in v's dtype. Causal, fk may come
+    padded to whole chunks already (`padded_causal_len`: the padding is taken as it is, and no query sees it), so a
+    caller can pad what it derives fk from rather than fk, where fk is the wider tensor. `seen`: the
     numerators (B, H, N, D) and denominators (B, H, N, 1) that keys before all of these add to each query
     (decoding_step passes them for a chunked prefill's new tokens). `query_map`: fq holds the queries themselves,
     and this row-wise feature map is applied once they are laid out as rows (padded rows are zeros, whose
@@ -141,11 +144,11 @@ def linear_attention(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *, cau
     mm = mm or matmul_dtype(v.dtype)
     acc = torch.promote_types(v.dtype, torch.float32)
     batch, heads, seq_len, _ = fq.shape
-    if causal and fk.shape[-2] != seq_len:
-        raise ValueError(f"causal linear_attention takes as many queries as keys (got {seq_len} and "
-                         f"{fk.shape[-2]}): pass the earlier keys as `seen`")
     # Non-causal attention is one chunk of all queries against all keys, with no mask.
     layout = ChunkRows(batch, heads, fk.shape[1], seq_len, min(chunk, seq_len) if causal else seq_len)
+    if causal and fk.shape[-2] not in (seq_len, padded_causal_len(seq_len, chunk)):
+        raise ValueError(f"causal linear_attention takes as many queries as keys (got {seq_len} and "
+                         f"{fk.shape[-2]}): pass the earlier keys as `seen`")
     # Padded queries get positive features (1, or those of a zero query), so positive denominators: their rows,
     # cut off before the output, put no NaN into the gradients.
     fq_rows = layout.rows(fq, pad_value=1.0) if query_map is None else query_map(layout.rows(fq))
@@ -163,6 +166,11 @@ def linear_attention(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *, cau
     # In place: the quotient is computed in float32 and rounded into the numerator's dtype, as (n / d).to(dtype)
     # would be, without a float32 N×D tensor besides it.
     return layout.heads_first(numerator.div_(denominator).to(v.dtype))
+
+
+def padded_causal_len(seq_len: int, chunk: int) -> int:
+    """The length causal linear_attention pads N tokens to: whole chunks, or N itself where it fits in one."""
+    return seq_len if seq_len <= chunk else -(-seq_len // chunk) * chunk
 
 
 def _causal_sums(fq: torch.Tensor, fk: torch.Tensor, values: torch.Tensor,

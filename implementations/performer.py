@@ -38,7 +38,7 @@ from .carried_state import (STATE_OPTION, CarriedState, carried_bytes, carried_d
                             carries, summed_keys)
 from .compiling import COMPILE_OPTION, CompileOnRequest
 from .flops import linear_attention_flops, random_feature_flops
-from .linear import (KeySums, decoding_step, key_sums, linear_attention, linear_weights,
+from .linear import (KeySums, decoding_step, key_sums, linear_attention, linear_weights, padded_causal_len,
                      quadratic_linear_attention)
 
 
@@ -210,9 +210,18 @@ class PerformerAttention(Implementation):
         return self._step(q, k[..., earlier:, :], v[..., earlier:, :], projection, sums.state, sums.norm, shift, causal)
 
     def _attend_eager(self, q, k, v, projection: torch.Tensor, causal: bool) -> torch.Tensor:
-        fk = favor_features_fast(k, projection, is_query=False)
+        fk = favor_features_fast(self._padded_keys(k, causal), projection, is_query=False)
         return linear_attention(q, fk, v, causal=causal, chunk=self.settings["chunk"], mm=fk.dtype,
                                 query_map=lambda rows: favor_features_fast(rows, projection, is_query=True))
+
+    def _padded_keys(self, k: torch.Tensor, causal: bool) -> torch.Tensor:
+        """Keys padded as causal linear_attention pads them, by repeating the last one: the padding is then taken
+        in the keys' dtype and width, not as float32 features (8 input tensors' worth at 256 features, D64 bf16),
+        and leaves the keys' shared shift as it is, which zero keys could raise until every real feature
+        underflowed. No real query sees a padded key, so its value does not matter otherwise."""
+        seq_len = k.shape[-2]
+        pad = padded_causal_len(seq_len, self.settings["chunk"]) - seq_len if causal else 0
+        return torch.cat([k, k[..., -1:, :].expand(*k.shape[:-2], pad, k.shape[-1])], dim=-2) if pad else k
 
     @staticmethod
     def _earlier_sums(k: torch.Tensor, v: torch.Tensor, projection: torch.Tensor) -> tuple[KeySums, torch.Tensor]:
@@ -234,7 +243,7 @@ class PerformerAttention(Implementation):
         are scaled to it (with their floor, which the exact twin adds after the shared shift: at most 1e-12 of
         the largest feature apart)."""
         fq = favor_features_fast(q, projection, is_query=True)
-        fk, new_shift = favor_key_features(k, projection, at_least=shift)
+        fk, new_shift = favor_key_features(self._padded_keys(k, causal), projection, at_least=shift)
         return decoding_step(fq, fk, v, KeySums(state, norm), causal=causal, chunk=self.settings["chunk"], mm=fq.dtype,
                              scale=torch.exp(shift - new_shift))
 

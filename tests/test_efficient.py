@@ -319,6 +319,15 @@ def test_orthogonal_features_are_orthogonal_within_a_block():
     torch.testing.assert_close(directions[:8] @ directions[:8].T, torch.eye(8, dtype=torch.float64))
 
 
+def test_performer_pads_causal_keys_without_moving_their_shared_shift():
+    """300 tokens in chunks of 128 are padded to 384. Keys of large norm have every exponent far below zero, so
+    padding them with zero keys (exponent 0) would raise the shared shift until every real feature underflowed to
+    the floor: the output became a plain average of the values (87% and 99% off at keys of std 4 and 6)."""
+    performer = implementations.get("performer")
+    q, k, v = (randn(1, 2, 300, 64, seed=s, dtype=torch.float32) for s in range(3))
+    out = performer(q, k * 6, v, causal=True)
+    assert error(out, performer.exact_twin(q, k * 6, v, causal=True)).rel_rms < 1e-4
+
 def test_performer_error_against_softmax_shrinks_with_more_features():
     q, k, v = (randn(1, 4, 64, 16, seed=s) * 0.5 for s in range(3))
     softmax = implementations.reference_attention(q, k, v)
@@ -435,28 +444,33 @@ def test_linear_passes_at_one_key_and_the_smallest_head_dims_in_bfloat16():
     assert check_case(Off("off"), Case(1, 3, 2, 16, "bfloat16", False, "fwd+bwd", "cpu"), 0).status == "fail"
 
 
-# Peak memory beyond the inputs, in units of one input tensor (2 × 8 heads × 1024 tokens × D64, bfloat16, 8 chunks),
+# Peak memory beyond the inputs, in units of one input tensor (2 × 8 heads × the case's tokens × D64, bfloat16, 8 chunks),
 # as the runner's CPU rows measure it. CPU kernels cast mixed-dtype operands and sums in copies that CUDA's do not,
 # so these counts are the CPU's; each bound lies between the current figure and the one before the change it guards.
-@pytest.mark.parametrize(("name", "causal", "backward", "bound", "guards"), [
-    pytest.param("linear", True, False, 9.8, "9.0; 10.6 with the chunks' weights held while the states are built",
+@pytest.mark.parametrize(("name", "causal", "backward", "tokens", "bound", "guards"), [
+    pytest.param("linear", True, False, 1024, 9.8, "9.0; 10.6 with the chunks' weights held while the states are built",
                  id="linear-causal-fwd"),
-    pytest.param("linear", True, True, 18.4, "17.5; 19.3 with the states of all but the last chunk (keys copied)",
+    pytest.param("linear", True, True, 1024, 18.4, "17.5; 19.3 with the states of all but the last chunk (keys copied)",
                  id="linear-causal-fwd+bwd"),
-    pytest.param("performer", False, False, 22.5, "21.0; 24.1 with features beside their logits or a float32"
+    pytest.param("performer", False, False, 1024, 22.5, "21.0; 24.1 with features beside their logits or a float32"
                  " quotient beside the numerator without autograd", id="performer-dense-fwd"),
-    pytest.param("performer", True, False, 34.0, "32.0; 36.3 with the chunks' weights held while the states are"
+    pytest.param("performer", True, False, 1024, 34.0, "32.0; 36.3 with the chunks' weights held while the states are"
                  " built and the keys copied for them", id="performer-causal-fwd"),
-    pytest.param("performer", False, True, 47.5, "43.5; 51.5 with autograd's exp keeping a second copy of the"
+    pytest.param("performer", False, True, 1024, 47.5, "43.5; 51.5 with autograd's exp keeping a second copy of the"
                  " key features", id="performer-dense-fwd+bwd"),
-    pytest.param("performer", True, True, 59.0, "55.0; 63.0 with that second copy, 72.3 with the keys also copied"
+    pytest.param("performer", True, True, 1024, 59.0, "55.0; 63.0 with that second copy, 72.3 with the keys also copied"
                  " for the states", id="performer-causal-fwd+bwd"),
+    # 1000 tokens: the last of 8 chunks padded.
+    pytest.param("performer", True, False, 1000, 36.0, "32.8; 40.8 with the key features padded rather than the keys",
+                 id="performer-causal-fwd-1000"),
+    pytest.param("performer", True, True, 1000, 61.0, "57.4; 64.4 with the key features padded rather than the keys",
+                 id="performer-causal-fwd+bwd-1000"),
 ])
-def test_linear_families_hold_no_avoidable_copy_at_their_peak(name, causal, backward, bound, guards):
+def test_linear_families_hold_no_avoidable_copy_at_their_peak(name, causal, backward, tokens, bound, guards):
     from suite.memory import peak_call_memory
 
     impl = implementations.get(name)
-    q, k, v, grad = (randn(2, 8, 1024, 64, seed=s, dtype=torch.float32).bfloat16() for s in range(4))
+    q, k, v, grad = (randn(2, 8, tokens, 64, seed=s, dtype=torch.float32).bfloat16() for s in range(4))
     if backward:
         for t in (q, k, v):
             t.requires_grad_()

@@ -61,14 +61,28 @@ def key_sums(fk: torch.Tensor, v: torch.Tensor, mm: torch.dtype | None = None) -
     return KeySums(fk.to(mm).transpose(-2, -1) @ v.to(mm), fk.sum(-2, dtype=acc).to(mm))
 
 
+@dataclass(frozen=True)
+class ChangedFeatures:
+    """The earlier keys' features as the new keys' are taken: φ' = factor·φ + offset, per key/value head (B, KV, 1, 1
+    each), applied to their sums. FAVOR+ takes features under a shift that new keys can move, and adds its floor
+    after the shift, so the floor is not rescaled with the rest. The offset's part of the sums needs the earlier
+    values' sum `value_sum` (B, KV, D) and how many keys there were (`count`)."""
+
+    factor: torch.Tensor
+    offset: torch.Tensor
+    value_sum: torch.Tensor
+    count: int
+
+
 def decoding_step(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, sums: KeySums, *, causal: bool,
-                  chunk: int = 128, mm: torch.dtype | None = None, scale: torch.Tensor | None = None) -> torch.Tensor:
+                  chunk: int = 128, mm: torch.dtype | None = None,
+                  changed: ChangedFeatures | None = None) -> torch.Tensor:
     """A decoding step: queries fq (B, H, Q, F) of the Q new tokens, their keys' features fk (B, KV, Q, F) and values
     v (B, KV, Q, D), and the sums of the keys before them (KV ≤ H heads; query head h reads key/value head h // G)
     -> (B, H, Q, D) in v's dtype. The G query heads of a group are stacked as rows of one matmul against their
     key/value head's sums, and linear_attention does the same against the new keys (one chunk of them, as a view;
-    more than a chunk, a chunked prefill, in chunks), so neither is repeated per query head. `scale` (B, KV, 1, 1)
-    multiplies the sums' contributions (FAVOR+ rescales keys taken under another shift)."""
+    more than a chunk, a chunked prefill, in chunks), so neither is repeated per query head. `changed`: the sums'
+    features are to be taken as changed so (after the matmuls: O(Q·D) more work, not O(F·D))."""
     mm = mm or matmul_dtype(v.dtype)
     acc = torch.promote_types(v.dtype, torch.float32)
     batch, heads, q_len, features = fq.shape
@@ -76,8 +90,11 @@ def decoding_step(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, sums: Key
     grouped = fq.to(mm).reshape(batch, kv_heads, heads // kv_heads * q_len, features)  # row g·Q + i: query i of head g
     numerator = (grouped @ sums.state.to(mm)).to(acc)
     denominator = (grouped @ sums.norm.to(mm)[..., None]).to(acc)
-    if scale is not None:
-        numerator, denominator = numerator * scale, denominator * scale
+    if changed is not None:
+        # Features a·φ + b: f·Σ_j (a·φ_j + b) v_jᵀ = a·(f·S) + b·(Σ_f f)·Σ_j v_j, and a·(f·z) + b·(Σ_f f)·count.
+        offset = changed.offset * grouped.sum(-1, keepdim=True, dtype=acc)
+        numerator = numerator * changed.factor + offset * changed.value_sum.to(acc)[:, :, None, :]
+        denominator = denominator * changed.factor + offset * changed.count
     seen = (numerator.view(batch, heads, q_len, -1), denominator.view(batch, heads, q_len, 1))
     return linear_attention(fq, fk, v, causal=causal, chunk=chunk, mm=mm, seen=seen)
 

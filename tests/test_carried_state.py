@@ -89,6 +89,20 @@ def test_performer_rescales_the_carried_sums_when_new_keys_are_larger():
     assert ((out.double() - twin).norm() / twin.norm()).item() < 1e-5
 
 
+@pytest.mark.parametrize("state", ["rebuilt", "carried"])
+@pytest.mark.parametrize("new_tokens", [1, 300])
+def test_performer_keeps_the_floor_of_earlier_keys_when_new_keys_move_the_shift(state, new_tokens):
+    """Keys of large norm: most features sit near the floor, which the exact twin adds after the shift shared by
+    all keys. Rescaling the earlier keys' floor with their features (to exp(old − new shift) times it) put a
+    300-token chunked prefill after 20 cached keys 12% off the twin."""
+    q, k, v = decoding_inputs(batch=1, heads=2, kv_heads=2, q_len=new_tokens, seq_len=20 + new_tokens, head_dim=64)
+    k = k * 6
+    performer = implementations.get("performer", state=state)
+    out = performer(q, k, v, causal=True)
+    twin = performer.exact_twin(q, k, v, causal=True)
+    assert ((out.double() - twin).norm() / twin.norm()).item() < 1e-4
+
+
 @pytest.mark.parametrize("name", CARRIED)
 def test_a_carried_decoding_call_does_the_same_work_whatever_the_cache_length(name):
     impl = implementations.get(name, state="carried")
@@ -139,7 +153,8 @@ def test_a_carried_call_counts_the_new_tokens_and_reads_the_state_in_place_of_th
     state = carried.carried_state_bytes(case)
     assert state == 2 * 2 * 64 * (64 + 1) * 2  # an F × D + F state per key/value head, F = D, multiplied in bfloat16
     performer = implementations.get("performer", state="carried", features=32)
-    assert performer.carried_state_bytes(case) == 2 * 2 * 32 * (64 + 1) * 4  # its features stay in float32
+    # Its features stay in float32, and it keeps the values' sum too (for its floor).
+    assert performer.carried_state_bytes(case) == 2 * 2 * (32 * (64 + 1) + 64) * 4
     new_tokens = Case(2, 8, 1, 64, "bfloat16", True, "fwd", "cpu", kv_heads=2)  # q, one key and value, out
     assert minimum_bytes(case, state) == minimum_bytes(new_tokens) + state
     assert minimum_bytes(case) > 50 * minimum_bytes(case, state)  # a 4096-token bfloat16 cache, a 64 × 65 state

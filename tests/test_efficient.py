@@ -328,6 +328,7 @@ def test_performer_pads_causal_keys_without_moving_their_shared_shift():
     out = performer(q, k * 6, v, causal=True)
     assert error(out, performer.exact_twin(q, k * 6, v, causal=True)).rel_rms < 1e-4
 
+
 def test_performer_error_against_softmax_shrinks_with_more_features():
     q, k, v = (randn(1, 4, 64, 16, seed=s) * 0.5 for s in range(3))
     softmax = implementations.reference_attention(q, k, v)
@@ -444,8 +445,8 @@ def test_linear_passes_at_one_key_and_the_smallest_head_dims_in_bfloat16():
     assert check_case(Off("off"), Case(1, 3, 2, 16, "bfloat16", False, "fwd+bwd", "cpu"), 0).status == "fail"
 
 
-# Peak memory beyond the inputs, in units of one input tensor (2 × 8 heads × the case's tokens × D64, bfloat16, 8 chunks),
-# as the runner's CPU rows measure it. CPU kernels cast mixed-dtype operands and sums in copies that CUDA's do not,
+# Peak memory beyond the inputs, in units of one input tensor (2 × 8 heads × the case's tokens × D64, bfloat16,
+# 8 chunks), as the runner's CPU rows measure it. CPU kernels cast mixed-dtype operands and sums in copies that CUDA's do not,
 # so these counts are the CPU's; each bound lies between the current figure and the one before the change it guards.
 @pytest.mark.parametrize(("name", "causal", "backward", "tokens", "bound", "guards"), [
     pytest.param("linear", True, False, 1024, 9.8, "9.0; 10.6 with the chunks' weights held while the states are built",

@@ -39,7 +39,8 @@ def cmd_check(args) -> int:
           f"{len(conformance.DECODING_SHAPES)} with fewer queries than keys, causal and not, with and without autograd, "
           f"then lengths {conformance.SHORT_LENGTHS} for "
           f"{len(conformance.SHORT_LENGTH_SEEDS)} seeds, each twice, then transposed (non-contiguous) inputs, then 257 "
-          f"tokens at logits of spread {conformance.LARGE_LOGIT_STD:g} (finite results); memory poisoning: "
+          f"tokens and a 130-of-300 prefill at logits of spread {conformance.LARGE_LOGIT_STD:g} (finite results; "
+          f"float32 also against the twin); memory poisoning: "
           f"{poisoning(device)}", flush=True)
     if own:  # checked like the awkward shapes
         print(f"and shapes of your own: {', '.join(_shape_text(shape) for shape in own)} (KV: key/value heads shared "

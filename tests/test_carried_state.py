@@ -103,6 +103,23 @@ def test_performer_keeps_the_floor_of_earlier_keys_when_new_keys_move_the_shift(
     assert ((out.double() - twin).norm() / twin.norm()).item() < 1e-4
 
 
+def test_the_conformance_check_finds_a_rescaled_floor_at_large_logits_only(monkeypatch):
+    """The check's float32 large-logit cases are held to the exact twin; unit-normal inputs do not show this bug."""
+    import implementations.performer as performer_module
+    from implementations.linear import ChangedFeatures
+    from suite.conformance import LARGE_LOGIT_SEED, check_large_logits, large_logit_cases
+
+    prefill = [case for case in large_logit_cases("cpu", ("float32",)) if case.q_len and case.causal]
+    assert [case.label for case in prefill] == ["B1-H2-N300-Q130-D32-fp32-causal-fwd+bwd"]
+    performer = implementations.get("performer")
+    assert check_large_logits(performer, prefill[0], LARGE_LOGIT_SEED).status == "pass"
+    monkeypatch.setattr(performer_module, "ChangedFeatures",  # the floor scaled with the features, as it once was
+                        lambda factor, offset, value_sum, count: ChangedFeatures(factor, 0 * offset, value_sum, count))
+    assert check_case(performer, prefill[0], 0).status == "pass"
+    found = check_large_logits(performer, prefill[0], LARGE_LOGIT_SEED)
+    assert found.status == "fail" and "in float32, against the exact twin" in found.detail, found.detail
+
+
 @pytest.mark.parametrize("name", CARRIED)
 def test_a_carried_decoding_call_does_the_same_work_whatever_the_cache_length(name):
     impl = implementations.get(name, state="carried")

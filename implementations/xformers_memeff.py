@@ -2,6 +2,12 @@
 
 With fewer queries than keys, causal masks are xformers' LowerTriangularFromBottomRightMask (aligned to the last
 key); its LowerTriangularMask aligns them to the first.
+
+Grouped-query heads go in xformers' 5-D layout (batch, seq, groups, heads per group, head_dim): the G query heads
+that share a key/value head form one group, and that head's keys and values are expanded over it as a view
+(stride 0, no copy), as xformers asks (it does not broadcast them itself); its dispatcher reads that zero stride as
+grouped heads when it picks a kernel for a few queries against many keys. xformers marks the 5-D layout
+experimental and forward-only: its backward operators refuse it, and those rows give their reasons.
 """
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ import re
 
 import torch
 
-from .base import DTYPES, Implementation, Unsupported, grouped_query_reasons, query_len
+from .base import DTYPES, Implementation, Unsupported, query_len
 
 
 def _condense(message: str) -> list[str]:
@@ -73,26 +79,40 @@ def _causal_bias(fmha, causal: bool, q_len: int, kv_len: int):
     return fmha.attn_bias.LowerTriangularMask() if q_len == kv_len else fmha.attn_bias.LowerTriangularFromBottomRightMask()
 
 
+def _layout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q (B, H, Q, D), k and v (B, KV, N, D) as views in xformers' layout: (B, Q, H, D) and (B, N, H, D), or with
+    grouped heads (B, Q, KV, G, D) and (B, N, KV, G, D), query head h = kv·G + g, keys and values expanded over g."""
+    query, key, value = (x.transpose(1, 2) for x in (q, k, v))
+    groups = q.shape[1] // k.shape[1]
+    if groups == 1:
+        return query, key, value
+    query = query.unflatten(2, (k.shape[1], groups))
+    key, value = (x.unsqueeze(3).expand(*x.shape[:3], groups, x.shape[-1]) for x in (key, value))
+    return query, key, value
+
+
 class XformersAttention(Implementation):
-    """`xformers.ops.memory_efficient_attention` in its (batch, seq, heads, head_dim) layout."""
+    """`xformers.ops.memory_efficient_attention` in its (batch, seq, heads, head_dim) layout, or with grouped-query
+    heads its (batch, seq, groups, heads per group, head_dim) one."""
 
     def _inputs(self, fmha, q, k, v, causal: bool):
-        """q, k, v in xformers' layout (batch, seq, heads, head_dim)."""
-        return fmha.Inputs(query=q, key=k, value=v, attn_bias=_causal_bias(fmha, causal, q.shape[1], k.shape[1]))
+        """xformers' Inputs for q (B, H, Q, D), k and v (B, KV, N, D) in attnbench's layout."""
+        query, key, value = _layout(q, k, v)
+        return fmha.Inputs(query=query, key=key, value=value,
+                           attn_bias=_causal_bias(fmha, causal, q.shape[-2], k.shape[-2]))
 
     def supports(self, case) -> list[str]:
         fmha, problem = _load_xformers()
         if problem:
             return [problem]
-        grouped = grouped_query_reasons(case, "xformers takes groups in a 5-D layout not wired here")
-        if grouped:
-            return grouped
         if case.device == "cuda" and not torch.cuda.is_available():
             return ["device=cuda but no CUDA device is available"]
-        # Same sizes as the case (empty: nothing is touched) so sequence-length limits apply too.
-        make = lambda length: torch.empty((case.batch, length, case.heads, case.head_dim),  # noqa: E731
-                                          dtype=DTYPES[case.dtype], device=case.device)
-        q, k, v = make(query_len(case)), make(case.seq_len), make(case.seq_len)
+        # Same sizes as the case (empty: nothing is touched) so sequence-length limits apply too, and the same
+        # layout as a call's, strides included (the dispatcher reads them).
+        make = lambda heads, length: torch.empty((case.batch, heads, length, case.head_dim),  # noqa: E731
+                                                 dtype=DTYPES[case.dtype], device=case.device)
+        kv_heads = case.kv_heads or case.heads
+        q, k, v = make(case.heads, query_len(case)), make(kv_heads, case.seq_len), make(kv_heads, case.seq_len)
         inputs = self._inputs(fmha, q, k, v, case.causal)
         try:
             fmha.dispatch._dispatch_fw(inputs, needs_gradient=case.mode != "fwd")
@@ -106,19 +126,21 @@ class XformersAttention(Implementation):
         fmha, problem = _load_xformers()
         if problem:
             raise Unsupported([problem])
+        query, key, value = _layout(q, k, v)
         bias = _causal_bias(fmha, causal, q.shape[-2], k.shape[-2])
         try:
-            out = fmha.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias)
+            out = fmha.memory_efficient_attention(query, key, value, attn_bias=bias)
         except NotImplementedError as error:
             raise Unsupported(_condense(str(error))) from None
-        return out.transpose(1, 2)
+        # Out is laid out as the query: (B, Q, H, D), or (B, Q, KV, G, D), which flattens to it as a view.
+        return out.reshape(q.shape[0], q.shape[2], q.shape[1], out.shape[-1]).transpose(1, 2)
 
     def backend(self, q, k, v, *, causal=False) -> str | None:
         """The xformers operators its dispatcher picks, forward and (when training) backward."""
         fmha, problem = _load_xformers()
         if problem:
             return None
-        inputs = self._inputs(fmha, q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal)
+        inputs = self._inputs(fmha, q, k, v, causal)
         training = q.requires_grad
         names = [f"fwd={fmha.dispatch._dispatch_fw(inputs, needs_gradient=training).NAME}"]
         if training:

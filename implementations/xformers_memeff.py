@@ -74,7 +74,9 @@ def _condense_load_failure(message: str) -> str:
 
 
 def _causal_bias(fmha, causal: bool, q_len: int, kv_len: int):
-    if not causal:
+    """xformers' causal mask for Q queries, the last of N positions; none for one query, which sees every key (a mask
+    there masks nothing, and its split-KV decoding kernel refuses the bottom-right one)."""
+    if not causal or q_len == 1:
         return None
     return fmha.attn_bias.LowerTriangularMask() if q_len == kv_len else fmha.attn_bias.LowerTriangularFromBottomRightMask()
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import implementations
-from implementations.xformers_memeff import _layout
+from implementations.xformers_memeff import _causal_bias, _layout
 
 fmha = pytest.importorskip("xformers.ops.fmha", reason="xformers is not installed")
 
@@ -56,3 +56,11 @@ def test_query_heads_meet_their_key_value_head(heads, kv_heads, q_len, seq_len, 
     expected = implementations.get("reference")(q.double(), k.double(), v.double(), causal=causal)
     assert out.shape == q.shape
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_one_query_gets_no_causal_mask_as_it_sees_every_key():
+    """As in `sdpa`: a mask that masks nothing only narrows the kernels that accept the call."""
+    assert _causal_bias(fmha, True, 1, 4096) is None and _causal_bias(fmha, True, 1, 1) is None
+    assert type(_causal_bias(fmha, True, 16, 4096)) is fmha.attn_bias.LowerTriangularFromBottomRightMask
+    assert type(_causal_bias(fmha, True, 33, 33)) is fmha.attn_bias.LowerTriangularMask
+    assert _causal_bias(fmha, False, 16, 4096) is None

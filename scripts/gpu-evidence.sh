@@ -21,7 +21,8 @@
 # CHECK=IMPL[,IMPL...] (`attnbench check` of these after the tests, into pytest-gpu.txt, within CHECK_TIMEOUT_S,
 # default 180; compiled ones such as the sparse families compile FlexAttention for every shape: minutes),
 # AMEND_FILE (a stored results file: a copy under $OUT gets `attnbench local-errors`, the local-inputs errors of
-# its approximate rows that lack them, on this GPU, within AMEND_TIMEOUT_S, default 240; log-amend.txt).
+# its approximate rows that lack them, on this GPU, within AMEND_TIMEOUT_S, default 240; log-amend.txt;
+# AMEND_IMPL=NAME[,NAME...]: only those implementations' rows, e.g. the ones that compile nothing first).
 # Triton autotuning results (fla retunes some kernels at every batch size, ~10-20 s each) are written to
 # $OUT/GPU-triton-autotune.tgz; placed in .gpu-cache/ on a later call for the same GPU model, they are reused,
 # and `first_call_ms` then leaves out the search (it still includes compilation).
@@ -72,7 +73,8 @@ fi
 if [ -n "${AMEND_FILE:-}" ]; then  # resumable: a file cut short by the timeout keeps the rows amended so far
   amended="$OUT/$(basename "$AMEND_FILE")"
   cp "$AMEND_FILE" "$amended"
-  timeout --signal=INT "${AMEND_TIMEOUT_S:-240}" "$PY" -m suite local-errors "$amended" > "$OUT/log-amend.txt" 2>&1
+  timeout --signal=INT "${AMEND_TIMEOUT_S:-240}" "$PY" -m suite local-errors "$amended" ${AMEND_IMPL:+--impl "$AMEND_IMPL"} \
+    > "$OUT/log-amend.txt" 2>&1
   echo "local-errors $(basename "$AMEND_FILE") exit $?" | tee -a "$OUT/log-amend.txt"
   tail -n 4 "$OUT/log-amend.txt"
 fi

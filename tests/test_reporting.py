@@ -130,6 +130,21 @@ def test_throughput_chart_has_one_line_per_measured_implementation(cpu_results):
     assert {t.get_text() for t in legend.get_texts()} == measured
 
 
+def test_length_axes_name_lengths_as_the_tables_do(cpu_results):
+    frame = prepare(load(cpu_results))
+    part = frame[frame.causal == False].copy()  # noqa: E712
+    lengths = sorted(part.seq_len.unique())
+    part["seq_len"] = part.seq_len.map(dict(zip(lengths, [512, 1024, 65536][:len(lengths)])))
+    group = {"device": "cpu", "gpu": "test cpu", "dtype": "float32", "causal": False, "mode": "fwd"}
+    for chart in (charts.throughput_chart, charts.memory_chart):
+        fig = chart(part, colours(frame.impl), group)
+        (ax,) = [a for a in fig.axes if a.get_visible()]
+        fig.canvas.draw()
+        shown = [tick.label1.get_text() for tick in ax.xaxis.get_major_ticks()
+                 if 512 <= tick.get_loc() <= 65536 and tick.label1.get_visible()]
+        assert shown == ["512", "1K", "2K", "4K", "8K", "16K", "32K", "64K"], chart.__name__
+
+
 def test_tflops_chart_starts_at_zero_and_draws_the_measured_peak_where_there_is_one(cpu_results):
     frame = prepare(load(cpu_results))
     part = frame[frame.causal == False].copy()  # noqa: E712

@@ -17,7 +17,7 @@ import pandas as pd  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from .data import MEASURED, fmt_num, group_title, impl_order  # noqa: E402
+from .data import MEASURED, fmt_length, fmt_num, group_title, impl_order  # noqa: E402
 
 PANEL_KEYS = ("heads", "kv_heads", "head_dim")
 
@@ -35,6 +35,8 @@ def _panels(frame: pd.DataFrame, title: str, ylabel: str, *, logy: bool = False)
         grouped = f" ({key[1]} key/value)" if key[1] != key[0] else ""
         ax.set_title(f"{key[0]} heads{grouped}, head dim {key[2]}", fontsize=10)
         ax.set_xscale("log", base=2)
+        # Lengths named as the report's tables name them (1K, 64K), not as powers of two.
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: fmt_length(round(value))))
         if logy:
             log_axis(ax.yaxis)
         decoding = "queries" in part and part["queries"].notna().any()  # a fixed number of queries, keys grow

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import pandas as pd
 
 from .blocks import Table
-from .data import MEASURED, fmt_num, impl_order, relative_iqr
-from .shape_tables import fmt_length, shape_tables
+from .data import MEASURED, fmt_length, fmt_num, impl_order, relative_iqr
+from .shape_tables import shape_tables
 
 
 @dataclass

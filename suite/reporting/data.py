@@ -112,6 +112,11 @@ def fmt_num(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits}g}"
 
 
+def fmt_length(length: int) -> str:
+    """1024 -> 1K, 32768 -> 32K; lengths that are not whole multiples of 1024 stay as they are."""
+    return f"{length // 1024}K" if length >= 1024 and length % 1024 == 0 else str(length)
+
+
 def fmt_duration(ms: float) -> str:
     return f"{fmt_num(ms / 1e3)} s" if ms >= 1e3 else f"{fmt_num(ms)} ms"
 

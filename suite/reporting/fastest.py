@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import pandas as pd
 
 from .blocks import Table
-from .data import GROUP_KEYS, fmt_num, group_title, impl_order, relative_iqr
-from .shape_tables import SUMMARY_COLUMNS, fmt_length
+from .data import GROUP_KEYS, fmt_length, fmt_num, group_title, impl_order, relative_iqr
+from .shape_tables import SUMMARY_COLUMNS
 
 # Rows of one table: a length and a head count; columns: mask × mode. The other keys name the table.
 TABLE_KEYS = tuple(key for key in GROUP_KEYS if key not in ("heads", "kv_heads", "causal", "mode"))

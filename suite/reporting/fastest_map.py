@@ -6,9 +6,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 from . import charts  # noqa: F401 - selects the Agg backend before pyplot is imported
-from .data import group_title
+from .data import fmt_length, group_title
 from .fastest import LeadGrid, grid_columns
-from .shape_tables import fmt_length
 
 _NOT_RUN = (0.93, 0.93, 0.93)
 

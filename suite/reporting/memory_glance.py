@@ -6,8 +6,8 @@ from __future__ import annotations
 import pandas as pd
 
 from .blocks import Table
-from .data import MEASURED, fmt_bytes, fmt_num, impl_order
-from .shape_tables import fmt_length, shape_tables
+from .data import MEASURED, fmt_bytes, fmt_length, fmt_num, impl_order
+from .shape_tables import shape_tables
 
 
 def _memory_cell(part: pd.DataFrame, impl: str, baseline: str) -> str:

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from .blocks import Table
-from .data import MEASURED, impl_order
-from .shape_tables import fmt_length, shape_tables
+from .data import MEASURED, fmt_length, impl_order
+from .shape_tables import shape_tables
 
 LONGEST_LENGTHS = 3  # the exponent is fitted over at most this many of the longest lengths measured
 

@@ -17,11 +17,6 @@ SUMMARY_COLUMNS = tuple((mask, mode) for mask in ("dense", "causal") for mode in
 SHAPE_KEYS = tuple(key for key in GROUP_KEYS if key not in ("causal", "mode"))
 
 
-def fmt_length(length: int) -> str:
-    """1024 -> 1K, 32768 -> 32K; lengths that are not whole multiples of 1024 stay as they are."""
-    return f"{length // 1024}K" if length >= 1024 and length % 1024 == 0 else str(length)
-
-
 def shape_tables(frame: pd.DataFrame, cells_of: Callable[[pd.DataFrame], dict[str, str]], *,
                  first: str | None = None, min_rows: int = 1) -> list[tuple[str, Table]]:
     """(title, table) per shape (machine, batching, heads, head dim, dtype). `cells_of(rows)` gets the rows of

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
-import torch
-
-from implementations import DTYPES
+if TYPE_CHECKING:
+    import torch
 
 MODES = ("fwd", "bwd", "fwd+bwd")
 DEVICES = ("cpu", "cuda")
@@ -42,6 +42,8 @@ class Case:
 
     @property
     def torch_dtype(self) -> torch.dtype:
+        from implementations import DTYPES  # here, so that a grid is built without importing torch
+
         return DTYPES[self.dtype]
 
     @property

@@ -12,8 +12,8 @@ import implementations
 from implementations import DTYPES, Implementation
 
 from .case import DEVICES, MODES, Grid
-from .presets import PRESETS
-from .timing import TimingPolicy
+from .presets import CONFIG_KEYS, PRESETS
+from .timing_policy import TimingPolicy
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -22,8 +22,6 @@ else:  # pragma: no cover
 
 _DTYPE_ALIASES = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32"}
 _RUN_DTYPES = ("float16", "bfloat16", "float32")
-CONFIG_KEYS = ("preset", "impl", "seq_len", "q_len", "heads", "kv_heads", "batch", "head_dim", "dtype", "causal", "mode",
-               "tokens_per_batch", "device", "timing")
 
 
 class UsageError(ValueError):

@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from .timing import TimingPolicy, measure
+from .timing import measure
+from .timing_policy import TimingPolicy
 
 WARMUP_CALLS = 3  # on the capture stream, before capturing
 

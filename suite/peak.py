@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from .timing import Measurement, TimingPolicy, measure
+from .timing import Measurement, measure
+from .timing_policy import TimingPolicy
 
 
 def measured_matmul_tflops(dtype: torch.dtype, device: torch.device, size: int = 8192) -> float:

@@ -16,11 +16,11 @@ from typing import Any
 
 import pandas as pd
 
-from . import speed_settings, timing
+from . import speed_settings, timing_policy
 from .case import CASE_FIELDS, MODES
+from .schema import STATUSES
 
 FORMAT_VERSION = 1
-STATUSES = ("ok", "mismatch", "unsupported", "oom", "error")
 ROW_COLUMNS = (
     "impl", "family", *CASE_FIELDS, "status", "reason", "backend",
     "time_ms", "time_iqr_ms", "repeats", "times_ms", "first_call_ms", "noisy", "host_ms", "host_bound",
@@ -224,7 +224,7 @@ def load(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
             row["software"], row["attnbench_commit"] = software_of(env), env.get("git_commit")
             row["settings"] = speed_settings.summary(env.get("speed_settings"))
             row["distorted_by"] = ", ".join(speed_settings.distorting(env.get("speed_settings"))) or None
-            row["timing"] = timing.describe(run.get("timing_policy"))
+            row["timing"] = timing_policy.describe(run.get("timing_policy"))
             row["batching"] = batching(run, row)
             row["source"] = str(path)
         frames.append(pd.DataFrame(rows))

@@ -19,13 +19,12 @@ from .peak import measured_copy_gbytes_per_s, measured_matmul_tflops
 from .plan import EarlierRows, format_plan, plan_run
 from .presets import default_preset
 from .progress import Progress
-from .results import STATUSES, ResultsFormatError, ResultsWriter, finished_keys, key_of_row, read, recorded_machine, timed_by_runs
+from .results import ResultsFormatError, ResultsWriter, finished_keys, key_of_row, read, recorded_machine, timed_by_runs
 from .runner import DeviceLost, RunSettings, TimeLimitReached, row_key, run_cases
+from .schema import RETRYABLE
 from .summary import format_table
 from .termination import exit_status, stop_word
-from .timing import TimingPolicy, describe
-
-RETRYABLE = tuple(status for status in STATUSES if status != "ok")
+from .timing_policy import TimingPolicy, describe
 
 
 def _retry_statuses(value: str | None, resume: bool) -> set[str]:

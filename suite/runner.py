@@ -30,7 +30,8 @@ from .memory import peak_call_memory
 from .out_of_memory import free_after_failure, is_out_of_memory
 from .poison import poisoned_allocations
 from .results import key_of_row
-from .timing import Measurement, TimingPolicy, measure, time_once_wall
+from .timing import Measurement, measure, time_once_wall
+from .timing_policy import TimingPolicy
 from .traffic import minimum_bytes
 from .workload import Inputs, Workload, make_inputs
 

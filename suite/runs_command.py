@@ -10,7 +10,8 @@ from typing import Any
 from . import naming
 from .config import UsageError
 from .reporting.data import fmt_wall_time
-from .results import STATUSES, ResultsFormatError, read, recorded_machine, software_of
+from .results import ResultsFormatError, read, recorded_machine, software_of
+from .schema import STATUSES
 
 
 def describe_file(path: Path) -> dict[str, Any]:

@@ -5,7 +5,6 @@ import re
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from suite import results
 from suite.api import as_implementation, benchmark, check, compare

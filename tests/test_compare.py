@@ -16,7 +16,7 @@ from suite.cli import main
 from suite.compare import mann_whitney_greater
 from suite.results import ResultsWriter
 from suite.runner import RunSettings, run_cases
-from suite.timing import TimingPolicy
+from suite.timing_policy import TimingPolicy
 
 ROOT = Path(__file__).resolve().parent.parent
 

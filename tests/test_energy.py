@@ -11,7 +11,7 @@ from suite.case import Case
 from suite.cli import main
 from suite.gpu_monitor import GpuMonitor
 from suite.runner import RunSettings
-from suite.timing import TimingPolicy
+from suite.timing_policy import TimingPolicy
 from tests.conftest import run_into
 
 FAST = TimingPolicy(warmup_calls=1, min_repeats=3, max_repeats=5, budget_s=0.05)

@@ -13,7 +13,7 @@ from suite.case import Case
 from suite.reporting.build import _accuracy_table
 from suite.results import ResultsWriter, load
 from suite.runner import RunSettings, run_cases
-from suite.timing import TimingPolicy
+from suite.timing_policy import TimingPolicy
 from suite.workload import LOCAL_CORRELATION_TOKENS, LOCAL_SELF_LOGIT, local_shape, local_tensors, random_tensors
 
 FAST = RunSettings(policies={"cpu": TimingPolicy(warmup_calls=1, min_repeats=3, max_repeats=3, budget_s=0.01)})

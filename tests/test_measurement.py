@@ -7,7 +7,8 @@ import torch
 from implementations import Implementation
 from implementations.flops import MODE_FACTOR, softmax_attention_flops
 from suite.memory import peak_call_memory, running_peak
-from suite.timing import Measurement, TimingPolicy, measure
+from suite.timing import Measurement, measure
+from suite.timing_policy import TimingPolicy
 
 
 def test_median_and_iqr_from_raw_times():

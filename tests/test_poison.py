@@ -10,7 +10,7 @@ from suite.case import Case
 from suite.conformance import check_case
 from suite.poison import POISON_BYTE, never_written, poisoned_allocations
 from suite.runner import RunSettings, run_cases
-from suite.timing import TimingPolicy
+from suite.timing_policy import TimingPolicy
 from tests.conftest import UnwrittenLastRow
 
 FAST = TimingPolicy(warmup_calls=1, min_repeats=3, max_repeats=3, budget_s=0.01)

@@ -18,7 +18,7 @@ from suite.reporting.data import colours, fmt_duration, fmt_num, impl_order, pre
 from suite.reporting.memory_glance import memory_summary
 from suite.results import ResultsWriter, load
 from suite.runner import RunSettings, run_cases
-from suite.timing import TimingPolicy
+from suite.timing_policy import TimingPolicy
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FAST = RunSettings(policies={"cpu": TimingPolicy(warmup_calls=1, min_repeats=3, max_repeats=5, budget_s=0.05)})

@@ -11,7 +11,7 @@ from suite import results
 from suite.case import Case
 from suite.results import ResultsWriter
 from suite.runner import RunSettings, run_cases
-from suite.timing import TimingPolicy
+from suite.timing_policy import TimingPolicy
 from tests.conftest import ScriptedAttention, WithSession
 
 FAST = RunSettings(policies={"cpu": TimingPolicy(warmup_calls=1, min_repeats=3, max_repeats=5, budget_s=0.05)})

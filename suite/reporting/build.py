@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import config, speed_settings, timing
+from .. import config, speed_settings, timing_policy
 from ..case import CASE_FIELDS, Case
 from ..naming import slug
 from ..results import ResultsFormatError, load, read
@@ -19,7 +19,6 @@ from .crossover import MISMATCH_MARK, crossover_summary, crossover_table
 from .data import (
     MEASURED,
     ReportInputError,
-    scope_words,
     colours,
     fmt_bytes,
     fmt_num,
@@ -27,11 +26,12 @@ from .data import (
     groups,
     impl_order,
     prepare,
+    scope_words,
 )
+from .energy_table import ENERGY, energy_table
 from .fastest import fastest_table, lead_grids, win_counts
 from .fastest_map import fastest_map
 from .first_calls import first_call_table
-from .energy_table import ENERGY, energy_table
 from .graph_replays import GRAPH_REPLAYS, graph_replay_table
 from .machines import machine_table, machines_in_order
 from .memory_glance import memory_summary
@@ -54,7 +54,7 @@ def _environment_blocks(paths: list[Path]) -> list:
                 f"torch {env.get('torch')}, CUDA {env.get('cuda') or '–'}, cuDNN {env.get('cudnn') or '–'}, "
                 f"triton {env.get('triton') or '–'}, xformers {env.get('xformers') or '–'}",
                 _settings_text(env),
-                timing.describe(run.get("timing_policy")) or "–",
+                timing_policy.describe(run.get("timing_policy")) or "–",
                 ", ".join(f"{k} {v:.0f}" for k, v in (run.get("measured_peak_tflops") or {}).items()) or "–",
                 f"{run['measured_peak_gbytes_per_s']:.0f}" if run.get("measured_peak_gbytes_per_s") else "–",
                 (env.get("git_commit") or "–")[:12],

@@ -19,6 +19,8 @@ def _cell(row: dict[str, Any]) -> str:
             text += f" (graph {row['graph_time_ms']:.3g} ms)"
         if row.get("energy_j") is not None:
             text += f" {row['energy_j'] * 1e3:.3g} mJ"
+        if row.get("noisy"):
+            text += " ~"
         return text + (" !" if row["status"] == "mismatch" else "")
     return _SHORT.get(row["status"], row["status"])
 
@@ -35,6 +37,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     render = lambda line: "  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()  # noqa: E731
     lines = [render(header), render(["-" * w for w in widths]), *(render(line) for line in body)]
     lines.append("cells: median time and TFLOP/s; ! = accuracy mismatch; unsupp./oom/error: see the results file")
+    if any(row.get("noisy") and row["status"] in ("ok", "mismatch") for row in rows):
+        lines.append("~ = noisy: the spread of its repeats (IQR) is above the timing policy's noisy_relative_iqr "
+                     "of the median, so compare its time with care")
     if any(row.get("q_len") for row in rows):
         lines.append("cases with fewer queries than keys (-Q): GB/s instead, the least memory traffic of the call (the "
                      "whole KV cache read once, or a carried state in its place) over its time")

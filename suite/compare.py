@@ -255,6 +255,25 @@ def _reading_order(key: tuple) -> tuple:
     return tuple(named[field] for field in READING_ORDER)
 
 
+_SHOWN_VALUES = 8  # values listed per side and field; a long list of lengths says no more than its first few
+
+
+def _values(frame: pd.DataFrame, column: str) -> str:
+    values = sorted(set(frame[column]), key=lambda value: (str(type(value)), value))
+    shown = ", ".join(str(value) for value in values[:_SHOWN_VALUES])
+    return shown + (f" and {len(values) - _SHOWN_VALUES} more" if len(values) > _SHOWN_VALUES else "")
+
+
+def _grid_difference(base: pd.DataFrame, current: pd.DataFrame) -> str:
+    """The fields of the key whose values differ between the sides, with each side's values: what kept every
+    case of one side out of the other."""
+    differing = [column for column in READING_ORDER if set(base[column]) != set(current[column])]
+    if not differing:
+        return "every field's values occur on both sides, but in no combination both have"
+    return "; ".join(f"{column}: {_values(base, column)} (baseline) vs {_values(current, column)} (current)"
+                     for column in differing)
+
+
 def compare(base_frame: pd.DataFrame, current_frame: pd.DataFrame, threshold: float = 0.05,
             current_scope: GridScope | None = None, memory_threshold: float | None = 0.10) -> Comparison:
     """`memory_threshold` None leaves peak memory out of the verdicts."""
@@ -267,7 +286,8 @@ def compare(base_frame: pd.DataFrame, current_frame: pd.DataFrame, threshold: fl
     keyed_base = {tuple(r[k] for k in KEY): r for _, r in base.iterrows()}
     keyed_current = {tuple(r[k] for k in KEY): r for _, r in current.iterrows()}
     if not set(keyed_base) & set(keyed_current):
-        raise CompareInputError("the two results have no (implementation, case) in common: different grids")
+        raise CompareInputError("the two results have no (implementation, case) in common: "
+                                f"{_grid_difference(base, current)}")
     scope = current_scope or GridScope.unknown()
     result = Comparison(notes=conditions_notes(base_frame, current_frame))
     for key in sorted(set(keyed_base) | set(keyed_current), key=_reading_order):

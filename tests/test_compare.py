@@ -238,7 +238,24 @@ def test_no_common_case_exits_2(tmp_path, capsys, real_rows):
     base = synthetic(tmp_path / "a.jsonl", [r for r in real_rows if r.get("impl") != "sdpa"], seed=1)
     current = synthetic(tmp_path / "b.jsonl", [r for r in real_rows if r.get("impl") != "naive"], seed=1)
     assert main(["compare", str(base), str(current)]) == 2
-    assert "no (implementation, case) in common" in capsys.readouterr().err
+    assert "no (implementation, case) in common: impl: naive (baseline) vs sdpa (current)" in capsys.readouterr().err
+
+
+def test_no_common_case_names_the_fields_that_differ_and_their_values(tmp_path, capsys, real_rows):
+    """Batch 2 against a run whose batch followed 16384 // N: the batch is what differs, not the grid at large."""
+    def batch(choose):
+        return [{**r, "batch": choose(r["seq_len"])} if r["record"] == "result" else r for r in real_rows]
+    base = synthetic(tmp_path / "a.jsonl", batch(lambda n: 2), seed=1)
+    current = synthetic(tmp_path / "b.jsonl", batch(lambda n: 8 if n < 64 else 16), seed=1)
+    assert main(["compare", str(base), str(current)]) == 2
+    err = capsys.readouterr().err
+    assert "no (implementation, case) in common: batch: 2 (baseline) vs 8, 16 (current)" in err
+    assert "seq_len" not in err and "impl" not in err.split("in common:")[1]  # equal on both sides: not named
+
+    crossed = synthetic(tmp_path / "c.jsonl", batch(lambda n: 2 if n < 64 else 8), seed=1)
+    other = [{**r, "batch": 8 if r["seq_len"] < 64 else 2} if r["record"] == "result" else r for r in real_rows]
+    assert main(["compare", str(crossed), str(synthetic(tmp_path / "d.jsonl", other, seed=1))]) == 2
+    assert "every field's values occur on both sides, but in no combination both have" in capsys.readouterr().err
 
 
 def test_rank_test_detects_a_shift_and_not_its_absence():

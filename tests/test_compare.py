@@ -347,6 +347,41 @@ def test_more_peak_memory_is_a_regression_even_at_the_same_speed(tmp_path, capsy
     assert code == 0 and set(found.values()) == {None}
 
 
+def test_a_regression_by_memory_alone_is_named_as_such_where_every_time_is_faster(tmp_path, capsys, real_rows):
+    """Exit 1 with every timing verdict `faster`: the verdict line and the API's detail say it was the memory."""
+    from suite.api import compare
+
+    quicker = {(impl, n): 0.7 for impl in ("naive", "sdpa") for n in (16, 32, 64)}
+    base = synthetic(tmp_path / "a.jsonl", real_rows, seed=1, edit=_peak_memory({}))
+    current = synthetic(tmp_path / "b.jsonl", real_rows, seed=2, slow=quicker, edit=_peak_memory({("sdpa", 32): 1.5}))
+    grown = "sdpa B1 H2 N32 D16 float32 dense fwd (8.0 MiB -> 12.0 MiB (+50.0%))"
+    code, found = verdicts(capsys, base, current)
+    assert code == 1 and set(found.values()) == {"faster"}
+    assert main(["compare", str(base), str(current)]) == 1
+    last = capsys.readouterr().out.splitlines()[-1]
+    alone = "verdict: regressed by peak memory alone (no case slower or failing): peak memory grew in 1 case: "
+    assert last == alone + grown
+    assert main(["compare", str(base), str(current), "--format", "md"]) == 1
+    assert f"peak memory grew in 1 case: {grown}" in capsys.readouterr().out
+    assert main(["compare", str(base), str(current), "--format", "json"]) == 1
+    assert json.loads(capsys.readouterr().out)["verdict"].startswith("regressed by peak memory alone")
+
+    frame = compare(base, current)
+    assert frame.attrs["regressed"] and frame.attrs["verdict"].endswith(grown)
+    row = frame[(frame.impl == "sdpa") & (frame.seq_len == 32)].iloc[0]
+    assert row.verdict == "faster"
+    assert row.detail.endswith("; more peak memory, a regression: peak memory 8.0 MiB -> 12.0 MiB (+50.0%)")
+    assert not frame[frame.memory_verdict == "same"].detail.str.contains("memory").any()
+
+    slower = synthetic(tmp_path / "c.jsonl", real_rows, seed=2, slow={("naive", 64): 1.5},
+                       edit=_peak_memory({("sdpa", 32): 1.5}))
+    assert main(["compare", str(base), str(slower)]) == 1
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last == f"verdict: regressed: 1 slower; peak memory grew in 1 case: {grown}"
+    assert main(["compare", str(base), str(base)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "verdict: no regression"
+
+
 def test_small_absolute_changes_in_peak_memory_do_not_count(tmp_path, capsys, real_rows):
     base = synthetic(tmp_path / "a.jsonl", real_rows, seed=1, edit=_peak_memory({}, base_bytes=4096))
     current = synthetic(tmp_path / "b.jsonl", real_rows, seed=1, edit=_peak_memory({("sdpa", 32): 3.0}, base_bytes=4096))

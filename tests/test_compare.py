@@ -112,6 +112,29 @@ def test_a_throttled_row_is_ambiguous_not_slower(tmp_path, capsys, real_rows):
     assert found[("sdpa", 32)] == "ambiguous" and code == 0
 
 
+@pytest.mark.parametrize("side", ["baseline", "current"])
+def test_a_row_measured_on_a_shared_cpu_is_ambiguous_not_slower(tmp_path, capsys, real_rows, side):
+    """`cpu_contended` True on either side is treated as a throttled row; false, null or absent is not."""
+    def contended(value):
+        def edit(record):
+            record["cpu_contended"] = value if (record["impl"], record["seq_len"]) == ("sdpa", 32) else None
+        return edit
+    slow = {("sdpa", 32): 1.3}
+    base = synthetic(tmp_path / "a.jsonl", real_rows, seed=1, edit=contended(side == "baseline"))
+    current = synthetic(tmp_path / "b.jsonl", real_rows, seed=2, slow=slow, edit=contended(side == "current"))
+    assert main(["compare", str(base), str(current), "--format", "json"]) == 0
+    rows = {(r["impl"], r["seq_len"]): r for r in json.loads(capsys.readouterr().out)["rows"]}
+    shared = rows.pop(("sdpa", 32))
+    assert shared["verdict"] == "ambiguous"
+    assert f"the CPU was shared with other processes while the {side} run measured this case" in shared["detail"]
+    assert {row["verdict"] for row in rows.values()} == {"same"}  # null: not contended
+
+    calm_base = synthetic(tmp_path / "c.jsonl", real_rows, seed=1, edit=contended(False))
+    calm_current = synthetic(tmp_path / "d.jsonl", real_rows, seed=2, slow=slow, edit=contended(False))
+    code, found = verdicts(capsys, calm_base, calm_current)
+    assert code == 1 and found[("sdpa", 32)] == "slower"
+
+
 @pytest.mark.parametrize("new_status", ["oom", "mismatch", "error"])
 def test_a_new_failure_is_a_regression(tmp_path, capsys, real_rows, new_status):
     base = synthetic(tmp_path / "a.jsonl", real_rows, seed=1)

@@ -310,7 +310,7 @@ def cmd_recommend(args) -> int:
     candidates, excluded = rank(frame, query)
     answer = answer_record if args.format == "json" else format_answer
     print(answer(query, candidates, excluded, sources))
-    return 0
+    return 0 if candidates else 1  # a script picking a kernel must not go on with none
 
 
 def cmd_compare(args) -> int:

@@ -262,6 +262,16 @@ def _newest_results(device: str) -> list[Path]:
                      f"or name files with --results{found and ', e.g. those of another machine' + found})")
 
 
+def _chosen_results() -> list[Path]:
+    """The newest results file of this machine model, named on stderr before the answer: which run a ranking
+    comes from changes with every new file in results/."""
+    device = config.device_or_default(None)
+    sources = _newest_results(device)
+    print(f"recommend: reading {', '.join(map(str, sources))} (the newest results file in {naming.RESULTS_DIR}/ "
+          f"timed on {machine_name(device)}; --results names others)", file=sys.stderr)
+    return sources
+
+
 def _one_shape(args, default_dtype: str) -> dict:
     """The flags that name one case's shape (recommend, profile), parsed and checked."""
     if args.causal == "both":
@@ -296,7 +306,7 @@ def cmd_recommend(args) -> int:
         max_error=None if args.max_error is None else config.positive_float("--max-error", args.max_error),
         memory_budget=None if args.memory_budget is None else config.byte_size("--memory-budget", args.memory_budget),
     )
-    sources = [Path(p) for p in args.results] if args.results else _newest_results(config.device_or_default(None))
+    sources = [Path(p) for p in args.results] if args.results else _chosen_results()
     missing = [p for p in sources if not p.is_file()]
     if missing:
         raise UsageError(f"--results: {str(missing[0])!r} is not a file")

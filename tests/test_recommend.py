@@ -74,3 +74,18 @@ def test_recommend_exits_0_when_one_qualifies(capsys, results):
     assert code == 0 and "nearest miss" not in out
     code, out = recommend(capsys, results, "--max-error", "0.15", "--format", "json")
     assert code == 0 and [c["impl"] for c in json.loads(out)["ranked"]] == ["sdpa"]
+
+
+def test_without_results_recommend_names_the_file_it_chose_first_on_stderr(capsys, results, tmp_path, monkeypatch):
+    from suite import naming
+    from suite.environment import machine_name
+
+    monkeypatch.setattr(naming, "RESULTS_DIR", tmp_path)
+    for name in ("2000-01-01_this-cpu_smoke.jsonl", "2000-01-02_this-cpu_smoke.jsonl"):  # run on this machine
+        (tmp_path / name).write_text(results.read_text())
+    assert main(["recommend", "--seq-len", "16", "--heads", "1", "--head-dim", "16", "--dtype", "float32"]) == 0
+    newest, here = tmp_path / "2000-01-02_this-cpu_smoke.jsonl", machine_name("cpu")
+    assert capsys.readouterr().err.splitlines()[0] == (f"recommend: reading {newest} (the newest results file in "
+                                                       f"{tmp_path}/ timed on {here}; --results names others)")
+    code, _ = recommend(capsys, results)
+    assert code == 0 and "reading" not in capsys.readouterr().err  # named by the user: not repeated

@@ -58,6 +58,13 @@ class Candidate:
     first_call_ms: float | None = None
     error_basis: str | None = None  # which figure `error` is: see ERROR_FIGURES
     host_bound: bool = False  # the host took as long to issue a call as the GPU to run it, where measured
+    far_off: bool = False  # its error is at least FAR_OFF_ERROR: flagged in the ranking
+
+
+# Outputting zeros scores a relative RMS error of exactly 1 against any output; at 0.5 the error is already half
+# the output's own size (its direction may be 30 degrees off), halfway to knowing nothing of it.
+FAR_OFF_ERROR = 0.5
+FAR_OFF_MARK = "!"
 
 
 def _host_bound(*rows) -> bool:
@@ -241,6 +248,7 @@ def rank(frame: pd.DataFrame, query: Query) -> tuple[list[Candidate], list[Exclu
         if isinstance(found, Exclusion):
             excluded.append(found)
         else:
+            found.far_off = found.error is not None and found.error >= FAR_OFF_ERROR
             candidates.append(found)
     candidates.sort(key=lambda c: c.time_ms)
     return candidates, excluded
@@ -267,13 +275,18 @@ def format_answer(query: Query, candidates: list[Candidate], excluded: list[Excl
                      "so --memory-budget cannot exclude them")
     if candidates:
         lines.append("")
-        lines.append(f"{'rank':<5}{'implementation':<28}{'time':>12}{'memory':>12}{'error':>10} {'(on)':<10}"
+        lines.append(f"{'rank':<5}{'implementation':<28}{'time':>12}{'memory':>12}{'error':>10} {'(on)':<12}"
                      f"{'first call':>10}  basis")
         for i, c in enumerate(candidates, 1):
             first_call = fmt_duration(c.first_call_ms) if c.first_call_ms is not None else "–"
+            on = f"({c.error_basis or '–'})" + (f" {FAR_OFF_MARK}" if c.far_off else "")
             lines.append(f"{i:<5}{c.impl:<28}{fmt_num(c.time_ms) + ' ms':>12}{fmt_bytes(c.peak_mem_bytes):>12}"
-                         f"{fmt_num(c.error):>10} {'(' + (c.error_basis or '–') + ')':<10}{first_call:>10}  {c.basis}")
+                         f"{fmt_num(c.error):>10} {on:<12}{first_call:>10}  {c.basis}")
         lines.append("first call: one-time cost per new shape (compilation, autotuning), not in the time")
+        if any(c.far_off for c in candidates):
+            lines.append(f"{FAR_OFF_MARK} error at least {FAR_OFF_ERROR:g}: at least half the size of the output "
+                         "itself (outputting zeros scores 1), so it is far from softmax attention; --max-error "
+                         "excludes it")
     else:
         lines.append(_none_qualifies(excluded))
     host_bound = [c.impl for c in candidates if c.host_bound]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,24 @@ def test_without_results_recommend_names_the_file_it_chose_first_on_stderr(capsy
                                                        f"{tmp_path}/ timed on {here}; --results names others)")
     code, _ = recommend(capsys, results)
     assert code == 0 and "reading" not in capsys.readouterr().err  # named by the user: not repeated
+
+
+@pytest.mark.parametrize("times,flagged", [(2, True), (1, True), (0.5, False)])
+def test_an_error_far_from_softmax_is_flagged_in_the_ranking(capsys, results, tmp_path, times, flagged):
+    """Without --max-error an approximation no better than outputting zeros is still ranked, but marked."""
+    from suite.recommend import FAR_OFF_ERROR, FAR_OFF_MARK
+
+    path = tmp_path / "far.jsonl"
+    path.write_text(results.read_text())
+    error = FAR_OFF_ERROR * times
+    rewrite_rows(path, lambda r: {**r, "softmax_local_rel_rms_err": error} if r["impl"] == "linear" else r)
+    code, out = recommend(capsys, path)
+    lines = {line.split()[1]: line for line in out.splitlines() if line[:1].isdigit()}
+    assert code == 0 and set(lines) == set(FIGURES)
+    marked = {impl for impl, line in lines.items() if re.search(rf" \(\S+\) {re.escape(FAR_OFF_MARK)} ", line)}
+    assert marked == ({"linear"} if flagged else set())
+    legend = f"{FAR_OFF_MARK} error at least {FAR_OFF_ERROR:g}: at least half the size of the output itself"
+    assert (legend in out) == flagged
+    code, out = recommend(capsys, path, "--format", "json")
+    assert {c["impl"]: c["far_off"] for c in json.loads(out)["ranked"]} == {"naive": False, "sdpa": False,
+                                                                             "linear": flagged}

@@ -26,8 +26,9 @@ from implementations import CaseLike, Implementation
 from . import config, conformance
 from .case import Grid
 from .check_command import checked, default_check_dtypes
-from .compare import CompareInputError, paired, read_side
+from .compare import CompareInputError, RowVerdict, paired, read_side
 from .compare import compare as compared
+from .compare_views import verdict_line
 from .cuda_graph import WHY_GPU_ONLY as GRAPH_WHY
 from .energy import WHY_GPU_ONLY as ENERGY_WHY
 from .grid_scope import GridScope
@@ -162,8 +163,9 @@ def compare(baseline: Results, current: Results, *, baseline_impl: str | None = 
             threshold: float = 0.05, memory_threshold: float | None = 0.10) -> pd.DataFrame:
     """What `attnbench compare` decides, as a DataFrame: one row per implementation and case, with `verdict`
     (`same`, `slower`, `faster`, `ambiguous`, `regression`, ...), `ratio` (current / baseline median time),
-    `detail`, and `memory_verdict`, `memory_ratio`. `attrs["regressed"]` is what the command's exit status says,
-    `attrs["notes"]` what differed between the sides besides the code. With `baseline_impl` and `current_impl`,
+    `detail` (which names a growth of peak memory too), and `memory_verdict`, `memory_ratio`, `memory_detail`.
+    `attrs["regressed"]` is what the command's exit status says, `attrs["verdict"]` what regressed (its verdict
+    line), `attrs["notes"]` what differed between the sides besides the code. With `baseline_impl` and `current_impl`,
     one implementation's rows against the other's (`current` may be `baseline`): is `mine` slower than
     `sdpa-flash` anywhere?"""
     if (baseline_impl is None) != (current_impl is None):
@@ -179,10 +181,18 @@ def compare(baseline: Results, current: Results, *, baseline_impl: str | None = 
         result = compared(base, now, threshold, scope, memory_threshold)
     except CompareInputError as error:
         raise ValueError(str(error)) from None
-    frame = pd.DataFrame([{**row.key, "verdict": row.verdict, "ratio": row.ratio, "detail": row.detail,
-                           "memory_verdict": row.memory, "memory_ratio": row.memory_ratio} for row in result.rows])
-    frame.attrs.update(regressed=result.regressed, notes=list(result.notes))
+    frame = pd.DataFrame([{**row.key, "verdict": row.verdict, "ratio": row.ratio, "detail": _detail(row),
+                           "memory_verdict": row.memory, "memory_ratio": row.memory_ratio,
+                           "memory_detail": row.memory_detail} for row in result.rows])
+    frame.attrs.update(regressed=result.regressed, verdict=verdict_line(result), notes=list(result.notes))
     return frame
+
+
+def _detail(row: RowVerdict) -> str:
+    """A row's detail; where its peak memory grew, that regression too, since its time's verdict may be `faster`."""
+    if row.memory != "more":
+        return row.detail
+    return f"{row.detail}; more peak memory, a regression: {row.memory_detail}"
 
 
 def check(impl: Implementation | str, device: str | None = None, dtypes: str | Sequence[str] | None = None,

@@ -10,7 +10,8 @@ Here a row is `slower` only if all of these hold: median ratio − 1 > threshold
 ratio − 1 > the two runs' relative IQRs added up (their noise, with no overlap of typical spread);
 and a one-sided Mann-Whitney U test on the raw per-repeat times gives p < 0.01. `faster` mirrors it.
 Within the threshold a row is `same`; beyond it without that evidence, `ambiguous`. Rows during
-which the GPU throttled in either run are `ambiguous`: their times measure the clock, not the code.
+which the GPU throttled in either run are `ambiguous`: their times measure the clock, not the code; so
+are rows measured while other processes shared the CPU (`cpu_contended`): their times measure the load.
 Status changes are regressions too: accuracy passed -> mismatch, ran -> oom/error/unsupported,
 present -> missing. A case the current run was not asked for (outside the grid its header records,
 e.g. `run --impl mykernel` against a full baseline) is `not-run`, which is no regression.
@@ -107,9 +108,15 @@ def _merge_repeats(frame: pd.DataFrame) -> pd.DataFrame:
             "time_ms": pd.Series(times).median() if times else last.time_ms,
             "iqr_ms": _iqr(times) if times else last.get("time_iqr_ms"),
             "times_ms": times, "throttled": bool(source.throttled.eq(True).any()),
+            "cpu_contended": _flagged(source, "cpu_contended"),
             "machine": last.machine, "peak_mem_bytes": float(peaks.median()) if len(peaks) else None,
         })
     return frame.groupby(list(KEY), dropna=False).apply(pool, include_groups=False).reset_index()
+
+
+def _flagged(rows: pd.DataFrame, column: str) -> bool:
+    """Whether any row holds True in `column`; files written before the column existed lack it."""
+    return bool(rows[column].eq(True).any()) if column in rows else False
 
 
 def _iqr(values: list[float]) -> float:
@@ -156,6 +163,10 @@ def timing_verdict(base: pd.Series, current: pd.Series, threshold: float) -> tup
         return "same", ratio, f"{change:+.1%} within ±{threshold:.0%}"
     if base.throttled or current.throttled:
         return "ambiguous", ratio, f"{change:+.1%}, but the GPU throttled during this case"
+    shared = [side for side, row in (("baseline", base), ("current", current)) if row.get("cpu_contended")]
+    if shared:
+        return "ambiguous", ratio, (f"{change:+.1%}, but the CPU was shared with other processes while the "
+                                    f"{' and '.join(shared)} run{'s' * (len(shared) > 1)} measured this case")
     noise = sum(_relative(row) for row in (base, current))
     if math.isnan(noise) or abs(change) <= noise:
         return "ambiguous", ratio, f"{change:+.1%} does not clear the runs' noise (relative IQRs {noise:.1%})"
@@ -255,6 +266,25 @@ def _reading_order(key: tuple) -> tuple:
     return tuple(named[field] for field in READING_ORDER)
 
 
+_SHOWN_VALUES = 8  # values listed per side and field; a long list of lengths says no more than its first few
+
+
+def _values(frame: pd.DataFrame, column: str) -> str:
+    values = sorted(set(frame[column]), key=lambda value: (str(type(value)), value))
+    shown = ", ".join(str(value) for value in values[:_SHOWN_VALUES])
+    return shown + (f" and {len(values) - _SHOWN_VALUES} more" if len(values) > _SHOWN_VALUES else "")
+
+
+def _grid_difference(base: pd.DataFrame, current: pd.DataFrame) -> str:
+    """The fields of the key whose values differ between the sides, with each side's values: what kept every
+    case of one side out of the other."""
+    differing = [column for column in READING_ORDER if set(base[column]) != set(current[column])]
+    if not differing:
+        return "every field's values occur on both sides, but in no combination both have"
+    return "; ".join(f"{column}: {_values(base, column)} (baseline) vs {_values(current, column)} (current)"
+                     for column in differing)
+
+
 def compare(base_frame: pd.DataFrame, current_frame: pd.DataFrame, threshold: float = 0.05,
             current_scope: GridScope | None = None, memory_threshold: float | None = 0.10) -> Comparison:
     """`memory_threshold` None leaves peak memory out of the verdicts."""
@@ -267,7 +297,8 @@ def compare(base_frame: pd.DataFrame, current_frame: pd.DataFrame, threshold: fl
     keyed_base = {tuple(r[k] for k in KEY): r for _, r in base.iterrows()}
     keyed_current = {tuple(r[k] for k in KEY): r for _, r in current.iterrows()}
     if not set(keyed_base) & set(keyed_current):
-        raise CompareInputError("the two results have no (implementation, case) in common: different grids")
+        raise CompareInputError("the two results have no (implementation, case) in common: "
+                                f"{_grid_difference(base, current)}")
     scope = current_scope or GridScope.unknown()
     result = Comparison(notes=conditions_notes(base_frame, current_frame))
     for key in sorted(set(keyed_base) | set(keyed_current), key=_reading_order):

@@ -7,7 +7,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .compare import Comparison
+from .compare import Comparison, RowVerdict
 from .reporting.data import geometric_mean
 
 ORDER = ("regression", "slower", "ambiguous", "faster", "improvement", "new", "dropped", "same", "not-run")
@@ -27,6 +27,30 @@ def _summary(result: Comparison) -> str:
     times = ", ".join(f"{result.count(v)} {v}" for v in ORDER if result.count(v))
     memory = ", ".join(f"{result.count_memory(v)} {v}" for v in MEMORY_ORDER if result.count_memory(v))
     return times + (f"; peak memory: {memory}" if memory else "")
+
+
+_GROWTHS_LISTED = 5  # cases named in the verdict line; the `more memory` lines name every one
+
+
+def memory_growth(row: RowVerdict) -> str:
+    """A case whose peak memory grew: `sdpa B1 H2 N32 ... (8.0 MiB -> 12.0 MiB (+50.0%))`."""
+    return f"{_label(row.key)} ({row.memory_detail.removeprefix('peak memory ')})"
+
+
+def verdict_line(result: Comparison) -> str:
+    """Whether the comparison regressed and by what: failed or vanished cases, slower ones, more peak memory
+    (its cases named with their growth), so an exit status set by memory alone does not read as a slowdown."""
+    if not result.regressed:
+        return "no regression"
+    causes = [f"{result.count(v)} {v}" for v in ("regression", "slower") if result.count(v)]
+    grown = [row for row in result.rows if row.memory == "more"]
+    if grown:
+        listed = "; ".join(memory_growth(row) for row in grown[:_GROWTHS_LISTED])
+        more = f"; and {len(grown) - _GROWTHS_LISTED} more" if len(grown) > _GROWTHS_LISTED else ""
+        causes.append(f"peak memory grew in {len(grown)} case{'s' * (len(grown) != 1)}: {listed}{more}")
+    if len(causes) == 1 and grown:
+        return f"regressed by peak memory alone (no case slower or failing): {causes[0]}"
+    return "regressed: " + "; ".join(causes)
 
 
 @dataclass
@@ -100,6 +124,7 @@ def format_text(result: Comparison) -> str:
         lines.append(f"  {summary.impl:<28}{_times(summary.geomean_ratio):>9} over {summary.timed:>3}   "
                      f"{_verdict_counts(summary.verdicts)}; {_memory_summary(summary)}")
     lines.append(f"summary: {_summary(result)}")
+    lines.append(f"verdict: {verdict_line(result)}")
     return "\n".join(lines)
 
 
@@ -107,6 +132,7 @@ def format_markdown(result: Comparison) -> str:
     bad = [(r.verdict, r.ratio, r.detail, r) for r in result.rows if r.verdict in ("regression", "slower")]
     bad += [("more memory", r.memory_ratio, r.memory_detail, r) for r in result.rows if r.memory == "more"]
     lines = ["## attnbench: " + ("**regression**" if result.regressed else "no regression"), ""]
+    lines += [verdict_line(result), ""] if result.regressed else []
     lines += [f"> note: {note}" for note in result.notes] + ([""] if result.notes else [])
     if bad:
         lines += ["| verdict | case | ratio | detail |", "|---|---|---|---|"]
@@ -124,7 +150,7 @@ def format_markdown(result: Comparison) -> str:
 
 
 def format_json(result: Comparison) -> str:
-    return json.dumps({"regressed": result.regressed, "notes": result.notes,
+    return json.dumps({"regressed": result.regressed, "verdict": verdict_line(result), "notes": result.notes,
                        "counts": {v: result.count(v) for v in ORDER},
                        "memory_counts": {v: result.count_memory(v) for v in MEMORY_ORDER},
                        "implementations": [{"impl": s.impl, "geomean_ratio": s.geomean_ratio, "timed": s.timed,

@@ -45,6 +45,7 @@ class Exclusion:
     impl: str
     why: str
     by_iid_error: bool = False  # excluded by --max-error on the i.i.d.-inputs figure, which misranks approximations
+    over_limit: float | None = None  # value / limit at the furthest limit exceeded; None: no measured limit excluded it
 
 
 @dataclass
@@ -57,6 +58,13 @@ class Candidate:
     first_call_ms: float | None = None
     error_basis: str | None = None  # which figure `error` is: see ERROR_FIGURES
     host_bound: bool = False  # the host took as long to issue a call as the GPU to run it, where measured
+    far_off: bool = False  # its error is at least FAR_OFF_ERROR: flagged in the ranking
+
+
+# Outputting zeros scores a relative RMS error of exactly 1 against any output; at 0.5 the error is already half
+# the output's own size (its direction may be 30 degrees off), halfway to knowing nothing of it.
+FAR_OFF_ERROR = 0.5
+FAR_OFF_MARK = "!"
 
 
 def _host_bound(*rows) -> bool:
@@ -167,6 +175,63 @@ def _measured_at(row: pd.Series, query: Query) -> str:
     return f"batch {row.batch}" + (f", {row.heads} heads" if row.heads != query.heads else "")
 
 
+def _measured_candidate(label: str, rows: pd.DataFrame, query: Query) -> Candidate | Exclusion:
+    """One implementation's rows of the asked shape, at the asked length or between the two measured around it:
+    its candidate, or why it has none (a failed row, no rows around the length, an accuracy mismatch)."""
+    exact = rows[rows.seq_len == query.seq_len]
+    if not exact.empty:
+        row = _nearest_size(exact, query)
+        if row.status not in MEASURED:
+            return Exclusion(label, f"{row.status} at seq_len {query.seq_len}: {row.reason}")
+        if row.status == "mismatch":
+            return Exclusion(label, "accuracy mismatch against its exact twin")
+        scale = _scale(row, query)
+        memory = row.peak_mem_bytes * scale if pd.notna(row.peak_mem_bytes) else None
+        error, error_basis = _error(row)
+        return Candidate(label, float(row.time_ms) * scale, memory, error,
+                         f"measured at seq_len {query.seq_len}, {_measured_at(row, query)}", _first_call(row),
+                         error_basis, _host_bound(row))
+    below, above = rows[rows.seq_len < query.seq_len], rows[rows.seq_len > query.seq_len]
+    if below.empty or above.empty:
+        return Exclusion(label, f"not measured around seq_len {query.seq_len} (measured: {sorted(set(rows.seq_len))}); "
+                                "no extrapolation")
+    lo = _nearest_size(below[below.seq_len == below.seq_len.max()], query)
+    hi = _nearest_size(above[above.seq_len == above.seq_len.min()], query)
+    bad = [r for r in (lo, hi) if r.status not in MEASURED]
+    if bad:
+        return Exclusion(label, f"{bad[0].status} at neighbouring seq_len {bad[0].seq_len}: {bad[0].reason}")
+    if "mismatch" in (lo.status, hi.status):
+        return Exclusion(label, "accuracy mismatch at a neighbouring length")
+    scaled = lambda r, column: r[column] * _scale(r, query)  # noqa: E731
+    time_ms = _interpolate(query.seq_len, lo.seq_len, hi.seq_len, scaled(lo, "time_ms"), scaled(hi, "time_ms"))
+    memory = _interpolate(query.seq_len, lo.seq_len, hi.seq_len,
+                          scaled(lo, "peak_mem_bytes"), scaled(hi, "peak_mem_bytes"))
+    worst, basis = max(((e, b) for e, b in (_error(lo), _error(hi)) if e is not None), default=(None, None))
+    return Candidate(label, time_ms, memory, worst,
+                     f"interpolated between seq_len {lo.seq_len} ({_measured_at(lo, query)}) and "
+                     f"{hi.seq_len} ({_measured_at(hi, query)})", _first_call(lo, hi), basis, _host_bound(lo, hi))
+
+
+def _over_limits(found: Candidate, query: Query) -> Exclusion | None:
+    """The exclusion of a candidate beyond --max-error or --memory-budget, naming each limit it exceeds; None
+    within both. Its `over_limit` (value / limit at the furthest limit) ranks the near misses."""
+    reasons, over, by_iid = [], [], False
+    if query.max_error is not None and found.error is None:
+        reasons.append("error not measured (no reference for this row)")
+    elif query.max_error is not None and found.error > query.max_error:
+        reasons.append(f"error {fmt_num(found.error)} ({found.error_basis}) above --max-error {query.max_error:g}")
+        over.append(found.error / query.max_error)
+        by_iid = found.error_basis == "i.i.d."
+    memory = found.peak_mem_bytes
+    if query.memory_budget is not None and memory is not None and memory > query.memory_budget:
+        reasons.append(f"peak memory {fmt_bytes(memory)} above --memory-budget {fmt_bytes(query.memory_budget)}")
+        over.append(memory / query.memory_budget)
+    if not reasons:
+        return None
+    unmeasured = len(over) < len(reasons)  # how far an unmeasured error is from the limit is not known
+    return Exclusion(found.impl, "; ".join(reasons), by_iid, None if unmeasured else max(over))
+
+
 def rank(frame: pd.DataFrame, query: Query) -> tuple[list[Candidate], list[Exclusion]]:
     """(candidates fastest first, why each other implementation is excluded)."""
     shape = frame[_same_grouping(frame, query) & _same_queries(frame, query) & (frame.head_dim == query.head_dim)
@@ -177,56 +242,21 @@ def rank(frame: pd.DataFrame, query: Query) -> tuple[list[Candidate], list[Exclu
         rows = shape[shape.impl == label].sort_values("seq_len")
         if (rows.heads == query.heads).any():  # measured at the asked head count: no other stands in
             rows = rows[rows.heads == query.heads]
-        exact = rows[rows.seq_len == query.seq_len]
-        if not exact.empty:
-            row = _nearest_size(exact, query)
-            if row.status not in MEASURED:
-                excluded.append(Exclusion(label, f"{row.status} at seq_len {query.seq_len}: {row.reason}"))
-                continue
-            scale = _scale(row, query)
-            memory = row.peak_mem_bytes * scale if pd.notna(row.peak_mem_bytes) else None
-            error, error_basis = _error(row)
-            found = Candidate(label, float(row.time_ms) * scale, memory, error,
-                              f"measured at seq_len {query.seq_len}, {_measured_at(row, query)}", _first_call(row),
-                              error_basis, _host_bound(row))
-            status_problem = "accuracy mismatch against its exact twin" if row.status == "mismatch" else None
+        found = _measured_candidate(label, rows, query)
+        if isinstance(found, Candidate):
+            found = _over_limits(found, query) or found
+        if isinstance(found, Exclusion):
+            excluded.append(found)
         else:
-            below, above = rows[rows.seq_len < query.seq_len], rows[rows.seq_len > query.seq_len]
-            measured = sorted(set(rows.seq_len))
-            if below.empty or above.empty:
-                excluded.append(Exclusion(label, f"not measured around seq_len {query.seq_len} (measured: {measured}); "
-                                                 "no extrapolation"))
-                continue
-            lo = _nearest_size(below[below.seq_len == below.seq_len.max()], query)
-            hi = _nearest_size(above[above.seq_len == above.seq_len.min()], query)
-            bad = [r for r in (lo, hi) if r.status not in MEASURED]
-            if bad:
-                excluded.append(Exclusion(label, f"{bad[0].status} at neighbouring seq_len {bad[0].seq_len}: {bad[0].reason}"))
-                continue
-            scaled = lambda r, column: r[column] * _scale(r, query)  # noqa: E731
-            time_ms = _interpolate(query.seq_len, lo.seq_len, hi.seq_len, scaled(lo, "time_ms"), scaled(hi, "time_ms"))
-            memory = _interpolate(query.seq_len, lo.seq_len, hi.seq_len,
-                                  scaled(lo, "peak_mem_bytes"), scaled(hi, "peak_mem_bytes"))
-            worst, basis = max(((e, b) for e, b in (_error(lo), _error(hi)) if e is not None), default=(None, None))
-            found = Candidate(label, time_ms, memory, worst,
-                              f"interpolated between seq_len {lo.seq_len} ({_measured_at(lo, query)}) and "
-                              f"{hi.seq_len} ({_measured_at(hi, query)})", _first_call(lo, hi), basis, _host_bound(lo, hi))
-            status_problem = "accuracy mismatch at a neighbouring length" if "mismatch" in (lo.status, hi.status) else None
-        if status_problem:
-            excluded.append(Exclusion(label, status_problem))
-        elif query.max_error is not None and (found.error is None or found.error > query.max_error):
-            excluded.append(Exclusion(label, f"error {fmt_num(found.error)} ({found.error_basis}) above --max-error "
-                                             f"{query.max_error:g}"
-                                      if found.error is not None else "error not measured (no reference for this row)",
-                                      by_iid_error=found.error_basis == "i.i.d."))
-        elif query.memory_budget is not None and found.peak_mem_bytes is not None \
-                and found.peak_mem_bytes > query.memory_budget:
-            excluded.append(Exclusion(label, f"peak memory {fmt_bytes(found.peak_mem_bytes)} above --memory-budget "
-                                             f"{fmt_bytes(query.memory_budget)}"))
-        else:
+            found.far_off = found.error is not None and found.error >= FAR_OFF_ERROR
             candidates.append(found)
     candidates.sort(key=lambda c: c.time_ms)
     return candidates, excluded
+
+
+def nearest_miss(excluded: list[Exclusion]) -> Exclusion | None:
+    """Of the implementations excluded by --max-error or --memory-budget, the one nearest its limits."""
+    return min((e for e in excluded if e.over_limit is not None), key=lambda e: e.over_limit, default=None)
 
 
 def format_answer(query: Query, candidates: list[Candidate], excluded: list[Exclusion], sources: list[Path]) -> str:
@@ -245,15 +275,20 @@ def format_answer(query: Query, candidates: list[Candidate], excluded: list[Excl
                      "so --memory-budget cannot exclude them")
     if candidates:
         lines.append("")
-        lines.append(f"{'rank':<5}{'implementation':<28}{'time':>12}{'memory':>12}{'error':>10} {'(on)':<10}"
+        lines.append(f"{'rank':<5}{'implementation':<28}{'time':>12}{'memory':>12}{'error':>10} {'(on)':<12}"
                      f"{'first call':>10}  basis")
         for i, c in enumerate(candidates, 1):
             first_call = fmt_duration(c.first_call_ms) if c.first_call_ms is not None else "–"
+            on = f"({c.error_basis or '–'})" + (f" {FAR_OFF_MARK}" if c.far_off else "")
             lines.append(f"{i:<5}{c.impl:<28}{fmt_num(c.time_ms) + ' ms':>12}{fmt_bytes(c.peak_mem_bytes):>12}"
-                         f"{fmt_num(c.error):>10} {'(' + (c.error_basis or '–') + ')':<10}{first_call:>10}  {c.basis}")
+                         f"{fmt_num(c.error):>10} {on:<12}{first_call:>10}  {c.basis}")
         lines.append("first call: one-time cost per new shape (compilation, autotuning), not in the time")
+        if any(c.far_off for c in candidates):
+            lines.append(f"{FAR_OFF_MARK} error at least {FAR_OFF_ERROR:g}: at least half the size of the output "
+                         "itself (outputting zeros scores 1), so it is far from softmax attention; --max-error "
+                         "excludes it")
     else:
-        lines.append("no implementation qualifies")
+        lines.append(_none_qualifies(excluded))
     host_bound = [c.impl for c in candidates if c.host_bound]
     if host_bound:
         lines.append(f"note: {', '.join(host_bound)} {'was' if len(host_bound) == 1 else 'were'} host-bound where "
@@ -274,10 +309,21 @@ def format_answer(query: Query, candidates: list[Candidate], excluded: list[Excl
     return "\n".join(lines)
 
 
+def _none_qualifies(excluded: list[Exclusion]) -> str:
+    """The answer's line when every implementation is excluded: the nearest miss and the limits it exceeds."""
+    miss = nearest_miss(excluded)
+    if miss is None:
+        return ("no implementation qualifies, and no --max-error or --memory-budget excluded one whose figures "
+                "were measured (each implementation's reason is below)")
+    return f"no implementation qualifies; nearest miss: {miss.impl}, excluded by {miss.why}"
+
+
 def answer_record(query: Query, candidates: list[Candidate], excluded: list[Exclusion], sources: list[Path]) -> str:
     """The same answer as JSON: the query, the ranking (fastest first; times in ms, memory in bytes, each with
-    its basis) and every exclusion with its reason."""
+    its basis), every exclusion with its reason, and where none qualifies, the nearest miss."""
+    miss = nearest_miss(excluded) if not candidates else None
     return json.dumps(json_safe({"query": asdict(query), "results": [str(source) for source in sources],
                                  "ranked": [asdict(candidate) for candidate in candidates],
-                                 "excluded": [asdict(exclusion) for exclusion in excluded]}), indent=2, allow_nan=False)
+                                 "excluded": [asdict(exclusion) for exclusion in excluded],
+                                 "nearest_miss": asdict(miss) if miss else None}), indent=2, allow_nan=False)
 

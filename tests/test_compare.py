@@ -112,6 +112,29 @@ def test_a_throttled_row_is_ambiguous_not_slower(tmp_path, capsys, real_rows):
     assert found[("sdpa", 32)] == "ambiguous" and code == 0
 
 
+@pytest.mark.parametrize("side", ["baseline", "current"])
+def test_a_row_measured_on_a_shared_cpu_is_ambiguous_not_slower(tmp_path, capsys, real_rows, side):
+    """`cpu_contended` True on either side is treated as a throttled row; false, null or absent is not."""
+    def contended(value):
+        def edit(record):
+            record["cpu_contended"] = value if (record["impl"], record["seq_len"]) == ("sdpa", 32) else None
+        return edit
+    slow = {("sdpa", 32): 1.3}
+    base = synthetic(tmp_path / "a.jsonl", real_rows, seed=1, edit=contended(side == "baseline"))
+    current = synthetic(tmp_path / "b.jsonl", real_rows, seed=2, slow=slow, edit=contended(side == "current"))
+    assert main(["compare", str(base), str(current), "--format", "json"]) == 0
+    rows = {(r["impl"], r["seq_len"]): r for r in json.loads(capsys.readouterr().out)["rows"]}
+    shared = rows.pop(("sdpa", 32))
+    assert shared["verdict"] == "ambiguous"
+    assert f"the CPU was shared with other processes while the {side} run measured this case" in shared["detail"]
+    assert {row["verdict"] for row in rows.values()} == {"same"}  # null: not contended
+
+    calm_base = synthetic(tmp_path / "c.jsonl", real_rows, seed=1, edit=contended(False))
+    calm_current = synthetic(tmp_path / "d.jsonl", real_rows, seed=2, slow=slow, edit=contended(False))
+    code, found = verdicts(capsys, calm_base, calm_current)
+    assert code == 1 and found[("sdpa", 32)] == "slower"
+
+
 @pytest.mark.parametrize("new_status", ["oom", "mismatch", "error"])
 def test_a_new_failure_is_a_regression(tmp_path, capsys, real_rows, new_status):
     base = synthetic(tmp_path / "a.jsonl", real_rows, seed=1)
@@ -238,7 +261,24 @@ def test_no_common_case_exits_2(tmp_path, capsys, real_rows):
     base = synthetic(tmp_path / "a.jsonl", [r for r in real_rows if r.get("impl") != "sdpa"], seed=1)
     current = synthetic(tmp_path / "b.jsonl", [r for r in real_rows if r.get("impl") != "naive"], seed=1)
     assert main(["compare", str(base), str(current)]) == 2
-    assert "no (implementation, case) in common" in capsys.readouterr().err
+    assert "no (implementation, case) in common: impl: naive (baseline) vs sdpa (current)" in capsys.readouterr().err
+
+
+def test_no_common_case_names_the_fields_that_differ_and_their_values(tmp_path, capsys, real_rows):
+    """Batch 2 against a run whose batch followed 16384 // N: the batch is what differs, not the grid at large."""
+    def batch(choose):
+        return [{**r, "batch": choose(r["seq_len"])} if r["record"] == "result" else r for r in real_rows]
+    base = synthetic(tmp_path / "a.jsonl", batch(lambda n: 2), seed=1)
+    current = synthetic(tmp_path / "b.jsonl", batch(lambda n: 8 if n < 64 else 16), seed=1)
+    assert main(["compare", str(base), str(current)]) == 2
+    err = capsys.readouterr().err
+    assert "no (implementation, case) in common: batch: 2 (baseline) vs 8, 16 (current)" in err
+    assert "seq_len" not in err and "impl" not in err.split("in common:")[1]  # equal on both sides: not named
+
+    crossed = synthetic(tmp_path / "c.jsonl", batch(lambda n: 2 if n < 64 else 8), seed=1)
+    other = [{**r, "batch": 8 if r["seq_len"] < 64 else 2} if r["record"] == "result" else r for r in real_rows]
+    assert main(["compare", str(crossed), str(synthetic(tmp_path / "d.jsonl", other, seed=1))]) == 2
+    assert "every field's values occur on both sides, but in no combination both have" in capsys.readouterr().err
 
 
 def test_rank_test_detects_a_shift_and_not_its_absence():
@@ -328,6 +368,41 @@ def test_more_peak_memory_is_a_regression_even_at_the_same_speed(tmp_path, capsy
     capsys.readouterr()
     code, found = memory_verdicts(capsys, base, current, "--memory-threshold", "off")
     assert code == 0 and set(found.values()) == {None}
+
+
+def test_a_regression_by_memory_alone_is_named_as_such_where_every_time_is_faster(tmp_path, capsys, real_rows):
+    """Exit 1 with every timing verdict `faster`: the verdict line and the API's detail say it was the memory."""
+    from suite.api import compare
+
+    quicker = {(impl, n): 0.7 for impl in ("naive", "sdpa") for n in (16, 32, 64)}
+    base = synthetic(tmp_path / "a.jsonl", real_rows, seed=1, edit=_peak_memory({}))
+    current = synthetic(tmp_path / "b.jsonl", real_rows, seed=2, slow=quicker, edit=_peak_memory({("sdpa", 32): 1.5}))
+    grown = "sdpa B1 H2 N32 D16 float32 dense fwd (8.0 MiB -> 12.0 MiB (+50.0%))"
+    code, found = verdicts(capsys, base, current)
+    assert code == 1 and set(found.values()) == {"faster"}
+    assert main(["compare", str(base), str(current)]) == 1
+    last = capsys.readouterr().out.splitlines()[-1]
+    alone = "verdict: regressed by peak memory alone (no case slower or failing): peak memory grew in 1 case: "
+    assert last == alone + grown
+    assert main(["compare", str(base), str(current), "--format", "md"]) == 1
+    assert f"peak memory grew in 1 case: {grown}" in capsys.readouterr().out
+    assert main(["compare", str(base), str(current), "--format", "json"]) == 1
+    assert json.loads(capsys.readouterr().out)["verdict"].startswith("regressed by peak memory alone")
+
+    frame = compare(base, current)
+    assert frame.attrs["regressed"] and frame.attrs["verdict"].endswith(grown)
+    row = frame[(frame.impl == "sdpa") & (frame.seq_len == 32)].iloc[0]
+    assert row.verdict == "faster"
+    assert row.detail.endswith("; more peak memory, a regression: peak memory 8.0 MiB -> 12.0 MiB (+50.0%)")
+    assert not frame[frame.memory_verdict == "same"].detail.str.contains("memory").any()
+
+    slower = synthetic(tmp_path / "c.jsonl", real_rows, seed=2, slow={("naive", 64): 1.5},
+                       edit=_peak_memory({("sdpa", 32): 1.5}))
+    assert main(["compare", str(base), str(slower)]) == 1
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last == f"verdict: regressed: 1 slower; peak memory grew in 1 case: {grown}"
+    assert main(["compare", str(base), str(base)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "verdict: no regression"
 
 
 def test_small_absolute_changes_in_peak_memory_do_not_count(tmp_path, capsys, real_rows):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from .shape import one_shape
@@ -57,6 +58,19 @@ def _newest_results(device: str) -> list[Path]:
                      f"first, or name files with --results{found and ', e.g. those of another machine' + found})")
 
 
+def _chosen_results() -> list[Path]:
+    """The newest results file of this machine model, named on stderr before the answer: which run a ranking
+    comes from changes with every new file in results/."""
+    from .. import config, naming
+    from ..environment import machine_name
+
+    device = config.device_or_default(None)
+    sources = _newest_results(device)
+    print(f"recommend: reading {', '.join(map(str, sources))} (the newest results file in {naming.RESULTS_DIR}/ "
+          f"timed on {machine_name(device)}; --results names others)", file=sys.stderr)
+    return sources
+
+
 def handle(args: argparse.Namespace) -> int:
     from .. import config
     from ..config import UsageError
@@ -69,7 +83,7 @@ def handle(args: argparse.Namespace) -> int:
         max_error=None if args.max_error is None else config.positive_float("--max-error", args.max_error),
         memory_budget=None if args.memory_budget is None else config.byte_size("--memory-budget", args.memory_budget),
     )
-    sources = [Path(p) for p in args.results] if args.results else _newest_results(config.device_or_default(None))
+    sources = [Path(p) for p in args.results] if args.results else _chosen_results()
     missing = [p for p in sources if not p.is_file()]
     if missing:
         raise UsageError(f"--results: {str(missing[0])!r} is not a file")
@@ -83,4 +97,4 @@ def handle(args: argparse.Namespace) -> int:
     candidates, excluded = rank(frame, query)
     answer = answer_record if args.format == "json" else format_answer
     print(answer(query, candidates, excluded, sources))
-    return 0
+    return 0 if candidates else 1  # a script picking a kernel must not go on with none

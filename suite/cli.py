@@ -66,8 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0, help="seed for the random inputs (default 0)")
     run.add_argument("--timing", help="KEY=VALUE[,KEY=VALUE...]: how each case is timed, e.g. min_repeats=20,budget_s=3 "
                                       "(keys: " + ", ".join(ADJUSTABLE) + "; defaults: on cuda " +
-                                      describe(vars(TimingPolicy.for_device("cuda"))) + ", on cpu " +
-                                      describe(vars(TimingPolicy.for_device("cpu"))) + ")")
+                                      describe(vars(TimingPolicy.for_device("cuda"))).replace("%", "%%") + ", on cpu " +
+                                      describe(vars(TimingPolicy.for_device("cpu"))).replace("%", "%%") + ")")
     run.add_argument("--time-limit", dest="time_limit",
                      help="seconds: start no new row after this long; the run stops cleanly, every finished row kept "
                           "(exit 3; continue with --resume --out FILE)")

@@ -24,7 +24,7 @@ import torch
 from implementations import CaseLike, Implementation
 
 from . import config, conformance
-from .case import Grid
+from .case import TOKENS_PER_BATCH, Grid
 from .check_command import checked, default_check_dtypes
 from .compare import CompareInputError, paired, read_side
 from .compare import compare as compared
@@ -91,20 +91,20 @@ def _causal(values: bool | Sequence[bool]) -> tuple[bool, ...]:
 def benchmark(impls: Iterable[Implementation | str] | Implementation | str, *, seq_len: int | Sequence[int],
               heads: int | Sequence[int] = 16,
               head_dim: int | Sequence[int] = 64, batch: int | Sequence[int] | None = None,
-              tokens_per_batch: int = 16384, kv_heads: int | Sequence[int] | None = None,
+              tokens_per_batch: int = TOKENS_PER_BATCH, kv_heads: int | Sequence[int] | None = None,
               q_len: int | Sequence[int] | None = None, dtype: str | Sequence[str] | None = None,
               causal: bool | Sequence[bool] = False, mode: str | Sequence[str] = "fwd", device: str | None = None,
               out: str | Path | None = None, seed: int = 0, timing: Mapping[str, int | float] | str | None = None,
               progress: bool = True, cuda_graph: bool = False, energy: bool = False) -> pd.DataFrame:
     """Every implementation on every case of the grid, one row each (a case one cannot run is a row with its
-    reason). Without `batch`, each length's batch is `tokens_per_batch // seq_len`. `q_len`: fewer queries than
-    keys, the last positions (decoding against a KV cache of seq_len tokens). `dtype` defaults to bfloat16
-    on a GPU and float32 on a CPU; `device` to the GPU where there is one. `out`: the results file to write (it
-    must not exist); without it the rows go to a temporary file. `timing` changes how each case is timed, as
-    `run --timing` does (`{"min_repeats": 20, "budget_s": 3}`). Progress lines go to stderr unless `progress`
-    is False. `cuda_graph`: also time each forward row replayed from a CUDA graph, as `run --cuda-graph` does (GPU
-    only); `energy`: also measure each row's energy per call, as `run --energy` does (GPU only). Rows finished
-    before an interruption or a lost device stay in `out`."""
+    reason). Without `batch`, each length's batch is `tokens_per_batch // seq_len`, as in a `run` naming no preset
+    (config.keeps_preset_batch). `q_len`: fewer queries than keys, the last positions (decoding against a KV cache of
+    seq_len tokens). `dtype` defaults to bfloat16 on a GPU and float32 on a CPU; `device` to the GPU where there is
+    one. `out`: the results file to write (it must not exist); without it the rows go to a temporary file.
+    `timing` changes how each case is timed, as `run --timing` does (`{"min_repeats": 20, "budget_s": 3}`).
+    Progress lines go to stderr unless `progress` is False. `cuda_graph`: also time each forward row replayed from a
+    CUDA graph, as `run --cuda-graph` does (GPU only); `energy`: also measure each row's energy per call, as `run
+    --energy` does (GPU only). Rows finished before an interruption or a lost device stay in `out`."""
     built = _built(impls)
     device = config.device_or_default(device, "device")
     if isinstance(seed, bool) or not isinstance(seed, int):

@@ -52,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--heads", help="H[,H...]")
     run.add_argument("--kv-heads", dest="kv_heads",
                      help="key/value heads for grouped-query attention, K[,K...] (default: = heads)")
-    run.add_argument("--batch", help="B[,B...] (default: 16384 tokens per batch, i.e. 16384 // seq_len)")
+    run.add_argument("--batch", help="B[,B...] (default: 16384 tokens per batch, i.e. 16384 // seq_len, unless a "
+                                     "preset sets the batch: one named, or the default preset over its own lengths)")
     run.add_argument("--head-dim", dest="head_dim", help="D[,D...]")
     run.add_argument("--dtype", help="float16,bfloat16,float32")
     run.add_argument("--causal", nargs="?", const="true", help="causal masking: true (bare flag), false or both")

@@ -86,10 +86,11 @@ def cmd_run(args) -> int:
                                                  "dtype", "causal", "mode")}
     from_config = config.read_config(args.config) if args.config else {}
     device = config.device_or_default(args.device or from_config.get("device"))
-    preset_name = args.preset or from_config.get("preset") or default_preset(device)
+    named_preset = args.preset or from_config.get("preset")
+    preset_name = named_preset or default_preset(device)
     base = config.preset("--preset" if args.preset else "--config preset", preset_name)
     merged = {**from_config, **{k: v for k, v in flags.items() if v is not None}}
-    grid = config.build_grid(base, merged)
+    grid = config.build_grid(base, merged, preset_named=bool(named_preset))
     impls = [config.build_impl("--impl", spec) for spec in grid.impls]
     try:
         cases = grid.cases(device)

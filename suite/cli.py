@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-causal", dest="causal", action="store_const", const="false", help="the same as --causal false")
     run.add_argument("--mode", help="fwd,bwd,fwd+bwd")
     run.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    run.add_argument("--threads", help="N: threads torch computes with on a CPU (default: torch's own choice)")
     run.add_argument("--out", help="results file (default: results/<date>_<device>_<preset>.jsonl)")
     run.add_argument("--resume", action="store_true", help="append to --out, skipping cases already in it")
     run.add_argument("--retry", help=f"with --resume: run again the cases whose row has one of these statuses "

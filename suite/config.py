@@ -79,6 +79,11 @@ def writable(flag: str, path: str | Path, *, folder: bool = False) -> Path:
     return path
 
 
+def threads(flag: str, text: str) -> int:
+    """The number of threads torch computes with on a CPU (torch.set_num_threads)."""
+    return only_one(flag, positive_ints(flag, text))
+
+
 def positive_float(flag: str, text: str) -> float:
     try:
         value = float(text)

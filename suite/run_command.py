@@ -13,7 +13,7 @@ import implementations
 from . import config, cuda_graph, energy, naming, speed_settings
 from .case import Case, GridError
 from .config import UsageError
-from .environment import collect, machine_name
+from .environment import collect, machine_name, torch_threads
 from .in_flight import InFlight
 from .peak import measured_copy_gbytes_per_s, measured_matmul_tflops
 from .plan import EarlierRows, format_plan, plan_run
@@ -81,6 +81,14 @@ def _note_another_timing(out: Path, runs: list[dict], policy: TimingPolicy) -> N
 
 
 def cmd_run(args) -> int:
+    """`attnbench run`, with torch's CPU threads set by --threads for all of it: they name the machine (machine_name)
+    its results file and --resume's checks go by."""
+    threads = None if args.threads is None else config.threads("--threads", args.threads)
+    with torch_threads(threads):
+        return _run(args, threads)
+
+
+def _run(args, threads: int | None) -> int:
     started = time.monotonic()
     flags = {key: getattr(args, key) for key in ("impl", "seq_len", "q_len", "heads", "kv_heads", "batch", "head_dim",
                                                  "dtype", "causal", "mode")}
@@ -142,7 +150,8 @@ def cmd_run(args) -> int:
 
     settings = measured_settings(cases, device, args.seed, policy)
     settings.cuda_graph, settings.energy = args.cuda_graph, args.energy
-    writer = results_writer(out, grid, settings, device, preset=preset_name, config=args.config, argv=sys.argv[1:])
+    writer = results_writer(out, grid, settings, device, preset=preset_name, config=args.config, argv=sys.argv[1:],
+                            threads=threads)
     if died:
         writer.append(died)
         print(f"the run that wrote {out} died while measuring {_row_name(died)}: recorded as an error row"
@@ -208,7 +217,8 @@ def measured_settings(cases: list[Case], device: str, seed: int, policy: TimingP
 
 def results_writer(out: Path, grid, settings: RunSettings, device: str, **how) -> ResultsWriter:
     """A writer whose run header records the environment, the grid asked for (so `compare` tells a case left
-    out from a case lost), the measured ceilings and the timing policy; `how`: preset, config, argv."""
+    out from a case lost), the measured ceilings and the timing policy; `how`: preset, config, argv, threads (those
+    asked for, None for torch's default; the environment's cpu_threads says how many torch used)."""
     run_info = {**how, "grid": _grid_record(grid), "seed": settings.seed, "measured_peak_tflops": settings.peak_tflops,
                 "measured_peak_gbytes_per_s": settings.peak_gbytes_per_s, "timing_policy": vars(settings.policies[device]),
                 "cuda_graph": settings.cuda_graph, "energy": settings.energy}

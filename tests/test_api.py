@@ -85,6 +85,9 @@ def test_benchmark_takes_a_timing_policy():
     ({"seed": "1"}, r"seed: '1' is not an integer"),
     ({"timing": {"min_repeats": 0}}, r"timing: min_repeats='0' is not allowed \(allowed: an integer >= 1"),
     ({"timing": {"repeats": 5}}, r"timing: unknown key 'repeats'"),
+    ({"threads": 0}, r"threads: '0' is not a positive integer \(allowed: integers >= 1\)"),
+    ({"threads": 1.5}, r"threads: '1.5' is not a positive integer"),
+    ({"threads": True}, r"threads: 'true' is not a positive integer"),
 ])
 def test_benchmark_refuses_bad_arguments_before_measuring(tmp_path, arguments, message):
     out = tmp_path / "r.jsonl"
@@ -168,3 +171,15 @@ def test_benchmark_and_a_run_naming_no_preset_choose_the_same_batch(monkeypatch,
     assert measured[2] == [(64, 2), (1024, 2)]
     assert main(["run", *grid[:2], *grid[4:], "--out", str(tmp_path / "smoke-lengths.jsonl")]) == 0
     assert measured[3] == [(128, 2), (255, 2)]
+
+
+def test_benchmark_threads_hold_for_its_run_only(tmp_path):
+    import json
+
+    before, out = torch.get_num_threads(), tmp_path / "r.jsonl"
+    frame = benchmark("naive", seq_len=8, heads=1, head_dim=8, batch=1, device="cpu", out=out, progress=False,
+                      threads=1)
+    assert torch.get_num_threads() == before
+    assert frame.machine.iloc[0].endswith("(1 thread)")
+    header = json.loads(out.read_text().splitlines()[0])
+    assert header["threads"] == 1 and header["environment"]["cpu_threads"] == 1

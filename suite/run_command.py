@@ -10,7 +10,7 @@ import torch
 
 import implementations
 
-from . import config, cuda_graph, energy, naming, speed_settings
+from . import config, cpu_contention, cuda_graph, energy, naming, speed_settings
 from .case import Case, GridError
 from .config import UsageError
 from .environment import collect, machine_name, torch_threads
@@ -197,12 +197,18 @@ def _extra_measurements(rows: int, graph_replays: bool, energy_per_call: bool, p
 
 def measured_settings(cases: list[Case], device: str, seed: int, policy: TimingPolicy | None = None) -> RunSettings:
     """The run's settings (`policy`: how each case is timed, the device's default if None), with this GPU's matmul
-    peak for each dtype of `cases` and its copy bandwidth (the ceilings TFLOP/s and GB/s are read against); nothing
-    to measure on a CPU. On a GPU, first a warning for each setting of this process under which its timings would
-    not be a program's (the results record them too)."""
+    peak for each dtype of `cases` and its copy bandwidth (the ceilings TFLOP/s and GB/s are read against). On a GPU,
+    first a warning for each setting of this process under which its timings would not be a program's (the results
+    record them too); on a CPU, how busy the machine is (cpu_load), with a warning where other processes would share
+    its cores with torch's threads."""
     settings = RunSettings(seed=seed)
     if policy is not None:
         settings.policies[device] = policy
+    if device == "cpu":
+        settings.cpu_load = cpu_contention.before_run(torch.get_num_threads())
+        warning = cpu_contention.busy_warning(settings.cpu_load)
+        if warning:
+            print(f"attnbench: warning: {warning}", file=sys.stderr, flush=True)
     if device == "cuda":
         for warning in speed_settings.warnings_for(speed_settings.current()):
             print(f"attnbench: warning: {warning}", file=sys.stderr, flush=True)
@@ -221,7 +227,7 @@ def results_writer(out: Path, grid, settings: RunSettings, device: str, **how) -
     asked for, None for torch's default; the environment's cpu_threads says how many torch used)."""
     run_info = {**how, "grid": _grid_record(grid), "seed": settings.seed, "measured_peak_tflops": settings.peak_tflops,
                 "measured_peak_gbytes_per_s": settings.peak_gbytes_per_s, "timing_policy": vars(settings.policies[device]),
-                "cuda_graph": settings.cuda_graph, "energy": settings.energy}
+                "cuda_graph": settings.cuda_graph, "energy": settings.energy, "cpu_load": settings.cpu_load}
     return ResultsWriter(out, collect(torch.device(device)), run_info)
 
 

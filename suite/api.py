@@ -24,13 +24,14 @@ import torch
 from implementations import CaseLike, Implementation
 
 from . import config, conformance
-from .case import Grid
+from .case import TOKENS_PER_BATCH, Grid
 from .check_command import checked, default_check_dtypes
 from .compare import CompareInputError, RowVerdict, paired, read_side
 from .compare import compare as compared
 from .compare_views import verdict_line
 from .cuda_graph import WHY_GPU_ONLY as GRAPH_WHY
 from .energy import WHY_GPU_ONLY as ENERGY_WHY
+from .environment import torch_threads
 from .grid_scope import GridScope
 from .progress import Progress
 from .results import load
@@ -92,20 +93,22 @@ def _causal(values: bool | Sequence[bool]) -> tuple[bool, ...]:
 def benchmark(impls: Iterable[Implementation | str] | Implementation | str, *, seq_len: int | Sequence[int],
               heads: int | Sequence[int] = 16,
               head_dim: int | Sequence[int] = 64, batch: int | Sequence[int] | None = None,
-              tokens_per_batch: int = 16384, kv_heads: int | Sequence[int] | None = None,
+              tokens_per_batch: int = TOKENS_PER_BATCH, kv_heads: int | Sequence[int] | None = None,
               q_len: int | Sequence[int] | None = None, dtype: str | Sequence[str] | None = None,
               causal: bool | Sequence[bool] = False, mode: str | Sequence[str] = "fwd", device: str | None = None,
               out: str | Path | None = None, seed: int = 0, timing: Mapping[str, int | float] | str | None = None,
-              progress: bool = True, cuda_graph: bool = False, energy: bool = False) -> pd.DataFrame:
+              progress: bool = True, cuda_graph: bool = False, energy: bool = False,
+              threads: int | None = None) -> pd.DataFrame:
     """Every implementation on every case of the grid, one row each (a case one cannot run is a row with its
-    reason). Without `batch`, each length's batch is `tokens_per_batch // seq_len`. `q_len`: fewer queries than
-    keys, the last positions (decoding against a KV cache of seq_len tokens). `dtype` defaults to bfloat16
-    on a GPU and float32 on a CPU; `device` to the GPU where there is one. `out`: the results file to write (it
-    must not exist); without it the rows go to a temporary file. `timing` changes how each case is timed, as
-    `run --timing` does (`{"min_repeats": 20, "budget_s": 3}`). Progress lines go to stderr unless `progress`
-    is False. `cuda_graph`: also time each forward row replayed from a CUDA graph, as `run --cuda-graph` does (GPU
-    only); `energy`: also measure each row's energy per call, as `run --energy` does (GPU only). Rows finished
-    before an interruption or a lost device stay in `out`."""
+    reason). Without `batch`, each length's batch is `tokens_per_batch // seq_len`, as in a `run` naming no preset
+    (config.keeps_preset_batch). `q_len`: fewer queries than keys, the last positions (decoding against a KV cache of
+    seq_len tokens). `dtype` defaults to bfloat16 on a GPU and float32 on a CPU; `device` to the GPU where there is
+    one. `out`: the results file to write (it must not exist); without it the rows go to a temporary file.
+    `timing` changes how each case is timed, as `run --timing` does (`{"min_repeats": 20, "budget_s": 3}`).
+    Progress lines go to stderr unless `progress` is False. `cuda_graph`: also time each forward row replayed from a
+    CUDA graph, as `run --cuda-graph` does (GPU only); `energy`: also measure each row's energy per call, as `run
+    --energy` does (GPU only). `threads`: the threads torch computes with on a CPU during the run, as `run
+    --threads` sets them (restored after it). Rows finished before an interruption or a lost device stay in `out`."""
     built = _built(impls)
     device = config.device_or_default(device, "device")
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -114,6 +117,7 @@ def benchmark(impls: Iterable[Implementation | str] | Implementation | str, *, s
         if asked and (refusal := config.gpu_only(name, device, why)):
             raise ValueError(refusal)
     ints = lambda name, value: config.positive_ints(name, config.as_flag_text(value))  # noqa: E731
+    threads = None if threads is None else config.threads("threads", config.as_flag_text(threads))
     grid = Grid(
         impls=tuple(impl.label for impl in built),
         seq_len=ints("seq_len", seq_len), heads=ints("heads", heads), head_dim=ints("head_dim", head_dim),
@@ -131,11 +135,12 @@ def benchmark(impls: Iterable[Implementation | str] | Implementation | str, *, s
                          "continues a file)")
     if out is not None:
         config.writable("out", out)
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch, torch_threads(threads):
         path = Path(out) if out is not None else Path(scratch) / "results.jsonl"
         settings = measured_settings(cases, device, seed, policy)
         settings.cuda_graph, settings.energy = cuda_graph, energy
-        writer = results_writer(path, grid, settings, device, preset=None, config=None, argv=["(suite.api.benchmark)"])
+        writer = results_writer(path, grid, settings, device, preset=None, config=None, argv=["(suite.api.benchmark)"],
+                                threads=threads)
         try:
             run_cases(built, cases, settings=settings, on_row=writer.append, progress=Progress() if progress else None)
         finally:

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
 
 MODES = ("fwd", "bwd", "fwd+bwd")
 DEVICES = ("cpu", "cuda")
+TOKENS_PER_BATCH = 16384  # a length's batch without one given: this many tokens over its length, at least 1
 _DTYPE_SHORT = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float64": "fp64"}
 
 
@@ -93,7 +94,7 @@ class Grid:
     causal: tuple[bool, ...]
     mode: tuple[str, ...]
     batch: tuple[int, ...] | None = None
-    tokens_per_batch: int = 16384
+    tokens_per_batch: int = TOKENS_PER_BATCH
     kv_heads: tuple[int | None, ...] = (None,)
     q_len: tuple[int | None, ...] = (None,)
     description: str = field(default="", compare=False)

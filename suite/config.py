@@ -5,13 +5,14 @@ import fnmatch
 import sys
 import tempfile
 from collections.abc import Collection
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import implementations
 from implementations import DTYPES, Implementation
 
-from .case import DEVICES, MODES, Grid
+from .case import DEVICES, MODES, TOKENS_PER_BATCH, Grid
 from .presets import CONFIG_KEYS, PRESETS
 from .timing_policy import TimingPolicy
 
@@ -74,6 +75,11 @@ def writable(flag: str, path: str | Path, *, folder: bool = False) -> Path:
         raise UsageError(f"{flag}: cannot write {str(path)!r}: {str(existing)!r} takes no new files "
                          f"({error.strerror or error})") from None
     return path
+
+
+def threads(flag: str, text: str) -> int:
+    """The number of threads torch computes with on a CPU (torch.set_num_threads)."""
+    return only_one(flag, positive_ints(flag, text))
 
 
 def positive_float(flag: str, text: str) -> float:
@@ -258,11 +264,25 @@ def read_config(path: str) -> dict[str, Any]:
     return text
 
 
-def build_grid(base: Grid, flags: dict[str, str | None]) -> Grid:
-    """Apply flag values (strings, None when not given) on top of a preset grid."""
+def keeps_preset_batch(preset_named: bool, flags: dict[str, str | None]) -> bool:
+    """Whether a preset's batch holds, where no batch is given; otherwise each length's batch is tokens_per_batch //
+    seq_len, as in suite.api.benchmark, whose grids have no preset. The rule, for `run` and the API alike: a preset's
+    batch was chosen for its lengths, so the device's default preset, which a run naming none takes, keeps it only
+    while its lengths are measured; a preset named (--preset, or `preset` in a grid file) keeps it whatever the
+    lengths, unless tokens_per_batch is given."""
+    if flags.get("tokens_per_batch") is not None:
+        return False
+    return preset_named or flags.get("seq_len") is None
+
+
+def build_grid(base: Grid, flags: dict[str, str | None], preset_named: bool = True) -> Grid:
+    """Apply flag values (strings, None when not given) on top of a preset grid (`preset_named`: False for the
+    device's default preset, taken where none was named; see keeps_preset_batch)."""
     def parsed(key: str, flag: str, parse):
         return None if flags.get(key) is None else parse(flag, flags[key])
 
+    if not keeps_preset_batch(preset_named, flags):
+        base = replace(base, batch=None, tokens_per_batch=TOKENS_PER_BATCH)
     return base.with_overrides(
         impls=parsed("impl", "--impl", impl_specs),
         seq_len=parsed("seq_len", "--seq-len", positive_ints),

@@ -1,11 +1,13 @@
 """The environment record stored with every run: versions, device, driver, clocks."""
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import importlib.metadata
 import os
 import platform
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +59,21 @@ def machine_name(device: str) -> str:
     """The model whose speed a run on `device` measures: the GPU's for cuda; otherwise the CPU's, with the
     threads torch uses, which change CPU times as much as another model does."""
     return torch.cuda.get_device_name() if device == "cuda" else cpu_machine(_cpu_name(), torch.get_num_threads())
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to `count` within the block (None: as they are), restored after it: a run's
+    `--threads` or `threads=` must not outlast the run in the process that asked for it."""
+    if count is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def collect(device: torch.device, monitor: GpuMonitor | None = None) -> dict[str, Any]:

@@ -30,7 +30,7 @@ ROW_COLUMNS = (
     "max_abs_err", "rel_rms_err", "accuracy_ok", "accuracy_tolerance", "errors", "accuracy_scope",
     "softmax_max_abs_err", "softmax_rel_rms_err", "softmax_local_max_abs_err", "softmax_local_rel_rms_err",
     "local_errors_run_id", "density",
-    "throttled", "throttle_reasons", "gpu_before", "gpu_after", "row_s",
+    "throttled", "throttle_reasons", "cpu_contended", "cpu_contention", "gpu_before", "gpu_after", "row_s",
 )
 
 

@@ -10,10 +10,10 @@ import torch
 
 import implementations
 
-from . import config, cuda_graph, energy, naming, speed_settings
+from . import config, cpu_contention, cuda_graph, energy, naming, speed_settings
 from .case import Case, GridError
 from .config import UsageError
-from .environment import collect, machine_name
+from .environment import collect, machine_name, torch_threads
 from .in_flight import InFlight
 from .peak import measured_copy_gbytes_per_s, measured_matmul_tflops
 from .plan import EarlierRows, format_plan, plan_run
@@ -80,15 +80,24 @@ def _note_another_timing(out: Path, runs: list[dict], policy: TimingPolicy) -> N
 
 
 def cmd_run(args) -> int:
+    """`attnbench run`, with torch's CPU threads set by --threads for all of it: they name the machine (machine_name)
+    its results file and --resume's checks go by."""
+    threads = None if args.threads is None else config.threads("--threads", args.threads)
+    with torch_threads(threads):
+        return _run(args, threads)
+
+
+def _run(args, threads: int | None) -> int:
     started = time.monotonic()
     flags = {key: getattr(args, key) for key in ("impl", "seq_len", "q_len", "heads", "kv_heads", "batch", "head_dim",
                                                  "dtype", "causal", "mode")}
     from_config = config.read_config(args.config) if args.config else {}
     device = config.device_or_default(args.device or from_config.get("device"))
-    preset_name = args.preset or from_config.get("preset") or default_preset(device)
+    named_preset = args.preset or from_config.get("preset")
+    preset_name = named_preset or default_preset(device)
     base = config.preset("--preset" if args.preset else "--config preset", preset_name)
     merged = {**from_config, **{k: v for k, v in flags.items() if v is not None}}
-    grid = config.build_grid(base, merged)
+    grid = config.build_grid(base, merged, preset_named=bool(named_preset))
     impls = [config.build_impl("--impl", spec) for spec in grid.impls]
     try:
         cases = grid.cases(device)
@@ -140,7 +149,8 @@ def cmd_run(args) -> int:
 
     settings = measured_settings(cases, device, args.seed, policy)
     settings.cuda_graph, settings.energy = args.cuda_graph, args.energy
-    writer = results_writer(out, grid, settings, device, preset=preset_name, config=args.config, argv=sys.argv[1:])
+    writer = results_writer(out, grid, settings, device, preset=preset_name, config=args.config, argv=sys.argv[1:],
+                            threads=threads)
     if died:
         writer.append(died)
         print(f"the run that wrote {out} died while measuring {_row_name(died)}: recorded as an error row"
@@ -186,12 +196,18 @@ def _extra_measurements(rows: int, graph_replays: bool, energy_per_call: bool, p
 
 def measured_settings(cases: list[Case], device: str, seed: int, policy: TimingPolicy | None = None) -> RunSettings:
     """The run's settings (`policy`: how each case is timed, the device's default if None), with this GPU's matmul
-    peak for each dtype of `cases` and its copy bandwidth (the ceilings TFLOP/s and GB/s are read against); nothing
-    to measure on a CPU. On a GPU, first a warning for each setting of this process under which its timings would
-    not be a program's (the results record them too)."""
+    peak for each dtype of `cases` and its copy bandwidth (the ceilings TFLOP/s and GB/s are read against). On a GPU,
+    first a warning for each setting of this process under which its timings would not be a program's (the results
+    record them too); on a CPU, how busy the machine is (cpu_load), with a warning where other processes would share
+    its cores with torch's threads."""
     settings = RunSettings(seed=seed)
     if policy is not None:
         settings.policies[device] = policy
+    if device == "cpu":
+        settings.cpu_load = cpu_contention.before_run(torch.get_num_threads())
+        warning = cpu_contention.busy_warning(settings.cpu_load)
+        if warning:
+            print(f"attnbench: warning: {warning}", file=sys.stderr, flush=True)
     if device == "cuda":
         for warning in speed_settings.warnings_for(speed_settings.current()):
             print(f"attnbench: warning: {warning}", file=sys.stderr, flush=True)
@@ -206,10 +222,11 @@ def measured_settings(cases: list[Case], device: str, seed: int, policy: TimingP
 
 def results_writer(out: Path, grid, settings: RunSettings, device: str, **how) -> ResultsWriter:
     """A writer whose run header records the environment, the grid asked for (so `compare` tells a case left
-    out from a case lost), the measured ceilings and the timing policy; `how`: preset, config, argv."""
+    out from a case lost), the measured ceilings and the timing policy; `how`: preset, config, argv, threads (those
+    asked for, None for torch's default; the environment's cpu_threads says how many torch used)."""
     run_info = {**how, "grid": _grid_record(grid), "seed": settings.seed, "measured_peak_tflops": settings.peak_tflops,
                 "measured_peak_gbytes_per_s": settings.peak_gbytes_per_s, "timing_policy": vars(settings.policies[device]),
-                "cuda_graph": settings.cuda_graph, "energy": settings.energy}
+                "cuda_graph": settings.cuda_graph, "energy": settings.energy, "cpu_load": settings.cpu_load}
     return ResultsWriter(out, collect(torch.device(device)), run_info)
 
 

@@ -21,6 +21,8 @@ from implementations import Implementation, Unsupported
 from .accuracy import judge
 from .case import Case
 from .checked_slices import CheckedSlices
+from .cpu_contention import row_verdict as cpu_row_verdict
+from .cpu_contention import sample as cpu_sample
 from .cuda_graph import graph_figures, unavailable_reason
 from .energy import energy_figures
 from .expected import ExpectedOutputs, LocalErrors, softmax_error, softmax_reference, twin_reference
@@ -51,6 +53,7 @@ class RunSettings:
     peak_gbytes_per_s: float | None = None  # measured copy bandwidth of the device
     cuda_graph: bool = False  # also time forward rows replayed from a CUDA graph (cuda_graph.py)
     energy: bool = False  # also measure each row's energy per call through NVML (energy.py)
+    cpu_load: dict[str, Any] | None = None  # on a CPU, how busy the machine was before the run (cpu_contention.py)
 
 
 class TimeLimitReached(RuntimeError):
@@ -158,7 +161,9 @@ def _measure_in_session(impl: Implementation, case: Case, inputs: Inputs, refere
         if row["first_call_ms"] > SLOW_FIRST_CALL_MS:
             policy = replace(policy, warmup_calls=min(policy.warmup_calls, 1))
         row["gpu_before"] = monitor.sample()
+        cpu_before = cpu_sample() if device.type == "cpu" else None
         timing = measure(fn, device, policy, before_each)
+        cpu_after = cpu_sample() if device.type == "cpu" else None
         row["gpu_after"] = monitor.sample()
         row.update(
             time_ms=timing.median, time_iqr_ms=timing.iqr, repeats=timing.repeats, times_ms=timing.times_ms,
@@ -166,6 +171,7 @@ def _measure_in_session(impl: Implementation, case: Case, inputs: Inputs, refere
             **_throughput(impl, case, timing.median, settings),
         )
         row["throttled"], row["throttle_reasons"] = throttle_verdict(row["gpu_after"])
+        row["cpu_contended"], row["cpu_contention"] = cpu_row_verdict(cpu_before, cpu_after, torch.get_num_threads())
         if settings.energy:
             row.update(energy_figures(fn, before_each, device, monitor.energy_mj, timing.median, monitor.unavailable))
         if before_each:

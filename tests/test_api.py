@@ -84,6 +84,9 @@ def test_benchmark_takes_a_timing_policy():
     ({"seed": "1"}, r"seed: '1' is not an integer"),
     ({"timing": {"min_repeats": 0}}, r"timing: min_repeats='0' is not allowed \(allowed: an integer >= 1"),
     ({"timing": {"repeats": 5}}, r"timing: unknown key 'repeats'"),
+    ({"threads": 0}, r"threads: '0' is not a positive integer \(allowed: integers >= 1\)"),
+    ({"threads": 1.5}, r"threads: '1.5' is not a positive integer"),
+    ({"threads": True}, r"threads: 'true' is not a positive integer"),
 ])
 def test_benchmark_refuses_bad_arguments_before_measuring(tmp_path, arguments, message):
     out = tmp_path / "r.jsonl"
@@ -147,3 +150,36 @@ def test_compare_gives_the_verdicts_of_attnbench_compare_as_a_frame(tmp_path):
     assert compare(frame, frame, memory_threshold=None).memory_verdict.isna().all()  # memory left out
     with pytest.raises(ValueError, match=r"baseline: .*nothere.jsonl: no such file"):
         compare(tmp_path / "nothere.jsonl", frame)
+
+
+def test_benchmark_and_a_run_naming_no_preset_choose_the_same_batch(monkeypatch, tmp_path):
+    """Without a batch, each length's is 16384 tokens over it in both; a preset's batch holds where one is named, and
+    the default preset's over its own lengths (a CPU run naming nothing measures smoke's shapes)."""
+    from suite import api, run_command
+
+    measured: list[list[tuple[int, int]]] = []
+    monkeypatch.setattr(run_command, "run_cases", lambda impls, cases, **_: measured.append(
+        [(case.seq_len, case.batch) for case in cases]) or [])
+    monkeypatch.setattr(api, "run_cases", run_command.run_cases)
+    monkeypatch.setattr(api, "load", lambda path: None)  # no rows were written
+    grid = ["--impl", "naive", "--seq-len", "64,1024", "--heads", "1", "--head-dim", "8", "--dtype", "float32",
+            "--causal", "false", "--mode", "fwd", "--device", "cpu"]
+    benchmark("naive", seq_len=[64, 1024], heads=1, head_dim=8, dtype="float32", device="cpu", progress=False)
+    assert main(["run", *grid, "--out", str(tmp_path / "none.jsonl")]) == 0
+    assert measured[0] == measured[1] == [(64, 256), (1024, 16)]
+    assert main(["run", *grid, "--preset", "smoke", "--out", str(tmp_path / "smoke.jsonl")]) == 0
+    assert measured[2] == [(64, 2), (1024, 2)]
+    assert main(["run", *grid[:2], *grid[4:], "--out", str(tmp_path / "smoke-lengths.jsonl")]) == 0
+    assert measured[3] == [(128, 2), (255, 2)]
+
+
+def test_benchmark_threads_hold_for_its_run_only(tmp_path):
+    import json
+
+    before, out = torch.get_num_threads(), tmp_path / "r.jsonl"
+    frame = benchmark("naive", seq_len=8, heads=1, head_dim=8, batch=1, device="cpu", out=out, progress=False,
+                      threads=1)
+    assert torch.get_num_threads() == before
+    assert frame.machine.iloc[0].endswith("(1 thread)")
+    header = json.loads(out.read_text().splitlines()[0])
+    assert header["threads"] == 1 and header["environment"]["cpu_threads"] == 1

@@ -44,6 +44,11 @@ TINY = ["--impl", "naive,sdpa-cudnn", "--seq-len", "17", "--heads", "1", "--batc
     (["--timing", "max_repeats=3"], r"--timing: max_repeats 3 is below min_repeats 7 \(allowed: max_repeats >= "),
     (["--timing", "warmup_calls=1,warmup_calls=2"], r"--timing: 'warmup_calls' is given twice in "),
     (["--timing", ""], r"--timing: '' has an empty item"),
+    (["--threads", "0"], r"--threads: '0' is not a positive integer \(allowed: integers >= 1\)"),
+    (["--threads=-2"], r"--threads: '-2' is not a positive integer \(allowed: integers >= 1\)"),
+    (["--threads", "1.5"], r"--threads: '1.5' is not a positive integer \(allowed: integers >= 1\)"),
+    (["--threads", "all"], r"--threads: 'all' is not a positive integer \(allowed: integers >= 1\)"),
+    (["--threads", "1,2"], r"--threads: 2 values given \(1, 2\) \(allowed: exactly one\)"),
 ])
 def test_bad_input_exits_2_with_one_clear_line_and_writes_nothing(tmp_path, capsys, flags, message):
     out = tmp_path / "r.jsonl"
@@ -573,3 +578,16 @@ def test_recommend_names_the_key_value_heads_of_a_grouped_shape(tmp_path, capsys
     shape = ["--seq-len", "17", "--heads", "2", "--head-dim", "16", "--dtype", "float32", "--results", str(out)]
     assert main(["recommend", *shape, "--kv-heads", "1"]) == 0
     assert capsys.readouterr().out.startswith("shape: batch 1, seq_len 17, 2 heads (1 key/value), head dim 16, ")
+
+
+def test_threads_sets_torchs_threads_for_the_run_only_and_the_file_is_named_by_them(tmp_path, monkeypatch):
+    from suite import naming
+
+    monkeypatch.setattr(naming, "RESULTS_DIR", tmp_path)
+    before = torch.get_num_threads()
+    assert main(["run", *TINY, "--threads", "1"]) == 0
+    assert torch.get_num_threads() == before
+    (out,) = tmp_path.iterdir()
+    assert "-1-thread_" in out.name
+    header = json.loads(out.read_text().splitlines()[0])
+    assert header["threads"] == 1 and header["environment"]["cpu_threads"] == 1

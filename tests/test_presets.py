@@ -34,3 +34,15 @@ def test_decode_measures_few_queries_against_long_caches():
     assert {case.query_len for case in cases} == {1, 16}
     assert {case.seq_len for case in cases} == {1 << p for p in range(10, 18)}
     assert all(case.causal and case.mode == "fwd" and case.key_value_heads == 8 for case in cases)
+
+
+def test_a_preset_batch_holds_where_the_preset_is_named_or_its_own_lengths_are_measured():
+    smoke = PRESETS["smoke"]
+    batches = lambda grid: {case.batch for case in grid.cases("cpu")}  # noqa: E731
+    assert batches(config.build_grid(smoke, {})) == {2}
+    assert batches(config.build_grid(smoke, {}, preset_named=False)) == {2}
+    assert batches(config.build_grid(smoke, {"seq_len": "1024"})) == {2}
+    assert batches(config.build_grid(smoke, {"seq_len": "1024"}, preset_named=False)) == {16}
+    assert batches(config.build_grid(smoke, {"seq_len": "1024", "batch": "3"}, preset_named=False)) == {3}
+    assert batches(config.build_grid(smoke, {"tokens_per_batch": "2048", "seq_len": "1024"})) == {2}
+    assert batches(config.build_grid(smoke, {"tokens_per_batch": "1280"})) == {10, 5}  # over 128 and 255 tokens

@@ -28,7 +28,8 @@ def _add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heads", help="H[,H...]")
     parser.add_argument("--kv-heads", dest="kv_heads",
                         help="key/value heads for grouped-query attention, K[,K...] (default: = heads)")
-    parser.add_argument("--batch", help="B[,B...] (default: 16384 tokens per batch, i.e. 16384 // seq_len)")
+    parser.add_argument("--batch", help="B[,B...] (default: 16384 tokens per batch, i.e. 16384 // seq_len, unless a "
+                                        "preset sets the batch: one named, or the default preset over its own lengths)")
     parser.add_argument("--head-dim", dest="head_dim", help="D[,D...]")
     parser.add_argument("--dtype", help="float16,bfloat16,float32")
     parser.add_argument("--causal", nargs="?", const="true", help="causal masking: true (bare flag), false or both")
@@ -36,6 +37,7 @@ def _add_grid_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the same as --causal false")
     parser.add_argument("--mode", help="fwd,bwd,fwd+bwd")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--threads", help="N: threads torch computes with on a CPU (default: torch's own choice)")
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:

@@ -968,3 +968,19 @@ def test_a_report_written_again_into_its_folder_leaves_no_stale_chart(cpu_result
     assert main(["report", str(cpu_results), "--out", str(out), "--impl", "sdpa"]) == 0
     linked = set(re.findall(r"charts/([^)\"]+\.png)", (out / "report.md").read_text()))
     assert linked and {p.name for p in (out / "charts").iterdir()} == linked | {"notes.txt"}
+
+
+def test_html_shows_code_spans_as_code_that_breaks_at_spaces_and_commas_only(tmp_path):
+    """As report.md shows them; a browser would also break a line after a hyphen, splitting --seq-len in two."""
+    from suite.reporting.blocks import Paragraph, Report, Table, to_html
+
+    report = Report("r")
+    report.add(Paragraph("`sdpa (cudnn)` is `sdpa` <forced>"),
+               Table(["grid"], [["custom: `--seq-len 1,2 --impl a-b`"]]))
+    page = to_html(report, tmp_path)
+    assert "`" not in page and "&lt;forced&gt;" in page
+    assert "<code><span class='nobr'>sdpa</span> <span class='nobr'>(cudnn)</span></code>" in page
+    assert ("<td>custom: <code><span class='nobr'>--seq-len</span> <span class='nobr'>1,</span><wbr>"
+            "<span class='nobr'>2</span> <span class='nobr'>--impl</span> <span class='nobr'>a-b</span>"
+            "</code></td>") in page
+    assert ".nobr{white-space:nowrap}" in page

@@ -970,6 +970,31 @@ def test_a_report_written_again_into_its_folder_leaves_no_stale_chart(cpu_result
     assert linked and {p.name for p in (out / "charts").iterdir()} == linked | {"notes.txt"}
 
 
+@pytest.mark.parametrize("header,grid", [
+    ({"preset": "smoke", "argv": ["run", "--device", "cpu", "--out", "r.jsonl"]}, "smoke"),
+    ({"preset": "smoke", "argv": ["run", "--device", "cpu", "--impl", "naive,sdpa", "--seq-len=128,256",
+                                  "--heads", "2"]},
+     "custom: `--impl naive,sdpa --seq-len 128,256 --heads 2` (the rest as smoke)"),
+    ({"preset": "quick", "argv": ["run", "--preset", "quick", "--head-d", "128", "--causal", "--out", "r.jsonl"]},
+     "custom: `--head-dim 128 --causal` (the rest as quick)"),  # a prefix argparse took; a bare --causal
+    ({"preset": "smoke", "argv": ["run", "--no-causal", "--causal", "both"]},
+     "custom: `--no-causal --causal both` (the rest as smoke)"),
+    ({"preset": "smoke", "config": "grids/mine.toml", "argv": ["run", "--config", "grids/mine.toml"]},
+     "config mine.toml"),
+    ({"preset": None, "argv": ["(suite.api.benchmark)"], "grid": {"impls": ["naive"]}}, "custom"),
+    ({"amends": "local-inputs errors", "argv": ["local-errors", "r.jsonl"]}, "amendment: local-inputs errors"),
+])
+def test_the_environment_names_a_custom_grid_not_the_preset_it_started_from(cpu_results, tmp_path, header, grid):
+    from suite.reporting.build import _environment_blocks
+    from tests.results_files import rewrite_headers
+
+    path = tmp_path / "custom.jsonl"
+    path.write_text(cpu_results.read_text())
+    rewrite_headers(path, lambda run: {**{k: v for k, v in run.items() if k not in ("preset", "grid")}, **header})
+    _, table = _environment_blocks([path])
+    assert table.header[-1] == "grid" and [row[-1] for row in table.rows] == [grid]
+
+
 def test_html_shows_code_spans_as_code_that_breaks_at_spaces_and_commas_only(tmp_path):
     """As report.md shows them; a browser would also break a line after a hyphen, splitting --seq-len in two."""
     from suite.reporting.blocks import Paragraph, Report, Table, to_html

@@ -36,6 +36,7 @@ from .graph_replays import GRAPH_REPLAYS, graph_replay_table
 from .machines import machine_table, machines_in_order
 from .memory_glance import memory_summary
 from .roofline import roofline_chart
+from .run_grid import grid_words
 from .run_time import run_time_table
 from .scaling import LONGEST_LENGTHS, scaling_tables
 
@@ -58,10 +59,10 @@ def _environment_blocks(paths: list[Path]) -> list:
                 ", ".join(f"{k} {v:.0f}" for k, v in (run.get("measured_peak_tflops") or {}).items()) or "–",
                 f"{run['measured_peak_gbytes_per_s']:.0f}" if run.get("measured_peak_gbytes_per_s") else "–",
                 (env.get("git_commit") or "–")[:12],
-                run.get("preset") or (f"amendment: {run['amends']}" if run.get("amends") else "–"),
+                grid_words(run),
             ])
     return [Heading("Environment"), Table(["file", "device", "driver", "SM clock (now/max)", "software", "settings", "timing",
-                                            "measured matmul TFLOP/s", "measured copy GB/s", "commit", "preset"], rows)]
+                                            "measured matmul TFLOP/s", "measured copy GB/s", "commit", "grid"], rows)]
 
 
 def _settings_text(environment: dict) -> str:

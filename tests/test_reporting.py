@@ -995,6 +995,18 @@ def test_the_environment_names_a_custom_grid_not_the_preset_it_started_from(cpu_
     assert table.header[-1] == "grid" and [row[-1] for row in table.rows] == [grid]
 
 
+def test_the_throttle_mark_is_explained_only_where_rows_were_watched_for_it(cpu_results):
+    from suite.reporting.build import _status_paragraph
+
+    frame = prepare(load(cpu_results))
+    assert frame.throttled.isna().all() and "†" not in _status_paragraph(frame).text  # a CPU: nothing to throttle
+    watched = frame.assign(throttled=False)
+    assert "†" not in _status_paragraph(watched).text
+    assert "The GPU throttled during none of the cases." in _status_paragraph(watched).text
+    watched.loc[watched.index[:2], "throttled"] = True
+    assert "† = GPU throttled during the case (2 rows)." in _status_paragraph(watched).text
+
+
 def test_html_shows_code_spans_as_code_that_breaks_at_spaces_and_commas_only(tmp_path):
     """As report.md shows them; a browser would also break a line after a hyphen, splitting --seq-len in two."""
     from suite.reporting.blocks import Paragraph, Report, Table, to_html

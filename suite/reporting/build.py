@@ -129,10 +129,21 @@ def _status_paragraph(frame: pd.DataFrame) -> Paragraph:
     text = ", ".join(f"{count} {status}" for status, count in counts.items())
     host_bound = (frame.host_bound == True).sum()  # noqa: E712
     return Paragraph(f"{len(frame)} result rows: {text}. Cells: median time · TFLOP/s · peak memory; "
-                     "~ = noisy (IQR above 10% of the median), † = GPU throttled during the case." + (
+                     f"~ = noisy (IQR above 10% of the median){_throttle_words(frame)}" + (
                          f" ‡ = host-bound ({host_bound} rows): issuing the call took the host (Python, dispatch, "
                          "launches) 90% or more of the time the GPU took to run it, so called back to back the host "
                          "sets the pace; `host_ms` in the results gives its time." if host_bound else ""))
+
+
+def _throttle_words(frame: pd.DataFrame) -> str:
+    """The end of the cells' legend: what † means, where rows were watched for throttling (GPU rows; a CPU's
+    rows are not, and a legend of a mark that cannot appear would suggest they were)."""
+    throttled = frame["throttled"] if "throttled" in frame else pd.Series(dtype=object)
+    if not throttled.notna().any():
+        return "."
+    marked = int((throttled == True).sum())  # noqa: E712
+    return (f", † = GPU throttled during the case ({marked} row{'s' * (marked != 1)})." if marked
+            else ". The GPU throttled during none of the cases.")
 
 
 _OOM_HEAD = re.compile(r"^(.*?out of memory\.(?: Tried to allocate [\d.]+ \w+\.)?)", re.IGNORECASE)

@@ -148,6 +148,7 @@ def test_length_axes_name_lengths_as_the_tables_do(cpu_results):
 def test_tflops_chart_starts_at_zero_and_draws_the_measured_peak_where_there_is_one(cpu_results):
     frame = prepare(load(cpu_results))
     part = frame[frame.causal == False].copy()  # noqa: E712
+    part["tflops"] = part.tflops.max() * np.linspace(0.5, 1, len(part))  # within a decade of the peak drawn below
     group = {"device": "cpu", "gpu": "test cpu", "dtype": "float32", "causal": False, "mode": "fwd"}
     fig = charts.throughput_chart(part, colours(frame.impl), group, "tflops")
     (ax,) = [a for a in fig.axes if a.get_visible()]
@@ -163,10 +164,31 @@ def test_tflops_chart_starts_at_zero_and_draws_the_measured_peak_where_there_is_
     assert f"measured matmul peak ({fmt_num(peak)} TFLOP/s)" in {t.get_text() for t in fig.legends[0].get_texts()}
 
 
+def test_throughput_spread_over_decades_is_drawn_on_a_log_axis(cpu_results):
+    """On a linear axis from zero, a line a hundred times below the top lies flat along the axis."""
+    frame = prepare(load(cpu_results))
+    part = frame[(frame.causal == False) & (frame.status == "ok")].copy()  # noqa: E712
+    part["tflops"] = np.where(part.impl == "linear", 0.001, 0.1)
+    group = {"device": "cpu", "gpu": "test cpu", "dtype": "float32", "causal": False, "mode": "fwd"}
+    fig = charts.throughput_chart(part, colours(frame.impl), group, "tflops")
+    (ax,) = [a for a in fig.axes if a.get_visible()]
+    bottom, top = ax.get_ylim()
+    assert ax.get_yscale() == "log" and 0 < bottom <= 0.001 and top >= 0.1
+    assert {line.get_label() for line in ax.get_lines()} == set(part.impl)
+    charts.plt.close(fig)
+    below_a_peak = part.assign(tflops=0.1, peak_fraction=0.1 / 5.0)  # 50 times the rows: flat along the axis below it
+    fig = charts.throughput_chart(below_a_peak, colours(frame.impl), group, "tflops")
+    (ax,) = [a for a in fig.axes if a.get_visible()]
+    assert charts.measured_peak_tflops(below_a_peak) == pytest.approx(5.0)
+    assert ax.get_yscale() == "log" and ax.get_ylim()[1] >= 5.0
+    charts.plt.close(fig)
+
+
 def test_bandwidth_chart_draws_the_measured_copy_bandwidth_where_there_is_one(cpu_results):
     frame = prepare(load(cpu_results))
     part = frame[frame.causal == False].copy()  # noqa: E712
     group = {"device": "cpu", "gpu": "test cpu", "dtype": "float32", "causal": False, "mode": "fwd"}
+    part["gbytes_per_s"] = part.gbytes_per_s.max() * np.linspace(0.5, 1, len(part))  # within a decade of the ceiling
     bandwidth = 3 * part.gbytes_per_s.max()
     part["bandwidth_fraction"] = part.gbytes_per_s / bandwidth
     fig = charts.throughput_chart(part, colours(frame.impl), group, "gbytes_per_s")

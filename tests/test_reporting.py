@@ -1029,6 +1029,21 @@ def test_the_throttle_mark_is_explained_only_where_rows_were_watched_for_it(cpu_
     assert "† = GPU throttled during the case (2 rows)." in _status_paragraph(watched).text
 
 
+def test_accuracy_chart_labels_a_short_time_axis_legibly(cpu_results):
+    """Matplotlib's own minor labels (3×10⁰, 4×10⁰) ran into each other under a decade of times."""
+    from tests.chart_labels import overlapping_tick_labels, shown_tick_labels
+
+    frame = prepare(load(cpu_results))
+    case = {"seq_len": 32, "heads": 2, "head_dim": 16, "dtype": "float32", "causal": False, "mode": "fwd"}
+    at_case = frame[(frame.seq_len == 32) & (frame.causal == False) & (frame.status == "ok")].copy()  # noqa: E712
+    for times in (np.linspace(2.5, 4.5, len(at_case)), np.linspace(2.5, 2.9, len(at_case))):
+        fig = charts.accuracy_speed_chart(at_case.assign(time_ms=times), colours(frame.impl), case)
+        assert overlapping_tick_labels(fig) == []
+        times_shown = [label.get_text() for label in shown_tick_labels(fig.axes[0].xaxis)]
+        assert times_shown and not any("10^" in text or "$" in text for text in times_shown)  # plain numbers
+        charts.plt.close(fig)
+
+
 def test_html_shows_code_spans_as_code_that_breaks_at_spaces_and_commas_only(tmp_path):
     """As report.md shows them; a browser would also break a line after a hyphen, splitting --seq-len in two."""
     from suite.reporting.blocks import Paragraph, Report, Table, to_html

@@ -245,10 +245,8 @@ def accuracy_speed_chart(frame: pd.DataFrame, colour_of: dict, case: dict) -> Fi
     grouped = f" KV{case['kv_heads']}" if case.get("kv_heads", case["heads"]) != case["heads"] else ""
     ax.set_title(f"Accuracy vs speed · N={case['seq_len']}{queries} H{case['heads']}{grouped} D{case['head_dim']} "
                  f"{case['dtype']} {mask} {case['mode']}", fontsize=10)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
     for axis in (ax.xaxis, ax.yaxis):
-        axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+        log_axis(axis)  # plain labels: matplotlib's own label minor ticks as 3×10⁰ over each other
     ax.set_xlabel("median time per call (ms)")
     # Approximations on local inputs where measured: on i.i.d. inputs softmax attention is nearly uniform.
     local = frame.softmax_local_rel_rms_err.notna().any()

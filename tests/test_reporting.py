@@ -1044,6 +1044,24 @@ def test_accuracy_chart_labels_a_short_time_axis_legibly(cpu_results):
         charts.plt.close(fig)
 
 
+def test_a_difference_map_too_small_to_colour_says_so():
+    """An empty panel would read as "not drawn" as well as "no difference"."""
+    import implementations
+    from suite.reporting.attention_maps import DIFFERENCE_FLOOR, attention_map_chart, map_inputs, too_small_to_see
+
+    wide, narrow = implementations.get("sparse-window", window=256), implementations.get("sparse-window", window=8)
+    q, k = map_inputs()
+    exact = implementations.get("reference").attention_weights(q, k)[0, 0].numpy()
+    assert np.abs(wide.attention_weights(q, k)[0, 0].numpy() - exact).max() < DIFFERENCE_FLOOR
+    fig = attention_map_chart([wide, narrow], causal=False)
+    wide_panel, narrow_panel = [ax for ax in fig.axes if ax.get_title().endswith("− exact")]
+    words = [text.get_text() for text in wide_panel.texts]
+    assert len(words) == 1 and f"all |differences| < {DIFFERENCE_FLOOR:g}" in words[0]
+    assert len(narrow_panel.texts) == 0  # the window's cut shows in colour
+    charts.plt.close(fig)
+    assert too_small_to_see(np.zeros((2, 2))) == "no difference:\nthe same weights"
+
+
 def test_html_shows_code_spans_as_code_that_breaks_at_spaces_and_commas_only(tmp_path):
     """As report.md shows them; a browser would also break a line after a hyphen, splitting --seq-len in two."""
     from suite.reporting.blocks import Paragraph, Report, Table, to_html

@@ -11,9 +11,22 @@ from matplotlib.figure import Figure
 
 from .compare import Comparison
 
-RATIO_TICKS = (0.1, 0.2, 0.25, 0.33, 0.5, 0.67, 0.8, 0.9, 0.95, 1, 1.05, 1.1, 1.25, 1.5, 2, 3, 4, 5, 10)
+# Most telling first: where the axis is too short for all, a tick is kept only clear of those before it.
+RATIO_TICKS = (1, 2, 0.5, 10, 0.1, 5, 0.2, 1.5, 0.67, 1.1, 0.9, 1.25, 0.8, 3, 0.33, 4, 0.25, 1.05, 0.95)
+# The least distance between two ticks, as a share of the axis: about the width of a label such as 0.95.
+MIN_TICK_GAP = 0.08
 STATUS_CHANGES = ("regression", "improvement", "new", "dropped")  # verdicts of cases that ran on one side only
 VERDICT_COLOURS = {"slower": "tab:red", "faster": "tab:green", "ambiguous": "tab:orange", "same": "0.55"}
+
+
+def ratio_ticks(low: float, high: float) -> list[float]:
+    """The ticks of RATIO_TICKS within [low, high] that fit without their labels running into each other, in order."""
+    gap = MIN_TICK_GAP * math.log(high / low)
+    kept: list[float] = []
+    for tick in RATIO_TICKS:
+        if low <= tick <= high and all(abs(math.log(tick / other)) >= gap for other in kept):
+            kept.append(tick)
+    return sorted(kept)
 
 
 def ratio_chart(result: Comparison, threshold: float) -> Figure:
@@ -36,8 +49,7 @@ def ratio_chart(result: Comparison, threshold: float) -> Figure:
     low, high = math.exp(-spread), math.exp(spread)
     ax.set_xlim(low, high)
     ax.set_xscale("log")
-    ticks = [t for t in RATIO_TICKS if low <= t <= high]
-    ax.xaxis.set_major_locator(ticker.FixedLocator(ticks))
+    ax.xaxis.set_major_locator(ticker.FixedLocator(ratio_ticks(low, high)))
     ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
     ax.xaxis.set_minor_locator(ticker.NullLocator())
     ax.set_yticks(range(len(impls)), impls)

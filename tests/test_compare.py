@@ -482,6 +482,23 @@ def test_the_ratio_chart_draws_every_timed_case_in_its_verdicts_colour(tmp_path,
     assert "not drawn: 1 cases whose status changed" in ax.get_title()
 
 
+@pytest.mark.parametrize("ratios", [(0.3, 1.01, 4.0), (0.97, 1.0, 1.02), (0.05, 1.0, 30.0)])
+def test_the_ratio_charts_tick_labels_do_not_run_into_each_other(ratios):
+    """0.9, 0.95, 1, 1.05 and 1.1 lie close together on an axis that reaches 0.3 and 4."""
+    import matplotlib.pyplot as plt
+
+    from suite.compare import Comparison, RowVerdict
+    from suite.compare_chart import ratio_chart
+    from tests.chart_labels import overlapping_tick_labels, shown_tick_labels
+
+    rows = [RowVerdict(key={"impl": impl}, verdict="same", ratio=ratio) for impl, ratio in zip(("a", "b", "c"), ratios)]
+    fig = ratio_chart(Comparison(rows=rows), 0.05)
+    assert overlapping_tick_labels(fig) == []
+    shown = [label.get_text() for label in shown_tick_labels(fig.axes[0].xaxis)]
+    assert "1" in shown and len(shown) >= 3
+    plt.close(fig)
+
+
 @pytest.mark.parametrize("chart,message", [("ratios.txt", "does not end in a chart format (allowed: .png, .svg, .pdf)"),
                                            ("a-file/ratios.png", "is a file, not a directory")])
 def test_a_chart_path_that_cannot_be_drawn_exits_2_before_comparing(tmp_path, capsys, real_rows, chart, message):

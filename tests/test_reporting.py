@@ -148,6 +148,7 @@ def test_length_axes_name_lengths_as_the_tables_do(cpu_results):
 def test_tflops_chart_starts_at_zero_and_draws_the_measured_peak_where_there_is_one(cpu_results):
     frame = prepare(load(cpu_results))
     part = frame[frame.causal == False].copy()  # noqa: E712
+    part["tflops"] = part.tflops.max() * np.linspace(0.5, 1, len(part))  # within a decade of the peak drawn below
     group = {"device": "cpu", "gpu": "test cpu", "dtype": "float32", "causal": False, "mode": "fwd"}
     fig = charts.throughput_chart(part, colours(frame.impl), group, "tflops")
     (ax,) = [a for a in fig.axes if a.get_visible()]
@@ -163,10 +164,31 @@ def test_tflops_chart_starts_at_zero_and_draws_the_measured_peak_where_there_is_
     assert f"measured matmul peak ({fmt_num(peak)} TFLOP/s)" in {t.get_text() for t in fig.legends[0].get_texts()}
 
 
+def test_throughput_spread_over_decades_is_drawn_on_a_log_axis(cpu_results):
+    """On a linear axis from zero, a line a hundred times below the top lies flat along the axis."""
+    frame = prepare(load(cpu_results))
+    part = frame[(frame.causal == False) & (frame.status == "ok")].copy()  # noqa: E712
+    part["tflops"] = np.where(part.impl == "linear", 0.001, 0.1)
+    group = {"device": "cpu", "gpu": "test cpu", "dtype": "float32", "causal": False, "mode": "fwd"}
+    fig = charts.throughput_chart(part, colours(frame.impl), group, "tflops")
+    (ax,) = [a for a in fig.axes if a.get_visible()]
+    bottom, top = ax.get_ylim()
+    assert ax.get_yscale() == "log" and 0 < bottom <= 0.001 and top >= 0.1
+    assert {line.get_label() for line in ax.get_lines()} == set(part.impl)
+    charts.plt.close(fig)
+    below_a_peak = part.assign(tflops=0.1, peak_fraction=0.1 / 5.0)  # 50 times the rows: flat along the axis below it
+    fig = charts.throughput_chart(below_a_peak, colours(frame.impl), group, "tflops")
+    (ax,) = [a for a in fig.axes if a.get_visible()]
+    assert charts.measured_peak_tflops(below_a_peak) == pytest.approx(5.0)
+    assert ax.get_yscale() == "log" and ax.get_ylim()[1] >= 5.0
+    charts.plt.close(fig)
+
+
 def test_bandwidth_chart_draws_the_measured_copy_bandwidth_where_there_is_one(cpu_results):
     frame = prepare(load(cpu_results))
     part = frame[frame.causal == False].copy()  # noqa: E712
     group = {"device": "cpu", "gpu": "test cpu", "dtype": "float32", "causal": False, "mode": "fwd"}
+    part["gbytes_per_s"] = part.gbytes_per_s.max() * np.linspace(0.5, 1, len(part))  # within a decade of the ceiling
     bandwidth = 3 * part.gbytes_per_s.max()
     part["bandwidth_fraction"] = part.gbytes_per_s / bandwidth
     fig = charts.throughput_chart(part, colours(frame.impl), group, "gbytes_per_s")
@@ -970,3 +992,89 @@ def test_a_report_written_again_into_its_folder_leaves_no_stale_chart(cpu_result
     assert main(["report", str(cpu_results), "--out", str(out), "--impl", "sdpa"]) == 0
     linked = set(re.findall(r"charts/([^)\"]+\.png)", (out / "report.md").read_text()))
     assert linked and {p.name for p in (out / "charts").iterdir()} == linked | {"notes.txt"}
+
+
+@pytest.mark.parametrize("header,grid", [
+    ({"preset": "smoke", "argv": ["run", "--device", "cpu", "--out", "r.jsonl"]}, "smoke"),
+    ({"preset": "smoke", "argv": ["run", "--device", "cpu", "--impl", "naive,sdpa", "--seq-len=128,256",
+                                  "--heads", "2"]},
+     "custom: `--impl naive,sdpa --seq-len 128,256 --heads 2` (the rest as smoke)"),
+    ({"preset": "quick", "argv": ["run", "--preset", "quick", "--head-d", "128", "--causal", "--out", "r.jsonl"]},
+     "custom: `--head-dim 128 --causal` (the rest as quick)"),  # a prefix argparse took; a bare --causal
+    ({"preset": "smoke", "argv": ["run", "--no-causal", "--causal", "both"]},
+     "custom: `--no-causal --causal both` (the rest as smoke)"),
+    ({"preset": "smoke", "config": "grids/mine.toml", "argv": ["run", "--config", "grids/mine.toml"]},
+     "config mine.toml"),
+    ({"preset": None, "argv": ["(suite.api.benchmark)"], "grid": {"impls": ["naive"]}}, "custom"),
+    ({"amends": "local-inputs errors", "argv": ["local-errors", "r.jsonl"]}, "amendment: local-inputs errors"),
+])
+def test_the_environment_names_a_custom_grid_not_the_preset_it_started_from(cpu_results, tmp_path, header, grid):
+    from suite.reporting.build import _environment_blocks
+    from tests.results_files import rewrite_headers
+
+    path = tmp_path / "custom.jsonl"
+    path.write_text(cpu_results.read_text())
+    rewrite_headers(path, lambda run: {**{k: v for k, v in run.items() if k not in ("preset", "grid")}, **header})
+    _, table = _environment_blocks([path])
+    assert table.header[-1] == "grid" and [row[-1] for row in table.rows] == [grid]
+
+
+def test_the_throttle_mark_is_explained_only_where_rows_were_watched_for_it(cpu_results):
+    from suite.reporting.build import _status_paragraph
+
+    frame = prepare(load(cpu_results))
+    assert frame.throttled.isna().all() and "†" not in _status_paragraph(frame).text  # a CPU: nothing to throttle
+    watched = frame.assign(throttled=False)
+    assert "†" not in _status_paragraph(watched).text
+    assert "The GPU throttled during none of the cases." in _status_paragraph(watched).text
+    watched.loc[watched.index[:2], "throttled"] = True
+    assert "† = GPU throttled during the case (2 rows)." in _status_paragraph(watched).text
+
+
+def test_accuracy_chart_labels_a_short_time_axis_legibly(cpu_results):
+    """Matplotlib's own minor labels (3×10⁰, 4×10⁰) ran into each other under a decade of times."""
+    from tests.chart_labels import overlapping_tick_labels, shown_tick_labels
+
+    frame = prepare(load(cpu_results))
+    case = {"seq_len": 32, "heads": 2, "head_dim": 16, "dtype": "float32", "causal": False, "mode": "fwd"}
+    at_case = frame[(frame.seq_len == 32) & (frame.causal == False) & (frame.status == "ok")].copy()  # noqa: E712
+    for times in (np.linspace(2.5, 4.5, len(at_case)), np.linspace(2.5, 2.9, len(at_case))):
+        fig = charts.accuracy_speed_chart(at_case.assign(time_ms=times), colours(frame.impl), case)
+        assert overlapping_tick_labels(fig) == []
+        times_shown = [label.get_text() for label in shown_tick_labels(fig.axes[0].xaxis)]
+        assert times_shown and not any("10^" in text or "$" in text for text in times_shown)  # plain numbers
+        charts.plt.close(fig)
+
+
+def test_a_difference_map_too_small_to_colour_says_so():
+    """An empty panel would read as "not drawn" as well as "no difference"."""
+    import implementations
+    from suite.reporting.attention_maps import DIFFERENCE_FLOOR, attention_map_chart, map_inputs, too_small_to_see
+
+    wide, narrow = implementations.get("sparse-window", window=256), implementations.get("sparse-window", window=8)
+    q, k = map_inputs()
+    exact = implementations.get("reference").attention_weights(q, k)[0, 0].numpy()
+    assert np.abs(wide.attention_weights(q, k)[0, 0].numpy() - exact).max() < DIFFERENCE_FLOOR
+    fig = attention_map_chart([wide, narrow], causal=False)
+    wide_panel, narrow_panel = [ax for ax in fig.axes if ax.get_title().endswith("− exact")]
+    words = [text.get_text() for text in wide_panel.texts]
+    assert len(words) == 1 and f"all |differences| < {DIFFERENCE_FLOOR:g}" in words[0]
+    assert len(narrow_panel.texts) == 0  # the window's cut shows in colour
+    charts.plt.close(fig)
+    assert too_small_to_see(np.zeros((2, 2))) == "no difference:\nthe same weights"
+
+
+def test_html_shows_code_spans_as_code_that_breaks_at_spaces_and_commas_only(tmp_path):
+    """As report.md shows them; a browser would also break a line after a hyphen, splitting --seq-len in two."""
+    from suite.reporting.blocks import Paragraph, Report, Table, to_html
+
+    report = Report("r")
+    report.add(Paragraph("`sdpa (cudnn)` is `sdpa` <forced>"),
+               Table(["grid"], [["custom: `--seq-len 1,2 --impl a-b`"]]))
+    page = to_html(report, tmp_path)
+    assert "`" not in page and "&lt;forced&gt;" in page
+    assert "<code><span class='nobr'>sdpa</span> <span class='nobr'>(cudnn)</span></code>" in page
+    assert ("<td>custom: <code><span class='nobr'>--seq-len</span> <span class='nobr'>1,</span><wbr>"
+            "<span class='nobr'>2</span> <span class='nobr'>--impl</span> <span class='nobr'>a-b</span>"
+            "</code></td>") in page
+    assert ".nobr{white-space:nowrap}" in page

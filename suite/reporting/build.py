@@ -36,6 +36,7 @@ from .graph_replays import GRAPH_REPLAYS, graph_replay_table
 from .machines import machine_table, machines_in_order
 from .memory_glance import memory_summary
 from .roofline import roofline_chart
+from .run_grid import grid_words
 from .run_time import run_time_table
 from .scaling import LONGEST_LENGTHS, scaling_tables
 
@@ -58,10 +59,10 @@ def _environment_blocks(paths: list[Path]) -> list:
                 ", ".join(f"{k} {v:.0f}" for k, v in (run.get("measured_peak_tflops") or {}).items()) or "–",
                 f"{run['measured_peak_gbytes_per_s']:.0f}" if run.get("measured_peak_gbytes_per_s") else "–",
                 (env.get("git_commit") or "–")[:12],
-                run.get("preset") or (f"amendment: {run['amends']}" if run.get("amends") else "–"),
+                grid_words(run),
             ])
     return [Heading("Environment"), Table(["file", "device", "driver", "SM clock (now/max)", "software", "settings", "timing",
-                                            "measured matmul TFLOP/s", "measured copy GB/s", "commit", "preset"], rows)]
+                                            "measured matmul TFLOP/s", "measured copy GB/s", "commit", "grid"], rows)]
 
 
 def _settings_text(environment: dict) -> str:
@@ -128,10 +129,21 @@ def _status_paragraph(frame: pd.DataFrame) -> Paragraph:
     text = ", ".join(f"{count} {status}" for status, count in counts.items())
     host_bound = (frame.host_bound == True).sum()  # noqa: E712
     return Paragraph(f"{len(frame)} result rows: {text}. Cells: median time · TFLOP/s · peak memory; "
-                     "~ = noisy (IQR above 10% of the median), † = GPU throttled during the case." + (
+                     f"~ = noisy (IQR above 10% of the median){_throttle_words(frame)}" + (
                          f" ‡ = host-bound ({host_bound} rows): issuing the call took the host (Python, dispatch, "
                          "launches) 90% or more of the time the GPU took to run it, so called back to back the host "
                          "sets the pace; `host_ms` in the results gives its time." if host_bound else ""))
+
+
+def _throttle_words(frame: pd.DataFrame) -> str:
+    """The end of the cells' legend: what † means, where rows were watched for throttling (GPU rows; a CPU's
+    rows are not, and a legend of a mark that cannot appear would suggest they were)."""
+    throttled = frame["throttled"] if "throttled" in frame else pd.Series(dtype=object)
+    if not throttled.notna().any():
+        return "."
+    marked = int((throttled == True).sum())  # noqa: E712
+    return (f", † = GPU throttled during the case ({marked} row{'s' * (marked != 1)})." if marked
+            else ". The GPU throttled during none of the cases.")
 
 
 _OOM_HEAD = re.compile(r"^(.*?out of memory\.(?: Tried to allocate [\d.]+ \w+\.)?)", re.IGNORECASE)

@@ -118,18 +118,23 @@ def throughput_chart(frame: pd.DataFrame, colour_of: dict, group: dict, metric: 
     say how well it uses the hardware, against this GPU's measured matmul peak (dotted), not how fast it is.
     GB/s are the least traffic a call must move (inputs read once, outputs written once) over its time, against
     the measured copy bandwidth (dotted): what bounds decoding, which reads the whole KV cache for a few queries
-    (or, with `state=carried`, the state a recurrent decoder keeps in its place)."""
+    (or, with `state=carried`, the state a recurrent decoder keeps in its place). TFLOP/s and GB/s go on a linear
+    axis from zero, unless some line would lie flat along it (below a tenth of the top): then on a log axis."""
     ylabel = {"time_ms": "median time per call (ms)", "tflops": "TFLOP/s (its own FLOPs)",
               "gbytes_per_s": "GB/s (least traffic over time)"}[metric]
     title = {"time_ms": "Time", "tflops": "Throughput", "gbytes_per_s": "Bandwidth"}[metric]
-    fig, panels = _panels(frame, f"{title} · {group_title(group)}", ylabel, logy=metric == "time_ms")
-    handles: dict = {}
     peak, unit, peak_label = {"tflops": (measured_peak_tflops(frame), "TFLOP/s", PEAK_LABEL),
                               "gbytes_per_s": (measured_ceiling(frame, "gbytes_per_s", "bandwidth_fraction"), "GB/s",
                                                "measured copy bandwidth")}.get(metric, (None, "", ""))
+    drawn = frame.loc[frame.status.isin(MEASURED), metric]
+    logy = metric == "time_ms" or flattened_on_a_linear_axis(drawn, peak)
+    fig, panels = _panels(frame, f"{title} · {group_title(group)}", ylabel, logy=logy)
+    handles: dict = {}
     for ax, part in panels:
         for label in impl_order(part.impl):
             rows = part[(part.impl == label) & part.status.isin(MEASURED)].sort_values("seq_len")
+            if logy:
+                rows = rows[rows[metric] > 0]  # no place on a log axis
             if not rows.empty:
                 x, y = as_floats(rows.seq_len), as_floats(rows[metric])
                 (line,) = ax.plot(x, y, marker="o", ms=3, color=colour_of[label], label=label)
@@ -139,15 +144,26 @@ def throughput_chart(frame: pd.DataFrame, colour_of: dict, group: dict, metric: 
                 if metric == "time_ms":
                     half = as_floats(rows.time_iqr_ms.fillna(0)) / 2
                     ax.fill_between(x, y - half, y + half, color=colour_of[label], alpha=0.2)
-        if metric != "time_ms":  # a linear axis from zero, up to the ceiling: the distance to it is the point
-            top = ax.get_ylim()[1]
+        if metric != "time_ms":  # up to the ceiling: the distance to it is the point
+            bottom, top = ax.get_ylim()
             if peak is not None:
                 handles.setdefault(f"{peak_label} ({fmt_num(peak)} {unit})", ax.axhline(peak, color="black", ls=":", lw=1.2))
                 top = max(top, peak * 1.05)
-            ax.set_ylim(0, top)
+            ax.set_ylim(bottom if logy else 0, top)
         for label in impl_order(part.impl):
             _mark_oom(ax, part[part.impl == label], label, colour_of[label], handles)
     return finish_legend(fig, handles)
+
+
+def flattened_on_a_linear_axis(values: pd.Series, ceiling: float | None = None) -> bool:
+    """Whether a linear axis from zero would press some line flat against it: the smallest positive value below a
+    tenth of the top (the largest value, or the ceiling drawn above it). Such values are drawn on a log axis."""
+    positive = pd.to_numeric(values, errors="coerce")
+    positive = positive[positive > 0]
+    if positive.empty:
+        return False
+    top = max(float(positive.max()), ceiling or 0.0)
+    return float(positive.min()) < top / 10
 
 
 def measured_ceiling(frame: pd.DataFrame, achieved: str, fraction: str) -> float | None:
@@ -229,10 +245,8 @@ def accuracy_speed_chart(frame: pd.DataFrame, colour_of: dict, case: dict) -> Fi
     grouped = f" KV{case['kv_heads']}" if case.get("kv_heads", case["heads"]) != case["heads"] else ""
     ax.set_title(f"Accuracy vs speed · N={case['seq_len']}{queries} H{case['heads']}{grouped} D{case['head_dim']} "
                  f"{case['dtype']} {mask} {case['mode']}", fontsize=10)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
     for axis in (ax.xaxis, ax.yaxis):
-        axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+        log_axis(axis)  # plain labels: matplotlib's own label minor ticks as 3×10⁰ over each other
     ax.set_xlabel("median time per call (ms)")
     # Approximations on local inputs where measured: on i.i.d. inputs softmax attention is nearly uniform.
     local = frame.softmax_local_rel_rms_err.notna().any()

@@ -18,20 +18,9 @@ import pandas as pd
 
 from . import speed_settings, timing_policy
 from .case import CASE_FIELDS, MODES
-from .schema import STATUSES
+from .schema import ROW, ROW_COLUMNS, STATUSES, value_problem
 
 FORMAT_VERSION = 1
-ROW_COLUMNS = (
-    "impl", "family", *CASE_FIELDS, "status", "reason", "backend",
-    "time_ms", "time_iqr_ms", "repeats", "times_ms", "first_call_ms", "noisy", "host_ms", "host_bound",
-    "graph_time_ms", "graph_time_iqr_ms", "graph_repeats", "graph_reason",
-    "energy_j", "energy_power_w", "energy_calls", "energy_window_s", "energy_reason",
-    "tflops", "tokens_per_s", "peak_fraction", "gbytes_per_s", "bandwidth_fraction", "peak_mem_bytes", "peak_mem_reason",
-    "max_abs_err", "rel_rms_err", "accuracy_ok", "accuracy_tolerance", "errors", "accuracy_scope",
-    "softmax_max_abs_err", "softmax_rel_rms_err", "softmax_local_max_abs_err", "softmax_local_rel_rms_err",
-    "local_errors_run_id", "density",
-    "throttled", "throttle_reasons", "cpu_contended", "cpu_contention", "gpu_before", "gpu_after", "row_s",
-)
 
 
 class ResultsFormatError(ValueError):
@@ -73,7 +62,13 @@ class ResultsWriter:
         os.fsync(self._file.fileno())
 
     def append(self, row: dict[str, Any]) -> None:
-        self._write({"record": "result", "run_id": self.run_id, **row})
+        """Writes `row` in the schema's column order; a column the schema does not declare, or a value of
+        another type, is a bug in the harness, caught before it reaches a file every reader would refuse."""
+        record = {"record": "result", "run_id": self.run_id, **row}
+        problems = [problem for name, value in record.items() if (problem := value_problem(name, json_safe(value)))]
+        if problems:
+            raise ValueError(f"result row for {row.get('impl')!r}: {'; '.join(problems)}")
+        self._write({column.name: record[column.name] for column in ROW if column.name in record})
 
     def close(self) -> None:
         if self._file is not None:
@@ -155,7 +150,7 @@ def _row_problem(row: dict[str, Any]) -> str | None:
     for name, valid, allowed in checks:
         if not valid(row.get(name)):
             return f"{name} is {row.get(name)!r} (allowed: {allowed})"
-    return None
+    return next((problem for name, value in row.items() if (problem := value_problem(name, value))), None)
 
 
 def cpu_machine(model: str, threads: int | None) -> str:

@@ -11,6 +11,7 @@ from .. import config, speed_settings, timing_policy
 from ..case import CASE_FIELDS, Case
 from ..naming import slug
 from ..results import ResultsFormatError, load, read
+from ..schema import DATA_COLUMNS
 from ..workload import LOCAL_CORRELATION_TOKENS, LOCAL_REFERENCE_TOKENS, LOCAL_SELF_LOGIT
 from . import charts
 from .attention_maps import attention_map_chart
@@ -288,12 +289,6 @@ RUN_TIME = (
     "for the next run. `attnbench run --dry-run` sums them for the rows it would measure on this machine "
     "model.")
 
-# The columns of data.csv: the numbers behind the report's tables and charts, one row per implementation and case.
-DATA_COLUMNS = ("machine", "impl", "family", *CASE_FIELDS, "status", "reason", "backend", "time_ms", "time_iqr_ms",
-                "repeats", "noisy", "first_call_ms", "host_ms", "host_bound", "graph_time_ms", "graph_reason", "energy_j", "energy_power_w", "tflops", "tokens_per_s", "peak_fraction",
-                "gbytes_per_s", "bandwidth_fraction", "peak_mem_bytes", "max_abs_err", "rel_rms_err", "accuracy_ok",
-                "softmax_rel_rms_err", "softmax_local_rel_rms_err", "density", "throttled", "software", "settings",
-                "timing", "row_s", "attnbench_commit", "source")
 
 
 def _write_data(frame: pd.DataFrame, path: Path) -> None:

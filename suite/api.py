@@ -186,15 +186,31 @@ def compare(baseline: Results, current: Results, *, baseline_impl: str | None = 
 
 
 def check(impl: Implementation | str, device: str | None = None, dtypes: str | Sequence[str] | None = None,
-          seed: int = 0) -> conformance.CheckSummary:
+          seed: int = 0, *, seq_len: int | Sequence[int] | None = None, head_dim: int | Sequence[int] | None = None,
+          q_len: int | Sequence[int] | None = None) -> conformance.CheckSummary:
     """The conformance check `attnbench check` runs (awkward sizes, short lengths over many seeds, transposed
     inputs, large logits; forward and gradients against the float64 twin, each case called twice), as a summary:
-    `.ok`, `.format()` for a reader, `.as_record()` for a program."""
+    `.ok`, `.format()` for a reader, `.as_record()` for a program. `seq_len`, `head_dim` and `q_len` add shapes of
+    one's own model, checked like the awkward ones, as `check --seq-len --head-dim --q-len` do: each head dim at a
+    few lengths, each length at each head dim, each query length (the last positions) against each length."""
     (built,) = _built([impl])
     device = config.device_or_default(device, "device")
     chosen = config.dtypes("dtypes", config.as_flag_text(dtypes or default_check_dtypes(device)))
-    summary, _ = checked(built, device, chosen, seed)  # stopped early where the device became unusable
+    own = _own_shapes(seq_len, head_dim, q_len)
+    summary, _ = checked(built, device, chosen, seed, own)  # stopped early where the device became unusable
     return summary
+
+
+def _own_shapes(seq_len: int | Sequence[int] | None, head_dim: int | Sequence[int] | None,
+                q_len: int | Sequence[int] | None) -> list[tuple]:
+    """conformance.own_shapes of the arguments, each checked as its flag is."""
+    lengths, head_dims, query_lengths = (() if value is None else config.positive_ints(name, config.as_flag_text(value))
+                                         for name, value in (("seq_len", seq_len), ("head_dim", head_dim),
+                                                             ("q_len", q_len)))
+    try:
+        return conformance.own_shapes(lengths, head_dims, query_lengths, lengths_named="seq_len")
+    except ValueError as error:  # a query length longer than a length
+        raise ValueError(f"q_len: {error}") from None
 
 
 __all__ = ["FunctionImplementation", "as_implementation", "benchmark", "check", "compare"]

@@ -81,12 +81,12 @@ def decoding_cases(device: str, dtypes: tuple[str, ...]) -> list[Case]:
             for dtype in dtypes for causal in (False, True)]
 
 
-def own_shapes(seq_lens: tuple[int, ...] = (), head_dims: tuple[int, ...] = (), q_lens: tuple[int, ...] = ()
-               ) -> list[tuple]:
+def own_shapes(seq_lens: tuple[int, ...] = (), head_dims: tuple[int, ...] = (), q_lens: tuple[int, ...] = (),
+               lengths_named: str = "--seq-len") -> list[tuple]:
     """Shapes of a model's own, checked like the awkward ones: each head dim at lengths 17 and 257 (a batch of
     three at 17) and grouped-query at 33; each length at every head dim asked for (64 if none), with
     grouped-query heads too; and each query length against every length asked for (257 if none) the same way.
-    Raises ValueError for a query length longer than a length."""
+    Raises ValueError for a query length longer than a length, naming the lengths as `lengths_named`."""
     shapes = [shape for head_dim in head_dims
               for shape in ((3, 2, 17, head_dim, None), (1, 2, 257, head_dim, None), (2, 4, 33, head_dim, 2))]
     shapes += [shape for seq_len in seq_lens for head_dim in (head_dims or (64,))
@@ -94,8 +94,8 @@ def own_shapes(seq_lens: tuple[int, ...] = (), head_dims: tuple[int, ...] = (), 
     for q_len in q_lens:
         for seq_len in seq_lens or (257,):
             if q_len > seq_len:
-                raise ValueError(f"{q_len} exceeds the length {seq_len} (allowed: at most every --seq-len value, 257 "
-                                 "without one: the queries are the last positions)")
+                raise ValueError(f"{q_len} exceeds the length {seq_len} (allowed: at most every {lengths_named} "
+                                 "value, 257 without one: the queries are the last positions)")
             if q_len < seq_len:
                 shapes += [shape for head_dim in (head_dims or (64,))
                            for shape in ((1, 2, seq_len, head_dim, None, q_len), (1, 4, seq_len, head_dim, 2, q_len))]

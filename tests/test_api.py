@@ -26,12 +26,43 @@ def without_grouped_heads(case) -> list[str]:
     return [f"kv_heads={case.kv_heads} (not written yet)"] if case.kv_heads not in (None, case.heads) else []
 
 
+def wrong_at_head_dim_80(q, k, v, *, causal=False):
+    """Right everywhere but at head dim 80, which none of the built-in shapes has."""
+    out = sdpa(q, k, v, causal=causal, enable_gqa=q.shape[1] != k.shape[1])
+    return out * (1.01 if q.shape[-1] == 80 else 1.0)
+
+
 def test_check_passes_a_correct_function_and_fails_a_wrong_one():
     good = check(as_implementation(attention, "mine", supports=without_grouped_heads), dtypes="float32")
     assert good.ok and good.count("fail") == good.count("error") == 0 and good.count("unsupported") > 0
     assert good.format().startswith("mine: ok")
     bad = check(as_implementation(unscaled, "mine"), dtypes="float32")
     assert not bad.ok and bad.count("fail") > 0 and bad.format().startswith("mine: FAILED")
+
+
+def test_check_takes_shapes_of_ones_own_as_the_command_line_does():
+    """As `check --head-dim 80 --seq-len 100 --q-len 7`: a function wrong only at head dim 80 fails there alone."""
+    summary = check(as_implementation(wrong_at_head_dim_80, "mine"), dtypes="float32", head_dim=80, seq_len=[100],
+                    q_len=7)
+    failed = {result.case.label for result in summary.results if result.status == "fail"}
+    assert not summary.ok and summary.count("error") == 0 and {label.split("-fp32")[0] for label in failed} == {
+        "B3-H2-N17-D80", "B1-H2-N257-D80", "B2-H4-KV2-N33-D80", "B1-H2-N100-D80", "B1-H4-KV2-N100-D80",
+        "B1-H2-N100-Q7-D80", "B1-H4-KV2-N100-Q7-D80"}
+    assert len(failed) == 7 * 2 * 2  # causal and not, with and without autograd
+
+
+@pytest.mark.parametrize("arguments,message", [
+    ({"head_dim": 0}, r"head_dim: '0' is not a positive integer \(allowed: integers >= 1\)"),
+    ({"seq_len": "12x"}, r"seq_len: '12x' is not a positive integer"),
+    ({"q_len": [1, 1.5]}, r"q_len: '1.5' is not a positive integer"),
+    ({"seq_len": 64, "q_len": 65}, r"q_len: 65 exceeds the length 64 \(allowed: at most every seq_len value"),
+    ({"q_len": 300}, r"q_len: 300 exceeds the length 257 \(allowed: at most every seq_len value, 257 without one"),
+])
+def test_check_refuses_bad_shapes_before_checking(arguments, message):
+    def never_called(q, k, v, *, causal=False):
+        raise AssertionError("checked")
+    with pytest.raises(ValueError, match=message):
+        check(as_implementation(never_called, "mine"), dtypes="float32", **arguments)
 
 
 def test_benchmark_writes_rows_the_command_line_reads(tmp_path, capsys):

@@ -7,6 +7,7 @@ including one another package declares; the test suite runs it for the registry.
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
@@ -55,6 +56,10 @@ TRANSPOSED_NOTE = "with q, k, v and the upstream gradient laid out (batch, seq, 
 DECODING_NOTE = ("q holds the last {q} of {n} positions: a causal mask must be aligned to the last key; an "
                  "implementation that needs as many queries as keys says so in supports() (query_length_reasons)")
 TENSORS = ("out", "dq", "dk", "dv")
+# A relative RMS error from softmax attention at least this large is no rounding (bfloat16's allowance is 3e-2) and
+# is what approximations show on the check's inputs (linear attention and Performer tens of percent, a sliding
+# window 16% at 300 tokens): an exact-family implementation failing by it may be an undeclared approximation.
+APPROXIMATION_SIZED_ERROR = 0.1
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,7 @@ class CheckResult:
     not_bitwise: tuple[str, ...] = ()  # pass: tensors a second call reproduced within tolerance, not bit for bit
     repeated: bool = False  # a second call on the same inputs was compared with the first
     forward_only: bool = False  # checked forward alone because the implementation has no backward here
+    twin_rel_rms: float | None = None  # fail against the exact twin: the worst tensor's relative RMS error
 
 
 def awkward_cases(device: str, dtypes: tuple[str, ...], shapes: list[tuple] | None = None) -> list[Case]:
@@ -213,7 +219,9 @@ def _twin_disagrees(impl: Implementation, case: Case, seed: int, inputs: tuple[t
         return CheckResult(case, seed, "error", f"exact_twin: {_described(error)}")
     expected = dict(zip(TENSORS, (expected_out, *expected_grads)))
     verdict = judge(actual, expected, case.dtype, case.seq_len, impl.atol_scale_for(case))
-    return None if verdict.ok else CheckResult(case, seed, "fail", verdict.reason() or "")
+    if verdict.ok:
+        return None
+    return CheckResult(case, seed, "fail", verdict.reason() or "", twin_rel_rms=verdict.worst[1].rel_rms)
 
 
 def check_large_logits(impl: Implementation, case: Case, seed: int) -> CheckResult:
@@ -306,6 +314,7 @@ class CheckSummary:
     label: str
     results: list[CheckResult]
     seconds: float = 0.0
+    family: str = "exact"  # the implementation's (implementations.base.FAMILIES)
 
     def count(self, status: str) -> int:
         return sum(result.status == status for result in self.results)
@@ -341,6 +350,8 @@ class CheckSummary:
             repeated = sum(r.repeated for r in self.results)
             lines.append(f"  note: a second call on the same inputs agreed within tolerance but not bit for bit "
                          f"({tensors} of {repeated} passing cases): accumulation order varies between calls")
+        if note := self._undeclared_approximation_note():
+            lines.append(note)
         findings = [r for r in self.results if r.status in ("fail", "error")]
         for result in findings[:max_findings]:
             lines.append(f"  {result.status.upper():<5} {result.case.label} seed {result.seed}: {result.detail}")
@@ -352,3 +363,14 @@ class CheckSummary:
         if len(reasons) > 3:
             lines.append(f"  ... and {len(reasons) - 3} more reasons")
         return "\n".join(lines)
+
+    def _undeclared_approximation_note(self) -> str | None:
+        """For an exact-family implementation that failed against softmax attention by an approximation's error."""
+        errors = [r.twin_rel_rms for r in self.results
+                  if r.twin_rel_rms is not None and math.isfinite(r.twin_rel_rms)]
+        if self.family != "exact" or max(errors, default=0.0) < APPROXIMATION_SIZED_ERROR:
+            return None
+        return (f"  note: errors this large (up to {max(errors):.0%} relative RMS) are no rounding: an approximation "
+                f"of softmax attention must declare its family and its exact twin, to be checked against its own maths "
+                f"(as_implementation(..., family=..., exact_twin=...), or `family` and `exact_twin` on an "
+                f"Implementation subclass); exact attention this far off is wrong")

@@ -32,6 +32,24 @@ def wrong_at_head_dim_80(q, k, v, *, causal=False):
     return out * (1.01 if q.shape[-1] == 80 else 1.0)
 
 
+def linear_style(q, k, v, *, causal=False):
+    """Linear attention in its quadratic form (features elu + 1): an approximation of softmax attention, in the
+    inputs' dtype; called with float64 inputs, it is its own exact twin."""
+    from implementations.base import expand_kv
+
+    features = lambda x: torch.exp(x.clamp(max=0)) + x.clamp(min=0)  # noqa: E731 - elu(x) + 1 without cancelling
+    k, v = expand_kv(q, k, v)
+    weights = features(q) @ features(k).transpose(-2, -1)
+    if causal:
+        weights = weights.tril(k.shape[-2] - q.shape[-2])
+    return (weights @ v) / weights.sum(-1, keepdim=True)
+
+
+def unscaled_a_little(q, k, v, *, causal=False):
+    """A bug, not an approximation: 1% off everywhere."""
+    return sdpa(q, k, v, causal=causal, enable_gqa=q.shape[1] != k.shape[1]) * 1.01
+
+
 def test_check_passes_a_correct_function_and_fails_a_wrong_one():
     good = check(as_implementation(attention, "mine", supports=without_grouped_heads), dtypes="float32")
     assert good.ok and good.count("fail") == good.count("error") == 0 and good.count("unsupported") > 0
@@ -63,6 +81,44 @@ def test_check_refuses_bad_shapes_before_checking(arguments, message):
         raise AssertionError("checked")
     with pytest.raises(ValueError, match=message):
         check(as_implementation(never_called, "mine"), dtypes="float32", **arguments)
+
+
+def test_an_approximation_is_checked_against_its_own_twin():
+    """A family and an exact twin, without a subclass; undeclared, its errors are an approximation's, and the
+    summary says how to declare it."""
+    declared = check(as_implementation(linear_style, "mine", family="linear", exact_twin=linear_style),
+                     dtypes="float32")
+    assert declared.ok and declared.count("unsupported") == 0, declared.format()
+    undeclared = check(as_implementation(linear_style, "mine"), dtypes="float32").format()
+    assert undeclared.startswith("mine: FAILED")
+    assert re.search(r"^  note: errors this large \(up to \d+% relative RMS\) are no rounding: an approximation of "
+                     r"softmax attention must declare its family and its exact twin, .*"
+                     r"\(as_implementation\(\.\.\., family=\.\.\., exact_twin=\.\.\.\)", undeclared, re.M)
+    slightly_off = check(as_implementation(unscaled_a_little, "mine"), dtypes="float32").format()
+    assert slightly_off.startswith("mine: FAILED") and "note: errors this large" not in slightly_off
+
+
+def test_a_declared_approximation_runs_as_its_family(tmp_path):
+    frame = benchmark([as_implementation(linear_style, "mine", family="linear", exact_twin=linear_style)],
+                      seq_len=33, heads=2, head_dim=16, batch=1, dtype="float32", device="cpu", progress=False)
+    (row,) = frame.to_dict("records")
+    assert row["family"] == "linear" and row["status"] == "ok" and row["accuracy_ok"]
+    assert row["softmax_rel_rms_err"] > 0.01  # its distance from softmax attention, beside the check against its twin
+
+
+@pytest.mark.parametrize("arguments,message", [
+    ({"family": "approximate"},
+     r"family: 'approximate' is not a family \(allowed: exact, or for an approximation of softmax attention one of "
+     r"sparse, linear, performer\)"),
+    ({"family": "linear"}, r"exact_twin: none given for family 'linear' \(allowed: the approximation's own maths"),
+    ({"exact_twin": linear_style}, r"exact_twin: given for family 'exact' \(allowed: only with an approximate family"),
+    ({"family": "performer", "exact_twin": 3}, r"exact_twin: 3 is not callable"),
+    ({"family": "performer", "exact_twin": lambda q, k, v: q},
+     r"exact_twin: <lambda> takes \(q, k, v\), which \(q, k, v, causal=\.\.\.\) does not fit"),
+])
+def test_as_implementation_refuses_a_family_without_its_twin(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        as_implementation(linear_style, "mine", **arguments)
 
 
 def test_benchmark_writes_rows_the_command_line_reads(tmp_path, capsys):
@@ -138,6 +194,9 @@ def test_benchmark_refuses_an_existing_file_and_names_that_are_not_labels(tmp_pa
             as_implementation(attention, name)
     with pytest.raises(ValueError, match="function: 3 is not callable"):
         as_implementation(3, "three")
+    with pytest.raises(ValueError, match=r"function: <lambda> takes \(q, k, v\), which \(q, k, v, causal=\.\.\.\) "
+                                         r"does not fit: got an unexpected keyword argument 'causal'"):
+        as_implementation(lambda q, k, v: q, "mine")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")

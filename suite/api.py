@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from implementations import CaseLike, Implementation
+from implementations import CaseLike, Implementation, Unsupported
 from implementations.base import FAMILIES
 
 from . import config, conformance
@@ -35,12 +35,36 @@ from .compare import compare as compared
 from .cuda_graph import WHY_GPU_ONLY as GRAPH_WHY
 from .energy import WHY_GPU_ONLY as ENERGY_WHY
 from .grid_scope import GridScope
+from .out_of_memory import is_out_of_memory
 from .progress import Progress
 from .results import load
 from .run_command import measured_settings, results_writer
 from .runner import run_cases
 
 AttentionFunction = Callable[..., torch.Tensor]  # (q, k, v, *, causal: bool) -> out
+
+
+class GroupedQueryError(RuntimeError):
+    """A wrapped function failed on a case with fewer key/value heads than query heads (grouped-query attention)."""
+
+
+def _grouped_query_explained(function: AttentionFunction, what: str, q: torch.Tensor, k: torch.Tensor,
+                             v: torch.Tensor, causal: bool) -> torch.Tensor:
+    """`function(q, k, v, causal=causal)`; a failure where k has fewer heads than q says so and how to declare it,
+    since the function's own error (an einsum's or a matmul's shapes) does not name the cause."""
+    try:
+        return function(q, k, v, causal=causal)
+    except Unsupported:
+        raise
+    except Exception as error:
+        if q.dim() != 4 or k.dim() != 4 or k.shape[1] >= q.shape[1] or is_out_of_memory(error):
+            raise
+        raise GroupedQueryError(
+            f"{what} failed on a case with {k.shape[1]} key/value heads for {q.shape[1]} query heads (grouped-query "
+            f"attention: each key/value head serves {q.shape[1] // k.shape[1]} query heads): {type(error).__name__}: "
+            f"{' '.join(str(error).split())}; a function without grouped-query attention declares it, and such "
+            "cases become unsupported rows: as_implementation(..., supports=lambda case: grouped_query_reasons(case, "
+            "'why')), with grouped_query_reasons from implementations.base") from error
 
 
 class FunctionImplementation(Implementation):
@@ -58,12 +82,12 @@ class FunctionImplementation(Implementation):
         return list(self._supports(case)) if self._supports else []
 
     def __call__(self, q, k, v, *, causal=False):
-        return self.function(q, k, v, causal=causal)
+        return _grouped_query_explained(self.function, self.name, q, k, v, causal)
 
     def exact_twin(self, q, k, v, *, causal=False):
         if self._twin is None:
             return super().exact_twin(q, k, v, causal=causal)
-        return self._twin(q, k, v, causal=causal)
+        return _grouped_query_explained(self._twin, f"{self.name}'s exact_twin", q, k, v, causal)
 
 
 def _attention_signature_problem(function: Callable) -> str | None:
@@ -261,4 +285,4 @@ def _own_shapes(seq_len: int | Sequence[int] | None, head_dim: int | Sequence[in
         raise ValueError(f"q_len: {error}") from None
 
 
-__all__ = ["FunctionImplementation", "as_implementation", "benchmark", "check", "compare"]
+__all__ = ["FunctionImplementation", "GroupedQueryError", "as_implementation", "benchmark", "check", "compare"]

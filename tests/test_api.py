@@ -32,6 +32,15 @@ def wrong_at_head_dim_80(q, k, v, *, causal=False):
     return out * (1.01 if q.shape[-1] == 80 else 1.0)
 
 
+def one_head_count(q, k, v, *, causal=False):
+    """Softmax attention written for as many key/value heads as query heads: its einsums fail on grouped ones."""
+    scores = torch.einsum("bhqd,bhkd->bhqk", q, k) / q.shape[-1] ** 0.5
+    if causal:  # the queries are the last positions
+        visible = torch.ones(scores.shape[-2:], dtype=torch.bool).tril(k.shape[-2] - q.shape[-2])
+        scores = scores.masked_fill(~visible, float("-inf"))
+    return torch.einsum("bhqk,bhkd->bhqd", scores.softmax(-1), v)
+
+
 def linear_style(q, k, v, *, causal=False):
     """Linear attention in its quadratic form (features elu + 1): an approximation of softmax attention, in the
     inputs' dtype; called with float64 inputs, it is its own exact twin."""
@@ -121,6 +130,24 @@ def test_as_implementation_refuses_a_family_without_its_twin(arguments, message)
         as_implementation(linear_style, "mine", **arguments)
 
 
+def test_a_function_without_grouped_query_heads_is_told_why_it_failed():
+    summary = check(as_implementation(one_head_count, "mine"), dtypes="float32")
+    errors = [result for result in summary.results if result.status == "error"]
+    assert errors and all(result.case.kv_heads not in (None, result.case.heads) for result in errors)
+    assert summary.count("fail") == 0 and summary.count("pass") > 0
+    told = re.compile(r"GroupedQueryError: mine failed on a case with (\d) key/value heads for (\d) query heads "
+                      r"\(grouped-query attention.*RuntimeError: einsum\(\).*as_implementation\(\.\.\., supports=")
+    for result in errors:
+        assert (match := told.search(result.detail)), result.detail
+        assert match.groups() == (str(result.case.kv_heads), str(result.case.heads))
+    declared = check(as_implementation(one_head_count, "mine", supports=without_grouped_heads), dtypes="float32")
+    assert declared.ok and {r.case for r in errors} <= {r.case for r in declared.results if r.status == "unsupported"}
+    twin = as_implementation(linear_style, "mine", family="linear", exact_twin=one_head_count)
+    q, k = torch.zeros(1, 4, 3, 8, dtype=torch.float64), torch.zeros(1, 2, 3, 8, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=r"mine's exact_twin failed on a case with 2 key/value heads for 4 query"):
+        twin.exact_twin(q, k, k)
+
+
 def test_benchmark_writes_rows_the_command_line_reads(tmp_path, capsys):
     out = tmp_path / "mine.jsonl"
     frame = benchmark([as_implementation(attention, "mine", supports=without_grouped_heads), "naive",
@@ -135,6 +162,7 @@ def test_benchmark_writes_rows_the_command_line_reads(tmp_path, capsys):
     assert set(unscaled_rows[unscaled_rows.kv_heads == 4].status) == {"mismatch"}
     crashed = unscaled_rows[unscaled_rows.kv_heads == 2]  # SDPA without enable_gqa: an error row, and the run goes on
     assert set(crashed.status) == {"error"} and crashed.reason.str.contains("RuntimeError").all()
+    assert crashed.reason.str.contains("unscaled failed on a case with 2 key/value heads for 4 query heads").all()
     assert (frame[frame.status == "ok"].time_ms > 0).all()
     assert frame.equals(results.load(out))  # the file holds what was returned
 

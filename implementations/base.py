@@ -57,10 +57,16 @@ def must_be_positive(value: Any) -> str | None:
     return None
 
 
+# Every family an implementation may declare. "exact" is checked against softmax attention; each other one is an
+# approximation of it, checked against its own exact twin and reported beside the exact ones with its distance
+# from softmax attention.
+FAMILIES = ("exact", "sparse", "linear", "performer")
+
+
 class Implementation:
     """An attention implementation in the (batch, heads, seq, head_dim) layout, scale 1/sqrt(head_dim).
 
-    Subclasses set `family`, may declare `options`, override `supports` and `__call__`, and
+    Subclasses set `family` (one of FAMILIES), may declare `options`, override `supports` and `__call__`, and
     prepare whatever they need (compiled kernels, random features) themselves on first use.
     """
 

@@ -5,7 +5,8 @@ A package with its own attention kernel declares, in its pyproject.toml,
     [project.entry-points."attnbench.implementations"]
     my-attention = "my_package.attention:MyAttention"
 
-where the object is an `Implementation` subclass (or any factory(name, **options) returning one).
+where the object is an `Implementation` subclass (or any factory(name, **options) returning one; a plain
+attention function is wrapped by a factory returning `suite.api.as_implementation(function, name)`).
 Once that package is installed, `my-attention` is listed, run, checked against the float64
 reference and reported like a built-in, and the registry's tests check it too. The module is
 imported only when the implementation is first built; one that fails to import or build, or builds
@@ -14,6 +15,7 @@ package never stops a run of the others.
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Collection
 from functools import partial
 from importlib.metadata import EntryPoint, entry_points
@@ -47,12 +49,39 @@ def _origin(entry_point: EntryPoint) -> str:
     return f"{entry_point.value} (from {dist.name})" if dist is not None else entry_point.value
 
 
+# What an entry point must name, said wherever it names something else.
+SHOULD_POINT_AT = ("it should point at an implementations.Implementation subclass, or at a factory(name, **options) "
+                   "returning one; a plain attention function (q, k, v, *, causal) -> out becomes one in a factory "
+                   "that returns suite.api.as_implementation(function, name)")
+
+
+def _not_a_factory(factory: Any, name: str) -> str | None:
+    """Why `factory`, not an Implementation subclass, cannot be called as factory(name) (a plain attention
+    function, whose call fails with a TypeError that does not say so); None where it can."""
+    if isinstance(factory, type) and issubclass(factory, Implementation):
+        return None  # its own __init__'s errors say what is wrong
+    if not callable(factory):
+        return f"names a {type(factory).__name__}, which is not callable"
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # no signature to read: its call's own error is all there is
+        return None
+    try:
+        signature.bind(name)
+    except TypeError:
+        shown = getattr(factory, "__qualname__", type(factory).__name__)
+        return f"names {shown}{signature}, which cannot be called as factory(name, **options)"
+    return None
+
+
 def _build(entry_point: EntryPoint, name: str, **options: Any) -> Implementation:
     try:
         factory = entry_point.load()
     except Exception as error:  # any import-time failure of a third-party package
         return Unavailable(name, f"entry point {_origin(entry_point)} failed to load: {type(error).__name__}: {error}",
                            **options)
+    if wrong := _not_a_factory(factory, name):
+        return Unavailable(name, f"entry point {_origin(entry_point)} {wrong}: {SHOULD_POINT_AT}", **options)
     try:
         impl = factory(name, **options)
     except ValueError:
@@ -62,7 +91,7 @@ def _build(entry_point: EntryPoint, name: str, **options: Any) -> Implementation
                            **options)
     if not isinstance(impl, Implementation):
         return Unavailable(name, f"entry point {_origin(entry_point)} built a {type(impl).__name__}, "
-                                 "not an implementations.Implementation", **options)
+                                 f"not an implementations.Implementation: {SHOULD_POINT_AT}", **options)
     return impl
 
 

@@ -7,6 +7,7 @@
     frame = benchmark([mine, "sdpa-flash"], seq_len=[1024, 4096], heads=16, head_dim=128, dtype="bfloat16",
                       causal=True, mode="fwd+bwd", out="results/mine.jsonl")
     verdicts = compare(frame, frame, baseline_impl="sdpa-flash", current_impl="mine")  # slower anywhere?
+    favor = as_implementation(my_performer, "my-favor", family="performer", exact_twin=my_performer_in_float64)
 
 `benchmark` measures the way `attnbench run` does (the same runner, checks and results file, which `attnbench
 report` and `compare` read) and returns the rows as `suite.results.load` gives them. Values are checked as the
@@ -14,14 +15,17 @@ command line checks its flags; a bad one raises ValueError naming the argument, 
 """
 from __future__ import annotations
 
+import inspect
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
 
-from implementations import CaseLike, Implementation
+from implementations import CaseLike, Implementation, Unsupported
+from implementations.base import FAMILIES
 
 from . import config, conformance
 from .case import TOKENS_PER_BATCH, Grid
@@ -33,6 +37,7 @@ from .cuda_graph import WHY_GPU_ONLY as GRAPH_WHY
 from .energy import WHY_GPU_ONLY as ENERGY_WHY
 from .environment import torch_threads
 from .grid_scope import GridScope
+from .out_of_memory import is_out_of_memory
 from .progress import Progress
 from .results import load
 from .run_command import measured_settings, results_writer
@@ -41,32 +46,99 @@ from .runner import run_cases
 AttentionFunction = Callable[..., torch.Tensor]  # (q, k, v, *, causal: bool) -> out
 
 
+class GroupedQueryError(RuntimeError):
+    """A wrapped function failed on a case with fewer key/value heads than query heads (grouped-query attention)."""
+
+
+def _grouped_query_explained(function: AttentionFunction, what: str, q: torch.Tensor, k: torch.Tensor,
+                             v: torch.Tensor, causal: bool) -> torch.Tensor:
+    """`function(q, k, v, causal=causal)`; a failure where k has fewer heads than q says so and how to declare it,
+    since the function's own error (an einsum's or a matmul's shapes) does not name the cause."""
+    try:
+        return function(q, k, v, causal=causal)
+    except Unsupported:
+        raise
+    except Exception as error:
+        if q.dim() != 4 or k.dim() != 4 or k.shape[1] >= q.shape[1] or is_out_of_memory(error):
+            raise
+        raise GroupedQueryError(
+            f"{what} failed on a case with {k.shape[1]} key/value heads for {q.shape[1]} query heads (grouped-query "
+            f"attention: each key/value head serves {q.shape[1] // k.shape[1]} query heads): {type(error).__name__}: "
+            f"{' '.join(str(error).split())}; a function without grouped-query attention declares it, and such "
+            "cases become unsupported rows: as_implementation(..., supports=lambda case: grouped_query_reasons(case, "
+            "'why')), with grouped_query_reasons from implementations.base") from error
+
+
 class FunctionImplementation(Implementation):
-    """A plain function as an exact implementation: checked against softmax attention in float64."""
+    """A plain function as an implementation: of the exact family, checked against softmax attention in float64;
+    of an approximate family, against its own float64 twin."""
 
     def __init__(self, name: str, function: AttentionFunction,
-                 supports: Callable[[CaseLike], list[str]] | None = None):
+                 supports: Callable[[CaseLike], list[str]] | None = None, family: str = "exact",
+                 exact_twin: AttentionFunction | None = None):
         super().__init__(name)
-        self.function, self._supports = function, supports
+        self.function, self._supports, self._twin = function, supports, exact_twin
+        self.family = family  # this instance's own, where a subclass sets its class's
 
     def supports(self, case: CaseLike) -> list[str]:
         return list(self._supports(case)) if self._supports else []
 
     def __call__(self, q, k, v, *, causal=False):
-        return self.function(q, k, v, causal=causal)
+        return _grouped_query_explained(self.function, self.name, q, k, v, causal)
+
+    def exact_twin(self, q, k, v, *, causal=False):
+        if self._twin is None:
+            return super().exact_twin(q, k, v, causal=causal)
+        return _grouped_query_explained(self._twin, f"{self.name}'s exact_twin", q, k, v, causal)
+
+
+def _attention_signature_problem(function: Callable) -> str | None:
+    """Why `function` cannot be called as function(q, k, v, causal=...); None where it can (or cannot be told)."""
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):  # a builtin without a signature: trusted
+        return None
+    try:
+        signature.bind(None, None, None, causal=False)
+    except TypeError as error:
+        return f"takes {signature}, which (q, k, v, causal=...) does not fit: {error}"
+    return None
+
+
+def _checked_function(name: str, function: Any, what: str) -> None:
+    """Raises ValueError unless `function` is callable as (q, k, v, *, causal); `name` is the argument's."""
+    problem = "is not callable" if not callable(function) else _attention_signature_problem(function)
+    if problem:
+        shown = getattr(function, "__name__", None) or repr(function)
+        raise ValueError(f"{name}: {shown} {problem} (allowed: {what} (q, k, v, *, causal) -> out)")
 
 
 def as_implementation(function: AttentionFunction, name: str,
-                      supports: Callable[[CaseLike], list[str]] | None = None) -> Implementation:
+                      supports: Callable[[CaseLike], list[str]] | None = None, *, family: str = "exact",
+                      exact_twin: AttentionFunction | None = None) -> Implementation:
     """`function(q, k, v, *, causal)` as an implementation named `name`. `supports(case)`, if given, returns one
-    reason per thing the function cannot run (a device, a dtype): those cases become `unsupported` rows. An
-    approximation needs its own exact twin: subclass `implementations.Implementation` instead (see README)."""
-    if not callable(function):
-        raise ValueError(f"function: {function!r} is not callable (allowed: a function (q, k, v, *, causal) -> out)")
+    reason per thing the function cannot run (a device, a dtype): those cases become `unsupported` rows.
+    An approximation of softmax attention names its `family` (one of implementations.base.FAMILIES but "exact")
+    and its `exact_twin`: the same maths, run in float64 and differentiable, with the signature of `function`
+    (the same random features or projections, for a Performer or Linformer); it is checked against the twin, and
+    its distance from softmax attention is reported beside. FLOPs are counted as softmax attention's."""
+    _checked_function("function", function, "a function")
     if not isinstance(name, str) or not name or any(char in name for char in ":,* "):
         raise ValueError(f"name: {name!r} is not a usable name (allowed: a non-empty string without ':', ',', '*' "
                          "or spaces, which the command line gives meanings)")
-    return FunctionImplementation(name, function, supports)
+    approximate = ", ".join(f for f in FAMILIES if f != "exact")
+    if family not in FAMILIES:
+        raise ValueError(f"family: {family!r} is not a family (allowed: exact, or for an approximation of softmax "
+                         f"attention one of {approximate})")
+    if family == "exact" and exact_twin is not None:
+        raise ValueError(f"exact_twin: given for family 'exact' (allowed: only with an approximate family, one of "
+                         f"{approximate}; an exact function is checked against softmax attention)")
+    if family != "exact":
+        if exact_twin is None:
+            raise ValueError(f"exact_twin: none given for family {family!r} (allowed: the approximation's own maths "
+                             "in float64, (q, k, v, *, causal) -> out, which it is checked against)")
+        _checked_function("exact_twin", exact_twin, "the approximation's maths in float64,")
+    return FunctionImplementation(name, function, supports, family, exact_twin)
 
 
 def _built(impls: Iterable[Implementation | str] | Implementation | str) -> list[Implementation]:
@@ -201,15 +273,31 @@ def _detail(row: RowVerdict) -> str:
 
 
 def check(impl: Implementation | str, device: str | None = None, dtypes: str | Sequence[str] | None = None,
-          seed: int = 0) -> conformance.CheckSummary:
+          seed: int = 0, *, seq_len: int | Sequence[int] | None = None, head_dim: int | Sequence[int] | None = None,
+          q_len: int | Sequence[int] | None = None) -> conformance.CheckSummary:
     """The conformance check `attnbench check` runs (awkward sizes, short lengths over many seeds, transposed
     inputs, large logits; forward and gradients against the float64 twin, each case called twice), as a summary:
-    `.ok`, `.format()` for a reader, `.as_record()` for a program."""
+    `.ok`, `.format()` for a reader, `.as_record()` for a program. `seq_len`, `head_dim` and `q_len` add shapes of
+    one's own model, checked like the awkward ones, as `check --seq-len --head-dim --q-len` do: each head dim at a
+    few lengths, each length at each head dim, each query length (the last positions) against each length."""
     (built,) = _built([impl])
     device = config.device_or_default(device, "device")
     chosen = config.dtypes("dtypes", config.as_flag_text(dtypes or default_check_dtypes(device)))
-    summary, _ = checked(built, device, chosen, seed)  # stopped early where the device became unusable
+    own = _own_shapes(seq_len, head_dim, q_len)
+    summary, _ = checked(built, device, chosen, seed, own)  # stopped early where the device became unusable
     return summary
 
 
-__all__ = ["FunctionImplementation", "as_implementation", "benchmark", "check", "compare"]
+def _own_shapes(seq_len: int | Sequence[int] | None, head_dim: int | Sequence[int] | None,
+                q_len: int | Sequence[int] | None) -> list[tuple]:
+    """conformance.own_shapes of the arguments, each checked as its flag is."""
+    lengths, head_dims, query_lengths = (() if value is None else config.positive_ints(name, config.as_flag_text(value))
+                                         for name, value in (("seq_len", seq_len), ("head_dim", head_dim),
+                                                             ("q_len", q_len)))
+    try:
+        return conformance.own_shapes(lengths, head_dims, query_lengths, lengths_named="seq_len")
+    except ValueError as error:  # a query length longer than a length
+        raise ValueError(f"q_len: {error}") from None
+
+
+__all__ = ["FunctionImplementation", "GroupedQueryError", "as_implementation", "benchmark", "check", "compare"]

@@ -82,7 +82,7 @@ def checked(impl: Implementation, device: str, dtypes: tuple[str, ...], seed: in
         if moving and time.perf_counter() - last_note > 10:
             last_note = time.perf_counter()
             moving(impl.label, len(results), last_note - started)
-    return conformance.CheckSummary(impl.label, results, time.perf_counter() - started), device_lost
+    return conformance.CheckSummary(impl.label, results, time.perf_counter() - started, impl.family), device_lost
 
 
 def _say_it_is_moving(label: str, done: int, seconds: float) -> None:

@@ -7,6 +7,7 @@ including one another package declares; the test suite runs it for the registry.
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
@@ -55,6 +56,10 @@ TRANSPOSED_NOTE = "with q, k, v and the upstream gradient laid out (batch, seq, 
 DECODING_NOTE = ("q holds the last {q} of {n} positions: a causal mask must be aligned to the last key; an "
                  "implementation that needs as many queries as keys says so in supports() (query_length_reasons)")
 TENSORS = ("out", "dq", "dk", "dv")
+# A relative RMS error from softmax attention at least this large is no rounding (bfloat16's allowance is 3e-2) and
+# is what approximations show on the check's inputs (linear attention and Performer tens of percent, a sliding
+# window 16% at 300 tokens): an exact-family implementation failing by it may be an undeclared approximation.
+APPROXIMATION_SIZED_ERROR = 0.1
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,7 @@ class CheckResult:
     not_bitwise: tuple[str, ...] = ()  # pass: tensors a second call reproduced within tolerance, not bit for bit
     repeated: bool = False  # a second call on the same inputs was compared with the first
     forward_only: bool = False  # checked forward alone because the implementation has no backward here
+    twin_rel_rms: float | None = None  # fail against the exact twin: the worst tensor's relative RMS error
 
 
 def awkward_cases(device: str, dtypes: tuple[str, ...], shapes: list[tuple] | None = None) -> list[Case]:
@@ -81,12 +87,12 @@ def decoding_cases(device: str, dtypes: tuple[str, ...]) -> list[Case]:
             for dtype in dtypes for causal in (False, True)]
 
 
-def own_shapes(seq_lens: tuple[int, ...] = (), head_dims: tuple[int, ...] = (), q_lens: tuple[int, ...] = ()
-               ) -> list[tuple]:
+def own_shapes(seq_lens: tuple[int, ...] = (), head_dims: tuple[int, ...] = (), q_lens: tuple[int, ...] = (),
+               lengths_named: str = "--seq-len") -> list[tuple]:
     """Shapes of a model's own, checked like the awkward ones: each head dim at lengths 17 and 257 (a batch of
     three at 17) and grouped-query at 33; each length at every head dim asked for (64 if none), with
     grouped-query heads too; and each query length against every length asked for (257 if none) the same way.
-    Raises ValueError for a query length longer than a length."""
+    Raises ValueError for a query length longer than a length, naming the lengths as `lengths_named`."""
     shapes = [shape for head_dim in head_dims
               for shape in ((3, 2, 17, head_dim, None), (1, 2, 257, head_dim, None), (2, 4, 33, head_dim, 2))]
     shapes += [shape for seq_len in seq_lens for head_dim in (head_dims or (64,))
@@ -94,8 +100,8 @@ def own_shapes(seq_lens: tuple[int, ...] = (), head_dims: tuple[int, ...] = (), 
     for q_len in q_lens:
         for seq_len in seq_lens or (257,):
             if q_len > seq_len:
-                raise ValueError(f"{q_len} exceeds the length {seq_len} (allowed: at most every --seq-len value, 257 "
-                                 "without one: the queries are the last positions)")
+                raise ValueError(f"{q_len} exceeds the length {seq_len} (allowed: at most every {lengths_named} "
+                                 "value, 257 without one: the queries are the last positions)")
             if q_len < seq_len:
                 shapes += [shape for head_dim in (head_dims or (64,))
                            for shape in ((1, 2, seq_len, head_dim, None, q_len), (1, 4, seq_len, head_dim, 2, q_len))]
@@ -213,7 +219,9 @@ def _twin_disagrees(impl: Implementation, case: Case, seed: int, inputs: tuple[t
         return CheckResult(case, seed, "error", f"exact_twin: {_described(error)}")
     expected = dict(zip(TENSORS, (expected_out, *expected_grads)))
     verdict = judge(actual, expected, case.dtype, case.seq_len, impl.atol_scale_for(case))
-    return None if verdict.ok else CheckResult(case, seed, "fail", verdict.reason() or "")
+    if verdict.ok:
+        return None
+    return CheckResult(case, seed, "fail", verdict.reason() or "", twin_rel_rms=verdict.worst[1].rel_rms)
 
 
 def check_large_logits(impl: Implementation, case: Case, seed: int) -> CheckResult:
@@ -306,6 +314,7 @@ class CheckSummary:
     label: str
     results: list[CheckResult]
     seconds: float = 0.0
+    family: str = "exact"  # the implementation's (implementations.base.FAMILIES)
 
     def count(self, status: str) -> int:
         return sum(result.status == status for result in self.results)
@@ -341,6 +350,8 @@ class CheckSummary:
             repeated = sum(r.repeated for r in self.results)
             lines.append(f"  note: a second call on the same inputs agreed within tolerance but not bit for bit "
                          f"({tensors} of {repeated} passing cases): accumulation order varies between calls")
+        if note := self._undeclared_approximation_note():
+            lines.append(note)
         findings = [r for r in self.results if r.status in ("fail", "error")]
         for result in findings[:max_findings]:
             lines.append(f"  {result.status.upper():<5} {result.case.label} seed {result.seed}: {result.detail}")
@@ -352,3 +363,14 @@ class CheckSummary:
         if len(reasons) > 3:
             lines.append(f"  ... and {len(reasons) - 3} more reasons")
         return "\n".join(lines)
+
+    def _undeclared_approximation_note(self) -> str | None:
+        """For an exact-family implementation that failed against softmax attention by an approximation's error."""
+        errors = [r.twin_rel_rms for r in self.results
+                  if r.twin_rel_rms is not None and math.isfinite(r.twin_rel_rms)]
+        if self.family != "exact" or max(errors, default=0.0) < APPROXIMATION_SIZED_ERROR:
+            return None
+        return (f"  note: errors this large (up to {max(errors):.0%} relative RMS) are no rounding: an approximation "
+                f"of softmax attention must declare its family and its exact twin, to be checked against its own maths "
+                f"(as_implementation(..., family=..., exact_twin=...), or `family` and `exact_twin` on an "
+                f"Implementation subclass); exact attention this far off is wrong")

@@ -25,12 +25,126 @@ def without_grouped_heads(case) -> list[str]:
     return [f"kv_heads={case.kv_heads} (not written yet)"] if case.kv_heads not in (None, case.heads) else []
 
 
+def wrong_at_head_dim_80(q, k, v, *, causal=False):
+    """Right everywhere but at head dim 80, which none of the built-in shapes has."""
+    out = sdpa(q, k, v, causal=causal, enable_gqa=q.shape[1] != k.shape[1])
+    return out * (1.01 if q.shape[-1] == 80 else 1.0)
+
+
+def one_head_count(q, k, v, *, causal=False):
+    """Softmax attention written for as many key/value heads as query heads: its einsums fail on grouped ones."""
+    scores = torch.einsum("bhqd,bhkd->bhqk", q, k) / q.shape[-1] ** 0.5
+    if causal:  # the queries are the last positions
+        visible = torch.ones(scores.shape[-2:], dtype=torch.bool).tril(k.shape[-2] - q.shape[-2])
+        scores = scores.masked_fill(~visible, float("-inf"))
+    return torch.einsum("bhqk,bhkd->bhqd", scores.softmax(-1), v)
+
+
+def linear_style(q, k, v, *, causal=False):
+    """Linear attention in its quadratic form (features elu + 1): an approximation of softmax attention, in the
+    inputs' dtype; called with float64 inputs, it is its own exact twin."""
+    from implementations.base import expand_kv
+
+    features = lambda x: torch.exp(x.clamp(max=0)) + x.clamp(min=0)  # noqa: E731 - elu(x) + 1 without cancelling
+    k, v = expand_kv(q, k, v)
+    weights = features(q) @ features(k).transpose(-2, -1)
+    if causal:
+        weights = weights.tril(k.shape[-2] - q.shape[-2])
+    return (weights @ v) / weights.sum(-1, keepdim=True)
+
+
+def unscaled_a_little(q, k, v, *, causal=False):
+    """A bug, not an approximation: 1% off everywhere."""
+    return sdpa(q, k, v, causal=causal, enable_gqa=q.shape[1] != k.shape[1]) * 1.01
+
+
 def test_check_passes_a_correct_function_and_fails_a_wrong_one():
     good = check(as_implementation(attention, "mine", supports=without_grouped_heads), dtypes="float32")
     assert good.ok and good.count("fail") == good.count("error") == 0 and good.count("unsupported") > 0
     assert good.format().startswith("mine: ok")
     bad = check(as_implementation(unscaled, "mine"), dtypes="float32")
     assert not bad.ok and bad.count("fail") > 0 and bad.format().startswith("mine: FAILED")
+
+
+def test_check_takes_shapes_of_ones_own_as_the_command_line_does():
+    """As `check --head-dim 80 --seq-len 100 --q-len 7`: a function wrong only at head dim 80 fails there alone."""
+    summary = check(as_implementation(wrong_at_head_dim_80, "mine"), dtypes="float32", head_dim=80, seq_len=[100],
+                    q_len=7)
+    failed = {result.case.label for result in summary.results if result.status == "fail"}
+    assert not summary.ok and summary.count("error") == 0 and {label.split("-fp32")[0] for label in failed} == {
+        "B3-H2-N17-D80", "B1-H2-N257-D80", "B2-H4-KV2-N33-D80", "B1-H2-N100-D80", "B1-H4-KV2-N100-D80",
+        "B1-H2-N100-Q7-D80", "B1-H4-KV2-N100-Q7-D80"}
+    assert len(failed) == 7 * 2 * 2  # causal and not, with and without autograd
+
+
+@pytest.mark.parametrize("arguments,message", [
+    ({"head_dim": 0}, r"head_dim: '0' is not a positive integer \(allowed: integers >= 1\)"),
+    ({"seq_len": "12x"}, r"seq_len: '12x' is not a positive integer"),
+    ({"q_len": [1, 1.5]}, r"q_len: '1.5' is not a positive integer"),
+    ({"seq_len": 64, "q_len": 65}, r"q_len: 65 exceeds the length 64 \(allowed: at most every seq_len value"),
+    ({"q_len": 300}, r"q_len: 300 exceeds the length 257 \(allowed: at most every seq_len value, 257 without one"),
+])
+def test_check_refuses_bad_shapes_before_checking(arguments, message):
+    def never_called(q, k, v, *, causal=False):
+        raise AssertionError("checked")
+    with pytest.raises(ValueError, match=message):
+        check(as_implementation(never_called, "mine"), dtypes="float32", **arguments)
+
+
+def test_an_approximation_is_checked_against_its_own_twin():
+    """A family and an exact twin, without a subclass; undeclared, its errors are an approximation's, and the
+    summary says how to declare it."""
+    declared = check(as_implementation(linear_style, "mine", family="linear", exact_twin=linear_style),
+                     dtypes="float32")
+    assert declared.ok and declared.count("unsupported") == 0, declared.format()
+    undeclared = check(as_implementation(linear_style, "mine"), dtypes="float32").format()
+    assert undeclared.startswith("mine: FAILED")
+    assert re.search(r"^  note: errors this large \(up to \d+% relative RMS\) are no rounding: an approximation of "
+                     r"softmax attention must declare its family and its exact twin, .*"
+                     r"\(as_implementation\(\.\.\., family=\.\.\., exact_twin=\.\.\.\)", undeclared, re.M)
+    slightly_off = check(as_implementation(unscaled_a_little, "mine"), dtypes="float32").format()
+    assert slightly_off.startswith("mine: FAILED") and "note: errors this large" not in slightly_off
+
+
+def test_a_declared_approximation_runs_as_its_family(tmp_path):
+    frame = benchmark([as_implementation(linear_style, "mine", family="linear", exact_twin=linear_style)],
+                      seq_len=33, heads=2, head_dim=16, batch=1, dtype="float32", device="cpu", progress=False)
+    (row,) = frame.to_dict("records")
+    assert row["family"] == "linear" and row["status"] == "ok" and row["accuracy_ok"]
+    assert row["softmax_rel_rms_err"] > 0.01  # its distance from softmax attention, beside the check against its twin
+
+
+@pytest.mark.parametrize("arguments,message", [
+    ({"family": "approximate"},
+     r"family: 'approximate' is not a family \(allowed: exact, or for an approximation of softmax attention one of "
+     r"sparse, linear, performer\)"),
+    ({"family": "linear"}, r"exact_twin: none given for family 'linear' \(allowed: the approximation's own maths"),
+    ({"exact_twin": linear_style}, r"exact_twin: given for family 'exact' \(allowed: only with an approximate family"),
+    ({"family": "performer", "exact_twin": 3}, r"exact_twin: 3 is not callable"),
+    ({"family": "performer", "exact_twin": lambda q, k, v: q},
+     r"exact_twin: <lambda> takes \(q, k, v\), which \(q, k, v, causal=\.\.\.\) does not fit"),
+])
+def test_as_implementation_refuses_a_family_without_its_twin(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        as_implementation(linear_style, "mine", **arguments)
+
+
+def test_a_function_without_grouped_query_heads_is_told_why_it_failed():
+    summary = check(as_implementation(one_head_count, "mine"), dtypes="float32")
+    errors = [result for result in summary.results if result.status == "error"]
+    assert errors and all(result.case.kv_heads not in (None, result.case.heads) for result in errors)
+    assert summary.count("fail") == 0 and summary.count("pass") > 0
+    told = re.compile(r"GroupedQueryError: mine failed on a case with (\d) key/value heads for (\d) query heads "
+                      r"\(grouped-query attention.*RuntimeError: einsum\(\).*as_implementation\(\.\.\., supports=")
+    for result in errors:
+        assert (match := told.search(result.detail)), result.detail
+        assert match.groups() == (str(result.case.kv_heads), str(result.case.heads))
+    declared = check(as_implementation(one_head_count, "mine", supports=without_grouped_heads), dtypes="float32")
+    assert declared.ok and {r.case for r in errors} <= {r.case for r in declared.results if r.status == "unsupported"}
+    twin = as_implementation(linear_style, "mine", family="linear", exact_twin=one_head_count)
+    q, k = torch.zeros(1, 4, 3, 8, dtype=torch.float64), torch.zeros(1, 2, 3, 8, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=r"mine's exact_twin failed on a case with 2 key/value heads for 4 query"):
+        twin.exact_twin(q, k, k)
 
 
 def test_benchmark_writes_rows_the_command_line_reads(tmp_path, capsys):
@@ -47,6 +161,7 @@ def test_benchmark_writes_rows_the_command_line_reads(tmp_path, capsys):
     assert set(unscaled_rows[unscaled_rows.kv_heads == 4].status) == {"mismatch"}
     crashed = unscaled_rows[unscaled_rows.kv_heads == 2]  # SDPA without enable_gqa: an error row, and the run goes on
     assert set(crashed.status) == {"error"} and crashed.reason.str.contains("RuntimeError").all()
+    assert crashed.reason.str.contains("unscaled failed on a case with 2 key/value heads for 4 query heads").all()
     assert (frame[frame.status == "ok"].time_ms > 0).all()
     assert frame.equals(results.load(out))  # the file holds what was returned
 
@@ -109,6 +224,9 @@ def test_benchmark_refuses_an_existing_file_and_names_that_are_not_labels(tmp_pa
             as_implementation(attention, name)
     with pytest.raises(ValueError, match="function: 3 is not callable"):
         as_implementation(3, "three")
+    with pytest.raises(ValueError, match=r"function: <lambda> takes \(q, k, v\), which \(q, k, v, causal=\.\.\.\) "
+                                         r"does not fit: got an unexpected keyword argument 'causal'"):
+        as_implementation(lambda q, k, v: q, "mine")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")

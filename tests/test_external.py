@@ -31,6 +31,11 @@ MODULE = textwrap.dedent('''
     class Moody(Implementation):
         def supports(self, case):
             raise RuntimeError("cannot tell")
+
+    def attention(q, k, v, *, causal=False):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+    NOT_CALLABLE = "attention"
 ''')
 
 ENTRY_POINTS = {
@@ -39,6 +44,8 @@ ENTRY_POINTS = {
     "wrong-type": "plugged_attention:not_an_implementation",
     "crashing": "plugged_attention:Crashing",
     "moody": "plugged_attention:Moody",
+    "plain-function": "plugged_attention:attention",
+    "not-callable": "plugged_attention:NOT_CALLABLE",
     "sdpa": "plugged_attention:ScaledSdpa",  # a built-in's name: ignored
 }
 
@@ -60,7 +67,8 @@ def installed_package(tmp_path, monkeypatch):
 def test_declared_implementations_follow_the_built_ins(installed_package):
     names = implementations.names()
     assert names[:len(implementations.REGISTRY)] == list(implementations.REGISTRY)
-    assert names[len(implementations.REGISTRY):] == ["scaled-sdpa", "missing", "wrong-type", "crashing", "moody"]
+    assert names[len(implementations.REGISTRY):] == ["scaled-sdpa", "missing", "wrong-type", "crashing", "moody",
+                                                      "plain-function", "not-callable"]
     assert implementations.get("sdpa").__class__.__name__ == "SdpaAttention"
     [ignored] = implementations.ignored_declarations()
     assert ignored.startswith("sdpa: plugged_attention:ScaledSdpa (from plugged-attention) ignored")
@@ -72,11 +80,24 @@ def test_broken_declarations_say_why_they_cannot_run(installed_package):
     [reason] = missing.supports(None)
     assert "plugged_attention:NoSuchClass (from plugged-attention) failed to load: AttributeError" in reason
     [reason] = implementations.get("wrong-type").supports(None)
-    assert "built a str, not an implementations.Implementation" in reason
+    assert "built a str, not an implementations.Implementation: it should point at" in reason
     [reason] = implementations.get("crashing").supports(None)
     assert "failed to build: RuntimeError: no GPU context" in reason
     with pytest.raises(ValueError, match="scale='x' is not valid"):
         implementations.get("scaled-sdpa", scale="x")
+
+
+def test_a_declared_plain_function_says_what_the_entry_point_should_name(installed_package):
+    """An attention function is not a factory: calling it with a name failed as a bare TypeError."""
+    [reason] = implementations.get("plain-function").supports(None)
+    assert reason == ("entry point plugged_attention:attention (from plugged-attention) names attention(q, k, v, *, "
+                      "causal=False), which cannot be called as factory(name, **options): it should point at an "
+                      "implementations.Implementation subclass, or at a factory(name, **options) returning one; a "
+                      "plain attention function (q, k, v, *, causal) -> out becomes one in a factory that returns "
+                      "suite.api.as_implementation(function, name)")
+    [reason] = implementations.get("not-callable").supports(None)
+    assert reason.startswith("entry point plugged_attention:NOT_CALLABLE (from plugged-attention) names a str, which "
+                             "is not callable: it should point at an implementations.Implementation subclass")
 
 
 def test_run_checks_and_records_declared_implementations(installed_package, tmp_path, capsys):

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 import implementations
+from implementations import Implementation
+from suite.accuracy import judge
 from suite.case import Case
-from suite.conformance import check_case
+from suite.conformance import TENSORS, check_case
 
 
 def assert_matches_twin(name: str, case: Case, input_seed: int, options: dict | None = None,
@@ -18,6 +21,30 @@ def assert_matches_twin(name: str, case: Case, input_seed: int, options: dict | 
     if result.status == "unsupported":
         pytest.skip(f"{name} cannot run {case.label} here: {result.detail}")
     assert result.status == "pass", f"{name} {case.label} seed {input_seed}: {result.status}: {result.detail}"
+
+
+def case_of(q: torch.Tensor, k: torch.Tensor, causal: bool = False, mode: str = "fwd") -> Case:
+    """The case whose inputs q and k are: (batch, heads, positions, head dim) each, the queries the last positions."""
+    batch, heads, q_len, head_dim = q.shape
+    return Case(batch, heads, k.shape[-2], head_dim, str(q.dtype).removeprefix("torch."), causal, mode,
+                q.device.type, k.shape[1], q_len)
+
+
+Tensors = torch.Tensor | tuple[torch.Tensor, ...]  # an output, or an output and its gradients (out, dq, dk, dv)
+
+
+def assert_within_allowance(actual: Tensors, expected: Tensors, case: Case, impl: Implementation | None = None) -> None:
+    """`actual` agrees with `expected` within the accuracy check's allowance (suite/accuracy.py): an RMS error
+    against the reference's RMS, for the case's dtype and length, with the implementation's atol_scale. Rounding
+    stays within it whatever the seed, the machine or the summation order, where a threshold picked from one seed's
+    error can fail on rounding alone; an error of the maths, such as a key left out, goes beyond it."""
+    verdict = judge(_named(actual), _named(expected), case.dtype, case.seq_len,
+                    impl.atol_scale_for(case) if impl is not None else 1.0)
+    assert verdict.ok, f"{case.label}: {verdict.reason()}"
+
+
+def _named(tensors: Tensors) -> dict[str, torch.Tensor]:
+    return dict(zip(TENSORS, (tensors,) if isinstance(tensors, torch.Tensor) else tensors))
 
 
 def assert_matches_twin_for_seeds(name: str, cases: list[Case], seeds: range) -> None:

@@ -21,7 +21,7 @@ def test_names_lists_every_exact_implementation():
 def test_every_entry_builds_and_declares_itself(name):
     impl = implementations.get(name)
     assert impl.name == name and impl.label == name
-    assert impl.family in {"exact", "sparse", "linear", "performer"}
+    assert impl.family in {"exact", "sparse", "linear", "performer", "low-rank"}
     assert isinstance(impl.supports(CPU_CASE), list)
 
 

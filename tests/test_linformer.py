@@ -178,3 +178,35 @@ def test_backend_names_the_sdpa_kernel_and_the_projected_length():
     q = randn(1, 2, 64, 16, dtype=torch.float32)
     assert implementations.get("linformer", k=32).backend(q, q, q).endswith(" over 32 projected keys")
 
+
+def test_rows_report_its_error_against_softmax_and_reports_draw_it(tmp_path, monkeypatch):
+    """Measured rows carry the softmax figures (i.i.d. and local inputs) as other approximations' do; a report draws
+    it in the accuracy-against-speed chart and the dense attention map, and leaves it out of the causal map, which
+    it cannot run."""
+    from suite import config
+    from suite.cli import main
+    from suite.reporting import build, charts
+    from suite.results import ResultsWriter
+    from suite.runner import RunSettings, run_cases
+    from suite.timing_policy import TimingPolicy
+
+    path = tmp_path / "rows.jsonl"
+    writer = ResultsWriter(path, {"device": "cpu", "cpu": "test cpu", "torch": "x"}, {"preset": "test"})
+    cases = [Case(1, 2, n, 16, "float32", causal, "fwd", "cpu") for n in (16, 32) for causal in (False, True)]
+    fast = RunSettings(policies={"cpu": TimingPolicy(warmup_calls=1, min_repeats=3, max_repeats=3, budget_s=0.01)})
+    rows = run_cases([config.build_impl("--impl", spec) for spec in ("linear", "linformer:k=8")], cases, settings=fast,
+                     on_row=writer.append)
+    writer.close()
+    linformer = [row for row in rows if row["impl"] == "linformer:k=8"]
+    assert [row["status"] for row in linformer] == ["ok", "unsupported"] * 2
+    assert all(row["softmax_rel_rms_err"] > 0 and row["softmax_local_rel_rms_err"] > 0
+               for row in linformer if row["status"] == "ok")
+
+    drawn = {}
+    maps, accuracy = build.attention_map_chart, charts.accuracy_speed_chart
+    monkeypatch.setattr(build, "attention_map_chart", lambda impls, causal: drawn.setdefault(
+        "causal" if causal else "dense", [impl.label for impl in impls]) and maps(impls, causal=causal))
+    monkeypatch.setattr(charts, "accuracy_speed_chart", lambda frame, *args: drawn.setdefault(
+        "accuracy", set(frame.impl)) and accuracy(frame, *args))
+    assert main(["report", str(path), "--out", str(tmp_path / "report"), "--baseline", "linear"]) == 0
+    assert drawn == {"dense": ["linear", "linformer:k=8"], "causal": ["linear"], "accuracy": {"linear", "linformer:k=8"}}

@@ -15,6 +15,7 @@ from .external import declared_by, discover
 from .flex import FlexAttention
 from .linear import LinearAttention
 from .linear_fla import FlaLinearAttention
+from .linformer import LinformerAttention
 from .naive import NaiveAttention
 from .performer import PerformerAttention
 from .reference import ReferenceAttention, reference_attention
@@ -39,6 +40,7 @@ REGISTRY: dict[str, Callable[..., Implementation]] = {
     "linear": LinearAttention,
     "linear-fla": FlaLinearAttention,
     "performer": PerformerAttention,
+    "linformer": LinformerAttention,
 }
 
 

@@ -60,7 +60,7 @@ def must_be_positive(value: Any) -> str | None:
 # Every family an implementation may declare. "exact" is checked against softmax attention; each other one is an
 # approximation of it, checked against its own exact twin and reported beside the exact ones with its distance
 # from softmax attention.
-FAMILIES = ("exact", "sparse", "linear", "performer")
+FAMILIES = ("exact", "sparse", "linear", "performer", "low-rank")
 
 
 class Implementation:

@@ -14,7 +14,7 @@ _POW2 = lambda lo, hi: tuple(1 << p for p in range(lo, hi + 1))  # noqa: E731
 PRESETS: dict[str, Grid] = {
     "smoke": Grid(
         impls=("naive", "sdpa", "sdpa-math", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "xformers",
-               "sparse-window:window=32", "sparse-block", "linear", "performer"),
+               "sparse-window:window=32", "sparse-block", "linear", "performer", "linformer:k=64"),
         seq_len=(128, 255), heads=(2,), head_dim=(64,), dtype=("float32", "bfloat16"),
         causal=(False, True), mode=("fwd", "fwd+bwd"), batch=(2,),
         description="CPU sanity run: every implementation family on two small shapes",
@@ -33,10 +33,10 @@ PRESETS: dict[str, Grid] = {
     ),
     "efficient": Grid(
         impls=("sdpa-flash", "sdpa-cudnn", "xformers", "sparse-window", "sparse-block", "linear", "linear-fla",
-               "performer"),
+               "performer", "linformer"),
         seq_len=_POW2(10, 16), heads=(16,), head_dim=(64, 128), dtype=("bfloat16",),
         causal=(False, True), mode=("fwd", "fwd+bwd"), tokens_per_batch=65536,
-        description="exact fused kernels against sparse, linear and Performer attention, 1K..64K tokens",
+        description="exact fused kernels against sparse, linear, Performer and Linformer attention, 1K..64K tokens",
     ),
     "long": Grid(
         impls=(*_FUSED, "flex"),

@@ -37,7 +37,7 @@ RECORD = _columns(
 )
 IDENTITY = _columns(
     ("impl", "str", "", "implementation label: its name plus its non-default options", True),
-    ("family", "str", "", "exact, sparse, linear, performer, ...: what it computes", True),
+    ("family", "str", "", "what it computes: exact, sparse, linear, performer or low-rank", True),
 )
 CASE = _columns(
     ("batch", "int", "", "sequences per call", True),

@@ -117,7 +117,7 @@ def test_a_declared_approximation_runs_as_its_family(tmp_path):
 @pytest.mark.parametrize("arguments,message", [
     ({"family": "approximate"},
      r"family: 'approximate' is not a family \(allowed: exact, or for an approximation of softmax attention one of "
-     r"sparse, linear, performer\)"),
+     r"sparse, linear, performer, low-rank\)"),
     ({"family": "linear"}, r"exact_twin: none given for family 'linear' \(allowed: the approximation's own maths"),
     ({"exact_twin": linear_style}, r"exact_twin: given for family 'exact' \(allowed: only with an approximate family"),
     ({"family": "performer", "exact_twin": 3}, r"exact_twin: 3 is not callable"),

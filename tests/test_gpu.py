@@ -24,7 +24,8 @@ pytestmark = pytest.mark.gpu
 
 def _compiled_per_shape(name: str) -> bool:
     """FlexAttention (the sparse families, `flex`) and autotuned kernels cost seconds for every new shape."""
-    return implementations.get(name).family not in ("exact", "linear", "performer") or name in {"flex", "linear-fla"}
+    eager_families = ("exact", "linear", "performer", "low-rank")
+    return implementations.get(name).family not in eager_families or name in {"flex", "linear-fla"}
 
 
 EAGER = [n for n in implementations.names() if not _compiled_per_shape(n)]

@@ -18,15 +18,15 @@ def test_every_preset_builds_its_implementations_and_cases(name):
 def test_efficient_compares_the_approximations_with_the_fused_kernels():
     grid = PRESETS["efficient"]
     assert set(grid.impls) == {"sdpa-flash", "sdpa-cudnn", "xformers", "sparse-window", "sparse-block", "linear",
-                               "linear-fla", "performer"}
+                               "linear-fla", "performer", "linformer"}
     assert grid.seq_len == (1024, 2048, 4096, 8192, 16384, 32768, 65536)
     assert grid.head_dim == (64, 128) and set(grid.causal) == {False, True} and set(grid.mode) == {"fwd", "fwd+bwd"}
-    assert len(grid.cases("cuda")) * len(grid.impls) == 448
+    assert len(grid.cases("cuda")) * len(grid.impls) == 504
 
 
 def test_smoke_covers_every_family_on_cpu():
     families = {config.build_impl("preset", spec).family for spec in PRESETS["smoke"].impls}
-    assert {"exact", "sparse", "linear", "performer"} <= families
+    assert {"exact", "sparse", "linear", "performer", "low-rank"} <= families
 
 
 def test_decode_measures_few_queries_against_long_caches():

@@ -21,7 +21,7 @@ def test_names_lists_every_exact_implementation():
 def test_every_entry_builds_and_declares_itself(name):
     impl = implementations.get(name)
     assert impl.name == name and impl.label == name
-    assert impl.family in {"exact", "sparse", "linear", "performer"}
+    assert impl.family in {"exact", "sparse", "linear", "performer", "low-rank"}
     assert isinstance(impl.supports(CPU_CASE), list)
 
 
@@ -130,3 +130,9 @@ def test_a_forced_backend_is_set_once_for_a_session_and_holds_in_every_call_insi
     assert flags() == before  # PyTorch's own choice is back once the session ends
     impl(q, q, q)  # outside a session a call still forces its backend, itself
     assert len(entered) == 2
+
+
+def test_every_registered_family_is_one_the_api_accepts():
+    from implementations.base import FAMILIES
+
+    assert {implementations.get(name).family for name in implementations.names()} <= set(FAMILIES)

@@ -425,10 +425,13 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | N
         chart(charts.accuracy_speed_chart(at_case, colour_of, case), "accuracy-vs-speed", "error vs time at one shape",
               at_case)
         approximate = measured[measured.family != "exact"]
-        approximations = _approximations(approximate)
-        if approximations:
+        # Each map shows the approximations measured with its masking (Linformer has no causal form).
+        maps = {causal: _approximations(approximate[approximate.causal == causal])
+                for causal in sorted(set(approximate.causal))}
+        if any(maps.values()):
             report.add(Heading("Attention maps", 3))
-            for causal in sorted(set(approximate.causal)):
+        for causal, approximations in maps.items():
+            if approximations:
                 chart(attention_map_chart(approximations, causal=bool(causal)),
                       f"attention-maps-{'causal' if causal else 'dense'}", "exact vs implied attention weights")
         accuracy_text = ("Errors against each implementation's float64 exact twin (softmax attention for exact ones), "

@@ -5,7 +5,7 @@ import torch
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
-    from suite.environment import collect
+    from suite.results.environment import collect
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     record = collect(device)

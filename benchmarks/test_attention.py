@@ -17,9 +17,9 @@ import torch
 
 import implementations
 from suite.case import Case
-from suite.flops import case_flops
-from suite.memory import peak_call_memory
-from suite.workload import Workload, make_inputs
+from suite.check.workload import Workload, make_inputs
+from suite.measure.flops import case_flops
+from suite.measure.memory import peak_call_memory
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cuda":

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes the column tables of docs/results.md from the row schema (`suite.schema`), between its markers.
+"""Writes the column tables of docs/results.md from the row schema (`suite.results.schema`), between its markers.
 
     python scripts/gen-results-docs.py           # rewrite the tables in docs/results.md
     python scripts/gen-results-docs.py --check   # exit 1 when they differ from the schema
@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from suite import schema  # noqa: E402  (the checkout's, not an installed copy)
+from suite.results import schema  # noqa: E402  (the checkout's, not an installed copy)
 
 OUT = ROOT / "docs" / "results.md"
 WIDTH = 120

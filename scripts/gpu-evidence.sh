@@ -48,7 +48,7 @@ limit=${2:-540}
   "$PY" -m suite env
 } > "$OUT/machine.txt"
 head -n 2 "$OUT/machine.txt"
-gpu=$("$PY" -c "import sys; from suite.environment import machine_name; from suite.naming import slug
+gpu=$("$PY" -c "import sys; from suite.results.environment import machine_name; from suite.results.naming import slug
 print(slug(machine_name(sys.argv[1])))" "$DEVICE")
 export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton-cache}
 mkdir -p "$TRITON_CACHE_DIR"

@@ -27,21 +27,22 @@ import torch
 from implementations import CaseLike, Implementation, Unsupported
 from implementations.base import FAMILIES
 
-from . import config, conformance
 from .case import TOKENS_PER_BATCH, Grid
-from .check_command import checked, default_check_dtypes
-from .compare import CompareInputError, RowVerdict, paired, read_side
-from .compare import compare as compared
-from .compare_views import verdict_line
-from .cuda_graph import WHY_GPU_ONLY as GRAPH_WHY
-from .energy import WHY_GPU_ONLY as ENERGY_WHY
-from .environment import torch_threads
-from .grid_scope import GridScope
-from .out_of_memory import is_out_of_memory
-from .progress import Progress
-from .results import load
-from .run_command import measured_settings, results_writer
-from .runner import run_cases
+from .check import conformance
+from .check.conformance import checked, default_check_dtypes
+from .compare.regressions import CompareInputError, RowVerdict, paired, read_side
+from .compare.regressions import compare as compared
+from .compare.views import verdict_line
+from .measure.cuda_graph import WHY_GPU_ONLY as GRAPH_WHY
+from .measure.energy import WHY_GPU_ONLY as ENERGY_WHY
+from .measure.failures import is_out_of_memory
+from .results.environment import torch_threads
+from .results.files import load
+from .run import config
+from .run.grid_scope import GridScope
+from .run.progress import Progress
+from .run.runner import run_cases
+from .run.session import measured_settings, results_writer
 
 AttentionFunction = Callable[..., torch.Tensor]  # (q, k, v, *, causal: bool) -> out
 

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -66,6 +66,16 @@ class Case:
 
 
 CASE_FIELDS = tuple(Case.__dataclass_fields__)
+
+
+def key_of_row(row: dict[str, Any]) -> tuple:
+    """(impl, *case fields): what a row measured; row_key gives a case being run the same key."""
+    return (row.get("impl"), *(row.get(field) for field in CASE_FIELDS))
+
+
+def row_key(impl_label: str, case: Case) -> tuple:
+    """The key of a case being run: the same as a stored row's (key_of_row), so --resume matches."""
+    return key_of_row({"impl": impl_label, **asdict(case)})
 
 
 class GridError(ValueError):

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .commands import COMMANDS
-from .termination import exit_status, sigterm_raises, stop_word
+from .run.termination import exit_status, sigterm_raises, stop_word
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,7 +33,7 @@ def _trace_native_crashes() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _trace_native_crashes()
-    from .config import UsageError  # after parsing: it imports the registry, and with it torch
+    from .run.config import UsageError  # after parsing: it imports the registry, and with it torch
 
     try:
         with sigterm_raises():

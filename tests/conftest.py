@@ -89,7 +89,7 @@ def aten_ops(call) -> set[str]:
     """The names of the operators `call()` ran, from torch.profiler (CPU activity: every aten op is seen there)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from suite.quiet_profiler import start_quietly, stop_quietly
+    from suite.measure.quiet_profiler import start_quietly, stop_quietly
     profiler = profile(activities=[ProfilerActivity.CPU])
     start_quietly(profiler)
     try:
@@ -101,8 +101,8 @@ def aten_ops(call) -> set[str]:
 
 def run_into(path, impls, cases, settings, device: str = "cpu") -> list[dict]:
     """run_cases over `cases`, its rows written to the results file `path` as `attnbench run` writes them."""
-    from suite.results import ResultsWriter
-    from suite.runner import run_cases
+    from suite.results.files import ResultsWriter
+    from suite.run.runner import run_cases
 
     writer = ResultsWriter(path, {"device": device}, {"preset": "test"})
     rows = run_cases(impls, cases, settings=settings, on_row=writer.append)

@@ -6,9 +6,10 @@ import re
 import pytest
 import torch
 
-from suite import results
 from suite.api import as_implementation, benchmark, check, compare
 from suite.cli import main
+from suite.measure import failures
+from suite.results import files as results
 from tests.conftest import sdpa
 
 
@@ -236,11 +237,10 @@ def test_benchmark_on_cuda_without_a_gpu_says_so():
 
 
 def test_check_stops_where_the_device_became_unusable(monkeypatch):
-    from suite import runner
 
     def crashes(q, k, v, *, causal=False):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
-    monkeypatch.setattr(runner, "device_usable", lambda device: False)  # asked only after an error
+    monkeypatch.setattr(failures, "device_usable", lambda device: False)  # asked only after an error
     summary = check(as_implementation(crashes, "crashes"), dtypes="float32")
     assert len(summary.results) == 1 and summary.results[0].status == "error" and not summary.ok
 
@@ -273,7 +273,8 @@ def test_compare_gives_the_verdicts_of_attnbench_compare_as_a_frame(tmp_path):
 def test_benchmark_and_a_run_naming_no_preset_choose_the_same_batch(monkeypatch, tmp_path):
     """Without a batch, each length's is 16384 tokens over it in both; a preset's batch holds where one is named, and
     the default preset's over its own lengths (a CPU run naming nothing measures smoke's shapes)."""
-    from suite import api, run_command
+    from suite import api
+    from suite.run import runner as run_command
 
     measured: list[list[tuple[int, int]]] = []
     monkeypatch.setattr(run_command, "run_cases", lambda impls, cases, **_: measured.append(

@@ -13,9 +13,9 @@ import implementations
 from implementations.base import Unsupported
 from implementations.carried_state import CarriedState
 from suite.case import Case
-from suite.conformance import check, check_case, decoding_cases
-from suite.runner import _throughput
-from suite.traffic import minimum_bytes
+from suite.check.conformance import check, check_case, decoding_cases
+from suite.measure.traffic import minimum_bytes
+from suite.run.runner import _throughput
 from tests.twin_check import assert_within_allowance, case_of
 
 CARRIED = ("linear", "performer")
@@ -111,7 +111,7 @@ def test_the_conformance_check_finds_a_rescaled_floor_at_large_logits_only(monke
     """The check's float32 large-logit cases are held to the exact twin; unit-normal inputs do not show this bug."""
     import implementations.performer as performer_module
     from implementations.linear import ChangedFeatures
-    from suite.conformance import LARGE_LOGIT_SEED, check_large_logits, large_logit_cases
+    from suite.check.conformance import LARGE_LOGIT_SEED, check_large_logits, large_logit_cases
 
     prefill = [case for case in large_logit_cases("cpu", ("float32",)) if case.q_len and case.causal]
     assert [case.label for case in prefill] == ["B1-H2-N300-Q130-D32-fp32-causal-fwd+bwd"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 
 from suite.cli import main
+from suite.measure import failures
 from tests.conftest import ScriptedAttention, sdpa
 
 
@@ -45,10 +46,9 @@ def test_a_crash_is_reported_and_the_check_goes_on(capsys, fake_registry):
 
 
 def test_an_error_that_leaves_the_device_unusable_stops_the_check(capsys, fake_registry, monkeypatch):
-    import suite.runner as runner
 
     fake_registry("crashes-at-17", fail_on_seq_len=17, error=RuntimeError("illegal memory access"))
-    monkeypatch.setattr(runner, "device_usable", lambda device: False)  # asked only after an error
+    monkeypatch.setattr(failures, "device_usable", lambda device: False)  # asked only after an error
     status, out = _check(capsys, "--impl", "crashes-at-17,naive", "--dtype", "bfloat16")
     assert status == 1
     assert "crashes-at-17: FAILED (4 passed, 0 failed, 1 errors" in out  # stopped at its first crash

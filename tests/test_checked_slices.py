@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 
 from suite.case import Case
-from suite.checked_slices import CheckedSlices
-from suite.flops import softmax_case_flops
+from suite.check.checked_slices import CheckedSlices
+from suite.measure.flops import softmax_case_flops
 
 CASE = Case(3, 8, 64, 16, "float32", True, "fwd+bwd", "cpu", 4)  # 12 (batch, kv head) slices, groups of 2
 

@@ -8,8 +8,9 @@ import re
 import pytest
 import torch
 
-from suite import results
 from suite.cli import main
+from suite.measure import failures
+from suite.results import files as results
 from tests.results_files import rewrite_headers, rewrite_rows
 
 TINY = ["--impl", "naive,sdpa-cudnn", "--seq-len", "17", "--heads", "1", "--batch", "1", "--head-dim", "16",
@@ -61,7 +62,7 @@ def test_bad_input_exits_2_with_one_clear_line_and_writes_nothing(tmp_path, caps
 
 
 def test_wildcards_name_every_implementation_they_match_in_registry_order():
-    from suite.config import impl_specs
+    from suite.run.config import impl_specs
 
     assert impl_specs("--impl", "sdpa-*,naive") == ("sdpa-math", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "naive")
     assert impl_specs("--impl", "sparse-*,perf*:features=8") == ("sparse-window", "sparse-block", "performer:features=8")
@@ -159,12 +160,11 @@ def test_resume_with_retry_runs_failed_cases_again_and_the_new_row_replaces_the_
 
 def test_a_run_stopped_by_an_unusable_device_exits_1_and_resume_runs_the_rest(tmp_path, capsys, monkeypatch,
                                                                               fake_registry):
-    import suite.runner as runner
 
     fake_registry("crashing", fail_on_seq_len=33, error=RuntimeError("CUDA error: an illegal memory access"))
     out = tmp_path / "r.jsonl"
     grid = ["--impl", "crashing,naive", "--seq-len", "17,33,65", "--causal", "false", *TINY[4:]]
-    monkeypatch.setattr(runner, "device_usable", lambda device: False)  # asked only after an error row
+    monkeypatch.setattr(failures, "device_usable", lambda device: False)  # asked only after an error row
     assert main(["run", *grid, "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert "stopped: crashing on B1-H1-N33-D16-fp32-dense-fwd left the device unusable" in err
@@ -172,7 +172,7 @@ def test_a_run_stopped_by_an_unusable_device_exits_1_and_resume_runs_the_rest(tm
     assert [(r.impl, r.seq_len, r.status) for r in results.load(out).itertuples()] == [
         ("crashing", 17, "ok"), ("naive", 17, "ok"), ("crashing", 33, "error")]
 
-    monkeypatch.setattr(runner, "device_usable", lambda device: True)  # a new process: a working device
+    monkeypatch.setattr(failures, "device_usable", lambda device: True)  # a new process: a working device
     assert main(["run", *grid, "--out", str(out), "--resume"]) == 0
     frame = results.load(out)
     assert len(frame) == 6 and list(frame.status) == ["ok", "ok", "error", "ok", "ok", "ok"]
@@ -224,7 +224,7 @@ def test_resume_refuses_a_file_timed_on_another_machine(tmp_path, capsys):
     assert out.read_bytes() == before
 
     # the same CPU model with another thread count times differently too
-    from suite.environment import _cpu_name
+    from suite.results.environment import _cpu_name
     rewrite_headers(out, lambda header: {**header, "environment": {**header["environment"], "cpu": _cpu_name(),
                                                                     "cpu_threads": 64}})
     assert main(["run", *TINY, "--out", str(out), "--resume"]) == 2
@@ -309,8 +309,8 @@ def test_results_file_is_named_by_the_machine_that_timed_it(tmp_path, monkeypatc
     """Two CPU models' default files never share a name, as two GPU models' do not."""
     import datetime
 
-    from suite import naming
-    from suite.environment import machine_name
+    from suite.results import naming
+    from suite.results.environment import machine_name
 
     monkeypatch.setattr(naming, "RESULTS_DIR", tmp_path)
     assert main(["run", "--impl", "naive", "--seq-len", "8", "--heads", "1", "--head-dim", "8", "--dtype", "float32",
@@ -354,7 +354,7 @@ def test_a_reader_that_goes_away_stops_the_command_quietly():
 
 
 def test_a_run_records_the_settings_that_change_speed_and_the_report_shows_them(tmp_path, monkeypatch):
-    from suite import speed_settings
+    from suite.results import speed_settings
 
     monkeypatch.setenv("CUDA_LAUNCH_BLOCKING", "1")
     monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
@@ -581,7 +581,7 @@ def test_recommend_names_the_key_value_heads_of_a_grouped_shape(tmp_path, capsys
 
 
 def test_threads_sets_torchs_threads_for_the_run_only_and_the_file_is_named_by_them(tmp_path, monkeypatch):
-    from suite import naming
+    from suite.results import naming
 
     monkeypatch.setattr(naming, "RESULTS_DIR", tmp_path)
     before = torch.get_num_threads()

@@ -13,10 +13,10 @@ import pytest
 import implementations
 from suite.case import Case
 from suite.cli import main
-from suite.compare import mann_whitney_greater
-from suite.results import ResultsWriter
-from suite.runner import RunSettings, run_cases
-from suite.timing_policy import TimingPolicy
+from suite.compare.regressions import mann_whitney_greater
+from suite.measure.settings import RunSettings, TimingPolicy
+from suite.results.files import ResultsWriter
+from suite.run.runner import run_cases
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -203,7 +203,7 @@ def test_a_case_inside_the_current_grid_that_vanished_is_still_a_regression(tmp_
 
 
 def test_grid_coverage_follows_how_the_run_chose_the_batch_and_labels_implementations():
-    from suite.grid_scope import GridScope
+    from suite.run.grid_scope import GridScope
 
     header = {"grid": {**FIXTURE_GRID, "impls": ["sparse-window:window=256", "performer:features=64"], "batch": None,
                        "tokens_per_batch": 64, "kv_heads": [None, 1]}}
@@ -453,8 +453,8 @@ def test_runs_under_other_software_or_speed_settings_are_noted(tmp_path, capsys,
 def test_the_ratio_chart_draws_every_timed_case_in_its_verdicts_colour(tmp_path, capsys, real_rows):
     from matplotlib.colors import to_rgba
 
-    from suite.compare import compare, read_side
-    from suite.compare_chart import VERDICT_COLOURS, ratio_chart
+    from suite.compare.chart import VERDICT_COLOURS, ratio_chart
+    from suite.compare.regressions import compare, read_side
 
     base = synthetic(tmp_path / "a.jsonl", real_rows, seed=1)
 
@@ -487,8 +487,8 @@ def test_the_ratio_charts_tick_labels_do_not_run_into_each_other(ratios):
     """0.9, 0.95, 1, 1.05 and 1.1 lie close together on an axis that reaches 0.3 and 4."""
     import matplotlib.pyplot as plt
 
-    from suite.compare import Comparison, RowVerdict
-    from suite.compare_chart import ratio_chart
+    from suite.compare.chart import ratio_chart
+    from suite.compare.regressions import Comparison, RowVerdict
     from tests.chart_labels import overlapping_tick_labels, shown_tick_labels
 
     rows = [RowVerdict(key={"impl": impl}, verdict="same", ratio=ratio) for impl, ratio in zip(("a", "b", "c"), ratios)]

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from suite import cpu_contention
 from suite.cli import main
-from suite.cpu_contention import Contention, CpuSample, cpu_times, row_verdict
+from suite.measure import cpu_contention
+from suite.measure.cpu_contention import Contention, CpuSample, cpu_times, row_verdict
 
 linux_only = pytest.mark.skipif(cpu_contention.sample() is None, reason="no /proc/stat on this system")
 TINY = ["--impl", "naive", "--seq-len", "16", "--heads", "1", "--batch", "1", "--head-dim", "8", "--dtype", "float32",

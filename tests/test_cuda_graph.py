@@ -6,11 +6,11 @@ import pytest
 import torch
 
 import implementations
-from suite import cuda_graph, runner
 from suite.case import Case
 from suite.cli import main
-from suite.runner import RunSettings
-from suite.timing_policy import TimingPolicy
+from suite.measure import cuda_graph
+from suite.measure.settings import RunSettings, TimingPolicy
+from suite.run import runner
 from tests.conftest import run_into
 
 FAST = TimingPolicy(warmup_calls=1, min_repeats=3, max_repeats=5, budget_s=0.05)
@@ -144,7 +144,7 @@ def test_gpu_replays_are_timed_for_kernels_and_a_synchronizing_call_is_refused(t
 
 
 def test_the_run_table_shows_replayed_and_energy_figures_where_they_were_measured():
-    from suite.summary import format_table
+    from suite.run.summary import format_table
 
     row = {"impl": "sdpa", **vars(Case(1, 2, 64, 16, "bfloat16", True, "fwd", "cuda")), "status": "ok",
            "time_ms": 0.05, "tflops": 0.5}

@@ -11,8 +11,8 @@ import torch
 import implementations
 from implementations.linear import elu_feature_map, linear_attention, linear_recurrence, quadratic_linear_attention
 from implementations.performer import favor_features, favor_features_fast, orthogonal_random_features
-from suite.accuracy import error
 from suite.case import Case
+from suite.check.accuracy import error
 from suite.cli import main
 from tests.twin_check import assert_within_allowance, case_of
 
@@ -27,7 +27,7 @@ def randn(*shape, seed=0, dtype=torch.float64):
 def test_sparse_cpu_backward_takes_its_scores_in_float32_at_large_logits(name):
     """The CPU backward recomputes each chunk's probabilities; from bfloat16-rounded scores, at logits of spread
     40, query and key gradients were 5–14% off the twin while the forward (SDPA's kernel, float32 scores) was right."""
-    from suite.accuracy import judge
+    from suite.check.accuracy import judge
 
     impl = implementations.get(name)
     q, k, v, grad = (randn(1, 2, 257, 64, seed=s, dtype=torch.float32) for s in range(4))
@@ -467,7 +467,7 @@ def test_linear_passes_at_one_key_and_the_smallest_head_dims_in_bfloat16():
     in dq and dk where they vanish in theory, up to ~13× bfloat16's allowance at head dim 1 and 1.5× at 16; its
     allowance grows below head dim 48 to cover it, is unchanged from 48 up, and a wrong output still fails."""
     from suite.case import Case
-    from suite.conformance import check_case
+    from suite.check.conformance import check_case
 
     linear = implementations.get("linear")
     results = [check_case(linear, Case(1, 3, n, d, "bfloat16", causal, "fwd+bwd", "cpu"), seed)
@@ -508,7 +508,7 @@ def test_linear_passes_at_one_key_and_the_smallest_head_dims_in_bfloat16():
                  id="performer-causal-fwd+bwd-1000"),
 ])
 def test_linear_families_hold_no_avoidable_copy_at_their_peak(name, causal, backward, tokens, bound, guards):
-    from suite.memory import peak_call_memory
+    from suite.measure.memory import peak_call_memory
 
     impl = implementations.get(name)
     q, k, v, grad = (randn(2, 8, tokens, 64, seed=s, dtype=torch.float32).bfloat16() for s in range(4))

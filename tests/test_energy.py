@@ -6,12 +6,11 @@ import pytest
 import torch
 
 import implementations
-from suite import energy
 from suite.case import Case
 from suite.cli import main
-from suite.gpu_monitor import GpuMonitor
-from suite.runner import RunSettings
-from suite.timing_policy import TimingPolicy
+from suite.measure import energy
+from suite.measure.gpu_monitor import GpuMonitor
+from suite.measure.settings import RunSettings, TimingPolicy
 from tests.conftest import run_into
 
 FAST = TimingPolicy(warmup_calls=1, min_repeats=3, max_repeats=5, budget_s=0.05)
@@ -97,7 +96,7 @@ def test_gpu_energy_per_call_agrees_with_power_and_time(tmp_path):
 
 
 def test_a_dry_run_says_what_energy_and_graph_replays_add_to_its_estimate():
-    from suite.run_command import _extra_measurements
+    from suite.run.session import extra_measurements as _extra_measurements
 
     line = _extra_measurements(90, graph_replays=True, energy_per_call=True, policy=TimingPolicy(budget_s=1.0))
     assert line == ("not in `took before`: --energy: about 2 s more per row (3.0 min for 90); "

@@ -7,7 +7,7 @@ import pytest
 
 import implementations
 from suite.cli import main
-from suite.results import load
+from suite.results.files import load
 
 MODULE = textwrap.dedent('''
     import torch

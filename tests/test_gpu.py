@@ -8,10 +8,11 @@ import torch
 
 import implementations
 from suite.case import Case
-from suite.environment import collect
-from suite.gpu_monitor import GpuMonitor
-from suite.peak import measured_copy_gbytes_per_s, measured_matmul_tflops
-from suite.runner import RunSettings, run_cases
+from suite.measure.gpu_monitor import GpuMonitor
+from suite.measure.peak import measured_copy_gbytes_per_s, measured_matmul_tflops
+from suite.measure.settings import RunSettings
+from suite.results.environment import collect
+from suite.run.runner import run_cases
 from tests.twin_check import (
     assert_holds_at_large_logits,
     assert_matches_twin,
@@ -87,7 +88,7 @@ def test_a_sticky_cuda_error_is_recognized_as_an_unusable_device():
     import subprocess
     import sys
 
-    probe = ("import torch; from suite.runner import device_usable; ok = device_usable('cuda')\n"
+    probe = ("import torch; from suite.measure.failures import device_usable; ok = device_usable('cuda')\n"
              "try:\n    torch.zeros(2, device='cuda')[torch.tensor([5], device='cuda')].sum().item()\n"
              "except RuntimeError:\n    pass\nprint(ok, device_usable('cuda'))")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
@@ -95,7 +96,7 @@ def test_a_sticky_cuda_error_is_recognized_as_an_unusable_device():
 
 
 def test_profile_on_gpu_sorts_by_device_time():
-    from suite.profiling import profile_case
+    from suite.run.profiling import profile_case
 
     case = Case(1, 8, 1024, 64, "bfloat16", True, "fwd+bwd", "cuda")
     result = profile_case(implementations.get("sdpa-flash"), case, calls=2)
@@ -105,8 +106,8 @@ def test_profile_on_gpu_sorts_by_device_time():
 def test_local_errors_gives_gpu_rows_the_figures_their_run_measured(tmp_path):
     import pandas as pd
 
-    from suite import results
     from suite.cli import main
+    from suite.results import files as results
     from tests.results_files import rewrite_rows
     from tests.test_local_amend import LOCAL, without_local_figures
 
@@ -182,8 +183,8 @@ def test_event_timing_agrees_with_the_wall_clock_over_back_to_back_calls():
     issuing it costs the host a small fraction of that."""
     import time
 
-    from suite.timing import measure
-    from suite.timing_policy import TimingPolicy
+    from suite.measure.settings import TimingPolicy
+    from suite.measure.timing import measure
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     timing = measure(lambda: a @ a, torch.device("cuda"), TimingPolicy(min_repeats=20, max_repeats=20))
     calls = 20
@@ -212,7 +213,7 @@ def test_the_python_api_benchmarks_a_function_beside_the_registry_on_gpu(tmp_pat
 def _gpu_decoding_cases():
     """Every implementation on the conformance check's decoding shapes (fewer queries than keys), bfloat16 and float16:
     SDPA's backends each take the lower-right causal mask their own way (flash, efficient, a materialized mask)."""
-    from suite.conformance import DECODING_SHAPES
+    from suite.check.conformance import DECODING_SHAPES
 
     for name in implementations.names():
         for batch, heads, q_len, seq_len, head_dim, kv_heads in DECODING_SHAPES:
@@ -227,6 +228,6 @@ def _gpu_decoding_cases():
 
 @pytest.mark.parametrize("name,options,case", list(_gpu_decoding_cases()))
 def test_gpu_decoding_matches_float64_exact_twin(name, options, case):
-    from suite.conformance import input_seed
+    from suite.check.conformance import input_seed
 
     assert_matches_twin(name, case, input_seed=input_seed(case), options=options)

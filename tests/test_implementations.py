@@ -13,8 +13,8 @@ import torch
 
 import implementations
 from implementations import reference_attention
-from suite.accuracy import error, tolerance
-from suite.conformance import SHORT_LENGTH_SEEDS, awkward_cases, decoding_cases, input_seed, short_cases
+from suite.check.accuracy import error, tolerance
+from suite.check.conformance import SHORT_LENGTH_SEEDS, awkward_cases, decoding_cases, input_seed, short_cases
 from tests.twin_check import (
     assert_holds_at_large_logits,
     assert_matches_twin,

@@ -12,9 +12,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-from suite import results
 from suite.cli import main
-from suite.in_flight import InFlight
+from suite.results import files as results
+from suite.run.in_flight import InFlight
 
 ROOT = Path(__file__).resolve().parent.parent
 

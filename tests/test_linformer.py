@@ -10,9 +10,9 @@ import torch
 import implementations
 from implementations.flops import softmax_attention_flops
 from implementations.linformer import LinformerAttention, random_projections
-from suite.accuracy import judge
 from suite.case import Case
-from suite.conformance import check_case
+from suite.check.accuracy import judge
+from suite.check.conformance import check_case
 from tests.twin_check import assert_matches_twin
 
 
@@ -183,12 +183,12 @@ def test_rows_report_its_error_against_softmax_and_reports_draw_it(tmp_path, mon
     """Measured rows carry the softmax figures (i.i.d. and local inputs) as other approximations' do; a report draws
     it in the accuracy-against-speed chart and the dense attention map, and leaves it out of the causal map, which
     it cannot run."""
-    from suite import config
     from suite.cli import main
+    from suite.measure.settings import RunSettings, TimingPolicy
     from suite.reporting import build, charts
-    from suite.results import ResultsWriter
-    from suite.runner import RunSettings, run_cases
-    from suite.timing_policy import TimingPolicy
+    from suite.results.files import ResultsWriter
+    from suite.run import config
+    from suite.run.runner import run_cases
 
     path = tmp_path / "rows.jsonl"
     writer = ResultsWriter(path, {"device": "cpu", "cpu": "test cpu", "torch": "x"}, {"preset": "test"})

@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from suite import results
 from suite.cli import main
+from suite.measure import failures
+from suite.results import files as results
 from tests.results_files import rewrite_rows
 
 LOCAL = ["softmax_local_max_abs_err", "softmax_local_rel_rms_err"]
@@ -110,9 +111,9 @@ def test_a_missing_file_exits_2(tmp_path, capsys):
 def test_each_implementation_is_built_once_and_a_forward_case_is_measured_in_one_group(tmp_path):
     """One instance per label keeps its per-shape state; a case's rows come together, so the local
     inputs and their softmax reference are made once per forward case."""
-    from suite import config
-    from suite.local_amend import amend_local_errors
-    from suite.results import ResultsWriter
+    from suite.results.files import ResultsWriter
+    from suite.run import config
+    from suite.run.local_amend import amend_local_errors
 
     path = tmp_path / "r.jsonl"
     assert main(["run", *GRID, "--out", str(path)]) == 0
@@ -153,7 +154,6 @@ def test_rows_this_machine_cannot_run_are_counted_with_the_reason_and_left_alone
 
 def test_an_unusable_device_stops_amending_after_writing_the_row_that_broke_it(tmp_path, capsys, monkeypatch):
     import implementations.linear
-    import suite.runner as runner
 
     path = tmp_path / "r.jsonl"
     assert main(["run", *GRID, "--seq-len", "33", "--causal", "false", "--out", str(path)]) == 0
@@ -163,7 +163,7 @@ def test_an_unusable_device_stops_amending_after_writing_the_row_that_broke_it(t
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
     monkeypatch.setattr(implementations.linear.LinearAttention, "__call__", crash)
-    monkeypatch.setattr(runner, "device_usable", lambda device: False)  # asked only after a failed figure
+    monkeypatch.setattr(failures, "device_usable", lambda device: False)  # asked only after a failed figure
     capsys.readouterr()
     assert main(["local-errors", str(path)]) == 1
     assert "stopped: linear on B1-H2-N33-D16-fp32-dense-fwd left the device unusable" in capsys.readouterr().err
@@ -180,8 +180,8 @@ def test_an_unusable_device_stops_amending_after_writing_the_row_that_broke_it(t
 
 
 def test_a_row_the_previous_amending_process_died_in_is_noted_not_measured_again(tmp_path, capsys):
-    from suite.in_flight import InFlight
-    from suite.local_amend import DIED_NOTE
+    from suite.run.in_flight import InFlight
+    from suite.run.local_amend import DIED_NOTE
 
     path = tmp_path / "r.jsonl"
     assert main(["run", *GRID, "--seq-len", "33", "--causal", "false", "--mode", "fwd", "--out", str(path)]) == 0

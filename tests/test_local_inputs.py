@@ -8,13 +8,13 @@ import pytest
 import torch
 
 import implementations
-from suite import config
 from suite.case import Case
+from suite.check.workload import LOCAL_CORRELATION_TOKENS, LOCAL_SELF_LOGIT, local_shape, local_tensors, random_tensors
+from suite.measure.settings import RunSettings, TimingPolicy
 from suite.reporting.build import _accuracy_table
-from suite.results import ResultsWriter, load
-from suite.runner import RunSettings, run_cases
-from suite.timing_policy import TimingPolicy
-from suite.workload import LOCAL_CORRELATION_TOKENS, LOCAL_SELF_LOGIT, local_shape, local_tensors, random_tensors
+from suite.results.files import ResultsWriter, load
+from suite.run import config
+from suite.run.runner import run_cases
 
 FAST = RunSettings(policies={"cpu": TimingPolicy(warmup_calls=1, min_repeats=3, max_repeats=3, budget_s=0.01)})
 
@@ -111,7 +111,7 @@ def test_a_failure_on_local_inputs_leaves_the_row_its_timing(tmp_path):
 
 
 def test_recommend_weighs_the_local_figure_when_a_row_has_it():
-    from suite.recommend import _error
+    from suite.compare.recommend import _error
 
     approximate = {"family": "linear", "rel_rms_err": 0.001}
     assert _error({**approximate, "softmax_local_rel_rms_err": 0.1, "softmax_rel_rms_err": 2.0}) == (0.1, "local")
@@ -122,7 +122,7 @@ def test_recommend_weighs_the_local_figure_when_a_row_has_it():
 
 
 def test_local_figures_are_measured_once_per_forward_case_and_inputs_made_once_per_case(monkeypatch):
-    from suite import expected
+    from suite.check import expected
 
     figures, inputs = [], []
     real_measure, real_tensors = expected.LocalErrors._measure, expected.local_tensors

@@ -6,9 +6,9 @@ import torch
 
 from implementations import Implementation
 from implementations.flops import MODE_FACTOR, softmax_attention_flops
-from suite.memory import peak_call_memory, running_peak
-from suite.timing import Measurement, measure
-from suite.timing_policy import TimingPolicy
+from suite.measure.memory import peak_call_memory, running_peak
+from suite.measure.settings import TimingPolicy
+from suite.measure.timing import Measurement, measure
 
 
 def test_median_and_iqr_from_raw_times():
@@ -74,13 +74,13 @@ def test_cpu_peak_memory_leaves_a_running_profiler_alone_and_says_why():
 
 
 def test_a_profiler_failure_costs_the_memory_figure_only_and_never_hides_the_calls_own_error(monkeypatch):
-    import suite.memory
+    import suite.measure.memory
 
     def broken_stop(profiler) -> None:
         profiler.stop()
         raise RuntimeError("kineto: trace buffer lost")
 
-    monkeypatch.setattr(suite.memory, "stop_quietly", broken_stop)
+    monkeypatch.setattr(suite.measure.memory, "stop_quietly", broken_stop)
     peak, reason = peak_call_memory(lambda: torch.ones(100) * 2, torch.device("cpu"))
     assert peak is None and "could not be read" in reason and "trace buffer lost" in reason
 
@@ -106,7 +106,7 @@ def test_the_linear_families_count_their_key_side_per_key_value_head():
     linear row counts the keys 2 times, not 8, and the queries 8 times; softmax attention counts every query head."""
     import implementations
     from suite.case import Case
-    from suite.flops import case_flops
+    from suite.measure.flops import case_flops
 
     grouped, plain = (Case(2, 8, 64, 16, "float32", True, "fwd", "cpu", kv_heads) for kv_heads in (2, None))
     rows = lambda kv: kv * 64 + 8 * 64  # noqa: E731 - keys per key/value head, queries per query head
@@ -126,7 +126,7 @@ def test_the_linear_families_count_their_key_side_per_key_value_head():
 
 
 def test_a_call_is_host_bound_when_issuing_it_took_as_long_as_the_gpu_ran_it():
-    from suite.runner import host_figures
+    from suite.run.runner import host_figures
 
     assert host_figures(Measurement(times_ms=[1.0, 1.1, 0.9], host_ms=[1.2, 1.0, 1.3])) == \
         {"host_ms": 1.2, "host_bound": True}

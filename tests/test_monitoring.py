@@ -5,10 +5,9 @@ import io
 
 import torch
 
-from suite import results
-from suite.case import Case
-from suite.gpu_monitor import GpuMonitor, throttle_verdict
-from suite.progress import Progress
+from suite.case import Case, key_of_row
+from suite.measure.gpu_monitor import GpuMonitor, throttle_verdict
+from suite.run.progress import Progress
 
 
 def test_monitor_on_cpu_gives_a_reason_and_never_fails():
@@ -60,7 +59,7 @@ def test_progress_takes_the_time_left_from_earlier_rows_scaled_by_this_runs_pace
     what is left; earlier rows of the same cases, scaled by how this run compares with them so far, do not."""
     cases = [Case(1, 2, n, 16, "float32", False, "fwd", "cpu") for n in (17, 33, 65)]
     rows = [{"impl": "naive", **case.__dict__, "status": "ok", "time_ms": 1.0} for case in cases]
-    keys = [results.key_of_row(row) for row in rows]
+    keys = [key_of_row(row) for row in rows]
     stream = io.StringIO()
     progress = Progress(stream, earlier={keys[0]: 10.0, keys[1]: 100.0, keys[2]: 300.0})
     progress.start(3, ["naive"], keys)

@@ -7,10 +7,10 @@ import torch
 
 import implementations
 from suite.case import Case
-from suite.conformance import check_case
-from suite.poison import POISON_BYTE, never_written, poisoned_allocations
-from suite.runner import RunSettings, run_cases
-from suite.timing_policy import TimingPolicy
+from suite.check.conformance import check_case
+from suite.check.poison import POISON_BYTE, never_written, poisoned_allocations
+from suite.measure.settings import RunSettings, TimingPolicy
+from suite.run.runner import run_cases
 from tests.conftest import UnwrittenLastRow
 
 FAST = TimingPolicy(warmup_calls=1, min_repeats=3, max_repeats=3, budget_s=0.01)
@@ -62,7 +62,7 @@ def test_allocations_inside_are_poisoned_on_this_cpu():
     if not (fresh.view(torch.uint8) == POISON_BYTE).all():
         pytest.skip("this C library has no malloc perturbation (glibc's M_PERTURB); CPU checks run unpoisoned")
     assert never_written(fresh) == 1000
-    from suite.environment import collect
+    from suite.results.environment import collect
 
     assert collect(torch.device("cpu"))["checked_call_poisoning"].startswith("glibc malloc fills")  # in every run header
 
@@ -102,7 +102,7 @@ def test_a_gradient_row_never_written_fails_too():
 
 
 def test_the_cuda_fill_takes_every_free_block_of_this_device_and_stream_largest_first():
-    from suite.poison import free_block_sizes
+    from suite.check.poison import free_block_sizes
 
     def segment(device, stream, blocks, pool=(0, 0)):
         return {"device": device, "stream": stream, "segment_pool_id": pool,
@@ -121,7 +121,7 @@ def test_an_allocator_snapshot_that_cannot_be_read_leaves_the_check_unpoisoned(m
     import types
     import warnings
 
-    from suite import poison
+    from suite.check import poison
 
     def unreadable():
         raise RuntimeError("snapshot unavailable")

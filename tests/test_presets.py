@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from suite import config
-from suite.presets import PRESETS
+from suite.run import config
+from suite.run.presets import PRESETS
 
 
 @pytest.mark.parametrize("name", PRESETS)

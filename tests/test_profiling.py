@@ -10,8 +10,8 @@ import pytest
 import implementations
 from suite.case import Case
 from suite.cli import main
-from suite.profiling import profile_case
-from suite.quiet_profiler import start_quietly, stop_quietly
+from suite.measure.quiet_profiler import start_quietly, stop_quietly
+from suite.run.profiling import profile_case
 
 SMALL = ["--seq-len", "100", "--heads", "2", "--head-dim", "16", "--device", "cpu"]
 

@@ -78,8 +78,8 @@ def test_recommend_exits_0_when_one_qualifies(capsys, results):
 
 
 def test_without_results_recommend_names_the_file_it_chose_first_on_stderr(capsys, results, tmp_path, monkeypatch):
-    from suite import naming
-    from suite.environment import machine_name
+    from suite.results import naming
+    from suite.results.environment import machine_name
 
     monkeypatch.setattr(naming, "RESULTS_DIR", tmp_path)
     for name in ("2000-01-01_this-cpu_smoke.jsonl", "2000-01-02_this-cpu_smoke.jsonl"):  # run on this machine
@@ -95,7 +95,7 @@ def test_without_results_recommend_names_the_file_it_chose_first_on_stderr(capsy
 @pytest.mark.parametrize("times,flagged", [(2, True), (1, True), (0.5, False)])
 def test_an_error_far_from_softmax_is_flagged_in_the_ranking(capsys, results, tmp_path, times, flagged):
     """Without --max-error an approximation no better than outputting zeros is still ranked, but marked."""
-    from suite.recommend import FAR_OFF_ERROR, FAR_OFF_MARK
+    from suite.compare.recommend import FAR_OFF_ERROR, FAR_OFF_MARK
 
     path = tmp_path / "far.jsonl"
     path.write_text(results.read_text())

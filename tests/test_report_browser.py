@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from suite import config
 from suite.case import Case
+from suite.measure.settings import RunSettings
+from suite.measure.timing import TimingPolicy
 from suite.reporting.build import build_report
-from suite.results import ResultsWriter
-from suite.runner import RunSettings, run_cases
-from suite.timing import TimingPolicy
+from suite.results.files import ResultsWriter
+from suite.run import config
+from suite.run.runner import run_cases
 
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome", "chrome"))), None)
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium found (Debian: apt-get install chromium)")

@@ -10,15 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from suite import config
 from suite.case import Case
 from suite.cli import main
+from suite.measure.settings import RunSettings, TimingPolicy
 from suite.reporting import charts
 from suite.reporting.data import colours, fmt_duration, fmt_num, impl_order, prepare
 from suite.reporting.memory_glance import memory_summary
-from suite.results import ResultsWriter, load
-from suite.runner import RunSettings, run_cases
-from suite.timing_policy import TimingPolicy
+from suite.results.files import ResultsWriter, load
+from suite.run import config
+from suite.run.runner import run_cases
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FAST = RunSettings(policies={"cpu": TimingPolicy(warmup_calls=1, min_repeats=3, max_repeats=5, budget_s=0.05)})
@@ -365,8 +365,8 @@ def _recommend(capsys, path, *flags) -> str:
 def test_recommend_reads_only_results_timed_on_this_machine_model(capsys, cpu_results, tmp_path, monkeypatch):
     """Without --results: the newest file of this CPU (or GPU) model; another model's times would rank for the
     wrong machine, so it is named as a choice, never taken."""
-    from suite import naming
-    from suite.environment import machine_name
+    from suite.results import naming
+    from suite.results.environment import machine_name
     from tests.results_files import rewrite_headers
 
     monkeypatch.setattr(naming, "RESULTS_DIR", tmp_path)

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 import implementations
-from suite import results
 from suite.case import Case
-from suite.results import ResultsWriter
-from suite.runner import RunSettings, run_cases
-from suite.timing_policy import TimingPolicy
+from suite.measure import failures
+from suite.measure.settings import RunSettings, TimingPolicy
+from suite.results import files as results
+from suite.results.files import ResultsWriter
+from suite.run.runner import run_cases
 from tests.conftest import ScriptedAttention, WithSession
 
 FAST = RunSettings(policies={"cpu": TimingPolicy(warmup_calls=1, min_repeats=3, max_repeats=5, budget_s=0.05)})
@@ -81,11 +82,11 @@ def test_injected_exception_becomes_an_error_row(tmp_path):
 
 def test_an_error_that_leaves_the_device_unusable_stops_the_run_after_writing_its_row(tmp_path, monkeypatch):
     """After a sticky CUDA error every later case would fail too, and be blamed on its implementation."""
-    import suite.runner as runner
+    import suite.run.runner as runner
 
     crashing = ScriptedAttention("crashing", fail_on_seq_len=33, failures=1,
                                  error=RuntimeError("CUDA error: an illegal memory access was encountered"))
-    monkeypatch.setattr(runner, "device_usable", lambda device: crashing.failures_left != 0)
+    monkeypatch.setattr(failures, "device_usable", lambda device: crashing.failures_left != 0)
     written = []
     with pytest.raises(runner.DeviceLost, match="crashing on B1-H2-N33-D16-fp32-dense-fwd left the device unusable"):
         run_cases([crashing, implementations.get("naive")], cases(17, 33, 65), settings=FAST, on_row=written.append)
@@ -94,7 +95,7 @@ def test_an_error_that_leaves_the_device_unusable_stops_the_run_after_writing_it
     assert "illegal memory access" in written[-1]["reason"] and "the run stopped here" in written[-1]["reason"]
 
     # an ordinary error leaves the device usable: the run goes on
-    monkeypatch.setattr(runner, "device_usable", lambda device: True)
+    monkeypatch.setattr(failures, "device_usable", lambda device: True)
     broken = ScriptedAttention("broken", fail_on_seq_len=17, error=ZeroDivisionError("kernel bug"))
     rows, _ = run([broken], cases(17, 33), tmp_path)
     assert [r["status"] for r in rows] == ["error", "ok"] and "stopped" not in rows[0]["reason"]
@@ -243,7 +244,7 @@ def test_an_ended_last_line_that_is_not_json_is_not_taken_for_a_torn_one(tmp_pat
 
 
 def test_minimum_traffic_counts_inputs_read_and_outputs_written_once():
-    from suite.traffic import minimum_bytes
+    from suite.measure.traffic import minimum_bytes
 
     elements = 3 * 10 * 4  # batch × seq × head_dim per head
     assert minimum_bytes(Case(3, 2, 10, 4, "float32", False, "fwd", "cpu")) == (2 * 2 + 2 * 2) * elements * 4
@@ -252,7 +253,7 @@ def test_minimum_traffic_counts_inputs_read_and_outputs_written_once():
 
 
 def test_rows_report_achieved_bandwidth_against_the_measured_peak(tmp_path):
-    from suite.traffic import minimum_bytes
+    from suite.measure.traffic import minimum_bytes
 
     case = cases(64, mode="fwd+bwd")[0]
     settings = RunSettings(policies=FAST.policies, peak_gbytes_per_s=50.0)
@@ -292,7 +293,7 @@ def test_the_timed_kernel_must_compute_what_the_checked_one_did(tmp_path, mode):
 
 
 def test_a_timed_row_survives_running_out_of_memory_in_the_call_after_timing(tmp_path, monkeypatch):
-    from suite.workload import Workload
+    from suite.check.workload import Workload
 
     original, calls = Workload.checked_call, []
 

@@ -1,4 +1,4 @@
-"""One row schema: the writer, the reader, data.csv and the docs all take their columns from `suite.schema`."""
+"""One row schema: the writer, the reader, data.csv and the docs all take their columns from `suite.results.schema`."""
 from __future__ import annotations
 
 import importlib.util
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from suite import schema
 from suite.case import CASE_FIELDS
-from suite.results import ResultsFormatError, ResultsWriter, read
+from suite.results import schema
+from suite.results.files import ResultsFormatError, ResultsWriter, read
 
 ROOT = Path(__file__).resolve().parents[1]
 

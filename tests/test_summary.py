@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from suite.case import Case
-from suite.summary import format_table
+from suite.run.summary import format_table
 
 
 def _row(**fields) -> dict:

@@ -6,9 +6,9 @@ import torch
 
 import implementations
 from implementations import Implementation
-from suite.accuracy import judge
 from suite.case import Case
-from suite.conformance import TENSORS, check_case
+from suite.check.accuracy import judge
+from suite.check.conformance import TENSORS, check_case
 
 
 def assert_matches_twin(name: str, case: Case, input_seed: int, options: dict | None = None,
@@ -61,7 +61,7 @@ def assert_matches_twin_for_seeds(name: str, cases: list[Case], seeds: range) ->
 def assert_holds_at_large_logits(name: str, device: str, dtypes: tuple[str, ...]) -> None:
     """The conformance check's large-logit cases: every output and gradient finite, and in float32 within the
     tolerance of the exact twin; skips if none can run."""
-    from suite.conformance import LARGE_LOGIT_SEED, check_large_logits, large_logit_cases
+    from suite.check.conformance import LARGE_LOGIT_SEED, check_large_logits, large_logit_cases
 
     results = [check_large_logits(implementations.get(name), case, LARGE_LOGIT_SEED)
                for case in large_logit_cases(device, dtypes)]
@@ -70,7 +70,7 @@ def assert_holds_at_large_logits(name: str, device: str, dtypes: tuple[str, ...]
 
 def assert_transposed_views_match_twin(name: str, device: str, dtypes: tuple[str, ...]) -> None:
     """The conformance check's transposed-layout cases, each that the implementation supports; skips if none."""
-    from suite.conformance import TRANSPOSED_SEED, transposed_cases
+    from suite.check.conformance import TRANSPOSED_SEED, transposed_cases
 
     impl = implementations.get(name)
     results = [check_case(impl, case, TRANSPOSED_SEED, transposed=True) for case in transposed_cases(device, dtypes)]

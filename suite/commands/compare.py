@@ -26,9 +26,9 @@ def add_to(commands: argparse._SubParsersAction) -> None:
 
 
 def _chart_path(text: str | None) -> Path | None:
-    from .. import config
-    from ..config import UsageError
     from ..reporting.charts import CHART_FORMATS
+    from ..run import config
+    from ..run.config import UsageError
 
     if not text:
         return None
@@ -40,7 +40,7 @@ def _chart_path(text: str | None) -> Path | None:
 
 
 def _compared_impls(args: argparse.Namespace) -> tuple[str, str] | None:
-    from ..config import UsageError
+    from ..run.config import UsageError
 
     if (args.baseline_impl is None) != (args.current_impl is None):
         given, missing = ("--baseline-impl", "--current-impl") if args.baseline_impl else ("--current-impl",
@@ -53,9 +53,9 @@ def _compared_impls(args: argparse.Namespace) -> tuple[str, str] | None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from .. import config
-    from ..compare import CompareInputError, run
-    from ..config import UsageError
+    from ..compare.regressions import CompareInputError, run
+    from ..run import config
+    from ..run.config import UsageError
 
     threshold = config.positive_float("--threshold", args.threshold) / 100
     memory_threshold = None if args.memory_threshold == "off" else \

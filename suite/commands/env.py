@@ -13,7 +13,7 @@ def add_to(commands: argparse._SubParsersAction) -> None:
 def handle(args: argparse.Namespace) -> int:
     import torch
 
-    from ..environment import collect
+    from ..results.environment import collect
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(json.dumps(collect(device), indent=2))

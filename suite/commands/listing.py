@@ -26,7 +26,7 @@ def handle(args: argparse.Namespace) -> int:
 
     import implementations
 
-    from .. import config
+    from ..run import config
 
     device = config.device_or_default(args.device)
     case = representative_case(device)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 
 def add_to(commands: argparse._SubParsersAction) -> None:
@@ -18,6 +20,65 @@ def add_to(commands: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from ..local_errors_command import cmd_local_errors
+    import torch
 
-    return cmd_local_errors(args)
+    from ..check.expected import LocalErrors
+    from ..measure.settings import RunSettings
+    from ..results.environment import collect
+    from ..results.files import ResultsFormatError, ResultsWriter, read
+    from ..run import config
+    from ..run.config import UsageError
+    from ..run.in_flight import InFlight
+    from ..run.local_amend import amend_died_row, amend_local_errors, approximate_rows, rows_to_amend
+    from ..run.runner import DeviceLost
+    from ..run.termination import exit_status, stop_word
+
+    path = Path(args.results)
+    if not path.is_file():
+        raise UsageError(f"local-errors: {str(path)!r} is not a file")
+    try:
+        _, rows = read(path)
+    except ResultsFormatError as error:
+        raise UsageError(f"local-errors: {error}") from None
+    impls = None
+    if args.impl is not None:
+        impls = config.comma_items("--impl", args.impl)
+        present = sorted({row["impl"] for row in approximate_rows(rows)})
+        typo = config.unmatched_pattern(impls, present)
+        if typo is not None:
+            raise UsageError(f"--impl: {typo!r} has no approximate row that ran in {path} "
+                             f"(allowed: {', '.join(present) or 'none'})")
+    devices = {row.get("device") for row in rows_to_amend(rows, args.redo, impls)}
+    if not devices:
+        which = f" of {', '.join(impls)}" if impls else ""
+        print(f"nothing to amend: every approximate row{which} of {path} that ran has its local-inputs error (or why not)")
+        return 0
+    device = "cuda" if "cuda" in devices else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"local-errors: {path} has rows measured on cuda, and no CUDA device is available here")
+    run_info = {"amends": "local-inputs errors", "argv": sys.argv[1:], "seed": args.seed}
+    in_flight = InFlight(path, ".amending")
+    if (writing := in_flight.running_elsewhere()) is not None:
+        raise UsageError(f"local-errors: {str(path)!r} is being amended by a process still going on this machine "
+                         f"(pid {writing})")
+    writer = ResultsWriter(path, collect(torch.device(device)), run_info)
+    try:
+        rows = amend_died_row(rows, in_flight.died_in(), writer)
+        done = amend_local_errors(rows, writer, LocalErrors(RunSettings(seed=args.seed)).of,
+                                  lambda label: config.build_impl("results file", label), redo=args.redo,
+                                  impls=impls, on_start=in_flight.started)
+    except KeyboardInterrupt as interrupt:
+        print(f"\n{stop_word(interrupt)}: the rows amended so far are in {path}; run the command again to amend the rest",
+              file=sys.stderr)
+        return exit_status(interrupt)
+    except DeviceLost as lost:
+        print(f"\nstopped: {lost}\nthe rows amended so far are in {path}; run the command again, in a new process, "
+              "to amend the rest", file=sys.stderr)
+        return 1
+    finally:  # any end Python sees; only a process that died leaves the file naming its row
+        in_flight.clear()
+        writer.close()
+    print(f"amended {done.amended} rows of {path}; {done.already_there} already had the figure (or why not)")
+    for reason, count in done.cannot_run_here.items():
+        print(f"  {count} rows cannot run here: {reason}")
+    return 0

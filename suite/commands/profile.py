@@ -30,10 +30,10 @@ def add_to(commands: argparse._SubParsersAction) -> None:
 def handle(args: argparse.Namespace) -> int:
     import implementations
 
-    from .. import config
     from ..case import Case
-    from ..config import UsageError
-    from ..profiling import profile_case
+    from ..run import config
+    from ..run.config import UsageError
+    from ..run.profiling import profile_case
 
     device = config.device_or_default(args.device)
     shape = one_shape(args, representative_case(device).dtype)

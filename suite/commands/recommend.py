@@ -34,10 +34,10 @@ def add_to(commands: argparse._SubParsersAction) -> None:
 def _newest_results(device: str) -> list[Path]:
     """The newest results file in results/ timed on this machine model (this GPU, or this CPU): another
     model's times would rank implementations by a machine the user is not on."""
-    from .. import naming
-    from ..config import UsageError
-    from ..environment import machine_name
-    from ..results import ResultsFormatError, read, recorded_machine
+    from ..results import naming
+    from ..results.environment import machine_name
+    from ..results.files import ResultsFormatError, read, recorded_machine
+    from ..run.config import UsageError
 
     here = machine_name(device)
     elsewhere: dict[str, list[str]] = {}
@@ -61,8 +61,9 @@ def _newest_results(device: str) -> list[Path]:
 def _chosen_results() -> list[Path]:
     """The newest results file of this machine model, named on stderr before the answer: which run a ranking
     comes from changes with every new file in results/."""
-    from .. import config, naming
-    from ..environment import machine_name
+    from ..results import naming
+    from ..results.environment import machine_name
+    from ..run import config
 
     device = config.device_or_default(None)
     sources = _newest_results(device)
@@ -72,11 +73,11 @@ def _chosen_results() -> list[Path]:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from .. import config
-    from ..config import UsageError
-    from ..recommend import Query, answer_record, format_answer, rank, unmeasured_shape
+    from ..compare.recommend import Query, answer_record, format_answer, rank, unmeasured_shape
     from ..reporting.data import ReportInputError, prepare
-    from ..results import ResultsFormatError, load
+    from ..results.files import ResultsFormatError, load
+    from ..run import config
+    from ..run.config import UsageError
 
     query = Query(
         **one_shape(args, "bfloat16"),

@@ -21,11 +21,11 @@ def add_to(commands: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from .. import config
-    from ..config import UsageError
     from ..reporting import build_report
     from ..reporting.charts import CHART_FORMATS
     from ..reporting.data import ReportInputError
+    from ..run import config
+    from ..run.config import UsageError
 
     missing = [p for p in args.results if not Path(p).is_file()]
     if missing:

@@ -2,10 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from ..presets import CONFIG_KEYS, PRESETS
-from ..schema import RETRYABLE
-from ..timing_policy import ADJUSTABLE, TimingPolicy, describe
+from ..measure.settings import ADJUSTABLE, TimingPolicy, describe
+from ..results.schema import RETRYABLE
+from ..run.presets import CONFIG_KEYS, PRESETS
 
 
 def _timing_help() -> str:
@@ -67,7 +72,175 @@ def add_to(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=handle)
 
 
-def handle(args: argparse.Namespace) -> int:
-    from ..run_command import cmd_run
+@dataclass
+class _Request:
+    """What the flags ask for, checked: the grid's cases on a device, into one results file."""
+    device: str
+    preset_name: str
+    grid: Any
+    impls: list
+    cases: list
+    out: Path
+    retry: set[str]
+    policy: Any
+    deadline: float | None
+    threads: int | None
 
-    return cmd_run(args)
+
+def handle(args: argparse.Namespace) -> int:
+    """`attnbench run`, with torch's CPU threads set by --threads for all of it: they name the machine
+    (machine_name) its results file and --resume's checks go by."""
+    from ..results.environment import torch_threads
+    from ..run import config
+
+    threads = None if args.threads is None else config.threads("--threads", args.threads)
+    with torch_threads(threads):
+        return _run(args, threads)
+
+
+def _run(args: argparse.Namespace, threads: int | None) -> int:
+    from ..case import key_of_row, row_key
+    from ..results import naming
+    from ..results.environment import machine_name
+    from ..run.in_flight import InFlight
+    from ..run.plan import EarlierRows
+
+    request = _request(args, threads, started=time.monotonic())
+    in_flight = InFlight(request.out)
+    writing = in_flight.running_elsewhere()
+    if writing is not None and not args.dry_run:
+        raise _usage(f"--out: {str(request.out)!r} is being written by a run still going on this machine (pid "
+                     f"{writing}); two runs appending to one file would interleave their rows")
+    skip, died = _stored(args, request, in_flight)
+    if died and "error" not in request.retry:
+        skip.add(key_of_row(died))
+    earlier = EarlierRows.read([*naming.RESULTS_DIR.glob("*.jsonl"), request.out], machine_name(request.device))
+    if args.dry_run:
+        return _dry_run(args, request, skip, died, earlier)
+    if not died and skip and all(row_key(impl.label, case) in skip for impl in request.impls for case in request.cases):
+        print(f"nothing to run: every case is already in {request.out}")  # before measuring the GPU's peaks
+        return 0
+    return _measure(args, request, skip, died, earlier, in_flight)
+
+
+def _usage(message: str) -> Exception:
+    from ..run.config import UsageError
+
+    return UsageError(message)
+
+
+def _request(args: argparse.Namespace, threads: int | None, started: float) -> _Request:
+    from ..case import GridError
+    from ..measure import cuda_graph, energy
+    from ..run import config, session
+    from ..run.presets import default_preset
+
+    flags = {key: getattr(args, key) for key in ("impl", "seq_len", "q_len", "heads", "kv_heads", "batch", "head_dim",
+                                                 "dtype", "causal", "mode")}
+    from_config = config.read_config(args.config) if args.config else {}
+    device = config.device_or_default(args.device or from_config.get("device"))
+    named_preset = args.preset or from_config.get("preset")
+    preset_name = named_preset or default_preset(device)
+    base = config.preset("--preset" if args.preset else "--config preset", preset_name)
+    merged = {**from_config, **{k: v for k, v in flags.items() if v is not None}}
+    grid = config.build_grid(base, merged, preset_named=bool(named_preset))
+    impls = [config.build_impl("--impl", spec) for spec in grid.impls]
+    try:
+        cases = grid.cases(device)
+    except GridError as error:
+        raise _usage(f"{error.flag}: {error} (allowed: {error.allowed})") from None
+    label = Path(args.config).stem if args.config else preset_name
+    out = Path(args.out) if args.out else session.default_out_path(device, label, args.resume)
+    config.writable("--out", out)  # first: a pipe or a device would block --resume's read, or fill memory
+    if out.exists() and not args.resume:
+        raise _usage(f"--out: {str(out)!r} already exists (use --resume to continue it, or another path)")
+    retry = session.retry_statuses(args.retry, args.resume)
+    policy = config.timing_policy("--timing", from_config.get("timing") if args.timing is None else args.timing, device)
+    deadline = started + config.positive_float("--time-limit", args.time_limit) if args.time_limit else None
+    for asked, flag, why in ((args.cuda_graph, "--cuda-graph", cuda_graph.WHY_GPU_ONLY),
+                             (args.energy, "--energy", energy.WHY_GPU_ONLY)):
+        if asked and config.gpu_only(flag, device, why):
+            raise _usage(config.gpu_only(flag, device, why))
+    return _Request(device, preset_name, grid, impls, cases, out, retry, policy, deadline, threads)
+
+
+def _stored(args: argparse.Namespace, request: _Request, in_flight) -> tuple[set[tuple], dict | None]:
+    """(keys of the rows --resume skips, the error row for a row a process died in), from the file read once: it
+    may hold thousands of rows."""
+    from ..results.files import ResultsFormatError, finished_keys, read
+    from ..run import session
+
+    out = request.out
+    try:
+        stored_runs, stored_rows = read(out) if out.exists() else ([], [])
+    except ResultsFormatError as error:
+        raise _usage(f"--resume: {error}") from None
+    skip = finished_keys(stored_rows, request.retry) if args.resume else set()
+    if args.resume:
+        session.refuse_another_machine(out, stored_runs, request.device)
+        session.refuse_another_seed(out, stored_runs, args.seed)
+        session.note_another_timing(out, stored_runs, request.policy)
+    return skip, session.row_a_process_died_in(in_flight, stored_rows)
+
+
+def _dry_run(args: argparse.Namespace, request: _Request, skip: set[tuple], died: dict | None, earlier) -> int:
+    from ..run import session
+    from ..run.plan import format_plan, plan_run
+
+    if died:
+        print(f"the run that wrote {request.out} died while measuring {session.row_name(died)}: this run will "
+              "record that as an error row", file=sys.stderr)
+    plans = plan_run(request.impls, request.cases, skip, earlier)
+    print(format_plan(plans, request.cases, request.device))
+    extra = session.extra_measurements(sum(plan.to_measure for plan in plans), args.cuda_graph, args.energy,
+                                       request.policy)
+    if extra:
+        print(extra)
+    return 0
+
+
+def _measure(args: argparse.Namespace, request: _Request, skip: set[tuple], died: dict | None, earlier,
+             in_flight) -> int:
+    from ..run import session
+    from ..run.progress import Progress
+    from ..run.runner import DeviceLost, TimeLimitReached, run_cases
+    from ..run.summary import format_table
+    from ..run.termination import exit_status, stop_word
+
+    out = request.out
+    settings = session.measured_settings(request.cases, request.device, args.seed, request.policy)
+    settings.cuda_graph, settings.energy = args.cuda_graph, args.energy
+    writer = session.results_writer(out, request.grid, settings, request.device, preset=request.preset_name,
+                                    config=args.config, argv=sys.argv[1:], threads=request.threads)
+    if died:
+        writer.append(died)
+        print(f"the run that wrote {out} died while measuring {session.row_name(died)}: recorded as an error row"
+              + (" (--retry error: measured again below)" if "error" in request.retry else ""), file=sys.stderr)
+    if skip:
+        print(f"resuming {out}: {len(skip)} rows already there", file=sys.stderr)
+    try:
+        rows = run_cases(request.impls, request.cases, settings=settings, on_row=writer.append, skip=skip,
+                         progress=Progress(earlier=earlier.seconds), deadline=request.deadline,
+                         on_start=in_flight.started)
+    except TimeLimitReached as reached:
+        writer.close()
+        kept = f"every finished row is in {out}" if reached.done else "no row finished"
+        print(f"\nstopped at --time-limit {args.time_limit} s: {reached}; {kept} (continue with --resume --out {out})",
+              file=sys.stderr)
+        return 3
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM (termination.Terminated)
+        writer.close()
+        print(f"\n{stop_word(interrupt)}: every finished row is in {out} (continue with --resume --out {out})",
+              file=sys.stderr)
+        return exit_status(interrupt)
+    except DeviceLost as lost:
+        writer.close()
+        print(f"\nstopped: {lost}\nevery finished row is in {out}; the other cases can run in a new process with "
+              f"--resume --out {out} (the failed row counts as done; --retry error runs it again)", file=sys.stderr)
+        return 1
+    finally:  # any end Python sees; only a process that died leaves the file naming its row
+        in_flight.clear()
+    writer.close()
+    print(format_table(rows))
+    print(f"results: {out}")
+    return 0

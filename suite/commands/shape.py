@@ -13,8 +13,8 @@ def representative_case(device: str) -> Case:
 
 def one_shape(args: argparse.Namespace, default_dtype: str) -> dict:
     """The flags that name one case's shape (recommend, profile), parsed and checked."""
-    from .. import config
-    from ..config import UsageError
+    from ..run import config
+    from ..run.config import UsageError
 
     if args.causal == "both":
         raise UsageError("--causal: 'both' is not allowed here (allowed: true, false)")

@@ -7,28 +7,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import config, speed_settings, timing_policy
 from ..case import CASE_FIELDS, Case
-from ..naming import slug
-from ..results import ResultsFormatError, load, read
-from ..schema import DATA_COLUMNS
-from ..workload import LOCAL_CORRELATION_TOKENS, LOCAL_REFERENCE_TOKENS, LOCAL_SELF_LOGIT
+from ..check.workload import LOCAL_CORRELATION_TOKENS, LOCAL_REFERENCE_TOKENS, LOCAL_SELF_LOGIT
+from ..measure import settings as measure_settings
+from ..results import speed_settings
+from ..results.files import ResultsFormatError, load, read
+from ..results.naming import slug
+from ..results.schema import DATA_COLUMNS
+from ..run import config
 from . import charts
 from .attention_maps import attention_map_chart
 from .blocks import Heading, Image, Paragraph, Report, Table, to_html, to_markdown
 from .crossover import MISMATCH_MARK, crossover_summary, crossover_table
-from .data import (
-    MEASURED,
-    ReportInputError,
-    colours,
-    fmt_bytes,
-    fmt_num,
-    group_title,
-    groups,
-    impl_order,
-    prepare,
-    scope_words,
-)
+from .data import MEASURED, ReportInputError, colours, fmt_bytes, fmt_num, group_title, groups, impl_order, prepare, scope_words
 from .energy_table import ENERGY, energy_table
 from .fastest import fastest_table, lead_grids, win_counts
 from .fastest_map import fastest_map
@@ -56,7 +47,7 @@ def _environment_blocks(paths: list[Path]) -> list:
                 f"torch {env.get('torch')}, CUDA {env.get('cuda') or '–'}, cuDNN {env.get('cudnn') or '–'}, "
                 f"triton {env.get('triton') or '–'}, xformers {env.get('xformers') or '–'}",
                 _settings_text(env),
-                timing_policy.describe(run.get("timing_policy")) or "–",
+                measure_settings.describe(run.get("timing_policy")) or "–",
                 ", ".join(f"{k} {v:.0f}" for k, v in (run.get("measured_peak_tflops") or {}).items()) or "–",
                 f"{run['measured_peak_gbytes_per_s']:.0f}" if run.get("measured_peak_gbytes_per_s") else "–",
                 (env.get("git_commit") or "–")[:12],

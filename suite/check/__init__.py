@@ -1,0 +1,1 @@
+"""Correctness: float64 expectations, accuracy allowances, checked slices, poisoned memory, the conformance check."""

@@ -1,0 +1,1 @@
+"""Reading results against each other: regressions between runs, their views and chart, recommendations."""

@@ -1,0 +1,1 @@
+"""Measuring one call: timing, memory, FLOPs and traffic, CUDA graphs, energy, peaks, GPU state, profiles."""

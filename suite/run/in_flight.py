@@ -1,0 +1,73 @@
+"""A row whose process died while measuring it: recorded, not run again and again.
+
+A failing case becomes a row and the run goes on, but some failures end the process itself: the
+operating system's out-of-memory killer (host memory, which raises nothing), a segmentation fault or an
+abort in native code. The row is lost with the process, and `--resume` would start the same case
+again and die there every time. So before each row the runner names it in a small file beside the
+results (`RESULTS.running`), and any exit Python sees removes that file; one that is still there when
+the run is resumed names the row its process died in, which is then written as an `error` row.
+`local-errors` keeps its own (`RESULTS.amending`) and notes such a row instead of measuring it again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from ..case import CASE_FIELDS
+
+DIED_REASON = ("the process died while measuring this row (no exception: killed by the operating system, e.g. "
+               "out of host memory, or a crash in native code); recorded when the run was resumed "
+               "(--retry error runs it again)")
+
+
+class InFlight:
+    """`suffix` tells the commands apart: `run` (.running) and `local-errors` (.amending) each find their own."""
+
+    def __init__(self, results_path: Path, suffix: str = ".running"):
+        self.path = Path(results_path).with_name(Path(results_path).name + suffix)
+
+    def started(self, row: dict[str, Any]) -> None:
+        """Name the row about to be measured (its implementation and case), replacing the last one."""
+        record = {key: row[key] for key in ("impl", "family", *CASE_FIELDS, "density") if key in row}
+        staging = self.path.with_name(self.path.name + ".tmp")
+        staging.parent.mkdir(parents=True, exist_ok=True)
+        staging.write_text(json.dumps({**record, "pid": os.getpid(), "host": socket.gethostname()}), encoding="utf-8")
+        os.replace(staging, self.path)  # whole or not at all: a death mid-write leaves the previous name
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def _read(self) -> dict[str, Any] | None:
+        try:
+            record = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(record, dict) or not all(key in record for key in ("impl", *CASE_FIELDS)):
+            return None
+        return record
+
+    def running_elsewhere(self) -> int | None:
+        """The pid of a live process on this host that is measuring a row of these results now, if any."""
+        record = self._read()
+        if record is None or record.get("host") != socket.gethostname() or record.get("pid") == os.getpid():
+            return None
+        try:
+            os.kill(int(record["pid"]), 0)
+        except (ProcessLookupError, KeyError, ValueError, TypeError):
+            return None
+        except PermissionError:  # alive, another user's
+            pass
+        return int(record["pid"])
+
+    def died_in(self) -> dict[str, Any] | None:
+        """The row a previous process died in (its implementation and case), as an `error` row; None if that
+        process ended in a way Python saw, or is still running."""
+        record = self._read()
+        if record is None or self.running_elsewhere() is not None:
+            return None
+        record.pop("pid", None)
+        record.pop("host", None)
+        return {**record, "status": "error", "reason": DIED_REASON}

@@ -315,16 +315,53 @@ def _remove_stale_charts(folder: Path, written: set[Path]) -> None:
             path.unlink()
 
 
-def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | None = None,
-                 chart_formats: tuple[str, ...] = ("png",), say: Callable[[str], None] = lambda message: None,
-                 impls: Collection[str] | None = None) -> Path:
-    """Writes the report of `paths` into `out_dir`. A `baseline` asked for must have been measured; without
-    one, `sdpa` is used where it was, and the report says so where it was not. Each chart is written as PNG,
-    which the pages show, and in the other `chart_formats` beside it. `say` is told how far it has got (drawing
-    a large file's charts takes a minute). `impls` (labels or names, with shell wildcards) keeps only those
-    implementations' rows, and the `baseline`'s; each keeps the colour it has in the whole files' report, so
-    charts of several selections read alike."""
-    paths = [Path(p) for p in paths]
+CHARTS_INTRO = (
+    "Per group: time, TFLOP/s, peak memory and speed-up against length (with fewer queries than keys, GB/s as well: "
+    "decoding is bound by reading the KV cache, or the state a recurrent decoder carries in its place), and a "
+    "roofline: each row's TFLOP/s against its arithmetic intensity (its FLOPs over the bytes it must move at least: "
+    "inputs read once, outputs written once), under the matmul peak and copy bandwidth its GPU measured. A row far "
+    "below the bandwidth roof at low intensity loses its time to extra passes over memory or to launches, not to "
+    "arithmetic.")
+ACCURACY_INTRO = ("Errors against each implementation's float64 exact twin (softmax attention for exact ones), worst "
+                  "of output and input gradients.")
+PARTIAL_SCOPE = (" On {rows} rows (from {tokens} tokens) the float64 reference covered only some (batch, key/value "
+                 "head) slices, always the first and the last, to keep its cost bounded; `accuracy_scope` in the "
+                 "results says which share.")
+APPROXIMATE_NOTE = (
+    " Approximate families also against exact softmax attention (a figure, not a test). The timed inputs are i.i.d. "
+    "standard normal, on which softmax attention is nearly uniform: its output shrinks like 1/√N while a window's or "
+    "a feature map's does not, so errors relative to it grow with length and exceed 1 at long lengths, and they do "
+    "not predict the error on a trained model's peaked attention.")
+LOCAL_INPUTS_NOTE = (
+    " The \"local inputs\" columns repeat the forward pass on queries and keys that share a latent drifting along "
+    "the sequence (at {tokens} tokens, correlation length {correlation:g} tokens and a query's logit against its own "
+    "position about {self_logit:g}; beyond, both grow with the log of the length, so that at every length most of "
+    "each query's weight lies within 64 tokens), so that softmax attention is peaked near the diagonal, as in many "
+    "heads of trained models. There, windows and blocks keep the weight near the diagonal and feature maps do not; "
+    "which figure matters depends on the attention a model actually learns.")
+
+
+class _Charts:
+    """Draws each chart into charts/ in the asked formats (PNG always: the pages show it), adds it to the report,
+    and remembers what it wrote, so that charts an earlier report left there can be removed."""
+
+    def __init__(self, report: Report, out_dir: Path, chart_formats: tuple[str, ...]):
+        self.report, self.out_dir = report, out_dir
+        self.formats = tuple(dict.fromkeys(["png", *chart_formats]))
+        self.written: set[Path] = set()
+
+    def __call__(self, fig, name: str, alt: str, measured_rows: pd.DataFrame | None = None) -> None:
+        if measured_rows is not None:
+            charts.stamp(fig, measured_rows)
+        stem = Path("charts") / name
+        charts.save(fig, self.out_dir / stem, self.formats)
+        self.written.update(self.out_dir / stem.with_suffix(f".{fmt}") for fmt in self.formats)
+        self.report.add(Image(stem.with_suffix(".png"), alt))
+
+
+def _loaded(paths: list[Path], impls: Collection[str] | None, baseline: str | None):
+    """(the rows, each case once; how many repeated rows were dropped; the selection's paragraph or None; each
+    implementation's colour in the whole files' report)."""
     try:
         loaded = prepare(load(paths))
     except ResultsFormatError as error:
@@ -337,6 +374,110 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | N
         selection = Paragraph(f"Implementations shown: {', '.join(impl_order(loaded.impl.dropna()))}, selected with "
                               f"`--impl {','.join(impls)}` of the {len(everything)} implementations in these files.")
     frame, repeated = _one_row_per_case(loaded)
+    return frame, repeated, selection, colour_of
+
+
+def _add_summary(report: Report, paths: list[Path], frame: pd.DataFrame, repeated: int,
+                 selection: Paragraph | None) -> None:
+    report.add(*_environment_blocks(paths), Heading("Summary"), _status_paragraph(frame))
+    if selection is not None:
+        report.add(selection)
+    if repeated:
+        report.add(Paragraph(f"{repeated} rows measured a case that a later file measured again on the same "
+                             "machine; each case appears once, from the last file named (to compare two runs, "
+                             "use `attnbench compare`)."))
+    if not frame.status.isin(MEASURED).any():
+        report.add(Paragraph("No case was measured: every row failed or could not run. Reasons:"), _failure_table(frame))
+
+
+def _add_group_charts(report: Report, frame: pd.DataFrame, chart: _Charts, colour_of: dict, baseline: str,
+                      say: Callable[[str], None]) -> None:
+    """Per group of one device, batching, dtype, mask and mode: time, TFLOP/s, GB/s, memory, speed-up, roofline."""
+    report.add(Heading("Charts"), Paragraph(CHARTS_INTRO))
+    if baseline not in set(frame[frame.status.isin(MEASURED)].impl):
+        report.add(Paragraph(f"No speed-up charts: the baseline {baseline!r} was not measured in these results "
+                             "(choose another with --baseline)."))
+    chart_groups = [(dict(zip(CHART_KEYS, key)), part)
+                    for key, part in frame.groupby(list(CHART_KEYS), sort=True, dropna=False)
+                    if part.status.isin(MEASURED).any()]
+    for number, (group, part) in enumerate(chart_groups, 1):
+        say(f"charts {number}/{len(chart_groups)}: {group_title(group)}")
+        name = slug(group["gpu"], *scope_words(group), group["dtype"], "causal" if group["causal"] else "dense",
+                    group["mode"])
+        report.add(Heading(group_title(group), 3))
+        for figure, what in (("time_ms", "median time"), ("tflops", "TFLOP/s")):
+            chart(charts.throughput_chart(part, colour_of, group, figure), f"{figure.split('_')[0]}-{name}",
+                  f"{what} vs sequence length", part)
+        if isinstance(group.get("queries"), str):  # decoding: bound by reading the cache, not by arithmetic
+            chart(charts.throughput_chart(part, colour_of, group, "gbytes_per_s"), f"bandwidth-{name}",
+                  "GB/s vs cache length", part)
+        if part.peak_mem_bytes.notna().any():
+            chart(charts.memory_chart(part, colour_of, group), f"memory-{name}", "peak memory vs sequence length", part)
+        if baseline in set(part[part.status.isin(MEASURED)].impl):
+            chart(charts.speedup_chart(part, colour_of, group, baseline), f"speedup-{name}",
+                  f"speed-up over {baseline}", part)
+        if (part.status.isin(MEASURED) & (part.gbytes_per_s.fillna(0) > 0)).any():
+            chart(roofline_chart(part, colour_of, group), f"roofline-{name}",
+                  "TFLOP/s against arithmetic intensity, under the measured roofs", part)
+
+
+def _add_accuracy(report: Report, frame: pd.DataFrame, chart: _Charts, colour_of: dict) -> None:
+    """Error against speed at one shape, the attention maps, and the accuracy table with what its figures mean."""
+    measured = frame[frame.status.isin(MEASURED)]
+    case = _accuracy_case(frame)
+    at_case = measured
+    for key, value in case.items():
+        at_case = at_case[at_case[key] == value]
+    report.add(Heading("Accuracy against speed", 3))
+    chart(charts.accuracy_speed_chart(at_case, colour_of, case), "accuracy-vs-speed", "error vs time at one shape",
+          at_case)
+    approximate = measured[measured.family != "exact"]
+    # Each map shows the approximations measured with its masking (Linformer has no causal form).
+    maps = {causal: _approximations(approximate[approximate.causal == causal])
+            for causal in sorted(set(approximate.causal))}
+    if any(maps.values()):
+        report.add(Heading("Attention maps", 3))
+    for causal, approximations in maps.items():
+        if approximations:
+            chart(attention_map_chart(approximations, causal=bool(causal)),
+                  f"attention-maps-{'causal' if causal else 'dense'}", "exact vs implied attention weights")
+    text = ACCURACY_INTRO
+    partial = measured[measured.accuracy_scope.notna()]
+    if not partial.empty:
+        text += PARTIAL_SCOPE.format(rows=len(partial), tokens=int(partial.seq_len.min()))
+    if not approximate.empty:
+        text += APPROXIMATE_NOTE
+        if approximate.softmax_local_rel_rms_err.notna().any():
+            text += LOCAL_INPUTS_NOTE.format(tokens=LOCAL_REFERENCE_TOKENS, correlation=LOCAL_CORRELATION_TOKENS,
+                                             self_logit=LOCAL_SELF_LOGIT)
+    report.add(Heading("Accuracy"), Paragraph(text), _accuracy_table(frame))
+
+
+def _add_tables(report: Report, frame: pd.DataFrame) -> None:
+    for heading, text, table in (("CUDA-graph replays", GRAPH_REPLAYS, graph_replay_table(frame)),
+                                 ("Energy", ENERGY, energy_table(frame)),
+                                 ("One-time costs", ONE_TIME_COSTS, first_call_table(frame)),
+                                 ("Run time", RUN_TIME, run_time_table(frame))):
+        if table is not None:
+            report.add(Heading(heading), Paragraph(text), table)
+    report.add(Heading("Tables"))
+    for group, part in groups(frame):
+        report.add(Heading(group_title(group), 3), _group_table(part))
+    if (~frame.status.isin(MEASURED)).any():
+        report.add(Heading("Rows that did not run"), _failure_table(frame))
+
+
+def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | None = None,
+                 chart_formats: tuple[str, ...] = ("png",), say: Callable[[str], None] = lambda message: None,
+                 impls: Collection[str] | None = None) -> Path:
+    """Writes the report of `paths` into `out_dir`. A `baseline` asked for must have been measured; without
+    one, `sdpa` is used where it was, and the report says so where it was not. Each chart is written as PNG,
+    which the pages show, and in the other `chart_formats` beside it. `say` is told how far it has got (drawing
+    a large file's charts takes a minute). `impls` (labels or names, with shell wildcards) keeps only those
+    implementations' rows, and the `baseline`'s; each keeps the colour it has in the whole files' report, so
+    charts of several selections read alike."""
+    paths = [Path(p) for p in paths]
+    frame, repeated, selection, colour_of = _loaded(paths, impls, baseline)
     measured_impls = impl_order(frame[frame.status.isin(MEASURED)].impl)
     if baseline is not None and baseline not in measured_impls:
         raise ReportInputError(f"--baseline: {baseline!r} was not measured in these results "
@@ -346,121 +487,18 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | N
     out_dir = Path(out_dir)
     (out_dir / "charts").mkdir(parents=True, exist_ok=True)
     report = Report(f"attnbench report: {', '.join(p.stem for p in paths)}")
-    report.add(*_environment_blocks(paths), Heading("Summary"), _status_paragraph(frame))
-    if selection is not None:
-        report.add(selection)
-    if repeated:
-        report.add(Paragraph(f"{repeated} rows measured a case that a later file measured again on the same "
-                             "machine; each case appears once, from the last file named (to compare two runs, "
-                             "use `attnbench compare`)."))
-    measured = frame[frame.status.isin(MEASURED)]
-    if measured.empty:
-        report.add(Paragraph("No case was measured: every row failed or could not run. Reasons:"), _failure_table(frame))
-
-    written: set[Path] = set()
-
-    def chart(fig, name: str, alt: str, measured_rows: pd.DataFrame | None = None) -> None:
-        if measured_rows is not None:
-            charts.stamp(fig, measured_rows)
-        stem = Path("charts") / name
-        formats = tuple(dict.fromkeys(["png", *chart_formats]))
-        charts.save(fig, out_dir / stem, formats)
-        written.update(out_dir / stem.with_suffix(f".{fmt}") for fmt in formats)
-        report.add(Image(stem.with_suffix(".png"), alt))
-
+    chart = _Charts(report, out_dir, chart_formats)
+    _add_summary(report, paths, frame, repeated, selection)
     _add_fastest(report, frame, chart, colour_of)
-    if not measured.empty and baseline in set(measured.impl):
+    if baseline in set(measured_impls):
         _add_crossovers(report, frame, baseline)
     _add_scaling(report, frame)
     _add_machine_comparisons(report, frame)
-    if not measured.empty:
-        report.add(Heading("Charts"), Paragraph(
-            "Per group: time, TFLOP/s, peak memory and speed-up against length (with fewer queries than keys, "
-            "GB/s as well: decoding is bound by reading the KV cache, or the state a recurrent decoder carries in its "
-            "place), and a roofline: each row's TFLOP/s "
-            "against its arithmetic intensity (its FLOPs over the bytes it must move at least: inputs read once, "
-            "outputs written once), under the matmul peak and copy bandwidth its GPU measured. A row far below "
-            "the bandwidth roof at low intensity loses its time to extra passes over memory or to launches, not "
-            "to arithmetic."))
-        if baseline not in set(measured.impl):
-            report.add(Paragraph(f"No speed-up charts: the baseline {baseline!r} was not measured in these results "
-                                 "(choose another with --baseline)."))
-        chart_groups = [(dict(zip(CHART_KEYS, key)), part)
-                        for key, part in frame.groupby(list(CHART_KEYS), sort=True, dropna=False)
-                        if part.status.isin(MEASURED).any()]
-        for number, (group, part) in enumerate(chart_groups, 1):
-            say(f"charts {number}/{len(chart_groups)}: {group_title(group)}")
-            name = slug(group["gpu"], *scope_words(group), group["dtype"], "causal" if group["causal"] else "dense",
-                        group["mode"])
-            report.add(Heading(group_title(group), 3))
-            chart(charts.throughput_chart(part, colour_of, group, "time_ms"), f"time-{name}", "median time vs sequence length",
-                  part)
-            chart(charts.throughput_chart(part, colour_of, group, "tflops"), f"tflops-{name}", "TFLOP/s vs sequence length",
-                  part)
-            if isinstance(group.get("queries"), str):  # decoding: bound by reading the cache, not by arithmetic
-                chart(charts.throughput_chart(part, colour_of, group, "gbytes_per_s"), f"bandwidth-{name}",
-                      "GB/s vs cache length", part)
-            if part.peak_mem_bytes.notna().any():
-                chart(charts.memory_chart(part, colour_of, group), f"memory-{name}", "peak memory vs sequence length", part)
-            if baseline in set(part[part.status.isin(MEASURED)].impl):
-                chart(charts.speedup_chart(part, colour_of, group, baseline), f"speedup-{name}", f"speed-up over {baseline}",
-                      part)
-            if (part.status.isin(MEASURED) & (part.gbytes_per_s.fillna(0) > 0)).any():
-                chart(roofline_chart(part, colour_of, group), f"roofline-{name}",
-                      "TFLOP/s against arithmetic intensity, under the measured roofs", part)
-        case = _accuracy_case(frame)
-        at_case = measured
-        for key, value in case.items():
-            at_case = at_case[at_case[key] == value]
-        report.add(Heading("Accuracy against speed", 3))
-        chart(charts.accuracy_speed_chart(at_case, colour_of, case), "accuracy-vs-speed", "error vs time at one shape",
-              at_case)
-        approximate = measured[measured.family != "exact"]
-        # Each map shows the approximations measured with its masking (Linformer has no causal form).
-        maps = {causal: _approximations(approximate[approximate.causal == causal])
-                for causal in sorted(set(approximate.causal))}
-        if any(maps.values()):
-            report.add(Heading("Attention maps", 3))
-        for causal, approximations in maps.items():
-            if approximations:
-                chart(attention_map_chart(approximations, causal=bool(causal)),
-                      f"attention-maps-{'causal' if causal else 'dense'}", "exact vs implied attention weights")
-        accuracy_text = ("Errors against each implementation's float64 exact twin (softmax attention for exact ones), "
-                         "worst of output and input gradients.")
-        partial = measured[measured.accuracy_scope.notna()]
-        if not partial.empty:
-            accuracy_text += (f" On {len(partial)} rows (from {int(partial.seq_len.min())} tokens) the float64 reference "
-                              "covered only some (batch, key/value head) slices, always the first and the last, to "
-                              "keep its cost bounded; `accuracy_scope` in the results says which share.")
-        if not approximate.empty:
-            accuracy_text += (
-                " Approximate families also against exact softmax attention (a figure, not a test). The timed inputs "
-                "are i.i.d. standard normal, on which softmax attention is nearly uniform: its output shrinks like 1/√N "
-                "while a window's or a feature map's does not, so errors relative to it grow with length and exceed 1 "
-                "at long lengths, and they do not predict the error on a trained model's peaked attention.")
-            if approximate.softmax_local_rel_rms_err.notna().any():
-                accuracy_text += (
-                    " The \"local inputs\" columns repeat the forward pass on queries and keys that share a latent "
-                    f"drifting along the sequence (at {LOCAL_REFERENCE_TOKENS} tokens, correlation length "
-                    f"{LOCAL_CORRELATION_TOKENS:g} tokens and a query's logit against its own position about "
-                    f"{LOCAL_SELF_LOGIT:g}; beyond, both grow with the log of the length, so that at every length most "
-                    "of each query's weight lies within 64 tokens), so that softmax attention is peaked "
-                    "near the diagonal, as in many heads of trained models. There, windows and blocks keep the weight "
-                    "near the diagonal and feature maps do not; which figure matters depends on the attention a model "
-                    "actually learns.")
-        report.add(Heading("Accuracy"), Paragraph(accuracy_text), _accuracy_table(frame))
-        for heading, text, table in (("CUDA-graph replays", GRAPH_REPLAYS, graph_replay_table(frame)),
-                                     ("Energy", ENERGY, energy_table(frame)),
-                                     ("One-time costs", ONE_TIME_COSTS, first_call_table(frame)),
-                                     ("Run time", RUN_TIME, run_time_table(frame))):
-            if table is not None:
-                report.add(Heading(heading), Paragraph(text), table)
-        report.add(Heading("Tables"))
-        for group, part in groups(frame):
-            report.add(Heading(group_title(group), 3), _group_table(part))
-        if (~frame.status.isin(MEASURED)).any():
-            report.add(Heading("Rows that did not run"), _failure_table(frame))
-    _remove_stale_charts(out_dir / "charts", written)
+    if measured_impls:
+        _add_group_charts(report, frame, chart, colour_of, baseline, say)
+        _add_accuracy(report, frame, chart, colour_of)
+        _add_tables(report, frame)
+    _remove_stale_charts(out_dir / "charts", chart.written)
     say("writing report.md, index.html and data.csv")
     _write_data(frame, out_dir / "data.csv")
     (out_dir / "report.md").write_text(to_markdown(report), encoding="utf-8")

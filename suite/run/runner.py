@@ -247,6 +247,22 @@ def run_one(impl: Implementation, case: Case, inputs: Inputs, reference: Expecte
     return {**row, "status": status, "reason": reason}
 
 
+WROTE_INTO_INPUTS = ("it wrote into its inputs (q, k, v or the upstream gradient changed during its calls); the case's "
+                     "later implementations got fresh inputs")
+
+
+def _rows_without_inputs(chosen: list[Implementation], case: Case, error: Exception,
+                         started: float) -> list[dict[str, Any]]:
+    """A row per implementation of a case whose inputs could not be made (an `oom` where they alone do not fit)."""
+    status = "oom" if is_out_of_memory(error) else "error"
+    rows = []
+    for impl in chosen:
+        rows.append({**_base_row(impl, case), "status": status, "reason": f"creating inputs failed: {error}",
+                     "row_s": _seconds_since(started)})
+        started = time.monotonic()
+    return rows
+
+
 def run_cases(
     impls: list[Implementation],
     cases: list[Case],
@@ -276,6 +292,12 @@ def run_cases(
         if deadline is not None and time.monotonic() >= deadline:
             raise TimeLimitReached(len(rows), total)
 
+    def record(row: dict[str, Any]) -> None:
+        rows.append(row)
+        on_row(row)
+        if progress:
+            progress.row_done(row)
+
     for case, chosen in todo:
         check_deadline()
         row_started = time.monotonic()  # a case's inputs and reference count as its first row's time
@@ -285,15 +307,8 @@ def run_cases(
         try:
             inputs = make_inputs(case, settings.seed)
         except Exception as error:  # noqa: BLE001 - e.g. the inputs alone do not fit
-            status = "oom" if is_out_of_memory(error) else "error"
-            for impl in chosen:
-                row = {**_base_row(impl, case), "status": status, "reason": f"creating inputs failed: {error}",
-                       "row_s": _seconds_since(row_started)}
-                row_started = time.monotonic()
-                rows.append(row)
-                on_row(row)
-                if progress:
-                    progress.row_done(row)
+            for row in _rows_without_inputs(chosen, case, error, row_started):
+                record(row)
             free_after_failure(case.device)
             continue
         if case.device == "cuda":
@@ -308,9 +323,7 @@ def run_cases(
                 on_start(_base_row(impl, case))
             row = run_one(impl, case, inputs, reference, settings, monitor, local_errors)
             if not inputs.unchanged_since(untouched):  # its results, and every later one's, would be on other inputs
-                row = {**_base_row(impl, case), "status": "error",
-                       "reason": "it wrote into its inputs (q, k, v or the upstream gradient changed during its calls); "
-                                 "the case's later implementations got fresh inputs"}
+                row = {**_base_row(impl, case), "status": "error", "reason": WROTE_INTO_INPUTS}
                 reference.release()
                 inputs = make_inputs(case, settings.seed)
                 reference = softmax_reference(case, inputs, settings)  # it may have been computed from changed inputs
@@ -319,10 +332,7 @@ def run_cases(
                 row["reason"] += " [the device was unusable after this error; the run stopped here]"
             row["row_s"] = _seconds_since(row_started)
             row_started = time.monotonic()
-            rows.append(row)
-            on_row(row)
-            if progress:
-                progress.row_done(row)
+            record(row)
             if lost:
                 raise DeviceLost(row)
         reference.release()

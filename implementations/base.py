@@ -124,19 +124,15 @@ class Implementation:
         it must still do the same thing (by entering the set-up itself)."""
         return contextlib.nullcontext()
 
-    def visible_pairs(self, seq_len: int, causal: bool, q_len: int | None = None) -> int:
-        """Query-key pairs that contribute to the output: N² dense, N(N+1)/2 causal; with q_len queries (the last
-        of the N positions) Q·N dense, and causal each query sees the keys up to its own position."""
-        return attention_pairs(q_len or seq_len, seq_len, causal)
+    def visible_pairs(self, case: CaseLike) -> int:
+        """Query-key pairs of one sequence and head that contribute to the output: N² dense, N(N+1)/2 causal; with
+        q_len queries (the last of the N positions) Q·N dense, and causal each query sees the keys up to its own."""
+        return attention_pairs(case.q_len or case.seq_len, case.seq_len, case.causal)
 
-    def forward_flops(self, batch: int, heads: int, seq_len: int, head_dim: int, causal: bool,
-                      q_len: int | None = None) -> float:
-        """FLOPs of the forward maths (see implementations/flops.py); softmax attention by default. The harness
-        passes q_len only for cases with fewer queries than keys, so an override without it serves the rest; and
-        kv_heads, for grouped heads, only to an override that takes it (the linear families: their key side
-        belongs to the key/value heads)."""
-        pairs = self.visible_pairs(seq_len, causal, q_len) if q_len else self.visible_pairs(seq_len, causal)
-        return softmax_attention_flops(batch, heads, pairs, head_dim)
+    def forward_flops(self, case: CaseLike) -> float:
+        """FLOPs of the forward maths (see implementations/flops.py); softmax attention over the visible pairs by
+        default."""
+        return softmax_attention_flops(case.batch, case.heads, self.visible_pairs(case), case.head_dim)
 
     def carried_state_bytes(self, case: CaseLike) -> int | None:
         """For a decoding call that reads a state of the keys before its first query, carried between calls, in

@@ -28,8 +28,15 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .base import DTYPES, Implementation, Option, device_reasons, expand_kv, must_be_positive
-from .carried_state import (STATE_OPTION, CarriedState, carried_bytes, carried_description, carried_state_reasons,
-                            carries, summed_keys)
+from .carried_state import (
+    STATE_OPTION,
+    CarriedState,
+    carried_bytes,
+    carried_description,
+    carried_state_reasons,
+    carries,
+    summed_keys,
+)
 from .compiling import COMPILE_OPTION, CompileOnRequest
 from .flops import linear_attention_flops
 
@@ -339,9 +346,10 @@ class LinearAttention(Implementation):
     def attention_weights(self, q, k, *, causal=False):
         return linear_weights(elu_feature_map(q.double()), elu_feature_map(k.double()), causal=causal)
 
-    def forward_flops(self, batch, heads, seq_len, head_dim, causal, q_len=None, kv_heads=None):
-        keys = summed_keys(self._state, seq_len, q_len)
-        return linear_attention_flops(batch, heads, keys, head_dim, features=head_dim, q_len=q_len, kv_heads=kv_heads)
+    def forward_flops(self, case) -> float:
+        keys = summed_keys(self._state, case.seq_len, case.q_len)
+        return linear_attention_flops(case.batch, case.heads, keys, case.head_dim, features=case.head_dim,
+                                      q_len=case.q_len, kv_heads=case.kv_heads)
 
     def carried_state_bytes(self, case) -> int | None:
         return carried_bytes(self._state, case, features=case.head_dim, dtype=matmul_dtype(DTYPES[case.dtype]))

@@ -145,5 +145,6 @@ class LinformerAttention(Implementation):
         key_projection, value_projection = self.projections(k.shape[-2], torch.float64, k.device)
         return softmax_weights(q, key_projection @ k.double()) @ value_projection
 
-    def forward_flops(self, batch, heads, seq_len, head_dim, causal, q_len=None, kv_heads=None):
-        return low_rank_attention_flops(batch, heads, seq_len, head_dim, self.settings["k"], kv_heads)
+    def forward_flops(self, case) -> float:
+        return low_rank_attention_flops(case.batch, case.heads, case.seq_len, case.head_dim, self.settings["k"],
+                                        case.kv_heads)

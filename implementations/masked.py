@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .base import Implementation, device_reasons
+from .base import CaseLike, Implementation, device_reasons
 from .block_mask import block_mask_by_rows
 from .chunked_masked import ChunkedMaskedAttention, QueryChunk
 from .flex import FlexCall, flex_reasons
@@ -62,10 +62,11 @@ class MaskedAttention(Implementation):
         ranges = self.candidate_keys(start, stop, seq_len)
         return torch.cat([torch.arange(a, b, device=device) for a, b in ranges]).unique()
 
-    def visible_pairs(self, seq_len: int, causal: bool, q_len: int | None = None) -> int:
-        key = (seq_len, causal, q_len or seq_len)
+    def visible_pairs(self, case: CaseLike) -> int:
+        queries = case.q_len or case.seq_len
+        key = (case.seq_len, case.causal, queries)
         if key not in self._pairs:
-            plan = self._cpu_plan(q_len or seq_len, seq_len, causal, torch.device("cpu"))
+            plan = self._cpu_plan(queries, case.seq_len, case.causal, torch.device("cpu"))
             self._pairs[key] = sum(int(chunk.seen.sum()) for chunk in plan)
         return self._pairs[key]
 

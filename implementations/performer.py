@@ -35,12 +35,27 @@ from dataclasses import dataclass
 import torch
 
 from .base import DTYPES, Implementation, Option, device_reasons, expand_kv, must_be_positive
-from .carried_state import (STATE_OPTION, CarriedState, carried_bytes, carried_description, carried_state_reasons,
-                            carries, summed_keys)
+from .carried_state import (
+    STATE_OPTION,
+    CarriedState,
+    carried_bytes,
+    carried_description,
+    carried_state_reasons,
+    carries,
+    summed_keys,
+)
 from .compiling import COMPILE_OPTION, CompileOnRequest
 from .flops import linear_attention_flops, random_feature_flops
-from .linear import (ChangedFeatures, KeySums, decoding_step, key_sums, linear_attention, linear_weights,
-                     padded_causal_len, quadratic_linear_attention)
+from .linear import (
+    ChangedFeatures,
+    KeySums,
+    decoding_step,
+    key_sums,
+    linear_attention,
+    linear_weights,
+    padded_causal_len,
+    quadratic_linear_attention,
+)
 
 
 def orthogonal_random_features(features: int, head_dim: int, seed: int) -> torch.Tensor:
@@ -280,11 +295,11 @@ class PerformerAttention(Implementation):
         fk = favor_features(k.double(), projection, is_query=False)
         return linear_weights(fq, fk, causal=causal)
 
-    def forward_flops(self, batch, heads, seq_len, head_dim, causal, q_len=None, kv_heads=None):
-        m = self.settings["features"]
-        keys = summed_keys(self.settings["state"], seq_len, q_len)
-        features = random_feature_flops(batch, heads, keys, head_dim, m, q_len, kv_heads)
-        return features + linear_attention_flops(batch, heads, keys, head_dim, m, q_len, kv_heads)
+    def forward_flops(self, case) -> float:
+        m, q_len, kv_heads = self.settings["features"], case.q_len, case.kv_heads
+        keys = summed_keys(self.settings["state"], case.seq_len, q_len)
+        features = random_feature_flops(case.batch, case.heads, keys, case.head_dim, m, q_len, kv_heads)
+        return features + linear_attention_flops(case.batch, case.heads, keys, case.head_dim, m, q_len, kv_heads)
 
     def carried_state_bytes(self, case) -> int | None:
         wide = torch.promote_types(DTYPES[case.dtype], torch.float32)  # features and their sums stay wide

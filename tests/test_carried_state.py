@@ -137,7 +137,7 @@ def test_a_carried_decoding_call_does_the_same_work_whatever_the_cache_length(na
     assert flops[256] == flops[4096] > 0
     # The matmuls it does are no more than the FLOPs its rows are credited with (the new tokens' maths).
     batch, heads, q_len, head_dim = q.shape
-    assert flops[4096] <= impl.forward_flops(batch, heads, 4096, head_dim, True, q_len)
+    assert flops[4096] <= impl.forward_flops(Case(batch, heads, 4096, head_dim, "float32", True, "fwd", "cpu", q_len=q_len))
     rebuilt = implementations.get(name)
     with FlopCounterMode(display=False) as counter:
         rebuilt(q, k, v, causal=True)
@@ -169,7 +169,7 @@ def test_an_unknown_state_is_refused_with_the_choices(name):
 def test_a_carried_call_counts_the_new_tokens_and_reads_the_state_in_place_of_the_cache():
     case = Case(2, 8, 4096, 64, "bfloat16", True, "fwd", "cpu", kv_heads=2, q_len=1)
     rebuilt, carried = implementations.get("linear"), implementations.get("linear", state="carried")
-    assert carried.forward_flops(2, 8, 4096, 64, True, 1) == rebuilt.forward_flops(2, 8, 1, 64, True, 1)
+    assert carried.forward_flops(case) == rebuilt.forward_flops(replace(case, seq_len=1, q_len=None))
     assert rebuilt.carried_state_bytes(case) is None
     state = carried.carried_state_bytes(case)
     assert state == 2 * 2 * 64 * (64 + 1) * 2  # an F × D + F state per key/value head, F = D, multiplied in bfloat16

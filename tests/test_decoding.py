@@ -43,7 +43,7 @@ def test_visible_pairs_count_the_lower_right_mask(q_len, seq_len):
     mask = causal_lower_right(q_len, seq_len)._materialize()
     assert attention_pairs(q_len, seq_len, causal=True) == int(mask.sum())
     assert attention_pairs(q_len, seq_len, causal=False) == q_len * seq_len
-    assert implementations.get("naive").visible_pairs(seq_len, True, q_len) == int(mask.sum())
+    assert implementations.get("naive").visible_pairs(Case(1, 1, seq_len, 16, "float32", True, "fwd", "cpu", q_len=q_len)) == int(mask.sum())
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -81,7 +81,7 @@ def test_sparse_decoding_masks_are_the_last_rows_of_the_full_mask():
         for causal in (False, True):
             full = impl.dense_mask(70, causal)
             assert torch.equal(impl.dense_mask(70, causal, q_len=9), full[-9:])
-            assert impl.visible_pairs(70, causal, 9) == int(full[-9:].sum())
+            assert impl.visible_pairs(Case(1, 1, 70, 16, "float32", causal, "fwd", "cpu", q_len=9)) == int(full[-9:].sum())
 
 
 def test_minimum_traffic_reads_the_whole_cache_and_writes_one_row_per_query():
@@ -177,28 +177,30 @@ def test_run_refuses_more_queries_than_keys_before_any_work(tmp_path, capsys):
     assert "--q-len" in capsys.readouterr().err and not out.exists()
 
 
-def test_an_implementation_written_before_query_lengths_still_runs_full_length_cases(tmp_path):
-    """Overrides of visible_pairs and forward_flops without q_len (an installed package's) keep working where
-    there are as many queries as keys; only the harness's decoding cases pass q_len."""
+def test_an_implementations_own_pairs_and_flops_take_the_case():
+    """visible_pairs(case) and forward_flops(case) are all an implementation overrides to count its own work; the
+    default forward_flops counts softmax attention over its visible pairs."""
     from suite.measure.flops import case_flops
     from suite.run.runner import _base_row
 
     class Banded(implementations.Implementation):
         family = "sparse"
 
-        def visible_pairs(self, seq_len, causal):
-            return seq_len
+        def visible_pairs(self, case):
+            return case.query_len
 
-        def forward_flops(self, batch, heads, seq_len, head_dim, causal):
-            return 1.0 * seq_len
+        def forward_flops(self, case):
+            return 1.0 * case.query_len
 
     impl = Banded("banded")
     full = Case(1, 2, 64, 16, "float32", False, "fwd", "cpu")
+    decoding = Case(1, 2, 64, 16, "float32", True, "fwd", "cpu", q_len=4)
     assert _base_row(impl, full)["density"] == 64 / 64**2 and case_flops(impl, full) == 64.0
+    assert _base_row(impl, decoding)["density"] == 4 / (4 * 64) and case_flops(impl, decoding) == 4.0
 
     class OnlyPairs(implementations.Implementation):
-        def visible_pairs(self, seq_len, causal):
-            return seq_len
+        def visible_pairs(self, case):
+            return case.seq_len
 
     assert case_flops(OnlyPairs("pairs"), full) == 4 * 2 * 64 * 16
 

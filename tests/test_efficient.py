@@ -48,7 +48,7 @@ def test_window_covering_the_sequence_is_dense_attention(causal):
     window = implementations.get("sparse-window", window=70)
     dense = implementations.reference_attention(q, k, v, causal=causal)
     assert_within_allowance(window(q, k, v, causal=causal), dense, case_of(q, k, causal), window)
-    assert window.visible_pairs(70, causal) == (70 * 71 // 2 if causal else 70 * 70)
+    assert window.visible_pairs(Case(1, 1, 70, 16, "float32", causal, "fwd", "cpu")) == (70 * 71 // 2 if causal else 70 * 70)
 
 
 @pytest.mark.parametrize("seq_len,window", [(1, 3), (17, 3), (100, 7)])
@@ -57,8 +57,8 @@ def test_window_mask_has_the_stated_pairs(seq_len, window):
     expected_dense = sum(min(seq_len - 1, i + window) - max(0, i - window) + 1 for i in range(seq_len))
     expected_causal = sum(min(i, window) + 1 for i in range(seq_len))
     mask = impl.dense_mask(seq_len, causal=False)
-    assert int(mask.sum()) == impl.visible_pairs(seq_len, False) == expected_dense
-    assert int(impl.dense_mask(seq_len, causal=True).sum()) == impl.visible_pairs(seq_len, True) == expected_causal
+    assert int(mask.sum()) == impl.visible_pairs(Case(1, 1, seq_len, 16, "float32", False, "fwd", "cpu")) == expected_dense
+    assert int(impl.dense_mask(seq_len, causal=True).sum()) == impl.visible_pairs(Case(1, 1, seq_len, 16, "float32", True, "fwd", "cpu")) == expected_causal
     i, j = 5 % seq_len, (5 + window + 1) % seq_len
     assert bool(mask[i, j]) == (abs(i - j) <= window)
 
@@ -75,10 +75,10 @@ def test_block_mask_follows_the_documented_pattern():
         [True, False, False, True, True, True],
         [True, False, False, False, True, True],
     ]
-    assert int(mask.sum()) == impl.visible_pairs(22, False)
+    assert int(mask.sum()) == impl.visible_pairs(Case(1, 1, 22, 16, "float32", False, "fwd", "cpu"))
     causal = impl.dense_mask(22, causal=True)
     assert torch.equal(causal, mask & torch.ones(22, 22, dtype=torch.bool).tril())
-    assert int(causal.sum()) == impl.visible_pairs(22, True)
+    assert int(causal.sum()) == impl.visible_pairs(Case(1, 1, 22, 16, "float32", True, "fwd", "cpu"))
 
 
 @pytest.mark.parametrize("name", ["sparse-window", "sparse-block"])
@@ -272,7 +272,7 @@ def test_grouped_heads_do_the_key_side_work_once_per_key_value_head(name):
             with FlopCounterMode(display=False) as counter:
                 impl(q, k, v, causal=causal)
             counted[kv_heads, causal] = counter.get_total_flops()
-    assert counted[2, False] <= impl.forward_flops(1, 8, 512, 32, False, kv_heads=2) < counted[8, False]
+    assert counted[2, False] <= impl.forward_flops(Case(1, 8, 512, 32, "float32", False, "fwd", "cpu", kv_heads=2)) < counted[8, False]
     assert counted[2, True] < counted[8, True]
 
 

@@ -147,7 +147,8 @@ def test_flops_count_each_key_value_head_projected_once(kv_heads):
     projections = counter.get_flop_counts()["Global"][torch.ops.aten.bmm]
     assert projections == 4 * batch * kv_heads * seq_len * k * head_dim
     attention = softmax_attention_flops(batch, heads, seq_len * k, head_dim)
-    assert impl.forward_flops(batch, heads, seq_len, head_dim, False, kv_heads=kv_heads) == projections + attention
+    case = Case(batch, heads, seq_len, head_dim, "float32", False, "fwd", "cpu", kv_heads=kv_heads)
+    assert impl.forward_flops(case) == projections + attention
 
 
 def test_grouped_heads_give_the_outputs_and_gradients_of_repeated_keys():

@@ -6,6 +6,7 @@ import torch
 
 from implementations import Implementation
 from implementations.flops import MODE_FACTOR, softmax_attention_flops
+from suite.case import Case
 from suite.measure.memory import peak_call_memory, running_peak
 from suite.measure.settings import TimingPolicy
 from suite.measure.timing import Measurement, measure
@@ -94,10 +95,10 @@ def test_a_profiler_failure_costs_the_memory_figure_only_and_never_hides_the_cal
 
 def test_visible_pairs_and_flops():
     impl = Implementation("x")
-    assert impl.visible_pairs(4, causal=False) == 16
-    assert impl.visible_pairs(4, causal=True) == 10  # 1 + 2 + 3 + 4
+    assert impl.visible_pairs(Case(1, 1, 4, 16, "float32", False, "fwd", "cpu")) == 16
+    assert impl.visible_pairs(Case(1, 1, 4, 16, "float32", True, "fwd", "cpu")) == 10  # 1 + 2 + 3 + 4
     assert softmax_attention_flops(2, 3, 16, 8) == 4 * 2 * 3 * 16 * 8
-    assert impl.forward_flops(2, 3, 4, 8, causal=True) == 4 * 2 * 3 * 10 * 8
+    assert impl.forward_flops(Case(2, 3, 4, 8, "float32", True, "fwd", "cpu")) == 4 * 2 * 3 * 10 * 8
     assert MODE_FACTOR == {"fwd": 1.0, "bwd": 2.5, "fwd+bwd": 3.5}
 
 
@@ -115,14 +116,6 @@ def test_the_linear_families_count_their_key_side_per_key_value_head():
     performer = implementations.get("performer", features=32)
     assert case_flops(performer, grouped) == 2 * 2 * rows(2) * (16 * 32 + 32 * 17)
     assert case_flops(implementations.get("naive"), grouped) == case_flops(implementations.get("naive"), plain)
-
-    class WrittenBeforeKvHeads(Implementation):
-        family = "linear"
-
-        def forward_flops(self, batch, heads, seq_len, head_dim, causal, q_len=None):
-            return 1.0
-
-    assert case_flops(WrittenBeforeKvHeads("old"), grouped) == 1.0  # not given an argument it does not take
 
 
 def test_a_call_is_host_bound_when_issuing_it_took_as_long_as_the_gpu_ran_it():

@@ -4,8 +4,6 @@ The per-family forward formulas and their derivations live in `implementations/f
 """
 from __future__ import annotations
 
-import inspect
-
 from implementations import Implementation
 from implementations.flops import MODE_FACTOR, attention_pairs, softmax_attention_flops
 
@@ -13,13 +11,7 @@ from ..case import Case
 
 
 def case_flops(impl: Implementation, case: Case) -> float:
-    # q_len only where it differs, so an implementation written before it existed serves the other cases; kv_heads
-    # only to those that take it (grouped heads change only the linear families' count).
-    differing = {"q_len": case.q_len} if case.q_len else {}
-    if case.kv_heads and case.kv_heads != case.heads and "kv_heads" in inspect.signature(impl.forward_flops).parameters:
-        differing["kv_heads"] = case.kv_heads
-    forward = impl.forward_flops(case.batch, case.heads, case.seq_len, case.head_dim, case.causal, **differing)
-    return forward * MODE_FACTOR[case.mode]
+    return impl.forward_flops(case) * MODE_FACTOR[case.mode]
 
 
 def softmax_case_flops(case: Case) -> float:

@@ -57,10 +57,7 @@ class DeviceLost(RuntimeError):
 
 
 def _base_row(impl: Implementation, case: Case) -> dict[str, Any]:
-    # Of the full Q×N score matrix (N×N with as many queries as keys); q_len passed only where it is set, so an
-    # override written before it existed serves the other cases.
-    fewer_queries = (case.q_len,) if case.q_len else ()
-    density = impl.visible_pairs(case.seq_len, case.causal, *fewer_queries) / (case.query_len * case.seq_len)
+    density = impl.visible_pairs(case) / (case.query_len * case.seq_len)  # of the full Q×N score matrix
     return {"impl": impl.label, "family": impl.family, **asdict(case), "status": None, "reason": None,
             "density": density}
 

@@ -10,6 +10,7 @@ several iterations so short calls are not dominated by timer resolution. The cas
 TFLOP/s and the call's peak memory (from one more, untimed call) go into extra_info; the GPU goes into
 machine_info (conftest.py).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -78,5 +79,6 @@ def test_attention(benchmark, name, options, case):
         benchmark.extra_info["tokens_per_s"] = case.batch * case.query_len / median_s  # queries: tokens decoded
         if before_each:
             before_each()  # outside the measured call, as in `attnbench run`: what it frees is not the call's
-        benchmark.extra_info["peak_mem_bytes"], benchmark.extra_info["peak_mem_reason"] = \
-            peak_call_memory(call, torch.device(DEVICE))
+        benchmark.extra_info["peak_mem_bytes"], benchmark.extra_info["peak_mem_reason"] = peak_call_memory(
+            call, torch.device(DEVICE)
+        )

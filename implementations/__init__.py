@@ -4,6 +4,7 @@ Adding an implementation = one module with an `Implementation` subclass + one li
 Other installed packages can add theirs through entry points (see `external.py`).
 This package never imports the harness (`suite`): every implementation is usable on its own.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -80,6 +81,15 @@ def get(name: str, **options: Any) -> Implementation:
 
 
 __all__ = [
-    "DTYPES", "CaseLike", "Implementation", "Option", "REGISTRY", "Unsupported",
-    "get", "ignored_declarations", "names", "origin", "reference_attention",
+    "DTYPES",
+    "CaseLike",
+    "Implementation",
+    "Option",
+    "REGISTRY",
+    "Unsupported",
+    "get",
+    "ignored_declarations",
+    "names",
+    "origin",
+    "reference_attention",
 ]

@@ -1,4 +1,5 @@
 """What every attention implementation is: a name, a family, its options, what it supports, a call."""
+
 from __future__ import annotations
 
 import contextlib
@@ -96,9 +97,7 @@ class Implementation:
                 try:
                     value = option.parse(value)
                 except ValueError:
-                    raise ValueError(
-                        f"{self.name}: option {key}={given[key]!r} is not valid ({option.help})"
-                    ) from None
+                    raise ValueError(f"{self.name}: option {key}={given[key]!r} is not valid ({option.help})") from None
             problem = option.check(value)
             if problem:
                 raise ValueError(f"{self.name}: option {key}={given[key]!r} {problem} ({option.help})")

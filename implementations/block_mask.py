@@ -5,6 +5,7 @@ integer arithmetic (block indices, distances) the temporaries are int64, 32 GiB 
 and the call runs out of memory beside the case's tensors. This builds the same BlockMask (the
 same partial and full blocks, in the same order) from row chunks of bounded size.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -23,8 +24,13 @@ def _ordered(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return blocks.sum(-1).to(torch.int32), torch.argsort(blocks, dim=-1, descending=True, stable=True).to(torch.int32)
 
 
-def block_mask_by_rows(visible: Visible, seq_len: int, device: torch.device | str, max_elements: int | None = None,
-                       q_len: int | None = None):
+def block_mask_by_rows(
+    visible: Visible,
+    seq_len: int,
+    device: torch.device | str,
+    max_elements: int | None = None,
+    q_len: int | None = None,
+):
     """The BlockMask of `visible` over q_len × seq_len (q_len: seq_len), with one batch and head dimension of 1.
     `visible` takes positions among the keys: the queries are the last q_len of them. max_elements bounds the
     mask elements evaluated at once (at least one block row is)."""
@@ -52,5 +58,12 @@ def block_mask_by_rows(visible: Visible, seq_len: int, device: torch.device | st
     def mask_mod(b, h, q_idx, kv_idx):
         return visible(q_idx + offset, kv_idx)
 
-    return BlockMask.from_kv_blocks(kv_num_blocks, kv_indices, full_kv_num_blocks, full_kv_indices,
-                                    BLOCK_SIZE=FLEX_BLOCK, mask_mod=mask_mod, seq_lengths=(q_len, seq_len))
+    return BlockMask.from_kv_blocks(
+        kv_num_blocks,
+        kv_indices,
+        full_kv_num_blocks,
+        full_kv_indices,
+        BLOCK_SIZE=FLEX_BLOCK,
+        mask_mod=mask_mod,
+        seq_lengths=(q_len, seq_len),
+    )

@@ -11,6 +11,7 @@ default `state=rebuilt` every call builds it from the cache, O(N), as a prefill 
 
 A carried state holds no gradient for the cached keys, so `state=carried` supports decoding forward only.
 """
+
 from __future__ import annotations
 
 import weakref
@@ -28,9 +29,13 @@ def _check_state(value: object) -> str | None:
     return None if value in STATES else f"must be one of {', '.join(STATES)}"
 
 
-STATE_OPTION = Option(default="rebuilt", parse=str, check=_check_state,
-                      help="state: rebuilt (from the KV cache in every decoding call) or carried "
-                           "(built once per cache and reused, as a recurrent decoder does)")
+STATE_OPTION = Option(
+    default="rebuilt",
+    parse=str,
+    check=_check_state,
+    help="state: rebuilt (from the KV cache in every decoding call) or carried "
+    "(built once per cache and reused, as a recurrent decoder does)",
+)
 
 _NO_GRADIENT = "a carried state holds no gradient for the cached keys; state=rebuilt has one"
 
@@ -39,8 +44,10 @@ def carried_state_reasons(case: CaseLike, state: str) -> list[str]:
     """Why a `state=carried` implementation cannot run `case`: a decoding case with a backward."""
     if state != "carried" or not has_fewer_queries(case) or case.mode == "fwd":
         return []
-    return [f"mode={case.mode} with state=carried and q_len={case.q_len} < seq_len={case.seq_len} "
-            f"(supported: fwd; {_NO_GRADIENT})"]
+    return [
+        f"mode={case.mode} with state=carried and q_len={case.q_len} < seq_len={case.seq_len} "
+        f"(supported: fwd; {_NO_GRADIENT})"
+    ]
 
 
 def carries(state: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
@@ -77,8 +84,13 @@ class CarriedState(Generic[T]):
             self.builds += 1
             return build()
         versions = tuple(t._version for t in tensors)
-        if (self._value is not None and extra == self._extra and versions == self._versions
-                and len(self._refs) == len(tensors) and all(r() is t for r, t in zip(self._refs, tensors))):
+        if (
+            self._value is not None
+            and extra == self._extra
+            and versions == self._versions
+            and len(self._refs) == len(tensors)
+            and all(r() is t for r, t in zip(self._refs, tensors))
+        ):
             return self._value
         self._drop()  # free the old state before building the new one
         value = build()

@@ -5,6 +5,7 @@ the ideas behind linear attention and Performer are normally run fused (the Perf
 code through XLA). `compile=true` lets a reader see both: compile time lands in the first call,
 which the harness records apart from the timed calls.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -32,8 +33,9 @@ def parse_bool(text: str) -> bool:
     raise ValueError(text)
 
 
-COMPILE_OPTION = Option(default=False, parse=parse_bool,
-                        help="compile: true or false; true runs the computation through torch.compile")
+COMPILE_OPTION = Option(
+    default=False, parse=parse_bool, help="compile: true or false; true runs the computation through torch.compile"
+)
 
 
 def compiled(fn: Callable) -> Callable:

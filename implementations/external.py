@@ -13,6 +13,7 @@ imported only when the implementation is first built; one that fails to import o
 something else, becomes an implementation that cannot run anything and says why, so a broken
 package never stops a run of the others.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -50,9 +51,11 @@ def _origin(entry_point: EntryPoint) -> str:
 
 
 # What an entry point must name, said wherever it names something else.
-SHOULD_POINT_AT = ("it should point at an implementations.Implementation subclass, or at a factory(name, **options) "
-                   "returning one; a plain attention function (q, k, v, *, causal) -> out becomes one in a factory "
-                   "that returns suite.api.as_implementation(function, name)")
+SHOULD_POINT_AT = (
+    "it should point at an implementations.Implementation subclass, or at a factory(name, **options) "
+    "returning one; a plain attention function (q, k, v, *, causal) -> out becomes one in a factory "
+    "that returns suite.api.as_implementation(function, name)"
+)
 
 
 def _not_a_factory(factory: Any, name: str) -> str | None:
@@ -78,8 +81,9 @@ def _build(entry_point: EntryPoint, name: str, **options: Any) -> Implementation
     try:
         factory = entry_point.load()
     except Exception as error:  # any import-time failure of a third-party package
-        return Unavailable(name, f"entry point {_origin(entry_point)} failed to load: {type(error).__name__}: {error}",
-                           **options)
+        return Unavailable(
+            name, f"entry point {_origin(entry_point)} failed to load: {type(error).__name__}: {error}", **options
+        )
     if wrong := _not_a_factory(factory, name):
         return Unavailable(name, f"entry point {_origin(entry_point)} {wrong}: {SHOULD_POINT_AT}", **options)
     try:
@@ -87,11 +91,16 @@ def _build(entry_point: EntryPoint, name: str, **options: Any) -> Implementation
     except ValueError:
         raise  # a bad option: reported to the user as for built-ins
     except Exception as error:
-        return Unavailable(name, f"entry point {_origin(entry_point)} failed to build: {type(error).__name__}: {error}",
-                           **options)
+        return Unavailable(
+            name, f"entry point {_origin(entry_point)} failed to build: {type(error).__name__}: {error}", **options
+        )
     if not isinstance(impl, Implementation):
-        return Unavailable(name, f"entry point {_origin(entry_point)} built a {type(impl).__name__}, "
-                                 f"not an implementations.Implementation: {SHOULD_POINT_AT}", **options)
+        return Unavailable(
+            name,
+            f"entry point {_origin(entry_point)} built a {type(impl).__name__}, "
+            f"not an implementations.Implementation: {SHOULD_POINT_AT}",
+            **options,
+        )
     return impl
 
 

@@ -10,6 +10,7 @@ FlexAttention has no backward on a CPU, and compiling it for a CPU takes tens of
 `flex` runs on CUDA only; `FlexCall(compile_it=False)` runs the same call eagerly (unfused, the scores
 materialized), which is how its masks are tested on a CPU.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -42,8 +43,9 @@ class FlexCall:
         self._call = None
         self._block_masks: dict[tuple, Any] = {}
 
-    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: Visible | None,
-                 mask_key: tuple = ()) -> torch.Tensor:
+    def __call__(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: Visible | None, mask_key: tuple = ()
+    ) -> torch.Tensor:
         """`visible(q_idx, kv_idx)`: which keys each query sees (None: all of them), in positions among the keys
         (the queries are the last ones); `mask_key` names it among the masks this caller uses (the block mask is
         also keyed by the lengths and device)."""

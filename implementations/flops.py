@@ -30,6 +30,7 @@ KV = H. It is counted by the convention all the same, so that every family's TFL
 The backward is counted as 2.5× the forward for every family (the convention of FlashAttention's
 benchmarks: it recomputes QKᵀ and does four more products, 5 against the forward's 2).
 """
+
 from __future__ import annotations
 
 MODE_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd+bwd": 3.5}
@@ -51,17 +52,32 @@ def _key_and_query_rows(heads: int, seq_len: int, q_len: int | None, kv_heads: i
     return (kv_heads or heads) * seq_len + heads * (q_len or seq_len)
 
 
-def linear_attention_flops(batch: int, heads: int, seq_len: int, head_dim: int, features: int,
-                           q_len: int | None = None, kv_heads: int | None = None) -> float:
+def linear_attention_flops(
+    batch: int,
+    heads: int,
+    seq_len: int,
+    head_dim: int,
+    features: int,
+    q_len: int | None = None,
+    kv_heads: int | None = None,
+) -> float:
     return 2.0 * batch * _key_and_query_rows(heads, seq_len, q_len, kv_heads) * features * (head_dim + 1)
 
 
-def random_feature_flops(batch: int, heads: int, seq_len: int, head_dim: int, features: int,
-                         q_len: int | None = None, kv_heads: int | None = None) -> float:
+def random_feature_flops(
+    batch: int,
+    heads: int,
+    seq_len: int,
+    head_dim: int,
+    features: int,
+    q_len: int | None = None,
+    kv_heads: int | None = None,
+) -> float:
     return 2.0 * batch * _key_and_query_rows(heads, seq_len, q_len, kv_heads) * head_dim * features
 
 
-def low_rank_attention_flops(batch: int, heads: int, seq_len: int, head_dim: int, projected: int,
-                             kv_heads: int | None = None) -> float:
+def low_rank_attention_flops(
+    batch: int, heads: int, seq_len: int, head_dim: int, projected: int, kv_heads: int | None = None
+) -> float:
     projections = 4.0 * batch * (kv_heads or heads) * seq_len * projected * head_dim
     return projections + softmax_attention_flops(batch, heads, seq_len * projected, head_dim)

@@ -18,6 +18,7 @@ the materialized states ~F·D/C values of memory traffic, so C ≈ √(F·D) bal
 `linear_attention` is the fast path shared with FAVOR+ (performer.py); `quadratic_linear_attention`
 is the float64 exact twin: the same maths as an explicit N×N weight matrix, chunked over queries.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -87,9 +88,17 @@ class ChangedFeatures:
     count: int
 
 
-def decoding_step(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, sums: KeySums, *, causal: bool,
-                  chunk: int = 128, mm: torch.dtype | None = None,
-                  changed: ChangedFeatures | None = None) -> torch.Tensor:
+def decoding_step(
+    fq: torch.Tensor,
+    fk: torch.Tensor,
+    v: torch.Tensor,
+    sums: KeySums,
+    *,
+    causal: bool,
+    chunk: int = 128,
+    mm: torch.dtype | None = None,
+    changed: ChangedFeatures | None = None,
+) -> torch.Tensor:
     """A decoding step: queries fq (B, H, Q, F) of the Q new tokens, their keys' features fk (B, KV, Q, F) and values
     v (B, KV, Q, D), and the sums of the keys before them (KV ≤ H heads; query head h reads key/value head h // G)
     -> (B, H, Q, D) in v's dtype. The G query heads of a group are stacked as rows of one matmul against their
@@ -144,7 +153,9 @@ class ChunkRows:
     def rows(self, x: torch.Tensor, pad_value: float = 0.0) -> torch.Tensor:
         """(B, H, N, ·) -> (B, KV, n, G·C, ·): row g·C + i of chunk c is position c·C + i of query head kv·G + g."""
         width = x.shape[-1]
-        split = self._padded(x, pad_value).reshape(self.batch, self.kv_heads, self.groups, self.chunks, self.chunk, width)
+        split = self._padded(x, pad_value).reshape(
+            self.batch, self.kv_heads, self.groups, self.chunks, self.chunk, width
+        )
         return split.transpose(2, 3).reshape(self.batch, self.kv_heads, self.chunks, self.groups * self.chunk, width)
 
     def heads_first(self, x: torch.Tensor) -> torch.Tensor:
@@ -154,9 +165,17 @@ class ChunkRows:
         return split.reshape(self.batch, self.heads, self.chunks * self.chunk, width)[..., : self.seq_len, :]
 
 
-def linear_attention(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *, causal: bool, chunk: int = 128,
-                     mm: torch.dtype | None = None, seen: tuple[torch.Tensor, torch.Tensor] | None = None,
-                     query_map: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+def linear_attention(
+    fq: torch.Tensor,
+    fk: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool,
+    chunk: int = 128,
+    mm: torch.dtype | None = None,
+    seen: tuple[torch.Tensor, torch.Tensor] | None = None,
+    query_map: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """fq: positive features (B, H, N, F) of N positions; fk (B, KV, N, F) and v (B, KV, N, D) of the same positions,
     KV dividing H (query head h reads key/value head h // (H/KV)) -> (B, H, N, D) in v's dtype. Causal, fk may come
     padded to whole chunks already (`padded_causal_len`: the padding is taken as it is, and no query sees it), so a
@@ -177,8 +196,10 @@ def linear_attention(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *, cau
     # Non-causal attention is one chunk of all queries against all keys, with no mask.
     layout = ChunkRows(batch, heads, fk.shape[1], seq_len, min(chunk, seq_len) if causal else seq_len)
     if causal and fk.shape[-2] not in (seq_len, padded_causal_len(seq_len, chunk)):
-        raise ValueError(f"causal linear_attention takes as many queries as keys (got {seq_len} and "
-                         f"{fk.shape[-2]}): pass the earlier keys as `seen`")
+        raise ValueError(
+            f"causal linear_attention takes as many queries as keys (got {seq_len} and "
+            f"{fk.shape[-2]}): pass the earlier keys as `seen`"
+        )
     # Padded queries get positive features (1, or those of a zero query), so positive denominators: their rows,
     # cut off before the output, put no NaN into the gradients.
     fq_rows = layout.rows(fq, pad_value=1.0) if query_map is None else query_map(layout.rows(fq))
@@ -203,8 +224,9 @@ def padded_causal_len(seq_len: int, chunk: int) -> int:
     return seq_len if seq_len <= chunk else -(-seq_len // chunk) * chunk
 
 
-def _causal_sums(fq: torch.Tensor, fk: torch.Tensor, values: torch.Tensor,
-                 acc: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def _causal_sums(
+    fq: torch.Tensor, fk: torch.Tensor, values: torch.Tensor, acc: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Causal numerators (B, KV, n, G·C, D) and denominators (B, KV, n, G·C, 1) from query rows fq (B, KV, n, G·C, F)
     and the keys' chunks fk (B, KV, n, C, F) and values (B, KV, n, C, D) (ChunkRows)."""
     batch, kv_heads, chunks, rows, _ = fq.shape
@@ -236,8 +258,9 @@ def _causal_sums(fq: torch.Tensor, fk: torch.Tensor, values: torch.Tensor,
     return numerator, denominator
 
 
-def quadratic_linear_attention(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *, causal: bool,
-                               chunk_elements: int = 1 << 25) -> torch.Tensor:
+def quadratic_linear_attention(
+    fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *, causal: bool, chunk_elements: int = 1 << 25
+) -> torch.Tensor:
     """The exact twin: weights φ(q_i)ᵀφ(k_j), masked, row-normalized, times V; float64 in, float64 out.
 
     Chunked over queries and checkpointed, so neither forward nor backward holds all N×N weights.
@@ -280,10 +303,16 @@ def linear_recurrence(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor) -> to
 
 class LinearAttention(Implementation):
     family = "linear"
-    options = {"chunk": Option(default=128, parse=int, check=must_be_positive,
-                               help="chunk: tokens per chunk of the causal computation, a positive integer"),
-               "compile": COMPILE_OPTION,
-               "state": STATE_OPTION}
+    options = {
+        "chunk": Option(
+            default=128,
+            parse=int,
+            check=must_be_positive,
+            help="chunk: tokens per chunk of the causal computation, a positive integer",
+        ),
+        "compile": COMPILE_OPTION,
+        "state": STATE_OPTION,
+    }
 
     def __init__(self, name: str, **options):
         super().__init__(name, **options)
@@ -316,8 +345,9 @@ class LinearAttention(Implementation):
         return self._step(q, k[..., earlier:, :], v[..., earlier:, :], sums.state, sums.norm, causal)
 
     def _attend_eager(self, q, k, v, causal: bool) -> torch.Tensor:
-        return linear_attention(q, elu_feature_map(k), v, causal=causal, chunk=self.settings["chunk"],
-                                query_map=elu_feature_map)
+        return linear_attention(
+            q, elu_feature_map(k), v, causal=causal, chunk=self.settings["chunk"], query_map=elu_feature_map
+        )
 
     @staticmethod
     def _earlier_sums(k: torch.Tensor, v: torch.Tensor) -> KeySums:
@@ -332,8 +362,9 @@ class LinearAttention(Implementation):
 
     def _step_eager(self, q, k, v, state: torch.Tensor, norm: torch.Tensor, causal: bool) -> torch.Tensor:
         """A decoding step: the new tokens' keys k and values v (B, KV, Q, D), the earlier ones' carried sums."""
-        return decoding_step(elu_feature_map(q), elu_feature_map(k), v, KeySums(state, norm), causal=causal,
-                             chunk=self.settings["chunk"])
+        return decoding_step(
+            elu_feature_map(q), elu_feature_map(k), v, KeySums(state, norm), causal=causal, chunk=self.settings["chunk"]
+        )
 
     def backend(self, q, k, v, *, causal=False) -> str | None:
         return self._attend.backend + carried_description(self._state, q, k)
@@ -348,8 +379,15 @@ class LinearAttention(Implementation):
 
     def forward_flops(self, case) -> float:
         keys = summed_keys(self._state, case.seq_len, case.q_len)
-        return linear_attention_flops(case.batch, case.heads, keys, case.head_dim, features=case.head_dim,
-                                      q_len=case.q_len, kv_heads=case.kv_heads)
+        return linear_attention_flops(
+            case.batch,
+            case.heads,
+            keys,
+            case.head_dim,
+            features=case.head_dim,
+            q_len=case.q_len,
+            kv_heads=case.kv_heads,
+        )
 
     def carried_state_bytes(self, case) -> int | None:
         return carried_bytes(self._state, case, features=case.head_dim, dtype=matmul_dtype(DTYPES[case.dtype]))

@@ -4,6 +4,7 @@ The same maths as `linear` (φ = elu + 1, normalized), so it shares `linear`'s e
 fla's `chunk_linear_attn(normalize=True)` divides scale·φ(q)ᵀS by scale·φ(q)ᵀz, and the scale
 cancels. fla's kernel is causal only and needs a GPU; elsewhere `supports()` says so.
 """
+
 from __future__ import annotations
 
 from .base import Unsupported, device_reasons, dtype_reasons, grouped_query_reasons, query_length_reasons

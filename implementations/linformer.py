@@ -6,18 +6,12 @@ along the sequence before softmax attention,
 so the scores are N × k, not N × N: time O(N·k·D) and score memory O(N·k).
 
 E and F are fixed random matrices with entries N(0, 1/N), so that a projected key (a sum of N keys) keeps the
-scale of a key at every N and k: the paper's R (entries N(0, 1/k), a Johnson–Lindenstrauss projection) times
-√(k/N), the same at k = N. The paper's E = δR leaves that factor free, and trained projections commonly start
-near this scale (Xavier with gain 1/√2: variance 1/(N + k)). With R as it is, projected keys and the logits grow
-as √(N/k), and bfloat16's rounding of them with it: at N/k = 512 (8K tokens and k = 16 measured; 64K tokens and
-k = 128 have the same ratio) the gradients were 1.1× bfloat16's allowance against the exact twin, where at this
-scale they stay at about a third of it or below from N/k = 1 to 512. E and F are drawn in float64 once per (seed, N, k) and
-rounded once per dtype and device, before the timed calls, and shared by every batch and head, as the paper's
-"headwise" sharing does: one matmul broadcasts each over batch and heads (cuBLAS reads it with a zero batch
-stride; PyTorch's CPU bmm copies it per batch and head). A benchmark has no trained weights: trained projections
-are (k × N) matrices as well and cost the same. `share_kv=true` takes F = E (the paper's key-value sharing). With
-k ≥ N it still runs, with (k × N) projections: as many projected keys as keys or more, so it then saves nothing
-over exact attention.
+scale of a key at every N and k: the paper's R (entries N(0, 1/k)) times √(k/N), the same at k = N. With R as it
+is, the logits grow as √(N/k) and bfloat16's rounding with them, past the check's allowance at long lengths (see
+docs/implementations.md). E and F are drawn in float64 once per (seed, N, k), rounded once per dtype and device
+before the timed calls, and shared by every batch and head (the paper's "headwise" sharing). A benchmark has no
+trained weights: trained projections are (k × N) matrices as well and cost the same. `share_kv=true` takes F = E.
+With k ≥ N it still runs, with (k × N) projections, and then saves nothing over exact attention.
 
 Linformer is not defined for autoregressive attention: each projected key mixes every position, future ones
 included. Causal cases are unsupported, and so are decoding cases (fewer queries than keys): a KV cache grows, a
@@ -30,6 +24,7 @@ error), then SDPA attends over the k projected keys.
 
 Options: `k` (projected length, default 256), `share_kv` (default false), `seed` (default 0).
 """
+
 from __future__ import annotations
 
 import torch
@@ -40,8 +35,10 @@ from .flops import low_rank_attention_flops
 from .reference import reference_attention, softmax_weights
 from .sdpa import SdpaAttention
 
-NOT_AUTOREGRESSIVE = ("causal=True (supported: causal=False; Linformer is not defined for autoregressive attention: "
-                      "its projections mix every position, future ones included, into each projected key)")
+NOT_AUTOREGRESSIVE = (
+    "causal=True (supported: causal=False; Linformer is not defined for autoregressive attention: "
+    "its projections mix every position, future ones included, into each projected key)"
+)
 FIXED_LENGTH = "a fixed (k × N) projection does not grow with a KV cache"
 
 
@@ -52,8 +49,10 @@ def must_be_bool(value: object) -> str | None:
 def random_projections(projected: int, seq_len: int, seed: int, share_kv: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(E, F), each (projected, seq_len) float64 with entries N(0, 1/seq_len); F is E itself when shared."""
     generator = torch.Generator().manual_seed(seed)
-    drawn = [torch.randn(projected, seq_len, generator=generator, dtype=torch.float64) / seq_len ** 0.5
-             for _ in range(1 if share_kv else 2)]
+    drawn = [
+        torch.randn(projected, seq_len, generator=generator, dtype=torch.float64) / seq_len**0.5
+        for _ in range(1 if share_kv else 2)
+    ]
     return drawn[0], drawn[-1]
 
 
@@ -68,10 +67,13 @@ def refusals(causal: bool, q_len: int, seq_len: int) -> list[str]:
 class LinformerAttention(Implementation):
     family = "low-rank"
     options = {
-        "k": Option(default=256, parse=int, check=must_be_positive,
-                    help="k: the projected length, a positive integer"),
-        "share_kv": Option(default=False, parse=parse_bool, check=must_be_bool,
-                           help="share_kv: true or false; true projects values with the keys' projection"),
+        "k": Option(default=256, parse=int, check=must_be_positive, help="k: the projected length, a positive integer"),
+        "share_kv": Option(
+            default=False,
+            parse=parse_bool,
+            check=must_be_bool,
+            help="share_kv: true or false; true projects values with the keys' projection",
+        ),
         "seed": Option(default=0, parse=int, help="seed: an integer"),
     }
 
@@ -104,7 +106,8 @@ class LinformerAttention(Implementation):
             if any(length != seq_len for length, _, _ in self._projections):
                 self._projections.clear()
             drawn = self._fixed.get(seq_len) or random_projections(
-                self.settings["k"], seq_len, self.settings["seed"], self.settings["share_kv"])
+                self.settings["k"], seq_len, self.settings["seed"], self.settings["share_kv"]
+            )
             key_projection = drawn[0].to(device=device, dtype=dtype)
             value_projection = key_projection if drawn[1] is drawn[0] else drawn[1].to(device=device, dtype=dtype)
             self._projections[key] = (key_projection, value_projection)
@@ -146,5 +149,6 @@ class LinformerAttention(Implementation):
         return softmax_weights(q, key_projection @ k.double()) @ value_projection
 
     def forward_flops(self, case) -> float:
-        return low_rank_attention_flops(case.batch, case.heads, case.seq_len, case.head_dim, self.settings["k"],
-                                        case.kv_heads)
+        return low_rank_attention_flops(
+            case.batch, case.heads, case.seq_len, case.head_dim, self.settings["k"], case.kv_heads
+        )

@@ -8,6 +8,7 @@ ranges can hold them (`candidate_keys`). From that this class derives:
   * the exact number of visible pairs (for FLOPs and density) and the dense boolean mask.
 Positions are those of the keys: with fewer queries than keys, the queries are the last positions.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -46,17 +47,25 @@ class MaskedAttention(Implementation):
         allowed = self.allowed(q_idx, kv_idx)
         return allowed & (kv_idx <= q_idx) if causal else allowed
 
-    def dense_mask(self, seq_len: int, causal: bool, device: str | torch.device = "cpu",
-                   q_len: int | None = None) -> torch.Tensor:
+    def dense_mask(
+        self, seq_len: int, causal: bool, device: str | torch.device = "cpu", q_len: int | None = None
+    ) -> torch.Tensor:
         """The (q_len, seq_len) boolean mask (q_len: seq_len): True where query i sees key j."""
         positions = torch.arange(seq_len, device=device)
-        return self.visible(positions[seq_len - (q_len or seq_len):, None], positions[None, :], causal)
+        return self.visible(positions[seq_len - (q_len or seq_len) :, None], positions[None, :], causal)
 
-    def block_mask(self, seq_len: int, causal: bool, device: str | torch.device = "cpu",
-                   max_elements: int | None = None, q_len: int | None = None):
+    def block_mask(
+        self,
+        seq_len: int,
+        causal: bool,
+        device: str | torch.device = "cpu",
+        max_elements: int | None = None,
+        q_len: int | None = None,
+    ):
         """FlexAttention's BlockMask of this mask, built in row chunks (memory bounded at any length)."""
-        return block_mask_by_rows(lambda q_idx, kv_idx: self.visible(q_idx, kv_idx, causal), seq_len, device,
-                                  max_elements, q_len)
+        return block_mask_by_rows(
+            lambda q_idx, kv_idx: self.visible(q_idx, kv_idx, causal), seq_len, device, max_elements, q_len
+        )
 
     def _key_index(self, start: int, stop: int, seq_len: int, device) -> torch.Tensor:
         ranges = self.candidate_keys(start, stop, seq_len)
@@ -85,7 +94,11 @@ class MaskedAttention(Implementation):
         return self._chunked(q, k, v, causal)
 
     def backend(self, q, k, v, *, causal=False) -> str | None:
-        return "flex_attention (compiled)" if q.device.type == "cuda" else "query chunks against their candidate keys (cpu)"
+        return (
+            "flex_attention (compiled)"
+            if q.device.type == "cuda"
+            else "query chunks against their candidate keys (cpu)"
+        )
 
     def _flex(self, q, k, v, causal: bool) -> torch.Tensor:
         return self._flex_call(q, k, v, lambda q_idx, kv_idx: self.visible(q_idx, kv_idx, causal), mask_key=(causal,))

@@ -4,6 +4,7 @@
 hand (it fuses the scale, mask and softmax passes, and some PyTorch versions replace such patterns with a
 fused SDPA kernel), beside the hand-written kernels a model could call instead.
 """
+
 from __future__ import annotations
 
 import torch

@@ -27,6 +27,7 @@ Options: `features` (m, default 256), `seed` (default 0), `chunk` (default 128),
 false; see compiling.py). Features are drawn once per (seed, head_dim, features) on first use and
 reused, outside the timed calls.
 """
+
 from __future__ import annotations
 
 import math
@@ -74,7 +75,9 @@ def orthogonal_random_features(features: int, head_dim: int, seed: int) -> torch
 KEY_FEATURE_FLOOR = 1e-12  # added to each key feature after the shift (relative to the largest, 1)
 
 
-def favor_features(x: torch.Tensor, projection: torch.Tensor, *, is_query: bool, stabilize: bool = True) -> torch.Tensor:
+def favor_features(
+    x: torch.Tensor, projection: torch.Tensor, *, is_query: bool, stabilize: bool = True
+) -> torch.Tensor:
     """φ(x) as defined above, for x (B, H, N, D) and a projection (m, D) already scaled by D^-¼.
 
     The plain statement, in float32 or wider: the exact twin and the tests use it.
@@ -137,8 +140,9 @@ def favor_features_fast(x: torch.Tensor, projection: torch.Tensor, *, is_query: 
     return torch.softmax(logits, dim=-1) if logits.requires_grad else torch.softmax(logits, dim=-1, out=logits)
 
 
-def favor_key_features(x: torch.Tensor, projection: torch.Tensor,
-                       at_least: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def favor_key_features(
+    x: torch.Tensor, projection: torch.Tensor, at_least: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys' features exp(Wx' − ‖x'‖²/2 − s) + KEY_FEATURE_FLOOR and the shift s (B, H, 1, 1) they were taken
     under: the largest exponent over these keys, or `at_least` where that is larger (the shift of keys summed
     in an earlier decoding step, whose sums are then scaled by exp(at_least − s))."""
@@ -196,11 +200,13 @@ class PerformerAttention(Implementation):
     # leaves up to ~3× softmax's allowance in float32 (largest seen over 120 random cases at D = 16..128).
     atol_scale = 8.0
     options = {
-        "features": Option(default=256, parse=int, check=must_be_positive,
-                           help="features: random features m, a positive integer"),
+        "features": Option(
+            default=256, parse=int, check=must_be_positive, help="features: random features m, a positive integer"
+        ),
         "seed": Option(default=0, parse=int, help="seed: an integer"),
-        "chunk": Option(default=128, parse=int, check=must_be_positive,
-                        help="chunk: tokens per causal chunk, a positive integer"),
+        "chunk": Option(
+            default=128, parse=int, check=must_be_positive, help="chunk: tokens per causal chunk, a positive integer"
+        ),
         "compile": COMPILE_OPTION,
         "state": STATE_OPTION,
     }
@@ -218,7 +224,7 @@ class PerformerAttention(Implementation):
         key = (head_dim, dtype, device)
         if key not in self._projections:
             drawn = orthogonal_random_features(self.settings["features"], head_dim, self.settings["seed"])
-            self._projections[key] = (drawn * head_dim ** -0.25).to(device=device, dtype=dtype)
+            self._projections[key] = (drawn * head_dim**-0.25).to(device=device, dtype=dtype)
         return self._projections[key]
 
     def supports(self, case) -> list[str]:
@@ -233,14 +239,32 @@ class PerformerAttention(Implementation):
         if not carries(self.settings["state"], q, k, v):
             return self._decode(q, k, v, projection, causal)
         kept = self._carried.get(  # the projection follows the queries' dtype
-            (k, v), (earlier, q.dtype), lambda: self._earlier_keys(k[..., :earlier, :], v[..., :earlier, :], projection))
-        return self._step(q, k[..., earlier:, :], v[..., earlier:, :], projection, kept.sums.state, kept.sums.norm,
-                          kept.shift, kept.value_sum, earlier, causal)
+            (k, v), (earlier, q.dtype), lambda: self._earlier_keys(k[..., :earlier, :], v[..., :earlier, :], projection)
+        )
+        return self._step(
+            q,
+            k[..., earlier:, :],
+            v[..., earlier:, :],
+            projection,
+            kept.sums.state,
+            kept.sums.norm,
+            kept.shift,
+            kept.value_sum,
+            earlier,
+            causal,
+        )
 
     def _attend_eager(self, q, k, v, projection: torch.Tensor, causal: bool) -> torch.Tensor:
         fk = favor_features_fast(self._padded_keys(k, causal), projection, is_query=False)
-        return linear_attention(q, fk, v, causal=causal, chunk=self.settings["chunk"], mm=fk.dtype,
-                                query_map=lambda rows: favor_features_fast(rows, projection, is_query=True))
+        return linear_attention(
+            q,
+            fk,
+            v,
+            causal=causal,
+            chunk=self.settings["chunk"],
+            mm=fk.dtype,
+            query_map=lambda rows: favor_features_fast(rows, projection, is_query=True),
+        )
 
     def _padded_keys(self, k: torch.Tensor, causal: bool) -> torch.Tensor:
         """Keys padded as causal linear_attention pads them, by repeating the last one: the padding is then taken
@@ -261,11 +285,32 @@ class PerformerAttention(Implementation):
         """Fewer queries than keys, the earlier keys' state built from the cache in this call (`state=rebuilt`)."""
         earlier = k.shape[-2] - q.shape[-2]
         kept = self._earlier_keys(k[..., :earlier, :], v[..., :earlier, :], projection)
-        return self._step_eager(q, k[..., earlier:, :], v[..., earlier:, :], projection, kept.sums.state,
-                                kept.sums.norm, kept.shift, kept.value_sum, earlier, causal)
+        return self._step_eager(
+            q,
+            k[..., earlier:, :],
+            v[..., earlier:, :],
+            projection,
+            kept.sums.state,
+            kept.sums.norm,
+            kept.shift,
+            kept.value_sum,
+            earlier,
+            causal,
+        )
 
-    def _step_eager(self, q, k, v, projection: torch.Tensor, state: torch.Tensor, norm: torch.Tensor,
-                    shift: torch.Tensor, value_sum: torch.Tensor, earlier: int, causal: bool) -> torch.Tensor:
+    def _step_eager(
+        self,
+        q,
+        k,
+        v,
+        projection: torch.Tensor,
+        state: torch.Tensor,
+        norm: torch.Tensor,
+        shift: torch.Tensor,
+        value_sum: torch.Tensor,
+        earlier: int,
+        causal: bool,
+    ) -> torch.Tensor:
         """A decoding step: the new tokens' keys k and values v (B, KV, Q, D), the `earlier` keys' carried sums. All
         keys' features must share one shift, as in the exact twin: the new keys take the larger of theirs and the
         sums', and the sums' features exp(·) + floor become r·exp(·) + floor, r = exp(old − new shift) ≤ 1. Scaling
@@ -275,8 +320,9 @@ class PerformerAttention(Implementation):
         fk, new_shift = favor_key_features(self._padded_keys(k, causal), projection, at_least=shift)
         factor = torch.exp(shift - new_shift)
         changed = ChangedFeatures(factor, KEY_FEATURE_FLOOR * (1 - factor), value_sum, earlier)
-        return decoding_step(fq, fk, v, KeySums(state, norm), causal=causal, chunk=self.settings["chunk"], mm=fq.dtype,
-                             changed=changed)
+        return decoding_step(
+            fq, fk, v, KeySums(state, norm), causal=causal, chunk=self.settings["chunk"], mm=fq.dtype, changed=changed
+        )
 
     def backend(self, q, k, v, *, causal=False) -> str | None:
         return self._attend.backend + carried_description(self.settings["state"], q, k)

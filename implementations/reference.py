@@ -6,6 +6,7 @@ out (the backward in FlashAttention's form) so that gradients need no N×N autog
     S = scale·QKᵀ,  P = softmax(S),  O = PV
     dV = Pᵀ dO,  dP = dO Vᵀ,  dS = P ∘ (dP − rowsum(dO ∘ O)),  dQ = scale·dS K,  dK = scale·dSᵀ Q
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -27,8 +28,9 @@ def _chunk_rows(batch: int, heads: int, q_len: int, kv_len: int) -> int:
 MaskFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _probabilities(q_chunk: torch.Tensor, k: torch.Tensor, start: int, causal: bool, scale: float,
-                   mask: MaskFn | None) -> torch.Tensor:
+def _probabilities(
+    q_chunk: torch.Tensor, k: torch.Tensor, start: int, causal: bool, scale: float, mask: MaskFn | None
+) -> torch.Tensor:
     """Softmax weights of the queries at positions start..start+c over the keys they may see: (B, H, c, visible)."""
     rows = q_chunk.shape[-2]
     visible = start + rows if causal else k.shape[-2]
@@ -45,7 +47,9 @@ def _probabilities(q_chunk: torch.Tensor, k: torch.Tensor, start: int, causal: b
 
 class _ChunkedAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, mask: MaskFn | None) -> torch.Tensor:
+    def forward(
+        ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, mask: MaskFn | None
+    ) -> torch.Tensor:
         scale = q.shape[-1] ** -0.5
         out = torch.empty_like(q)
         offset = query_offset(q, k)
@@ -78,8 +82,9 @@ class _ChunkedAttention(torch.autograd.Function):
         return dq, dk, dv, None, None
 
 
-def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
-                        mask: MaskFn | None = None) -> torch.Tensor:
+def reference_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, mask: MaskFn | None = None
+) -> torch.Tensor:
     """Softmax attention computed in float64; differentiable, returns float64 (B, H, Q, D).
 
     q (B, H, Q, D) holds the last Q of the N positions of k and v (B, KV, N, D), Q ≤ N; causal, the query at
@@ -91,9 +96,13 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, ca
     return _ChunkedAttention.apply(q.double(), k.double(), v.double(), causal, mask)
 
 
-def softmax_weights(q: torch.Tensor, k: torch.Tensor, *, causal: bool = False, mask: MaskFn | None = None) -> torch.Tensor:
+def softmax_weights(
+    q: torch.Tensor, k: torch.Tensor, *, causal: bool = False, mask: MaskFn | None = None
+) -> torch.Tensor:
     """The full (…, Q, N) float64 softmax weights, for small inputs (attention-map charts)."""
-    return _probabilities(q.double(), k.double(), query_offset(q, k), False, q.shape[-1] ** -0.5, _combine(mask, causal))
+    return _probabilities(
+        q.double(), k.double(), query_offset(q, k), False, q.shape[-1] ** -0.5, _combine(mask, causal)
+    )
 
 
 def _combine(mask: MaskFn | None, causal: bool) -> MaskFn | None:

@@ -5,6 +5,7 @@ while SDPA's `is_causal` aligns it to the first: such calls pass `causal_lower_r
 its flash or memory-efficient kernel where one is enabled and otherwise as a materialized boolean mask. One
 query sees every key either way, so it is called unmasked.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -39,8 +40,12 @@ _NO_KERNEL_MESSAGES = ("No available kernel", "No viable backend")
 def _probe_tensors(case, requires_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Small inputs with the case's head dim, dtype and device: backend limits depend on these."""
     groups = case.heads // (getattr(case, "kv_heads", None) or case.heads)
-    make = lambda heads, length: torch.empty((1, heads, min(length, 64), case.head_dim),  # noqa: E731
-                                             dtype=DTYPES[case.dtype], device=case.device, requires_grad=requires_grad)
+    make = lambda heads, length: torch.empty(  # noqa: E731
+        (1, heads, min(length, 64), case.head_dim),
+        dtype=DTYPES[case.dtype],
+        device=case.device,
+        requires_grad=requires_grad,
+    )
     return make(groups, query_len(case)), make(1, case.seq_len), make(1, case.seq_len)
 
 
@@ -117,12 +122,15 @@ class SdpaAttention(Implementation):
         is_causal, mask = _mask_of(causal, q.shape[-2], k.shape[-2])
         try:
             with contextlib.nullcontext() if self._open_sessions else self._context():
-                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
-                                                      enable_gqa=q.shape[1] != k.shape[1])
+                return F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=q.shape[1] != k.shape[1]
+                )
         except RuntimeError as error:
             if not any(m in str(error) for m in _NO_KERNEL_MESSAGES):
                 raise
-            raise Unsupported([f"sdpa backend {self.forced or 'auto'} has no kernel for these inputs: {error}"]) from None
+            raise Unsupported(
+                [f"sdpa backend {self.forced or 'auto'} has no kernel for these inputs: {error}"]
+            ) from None
 
     def backend(self, q, k, v, *, causal=False) -> str | None:
         """The backend PyTorch's dispatcher picks for these inputs (torch._fused_sdp_choice)."""

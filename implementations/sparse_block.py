@@ -10,6 +10,7 @@ the pattern is deterministic and the exact twin is the same masked softmax in fl
 
 Options: `block` (default 64), `local` (default 1), `globals` (default 1; 0 disables global blocks).
 """
+
 from __future__ import annotations
 
 from .base import Option, must_be_positive
@@ -24,7 +25,9 @@ def _non_negative(value) -> str | None:
 
 class BlockSparseAttention(MaskedAttention):
     options = {
-        "block": Option(default=64, parse=int, check=must_be_positive, help="block: tokens per block, a positive integer"),
+        "block": Option(
+            default=64, parse=int, check=must_be_positive, help="block: tokens per block, a positive integer"
+        ),
         "local": Option(default=1, parse=int, check=_non_negative, help="local: neighbouring blocks each side, >= 0"),
         "globals": Option(default=1, parse=int, check=_non_negative, help="globals: leading global blocks, >= 0"),
     }

@@ -2,6 +2,7 @@
 
 Option `window` (default 256): how many keys on each side of the query (one side when causal).
 """
+
 from __future__ import annotations
 
 from .base import Option, must_be_positive
@@ -9,8 +10,14 @@ from .masked import MaskedAttention
 
 
 class SlidingWindowAttention(MaskedAttention):
-    options = {"window": Option(default=256, parse=int, check=must_be_positive,
-                                help="window: keys each side of the query, a positive integer")}
+    options = {
+        "window": Option(
+            default=256,
+            parse=int,
+            check=must_be_positive,
+            help="window: keys each side of the query, a positive integer",
+        )
+    }
 
     def allowed(self, q_idx, kv_idx):
         return (q_idx - kv_idx).abs() <= self.settings["window"]

@@ -9,6 +9,7 @@ that share a key/value head form one group, and that head's keys and values are 
 grouped heads when it picks a kernel for a few queries against many keys. xformers marks the 5-D layout
 experimental and forward-only: its backward operators refuse it, and those rows give their reasons.
 """
+
 from __future__ import annotations
 
 import logging
@@ -68,8 +69,11 @@ def _condense_load_failure(message: str) -> str:
     built = re.findall(r"^\s*(PyTorch|Python)\s+(\S+)(?: with CUDA (\S+))? \(you have ([^)]+)\)", message, re.M)
     if not built:
         return " ".join(message.split())
-    parts = [f"{what} {version}{f' with CUDA {cuda}' if cuda else ''} (this is {have})"
-             for what, version, cuda, have in built if version != have]
+    parts = [
+        f"{what} {version}{f' with CUDA {cuda}' if cuda else ''} (this is {have})"
+        for what, version, cuda, have in built
+        if version != have
+    ]
     return f"built for {', '.join(parts) or 'another build'}; install an xformers built for this torch"
 
 
@@ -78,7 +82,9 @@ def _causal_bias(fmha, causal: bool, q_len: int, kv_len: int):
     there masks nothing, and its split-KV decoding kernel refuses the bottom-right one)."""
     if not causal or q_len == 1:
         return None
-    return fmha.attn_bias.LowerTriangularMask() if q_len == kv_len else fmha.attn_bias.LowerTriangularFromBottomRightMask()
+    return (
+        fmha.attn_bias.LowerTriangularMask() if q_len == kv_len else fmha.attn_bias.LowerTriangularFromBottomRightMask()
+    )
 
 
 def _layout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -100,8 +106,9 @@ class XformersAttention(Implementation):
     def _inputs(self, fmha, q, k, v, causal: bool):
         """xformers' Inputs for q (B, H, Q, D), k and v (B, KV, N, D) in attnbench's layout."""
         query, key, value = _layout(q, k, v)
-        return fmha.Inputs(query=query, key=key, value=value,
-                           attn_bias=_causal_bias(fmha, causal, q.shape[-2], k.shape[-2]))
+        return fmha.Inputs(
+            query=query, key=key, value=value, attn_bias=_causal_bias(fmha, causal, q.shape[-2], k.shape[-2])
+        )
 
     def supports(self, case) -> list[str]:
         fmha, problem = _load_xformers()
@@ -111,8 +118,11 @@ class XformersAttention(Implementation):
             return ["device=cuda but no CUDA device is available"]
         # Same sizes as the case (empty: nothing is touched) so sequence-length limits apply too, and the same
         # layout as a call's, strides included (the dispatcher reads them).
-        make = lambda heads, length: torch.empty((case.batch, heads, length, case.head_dim),  # noqa: E731
-                                                 dtype=DTYPES[case.dtype], device=case.device)
+        make = lambda heads, length: torch.empty(  # noqa: E731
+            (case.batch, heads, length, case.head_dim),
+            dtype=DTYPES[case.dtype],
+            device=case.device,
+        )
         kv_heads = case.kv_heads or case.heads
         q, k, v = make(case.heads, query_len(case)), make(kv_heads, case.seq_len), make(kv_heads, case.seq_len)
         inputs = self._inputs(fmha, q, k, v, case.causal)

@@ -7,6 +7,7 @@
 The markdown is built from the parser's actions rather than from argparse's help formatter, whose layout depends on
 the terminal's width and the Python version: the same parser gives the same file everywhere.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -108,8 +109,16 @@ def _option_lines(action: argparse.Action, prog: str) -> list[str]:
 
 def _subcommand_section(name: str, summary: str, parser: argparse.ArgumentParser) -> list[str]:
     prog = f"attnbench {name}"
-    lines = [f"## {prog}", "", *_wrap(_escaped(summary[:1].upper() + summary[1:]) + ".", "", ""), "", "```text",
-             *_usage(prog, parser), "```", ""]
+    lines = [
+        f"## {prog}",
+        "",
+        *_wrap(_escaped(summary[:1].upper() + summary[1:]) + ".", "", ""),
+        "",
+        "```text",
+        *_usage(prog, parser),
+        "```",
+        "",
+    ]
     positionals = [a for a in parser._actions if not a.option_strings]
     options = [a for a in parser._actions if a.option_strings and not isinstance(a, argparse._HelpAction)]
     if positionals:
@@ -131,12 +140,22 @@ def render() -> str:
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     summaries = {choice.dest: choice.help or "" for choice in commands._choices_actions}
     contents = " · ".join(f"[{name}](#attnbench-{name})" for name in commands.choices)
-    lines = ["# Command line", "",
-             "<!-- Generated from suite.cli._parser() by scripts/gen-cli-docs.py; do not edit by hand. -->", "",
-             *_wrap(f"`attnbench` (or `python -m suite`): {_escaped(parser.description or '')} Every subcommand "
-                    "also takes `-h` / `--help`; `attnbench --version` prints the version. Bad input exits with "
-                    "status 2 and one line naming the flag, the value and what is allowed.", "", ""), "",
-             *_wrap(f"Commands: {contents}", "", ""), ""]
+    lines = [
+        "# Command line",
+        "",
+        "<!-- Generated from suite.cli._parser() by scripts/gen-cli-docs.py; do not edit by hand. -->",
+        "",
+        *_wrap(
+            f"`attnbench` (or `python -m suite`): {_escaped(parser.description or '')} Every subcommand "
+            "also takes `-h` / `--help`; `attnbench --version` prints the version. Bad input exits with "
+            "status 2 and one line naming the flag, the value and what is allowed.",
+            "",
+            "",
+        ),
+        "",
+        *_wrap(f"Commands: {contents}", "", ""),
+        "",
+    ]
     for name, subparser in commands.choices.items():
         lines += _subcommand_section(name, summaries.get(name, ""), subparser)
     return "\n".join(lines).rstrip("\n") + "\n"

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Writes the column tables of docs/results.md from the row schema (`suite.results.schema`), between its markers.
 
-    python scripts/gen-results-docs.py           # rewrite the tables in docs/results.md
-    python scripts/gen-results-docs.py --check   # exit 1 when they differ from the schema
+python scripts/gen-results-docs.py           # rewrite the tables in docs/results.md
+python scripts/gen-results-docs.py --check   # exit 1 when they differ from the schema
 """
+
 from __future__ import annotations
 
 import sys
@@ -26,14 +27,32 @@ def _table(columns: tuple[schema.Column, ...]) -> list[str]:
         about = ", ".join(part for part in (column.kind, column.unit) if part)
         if column.name in schema.DATA_COLUMNS:
             about += "; in data.csv"
-        lines.extend(textwrap.wrap(f"- `{column.name}` ({about}): {column.meaning}", WIDTH, subsequent_indent="  ",
-                                   break_long_words=False, break_on_hyphens=False))
+        lines.extend(
+            textwrap.wrap(
+                f"- `{column.name}` ({about}): {column.meaning}",
+                WIDTH,
+                subsequent_indent="  ",
+                break_long_words=False,
+                break_on_hyphens=False,
+            )
+        )
     return lines
 
 
 def render_tables() -> str:
-    lines = [BEGIN, "", "Each result line (a row) of a results file:", "", *_table(schema.ROW), "",
-             "Added by `suite.results.load` from the row's run header:", "", *_table(schema.FROM_HEADER), "", END]
+    lines = [
+        BEGIN,
+        "",
+        "Each result line (a row) of a results file:",
+        "",
+        *_table(schema.ROW),
+        "",
+        "Added by `suite.results.load` from the row's run header:",
+        "",
+        *_table(schema.FROM_HEADER),
+        "",
+        END,
+    ]
     return "\n".join(lines)
 
 

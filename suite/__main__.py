@@ -1,4 +1,5 @@
 """`python -m suite` is the `attnbench` command."""
+
 import sys
 
 from .cli import main

@@ -13,6 +13,7 @@
 report` and `compare` read) and returns the rows as `suite.results.load` gives them. Values are checked as the
 command line checks its flags; a bad one raises ValueError naming the argument, the value and what is allowed.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -51,8 +52,9 @@ class GroupedQueryError(RuntimeError):
     """A wrapped function failed on a case with fewer key/value heads than query heads (grouped-query attention)."""
 
 
-def _grouped_query_explained(function: AttentionFunction, what: str, q: torch.Tensor, k: torch.Tensor,
-                             v: torch.Tensor, causal: bool) -> torch.Tensor:
+def _grouped_query_explained(
+    function: AttentionFunction, what: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool
+) -> torch.Tensor:
     """`function(q, k, v, causal=causal)`; a failure where k has fewer heads than q says so and how to declare it,
     since the function's own error (an einsum's or a matmul's shapes) does not name the cause."""
     try:
@@ -67,16 +69,22 @@ def _grouped_query_explained(function: AttentionFunction, what: str, q: torch.Te
             f"attention: each key/value head serves {q.shape[1] // k.shape[1]} query heads): {type(error).__name__}: "
             f"{' '.join(str(error).split())}; a function without grouped-query attention declares it, and such "
             "cases become unsupported rows: as_implementation(..., supports=lambda case: grouped_query_reasons(case, "
-            "'why')), with grouped_query_reasons from implementations.base") from error
+            "'why')), with grouped_query_reasons from implementations.base"
+        ) from error
 
 
 class FunctionImplementation(Implementation):
     """A plain function as an implementation: of the exact family, checked against softmax attention in float64;
     of an approximate family, against its own float64 twin."""
 
-    def __init__(self, name: str, function: AttentionFunction,
-                 supports: Callable[[CaseLike], list[str]] | None = None, family: str = "exact",
-                 exact_twin: AttentionFunction | None = None):
+    def __init__(
+        self,
+        name: str,
+        function: AttentionFunction,
+        supports: Callable[[CaseLike], list[str]] | None = None,
+        family: str = "exact",
+        exact_twin: AttentionFunction | None = None,
+    ):
         super().__init__(name)
         self.function, self._supports, self._twin = function, supports, exact_twin
         self.family = family  # this instance's own, where a subclass sets its class's
@@ -114,9 +122,14 @@ def _checked_function(name: str, function: Any, what: str) -> None:
         raise ValueError(f"{name}: {shown} {problem} (allowed: {what} (q, k, v, *, causal) -> out)")
 
 
-def as_implementation(function: AttentionFunction, name: str,
-                      supports: Callable[[CaseLike], list[str]] | None = None, *, family: str = "exact",
-                      exact_twin: AttentionFunction | None = None) -> Implementation:
+def as_implementation(
+    function: AttentionFunction,
+    name: str,
+    supports: Callable[[CaseLike], list[str]] | None = None,
+    *,
+    family: str = "exact",
+    exact_twin: AttentionFunction | None = None,
+) -> Implementation:
     """`function(q, k, v, *, causal)` as an implementation named `name`. `supports(case)`, if given, returns one
     reason per thing the function cannot run (a device, a dtype): those cases become `unsupported` rows.
     An approximation of softmax attention names its `family` (one of implementations.base.FAMILIES but "exact")
@@ -125,19 +138,27 @@ def as_implementation(function: AttentionFunction, name: str,
     its distance from softmax attention is reported beside. FLOPs are counted as softmax attention's."""
     _checked_function("function", function, "a function")
     if not isinstance(name, str) or not name or any(char in name for char in ":,* "):
-        raise ValueError(f"name: {name!r} is not a usable name (allowed: a non-empty string without ':', ',', '*' "
-                         "or spaces, which the command line gives meanings)")
+        raise ValueError(
+            f"name: {name!r} is not a usable name (allowed: a non-empty string without ':', ',', '*' "
+            "or spaces, which the command line gives meanings)"
+        )
     approximate = ", ".join(f for f in FAMILIES if f != "exact")
     if family not in FAMILIES:
-        raise ValueError(f"family: {family!r} is not a family (allowed: exact, or for an approximation of softmax "
-                         f"attention one of {approximate})")
+        raise ValueError(
+            f"family: {family!r} is not a family (allowed: exact, or for an approximation of softmax "
+            f"attention one of {approximate})"
+        )
     if family == "exact" and exact_twin is not None:
-        raise ValueError(f"exact_twin: given for family 'exact' (allowed: only with an approximate family, one of "
-                         f"{approximate}; an exact function is checked against softmax attention)")
+        raise ValueError(
+            f"exact_twin: given for family 'exact' (allowed: only with an approximate family, one of "
+            f"{approximate}; an exact function is checked against softmax attention)"
+        )
     if family != "exact":
         if exact_twin is None:
-            raise ValueError(f"exact_twin: none given for family {family!r} (allowed: the approximation's own maths "
-                             "in float64, (q, k, v, *, causal) -> out, which it is checked against)")
+            raise ValueError(
+                f"exact_twin: none given for family {family!r} (allowed: the approximation's own maths "
+                "in float64, (q, k, v, *, causal) -> out, which it is checked against)"
+            )
         _checked_function("exact_twin", exact_twin, "the approximation's maths in float64,")
     return FunctionImplementation(name, function, supports, family, exact_twin)
 
@@ -151,8 +172,9 @@ def _built(impls: Iterable[Implementation | str] | Implementation | str) -> list
     labels = [impl.label for impl in built]
     repeated = sorted({label for label in labels if labels.count(label) > 1})
     if repeated:
-        raise ValueError(f"impls: {repeated[0]!r} is given twice (allowed: each label once; their rows would share "
-                         "one key)")
+        raise ValueError(
+            f"impls: {repeated[0]!r} is given twice (allowed: each label once; their rows would share one key)"
+        )
     return built
 
 
@@ -163,15 +185,28 @@ def _causal(values: bool | Sequence[bool]) -> tuple[bool, ...]:
     return tuple(dict.fromkeys(items))
 
 
-def benchmark(impls: Iterable[Implementation | str] | Implementation | str, *, seq_len: int | Sequence[int],
-              heads: int | Sequence[int] = 16,
-              head_dim: int | Sequence[int] = 64, batch: int | Sequence[int] | None = None,
-              tokens_per_batch: int = TOKENS_PER_BATCH, kv_heads: int | Sequence[int] | None = None,
-              q_len: int | Sequence[int] | None = None, dtype: str | Sequence[str] | None = None,
-              causal: bool | Sequence[bool] = False, mode: str | Sequence[str] = "fwd", device: str | None = None,
-              out: str | Path | None = None, seed: int = 0, timing: Mapping[str, int | float] | str | None = None,
-              progress: bool = True, cuda_graph: bool = False, energy: bool = False,
-              threads: int | None = None) -> pd.DataFrame:
+def benchmark(
+    impls: Iterable[Implementation | str] | Implementation | str,
+    *,
+    seq_len: int | Sequence[int],
+    heads: int | Sequence[int] = 16,
+    head_dim: int | Sequence[int] = 64,
+    batch: int | Sequence[int] | None = None,
+    tokens_per_batch: int = TOKENS_PER_BATCH,
+    kv_heads: int | Sequence[int] | None = None,
+    q_len: int | Sequence[int] | None = None,
+    dtype: str | Sequence[str] | None = None,
+    causal: bool | Sequence[bool] = False,
+    mode: str | Sequence[str] = "fwd",
+    device: str | None = None,
+    out: str | Path | None = None,
+    seed: int = 0,
+    timing: Mapping[str, int | float] | str | None = None,
+    progress: bool = True,
+    cuda_graph: bool = False,
+    energy: bool = False,
+    threads: int | None = None,
+) -> pd.DataFrame:
     """Every implementation on every case of the grid, one row each (a case one cannot run is a row with its
     reason). Without `batch`, each length's batch is `tokens_per_batch // seq_len`, as in a `run` naming no preset
     (config.keeps_preset_batch). `q_len`: fewer queries than keys, the last positions (decoding against a KV cache of
@@ -193,9 +228,12 @@ def benchmark(impls: Iterable[Implementation | str] | Implementation | str, *, s
     threads = None if threads is None else config.threads("threads", config.as_flag_text(threads))
     grid = Grid(
         impls=tuple(impl.label for impl in built),
-        seq_len=ints("seq_len", seq_len), heads=ints("heads", heads), head_dim=ints("head_dim", head_dim),
+        seq_len=ints("seq_len", seq_len),
+        heads=ints("heads", heads),
+        head_dim=ints("head_dim", head_dim),
         dtype=config.dtypes("dtype", config.as_flag_text(dtype or ("bfloat16" if device == "cuda" else "float32"))),
-        causal=_causal(causal), mode=config.modes("mode", config.as_flag_text(mode)),
+        causal=_causal(causal),
+        mode=config.modes("mode", config.as_flag_text(mode)),
         batch=None if batch is None else ints("batch", batch),
         tokens_per_batch=config.only_one("tokens_per_batch", ints("tokens_per_batch", tokens_per_batch)),
         kv_heads=(None,) if kv_heads is None else ints("kv_heads", kv_heads),
@@ -204,16 +242,18 @@ def benchmark(impls: Iterable[Implementation | str] | Implementation | str, *, s
     cases = grid.cases(device)  # raises ValueError where kv_heads does not divide heads, or q_len exceeds seq_len
     policy = config.timing_policy("timing", None if timing is None else config.as_flag_text(timing), device)
     if out is not None and Path(out).exists():
-        raise ValueError(f"out: {str(out)!r} already exists (allowed: a new path; `attnbench run --resume --out` "
-                         "continues a file)")
+        raise ValueError(
+            f"out: {str(out)!r} already exists (allowed: a new path; `attnbench run --resume --out` continues a file)"
+        )
     if out is not None:
         config.writable("out", out)
     with tempfile.TemporaryDirectory() as scratch, torch_threads(threads):
         path = Path(out) if out is not None else Path(scratch) / "results.jsonl"
         settings = measured_settings(cases, device, seed, policy)
         settings.cuda_graph, settings.energy = cuda_graph, energy
-        writer = results_writer(path, grid, settings, device, preset=None, config=None, argv=["(suite.api.benchmark)"],
-                                threads=threads)
+        writer = results_writer(
+            path, grid, settings, device, preset=None, config=None, argv=["(suite.api.benchmark)"], threads=threads
+        )
         try:
             run_cases(built, cases, settings=settings, on_row=writer.append, progress=Progress() if progress else None)
         finally:
@@ -227,8 +267,10 @@ Results = str | Path | Sequence[str | Path] | pd.DataFrame  # results files, or 
 def _side(name: str, results: Results) -> tuple[pd.DataFrame, GridScope]:
     if isinstance(results, pd.DataFrame):
         if results.empty or not {"impl", "machine", "time_ms"} <= set(results.columns):
-            raise ValueError(f"{name}: a DataFrame without result rows (allowed: rows as benchmark() or "
-                             "suite.results.load() return them, or results files)")
+            raise ValueError(
+                f"{name}: a DataFrame without result rows (allowed: rows as benchmark() or "
+                "suite.results.load() return them, or results files)"
+            )
         return results, GridScope.unknown()
     paths = [results] if isinstance(results, (str, Path)) else list(results)
     try:
@@ -237,8 +279,15 @@ def _side(name: str, results: Results) -> tuple[pd.DataFrame, GridScope]:
         raise ValueError(f"{name}: {error}") from None
 
 
-def compare(baseline: Results, current: Results, *, baseline_impl: str | None = None, current_impl: str | None = None,
-            threshold: float = 0.05, memory_threshold: float | None = 0.10) -> pd.DataFrame:
+def compare(
+    baseline: Results,
+    current: Results,
+    *,
+    baseline_impl: str | None = None,
+    current_impl: str | None = None,
+    threshold: float = 0.05,
+    memory_threshold: float | None = 0.10,
+) -> pd.DataFrame:
     """What `attnbench compare` decides, as a DataFrame: one row per implementation and case, with `verdict`
     (`same`, `slower`, `faster`, `ambiguous`, `regression`, ...), `ratio` (current / baseline median time),
     `detail` (which names a growth of peak memory too), and `memory_verdict`, `memory_ratio`, `memory_detail`.
@@ -250,7 +299,8 @@ def compare(baseline: Results, current: Results, *, baseline_impl: str | None = 
         raise ValueError("baseline_impl, current_impl: give both, to compare two implementations, or neither")
     for name, value in (("threshold", threshold), ("memory_threshold", memory_threshold)):
         if (value is not None or name == "threshold") and (
-                isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0
+        ):
             raise ValueError(f"{name}: {value!r} is not allowed (allowed: a fraction > 0, such as 0.05 for 5%)")
     (base, _), (now, scope) = _side("baseline", baseline), _side("current", current)
     try:
@@ -259,9 +309,20 @@ def compare(baseline: Results, current: Results, *, baseline_impl: str | None = 
         result = compared(base, now, threshold, scope, memory_threshold)
     except CompareInputError as error:
         raise ValueError(str(error)) from None
-    frame = pd.DataFrame([{**row.key, "verdict": row.verdict, "ratio": row.ratio, "detail": _detail(row),
-                           "memory_verdict": row.memory, "memory_ratio": row.memory_ratio,
-                           "memory_detail": row.memory_detail} for row in result.rows])
+    frame = pd.DataFrame(
+        [
+            {
+                **row.key,
+                "verdict": row.verdict,
+                "ratio": row.ratio,
+                "detail": _detail(row),
+                "memory_verdict": row.memory,
+                "memory_ratio": row.memory_ratio,
+                "memory_detail": row.memory_detail,
+            }
+            for row in result.rows
+        ]
+    )
     frame.attrs.update(regressed=result.regressed, verdict=verdict_line(result), notes=list(result.notes))
     return frame
 
@@ -273,9 +334,16 @@ def _detail(row: RowVerdict) -> str:
     return f"{row.detail}; more peak memory, a regression: {row.memory_detail}"
 
 
-def check(impl: Implementation | str, device: str | None = None, dtypes: str | Sequence[str] | None = None,
-          seed: int = 0, *, seq_len: int | Sequence[int] | None = None, head_dim: int | Sequence[int] | None = None,
-          q_len: int | Sequence[int] | None = None) -> conformance.CheckSummary:
+def check(
+    impl: Implementation | str,
+    device: str | None = None,
+    dtypes: str | Sequence[str] | None = None,
+    seed: int = 0,
+    *,
+    seq_len: int | Sequence[int] | None = None,
+    head_dim: int | Sequence[int] | None = None,
+    q_len: int | Sequence[int] | None = None,
+) -> conformance.CheckSummary:
     """The conformance check `attnbench check` runs (awkward sizes, short lengths over many seeds, transposed
     inputs, large logits; forward and gradients against the float64 twin, each case called twice), as a summary:
     `.ok`, `.format()` for a reader, `.as_record()` for a program. `seq_len`, `head_dim` and `q_len` add shapes of
@@ -289,12 +357,14 @@ def check(impl: Implementation | str, device: str | None = None, dtypes: str | S
     return summary
 
 
-def _own_shapes(seq_len: int | Sequence[int] | None, head_dim: int | Sequence[int] | None,
-                q_len: int | Sequence[int] | None) -> list[tuple]:
+def _own_shapes(
+    seq_len: int | Sequence[int] | None, head_dim: int | Sequence[int] | None, q_len: int | Sequence[int] | None
+) -> list[tuple]:
     """conformance.own_shapes of the arguments, each checked as its flag is."""
-    lengths, head_dims, query_lengths = (() if value is None else config.positive_ints(name, config.as_flag_text(value))
-                                         for name, value in (("seq_len", seq_len), ("head_dim", head_dim),
-                                                             ("q_len", q_len)))
+    lengths, head_dims, query_lengths = (
+        () if value is None else config.positive_ints(name, config.as_flag_text(value))
+        for name, value in (("seq_len", seq_len), ("head_dim", head_dim), ("q_len", q_len))
+    )
     try:
         return conformance.own_shapes(lengths, head_dims, query_lengths, lengths_named="seq_len")
     except ValueError as error:  # a query length longer than a length

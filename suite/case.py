@@ -1,4 +1,5 @@
 """A benchmark case (one shape, dtype, mask and mode on one device) and grids of them."""
+
 from __future__ import annotations
 
 import itertools
@@ -56,8 +57,10 @@ class Case:
         mask = "causal" if self.causal else "dense"
         groups = f"-KV{self.kv_heads}" if self.kv_heads and self.kv_heads != self.heads else ""
         queries = f"-Q{self.q_len}" if self.q_len else ""
-        return (f"B{self.batch}-H{self.heads}{groups}-N{self.seq_len}{queries}-D{self.head_dim}-"
-                f"{_DTYPE_SHORT[self.dtype]}-{mask}-{self.mode}")
+        return (
+            f"B{self.batch}-H{self.heads}{groups}-N{self.seq_len}{queries}-D{self.head_dim}-"
+            f"{_DTYPE_SHORT[self.dtype]}-{mask}-{self.mode}"
+        )
 
     @classmethod
     def from_row(cls, row: dict) -> Case:
@@ -120,11 +123,17 @@ class Grid:
             self.seq_len, self.q_len, self.heads, self.kv_heads, self.head_dim, self.dtype, self.causal, self.mode
         ):
             if kv_heads and heads % kv_heads:
-                raise GridError(f"kv_heads {kv_heads} does not divide heads {heads}", "--kv-heads",
-                                "divisors of every --heads value")
+                raise GridError(
+                    f"kv_heads {kv_heads} does not divide heads {heads}",
+                    "--kv-heads",
+                    "divisors of every --heads value",
+                )
             if q_len and q_len > seq_len:
-                raise GridError(f"q_len {q_len} exceeds seq_len {seq_len}", "--q-len",
-                                "at most every --seq-len value: the queries are the last positions of the keys")
+                raise GridError(
+                    f"q_len {q_len} exceeds seq_len {seq_len}",
+                    "--q-len",
+                    "at most every --seq-len value: the queries are the last positions of the keys",
+                )
             batches = self.batch or (max(1, self.tokens_per_batch // seq_len),)
             for batch in batches:
                 out.append(Case(batch, heads, seq_len, head_dim, dtype, causal, mode, device, kv_heads, q_len))

@@ -1,4 +1,5 @@
 """The `attnbench` command line: the parser assembled from `suite.commands`, and the exit statuses."""
+
 from __future__ import annotations
 
 import argparse
@@ -41,7 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         print(f"attnbench: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as interrupt:  # before a run started (e.g. while measuring the matmul peak): nothing written
+    except (
+        KeyboardInterrupt
+    ) as interrupt:  # before a run started (e.g. while measuring the matmul peak): nothing written
         print(f"\nattnbench: {stop_word(interrupt)}", file=sys.stderr)
         return exit_status(interrupt)
     except BrokenPipeError:  # the reader went away (`attnbench check ... | head`): stop quietly, as other tools do

@@ -1,4 +1,5 @@
 """Reading a drawn chart's tick labels in a test: which are shown, and which run into each other."""
+
 from __future__ import annotations
 
 from itertools import combinations
@@ -10,8 +11,11 @@ def shown_tick_labels(axis) -> list:
     """The label texts of `axis` that a reader sees: visible, not empty, at a tick within the axis's view."""
     low, high = sorted(axis.get_view_interval())
     ticks = [*axis.get_major_ticks(), *axis.get_minor_ticks()]
-    return [tick.label1 for tick in ticks
-            if tick.label1.get_visible() and tick.label1.get_text() and low <= tick.get_loc() <= high]
+    return [
+        tick.label1
+        for tick in ticks
+        if tick.label1.get_visible() and tick.label1.get_text() and low <= tick.get_loc() <= high
+    ]
 
 
 def overlapping_tick_labels(fig: Figure) -> list[tuple[str, str]]:

@@ -1,4 +1,5 @@
 """Shared test helpers: the `gpu` marker skips without CUDA; small cases and fake implementations."""
+
 from __future__ import annotations
 
 import contextlib
@@ -25,8 +26,13 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = Fa
 
     lower_right = causal and q.shape[-2] != k.shape[-2]
     return torch.nn.functional.scaled_dot_product_attention(
-        q, k, v, attn_mask=causal_lower_right(q.shape[-2], k.shape[-2]) if lower_right else None,
-        is_causal=causal and not lower_right, **options)
+        q,
+        k,
+        v,
+        attn_mask=causal_lower_right(q.shape[-2], k.shape[-2]) if lower_right else None,
+        is_causal=causal and not lower_right,
+        **options,
+    )
 
 
 class WithSession:
@@ -82,6 +88,7 @@ def fake_registry(monkeypatch):
 
     def add(name, **kwargs):
         monkeypatch.setitem(implementations.REGISTRY, name, lambda n, **o: ScriptedAttention(n, **kwargs, **o))
+
     return add
 
 
@@ -90,6 +97,7 @@ def aten_ops(call) -> set[str]:
     from torch.profiler import ProfilerActivity, profile
 
     from suite.measure.quiet_profiler import start_quietly, stop_quietly
+
     profiler = profile(activities=[ProfilerActivity.CPU])
     start_quietly(profiler)
     try:

@@ -8,6 +8,7 @@ are synopses, never run. Words after the language in the info string:
     exit=N[,M]   the statuses the block may end with (default 0); such a block holds one command, so that the
                  status is that command's
 """
+
 from __future__ import annotations
 
 import os
@@ -25,15 +26,15 @@ COMMAND_LANGUAGES = ("bash", "console")
 NOT_RUN = {
     "bash scripts/test.sh": "runs the whole test suite, this test included (CI runs it)",
     "bash scripts/bench.sh": "installs into .venv with pip, then runs the whole smoke preset; the `attnbench run` "
-                             "blocks run the same command on tiny grids",
+    "blocks run the same command on tiny grids",
 }
 _FENCE = re.compile(r"^```(\S*)(.*)$")
 
 
 @dataclass(frozen=True)
 class Block:
-    page: str        # path relative to the repository root
-    line: int        # line of the opening fence
+    page: str  # path relative to the repository root
+    line: int  # line of the opening fence
     language: str
     flags: tuple[str, ...]
     body: str
@@ -65,7 +66,7 @@ class Block:
     def expected_statuses(self) -> tuple[int, ...]:
         for flag in self.flags:
             if flag.startswith("exit="):
-                return tuple(int(status) for status in flag[len("exit="):].split(","))
+                return tuple(int(status) for status in flag[len("exit=") :].split(","))
         return (0,)
 
     @property
@@ -79,8 +80,9 @@ class Block:
             return f"gpu-only: {self.commands[0] if self.commands else ''}"
         reasons = [NOT_RUN.get(command.split("#")[0].strip()) for command in self.commands]
         if reasons and all(reasons):
-            return "; ".join(f"`{command.split('#')[0].strip()}`: {reason}"
-                             for command, reason in zip(self.commands, reasons))
+            return "; ".join(
+                f"`{command.split('#')[0].strip()}`: {reason}" for command, reason in zip(self.commands, reasons)
+            )
         return None
 
 
@@ -125,8 +127,12 @@ def fresh_copy(destination: Path, root: Path = ROOT) -> Path:
                 (destination / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(source, destination / name)
     else:  # not a git checkout (an unpacked archive): everything but environments and caches
-        shutil.copytree(root, destination, dirs_exist_ok=True, ignore=shutil.ignore_patterns(
-            ".git", ".venv", "__pycache__", ".pytest_cache", ".benchmarks", "*.egg-info"))
+        shutil.copytree(
+            root,
+            destination,
+            dirs_exist_ok=True,
+            ignore=shutil.ignore_patterns(".git", ".venv", "__pycache__", ".pytest_cache", ".benchmarks", "*.egg-info"),
+        )
     (destination / ".venv").symlink_to(venv_bin(root).parent, target_is_directory=True)
     return destination
 
@@ -140,12 +146,23 @@ class Outcome:
 
 def run(block: Block, workdir: Path, timeout_s: float = 300) -> Outcome:
     """The block in `workdir` under bash (-e, pipefail), with .venv/bin first on PATH and no GPU visible."""
-    env = {**os.environ, "PATH": f"{workdir / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
-           "CUDA_VISIBLE_DEVICES": "", "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {
+        **os.environ,
+        "PATH": f"{workdir / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+        "CUDA_VISIBLE_DEVICES": "",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
     started = time.monotonic()
     try:
-        done = subprocess.run(["bash", "-eo", "pipefail", "-c", block.script], cwd=workdir, env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout_s)
+        done = subprocess.run(
+            ["bash", "-eo", "pipefail", "-c", block.script],
+            cwd=workdir,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=timeout_s,
+        )
         return Outcome(done.returncode, done.stdout, time.monotonic() - started)
     except subprocess.TimeoutExpired as expired:
         output = expired.stdout if isinstance(expired.stdout, str) else (expired.stdout or b"").decode()

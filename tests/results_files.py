@@ -1,4 +1,5 @@
 """Editing a results file in a test: as if a run had stored other rows or run elsewhere."""
+
 from __future__ import annotations
 
 import json

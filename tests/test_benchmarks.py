@@ -1,4 +1,5 @@
 """The pytest-benchmark suite in benchmarks/ runs every implementation it lists (as plain tests here)."""
+
 from __future__ import annotations
 
 import subprocess

@@ -1,5 +1,6 @@
 """`state=carried`: linear attention and FAVOR+ decoding as a recurrent decoder does, the state of the cached keys
 built once per cache and reused, so that a decoding call's work does not grow with the cache."""
+
 from __future__ import annotations
 
 import gc
@@ -59,8 +60,11 @@ def test_a_kept_value_goes_with_its_tensors():
 @pytest.mark.parametrize("name", CARRIED)
 @pytest.mark.parametrize("causal", [False, True], ids=["dense", "causal"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("shape", [(2, 4, 2, 5, 300, 16), (1, 2, 2, 1, 17, 8), (1, 2, 1, 130, 257, 32)],
-                         ids=["B2-H4-KV2-Q5-N300-D16", "B1-H2-Q1-N17-D8", "B1-H2-KV1-Q130-N257-D32"])
+@pytest.mark.parametrize(
+    "shape",
+    [(2, 4, 2, 5, 300, 16), (1, 2, 2, 1, 17, 8), (1, 2, 1, 130, 257, 32)],
+    ids=["B2-H4-KV2-Q5-N300-D16", "B1-H2-Q1-N17-D8", "B1-H2-KV1-Q130-N257-D32"],
+)
 def test_a_carried_state_gives_what_rebuilding_it_gives(name, causal, dtype, shape):
     batch, heads, kv_heads, q_len, seq_len, head_dim = shape
     q, k, v = decoding_inputs(batch, heads, kv_heads, q_len, seq_len, head_dim, dtype, seed=q_len)
@@ -117,8 +121,11 @@ def test_the_conformance_check_finds_a_rescaled_floor_at_large_logits_only(monke
     assert [case.label for case in prefill] == ["B1-H2-N300-Q130-D32-fp32-causal-fwd+bwd"]
     performer = implementations.get("performer")
     assert check_large_logits(performer, prefill[0], LARGE_LOGIT_SEED).status == "pass"
-    monkeypatch.setattr(performer_module, "ChangedFeatures",  # the floor scaled with the features, as it once was
-                        lambda factor, offset, value_sum, count: ChangedFeatures(factor, 0 * offset, value_sum, count))
+    monkeypatch.setattr(
+        performer_module,
+        "ChangedFeatures",  # the floor scaled with the features, as it once was
+        lambda factor, offset, value_sum, count: ChangedFeatures(factor, 0 * offset, value_sum, count),
+    )
     assert check_case(performer, prefill[0], 0).status == "pass"
     found = check_large_logits(performer, prefill[0], LARGE_LOGIT_SEED)
     assert found.status == "fail" and "in float32, against the exact twin" in found.detail, found.detail
@@ -137,7 +144,9 @@ def test_a_carried_decoding_call_does_the_same_work_whatever_the_cache_length(na
     assert flops[256] == flops[4096] > 0
     # The matmuls it does are no more than the FLOPs its rows are credited with (the new tokens' maths).
     batch, heads, q_len, head_dim = q.shape
-    assert flops[4096] <= impl.forward_flops(Case(batch, heads, 4096, head_dim, "float32", True, "fwd", "cpu", q_len=q_len))
+    assert flops[4096] <= impl.forward_flops(
+        Case(batch, heads, 4096, head_dim, "float32", True, "fwd", "cpu", q_len=q_len)
+    )
     rebuilt = implementations.get(name)
     with FlopCounterMode(display=False) as counter:
         rebuilt(q, k, v, causal=True)
@@ -184,7 +193,9 @@ def test_a_carried_call_counts_the_new_tokens_and_reads_the_state_in_place_of_th
     class Settings:
         peak_tflops, peak_gbytes_per_s = {}, None
 
-    assert _throughput(carried, case, 1.0, Settings)["gbytes_per_s"] == pytest.approx((minimum_bytes(case, state)) / 1e6)
+    assert _throughput(carried, case, 1.0, Settings)["gbytes_per_s"] == pytest.approx(
+        (minimum_bytes(case, state)) / 1e6
+    )
 
 
 @pytest.mark.parametrize("name", CARRIED)

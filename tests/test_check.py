@@ -1,4 +1,5 @@
 """`attnbench check`: the conformance check from the command line, for any implementation."""
+
 from __future__ import annotations
 
 import re
@@ -105,8 +106,10 @@ def test_results_that_move_between_two_calls_on_the_same_inputs_fail(capsys, fak
     fake_registry("racy", jitter=1.5e-4)
     status, out = _check(capsys, "--impl", "racy", "--dtype", "float32")
     assert status == 1 and "racy: FAILED (4 passed, 74 failed" in out  # large logits: one call each
-    assert "a second call on the same inputs, inside the implementation's session, differs from the first beyond the " \
+    assert (
+        "a second call on the same inputs, inside the implementation's session, differs from the first beyond the "
         "tolerance" in out
+    )
 
 
 def test_a_session_that_changes_what_a_call_computes_fails(capsys, monkeypatch):
@@ -133,8 +136,11 @@ def test_last_bit_differences_between_calls_are_noted_not_failed(capsys, fake_re
     assert status == 0 and "atomic-order: ok (78 passed" in out
     # Every output moves with the jitter; at one token dq and dk are exactly zero, whatever the jitter. Which
     # other gradients round back to the same bits depends on the CPU's kernels (40 to 42 cases seen).
-    note = re.search(r"agreed within tolerance but not bit for bit \(out in (\d+), dq in (\d+), dk in (\d+), "
-                     r"dv in (\d+) of 74 passing", out)
+    note = re.search(
+        r"agreed within tolerance but not bit for bit \(out in (\d+), dq in (\d+), dk in (\d+), "
+        r"dv in (\d+) of 74 passing",
+        out,
+    )
     assert note, out
     moved_out, moved_dq, moved_dk, moved_dv = map(int, note.groups())
     assert moved_out == 74 and 0 < moved_dq < 74 and 0 < moved_dk < 74 and 0 < moved_dv <= 74
@@ -180,8 +186,10 @@ def test_a_kernel_that_assumes_contiguous_inputs_fails_on_transposed_views(capsy
     monkeypatch.setitem(implementations.REGISTRY, "stride-blind", StrideBlind)
     status, out = _check(capsys, "--impl", "stride-blind", "--dtype", "float32")
     assert status == 1 and "stride-blind: FAILED (76 passed, 2 failed" in out
-    assert ("B2-H3-N65-D32-fp32-dense-fwd+bwd seed 5000: with q, k, v and the upstream gradient laid out (batch, seq, "
-            "heads, dim) in memory") in out
+    assert (
+        "B2-H3-N65-D32-fp32-dense-fwd+bwd seed 5000: with q, k, v and the upstream gradient laid out (batch, seq, "
+        "heads, dim) in memory"
+    ) in out
 
 
 def test_a_backward_that_assumes_a_contiguous_upstream_gradient_fails_on_transposed_views(capsys, monkeypatch):
@@ -263,7 +271,10 @@ def test_shapes_of_your_own_are_checked_like_the_awkward_ones(capsys, monkeypatc
     status, out = _check(capsys, "--impl", "wrong-at-80", "--dtype", "float32")
     assert status == 0 and "wrong-at-80: ok (78 passed" in out and "your own" not in out
     status, out = _check(capsys, "--impl", "wrong-at-80", "--dtype", "float32", "--head-dim", "80", "--seq-len", "100")
-    assert "and shapes of your own: B3-H2-N17-D80, B1-H2-N257-D80, B2-H4-KV2-N33-D80, B1-H2-N100-D80, B1-H4-KV2-N100-D80" in out
+    assert (
+        "and shapes of your own: B3-H2-N17-D80, B1-H2-N257-D80, B2-H4-KV2-N33-D80, B1-H2-N100-D80, B1-H4-KV2-N100-D80"
+        in out
+    )
     assert status == 1 and "wrong-at-80: FAILED (78 passed, 20 failed" in out  # 5 shapes, causal and not, ± autograd
     assert "FAIL  B2-H4-KV2-N33-D80-fp32-causal-fwd+bwd seed 311: dv rel_rms_err 0.01 beyond tolerance" in out
 
@@ -284,17 +295,22 @@ def test_query_lengths_of_your_own_are_checked_against_each_length(capsys, monke
 
     class TopLeftCausal(ScriptedAttention):
         def __call__(self, q, k, v, *, causal=False):
-            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal,
-                                                                    enable_gqa=q.shape[1] != k.shape[1])
+            return torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, is_causal=causal, enable_gqa=q.shape[1] != k.shape[1]
+            )
 
     monkeypatch.setitem(implementations.REGISTRY, "top-left", TopLeftCausal)
     status, out = _check(capsys, "--impl", "top-left", "--dtype", "float32", "--seq-len", "100", "--q-len", "1,7,100")
-    assert "and shapes of your own: B1-H2-N100-D64, B1-H4-KV2-N100-D64, B1-H2-N100-Q1-D64, B1-H4-KV2-N100-Q1-D64, " \
-           "B1-H2-N100-Q7-D64, B1-H4-KV2-N100-Q7-D64 (KV" in out  # 100 of 100 is the full-length shape
+    assert (
+        "and shapes of your own: B1-H2-N100-D64, B1-H4-KV2-N100-D64, B1-H2-N100-Q1-D64, B1-H4-KV2-N100-Q1-D64, "
+        "B1-H2-N100-Q7-D64, B1-H4-KV2-N100-Q7-D64 (KV" in out
+    )  # 100 of 100 is the full-length shape
     # every causal decoding shape, with and without autograd: 3 built-in ones and 4 of your own (aligned to the first
     # key, one query sees that key alone), and the causal chunked prefill at large logits
     assert status == 1 and "top-left: FAILED (87 passed, 15 failed" in out
-    assert "FAIL  B1-H2-N100-Q7-D64-fp32-causal-fwd+bwd seed 855: q holds the last 7 of 100 positions: a causal " \
-           "mask must be aligned to the last key" in out
+    assert (
+        "FAIL  B1-H2-N100-Q7-D64-fp32-causal-fwd+bwd seed 855: q holds the last 7 of 100 positions: a causal "
+        "mask must be aligned to the last key" in out
+    )
     assert main(["check", "--device", "cpu", "--impl", "naive", "--seq-len", "64", "--q-len", "65"]) == 2
     assert "--q-len: 65 exceeds the length 64" in capsys.readouterr().err

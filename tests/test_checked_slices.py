@@ -1,4 +1,5 @@
 """Choosing the (batch, key/value head) slices the float64 check covers."""
+
 from __future__ import annotations
 
 import torch

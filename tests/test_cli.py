@@ -1,4 +1,5 @@
 """The command line: bad input exits 2 with one clear line and writes nothing; good input runs."""
+
 from __future__ import annotations
 
 import contextlib
@@ -13,44 +14,74 @@ from suite.measure import failures
 from suite.results import files as results
 from tests.results_files import rewrite_headers, rewrite_rows
 
-TINY = ["--impl", "naive,sdpa-cudnn", "--seq-len", "17", "--heads", "1", "--batch", "1", "--head-dim", "16",
-        "--dtype", "float32", "--mode", "fwd", "--device", "cpu"]
+TINY = [
+    "--impl",
+    "naive,sdpa-cudnn",
+    "--seq-len",
+    "17",
+    "--heads",
+    "1",
+    "--batch",
+    "1",
+    "--head-dim",
+    "16",
+    "--dtype",
+    "float32",
+    "--mode",
+    "fwd",
+    "--device",
+    "cpu",
+]
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["--seq-len", "0"], r"--seq-len: '0' is not a positive integer \(allowed: integers >= 1\)"),
-    (["--seq-len", "-5"], r"--seq-len: '-5' is not a positive integer"),
-    (["--seq-len", "12.5"], r"--seq-len: '12.5' is not a positive integer"),
-    (["--seq-len", "128,,256"], r"--seq-len: '128,,256' has an empty item"),
-    (["--heads", "many"], r"--heads: 'many' is not a positive integer"),
-    (["--impl", "flashy"], r"--impl: unknown implementation 'flashy' \(valid: .*sdpa-flash"),
-    (["--impl", "naive:window"], r"--impl: option 'window' in 'naive:window' is not KEY=VALUE"),
-    (["--impl", "sdpa:window=3"], r"--impl: sdpa: unknown option 'window' \(allowed: none\)"),
-    (["--impl", "performer:features=64:features=32"],
-     r"--impl: option 'features' is given twice in 'performer:features=64:features=32' \(allowed: once\)"),
-    (["--impl", "flash*"], r"--impl: 'flash\*' matches no implementation \(known: reference, naive, sdpa"),
-    (["--impl", "sparse-*:window=3"], r"--impl: sparse-block: unknown option 'window'"),
-    (["--dtype", "float8"], r"--dtype: unknown dtype 'float8' \(allowed: float16, bfloat16, float32\)"),
-    (["--mode", "sideways"], r"--mode: unknown mode 'sideways' \(allowed: fwd, bwd, fwd\+bwd\)"),
-    (["--causal", "maybe"], r"--causal: 'maybe' is not allowed \(allowed: true, false, both\)"),
-    (["--device", "tpu"], r"--device: unknown device 'tpu' \(allowed: cpu, cuda\)"),
-    (["--preset", "huge"], r"--preset: unknown preset 'huge' \(allowed: smoke, quick, default, efficient, long, decode\)"),
-    (["--timing", "repeats=20"], r"--timing: unknown key 'repeats' \(allowed: warmup_calls, min_repeats, max_repeats, "),
-    (["--timing", "min_repeats"], r"--timing: 'min_repeats' is not KEY=VALUE"),
-    (["--timing", "min_repeats=0"], r"--timing: min_repeats='0' is not allowed \(allowed: an integer >= 1: "),
-    (["--timing", "min_repeats=2.5"], r"--timing: min_repeats='2.5' is not allowed \(allowed: an integer >= 1"),
-    (["--timing", "budget_s=0"], r"--timing: budget_s='0' is not allowed \(allowed: a number > 0: "),
-    (["--timing", "budget_s=nan"], r"--timing: budget_s='nan' is not allowed"),
-    (["--timing", "target_relative_ci=-0.1"], r"--timing: target_relative_ci='-0.1' is not allowed \(allowed: a number >= 0"),
-    (["--timing", "max_repeats=3"], r"--timing: max_repeats 3 is below min_repeats 7 \(allowed: max_repeats >= "),
-    (["--timing", "warmup_calls=1,warmup_calls=2"], r"--timing: 'warmup_calls' is given twice in "),
-    (["--timing", ""], r"--timing: '' has an empty item"),
-    (["--threads", "0"], r"--threads: '0' is not a positive integer \(allowed: integers >= 1\)"),
-    (["--threads=-2"], r"--threads: '-2' is not a positive integer \(allowed: integers >= 1\)"),
-    (["--threads", "1.5"], r"--threads: '1.5' is not a positive integer \(allowed: integers >= 1\)"),
-    (["--threads", "all"], r"--threads: 'all' is not a positive integer \(allowed: integers >= 1\)"),
-    (["--threads", "1,2"], r"--threads: 2 values given \(1, 2\) \(allowed: exactly one\)"),
-])
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--seq-len", "0"], r"--seq-len: '0' is not a positive integer \(allowed: integers >= 1\)"),
+        (["--seq-len", "-5"], r"--seq-len: '-5' is not a positive integer"),
+        (["--seq-len", "12.5"], r"--seq-len: '12.5' is not a positive integer"),
+        (["--seq-len", "128,,256"], r"--seq-len: '128,,256' has an empty item"),
+        (["--heads", "many"], r"--heads: 'many' is not a positive integer"),
+        (["--impl", "flashy"], r"--impl: unknown implementation 'flashy' \(valid: .*sdpa-flash"),
+        (["--impl", "naive:window"], r"--impl: option 'window' in 'naive:window' is not KEY=VALUE"),
+        (["--impl", "sdpa:window=3"], r"--impl: sdpa: unknown option 'window' \(allowed: none\)"),
+        (
+            ["--impl", "performer:features=64:features=32"],
+            r"--impl: option 'features' is given twice in 'performer:features=64:features=32' \(allowed: once\)",
+        ),
+        (["--impl", "flash*"], r"--impl: 'flash\*' matches no implementation \(known: reference, naive, sdpa"),
+        (["--impl", "sparse-*:window=3"], r"--impl: sparse-block: unknown option 'window'"),
+        (["--dtype", "float8"], r"--dtype: unknown dtype 'float8' \(allowed: float16, bfloat16, float32\)"),
+        (["--mode", "sideways"], r"--mode: unknown mode 'sideways' \(allowed: fwd, bwd, fwd\+bwd\)"),
+        (["--causal", "maybe"], r"--causal: 'maybe' is not allowed \(allowed: true, false, both\)"),
+        (["--device", "tpu"], r"--device: unknown device 'tpu' \(allowed: cpu, cuda\)"),
+        (
+            ["--preset", "huge"],
+            r"--preset: unknown preset 'huge' \(allowed: smoke, quick, default, efficient, long, decode\)",
+        ),
+        (
+            ["--timing", "repeats=20"],
+            r"--timing: unknown key 'repeats' \(allowed: warmup_calls, min_repeats, max_repeats, ",
+        ),
+        (["--timing", "min_repeats"], r"--timing: 'min_repeats' is not KEY=VALUE"),
+        (["--timing", "min_repeats=0"], r"--timing: min_repeats='0' is not allowed \(allowed: an integer >= 1: "),
+        (["--timing", "min_repeats=2.5"], r"--timing: min_repeats='2.5' is not allowed \(allowed: an integer >= 1"),
+        (["--timing", "budget_s=0"], r"--timing: budget_s='0' is not allowed \(allowed: a number > 0: "),
+        (["--timing", "budget_s=nan"], r"--timing: budget_s='nan' is not allowed"),
+        (
+            ["--timing", "target_relative_ci=-0.1"],
+            r"--timing: target_relative_ci='-0.1' is not allowed \(allowed: a number >= 0",
+        ),
+        (["--timing", "max_repeats=3"], r"--timing: max_repeats 3 is below min_repeats 7 \(allowed: max_repeats >= "),
+        (["--timing", "warmup_calls=1,warmup_calls=2"], r"--timing: 'warmup_calls' is given twice in "),
+        (["--timing", ""], r"--timing: '' has an empty item"),
+        (["--threads", "0"], r"--threads: '0' is not a positive integer \(allowed: integers >= 1\)"),
+        (["--threads=-2"], r"--threads: '-2' is not a positive integer \(allowed: integers >= 1\)"),
+        (["--threads", "1.5"], r"--threads: '1.5' is not a positive integer \(allowed: integers >= 1\)"),
+        (["--threads", "all"], r"--threads: 'all' is not a positive integer \(allowed: integers >= 1\)"),
+        (["--threads", "1,2"], r"--threads: 2 values given \(1, 2\) \(allowed: exactly one\)"),
+    ],
+)
 def test_bad_input_exits_2_with_one_clear_line_and_writes_nothing(tmp_path, capsys, flags, message):
     out = tmp_path / "r.jsonl"
     assert main(["run", *flags, "--out", str(out)]) == 2
@@ -65,7 +96,11 @@ def test_wildcards_name_every_implementation_they_match_in_registry_order():
     from suite.run.config import impl_specs
 
     assert impl_specs("--impl", "sdpa-*,naive") == ("sdpa-math", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "naive")
-    assert impl_specs("--impl", "sparse-*,perf*:features=8") == ("sparse-window", "sparse-block", "performer:features=8")
+    assert impl_specs("--impl", "sparse-*,perf*:features=8") == (
+        "sparse-window",
+        "sparse-block",
+        "performer:features=8",
+    )
     everything = impl_specs("--impl", "*")
     assert "reference" not in everything and "naive" in everything and "performer" in everything
     assert impl_specs("--impl", "reference") == ("reference",)  # the float64 oracle only when named
@@ -79,12 +114,15 @@ def test_cuda_asked_for_without_cuda(tmp_path, capsys):
     assert not (tmp_path / "r.jsonl").exists()
 
 
-@pytest.mark.parametrize("content,message", [
-    (None, r"--config: cannot read"),
-    ("seq_len = [", r"--config: cannot read .*grid.toml"),
-    ("seq_lens = [128]", r"--config: unknown key 'seq_lens'"),
-    ("seq_len = [0]", r"--seq-len: '0' is not a positive integer"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (None, r"--config: cannot read"),
+        ("seq_len = [", r"--config: cannot read .*grid.toml"),
+        ("seq_lens = [128]", r"--config: unknown key 'seq_lens'"),
+        ("seq_len = [0]", r"--seq-len: '0' is not a positive integer"),
+    ],
+)
 def test_unreadable_config_exits_2(tmp_path, capsys, content, message):
     config = tmp_path / "grid.toml"
     if content is not None:
@@ -158,8 +196,9 @@ def test_resume_with_retry_runs_failed_cases_again_and_the_new_row_replaces_the_
     assert list(frame.impl) == [json.loads(line)["impl"] for line in lines if '"result"' in line]
 
 
-def test_a_run_stopped_by_an_unusable_device_exits_1_and_resume_runs_the_rest(tmp_path, capsys, monkeypatch,
-                                                                              fake_registry):
+def test_a_run_stopped_by_an_unusable_device_exits_1_and_resume_runs_the_rest(
+    tmp_path, capsys, monkeypatch, fake_registry
+):
 
     fake_registry("crashing", fail_on_seq_len=33, error=RuntimeError("CUDA error: an illegal memory access"))
     out = tmp_path / "r.jsonl"
@@ -170,7 +209,10 @@ def test_a_run_stopped_by_an_unusable_device_exits_1_and_resume_runs_the_rest(tm
     assert "stopped: crashing on B1-H1-N33-D16-fp32-dense-fwd left the device unusable" in err
     assert f"--resume --out {out}" in err
     assert [(r.impl, r.seq_len, r.status) for r in results.load(out).itertuples()] == [
-        ("crashing", 17, "ok"), ("naive", 17, "ok"), ("crashing", 33, "error")]
+        ("crashing", 17, "ok"),
+        ("naive", 17, "ok"),
+        ("crashing", 33, "error"),
+    ]
 
     monkeypatch.setattr(failures, "device_usable", lambda device: True)  # a new process: a working device
     assert main(["run", *grid, "--out", str(out), "--resume"]) == 0
@@ -181,8 +223,11 @@ def test_a_run_stopped_by_an_unusable_device_exits_1_and_resume_runs_the_rest(tm
 def _plan_table(printed: str) -> dict[str, list[int]]:
     """implementation -> [measure, unsupported, already in file], from the dry run's table."""
     rows = [line.split() for line in printed.splitlines()]
-    return {cells[0]: [int(cell) for cell in cells[1:4]] for cells in rows
-            if len(cells) >= 5 and all(cell.isdigit() for cell in cells[1:4])}
+    return {
+        cells[0]: [int(cell) for cell in cells[1:4]]
+        for cells in rows
+        if len(cells) >= 5 and all(cell.isdigit() for cell in cells[1:4])
+    }
 
 
 def test_dry_run_says_what_a_run_would_do_and_writes_nothing(tmp_path, capsys):
@@ -197,8 +242,25 @@ def test_dry_run_says_what_a_run_would_do_and_writes_nothing(tmp_path, capsys):
     rewrite_rows(out, _as_if_naive_dense_ran_out_of_memory)
     before = out.read_bytes()
     capsys.readouterr()
-    assert main(["run", *TINY, "--seq-len", "17,33", "--causal", "both", "--out", str(out), "--resume",
-                 "--retry", "oom", "--dry-run"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                *TINY,
+                "--seq-len",
+                "17,33",
+                "--causal",
+                "both",
+                "--out",
+                str(out),
+                "--resume",
+                "--retry",
+                "oom",
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
     # naive: its N17 causal row is done, the out-of-memory N17 dense row runs again, N33 is new
     assert _plan_table(capsys.readouterr().out) == {"naive": [3, 0, 1], "sdpa-cudnn": [0, 2, 2], "total": [3, 2, 3]}
     assert out.read_bytes() == before
@@ -207,6 +269,7 @@ def test_dry_run_says_what_a_run_would_do_and_writes_nothing(tmp_path, capsys):
 def _as_if_timed_on(machine: str):
     def change(header: dict) -> dict:
         return {**header, "environment": {**header["environment"], "cpu": machine}}
+
     return change
 
 
@@ -218,18 +281,24 @@ def test_resume_refuses_a_file_timed_on_another_machine(tmp_path, capsys):
     before = out.read_bytes()
     for extra in ([], ["--dry-run"], ["--causal", "both"]):
         assert main(["run", *TINY, "--out", str(out), "--resume", *extra]) == 2
-        assert re.search(r"--resume: '.*r\.jsonl' holds timings measured on Other CPU 9000 \(\d+ threads?\), and this run would "
-                         r"measure on .+ \(resume it there, or write these rows to another file with --out\)",
-                         capsys.readouterr().err)
+        assert re.search(
+            r"--resume: '.*r\.jsonl' holds timings measured on Other CPU 9000 \(\d+ threads?\), and this run would "
+            r"measure on .+ \(resume it there, or write these rows to another file with --out\)",
+            capsys.readouterr().err,
+        )
     assert out.read_bytes() == before
 
     # the same CPU model with another thread count times differently too
     from suite.results.environment import _cpu_name
-    rewrite_headers(out, lambda header: {**header, "environment": {**header["environment"], "cpu": _cpu_name(),
-                                                                    "cpu_threads": 64}})
+
+    rewrite_headers(
+        out, lambda header: {**header, "environment": {**header["environment"], "cpu": _cpu_name(), "cpu_threads": 64}}
+    )
     assert main(["run", *TINY, "--out", str(out), "--resume"]) == 2
-    assert re.search(r"holds timings measured on .+ \(64 threads\), and this run would measure on .+ \(\d+ threads?\)",
-                     capsys.readouterr().err)
+    assert re.search(
+        r"holds timings measured on .+ \(64 threads\), and this run would measure on .+ \(\d+ threads?\)",
+        capsys.readouterr().err,
+    )
 
     # a header that only amended rows (local-errors) elsewhere does not count: it timed nothing
     rewrite_headers(out, lambda header: {**header, "amends": "local-inputs errors"})
@@ -237,11 +306,14 @@ def test_resume_refuses_a_file_timed_on_another_machine(tmp_path, capsys):
     assert len(results.load(out)) == 4
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["--retry", "oom"], r"--retry: only with --resume"),
-    (["--resume", "--retry", "ok"], r"--retry: unknown status 'ok' \(allowed: mismatch, unsupported, oom, error\)"),
-    (["--resume", "--retry", "oom,"], r"--retry: unknown status ''"),
-])
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--retry", "oom"], r"--retry: only with --resume"),
+        (["--resume", "--retry", "ok"], r"--retry: unknown status 'ok' \(allowed: mismatch, unsupported, oom, error\)"),
+        (["--resume", "--retry", "oom,"], r"--retry: unknown status ''"),
+    ],
+)
 def test_bad_retry_exits_2(tmp_path, capsys, flags, message):
     out = tmp_path / "r.jsonl"
     assert main(["run", *TINY, "--out", str(out), *flags]) == 2
@@ -251,8 +323,10 @@ def test_bad_retry_exits_2(tmp_path, capsys, flags, message):
 
 def test_config_file_defines_the_grid(tmp_path):
     config = tmp_path / "grid.toml"
-    config.write_text('impl = ["naive"]\nseq_len = [9, 10]\nheads = [1]\nbatch = [2]\nhead_dim = [8]\n'
-                      'dtype = ["float32"]\ncausal = [true, false]\nmode = ["fwd"]\ndevice = "cpu"\n')
+    config.write_text(
+        'impl = ["naive"]\nseq_len = [9, 10]\nheads = [1]\nbatch = [2]\nhead_dim = [8]\n'
+        'dtype = ["float32"]\ncausal = [true, false]\nmode = ["fwd"]\ndevice = "cpu"\n'
+    )
     out = tmp_path / "r.jsonl"
     assert main(["run", "--config", str(config), "--out", str(out)]) == 0
     frame = results.load(out)
@@ -261,18 +335,57 @@ def test_config_file_defines_the_grid(tmp_path):
 
 def test_flags_override_the_preset(tmp_path):
     out = tmp_path / "r.jsonl"
-    assert main(["run", "--preset", "smoke", "--impl", "sdpa-math", "--seq-len", "5", "--dtype", "bf16",
-                 "--no-causal", "--mode", "fwd", "--device", "cpu", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--preset",
+                "smoke",
+                "--impl",
+                "sdpa-math",
+                "--seq-len",
+                "5",
+                "--dtype",
+                "bf16",
+                "--no-causal",
+                "--mode",
+                "fwd",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     frame = results.load(out)
     assert frame[["impl", "seq_len", "dtype", "causal", "batch", "heads"]].values.tolist() == [
-        ["sdpa-math", 5, "bfloat16", False, 2, 2]]
+        ["sdpa-math", 5, "bfloat16", False, 2, 2]
+    ]
 
 
 def test_a_value_repeated_in_a_list_measures_its_cases_once(tmp_path, capsys):
     out = tmp_path / "r.jsonl"
-    grid = ["run", "--preset", "smoke", "--impl", "naive,naive,performer,performer:features=256,performer:seed=0",
-            "--seq-len", "5,5", "--dtype", "fp32,float32",
-            "--no-causal", "--mode", "fwd,fwd", "--batch", "1,1", "--device", "cpu", "--out", str(out)]
+    grid = [
+        "run",
+        "--preset",
+        "smoke",
+        "--impl",
+        "naive,naive,performer,performer:features=256,performer:seed=0",
+        "--seq-len",
+        "5,5",
+        "--dtype",
+        "fp32,float32",
+        "--no-causal",
+        "--mode",
+        "fwd,fwd",
+        "--batch",
+        "1,1",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
     assert main([*grid, "--dry-run"]) == 0
     assert re.search(r"^total\s+2\s+0\s+0\s+–$", capsys.readouterr().out, re.M)  # one label, one implementation
     assert main(grid) == 0
@@ -291,9 +404,35 @@ def test_list_and_env(capsys):
 
 def test_grouped_query_run_and_bad_kv_heads(tmp_path, capsys):
     out = tmp_path / "r.jsonl"
-    assert main(["run", "--impl", "naive,sdpa,xformers", "--seq-len", "33", "--heads", "4", "--kv-heads", "2,4",
-                 "--batch", "1", "--head-dim", "16", "--dtype", "float32", "--mode", "fwd+bwd", "--no-causal",
-                 "--device", "cpu", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--impl",
+                "naive,sdpa,xformers",
+                "--seq-len",
+                "33",
+                "--heads",
+                "4",
+                "--kv-heads",
+                "2,4",
+                "--batch",
+                "1",
+                "--head-dim",
+                "16",
+                "--dtype",
+                "float32",
+                "--mode",
+                "fwd+bwd",
+                "--no-causal",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "B1-H4-KV2-N33-D16-fp32-dense-fwd+bwd" in printed and "B1-H4-N33-D16-fp32-dense-fwd+bwd" in printed
     frame = results.load(out)
@@ -313,8 +452,30 @@ def test_results_file_is_named_by_the_machine_that_timed_it(tmp_path, monkeypatc
     from suite.results.environment import machine_name
 
     monkeypatch.setattr(naming, "RESULTS_DIR", tmp_path)
-    assert main(["run", "--impl", "naive", "--seq-len", "8", "--heads", "1", "--head-dim", "8", "--dtype", "float32",
-                 "--causal", "false", "--mode", "fwd", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--impl",
+                "naive",
+                "--seq-len",
+                "8",
+                "--heads",
+                "1",
+                "--head-dim",
+                "8",
+                "--dtype",
+                "float32",
+                "--causal",
+                "false",
+                "--mode",
+                "fwd",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     machine = re.sub(r"[^a-z0-9]+", "-", machine_name("cpu").lower()).strip("-")
     assert [p.name for p in tmp_path.iterdir()] == [f"{datetime.date.today().isoformat()}_{machine}_smoke.jsonl"]
 
@@ -324,8 +485,26 @@ def test_time_limit_stops_between_rows_and_resume_finishes(tmp_path, monkeypatch
     import time
 
     out = tmp_path / "limited.jsonl"
-    grid = ["--impl", "naive,sdpa", "--seq-len", "8,16", "--heads", "1", "--head-dim", "8", "--dtype", "float32",
-            "--causal", "both", "--mode", "fwd", "--device", "cpu", "--out", str(out)]
+    grid = [
+        "--impl",
+        "naive,sdpa",
+        "--seq-len",
+        "8,16",
+        "--heads",
+        "1",
+        "--head-dim",
+        "8",
+        "--dtype",
+        "float32",
+        "--causal",
+        "both",
+        "--mode",
+        "fwd",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
     clock = itertools.count()  # each reading of the clock is one second later
     monkeypatch.setattr(time, "monotonic", lambda: float(next(clock)))
     assert main(["run", *grid, "--time-limit", "6.5"]) == 3
@@ -343,10 +522,21 @@ def test_a_reader_that_goes_away_stops_the_command_quietly():
     import sys
     from pathlib import Path
 
-    command = [sys.executable, "-m", "suite", "check", "--impl", "naive,sdpa,sdpa-math", "--dtype", "float32",
-               "--device", "cpu"]
-    process = subprocess.Popen(command, cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    command = [
+        sys.executable,
+        "-m",
+        "suite",
+        "check",
+        "--impl",
+        "naive,sdpa,sdpa-math",
+        "--dtype",
+        "float32",
+        "--device",
+        "cpu",
+    ]
+    process = subprocess.Popen(
+        command, cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     assert process.stdout.readline().startswith("checking on cpu")
     process.stdout.close()
     stderr = process.stderr.read()
@@ -363,7 +553,10 @@ def test_a_run_records_the_settings_that_change_speed_and_the_report_shows_them(
     assert main(["run", *TINY, "--out", str(out)]) == 0
     header = json.loads(out.read_text().splitlines()[0])
     recorded = header["environment"]["speed_settings"]
-    assert recorded["environment"] == {"CUDA_LAUNCH_BLOCKING": "1", "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+    assert recorded["environment"] == {
+        "CUDA_LAUNCH_BLOCKING": "1",
+        "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
+    }
     assert recorded["float32_matmul_precision"] == torch.get_float32_matmul_precision()
     frame = results.load(out)
     assert set(frame.settings) == {"CUDA_LAUNCH_BLOCKING=1, PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True"}
@@ -377,20 +570,42 @@ def test_a_run_records_the_settings_that_change_speed_and_the_report_shows_them(
     monkeypatch.setenv("CUDA_LAUNCH_BLOCKING", "0")
     monkeypatch.setenv("PYTORCH_NO_CUDA_MEMORY_CACHING", "1")
     assert [w.split("=")[0] for w in speed_settings.warnings_for(speed_settings.current())] == [
-        "PYTORCH_NO_CUDA_MEMORY_CACHING"]
-    assert speed_settings.summary(None) is None and speed_settings.summary(
-        {"environment": {}, "float32_matmul_precision": "high", "deterministic_algorithms": True}) == \
-        "float32 matmul precision high, deterministic algorithms"
+        "PYTORCH_NO_CUDA_MEMORY_CACHING"
+    ]
+    assert (
+        speed_settings.summary(None) is None
+        and speed_settings.summary(
+            {"environment": {}, "float32_matmul_precision": "high", "deterministic_algorithms": True}
+        )
+        == "float32 matmul precision high, deterministic algorithms"
+    )
 
 
-@pytest.mark.parametrize("command,flag", [
-    (["run", *TINY, "--out", "{path}/r.jsonl"], "--out"),
-    (["run", *TINY, "--out", "{path}/r.jsonl", "--dry-run"], "--out"),
-    (["check", "--impl", "naive", "--json", "{path}/c.json"], "--json"),
-    (["profile", "--impl", "naive", "--seq-len", "16", "--heads", "2", "--head-dim", "16", "--trace", "{path}/t.json"],
-     "--trace"),
-    (["report", "{results}", "--out", "{path}/report"], "--out"),
-])
+@pytest.mark.parametrize(
+    "command,flag",
+    [
+        (["run", *TINY, "--out", "{path}/r.jsonl"], "--out"),
+        (["run", *TINY, "--out", "{path}/r.jsonl", "--dry-run"], "--out"),
+        (["check", "--impl", "naive", "--json", "{path}/c.json"], "--json"),
+        (
+            [
+                "profile",
+                "--impl",
+                "naive",
+                "--seq-len",
+                "16",
+                "--heads",
+                "2",
+                "--head-dim",
+                "16",
+                "--trace",
+                "{path}/t.json",
+            ],
+            "--trace",
+        ),
+        (["report", "{results}", "--out", "{path}/report"], "--out"),
+    ],
+)
 def test_an_output_path_that_cannot_be_written_exits_2_before_any_work(tmp_path, capsys, command, flag):
     """Under a regular file no folder can be made, even by root: refused at once, in one line, not in a traceback
     after the measurements."""
@@ -414,8 +629,10 @@ def test_resume_with_another_seed_is_refused(tmp_path, capsys):
     before = out.read_text()
     more = ["--seq-len", "17,18"]
     assert main(["run", *TINY, *more, "--out", str(out), "--resume"]) == 2
-    assert f"--seed: {str(out)!r} was measured with seed 7, and this run would use 0 (resume with --seed 7" in \
-        capsys.readouterr().err
+    assert (
+        f"--seed: {str(out)!r} was measured with seed 7, and this run would use 0 (resume with --seed 7"
+        in capsys.readouterr().err
+    )
     assert out.read_text() == before
     assert main(["run", *TINY, *more, "--out", str(out), "--resume", "--seed", "7"]) == 0
     assert set(results.load(out).seq_len) == {17, 18}
@@ -429,8 +646,14 @@ def test_timing_flag_sets_how_cases_are_timed_and_every_reader_says_so(tmp_path,
     fixed = "warmup_calls=0,min_repeats=4,max_repeats=4,target_relative_ci=0"
     assert main(["run", *TINY, "--out", str(custom), "--timing", fixed]) == 0
     header = json.loads(custom.read_text().splitlines()[0])
-    assert header["timing_policy"] == {"warmup_calls": 0, "min_repeats": 4, "max_repeats": 4, "budget_s": 0.25,
-                                       "target_relative_ci": 0.0, "noisy_relative_iqr": 0.1}
+    assert header["timing_policy"] == {
+        "warmup_calls": 0,
+        "min_repeats": 4,
+        "max_repeats": 4,
+        "budget_s": 0.25,
+        "target_relative_ci": 0.0,
+        "noisy_relative_iqr": 0.1,
+    }
     frame = results.load(custom)
     timed = frame[frame.status == "ok"]
     assert len(timed) == 2 and set(timed.repeats) == {4} and all(len(times) == 4 for times in timed.times_ms)
@@ -439,8 +662,10 @@ def test_timing_flag_sets_how_cases_are_timed_and_every_reader_says_so(tmp_path,
     capsys.readouterr()
 
     main(["compare", str(default), str(custom)])
-    assert ("note: the runs differ in timing policy: baseline 3 warm-up, 7-100 repeats, 0.25 s, ±1%, noisy >10%, "
-            "current 0 warm-up, 4-4 repeats") in capsys.readouterr().out
+    assert (
+        "note: the runs differ in timing policy: baseline 3 warm-up, 7-100 repeats, 0.25 s, ±1%, noisy >10%, "
+        "current 0 warm-up, 4-4 repeats"
+    ) in capsys.readouterr().out
     main(["compare", str(custom), str(custom)])
     assert "timing policy" not in capsys.readouterr().out
     assert main(["report", str(custom), "--out", str(tmp_path / "report")]) == 0
@@ -448,24 +673,42 @@ def test_timing_flag_sets_how_cases_are_timed_and_every_reader_says_so(tmp_path,
     assert "| timing |" in environment and "| 0 warm-up, 4-4 repeats, 0.25 s, ±0%, noisy >10% |" in environment
 
     assert main(["run", *TINY, "--seq-len", "17,18", "--out", str(custom), "--resume"]) == 0
-    assert (f"note: {custom} holds rows timed with 0 warm-up, 4-4 repeats, 0.25 s, ±0%, noisy >10%; these will be "
-            "timed with 3 warm-up, 7-100 repeats") in capsys.readouterr().err
+    assert (
+        f"note: {custom} holds rows timed with 0 warm-up, 4-4 repeats, 0.25 s, ±0%, noisy >10%; these will be "
+        "timed with 3 warm-up, 7-100 repeats"
+    ) in capsys.readouterr().err
     assert main(["run", *TINY, "--seq-len", "17,19", "--out", str(custom), "--resume", "--timing", fixed]) == 0
-    assert f"note: {custom} holds rows timed with 3 warm-up, 7-100 repeats, 0.25 s, ±1%, noisy >10%; these " \
-        in capsys.readouterr().err  # only the policy other than this run's
+    assert (
+        f"note: {custom} holds rows timed with 3 warm-up, 7-100 repeats, 0.25 s, ±1%, noisy >10%; these "
+        in capsys.readouterr().err
+    )  # only the policy other than this run's
     repeats = results.load(custom).query("status == 'ok'").groupby("seq_len").repeats
     assert repeats.max()[[17, 19]].tolist() == [4, 4] and repeats.min()[18] >= 7
 
 
 def test_a_grid_file_sets_timing_as_a_table_and_the_flag_overrides_it(tmp_path):
     grid = tmp_path / "grid.toml"
-    grid.write_text('impl = ["naive"]\nseq_len = [17]\nheads = [1]\nbatch = [1]\nhead_dim = [16]\n'
-                    'dtype = ["float32"]\nmode = ["fwd"]\ncausal = [false]\ndevice = "cpu"\n'
-                    "[timing]\nmin_repeats = 5\nmax_repeats = 5\n")
+    grid.write_text(
+        'impl = ["naive"]\nseq_len = [17]\nheads = [1]\nbatch = [1]\nhead_dim = [16]\n'
+        'dtype = ["float32"]\nmode = ["fwd"]\ncausal = [false]\ndevice = "cpu"\n'
+        "[timing]\nmin_repeats = 5\nmax_repeats = 5\n"
+    )
     assert main(["run", "--config", str(grid), "--out", str(tmp_path / "a.jsonl")]) == 0
     assert list(results.load(tmp_path / "a.jsonl").repeats) == [5]
-    assert main(["run", "--config", str(grid), "--out", str(tmp_path / "b.jsonl"),
-                 "--timing", "min_repeats=3,max_repeats=3"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--config",
+                str(grid),
+                "--out",
+                str(tmp_path / "b.jsonl"),
+                "--timing",
+                "min_repeats=3,max_repeats=3",
+            ]
+        )
+        == 0
+    )
     assert list(results.load(tmp_path / "b.jsonl").repeats) == [3]
     grid.write_text(grid.read_text().replace("min_repeats = 5\nmax_repeats = 5\n", ""))  # an empty [timing] table
     assert main(["run", "--config", str(grid), "--out", str(tmp_path / "c.jsonl"), "--dry-run"]) == 0
@@ -486,17 +729,24 @@ def test_dry_run_says_how_long_the_rows_took_when_this_machine_model_measured_th
     rewrite_headers(elsewhere, lambda header: {**header, "environment": {**header["environment"], "cpu": "Other CPU"}})
     capsys.readouterr()
 
-    assert main(["run", *TINY, "--no-causal", "--seq-len", "17,33,65", "--out", str(tmp_path / "next.jsonl"), "--dry-run"]) == 0
+    assert (
+        main(["run", *TINY, "--no-causal", "--seq-len", "17,33,65", "--out", str(tmp_path / "next.jsonl"), "--dry-run"])
+        == 0
+    )
     printed = capsys.readouterr().out
     naive = next(line.split() for line in printed.splitlines() if line.startswith("naive"))
     assert naive[1:] == ["3", "0", "0", "1m15s", "(2", "rows)"]
-    assert "took before: 2 of the 3 rows to measure were measured on this machine model, in results/earlier.jsonl; " \
-           "the column sums their wall times, and the other 1 rows have none" in printed
+    assert (
+        "took before: 2 of the 3 rows to measure were measured on this machine model, in results/earlier.jsonl; "
+        "the column sums their wall times, and the other 1 rows have none" in printed
+    )
 
     newer = tmp_path / "results" / "newer.jsonl"
     newer.write_text(earlier.read_text())
     rewrite_rows(newer, lambda row: {**row, "row_s": 60.0})
-    assert main(["run", *TINY, "--no-causal", "--seq-len", "17", "--out", str(tmp_path / "next.jsonl"), "--dry-run"]) == 0
+    assert (
+        main(["run", *TINY, "--no-causal", "--seq-len", "17", "--out", str(tmp_path / "next.jsonl"), "--dry-run"]) == 0
+    )
     printed = capsys.readouterr().out
     assert next(line.split() for line in printed.splitlines() if line.startswith("naive"))[4] == "1m00s"
     assert "measured on this machine model, in results/newer.jsonl; the column" in printed  # only the file used
@@ -528,12 +778,29 @@ def test_an_out_path_that_is_not_a_regular_file_is_refused(tmp_path, capsys, kin
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
-@pytest.mark.parametrize("command,flag", [
-    (["check", "--impl", "naive", "--json", "{folder}"], "--json"),
-    (["profile", "--impl", "naive", "--seq-len", "16", "--heads", "2", "--head-dim", "16", "--trace", "{folder}"],
-     "--trace"),
-    (["compare", "{results}", "{results}", "--chart", "{folder}"], "--chart"),
-])
+@pytest.mark.parametrize(
+    "command,flag",
+    [
+        (["check", "--impl", "naive", "--json", "{folder}"], "--json"),
+        (
+            [
+                "profile",
+                "--impl",
+                "naive",
+                "--seq-len",
+                "16",
+                "--heads",
+                "2",
+                "--head-dim",
+                "16",
+                "--trace",
+                "{folder}",
+            ],
+            "--trace",
+        ),
+        (["compare", "{results}", "{results}", "--chart", "{folder}"], "--chart"),
+    ],
+)
 def test_a_file_output_that_names_a_folder_exits_2_before_any_work(tmp_path, capsys, command, flag):
     """`check --json results/` ran every case, then ended in IsADirectoryError: refused at once now."""
     folder = tmp_path / "folder"
@@ -562,8 +829,10 @@ def test_runs_says_what_each_results_file_holds(tmp_path, capsys, monkeypatch):
     assert printed[1].startswith(f"  {results.load(first).machine[0]} · ") and " · preset smoke · torch " in printed[1]
     assert printed[2].startswith("  4 rows: 2 ok, 2 unsupported · 1 run · rows took ")
     assert printed[3] == "  2 implementations: naive, sdpa-cudnn"
-    assert printed[4:] == ["results/b.jsonl", "  unreadable: results/b.jsonl:1: result record: impl is None (allowed: a "
-                                               "non-empty string)"]
+    assert printed[4:] == [
+        "results/b.jsonl",
+        "  unreadable: results/b.jsonl:1: result record: impl is None (allowed: a non-empty string)",
+    ]
     assert main(["runs", "--format", "json", str(first)]) == 0
     (entry,) = json.loads(capsys.readouterr().out)
     assert entry["statuses"] == {"ok": 2, "unsupported": 2} and entry["presets"] == ["smoke"] and entry["runs"] == 1

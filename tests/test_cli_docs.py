@@ -1,4 +1,5 @@
 """docs/cli.md is what scripts/gen-cli-docs.py makes of the parser: an option changed without regenerating fails."""
+
 from __future__ import annotations
 
 import difflib
@@ -20,8 +21,9 @@ def test_cli_docs_are_generated_from_the_current_parser():
     generator = _generator()
     expected = generator.render()
     current = generator.OUT.read_text(encoding="utf-8")
-    diff = "".join(difflib.unified_diff(current.splitlines(True), expected.splitlines(True), "docs/cli.md",
-                                        "generated", n=1))
+    diff = "".join(
+        difflib.unified_diff(current.splitlines(True), expected.splitlines(True), "docs/cli.md", "generated", n=1)
+    )
     assert current == expected, f"docs/cli.md is stale: run `.venv/bin/python scripts/gen-cli-docs.py`\n{diff[:3000]}"
 
 

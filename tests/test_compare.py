@@ -1,4 +1,5 @@
 """`attnbench compare` on result files built from a real CPU run, with controlled timing changes."""
+
 from __future__ import annotations
 
 import json
@@ -28,13 +29,25 @@ def real_rows(tmp_path_factory) -> list[dict]:
     writer = ResultsWriter(path, {"device": "cpu"}, {})
     settings = RunSettings(policies={"cpu": TimingPolicy(warmup_calls=1, min_repeats=3, max_repeats=3, budget_s=0.01)})
     cases = [Case(1, 2, n, 16, "float32", False, "fwd", "cpu") for n in (16, 32, 64)]
-    run_cases([implementations.get("naive"), implementations.get("sdpa")], cases, settings=settings, on_row=writer.append)
+    run_cases(
+        [implementations.get("naive"), implementations.get("sdpa")], cases, settings=settings, on_row=writer.append
+    )
     writer.close()
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def synthetic(path: Path, records: list[dict], *, seed: int, noise: float = 0.02, slow: dict | None = None,
-              edit=None, gpu: str | None = None, cpu: str | None = None, edit_header=None) -> Path:
+def synthetic(
+    path: Path,
+    records: list[dict],
+    *,
+    seed: int,
+    noise: float = 0.02,
+    slow: dict | None = None,
+    edit=None,
+    gpu: str | None = None,
+    cpu: str | None = None,
+    edit_header=None,
+) -> Path:
     """Replace each row's raw times by 40 log-normal samples around its real median (× slow[impl])."""
     rng = random.Random(seed)
     lines = []
@@ -107,6 +120,7 @@ def test_a_throttled_row_is_ambiguous_not_slower(tmp_path, capsys, real_rows):
     def throttle(record):
         if record["impl"] == "sdpa" and record["seq_len"] == 32:
             record["throttled"] = True
+
     current = synthetic(tmp_path / "b.jsonl", real_rows, seed=2, slow={("sdpa", 32): 1.3}, edit=throttle)
     code, found = verdicts(capsys, base, current)
     assert found[("sdpa", 32)] == "ambiguous" and code == 0
@@ -115,10 +129,13 @@ def test_a_throttled_row_is_ambiguous_not_slower(tmp_path, capsys, real_rows):
 @pytest.mark.parametrize("side", ["baseline", "current"])
 def test_a_row_measured_on_a_shared_cpu_is_ambiguous_not_slower(tmp_path, capsys, real_rows, side):
     """`cpu_contended` True on either side is treated as a throttled row; false, null or absent is not."""
+
     def contended(value):
         def edit(record):
             record["cpu_contended"] = value if (record["impl"], record["seq_len"]) == ("sdpa", 32) else None
+
         return edit
+
     slow = {("sdpa", 32): 1.3}
     base = synthetic(tmp_path / "a.jsonl", real_rows, seed=1, edit=contended(side == "baseline"))
     current = synthetic(tmp_path / "b.jsonl", real_rows, seed=2, slow=slow, edit=contended(side == "current"))
@@ -142,6 +159,7 @@ def test_a_new_failure_is_a_regression(tmp_path, capsys, real_rows, new_status):
     def fail(record):
         if record["impl"] == "naive" and record["seq_len"] == 64:
             record.update(status=new_status, reason="injected", accuracy_ok=False if new_status == "mismatch" else None)
+
     current = synthetic(tmp_path / "b.jsonl", real_rows, seed=1, edit=fail)
     code, found = verdicts(capsys, base, current)
     assert code == 1 and found[("naive", 64)] == "regression"
@@ -157,9 +175,11 @@ def test_a_disappeared_case_is_a_regression(tmp_path, capsys, real_rows):
 
 def test_a_case_that_never_ran_may_leave_the_grid(tmp_path, capsys, real_rows):
     """Unsupported in the baseline and absent now (a narrower grid): reported as dropped, not a regression."""
+
     def unsupported(record):
         if record["impl"] == "naive" and record["seq_len"] == 16:
             record.update(status="unsupported", reason="injected", time_ms=None, times_ms=None)
+
     base = synthetic(tmp_path / "a.jsonl", real_rows, seed=1, edit=unsupported)
     kept = [r for r in real_rows if not (r.get("impl") == "naive" and r.get("seq_len") == 16)]
     current = synthetic(tmp_path / "b.jsonl", kept, seed=1)
@@ -170,8 +190,18 @@ def test_a_case_that_never_ran_may_leave_the_grid(tmp_path, capsys, real_rows):
     assert "not in the current results (was unsupported: injected)" in capsys.readouterr().out
 
 
-FIXTURE_GRID = {"impls": ["naive", "sdpa"], "seq_len": [16, 32, 64], "heads": [2], "head_dim": [16], "dtype": ["float32"],
-                "causal": [False], "mode": ["fwd"], "batch": [1], "tokens_per_batch": 16384, "kv_heads": [None]}
+FIXTURE_GRID = {
+    "impls": ["naive", "sdpa"],
+    "seq_len": [16, 32, 64],
+    "heads": [2],
+    "head_dim": [16],
+    "dtype": ["float32"],
+    "causal": [False],
+    "mode": ["fwd"],
+    "batch": [1],
+    "tokens_per_batch": 16384,
+    "kv_heads": [None],
+}
 
 
 def with_grid(records: list[dict], **grid) -> list[dict]:
@@ -185,7 +215,9 @@ def test_a_case_outside_the_current_grid_is_not_run_not_a_regression(tmp_path, c
     narrow = [r for r in with_grid(real_rows, impls=["sdpa"]) if r.get("impl") != "naive"]
     current = synthetic(tmp_path / "b.jsonl", narrow, seed=1)
     code, found = verdicts(capsys, base, current)
-    assert code == 0 and {k: v for k, v in found.items() if k[0] == "naive"} == {("naive", n): "not-run" for n in (16, 32, 64)}
+    assert code == 0 and {k: v for k, v in found.items() if k[0] == "naive"} == {
+        ("naive", n): "not-run" for n in (16, 32, 64)
+    }
     assert main(["compare", str(base), str(current)]) == 0
     text = capsys.readouterr().out
     assert "naive: 3 baseline cases not in the current run's grid" in text and "3 not-run" in text
@@ -205,11 +237,27 @@ def test_a_case_inside_the_current_grid_that_vanished_is_still_a_regression(tmp_
 def test_grid_coverage_follows_how_the_run_chose_the_batch_and_labels_implementations():
     from suite.run.grid_scope import GridScope
 
-    header = {"grid": {**FIXTURE_GRID, "impls": ["sparse-window:window=256", "performer:features=64"], "batch": None,
-                       "tokens_per_batch": 64, "kv_heads": [None, 1]}}
+    header = {
+        "grid": {
+            **FIXTURE_GRID,
+            "impls": ["sparse-window:window=256", "performer:features=64"],
+            "batch": None,
+            "tokens_per_batch": 64,
+            "kv_heads": [None, 1],
+        }
+    }
     scope = GridScope.from_headers([header, {"amends": "local-inputs errors"}])
-    key = {"impl": "sparse-window", "batch": 4, "heads": 2, "kv_heads": 2, "seq_len": 16, "head_dim": 16,
-           "dtype": "float32", "causal": False, "mode": "fwd"}
+    key = {
+        "impl": "sparse-window",
+        "batch": 4,
+        "heads": 2,
+        "kv_heads": 2,
+        "seq_len": 16,
+        "head_dim": 16,
+        "dtype": "float32",
+        "causal": False,
+        "mode": "fwd",
+    }
     assert scope.asked_for(key)  # the default window is left out of the row's label
     assert scope.asked_for({**key, "impl": "performer:features=64", "kv_heads": 1})
     assert not scope.asked_for({**key, "batch": 1})  # 64 tokens per batch at 16 tokens: batch 4
@@ -237,18 +285,28 @@ def test_different_cpu_models_exit_2(tmp_path, capsys, real_rows):
     same_model = synthetic(tmp_path / "c.jsonl", real_rows, seed=2, cpu="Intel(R) Xeon(R) Platinum 8480+")
     assert main(["compare", str(base), str(same_model)]) == 0
     capsys.readouterr()
-    threads = [synthetic(tmp_path / f"{count}.jsonl", real_rows, seed=count, cpu="Intel(R) Xeon(R) Platinum 8480+",
-                         edit_header=lambda environment, count=count: environment.update(cpu_threads=count))
-               for count in (2, 1)]
+    threads = [
+        synthetic(
+            tmp_path / f"{count}.jsonl",
+            real_rows,
+            seed=count,
+            cpu="Intel(R) Xeon(R) Platinum 8480+",
+            edit_header=lambda environment, count=count: environment.update(cpu_threads=count),
+        )
+        for count in (2, 1)
+    ]
     assert main(["compare", *map(str, threads)]) == 2  # OMP_NUM_THREADS=1 in one CI job, say
     assert "Intel(R) Xeon(R) Platinum 8480+ (1 thread)" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("content,message", [
-    ("not json at all\n{}\n", "not valid JSON"),
-    ("", "no result rows"),
-    ('{"benchmarks": [{"name": "x", "stats": {}}]}', "lacks the attnbench case"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("not json at all\n{}\n", "not valid JSON"),
+        ("", "no result rows"),
+        ('{"benchmarks": [{"name": "x", "stats": {}}]}', "lacks the attnbench case"),
+    ],
+)
 def test_malformed_files_exit_2(tmp_path, capsys, real_rows, content, message):
     good = synthetic(tmp_path / "a.jsonl", real_rows, seed=1)
     bad = tmp_path / "bad.jsonl"
@@ -266,8 +324,10 @@ def test_no_common_case_exits_2(tmp_path, capsys, real_rows):
 
 def test_no_common_case_names_the_fields_that_differ_and_their_values(tmp_path, capsys, real_rows):
     """Batch 2 against a run whose batch followed 16384 // N: the batch is what differs, not the grid at large."""
+
     def batch(choose):
         return [{**r, "batch": choose(r["seq_len"])} if r["record"] == "result" else r for r in real_rows]
+
     base = synthetic(tmp_path / "a.jsonl", batch(lambda n: 2), seed=1)
     current = synthetic(tmp_path / "b.jsonl", batch(lambda n: 8 if n < 64 else 16), seed=1)
     assert main(["compare", str(base), str(current)]) == 2
@@ -291,8 +351,18 @@ def test_rank_test_detects_a_shift_and_not_its_absence():
 
 def test_pytest_benchmark_json_is_read_by_compare(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    command = [sys.executable, "-m", "pytest", "benchmarks", "-q", "-p", "no:cacheprovider", "-k", "naive or sdpa-math",
-               f"--benchmark-json={out}"]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "benchmarks",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-k",
+        "naive or sdpa-math",
+        f"--benchmark-json={out}",
+    ]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     data = json.loads(out.read_text())
@@ -327,13 +397,17 @@ def test_each_implementation_gets_the_geometric_mean_of_its_time_ratios(tmp_path
     assert summaries["naive"]["geomean_ratio"] == pytest.approx(1.0, rel=0.02)
     assert summaries["sdpa"]["verdicts"] == {"slower": 2, "same": 1}
     assert main(["compare", str(base), str(current), "--format", "md"]) == 1
-    assert re.search(r"^\| `sdpa` \| ×1\.1\d\d \| 3 \| 2 slower, 1 same \| ×1\.000: 3 same \|$", capsys.readouterr().out, re.M)
+    assert re.search(
+        r"^\| `sdpa` \| ×1\.1\d\d \| 3 \| 2 slower, 1 same \| ×1\.000: 3 same \|$", capsys.readouterr().out, re.M
+    )
 
 
 def _peak_memory(scale: dict[tuple[str, int], float], base_bytes: int = 8 << 20):
     """An edit for `synthetic`: every row holds `base_bytes`, times scale[(impl, seq_len)]."""
+
     def edit(record: dict) -> None:
         record["peak_mem_bytes"] = int(base_bytes * scale.get((record["impl"], record["seq_len"]), 1.0))
+
     return edit
 
 
@@ -351,7 +425,9 @@ def test_real_runs_measure_the_same_peak_memory_twice(tmp_path, capsys, real_row
 
 def test_more_peak_memory_is_a_regression_even_at_the_same_speed(tmp_path, capsys, real_rows):
     base = synthetic(tmp_path / "a.jsonl", real_rows, seed=1, edit=_peak_memory({}))
-    current = synthetic(tmp_path / "b.jsonl", real_rows, seed=1, edit=_peak_memory({("sdpa", 32): 1.5, ("naive", 16): 0.5}))
+    current = synthetic(
+        tmp_path / "b.jsonl", real_rows, seed=1, edit=_peak_memory({("sdpa", 32): 1.5, ("naive", 16): 0.5})
+    )
     code, found = memory_verdicts(capsys, base, current)
     assert code == 1 and found.pop(("sdpa", 32)) == "more" and found.pop(("naive", 16)) == "less"
     assert set(found.values()) == {"same"}
@@ -396,8 +472,9 @@ def test_a_regression_by_memory_alone_is_named_as_such_where_every_time_is_faste
     assert row.detail.endswith("; more peak memory, a regression: peak memory 8.0 MiB -> 12.0 MiB (+50.0%)")
     assert not frame[frame.memory_verdict == "same"].detail.str.contains("memory").any()
 
-    slower = synthetic(tmp_path / "c.jsonl", real_rows, seed=2, slow={("naive", 64): 1.5},
-                       edit=_peak_memory({("sdpa", 32): 1.5}))
+    slower = synthetic(
+        tmp_path / "c.jsonl", real_rows, seed=2, slow={("naive", 64): 1.5}, edit=_peak_memory({("sdpa", 32): 1.5})
+    )
     assert main(["compare", str(base), str(slower)]) == 1
     last = capsys.readouterr().out.splitlines()[-1]
     assert last == f"verdict: regressed: 1 slower; peak memory grew in 1 case: {grown}"
@@ -407,7 +484,9 @@ def test_a_regression_by_memory_alone_is_named_as_such_where_every_time_is_faste
 
 def test_small_absolute_changes_in_peak_memory_do_not_count(tmp_path, capsys, real_rows):
     base = synthetic(tmp_path / "a.jsonl", real_rows, seed=1, edit=_peak_memory({}, base_bytes=4096))
-    current = synthetic(tmp_path / "b.jsonl", real_rows, seed=1, edit=_peak_memory({("sdpa", 32): 3.0}, base_bytes=4096))
+    current = synthetic(
+        tmp_path / "b.jsonl", real_rows, seed=1, edit=_peak_memory({("sdpa", 32): 3.0}, base_bytes=4096)
+    )
     code, found = memory_verdicts(capsys, base, current)
     assert code == 0 and found[("sdpa", 32)] == "same"  # 4 KiB -> 12 KiB: below the 64 KiB floor
 
@@ -422,9 +501,17 @@ def test_a_bad_memory_threshold_exits_2(tmp_path, capsys, real_rows, value):
 def test_runs_under_other_software_or_speed_settings_are_noted(tmp_path, capsys, real_rows):
     """A verdict between runs that differ besides the code may be that difference's: compare says so, and says
     which side's timings a distorting setting (CUDA_LAUNCH_BLOCKING) inflated."""
+
     def recorded(**environment):
-        return lambda env: env.update(torch="2.11.0", speed_settings={
-            "environment": environment, "float32_matmul_precision": "highest", "deterministic_algorithms": False})
+        return lambda env: env.update(
+            torch="2.11.0",
+            speed_settings={
+                "environment": environment,
+                "float32_matmul_precision": "highest",
+                "deterministic_algorithms": False,
+            },
+        )
+
     base = synthetic(tmp_path / "a.jsonl", real_rows, seed=1, edit_header=recorded())
     same = synthetic(tmp_path / "b.jsonl", real_rows, seed=2, edit_header=recorded())
     assert main(["compare", str(base), str(same)]) == 0
@@ -442,8 +529,12 @@ def test_runs_under_other_software_or_speed_settings_are_noted(tmp_path, capsys,
     assert len(notes) == 2 and notes[1].startswith("the current ran with CUDA_LAUNCH_BLOCKING")
 
     not_blocking = synthetic(tmp_path / "d.jsonl", real_rows, seed=2, edit_header=recorded(CUDA_LAUNCH_BLOCKING="0"))
-    newer = synthetic(tmp_path / "e.jsonl", real_rows, seed=2,
-                      edit_header=lambda env: (recorded(CUDA_LAUNCH_BLOCKING="0")(env), env.update(torch="2.12.0")))
+    newer = synthetic(
+        tmp_path / "e.jsonl",
+        real_rows,
+        seed=2,
+        edit_header=lambda env: (recorded(CUDA_LAUNCH_BLOCKING="0")(env), env.update(torch="2.12.0")),
+    )
     assert main(["compare", str(not_blocking), str(newer)]) == 0
     out = capsys.readouterr().out
     assert "note: the runs differ in software: baseline torch 2.11.0, current torch 2.12.0" in out
@@ -461,6 +552,7 @@ def test_the_ratio_chart_draws_every_timed_case_in_its_verdicts_colour(tmp_path,
     def fail(record):
         if record["impl"] == "naive" and record["seq_len"] == 64:
             record.update(status="oom", reason="injected")
+
     current = synthetic(tmp_path / "b.jsonl", real_rows, seed=2, slow={("sdpa", 32): 1.3}, edit=fail)
     chart = tmp_path / "ratios.svg"
     assert main(["compare", str(base), str(current), "--chart", str(chart)]) == 1
@@ -499,8 +591,13 @@ def test_the_ratio_charts_tick_labels_do_not_run_into_each_other(ratios):
     plt.close(fig)
 
 
-@pytest.mark.parametrize("chart,message", [("ratios.txt", "does not end in a chart format (allowed: .png, .svg, .pdf)"),
-                                           ("a-file/ratios.png", "is a file, not a directory")])
+@pytest.mark.parametrize(
+    "chart,message",
+    [
+        ("ratios.txt", "does not end in a chart format (allowed: .png, .svg, .pdf)"),
+        ("a-file/ratios.png", "is a file, not a directory"),
+    ],
+)
 def test_a_chart_path_that_cannot_be_drawn_exits_2_before_comparing(tmp_path, capsys, real_rows, chart, message):
     base = synthetic(tmp_path / "a.jsonl", real_rows, seed=1)
     (tmp_path / "a-file").write_text("")
@@ -514,8 +611,9 @@ def _timed(records: list[dict], centers: dict, seed: int = 0) -> list[dict]:
     out = []
     for record in json.loads(json.dumps(records)):
         if record["record"] == "result" and record["status"] == "ok":
-            times = [centers.get((record["impl"], record["seq_len"]), 1.0) * rng.lognormvariate(0, 0.02)
-                     for _ in range(40)]
+            times = [
+                centers.get((record["impl"], record["seq_len"]), 1.0) * rng.lognormvariate(0, 0.02) for _ in range(40)
+            ]
             ordered = sorted(times)
             record.update(times_ms=times, time_ms=ordered[20], time_iqr_ms=ordered[30] - ordered[10], throttled=False)
         out.append(record)
@@ -529,8 +627,11 @@ def test_two_implementations_are_compared_case_by_case(tmp_path, capsys, real_ro
     path = tmp_path / "one-run.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     code, found = verdicts(capsys, path, path, "--baseline-impl", "sdpa", "--current-impl", "naive")
-    assert code == 1 and found == {("naive vs sdpa", 16): "same", ("naive vs sdpa", 32): "same",
-                                   ("naive vs sdpa", 64): "slower"}
+    assert code == 1 and found == {
+        ("naive vs sdpa", 16): "same",
+        ("naive vs sdpa", 32): "same",
+        ("naive vs sdpa", 64): "slower",
+    }
     code, found = verdicts(capsys, path, path, "--baseline-impl", "naive", "--current-impl", "sdpa")
     assert code == 0 and found[("sdpa vs naive", 64)] == "faster"
 
@@ -543,18 +644,33 @@ def test_two_implementations_are_compared_case_by_case(tmp_path, capsys, real_ro
 def test_an_implementation_pair_reads_the_current_grid_for_its_implementation(tmp_path, capsys, real_rows):
     """A case the current implementation was asked for and has no row of (a crash) is a regression, as in a
     comparison of two runs: the grid's cases of `--current-impl` count under the pair's label."""
-    grid = {"impls": ["naive", "sdpa"], "seq_len": [16, 32, 64], "heads": [2], "head_dim": [16], "dtype": ["float32"],
-            "causal": [False], "mode": ["fwd"], "batch": [1], "kv_heads": [None]}
+    grid = {
+        "impls": ["naive", "sdpa"],
+        "seq_len": [16, 32, 64],
+        "heads": [2],
+        "head_dim": [16],
+        "dtype": ["float32"],
+        "causal": [False],
+        "mode": ["fwd"],
+        "batch": [1],
+        "kv_heads": [None],
+    }
     records = [{**r, "grid": grid} if r["record"] == "run" else r for r in _timed(real_rows, {})]
     base, current = tmp_path / "base.jsonl", tmp_path / "current.jsonl"
     base.write_text("".join(json.dumps(r) + "\n" for r in records))
-    current.write_text("".join(json.dumps(r) + "\n" for r in records
-                               if not (r.get("impl") == "naive" and r.get("seq_len") == 32)))
+    current.write_text(
+        "".join(json.dumps(r) + "\n" for r in records if not (r.get("impl") == "naive" and r.get("seq_len") == 32))
+    )
     code, found = verdicts(capsys, base, current, "--baseline-impl", "sdpa", "--current-impl", "naive")
     assert code == 1 and found[("naive vs sdpa", 32)] == "regression"
     narrower = {**grid, "seq_len": [16, 64]}
-    current.write_text("".join(json.dumps({**r, "grid": narrower} if r["record"] == "run" else r) + "\n"
-                               for r in records if not (r.get("impl") == "naive" and r.get("seq_len") == 32)))
+    current.write_text(
+        "".join(
+            json.dumps({**r, "grid": narrower} if r["record"] == "run" else r) + "\n"
+            for r in records
+            if not (r.get("impl") == "naive" and r.get("seq_len") == 32)
+        )
+    )
     code, found = verdicts(capsys, base, current, "--baseline-impl", "sdpa", "--current-impl", "naive")
     assert code == 0 and found[("naive vs sdpa", 32)] == "not-run"
 
@@ -567,7 +683,11 @@ def test_compare_impl_keeps_the_rows_of_the_implementations_it_names(tmp_path, c
     code, found = verdicts(capsys, base, slower, "--impl", "sd*")  # the gate on sdpa alone passes
     assert code == 0 and {impl for impl, _ in found} == {"sdpa"}
     assert main(["compare", str(base), str(slower), "--impl", "flash"]) == 2
-    assert "--impl: 'flash' matches no implementation of either side (they have: naive, sdpa)" in capsys.readouterr().err
-    assert main(["compare", str(base), str(base), "--impl", "sdpa", "--baseline-impl", "naive",
-                 "--current-impl", "sdpa"]) == 2
+    assert (
+        "--impl: 'flash' matches no implementation of either side (they have: naive, sdpa)" in capsys.readouterr().err
+    )
+    assert (
+        main(["compare", str(base), str(base), "--impl", "sdpa", "--baseline-impl", "naive", "--current-impl", "sdpa"])
+        == 2
+    )
     assert "--impl: not with --baseline-impl and --current-impl" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """A CPU run notices other processes on its cores: the header says how busy the machine was, a warning says so,
 and each row records whether other processes took the cores its calls were timed on."""
+
 from __future__ import annotations
 
 import json
@@ -16,16 +17,38 @@ from suite.measure import cpu_contention
 from suite.measure.cpu_contention import Contention, CpuSample, cpu_times, row_verdict
 
 linux_only = pytest.mark.skipif(cpu_contention.sample() is None, reason="no /proc/stat on this system")
-TINY = ["--impl", "naive", "--seq-len", "16", "--heads", "1", "--batch", "1", "--head-dim", "8", "--dtype", "float32",
-        "--causal", "false", "--mode", "fwd", "--device", "cpu"]
+TINY = [
+    "--impl",
+    "naive",
+    "--seq-len",
+    "16",
+    "--heads",
+    "1",
+    "--batch",
+    "1",
+    "--head-dim",
+    "8",
+    "--dtype",
+    "float32",
+    "--causal",
+    "false",
+    "--mode",
+    "fwd",
+    "--device",
+    "cpu",
+]
 TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def after(before: CpuSample, window_s: float, busy_cores: float, own_cores: float) -> CpuSample:
     """A sample `window_s` after `before`, the CPUs busy `busy_cores` on average, this process `own_cores` of them."""
     ticks = round(window_s * TICKS_PER_S)
-    return CpuSample(before.busy_ticks + round(busy_cores * ticks), before.total_ticks + before.cores * ticks,
-                     before.own_s + own_cores * window_s, before.cores)
+    return CpuSample(
+        before.busy_ticks + round(busy_cores * ticks),
+        before.total_ticks + before.cores * ticks,
+        before.own_s + own_cores * window_s,
+        before.cores,
+    )
 
 
 START = CpuSample(busy_ticks=50_000, total_ticks=200_000, own_s=30.0, cores=2)
@@ -54,11 +77,13 @@ def test_a_window_too_short_for_whole_ticks_is_not_judged():
 
 
 def test_proc_stat_is_read_for_the_cpus_this_process_may_use_with_steal_as_busy():
-    text = ("cpu  900 0 90 900 9 0 0 9 0 0\n"
-            "cpu0 100 1 10 200 5 2 3 7 50 0\n"  # busy: user nice system irq softirq steal (guest is in user)
-            "cpu1 800 0 80 100 4 0 0 2 0 0\n"
-            "cpu2 1 0 0 9\n"  # an older kernel's fewer fields
-            "intr 5 6\nctxt 7\nprocs_running 3\n")
+    text = (
+        "cpu  900 0 90 900 9 0 0 9 0 0\n"
+        "cpu0 100 1 10 200 5 2 3 7 50 0\n"  # busy: user nice system irq softirq steal (guest is in user)
+        "cpu1 800 0 80 100 4 0 0 2 0 0\n"
+        "cpu2 1 0 0 9\n"  # an older kernel's fewer fields
+        "intr 5 6\nctxt 7\nprocs_running 3\n"
+    )
     assert cpu_times(text, {0}) == (100 + 1 + 10 + 2 + 3 + 7, 100 + 1 + 10 + 200 + 5 + 2 + 3 + 7)
     assert cpu_times(text, {0, 2}) == (123 + 1, 328 + 10)
     assert cpu_times(text, {5}) == (0, 0)
@@ -88,8 +113,12 @@ def test_the_header_records_the_load_against_the_threads_of_the_run(tmp_path):
 @pytest.fixture
 def busy_machine() -> Iterator[None]:
     """As many busy loops as this process has cores, running until the test ends."""
-    loops = [subprocess.Popen([sys.executable, "-c", "print('running', flush=True)\nwhile True: pass"],
-                              stdout=subprocess.PIPE, text=True) for _ in os.sched_getaffinity(0)]
+    loops = [
+        subprocess.Popen(
+            [sys.executable, "-c", "print('running', flush=True)\nwhile True: pass"], stdout=subprocess.PIPE, text=True
+        )
+        for _ in os.sched_getaffinity(0)
+    ]
     try:
         for loop in loops:
             loop.stdout.readline()

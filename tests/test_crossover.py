@@ -1,4 +1,5 @@
 """Crossover tables: where an implementation starts to beat the baseline, judged beyond noise."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -10,8 +11,15 @@ def _rows(impl: str, times: dict[int, float | str], iqr: float = 0.0) -> list[di
     rows = []
     for length, time in times.items():
         failed = isinstance(time, str)
-        rows.append({"impl": impl, "seq_len": length, "status": time if failed else "ok",
-                     "time_ms": None if failed else time, "time_iqr_ms": None if failed else iqr * time})
+        rows.append(
+            {
+                "impl": impl,
+                "seq_len": length,
+                "status": time if failed else "ok",
+                "time_ms": None if failed else time,
+                "time_iqr_ms": None if failed else iqr * time,
+            }
+        )
     return rows
 
 
@@ -25,8 +33,9 @@ def _one(frame: pd.DataFrame, impl: str):
 
 
 def test_faster_from_needs_every_longer_length_to_win():
-    frame = _frame(_rows("base", {1: 1.0, 2: 2.0, 4: 4.0, 8: 8.0}),
-                   _rows("fast-early-then-slow", {1: 0.5, 2: 3.0, 4: 2.0, 8: 4.0}))
+    frame = _frame(
+        _rows("base", {1: 1.0, 2: 2.0, 4: 4.0, 8: 8.0}), _rows("fast-early-then-slow", {1: 0.5, 2: 3.0, 4: 2.0, 8: 4.0})
+    )
     found = _one(frame, "fast-early-then-slow")
     assert found.faster_from == 4  # the win at 1 does not count: it loses at 2
     assert found.speedups == {1: 2.0, 2: 2.0 / 3.0, 4: 2.0, 8: 2.0}
@@ -39,9 +48,11 @@ def test_never_faster_says_up_to_which_length():
 
 
 def test_baseline_failure_counts_for_the_implementation_and_own_failure_compares_nothing():
-    frame = _frame(_rows("base", {1: 1.0, 2: 2.0, 4: "oom"}),
-                   _rows("runs-long", {1: 2.0, 2: 1.0, 4: 5.0}),
-                   _rows("fails-long", {1: 0.5, 2: 1.0, 4: "oom"}))
+    frame = _frame(
+        _rows("base", {1: 1.0, 2: 2.0, 4: "oom"}),
+        _rows("runs-long", {1: 2.0, 2: 1.0, 4: 5.0}),
+        _rows("fails-long", {1: 0.5, 2: 1.0, 4: "oom"}),
+    )
     assert _one(frame, "runs-long").faster_from == 2
     assert _one(frame, "runs-long").speedups[4] == "base oom"
     fails = _one(frame, "fails-long")
@@ -65,8 +76,16 @@ def test_an_implementation_that_never_ran_gets_no_row():
 
 
 def _variant(rows: list[dict], *, causal: bool, mode: str, head_dim: int = 128) -> list[dict]:
-    shape = {"device": "cuda", "gpu": "GPU", "batching": None, "queries": None, "heads": 16, "kv_heads": 16, "head_dim": head_dim,
-             "dtype": "bfloat16"}
+    shape = {
+        "device": "cuda",
+        "gpu": "GPU",
+        "batching": None,
+        "queries": None,
+        "heads": 16,
+        "kv_heads": 16,
+        "head_dim": head_dim,
+        "dtype": "bfloat16",
+    }
     return [{**row, **shape, "causal": causal, "mode": mode} for row in rows]
 
 
@@ -103,9 +122,11 @@ def test_a_ratio_resting_on_an_accuracy_mismatch_is_marked():
     """The speed of a wrong result: in the table at that length, in the summary wherever it happened."""
     wrong = _rows("wrong-at-2K", {1024: 0.5, 2048: 1.0, 4096: 2.0})
     wrong[1]["status"] = "mismatch"
-    frame = _frame(_variant(_rows("base", {1024: 1.0, 2048: 2.0, 4096: 4.0}), causal=False, mode="fwd"),
-                   _variant(wrong, causal=False, mode="fwd"),
-                   _variant(_rows("right", {1024: 0.5, 2048: 1.0, 4096: 2.0}), causal=False, mode="fwd"))
+    frame = _frame(
+        _variant(_rows("base", {1024: 1.0, 2048: 2.0, 4096: 4.0}), causal=False, mode="fwd"),
+        _variant(wrong, causal=False, mode="fwd"),
+        _variant(_rows("right", {1024: 0.5, 2048: 1.0, 4096: 2.0}), causal=False, mode="fwd"),
+    )
     rows = {row[0]: row for row in crossover_table(frame, "base").rows}
     assert rows["wrong-at-2K"][2:] == ["2×", "2×!", "2×"] and rows["right"][2:] == ["2×", "2×", "2×"]
     ((_, table),) = crossover_summary(frame, "base")
@@ -113,7 +134,9 @@ def test_a_ratio_resting_on_an_accuracy_mismatch_is_marked():
 
 
 def test_summary_has_a_column_for_the_backward_alone():
-    frame = _frame(_variant(_rows("base", {1024: 1.0, 2048: 2.0}), causal=True, mode="bwd"),
-                   _variant(_rows("fast", {1024: 0.5, 2048: 1.0}), causal=True, mode="bwd"))
+    frame = _frame(
+        _variant(_rows("base", {1024: 1.0, 2048: 2.0}), causal=True, mode="bwd"),
+        _variant(_rows("fast", {1024: 0.5, 2048: 1.0}), causal=True, mode="bwd"),
+    )
     ((_, table),) = crossover_summary(frame, "base")
     assert table.header == ["implementation", "causal bwd"] and table.rows == [["fast", "from 1K · 2× at 2K"]]

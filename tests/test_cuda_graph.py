@@ -1,5 +1,6 @@
 """`run --cuda-graph`: forward rows also timed as CUDA-graph replays. On a CPU the refusals and the row logic (with
 a stand-in for the capture); on a GPU (marked `gpu`) real captures, replays and a call that cannot be captured."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,7 +18,9 @@ FAST = TimingPolicy(warmup_calls=1, min_repeats=3, max_repeats=5, budget_s=0.05)
 
 
 def graph_run(impls, case_list, tmp_path, device="cpu"):
-    return run_into(tmp_path / "r.jsonl", impls, case_list, RunSettings(policies={device: FAST}, cuda_graph=True), device)
+    return run_into(
+        tmp_path / "r.jsonl", impls, case_list, RunSettings(policies={device: FAST}, cuda_graph=True), device
+    )
 
 
 def test_cuda_graph_on_a_cpu_run_exits_2_before_any_work(tmp_path, capsys):
@@ -37,7 +40,10 @@ def test_the_python_api_refuses_graph_replays_on_a_cpu(tmp_path):
 
 def test_only_forward_rows_on_a_gpu_are_replayed():
     assert cuda_graph.unavailable_reason("cuda", "fwd") is None
-    assert cuda_graph.unavailable_reason("cuda", "fwd+bwd") == "mode=fwd+bwd (supported: fwd; only forward calls are captured)"
+    assert (
+        cuda_graph.unavailable_reason("cuda", "fwd+bwd")
+        == "mode=fwd+bwd (supported: fwd; only forward calls are captured)"
+    )
     assert cuda_graph.unavailable_reason("cpu", "fwd").startswith("device=cpu (supported: cuda")
 
 
@@ -90,7 +96,9 @@ def test_a_call_that_cannot_be_captured_keeps_its_row(stand_in, tmp_path):
     stand_in.fail = RuntimeError("operation not permitted when stream is capturing")
     (row,) = graph_run([implementations.get("naive")], [Case(1, 2, 33, 16, "float32", True, "fwd", "cpu")], tmp_path)
     assert row["status"] == "ok" and row["time_ms"] > 0
-    assert row["graph_reason"] == "could not be captured: RuntimeError: operation not permitted when stream is capturing"
+    assert (
+        row["graph_reason"] == "could not be captured: RuntimeError: operation not permitted when stream is capturing"
+    )
 
 
 def test_a_report_sets_replayed_times_beside_eager_ones_and_says_why_a_row_has_none(stand_in, tmp_path):
@@ -100,8 +108,9 @@ def test_a_report_sets_replayed_times_beside_eager_ones_and_says_why_a_row_has_n
     graph_run([implementations.get("naive")], [case], tmp_path / "a")
     stand_in.fail = RuntimeError("operation not permitted when stream is capturing")
     graph_run([implementations.get("sdpa")], [case], tmp_path / "b")
-    report = build_report([tmp_path / "a" / "r.jsonl", tmp_path / "b" / "r.jsonl"], tmp_path / "report",
-                          baseline="sdpa").read_text()
+    report = build_report(
+        [tmp_path / "a" / "r.jsonl", tmp_path / "b" / "r.jsonl"], tmp_path / "report", baseline="sdpa"
+    ).read_text()
     section = report.split("## CUDA-graph replays", 1)[1].split("\n## ", 1)[0]
     naive_line = next(line for line in section.splitlines() if line.startswith("| naive"))
     assert "×" in naive_line and case.label in naive_line
@@ -127,8 +136,13 @@ class SynchronizingAttention(implementations.Implementation):
 @pytest.mark.gpu
 def test_gpu_replays_are_timed_for_kernels_and_a_synchronizing_call_is_refused(tmp_path):
     decoding = Case(16, 32, 8192, 128, "bfloat16", True, "fwd", "cuda", kv_heads=8, q_len=1)
-    impls = [implementations.get("sdpa"), implementations.get("naive"), SynchronizingAttention("syncing"),
-             implementations.get("linear", state="carried"), implementations.get("sdpa-flash")]
+    impls = [
+        implementations.get("sdpa"),
+        implementations.get("naive"),
+        SynchronizingAttention("syncing"),
+        implementations.get("linear", state="carried"),
+        implementations.get("sdpa-flash"),
+    ]
     rows = {row["impl"]: row for row in graph_run(impls, [decoding], tmp_path, device="cuda")}
     for name in ("sdpa", "naive", "linear:state=carried", "sdpa-flash"):
         row = rows[name]
@@ -146,8 +160,13 @@ def test_gpu_replays_are_timed_for_kernels_and_a_synchronizing_call_is_refused(t
 def test_the_run_table_shows_replayed_and_energy_figures_where_they_were_measured():
     from suite.run.summary import format_table
 
-    row = {"impl": "sdpa", **vars(Case(1, 2, 64, 16, "bfloat16", True, "fwd", "cuda")), "status": "ok",
-           "time_ms": 0.05, "tflops": 0.5}
+    row = {
+        "impl": "sdpa",
+        **vars(Case(1, 2, 64, 16, "bfloat16", True, "fwd", "cuda")),
+        "status": "ok",
+        "time_ms": 0.05,
+        "tflops": 0.5,
+    }
     table = format_table([{**row, "graph_time_ms": 0.02, "energy_j": 0.0031}])
     assert "0.05 ms 0.5 TF/s (graph 0.02 ms) 3.1 mJ" in table
     assert "CUDA graph (--cuda-graph)" in table and "NVML's counter (--energy)" in table

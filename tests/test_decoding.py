@@ -1,5 +1,6 @@
 """Fewer queries than keys (decoding against a KV cache): the queries are the last q_len positions, and a causal
 mask is aligned to the last key. The case, its counts, the oracle, and a run through report, recommend and compare."""
+
 from __future__ import annotations
 
 import json
@@ -43,7 +44,9 @@ def test_visible_pairs_count_the_lower_right_mask(q_len, seq_len):
     mask = causal_lower_right(q_len, seq_len)._materialize()
     assert attention_pairs(q_len, seq_len, causal=True) == int(mask.sum())
     assert attention_pairs(q_len, seq_len, causal=False) == q_len * seq_len
-    assert implementations.get("naive").visible_pairs(Case(1, 1, seq_len, 16, "float32", True, "fwd", "cpu", q_len=q_len)) == int(mask.sum())
+    assert implementations.get("naive").visible_pairs(
+        Case(1, 1, seq_len, 16, "float32", True, "fwd", "cpu", q_len=q_len)
+    ) == int(mask.sum())
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -81,7 +84,9 @@ def test_sparse_decoding_masks_are_the_last_rows_of_the_full_mask():
         for causal in (False, True):
             full = impl.dense_mask(70, causal)
             assert torch.equal(impl.dense_mask(70, causal, q_len=9), full[-9:])
-            assert impl.visible_pairs(Case(1, 1, 70, 16, "float32", causal, "fwd", "cpu", q_len=9)) == int(full[-9:].sum())
+            assert impl.visible_pairs(Case(1, 1, 70, 16, "float32", causal, "fwd", "cpu", q_len=9)) == int(
+                full[-9:].sum()
+            )
 
 
 def test_minimum_traffic_reads_the_whole_cache_and_writes_one_row_per_query():
@@ -94,10 +99,40 @@ def test_minimum_traffic_reads_the_whole_cache_and_writes_one_row_per_query():
 @pytest.fixture(scope="module")
 def decoding_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("decoding") / "decoding.jsonl"
-    assert main(["run", "--impl", "naive,sdpa,linear,sparse-window:window=8", "--seq-len", "48,96",
-                 "--q-len", "1,5,48", "--heads", "4", "--kv-heads", "2", "--batch", "2", "--head-dim", "16",
-                 "--dtype", "float32", "--causal", "both", "--mode", "fwd", "--device", "cpu",
-                 "--timing", "warmup_calls=0,min_repeats=3,max_repeats=3,target_relative_ci=0", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--impl",
+                "naive,sdpa,linear,sparse-window:window=8",
+                "--seq-len",
+                "48,96",
+                "--q-len",
+                "1,5,48",
+                "--heads",
+                "4",
+                "--kv-heads",
+                "2",
+                "--batch",
+                "2",
+                "--head-dim",
+                "16",
+                "--dtype",
+                "float32",
+                "--causal",
+                "both",
+                "--mode",
+                "fwd",
+                "--device",
+                "cpu",
+                "--timing",
+                "warmup_calls=0,min_repeats=3,max_repeats=3,target_relative_ci=0",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -114,10 +149,22 @@ def test_the_run_table_gives_decoding_rows_their_bandwidth():
 def test_a_run_measures_and_checks_decoding_rows(decoding_results):
     _, rows = results.read(decoding_results)
     # 48 queries against 48 keys is the full case, against 96 a chunk of a prefill
-    assert {(row["q_len"], row["seq_len"]) for row in rows} == {(1, 48), (5, 48), (None, 48), (1, 96), (5, 96), (48, 96)}
-    assert all(row["status"] == "ok" and row["accuracy_ok"] for row in rows), [r["reason"] for r in rows if r["status"] != "ok"]
-    row = next(r for r in rows if r["impl"] == "naive" and r["q_len"] == 5 and r["seq_len"] == 96 and r["causal"]
-               and r["mode"] == "fwd")
+    assert {(row["q_len"], row["seq_len"]) for row in rows} == {
+        (1, 48),
+        (5, 48),
+        (None, 48),
+        (1, 96),
+        (5, 96),
+        (48, 96),
+    }
+    assert all(row["status"] == "ok" and row["accuracy_ok"] for row in rows), [
+        r["reason"] for r in rows if r["status"] != "ok"
+    ]
+    row = next(
+        r
+        for r in rows
+        if r["impl"] == "naive" and r["q_len"] == 5 and r["seq_len"] == 96 and r["causal"] and r["mode"] == "fwd"
+    )
     pairs = 5 * 91 + 15  # queries at positions 91..95 see 92..96 keys
     assert row["density"] == pytest.approx(pairs / (5 * 96))
     assert row["tflops"] == pytest.approx(4 * 2 * 4 * pairs * 16 / (row["time_ms"] * 1e-3) / 1e12)
@@ -140,16 +187,38 @@ def test_a_report_draws_decoding_rows_apart_from_full_length_ones(decoding_resul
 
 
 def test_recommend_answers_for_the_number_of_queries_asked(decoding_results, capsys):
-    shape = ["--seq-len", "96", "--heads", "4", "--kv-heads", "2", "--head-dim", "16", "--dtype", "float32",
-             "--causal", "--results", str(decoding_results), "--format", "json"]
+    shape = [
+        "--seq-len",
+        "96",
+        "--heads",
+        "4",
+        "--kv-heads",
+        "2",
+        "--head-dim",
+        "16",
+        "--dtype",
+        "float32",
+        "--causal",
+        "--results",
+        str(decoding_results),
+        "--format",
+        "json",
+    ]
     assert main(["recommend", *shape, "--q-len", "5"]) == 0
     answer = json.loads(capsys.readouterr().out)
-    assert answer["query"]["q_len"] == 5 and {c["impl"] for c in answer["ranked"]} == {"naive", "sdpa", "linear", "sparse-window:window=8"}
+    assert answer["query"]["q_len"] == 5 and {c["impl"] for c in answer["ranked"]} == {
+        "naive",
+        "sdpa",
+        "linear",
+        "sparse-window:window=8",
+    }
     assert main(["recommend", *shape[:-2], "--q-len", "1"]) == 0
     assert capsys.readouterr().out.startswith("shape: batch 1, seq_len 96 (1 query), 4 heads (2 key/value), ")
     assert main(["recommend", *shape, "--q-len", "3"]) == 2
-    assert "no rows with --q-len 3 in the results (measured: --q-len 1, --q-len 5, --q-len 48, as many queries as keys)" in \
-        capsys.readouterr().err
+    assert (
+        "no rows with --q-len 3 in the results (measured: --q-len 1, --q-len 5, --q-len 48, as many queries as keys)"
+        in capsys.readouterr().err
+    )
     assert main(["recommend", *shape[:-2], "--q-len", "97"]) == 2
     assert "--q-len: 97 exceeds --seq-len 96" in capsys.readouterr().err
 
@@ -157,7 +226,9 @@ def test_recommend_answers_for_the_number_of_queries_asked(decoding_results, cap
 def test_compare_names_the_queries_and_key_value_heads_of_a_case(decoding_results, capsys):
     assert main(["compare", str(decoding_results), str(decoding_results)]) == 0
     text = capsys.readouterr().out
-    assert "naive B2 H4 KV2 N96 Q5 D16 float32 causal fwd" in text and "naive B2 H4 KV2 N48 D16 float32 causal fwd" in text
+    assert (
+        "naive B2 H4 KV2 N96 Q5 D16 float32 causal fwd" in text and "naive B2 H4 KV2 N48 D16 float32 causal fwd" in text
+    )
 
 
 def test_compare_matches_decoding_rows_case_by_case(decoding_results, capsys):
@@ -207,9 +278,11 @@ def test_an_implementations_own_pairs_and_flops_take_the_case():
 
 def test_a_grid_file_takes_query_lengths(tmp_path, capsys):
     grid = tmp_path / "decode.toml"
-    grid.write_text('impl = ["sdpa"]\nseq_len = [64]\nq_len = [1, 4]\nheads = [2]\nhead_dim = [16]\nbatch = [1]\n'
-                    'dtype = ["float32"]\ncausal = [true]\nmode = ["fwd"]\ndevice = "cpu"\n'
-                    '[timing]\nwarmup_calls = 0\nmin_repeats = 2\nmax_repeats = 2\n')
+    grid.write_text(
+        'impl = ["sdpa"]\nseq_len = [64]\nq_len = [1, 4]\nheads = [2]\nhead_dim = [16]\nbatch = [1]\n'
+        'dtype = ["float32"]\ncausal = [true]\nmode = ["fwd"]\ndevice = "cpu"\n'
+        "[timing]\nwarmup_calls = 0\nmin_repeats = 2\nmax_repeats = 2\n"
+    )
     out = tmp_path / "decode.jsonl"
     assert main(["run", "--config", str(grid), "--out", str(out)]) == 0
     _, rows = results.read(out)
@@ -219,9 +292,27 @@ def test_a_grid_file_takes_query_lengths(tmp_path, capsys):
 
 
 def test_compare_calls_query_lengths_a_run_was_not_asked_for_not_run(tmp_path, capsys):
-    common = ["--impl", "sdpa", "--seq-len", "64", "--heads", "2", "--head-dim", "16", "--batch", "1", "--dtype",
-              "float32", "--causal", "--mode", "fwd", "--device", "cpu", "--timing",
-              "warmup_calls=0,min_repeats=2,max_repeats=2,target_relative_ci=0"]
+    common = [
+        "--impl",
+        "sdpa",
+        "--seq-len",
+        "64",
+        "--heads",
+        "2",
+        "--head-dim",
+        "16",
+        "--batch",
+        "1",
+        "--dtype",
+        "float32",
+        "--causal",
+        "--mode",
+        "fwd",
+        "--device",
+        "cpu",
+        "--timing",
+        "warmup_calls=0,min_repeats=2,max_repeats=2,target_relative_ci=0",
+    ]
     base, current = tmp_path / "base.jsonl", tmp_path / "current.jsonl"
     assert main(["run", *common, "--q-len", "1,4", "--out", str(base)]) == 0
     assert main(["run", *common, "--q-len", "1", "--out", str(current)]) == 0
@@ -243,8 +334,10 @@ def test_list_says_which_implementations_refuse_fewer_queries_than_keys(capsys, 
     lines = capsys.readouterr().out.splitlines()
     at = next(i for i, line in enumerate(lines) if line.split()[:1] == ["full-length-only"])
     assert lines[at].endswith("runs")
-    assert lines[at + 1].strip() == ("not with fewer queries than keys (--q-len): q_len=1 with seq_len=1024 (supported: "
-                                     "q_len = seq_len; its kernel takes as many queries as keys)")
+    assert lines[at + 1].strip() == (
+        "not with fewer queries than keys (--q-len): q_len=1 with seq_len=1024 (supported: "
+        "q_len = seq_len; its kernel takes as many queries as keys)"
+    )
     refusing = {lines[i - 1].split()[0] for i, line in enumerate(lines) if "not with fewer queries" in line}
     assert refusing == {"full-length-only", "linformer"}  # linformer's fixed projection has no decoding form
 

@@ -4,6 +4,7 @@ Each page's blocks run in order in a fresh copy of the repository, with .venv/bi
 A block exits 0, or with a status its fence names; `gpu-only` blocks and the set-up scripts are skipped, each with
 its reason.
 """
+
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -19,8 +20,11 @@ BLOCKS = doc_blocks.all_blocks()
 @pytest.fixture(scope="module")
 def outcomes(request, tmp_path_factory) -> dict[str, doc_blocks.Outcome]:
     """Runs the pages of the blocks this session selected, each in its own copy, several at a time."""
-    selected = {item.callspec.params["block"].page for item in request.session.items
-                if item.originalname == "test_documented_command_runs" and hasattr(item, "callspec")}
+    selected = {
+        item.callspec.params["block"].page
+        for item in request.session.items
+        if item.originalname == "test_documented_command_runs" and hasattr(item, "callspec")
+    }
     by_page = {page: [b for b in BLOCKS if b.page == page] for page in sorted(selected)}
     if not (doc_blocks.venv_bin() / "attnbench").exists():
         pytest.skip(f"no attnbench in {doc_blocks.venv_bin()}: run `bash scripts/setup-venv.sh` first")
@@ -37,7 +41,8 @@ def test_documented_command_runs(block: doc_blocks.Block, outcomes):
     outcome = outcomes[block.id]
     assert outcome.status in block.expected_statuses, (
         f"{block.id} exited {outcome.status} (documented: {', '.join(map(str, block.expected_statuses))}) after "
-        f"{outcome.seconds:.0f} s\n--- script\n{block.script}--- output (end)\n{outcome.output[-4000:]}")
+        f"{outcome.seconds:.0f} s\n--- script\n{block.script}--- output (end)\n{outcome.output[-4000:]}"
+    )
 
 
 def test_blocks_that_allow_a_failing_status_hold_one_command():
@@ -48,11 +53,17 @@ def test_blocks_that_allow_a_failing_status_hold_one_command():
 
 def test_a_broken_command_fails_its_block(tmp_path):
     page = tmp_path / "README.md"
-    page.write_text("```bash\ntrue\nfalse\ntrue\n```\n\n```console exit=3\n$ echo ok\nok\n```\n\n"
-                    "```text\nnot a command\n```\n\n```console\n$ exit 3\n```\n\n```bash gpu-only\nnvidia-smi\n```\n")
+    page.write_text(
+        "```bash\ntrue\nfalse\ntrue\n```\n\n```console exit=3\n$ echo ok\nok\n```\n\n"
+        "```text\nnot a command\n```\n\n```console\n$ exit 3\n```\n\n```bash gpu-only\nnvidia-smi\n```\n"
+    )
     found = doc_blocks.blocks(page, tmp_path)
     assert [(b.line, b.language, b.expected_statuses) for b in found] == [
-        (1, "bash", (0,)), (7, "console", (3,)), (16, "console", (0,)), (20, "bash", (0,))]
+        (1, "bash", (0,)),
+        (7, "console", (3,)),
+        (16, "console", (0,)),
+        (20, "bash", (0,)),
+    ]
     assert found[3].not_run_reason == "gpu-only: nvidia-smi"
     statuses = [doc_blocks.run(block, tmp_path).status for block in found[:3]]
     assert statuses[0] != 0  # `false` stops the script: bash -e

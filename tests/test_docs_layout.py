@@ -1,5 +1,6 @@
 """The documentation's shape: a short README that starts with the commands, lines a reader need not scroll, and
 relative links and anchors that lead somewhere."""
+
 from __future__ import annotations
 
 import re
@@ -33,9 +34,12 @@ def test_readme_is_short_and_starts_with_the_commands():
 
 
 def test_no_documentation_line_is_longer_than_the_limit():
-    long = [f"{page.relative_to(ROOT)}:{number} ({len(line)})" for page in doc_blocks.pages()
-            for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), start=1)
-            if len(line) > LINE_LENGTH]
+    long = [
+        f"{page.relative_to(ROOT)}:{number} ({len(line)})"
+        for page in doc_blocks.pages()
+        for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), start=1)
+        if len(line) > LINE_LENGTH
+    ]
     assert not long
 
 

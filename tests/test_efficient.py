@@ -1,4 +1,5 @@
 """Sparse, linear and Performer attention: their masks, recurrences and estimators, beyond the twin check."""
+
 from __future__ import annotations
 
 import math
@@ -23,6 +24,7 @@ def randn(*shape, seed=0, dtype=torch.float64):
 
 # --- sparse ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["sparse-window", "sparse-block"])
 def test_sparse_cpu_backward_takes_its_scores_in_float32_at_large_logits(name):
     """The CPU backward recomputes each chunk's probabilities; from bfloat16-rounded scores, at logits of spread
@@ -31,7 +33,7 @@ def test_sparse_cpu_backward_takes_its_scores_in_float32_at_large_logits(name):
 
     impl = implementations.get(name)
     q, k, v, grad = (randn(1, 2, 257, 64, seed=s, dtype=torch.float32) for s in range(4))
-    q, k, v, grad = (q * 40 ** 0.5).bfloat16(), (k * 40 ** 0.5).bfloat16(), v.bfloat16(), grad.bfloat16()
+    q, k, v, grad = (q * 40**0.5).bfloat16(), (k * 40**0.5).bfloat16(), v.bfloat16(), grad.bfloat16()
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
     out = impl(*leaves, causal=True)
     actual = dict(zip(("out", "dq", "dk", "dv"), (out, *torch.autograd.grad(out, leaves, grad))))
@@ -48,7 +50,9 @@ def test_window_covering_the_sequence_is_dense_attention(causal):
     window = implementations.get("sparse-window", window=70)
     dense = implementations.reference_attention(q, k, v, causal=causal)
     assert_within_allowance(window(q, k, v, causal=causal), dense, case_of(q, k, causal), window)
-    assert window.visible_pairs(Case(1, 1, 70, 16, "float32", causal, "fwd", "cpu")) == (70 * 71 // 2 if causal else 70 * 70)
+    assert window.visible_pairs(Case(1, 1, 70, 16, "float32", causal, "fwd", "cpu")) == (
+        70 * 71 // 2 if causal else 70 * 70
+    )
 
 
 @pytest.mark.parametrize("seq_len,window", [(1, 3), (17, 3), (100, 7)])
@@ -57,8 +61,14 @@ def test_window_mask_has_the_stated_pairs(seq_len, window):
     expected_dense = sum(min(seq_len - 1, i + window) - max(0, i - window) + 1 for i in range(seq_len))
     expected_causal = sum(min(i, window) + 1 for i in range(seq_len))
     mask = impl.dense_mask(seq_len, causal=False)
-    assert int(mask.sum()) == impl.visible_pairs(Case(1, 1, seq_len, 16, "float32", False, "fwd", "cpu")) == expected_dense
-    assert int(impl.dense_mask(seq_len, causal=True).sum()) == impl.visible_pairs(Case(1, 1, seq_len, 16, "float32", True, "fwd", "cpu")) == expected_causal
+    assert (
+        int(mask.sum()) == impl.visible_pairs(Case(1, 1, seq_len, 16, "float32", False, "fwd", "cpu")) == expected_dense
+    )
+    assert (
+        int(impl.dense_mask(seq_len, causal=True).sum())
+        == impl.visible_pairs(Case(1, 1, seq_len, 16, "float32", True, "fwd", "cpu"))
+        == expected_causal
+    )
     i, j = 5 % seq_len, (5 + window + 1) % seq_len
     assert bool(mask[i, j]) == (abs(i - j) <= window)
 
@@ -97,8 +107,14 @@ def test_flex_attention_mask_matches_the_twin(name):
         assert_within_allowance(out, impl.exact_twin(q, k, v, causal=causal), case_of(q, k, causal), impl)
 
 
-@pytest.mark.parametrize("name,options", [("sparse-window", {"window": 100}), ("sparse-block", {"block": 48}),
-                                          ("sparse-block", {"block": 200, "globals": 0})])
+@pytest.mark.parametrize(
+    "name,options",
+    [
+        ("sparse-window", {"window": 100}),
+        ("sparse-block", {"block": 48}),
+        ("sparse-block", {"block": 200, "globals": 0}),
+    ],
+)
 @pytest.mark.parametrize("seq_len,q_len", [(1, 1), (130, 130), (700, 700), (130, 1), (700, 131)])
 @pytest.mark.parametrize("causal", [False, True])
 def test_block_mask_built_by_rows_equals_create_block_mask(name, options, seq_len, q_len, causal):
@@ -108,15 +124,20 @@ def test_block_mask_built_by_rows_equals_create_block_mask(name, options, seq_le
 
     impl = implementations.get(name, **options)
     offset = seq_len - q_len
-    expected = create_block_mask(lambda b, h, qi, ki: impl.visible(qi + offset, ki, causal), None, None, q_len, seq_len,
-                                 device="cpu")
+    expected = create_block_mask(
+        lambda b, h, qi, ki: impl.visible(qi + offset, ki, causal), None, None, q_len, seq_len, device="cpu"
+    )
     for max_elements in (1, 128 * 640, None):  # one block row at a time, two or three, all at once
         built = impl.block_mask(seq_len, causal, max_elements=max_elements, q_len=q_len)
         assert built.seq_lengths == expected.seq_lengths
         for part in ("kv_num_blocks", "full_kv_num_blocks", "q_num_blocks", "full_q_num_blocks"):
             assert torch.equal(getattr(built, part), getattr(expected, part)), part
-        for count, indices in (("kv_num_blocks", "kv_indices"), ("full_kv_num_blocks", "full_kv_indices"),
-                               ("q_num_blocks", "q_indices"), ("full_q_num_blocks", "full_q_indices")):
+        for count, indices in (
+            ("kv_num_blocks", "kv_indices"),
+            ("full_kv_num_blocks", "full_kv_indices"),
+            ("q_num_blocks", "q_indices"),
+            ("full_q_num_blocks", "full_q_indices"),
+        ):
             for row, n in enumerate(getattr(expected, count).flatten().tolist()):
                 assert torch.equal(getattr(built, indices)[0, 0, row, :n], getattr(expected, indices)[0, 0, row, :n])
         assert torch.equal(built.to_dense(), expected.to_dense())
@@ -126,7 +147,9 @@ def test_block_mask_evaluates_a_bounded_number_of_pairs_at_once(monkeypatch):
     impl = implementations.get("sparse-block", block=64)
     sizes = []
     visible = impl.visible
-    monkeypatch.setattr(impl, "visible", lambda qi, ki, causal: sizes.append(qi.numel() * ki.numel()) or visible(qi, ki, causal))
+    monkeypatch.setattr(
+        impl, "visible", lambda qi, ki, causal: sizes.append(qi.numel() * ki.numel()) or visible(qi, ki, causal)
+    )
     impl.block_mask(1000, causal=False, max_elements=3 * 128 * 1024)
     assert sizes and max(sizes) <= 3 * 128 * 1024 and sum(sizes) == 1024 * 1024
 
@@ -170,7 +193,9 @@ CPU_FORWARD = Case(1, 2, 64, 16, "float32", False, "fwd", "cpu")
 
 
 @pytest.mark.parametrize("name,options", [("sparse-window", {"window": 20}), ("sparse-block", {"block": 16})])
-@pytest.mark.parametrize("causal,q_len", [(False, 160), (True, 160), (True, 150)])  # the last 150: causal, where it matters
+@pytest.mark.parametrize(
+    "causal,q_len", [(False, 160), (True, 160), (True, 150)]
+)  # the last 150: causal, where it matters
 def test_cpu_chunked_path_has_exact_float64_gradients(name, options, causal, q_len):
     """The CPU path's hand-written backward against finite differences (the full Jacobian: gradcheck's
     fast mode missed a 0.1% error in dq). 160 tokens span two query chunks, whose candidate keys are
@@ -183,6 +208,7 @@ def test_cpu_chunked_path_has_exact_float64_gradients(name, options, causal, q_l
     if name == "sparse-block":
         assert not isinstance(plans[1].keys, slice)
     for position in range(3):  # one input at a time, so a small error in one gradient is not drowned by the others
+
         def of_one(x, position=position):
             inputs = [q.detach(), k.detach(), v.detach()]
             inputs[position] = x
@@ -203,11 +229,16 @@ def test_cpu_chunked_path_takes_grouped_heads_without_repeating_keys(name, optio
     repeated = impl(q, *implementations.base.expand_kv(q, k, v), causal=causal)
     torch.testing.assert_close(grouped, repeated, rtol=0, atol=1e-12)
     out_grad = randn(*grouped.shape, seed=3)
-    torch.testing.assert_close(torch.autograd.grad(grouped, (q, k, v), out_grad),
-                               torch.autograd.grad(repeated, (q, k, v), out_grad), rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        torch.autograd.grad(grouped, (q, k, v), out_grad),
+        torch.autograd.grad(repeated, (q, k, v), out_grad),
+        rtol=0,
+        atol=1e-12,
+    )
 
 
 # --- linear ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("chunk", [1, 4, 16, 64, 128])
 def test_causal_chunked_linear_equals_the_token_recurrence(chunk):
@@ -221,15 +252,23 @@ def test_causal_chunked_linear_equals_the_token_recurrence(chunk):
 def test_non_causal_linear_equals_its_quadratic_form():
     q, k, v = (randn(1, 2, 31, 8, seed=s) for s in range(3))
     fq, fk = elu_feature_map(q), elu_feature_map(k)
-    torch.testing.assert_close(linear_attention(fq, fk, v, causal=False), quadratic_linear_attention(fq, fk, v, causal=False))
+    torch.testing.assert_close(
+        linear_attention(fq, fk, v, causal=False), quadratic_linear_attention(fq, fk, v, causal=False)
+    )
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["dense", "causal"])
-@pytest.mark.parametrize("heads,kv_heads,seq_len,chunk", [(4, 2, 75, 16), (6, 2, 300, 128), (3, 1, 9, 4), (4, 1, 5, 128)])
+@pytest.mark.parametrize(
+    "heads,kv_heads,seq_len,chunk", [(4, 2, 75, 16), (6, 2, 300, 128), (3, 1, 9, 4), (4, 1, 5, 128)]
+)
 def test_grouped_query_heads_read_their_own_key_value_head(causal, heads, kv_heads, seq_len, chunk):
     """Keys and values per key/value head, never repeated: each query head h gets what it gets from head h // G's
     keys repeated for it, across chunks, padding and the earlier keys' `seen` sums."""
-    q, k, v = randn(2, heads, seq_len, 8, seed=1), randn(2, kv_heads, seq_len, 8, seed=2), randn(2, kv_heads, seq_len, 8, seed=3)
+    q, k, v = (
+        randn(2, heads, seq_len, 8, seed=1),
+        randn(2, kv_heads, seq_len, 8, seed=2),
+        randn(2, kv_heads, seq_len, 8, seed=3),
+    )
     fq, fk = elu_feature_map(q), elu_feature_map(k)
     fk_repeated, v_repeated = implementations.base.expand_kv(q, fk, v)
     grouped = linear_attention(fq, fk, v, causal=causal, chunk=chunk)
@@ -237,8 +276,10 @@ def test_grouped_query_heads_read_their_own_key_value_head(causal, heads, kv_hea
     if causal:
         torch.testing.assert_close(grouped, linear_recurrence(fq, fk_repeated, v_repeated), rtol=1e-10, atol=1e-12)
     seen = (randn(2, heads, seq_len, 8, seed=4).abs(), randn(2, heads, seq_len, 1, seed=5).abs())
-    torch.testing.assert_close(linear_attention(fq, fk, v, causal=causal, chunk=chunk, seen=seen),
-                               linear_attention(fq, fk_repeated, v_repeated, causal=causal, chunk=chunk, seen=seen))
+    torch.testing.assert_close(
+        linear_attention(fq, fk, v, causal=causal, chunk=chunk, seen=seen),
+        linear_attention(fq, fk_repeated, v_repeated, causal=causal, chunk=chunk, seen=seen),
+    )
 
 
 @pytest.mark.parametrize("name", ["linear", "performer"])
@@ -272,11 +313,16 @@ def test_grouped_heads_do_the_key_side_work_once_per_key_value_head(name):
             with FlopCounterMode(display=False) as counter:
                 impl(q, k, v, causal=causal)
             counted[kv_heads, causal] = counter.get_total_flops()
-    assert counted[2, False] <= impl.forward_flops(Case(1, 8, 512, 32, "float32", False, "fwd", "cpu", kv_heads=2)) < counted[8, False]
+    assert (
+        counted[2, False]
+        <= impl.forward_flops(Case(1, 8, 512, 32, "float32", False, "fwd", "cpu", kv_heads=2))
+        < counted[8, False]
+    )
     assert counted[2, True] < counted[8, True]
 
 
 # --- performer ---------------------------------------------------------------------------------
+
 
 def test_favor_estimator_is_unbiased():
     dim = 16
@@ -284,7 +330,7 @@ def test_favor_estimator_is_unbiased():
     exact = math.exp(float(x @ y) / math.sqrt(dim))
     estimates = []
     for seed in range(400):
-        w = orthogonal_random_features(32, dim, seed) * dim ** -0.25
+        w = orthogonal_random_features(32, dim, seed) * dim**-0.25
         fx = favor_features(x[None, None, None], w, is_query=True, stabilize=False)
         fy = favor_features(y[None, None, None], w, is_query=False, stabilize=False)
         estimates.append(float((fx * fy).sum()))
@@ -296,7 +342,7 @@ def test_favor_estimator_is_unbiased():
 def test_fast_features_differ_from_the_definition_only_by_factors_that_cancel():
     """One factor per query row, one per (batch, head) for all keys: linear attention's ratio drops both."""
     x = randn(2, 3, 40, 16, seed=4).double()
-    w = orthogonal_random_features(24, 16, seed=5) * 16 ** -0.25
+    w = orthogonal_random_features(24, 16, seed=5) * 16**-0.25
     for is_query, dims in ((True, (-1,)), (False, (-2, -1))):
         ratio = favor_features_fast(x, w, is_query=is_query) / favor_features(x, w, is_query=is_query)
         torch.testing.assert_close(ratio, ratio.amax(dims, keepdim=True).expand_as(ratio))
@@ -306,7 +352,7 @@ def test_fast_features_differ_from_the_definition_only_by_factors_that_cancel():
 def test_features_taken_in_the_logits_memory_equal_those_autograd_records(is_query):
     """Without a gradient to record, the features are computed in place in the logits; with one, out of place."""
     x = randn(2, 3, 40, 16, seed=8, dtype=torch.float32) * 3
-    w = (orthogonal_random_features(24, 16, seed=9) * 16 ** -0.25).float()
+    w = (orthogonal_random_features(24, 16, seed=9) * 16**-0.25).float()
     in_place = favor_features_fast(x, w, is_query=is_query)
     recorded = favor_features_fast(x.clone().requires_grad_(), w, is_query=is_query)
     assert recorded.requires_grad
@@ -356,8 +402,10 @@ def test_performer_error_against_softmax_shrinks_with_more_features():
     softmax = implementations.reference_attention(q, k, v)
 
     def mean_error(features):
-        errs = [error(implementations.get("performer", features=features, seed=s)(q, k, v), softmax).rel_rms
-                for s in range(4)]
+        errs = [
+            error(implementations.get("performer", features=features, seed=s)(q, k, v), softmax).rel_rms
+            for s in range(4)
+        ]
         return sum(errs) / len(errs)
 
     few, many = mean_error(8), mean_error(512)
@@ -366,22 +414,27 @@ def test_performer_error_against_softmax_shrinks_with_more_features():
 
 # --- options -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("spec,message", [
-    ("sparse-window:window=0", r"window='0' must be a positive integer"),
-    ("sparse-window:window=1.5", r"window='1.5' is not valid"),
-    ("sparse-block:block=-4", r"block='-4' must be a positive integer"),
-    ("performer:features=0", r"features='0' must be a positive integer"),
-    ("performer:features=many", r"features='many' is not valid"),
-    ("performer:feature=64", r"unknown option 'feature' \(allowed: chunk, compile, features, seed, state\)"),
-    ("linear:compile=maybe", r"option compile='maybe' is not valid \(compile: true or false"),
-    ("linear:chunk=0", r"chunk='0' must be a positive integer"),
-    ("linformer:k=0", r"option k='0' must be a positive integer \(k: the projected length"),
-    ("linformer:k=abc", r"option k='abc' is not valid \(k: the projected length, a positive integer\)"),
-    ("linformer:kk=3", r"unknown option 'kk' \(allowed: k, seed, share_kv\)"),
-    ("linformer:share_kv=maybe", r"option share_kv='maybe' is not valid \(share_kv: true or false"),
-])
+
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("sparse-window:window=0", r"window='0' must be a positive integer"),
+        ("sparse-window:window=1.5", r"window='1.5' is not valid"),
+        ("sparse-block:block=-4", r"block='-4' must be a positive integer"),
+        ("performer:features=0", r"features='0' must be a positive integer"),
+        ("performer:features=many", r"features='many' is not valid"),
+        ("performer:feature=64", r"unknown option 'feature' \(allowed: chunk, compile, features, seed, state\)"),
+        ("linear:compile=maybe", r"option compile='maybe' is not valid \(compile: true or false"),
+        ("linear:chunk=0", r"chunk='0' must be a positive integer"),
+        ("linformer:k=0", r"option k='0' must be a positive integer \(k: the projected length"),
+        ("linformer:k=abc", r"option k='abc' is not valid \(k: the projected length, a positive integer\)"),
+        ("linformer:kk=3", r"unknown option 'kk' \(allowed: k, seed, share_kv\)"),
+        ("linformer:share_kv=maybe", r"option share_kv='maybe' is not valid \(share_kv: true or false"),
+    ],
+)
 def test_bad_options_exit_2(tmp_path, capsys, spec, message):
     import re
+
     assert main(["run", "--impl", spec, "--device", "cpu", "--out", str(tmp_path / "r.jsonl")]) == 2
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "r.jsonl").exists()
@@ -470,10 +523,17 @@ def test_linear_passes_at_one_key_and_the_smallest_head_dims_in_bfloat16():
     from suite.check.conformance import check_case
 
     linear = implementations.get("linear")
-    results = [check_case(linear, Case(1, 3, n, d, "bfloat16", causal, "fwd+bwd", "cpu"), seed)
-               for n in (1, 2) for d in (1, 2) for causal in (False, True) for seed in range(10)]
-    results += [check_case(linear, Case(1, 1, 1, d, "bfloat16", causal, "fwd+bwd", "cpu"), seed)
-                for d, causal, seed in RESIDUE_BEYOND_16_OVER_HEAD_DIM]
+    results = [
+        check_case(linear, Case(1, 3, n, d, "bfloat16", causal, "fwd+bwd", "cpu"), seed)
+        for n in (1, 2)
+        for d in (1, 2)
+        for causal in (False, True)
+        for seed in range(10)
+    ]
+    results += [
+        check_case(linear, Case(1, 1, 1, d, "bfloat16", causal, "fwd+bwd", "cpu"), seed)
+        for d, causal, seed in RESIDUE_BEYOND_16_OVER_HEAD_DIM
+    ]
     assert [r.detail for r in results if r.status != "pass"] == []
 
     class Off(type(linear)):
@@ -481,32 +541,97 @@ def test_linear_passes_at_one_key_and_the_smallest_head_dims_in_bfloat16():
             return super().__call__(q, k, v, causal=causal) * 1.05
 
     assert [linear.atol_scale_for(Case(1, 3, 2, d, "bfloat16", False, "fwd", "cpu")) for d in (1, 4, 16, 48, 64)] == [
-        48, 12, 3, 1, 1]
+        48,
+        12,
+        3,
+        1,
+        1,
+    ]
     assert check_case(Off("off"), Case(1, 3, 2, 16, "bfloat16", False, "fwd+bwd", "cpu"), 0).status == "fail"
 
 
 # Peak memory beyond the inputs, in units of one input tensor (2 × 8 heads × the case's tokens × D64, bfloat16,
-# 8 chunks), as the runner's CPU rows measure it. CPU kernels cast mixed-dtype operands and sums in copies that CUDA's do not,
-# so these counts are the CPU's; each bound lies between the current figure and the one before the change it guards.
-@pytest.mark.parametrize(("name", "causal", "backward", "tokens", "bound", "guards"), [
-    pytest.param("linear", True, False, 1024, 9.8, "9.0; 10.6 with the chunks' weights held while the states are built",
-                 id="linear-causal-fwd"),
-    pytest.param("linear", True, True, 1024, 18.4, "17.5; 19.3 with the states of all but the last chunk (keys copied)",
-                 id="linear-causal-fwd+bwd"),
-    pytest.param("performer", False, False, 1024, 22.5, "21.0; 24.1 with features beside their logits or a float32"
-                 " quotient beside the numerator without autograd", id="performer-dense-fwd"),
-    pytest.param("performer", True, False, 1024, 34.0, "32.0; 36.3 with the chunks' weights held while the states are"
-                 " built and the keys copied for them", id="performer-causal-fwd"),
-    pytest.param("performer", False, True, 1024, 47.5, "43.5; 51.5 with autograd's exp keeping a second copy of the"
-                 " key features", id="performer-dense-fwd+bwd"),
-    pytest.param("performer", True, True, 1024, 59.0, "55.0; 63.0 with that second copy, 72.3 with the keys also copied"
-                 " for the states", id="performer-causal-fwd+bwd"),
-    # 1000 tokens: the last of 8 chunks padded.
-    pytest.param("performer", True, False, 1000, 36.0, "32.8; 40.8 with the key features padded rather than the keys",
-                 id="performer-causal-fwd-1000"),
-    pytest.param("performer", True, True, 1000, 61.0, "57.4; 64.4 with the key features padded rather than the keys",
-                 id="performer-causal-fwd+bwd-1000"),
-])
+# 8 chunks), as the runner's CPU rows measure it. CPU kernels cast mixed-dtype operands and sums in copies that
+# CUDA's do not, so these counts are the CPU's; each bound lies between the current figure and the one before the
+# change it guards.
+@pytest.mark.parametrize(
+    ("name", "causal", "backward", "tokens", "bound", "guards"),
+    [
+        pytest.param(
+            "linear",
+            True,
+            False,
+            1024,
+            9.8,
+            "9.0; 10.6 with the chunks' weights held while the states are built",
+            id="linear-causal-fwd",
+        ),
+        pytest.param(
+            "linear",
+            True,
+            True,
+            1024,
+            18.4,
+            "17.5; 19.3 with the states of all but the last chunk (keys copied)",
+            id="linear-causal-fwd+bwd",
+        ),
+        pytest.param(
+            "performer",
+            False,
+            False,
+            1024,
+            22.5,
+            "21.0; 24.1 with features beside their logits or a float32 quotient beside the numerator without autograd",
+            id="performer-dense-fwd",
+        ),
+        pytest.param(
+            "performer",
+            True,
+            False,
+            1024,
+            34.0,
+            "32.0; 36.3 with the chunks' weights held while the states are built and the keys copied for them",
+            id="performer-causal-fwd",
+        ),
+        pytest.param(
+            "performer",
+            False,
+            True,
+            1024,
+            47.5,
+            "43.5; 51.5 with autograd's exp keeping a second copy of the key features",
+            id="performer-dense-fwd+bwd",
+        ),
+        pytest.param(
+            "performer",
+            True,
+            True,
+            1024,
+            59.0,
+            "55.0; 63.0 with that second copy, 72.3 with the keys also copied for the states",
+            id="performer-causal-fwd+bwd",
+        ),
+        # 1000 tokens: the last of 8 chunks padded.
+        pytest.param(
+            "performer",
+            True,
+            False,
+            1000,
+            36.0,
+            "32.8; 40.8 with the key features padded rather than the keys",
+            id="performer-causal-fwd-1000",
+        ),
+        pytest.param(
+            "performer",
+            True,
+            True,
+            1000,
+            61.0,
+            "57.4; 64.4 with the key features padded rather than the keys",
+            id="performer-causal-fwd+bwd-1000",
+        ),
+    ],
+)
 def test_linear_families_hold_no_avoidable_copy_at_their_peak(name, causal, backward, tokens, bound, guards):
     from suite.measure.memory import peak_call_memory
 

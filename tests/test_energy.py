@@ -1,5 +1,6 @@
 """`run --energy`: energy per call from NVML's counter. On a CPU the refusals and the arithmetic (with a stand-in
 counter); on a GPU (marked `gpu`) the real counter."""
+
 from __future__ import annotations
 
 import pytest
@@ -42,6 +43,7 @@ class Counter:
         def call():
             self.total += self.per_call or 0
             return fn()
+
         return call
 
     def read(self) -> int | None:
@@ -51,17 +53,23 @@ class Counter:
 def test_energy_is_the_counters_difference_over_the_calls_between_its_reads(monkeypatch):
     monkeypatch.setattr(energy, "WINDOW_S", 0.05)
     counter = Counter(per_call=7)
-    figures = energy.energy_figures(counter.counted(lambda: None), None, torch.device("cpu"), counter.read,
-                                    time_ms=10.0, why_no_counter=None)
+    figures = energy.energy_figures(
+        counter.counted(lambda: None), None, torch.device("cpu"), counter.read, time_ms=10.0, why_no_counter=None
+    )
     assert figures["energy_calls"] == 5  # 50 ms of 10 ms calls
     assert figures["energy_j"] == pytest.approx(7e-3)
     assert figures["energy_power_w"] == pytest.approx(35e-3 / figures["energy_window_s"])
     still = Counter(per_call=0)
-    assert "the energy counter read 1000000 mJ and then 1000000 mJ" in energy.energy_figures(
-        still.counted(lambda: None), None, torch.device("cpu"), still.read, 10.0, None)["energy_reason"]
+    assert (
+        "the energy counter read 1000000 mJ and then 1000000 mJ"
+        in energy.energy_figures(still.counted(lambda: None), None, torch.device("cpu"), still.read, 10.0, None)[
+            "energy_reason"
+        ]
+    )
     missing = Counter(per_call=None)
-    assert energy.energy_figures(lambda: None, None, torch.device("cpu"), missing.read, 10.0,
-                                 "pynvml is not installed") == {"energy_reason": "pynvml is not installed"}
+    assert energy.energy_figures(
+        lambda: None, None, torch.device("cpu"), missing.read, 10.0, "pynvml is not installed"
+    ) == {"energy_reason": "pynvml is not installed"}
 
 
 def test_a_row_without_a_counter_says_why_and_keeps_its_figures(tmp_path):
@@ -74,7 +82,7 @@ def test_a_report_gives_energy_per_call_and_per_token(monkeypatch, tmp_path):
     from suite.reporting.build import build_report
 
     monkeypatch.setattr(energy, "WINDOW_S", 0.02)
-    readings = iter(range(0, 10 ** 9, 50))  # 50 mJ between any two reads
+    readings = iter(range(0, 10**9, 50))  # 50 mJ between any two reads
     monkeypatch.setattr(GpuMonitor, "energy_mj", lambda self: next(readings))
     energy_run([implementations.get("naive")], [CASE], tmp_path / "r.jsonl")
     report = build_report([tmp_path / "r.jsonl"], tmp_path / "report").read_text()
@@ -99,6 +107,8 @@ def test_a_dry_run_says_what_energy_and_graph_replays_add_to_its_estimate():
     from suite.run.session import extra_measurements as _extra_measurements
 
     line = _extra_measurements(90, graph_replays=True, energy_per_call=True, policy=TimingPolicy(budget_s=1.0))
-    assert line == ("not in `took before`: --energy: about 2 s more per row (3.0 min for 90); "
-                    "--cuda-graph: each forward row's capture and up to 1 s of replays more")
+    assert line == (
+        "not in `took before`: --energy: about 2 s more per row (3.0 min for 90); "
+        "--cuda-graph: each forward row's capture and up to 1 s of replays more"
+    )
     assert _extra_measurements(90, graph_replays=False, energy_per_call=False, policy=TimingPolicy()) is None

@@ -1,4 +1,5 @@
 """Implementations declared by other installed packages (entry points), built and run like built-ins."""
+
 from __future__ import annotations
 
 import textwrap
@@ -66,9 +67,16 @@ def installed_package(tmp_path, monkeypatch):
 
 def test_declared_implementations_follow_the_built_ins(installed_package):
     names = implementations.names()
-    assert names[:len(implementations.REGISTRY)] == list(implementations.REGISTRY)
-    assert names[len(implementations.REGISTRY):] == ["scaled-sdpa", "missing", "wrong-type", "crashing", "moody",
-                                                      "plain-function", "not-callable"]
+    assert names[: len(implementations.REGISTRY)] == list(implementations.REGISTRY)
+    assert names[len(implementations.REGISTRY) :] == [
+        "scaled-sdpa",
+        "missing",
+        "wrong-type",
+        "crashing",
+        "moody",
+        "plain-function",
+        "not-callable",
+    ]
     assert implementations.get("sdpa").__class__.__name__ == "SdpaAttention"
     [ignored] = implementations.ignored_declarations()
     assert ignored.startswith("sdpa: plugged_attention:ScaledSdpa (from plugged-attention) ignored")
@@ -90,24 +98,50 @@ def test_broken_declarations_say_why_they_cannot_run(installed_package):
 def test_a_declared_plain_function_says_what_the_entry_point_should_name(installed_package):
     """An attention function is not a factory: calling it with a name failed as a bare TypeError."""
     [reason] = implementations.get("plain-function").supports(None)
-    assert reason == ("entry point plugged_attention:attention (from plugged-attention) names attention(q, k, v, *, "
-                      "causal=False), which cannot be called as factory(name, **options): it should point at an "
-                      "implementations.Implementation subclass, or at a factory(name, **options) returning one; a "
-                      "plain attention function (q, k, v, *, causal) -> out becomes one in a factory that returns "
-                      "suite.api.as_implementation(function, name)")
+    assert reason == (
+        "entry point plugged_attention:attention (from plugged-attention) names attention(q, k, v, *, "
+        "causal=False), which cannot be called as factory(name, **options): it should point at an "
+        "implementations.Implementation subclass, or at a factory(name, **options) returning one; a "
+        "plain attention function (q, k, v, *, causal) -> out becomes one in a factory that returns "
+        "suite.api.as_implementation(function, name)"
+    )
     [reason] = implementations.get("not-callable").supports(None)
-    assert reason.startswith("entry point plugged_attention:NOT_CALLABLE (from plugged-attention) names a str, which "
-                             "is not callable: it should point at an implementations.Implementation subclass")
+    assert reason.startswith(
+        "entry point plugged_attention:NOT_CALLABLE (from plugged-attention) names a str, which "
+        "is not callable: it should point at an implementations.Implementation subclass"
+    )
 
 
 def test_run_checks_and_records_declared_implementations(installed_package, tmp_path, capsys):
     out = tmp_path / "run.jsonl"
-    argv = ["run", "--device", "cpu", "--impl", "scaled-sdpa,scaled-sdpa:scale=1.5,missing,moody", "--seq-len", "33",
-            "--heads", "2", "--head-dim", "16", "--batch", "1", "--dtype", "float32", "--mode", "fwd", "--out", str(out)]
+    argv = [
+        "run",
+        "--device",
+        "cpu",
+        "--impl",
+        "scaled-sdpa,scaled-sdpa:scale=1.5,missing,moody",
+        "--seq-len",
+        "33",
+        "--heads",
+        "2",
+        "--head-dim",
+        "16",
+        "--batch",
+        "1",
+        "--dtype",
+        "float32",
+        "--mode",
+        "fwd",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     rows = load(out).set_index("impl")
     assert rows.loc["scaled-sdpa", "status"].tolist() == ["ok", "ok"]  # dense and causal
-    assert rows.loc["scaled-sdpa:scale=1.5", "status"].tolist() == ["mismatch", "mismatch"]  # the reference check applies
+    assert rows.loc["scaled-sdpa:scale=1.5", "status"].tolist() == [
+        "mismatch",
+        "mismatch",
+    ]  # the reference check applies
     assert set(rows.loc["missing", "status"]) == {"unsupported"}
     assert "failed to load" in rows.loc["missing", "reason"].iloc[0]
     assert set(rows.loc["moody", "status"]) == {"error"} and "cannot tell" in rows.loc["moody", "reason"].iloc[0]

@@ -1,4 +1,5 @@
 """Checks that need a CUDA GPU (marked `gpu`; skipped with a reason elsewhere)."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -36,8 +37,12 @@ EAGER = [n for n in implementations.names() if not _compiled_per_shape(n)]
 def test_gpu_matches_twin_for_many_seeds_at_the_shortest_lengths(name):
     """As on CPU: passing at one or two tokens must not depend on the seed. (Compiled and autotuned
     kernels are left out: a new shape costs them seconds.)"""
-    cases = [Case(1, 2, seq_len, 64, dtype, causal, "fwd+bwd", "cuda")
-             for seq_len in (1, 2) for dtype in ("float16", "bfloat16", "float32") for causal in (False, True)]
+    cases = [
+        Case(1, 2, seq_len, 64, dtype, causal, "fwd+bwd", "cuda")
+        for seq_len in (1, 2)
+        for dtype in ("float16", "bfloat16", "float32")
+        for causal in (False, True)
+    ]
     assert_matches_twin_for_seeds(name, cases, range(2000, 2004))
 
 
@@ -54,7 +59,9 @@ def test_gpu_compiled_variants_match_their_twin(name):
     assert_matches_twin(name, case, input_seed=3, options={"compile": True})
 
 
-@pytest.mark.parametrize("name,backend", [("sdpa-flash", "flash"), ("sdpa-efficient", "efficient"), ("sdpa-math", "math")])
+@pytest.mark.parametrize(
+    "name,backend", [("sdpa-flash", "flash"), ("sdpa-efficient", "efficient"), ("sdpa-math", "math")]
+)
 def test_forced_backend_is_the_one_dispatched(name, backend):
     q = torch.randn(2, 4, 256, 64, device="cuda", dtype=torch.bfloat16)
     assert implementations.get(name).backend(q, q, q, causal=True) == backend
@@ -63,9 +70,13 @@ def test_forced_backend_is_the_one_dispatched(name, backend):
 def test_runner_on_gpu_measures_memory_clocks_and_throughput(tmp_path):
     case = Case(2, 8, 1024, 64, "bfloat16", True, "fwd+bwd", "cuda")
     rows = []
-    settings = RunSettings(peak_tflops={"bfloat16": measured_matmul_tflops(torch.bfloat16, torch.device("cuda"), 4096)},
-                           peak_gbytes_per_s=measured_copy_gbytes_per_s(torch.device("cuda")))
-    run_cases([implementations.get("sdpa"), implementations.get("naive")], [case], settings=settings, on_row=rows.append)
+    settings = RunSettings(
+        peak_tflops={"bfloat16": measured_matmul_tflops(torch.bfloat16, torch.device("cuda"), 4096)},
+        peak_gbytes_per_s=measured_copy_gbytes_per_s(torch.device("cuda")),
+    )
+    run_cases(
+        [implementations.get("sdpa"), implementations.get("naive")], [case], settings=settings, on_row=rows.append
+    )
     sdpa, naive = rows
     assert sdpa["status"] == "ok" and sdpa["accuracy_ok"], sdpa["reason"]
     assert sdpa["backend"] in {"flash", "efficient", "cudnn"}
@@ -88,9 +99,11 @@ def test_a_sticky_cuda_error_is_recognized_as_an_unusable_device():
     import subprocess
     import sys
 
-    probe = ("import torch; from suite.measure.failures import device_usable; ok = device_usable('cuda')\n"
-             "try:\n    torch.zeros(2, device='cuda')[torch.tensor([5], device='cuda')].sum().item()\n"
-             "except RuntimeError:\n    pass\nprint(ok, device_usable('cuda'))")
+    probe = (
+        "import torch; from suite.measure.failures import device_usable; ok = device_usable('cuda')\n"
+        "try:\n    torch.zeros(2, device='cuda')[torch.tensor([5], device='cuda')].sum().item()\n"
+        "except RuntimeError:\n    pass\nprint(ok, device_usable('cuda'))"
+    )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.stdout.split()[-2:] == ["True", "False"], done.stdout + done.stderr
 
@@ -112,9 +125,34 @@ def test_local_errors_gives_gpu_rows_the_figures_their_run_measured(tmp_path):
     from tests.test_local_amend import LOCAL, without_local_figures
 
     path = tmp_path / "r.jsonl"
-    assert main(["run", "--impl", "linear,sparse-window:window=64", "--seq-len", "1000", "--batch", "1", "--heads", "4",
-                 "--head-dim", "64", "--dtype", "bfloat16", "--mode", "fwd", "--causal", "both", "--device", "cuda",
-                 "--out", str(path)]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--impl",
+                "linear,sparse-window:window=64",
+                "--seq-len",
+                "1000",
+                "--batch",
+                "1",
+                "--heads",
+                "4",
+                "--head-dim",
+                "64",
+                "--dtype",
+                "bfloat16",
+                "--mode",
+                "fwd",
+                "--causal",
+                "both",
+                "--device",
+                "cuda",
+                "--out",
+                str(path),
+            ]
+        )
+        == 0
+    )
     measured = results.load(path)
     assert measured[LOCAL].notna().all().all()
     rewrite_rows(path, without_local_figures)
@@ -164,9 +202,14 @@ def test_rows_say_when_issuing_a_call_took_the_host_as_long_as_the_gpu_took_to_r
     assert long_row["host_bound"] is False and 0 < long_row["host_ms"] < long_row["time_ms"] / 10
 
 
-@pytest.mark.parametrize("name,kernel", [("sdpa-flash", "aten::_scaled_dot_product_flash_attention"),
-                                         ("sdpa-efficient", "aten::_scaled_dot_product_efficient_attention"),
-                                         ("sdpa-cudnn", "aten::_scaled_dot_product_cudnn_attention")])
+@pytest.mark.parametrize(
+    "name,kernel",
+    [
+        ("sdpa-flash", "aten::_scaled_dot_product_flash_attention"),
+        ("sdpa-efficient", "aten::_scaled_dot_product_efficient_attention"),
+        ("sdpa-cudnn", "aten::_scaled_dot_product_cudnn_attention"),
+    ],
+)
 def test_a_forced_backend_dispatches_its_kernel_inside_the_session_run_times_it_in(name, kernel):
     from tests.conftest import aten_ops
 
@@ -185,6 +228,7 @@ def test_event_timing_agrees_with_the_wall_clock_over_back_to_back_calls():
 
     from suite.measure.settings import TimingPolicy
     from suite.measure.timing import measure
+
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     timing = measure(lambda: a @ a, torch.device("cuda"), TimingPolicy(min_repeats=20, max_repeats=20))
     calls = 20
@@ -201,10 +245,21 @@ def test_event_timing_agrees_with_the_wall_clock_over_back_to_back_calls():
 def test_the_python_api_benchmarks_a_function_beside_the_registry_on_gpu(tmp_path):
     from suite.api import as_implementation, benchmark
 
-    mine = as_implementation(lambda q, k, v, *, causal=False: torch.nn.functional.scaled_dot_product_attention(
-        q, k, v, is_causal=causal), "mine")
-    frame = benchmark([mine, "sdpa-flash"], seq_len=[257, 1024], heads=8, head_dim=64, dtype="bfloat16",
-                      causal=[False, True], mode=["fwd", "fwd+bwd"], out=tmp_path / "mine.jsonl", progress=False)
+    mine = as_implementation(
+        lambda q, k, v, *, causal=False: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal),
+        "mine",
+    )
+    frame = benchmark(
+        [mine, "sdpa-flash"],
+        seq_len=[257, 1024],
+        heads=8,
+        head_dim=64,
+        dtype="bfloat16",
+        causal=[False, True],
+        mode=["fwd", "fwd+bwd"],
+        out=tmp_path / "mine.jsonl",
+        progress=False,
+    )
     assert len(frame) == 16 and set(frame.status) == {"ok"} and frame.accuracy_ok.all()
     assert frame.host_ms.notna().all() and (frame.peak_mem_bytes > 0).all() and (frame.tflops > 0).all()
     assert set(frame.machine) == {torch.cuda.get_device_name()}
@@ -223,7 +278,9 @@ def _gpu_decoding_cases():
                     yield pytest.param(name, {}, case, id=f"{name}-{case.label}")
                     if name in ("linear", "performer"):  # as a recurrent decoder: forward, the state carried
                         forward = replace(case, mode="fwd")
-                        yield pytest.param(name, {"state": "carried"}, forward, id=f"{name}:state=carried-{forward.label}")
+                        yield pytest.param(
+                            name, {"state": "carried"}, forward, id=f"{name}:state=carried-{forward.label}"
+                        )
 
 
 @pytest.mark.parametrize("name,options,case", list(_gpu_decoding_cases()))

@@ -1,4 +1,5 @@
 """Every `--help` renders, and answers without importing the heavy libraries a command needs when it runs."""
+
 from __future__ import annotations
 
 import argparse
@@ -33,9 +34,12 @@ def test_the_tools_help_lists_every_subcommand(capsys):
 
 def test_help_imports_neither_torch_nor_pandas_nor_matplotlib():
     # A fresh interpreter: this test process has imported torch already. torch alone takes over a second.
-    probe = ("import sys\nfrom suite.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
-             "print(sorted(m for m in ('torch', 'pandas', 'matplotlib') if m in sys.modules))")
+    probe = (
+        "import sys\nfrom suite.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'pandas', 'matplotlib') if m in sys.modules))"
+    )
     for argv in ([], *([name] for name in _subcommands())):
-        done = subprocess.run([sys.executable, "-c", probe, *argv, "--help"], capture_output=True, text=True,
-                              check=True)
+        done = subprocess.run(
+            [sys.executable, "-c", probe, *argv, "--help"], capture_output=True, text=True, check=True
+        )
         assert done.stdout.strip().splitlines()[-1] == "[]", (argv, done.stdout[-300:])

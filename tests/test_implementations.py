@@ -4,6 +4,7 @@ For exact implementations the twin is softmax attention (the reference); approxi
 checked against the same maths computed exactly, so a kernel bug and the approximation are told
 apart. Implementations are picked up from the registry, never from a hand-kept list.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -79,5 +80,6 @@ def test_compiled_naive_matches_eager_and_its_twin():
         assert impl.backend(q, k, v, causal=True) == ("torch.compile (inductor)" if compile_it else "eager")
     eager, compiled = results
     assert_within_allowance(compiled, eager, case_of(q, k, causal=True, mode="fwd+bwd"), impl)
-    assert_matches_twin("naive", Case(2, 3, 33, 16, "float32", True, "fwd+bwd", "cpu"), input_seed=5,
-                        options={"compile": True})
+    assert_matches_twin(
+        "naive", Case(2, 3, 33, 16, "float32", True, "fwd+bwd", "cpu"), input_seed=5, options={"compile": True}
+    )

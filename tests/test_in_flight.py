@@ -1,6 +1,7 @@
 """A run whose process dies outright (no exception: the out-of-memory killer, a crash in native code) leaves
 the row it died in named beside its results; resuming records that row as an error instead of dying there
 again and again."""
+
 from __future__ import annotations
 
 import json
@@ -49,11 +50,47 @@ MODULE = textwrap.dedent('''
             return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
 ''')
 
-GRID = ["--impl", "naive,dies-at-33", "--seq-len", "17,33,65", "--heads", "1", "--batch", "1", "--head-dim", "16",
-        "--dtype", "float32", "--mode", "fwd", "--causal", "false", "--device", "cpu"]
+GRID = [
+    "--impl",
+    "naive,dies-at-33",
+    "--seq-len",
+    "17,33,65",
+    "--heads",
+    "1",
+    "--batch",
+    "1",
+    "--head-dim",
+    "16",
+    "--dtype",
+    "float32",
+    "--mode",
+    "fwd",
+    "--causal",
+    "false",
+    "--device",
+    "cpu",
+]
 
-ONE_ROW = ["--impl", "naive", "--seq-len", "17", "--heads", "1", "--batch", "1", "--head-dim", "16", "--dtype", "float32",
-           "--mode", "fwd", "--causal", "false", "--device", "cpu"]
+ONE_ROW = [
+    "--impl",
+    "naive",
+    "--seq-len",
+    "17",
+    "--heads",
+    "1",
+    "--batch",
+    "1",
+    "--head-dim",
+    "16",
+    "--dtype",
+    "float32",
+    "--mode",
+    "fwd",
+    "--causal",
+    "false",
+    "--device",
+    "cpu",
+]
 
 
 def _package(where: Path) -> Path:
@@ -63,16 +100,19 @@ def _package(where: Path) -> Path:
     info = where / "dying_attention-1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: dying-attention\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[attnbench.implementations]\ndies-at-33 = dying_attention:DiesAt33\n"
-                                           "terminated-at-33 = dying_attention:TerminatedAt33\n"
-                                           "segfaults-at-33 = dying_attention:SegfaultsAt33\n")
+    (info / "entry_points.txt").write_text(
+        "[attnbench.implementations]\ndies-at-33 = dying_attention:DiesAt33\n"
+        "terminated-at-33 = dying_attention:TerminatedAt33\n"
+        "segfaults-at-33 = dying_attention:SegfaultsAt33\n"
+    )
     return where
 
 
 def _attnbench(*args: str, path: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(path), str(ROOT)])}
-    return subprocess.run([sys.executable, "-m", "suite", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "suite", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_a_row_whose_process_died_is_recorded_on_resume_and_the_run_goes_on(tmp_path):
@@ -80,7 +120,11 @@ def test_a_row_whose_process_died_is_recorded_on_resume_and_the_run_goes_on(tmp_
     out = tmp_path / "r.jsonl"
     died = _attnbench("run", *GRID, "--out", str(out), path=package)
     assert died.returncode == -signal.SIGKILL, died.stderr[-2000:]
-    assert [(r["impl"], r["seq_len"]) for r in results.read(out)[1]] == [("naive", 17), ("dies-at-33", 17), ("naive", 33)]
+    assert [(r["impl"], r["seq_len"]) for r in results.read(out)[1]] == [
+        ("naive", 17),
+        ("dies-at-33", 17),
+        ("naive", 33),
+    ]
     assert json.loads(InFlight(out).path.read_text())["impl"] == "dies-at-33"
 
     resumed = _attnbench("run", *GRID, "--out", str(out), "--resume", path=package)
@@ -105,10 +149,11 @@ def test_a_segfault_names_the_python_line_it_happened_in_and_its_row(tmp_path):
 
 def test_check_verbose_names_the_case_a_crash_ended_the_process_in(tmp_path):
     package = _package(tmp_path / "package")
-    crashed = _attnbench("check", "--impl", "segfaults-at-33", "--device", "cpu", "--dtype", "float32", "--verbose",
-                         path=package)
+    crashed = _attnbench(
+        "check", "--impl", "segfaults-at-33", "--device", "cpu", "--dtype", "float32", "--verbose", path=package
+    )
     assert crashed.returncode == -signal.SIGSEGV
-    before_the_crash = crashed.stderr[:crashed.stderr.index("Fatal Python error")].strip().splitlines()[-1]
+    before_the_crash = crashed.stderr[: crashed.stderr.index("Fatal Python error")].strip().splitlines()[-1]
     assert before_the_crash == "  segfaults-at-33: B2-H4-KV2-N33-D16-fp32-dense-fwd+bwd seed 247 ..."
 
 

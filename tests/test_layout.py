@@ -1,4 +1,5 @@
 """The package's shape: subpackages that show the pipeline, and imports that flow one way."""
+
 from __future__ import annotations
 
 import ast
@@ -64,8 +65,9 @@ def test_no_import_cycles_between_subpackages():
                 edges.setdefault(source, set()).add(target)
 
     def reaches(start: str, goal: str, seen: set[str]) -> bool:
-        return any(step == goal or (step not in seen and reaches(step, goal, seen | {step}))
-                   for step in edges.get(start, ()))
+        return any(
+            step == goal or (step not in seen and reaches(step, goal, seen | {step})) for step in edges.get(start, ())
+        )
 
     cycles = sorted(f"{a} -> {b} -> ... -> {a}" for a, targets in edges.items() for b in targets if reaches(b, a, {b}))
     assert not cycles, cycles
@@ -73,13 +75,20 @@ def test_no_import_cycles_between_subpackages():
 
 def test_only_the_command_line_imports_the_commands():
     allowed = {"suite.cli", "suite.__main__"}
-    offenders = [str(path.relative_to(ROOT)) for path in _sources(SUITE)
-                 if _area(_module_name(path)) != "commands" and _module_name(path) not in allowed
-                 and any(name.startswith("suite.commands") for name in _imports(path))]
+    offenders = [
+        str(path.relative_to(ROOT))
+        for path in _sources(SUITE)
+        if _area(_module_name(path)) != "commands"
+        and _module_name(path) not in allowed
+        and any(name.startswith("suite.commands") for name in _imports(path))
+    ]
     assert not offenders
 
 
 def test_implementations_never_import_the_harness():
-    offenders = [str(path.relative_to(ROOT)) for path in _sources(ROOT / "implementations")
-                 if any(name == "suite" or name.startswith("suite.") for name in _imports(path))]
+    offenders = [
+        str(path.relative_to(ROOT))
+        for path in _sources(ROOT / "implementations")
+        if any(name == "suite" or name.startswith("suite.") for name in _imports(path))
+    ]
     assert not offenders

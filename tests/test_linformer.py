@@ -1,4 +1,5 @@
 """Linformer: keys and values projected along the sequence, against its exact twin and beyond it."""
+
 from __future__ import annotations
 
 import math
@@ -46,11 +47,14 @@ def test_values_projected_with_the_keys_projection_fail_the_twin_check(monkeypat
     assert result.status == "fail" and "beyond tolerance" in result.detail
 
 
-@pytest.mark.parametrize("causal,q_len,expected", [
-    (True, None, "causal=True (supported: causal=False; Linformer is not defined for autoregressive attention"),
-    (False, 5, "q_len=5 with seq_len=64 (supported: q_len = seq_len; a fixed (k × N) projection does not grow"),
-    (True, 1, "causal=True (supported: causal=False;"),
-])
+@pytest.mark.parametrize(
+    "causal,q_len,expected",
+    [
+        (True, None, "causal=True (supported: causal=False; Linformer is not defined for autoregressive attention"),
+        (False, 5, "q_len=5 with seq_len=64 (supported: q_len = seq_len; a fixed (k × N) projection does not grow"),
+        (True, 1, "causal=True (supported: causal=False;"),
+    ],
+)
 def test_causal_and_decoding_cases_are_unsupported_with_reasons(causal, q_len, expected):
     impl = implementations.get("linformer")
     case = Case(1, 2, 64, 16, "float32", causal, "fwd", "cpu", q_len=q_len)
@@ -159,8 +163,9 @@ def test_grouped_heads_give_the_outputs_and_gradients_of_repeated_keys():
     repeated = impl(q, *implementations.base.expand_kv(q, k, v))
     torch.testing.assert_close(grouped, repeated)
     out_grad = randn(*grouped.shape, seed=4)
-    torch.testing.assert_close(torch.autograd.grad(grouped, (q, k, v), out_grad),
-                               torch.autograd.grad(repeated, (q, k, v), out_grad))
+    torch.testing.assert_close(
+        torch.autograd.grad(grouped, (q, k, v), out_grad), torch.autograd.grad(repeated, (q, k, v), out_grad)
+    )
 
 
 @pytest.mark.parametrize("share_kv", [False, True])
@@ -195,19 +200,39 @@ def test_rows_report_its_error_against_softmax_and_reports_draw_it(tmp_path, mon
     writer = ResultsWriter(path, {"device": "cpu", "cpu": "test cpu", "torch": "x"}, {"preset": "test"})
     cases = [Case(1, 2, n, 16, "float32", causal, "fwd", "cpu") for n in (16, 32) for causal in (False, True)]
     fast = RunSettings(policies={"cpu": TimingPolicy(warmup_calls=1, min_repeats=3, max_repeats=3, budget_s=0.01)})
-    rows = run_cases([config.build_impl("--impl", spec) for spec in ("linear", "linformer:k=8")], cases, settings=fast,
-                     on_row=writer.append)
+    rows = run_cases(
+        [config.build_impl("--impl", spec) for spec in ("linear", "linformer:k=8")],
+        cases,
+        settings=fast,
+        on_row=writer.append,
+    )
     writer.close()
     linformer = [row for row in rows if row["impl"] == "linformer:k=8"]
     assert [row["status"] for row in linformer] == ["ok", "unsupported"] * 2
-    assert all(row["softmax_rel_rms_err"] > 0 and row["softmax_local_rel_rms_err"] > 0
-               for row in linformer if row["status"] == "ok")
+    assert all(
+        row["softmax_rel_rms_err"] > 0 and row["softmax_local_rel_rms_err"] > 0
+        for row in linformer
+        if row["status"] == "ok"
+    )
 
     drawn = {}
     maps, accuracy = build.attention_map_chart, charts.accuracy_speed_chart
-    monkeypatch.setattr(build, "attention_map_chart", lambda impls, causal: drawn.setdefault(
-        "causal" if causal else "dense", [impl.label for impl in impls]) and maps(impls, causal=causal))
-    monkeypatch.setattr(charts, "accuracy_speed_chart", lambda frame, *args: drawn.setdefault(
-        "accuracy", set(frame.impl)) and accuracy(frame, *args))
+    monkeypatch.setattr(
+        build,
+        "attention_map_chart",
+        lambda impls, causal: (
+            drawn.setdefault("causal" if causal else "dense", [impl.label for impl in impls])
+            and maps(impls, causal=causal)
+        ),
+    )
+    monkeypatch.setattr(
+        charts,
+        "accuracy_speed_chart",
+        lambda frame, *args: drawn.setdefault("accuracy", set(frame.impl)) and accuracy(frame, *args),
+    )
     assert main(["report", str(path), "--out", str(tmp_path / "report"), "--baseline", "linear"]) == 0
-    assert drawn == {"dense": ["linear", "linformer:k=8"], "causal": ["linear"], "accuracy": {"linear", "linformer:k=8"}}
+    assert drawn == {
+        "dense": ["linear", "linformer:k=8"],
+        "causal": ["linear"],
+        "accuracy": {"linear", "linformer:k=8"},
+    }

@@ -1,4 +1,5 @@
 """`attnbench local-errors`: adds the local-inputs figure to rows that lack it, timings untouched."""
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,26 @@ from suite.results import files as results
 from tests.results_files import rewrite_rows
 
 LOCAL = ["softmax_local_max_abs_err", "softmax_local_rel_rms_err"]
-GRID = ["--impl", "naive,linear,sparse-window:window=8,performer:features=32", "--seq-len", "33,64", "--batch", "1",
-        "--heads", "2", "--head-dim", "16", "--dtype", "float32", "--mode", "fwd,fwd+bwd", "--causal", "both",
-        "--device", "cpu"]
+GRID = [
+    "--impl",
+    "naive,linear,sparse-window:window=8,performer:features=32",
+    "--seq-len",
+    "33,64",
+    "--batch",
+    "1",
+    "--heads",
+    "2",
+    "--head-dim",
+    "16",
+    "--dtype",
+    "float32",
+    "--mode",
+    "fwd,fwd+bwd",
+    "--causal",
+    "both",
+    "--device",
+    "cpu",
+]
 
 
 def without_local_figures(record: dict) -> dict:
@@ -61,8 +79,16 @@ def test_only_rows_without_the_figure_are_measured_unless_redo(tmp_path, capsys)
     path = tmp_path / "r.jsonl"
     assert main(["run", *GRID, "--seq-len", "33", "--causal", "false", "--out", str(path)]) == 0
     noted = {"softmax_local_note": "accuracy not checked: over the budget"}  # why it is missing: not retried
-    rewrite_rows(path, lambda r: without_local_figures(r) if r["impl"] == "linear" else
-                 {**without_local_figures(r), **noted} if r["impl"].startswith("performer") else r)
+    rewrite_rows(
+        path,
+        lambda r: (
+            without_local_figures(r)
+            if r["impl"] == "linear"
+            else {**without_local_figures(r), **noted}
+            if r["impl"].startswith("performer")
+            else r
+        ),
+    )
     capsys.readouterr()
     assert main(["local-errors", str(path)]) == 0
     assert "amended 2 rows" in capsys.readouterr().out  # linear's fwd and fwd+bwd
@@ -136,8 +162,10 @@ def test_each_implementation_is_built_once_and_a_forward_case_is_measured_in_one
     writer.close()
     assert done.amended == 24 and sorted(built) == sorted(set(built)) and len(built) == 3
     forward_cases = [(seq_len, causal) for _, seq_len, causal in measured]
-    assert all(forward_cases[i] == forward_cases[i - 1] or forward_cases[i] not in forward_cases[:i]
-               for i in range(1, len(forward_cases)))  # each forward case's rows are contiguous
+    assert all(
+        forward_cases[i] == forward_cases[i - 1] or forward_cases[i] not in forward_cases[:i]
+        for i in range(1, len(forward_cases))
+    )  # each forward case's rows are contiguous
 
 
 def test_rows_this_machine_cannot_run_are_counted_with_the_reason_and_left_alone(tmp_path, capsys):

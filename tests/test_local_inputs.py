@@ -1,4 +1,5 @@
 """Local inputs: softmax attention peaked near the diagonal, for the approximations' error figure."""
+
 from __future__ import annotations
 
 import math
@@ -79,7 +80,11 @@ def test_local_inputs_are_seeded_typed_and_share_a_latent_within_a_query_group()
 
 def test_runner_reports_each_approximation_against_softmax_on_local_inputs_too(tmp_path):
     case = Case(1, 2, 512, 32, "float32", False, "fwd", "cpu")
-    impls = [implementations.get("sdpa"), config.build_impl("t", "sparse-window:window=64"), implementations.get("linear")]
+    impls = [
+        implementations.get("sdpa"),
+        config.build_impl("t", "sparse-window:window=64"),
+        implementations.get("linear"),
+    ]
     writer = ResultsWriter(tmp_path / "r.jsonl", {"device": "cpu"}, {"preset": "test"})
     rows = run_cases(impls, [case], settings=FAST, on_row=writer.append)
     writer.close()
@@ -115,7 +120,10 @@ def test_recommend_weighs_the_local_figure_when_a_row_has_it():
 
     approximate = {"family": "linear", "rel_rms_err": 0.001}
     assert _error({**approximate, "softmax_local_rel_rms_err": 0.1, "softmax_rel_rms_err": 2.0}) == (0.1, "local")
-    assert _error({**approximate, "softmax_local_rel_rms_err": float("nan"), "softmax_rel_rms_err": 2.0}) == (2.0, "i.i.d.")
+    assert _error({**approximate, "softmax_local_rel_rms_err": float("nan"), "softmax_rel_rms_err": 2.0}) == (
+        2.0,
+        "i.i.d.",
+    )
     # its error against its own twin is no error against softmax attention
     assert _error({**approximate, "softmax_local_rel_rms_err": None, "softmax_rel_rms_err": None}) == (None, None)
     assert _error({"family": "exact", "rel_rms_err": 0.001}) == (0.001, "rounding")
@@ -126,13 +134,19 @@ def test_local_figures_are_measured_once_per_forward_case_and_inputs_made_once_p
 
     figures, inputs = [], []
     real_measure, real_tensors = expected.LocalErrors._measure, expected.local_tensors
-    monkeypatch.setattr(expected.LocalErrors, "_measure",
-                        lambda self, impl, case: figures.append(impl.label) or real_measure(self, impl, case))
-    monkeypatch.setattr(expected, "local_tensors", lambda case, seed: inputs.append(case.label) or real_tensors(case, seed))
+    monkeypatch.setattr(
+        expected.LocalErrors,
+        "_measure",
+        lambda self, impl, case: figures.append(impl.label) or real_measure(self, impl, case),
+    )
+    monkeypatch.setattr(
+        expected, "local_tensors", lambda case, seed: inputs.append(case.label) or real_tensors(case, seed)
+    )
     forward = Case(1, 2, 64, 16, "float32", False, "fwd", "cpu")
     cases = [forward, replace(forward, mode="fwd+bwd"), replace(forward, causal=True)]
-    rows = run_cases([implementations.get("linear"), implementations.get("performer")], cases,
-                     settings=FAST, on_row=lambda row: None)
+    rows = run_cases(
+        [implementations.get("linear"), implementations.get("performer")], cases, settings=FAST, on_row=lambda row: None
+    )
     # fwd+bwd reuses the fwd figures; both approximations share one set of local inputs per case.
     assert figures == ["linear", "performer", "linear", "performer"]
     assert inputs == [forward.label, replace(forward, causal=True).label]

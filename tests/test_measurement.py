@@ -1,4 +1,5 @@
 """Statistics of the measurement object, the peak-memory measurement and the FLOP formula."""
+
 from __future__ import annotations
 
 import pytest
@@ -28,7 +29,9 @@ def test_tight_median_stops_early_and_noise_does_not():
 def test_measure_respects_repeat_bounds_and_runs_setup_outside():
     calls = []
     policy = TimingPolicy(warmup_calls=2, min_repeats=4, max_repeats=6, budget_s=10.0, target_relative_ci=0.0)
-    result = measure(lambda: calls.append("call"), torch.device("cpu"), policy, before_each=lambda: calls.append("setup"))
+    result = measure(
+        lambda: calls.append("call"), torch.device("cpu"), policy, before_each=lambda: calls.append("setup")
+    )
     assert result.repeats == 6
     assert calls.count("call") == 2 + 6 and calls.count("setup") == 2 + 6
     assert all(t >= 0 for t in result.times_ms)
@@ -121,10 +124,14 @@ def test_the_linear_families_count_their_key_side_per_key_value_head():
 def test_a_call_is_host_bound_when_issuing_it_took_as_long_as_the_gpu_ran_it():
     from suite.run.runner import host_figures
 
-    assert host_figures(Measurement(times_ms=[1.0, 1.1, 0.9], host_ms=[1.2, 1.0, 1.3])) == \
-        {"host_ms": 1.2, "host_bound": True}
-    assert host_figures(Measurement(times_ms=[1.0, 1.1, 0.9], host_ms=[0.02, 0.03, 0.02])) == \
-        {"host_ms": 0.02, "host_bound": False}
+    assert host_figures(Measurement(times_ms=[1.0, 1.1, 0.9], host_ms=[1.2, 1.0, 1.3])) == {
+        "host_ms": 1.2,
+        "host_bound": True,
+    }
+    assert host_figures(Measurement(times_ms=[1.0, 1.1, 0.9], host_ms=[0.02, 0.03, 0.02])) == {
+        "host_ms": 0.02,
+        "host_bound": False,
+    }
     # the GPU waited for the host, then ran its last kernel: timed a little longer than the issuing
     assert host_figures(Measurement(times_ms=[0.050], host_ms=[0.046]))["host_bound"] is True
     assert host_figures(Measurement(times_ms=[0.050], host_ms=[0.040]))["host_bound"] is False

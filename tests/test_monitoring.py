@@ -1,4 +1,5 @@
 """GPU clock monitoring degrades to reasons on CPU; throttling is judged from clocks and NVML reasons."""
+
 from __future__ import annotations
 
 import io
@@ -66,8 +67,10 @@ def test_progress_takes_the_time_left_from_earlier_rows_scaled_by_this_runs_pace
     progress.row_done({**rows[0], "row_s": 20.0})  # twice as slow as before: 2 × (100 + 300) s left
     progress.row_done({**rows[1], "row_s": 200.0})
     first, second, third = stream.getvalue().splitlines()
-    assert first == "attnbench: 3 measurements to run; time left from what these rows took in earlier runs on this " \
-                    "machine model"
+    assert (
+        first == "attnbench: 3 measurements to run; time left from what these rows took in earlier runs on this "
+        "machine model"
+    )
     assert "~0:13:20 left" in second and "~0:10:00 left" in third
 
     unknown = Progress(io.StringIO(), earlier={keys[0]: 10.0})

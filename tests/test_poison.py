@@ -1,5 +1,6 @@
 """A kernel that leaves output elements unwritten fails its check, even after a correct kernel of the same case
 left the right answer in the memory it is given (suite/poison.py)."""
+
 from __future__ import annotations
 
 import pytest
@@ -20,10 +21,16 @@ FAST = TimingPolicy(warmup_calls=1, min_repeats=3, max_repeats=3, budget_s=0.01)
 def test_a_row_never_written_fails_after_a_correct_kernel_of_the_same_case(device):
     # Unpoisoned, the float32 rows passed on the CPU: the buggy kernel was handed the block sdpa's output was
     # freed from. On CUDA the caching allocator does the same.
-    cases = [Case(2, 2, n, 64, dtype, False, "fwd", device) for n in (17, 257, 1000) for dtype in ("float32", "bfloat16")]
+    cases = [
+        Case(2, 2, n, 64, dtype, False, "fwd", device) for n in (17, 257, 1000) for dtype in ("float32", "bfloat16")
+    ]
     rows = []
-    run_cases([implementations.get("sdpa"), UnwrittenLastRow("unwritten")], cases,
-              settings=RunSettings(policies={device: FAST}), on_row=rows.append)
+    run_cases(
+        [implementations.get("sdpa"), UnwrittenLastRow("unwritten")],
+        cases,
+        settings=RunSettings(policies={device: FAST}),
+        on_row=rows.append,
+    )
     for row in rows:
         if row["impl"] == "sdpa":
             assert row["status"] == "ok", row["reason"]
@@ -64,7 +71,9 @@ def test_allocations_inside_are_poisoned_on_this_cpu():
     assert never_written(fresh) == 1000
     from suite.results.environment import collect
 
-    assert collect(torch.device("cpu"))["checked_call_poisoning"].startswith("glibc malloc fills")  # in every run header
+    assert collect(torch.device("cpu"))["checked_call_poisoning"].startswith(
+        "glibc malloc fills"
+    )  # in every run header
 
 
 class _KeysGradientMissesLastRow(torch.autograd.Function):
@@ -79,8 +88,9 @@ class _KeysGradientMissesLastRow(torch.autograd.Function):
     def backward(ctx, grad_out):
         q, k, v = (t.detach().requires_grad_() for t in ctx.saved_tensors)
         with torch.enable_grad():
-            dq, dk_full, dv = torch.autograd.grad(torch.nn.functional.scaled_dot_product_attention(q, k, v), (q, k, v),
-                                                  grad_out)
+            dq, dk_full, dv = torch.autograd.grad(
+                torch.nn.functional.scaled_dot_product_attention(q, k, v), (q, k, v), grad_out
+            )
         dk = torch.empty_like(k)
         dk[..., :-1, :] = dk_full[..., :-1, :]
         return dq, dk, dv
@@ -94,8 +104,12 @@ class KeysGradientMissesLastRow(implementations.Implementation):
 def test_a_gradient_row_never_written_fails_too():
     cases = [Case(1, 2, 33, 16, "float32", False, "fwd+bwd", "cpu")]
     rows = []
-    run_cases([implementations.get("sdpa"), KeysGradientMissesLastRow("dk-tail")], cases,
-              settings=RunSettings(policies={"cpu": FAST}), on_row=rows.append)
+    run_cases(
+        [implementations.get("sdpa"), KeysGradientMissesLastRow("dk-tail")],
+        cases,
+        settings=RunSettings(policies={"cpu": FAST}),
+        on_row=rows.append,
+    )
     assert rows[1]["status"] == "mismatch" and rows[1]["reason"].startswith("dk: 32 of 1056 elements never written")
     result = check_case(KeysGradientMissesLastRow("dk-tail"), cases[0], seed=3)
     assert result.status == "fail" and result.detail.startswith("dk: 32 of 1056 elements never written")
@@ -105,8 +119,13 @@ def test_the_cuda_fill_takes_every_free_block_of_this_device_and_stream_largest_
     from suite.check.poison import free_block_sizes
 
     def segment(device, stream, blocks, pool=(0, 0)):
-        return {"device": device, "stream": stream, "segment_pool_id": pool,
-                "blocks": [{"size": size, "state": state} for size, state in blocks]}
+        return {
+            "device": device,
+            "stream": stream,
+            "segment_pool_id": pool,
+            "blocks": [{"size": size, "state": state} for size, state in blocks],
+        }
+
     snapshot = [
         segment(0, 0, [(2 << 20, "active_allocated"), (6 << 20, "inactive"), (1 << 20, "inactive")]),
         segment(0, 0, [(512, "inactive"), (4096, "active_pending_free")]),
@@ -125,6 +144,7 @@ def test_an_allocator_snapshot_that_cannot_be_read_leaves_the_check_unpoisoned(m
 
     def unreadable():
         raise RuntimeError("snapshot unavailable")
+
     monkeypatch.setattr(torch.cuda, "memory_snapshot", unreadable)
     monkeypatch.setattr(torch.cuda, "current_stream", lambda index=None: types.SimpleNamespace(cuda_stream=0))
     with warnings.catch_warnings(record=True) as caught:
@@ -145,8 +165,12 @@ def test_an_implementation_that_writes_into_its_inputs_is_blamed_alone():
     """Inputs are shared by a case's implementations: sdpa after it would have mismatched on scaled queries."""
     cases = [Case(1, 2, 33, 16, "float32", causal, "fwd", "cpu") for causal in (False, True)]
     rows = []
-    run_cases([ScalesQueriesInPlace("in-place"), implementations.get("sdpa")], cases,
-              settings=RunSettings(policies={"cpu": FAST}), on_row=rows.append)
+    run_cases(
+        [ScalesQueriesInPlace("in-place"), implementations.get("sdpa")],
+        cases,
+        settings=RunSettings(policies={"cpu": FAST}),
+        on_row=rows.append,
+    )
     statuses = {(row["impl"], row["causal"]): (row["status"], row.get("reason") or "") for row in rows}
     for causal in (False, True):
         assert statuses[("sdpa", causal)][0] == "ok", statuses

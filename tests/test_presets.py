@@ -1,4 +1,5 @@
 """Presets name only implementations that exist, and `efficient` is the grid its families are compared on."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,8 +18,17 @@ def test_every_preset_builds_its_implementations_and_cases(name):
 
 def test_efficient_compares_the_approximations_with_the_fused_kernels():
     grid = PRESETS["efficient"]
-    assert set(grid.impls) == {"sdpa-flash", "sdpa-cudnn", "xformers", "sparse-window", "sparse-block", "linear",
-                               "linear-fla", "performer", "linformer"}
+    assert set(grid.impls) == {
+        "sdpa-flash",
+        "sdpa-cudnn",
+        "xformers",
+        "sparse-window",
+        "sparse-block",
+        "linear",
+        "linear-fla",
+        "performer",
+        "linformer",
+    }
     assert grid.seq_len == (1024, 2048, 4096, 8192, 16384, 32768, 65536)
     assert grid.head_dim == (64, 128) and set(grid.causal) == {False, True} and set(grid.mode) == {"fwd", "fwd+bwd"}
     assert len(grid.cases("cuda")) * len(grid.impls) == 504

@@ -1,4 +1,5 @@
 """`attnbench recommend` on a small CPU run whose errors and peak memory are then set to known values."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,11 @@ from tests.results_files import rewrite_rows
 
 MiB = 1 << 20
 # (error, which figure, peak memory) per implementation: what each row is rewritten to hold
-FIGURES = {"naive": (0.2, "rel_rms_err", 8 * MiB), "sdpa": (0.1, "rel_rms_err", 4 * MiB),
-           "linear": (0.3, "softmax_local_rel_rms_err", 1 * MiB)}
+FIGURES = {
+    "naive": (0.2, "rel_rms_err", 8 * MiB),
+    "sdpa": (0.1, "rel_rms_err", 4 * MiB),
+    "linear": (0.3, "softmax_local_rel_rms_err", 1 * MiB),
+}
 ERROR_COLUMNS = ("rel_rms_err", "softmax_rel_rms_err", "softmax_local_rel_rms_err")
 
 
@@ -25,26 +29,69 @@ def with_figures(row: dict) -> dict:
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("recommend") / "cpu.jsonl"
-    assert main(["run", "--impl", ",".join(FIGURES), "--seq-len", "16,32", "--heads", "1", "--batch", "1",
-                 "--head-dim", "16", "--dtype", "float32", "--mode", "fwd", "--no-causal", "--device", "cpu",
-                 "--out", str(path)]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--impl",
+                ",".join(FIGURES),
+                "--seq-len",
+                "16,32",
+                "--heads",
+                "1",
+                "--batch",
+                "1",
+                "--head-dim",
+                "16",
+                "--dtype",
+                "float32",
+                "--mode",
+                "fwd",
+                "--no-causal",
+                "--device",
+                "cpu",
+                "--out",
+                str(path),
+            ]
+        )
+        == 0
+    )
     rewrite_rows(path, with_figures)
     return path
 
 
 def recommend(capsys, results: Path, *flags) -> tuple[int, str]:
-    code = main(["recommend", "--seq-len", "16", "--heads", "1", "--head-dim", "16", "--dtype", "float32",
-                 "--results", str(results), *flags])
+    code = main(
+        [
+            "recommend",
+            "--seq-len",
+            "16",
+            "--heads",
+            "1",
+            "--head-dim",
+            "16",
+            "--dtype",
+            "float32",
+            "--results",
+            str(results),
+            *flags,
+        ]
+    )
     return code, capsys.readouterr().out
 
 
-@pytest.mark.parametrize("flags,miss", [
-    (["--max-error", "0.05"], "sdpa, excluded by error 0.1 (rounding) above --max-error 0.05"),
-    (["--memory-budget", "512KiB"], "linear, excluded by peak memory 1.0 MiB above --memory-budget 512.0 KiB"),
-    # naive 2.7x over its budget, sdpa 1.3x, linear 1.2x over its error: linear came nearest
-    (["--max-error", "0.25", "--memory-budget", "3MiB"],
-     "linear, excluded by error 0.3 (local) above --max-error 0.25"),
-])
+@pytest.mark.parametrize(
+    "flags,miss",
+    [
+        (["--max-error", "0.05"], "sdpa, excluded by error 0.1 (rounding) above --max-error 0.05"),
+        (["--memory-budget", "512KiB"], "linear, excluded by peak memory 1.0 MiB above --memory-budget 512.0 KiB"),
+        # naive 2.7x over its budget, sdpa 1.3x, linear 1.2x over its error: linear came nearest
+        (
+            ["--max-error", "0.25", "--memory-budget", "3MiB"],
+            "linear, excluded by error 0.3 (local) above --max-error 0.25",
+        ),
+    ],
+)
 def test_when_none_qualifies_recommend_exits_1_naming_the_nearest_miss(capsys, results, flags, miss):
     code, out = recommend(capsys, results, *flags)
     assert code == 1 and f"no implementation qualifies; nearest miss: {miss}\n" in out
@@ -57,8 +104,9 @@ def test_when_none_qualifies_recommend_exits_1_naming_the_nearest_miss(capsys, r
 def test_both_limits_a_candidate_exceeds_are_named(capsys, results):
     code, out = recommend(capsys, results, "--max-error", "0.15", "--memory-budget", "3MiB")
     assert code == 1
-    assert ("  naive: error 0.2 (rounding) above --max-error 0.15; peak memory 8.0 MiB above --memory-budget 3.0 MiB"
-            in out)
+    assert (
+        "  naive: error 0.2 (rounding) above --max-error 0.15; peak memory 8.0 MiB above --memory-budget 3.0 MiB" in out
+    )
 
 
 def test_with_no_limit_to_relax_recommend_exits_1_saying_so(capsys, results):
@@ -86,8 +134,9 @@ def test_without_results_recommend_names_the_file_it_chose_first_on_stderr(capsy
         (tmp_path / name).write_text(results.read_text())
     assert main(["recommend", "--seq-len", "16", "--heads", "1", "--head-dim", "16", "--dtype", "float32"]) == 0
     newest, here = tmp_path / "2000-01-02_this-cpu_smoke.jsonl", machine_name("cpu")
-    assert capsys.readouterr().err.splitlines()[0] == (f"recommend: reading {newest} (the newest results file in "
-                                                       f"{tmp_path}/ timed on {here}; --results names others)")
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"recommend: reading {newest} (the newest results file in {tmp_path}/ timed on {here}; --results names others)"
+    )
     code, _ = recommend(capsys, results)
     assert code == 0 and "reading" not in capsys.readouterr().err  # named by the user: not repeated
 
@@ -109,5 +158,8 @@ def test_an_error_far_from_softmax_is_flagged_in_the_ranking(capsys, results, tm
     legend = f"{FAR_OFF_MARK} error at least {FAR_OFF_ERROR:g}: at least half the size of the output itself"
     assert (legend in out) == flagged
     code, out = recommend(capsys, path, "--format", "json")
-    assert {c["impl"]: c["far_off"] for c in json.loads(out)["ranked"]} == {"naive": False, "sdpa": False,
-                                                                             "linear": flagged}
+    assert {c["impl"]: c["far_off"] for c in json.loads(out)["ranked"]} == {
+        "naive": False,
+        "sdpa": False,
+        "linear": flagged,
+    }

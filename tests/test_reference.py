@@ -1,4 +1,5 @@
 """The float64 oracle against plain autograd attention, including its chunked path."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,6 @@
 """The HTML report as a browser shows it: a small report opened in headless Chromium, where every chart must load,
 no script may fail and no table may be wider than the page. Skips where no Chromium is installed."""
+
 from __future__ import annotations
 
 import html
@@ -48,14 +49,31 @@ def browser_problems(page: Path, work: Path) -> list[str]:
     a WINDOW-wide page. The checking scripts go into a copy of the page in `work`."""
     text = page.read_text(encoding="utf-8")
     checked = work / "checked.html"
-    checked.write_text(text.replace("<head>", "<head>" + _LISTEN, 1).replace("</body>", _JUDGE + "</body>", 1),
-                       encoding="utf-8")
+    checked.write_text(
+        text.replace("<head>", "<head>" + _LISTEN, 1).replace("</body>", _JUDGE + "</body>", 1), encoding="utf-8"
+    )
     done = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={work / 'profile'}", f"--window-size={WINDOW}", "--virtual-time-budget=20000",
-         "--dump-dom", checked.as_uri()],
-        capture_output=True, text=True, timeout=180)
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={work / 'profile'}",
+            f"--window-size={WINDOW}",
+            "--virtual-time-budget=20000",
+            "--dump-dom",
+            checked.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     verdict = re.search(r"<pre id=\"verdict\">(.*?)</pre>", done.stdout, re.DOTALL)
     assert verdict, f"the page gave no verdict (exit {done.returncode}): {done.stderr[-2000:]}"
     return json.loads(html.unescape(verdict.group(1)))
@@ -83,10 +101,12 @@ def test_the_report_shows_in_a_browser_without_broken_images_script_errors_or_wi
 def test_the_browser_check_finds_a_broken_image_a_script_error_and_a_table_wider_than_the_page(tmp_path):
     wide_row = "".join(f"<td>{'x' * 40}</td>" for _ in range(12))
     page = tmp_path / "broken.html"
-    page.write_text("<!doctype html><html><head><meta charset='utf-8'></head><body>"
-                    "<img alt='broken chart' src='data:image/png;base64,bm90IGEgcG5n'>"
-                    "<script>undefinedFunction();</script>"
-                    f"<table><tr>{wide_row}</tr></table></body></html>")
+    page.write_text(
+        "<!doctype html><html><head><meta charset='utf-8'></head><body>"
+        "<img alt='broken chart' src='data:image/png;base64,bm90IGEgcG5n'>"
+        "<script>undefinedFunction();</script>"
+        f"<table><tr>{wide_row}</tr></table></body></html>"
+    )
     problems = browser_problems(page, tmp_path)
     assert any(problem.startswith("image did not load: broken chart") for problem in problems)
     assert any(problem.startswith("script error:") and "undefinedFunction" in problem for problem in problems)

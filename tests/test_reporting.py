@@ -1,4 +1,5 @@
 """Reports, charts and `recommend`, on results produced by a CPU run in the test itself."""
+
 from __future__ import annotations
 
 import csv
@@ -50,7 +51,7 @@ def gpu_like_results(cpu_results, tmp_path_factory) -> Path:
             record["environment"] = {**record["environment"], "device": "cuda", "gpu": "Test GPU"}
         if record.get("record") == "result" and record["status"] == "ok":
             n = record["seq_len"]
-            record["peak_mem_bytes"] = (4 * n * n * 2 if record["impl"] == "naive" else 64 * n * 2)
+            record["peak_mem_bytes"] = 4 * n * n * 2 if record["impl"] == "naive" else 64 * n * 2
             if record["impl"] == "naive" and n == 64:
                 record.update(status="oom", reason="CUDA out of memory (injected)", time_ms=None)
         out.append(json.dumps(record))
@@ -134,14 +135,17 @@ def test_length_axes_name_lengths_as_the_tables_do(cpu_results):
     frame = prepare(load(cpu_results))
     part = frame[frame.causal == False].copy()  # noqa: E712
     lengths = sorted(part.seq_len.unique())
-    part["seq_len"] = part.seq_len.map(dict(zip(lengths, [512, 1024, 65536][:len(lengths)])))
+    part["seq_len"] = part.seq_len.map(dict(zip(lengths, [512, 1024, 65536][: len(lengths)])))
     group = {"device": "cpu", "gpu": "test cpu", "dtype": "float32", "causal": False, "mode": "fwd"}
     for chart in (charts.throughput_chart, charts.memory_chart):
         fig = chart(part, colours(frame.impl), group)
         (ax,) = [a for a in fig.axes if a.get_visible()]
         fig.canvas.draw()
-        shown = [tick.label1.get_text() for tick in ax.xaxis.get_major_ticks()
-                 if 512 <= tick.get_loc() <= 65536 and tick.label1.get_visible()]
+        shown = [
+            tick.label1.get_text()
+            for tick in ax.xaxis.get_major_ticks()
+            if 512 <= tick.get_loc() <= 65536 and tick.label1.get_visible()
+        ]
         assert shown == ["512", "1K", "2K", "4K", "8K", "16K", "32K", "64K"], chart.__name__
 
 
@@ -233,7 +237,7 @@ def test_two_machines_are_set_side_by_side_over_the_cases_both_measured(cpu_resu
     rewrite_rows(faster, lambda r: r if r["seq_len"] != 64 or r["impl"] != "naive" else {**r, "status": "oom"})
     assert main(["report", str(cpu_results), str(faster), "--out", str(tmp_path / "r"), "--baseline", "naive"]) == 0
     markdown = (tmp_path / "r" / "report.md").read_text()
-    section = markdown[markdown.index("## Across machines"):]
+    section = markdown[markdown.index("## Across machines") :]
     assert "### Faster CPU 9000 against test cpu" in section
     assert "| naive | 2× (2 cases) | 2× (2 cases) |" in section  # its 64-token rows did not run on both
     assert "| sdpa | 2× (3 cases) | 2× (3 cases) |" in section
@@ -255,17 +259,22 @@ def test_memory_chart_is_log_log_and_marks_oom(gpu_like_results):
     assert list(naive.get_ydata()) == [4 * 16 * 16 * 2 / 1024, 4 * 32 * 32 * 2 / 1024]
 
 
-@pytest.mark.parametrize("largest,unit", [(3 * 2**30, "GiB"), (2**30, "GiB"), (2**30 - 1, "MiB"), (5 * 2**20, "MiB"),
-                                          (2**20 - 1, "KiB"), (0, "KiB")])
+@pytest.mark.parametrize(
+    "largest,unit",
+    [(3 * 2**30, "GiB"), (2**30, "GiB"), (2**30 - 1, "MiB"), (5 * 2**20, "MiB"), (2**20 - 1, "KiB"), (0, "KiB")],
+)
 def test_memory_axis_unit_keeps_the_largest_value_at_one_or_above(largest, unit):
     assert charts.memory_unit(largest) == (unit, {"GiB": 2**30, "MiB": 2**20, "KiB": 2**10}[unit])
 
 
-@pytest.mark.parametrize("limits,expected", [
-    ((0.15, 3.0), ["0.2", "0.5", "1", "2"]),  # memory flat at a few hundred MiB: powers of ten alone give "1"
-    ((1.2, 3.5), ["2", "3"]),  # under a decade: every minor tick
-    ((0.01, 1000.0), ["0.01", "0.1", "1", "10", "100", "1000"]),  # many decades: powers of ten only
-])
+@pytest.mark.parametrize(
+    "limits,expected",
+    [
+        ((0.15, 3.0), ["0.2", "0.5", "1", "2"]),  # memory flat at a few hundred MiB: powers of ten alone give "1"
+        ((1.2, 3.5), ["2", "3"]),  # under a decade: every minor tick
+        ((0.01, 1000.0), ["0.01", "0.1", "1", "10", "100", "1000"]),  # many decades: powers of ten only
+    ],
+)
 def test_log_axes_label_enough_ticks_to_read_a_value(limits, expected):
     import matplotlib.pyplot as plt
 
@@ -273,8 +282,11 @@ def test_log_axes_label_enough_ticks_to_read_a_value(limits, expected):
     charts.log_axis(ax.yaxis)
     ax.set_ylim(*limits)
     fig.canvas.draw()
-    shown = [(tick.get_loc(), tick.label1.get_text()) for tick in [*ax.yaxis.get_major_ticks(), *ax.yaxis.get_minor_ticks()]
-             if limits[0] <= tick.get_loc() <= limits[1] and tick.label1.get_text()]
+    shown = [
+        (tick.get_loc(), tick.label1.get_text())
+        for tick in [*ax.yaxis.get_major_ticks(), *ax.yaxis.get_minor_ticks()]
+        if limits[0] <= tick.get_loc() <= limits[1] and tick.label1.get_text()
+    ]
     plt.close(fig)
     assert [text for _, text in sorted(shown)] == expected
 
@@ -307,17 +319,40 @@ def test_failure_table_groups_out_of_memory_rows_and_names_their_cases():
     from suite.reporting.build import _failure_table
 
     def row(impl, status, reason, seq_len, causal=False):
-        return dict(impl=impl, status=status, reason=reason, batch=1, heads=16, kv_heads=16, seq_len=seq_len,
-                    head_dim=64, dtype="bfloat16", causal=causal, mode="fwd", device="cuda")
+        return dict(
+            impl=impl,
+            status=status,
+            reason=reason,
+            batch=1,
+            heads=16,
+            kv_heads=16,
+            seq_len=seq_len,
+            head_dim=64,
+            dtype="bfloat16",
+            causal=causal,
+            mode="fwd",
+            device="cuda",
+        )
 
-    oom = "CUDA out of memory. Tried to allocate 32.00 GiB. GPU 0 has a total capacity of 79.18 GiB of which {} GiB is free."
-    frame = pd.DataFrame([row("sparse-block", "oom", oom.format(9.26), 65536),
-                          row("sparse-block", "oom", oom.format(12.57), 65536, causal=True),
-                          *[row("xformers", "unsupported", "no CUDA build", n) for n in (1024, 2048, 4096, 8192, 16384)]])
+    oom = (
+        "CUDA out of memory. Tried to allocate 32.00 GiB. GPU 0 has a total capacity of 79.18 GiB of which {} GiB "
+        "is free."
+    )
+    frame = pd.DataFrame(
+        [
+            row("sparse-block", "oom", oom.format(9.26), 65536),
+            row("sparse-block", "oom", oom.format(12.57), 65536, causal=True),
+            *[row("xformers", "unsupported", "no CUDA build", n) for n in (1024, 2048, 4096, 8192, 16384)],
+        ]
+    )
     table = _failure_table(frame)
     assert table.rows == [
-        ["sparse-block", "oom", "CUDA out of memory. Tried to allocate 32.00 GiB.",
-         "B1-H16-N65536-D64-bf16-dense-fwd; B1-H16-N65536-D64-bf16-causal-fwd"],
+        [
+            "sparse-block",
+            "oom",
+            "CUDA out of memory. Tried to allocate 32.00 GiB.",
+            "B1-H16-N65536-D64-bf16-dense-fwd; B1-H16-N65536-D64-bf16-causal-fwd",
+        ],
         ["xformers", "unsupported", "no CUDA build", "5 cases"],
     ]
 
@@ -338,17 +373,21 @@ def test_a_baseline_asked_for_must_have_been_measured(cpu_results, tmp_path, cap
     assert "--baseline: 'sdpa-flsh' was not measured in these results (measured: naive, sdpa," in err
     assert not out.exists()
     without_sdpa = tmp_path / "no-sdpa.jsonl"
-    without_sdpa.write_text("".join(line + "\n" for line in cpu_results.read_text().splitlines()
-                                    if '"impl": "sdpa"' not in line))
+    without_sdpa.write_text(
+        "".join(line + "\n" for line in cpu_results.read_text().splitlines() if '"impl": "sdpa"' not in line)
+    )
     assert main(["report", str(without_sdpa), "--out", str(out)]) == 0
     assert "No speed-up charts: the baseline 'sdpa' was not measured" in (out / "report.md").read_text()
 
 
-@pytest.mark.parametrize("content,message", [
-    ("", r"no result rows"),
-    ("{not json\n{}\n", r"not valid JSON"),
-    ('{"record": "something"}\n', r"not an attnbench record"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("", r"no result rows"),
+        ("{not json\n{}\n", r"not valid JSON"),
+        ('{"record": "something"}\n', r"not an attnbench record"),
+    ],
+)
 def test_empty_or_malformed_results_exit_2(tmp_path, capsys, content, message):
     path = tmp_path / "bad.jsonl"
     path.write_text(content)
@@ -358,7 +397,10 @@ def test_empty_or_malformed_results_exit_2(tmp_path, capsys, content, message):
 
 
 def _recommend(capsys, path, *flags) -> str:
-    assert main(["recommend", "--heads", "2", "--head-dim", "16", "--dtype", "float32", "--results", str(path), *flags]) == 0
+    assert (
+        main(["recommend", "--heads", "2", "--head-dim", "16", "--dtype", "float32", "--results", str(path), *flags])
+        == 0
+    )
     return capsys.readouterr().out
 
 
@@ -385,19 +427,43 @@ def test_recommend_reads_only_results_timed_on_this_machine_model(capsys, cpu_re
     assert f"results: {here}" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["--kv-heads", "1"], "no rows with 2 query heads per key/value head (--heads 2, --kv-heads 1) in the results "
-                          "(measured: ungrouped heads)"),
-    (["--heads", "8", "--kv-heads", "2"], "no rows with 4 query heads per key/value head (--heads 8, --kv-heads 2)"),
-    (["--head-dim", "64"], "no rows with --head-dim 64 for ungrouped heads in the results (measured: 16)"),
-    (["--mode", "bwd"], "no rows with --mode bwd for ungrouped heads, --head-dim 16, --dtype float32, "
-                        "--causal true in the results (measured: fwd)"),
-    (["--seq-len", "32,64"], r"--seq-len: 2 values given (32, 64) (allowed: exactly one)"),
-    (["--heads", "4", "--kv-heads", "3"], "--kv-heads: 3 does not divide --heads 4"),
-])
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (
+            ["--kv-heads", "1"],
+            "no rows with 2 query heads per key/value head (--heads 2, --kv-heads 1) in the results "
+            "(measured: ungrouped heads)",
+        ),
+        (
+            ["--heads", "8", "--kv-heads", "2"],
+            "no rows with 4 query heads per key/value head (--heads 8, --kv-heads 2)",
+        ),
+        (["--head-dim", "64"], "no rows with --head-dim 64 for ungrouped heads in the results (measured: 16)"),
+        (
+            ["--mode", "bwd"],
+            "no rows with --mode bwd for ungrouped heads, --head-dim 16, --dtype float32, "
+            "--causal true in the results (measured: fwd)",
+        ),
+        (["--seq-len", "32,64"], r"--seq-len: 2 values given (32, 64) (allowed: exactly one)"),
+        (["--heads", "4", "--kv-heads", "3"], "--kv-heads: 3 does not divide --heads 4"),
+    ],
+)
 def test_recommend_for_an_unmeasured_shape_names_what_was_measured(capsys, cpu_results, flags, message):
-    ask = ["recommend", "--seq-len", "32", "--heads", "2", "--head-dim", "16", "--dtype", "float32", "--causal",
-           "--results", str(cpu_results)]
+    ask = [
+        "recommend",
+        "--seq-len",
+        "32",
+        "--heads",
+        "2",
+        "--head-dim",
+        "16",
+        "--dtype",
+        "float32",
+        "--causal",
+        "--results",
+        str(cpu_results),
+    ]
     assert main([*ask, *flags]) == 2
     assert message in capsys.readouterr().err
 
@@ -444,10 +510,27 @@ def test_recommend_interpolates_between_measured_lengths_only(capsys, cpu_result
     assert "interpolated between seq_len 32 (batch 1) and 64 (batch 1)" in between
     frame = load(cpu_results)
     naive = frame[(frame.impl == "naive") & (frame.causal == False) & frame.seq_len.isin([32, 64])]  # noqa: E712
-    assert re.search(rf"^\d+\s+naive\s.*\s{re.escape(fmt_duration(naive.first_call_ms.max()))}  interpolated",
-                     between, re.M)  # the larger of the two lengths' first calls
-    assert main(["recommend", "--heads", "2", "--head-dim", "16", "--dtype", "float32", "--results", str(cpu_results),
-                 "--seq-len", "128"]) == 1  # none qualifies
+    assert re.search(
+        rf"^\d+\s+naive\s.*\s{re.escape(fmt_duration(naive.first_call_ms.max()))}  interpolated", between, re.M
+    )  # the larger of the two lengths' first calls
+    assert (
+        main(
+            [
+                "recommend",
+                "--heads",
+                "2",
+                "--head-dim",
+                "16",
+                "--dtype",
+                "float32",
+                "--results",
+                str(cpu_results),
+                "--seq-len",
+                "128",
+            ]
+        )
+        == 1
+    )  # none qualifies
     beyond = capsys.readouterr().out
     assert "no implementation qualifies" in beyond
     assert "naive: not measured around seq_len 128 (measured: [16, 32, 64]); no extrapolation" in beyond
@@ -467,14 +550,16 @@ def test_recommend_scales_from_the_measured_batch_nearest_the_asked_one(capsys, 
     def naive_line(batch: str) -> str:
         out = _recommend(capsys, both, "--seq-len", "32", "--batch", batch)
         return next(line for line in out.splitlines() if re.match(r"^\d+\s+naive\s", line))
+
     assert f"{fmt_num(naive.time_ms)} ms" in naive_line("1") and naive_line("1").endswith("batch 1")
     for batch, expected in (("4", naive.time_ms * 3), ("3", naive.time_ms * 3 * 3 / 4)):
         line = naive_line(batch)  # 3 is nearer 4 than 1 by ratio
         assert f"{fmt_num(expected)} ms" in line and line.endswith("measured at seq_len 32, batch 4"), (batch, line)
 
 
-def test_recommend_scales_from_another_head_count_only_where_the_asked_one_was_not_measured(capsys, cpu_results,
-                                                                                          tmp_path):
+def test_recommend_scales_from_another_head_count_only_where_the_asked_one_was_not_measured(
+    capsys, cpu_results, tmp_path
+):
     """Heads are independent problems, as the batch is: rows at 2 heads answer for 4 (scaled by batch × heads),
     but rows at the asked head count, where there are any, answer alone."""
     from tests.results_files import rewrite_rows
@@ -482,9 +567,25 @@ def test_recommend_scales_from_another_head_count_only_where_the_asked_one_was_n
     naive = load(cpu_results).query("impl == 'naive' and seq_len == 32 and not causal").iloc[0]
 
     def naive_line(path, *flags) -> str:
-        assert main(["recommend", "--head-dim", "16", "--dtype", "float32", "--seq-len", "32", "--results", str(path),
-                     *flags]) == 0
+        assert (
+            main(
+                [
+                    "recommend",
+                    "--head-dim",
+                    "16",
+                    "--dtype",
+                    "float32",
+                    "--seq-len",
+                    "32",
+                    "--results",
+                    str(path),
+                    *flags,
+                ]
+            )
+            == 0
+        )
         return next(line for line in capsys.readouterr().out.splitlines() if re.match(r"^\d+\s+naive\s", line))
+
     line = naive_line(cpu_results, "--heads", "4")
     assert f"{fmt_num(naive.time_ms * 2)} ms" in line and line.endswith("measured at seq_len 32, batch 1, 2 heads")
     line = naive_line(cpu_results, "--heads", "2", "--batch", "3")
@@ -492,8 +593,10 @@ def test_recommend_scales_from_another_head_count_only_where_the_asked_one_was_n
 
     at_eight = tmp_path / "heads-8.jsonl"
     at_eight.write_text(cpu_results.read_text())
-    rewrite_rows(at_eight, lambda r: {**r, "heads": 8, "kv_heads": None,
-                                      "time_ms": r["time_ms"] * 3 if r.get("time_ms") else None})
+    rewrite_rows(
+        at_eight,
+        lambda r: {**r, "heads": 8, "kv_heads": None, "time_ms": r["time_ms"] * 3 if r.get("time_ms") else None},
+    )
     both = tmp_path / "both.jsonl"
     both.write_text(at_eight.read_text() + cpu_results.read_text())
     line = naive_line(both, "--heads", "8")
@@ -509,8 +612,24 @@ def test_recommend_scales_from_another_head_count_only_where_the_asked_one_was_n
 
 
 def test_recommend_bad_memory_budget_exits_2(capsys, cpu_results):
-    assert main(["recommend", "--seq-len", "32", "--heads", "2", "--head-dim", "16", "--memory-budget", "lots",
-                 "--results", str(cpu_results)]) == 2
+    assert (
+        main(
+            [
+                "recommend",
+                "--seq-len",
+                "32",
+                "--heads",
+                "2",
+                "--head-dim",
+                "16",
+                "--memory-budget",
+                "lots",
+                "--results",
+                str(cpu_results),
+            ]
+        )
+        == 2
+    )
     assert "--memory-budget: 'lots' is not a size" in capsys.readouterr().err
 
 
@@ -542,13 +661,32 @@ def test_one_time_costs_table_gives_each_implementations_first_calls():
     from suite.reporting.first_calls import first_call_table
 
     def row(impl, seq_len, first_call_ms, time_ms, status="ok"):
-        return {"impl": impl, "batch": 1, "heads": 2, "seq_len": seq_len, "head_dim": 16, "dtype": "bfloat16",
-                "causal": False, "mode": "fwd", "device": "cuda", "kv_heads": 2, "gpu": "GPU", "status": status,
-                "first_call_ms": first_call_ms, "time_ms": time_ms}
+        return {
+            "impl": impl,
+            "batch": 1,
+            "heads": 2,
+            "seq_len": seq_len,
+            "head_dim": 16,
+            "dtype": "bfloat16",
+            "causal": False,
+            "mode": "fwd",
+            "device": "cuda",
+            "kv_heads": 2,
+            "gpu": "GPU",
+            "status": status,
+            "first_call_ms": first_call_ms,
+            "time_ms": time_ms,
+        }
 
-    frame = pd.DataFrame([row("sparse-window", 1024, 2000.0, 1.0), row("sparse-window", 2048, 3000.0, 2.0),
-                          row("sparse-window", 4096, 9000.0, 3.0), row("naive", 1024, 5.0, 2.5),
-                          row("naive", 2048, None, None, status="oom")])
+    frame = pd.DataFrame(
+        [
+            row("sparse-window", 1024, 2000.0, 1.0),
+            row("sparse-window", 2048, 3000.0, 2.0),
+            row("sparse-window", 4096, 9000.0, 3.0),
+            row("naive", 1024, 5.0, 2.5),
+            row("naive", 2048, None, None, status="oom"),
+        ]
+    )
     table = first_call_table(frame)
     assert table.rows == [
         ["naive", "fwd", "1", "5 ms", "5 ms (B1-H2-N1024-D16-bf16-dense-fwd)", "2×"],
@@ -579,7 +717,9 @@ def test_recommend_says_which_errors_are_on_iid_inputs(capsys, cpu_results, tmp_
     # excluded by the i.i.d. figure: the note names it too, since that figure misranks windows and feature maps
     strict = _recommend(capsys, path, "--seq-len", "32", "--max-error", f"{linear.softmax_rel_rms_err / 2:g}")
     assert re.search(r"^  linear: error .* \(i\.i\.d\.\) above --max-error", strict, re.M)
-    assert "note: the errors of linear are on i.i.d. inputs (no local-inputs figure); linear excluded by them:" in strict
+    assert (
+        "note: the errors of linear are on i.i.d. inputs (no local-inputs figure); linear excluded by them:" in strict
+    )
 
     # with neither softmax figure, its error against its own twin must not stand in for one
     rewrite_rows(path, lambda r: {**r, "softmax_rel_rms_err": None} if r["impl"] == "linear" else r)
@@ -615,7 +755,9 @@ def test_accuracy_chart_leaves_out_an_approximation_without_the_charts_figure(cp
     performer = at_case[at_case.impl == "performer:features=32"].iloc[0]
     assert (performer.time_ms, performer.softmax_rel_rms_err) in {tuple(c.get_offsets()[0]) for c in ax.collections}
     exact_fig = charts.accuracy_speed_chart(at_case[at_case.family == "exact"], colours(frame.impl), case)
-    assert exact_fig.axes[0].get_ylabel() == "relative RMS error vs exact softmax attention"  # rounding: no inputs named
+    assert (
+        exact_fig.axes[0].get_ylabel() == "relative RMS error vs exact softmax attention"
+    )  # rounding: no inputs named
     for figure in (fig, iid_fig, exact_fig):
         charts.plt.close(figure)
 
@@ -625,8 +767,14 @@ def test_report_marks_speed_ups_that_rest_on_a_mismatch(cpu_results, tmp_path):
 
     path = tmp_path / "mismatch.jsonl"
     path.write_text(cpu_results.read_text())
-    rewrite_rows(path, lambda r: {**r, "status": "mismatch", "accuracy_ok": False, "reason": "injected"}
-                 if r["impl"] == "linear" and r["seq_len"] == 64 and not r["causal"] else r)
+    rewrite_rows(
+        path,
+        lambda r: (
+            {**r, "status": "mismatch", "accuracy_ok": False, "reason": "injected"}
+            if r["impl"] == "linear" and r["seq_len"] == 64 and not r["causal"]
+            else r
+        ),
+    )
     assert main(["report", str(path), "--out", str(tmp_path / "report"), "--baseline", "naive"]) == 0
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "! = it or naive failed its accuracy check there" in markdown
@@ -642,8 +790,10 @@ def test_charts_ring_points_that_failed_their_accuracy_check(cpu_results):
     linear = part[wrong].iloc[0]
     naive = part[(part.impl == "naive") & (part.seq_len == 64)].iloc[0]
     expected = {"time": (64.0, linear.time_ms), "speed-up": (64.0, naive.time_ms / linear.time_ms)}
-    for name, fig in (("time", charts.throughput_chart(part, colours(frame.impl), group)),
-                      ("speed-up", charts.speedup_chart(part, colours(frame.impl), group, "naive"))):
+    for name, fig in (
+        ("time", charts.throughput_chart(part, colours(frame.impl), group)),
+        ("speed-up", charts.speedup_chart(part, colours(frame.impl), group, "naive")),
+    ):
         assert "accuracy mismatch (red ring)" in {text.get_text() for text in fig.legends[0].get_texts()}, name
         rings = [c for c in fig.axes[0].collections if len(c.get_offsets()) and not c.get_facecolor().any()]
         assert [tuple(ring.get_offsets()[0]) for ring in rings] == [pytest.approx(expected[name])], name
@@ -656,10 +806,15 @@ def test_results_of_two_batchings_are_compared_and_drawn_apart(tmp_path):
     for tokens in (64, 256):
         path = tmp_path / f"tokens-{tokens}.jsonl"
         cases = [Case(tokens // n, 2, n, 16, "float32", False, "fwd", "cpu") for n in (16, 32)]
-        writer = ResultsWriter(path, {"device": "cpu", "cpu": "test cpu"},
-                               {"grid": {"batch": None, "tokens_per_batch": tokens}})
-        run_cases([config.build_impl("--impl", spec) for spec in ("naive", "linear")], cases, settings=FAST,
-                  on_row=writer.append)
+        writer = ResultsWriter(
+            path, {"device": "cpu", "cpu": "test cpu"}, {"grid": {"batch": None, "tokens_per_batch": tokens}}
+        )
+        run_cases(
+            [config.build_impl("--impl", spec) for spec in ("naive", "linear")],
+            cases,
+            settings=FAST,
+            on_row=writer.append,
+        )
         writer.close()
         paths.append(path)
     frame = prepare(load(paths))
@@ -671,7 +826,9 @@ def test_results_of_two_batchings_are_compared_and_drawn_apart(tmp_path):
         rows = frame[frame.batching == f"{tokens} tokens per batch"].set_index(["impl", "seq_len"]).time_ms
         ratio = fmt_num(rows["naive", 32] / rows["linear", 32], 3)
         section = markdown.split(f"### test cpu · {tokens} tokens per batch · H2 D16 · float32 · dense · fwd\n")[1]
-        assert re.search(rf"^\| linear \| .* \| ≈?{re.escape(ratio)}× \|$", section.split("###")[0], re.M), section[:500]
+        assert re.search(rf"^\| linear \| .* \| ≈?{re.escape(ratio)}× \|$", section.split("###")[0], re.M), section[
+            :500
+        ]
         assert (out / "charts" / f"speedup-test-cpu-{tokens}-tokens-per-batch-float32-dense-fwd.png").exists()
 
     # one batching alone needs no word in titles and file names
@@ -727,7 +884,9 @@ def test_charts_for_publishing_are_vector_and_the_same_when_regenerated(cpu_resu
     group = {"device": "cpu", "gpu": "test cpu", "dtype": "float32", "causal": False, "mode": "fwd"}
     part = frame[(frame.causal == False) & (frame["mode"] == "fwd")]  # noqa: E712
     for name in ("one", "two"):
-        charts.save(charts.throughput_chart(part, colours(frame.impl), group, "time_ms"), tmp_path / name, ("svg", "pdf"))
+        charts.save(
+            charts.throughput_chart(part, colours(frame.impl), group, "time_ms"), tmp_path / name, ("svg", "pdf")
+        )
     for fmt in ("svg", "pdf"):
         assert (tmp_path / f"one.{fmt}").read_bytes() == (tmp_path / f"two.{fmt}").read_bytes(), fmt
     assert main(["report", str(cpu_results), "--out", str(tmp_path / "bad"), "--chart-formats", "svg,jpg"]) == 2
@@ -735,13 +894,45 @@ def test_charts_for_publishing_are_vector_and_the_same_when_regenerated(cpu_resu
     assert not (tmp_path / "bad").exists()
 
 
-def _timed_row(impl, time_ms, *, iqr=0.0, seq_len=1024, heads=8, causal=False, mode="fwd", status="ok",
-               family="exact", backend=None, head_dim=64):
-    return {"impl": impl, "family": family, "batch": 16384 // seq_len, "heads": heads, "kv_heads": heads,
-            "seq_len": seq_len, "head_dim": head_dim, "dtype": "bfloat16", "causal": causal, "mode": mode,
-            "device": "cuda", "gpu": "GPU", "batching": None, "queries": None, "status": status, "time_ms": time_ms,
-            "time_iqr_ms": iqr, "backend": backend, "tflops": None, "peak_mem_bytes": None, "rel_rms_err": None,
-            "softmax_rel_rms_err": None, "softmax_local_rel_rms_err": None}
+def _timed_row(
+    impl,
+    time_ms,
+    *,
+    iqr=0.0,
+    seq_len=1024,
+    heads=8,
+    causal=False,
+    mode="fwd",
+    status="ok",
+    family="exact",
+    backend=None,
+    head_dim=64,
+):
+    return {
+        "impl": impl,
+        "family": family,
+        "batch": 16384 // seq_len,
+        "heads": heads,
+        "kv_heads": heads,
+        "seq_len": seq_len,
+        "head_dim": head_dim,
+        "dtype": "bfloat16",
+        "causal": causal,
+        "mode": mode,
+        "device": "cuda",
+        "gpu": "GPU",
+        "batching": None,
+        "queries": None,
+        "status": status,
+        "time_ms": time_ms,
+        "time_iqr_ms": iqr,
+        "backend": backend,
+        "tflops": None,
+        "peak_mem_bytes": None,
+        "rel_rms_err": None,
+        "softmax_rel_rms_err": None,
+        "softmax_local_rel_rms_err": None,
+    }
 
 
 def test_the_fastest_exact_implementation_is_named_with_its_margin_and_whoever_ties_it():
@@ -751,16 +942,26 @@ def test_the_fastest_exact_implementation_is_named_with_its_margin_and_whoever_t
     found = lead(rows(_timed_row("sdpa-flash", 2.0), _timed_row("sdpa-cudnn", 1.0), _timed_row("naive", 9.0)))
     assert found.describe() == "sdpa-cudnn · 2× over sdpa-flash"
     # within the two rows' summed relative IQRs: a tie, and the margin is over the next one outside it
-    found = lead(rows(_timed_row("sdpa-flash", 1.04, iqr=0.03), _timed_row("sdpa-cudnn", 1.0, iqr=0.02),
-                      _timed_row("naive", 3.0)))
+    found = lead(
+        rows(
+            _timed_row("sdpa-flash", 1.04, iqr=0.03), _timed_row("sdpa-cudnn", 1.0, iqr=0.02), _timed_row("naive", 3.0)
+        )
+    )
     assert found.describe() == "sdpa-cudnn ≈ sdpa-flash · 3× over naive"
     # `sdpa` choosing cuDNN runs sdpa-cudnn's kernel: one lead, however far apart their medians
-    found = lead(rows(_timed_row("sdpa", 1.0, backend="cudnn"), _timed_row("sdpa-cudnn", 1.2),
-                      _timed_row("sdpa-flash", 1.5)))
+    found = lead(
+        rows(_timed_row("sdpa", 1.0, backend="cudnn"), _timed_row("sdpa-cudnn", 1.2), _timed_row("sdpa-flash", 1.5))
+    )
     assert found.describe() == "sdpa (cudnn) ≈ sdpa-cudnn · 1.5× over sdpa-flash" and found.kernels == ["sdpa-cudnn"]
     # a wrong result, an approximation or a row that did not run never leads
-    found = lead(rows(_timed_row("naive", 3.0), _timed_row("sdpa", 1.0, status="mismatch"),
-                      _timed_row("linear", 0.1, family="linear"), _timed_row("sdpa-flash", None, status="oom")))
+    found = lead(
+        rows(
+            _timed_row("naive", 3.0),
+            _timed_row("sdpa", 1.0, status="mismatch"),
+            _timed_row("linear", 0.1, family="linear"),
+            _timed_row("sdpa-flash", None, status="oom"),
+        )
+    )
     assert found.describe() == "naive (alone)"
     assert lead(rows(_timed_row("linear", 0.1, family="linear"))) is None
 
@@ -773,9 +974,11 @@ def test_the_fastest_tables_cover_lengths_and_head_counts_per_head_dim():
         for heads in (8, 32):
             for causal in (False, True):
                 flash_time = 1.0 if (seq_len, heads) == (1024, 8) else 2.0  # flash wins one case of four
-                rows += [_timed_row("sdpa-flash", flash_time, seq_len=seq_len, heads=heads, causal=causal),
-                         _timed_row("sdpa-cudnn", 1.6, seq_len=seq_len, heads=heads, causal=causal),
-                         _timed_row("performer", 0.1, seq_len=seq_len, heads=heads, causal=causal, family="performer")]
+                rows += [
+                    _timed_row("sdpa-flash", flash_time, seq_len=seq_len, heads=heads, causal=causal),
+                    _timed_row("sdpa-cudnn", 1.6, seq_len=seq_len, heads=heads, causal=causal),
+                    _timed_row("performer", 0.1, seq_len=seq_len, heads=heads, causal=causal, family="performer"),
+                ]
     rows.append(_timed_row("naive", 1.0, head_dim=128))  # alone at its head dim: nothing to compare, no table
     frame = prepare(pd.DataFrame(rows))
     ((title, table),) = fastest_tables(frame)
@@ -835,14 +1038,18 @@ def test_scaling_exponents_are_fitted_per_sequence_over_the_longest_lengths():
         # 16K tokens per batch, as the presets run them: the batch shrinks as the length grows
         return [_timed_row(impl, time_of(n) * (16384 // n), seq_len=n, **extra) for n in lengths]
 
-    frame = prepare(pd.DataFrame([
-        *rows("sdpa-flash", lambda n: 1e-6 * n * n),
-        # fixed costs at short lengths must not pull the exponent of a linear-time kernel down
-        *rows("linear", lambda n: 1e-3 * n + (5.0 if n < 2048 else 0.0), family="linear"),
-        *rows("naive", lambda n: 1e-6 * n * n, lengths=(512, 1024, 2048, 4096)),
-        _timed_row("naive", None, seq_len=8192, status="oom"),
-        _timed_row("sdpa-cudnn", 1.0, seq_len=8192),
-    ]))
+    frame = prepare(
+        pd.DataFrame(
+            [
+                *rows("sdpa-flash", lambda n: 1e-6 * n * n),
+                # fixed costs at short lengths must not pull the exponent of a linear-time kernel down
+                *rows("linear", lambda n: 1e-3 * n + (5.0 if n < 2048 else 0.0), family="linear"),
+                *rows("naive", lambda n: 1e-6 * n * n, lengths=(512, 1024, 2048, 4096)),
+                _timed_row("naive", None, seq_len=8192, status="oom"),
+                _timed_row("sdpa-cudnn", 1.0, seq_len=8192),
+            ]
+        )
+    )
     flash = scaling_exponent(frame[frame.impl == "sdpa-flash"])
     assert flash == (pytest.approx(2.0), 2048, 8192)
     assert scaling_exponent(frame[frame.impl == "linear"]) == (pytest.approx(1.0), 2048, 8192)
@@ -864,9 +1071,11 @@ def test_the_fastest_map_colours_each_case_by_the_kernel_that_led_and_labels_its
     for seq_len in (1024, 4096):
         for heads in (8, 32):
             cudnn_time = 1.0 if seq_len == 4096 else 3.0  # cuDNN leads at 4K, flash at 1K
-            rows += [_timed_row("sdpa-flash", 2.0, iqr=0.01, seq_len=seq_len, heads=heads),
-                     _timed_row("sdpa", cudnn_time * 0.99, seq_len=seq_len, heads=heads, backend="cudnn"),
-                     _timed_row("sdpa-cudnn", cudnn_time, seq_len=seq_len, heads=heads)]
+            rows += [
+                _timed_row("sdpa-flash", 2.0, iqr=0.01, seq_len=seq_len, heads=heads),
+                _timed_row("sdpa", cudnn_time * 0.99, seq_len=seq_len, heads=heads, backend="cudnn"),
+                _timed_row("sdpa-cudnn", cudnn_time, seq_len=seq_len, heads=heads),
+            ]
     rows.append(_timed_row("sdpa-efficient", 2.0, iqr=0.01, seq_len=1024, heads=8))  # tied with flash there
     frame = prepare(pd.DataFrame(rows))
     colour_of = colours(frame.impl)
@@ -895,8 +1104,15 @@ def test_a_roofline_places_each_row_by_its_intensity_under_the_roofs_its_run_mea
     rows = []
     for impl, tflops, gbytes in (("sdpa-flash", 400.0, 400.0), ("linear", 20.0, 500.0)):
         row = _timed_row(impl, 1.0, family="exact" if impl == "sdpa-flash" else "linear")
-        rows.append({**row, "tflops": tflops, "gbytes_per_s": gbytes, "peak_fraction": tflops / peak,
-                     "bandwidth_fraction": gbytes / bandwidth})
+        rows.append(
+            {
+                **row,
+                "tflops": tflops,
+                "gbytes_per_s": gbytes,
+                "peak_fraction": tflops / peak,
+                "bandwidth_fraction": gbytes / bandwidth,
+            }
+        )
     frame = prepare(pd.DataFrame(rows))
     group = {"gpu": "GPU", "dtype": "bfloat16", "causal": False, "mode": "fwd"}
     fig = roofline_chart(frame, colours(frame.impl), group)
@@ -921,7 +1137,9 @@ def test_report_says_how_far_it_has_got(cpu_results, tmp_path):
     build_report([cpu_results], tmp_path / "report", baseline="naive", say=told.append)
     groups = [message for message in told if message.startswith("charts ")]
     assert told[0].endswith(" rows from 1 file") and told[-1] == "writing report.md, index.html and data.csv"
-    assert groups and groups[0].startswith(f"charts 1/{len(groups)}: ") and groups[-1].startswith(f"charts {len(groups)}/")
+    assert (
+        groups and groups[0].startswith(f"charts 1/{len(groups)}: ") and groups[-1].startswith(f"charts {len(groups)}/")
+    )
     charts_drawn = {p.name.split("-")[0] for p in (tmp_path / "report" / "charts").glob("time-*.png")}
     assert len(list((tmp_path / "report" / "charts").glob("time-*.png"))) == len(groups) and charts_drawn == {"time"}
 
@@ -933,8 +1151,11 @@ def test_report_of_some_implementations_keeps_their_colours(cpu_results, tmp_pat
 
     drawn: list[dict] = []
     throughput_chart = build.charts.throughput_chart
-    monkeypatch.setattr(build.charts, "throughput_chart",
-                        lambda frame, colour_of, *rest: drawn.append(colour_of) or throughput_chart(frame, colour_of, *rest))
+    monkeypatch.setattr(
+        build.charts,
+        "throughput_chart",
+        lambda frame, colour_of, *rest: drawn.append(colour_of) or throughput_chart(frame, colour_of, *rest),
+    )
     out = tmp_path / "report"
     assert main(["report", str(cpu_results), "--out", str(out), "--impl", "sdpa*,perf*"]) == 0
     data = pd.read_csv(out / "data.csv")
@@ -942,19 +1163,25 @@ def test_report_of_some_implementations_keeps_their_colours(cpu_results, tmp_pat
     whole = colours(IMPLS)
     assert drawn and all(colour_of["performer:features=32"] == whole["performer:features=32"] for colour_of in drawn)
     markdown = (out / "report.md").read_text()
-    assert ("Implementations shown: sdpa, sdpa-cudnn, performer:features=32, selected with `--impl sdpa*,perf*` of "
-            "the 6 implementations in these files.") in markdown
+    assert (
+        "Implementations shown: sdpa, sdpa-cudnn, performer:features=32, selected with `--impl sdpa*,perf*` of "
+        "the 6 implementations in these files."
+    ) in markdown
     assert "| naive |" not in markdown
 
     with_baseline = tmp_path / "with-baseline"
-    assert main(["report", str(cpu_results), "--out", str(with_baseline), "--impl", "linear", "--baseline", "naive"]) == 0
+    assert (
+        main(["report", str(cpu_results), "--out", str(with_baseline), "--impl", "linear", "--baseline", "naive"]) == 0
+    )
     assert impl_order(pd.read_csv(with_baseline / "data.csv").impl) == ["naive", "linear"]  # the speed-ups need it
     assert "## Speed-up over naive" in (with_baseline / "report.md").read_text()
 
     elsewhere = tmp_path / "elsewhere"
     assert main(["report", str(cpu_results), "--out", str(elsewhere), "--impl", "sdpa,flash"]) == 2
-    assert ("--impl: 'flash' matches no implementation in these results (they have: naive, sdpa, sdpa-cudnn, "
-            "sparse-window:window=8, linear, performer:features=32)") in capsys.readouterr().err
+    assert (
+        "--impl: 'flash' matches no implementation in these results (they have: naive, sdpa, sdpa-cudnn, "
+        "sparse-window:window=8, linear, performer:features=32)"
+    ) in capsys.readouterr().err
     assert not elsewhere.exists()
 
 
@@ -994,20 +1221,36 @@ def test_a_report_written_again_into_its_folder_leaves_no_stale_chart(cpu_result
     assert linked and {p.name for p in (out / "charts").iterdir()} == linked | {"notes.txt"}
 
 
-@pytest.mark.parametrize("header,grid", [
-    ({"preset": "smoke", "argv": ["run", "--device", "cpu", "--out", "r.jsonl"]}, "smoke"),
-    ({"preset": "smoke", "argv": ["run", "--device", "cpu", "--impl", "naive,sdpa", "--seq-len=128,256",
-                                  "--heads", "2"]},
-     "custom: `--impl naive,sdpa --seq-len 128,256 --heads 2` (the rest as smoke)"),
-    ({"preset": "quick", "argv": ["run", "--preset", "quick", "--head-d", "128", "--causal", "--out", "r.jsonl"]},
-     "custom: `--head-dim 128 --causal` (the rest as quick)"),  # a prefix argparse took; a bare --causal
-    ({"preset": "smoke", "argv": ["run", "--no-causal", "--causal", "both"]},
-     "custom: `--no-causal --causal both` (the rest as smoke)"),
-    ({"preset": "smoke", "config": "grids/mine.toml", "argv": ["run", "--config", "grids/mine.toml"]},
-     "config mine.toml"),
-    ({"preset": None, "argv": ["(suite.api.benchmark)"], "grid": {"impls": ["naive"]}}, "custom"),
-    ({"amends": "local-inputs errors", "argv": ["local-errors", "r.jsonl"]}, "amendment: local-inputs errors"),
-])
+@pytest.mark.parametrize(
+    "header,grid",
+    [
+        ({"preset": "smoke", "argv": ["run", "--device", "cpu", "--out", "r.jsonl"]}, "smoke"),
+        (
+            {
+                "preset": "smoke",
+                "argv": ["run", "--device", "cpu", "--impl", "naive,sdpa", "--seq-len=128,256", "--heads", "2"],
+            },
+            "custom: `--impl naive,sdpa --seq-len 128,256 --heads 2` (the rest as smoke)",
+        ),
+        (
+            {
+                "preset": "quick",
+                "argv": ["run", "--preset", "quick", "--head-d", "128", "--causal", "--out", "r.jsonl"],
+            },
+            "custom: `--head-dim 128 --causal` (the rest as quick)",
+        ),  # a prefix argparse took; a bare --causal
+        (
+            {"preset": "smoke", "argv": ["run", "--no-causal", "--causal", "both"]},
+            "custom: `--no-causal --causal both` (the rest as smoke)",
+        ),
+        (
+            {"preset": "smoke", "config": "grids/mine.toml", "argv": ["run", "--config", "grids/mine.toml"]},
+            "config mine.toml",
+        ),
+        ({"preset": None, "argv": ["(suite.api.benchmark)"], "grid": {"impls": ["naive"]}}, "custom"),
+        ({"amends": "local-inputs errors", "argv": ["local-errors", "r.jsonl"]}, "amendment: local-inputs errors"),
+    ],
+)
 def test_the_environment_names_a_custom_grid_not_the_preset_it_started_from(cpu_results, tmp_path, header, grid):
     from suite.reporting.build import _environment_blocks
     from tests.results_files import rewrite_headers
@@ -1069,12 +1312,15 @@ def test_html_shows_code_spans_as_code_that_breaks_at_spaces_and_commas_only(tmp
     from suite.reporting.blocks import Paragraph, Report, Table, to_html
 
     report = Report("r")
-    report.add(Paragraph("`sdpa (cudnn)` is `sdpa` <forced>"),
-               Table(["grid"], [["custom: `--seq-len 1,2 --impl a-b`"]]))
+    report.add(
+        Paragraph("`sdpa (cudnn)` is `sdpa` <forced>"), Table(["grid"], [["custom: `--seq-len 1,2 --impl a-b`"]])
+    )
     page = to_html(report, tmp_path)
     assert "`" not in page and "&lt;forced&gt;" in page
     assert "<code><span class='nobr'>sdpa</span> <span class='nobr'>(cudnn)</span></code>" in page
-    assert ("<td>custom: <code><span class='nobr'>--seq-len</span> <span class='nobr'>1,</span><wbr>"
-            "<span class='nobr'>2</span> <span class='nobr'>--impl</span> <span class='nobr'>a-b</span>"
-            "</code></td>") in page
+    assert (
+        "<td>custom: <code><span class='nobr'>--seq-len</span> <span class='nobr'>1,</span><wbr>"
+        "<span class='nobr'>2</span> <span class='nobr'>--impl</span> <span class='nobr'>a-b</span>"
+        "</code></td>"
+    ) in page
     assert ".nobr{white-space:nowrap}" in page

@@ -1,4 +1,5 @@
 """Every (implementation, case) becomes one row, whatever fails; results round-trip through pandas."""
+
 from __future__ import annotations
 
 import json
@@ -44,14 +45,20 @@ class WideningAttention(implementations.Implementation):
 def test_an_output_of_another_dtype_or_shape_is_an_error_row_that_says_so(tmp_path):
     """Timed, a float64 output for float32 inputs would stand for float32 attention: its row is an error naming
     both dtypes, as `check` fails it, and never ok; a transposed output says the same of shapes."""
-    rows, _ = run([WideningAttention("wide"), WideningAttention("turned", transposed=True),
-                   implementations.get("naive")], cases(17, mode="fwd") + cases(17, mode="fwd+bwd"), tmp_path)
+    rows, _ = run(
+        [WideningAttention("wide"), WideningAttention("turned", transposed=True), implementations.get("naive")],
+        cases(17, mode="fwd") + cases(17, mode="fwd+bwd"),
+        tmp_path,
+    )
     by = {(r["impl"], r["mode"]): r for r in rows}
     for mode in ("fwd", "fwd+bwd"):
         assert by["wide", mode]["status"] == "error" and by["wide", mode]["reason"].endswith(
-            "WrongOutput: output is (1, 2, 17, 16) torch.float64, expected (1, 2, 17, 16) torch.float32")
-        assert by["turned", mode]["status"] == "error" and "output is (1, 17, 2, 16) torch.float32" in by[
-            "turned", mode]["reason"]
+            "WrongOutput: output is (1, 2, 17, 16) torch.float64, expected (1, 2, 17, 16) torch.float32"
+        )
+        assert (
+            by["turned", mode]["status"] == "error"
+            and "output is (1, 17, 2, 16) torch.float32" in by["turned", mode]["reason"]
+        )
         assert by["naive", mode]["status"] == "ok"
 
 
@@ -59,11 +66,16 @@ def test_injected_oom_becomes_a_row_and_the_run_goes_on(tmp_path):
     flaky = ScriptedAttention("flaky", fail_on_seq_len=33, error=torch.OutOfMemoryError("CUDA out of memory. Tried"))
     rows, path = run([flaky, implementations.get("naive")], cases(17, 33, 65), tmp_path)
     assert [(r["impl"], r["seq_len"], r["status"]) for r in rows] == [
-        ("flaky", 17, "ok"), ("naive", 17, "ok"),
-        ("flaky", 33, "oom"), ("naive", 33, "ok"),
-        ("flaky", 65, "ok"), ("naive", 65, "ok"),
+        ("flaky", 17, "ok"),
+        ("naive", 17, "ok"),
+        ("flaky", 33, "oom"),
+        ("naive", 33, "ok"),
+        ("flaky", 65, "ok"),
+        ("naive", 65, "ok"),
     ]
-    assert "out of memory" in rows[2]["reason"] and "after freeing the allocator cache and retrying" in rows[2]["reason"]
+    assert (
+        "out of memory" in rows[2]["reason"] and "after freeing the allocator cache and retrying" in rows[2]["reason"]
+    )
     assert len(results.load(path)) == 6
 
 
@@ -84,14 +96,21 @@ def test_an_error_that_leaves_the_device_unusable_stops_the_run_after_writing_it
     """After a sticky CUDA error every later case would fail too, and be blamed on its implementation."""
     import suite.run.runner as runner
 
-    crashing = ScriptedAttention("crashing", fail_on_seq_len=33, failures=1,
-                                 error=RuntimeError("CUDA error: an illegal memory access was encountered"))
+    crashing = ScriptedAttention(
+        "crashing",
+        fail_on_seq_len=33,
+        failures=1,
+        error=RuntimeError("CUDA error: an illegal memory access was encountered"),
+    )
     monkeypatch.setattr(failures, "device_usable", lambda device: crashing.failures_left != 0)
     written = []
     with pytest.raises(runner.DeviceLost, match="crashing on B1-H2-N33-D16-fp32-dense-fwd left the device unusable"):
         run_cases([crashing, implementations.get("naive")], cases(17, 33, 65), settings=FAST, on_row=written.append)
     assert [(r["impl"], r["seq_len"], r["status"]) for r in written] == [
-        ("crashing", 17, "ok"), ("naive", 17, "ok"), ("crashing", 33, "error")]
+        ("crashing", 17, "ok"),
+        ("naive", 17, "ok"),
+        ("crashing", 33, "error"),
+    ]
     assert "illegal memory access" in written[-1]["reason"] and "the run stopped here" in written[-1]["reason"]
 
     # an ordinary error leaves the device usable: the run goes on
@@ -144,8 +163,9 @@ def test_interrupted_run_keeps_finished_rows_and_resume_skips_them(tmp_path):
         json.loads(line)  # every line is whole
     done = results.finished_keys(results.read(path)[1])
     writer = ResultsWriter(path, {"device": "cpu"}, {"preset": "test"})
-    rows = run_cases([ScriptedAttention("stopper")], cases(17, 33, 65, 129), settings=FAST,
-                     on_row=writer.append, skip=done)
+    rows = run_cases(
+        [ScriptedAttention("stopper")], cases(17, 33, 65, 129), settings=FAST, on_row=writer.append, skip=done
+    )
     writer.close()
     assert [r["seq_len"] for r in rows] == [65, 129]
     assert list(results.load(path).seq_len) == [17, 33, 65, 129]
@@ -173,8 +193,12 @@ def test_above_its_budget_the_reference_covers_some_slices_first_and_last_includ
     per_slice = 4 * 40 * 40 * 16 * 3.5 * (4 // (kv_heads or 4))  # softmax FLOPs of one (batch, kv head) slice
     settings = RunSettings(policies=FAST.policies, max_reference_flops={"cpu": 2.5 * per_slice})
     writer = ResultsWriter(tmp_path / "r.jsonl", {}, {})
-    rows = run_cases([implementations.get("naive"), implementations.get("performer"), WrongInLastBatch("wrong")],
-                     [case], settings=settings, on_row=writer.append)
+    rows = run_cases(
+        [implementations.get("naive"), implementations.get("performer"), WrongInLastBatch("wrong")],
+        [case],
+        settings=settings,
+        on_row=writer.append,
+    )
     total = 3 * (kv_heads or 4)
     assert [row["status"] for row in rows] == ["ok", "ok", "mismatch"]
     assert {row["accuracy_scope"] for row in rows} == {f"2 of {total} (batch, key/value head) slices"}
@@ -197,16 +221,19 @@ def test_load_reads_many_files_and_rejects_garbage(tmp_path):
         results.load(bad)
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"seq_len": "17"}, r"seq_len is '17' \(allowed: a positive integer\)"),
-    ({"heads": True}, r"heads is True \(allowed: a positive integer\)"),
-    ({"kv_heads": 0}, r"kv_heads is 0 \(allowed: a positive integer, or null for = heads\)"),
-    ({"impl": None}, r"impl is None \(allowed: a non-empty string\)"),
-    ({"causal": "false"}, r"causal is 'false' \(allowed: true or false\)"),
-    ({"mode": "forward"}, r"mode is 'forward' \(allowed: fwd, bwd, fwd\+bwd\)"),
-    ({"status": "great"}, r"status is 'great' \(allowed: ok, mismatch, unsupported, oom, error\)"),
-    ({"time_ms": "fast"}, r"time_ms is 'fast' \(allowed: a number, or null\)"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"seq_len": "17"}, r"seq_len is '17' \(allowed: a positive integer\)"),
+        ({"heads": True}, r"heads is True \(allowed: a positive integer\)"),
+        ({"kv_heads": 0}, r"kv_heads is 0 \(allowed: a positive integer, or null for = heads\)"),
+        ({"impl": None}, r"impl is None \(allowed: a non-empty string\)"),
+        ({"causal": "false"}, r"causal is 'false' \(allowed: true or false\)"),
+        ({"mode": "forward"}, r"mode is 'forward' \(allowed: fwd, bwd, fwd\+bwd\)"),
+        ({"status": "great"}, r"status is 'great' \(allowed: ok, mismatch, unsupported, oom, error\)"),
+        ({"time_ms": "fast"}, r"time_ms is 'fast' \(allowed: a number, or null\)"),
+    ],
+)
 def test_a_row_edited_into_something_run_never_writes_is_refused_with_its_line(tmp_path, change, message):
     """Readers group, sort and compare by a row's case and status: a string length or an unknown status made
     report, compare and recommend end in tracebacks; every reader now refuses the file, naming line and field."""
@@ -237,8 +264,29 @@ def test_an_ended_last_line_that_is_not_json_is_not_taken_for_a_torn_one(tmp_pat
     foreign.write_text("hello\n")
     with pytest.raises(results.ResultsFormatError, match=r"notes.jsonl:1: not valid JSON"):
         results.load(foreign)
-    argv = ["run", "--impl", "naive", "--seq-len", "9", "--heads", "1", "--batch", "1", "--head-dim", "8", "--dtype",
-            "float32", "--no-causal", "--mode", "fwd", "--device", "cpu", "--resume", "--out", str(foreign)]
+    argv = [
+        "run",
+        "--impl",
+        "naive",
+        "--seq-len",
+        "9",
+        "--heads",
+        "1",
+        "--batch",
+        "1",
+        "--head-dim",
+        "8",
+        "--dtype",
+        "float32",
+        "--no-causal",
+        "--mode",
+        "fwd",
+        "--device",
+        "cpu",
+        "--resume",
+        "--out",
+        str(foreign),
+    ]
     assert main(argv) == 2
     assert "--resume: " in capsys.readouterr().err and foreign.read_text() == "hello\n"
 
@@ -302,10 +350,13 @@ def test_a_timed_row_survives_running_out_of_memory_in_the_call_after_timing(tmp
         if len(calls) == 2:  # the first checked call passed; the one after the timed calls finds no memory
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate")
         return original(self)
+
     monkeypatch.setattr(Workload, "checked_call", second_call_out_of_memory)
     rows, _ = run([implementations.get("naive")], cases(17), tmp_path)
     assert rows[0]["status"] == "ok" and rows[0]["time_ms"] > 0 and rows[0]["accuracy_ok"]
-    assert rows[0]["reason"] == "the call after the timed ones ran out of memory: it was not compared with the checked one"
+    assert (
+        rows[0]["reason"] == "the call after the timed ones ran out of memory: it was not compared with the checked one"
+    )
 
 
 class CountsItsSession(WithSession, ScriptedAttention):
@@ -346,8 +397,11 @@ def test_every_row_records_its_wall_time_and_together_they_are_the_run(tmp_path)
 
     broken = ScriptedAttention("broken", fail_on_seq_len=16, error=RuntimeError("boom"))
     started = time.monotonic()
-    rows, _ = run([implementations.get("naive"), implementations.get("sdpa-cudnn"), broken, Sleepy("sleepy")],
-                  cases(16, 33), tmp_path)
+    rows, _ = run(
+        [implementations.get("naive"), implementations.get("sdpa-cudnn"), broken, Sleepy("sleepy")],
+        cases(16, 33),
+        tmp_path,
+    )
     wall = time.monotonic() - started
     assert [row["status"] for row in rows] == ["ok", "unsupported", "error", "ok", "ok", "unsupported", "ok", "ok"]
     assert all(isinstance(row["row_s"], float) and row["row_s"] >= 0 for row in rows)

@@ -1,4 +1,5 @@
 """One row schema: the writer, the reader, data.csv and the docs all take their columns from `suite.results.schema`."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -24,7 +25,8 @@ def _generator():
 def test_the_docs_column_tables_are_generated_from_the_schema():
     generator = _generator()
     assert generator.OUT.read_text(encoding="utf-8") == generator.render(), (
-        "docs/results.md is stale: run `.venv/bin/python scripts/gen-results-docs.py`")
+        "docs/results.md is stale: run `.venv/bin/python scripts/gen-results-docs.py`"
+    )
 
 
 def test_the_schema_declares_every_case_field_and_each_column_once():
@@ -35,9 +37,23 @@ def test_the_schema_declares_every_case_field_and_each_column_once():
 
 
 def _row(**fields) -> dict:
-    return {"impl": "naive", "family": "exact", "batch": 1, "heads": 2, "seq_len": 8, "head_dim": 4,
-            "dtype": "float32", "causal": False, "mode": "fwd", "device": "cpu", "kv_heads": None, "q_len": None,
-            "status": "ok", "time_ms": 0.5, **fields}
+    return {
+        "impl": "naive",
+        "family": "exact",
+        "batch": 1,
+        "heads": 2,
+        "seq_len": 8,
+        "head_dim": 4,
+        "dtype": "float32",
+        "causal": False,
+        "mode": "fwd",
+        "device": "cpu",
+        "kv_heads": None,
+        "q_len": None,
+        "status": "ok",
+        "time_ms": 0.5,
+        **fields,
+    }
 
 
 def test_the_writer_orders_columns_as_the_schema_does(tmp_path):

@@ -1,4 +1,5 @@
 """The table printed after a run."""
+
 from __future__ import annotations
 
 from suite.case import Case
@@ -6,8 +7,14 @@ from suite.run.summary import format_table
 
 
 def _row(**fields) -> dict:
-    return {"impl": "sdpa", **vars(Case(1, 2, 64, 16, "float32", False, "fwd", "cpu")), "status": "ok",
-            "time_ms": 0.05, "tflops": 0.5, **fields}
+    return {
+        "impl": "sdpa",
+        **vars(Case(1, 2, 64, 16, "float32", False, "fwd", "cpu")),
+        "status": "ok",
+        "time_ms": 0.05,
+        "tflops": 0.5,
+        **fields,
+    }
 
 
 def test_the_run_table_marks_noisy_rows_as_reports_do():

@@ -1,5 +1,6 @@
 """xformers' layouts, checked where its compiled operators cannot run: against its own input validation and
 dispatcher's reading of the layout, and against a stand-in kernel with the semantics its documentation gives."""
+
 from __future__ import annotations
 
 import pytest
@@ -42,8 +43,9 @@ def test_the_layout_passes_xformers_validation_and_reads_as_grouped_where_groupe
     # The dispatcher's own test for grouped heads, which it weighs when picking a kernel for few queries.
     reads_grouped = key.ndim > 3 and key.stride(-2) == 0 and key.shape[-2] > 1
     assert reads_grouped == (kv_heads != heads)
-    assert all(x.untyped_storage().data_ptr() == y.untyped_storage().data_ptr()
-               for x, y in ((query, q), (key, k), (value, v))), "the layout must be views, not copies"
+    assert all(
+        x.untyped_storage().data_ptr() == y.untyped_storage().data_ptr() for x, y in ((query, q), (key, k), (value, v))
+    ), "the layout must be views, not copies"
 
 
 @pytest.mark.parametrize("causal", [False, True])

@@ -1,4 +1,5 @@
 """The conformance check (suite/conformance.py) as pytest assertions: skips say why, failures say how far."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,8 +12,9 @@ from suite.check.accuracy import judge
 from suite.check.conformance import TENSORS, check_case
 
 
-def assert_matches_twin(name: str, case: Case, input_seed: int, options: dict | None = None,
-                        transposed: bool = False) -> None:
+def assert_matches_twin(
+    name: str, case: Case, input_seed: int, options: dict | None = None, transposed: bool = False
+) -> None:
     """Skips (with the reasons) where the implementation cannot run the case.
 
     `options` is a dict rather than keywords: an option may be called `seed` (Performer's is).
@@ -26,8 +28,18 @@ def assert_matches_twin(name: str, case: Case, input_seed: int, options: dict | 
 def case_of(q: torch.Tensor, k: torch.Tensor, causal: bool = False, mode: str = "fwd") -> Case:
     """The case whose inputs q and k are: (batch, heads, positions, head dim) each, the queries the last positions."""
     batch, heads, q_len, head_dim = q.shape
-    return Case(batch, heads, k.shape[-2], head_dim, str(q.dtype).removeprefix("torch."), causal, mode,
-                q.device.type, k.shape[1], q_len)
+    return Case(
+        batch,
+        heads,
+        k.shape[-2],
+        head_dim,
+        str(q.dtype).removeprefix("torch."),
+        causal,
+        mode,
+        q.device.type,
+        k.shape[1],
+        q_len,
+    )
 
 
 Tensors = torch.Tensor | tuple[torch.Tensor, ...]  # an output, or an output and its gradients (out, dq, dk, dv)
@@ -38,8 +50,13 @@ def assert_within_allowance(actual: Tensors, expected: Tensors, case: Case, impl
     against the reference's RMS, for the case's dtype and length, with the implementation's atol_scale. Rounding
     stays within it whatever the seed, the machine or the summation order, where a threshold picked from one seed's
     error can fail on rounding alone; an error of the maths, such as a key left out, goes beyond it."""
-    verdict = judge(_named(actual), _named(expected), case.dtype, case.seq_len,
-                    impl.atol_scale_for(case) if impl is not None else 1.0)
+    verdict = judge(
+        _named(actual),
+        _named(expected),
+        case.dtype,
+        case.seq_len,
+        impl.atol_scale_for(case) if impl is not None else 1.0,
+    )
     assert verdict.ok, f"{case.label}: {verdict.reason()}"
 
 
@@ -63,8 +80,10 @@ def assert_holds_at_large_logits(name: str, device: str, dtypes: tuple[str, ...]
     tolerance of the exact twin; skips if none can run."""
     from suite.check.conformance import LARGE_LOGIT_SEED, check_large_logits, large_logit_cases
 
-    results = [check_large_logits(implementations.get(name), case, LARGE_LOGIT_SEED)
-               for case in large_logit_cases(device, dtypes)]
+    results = [
+        check_large_logits(implementations.get(name), case, LARGE_LOGIT_SEED)
+        for case in large_logit_cases(device, dtypes)
+    ]
     _assert_passed_where_supported(name, results)
 
 

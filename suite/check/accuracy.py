@@ -8,6 +8,7 @@ which shrinks like 1/√seq_len (outputs average ~seq_len values), so it never h
 An implementation whose cancelling terms are larger than softmax attention's scales it up by its
 declared `atol_scale` (Performer's random features), as xformers' operators declare their own.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,7 +20,7 @@ from .poison import never_written
 
 # (rtol, atol at seq_len 1) on RMS. bf16 rounds to ~3e-3 and fp16 to ~4e-4 per element, and attention
 # adds one rounding of P before PV; fp32 stays below TF32's ~3e-4, so TF32 enabled by accident fails.
-TOLERANCE = {"float64": (1e-10, 1e-12), "float32": (2e-4, 1e-6), "float16": (5e-3, 2 ** -11), "bfloat16": (3e-2, 2 ** -8)}
+TOLERANCE = {"float64": (1e-10, 1e-12), "float32": (2e-4, 1e-6), "float16": (5e-3, 2**-11), "bfloat16": (3e-2, 2**-8)}
 
 
 class WrongOutput(Exception):
@@ -76,9 +77,11 @@ class Verdict:
     @property
     def worst(self) -> tuple[str, Error]:
         """The tensor furthest beyond its allowance (or closest to it)."""
+
         def excess(item):
             e = item[1]
             return math.inf if not math.isfinite(e.rms_diff) else e.rms_diff / (self.rtol * e.rms_ref + self.atol)
+
         return max(self.errors.items(), key=excess)
 
     @property
@@ -94,16 +97,26 @@ class Verdict:
             return None
         unwritten = [(name, e) for name, e in self.errors.items() if e.never_written]
         if unwritten:  # say so: a kernel author looks for a missed tile, not for rounding
-            return "; ".join(f"{name}: {e.never_written} of {e.elements} elements never written (they still hold "
-                             "the poison put in the memory before the call)" for name, e in unwritten)
+            return "; ".join(
+                f"{name}: {e.never_written} of {e.elements} elements never written (they still hold "
+                "the poison put in the memory before the call)"
+                for name, e in unwritten
+            )
         name, worst = self.worst
         if not math.isfinite(worst.rms_diff):
             return f"{name} has non-finite values"
-        return (f"{name} rel_rms_err {worst.rel_rms:.3g} beyond tolerance "
-                f"(rms error {worst.rms_diff:.3g} > {self.rtol:g}·{worst.rms_ref:.3g} + {self.atol:g})")
+        return (
+            f"{name} rel_rms_err {worst.rel_rms:.3g} beyond tolerance "
+            f"(rms error {worst.rms_diff:.3g} > {self.rtol:g}·{worst.rms_ref:.3g} + {self.atol:g})"
+        )
 
 
-def judge(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], dtype: str, seq_len: int,
-          atol_scale: float = 1.0) -> Verdict:
+def judge(
+    actual: dict[str, torch.Tensor],
+    expected: dict[str, torch.Tensor],
+    dtype: str,
+    seq_len: int,
+    atol_scale: float = 1.0,
+) -> Verdict:
     rtol, atol = tolerance(dtype, seq_len, atol_scale)
     return Verdict({name: error(actual[name], expected[name]) for name in expected}, rtol, atol)

@@ -8,6 +8,7 @@ instead of being skipped. Each slice brings its whole group of query heads, so t
 shared key/value heads are complete. The row records the scope; the conformance check
 (`attnbench check`, the tests) always covers every slice of its small shapes.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -48,13 +49,13 @@ class CheckedSlices:
         """(B, H, N, D) query-side tensor (q, out, dq, dout) -> (slices, group, N, D)."""
         if self.complete:
             return x
-        return torch.stack([x[b, j * self.group:(j + 1) * self.group] for b, j in self.pairs])
+        return torch.stack([x[b, j * self.group : (j + 1) * self.group] for b, j in self.pairs])
 
     def key_values(self, x: torch.Tensor) -> torch.Tensor:
         """(B, KV, N, D) key/value-side tensor (k, v, dk, dv) -> (slices, 1, N, D)."""
         if self.complete:
             return x
-        return torch.stack([x[b, j:j + 1] for b, j in self.pairs])
+        return torch.stack([x[b, j : j + 1] for b, j in self.pairs])
 
     def select(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """out/dq/dk/dv of the whole case -> the same tensors for the checked slices."""

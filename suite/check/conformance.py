@@ -5,6 +5,7 @@ family's own maths) on seeded standard-normal inputs, at awkward sizes and over 
 one and two tokens, where gradients cancel most. `attnbench check` runs it for any implementation,
 including one another package declares; the test suite runs it for the registry.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,9 +29,17 @@ from .workload import random_tensors
 # length no chunk or block size divides; head dims 16, 64 and 128 (the commonest in models, and its own
 # kernel path in most libraries); the last three are grouped-query attention, the last across 128-token
 # chunk and block boundaries (3 query heads per key/value head).
-AWKWARD_SHAPES = [(1, 2, 1, 16, None), (3, 2, 17, 64, None), (1, 3, 257, 64, None), (3, 1, 257, 16, None),
-                  (1, 2, 64, 64, None), (1, 2, 129, 128, None), (2, 4, 33, 16, 2), (1, 4, 70, 16, 1),
-                  (1, 6, 300, 16, 2)]
+AWKWARD_SHAPES = [
+    (1, 2, 1, 16, None),
+    (3, 2, 17, 64, None),
+    (1, 3, 257, 64, None),
+    (3, 1, 257, 16, None),
+    (1, 2, 64, 64, None),
+    (1, 2, 129, 128, None),
+    (2, 4, 33, 16, 2),
+    (1, 4, 70, 16, 1),
+    (1, 6, 300, 16, 2),
+]
 # (batch, heads, q_len, seq_len, head_dim, kv_heads): fewer queries than keys, the last positions, as in
 # decoding against a KV cache: one query, a few (speculative decoding) with grouped heads, and a chunked
 # prefill whose 130 queries cross a 128-token chunk or block boundary and start at a position (170) that
@@ -55,8 +64,10 @@ LARGE_LOGIT_SEED = 4000
 TRANSPOSED_SHAPE = (2, 3, 65, 32)
 TRANSPOSED_SEED = 5000
 TRANSPOSED_NOTE = "with q, k, v and the upstream gradient laid out (batch, seq, heads, dim) in memory"
-DECODING_NOTE = ("q holds the last {q} of {n} positions: a causal mask must be aligned to the last key; an "
-                 "implementation that needs as many queries as keys says so in supports() (query_length_reasons)")
+DECODING_NOTE = (
+    "q holds the last {q} of {n} positions: a causal mask must be aligned to the last key; an "
+    "implementation that needs as many queries as keys says so in supports() (query_length_reasons)"
+)
 TENSORS = ("out", "dq", "dk", "dv")
 # A relative RMS error from softmax attention at least this large is no rounding (bfloat16's allowance is 3e-2) and
 # is what approximations show on the check's inputs (linear attention and Performer tens of percent, a sliding
@@ -78,53 +89,85 @@ class CheckResult:
 
 def awkward_cases(device: str, dtypes: tuple[str, ...], shapes: list[tuple] | None = None) -> list[Case]:
     """Shapes are (batch, heads, seq_len, head_dim, kv_heads), or with a sixth element, q_len."""
-    return [Case(batch, heads, seq_len, head_dim, dtype, causal, "fwd+bwd", device, kv_heads, *q_len)
-            for batch, heads, seq_len, head_dim, kv_heads, *q_len in (AWKWARD_SHAPES if shapes is None else shapes)
-            for dtype in dtypes for causal in (False, True)]
+    return [
+        Case(batch, heads, seq_len, head_dim, dtype, causal, "fwd+bwd", device, kv_heads, *q_len)
+        for batch, heads, seq_len, head_dim, kv_heads, *q_len in (AWKWARD_SHAPES if shapes is None else shapes)
+        for dtype in dtypes
+        for causal in (False, True)
+    ]
 
 
 def decoding_cases(device: str, dtypes: tuple[str, ...]) -> list[Case]:
-    return [Case(batch, heads, seq_len, head_dim, dtype, causal, "fwd+bwd", device, kv_heads, q_len)
-            for batch, heads, q_len, seq_len, head_dim, kv_heads in DECODING_SHAPES
-            for dtype in dtypes for causal in (False, True)]
+    return [
+        Case(batch, heads, seq_len, head_dim, dtype, causal, "fwd+bwd", device, kv_heads, q_len)
+        for batch, heads, q_len, seq_len, head_dim, kv_heads in DECODING_SHAPES
+        for dtype in dtypes
+        for causal in (False, True)
+    ]
 
 
-def own_shapes(seq_lens: tuple[int, ...] = (), head_dims: tuple[int, ...] = (), q_lens: tuple[int, ...] = (),
-               lengths_named: str = "--seq-len") -> list[tuple]:
+def own_shapes(
+    seq_lens: tuple[int, ...] = (),
+    head_dims: tuple[int, ...] = (),
+    q_lens: tuple[int, ...] = (),
+    lengths_named: str = "--seq-len",
+) -> list[tuple]:
     """Shapes of a model's own, checked like the awkward ones: each head dim at lengths 17 and 257 (a batch of
     three at 17) and grouped-query at 33; each length at every head dim asked for (64 if none), with
     grouped-query heads too; and each query length against every length asked for (257 if none) the same way.
     Raises ValueError for a query length longer than a length, naming the lengths as `lengths_named`."""
-    shapes = [shape for head_dim in head_dims
-              for shape in ((3, 2, 17, head_dim, None), (1, 2, 257, head_dim, None), (2, 4, 33, head_dim, 2))]
-    shapes += [shape for seq_len in seq_lens for head_dim in (head_dims or (64,))
-               for shape in ((1, 2, seq_len, head_dim, None), (1, 4, seq_len, head_dim, 2))]
+    shapes = [
+        shape
+        for head_dim in head_dims
+        for shape in ((3, 2, 17, head_dim, None), (1, 2, 257, head_dim, None), (2, 4, 33, head_dim, 2))
+    ]
+    shapes += [
+        shape
+        for seq_len in seq_lens
+        for head_dim in (head_dims or (64,))
+        for shape in ((1, 2, seq_len, head_dim, None), (1, 4, seq_len, head_dim, 2))
+    ]
     for q_len in q_lens:
         for seq_len in seq_lens or (257,):
             if q_len > seq_len:
-                raise ValueError(f"{q_len} exceeds the length {seq_len} (allowed: at most every {lengths_named} "
-                                 "value, 257 without one: the queries are the last positions)")
+                raise ValueError(
+                    f"{q_len} exceeds the length {seq_len} (allowed: at most every {lengths_named} "
+                    "value, 257 without one: the queries are the last positions)"
+                )
             if q_len < seq_len:
-                shapes += [shape for head_dim in (head_dims or (64,))
-                           for shape in ((1, 2, seq_len, head_dim, None, q_len), (1, 4, seq_len, head_dim, 2, q_len))]
+                shapes += [
+                    shape
+                    for head_dim in (head_dims or (64,))
+                    for shape in ((1, 2, seq_len, head_dim, None, q_len), (1, 4, seq_len, head_dim, 2, q_len))
+                ]
     return list(dict.fromkeys(shapes))
 
 
 def short_cases(device: str, dtypes: tuple[str, ...]) -> list[Case]:
-    return [Case(1, 2, seq_len, 16, dtype, causal, "fwd+bwd", device)
-            for seq_len in SHORT_LENGTHS for dtype in dtypes for causal in (False, True)]
+    return [
+        Case(1, 2, seq_len, 16, dtype, causal, "fwd+bwd", device)
+        for seq_len in SHORT_LENGTHS
+        for dtype in dtypes
+        for causal in (False, True)
+    ]
 
 
 def transposed_cases(device: str, dtypes: tuple[str, ...]) -> list[Case]:
     batch, heads, seq_len, head_dim = TRANSPOSED_SHAPE
-    return [Case(batch, heads, seq_len, head_dim, dtype, causal, "fwd+bwd", device) for dtype in dtypes
-            for causal in (False, True)]
+    return [
+        Case(batch, heads, seq_len, head_dim, dtype, causal, "fwd+bwd", device)
+        for dtype in dtypes
+        for causal in (False, True)
+    ]
 
 
 def large_logit_cases(device: str, dtypes: tuple[str, ...]) -> list[Case]:
-    return [Case(batch, heads, seq_len, head_dim, dtype, causal, "fwd+bwd", device, None, q_len)
-            for batch, heads, seq_len, head_dim, q_len in LARGE_LOGIT_SHAPES
-            for dtype in dtypes for causal in (False, True)]
+    return [
+        Case(batch, heads, seq_len, head_dim, dtype, causal, "fwd+bwd", device, None, q_len)
+        for batch, heads, seq_len, head_dim, q_len in LARGE_LOGIT_SHAPES
+        for dtype in dtypes
+        for causal in (False, True)
+    ]
 
 
 def input_seed(case: Case) -> int:
@@ -143,8 +186,9 @@ def _leaves(case: Case, inputs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
     return [t.clone().requires_grad_(case.mode != "fwd") for t in inputs[:3]]
 
 
-def _call(impl: Implementation, case: Case, inputs: tuple[torch.Tensor, ...],
-          leaves: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+def _call(
+    impl: Implementation, case: Case, inputs: tuple[torch.Tensor, ...], leaves: list[torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
     """One forward (and backward) on `leaves` (fresh ones if none), in poisoned memory: an element left unwritten
     must fail."""
     q, k, v, grad_out = inputs
@@ -161,8 +205,13 @@ def _call(impl: Implementation, case: Case, inputs: tuple[torch.Tensor, ...],
     return {name: t.detach() for name, t in zip(TENSORS, (out, *grads))}
 
 
-def _called(impl: Implementation, case: Case, seed: int, inputs: tuple[torch.Tensor, ...],
-            leaves: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor] | CheckResult:
+def _called(
+    impl: Implementation,
+    case: Case,
+    seed: int,
+    inputs: tuple[torch.Tensor, ...],
+    leaves: list[torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor] | CheckResult:
     """The implementation's outputs and gradients, or the result that ends the case (refused, crashed, or an
     output of the wrong shape)."""
     reasons = impl.supports(case)
@@ -207,8 +256,9 @@ def _against_twin(impl: Implementation, case: Case, seed: int, inputs: tuple[tor
     return _twin_disagrees(impl, case, seed, inputs, actual) or _repeated(impl, case, seed, inputs, leaves, actual)
 
 
-def _twin_disagrees(impl: Implementation, case: Case, seed: int, inputs: tuple[torch.Tensor, ...],
-                    actual: dict[str, torch.Tensor]) -> CheckResult | None:
+def _twin_disagrees(
+    impl: Implementation, case: Case, seed: int, inputs: tuple[torch.Tensor, ...], actual: dict[str, torch.Tensor]
+) -> CheckResult | None:
     """The failing (or crashed) result where `actual` is beyond the tolerance of the exact twin on the same inputs;
     None where it agrees."""
     with_grad = case.mode != "fwd"
@@ -230,13 +280,16 @@ def check_large_logits(impl: Implementation, case: Case, seed: int) -> CheckResu
     """Queries and keys scaled so that the logits spread LARGE_LOGIT_STD: every output and gradient finite, and
     in float32 within the tolerance of the exact twin."""
     q, k, v, grad_out = random_tensors(case, seed)
-    scale = LARGE_LOGIT_STD ** 0.5  # q·k/√D of unit-normal q, k has spread 1; each factor scales it
+    scale = LARGE_LOGIT_STD**0.5  # q·k/√D of unit-normal q, k has spread 1; each factor scales it
     inputs = ((q.float() * scale).to(q.dtype), (k.float() * scale).to(k.dtype), v, grad_out)
     actual = _called(impl, case, seed, inputs)
     if isinstance(actual, CheckResult):
         return actual
-    broken = [f"{name} has {int((~torch.isfinite(t)).sum())} of {t.numel()} values NaN or infinite"
-              for name, t in actual.items() if not torch.isfinite(t).all()]
+    broken = [
+        f"{name} has {int((~torch.isfinite(t)).sum())} of {t.numel()} values NaN or infinite"
+        for name, t in actual.items()
+        if not torch.isfinite(t).all()
+    ]
     if broken:
         why = f"at logits of spread {LARGE_LOGIT_STD:g} (an exp that overflows, or features that all underflow)"
         return CheckResult(case, seed, "fail", f"{why}: {'; '.join(broken)}")
@@ -247,8 +300,14 @@ def check_large_logits(impl: Implementation, case: Case, seed: int) -> CheckResu
     return CheckResult(case, seed, "pass")
 
 
-def _repeated(impl: Implementation, case: Case, seed: int, inputs: tuple[torch.Tensor, ...],
-              leaves: list[torch.Tensor], first: dict[str, torch.Tensor]) -> CheckResult:
+def _repeated(
+    impl: Implementation,
+    case: Case,
+    seed: int,
+    inputs: tuple[torch.Tensor, ...],
+    leaves: list[torch.Tensor],
+    first: dict[str, torch.Tensor],
+) -> CheckResult:
     """The passing first call, made as a program calls it alone, against a second one on the same tensors, made
     inside the implementation's session as `attnbench run` makes its timed calls: both ways are checked, and
     what an implementation keeps of its inputs from call to call (a carried decoding state) is used."""
@@ -259,10 +318,15 @@ def _repeated(impl: Implementation, case: Case, seed: int, inputs: tuple[torch.T
         return CheckResult(case, seed, "error", f"second call: {_described(error)}")
     verdict = judge(again, first, case.dtype, case.seq_len, impl.atol_scale_for(case))
     if not verdict.ok:
-        return CheckResult(case, seed, "fail", f"a second call on the same inputs, inside the implementation's "
-                                               f"session, differs from the first beyond the tolerance (a race, memory "
-                                               f"read before it is written, or a session that changes the result): "
-                                               f"{verdict.reason()}")
+        return CheckResult(
+            case,
+            seed,
+            "fail",
+            f"a second call on the same inputs, inside the implementation's "
+            f"session, differs from the first beyond the tolerance (a race, memory "
+            f"read before it is written, or a session that changes the result): "
+            f"{verdict.reason()}",
+        )
     # Within tolerance but not bit for bit: atomic accumulation (common in backward kernels), not a bug.
     moved = tuple(name for name in first if not torch.equal(first[name], again[name]))
     return CheckResult(case, seed, "pass", not_bitwise=moved, repeated=True)
@@ -281,13 +345,20 @@ def _forward_only_if_need_be(impl: Implementation, case: Case) -> Case:
     return case
 
 
-def check(impl: Implementation, device: str, dtypes: tuple[str, ...], seed: int = 0,
-          extra_shapes: list[tuple] = (), starting: Callable[[Case, int], None] | None = None) -> Iterator[CheckResult]:
+def check(
+    impl: Implementation,
+    device: str,
+    dtypes: tuple[str, ...],
+    seed: int = 0,
+    extra_shapes: list[tuple] = (),
+    starting: Callable[[Case, int], None] | None = None,
+) -> Iterator[CheckResult]:
     """Every awkward case once (and `extra_shapes`, see own_shapes, the same way, and the decoding cases), then every
     short case for each of several seeds; forward and gradients, or the forward alone where the implementation
     supports only that.
     `seed` shifts every input seed, for other inputs than the default ones. `starting(case, seed)` is told of
     each case before it runs (a crash that ends the process then names its case)."""
+
     def checked(run: Callable[..., CheckResult], case: Case, case_seed: int, **options) -> CheckResult:
         forward = _forward_only_if_need_be(impl, case)
         if starting:
@@ -332,15 +403,34 @@ class CheckSummary:
 
     def as_record(self) -> dict:
         """For `check --json`: the counts, and every case with its result."""
-        return {"impl": self.label, "ok": self.ok, "seconds": round(self.seconds, 3),
-                "counts": {status: self.count(status) for status in ("pass", "fail", "error", "unsupported")},
-                "results": [{**asdict(r.case), "seed": r.seed, "status": r.status, "detail": r.detail,
-                             "not_bitwise": list(r.not_bitwise), "forward_only": r.forward_only}
-                            for r in self.results]}
+        return {
+            "impl": self.label,
+            "ok": self.ok,
+            "seconds": round(self.seconds, 3),
+            "counts": {status: self.count(status) for status in ("pass", "fail", "error", "unsupported")},
+            "results": [
+                {
+                    **asdict(r.case),
+                    "seed": r.seed,
+                    "status": r.status,
+                    "detail": r.detail,
+                    "not_bitwise": list(r.not_bitwise),
+                    "forward_only": r.forward_only,
+                }
+                for r in self.results
+            ],
+        }
 
     def format(self, max_findings: int = 20) -> str:
-        counts = ", ".join(f"{self.count(status)} {word}" for status, word in
-                           (("pass", "passed"), ("fail", "failed"), ("error", "errors"), ("unsupported", "unsupported")))
+        counts = ", ".join(
+            f"{self.count(status)} {word}"
+            for status, word in (
+                ("pass", "passed"),
+                ("fail", "failed"),
+                ("error", "errors"),
+                ("unsupported", "unsupported"),
+            )
+        )
         forward_only = sum(r.forward_only and r.status != "unsupported" for r in self.results)
         if forward_only:
             counts += f"; {forward_only} forward only, no backward supported"
@@ -348,10 +438,14 @@ class CheckSummary:
         lines = [f"{self.label}: {verdict} ({counts}; {self.seconds:.1f} s)"]
         moved = Counter(name for r in self.results for name in r.not_bitwise)
         if moved:  # not a failure: kernels that accumulate with atomics (many backward passes) vary in the last bits
-            tensors = ", ".join(f"{name} in {count}" for name, count in sorted(moved.items(), key=lambda i: TENSORS.index(i[0])))
+            tensors = ", ".join(
+                f"{name} in {count}" for name, count in sorted(moved.items(), key=lambda i: TENSORS.index(i[0]))
+            )
             repeated = sum(r.repeated for r in self.results)
-            lines.append(f"  note: a second call on the same inputs agreed within tolerance but not bit for bit "
-                         f"({tensors} of {repeated} passing cases): accumulation order varies between calls")
+            lines.append(
+                f"  note: a second call on the same inputs agreed within tolerance but not bit for bit "
+                f"({tensors} of {repeated} passing cases): accumulation order varies between calls"
+            )
         if note := self._undeclared_approximation_note():
             lines.append(note)
         findings = [r for r in self.results if r.status in ("fail", "error")]
@@ -368,14 +462,15 @@ class CheckSummary:
 
     def _undeclared_approximation_note(self) -> str | None:
         """For an exact-family implementation that failed against softmax attention by an approximation's error."""
-        errors = [r.twin_rel_rms for r in self.results
-                  if r.twin_rel_rms is not None and math.isfinite(r.twin_rel_rms)]
+        errors = [r.twin_rel_rms for r in self.results if r.twin_rel_rms is not None and math.isfinite(r.twin_rel_rms)]
         if self.family != "exact" or max(errors, default=0.0) < APPROXIMATION_SIZED_ERROR:
             return None
-        return (f"  note: errors this large (up to {max(errors):.0%} relative RMS) are no rounding: an approximation "
-                f"of softmax attention must declare its family and its exact twin, to be checked against its own maths "
-                f"(as_implementation(..., family=..., exact_twin=...), or `family` and `exact_twin` on an "
-                f"Implementation subclass); exact attention this far off is wrong")
+        return (
+            f"  note: errors this large (up to {max(errors):.0%} relative RMS) are no rounding: an approximation "
+            f"of softmax attention must declare its family and its exact twin, to be checked against its own maths "
+            f"(as_implementation(..., family=..., exact_twin=...), or `family` and `exact_twin` on an "
+            f"Implementation subclass); exact attention this far off is wrong"
+        )
 
 
 def default_check_dtypes(device: str) -> str:
@@ -383,9 +478,15 @@ def default_check_dtypes(device: str) -> str:
     return "float16,bfloat16,float32" if device == "cuda" else "float32,bfloat16"
 
 
-def checked(impl: Implementation, device: str, dtypes: tuple[str, ...], seed: int = 0, own: list[tuple] = (),
-            starting: Callable[[Case, int], None] | None = None,
-            moving: Callable[[str, int, float], None] | None = None) -> tuple[CheckSummary, bool]:
+def checked(
+    impl: Implementation,
+    device: str,
+    dtypes: tuple[str, ...],
+    seed: int = 0,
+    own: list[tuple] = (),
+    starting: Callable[[Case, int], None] | None = None,
+    moving: Callable[[str, int, float], None] | None = None,
+) -> tuple[CheckSummary, bool]:
     """One implementation's conformance check, summed up, and whether it left the device unusable (a sticky CUDA
     error: every later case would crash too, whatever its implementation, so the check stops there). `moving`
     is told (label, cases done, seconds) every 10 s: compiled kernels can take minutes."""

@@ -1,6 +1,7 @@
 """What a row is checked against: float64 outputs of exact maths on its inputs (softmax attention, or an
 approximate family's exact twin), computed at most once and only for the slices a FLOP budget allows;
 and, for approximations, their distance from softmax attention on the row's inputs and on local inputs."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -29,8 +30,14 @@ class ExpectedOutputs:
     implementation of a case, an approximate family's exact twin is its own.
     """
 
-    def __init__(self, compute: Callable[..., torch.Tensor], case: Case, inputs: Inputs,
-                 settings: RunSettings, what: str = "float64 reference"):
+    def __init__(
+        self,
+        compute: Callable[..., torch.Tensor],
+        case: Case,
+        inputs: Inputs,
+        settings: RunSettings,
+        what: str = "float64 reference",
+    ):
         self.compute, self.case, self.inputs, self.what = compute, case, inputs, what
         self._outputs: dict[str, torch.Tensor] | None = None
         self._failure: str | None = None
@@ -38,8 +45,10 @@ class ExpectedOutputs:
         self.slices = CheckedSlices.choose(case, limit)
         if self.slices is None:
             per_slice = softmax_case_flops(case) / (case.batch * case.key_value_heads)
-            self._failure = (f"accuracy not checked: one (batch, head) slice of the {what} needs "
-                             f"{per_slice / 1e9:.3g} GFLOP (limit {limit / 1e9:.3g} GFLOP on {case.device})")
+            self._failure = (
+                f"accuracy not checked: one (batch, head) slice of the {what} needs "
+                f"{per_slice / 1e9:.3g} GFLOP (limit {limit / 1e9:.3g} GFLOP on {case.device})"
+            )
 
     def expected(self) -> tuple[dict[str, torch.Tensor] | None, str | None]:
         """(float64 outputs, None), or (None, why accuracy is not checked)."""
@@ -74,8 +83,13 @@ def softmax_reference(case: Case, inputs: Inputs, settings: RunSettings) -> Expe
 
 
 def twin_reference(impl: Implementation, case: Case, inputs: Inputs, settings: RunSettings) -> ExpectedOutputs:
-    return ExpectedOutputs(lambda q, k, v: impl.exact_twin(q, k, v, causal=case.causal), case, inputs, settings,
-                           what=f"float64 exact twin of {impl.name}")
+    return ExpectedOutputs(
+        lambda q, k, v: impl.exact_twin(q, k, v, causal=case.causal),
+        case,
+        inputs,
+        settings,
+        what=f"float64 exact twin of {impl.name}",
+    )
 
 
 def softmax_error(out: torch.Tensor, reference: ExpectedOutputs, prefix: str = "softmax") -> dict[str, Any]:

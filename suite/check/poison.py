@@ -8,6 +8,7 @@ length that is not a multiple of its tile, say) would return them correct and pa
 forward that never wrote its last query row passed the float32 check after `sdpa` at 17, 257 and 1000
 tokens.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -93,10 +94,18 @@ def free_block_sizes(snapshot: list[dict], device_index: int, stream: int) -> li
     CUDA graph's private pool), largest first: requested in that order, each request is given the free
     block of its own size (the allocator picks the smallest that fits, and every larger one is taken by
     then), so each is filled once."""
-    return sorted((block["size"] for segment in snapshot
-                   if segment.get("device") == device_index and segment.get("stream", stream) == stream
-                   and tuple(segment.get("segment_pool_id") or (0, 0)) == (0, 0)
-                   for block in segment["blocks"] if block["state"] == "inactive"), reverse=True)
+    return sorted(
+        (
+            block["size"]
+            for segment in snapshot
+            if segment.get("device") == device_index
+            and segment.get("stream", stream) == stream
+            and tuple(segment.get("segment_pool_id") or (0, 0)) == (0, 0)
+            for block in segment["blocks"]
+            if block["state"] == "inactive"
+        ),
+        reverse=True,
+    )
 
 
 def _poison_cuda_cache(device: torch.device) -> None:

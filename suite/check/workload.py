@@ -1,4 +1,5 @@
 """Inputs for a case and the call that gets timed for each mode (fwd, bwd, fwd+bwd)."""
+
 from __future__ import annotations
 
 import math
@@ -32,8 +33,10 @@ class Inputs:
         for t in (self.q, self.k, self.v, self.dout):
             if t is not None:
                 data = t.detach()
-                prints += [torch.sum(data, dtype=torch.float64).item(),
-                           torch.linalg.vector_norm(data, dtype=torch.float64).item()]
+                prints += [
+                    torch.sum(data, dtype=torch.float64).item(),
+                    torch.linalg.vector_norm(data, dtype=torch.float64).item(),
+                ]
         return tuple(prints)
 
     def unchanged_since(self, fingerprint: tuple[float, ...]) -> bool:
@@ -51,8 +54,10 @@ def random_tensors(case: Case, generator_seed: int) -> tuple[torch.Tensor, torch
     generator = torch.Generator(device=case.device).manual_seed(generator_seed)
     shape = (case.batch, case.heads, case.query_len, case.head_dim)
     kv_shape = (case.batch, case.key_value_heads, case.seq_len, case.head_dim)
-    q, k, v, dout = (torch.randn(s, generator=generator, device=case.device, dtype=case.torch_dtype)
-                     for s in (shape, kv_shape, kv_shape, shape))
+    q, k, v, dout = (
+        torch.randn(s, generator=generator, device=case.device, dtype=case.torch_dtype)
+        for s in (shape, kv_shape, kv_shape, shape)
+    )
     return q, k, v, dout
 
 
@@ -72,13 +77,21 @@ _LOCAL_NOISE = 0.25  # what queries and keys add to the latent, relative to it
 def local_shape(seq_len: int) -> tuple[float, float]:
     """(mean self logit, correlation length in tokens) of the local inputs at seq_len. The correlation
     length grows with the logit, so the width of each query's peak stays about the same."""
-    self_logit = LOCAL_SELF_LOGIT + LOCAL_LOGIT_GROWTH * math.log(max(seq_len, LOCAL_REFERENCE_TOKENS)
-                                                                  / LOCAL_REFERENCE_TOKENS)
+    self_logit = LOCAL_SELF_LOGIT + LOCAL_LOGIT_GROWTH * math.log(
+        max(seq_len, LOCAL_REFERENCE_TOKENS) / LOCAL_REFERENCE_TOKENS
+    )
     return self_logit, LOCAL_CORRELATION_TOKENS * self_logit / LOCAL_SELF_LOGIT
 
 
-def _drifting_latent(batch: int, heads: int, seq_len: int, head_dim: int, correlation_tokens: float,
-                     generator: torch.Generator, device: str) -> torch.Tensor:
+def _drifting_latent(
+    batch: int,
+    heads: int,
+    seq_len: int,
+    head_dim: int,
+    correlation_tokens: float,
+    generator: torch.Generator,
+    device: str,
+) -> torch.Tensor:
     """Unit-variance noise smoothed along the sequence by an exponential kernel (a stationary AR(1))."""
     taps = int(8 * correlation_tokens)  # the kernel's tail beyond 8 lengths is below e^-8
     kernel = torch.exp(-torch.arange(taps, device=device, dtype=torch.float32) / correlation_tokens)
@@ -106,7 +119,7 @@ def local_tensors(case: Case, generator_seed: int) -> tuple[torch.Tensor, torch.
         noise = torch.randn(shape_latent.shape, generator=generator, device=case.device)
         return (scale * (shape_latent + _LOCAL_NOISE * noise)).to(case.torch_dtype)
 
-    q = noisy(latent[..., n - case.query_len:, :].repeat_interleave(case.heads // kv_heads, dim=1))
+    q = noisy(latent[..., n - case.query_len :, :].repeat_interleave(case.heads // kv_heads, dim=1))
     k = noisy(latent)
     v = torch.randn((b, kv_heads, n, d), generator=generator, device=case.device, dtype=case.torch_dtype)
     return q, k, v

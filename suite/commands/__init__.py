@@ -3,6 +3,7 @@
 Declaring arguments imports neither torch, pandas nor matplotlib, so that `--help` answers at once; a handler
 imports what it needs when its command runs.
 """
+
 from __future__ import annotations
 
 from . import check, compare, env, listing, local_errors, profile, recommend, report, run, runs

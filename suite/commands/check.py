@@ -1,4 +1,5 @@
 """`attnbench check`: correctness only, forward and gradients against the float64 exact twin."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,19 +14,28 @@ if TYPE_CHECKING:
 
 
 def add_to(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("check", help="correctness only: forward and gradients against the float64 "
-                                               "exact twin at awkward sizes and many seeds (exit 1 on a failure)")
+    parser = commands.add_parser(
+        "check",
+        help="correctness only: forward and gradients against the float64 "
+        "exact twin at awkward sizes and many seeds (exit 1 on a failure)",
+    )
     parser.add_argument("--impl", required=True, help="NAME[:KEY=VALUE...][,NAME...]; see `attnbench list`")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--dtype", help="(default: float32,bfloat16 on cpu; float16,bfloat16,float32 on cuda)")
     parser.add_argument("--seed", type=int, default=0, help="added to every input seed, for other inputs (default 0)")
     parser.add_argument("--seq-len", help="lengths of your own to check too, N[,N...] (each with grouped-query heads)")
     parser.add_argument("--head-dim", help="head dims of your own to check too, D[,D...] (at 17, 257 and 33 tokens)")
-    parser.add_argument("--q-len", help="query lengths of your own to check too, Q[,Q...]: the last Q positions "
-                                        "against each --seq-len of keys (257 without one), as in decoding")
+    parser.add_argument(
+        "--q-len",
+        help="query lengths of your own to check too, Q[,Q...]: the last Q positions "
+        "against each --seq-len of keys (257 without one), as in decoding",
+    )
     parser.add_argument("--json", help="also write every case's result to this file (for CI dashboards)")
-    parser.add_argument("--verbose", action="store_true",
-                        help="name each case before it runs (to find the one a crash that ends the process was in)")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="name each case before it runs (to find the one a crash that ends the process was in)",
+    )
     parser.set_defaults(handler=handle)
 
 
@@ -39,40 +49,57 @@ def handle(args: argparse.Namespace) -> int:
         config.writable("--json", args.json)  # before minutes of checking, not after
     device = config.device_or_default(args.device)
     dtypes = config.dtypes("--dtype", args.dtype or conformance.default_check_dtypes(device))
-    lengths, head_dims, query_lengths = (config.positive_ints(flag, text) if text else ()
-                                         for flag, text in (("--seq-len", args.seq_len), ("--head-dim", args.head_dim),
-                                                            ("--q-len", args.q_len)))
+    lengths, head_dims, query_lengths = (
+        config.positive_ints(flag, text) if text else ()
+        for flag, text in (("--seq-len", args.seq_len), ("--head-dim", args.head_dim), ("--q-len", args.q_len))
+    )
     try:
         own = conformance.own_shapes(lengths, head_dims, query_lengths)
     except ValueError as error:  # a query length longer than a length
         raise config.UsageError(f"--q-len: {error}") from None
-    print(f"checking on {device} ({', '.join(dtypes)}): {len(conformance.AWKWARD_SHAPES)} awkward shapes and "
-          f"{len(conformance.DECODING_SHAPES)} with fewer queries than keys, causal and not, with and without autograd, "
-          f"then lengths {conformance.SHORT_LENGTHS} for "
-          f"{len(conformance.SHORT_LENGTH_SEEDS)} seeds, each twice, then transposed (non-contiguous) inputs, then 257 "
-          f"tokens and a 130-of-300 prefill at logits of spread {conformance.LARGE_LOGIT_STD:g} (finite results; "
-          f"float32 also against the twin); memory poisoning: "
-          f"{poisoning(device)}", flush=True)
+    print(
+        f"checking on {device} ({', '.join(dtypes)}): {len(conformance.AWKWARD_SHAPES)} awkward shapes and "
+        f"{len(conformance.DECODING_SHAPES)} with fewer queries than keys, causal and not, with and without autograd, "
+        f"then lengths {conformance.SHORT_LENGTHS} for "
+        f"{len(conformance.SHORT_LENGTH_SEEDS)} seeds, each twice, then transposed (non-contiguous) inputs, then 257 "
+        f"tokens and a 130-of-300 prefill at logits of spread {conformance.LARGE_LOGIT_STD:g} (finite results; "
+        f"float32 also against the twin); memory poisoning: "
+        f"{poisoning(device)}",
+        flush=True,
+    )
     if own:  # checked like the awkward shapes
-        print(f"and shapes of your own: {', '.join(_shape_text(shape) for shape in own)} (KV: key/value heads shared "
-              "by the query heads)", flush=True)
+        print(
+            f"and shapes of your own: {', '.join(_shape_text(shape) for shape in own)} (KV: key/value heads shared "
+            "by the query heads)",
+            flush=True,
+        )
     all_ok, summaries = True, []
     for number, spec in enumerate(specs):
         impl = config.build_impl("--impl", spec)
         starting = functools.partial(_announce_case, impl.label) if args.verbose else None
-        summary, device_lost = conformance.checked(impl, device, dtypes, args.seed, own, starting, moving=_say_it_is_moving)
+        summary, device_lost = conformance.checked(
+            impl, device, dtypes, args.seed, own, starting, moving=_say_it_is_moving
+        )
         summaries.append(summary)
         print(summary.format(), flush=True)
         all_ok &= summary.ok
         if device_lost:
             print(f"  stopped: the device was unusable after the error on {summary.results[-1].case.label}", flush=True)
-            for rest in specs[number + 1:]:
+            for rest in specs[number + 1 :]:
                 print(f"{rest}: NOT CHECKED (the device was unusable after {impl.label}'s error)", flush=True)
             all_ok = False
             break
     if args.json:
-        _write_json(Path(args.json), {"device": device, "dtypes": list(dtypes), "poisoning": poisoning(device),
-                                      "ok": all_ok, "implementations": [s.as_record() for s in summaries]})
+        _write_json(
+            Path(args.json),
+            {
+                "device": device,
+                "dtypes": list(dtypes),
+                "poisoning": poisoning(device),
+                "ok": all_ok,
+                "implementations": [s.as_record() for s in summaries],
+            },
+        )
         print(f"results: {args.json}")
     return 0 if all_ok else 1
 

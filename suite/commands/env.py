@@ -1,4 +1,5 @@
 """`attnbench env`: the environment record a run writes into its header, as JSON."""
+
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,5 @@
 """`attnbench list`: the implementations, their family, and whether they can run here and why not."""
+
 from __future__ import annotations
 
 import argparse

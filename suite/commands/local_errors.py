@@ -1,4 +1,5 @@
 """`attnbench local-errors`: add the local-inputs error to a results file's approximate rows."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,15 +8,22 @@ from pathlib import Path
 
 
 def add_to(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("local-errors", help="add the local-inputs error to a results file's approximate "
-                                                      "rows that lack it (nothing is timed; the rows are appended "
-                                                      "amended)")
+    parser = commands.add_parser(
+        "local-errors",
+        help="add the local-inputs error to a results file's approximate "
+        "rows that lack it (nothing is timed; the rows are appended "
+        "amended)",
+    )
     parser.add_argument("results", help="results file (JSON Lines), amended in place")
-    parser.add_argument("--redo", action="store_true",
-                        help="measure every approximate row again, not only those without it")
+    parser.add_argument(
+        "--redo", action="store_true", help="measure every approximate row again, not only those without it"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for the local inputs (default 0)")
-    parser.add_argument("--impl", help="NAME[:KEY=VALUE...][,NAME...]: only these implementations' rows (a name "
-                                       "covers all its options; default: every approximate row)")
+    parser.add_argument(
+        "--impl",
+        help="NAME[:KEY=VALUE...][,NAME...]: only these implementations' rows (a name "
+        "covers all its options; default: every approximate row)",
+    )
     parser.set_defaults(handler=handle)
 
 
@@ -46,12 +54,15 @@ def handle(args: argparse.Namespace) -> int:
         present = sorted({row["impl"] for row in approximate_rows(rows)})
         typo = config.unmatched_pattern(impls, present)
         if typo is not None:
-            raise UsageError(f"--impl: {typo!r} has no approximate row that ran in {path} "
-                             f"(allowed: {', '.join(present) or 'none'})")
+            raise UsageError(
+                f"--impl: {typo!r} has no approximate row that ran in {path} (allowed: {', '.join(present) or 'none'})"
+            )
     devices = {row.get("device") for row in rows_to_amend(rows, args.redo, impls)}
     if not devices:
         which = f" of {', '.join(impls)}" if impls else ""
-        print(f"nothing to amend: every approximate row{which} of {path} that ran has its local-inputs error (or why not)")
+        print(
+            f"nothing to amend: every approximate row{which} of {path} that ran has its local-inputs error (or why not)"
+        )
         return 0
     device = "cuda" if "cuda" in devices else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
@@ -59,21 +70,33 @@ def handle(args: argparse.Namespace) -> int:
     run_info = {"amends": "local-inputs errors", "argv": sys.argv[1:], "seed": args.seed}
     in_flight = InFlight(path, ".amending")
     if (writing := in_flight.running_elsewhere()) is not None:
-        raise UsageError(f"local-errors: {str(path)!r} is being amended by a process still going on this machine "
-                         f"(pid {writing})")
+        raise UsageError(
+            f"local-errors: {str(path)!r} is being amended by a process still going on this machine (pid {writing})"
+        )
     writer = ResultsWriter(path, collect(torch.device(device)), run_info)
     try:
         rows = amend_died_row(rows, in_flight.died_in(), writer)
-        done = amend_local_errors(rows, writer, LocalErrors(RunSettings(seed=args.seed)).of,
-                                  lambda label: config.build_impl("results file", label), redo=args.redo,
-                                  impls=impls, on_start=in_flight.started)
+        done = amend_local_errors(
+            rows,
+            writer,
+            LocalErrors(RunSettings(seed=args.seed)).of,
+            lambda label: config.build_impl("results file", label),
+            redo=args.redo,
+            impls=impls,
+            on_start=in_flight.started,
+        )
     except KeyboardInterrupt as interrupt:
-        print(f"\n{stop_word(interrupt)}: the rows amended so far are in {path}; run the command again to amend the rest",
-              file=sys.stderr)
+        print(
+            f"\n{stop_word(interrupt)}: the rows amended so far are in {path}; run the command again to amend the rest",
+            file=sys.stderr,
+        )
         return exit_status(interrupt)
     except DeviceLost as lost:
-        print(f"\nstopped: {lost}\nthe rows amended so far are in {path}; run the command again, in a new process, "
-              "to amend the rest", file=sys.stderr)
+        print(
+            f"\nstopped: {lost}\nthe rows amended so far are in {path}; run the command again, in a new process, "
+            "to amend the rest",
+            file=sys.stderr,
+        )
         return 1
     finally:  # any end Python sees; only a process that died leaves the file naming its row
         in_flight.clear()

@@ -1,4 +1,5 @@
 """`attnbench profile`: where one case's time goes, torch.profiler's heaviest operators."""
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,14 @@ def handle(args: argparse.Namespace) -> int:
         raise UsageError(f"{impl.label} cannot run {case.label}: {'; '.join(reasons)}")
     count = lambda flag, text: config.only_one(flag, config.positive_ints(flag, text))  # noqa: E731
     try:
-        result = profile_case(impl, case, calls=count("--calls", args.calls), rows=count("--rows", args.rows),
-                              seed=args.seed, trace=Path(args.trace) if args.trace else None)
+        result = profile_case(
+            impl,
+            case,
+            calls=count("--calls", args.calls),
+            rows=count("--rows", args.rows),
+            seed=args.seed,
+            trace=Path(args.trace) if args.trace else None,
+        )
     except implementations.Unsupported as unsupported:
         raise UsageError(f"{impl.label} refused {case.label}: {unsupported}") from None
     print(result.format())

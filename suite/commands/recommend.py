@@ -1,4 +1,5 @@
 """`attnbench recommend`: rank implementations for one shape from measured results."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,24 +11,39 @@ from .shape import one_shape
 
 def add_to(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("recommend", help="rank implementations for a shape from measured results")
-    parser.add_argument("--seq-len", dest="seq_len", required=True,
-                        help="sequence length; between two measured ones, interpolated (log-log)")
-    parser.add_argument("--heads", required=True, help="query heads; another measured head count is scaled to it "
-                                                       "where this one was not measured")
+    parser.add_argument(
+        "--seq-len",
+        dest="seq_len",
+        required=True,
+        help="sequence length; between two measured ones, interpolated (log-log)",
+    )
+    parser.add_argument(
+        "--heads",
+        required=True,
+        help="query heads; another measured head count is scaled to it where this one was not measured",
+    )
     parser.add_argument("--head-dim", dest="head_dim", required=True, help="head dimension, as measured")
     parser.add_argument("--kv-heads", dest="kv_heads", help="key/value heads (default: = heads)")
-    parser.add_argument("--q-len", dest="q_len", help="queries against --seq-len keys, as measured with run --q-len "
-                                                      "(default: = seq-len)")
+    parser.add_argument(
+        "--q-len",
+        dest="q_len",
+        help="queries against --seq-len keys, as measured with run --q-len (default: = seq-len)",
+    )
     parser.add_argument("--batch", default="1", help="batch to scale time and memory to (default 1)")
     parser.add_argument("--dtype", default="bfloat16", help="float16, bfloat16 or float32 (default bfloat16)")
     parser.add_argument("--causal", nargs="?", const="true", default="false", help="true (bare flag) or false")
     parser.add_argument("--mode", default="fwd", help="fwd, bwd or fwd+bwd")
     parser.add_argument("--max-error", dest="max_error", help="largest relative RMS error to accept")
     parser.add_argument("--memory-budget", dest="memory_budget", help="bytes, or with a unit: 512MiB, 8GiB, 40GB")
-    parser.add_argument("--results", nargs="+",
-                        help="results files (default: the newest in results/ timed on this GPU or CPU model)")
-    parser.add_argument("--format", default="text", choices=("text", "json"),
-                        help="json: the ranking and exclusions for a program that picks a kernel")
+    parser.add_argument(
+        "--results", nargs="+", help="results files (default: the newest in results/ timed on this GPU or CPU model)"
+    )
+    parser.add_argument(
+        "--format",
+        default="text",
+        choices=("text", "json"),
+        help="json: the ranking and exclusions for a program that picks a kernel",
+    )
     parser.set_defaults(handler=handle)
 
 
@@ -41,8 +57,9 @@ def _newest_results(device: str) -> list[Path]:
 
     here = machine_name(device)
     elsewhere: dict[str, list[str]] = {}
-    newest_first = sorted(naming.RESULTS_DIR.glob("*.jsonl"), key=lambda p: (p.name[:10], p.stat().st_mtime),
-                          reverse=True)
+    newest_first = sorted(
+        naming.RESULTS_DIR.glob("*.jsonl"), key=lambda p: (p.name[:10], p.stat().st_mtime), reverse=True
+    )
     for path in newest_first:
         try:
             runs, _ = read(path)
@@ -54,8 +71,10 @@ def _newest_results(device: str) -> list[Path]:
         for machine in sorted(m for m in machines if m):
             elsewhere.setdefault(machine, []).append(str(path))
     found = "".join(f"; {machine}: {', '.join(paths)}" for machine, paths in elsewhere.items())
-    raise UsageError(f"--results: no results file timed on {here} in {naming.RESULTS_DIR}/ (run `attnbench run` "
-                     f"first, or name files with --results{found and ', e.g. those of another machine' + found})")
+    raise UsageError(
+        f"--results: no results file timed on {here} in {naming.RESULTS_DIR}/ (run `attnbench run` "
+        f"first, or name files with --results{found and ', e.g. those of another machine' + found})"
+    )
 
 
 def _chosen_results() -> list[Path]:
@@ -67,8 +86,11 @@ def _chosen_results() -> list[Path]:
 
     device = config.device_or_default(None)
     sources = _newest_results(device)
-    print(f"recommend: reading {', '.join(map(str, sources))} (the newest results file in {naming.RESULTS_DIR}/ "
-          f"timed on {machine_name(device)}; --results names others)", file=sys.stderr)
+    print(
+        f"recommend: reading {', '.join(map(str, sources))} (the newest results file in {naming.RESULTS_DIR}/ "
+        f"timed on {machine_name(device)}; --results names others)",
+        file=sys.stderr,
+    )
     return sources
 
 

@@ -1,4 +1,5 @@
 """`attnbench run`: a grid of cases, measured and checked, into a results file."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,9 +17,11 @@ from ..run.presets import CONFIG_KEYS, PRESETS
 def _timing_help() -> str:
     defaults = {device: describe(vars(TimingPolicy.for_device(device))) for device in ("cuda", "cpu")}
     # argparse formats help with %, so the policy's own "±1%" must be escaped.
-    return ("KEY=VALUE[,KEY=VALUE...]: how each case is timed, e.g. min_repeats=20,budget_s=3 (keys: "
-            + ", ".join(ADJUSTABLE) + f"; defaults: on cuda {defaults['cuda']}, on cpu {defaults['cpu']})"
-            ).replace("%", "%%")
+    return (
+        "KEY=VALUE[,KEY=VALUE...]: how each case is timed, e.g. min_repeats=20,budget_s=3 (keys: "
+        + ", ".join(ADJUSTABLE)
+        + f"; defaults: on cuda {defaults['cuda']}, on cpu {defaults['cpu']})"
+    ).replace("%", "%%")
 
 
 def _add_grid_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,19 +30,27 @@ def _add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--config", help="a TOML grid file (keys: " + ", ".join(CONFIG_KEYS) + ")")
     parser.add_argument("--impl", help="NAME[:KEY=VALUE...][,NAME...]; see `attnbench list`")
     parser.add_argument("--seq-len", dest="seq_len", help="N[,N...]: keys (and queries, without --q-len)")
-    parser.add_argument("--q-len", dest="q_len",
-                        help="queries against each --seq-len of keys, Q[,Q...], as in decoding with a KV cache: the "
-                             "last Q positions, causal masks aligned to the last key (default: = seq_len)")
+    parser.add_argument(
+        "--q-len",
+        dest="q_len",
+        help="queries against each --seq-len of keys, Q[,Q...], as in decoding with a KV cache: the "
+        "last Q positions, causal masks aligned to the last key (default: = seq_len)",
+    )
     parser.add_argument("--heads", help="H[,H...]")
-    parser.add_argument("--kv-heads", dest="kv_heads",
-                        help="key/value heads for grouped-query attention, K[,K...] (default: = heads)")
-    parser.add_argument("--batch", help="B[,B...] (default: 16384 tokens per batch, i.e. 16384 // seq_len, unless a "
-                                        "preset sets the batch: one named, or the default preset over its own lengths)")
+    parser.add_argument(
+        "--kv-heads", dest="kv_heads", help="key/value heads for grouped-query attention, K[,K...] (default: = heads)"
+    )
+    parser.add_argument(
+        "--batch",
+        help="B[,B...] (default: 16384 tokens per batch, i.e. 16384 // seq_len, unless a "
+        "preset sets the batch: one named, or the default preset over its own lengths)",
+    )
     parser.add_argument("--head-dim", dest="head_dim", help="D[,D...]")
     parser.add_argument("--dtype", help="float16,bfloat16,float32")
     parser.add_argument("--causal", nargs="?", const="true", help="causal masking: true (bare flag), false or both")
-    parser.add_argument("--no-causal", dest="causal", action="store_const", const="false",
-                        help="the same as --causal false")
+    parser.add_argument(
+        "--no-causal", dest="causal", action="store_const", const="false", help="the same as --causal false"
+    )
     parser.add_argument("--mode", help="fwd,bwd,fwd+bwd")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--threads", help="N: threads torch computes with on a CPU (default: torch's own choice)")
@@ -48,21 +59,38 @@ def _add_grid_arguments(parser: argparse.ArgumentParser) -> None:
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="results file (default: results/<date>_<device>_<preset>.jsonl)")
     parser.add_argument("--resume", action="store_true", help="append to --out, skipping cases already in it")
-    parser.add_argument("--retry", help=f"with --resume: run again the cases whose row has one of these statuses "
-                                        f"({', '.join(RETRYABLE)}); the new row replaces the old one")
+    parser.add_argument(
+        "--retry",
+        help=f"with --resume: run again the cases whose row has one of these statuses "
+        f"({', '.join(RETRYABLE)}); the new row replaces the old one",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for the random inputs (default 0)")
     parser.add_argument("--timing", help=_timing_help())
-    parser.add_argument("--time-limit", dest="time_limit",
-                        help="seconds: start no new row after this long; the run stops cleanly, every finished row "
-                             "kept (exit 3; continue with --resume --out FILE)")
-    parser.add_argument("--cuda-graph", dest="cuda_graph", action="store_true",
-                        help="also time each forward row replayed from a CUDA graph, without the host issuing its "
-                             "kernels (graph_time_ms; GPU only)")
-    parser.add_argument("--energy", action="store_true",
-                        help="also measure each row's energy per call and mean power from the GPU's energy counter "
-                             "(NVML; about 2 s more per row; GPU only)")
-    parser.add_argument("--dry-run", dest="dry_run", action="store_true",
-                        help="print what the run would measure, skip (--resume) or record as unsupported, and stop")
+    parser.add_argument(
+        "--time-limit",
+        dest="time_limit",
+        help="seconds: start no new row after this long; the run stops cleanly, every finished row "
+        "kept (exit 3; continue with --resume --out FILE)",
+    )
+    parser.add_argument(
+        "--cuda-graph",
+        dest="cuda_graph",
+        action="store_true",
+        help="also time each forward row replayed from a CUDA graph, without the host issuing its "
+        "kernels (graph_time_ms; GPU only)",
+    )
+    parser.add_argument(
+        "--energy",
+        action="store_true",
+        help="also measure each row's energy per call and mean power from the GPU's energy counter "
+        "(NVML; about 2 s more per row; GPU only)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        dest="dry_run",
+        action="store_true",
+        help="print what the run would measure, skip (--resume) or record as unsupported, and stop",
+    )
 
 
 def add_to(commands: argparse._SubParsersAction) -> None:
@@ -75,6 +103,7 @@ def add_to(commands: argparse._SubParsersAction) -> None:
 @dataclass
 class _Request:
     """What the flags ask for, checked: the grid's cases on a device, into one results file."""
+
     device: str
     preset_name: str
     grid: Any
@@ -109,8 +138,10 @@ def _run(args: argparse.Namespace, threads: int | None) -> int:
     in_flight = InFlight(request.out)
     writing = in_flight.running_elsewhere()
     if writing is not None and not args.dry_run:
-        raise _usage(f"--out: {str(request.out)!r} is being written by a run still going on this machine (pid "
-                     f"{writing}); two runs appending to one file would interleave their rows")
+        raise _usage(
+            f"--out: {str(request.out)!r} is being written by a run still going on this machine (pid "
+            f"{writing}); two runs appending to one file would interleave their rows"
+        )
     skip, died = _stored(args, request, in_flight)
     if died and "error" not in request.retry:
         skip.add(key_of_row(died))
@@ -135,8 +166,10 @@ def _request(args: argparse.Namespace, threads: int | None, started: float) -> _
     from ..run import config, session
     from ..run.presets import default_preset
 
-    flags = {key: getattr(args, key) for key in ("impl", "seq_len", "q_len", "heads", "kv_heads", "batch", "head_dim",
-                                                 "dtype", "causal", "mode")}
+    flags = {
+        key: getattr(args, key)
+        for key in ("impl", "seq_len", "q_len", "heads", "kv_heads", "batch", "head_dim", "dtype", "causal", "mode")
+    }
     from_config = config.read_config(args.config) if args.config else {}
     device = config.device_or_default(args.device or from_config.get("device"))
     named_preset = args.preset or from_config.get("preset")
@@ -157,8 +190,10 @@ def _request(args: argparse.Namespace, threads: int | None, started: float) -> _
     retry = session.retry_statuses(args.retry, args.resume)
     policy = config.timing_policy("--timing", from_config.get("timing") if args.timing is None else args.timing, device)
     deadline = started + config.positive_float("--time-limit", args.time_limit) if args.time_limit else None
-    for asked, flag, why in ((args.cuda_graph, "--cuda-graph", cuda_graph.WHY_GPU_ONLY),
-                             (args.energy, "--energy", energy.WHY_GPU_ONLY)):
+    for asked, flag, why in (
+        (args.cuda_graph, "--cuda-graph", cuda_graph.WHY_GPU_ONLY),
+        (args.energy, "--energy", energy.WHY_GPU_ONLY),
+    ):
         if asked and config.gpu_only(flag, device, why):
             raise _usage(config.gpu_only(flag, device, why))
     return _Request(device, preset_name, grid, impls, cases, out, retry, policy, deadline, threads)
@@ -188,19 +223,24 @@ def _dry_run(args: argparse.Namespace, request: _Request, skip: set[tuple], died
     from ..run.plan import format_plan, plan_run
 
     if died:
-        print(f"the run that wrote {request.out} died while measuring {session.row_name(died)}: this run will "
-              "record that as an error row", file=sys.stderr)
+        print(
+            f"the run that wrote {request.out} died while measuring {session.row_name(died)}: this run will "
+            "record that as an error row",
+            file=sys.stderr,
+        )
     plans = plan_run(request.impls, request.cases, skip, earlier)
     print(format_plan(plans, request.cases, request.device))
-    extra = session.extra_measurements(sum(plan.to_measure for plan in plans), args.cuda_graph, args.energy,
-                                       request.policy)
+    extra = session.extra_measurements(
+        sum(plan.to_measure for plan in plans), args.cuda_graph, args.energy, request.policy
+    )
     if extra:
         print(extra)
     return 0
 
 
-def _measure(args: argparse.Namespace, request: _Request, skip: set[tuple], died: dict | None, earlier,
-             in_flight) -> int:
+def _measure(
+    args: argparse.Namespace, request: _Request, skip: set[tuple], died: dict | None, earlier, in_flight
+) -> int:
     from ..run import session
     from ..run.progress import Progress
     from ..run.runner import DeviceLost, TimeLimitReached, run_cases
@@ -210,33 +250,58 @@ def _measure(args: argparse.Namespace, request: _Request, skip: set[tuple], died
     out = request.out
     settings = session.measured_settings(request.cases, request.device, args.seed, request.policy)
     settings.cuda_graph, settings.energy = args.cuda_graph, args.energy
-    writer = session.results_writer(out, request.grid, settings, request.device, preset=request.preset_name,
-                                    config=args.config, argv=sys.argv[1:], threads=request.threads)
+    writer = session.results_writer(
+        out,
+        request.grid,
+        settings,
+        request.device,
+        preset=request.preset_name,
+        config=args.config,
+        argv=sys.argv[1:],
+        threads=request.threads,
+    )
     if died:
         writer.append(died)
-        print(f"the run that wrote {out} died while measuring {session.row_name(died)}: recorded as an error row"
-              + (" (--retry error: measured again below)" if "error" in request.retry else ""), file=sys.stderr)
+        print(
+            f"the run that wrote {out} died while measuring {session.row_name(died)}: recorded as an error row"
+            + (" (--retry error: measured again below)" if "error" in request.retry else ""),
+            file=sys.stderr,
+        )
     if skip:
         print(f"resuming {out}: {len(skip)} rows already there", file=sys.stderr)
     try:
-        rows = run_cases(request.impls, request.cases, settings=settings, on_row=writer.append, skip=skip,
-                         progress=Progress(earlier=earlier.seconds), deadline=request.deadline,
-                         on_start=in_flight.started)
+        rows = run_cases(
+            request.impls,
+            request.cases,
+            settings=settings,
+            on_row=writer.append,
+            skip=skip,
+            progress=Progress(earlier=earlier.seconds),
+            deadline=request.deadline,
+            on_start=in_flight.started,
+        )
     except TimeLimitReached as reached:
         writer.close()
         kept = f"every finished row is in {out}" if reached.done else "no row finished"
-        print(f"\nstopped at --time-limit {args.time_limit} s: {reached}; {kept} (continue with --resume --out {out})",
-              file=sys.stderr)
+        print(
+            f"\nstopped at --time-limit {args.time_limit} s: {reached}; {kept} (continue with --resume --out {out})",
+            file=sys.stderr,
+        )
         return 3
     except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM (termination.Terminated)
         writer.close()
-        print(f"\n{stop_word(interrupt)}: every finished row is in {out} (continue with --resume --out {out})",
-              file=sys.stderr)
+        print(
+            f"\n{stop_word(interrupt)}: every finished row is in {out} (continue with --resume --out {out})",
+            file=sys.stderr,
+        )
         return exit_status(interrupt)
     except DeviceLost as lost:
         writer.close()
-        print(f"\nstopped: {lost}\nevery finished row is in {out}; the other cases can run in a new process with "
-              f"--resume --out {out} (the failed row counts as done; --retry error runs it again)", file=sys.stderr)
+        print(
+            f"\nstopped: {lost}\nevery finished row is in {out}; the other cases can run in a new process with "
+            f"--resume --out {out} (the failed row counts as done; --retry error runs it again)",
+            file=sys.stderr,
+        )
         return 1
     finally:  # any end Python sees; only a process that died leaves the file naming its row
         in_flight.clear()

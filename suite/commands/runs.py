@@ -1,4 +1,5 @@
 """`attnbench runs`: what results files hold."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,8 +9,9 @@ from typing import Any
 
 
 def add_to(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("runs", help="what results files hold: machine, dates, preset, software, rows "
-                                              "by status, implementations")
+    parser = commands.add_parser(
+        "runs", help="what results files hold: machine, dates, preset, software, rows by status, implementations"
+    )
     parser.add_argument("results", nargs="*", help="results files (default: every one in results/)")
     parser.add_argument("--format", default="text", choices=("text", "json"))
     parser.set_defaults(handler=handle)
@@ -22,17 +24,21 @@ def _text(entry: dict[str, Any]) -> str:
         return f"{entry['file']}\n  unreadable: {entry['unreadable']}"
     statuses = ", ".join(f"{count} {status}" for status, count in entry["statuses"].items()) or "none"
     runs = f"{entry['runs']} run{'s' * (entry['runs'] != 1)}" + (
-        f" + {entry['amendments']} amendment{'s' * (entry['amendments'] != 1)}" if entry["amendments"] else "")
+        f" + {entry['amendments']} amendment{'s' * (entry['amendments'] != 1)}" if entry["amendments"] else ""
+    )
     took = f" · rows took {fmt_wall_time(entry['row_seconds'])}" if entry["row_seconds"] is not None else ""
     dates = entry["dates"]
     when = "undated" if not dates else dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
-    return "\n".join([
-        entry["file"],
-        f"  {' / '.join(entry['machines']) or 'machine not recorded'} · {when}"
-        f" · preset {', '.join(entry['presets']) or '–'} · {'; '.join(entry['software']) or 'software not recorded'}",
-        f"  {entry['rows']} rows: {statuses} · {runs}{took}",
-        f"  {len(entry['implementations'])} implementations: {', '.join(entry['implementations'])}",
-    ])
+    return "\n".join(
+        [
+            entry["file"],
+            f"  {' / '.join(entry['machines']) or 'machine not recorded'} · {when}"
+            f" · preset {', '.join(entry['presets']) or '–'}"
+            f" · {'; '.join(entry['software']) or 'software not recorded'}",
+            f"  {entry['rows']} rows: {statuses} · {runs}{took}",
+            f"  {len(entry['implementations'])} implementations: {', '.join(entry['implementations'])}",
+        ]
+    )
 
 
 def handle(args: argparse.Namespace) -> int:

@@ -1,4 +1,5 @@
 """The flags that name one case (recommend, profile) and the case `list` checks implementations with."""
+
 from __future__ import annotations
 
 import argparse
@@ -33,6 +34,8 @@ def one_shape(args: argparse.Namespace, default_dtype: str) -> dict:
     if shape["kv_heads"] and shape["heads"] % shape["kv_heads"]:
         raise UsageError(f"--kv-heads: {shape['kv_heads']} does not divide --heads {shape['heads']}")
     if shape["q_len"] and shape["q_len"] > shape["seq_len"]:
-        raise UsageError(f"--q-len: {shape['q_len']} exceeds --seq-len {shape['seq_len']} (allowed: at most --seq-len; "
-                         "the queries are the last positions of the keys)")
+        raise UsageError(
+            f"--q-len: {shape['q_len']} exceeds --seq-len {shape['seq_len']} (allowed: at most --seq-len; "
+            "the queries are the last positions of the keys)"
+        )
     return shape

@@ -1,6 +1,7 @@
 """`attnbench compare --chart PATH`: every case's current / baseline time, one row of points per implementation,
 each coloured by its verdict, so a pull request shows at a glance what moved, for which implementation, how far
 and how surely (a point outside the threshold band that is not red or green did not clear the noise)."""
+
 from __future__ import annotations
 
 import math
@@ -40,8 +41,15 @@ def ratio_chart(result: Comparison, threshold: float) -> Figure:
         mine = [row for row in timed if row.key["impl"] == impl]
         for i, row in enumerate(mine):
             offset = 0.0 if len(mine) == 1 else -0.3 + 0.6 * i / (len(mine) - 1)
-            ax.scatter(row.ratio, y + offset, s=22, color=VERDICT_COLOURS[row.verdict], zorder=3,
-                       edgecolors="black" if row.verdict in ("slower", "faster") else "none", linewidths=0.6)
+            ax.scatter(
+                row.ratio,
+                y + offset,
+                s=22,
+                color=VERDICT_COLOURS[row.verdict],
+                zorder=3,
+                edgecolors="black" if row.verdict in ("slower", "faster") else "none",
+                linewidths=0.6,
+            )
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.axvspan(1 / (1 + threshold), 1 + threshold, color="0.85", zorder=0, label=f"within ±{threshold:.0%}")
     ratios = [row.ratio for row in timed] or [1.0]

@@ -11,6 +11,7 @@ measured near that length. Each candidate's first call (compilation, autotuning:
 shape) is shown as measured, the larger of the two between lengths, since it does not scale with the
 work.
 """
+
 from __future__ import annotations
 
 import json
@@ -68,8 +69,9 @@ FAR_OFF_MARK = "!"
 
 
 def _host_bound(*rows) -> bool:
-    return any(r.get("host_bound") is not None and pd.notna(r.get("host_bound")) and bool(r.get("host_bound"))
-               for r in rows)
+    return any(
+        r.get("host_bound") is not None and pd.notna(r.get("host_bound")) and bool(r.get("host_bound")) for r in rows
+    )
 
 
 def _first_call(*rows) -> float | None:
@@ -136,8 +138,10 @@ def unmeasured_shape(frame: pd.DataFrame, query: Query) -> str | None:
     grouping = _grouping(query.heads, kv_heads)
     if rows.empty:
         measured = ", ".join(sorted({_grouping(h, k) for h, k in zip(frame.heads, frame.kv_heads)}))
-        return (f"no rows with {grouping} (--heads {query.heads}, --kv-heads {kv_heads}) in the results "
-                f"(measured: {measured})")
+        return (
+            f"no rows with {grouping} (--heads {query.heads}, --kv-heads {kv_heads}) in the results "
+            f"(measured: {measured})"
+        )
     matched = [grouping]
     for column, flag in SHAPE_FLAGS:
         asked = getattr(query, column)
@@ -188,13 +192,22 @@ def _measured_candidate(label: str, rows: pd.DataFrame, query: Query) -> Candida
         scale = _scale(row, query)
         memory = row.peak_mem_bytes * scale if pd.notna(row.peak_mem_bytes) else None
         error, error_basis = _error(row)
-        return Candidate(label, float(row.time_ms) * scale, memory, error,
-                         f"measured at seq_len {query.seq_len}, {_measured_at(row, query)}", _first_call(row),
-                         error_basis, _host_bound(row))
+        return Candidate(
+            label,
+            float(row.time_ms) * scale,
+            memory,
+            error,
+            f"measured at seq_len {query.seq_len}, {_measured_at(row, query)}",
+            _first_call(row),
+            error_basis,
+            _host_bound(row),
+        )
     below, above = rows[rows.seq_len < query.seq_len], rows[rows.seq_len > query.seq_len]
     if below.empty or above.empty:
-        return Exclusion(label, f"not measured around seq_len {query.seq_len} (measured: {sorted(set(rows.seq_len))}); "
-                                "no extrapolation")
+        return Exclusion(
+            label,
+            f"not measured around seq_len {query.seq_len} (measured: {sorted(set(rows.seq_len))}); no extrapolation",
+        )
     lo = _nearest_size(below[below.seq_len == below.seq_len.max()], query)
     hi = _nearest_size(above[above.seq_len == above.seq_len.min()], query)
     bad = [r for r in (lo, hi) if r.status not in MEASURED]
@@ -204,12 +217,21 @@ def _measured_candidate(label: str, rows: pd.DataFrame, query: Query) -> Candida
         return Exclusion(label, "accuracy mismatch at a neighbouring length")
     scaled = lambda r, column: r[column] * _scale(r, query)  # noqa: E731
     time_ms = _interpolate(query.seq_len, lo.seq_len, hi.seq_len, scaled(lo, "time_ms"), scaled(hi, "time_ms"))
-    memory = _interpolate(query.seq_len, lo.seq_len, hi.seq_len,
-                          scaled(lo, "peak_mem_bytes"), scaled(hi, "peak_mem_bytes"))
+    memory = _interpolate(
+        query.seq_len, lo.seq_len, hi.seq_len, scaled(lo, "peak_mem_bytes"), scaled(hi, "peak_mem_bytes")
+    )
     worst, basis = max(((e, b) for e, b in (_error(lo), _error(hi)) if e is not None), default=(None, None))
-    return Candidate(label, time_ms, memory, worst,
-                     f"interpolated between seq_len {lo.seq_len} ({_measured_at(lo, query)}) and "
-                     f"{hi.seq_len} ({_measured_at(hi, query)})", _first_call(lo, hi), basis, _host_bound(lo, hi))
+    return Candidate(
+        label,
+        time_ms,
+        memory,
+        worst,
+        f"interpolated between seq_len {lo.seq_len} ({_measured_at(lo, query)}) and "
+        f"{hi.seq_len} ({_measured_at(hi, query)})",
+        _first_call(lo, hi),
+        basis,
+        _host_bound(lo, hi),
+    )
 
 
 def _over_limits(found: Candidate, query: Query) -> Exclusion | None:
@@ -234,9 +256,14 @@ def _over_limits(found: Candidate, query: Query) -> Exclusion | None:
 
 def rank(frame: pd.DataFrame, query: Query) -> tuple[list[Candidate], list[Exclusion]]:
     """(candidates fastest first, why each other implementation is excluded)."""
-    shape = frame[_same_grouping(frame, query) & _same_queries(frame, query) & (frame.head_dim == query.head_dim)
-                  & (frame.dtype == query.dtype)
-                  & (frame.causal == query.causal) & (frame["mode"] == query.mode)]
+    shape = frame[
+        _same_grouping(frame, query)
+        & _same_queries(frame, query)
+        & (frame.head_dim == query.head_dim)
+        & (frame.dtype == query.dtype)
+        & (frame.causal == query.causal)
+        & (frame["mode"] == query.mode)
+    ]
     candidates, excluded = [], []
     for label in impl_order(shape.impl):
         rows = shape[shape.impl == label].sort_values("seq_len")
@@ -264,44 +291,58 @@ def format_answer(query: Query, candidates: list[Candidate], excluded: list[Excl
     grouped = f" ({query.kv_heads} key/value)" if query.kv_heads not in (None, query.heads) else ""
     counted = query_words(query.q_len or query.seq_len, query.seq_len)
     queries = f" ({counted})" if counted else ""
-    lines = [f"shape: batch {query.batch}, seq_len {query.seq_len}{queries}, {query.heads} heads{grouped}, "
-             f"head dim {query.head_dim}, "
-             f"{query.dtype}, {mask}, {query.mode}; results: {', '.join(str(s) for s in sources)}",
-             "error: relative RMS against exact softmax attention (approximate families) or the float64 reference "
-             "(exact ones: their rounding); (on): local inputs, where softmax attention is peaked, or i.i.d. inputs, "
-             "where it is nearly uniform"]
+    lines = [
+        f"shape: batch {query.batch}, seq_len {query.seq_len}{queries}, {query.heads} heads{grouped}, "
+        f"head dim {query.head_dim}, "
+        f"{query.dtype}, {mask}, {query.mode}; results: {', '.join(str(s) for s in sources)}",
+        "error: relative RMS against exact softmax attention (approximate families) or the float64 reference "
+        "(exact ones: their rounding); (on): local inputs, where softmax attention is peaked, or i.i.d. inputs, "
+        "where it is nearly uniform",
+    ]
     if query.memory_budget is not None and any(c.peak_mem_bytes is None for c in candidates):
-        lines.append("note: memory was not measured for some rows (their peak_mem_reason says why), "
-                     "so --memory-budget cannot exclude them")
+        lines.append(
+            "note: memory was not measured for some rows (their peak_mem_reason says why), "
+            "so --memory-budget cannot exclude them"
+        )
     if candidates:
         lines.append("")
-        lines.append(f"{'rank':<5}{'implementation':<28}{'time':>12}{'memory':>12}{'error':>10} {'(on)':<12}"
-                     f"{'first call':>10}  basis")
+        lines.append(
+            f"{'rank':<5}{'implementation':<28}{'time':>12}{'memory':>12}{'error':>10} {'(on)':<12}"
+            f"{'first call':>10}  basis"
+        )
         for i, c in enumerate(candidates, 1):
             first_call = fmt_duration(c.first_call_ms) if c.first_call_ms is not None else "–"
             on = f"({c.error_basis or '–'})" + (f" {FAR_OFF_MARK}" if c.far_off else "")
-            lines.append(f"{i:<5}{c.impl:<28}{fmt_num(c.time_ms) + ' ms':>12}{fmt_bytes(c.peak_mem_bytes):>12}"
-                         f"{fmt_num(c.error):>10} {on:<12}{first_call:>10}  {c.basis}")
+            lines.append(
+                f"{i:<5}{c.impl:<28}{fmt_num(c.time_ms) + ' ms':>12}{fmt_bytes(c.peak_mem_bytes):>12}"
+                f"{fmt_num(c.error):>10} {on:<12}{first_call:>10}  {c.basis}"
+            )
         lines.append("first call: one-time cost per new shape (compilation, autotuning), not in the time")
         if any(c.far_off for c in candidates):
-            lines.append(f"{FAR_OFF_MARK} error at least {FAR_OFF_ERROR:g}: at least half the size of the output "
-                         "itself (outputting zeros scores 1), so it is far from softmax attention; --max-error "
-                         "excludes it")
+            lines.append(
+                f"{FAR_OFF_MARK} error at least {FAR_OFF_ERROR:g}: at least half the size of the output "
+                "itself (outputting zeros scores 1), so it is far from softmax attention; --max-error "
+                "excludes it"
+            )
     else:
         lines.append(_none_qualifies(excluded))
     host_bound = [c.impl for c in candidates if c.host_bound]
     if host_bound:
-        lines.append(f"note: {', '.join(host_bound)} {'was' if len(host_bound) == 1 else 'were'} host-bound where "
-                     "measured (issuing a call took the host about as long as the GPU took to run it): called back to back, "
-                     "the host sets the pace, and a time scaled to another batch or head count is too high scaled up "
-                     "and too low scaled down, since the host's share does not grow with them")
+        lines.append(
+            f"note: {', '.join(host_bound)} {'was' if len(host_bound) == 1 else 'were'} host-bound where "
+            "measured (issuing a call took the host about as long as the GPU took to run it): called back to back, "
+            "the host sets the pace, and a time scaled to another batch or head count is too high scaled up "
+            "and too low scaled down, since the host's share does not grow with them"
+        )
     iid = [c.impl for c in candidates if c.error_basis == "i.i.d."]
     iid_excluded = [exclusion.impl for exclusion in excluded if exclusion.by_iid_error]
     if iid or iid_excluded:
         by_them = f"; {', '.join(iid_excluded)} excluded by them" if iid_excluded else ""
-        lines.append(f"note: the errors of {', '.join(iid + iid_excluded)} are on i.i.d. inputs (no local-inputs figure)"
-                     f"{by_them}: there errors grow with length and rank windows below feature maps, the reverse of "
-                     "their order on peaked attention (`attnbench local-errors FILE` adds the local figures)")
+        lines.append(
+            f"note: the errors of {', '.join(iid + iid_excluded)} are on i.i.d. inputs (no local-inputs figure)"
+            f"{by_them}: there errors grow with length and rank windows below feature maps, the reverse of "
+            "their order on peaked attention (`attnbench local-errors FILE` adds the local figures)"
+        )
     if excluded:
         lines.append("")
         lines.append("excluded:")
@@ -313,8 +354,10 @@ def _none_qualifies(excluded: list[Exclusion]) -> str:
     """The answer's line when every implementation is excluded: the nearest miss and the limits it exceeds."""
     miss = nearest_miss(excluded)
     if miss is None:
-        return ("no implementation qualifies, and no --max-error or --memory-budget excluded one whose figures "
-                "were measured (each implementation's reason is below)")
+        return (
+            "no implementation qualifies, and no --max-error or --memory-budget excluded one whose figures "
+            "were measured (each implementation's reason is below)"
+        )
     return f"no implementation qualifies; nearest miss: {miss.impl}, excluded by {miss.why}"
 
 
@@ -322,8 +365,16 @@ def answer_record(query: Query, candidates: list[Candidate], excluded: list[Excl
     """The same answer as JSON: the query, the ranking (fastest first; times in ms, memory in bytes, each with
     its basis), every exclusion with its reason, and where none qualifies, the nearest miss."""
     miss = nearest_miss(excluded) if not candidates else None
-    return json.dumps(json_safe({"query": asdict(query), "results": [str(source) for source in sources],
-                                 "ranked": [asdict(candidate) for candidate in candidates],
-                                 "excluded": [asdict(exclusion) for exclusion in excluded],
-                                 "nearest_miss": asdict(miss) if miss else None}), indent=2, allow_nan=False)
-
+    return json.dumps(
+        json_safe(
+            {
+                "query": asdict(query),
+                "results": [str(source) for source in sources],
+                "ranked": [asdict(candidate) for candidate in candidates],
+                "excluded": [asdict(exclusion) for exclusion in excluded],
+                "nearest_miss": asdict(miss) if miss else None,
+            }
+        ),
+        indent=2,
+        allow_nan=False,
+    )

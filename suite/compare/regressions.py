@@ -19,6 +19,7 @@ Peak memory gets its own verdict where both runs measured it. It is a count of b
 sample, so a growth beyond a threshold (default 10%) and beyond MEMORY_FLOOR_BYTES is `more` memory, a
 regression: a kernel that starts keeping an N x N tensor fails at the lengths that matter.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,6 +46,7 @@ class CompareInputError(ValueError):
 
 # --- reading ----------------------------------------------------------------------------------
 
+
 def _read_pytest_benchmark(path: Path, data: dict) -> pd.DataFrame:
     machine_info = data.get("machine_info") or {}
     gpu = machine_info.get("gpu")
@@ -60,10 +62,20 @@ def _read_pytest_benchmark(path: Path, data: dict) -> pd.DataFrame:
         if not all(key in info for key in KEY):
             raise CompareInputError(f"{path}: benchmark {bench.get('name')!r} lacks the attnbench case in extra_info")
         raw = [t * 1e3 for t in stats.get("data") or []]
-        rows.append({**{key: info[key] for key in KEY}, "status": info.get("status", "ok"),
-                     "accuracy_ok": info.get("accuracy_ok"), "time_ms": stats.get("median", math.nan) * 1e3,
-                     "time_iqr_ms": stats.get("iqr", math.nan) * 1e3, "times_ms": raw, "throttled": None, "gpu": gpu,
-                     "machine": machine, "peak_mem_bytes": info.get("peak_mem_bytes")})
+        rows.append(
+            {
+                **{key: info[key] for key in KEY},
+                "status": info.get("status", "ok"),
+                "accuracy_ok": info.get("accuracy_ok"),
+                "time_ms": stats.get("median", math.nan) * 1e3,
+                "time_iqr_ms": stats.get("iqr", math.nan) * 1e3,
+                "times_ms": raw,
+                "throttled": None,
+                "gpu": gpu,
+                "machine": machine,
+                "peak_mem_bytes": info.get("peak_mem_bytes"),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -97,20 +109,28 @@ def read_side(paths: list[Path]) -> tuple[pd.DataFrame, GridScope]:
 
 def _merge_repeats(frame: pd.DataFrame) -> pd.DataFrame:
     """Several runs of one case (e.g. alternating base/candidate runs) pool their raw samples."""
+
     def pool(group: pd.DataFrame) -> pd.Series:
         ran = group[group.status.isin(RAN)]
         source = ran if not ran.empty else group
         times = [t for ts in source.times_ms if isinstance(ts, list) for t in ts]
         peaks = source.peak_mem_bytes.dropna() if "peak_mem_bytes" in source else pd.Series(dtype=float)
         last = source.iloc[-1]
-        return pd.Series({
-            "status": last.status, "accuracy_ok": last.accuracy_ok, "reason": last.get("reason"),
-            "time_ms": pd.Series(times).median() if times else last.time_ms,
-            "iqr_ms": _iqr(times) if times else last.get("time_iqr_ms"),
-            "times_ms": times, "throttled": bool(source.throttled.eq(True).any()),
-            "cpu_contended": _flagged(source, "cpu_contended"),
-            "machine": last.machine, "peak_mem_bytes": float(peaks.median()) if len(peaks) else None,
-        })
+        return pd.Series(
+            {
+                "status": last.status,
+                "accuracy_ok": last.accuracy_ok,
+                "reason": last.get("reason"),
+                "time_ms": pd.Series(times).median() if times else last.time_ms,
+                "iqr_ms": _iqr(times) if times else last.get("time_iqr_ms"),
+                "times_ms": times,
+                "throttled": bool(source.throttled.eq(True).any()),
+                "cpu_contended": _flagged(source, "cpu_contended"),
+                "machine": last.machine,
+                "peak_mem_bytes": float(peaks.median()) if len(peaks) else None,
+            }
+        )
+
     return frame.groupby(list(KEY), dropna=False).apply(pool, include_groups=False).reset_index()
 
 
@@ -125,6 +145,7 @@ def _iqr(values: list[float]) -> float:
 
 
 # --- statistics -------------------------------------------------------------------------------
+
 
 def mann_whitney_greater(a: list[float], b: list[float]) -> float:
     """One-sided p-value that samples `a` tend to be larger than `b` (normal approximation, ties corrected)."""
@@ -165,13 +186,23 @@ def timing_verdict(base: pd.Series, current: pd.Series, threshold: float) -> tup
         return "ambiguous", ratio, f"{change:+.1%}, but the GPU throttled during this case"
     shared = [side for side, row in (("baseline", base), ("current", current)) if row.get("cpu_contended")]
     if shared:
-        return "ambiguous", ratio, (f"{change:+.1%}, but the CPU was shared with other processes while the "
-                                    f"{' and '.join(shared)} run{'s' * (len(shared) > 1)} measured this case")
+        return (
+            "ambiguous",
+            ratio,
+            (
+                f"{change:+.1%}, but the CPU was shared with other processes while the "
+                f"{' and '.join(shared)} run{'s' * (len(shared) > 1)} measured this case"
+            ),
+        )
     noise = sum(_relative(row) for row in (base, current))
     if math.isnan(noise) or abs(change) <= noise:
         return "ambiguous", ratio, f"{change:+.1%} does not clear the runs' noise (relative IQRs {noise:.1%})"
     slower = change > 0
-    p = mann_whitney_greater(current.times_ms, base.times_ms) if slower else mann_whitney_greater(base.times_ms, current.times_ms)
+    p = (
+        mann_whitney_greater(current.times_ms, base.times_ms)
+        if slower
+        else mann_whitney_greater(base.times_ms, current.times_ms)
+    )
     if not (current.times_ms and base.times_ms):
         return "ambiguous", ratio, f"{change:+.1%}, but no raw samples for a rank test"
     if p >= P_VALUE:
@@ -202,8 +233,11 @@ def status_verdict(base: pd.Series | None, current: pd.Series | None, asked_for:
     if current is None and not asked_for:
         return "not-run", f"not in the current run's grid (was {base.status})"
     if current is None:  # a case that ran must not vanish; one that could not run may leave the grid
-        return ("regression", f"disappeared (was {base.status})") if base.status in RAN else \
-            ("dropped", f"not in the current results (was {base.status}: {base.reason})")
+        return (
+            ("regression", f"disappeared (was {base.status})")
+            if base.status in RAN
+            else ("dropped", f"not in the current results (was {base.status}: {base.reason})")
+        )
     if base is None:
         return "new", f"new case ({current.status})"
     if base.status in RAN and current.status not in RAN:
@@ -250,13 +284,26 @@ def conditions_notes(base_frame: pd.DataFrame, current_frame: pd.DataFrame) -> l
     for side, frame in (("baseline", base_frame), ("current", current_frame)):
         distorting = _recorded(frame, "distorted_by")
         if distorting:
-            notes.append(f"the {side} ran with {'; '.join(distorting)} set: its timings include costs a program does "
-                         "not pay (suite/speed_settings.py says which)")
+            notes.append(
+                f"the {side} ran with {'; '.join(distorting)} set: its timings include costs a program does "
+                "not pay (suite/speed_settings.py says which)"
+            )
     return notes
 
 
-READING_ORDER = ("impl", "device", "dtype", "head_dim", "heads", "kv_heads", "causal", "mode", "q_len", "seq_len",
-                 "batch")
+READING_ORDER = (
+    "impl",
+    "device",
+    "dtype",
+    "head_dim",
+    "heads",
+    "kv_heads",
+    "causal",
+    "mode",
+    "q_len",
+    "seq_len",
+    "batch",
+)
 
 
 def _reading_order(key: tuple) -> tuple:
@@ -281,24 +328,33 @@ def _grid_difference(base: pd.DataFrame, current: pd.DataFrame) -> str:
     differing = [column for column in READING_ORDER if set(base[column]) != set(current[column])]
     if not differing:
         return "every field's values occur on both sides, but in no combination both have"
-    return "; ".join(f"{column}: {_values(base, column)} (baseline) vs {_values(current, column)} (current)"
-                     for column in differing)
+    return "; ".join(
+        f"{column}: {_values(base, column)} (baseline) vs {_values(current, column)} (current)" for column in differing
+    )
 
 
-def compare(base_frame: pd.DataFrame, current_frame: pd.DataFrame, threshold: float = 0.05,
-            current_scope: GridScope | None = None, memory_threshold: float | None = 0.10) -> Comparison:
+def compare(
+    base_frame: pd.DataFrame,
+    current_frame: pd.DataFrame,
+    threshold: float = 0.05,
+    current_scope: GridScope | None = None,
+    memory_threshold: float | None = 0.10,
+) -> Comparison:
     """`memory_threshold` None leaves peak memory out of the verdicts."""
     base_machines, current_machines = set(base_frame.machine), set(current_frame.machine)
     if base_machines != current_machines:
-        raise CompareInputError(f"different machines: baseline ran on {sorted(base_machines)}, current on "
-                                f"{sorted(current_machines)}; timings from different GPU (or CPU) models are not "
-                                "comparable")
+        raise CompareInputError(
+            f"different machines: baseline ran on {sorted(base_machines)}, current on "
+            f"{sorted(current_machines)}; timings from different GPU (or CPU) models are not "
+            "comparable"
+        )
     base, current = _merge_repeats(base_frame), _merge_repeats(current_frame)
     keyed_base = {tuple(r[k] for k in KEY): r for _, r in base.iterrows()}
     keyed_current = {tuple(r[k] for k in KEY): r for _, r in current.iterrows()}
     if not set(keyed_base) & set(keyed_current):
-        raise CompareInputError("the two results have no (implementation, case) in common: "
-                                f"{_grid_difference(base, current)}")
+        raise CompareInputError(
+            f"the two results have no (implementation, case) in common: {_grid_difference(base, current)}"
+        )
     scope = current_scope or GridScope.unknown()
     result = Comparison(notes=conditions_notes(base_frame, current_frame))
     for key in sorted(set(keyed_base) | set(keyed_current), key=_reading_order):
@@ -319,8 +375,9 @@ def compare(base_frame: pd.DataFrame, current_frame: pd.DataFrame, threshold: fl
     return result
 
 
-def paired(base: pd.DataFrame, current: pd.DataFrame, scope: GridScope, base_impl: str,
-           current_impl: str) -> tuple[pd.DataFrame, pd.DataFrame, GridScope]:
+def paired(
+    base: pd.DataFrame, current: pd.DataFrame, scope: GridScope, base_impl: str, current_impl: str
+) -> tuple[pd.DataFrame, pd.DataFrame, GridScope]:
     """One implementation against another, case by case: the baseline side keeps `base_impl`'s rows, the current
     side `current_impl`'s, both under one label (`mine vs sdpa-flash`), so each case's verdict says whether
     `current_impl` is slower, faster or fails where `base_impl` runs."""
@@ -329,8 +386,10 @@ def paired(base: pd.DataFrame, current: pd.DataFrame, scope: GridScope, base_imp
     for side, frame, impl in (("baseline", base, base_impl), ("current", current, current_impl)):
         chosen = frame[frame.impl == impl]
         if chosen.empty:
-            raise CompareInputError(f"the {side} results have no row of {impl!r} "
-                                    f"(they have: {', '.join(sorted(frame.impl.dropna().unique()))})")
+            raise CompareInputError(
+                f"the {side} results have no row of {impl!r} "
+                f"(they have: {', '.join(sorted(frame.impl.dropna().unique()))})"
+            )
         sides.append(chosen.assign(impl=label))
     return sides[0], sides[1], scope.renamed(current_impl, label)
 
@@ -342,14 +401,22 @@ def only(base: pd.DataFrame, current: pd.DataFrame, patterns: list[str]) -> tupl
     present = sorted(set(base.impl.dropna()) | set(current.impl.dropna()))
     typo = unmatched_pattern(patterns, present)
     if typo is not None:
-        raise CompareInputError(f"--impl: {typo!r} matches no implementation of either side (they have: "
-                                f"{', '.join(present)})")
+        raise CompareInputError(
+            f"--impl: {typo!r} matches no implementation of either side (they have: {', '.join(present)})"
+        )
     return tuple(frame[frame.impl.map(lambda label: label_matches(label, patterns))] for frame in (base, current))
 
 
-def run(base_paths: list[Path], current_paths: list[Path], threshold: float, fmt: str,
-        memory_threshold: float | None = 0.10, chart: Path | None = None,
-        impls: tuple[str, str] | None = None, patterns: list[str] | None = None) -> tuple[str, int]:
+def run(
+    base_paths: list[Path],
+    current_paths: list[Path],
+    threshold: float,
+    fmt: str,
+    memory_threshold: float | None = 0.10,
+    chart: Path | None = None,
+    impls: tuple[str, str] | None = None,
+    patterns: list[str] | None = None,
+) -> tuple[str, int]:
     """The comparison in `fmt`, and the exit status; with `chart`, also the ratio chart (compare_chart.py). With
     `impls` (baseline implementation, current implementation), those two implementations' rows are compared;
     with `patterns`, only the implementations they name."""

@@ -1,5 +1,6 @@
 """How `attnbench compare` shows a comparison: text for a terminal, Markdown for a pull-request comment,
 JSON for a program; each with a summary per implementation (geometric means of its ratios, its verdicts)."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,10 @@ def _label(key: dict) -> str:
     mask = "causal" if key["causal"] else "dense"
     grouped = f" KV{key['kv_heads']}" if key.get("kv_heads") not in (None, key["heads"]) else ""
     queries = f" Q{key['q_len']}" if key.get("q_len") not in (None, key["seq_len"]) else ""
-    return (f"{key['impl']} B{key['batch']} H{key['heads']}{grouped} N{key['seq_len']}{queries} D{key['head_dim']} "
-            f"{key['dtype']} {mask} {key['mode']}")
+    return (
+        f"{key['impl']} B{key['batch']} H{key['heads']}{grouped} N{key['seq_len']}{queries} D{key['head_dim']} "
+        f"{key['dtype']} {mask} {key['mode']}"
+    )
 
 
 def _summary(result: Comparison) -> str:
@@ -57,6 +60,7 @@ def verdict_line(result: Comparison) -> str:
 class ImplementationSummary:
     """One implementation over every case both runs timed: the geometric mean of its time ratios (what a
     reader weighs first), and its verdicts."""
+
     impl: str
     geomean_ratio: float | None
     timed: int
@@ -73,8 +77,16 @@ def per_implementation(result: Comparison) -> list[ImplementationSummary]:
             continue
         ratios = _usable([row.ratio for row in rows])
         memory_ratios = _usable([row.memory_ratio for row in rows if row.memory])
-        summaries.append(ImplementationSummary(impl, geometric_mean(ratios), len(ratios), Counter(row.verdict for row in rows),
-                                               geometric_mean(memory_ratios), Counter(row.memory for row in rows if row.memory)))
+        summaries.append(
+            ImplementationSummary(
+                impl,
+                geometric_mean(ratios),
+                len(ratios),
+                Counter(row.verdict for row in rows),
+                geometric_mean(memory_ratios),
+                Counter(row.memory for row in rows if row.memory),
+            )
+        )
     return summaries
 
 
@@ -94,14 +106,15 @@ def _memory_summary(summary: ImplementationSummary) -> str:
     if not summary.memory_verdicts:
         return "peak memory not compared"
     return f"peak memory {_times(summary.memory_geomean_ratio)}: " + ", ".join(
-        f"{summary.memory_verdicts[v]} {v}" for v in MEMORY_ORDER if summary.memory_verdicts[v])
+        f"{summary.memory_verdicts[v]} {v}" for v in MEMORY_ORDER if summary.memory_verdicts[v]
+    )
 
 
 _DETAIL_CHARS = 200  # the text view shortens long reasons (an unsupported xformers' runs to 800); json keeps them
 
 
 def _shorten(text: str) -> str:
-    return text if len(text) <= _DETAIL_CHARS else text[:_DETAIL_CHARS - 3] + "..."
+    return text if len(text) <= _DETAIL_CHARS else text[: _DETAIL_CHARS - 3] + "..."
 
 
 def format_text(result: Comparison) -> str:
@@ -117,12 +130,15 @@ def format_text(result: Comparison) -> str:
         lines.append(f"{row.memory + ' memory':<12}{ratio:>8}  {_label(row.key)}: {row.memory_detail}")
     not_run = Counter(row.key["impl"] for row in result.rows if row.verdict == "not-run")
     for impl, count in sorted(not_run.items()):
-        lines.append(f"{'not-run':<12}{'–':>8}  {impl}: {count} baseline case{'s' * (count != 1)} not in the current "
-                     "run's grid")
+        lines.append(
+            f"{'not-run':<12}{'–':>8}  {impl}: {count} baseline case{'s' * (count != 1)} not in the current run's grid"
+        )
     lines.append("per implementation (geometric mean of current / baseline time over the cases both timed):")
     for summary in per_implementation(result):
-        lines.append(f"  {summary.impl:<28}{_times(summary.geomean_ratio):>9} over {summary.timed:>3}   "
-                     f"{_verdict_counts(summary.verdicts)}; {_memory_summary(summary)}")
+        lines.append(
+            f"  {summary.impl:<28}{_times(summary.geomean_ratio):>9} over {summary.timed:>3}   "
+            f"{_verdict_counts(summary.verdicts)}; {_memory_summary(summary)}"
+        )
     lines.append(f"summary: {_summary(result)}")
     lines.append(f"verdict: {verdict_line(result)}")
     return "\n".join(lines)
@@ -136,13 +152,20 @@ def format_markdown(result: Comparison) -> str:
     lines += [f"> note: {note}" for note in result.notes] + ([""] if result.notes else [])
     if bad:
         lines += ["| verdict | case | ratio | detail |", "|---|---|---|---|"]
-        lines += [f"| {verdict} | `{_label(r.key)}` | {f'{ratio:.3f}' if ratio else '–'} | {detail} |"
-                  for verdict, ratio, detail, r in bad]
+        lines += [
+            f"| {verdict} | `{_label(r.key)}` | {f'{ratio:.3f}' if ratio else '–'} | {detail} |"
+            for verdict, ratio, detail, r in bad
+        ]
         lines.append("")
-    lines += ["| implementation | time, current / baseline (geometric mean) | cases timed in both | verdicts | peak memory |",
-              "|---|---|---|---|---|"]
-    lines += [f"| `{s.impl}` | {_times(s.geomean_ratio)} | {s.timed} | {_verdict_counts(s.verdicts)} | "
-              f"{_memory_summary(s).removeprefix('peak memory ')} |" for s in per_implementation(result)]
+    lines += [
+        "| implementation | time, current / baseline (geometric mean) | cases timed in both | verdicts | peak memory |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| `{s.impl}` | {_times(s.geomean_ratio)} | {s.timed} | {_verdict_counts(s.verdicts)} | "
+        f"{_memory_summary(s).removeprefix('peak memory ')} |"
+        for s in per_implementation(result)
+    ]
     lines += ["", "| verdict | rows |", "|---|---|"]
     lines += [f"| {v} | {result.count(v)} |" for v in ORDER if result.count(v)]
     lines += [f"| {v} memory | {result.count_memory(v)} |" for v in MEMORY_ORDER if result.count_memory(v)]
@@ -150,12 +173,37 @@ def format_markdown(result: Comparison) -> str:
 
 
 def format_json(result: Comparison) -> str:
-    return json.dumps({"regressed": result.regressed, "verdict": verdict_line(result), "notes": result.notes,
-                       "counts": {v: result.count(v) for v in ORDER},
-                       "memory_counts": {v: result.count_memory(v) for v in MEMORY_ORDER},
-                       "implementations": [{"impl": s.impl, "geomean_ratio": s.geomean_ratio, "timed": s.timed,
-                                            "verdicts": dict(s.verdicts), "memory_geomean_ratio": s.memory_geomean_ratio,
-                                            "memory_verdicts": dict(s.memory_verdicts)} for s in per_implementation(result)],
-                       "rows": [{**r.key, "verdict": r.verdict, "ratio": r.ratio, "detail": r.detail,
-                                 "memory_verdict": r.memory, "memory_ratio": r.memory_ratio, "memory_detail": r.memory_detail}
-                                for r in result.rows]}, indent=2, default=str)
+    return json.dumps(
+        {
+            "regressed": result.regressed,
+            "verdict": verdict_line(result),
+            "notes": result.notes,
+            "counts": {v: result.count(v) for v in ORDER},
+            "memory_counts": {v: result.count_memory(v) for v in MEMORY_ORDER},
+            "implementations": [
+                {
+                    "impl": s.impl,
+                    "geomean_ratio": s.geomean_ratio,
+                    "timed": s.timed,
+                    "verdicts": dict(s.verdicts),
+                    "memory_geomean_ratio": s.memory_geomean_ratio,
+                    "memory_verdicts": dict(s.memory_verdicts),
+                }
+                for s in per_implementation(result)
+            ],
+            "rows": [
+                {
+                    **r.key,
+                    "verdict": r.verdict,
+                    "ratio": r.ratio,
+                    "detail": r.detail,
+                    "memory_verdict": r.memory,
+                    "memory_ratio": r.memory_ratio,
+                    "memory_detail": r.memory_detail,
+                }
+                for r in result.rows
+            ],
+        },
+        indent=2,
+        default=str,
+    )

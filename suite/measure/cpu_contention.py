@@ -5,6 +5,7 @@ A CPU time is the implementation's only while torch's threads have their cores t
 process runs on them, the scheduler shares the cores out in time slices of milliseconds, and a call of microseconds
 is timed at whole slices. Everything here degrades to None where /proc/stat cannot be read: a run never fails on it.
 """
+
 from __future__ import annotations
 
 import os
@@ -78,8 +79,12 @@ class Contention:
             return None
         others = max(0.0, after.busy_ticks - before.busy_ticks - (after.own_s - before.own_s) * _TICKS_PER_S)
         ticks_per_core = total / after.cores
-        return cls(others_busy_cores=others / ticks_per_core, cores=after.cores,
-                   window_s=ticks_per_core / _TICKS_PER_S, resolution_cores=after.cores / ticks_per_core)
+        return cls(
+            others_busy_cores=others / ticks_per_core,
+            cores=after.cores,
+            window_s=ticks_per_core / _TICKS_PER_S,
+            resolution_cores=after.cores / ticks_per_core,
+        )
 
     def contended(self, threads: int) -> bool | None:
         """Whether other processes took cores torch's `threads` needed: more than the cores those threads leave
@@ -91,12 +96,18 @@ class Contention:
         return None if threshold >= self.cores else self.others_busy_cores > threshold
 
     def record(self, threads: int) -> dict[str, Any]:
-        return {"others_busy_cores": round(self.others_busy_cores, 3), "cores": self.cores, "threads": threads,
-                "window_s": round(self.window_s, 3), "resolution_cores": round(self.resolution_cores, 3)}
+        return {
+            "others_busy_cores": round(self.others_busy_cores, 3),
+            "cores": self.cores,
+            "threads": threads,
+            "window_s": round(self.window_s, 3),
+            "resolution_cores": round(self.resolution_cores, 3),
+        }
 
 
-def row_verdict(before: CpuSample | None, after: CpuSample | None,
-                threads: int) -> tuple[bool | None, dict[str, Any] | None]:
+def row_verdict(
+    before: CpuSample | None, after: CpuSample | None, threads: int
+) -> tuple[bool | None, dict[str, Any] | None]:
     """(cpu_contended, cpu_contention) of a row from samples around its timed calls; (None, None) without them
     (a GPU row, or no /proc/stat). Calls timed within one tick leave nothing to judge: None, and a record that
     says so (no others_busy_cores)."""
@@ -104,8 +115,13 @@ def row_verdict(before: CpuSample | None, after: CpuSample | None,
         return None, None
     contention = Contention.between(before, after)
     if contention is None:
-        return None, {"others_busy_cores": None, "cores": after.cores, "threads": threads, "window_s": 0.0,
-                      "resolution_cores": None}
+        return None, {
+            "others_busy_cores": None,
+            "cores": after.cores,
+            "threads": threads,
+            "window_s": 0.0,
+            "resolution_cores": None,
+        }
     return contention.contended(threads), contention.record(threads)
 
 
@@ -133,6 +149,8 @@ def busy_warning(load: dict[str, Any]) -> str | None:
     if not load.get("busy"):
         return None
     threads = load["threads"]
-    return (f"this machine is busy: other processes kept {load['others_busy_cores']:.1f} of its {load['cores']} cores "
-            f"busy while torch will use {threads} thread{'s' * (threads != 1)}; CPU times measured now are slowed by "
-            "them (rows measured while they run are marked cpu_contended)")
+    return (
+        f"this machine is busy: other processes kept {load['others_busy_cores']:.1f} of its {load['cores']} cores "
+        f"busy while torch will use {threads} thread{'s' * (threads != 1)}; CPU times measured now are slowed by "
+        "them (rows measured while they run are marked cpu_contended)"
+    )

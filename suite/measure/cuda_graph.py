@@ -13,6 +13,7 @@ Capture follows PyTorch's rules: warm-up calls on the capture's own stream first
 handles and workspaces on the stream they first run on), and synchronizing operations made errors
 (`torch.cuda.set_sync_debug_mode`), so that one raises before it can invalidate the capture.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -68,8 +69,12 @@ class CapturedCall:
         self.graph.reset()
 
 
-def graph_figures(fn: Callable[[], Any], device: torch.device, policy: TimingPolicy,
-                  disagreement: Callable[[torch.Tensor], str | None]) -> dict[str, Any]:
+def graph_figures(
+    fn: Callable[[], Any],
+    device: torch.device,
+    policy: TimingPolicy,
+    disagreement: Callable[[torch.Tensor], str | None],
+) -> dict[str, Any]:
     """The row's graph columns: `fn` captured and its replays timed, or why not. `disagreement(output)` says how
     the replayed output differs from the checked first call (None: it does not); a graph that computes something
     else gets no time. A capture that fails leaves the eager figures standing: its reason is recorded."""
@@ -81,8 +86,10 @@ def graph_figures(fn: Callable[[], Any], device: torch.device, policy: TimingPol
         timing = measure(captured.replay, device, policy)
         wrong = disagreement(captured.output)
         if wrong:
-            return {"graph_reason": f"the replayed output disagrees with the checked first call beyond the tolerance: "
-                                    f"{wrong}"}
+            return {
+                "graph_reason": f"the replayed output disagrees with the checked first call beyond the tolerance: "
+                f"{wrong}"
+            }
         return {"graph_time_ms": timing.median, "graph_time_iqr_ms": timing.iqr, "graph_repeats": timing.repeats}
     finally:
         captured.release()

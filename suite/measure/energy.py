@@ -9,6 +9,7 @@ GPUs, so a window of two seconds keeps that step within a few percent; `energy_w
 window. Rows carry `energy_j` (per call), `energy_power_w`, `energy_calls`, `energy_window_s`, or
 `energy_reason` where there is no counter to read.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,14 @@ MAX_CALLS = 1_000_000
 WHY_GPU_ONLY = "NVML reads an NVIDIA GPU's energy counter"
 
 
-def energy_figures(fn: Callable[[], object], before_each: Callable[[], object] | None, device: torch.device,
-                   read_mj: Callable[[], int | None], time_ms: float, why_no_counter: str | None) -> dict[str, Any]:
+def energy_figures(
+    fn: Callable[[], object],
+    before_each: Callable[[], object] | None,
+    device: torch.device,
+    read_mj: Callable[[], int | None],
+    time_ms: float,
+    why_no_counter: str | None,
+) -> dict[str, Any]:
     """The row's energy columns: `fn` called back to back for about WINDOW_S seconds (its median is `time_ms`)
     between two reads of the counter (`read_mj`, None where it cannot be read, `why_no_counter` saying why)."""
     calls = max(1, min(MAX_CALLS, math.ceil(WINDOW_S * 1e3 / max(time_ms, 1e-6))))
@@ -45,5 +52,9 @@ def energy_figures(fn: Callable[[], object], before_each: Callable[[], object] |
     if end_mj is None or end_mj <= start_mj:
         return {"energy_reason": f"the energy counter read {start_mj} mJ and then {end_mj} mJ over {seconds:.3g} s"}
     joules = (end_mj - start_mj) / 1e3
-    return {"energy_j": joules / calls, "energy_power_w": joules / seconds, "energy_calls": calls,
-            "energy_window_s": seconds}
+    return {
+        "energy_j": joules / calls,
+        "energy_power_w": joules / seconds,
+        "energy_calls": calls,
+        "energy_window_s": seconds,
+    }

@@ -1,5 +1,6 @@
 """Telling an out-of-memory failure from others, freeing what a failure left behind, and whether the device
 survived it."""
+
 from __future__ import annotations
 
 import gc

@@ -2,6 +2,7 @@
 
 The per-family forward formulas and their derivations live in `implementations/flops.py`.
 """
+
 from __future__ import annotations
 
 from implementations import Implementation

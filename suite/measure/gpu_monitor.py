@@ -2,6 +2,7 @@
 
 Everything here degrades to a reason string: a missing or failing pynvml never stops a run.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -11,11 +12,23 @@ import torch
 # NVML clock-event reason bits (nvml.h, nvmlClocksEventReason*). Idle, application-clock and
 # sync-boost settings are not slowdowns; the rest mean the GPU ran below the clocks it could.
 _REASONS = {
-    0x1: "gpu_idle", 0x2: "applications_clocks_setting", 0x4: "sw_power_cap", 0x8: "hw_slowdown",
-    0x10: "sync_boost", 0x20: "sw_thermal_slowdown", 0x40: "hw_thermal_slowdown",
-    0x80: "hw_power_brake_slowdown", 0x100: "display_clock_setting",
+    0x1: "gpu_idle",
+    0x2: "applications_clocks_setting",
+    0x4: "sw_power_cap",
+    0x8: "hw_slowdown",
+    0x10: "sync_boost",
+    0x20: "sw_thermal_slowdown",
+    0x40: "hw_thermal_slowdown",
+    0x80: "hw_power_brake_slowdown",
+    0x100: "display_clock_setting",
 }
-SLOWDOWN_REASONS = {"sw_power_cap", "hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown"}
+SLOWDOWN_REASONS = {
+    "sw_power_cap",
+    "hw_slowdown",
+    "sw_thermal_slowdown",
+    "hw_thermal_slowdown",
+    "hw_power_brake_slowdown",
+}
 LOW_CLOCK_FRACTION = 0.75
 
 

@@ -5,6 +5,7 @@ it reports every allocation and free to the profiler when memory profiling is on
 the call, in order, peaks where the call held the most. Both count what the call allocates through PyTorch
 (tensors, workspaces from its allocator), not memory a library such as oneDNN takes for itself.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -50,8 +51,14 @@ def _cpu_peak(fn: Callable[[], object]) -> tuple[int | None, str | None]:
         raise
     try:  # the timings are already taken: a profiler failure costs this figure only, not the row
         stop_quietly(recorder)
-        changes = sorted(((event.start_ns(), event.nbytes()) for event in recorder.profiler.kineto_results.events()
-                          if event.name() == "[memory]"), key=lambda change: change[0])  # stable: same-time order kept
+        changes = sorted(
+            (
+                (event.start_ns(), event.nbytes())
+                for event in recorder.profiler.kineto_results.events()
+                if event.name() == "[memory]"
+            ),
+            key=lambda change: change[0],
+        )  # stable: same-time order kept
     except Exception as error:  # noqa: BLE001
         return None, _not_measured("the profiler's record could not be read", error)
     return running_peak(nbytes for _, nbytes in changes), None

@@ -1,4 +1,5 @@
 """The matmul throughput of this very GPU, measured, so rows can say what fraction of peak they reach."""
+
 from __future__ import annotations
 
 import torch

@@ -2,6 +2,7 @@
 stop (`... ActivityProfilerHandler.cpp:52] profiler_start`), which go to file descriptor 2 past sys.stderr
 and would interleave with a run's progress. Anything else logged meanwhile (a CUPTI warning saying why
 there will be no GPU times) is passed on."""
+
 from __future__ import annotations
 
 import contextlib
@@ -39,8 +40,11 @@ def _routine_lines_dropped() -> Iterator[None]:
             os.dup2(saved, stderr_fd)
             os.close(saved)
             caught.seek(0)
-            kept = [line for line in caught.read().decode(errors="replace").splitlines(keepends=True)
-                    if not ROUTINE.search(line)]
+            kept = [
+                line
+                for line in caught.read().decode(errors="replace").splitlines(keepends=True)
+                if not ROUTINE.search(line)
+            ]
             if kept:
                 sys.stderr.write("".join(kept))
                 sys.stderr.flush()

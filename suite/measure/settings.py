@@ -1,5 +1,6 @@
 """How a run measures: the timing policy a user may adjust (warm-up, repeats, budget, stopping rule), and the
 run's settings."""
+
 from __future__ import annotations
 
 import math
@@ -32,8 +33,10 @@ class TimingPolicy:
             values[name] = _checked(name, value)
         policy = replace(self, **values)
         if policy.max_repeats < policy.min_repeats:
-            raise ValueError(f"max_repeats {policy.max_repeats} is below min_repeats {policy.min_repeats} "
-                             "(allowed: max_repeats >= min_repeats; set both)")
+            raise ValueError(
+                f"max_repeats {policy.max_repeats} is below min_repeats {policy.min_repeats} "
+                "(allowed: max_repeats >= min_repeats; set both)"
+            )
         return policy
 
 
@@ -43,8 +46,12 @@ ADJUSTABLE: dict[str, tuple[type, float, bool, str]] = {
     "min_repeats": (int, 1, True, "timed calls at least"),
     "max_repeats": (int, 1, True, "timed calls at most"),
     "budget_s": (float, 0, False, "seconds of timed calls after which a case stops, once min_repeats ran"),
-    "target_relative_ci": (float, 0, True, "stop early once the median's 95% interval is within ± this "
-                                           "fraction of it (0: never early)"),
+    "target_relative_ci": (
+        float,
+        0,
+        True,
+        "stop early once the median's 95% interval is within ± this fraction of it (0: never early)",
+    ),
     "noisy_relative_iqr": (float, 0, False, "IQR over median above which a row is marked noisy"),
 }
 
@@ -69,9 +76,11 @@ def describe(policy: Mapping[str, Any] | None) -> str | None:
     if not policy:
         return None
     try:
-        return (f"{policy['warmup_calls']} warm-up, {policy['min_repeats']}-{policy['max_repeats']} repeats, "
-                f"{policy['budget_s']:g} s, ±{100 * policy['target_relative_ci']:g}%, "
-                f"noisy >{100 * policy['noisy_relative_iqr']:g}%")
+        return (
+            f"{policy['warmup_calls']} warm-up, {policy['min_repeats']}-{policy['max_repeats']} repeats, "
+            f"{policy['budget_s']:g} s, ±{100 * policy['target_relative_ci']:g}%, "
+            f"noisy >{100 * policy['noisy_relative_iqr']:g}%"
+        )
     except (KeyError, TypeError, ValueError):
         return str(dict(policy))
 
@@ -79,7 +88,8 @@ def describe(policy: Mapping[str, Any] | None) -> str | None:
 @dataclass
 class RunSettings:
     policies: dict[str, TimingPolicy] = field(
-        default_factory=lambda: {device: TimingPolicy.for_device(device) for device in ("cpu", "cuda")})
+        default_factory=lambda: {device: TimingPolicy.for_device(device) for device in ("cpu", "cuda")}
+    )
     # FLOPs the float64 reference may cost per case: beyond, it covers only as many (batch, head)
     # slices as fit (see checked_slices.py), and none if one slice does not fit. Every slice of a
     # 64K-token forward+backward case (head dim 128, 16 heads) would cost ~6× the GPU budget.

@@ -6,6 +6,7 @@ without a flush: evicting a last-level cache of hundreds of MB per repeat would 
 cases, so CPU times are warm-cache.
 The stopping rule follows torch.utils.benchmark's spirit: keep the raw samples, derive statistics.
 """
+
 from __future__ import annotations
 
 import math
@@ -98,8 +99,9 @@ def time_once_wall(fn: Callable[[], object], device: torch.device) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
-def warm_up(fn: Callable[[], object], device: torch.device, calls: int,
-            before_each: Callable[[], object] | None = None) -> None:
+def warm_up(
+    fn: Callable[[], object], device: torch.device, calls: int, before_each: Callable[[], object] | None = None
+) -> None:
     """Untimed calls (caches, allocator, clocks), then wait for the device."""
     for _ in range(calls):
         if before_each:

@@ -12,11 +12,12 @@ with H query heads and KV key/value heads; with fewer queries than keys (Q), the
 have Q rows instead of N: a decoding step reads the whole KV cache and writes one row per query. A
 decoding step that carries a state of the keys before its first query from call to call (a recurrent
 decoder, `state=carried`) reads that state instead of them: the new tokens' Q rows of keys and values,
-and the state's bytes, which the implementation states (`carried_state_bytes`). A
-backward that re-reads the forward's output or log-sum-exp (FlashAttention's does) moves more; the model is a floor, so bytes over time is a
-lower bound on achieved bandwidth: `bandwidth_fraction` near 1 means memory-bound and efficient,
-far below 1 with low TFLOP/s means time goes to neither (launches, extra passes).
+and the state's bytes, which the implementation states (`carried_state_bytes`). A backward that re-reads the
+forward's output or log-sum-exp (FlashAttention's does) moves more; the model is a floor, so bytes over time is a
+lower bound on achieved bandwidth: `bandwidth_fraction` near 1 means memory-bound and efficient, far below 1 with
+low TFLOP/s means time goes to neither (launches, extra passes).
 """
+
 from __future__ import annotations
 
 from ..case import Case

@@ -1,4 +1,5 @@
 """Exact softmax weights beside each approximate family's implied weights, for one small input."""
+
 from __future__ import annotations
 
 import matplotlib
@@ -47,8 +48,16 @@ def too_small_to_see(difference: np.ndarray) -> str | None:
 def _say_when_too_small_to_see(ax, difference: np.ndarray) -> None:
     words = too_small_to_see(difference)
     if words is not None:
-        ax.text(0.5, 0.5, words, transform=ax.transAxes, ha="center", va="center", fontsize=9,
-                bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "0.6"})
+        ax.text(
+            0.5,
+            0.5,
+            words,
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            fontsize=9,
+            bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "0.6"},
+        )
 
 
 def attention_map_chart(approximations: list[Implementation], causal: bool = False, seed: int = 0) -> Figure:
@@ -77,6 +86,7 @@ def attention_map_chart(approximations: list[Implementation], causal: bool = Fal
         ax.set_ylabel("query position")
     fig.colorbar(image, ax=axes[0, :].tolist(), label=f"weight (log; {WEIGHT_FLOOR:g} and below alike)", shrink=0.8)
     if diff_image is not None:
-        fig.colorbar(diff_image, ax=axes[1, 1:].tolist(), label=f"difference (log beyond ±{DIFFERENCE_FLOOR:g})",
-                     shrink=0.8)
+        fig.colorbar(
+            diff_image, ax=axes[1, 1:].tolist(), label=f"difference (log beyond ±{DIFFERENCE_FLOOR:g})", shrink=0.8
+        )
     return fig

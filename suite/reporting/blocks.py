@@ -1,4 +1,5 @@
 """A report as a list of simple blocks, rendered once to Markdown and once to self-contained HTML."""
+
 from __future__ import annotations
 
 import base64
@@ -62,7 +63,8 @@ def to_markdown(report: Report) -> str:
 
 
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;margin:.5em 0 1.5em}
 code{background:#f3f3f3;padding:0 3px}.nobr{white-space:nowrap}"""
 _CODE_SPAN = re.compile(r"`([^`]+)`")
@@ -86,8 +88,10 @@ def inline_html(text: str) -> str:
 
 def to_html(report: Report, folder: Path) -> str:
     """One page; every chart embedded as base64 so the file stands alone."""
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(report.title)}</title>",
-             f"<style>{_STYLE}</style></head><body><h1>{html.escape(report.title)}</h1>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(report.title)}</title>",
+        f"<style>{_STYLE}</style></head><body><h1>{html.escape(report.title)}</h1>",
+    ]
     for block in report.blocks:
         if isinstance(block, Heading):
             parts.append(f"<h{block.level}>{html.escape(block.text)}</h{block.level}>")

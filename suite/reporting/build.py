@@ -1,4 +1,5 @@
 """`attnbench report`: result files -> report.md, charts (PNG, and SVG or PDF if asked) and index.html in one folder."""
+
 from __future__ import annotations
 
 import re
@@ -19,7 +20,18 @@ from . import charts
 from .attention_maps import attention_map_chart
 from .blocks import Heading, Image, Paragraph, Report, Table, to_html, to_markdown
 from .crossover import MISMATCH_MARK, crossover_summary, crossover_table
-from .data import MEASURED, ReportInputError, colours, fmt_bytes, fmt_num, group_title, groups, impl_order, prepare, scope_words
+from .data import (
+    MEASURED,
+    ReportInputError,
+    colours,
+    fmt_bytes,
+    fmt_num,
+    group_title,
+    groups,
+    impl_order,
+    prepare,
+    scope_words,
+)
 from .energy_table import ENERGY, energy_table
 from .fastest import fastest_table, lead_grids, win_counts
 from .fastest_map import fastest_map
@@ -41,20 +53,43 @@ def _environment_blocks(paths: list[Path]) -> list:
         for run in read(path)[0]:
             env = run.get("environment", {})
             state = env.get("gpu_state") or {}
-            rows.append([
-                Path(path).name, env.get("gpu") or env.get("cpu") or "?", env.get("driver") or "–",
-                f"{state.get('sm_clock_mhz', '–')}/{state.get('max_sm_clock_mhz', '–')} MHz" if "sm_clock_mhz" in state else "–",
-                f"torch {env.get('torch')}, CUDA {env.get('cuda') or '–'}, cuDNN {env.get('cudnn') or '–'}, "
-                f"triton {env.get('triton') or '–'}, xformers {env.get('xformers') or '–'}",
-                _settings_text(env),
-                measure_settings.describe(run.get("timing_policy")) or "–",
-                ", ".join(f"{k} {v:.0f}" for k, v in (run.get("measured_peak_tflops") or {}).items()) or "–",
-                f"{run['measured_peak_gbytes_per_s']:.0f}" if run.get("measured_peak_gbytes_per_s") else "–",
-                (env.get("git_commit") or "–")[:12],
-                grid_words(run),
-            ])
-    return [Heading("Environment"), Table(["file", "device", "driver", "SM clock (now/max)", "software", "settings", "timing",
-                                            "measured matmul TFLOP/s", "measured copy GB/s", "commit", "grid"], rows)]
+            rows.append(
+                [
+                    Path(path).name,
+                    env.get("gpu") or env.get("cpu") or "?",
+                    env.get("driver") or "–",
+                    f"{state.get('sm_clock_mhz', '–')}/{state.get('max_sm_clock_mhz', '–')} MHz"
+                    if "sm_clock_mhz" in state
+                    else "–",
+                    f"torch {env.get('torch')}, CUDA {env.get('cuda') or '–'}, cuDNN {env.get('cudnn') or '–'}, "
+                    f"triton {env.get('triton') or '–'}, xformers {env.get('xformers') or '–'}",
+                    _settings_text(env),
+                    measure_settings.describe(run.get("timing_policy")) or "–",
+                    ", ".join(f"{k} {v:.0f}" for k, v in (run.get("measured_peak_tflops") or {}).items()) or "–",
+                    f"{run['measured_peak_gbytes_per_s']:.0f}" if run.get("measured_peak_gbytes_per_s") else "–",
+                    (env.get("git_commit") or "–")[:12],
+                    grid_words(run),
+                ]
+            )
+    return [
+        Heading("Environment"),
+        Table(
+            [
+                "file",
+                "device",
+                "driver",
+                "SM clock (now/max)",
+                "software",
+                "settings",
+                "timing",
+                "measured matmul TFLOP/s",
+                "measured copy GB/s",
+                "commit",
+                "grid",
+            ],
+            rows,
+        ),
+    ]
 
 
 def _settings_text(environment: dict) -> str:
@@ -103,28 +138,50 @@ def _accuracy_table(frame: pd.DataFrame) -> Table:
     for (label, dtype), part in measured.groupby(["impl", "dtype"]):
         checked = part[part.accuracy_ok.notna()]
         exact = (part.family == "exact").all()
-        rows.append([
-            label, dtype, fmt_num(pd.to_numeric(checked.max_abs_err, errors="coerce").max()),
-            fmt_num(checked.rel_rms_err.max()), f"{int((checked.accuracy_ok == True).sum())}/{len(checked)}",  # noqa: E712
-            *_median_and_max(part.softmax_rel_rms_err, exact),
-            *(_median_and_max(part.softmax_local_rel_rms_err, exact) if with_local else []),
-        ])
+        rows.append(
+            [
+                label,
+                dtype,
+                fmt_num(pd.to_numeric(checked.max_abs_err, errors="coerce").max()),
+                fmt_num(checked.rel_rms_err.max()),
+                f"{int((checked.accuracy_ok == True).sum())}/{len(checked)}",  # noqa: E712
+                *_median_and_max(part.softmax_rel_rms_err, exact),
+                *(_median_and_max(part.softmax_local_rel_rms_err, exact) if with_local else []),
+            ]
+        )
     order = impl_order([r[0] for r in rows])
     rows.sort(key=lambda r: (order.index(r[0]), r[1]))
     local_header = ["vs softmax, local inputs: median", "vs softmax, local inputs: max"] if with_local else []
-    return Table(["implementation", "dtype", "max abs err", "max rel RMS err", "passed",
-                  "vs softmax: median rel RMS", "vs softmax: max rel RMS", *local_header], rows)
+    return Table(
+        [
+            "implementation",
+            "dtype",
+            "max abs err",
+            "max rel RMS err",
+            "passed",
+            "vs softmax: median rel RMS",
+            "vs softmax: max rel RMS",
+            *local_header,
+        ],
+        rows,
+    )
 
 
 def _status_paragraph(frame: pd.DataFrame) -> Paragraph:
     counts = frame.status.value_counts()
     text = ", ".join(f"{count} {status}" for status, count in counts.items())
     host_bound = (frame.host_bound == True).sum()  # noqa: E712
-    return Paragraph(f"{len(frame)} result rows: {text}. Cells: median time · TFLOP/s · peak memory; "
-                     f"~ = noisy (IQR above 10% of the median){_throttle_words(frame)}" + (
-                         f" ‡ = host-bound ({host_bound} rows): issuing the call took the host (Python, dispatch, "
-                         "launches) 90% or more of the time the GPU took to run it, so called back to back the host "
-                         "sets the pace; `host_ms` in the results gives its time." if host_bound else ""))
+    return Paragraph(
+        f"{len(frame)} result rows: {text}. Cells: median time · TFLOP/s · peak memory; "
+        f"~ = noisy (IQR above 10% of the median){_throttle_words(frame)}"
+        + (
+            f" ‡ = host-bound ({host_bound} rows): issuing the call took the host (Python, dispatch, "
+            "launches) 90% or more of the time the GPU took to run it, so called back to back the host "
+            "sets the pace; `host_ms` in the results gives its time."
+            if host_bound
+            else ""
+        )
+    )
 
 
 def _throttle_words(frame: pd.DataFrame) -> str:
@@ -134,8 +191,11 @@ def _throttle_words(frame: pd.DataFrame) -> str:
     if not throttled.notna().any():
         return "."
     marked = int((throttled == True).sum())  # noqa: E712
-    return (f", † = GPU throttled during the case ({marked} row{'s' * (marked != 1)})." if marked
-            else ". The GPU throttled during none of the cases.")
+    return (
+        f", † = GPU throttled during the case ({marked} row{'s' * (marked != 1)})."
+        if marked
+        else ". The GPU throttled during none of the cases."
+    )
 
 
 _OOM_HEAD = re.compile(r"^(.*?out of memory\.(?: Tried to allocate [\d.]+ \w+\.)?)", re.IGNORECASE)
@@ -196,20 +256,38 @@ def _add_crossovers(report: Report, frame: pd.DataFrame, baseline: str) -> None:
     if not tables:
         return
     mismatch = (frame.status == "mismatch").any()
-    report.add(Heading(f"Speed-up over {baseline}"), Paragraph(
-        f"Median time of {baseline} over each implementation's, per length. \"Faster from\" is the shortest "
-        f"length from which an implementation is faster at every longer length measured (a length where "
-        f"{baseline} could not run counts as faster; one where the implementation could not run shows why)."
-        + (f" {MISMATCH_MARK} = it or {baseline} failed its accuracy check there (in a summary: at some length): "
-           "the speed of a wrong result." if mismatch else "")))
+    report.add(
+        Heading(f"Speed-up over {baseline}"),
+        Paragraph(
+            f'Median time of {baseline} over each implementation\'s, per length. "Faster from" is the shortest '
+            f"length from which an implementation is faster at every longer length measured (a length where "
+            f"{baseline} could not run counts as faster; one where the implementation could not run shows why)."
+            + (
+                f" {MISMATCH_MARK} = it or {baseline} failed its accuracy check there (in a summary: at some length): "
+                "the speed of a wrong result."
+                if mismatch
+                else ""
+            )
+        ),
+    )
     for title, table in crossover_summary(frame, baseline):
-        report.add(Heading(f"At a glance: {title}", 3), Paragraph(
-            f"Where each implementation starts to beat {baseline}, and its speed-up at the longest length "
-            "both ran (≈: within the two measurements' spread)."), table)
+        report.add(
+            Heading(f"At a glance: {title}", 3),
+            Paragraph(
+                f"Where each implementation starts to beat {baseline}, and its speed-up at the longest length "
+                "both ran (≈: within the two measurements' spread)."
+            ),
+            table,
+        )
     for title, table in memory_summary(frame, baseline):
-        report.add(Heading(f"Peak memory at a glance: {title}", 3), Paragraph(
-            f"Each implementation's peak memory beyond its inputs over {baseline}'s, and its own, at the longest "
-            f"length where both ran ({baseline}: its own peak there)."), table)
+        report.add(
+            Heading(f"Peak memory at a glance: {title}", 3),
+            Paragraph(
+                f"Each implementation's peak memory beyond its inputs over {baseline}'s, and its own, at the longest "
+                f"length where both ran ({baseline}: its own peak there)."
+            ),
+            table,
+        )
     for group, table in tables:
         report.add(Heading(group_title(group), 3), table)
 
@@ -220,13 +298,21 @@ def _add_fastest(report: Report, frame: pd.DataFrame, chart, colour_of: dict) ->
         return
     wins = win_counts(frame)
     tally = "; ".join(f"{label} {count}" for label, count in wins.items())
-    report.add(Heading("Fastest exact implementation"), Paragraph(
-        "For each case, the implementation of exact softmax attention with the shortest median time among those "
-        "that passed their accuracy check; those within the two measurements' spread of it, or running the same "
-        "kernel (`sdpa (cudnn)` is `sdpa` dispatching to the kernel `sdpa-cudnn` forces), are named after it (≈), "
-        "and the margin is the median of the next one over the fastest's. Approximate families are left out: the "
-        "speed-up tables weigh them, with their errors." + (
-            f" Cases that one kernel led (`sdpa`'s choices counted with the backend it chose): {tally}." if tally else "")))
+    report.add(
+        Heading("Fastest exact implementation"),
+        Paragraph(
+            "For each case, the implementation of exact softmax attention with the shortest median time among those "
+            "that passed their accuracy check; those within the two measurements' spread of it, or running the same "
+            "kernel (`sdpa (cudnn)` is `sdpa` dispatching to the kernel `sdpa-cudnn` forces), are named after it (≈), "
+            "and the margin is the median of the next one over the fastest's. Approximate families are left out: the "
+            "speed-up tables weigh them, with their errors."
+            + (
+                f" Cases that one kernel led (`sdpa`'s choices counted with the backend it chose): {tally}."
+                if tally
+                else ""
+            )
+        ),
+    )
     for group, grid, rows in grids:
         report.add(Heading(f"Fastest: {group_title(group)}", 3), fastest_table(grid))
         name = slug("fastest", group["gpu"], *scope_words(group), f"d{group['head_dim']}", group["dtype"])
@@ -237,15 +323,23 @@ def _add_scaling(report: Report, frame: pd.DataFrame) -> None:
     tables = scaling_tables(frame)
     if not tables:
         return
-    report.add(Heading("How time grows with length"), Paragraph(
-        "The exponent x of N^x that fits the time of one sequence (the median over the batch) over the longest "
-        f"{LONGEST_LENGTHS} lengths each implementation ran (least squares in log-log; the lengths in brackets). "
-        "Exact attention is O(N²) per sequence and tends to 2; windows, linear attention and random features are "
-        "O(N) and tend to 1. Above the limit, something grows faster than the maths (a serial pass, a cache that "
-        "no longer holds); below it, fixed costs still weigh."
-        + (" With a fixed number of queries (the groups that name them: decoding), N is the length of the cache, "
-           "and exact attention too is O(N) and tends to 1; a window's time stops growing once the cache is longer "
-           "than it." if "queries" in frame and frame["queries"].notna().any() else "")))
+    report.add(
+        Heading("How time grows with length"),
+        Paragraph(
+            "The exponent x of N^x that fits the time of one sequence (the median over the batch) over the longest "
+            f"{LONGEST_LENGTHS} lengths each implementation ran (least squares in log-log; the lengths in brackets). "
+            "Exact attention is O(N²) per sequence and tends to 2; windows, linear attention and random features are "
+            "O(N) and tend to 1. Above the limit, something grows faster than the maths (a serial pass, a cache that "
+            "no longer holds); below it, fixed costs still weigh."
+            + (
+                " With a fixed number of queries (the groups that name them: decoding), N is the length of the cache, "
+                "and exact attention too is O(N) and tends to 1; a window's time stops growing once the cache is "
+                "longer than it."
+                if "queries" in frame and frame["queries"].notna().any()
+                else ""
+            )
+        ),
+    )
     for title, table in tables:
         report.add(Heading(f"Scaling: {title}", 3), table)
 
@@ -258,10 +352,15 @@ def _add_machine_comparisons(report: Report, frame: pd.DataFrame) -> None:
         return
     report.add(Heading("Across machines"))
     for other, table in tables:
-        report.add(Heading(f"{other} against {machines[0]}", 3), Paragraph(
-            f"Median time on {machines[0]} over the median time on {other}, for each implementation: the geometric "
-            "mean over the cases both measured (same shape, dtype, mask, mode and batch). Above 1: faster on "
-            f"{other}."), table)
+        report.add(
+            Heading(f"{other} against {machines[0]}", 3),
+            Paragraph(
+                f"Median time on {machines[0]} over the median time on {other}, for each implementation: the geometric "
+                "mean over the cases both measured (same shape, dtype, mask, mode and batch). Above 1: faster on "
+                f"{other}."
+            ),
+            table,
+        )
 
 
 DEFAULT_BASELINE = "sdpa"
@@ -272,14 +371,15 @@ ONE_TIME_COSTS = (
     "A program pays it once per new shape. Implementations that share a library share its caches within "
     "a run (of `sdpa` and `sdpa-cudnn`, whichever meets a shape first builds cuDNN's plan for it), and "
     "caches on disk (Triton's autotuning results, Inductor's compiled graphs) shorten it in later runs: "
-    "compare these figures within one run, and with the order of the run in mind.")
+    "compare these figures within one run, and with the order of the run in mind."
+)
 RUN_TIME = (
     "What each implementation's rows cost the run, in wall time: everything a row does (the checks "
     "against the float64 reference, the first call, warm-up, the timed calls, the memory measurement; a "
     "case's inputs and reference count as its first implementation's). Not a measure of speed: a plan "
     "for the next run. `attnbench run --dry-run` sums them for the rows it would measure on this machine "
-    "model.")
-
+    "model."
+)
 
 
 def _write_data(frame: pd.DataFrame, path: Path) -> None:
@@ -302,8 +402,9 @@ def _selected(frame: pd.DataFrame, patterns: Collection[str], baseline: str | No
     present = impl_order(frame.impl.dropna())
     typo = config.unmatched_pattern(patterns, present)
     if typo is not None:
-        raise ReportInputError(f"--impl: {typo!r} matches no implementation in these results (they have: "
-                               f"{', '.join(present)})")
+        raise ReportInputError(
+            f"--impl: {typo!r} matches no implementation in these results (they have: {', '.join(present)})"
+        )
     return frame[frame.impl.map(lambda label: label == baseline or config.label_matches(label, patterns))]
 
 
@@ -321,24 +422,31 @@ CHARTS_INTRO = (
     "roofline: each row's TFLOP/s against its arithmetic intensity (its FLOPs over the bytes it must move at least: "
     "inputs read once, outputs written once), under the matmul peak and copy bandwidth its GPU measured. A row far "
     "below the bandwidth roof at low intensity loses its time to extra passes over memory or to launches, not to "
-    "arithmetic.")
-ACCURACY_INTRO = ("Errors against each implementation's float64 exact twin (softmax attention for exact ones), worst "
-                  "of output and input gradients.")
-PARTIAL_SCOPE = (" On {rows} rows (from {tokens} tokens) the float64 reference covered only some (batch, key/value "
-                 "head) slices, always the first and the last, to keep its cost bounded; `accuracy_scope` in the "
-                 "results says which share.")
+    "arithmetic."
+)
+ACCURACY_INTRO = (
+    "Errors against each implementation's float64 exact twin (softmax attention for exact ones), worst "
+    "of output and input gradients."
+)
+PARTIAL_SCOPE = (
+    " On {rows} rows (from {tokens} tokens) the float64 reference covered only some (batch, key/value "
+    "head) slices, always the first and the last, to keep its cost bounded; `accuracy_scope` in the "
+    "results says which share."
+)
 APPROXIMATE_NOTE = (
     " Approximate families also against exact softmax attention (a figure, not a test). The timed inputs are i.i.d. "
     "standard normal, on which softmax attention is nearly uniform: its output shrinks like 1/√N while a window's or "
     "a feature map's does not, so errors relative to it grow with length and exceed 1 at long lengths, and they do "
-    "not predict the error on a trained model's peaked attention.")
+    "not predict the error on a trained model's peaked attention."
+)
 LOCAL_INPUTS_NOTE = (
-    " The \"local inputs\" columns repeat the forward pass on queries and keys that share a latent drifting along "
+    ' The "local inputs" columns repeat the forward pass on queries and keys that share a latent drifting along '
     "the sequence (at {tokens} tokens, correlation length {correlation:g} tokens and a query's logit against its own "
     "position about {self_logit:g}; beyond, both grow with the log of the length, so that at every length most of "
     "each query's weight lies within 64 tokens), so that softmax attention is peaked near the diagonal, as in many "
     "heads of trained models. There, windows and blocks keep the weight near the diagonal and feature maps do not; "
-    "which figure matters depends on the attention a model actually learns.")
+    "which figure matters depends on the attention a model actually learns."
+)
 
 
 class _Charts:
@@ -371,54 +479,87 @@ def _loaded(paths: list[Path], impls: Collection[str] | None, baseline: str | No
     if impls is not None:
         everything = impl_order(loaded.impl.dropna())
         loaded = _selected(loaded, impls, baseline)
-        selection = Paragraph(f"Implementations shown: {', '.join(impl_order(loaded.impl.dropna()))}, selected with "
-                              f"`--impl {','.join(impls)}` of the {len(everything)} implementations in these files.")
+        selection = Paragraph(
+            f"Implementations shown: {', '.join(impl_order(loaded.impl.dropna()))}, selected with "
+            f"`--impl {','.join(impls)}` of the {len(everything)} implementations in these files."
+        )
     frame, repeated = _one_row_per_case(loaded)
     return frame, repeated, selection, colour_of
 
 
-def _add_summary(report: Report, paths: list[Path], frame: pd.DataFrame, repeated: int,
-                 selection: Paragraph | None) -> None:
+def _add_summary(
+    report: Report, paths: list[Path], frame: pd.DataFrame, repeated: int, selection: Paragraph | None
+) -> None:
     report.add(*_environment_blocks(paths), Heading("Summary"), _status_paragraph(frame))
     if selection is not None:
         report.add(selection)
     if repeated:
-        report.add(Paragraph(f"{repeated} rows measured a case that a later file measured again on the same "
-                             "machine; each case appears once, from the last file named (to compare two runs, "
-                             "use `attnbench compare`)."))
+        report.add(
+            Paragraph(
+                f"{repeated} rows measured a case that a later file measured again on the same "
+                "machine; each case appears once, from the last file named (to compare two runs, "
+                "use `attnbench compare`)."
+            )
+        )
     if not frame.status.isin(MEASURED).any():
-        report.add(Paragraph("No case was measured: every row failed or could not run. Reasons:"), _failure_table(frame))
+        report.add(
+            Paragraph("No case was measured: every row failed or could not run. Reasons:"), _failure_table(frame)
+        )
 
 
-def _add_group_charts(report: Report, frame: pd.DataFrame, chart: _Charts, colour_of: dict, baseline: str,
-                      say: Callable[[str], None]) -> None:
+def _add_group_charts(
+    report: Report, frame: pd.DataFrame, chart: _Charts, colour_of: dict, baseline: str, say: Callable[[str], None]
+) -> None:
     """Per group of one device, batching, dtype, mask and mode: time, TFLOP/s, GB/s, memory, speed-up, roofline."""
     report.add(Heading("Charts"), Paragraph(CHARTS_INTRO))
     if baseline not in set(frame[frame.status.isin(MEASURED)].impl):
-        report.add(Paragraph(f"No speed-up charts: the baseline {baseline!r} was not measured in these results "
-                             "(choose another with --baseline)."))
-    chart_groups = [(dict(zip(CHART_KEYS, key)), part)
-                    for key, part in frame.groupby(list(CHART_KEYS), sort=True, dropna=False)
-                    if part.status.isin(MEASURED).any()]
+        report.add(
+            Paragraph(
+                f"No speed-up charts: the baseline {baseline!r} was not measured in these results "
+                "(choose another with --baseline)."
+            )
+        )
+    chart_groups = [
+        (dict(zip(CHART_KEYS, key)), part)
+        for key, part in frame.groupby(list(CHART_KEYS), sort=True, dropna=False)
+        if part.status.isin(MEASURED).any()
+    ]
     for number, (group, part) in enumerate(chart_groups, 1):
         say(f"charts {number}/{len(chart_groups)}: {group_title(group)}")
-        name = slug(group["gpu"], *scope_words(group), group["dtype"], "causal" if group["causal"] else "dense",
-                    group["mode"])
+        name = slug(
+            group["gpu"], *scope_words(group), group["dtype"], "causal" if group["causal"] else "dense", group["mode"]
+        )
         report.add(Heading(group_title(group), 3))
         for figure, what in (("time_ms", "median time"), ("tflops", "TFLOP/s")):
-            chart(charts.throughput_chart(part, colour_of, group, figure), f"{figure.split('_')[0]}-{name}",
-                  f"{what} vs sequence length", part)
+            chart(
+                charts.throughput_chart(part, colour_of, group, figure),
+                f"{figure.split('_')[0]}-{name}",
+                f"{what} vs sequence length",
+                part,
+            )
         if isinstance(group.get("queries"), str):  # decoding: bound by reading the cache, not by arithmetic
-            chart(charts.throughput_chart(part, colour_of, group, "gbytes_per_s"), f"bandwidth-{name}",
-                  "GB/s vs cache length", part)
+            chart(
+                charts.throughput_chart(part, colour_of, group, "gbytes_per_s"),
+                f"bandwidth-{name}",
+                "GB/s vs cache length",
+                part,
+            )
         if part.peak_mem_bytes.notna().any():
             chart(charts.memory_chart(part, colour_of, group), f"memory-{name}", "peak memory vs sequence length", part)
         if baseline in set(part[part.status.isin(MEASURED)].impl):
-            chart(charts.speedup_chart(part, colour_of, group, baseline), f"speedup-{name}",
-                  f"speed-up over {baseline}", part)
+            chart(
+                charts.speedup_chart(part, colour_of, group, baseline),
+                f"speedup-{name}",
+                f"speed-up over {baseline}",
+                part,
+            )
         if (part.status.isin(MEASURED) & (part.gbytes_per_s.fillna(0) > 0)).any():
-            chart(roofline_chart(part, colour_of, group), f"roofline-{name}",
-                  "TFLOP/s against arithmetic intensity, under the measured roofs", part)
+            chart(
+                roofline_chart(part, colour_of, group),
+                f"roofline-{name}",
+                "TFLOP/s against arithmetic intensity, under the measured roofs",
+                part,
+            )
 
 
 def _add_accuracy(report: Report, frame: pd.DataFrame, chart: _Charts, colour_of: dict) -> None:
@@ -429,18 +570,26 @@ def _add_accuracy(report: Report, frame: pd.DataFrame, chart: _Charts, colour_of
     for key, value in case.items():
         at_case = at_case[at_case[key] == value]
     report.add(Heading("Accuracy against speed", 3))
-    chart(charts.accuracy_speed_chart(at_case, colour_of, case), "accuracy-vs-speed", "error vs time at one shape",
-          at_case)
+    chart(
+        charts.accuracy_speed_chart(at_case, colour_of, case),
+        "accuracy-vs-speed",
+        "error vs time at one shape",
+        at_case,
+    )
     approximate = measured[measured.family != "exact"]
     # Each map shows the approximations measured with its masking (Linformer has no causal form).
-    maps = {causal: _approximations(approximate[approximate.causal == causal])
-            for causal in sorted(set(approximate.causal))}
+    maps = {
+        causal: _approximations(approximate[approximate.causal == causal]) for causal in sorted(set(approximate.causal))
+    }
     if any(maps.values()):
         report.add(Heading("Attention maps", 3))
     for causal, approximations in maps.items():
         if approximations:
-            chart(attention_map_chart(approximations, causal=bool(causal)),
-                  f"attention-maps-{'causal' if causal else 'dense'}", "exact vs implied attention weights")
+            chart(
+                attention_map_chart(approximations, causal=bool(causal)),
+                f"attention-maps-{'causal' if causal else 'dense'}",
+                "exact vs implied attention weights",
+            )
     text = ACCURACY_INTRO
     partial = measured[measured.accuracy_scope.notna()]
     if not partial.empty:
@@ -448,16 +597,19 @@ def _add_accuracy(report: Report, frame: pd.DataFrame, chart: _Charts, colour_of
     if not approximate.empty:
         text += APPROXIMATE_NOTE
         if approximate.softmax_local_rel_rms_err.notna().any():
-            text += LOCAL_INPUTS_NOTE.format(tokens=LOCAL_REFERENCE_TOKENS, correlation=LOCAL_CORRELATION_TOKENS,
-                                             self_logit=LOCAL_SELF_LOGIT)
+            text += LOCAL_INPUTS_NOTE.format(
+                tokens=LOCAL_REFERENCE_TOKENS, correlation=LOCAL_CORRELATION_TOKENS, self_logit=LOCAL_SELF_LOGIT
+            )
     report.add(Heading("Accuracy"), Paragraph(text), _accuracy_table(frame))
 
 
 def _add_tables(report: Report, frame: pd.DataFrame) -> None:
-    for heading, text, table in (("CUDA-graph replays", GRAPH_REPLAYS, graph_replay_table(frame)),
-                                 ("Energy", ENERGY, energy_table(frame)),
-                                 ("One-time costs", ONE_TIME_COSTS, first_call_table(frame)),
-                                 ("Run time", RUN_TIME, run_time_table(frame))):
+    for heading, text, table in (
+        ("CUDA-graph replays", GRAPH_REPLAYS, graph_replay_table(frame)),
+        ("Energy", ENERGY, energy_table(frame)),
+        ("One-time costs", ONE_TIME_COSTS, first_call_table(frame)),
+        ("Run time", RUN_TIME, run_time_table(frame)),
+    ):
         if table is not None:
             report.add(Heading(heading), Paragraph(text), table)
     report.add(Heading("Tables"))
@@ -467,9 +619,14 @@ def _add_tables(report: Report, frame: pd.DataFrame) -> None:
         report.add(Heading("Rows that did not run"), _failure_table(frame))
 
 
-def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | None = None,
-                 chart_formats: tuple[str, ...] = ("png",), say: Callable[[str], None] = lambda message: None,
-                 impls: Collection[str] | None = None) -> Path:
+def build_report(
+    paths: list[str | Path],
+    out_dir: str | Path,
+    baseline: str | None = None,
+    chart_formats: tuple[str, ...] = ("png",),
+    say: Callable[[str], None] = lambda message: None,
+    impls: Collection[str] | None = None,
+) -> Path:
     """Writes the report of `paths` into `out_dir`. A `baseline` asked for must have been measured; without
     one, `sdpa` is used where it was, and the report says so where it was not. Each chart is written as PNG,
     which the pages show, and in the other `chart_formats` beside it. `say` is told how far it has got (drawing
@@ -480,8 +637,10 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | N
     frame, repeated, selection, colour_of = _loaded(paths, impls, baseline)
     measured_impls = impl_order(frame[frame.status.isin(MEASURED)].impl)
     if baseline is not None and baseline not in measured_impls:
-        raise ReportInputError(f"--baseline: {baseline!r} was not measured in these results "
-                               f"(measured: {', '.join(measured_impls) or 'none'})")
+        raise ReportInputError(
+            f"--baseline: {baseline!r} was not measured in these results "
+            f"(measured: {', '.join(measured_impls) or 'none'})"
+        )
     baseline = baseline or DEFAULT_BASELINE
     say(f"{len(frame)} rows from {len(paths)} file{'s' * (len(paths) != 1)}")
     out_dir = Path(out_dir)

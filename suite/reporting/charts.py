@@ -3,6 +3,7 @@
 Conventions: log2 sequence-length axes, one line per implementation in a colour fixed for the whole
 report, the IQR as a band, out-of-memory points marked with ×, legends outside the data.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,9 @@ def _panels(frame: pd.DataFrame, title: str, ylabel: str, *, logy: bool = False)
     keys = sorted({tuple(row) for row in frame[list(PANEL_KEYS)].itertuples(index=False)})
     columns = min(3, len(keys))
     rows = math.ceil(len(keys) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns + 2.2, 3.6 * rows), squeeze=False,
-                             layout="constrained", sharex=True)
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(4.6 * columns + 2.2, 3.6 * rows), squeeze=False, layout="constrained", sharex=True
+    )
     fig.suptitle(title)
     panels = []
     for ax, key in zip(axes.flat, keys):
@@ -44,7 +46,7 @@ def _panels(frame: pd.DataFrame, title: str, ylabel: str, *, logy: bool = False)
         ax.set_ylabel(ylabel)
         ax.grid(True, which="major", alpha=0.3)
         panels.append((ax, part))
-    for ax in list(axes.flat)[len(keys):]:
+    for ax in list(axes.flat)[len(keys) :]:
         ax.set_visible(False)
     return fig, panels
 
@@ -89,10 +91,16 @@ PEAK_LABEL = "measured matmul peak"
 def finish_legend(fig: Figure, handles: dict) -> Figure:
     if handles:
         # implementations first, then the markers that qualify their points and the reference lines
-        ordered = sorted(handles.items(),
-                         key=lambda item: item[0] in (OOM_LABEL, MISMATCH_LABEL) or item[0].startswith(PEAK_LABEL))
-        fig.legend([h for _, h in ordered], [label for label, _ in ordered], loc="outside right center", fontsize=9,
-                   title="implementation")
+        ordered = sorted(
+            handles.items(), key=lambda item: item[0] in (OOM_LABEL, MISMATCH_LABEL) or item[0].startswith(PEAK_LABEL)
+        )
+        fig.legend(
+            [h for _, h in ordered],
+            [label for label, _ in ordered],
+            loc="outside right center",
+            fontsize=9,
+            title="implementation",
+        )
     return fig
 
 
@@ -101,7 +109,9 @@ def _mark_oom(ax, part: pd.DataFrame, label: str, colour, handles: dict) -> None
     if failed.empty:
         return
     ymin = ax.get_ylim()[0] if ax.has_data() else 1.0
-    marker = ax.scatter(as_floats(failed.seq_len), [ymin] * len(failed), marker="x", color=colour, s=60, zorder=5, clip_on=False)
+    marker = ax.scatter(
+        as_floats(failed.seq_len), [ymin] * len(failed), marker="x", color=colour, s=60, zorder=5, clip_on=False
+    )
     handles.setdefault(OOM_LABEL, marker)
 
 
@@ -120,12 +130,20 @@ def throughput_chart(frame: pd.DataFrame, colour_of: dict, group: dict, metric: 
     the measured copy bandwidth (dotted): what bounds decoding, which reads the whole KV cache for a few queries
     (or, with `state=carried`, the state a recurrent decoder keeps in its place). TFLOP/s and GB/s go on a linear
     axis from zero, unless some line would lie flat along it (below a tenth of the top): then on a log axis."""
-    ylabel = {"time_ms": "median time per call (ms)", "tflops": "TFLOP/s (its own FLOPs)",
-              "gbytes_per_s": "GB/s (least traffic over time)"}[metric]
+    ylabel = {
+        "time_ms": "median time per call (ms)",
+        "tflops": "TFLOP/s (its own FLOPs)",
+        "gbytes_per_s": "GB/s (least traffic over time)",
+    }[metric]
     title = {"time_ms": "Time", "tflops": "Throughput", "gbytes_per_s": "Bandwidth"}[metric]
-    peak, unit, peak_label = {"tflops": (measured_peak_tflops(frame), "TFLOP/s", PEAK_LABEL),
-                              "gbytes_per_s": (measured_ceiling(frame, "gbytes_per_s", "bandwidth_fraction"), "GB/s",
-                                               "measured copy bandwidth")}.get(metric, (None, "", ""))
+    peak, unit, peak_label = {
+        "tflops": (measured_peak_tflops(frame), "TFLOP/s", PEAK_LABEL),
+        "gbytes_per_s": (
+            measured_ceiling(frame, "gbytes_per_s", "bandwidth_fraction"),
+            "GB/s",
+            "measured copy bandwidth",
+        ),
+    }.get(metric, (None, "", ""))
     drawn = frame.loc[frame.status.isin(MEASURED), metric]
     logy = metric == "time_ms" or flattened_on_a_linear_axis(drawn, peak)
     fig, panels = _panels(frame, f"{title} · {group_title(group)}", ylabel, logy=logy)
@@ -147,7 +165,9 @@ def throughput_chart(frame: pd.DataFrame, colour_of: dict, group: dict, metric: 
         if metric != "time_ms":  # up to the ceiling: the distance to it is the point
             bottom, top = ax.get_ylim()
             if peak is not None:
-                handles.setdefault(f"{peak_label} ({fmt_num(peak)} {unit})", ax.axhline(peak, color="black", ls=":", lw=1.2))
+                handles.setdefault(
+                    f"{peak_label} ({fmt_num(peak)} {unit})", ax.axhline(peak, color="black", ls=":", lw=1.2)
+                )
                 top = max(top, peak * 1.05)
             ax.set_ylim(bottom if logy else 0, top)
         for label in impl_order(part.impl):
@@ -185,11 +205,15 @@ def measured_peak_tflops(frame: pd.DataFrame) -> float | None:
 def memory_chart(frame: pd.DataFrame, colour_of: dict, group: dict) -> Figure:
     """Peak memory against sequence length, log-log: quadratic and linear growth show as slopes 2 and 1."""
     unit, unit_bytes = memory_unit(frame.loc[frame.status.isin(MEASURED), "peak_mem_bytes"].max())
-    fig, panels = _panels(frame, f"Peak memory · {group_title(group)}", f"peak memory beyond inputs ({unit})", logy=True)
+    fig, panels = _panels(
+        frame, f"Peak memory · {group_title(group)}", f"peak memory beyond inputs ({unit})", logy=True
+    )
     handles: dict = {}
     for ax, part in panels:
         for label in impl_order(part.impl):
-            rows = part[(part.impl == label) & part.status.isin(MEASURED) & (part.peak_mem_bytes > 0)].sort_values("seq_len")
+            rows = part[(part.impl == label) & part.status.isin(MEASURED) & (part.peak_mem_bytes > 0)].sort_values(
+                "seq_len"
+            )
             if not rows.empty:
                 x, amount = as_floats(rows.seq_len), as_floats(rows.peak_mem_bytes) / unit_bytes
                 (line,) = ax.plot(x, amount, marker="o", ms=3, color=colour_of[label])
@@ -212,8 +236,9 @@ def memory_unit(largest_bytes: float) -> tuple[str, int]:
 def speedup_chart(frame: pd.DataFrame, colour_of: dict, group: dict, baseline: str) -> Figure:
     """Time of the baseline over each implementation's time (above 1: faster than the baseline). Log
     scale: 0.5× and 2× lie equally far from 1, and the crossover stays legible beside 80× speed-ups."""
-    fig, panels = _panels(frame, f"Speed-up over {baseline} · {group_title(group)}", f"speed-up over {baseline} (×)",
-                          logy=True)
+    fig, panels = _panels(
+        frame, f"Speed-up over {baseline} · {group_title(group)}", f"speed-up over {baseline} (×)", logy=True
+    )
     handles: dict = {}
     for ax, part in panels:
         ok = part[part.status.isin(MEASURED)]
@@ -243,8 +268,11 @@ def accuracy_speed_chart(frame: pd.DataFrame, colour_of: dict, case: dict) -> Fi
     mask = "causal" if case["causal"] else "dense"
     queries = f" Q={case['q_len']}" if case.get("q_len", case["seq_len"]) != case["seq_len"] else ""
     grouped = f" KV{case['kv_heads']}" if case.get("kv_heads", case["heads"]) != case["heads"] else ""
-    ax.set_title(f"Accuracy vs speed · N={case['seq_len']}{queries} H{case['heads']}{grouped} D{case['head_dim']} "
-                 f"{case['dtype']} {mask} {case['mode']}", fontsize=10)
+    ax.set_title(
+        f"Accuracy vs speed · N={case['seq_len']}{queries} H{case['heads']}{grouped} D{case['head_dim']} "
+        f"{case['dtype']} {mask} {case['mode']}",
+        fontsize=10,
+    )
     for axis in (ax.xaxis, ax.yaxis):
         log_axis(axis)  # plain labels: matplotlib's own label minor ticks as 3×10⁰ over each other
     ax.set_xlabel("median time per call (ms)")
@@ -268,8 +296,13 @@ def accuracy_speed_chart(frame: pd.DataFrame, colour_of: dict, case: dict) -> Fi
             continue
         handles[row.impl] = ax.scatter(row.time_ms, max(err, 1e-8), s=50, color=colour_of[row.impl], zorder=3)
     if without_figure:
-        ax.annotate(f"not drawn (no such figure): {', '.join(without_figure)}", (0.01, 0.01), xycoords="axes fraction",
-                    fontsize=8, color="dimgrey")
+        ax.annotate(
+            f"not drawn (no such figure): {', '.join(without_figure)}",
+            (0.01, 0.01),
+            xycoords="axes fraction",
+            fontsize=8,
+            color="dimgrey",
+        )
     ax.grid(True, which="major", alpha=0.3)
     return finish_legend(fig, handles)
 
@@ -284,8 +317,12 @@ def stamp(fig: Figure, frame: pd.DataFrame) -> None:
     """A footer with what the chart's rows were measured with (software, attnbench commit), so that a chart
     shown on its own still says where its numbers come from."""
     software = sorted({str(v) for v in frame.get("software", pd.Series(dtype=object)).dropna()})
-    commits = sorted({str(v)[:12] + ("+dirty" if str(v).endswith("+dirty") else "")
-                      for v in frame.get("attnbench_commit", pd.Series(dtype=object)).dropna()})
+    commits = sorted(
+        {
+            str(v)[:12] + ("+dirty" if str(v).endswith("+dirty") else "")
+            for v in frame.get("attnbench_commit", pd.Series(dtype=object)).dropna()
+        }
+    )
     parts = (["; ".join(software)] if software else []) + ([f"attnbench {', '.join(commits)}"] if commits else [])
     if not parts:
         return

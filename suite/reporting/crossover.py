@@ -8,6 +8,7 @@ implementation's favour; one where the implementation could not run is shown wit
 compares nothing. A ratio where either row failed its accuracy check is marked `!`: the speed of a
 wrong result.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -94,8 +95,14 @@ def crossover_table(part: pd.DataFrame, baseline: str) -> Table | None:
     if not found:
         return None
     lengths = sorted({length for c in found for length in c.speedups})
-    rows = [[c.impl, c.describe(), *(_ratio_cell(c.speedups.get(length), length in c.ties, length in c.mismatched)
-                                     for length in lengths)] for c in found]
+    rows = [
+        [
+            c.impl,
+            c.describe(),
+            *(_ratio_cell(c.speedups.get(length), length in c.ties, length in c.mismatched) for length in lengths),
+        ]
+        for c in found
+    ]
     return Table(["implementation", f"faster than {baseline} from", *(str(length) for length in lengths)], rows)
 
 

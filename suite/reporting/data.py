@@ -1,4 +1,5 @@
 """Shaping result rows for reports: groups of comparable cases, stable colours, formatting."""
+
 from __future__ import annotations
 
 import math
@@ -30,10 +31,21 @@ def prepare(frame: pd.DataFrame) -> pd.DataFrame:
     # Several batchings (files of two presets, say) are kept apart; one needs no word in the titles.
     batchings = frame["batching"].fillna("batch as recorded") if "batching" in frame else None
     frame["batching"] = batchings if batchings is not None and batchings.nunique() > 1 else None
-    frame["queries"] = [query_words(q_len, seq_len) for q_len, seq_len in zip(frame["q_len"], frame["seq_len"])] \
-        if "q_len" in frame else None
-    for column in ("time_ms", "time_iqr_ms", "tflops", "gbytes_per_s", "peak_mem_bytes", "rel_rms_err", "softmax_rel_rms_err",
-                   "softmax_local_rel_rms_err"):
+    frame["queries"] = (
+        [query_words(q_len, seq_len) for q_len, seq_len in zip(frame["q_len"], frame["seq_len"])]
+        if "q_len" in frame
+        else None
+    )
+    for column in (
+        "time_ms",
+        "time_iqr_ms",
+        "tflops",
+        "gbytes_per_s",
+        "peak_mem_bytes",
+        "rel_rms_err",
+        "softmax_rel_rms_err",
+        "softmax_local_rel_rms_err",
+    ):
         frame[column] = pd.to_numeric(frame[column], errors="coerce") if column in frame else float("nan")
     return frame
 
@@ -47,8 +59,13 @@ def group_title(group: dict) -> str:
     """E.g. `NVIDIA H100 · H16 D128 · bfloat16 · causal · fwd` (each part only when the group fixes it; the
     head dim alone, `D128`, in a group of several head counts)."""
     grouped = f" KV{group['kv_heads']}" if group.get("kv_heads") not in (None, group.get("heads")) else ""
-    shape = ([f"H{group['heads']}{grouped} D{group['head_dim']}"] if "heads" in group
-             else [f"D{group['head_dim']}"] if "head_dim" in group else [])
+    shape = (
+        [f"H{group['heads']}{grouped} D{group['head_dim']}"]
+        if "heads" in group
+        else [f"D{group['head_dim']}"]
+        if "head_dim" in group
+        else []
+    )
     mask = [] if "causal" not in group else ["causal" if group["causal"] else "dense"]
     mode = [group["mode"]] if "mode" in group else []
     return " · ".join([str(group["gpu"]), *scope_words(group), *shape, group["dtype"], *mask, *mode])
@@ -70,15 +87,21 @@ def scope_words(group: dict) -> list[str]:
 def impl_order(labels: Iterable[str]) -> list[str]:
     """Registry order, then options, so every chart lists (and colours) implementations alike."""
     registry = implementations.names()
-    rank = lambda label: (registry.index(label.split(":")[0]) if label.split(":")[0] in registry else len(registry), label)  # noqa: E731
+    rank = lambda label: (  # noqa: E731
+        registry.index(label.split(":")[0]) if label.split(":")[0] in registry else len(registry),
+        label,
+    )
     return sorted(set(labels), key=rank)
 
 
 def colours(labels: Iterable[str]) -> dict[str, tuple]:
     import matplotlib
 
-    palette = [*matplotlib.colormaps["tab10"].colors, *matplotlib.colormaps["Dark2"].colors,
-               *matplotlib.colormaps["Set1"].colors]
+    palette = [
+        *matplotlib.colormaps["tab10"].colors,
+        *matplotlib.colormaps["Dark2"].colors,
+        *matplotlib.colormaps["Set1"].colors,
+    ]
     return {label: palette[i % len(palette)] for i, label in enumerate(impl_order(labels))}
 
 
@@ -107,7 +130,7 @@ def fmt_num(value: float | None, digits: int = 3) -> str:
     """`digits` significant digits, without exponent notation for large values (1980, not 1.98e+03)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    if abs(value) >= 10 ** digits:
+    if abs(value) >= 10**digits:
         return f"{value:.0f}"
     return f"{value:.{digits}g}"
 

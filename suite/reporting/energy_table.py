@@ -1,4 +1,5 @@
 """Rows measured with `run --energy`: the energy of one call and of one token, and the board's mean power."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -12,7 +13,8 @@ ENERGY = (
     "Each row's call ran back to back for about two seconds between two reads of the GPU's energy counter (NVML): "
     "the board's energy per call, everything it drew meanwhile included (a host-bound call pays for the GPU "
     "waiting), per token (queries, with a KV cache), and its mean power. The counter moves every 20–100 ms on "
-    "recent GPUs, so figures within a few percent of each other are not told apart.")
+    "recent GPUs, so figures within a few percent of each other are not told apart."
+)
 
 
 def energy_table(frame: pd.DataFrame) -> Table | None:
@@ -25,7 +27,11 @@ def energy_table(frame: pd.DataFrame) -> Table | None:
         if pd.isna(row.energy_j):
             return ["–", "–", "–", str(row.energy_reason)[:200]]
         millijoules = row.energy_j * 1e3
-        return [fmt_num(millijoules), fmt_num(millijoules / (case.batch * case.query_len)),
-                fmt_num(pd.to_numeric(row.energy_power_w)), ""]
+        return [
+            fmt_num(millijoules),
+            fmt_num(millijoules / (case.batch * case.query_len)),
+            fmt_num(pd.to_numeric(row.energy_power_w)),
+            "",
+        ]
 
     return per_row_table(rows, ["mJ per call", "mJ per token", "mean power (W)", "no figure: why"], cells)

@@ -11,6 +11,7 @@ relative IQRs of the fastest one (the rule `compare` and the speed-up tables use
 that ran the same kernel as one of them (`sdpa` dispatching to cuDNN and `sdpa-cudnn`), are all named,
 and the margin is over the fastest implementation outside that set.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -109,8 +110,10 @@ def grid_columns(grid: LeadGrid) -> list[tuple[str, str]]:
 def fastest_table(grid: LeadGrid) -> Table:
     """One row per (length, batch, heads), one column per mask × mode, each cell the lead there."""
     columns = grid_columns(grid)
-    rows = [[_row_name(*name), *(grid[name][c].describe() if c in grid[name] else "" for c in columns)]
-            for name in sorted(grid)]
+    rows = [
+        [_row_name(*name), *(grid[name][c].describe() if c in grid[name] else "" for c in columns)]
+        for name in sorted(grid)
+    ]
     return Table(["length (batch) · heads", *(" ".join(c) for c in columns)], rows)
 
 

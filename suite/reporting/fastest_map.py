@@ -1,5 +1,6 @@
 """The fastest-exact-implementation tables as a chart: lengths down, head counts across, one panel per
 mask × mode, each cell in the colour of the kernel that led there and labelled with its margin."""
+
 from __future__ import annotations
 
 from matplotlib.figure import Figure
@@ -37,8 +38,9 @@ def fastest_map(group: dict, grid: LeadGrid, colour_of: dict[str, tuple]) -> Fig
     panel_width = max(1.0 * len(heads), 1.8)  # a panel's title must fit above it
     title = f"Fastest exact implementation · {group_title(group)}"
     width = max(panel_width * len(columns) + 3.2, 0.09 * len(title))  # and the figure's title above them all
-    fig, axes = plt.subplots(1, len(columns), figsize=(width, 0.42 * len(lengths) + 1.9),
-                             squeeze=False, layout="constrained", sharey=True)
+    fig, axes = plt.subplots(
+        1, len(columns), figsize=(width, 0.42 * len(lengths) + 1.9), squeeze=False, layout="constrained", sharey=True
+    )
     fig.suptitle(title)
     shown: dict[str, tuple] = {}
     for ax, column in zip(axes[0], columns):
@@ -51,14 +53,30 @@ def fastest_map(group: dict, grid: LeadGrid, colour_of: dict[str, tuple]) -> Fig
                 name = found.kernels[0] if found.kernels[0] in colour_of else found.leaders[0].split(" (")[0]
                 colour = colour_of.get(name, _NOT_RUN)[:3]
                 shown[name] = colour
-                ax.add_patch(Rectangle((j, i), 1, 1, facecolor=colour, edgecolor="white",
-                                       hatch="///" if len(found.kernels) > 1 else None))
-                ax.text(j + 0.5, i + 0.5, _cell_text(found), ha="center", va="center", fontsize=8,
-                        color=_text_colour(colour))
+                ax.add_patch(
+                    Rectangle(
+                        (j, i),
+                        1,
+                        1,
+                        facecolor=colour,
+                        edgecolor="white",
+                        hatch="///" if len(found.kernels) > 1 else None,
+                    )
+                )
+                ax.text(
+                    j + 0.5,
+                    i + 0.5,
+                    _cell_text(found),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color=_text_colour(colour),
+                )
         ax.set_xlim(0, len(heads))
         ax.set_ylim(len(lengths), 0)
-        ax.set_xticks([j + 0.5 for j in range(len(heads))],
-                      [f"H{h}" + (f"/KV{kv}" if kv != h else "") for h, kv in heads])
+        ax.set_xticks(
+            [j + 0.5 for j in range(len(heads))], [f"H{h}" + (f"/KV{kv}" if kv != h else "") for h, kv in heads]
+        )
         ax.set_yticks([i + 0.5 for i in range(len(lengths))], [f"{fmt_length(n)} (B{b})" for n, b in lengths])
         ax.tick_params(length=0)
         ax.set_title(" ".join(column), fontsize=10)
@@ -67,6 +85,7 @@ def fastest_map(group: dict, grid: LeadGrid, colour_of: dict[str, tuple]) -> Fig
     decoding = isinstance(group.get("queries"), str)  # a fixed number of queries against the cache's keys
     axes[0][0].set_ylabel("keys in the cache (batch)" if decoding else "sequence length (batch)")
     handles = [Patch(facecolor=colour, label=name) for name, colour in shown.items()]
-    fig.legend(handles=handles, loc="outside right center", fontsize=8, frameon=False, title="fastest kernel",
-               title_fontsize=8)
+    fig.legend(
+        handles=handles, loc="outside right center", fontsize=8, frameon=False, title="fastest kernel", title_fontsize=8
+    )
     return fig

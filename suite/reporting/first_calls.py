@@ -4,6 +4,7 @@ plan building, lazy set-up), per implementation and mode.
 A program with one shape pays these once; one whose shapes change (new lengths, new batch sizes) pays
 them again for each, so they can weigh in the choice of a variant as much as the steady-state time.
 """
+
 from __future__ import annotations
 
 import pandas as pd
@@ -26,13 +27,28 @@ def first_call_table(frame: pd.DataFrame) -> Table | None:
     rows = []
     for (gpu, label, mode), part in ran.groupby(["gpu", "impl", "mode"], sort=False):
         largest = part.loc[part.first_call_ms.idxmax()]
-        rows.append(((gpu, order.index(label), mode), [
-            *([gpu] if several_devices else []), label, mode, str(len(part)),
-            fmt_duration(part.first_call_ms.median()),
-            f"{fmt_duration(largest.first_call_ms)} ({Case.from_row(largest.to_dict()).label})",
-            f"{fmt_num(part.calls_worth.median())}×",
-        ]))
+        rows.append(
+            (
+                (gpu, order.index(label), mode),
+                [
+                    *([gpu] if several_devices else []),
+                    label,
+                    mode,
+                    str(len(part)),
+                    fmt_duration(part.first_call_ms.median()),
+                    f"{fmt_duration(largest.first_call_ms)} ({Case.from_row(largest.to_dict()).label})",
+                    f"{fmt_num(part.calls_worth.median())}×",
+                ],
+            )
+        )
     rows.sort(key=lambda item: item[0])
-    header = [*(["device"] if several_devices else []), "implementation", "mode", "rows", "first call: median",
-              "first call: largest (case)", "first call ÷ timed median (median)"]
+    header = [
+        *(["device"] if several_devices else []),
+        "implementation",
+        "mode",
+        "rows",
+        "first call: median",
+        "first call: largest (case)",
+        "first call ÷ timed median (median)",
+    ]
     return Table(header, [cells for _, cells in rows])

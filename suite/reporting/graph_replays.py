@@ -3,6 +3,7 @@
 Where the two differ, the host's issuing of the kernels (Python, dispatch, launches) set the eager pace;
 a program that captures the call in a graph, as serving stacks capture decoding, gets the replayed time.
 """
+
 from __future__ import annotations
 
 import pandas as pd
@@ -18,7 +19,8 @@ GRAPH_REPLAYS = (
     "issuing each call from Python; the replayed one is the GPU's work alone, what a program that captures "
     "the call (as serving stacks capture decoding) would see. ‡ marks rows whose eager calls were host-bound. "
     "A row that could not be captured says why (a synchronization with the host inside the call, memory a "
-    "library allocates itself).")
+    "library allocates itself)."
+)
 
 
 def graph_replay_table(frame: pd.DataFrame) -> Table | None:

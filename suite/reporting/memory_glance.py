@@ -1,6 +1,7 @@
 """Peak memory beside the speed-ups: each implementation's memory over the baseline's, at the longest
 length where both ran and measured it. O(N²) scores and O(N) kernels part most at the longest lengths,
 and there a model either fits or does not."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -29,6 +30,9 @@ def _memory_cell(part: pd.DataFrame, impl: str, baseline: str) -> str:
 def memory_summary(frame: pd.DataFrame, baseline: str) -> list[tuple[str, Table]]:
     """Per shape (machine, heads, head dim, dtype): one row per implementation (the baseline's own memory
     first), one column per mask × mode; shapes where the baseline measured no memory are left out."""
-    return shape_tables(frame.sort_values("seq_len"),
-                        lambda rows: {impl: _memory_cell(rows, impl, baseline) for impl in impl_order(rows.impl)},
-                        first=baseline, min_rows=2)
+    return shape_tables(
+        frame.sort_values("seq_len"),
+        lambda rows: {impl: _memory_cell(rows, impl, baseline) for impl in impl_order(rows.impl)},
+        first=baseline,
+        min_rows=2,
+    )

@@ -8,6 +8,7 @@ crosses the ridge near 512 tokens on an H100; linear attention's and Performer's
 feature count, under the bandwidth roof, so their distance from it, not from the matmul peak, is what they
 leave on the table.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,16 +32,26 @@ def roofline_chart(frame: pd.DataFrame, colour_of: dict, group: dict) -> Figure:
     head dim; on a GPU the roof min(measured peak, measured bandwidth × intensity) dashed."""
     import matplotlib.pyplot as plt
 
-    ran = frame[frame.status.isin(MEASURED) & (pd.to_numeric(frame.tflops, errors="coerce") > 0)
-                & (pd.to_numeric(frame.gbytes_per_s, errors="coerce") > 0)]
+    ran = frame[
+        frame.status.isin(MEASURED)
+        & (pd.to_numeric(frame.tflops, errors="coerce") > 0)
+        & (pd.to_numeric(frame.gbytes_per_s, errors="coerce") > 0)
+    ]
     fig, ax = plt.subplots(figsize=(9.5, 5.0), layout="constrained")
     fig.suptitle(f"Roofline · {group_title(group)}")
     handles: dict = {}
     for label in impl_order(ran.impl):
         rows = ran[ran.impl == label]
         for head_dim, part in rows.groupby("head_dim"):
-            dots = ax.scatter(as_floats(intensity(part)), as_floats(part.tflops), s=18, color=colour_of[label],
-                              marker=_MARKERS.get(int(head_dim), "^"), alpha=0.85, label=label)
+            dots = ax.scatter(
+                as_floats(intensity(part)),
+                as_floats(part.tflops),
+                s=18,
+                color=colour_of[label],
+                marker=_MARKERS.get(int(head_dim), "^"),
+                alpha=0.85,
+                label=label,
+            )
             handles.setdefault(label, dots)
     head_dims = sorted({int(d) for d in ran.head_dim})
     if len(head_dims) > 1:  # the markers tell head dims apart

@@ -1,5 +1,6 @@
 """Tables of one line per result row (implementation, case, then its figures), for the report's optional sections:
 the rows that have a figure, or a reason for having none, in registry order."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -11,7 +12,9 @@ from .blocks import Table
 from .data import MEASURED, impl_order
 
 
-def rows_with(frame: pd.DataFrame, figure: str, reason: str, reasons_shown: tuple[str, ...] | None = None) -> pd.DataFrame:
+def rows_with(
+    frame: pd.DataFrame, figure: str, reason: str, reasons_shown: tuple[str, ...] | None = None
+) -> pd.DataFrame:
     """Measured rows with a number in `figure` (as numbers) or a `reason` for none (only those that start with one of
     `reasons_shown`, if given: other reasons only say the measurement does not apply)."""
     if figure not in frame or reason not in frame:

@@ -1,12 +1,24 @@
 """What grid a run measured, in words: the preset it named, or `custom` and the flags that changed the grid."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 # The `attnbench run` flags that choose cases; the others (--out, --device, --timing...) change how a grid is
 # measured, not which cases it holds. --causal takes an optional value, --no-causal none.
-GRID_FLAGS = ("--impl", "--seq-len", "--q-len", "--heads", "--kv-heads", "--batch", "--head-dim", "--dtype", "--causal",
-              "--no-causal", "--mode")
+GRID_FLAGS = (
+    "--impl",
+    "--seq-len",
+    "--q-len",
+    "--heads",
+    "--kv-heads",
+    "--batch",
+    "--head-dim",
+    "--dtype",
+    "--causal",
+    "--no-causal",
+    "--mode",
+)
 _OPTIONAL_VALUE, _NO_VALUE = ("--causal",), ("--no-causal",)
 
 
@@ -34,8 +46,9 @@ def grid_flags(argv: list[str]) -> list[str]:
             continue
         if equals:
             words.append(f"{flag} {value}")
-        elif flag in _NO_VALUE or (flag in _OPTIONAL_VALUE
-                                   and (position == len(argv) or str(argv[position]).startswith("-"))):
+        elif flag in _NO_VALUE or (
+            flag in _OPTIONAL_VALUE and (position == len(argv) or str(argv[position]).startswith("-"))
+        ):
             words.append(flag)
         elif position < len(argv):
             words.append(f"{flag} {argv[position]}")

@@ -1,5 +1,6 @@
 """What each implementation's rows cost the run that measured them (`row_s`: wall time, everything a row does),
 so that a reader planning a run on a leased GPU or in a CI job sees where the time goes."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -20,12 +21,26 @@ def run_time_table(frame: pd.DataFrame) -> Table | None:
     rows = []
     for (gpu, label), part in timed.groupby(["gpu", "impl"], sort=False):
         longest = part.loc[part.row_s.idxmax()]
-        rows.append(((gpu, order.index(label)), [
-            *([gpu] if several_devices else []), label, str(len(part)), fmt_wall_time(part.row_s.sum()),
-            f"{fmt_num(100 * part.row_s.sum() / totals[gpu])}%" if totals[gpu] > 0 else "–",
-            f"{fmt_wall_time(longest.row_s)} ({Case.from_row(longest.to_dict()).label}, {longest.status})",
-        ]))
+        rows.append(
+            (
+                (gpu, order.index(label)),
+                [
+                    *([gpu] if several_devices else []),
+                    label,
+                    str(len(part)),
+                    fmt_wall_time(part.row_s.sum()),
+                    f"{fmt_num(100 * part.row_s.sum() / totals[gpu])}%" if totals[gpu] > 0 else "–",
+                    f"{fmt_wall_time(longest.row_s)} ({Case.from_row(longest.to_dict()).label}, {longest.status})",
+                ],
+            )
+        )
     rows.sort(key=lambda item: item[0])
-    header = [*(["device"] if several_devices else []), "implementation", "rows", "wall time", "share",
-              "longest row (case, status)"]
+    header = [
+        *(["device"] if several_devices else []),
+        "implementation",
+        "rows",
+        "wall time",
+        "share",
+        "longest row (case, status)",
+    ]
     return Table(header, [cells for _, cells in rows])

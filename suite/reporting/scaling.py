@@ -7,6 +7,7 @@ too). Below those limits fixed costs still weigh (launches, a state of fixed
 size, a per-call set-up), so the exponent is taken where the lengths are longest. Whether an O(N) claim
 holds on the hardware, and from where, is then a figure rather than an assumption.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,6 +46,7 @@ def _cell(found: tuple[float, int, int]) -> str:
 def scaling_tables(frame: pd.DataFrame) -> list[tuple[str, Table]]:
     """Per shape (machine, heads, head dim, dtype): one row per implementation, one column per mask × mode,
     each cell its exponent and the lengths it was fitted over."""
+
     def cells_of(rows: pd.DataFrame) -> dict[str, str]:
         found = {impl: scaling_exponent(rows[rows.impl == impl]) for impl in impl_order(rows.impl)}
         return {impl: _cell(fit) for impl, fit in found.items() if fit is not None}

@@ -3,6 +3,7 @@
 The at-a-glance speed-ups, the memory beside them and the scaling exponents all read this way: a reader
 compares an implementation across dense/causal and forward/backward on one line.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -17,8 +18,13 @@ SUMMARY_COLUMNS = tuple((mask, mode) for mask in ("dense", "causal") for mode in
 SHAPE_KEYS = tuple(key for key in GROUP_KEYS if key not in ("causal", "mode"))
 
 
-def shape_tables(frame: pd.DataFrame, cells_of: Callable[[pd.DataFrame], dict[str, str]], *,
-                 first: str | None = None, min_rows: int = 1) -> list[tuple[str, Table]]:
+def shape_tables(
+    frame: pd.DataFrame,
+    cells_of: Callable[[pd.DataFrame], dict[str, str]],
+    *,
+    first: str | None = None,
+    min_rows: int = 1,
+) -> list[tuple[str, Table]]:
     """(title, table) per shape (machine, batching, heads, head dim, dtype). `cells_of(rows)` gets the rows of
     one mask × mode of a shape and returns each implementation's cell (empty ones are left blank). Rows in
     registry order, `first` at the top; shapes with fewer than `min_rows` rows are left out."""
@@ -34,6 +40,10 @@ def shape_tables(frame: pd.DataFrame, cells_of: Callable[[pd.DataFrame], dict[st
         order = sorted(impl_order(cells), key=lambda impl: impl != first)
         rows = [[impl, *(cells[impl].get(column, "") for column in columns)] for impl in order]
         if rows and len(rows) >= min_rows:
-            tables.append((group_title(dict(zip(SHAPE_KEYS, shape))),
-                           Table(["implementation", *(" ".join(c) for c in columns)], rows)))
+            tables.append(
+                (
+                    group_title(dict(zip(SHAPE_KEYS, shape))),
+                    Table(["implementation", *(" ".join(c) for c in columns)], rows),
+                )
+            )
     return tables

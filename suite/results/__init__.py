@@ -1,4 +1,5 @@
 """Results files: the row schema, reading and writing, the environment record, names, speed settings."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,4 +1,5 @@
 """The environment record stored with every run: versions, device, driver, clocks."""
+
 from __future__ import annotations
 
 import contextlib
@@ -37,10 +38,16 @@ def git_commit() -> str | None:
     if os.environ.get("ATTNBENCH_GIT_COMMIT"):
         return os.environ["ATTNBENCH_GIT_COMMIT"]
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_PROJECT_ROOT, capture_output=True,
-                                text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=_PROJECT_ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=_PROJECT_ROOT, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=_PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return commit + ("+dirty" if dirty else "")
@@ -111,6 +118,5 @@ def collect(device: torch.device, monitor: GpuMonitor | None = None) -> dict[str
             cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
         )
     else:
-        record.update(gpu=None, driver=None,
-                      gpu_state={"unavailable": f"no NVIDIA GPU in use (device={device.type})"})
+        record.update(gpu=None, driver=None, gpu_state={"unavailable": f"no NVIDIA GPU in use (device={device.type})"})
     return record

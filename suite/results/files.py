@@ -3,6 +3,7 @@
 Each line is written whole and flushed as soon as its case finishes, so an interrupted run leaves
 every finished row in a well-formed file. `load` reads one or many files into a DataFrame.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,13 @@ class ResultsWriter:
     def __init__(self, path: Path, environment: dict[str, Any], run_info: dict[str, Any]):
         self.path = Path(path)
         self.run_id = uuid.uuid4().hex[:12]
-        self._header = {"record": "run", "format": FORMAT_VERSION, "run_id": self.run_id,
-                        "environment": environment, **run_info}
+        self._header = {
+            "record": "run",
+            "format": FORMAT_VERSION,
+            "run_id": self.run_id,
+            "environment": environment,
+            **run_info,
+        }
         self._file = None
 
     def _write(self, record: dict[str, Any]) -> None:
@@ -137,17 +143,22 @@ def _header_problem(record: dict[str, Any]) -> str | None:
 def _row_problem(row: dict[str, Any]) -> str | None:
     """What makes a result row unreadable, or None: its key (implementation and case) and status must be what
     `run` writes, since readers group, sort and compare by them."""
-    checks = [("impl", lambda v: isinstance(v, str) and v != "", "a non-empty string"),
-              *((name, _is_count, "a positive integer") for name in ("batch", "heads", "seq_len", "head_dim")),
-              ("kv_heads", lambda v: v is None or _is_count(v), "a positive integer, or null for = heads"),
-              ("q_len", lambda v: v is None or _is_count(v), "a positive integer, or null for = seq_len"),
-              ("dtype", lambda v: isinstance(v, str) and v != "", "a dtype name"),
-              ("causal", lambda v: isinstance(v, bool), "true or false"),
-              ("mode", lambda v: v in MODES, ", ".join(MODES)),
-              ("device", lambda v: isinstance(v, str) and v != "", "a device name"),
-              ("status", lambda v: v in STATUSES, ", ".join(STATUSES)),
-              ("time_ms", lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)),
-               "a number, or null")]
+    checks = [
+        ("impl", lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+        *((name, _is_count, "a positive integer") for name in ("batch", "heads", "seq_len", "head_dim")),
+        ("kv_heads", lambda v: v is None or _is_count(v), "a positive integer, or null for = heads"),
+        ("q_len", lambda v: v is None or _is_count(v), "a positive integer, or null for = seq_len"),
+        ("dtype", lambda v: isinstance(v, str) and v != "", "a dtype name"),
+        ("causal", lambda v: isinstance(v, bool), "true or false"),
+        ("mode", lambda v: v in MODES, ", ".join(MODES)),
+        ("device", lambda v: isinstance(v, str) and v != "", "a device name"),
+        ("status", lambda v: v in STATUSES, ", ".join(STATUSES)),
+        (
+            "time_ms",
+            lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)),
+            "a number, or null",
+        ),
+    ]
     for name, valid, allowed in checks:
         if not valid(row.get(name)):
             return f"{name} is {row.get(name)!r} (allowed: {allowed})"
@@ -171,7 +182,9 @@ def recorded_machine(environment: dict[str, Any]) -> str | None:
 
 def software_of(environment: dict[str, Any]) -> str | None:
     """'torch 2.11.0+cu130, CUDA 13.0': what a chart of the run's times was measured with."""
-    parts = [f"{name} {environment[key]}" for key, name in (("torch", "torch"), ("cuda", "CUDA")) if environment.get(key)]
+    parts = [
+        f"{name} {environment[key]}" for key, name in (("torch", "torch"), ("cuda", "CUDA")) if environment.get(key)
+    ]
     return ", ".join(parts) or None
 
 

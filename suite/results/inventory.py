@@ -1,4 +1,5 @@
 """What a results file holds, in a few fields: machines, dates, presets, software, rows by status, implementations."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -25,8 +26,10 @@ def describe_file(path: Path) -> dict[str, Any]:
         "dates": sorted({str(env.get("recorded_at", ""))[:10] for env in environments} - {""}),
         "presets": sorted({str(run.get("preset")) for run in timed_by if run.get("preset")}),
         "software": sorted({s for s in map(software_of, environments) if s}),
-        "runs": len(timed_by), "amendments": len(runs) - len(timed_by),
-        "rows": len(rows), "statuses": {status: statuses[status] for status in STATUSES if statuses[status]},
+        "runs": len(timed_by),
+        "amendments": len(runs) - len(timed_by),
+        "rows": len(rows),
+        "statuses": {status: statuses[status] for status in STATUSES if statuses[status]},
         "implementations": list(dict.fromkeys(row["impl"] for row in rows)),
         "row_seconds": round(sum(row_seconds), 1) if row_seconds else None,
     }

@@ -1,4 +1,5 @@
 """File-name-safe words for results files, report folders and charts."""
+
 from __future__ import annotations
 
 import re

@@ -3,6 +3,7 @@
 The writer orders and checks rows by it, the reader validates lines against it, the report's data.csv takes its
 columns from it, and docs/results.md's column table is generated from it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,7 +14,12 @@ RETRYABLE = tuple(status for status in STATUSES if status != "ok")
 
 # What a column's values may be, as JSON gives them (null is always allowed, but for the row's key).
 KINDS: dict[str, tuple[type, ...]] = {
-    "str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "list": (list,), "dict": (dict,),
+    "str": (str,),
+    "int": (int,),
+    "float": (int, float),
+    "bool": (bool,),
+    "list": (list,),
+    "dict": (dict,),
     "float or dict": (int, float, dict),
 }
 
@@ -87,15 +93,25 @@ THROUGHPUT = _columns(
 )
 ACCURACY = _columns(
     ("max_abs_err", "float", "", "largest absolute error against the float64 exact twin, output and gradients", True),
-    ("rel_rms_err", "float", "", "RMS error over RMS of the float64 exact twin's result, worst of output and gradients",
-     True),
+    (
+        "rel_rms_err",
+        "float",
+        "",
+        "RMS error over RMS of the float64 exact twin's result, worst of output and gradients",
+        True,
+    ),
     ("accuracy_ok", "bool", "", "passes when RMS(err) <= rtol * RMS(ref) + atol", True),
     ("accuracy_tolerance", "float or dict", "", "the allowance the check applied (rtol, atol and what set them)"),
     ("errors", "dict", "", "each checked tensor's errors (out, dq, dk, dv)"),
     ("accuracy_scope", "str", "", "null when every (batch, head) slice was checked; otherwise which share was"),
     ("softmax_max_abs_err", "float", "", "approximate families: largest output error against softmax attention"),
-    ("softmax_rel_rms_err", "float", "", "approximate families: relative RMS output error against softmax attention",
-     True),
+    (
+        "softmax_rel_rms_err",
+        "float",
+        "",
+        "approximate families: relative RMS output error against softmax attention",
+        True,
+    ),
     ("softmax_local_max_abs_err", "float", "", "the same on local inputs, where softmax attention is peaked"),
     ("softmax_local_rel_rms_err", "float", "", "the same on local inputs, where softmax attention is peaked", True),
     ("softmax_local_note", "str", "", "why the local-inputs figures are missing"),
@@ -128,8 +144,11 @@ FROM_HEADER = _columns(
 ROW_COLUMNS = tuple(column.name for column in ROW if column not in RECORD)
 BY_NAME = {column.name: column for column in (*ROW, *FROM_HEADER)}
 # data.csv: the machine first, so that a spreadsheet groups by it; then the rows' figures and what measured them.
-DATA_COLUMNS = ("machine", *(c.name for c in ROW if c.in_data_csv),
-                *(c.name for c in FROM_HEADER if c.in_data_csv and c.name != "machine"))
+DATA_COLUMNS = (
+    "machine",
+    *(c.name for c in ROW if c.in_data_csv),
+    *(c.name for c in FROM_HEADER if c.in_data_csv and c.name != "machine"),
+)
 
 
 def value_problem(name: str, value: object) -> str | None:

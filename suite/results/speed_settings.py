@@ -1,6 +1,7 @@
 """Settings of the process that change how fast attention runs: recorded with every run, warned about when they
 distort what a benchmark measures, and compared by `attnbench compare`, since two runs that differ in them
 differ for that reason and not the code's."""
+
 from __future__ import annotations
 
 import os
@@ -10,19 +11,21 @@ from typing import Any
 VARIABLES = (
     "CUDA_LAUNCH_BLOCKING",  # every kernel launch waits for the kernel: times include each launch's round trip
     "PYTORCH_NO_CUDA_MEMORY_CACHING",  # every allocation a cudaMalloc, every free a synchronizing cudaFree
-    "PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF",  # allocator settings: fragmentation, hence which lengths fit
+    "PYTORCH_CUDA_ALLOC_CONF",
+    "PYTORCH_ALLOC_CONF",  # allocator settings: fragmentation, hence which lengths fit
     "NVIDIA_TF32_OVERRIDE",  # 0 forbids TF32 in cuBLAS and cuDNN whatever PyTorch asks
     "CUBLAS_WORKSPACE_CONFIG",  # set for deterministic cuBLAS; smaller workspaces can be slower
     "TORCH_CUDNN_SDPA_ENABLED",  # whether SDPA may dispatch to cuDNN (read by some PyTorch versions)
-    "OMP_NUM_THREADS", "MKL_NUM_THREADS",  # CPU threads (the thread count torch uses is recorded too)
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",  # CPU threads (the thread count torch uses is recorded too)
 )
 
 # (variable, why) for settings under which timings do not measure what they claim.
 DISTORTING = {
     "CUDA_LAUNCH_BLOCKING": "every kernel launch waits for its kernel, so each call's time includes the host's "
-                            "launch round trips and no two kernels overlap",
+    "launch round trips and no two kernels overlap",
     "PYTORCH_NO_CUDA_MEMORY_CACHING": "every allocation calls cudaMalloc and every free a synchronizing cudaFree, "
-                                      "costs a program with PyTorch's caching allocator does not pay",
+    "costs a program with PyTorch's caching allocator does not pay",
 }
 
 

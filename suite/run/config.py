@@ -1,4 +1,5 @@
 """Turning command-line flags and TOML grid files into a validated Grid; every error names its value."""
+
 from __future__ import annotations
 
 import fnmatch
@@ -72,8 +73,9 @@ def writable(flag: str, path: str | Path, *, folder: bool = False) -> Path:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
-        raise UsageError(f"{flag}: cannot write {str(path)!r}: {str(existing)!r} takes no new files "
-                         f"({error.strerror or error})") from None
+        raise UsageError(
+            f"{flag}: cannot write {str(path)!r}: {str(existing)!r} takes no new files ({error.strerror or error})"
+        ) from None
     return path
 
 
@@ -92,7 +94,18 @@ def positive_float(flag: str, text: str) -> float:
     return value
 
 
-_BYTE_UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_BYTE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1e3,
+    "mb": 1e6,
+    "gb": 1e9,
+    "tb": 1e12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 
 
 def byte_size(flag: str, text: str) -> float:
@@ -102,8 +115,10 @@ def byte_size(flag: str, text: str) -> float:
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
     unit = match.group(2).lower() if match else None
     if not match or unit not in _BYTE_UNITS or float(match.group(1)) <= 0:
-        raise UsageError(f"{flag}: {text!r} is not a size (allowed: a positive number of bytes, optionally with "
-                         "a unit: KB, MB, GB, TB, KiB, MiB, GiB, TiB)")
+        raise UsageError(
+            f"{flag}: {text!r} is not a size (allowed: a positive number of bytes, optionally with "
+            "a unit: KB, MB, GB, TB, KiB, MiB, GiB, TiB)"
+        )
     return float(match.group(1)) * _BYTE_UNITS[unit]
 
 
@@ -278,6 +293,7 @@ def keeps_preset_batch(preset_named: bool, flags: dict[str, str | None]) -> bool
 def build_grid(base: Grid, flags: dict[str, str | None], preset_named: bool = True) -> Grid:
     """Apply flag values (strings, None when not given) on top of a preset grid (`preset_named`: False for the
     device's default preset, taken where none was named; see keeps_preset_batch)."""
+
     def parsed(key: str, flag: str, parse):
         return None if flags.get(key) is None else parse(flag, flags[key])
 
@@ -294,7 +310,8 @@ def build_grid(base: Grid, flags: dict[str, str | None], preset_named: bool = Tr
         dtype=parsed("dtype", "--dtype", dtypes),
         causal=parsed("causal", "--causal", causal_values),
         mode=parsed("mode", "--mode", modes),
-        tokens_per_batch=None if flags.get("tokens_per_batch") is None
+        tokens_per_batch=None
+        if flags.get("tokens_per_batch") is None
         else only_one("tokens_per_batch", positive_ints("tokens_per_batch", flags["tokens_per_batch"])),
     )
 

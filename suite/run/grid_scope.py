@@ -4,6 +4,7 @@
 implementation stopped producing a row) from one the run was never asked for (a narrower grid, e.g.
 `--impl mykernel` against a full baseline).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -85,7 +86,9 @@ class GridScope:
         """The same scope with `impl`'s cases asked for under `label` too (compare's implementation pairs)."""
         if self.grids is None:
             return self
-        return GridScope([RunGrid(grid.impls | {label}, grid.grid) if impl in grid.impls else grid for grid in self.grids])
+        return GridScope(
+            [RunGrid(grid.impls | {label}, grid.grid) if impl in grid.impls else grid for grid in self.grids]
+        )
 
     def asked_for(self, key: dict[str, Any]) -> bool:
         return self.grids is None or any(grid.covers(key) for grid in self.grids)

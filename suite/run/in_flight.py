@@ -8,6 +8,7 @@ results (`RESULTS.running`), and any exit Python sees removes that file; one tha
 the run is resumed names the row its process died in, which is then written as an `error` row.
 `local-errors` keeps its own (`RESULTS.amending`) and notes such a row instead of measuring it again.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,9 +19,11 @@ from typing import Any
 
 from ..case import CASE_FIELDS
 
-DIED_REASON = ("the process died while measuring this row (no exception: killed by the operating system, e.g. "
-               "out of host memory, or a crash in native code); recorded when the run was resumed "
-               "(--retry error runs it again)")
+DIED_REASON = (
+    "the process died while measuring this row (no exception: killed by the operating system, e.g. "
+    "out of host memory, or a crash in native code); recorded when the run was resumed "
+    "(--retry error runs it again)"
+)
 
 
 class InFlight:

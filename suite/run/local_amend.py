@@ -6,6 +6,7 @@ of the local inputs, or a run cut short) get it here: each such row is appended 
 but for the `softmax_local_*` figures and `local_errors_run_id`, which names the header of the
 amending run (its environment). Readers keep the later row of a case, so reports pick it up.
 """
+
 from __future__ import annotations
 
 import sys
@@ -41,8 +42,12 @@ def rows_to_amend(rows: list[dict[str, Any]], redo: bool, impls: Collection[str]
     """Approximate rows that ran (of `impls` only, if given: labels or names), with neither the figure nor a
     note saying why it is missing (all of them with `redo`), ordered so that a forward case's rows (fwd,
     fwd+bwd; every implementation) come together."""
-    chosen = [row for row in approximate_rows(rows) if (impls is None or label_matches(row["impl"], impls))
-              and (redo or (row.get("softmax_local_rel_rms_err") is None and row.get("softmax_local_note") is None))]
+    chosen = [
+        row
+        for row in approximate_rows(rows)
+        if (impls is None or label_matches(row["impl"], impls))
+        and (redo or (row.get("softmax_local_rel_rms_err") is None and row.get("softmax_local_note") is None))
+    ]
     forward = [replace(Case.from_row(row), mode="fwd") for row in chosen]
     first_seen: dict[Case, int] = {}
     for case in forward:
@@ -51,15 +56,22 @@ def rows_to_amend(rows: list[dict[str, Any]], redo: bool, impls: Collection[str]
     return [chosen[i] for i in order]
 
 
-DIED_NOTE = ("not measured: the process died while measuring it (no exception: killed by the operating system, "
-             "or a crash in native code); --redo measures it again")
+DIED_NOTE = (
+    "not measured: the process died while measuring it (no exception: killed by the operating system, "
+    "or a crash in native code); --redo measures it again"
+)
 
 
-def amend_local_errors(rows: list[dict[str, Any]], writer: ResultsWriter,
-                       measure: Callable[[Implementation, Case], dict[str, Any]],
-                       build_impl: Callable[[str], Implementation], *, redo: bool = False,
-                       impls: Collection[str] | None = None,
-                       on_start: Callable[[dict[str, Any]], None] | None = None) -> Amendment:
+def amend_local_errors(
+    rows: list[dict[str, Any]],
+    writer: ResultsWriter,
+    measure: Callable[[Implementation, Case], dict[str, Any]],
+    build_impl: Callable[[str], Implementation],
+    *,
+    redo: bool = False,
+    impls: Collection[str] | None = None,
+    on_start: Callable[[dict[str, Any]], None] | None = None,
+) -> Amendment:
     """Appends, through `writer`, each of a file's `rows` (of `impls`, if given) that lacks the figure, with
     `measure(impl, case)`'s. `on_start` is given each row before it is measured."""
     todo = rows_to_amend(rows, redo, impls)
@@ -89,12 +101,17 @@ def amend_local_errors(rows: list[dict[str, Any]], writer: ResultsWriter,
         figure = figures.get("softmax_local_rel_rms_err")
         outcome = f"{figure:.3g}" if figure is not None else figures.get("softmax_local_note", "?")
         position = f"{number:>{len(str(len(todo)))}}/{len(todo)}"
-        print(f"[{position}] {row['impl']:<{label_width}} {case.label}  local-inputs error: {outcome}",
-              file=sys.stderr, flush=True)
+        print(
+            f"[{position}] {row['impl']:<{label_width}} {case.label}  local-inputs error: {outcome}",
+            file=sys.stderr,
+            flush=True,
+        )
     return result
 
 
-def amend_died_row(rows: list[dict[str, Any]], died: dict[str, Any] | None, writer: ResultsWriter) -> list[dict[str, Any]]:
+def amend_died_row(
+    rows: list[dict[str, Any]], died: dict[str, Any] | None, writer: ResultsWriter
+) -> list[dict[str, Any]]:
     """`rows` with the row a previous amending process died in (if it still lacks the figure) noted as such and
     appended through `writer`, so that it is not measured again to die again."""
     if died is None:
@@ -106,10 +123,16 @@ def amend_died_row(rows: list[dict[str, Any]], died: dict[str, Any] | None, writ
     updated = []
     for row in rows:
         if key_of_row(row) == key:
-            row = {**{k: v for k, v in row.items() if k not in ("record", *LOCAL_COLUMNS)},
-                   "softmax_local_note": DIED_NOTE, "local_errors_run_id": writer.run_id}
+            row = {
+                **{k: v for k, v in row.items() if k not in ("record", *LOCAL_COLUMNS)},
+                "softmax_local_note": DIED_NOTE,
+                "local_errors_run_id": writer.run_id,
+            }
             writer.append(row)
-            print(f"the previous local-errors died while measuring {row['impl']} on {Case.from_row(row).label}: "
-                  "noted in its row", file=sys.stderr)
+            print(
+                f"the previous local-errors died while measuring {row['impl']} on {Case.from_row(row).label}: "
+                "noted in its row",
+                file=sys.stderr,
+            )
         updated.append(row)
     return updated

@@ -4,6 +4,7 @@ Per implementation: the rows it would measure, those it would record as unsuppor
 why), and those a resumed results file already holds; and how long the rows to measure took when earlier
 runs on this machine model measured them. Nothing is measured or written.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,8 +54,11 @@ class EarlierRows:
             except (ResultsFormatError, OSError):
                 continue
             here = {run["run_id"] for run in runs if recorded_machine(run.get("environment", {})) == machine}
-            timed = {key_of_row(row): row["row_s"] for row in rows
-                     if row.get("run_id") in here and isinstance(row.get("row_s"), (int, float))}
+            timed = {
+                key_of_row(row): row["row_s"]
+                for row in rows
+                if row.get("run_id") in here and isinstance(row.get("row_s"), (int, float))
+            }
             found.seconds.update(timed)
             found.file_of.update(dict.fromkeys(timed, path))
         return found
@@ -72,8 +76,9 @@ def _first_machine(path: Path) -> str | None:
     return recorded_machine(header.get("environment") or {})
 
 
-def plan_run(impls: list[Implementation], cases: list[Case], skip: set[tuple],
-             earlier: EarlierRows | None = None) -> list[ImplementationPlan]:
+def plan_run(
+    impls: list[Implementation], cases: list[Case], skip: set[tuple], earlier: EarlierRows | None = None
+) -> list[ImplementationPlan]:
     plans = []
     for impl in impls:
         plan = ImplementationPlan(impl.label)
@@ -100,7 +105,7 @@ def plan_run(impls: list[Implementation], cases: list[Case], skip: set[tuple],
 
 
 def _shorten(text: str) -> str:
-    return text if len(text) <= _REASON_CHARS else text[:_REASON_CHARS - 3] + "..."
+    return text if len(text) <= _REASON_CHARS else text[: _REASON_CHARS - 3] + "..."
 
 
 def _duration(seconds: float) -> str:
@@ -116,16 +121,25 @@ def _earlier_cell(measure: int, known: int, seconds: float) -> str:
 
 def format_plan(plans: list[ImplementationPlan], cases: list[Case], device: str) -> str:
     width = max([len("implementation"), *(len(plan.label) for plan in plans)])
-    lines = [f"dry run on {device}: {len(plans)} implementations x {len(cases)} cases; nothing measured or written",
-             f"{'implementation':<{width}}  {'measure':>8}  {'unsupported':>11}  {'already in file':>15}  took before"]
+    lines = [
+        f"dry run on {device}: {len(plans)} implementations x {len(cases)} cases; nothing measured or written",
+        f"{'implementation':<{width}}  {'measure':>8}  {'unsupported':>11}  {'already in file':>15}  took before",
+    ]
     for plan in plans:
-        lines.append(f"{plan.label:<{width}}  {plan.to_measure:>8}  {plan.unsupported_cases:>11}  "
-                     f"{plan.already_done:>15}  {_earlier_cell(plan.to_measure, plan.earlier_rows, plan.earlier_s)}")
-    totals = [sum(plan.to_measure for plan in plans), sum(plan.unsupported_cases for plan in plans),
-              sum(plan.already_done for plan in plans)]
+        lines.append(
+            f"{plan.label:<{width}}  {plan.to_measure:>8}  {plan.unsupported_cases:>11}  "
+            f"{plan.already_done:>15}  {_earlier_cell(plan.to_measure, plan.earlier_rows, plan.earlier_s)}"
+        )
+    totals = [
+        sum(plan.to_measure for plan in plans),
+        sum(plan.unsupported_cases for plan in plans),
+        sum(plan.already_done for plan in plans),
+    ]
     known, seconds = sum(plan.earlier_rows for plan in plans), sum(plan.earlier_s for plan in plans)
-    lines.append(f"{'total':<{width}}  {totals[0]:>8}  {totals[1]:>11}  {totals[2]:>15}  "
-                 f"{_earlier_cell(totals[0], known, seconds)}")
+    lines.append(
+        f"{'total':<{width}}  {totals[0]:>8}  {totals[1]:>11}  {totals[2]:>15}  "
+        f"{_earlier_cell(totals[0], known, seconds)}"
+    )
     if totals[0]:
         lines.append(_estimate_line(totals[0], known, sorted(set().union(*(plan.earlier_files for plan in plans)))))
     unsupported = [(plan.label, reason, count) for plan in plans for reason, count in plan.unsupported.most_common()]
@@ -139,9 +153,13 @@ def _estimate_line(measure: int, known: int, files: list[Path]) -> str:
     """What `took before` rests on: earlier rows of the same implementation and case on this machine model
     (checks, reference, warm-up, timing and memory included; compilation too, unless caches on disk now hold it)."""
     if not known:
-        return ("took before: no results file of this machine model (in results/, or --out) holds the time of any "
-                "of these rows, so no estimate")
+        return (
+            "took before: no results file of this machine model (in results/, or --out) holds the time of any "
+            "of these rows, so no estimate"
+        )
     files = ", ".join(map(str, files))
-    return (f"took before: {known} of the {measure} rows to measure were measured on this machine model, in {files}; "
-            "the column sums their wall times" + ("" if known == measure else f", and the other {measure - known} "
-                                                  "rows have none"))
+    return (
+        f"took before: {known} of the {measure} rows to measure were measured on this machine model, in {files}; "
+        "the column sums their wall times"
+        + ("" if known == measure else f", and the other {measure - known} rows have none")
+    )

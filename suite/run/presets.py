@@ -1,57 +1,130 @@
 """Named grids. Budgets: smoke < 1 min on 2 CPU cores; quick < 2 min and default < 8 min on one H100; decode
 has not yet been run on a GPU."""
+
 from __future__ import annotations
 
 from ..case import Grid
 
 # The keys a TOML grid file (`--config`) may set.
-CONFIG_KEYS = ("preset", "impl", "seq_len", "q_len", "heads", "kv_heads", "batch", "head_dim", "dtype", "causal", "mode",
-               "tokens_per_batch", "device", "timing")
+CONFIG_KEYS = (
+    "preset",
+    "impl",
+    "seq_len",
+    "q_len",
+    "heads",
+    "kv_heads",
+    "batch",
+    "head_dim",
+    "dtype",
+    "causal",
+    "mode",
+    "tokens_per_batch",
+    "device",
+    "timing",
+)
 
 _FUSED = ("sdpa", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "xformers")
 _POW2 = lambda lo, hi: tuple(1 << p for p in range(lo, hi + 1))  # noqa: E731
 
 PRESETS: dict[str, Grid] = {
     "smoke": Grid(
-        impls=("naive", "sdpa", "sdpa-math", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "xformers",
-               "sparse-window:window=32", "sparse-block", "linear", "performer", "linformer:k=64"),
-        seq_len=(128, 255), heads=(2,), head_dim=(64,), dtype=("float32", "bfloat16"),
-        causal=(False, True), mode=("fwd", "fwd+bwd"), batch=(2,),
+        impls=(
+            "naive",
+            "sdpa",
+            "sdpa-math",
+            "sdpa-flash",
+            "sdpa-efficient",
+            "sdpa-cudnn",
+            "xformers",
+            "sparse-window:window=32",
+            "sparse-block",
+            "linear",
+            "performer",
+            "linformer:k=64",
+        ),
+        seq_len=(128, 255),
+        heads=(2,),
+        head_dim=(64,),
+        dtype=("float32", "bfloat16"),
+        causal=(False, True),
+        mode=("fwd", "fwd+bwd"),
+        batch=(2,),
         description="CPU sanity run: every implementation family on two small shapes",
     ),
     "quick": Grid(
         impls=("naive", *_FUSED),
-        seq_len=(1024, 4096, 16384), heads=(16,), head_dim=(64, 128), dtype=("bfloat16",),
-        causal=(False, True), mode=("fwd", "fwd+bwd"),
+        seq_len=(1024, 4096, 16384),
+        heads=(16,),
+        head_dim=(64, 128),
+        dtype=("bfloat16",),
+        causal=(False, True),
+        mode=("fwd", "fwd+bwd"),
         description="a minute on a GPU: the fused kernels at three lengths, 16K tokens per batch",
     ),
     "default": Grid(
         impls=("naive", *_FUSED),
-        seq_len=_POW2(9, 14), heads=(8, 16, 32), head_dim=(64, 128), dtype=("float16", "bfloat16"),
-        causal=(False, True), mode=("fwd", "fwd+bwd"),
+        seq_len=_POW2(9, 14),
+        heads=(8, 16, 32),
+        head_dim=(64, 128),
+        dtype=("float16", "bfloat16"),
+        causal=(False, True),
+        mode=("fwd", "fwd+bwd"),
         description="the publishable grid: 512..16K tokens, 16K tokens per batch as in FlashAttention's charts",
     ),
     "efficient": Grid(
-        impls=("sdpa-flash", "sdpa-cudnn", "xformers", "sparse-window", "sparse-block", "linear", "linear-fla",
-               "performer", "linformer"),
-        seq_len=_POW2(10, 16), heads=(16,), head_dim=(64, 128), dtype=("bfloat16",),
-        causal=(False, True), mode=("fwd", "fwd+bwd"), tokens_per_batch=65536,
+        impls=(
+            "sdpa-flash",
+            "sdpa-cudnn",
+            "xformers",
+            "sparse-window",
+            "sparse-block",
+            "linear",
+            "linear-fla",
+            "performer",
+            "linformer",
+        ),
+        seq_len=_POW2(10, 16),
+        heads=(16,),
+        head_dim=(64, 128),
+        dtype=("bfloat16",),
+        causal=(False, True),
+        mode=("fwd", "fwd+bwd"),
+        tokens_per_batch=65536,
         description="exact fused kernels against sparse, linear, Performer and Linformer attention, 1K..64K tokens",
     ),
     "long": Grid(
         impls=(*_FUSED, "flex"),
-        seq_len=_POW2(14, 17), heads=(16,), head_dim=(128,), dtype=("bfloat16",),
-        causal=(False, True), mode=("fwd", "fwd+bwd"), batch=(1,),
+        seq_len=_POW2(14, 17),
+        heads=(16,),
+        head_dim=(128,),
+        dtype=("bfloat16",),
+        causal=(False, True),
+        mode=("fwd", "fwd+bwd"),
+        batch=(1,),
         description="long context: 16K..128K tokens, batch 1, the fused kernels and FlexAttention only",
     ),
     "decode": Grid(
-        impls=("naive", *_FUSED, "flex", "sparse-window:window=4096", "linear:state=carried", "performer:state=carried"),
-        seq_len=_POW2(10, 17), q_len=(1, 16), heads=(32,), kv_heads=(8,), head_dim=(128,), dtype=("bfloat16",),
-        causal=(True,), mode=("fwd",), batch=(1, 16),
+        impls=(
+            "naive",
+            *_FUSED,
+            "flex",
+            "sparse-window:window=4096",
+            "linear:state=carried",
+            "performer:state=carried",
+        ),
+        seq_len=_POW2(10, 17),
+        q_len=(1, 16),
+        heads=(32,),
+        kv_heads=(8,),
+        head_dim=(128,),
+        dtype=("bfloat16",),
+        causal=(True,),
+        mode=("fwd",),
+        batch=(1, 16),
         description="decoding against a KV cache of 1K..128K tokens: 1 or 16 new queries, 32 query heads sharing 8 "
-                    "key/value heads (as in Llama 3 8B), head dim 128, batch 1 and 16; exact kernels, a 4K-token "
-                    "sliding window (as local-attention layers decode), and linear attention and FAVOR+ as recurrent "
-                    "decoders (their state carried from call to call)",
+        "key/value heads (as in Llama 3 8B), head dim 128, batch 1 and 16; exact kernels, a 4K-token "
+        "sliding window (as local-attention layers decode), and linear attention and FAVOR+ as recurrent "
+        "decoders (their state carried from call to call)",
     ),
 }
 

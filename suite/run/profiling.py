@@ -3,6 +3,7 @@
 The first call (compilation, autotuning, lazy setup) and a few warm-up calls run before the profiler
 starts, so the table shows steady-state kernels only; times in it are totals over `calls` calls.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,7 +36,8 @@ class CaseProfile:
         clock = "GPU (self device time)" if self.case.device == "cuda" else "CPU (self time)"
         lines = [
             f"profile of {self.impl} on {self.case.label}: {self.calls} timed calls after warm-up, sorted by {clock}",
-            f"first call {self.first_call_ms:.1f} ms (one-time costs: compilation, autotuning, lazy setup; not in the table)",
+            f"first call {self.first_call_ms:.1f} ms (one-time costs: compilation, autotuning, lazy setup; "
+            "not in the table)",
             "times below are totals over all calls; divide by the number of calls for one call",
             self.table,
         ]
@@ -44,8 +46,9 @@ class CaseProfile:
         return "\n".join(lines)
 
 
-def profile_case(impl: Implementation, case: Case, *, calls: int = 3, rows: int = 20, seed: int = 0,
-                 trace: Path | None = None) -> CaseProfile:
+def profile_case(
+    impl: Implementation, case: Case, *, calls: int = 3, rows: int = 20, seed: int = 0, trace: Path | None = None
+) -> CaseProfile:
     """Profile `calls` timed calls of `impl` on `case` (raises Unsupported or the call's own error)."""
     device = torch.device(case.device)
     work = Workload(impl, case, make_inputs(case, seed))

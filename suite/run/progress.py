@@ -1,4 +1,5 @@
 """A progress line per finished row on stderr: i of n, implementation, case, elapsed and remaining."""
+
 from __future__ import annotations
 
 import sys
@@ -38,9 +39,12 @@ class Progress:
         self._label_width = max([15, *map(len, labels)])
         self._pending = Counter(keys)
         by_earlier = bool(keys) and all(key in self.earlier for key in keys)
-        print(f"attnbench: {total} measurements to run" + (
-            "; time left from what these rows took in earlier runs on this machine model" if by_earlier else ""),
-            file=self.stream, flush=True)
+        print(
+            f"attnbench: {total} measurements to run"
+            + ("; time left from what these rows took in earlier runs on this machine model" if by_earlier else ""),
+            file=self.stream,
+            flush=True,
+        )
 
     def _left(self, elapsed: float) -> float:
         if self._pending and all(key in self.earlier for key in self._pending):
@@ -70,5 +74,9 @@ class Progress:
         else:
             outcome = row["status"].upper()
         width = len(str(self.total))
-        print(f"[{self.done:>{width}}/{self.total}] {_clock(elapsed)} elapsed, ~{_clock(remaining)} left  "
-              f"{row['impl']:<{self._label_width}} {Case.from_row(row).label}  {outcome}", file=self.stream, flush=True)
+        print(
+            f"[{self.done:>{width}}/{self.total}] {_clock(elapsed)} elapsed, ~{_clock(remaining)} left  "
+            f"{row['impl']:<{self._label_width}} {Case.from_row(row).label}  {outcome}",
+            file=self.stream,
+            flush=True,
+        )

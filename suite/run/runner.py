@@ -6,6 +6,7 @@ the GPU unusable (a sticky CUDA error, such as a kernel's illegal memory access)
 later case would fail too and be blamed on its implementation. That row is written and `DeviceLost`
 is raised; the rest can run in a new process (`run --resume`).
 """
+
 from __future__ import annotations
 
 import time
@@ -58,8 +59,14 @@ class DeviceLost(RuntimeError):
 
 def _base_row(impl: Implementation, case: Case) -> dict[str, Any]:
     density = impl.visible_pairs(case) / (case.query_len * case.seq_len)  # of the full Q×N score matrix
-    return {"impl": impl.label, "family": impl.family, **asdict(case), "status": None, "reason": None,
-            "density": density}
+    return {
+        "impl": impl.label,
+        "family": impl.family,
+        **asdict(case),
+        "status": None,
+        "reason": None,
+        "density": density,
+    }
 
 
 def _throughput(impl: Implementation, case: Case, time_ms: float, settings: RunSettings) -> dict[str, Any]:
@@ -75,18 +82,30 @@ def _throughput(impl: Implementation, case: Case, time_ms: float, settings: RunS
     }
 
 
-def measure_row(impl: Implementation, case: Case, inputs: Inputs, reference: ExpectedOutputs,
-                settings: RunSettings, monitor: GpuMonitor, local_errors: LocalErrors | None = None,
-                ) -> dict[str, Any]:
+def measure_row(
+    impl: Implementation,
+    case: Case,
+    inputs: Inputs,
+    reference: ExpectedOutputs,
+    settings: RunSettings,
+    monitor: GpuMonitor,
+    local_errors: LocalErrors | None = None,
+) -> dict[str, Any]:
     """Check, time and measure one implementation on one case (raises on failure). The implementation's own
     set-up (a forced SDPA backend) is entered once around all of it, so none of the timed calls pays for it."""
     with impl.session():
         return _measure_in_session(impl, case, inputs, reference, settings, monitor, local_errors)
 
 
-def _measure_in_session(impl: Implementation, case: Case, inputs: Inputs, reference: ExpectedOutputs,
-                        settings: RunSettings, monitor: GpuMonitor, local_errors: LocalErrors | None,
-                        ) -> dict[str, Any]:
+def _measure_in_session(
+    impl: Implementation,
+    case: Case,
+    inputs: Inputs,
+    reference: ExpectedOutputs,
+    settings: RunSettings,
+    monitor: GpuMonitor,
+    local_errors: LocalErrors | None,
+) -> dict[str, Any]:
     device = torch.device(case.device)
     row: dict[str, Any] = {}
     work = Workload(impl, case, inputs)
@@ -106,16 +125,22 @@ def _measure_in_session(impl: Implementation, case: Case, inputs: Inputs, refere
         else:
             verdict = judge(twin.slices.select(outputs), expected, case.dtype, case.seq_len, impl.atol_scale_for(case))
             row.update(
-                status="ok" if verdict.ok else "mismatch", reason=verdict.reason(),
+                status="ok" if verdict.ok else "mismatch",
+                reason=verdict.reason(),
                 accuracy_scope=twin.slices.describe(),
-                max_abs_err=verdict.max_abs, rel_rms_err=verdict.worst[1].rel_rms,
-                accuracy_ok=verdict.ok, accuracy_tolerance={"rtol": verdict.rtol, "atol": verdict.atol},
+                max_abs_err=verdict.max_abs,
+                rel_rms_err=verdict.worst[1].rel_rms,
+                accuracy_ok=verdict.ok,
+                accuracy_tolerance={"rtol": verdict.rtol, "atol": verdict.atol},
                 errors={name: asdict(e) for name, e in verdict.errors.items()},
             )
         # The checked slices of the first call, kept on the host (no device memory during timing) to compare a
         # call after the timed ones with: the timed kernel must be the checked one (autotuning, plan caches).
-        checked_first = None if expected is None else {
-            name: t.detach().to("cpu", copy=True) for name, t in twin.slices.select(outputs).items()}
+        checked_first = (
+            None
+            if expected is None
+            else {name: t.detach().to("cpu", copy=True) for name, t in twin.slices.select(outputs).items()}
+        )
         outputs.clear()  # free them before timing
         del expected
         if approximate:
@@ -131,8 +156,12 @@ def _measure_in_session(impl: Implementation, case: Case, inputs: Inputs, refere
         cpu_after = cpu_sample() if device.type == "cpu" else None
         row["gpu_after"] = monitor.sample()
         row.update(
-            time_ms=timing.median, time_iqr_ms=timing.iqr, repeats=timing.repeats, times_ms=timing.times_ms,
-            noisy=timing.relative_iqr > policy.noisy_relative_iqr, **host_figures(timing),
+            time_ms=timing.median,
+            time_iqr_ms=timing.iqr,
+            repeats=timing.repeats,
+            times_ms=timing.times_ms,
+            noisy=timing.relative_iqr > policy.noisy_relative_iqr,
+            **host_figures(timing),
             **_throughput(impl, case, timing.median, settings),
         )
         row["throttled"], row["throttle_reasons"] = throttle_verdict(row["gpu_after"])
@@ -169,8 +198,14 @@ def host_figures(timing: Measurement) -> dict[str, Any]:
     return {"host_ms": host, "host_bound": None if host is None else host >= HOST_BOUND_SHARE * timing.median}
 
 
-def _graph_figures(fn: Callable[[], object], case: Case, policy: TimingPolicy, slices: CheckedSlices,
-                   checked_first: dict[str, torch.Tensor] | None, impl: Implementation) -> dict[str, Any]:
+def _graph_figures(
+    fn: Callable[[], object],
+    case: Case,
+    policy: TimingPolicy,
+    slices: CheckedSlices,
+    checked_first: dict[str, torch.Tensor] | None,
+    impl: Implementation,
+) -> dict[str, Any]:
     """The row's CUDA-graph columns (cuda_graph.py); raises if a failed capture left the GPU unusable, as any
     failure that does is raised, so that the run stops there."""
     why_not = unavailable_reason(case.device, case.mode)
@@ -189,15 +224,21 @@ def _graph_figures(fn: Callable[[], object], case: Case, policy: TimingPolicy, s
     return figures
 
 
-def _against_checked_first(outputs: dict[str, torch.Tensor], slices: CheckedSlices,
-                           checked_first: dict[str, torch.Tensor], impl: Implementation, case: Case):
+def _against_checked_first(
+    outputs: dict[str, torch.Tensor],
+    slices: CheckedSlices,
+    checked_first: dict[str, torch.Tensor],
+    impl: Implementation,
+    case: Case,
+):
     """A later call's outputs (their checked slices, copied to the host) judged against the checked first call's."""
     later = {name: t.detach().to("cpu") for name, t in slices.select(outputs).items()}
     return judge(later, checked_first, case.dtype, case.seq_len, impl.atol_scale_for(case))
 
 
-def _after_timing(work: Workload, slices: CheckedSlices, checked_first: dict[str, torch.Tensor],
-                  impl: Implementation, case: Case) -> dict[str, Any]:
+def _after_timing(
+    work: Workload, slices: CheckedSlices, checked_first: dict[str, torch.Tensor], impl: Implementation, case: Case
+) -> dict[str, Any]:
     """One more call, untimed, against the checked first call: a kernel that autotunes or caches plans must
     compute after its timed calls what it computed when it was checked."""
     try:
@@ -208,14 +249,23 @@ def _after_timing(work: Workload, slices: CheckedSlices, checked_first: dict[str
         return {"reason": "the call after the timed ones ran out of memory: it was not compared with the checked one"}
     if verdict.ok:
         return {}
-    return {"status": "mismatch", "accuracy_ok": False,
-            "reason": f"a call after the timed ones disagrees with the checked first call beyond the tolerance (the "
-                      f"timed kernel is not the one that was checked): {verdict.reason()}"}
+    return {
+        "status": "mismatch",
+        "accuracy_ok": False,
+        "reason": f"a call after the timed ones disagrees with the checked first call beyond the tolerance (the "
+        f"timed kernel is not the one that was checked): {verdict.reason()}",
+    }
 
 
-def run_one(impl: Implementation, case: Case, inputs: Inputs, reference: ExpectedOutputs,
-            settings: RunSettings, monitor: GpuMonitor, local_errors: LocalErrors | None = None,
-            ) -> dict[str, Any]:
+def run_one(
+    impl: Implementation,
+    case: Case,
+    inputs: Inputs,
+    reference: ExpectedOutputs,
+    settings: RunSettings,
+    monitor: GpuMonitor,
+    local_errors: LocalErrors | None = None,
+) -> dict[str, Any]:
     """One result row, whatever happens.
 
     An out-of-memory error is retried once after freeing the allocator's cache: memory left
@@ -232,7 +282,9 @@ def run_one(impl: Implementation, case: Case, inputs: Inputs, reference: Expecte
             return {**row, "status": "unsupported", "reason": str(error)}
         except Exception as error:  # noqa: BLE001 - any failure becomes a row; the run goes on
             oom = is_out_of_memory(error)
-            detail = " ".join(str(error).split()) if oom else traceback.format_exception_only(type(error), error)[-1].strip()
+            detail = (
+                " ".join(str(error).split()) if oom else traceback.format_exception_only(type(error), error)[-1].strip()
+            )
             failure = ("oom" if oom else "error", detail[:2000])
         # Outside the except block, so the exception and the tensors its frames hold can be freed.
         free_after_failure(case.device)
@@ -244,18 +296,27 @@ def run_one(impl: Implementation, case: Case, inputs: Inputs, reference: Expecte
     return {**row, "status": status, "reason": reason}
 
 
-WROTE_INTO_INPUTS = ("it wrote into its inputs (q, k, v or the upstream gradient changed during its calls); the case's "
-                     "later implementations got fresh inputs")
+WROTE_INTO_INPUTS = (
+    "it wrote into its inputs (q, k, v or the upstream gradient changed during its calls); the case's "
+    "later implementations got fresh inputs"
+)
 
 
-def _rows_without_inputs(chosen: list[Implementation], case: Case, error: Exception,
-                         started: float) -> list[dict[str, Any]]:
+def _rows_without_inputs(
+    chosen: list[Implementation], case: Case, error: Exception, started: float
+) -> list[dict[str, Any]]:
     """A row per implementation of a case whose inputs could not be made (an `oom` where they alone do not fit)."""
     status = "oom" if is_out_of_memory(error) else "error"
     rows = []
     for impl in chosen:
-        rows.append({**_base_row(impl, case), "status": status, "reason": f"creating inputs failed: {error}",
-                     "row_s": _seconds_since(started)})
+        rows.append(
+            {
+                **_base_row(impl, case),
+                "status": status,
+                "reason": f"creating inputs failed: {error}",
+                "row_s": _seconds_since(started),
+            }
+        )
         started = time.monotonic()
     return rows
 
@@ -282,8 +343,11 @@ def run_cases(
     local_errors = LocalErrors(settings)
     rows = []
     if progress:
-        progress.start(total, [impl.label for impl in impls],
-                       [row_key(impl.label, case) for case, chosen in todo for impl in chosen])
+        progress.start(
+            total,
+            [impl.label for impl in impls],
+            [row_key(impl.label, case) for case, chosen in todo for impl in chosen],
+        )
 
     def check_deadline() -> None:
         if deadline is not None and time.monotonic() >= deadline:

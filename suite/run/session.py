@@ -1,5 +1,6 @@
 """Starting a run onto a results file: its output path, what a resumed file allows, the measured ceilings and
 settings, and the writer whose header records them."""
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -52,8 +53,10 @@ def refuse_another_machine(out: Path, runs: list[dict], device: str) -> None:
     here = machine_name(device)
     others = sorted({machine for machine in map(recorded_machine, timed_by_runs(runs)) if machine and machine != here})
     if others:
-        raise UsageError(f"--resume: {str(out)!r} holds timings measured on {', '.join(others)}, and this run would "
-                         f"measure on {here} (resume it there, or write these rows to another file with --out)")
+        raise UsageError(
+            f"--resume: {str(out)!r} holds timings measured on {', '.join(others)}, and this run would "
+            f"measure on {here} (resume it there, or write these rows to another file with --out)"
+        )
 
 
 def refuse_another_seed(out: Path, runs: list[dict], seed: int) -> None:
@@ -61,17 +64,23 @@ def refuse_another_seed(out: Path, runs: list[dict], seed: int) -> None:
     would check and time its new rows on other inputs (files written before the seed was recorded pass)."""
     seeds = sorted({run["seed"] for run in runs if not run.get("amends") and run.get("seed") is not None} - {seed})
     if seeds:
-        raise UsageError(f"--seed: {str(out)!r} was measured with seed {', '.join(map(str, seeds))}, and this run would "
-                         f"use {seed} (resume with --seed {seeds[0]}, or write these rows to another file with --out)")
+        raise UsageError(
+            f"--seed: {str(out)!r} was measured with seed {', '.join(map(str, seeds))}, and this run would "
+            f"use {seed} (resume with --seed {seeds[0]}, or write these rows to another file with --out)"
+        )
 
 
 def note_another_timing(out: Path, runs: list[dict], policy: TimingPolicy) -> None:
     """Rows timed with another policy are still measurements of the same calls, so a resume may change it; it is
     said, and each run's header records its own."""
-    others = sorted({describe(run["timing_policy"]) for run in runs if run.get("timing_policy")} - {describe(vars(policy))})
+    others = sorted(
+        {describe(run["timing_policy"]) for run in runs if run.get("timing_policy")} - {describe(vars(policy))}
+    )
     if others:
-        print(f"note: {out} holds rows timed with {'; '.join(others)}; these will be timed with {describe(vars(policy))}",
-              file=sys.stderr)
+        print(
+            f"note: {out} holds rows timed with {'; '.join(others)}; these will be timed with {describe(vars(policy))}",
+            file=sys.stderr,
+        )
 
 
 def measured_settings(cases: list[Case], device: str, seed: int, policy: TimingPolicy | None = None) -> RunSettings:
@@ -104,9 +113,17 @@ def results_writer(out: Path, grid, settings: RunSettings, device: str, **how) -
     """A writer whose run header records the environment, the grid asked for (so `compare` tells a case left
     out from a case lost), the measured ceilings and the timing policy; `how`: preset, config, argv, threads (those
     asked for, None for torch's default; the environment's cpu_threads says how many torch used)."""
-    run_info = {**how, "grid": _grid_record(grid), "seed": settings.seed, "measured_peak_tflops": settings.peak_tflops,
-                "measured_peak_gbytes_per_s": settings.peak_gbytes_per_s, "timing_policy": vars(settings.policies[device]),
-                "cuda_graph": settings.cuda_graph, "energy": settings.energy, "cpu_load": settings.cpu_load}
+    run_info = {
+        **how,
+        "grid": _grid_record(grid),
+        "seed": settings.seed,
+        "measured_peak_tflops": settings.peak_tflops,
+        "measured_peak_gbytes_per_s": settings.peak_gbytes_per_s,
+        "timing_policy": vars(settings.policies[device]),
+        "cuda_graph": settings.cuda_graph,
+        "energy": settings.energy,
+        "cpu_load": settings.cpu_load,
+    }
     return ResultsWriter(out, collect(torch.device(device)), run_info)
 
 
@@ -131,7 +148,9 @@ def extra_measurements(rows: int, graph_replays: bool, energy_per_call: bool, po
     """What --cuda-graph and --energy add to the rows a dry run counts, which `took before` leaves out."""
     parts = []
     if energy_per_call:
-        parts.append(f"--energy: about {energy.WINDOW_S:g} s more per row ({rows * energy.WINDOW_S / 60:.1f} min for {rows})")
+        parts.append(
+            f"--energy: about {energy.WINDOW_S:g} s more per row ({rows * energy.WINDOW_S / 60:.1f} min for {rows})"
+        )
     if graph_replays:
         parts.append(f"--cuda-graph: each forward row's capture and up to {policy.budget_s:g} s of replays more")
     return ("not in `took before`: " + "; ".join(parts)) if parts else None

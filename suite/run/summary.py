@@ -1,4 +1,5 @@
 """The compact table printed after a run: one row per case, one column per implementation."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -38,11 +39,15 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     lines = [render(header), render(["-" * w for w in widths]), *(render(line) for line in body)]
     lines.append("cells: median time and TFLOP/s; ! = accuracy mismatch; unsupp./oom/error: see the results file")
     if any(row.get("noisy") and row["status"] in ("ok", "mismatch") for row in rows):
-        lines.append("~ = noisy: the spread of its repeats (IQR) is above the timing policy's noisy_relative_iqr "
-                     "of the median, so compare its time with care")
+        lines.append(
+            "~ = noisy: the spread of its repeats (IQR) is above the timing policy's noisy_relative_iqr "
+            "of the median, so compare its time with care"
+        )
     if any(row.get("q_len") for row in rows):
-        lines.append("cases with fewer queries than keys (-Q): GB/s instead, the least memory traffic of the call (the "
-                     "whole KV cache read once, or a carried state in its place) over its time")
+        lines.append(
+            "cases with fewer queries than keys (-Q): GB/s instead, the least memory traffic of the call (the "
+            "whole KV cache read once, or a carried state in its place) over its time"
+        )
     if any(row.get("graph_time_ms") is not None for row in rows):
         lines.append("(graph ...): the median of the call replayed from a CUDA graph (--cuda-graph)")
     if any(row.get("energy_j") is not None for row in rows):

@@ -1,6 +1,7 @@
 """SIGTERM ends a command as Ctrl-C does. `timeout`, `kill` and a cancelled CI job send it, and by default
 it ends Python at once: the row in progress would then look like one whose process died in it (see
 in_flight), and be recorded as an error on the next `--resume`, blamed on its implementation."""
+
 from __future__ import annotations
 
 import contextlib

@@ -40,8 +40,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     lines.append("cells: median time and TFLOP/s; ! = accuracy mismatch; unsupp./oom/error: see the results file")
     if any(row.get("noisy") and row["status"] in ("ok", "mismatch") for row in rows):
         lines.append(
-            "~ = noisy: the spread of its repeats (IQR) is above the timing policy's noisy_relative_iqr "
-            "of the median, so compare its time with care"
+            "~ = noisy: its repeats' IQR is above the policy's noisy_relative_iqr of the median; compare with care"
         )
     if any(row.get("q_len") for row in rows):
         lines.append(

@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Protocol
 
 import torch
 
-from .flops import attention_pairs, softmax_attention_flops
+from .flops import MODE_FACTOR, attention_pairs, softmax_attention_flops
 
 DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
@@ -132,6 +132,10 @@ class Implementation:
         """FLOPs of the forward maths (see implementations/flops.py); softmax attention over the visible pairs by
         default."""
         return softmax_attention_flops(case.batch, case.heads, self.visible_pairs(case), case.head_dim)
+
+    def backward_flops(self, case: CaseLike) -> float:
+        """FLOPs of the backward maths: the forward's times 2.5 by default (FlashAttention's convention)."""
+        return MODE_FACTOR["bwd"] * self.forward_flops(case)
 
     def carried_state_bytes(self, case: CaseLike) -> int | None:
         """For a decoding call that reads a state of the keys before its first query, carried between calls, in

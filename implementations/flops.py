@@ -21,13 +21,12 @@ S and z and the keys' projections belong to the KV heads: the key side counts KV
 Linformer with k projected keys: the projections E·K and F·V (E, F of shape k × N) cost 2·k·N·D each per
 key/value head, 4·B·KV·N·k·D (with share_kv, E·K and E·V are still two products); the scores and the weighted
 sum against the k projected keys cost 4·N·k·D per query head, 4·B·H·N·k·D: softmax attention's count with k
-keys. k ≥ N is counted as it runs, k × N projections and N·k pairs. Its true backward differs from the
-convention below: attention's part is the convention's 2.5× (10·N·k·D per query head), but the projections'
-backward is 1× their forward (dK = Eᵀ·d(EK), dV = Fᵀ·d(FV); E and F are fixed, no gradient): 10·H + 4·KV
-against the convention's 10·H + 10·KV (times B·N·k·D), so its fwd+bwd count is 27% above its own maths where
-KV = H. It is counted by the convention all the same, so that every family's TFLOP/s is taken alike.
+keys. k ≥ N is counted as it runs, k × N projections and N·k pairs. Its backward is counted as its own maths,
+not by the convention below: attention's part is the convention's 2.5× (10·N·k·D per query head), and the
+projections' backward is 1× their forward (dK = Eᵀ·d(EK), dV = Fᵀ·d(FV); E and F are fixed, no gradient):
+B·N·k·D·(10·H + 4·KV), where the convention would count 10·H + 10·KV (27% more fwd+bwd where KV = H).
 
-The backward is counted as 2.5× the forward for every family (the convention of FlashAttention's
+The backward of every other family is counted as 2.5× its forward (the convention of FlashAttention's
 benchmarks: it recomputes QKᵀ and does four more products, 5 against the forward's 2).
 """
 
@@ -81,3 +80,11 @@ def low_rank_attention_flops(
 ) -> float:
     projections = 4.0 * batch * (kv_heads or heads) * seq_len * projected * head_dim
     return projections + softmax_attention_flops(batch, heads, seq_len * projected, head_dim)
+
+
+def low_rank_attention_backward_flops(
+    batch: int, heads: int, seq_len: int, head_dim: int, projected: int, kv_heads: int | None = None
+) -> float:
+    """Attention's backward by the 2.5× convention; the fixed projections' backward is one product each."""
+    projections = 4.0 * batch * (kv_heads or heads) * seq_len * projected * head_dim
+    return projections + MODE_FACTOR["bwd"] * softmax_attention_flops(batch, heads, seq_len * projected, head_dim)

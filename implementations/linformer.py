@@ -31,7 +31,7 @@ import torch
 
 from .base import Implementation, Option, Unsupported, device_reasons, must_be_positive, query_len
 from .compiling import parse_bool
-from .flops import low_rank_attention_flops
+from .flops import low_rank_attention_backward_flops, low_rank_attention_flops
 from .reference import reference_attention, softmax_weights
 from .sdpa import SdpaAttention
 
@@ -150,5 +150,10 @@ class LinformerAttention(Implementation):
 
     def forward_flops(self, case) -> float:
         return low_rank_attention_flops(
+            case.batch, case.heads, case.seq_len, case.head_dim, self.settings["k"], case.kv_heads
+        )
+
+    def backward_flops(self, case) -> float:
+        return low_rank_attention_backward_flops(
             case.batch, case.heads, case.seq_len, case.head_dim, self.settings["k"], case.kv_heads
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import replace
 
 import pytest
 import torch
@@ -236,3 +237,17 @@ def test_rows_report_its_error_against_softmax_and_reports_draw_it(tmp_path, mon
         "causal": ["linear"],
         "accuracy": {"linear", "linformer:k=8"},
     }
+
+
+def test_its_backward_counts_its_own_maths_not_the_shared_factor():
+    """Attention's backward by the 2.5x convention, the fixed projections' backward one product each (E and F
+    take no gradient): B*N*k*D*(10*H + 4*KV), below 2.5x a forward of B*N*k*D*(4*H + 4*KV)."""
+    from suite.measure.flops import case_flops
+
+    impl = implementations.get("linformer", k=16)
+    case = Case(2, 8, 64, 32, "float32", False, "fwd+bwd", "cpu", kv_heads=2)
+    unit = 2 * 64 * 16 * 32
+    assert impl.forward_flops(case) == unit * (4 * 8 + 4 * 2)
+    assert impl.backward_flops(case) == unit * (10 * 8 + 4 * 2) < 2.5 * impl.forward_flops(case)
+    assert case_flops(impl, case) == impl.forward_flops(case) + impl.backward_flops(case)
+    assert case_flops(impl, replace(case, mode="bwd")) == impl.backward_flops(case)

@@ -1,4 +1,4 @@
-"""FLOPs of one case for one implementation: the family's forward count times the mode's factor.
+"""FLOPs of one case for one implementation: its forward count, its backward count, or both, as the mode times.
 
 The per-family forward formulas and their derivations live in `implementations/flops.py`.
 """
@@ -12,7 +12,9 @@ from ..case import Case
 
 
 def case_flops(impl: Implementation, case: Case) -> float:
-    return impl.forward_flops(case) * MODE_FACTOR[case.mode]
+    """The forward's FLOPs, the backward's, or both, as the case's mode times them."""
+    forward = impl.forward_flops(case) if case.mode != "bwd" else 0.0
+    return forward + (impl.backward_flops(case) if case.mode != "fwd" else 0.0)
 
 
 def softmax_case_flops(case: Case) -> float:

@@ -216,7 +216,9 @@ def benchmark(
     Progress lines go to stderr unless `progress` is False. `cuda_graph`: also time each forward row replayed from a
     CUDA graph, as `run --cuda-graph` does (GPU only); `energy`: also measure each row's energy per call, as `run
     --energy` does (GPU only). `threads`: the threads torch computes with on a CPU during the run, as `run
-    --threads` sets them (restored after it). Rows finished before an interruption or a lost device stay in `out`."""
+    --threads` sets them (restored after it). Whatever an implementation raises, SystemExit too, is its row's (an
+    `error` row naming it); Ctrl-C stops the run. Rows finished before an interruption or a lost device stay in
+    `out`."""
     built = _built(impls)
     device = config.device_or_default(device, "device")
     if isinstance(seed, bool) or not isinstance(seed, int):

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import codecs
 import json
+import os
 import re
+import signal
+import time
 
 import pytest
 import torch
@@ -154,8 +157,18 @@ def test_bwd_mode_times_the_backward_alone(tmp_path):
     assert rows[0]["status"] == "ok" and rows[0]["accuracy_ok"] and rows[0]["time_ms"] > 0
 
 
+class CtrlCAt65(ScriptedAttention):
+    """Correct attention, during whose call at 65 tokens the user presses Ctrl-C (SIGINT)."""
+
+    def __call__(self, q, k, v, *, causal=False):
+        if q.shape[-2] == 65:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # Python's handler raises KeyboardInterrupt within it
+        return super().__call__(q, k, v, causal=causal)
+
+
 def test_interrupted_run_keeps_finished_rows_and_resume_skips_them(tmp_path):
-    stopper = ScriptedAttention("stopper", fail_on_seq_len=65, error=KeyboardInterrupt())
+    stopper = CtrlCAt65("stopper")
     with pytest.raises(KeyboardInterrupt):
         run([stopper], cases(17, 33, 65, 129), tmp_path)
     path = tmp_path / "r.jsonl"

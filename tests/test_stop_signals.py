@@ -115,10 +115,12 @@ def test_a_kernels_system_exit_is_a_row_through_the_api_too(tmp_path):
         device="cpu",
         timing={"max_repeats": 7},
         progress=False,
+        out=tmp_path / "r.jsonl",
     )
     statuses = {(row.impl, row.seq_len): row.status for row in frame.itertuples()}
     assert statuses.pop(("exits", 33)) == "error" and set(statuses.values()) == {"ok"} and len(statuses) == 5
     assert "SystemExit: 0" in frame.set_index(["impl", "seq_len"]).loc[("exits", 33), "reason"]
+    assert results.read(tmp_path / "r.jsonl")[0][0]["planned_rows"] == 6  # and all six are there: complete
 
 
 def test_a_kernels_system_exit_is_a_finding_of_check(fake_registry, capsys):

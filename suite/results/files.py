@@ -12,6 +12,7 @@ import math
 import os
 import uuid
 import warnings
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -224,15 +225,18 @@ def batching(run: dict[str, Any], row: dict[str, Any]) -> str | None:
     return f"{tokens} tokens per batch" if tokens else None
 
 
-def read(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def read(path: Path, written: Counter | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(run headers, result rows) of one file. A case run again (`run --resume --retry`) appears twice
-    in the file; its later row replaces the earlier one, in the earlier one's place."""
+    in the file; its later row replaces the earlier one, in the earlier one's place. `written`, if given, counts
+    the rows each run wrote, by run_id, replaced ones too (not rows an amendment appended again under it)."""
     runs, latest = [], {}
     for record in _read_records(path):
         if record["record"] == "run":
             runs.append(record)
-        else:
-            latest[key_of_row(record)] = record  # a dict keeps the first insertion's position
+            continue
+        latest[key_of_row(record)] = record  # a dict keeps the first insertion's position
+        if written is not None and record.get("local_errors_run_id") is None:
+            written[record["run_id"]] += 1
     return runs, list(latest.values())
 
 

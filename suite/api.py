@@ -40,6 +40,7 @@ from .measure.failures import is_out_of_memory
 from .results.environment import torch_threads
 from .results.files import load
 from .run import config
+from .run.completeness import shortfall_notes
 from .run.grid_scope import GridScope
 from .run.progress import Progress
 from .run.runner import run_cases
@@ -216,7 +217,9 @@ def benchmark(
     Progress lines go to stderr unless `progress` is False. `cuda_graph`: also time each forward row replayed from a
     CUDA graph, as `run --cuda-graph` does (GPU only); `energy`: also measure each row's energy per call, as `run
     --energy` does (GPU only). `threads`: the threads torch computes with on a CPU during the run, as `run
-    --threads` sets them (restored after it). Rows finished before an interruption or a lost device stay in `out`."""
+    --threads` sets them (restored after it). Whatever an implementation raises, SystemExit too, is its row's (an
+    `error` row naming it); Ctrl-C stops the run. Rows finished before an interruption or a lost device stay in
+    `out`."""
     built = _built(impls)
     device = config.device_or_default(device, "device")
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -252,7 +255,15 @@ def benchmark(
         settings = measured_settings(cases, device, seed, policy)
         settings.cuda_graph, settings.energy = cuda_graph, energy
         writer = results_writer(
-            path, grid, settings, device, preset=None, config=None, argv=["(suite.api.benchmark)"], threads=threads
+            path,
+            grid,
+            settings,
+            device,
+            preset=None,
+            config=None,
+            argv=["(suite.api.benchmark)"],
+            threads=threads,
+            planned_rows=len(built) * len(cases),
         )
         try:
             run_cases(built, cases, settings=settings, on_row=writer.append, progress=Progress() if progress else None)
@@ -292,9 +303,9 @@ def compare(
     (`same`, `slower`, `faster`, `ambiguous`, `regression`, ...), `ratio` (current / baseline median time),
     `detail` (which names a growth of peak memory too), and `memory_verdict`, `memory_ratio`, `memory_detail`.
     `attrs["regressed"]` is what the command's exit status says, `attrs["verdict"]` what regressed (its verdict
-    line), `attrs["notes"]` what differed between the sides besides the code. With `baseline_impl` and `current_impl`,
-    one implementation's rows against the other's (`current` may be `baseline`): is `mine` slower than
-    `sdpa-flash` anywhere?"""
+    line), `attrs["notes"]` what differed between the sides besides the code, and files whose run fell short of its
+    plan (completeness.py). With `baseline_impl` and `current_impl`, one implementation's rows against the other's
+    (`current` may be `baseline`): is `mine` slower than `sdpa-flash` anywhere?"""
     if (baseline_impl is None) != (current_impl is None):
         raise ValueError("baseline_impl, current_impl: give both, to compare two implementations, or neither")
     for name, value in (("threshold", threshold), ("memory_threshold", memory_threshold)):
@@ -323,7 +334,13 @@ def compare(
             for row in result.rows
         ]
     )
-    frame.attrs.update(regressed=result.regressed, verdict=verdict_line(result), notes=list(result.notes))
+    shortfalls = [
+        note
+        for side, results in (("baseline", baseline), ("current", current))
+        if not isinstance(results, pd.DataFrame)
+        for note in shortfall_notes([results] if isinstance(results, (str, Path)) else results, side)
+    ]
+    frame.attrs.update(regressed=result.regressed, verdict=verdict_line(result), notes=[*result.notes, *shortfalls])
     return frame
 
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .commands import COMMANDS
+from .measure.stop_signals import stop_signals_recorded
 from .run.termination import exit_status, sigterm_raises, stop_word
 
 
@@ -37,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .run.config import UsageError  # after parsing: it imports the registry, and with it torch
 
     try:
-        with sigterm_raises():
+        with sigterm_raises(), stop_signals_recorded():  # SIGTERM raises; both it and Ctrl-C are noted
             return args.handler(args)
     except UsageError as error:
         print(f"attnbench: error: {error}", file=sys.stderr)

@@ -41,6 +41,14 @@ MODULE = textwrap.dedent('''
                 ctypes.string_at(0)
             return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
+    class ExitsAt33(DiesAt33):
+        """Raises SystemExit(0) at 33 tokens, as a library that calls sys.exit on a bad state would."""
+
+        def __call__(self, q, k, v, *, causal=False):
+            if q.shape[-2] == 33:
+                raise SystemExit(0)
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
     class TerminatedAt33(DiesAt33):
         """Sent SIGTERM at 33 tokens, as by `timeout` or a cancelled CI job."""
 
@@ -104,6 +112,7 @@ def _package(where: Path) -> Path:
         "[attnbench.implementations]\ndies-at-33 = dying_attention:DiesAt33\n"
         "terminated-at-33 = dying_attention:TerminatedAt33\n"
         "segfaults-at-33 = dying_attention:SegfaultsAt33\n"
+        "exits-at-33 = dying_attention:ExitsAt33\n"
     )
     return where
 
@@ -165,6 +174,17 @@ def test_sigterm_ends_a_run_as_ctrl_c_does_and_blames_no_row(tmp_path):
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
     assert f"terminated (SIGTERM): every finished row is in {out}" in stopped.stderr
     assert len(results.read(out)[1]) == 3 and not InFlight(out).path.exists()  # resuming measures N33 again
+
+
+def test_a_kernels_system_exit_is_its_row_and_the_process_goes_on(tmp_path):
+    """SystemExit(0) inside a kernel once ended the run with exit status 0 after one row of six: a CI job passed."""
+    package = _package(tmp_path / "package")
+    out = tmp_path / "r.jsonl"
+    done = _attnbench("run", *GRID[:1], "naive,exits-at-33", *GRID[2:], "--out", str(out), path=package)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {(r["impl"], r["seq_len"]): r for r in results.read(out)[1]}
+    assert len(rows) == 6 and rows.pop(("exits-at-33", 33))["reason"].startswith("SystemExit: 0 (raised by")
+    assert {row["status"] for row in rows.values()} == {"ok"} and f"results: {out}" in done.stdout
 
 
 def test_runs_that_end_in_a_way_python_sees_leave_nothing_behind(tmp_path):

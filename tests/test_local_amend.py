@@ -207,6 +207,26 @@ def test_an_unusable_device_stops_amending_after_writing_the_row_that_broke_it(t
     assert amended.drop(index=[("linear", "fwd")]).query("family != 'exact'")[LOCAL].notna().all().all()
 
 
+def test_a_kernels_system_exit_is_noted_in_its_rows_and_amending_goes_on(tmp_path, capsys, monkeypatch):
+    import implementations.linear
+    from suite.measure.stop_signals import NOT_A_STOP
+
+    path = tmp_path / "r.jsonl"
+    assert main(["run", *GRID, "--seq-len", "33", "--causal", "false", "--out", str(path)]) == 0
+    rewrite_rows(path, without_local_figures)
+
+    def exits(self, q, k, v, *, causal=False):
+        raise SystemExit(0)
+
+    monkeypatch.setattr(implementations.linear.LinearAttention, "__call__", exits)
+    capsys.readouterr()
+    assert main(["local-errors", str(path)]) == 0
+    assert "amended 6 rows" in capsys.readouterr().out
+    amended = results.load(path).query("family != 'exact'").set_index("impl")
+    assert set(amended.loc["linear", "softmax_local_note"]) == {f"not measured: SystemExit: 0{NOT_A_STOP}"}
+    assert amended.drop(index="linear")[LOCAL].notna().all().all()
+
+
 def test_a_row_the_previous_amending_process_died_in_is_noted_not_measured_again(tmp_path, capsys):
     from suite.run.in_flight import InFlight
     from suite.run.local_amend import DIED_NOTE

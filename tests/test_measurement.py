@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import random
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -10,7 +14,7 @@ from implementations.flops import MODE_FACTOR, softmax_attention_flops
 from suite.case import Case
 from suite.measure.memory import peak_call_memory, running_peak
 from suite.measure.settings import TimingPolicy
-from suite.measure.timing import Measurement, measure
+from suite.measure.timing import Measurement, RunningMedianInterval, measure
 
 
 def test_median_and_iqr_from_raw_times():
@@ -137,3 +141,94 @@ def test_a_call_is_host_bound_when_issuing_it_took_as_long_as_the_gpu_ran_it():
     assert host_figures(Measurement(times_ms=[0.050], host_ms=[0.040]))["host_bound"] is False
     # on a CPU the host is the device: nothing to say
     assert host_figures(Measurement(times_ms=[1.0])) == {"host_ms": None, "host_bound": None}
+
+
+def _recorded_sequences() -> dict[str, list[float]]:
+    """Timings as runs produce them: log-normal noise, a second mode (a clock change), ties (a coarse clock),
+    drifts up and down, and a constant."""
+    rng = random.Random(29)
+    noise = [rng.lognormvariate(0, 0.05) for _ in range(700)]
+    return {
+        "log-normal": noise,
+        "two modes": [t * (1.3 if rng.random() < 0.2 else 1.0) for t in noise],
+        "ties": [round(t, 2) for t in noise],
+        "rising": sorted(noise),
+        "falling": sorted(noise, reverse=True),
+        "constant": [0.08] * 300,
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_recorded_sequences()))
+def test_the_running_stopping_rule_decides_as_sorting_every_repeat_did(name):
+    samples = _recorded_sequences()[name]
+    running = RunningMedianInterval()
+    for n, sample in enumerate(samples, 1):
+        running.add(sample)
+        whole = Measurement(samples[:n])
+        assert (running.median, running.interval()) == (whole.median, whole.median_ci()), n
+        for relative in (0.0, 0.005, 0.01, 0.02, 0.05):
+            assert running.is_tight(relative) == whole.median_is_tight(relative), (n, relative)
+
+
+class _Counted(float):
+    """A time whose comparisons are counted; arithmetic on it stays counted, as the timing loop's does."""
+
+    comparisons = 0
+    limit = math.inf
+
+    def _count(self, other, compare):
+        _Counted.comparisons += 1
+        if _Counted.comparisons > _Counted.limit:
+            raise AssertionError(f"more than {_Counted.limit} comparisons")
+        return compare(float(self), float(other))
+
+    def __lt__(self, other):
+        return self._count(other, float.__lt__)
+
+    def __le__(self, other):
+        return self._count(other, float.__le__)
+
+    def __gt__(self, other):
+        return self._count(other, float.__gt__)
+
+    def __ge__(self, other):
+        return self._count(other, float.__ge__)
+
+    def __sub__(self, other):
+        return _Counted(float(self) - float(other))
+
+    def __mul__(self, other):
+        return _Counted(float(self) * float(other))
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, other):
+        return _Counted(float(self) / float(other))
+
+    def __neg__(self):
+        return _Counted(-float(self))
+
+
+def _comparisons_timing(repeats: int, monkeypatch) -> int:
+    """Comparisons between times that measure() makes over `repeats` timed calls whose times never tighten."""
+    from suite.measure import timing
+
+    rng, now = random.Random(repeats), [0.0, True]
+
+    def perf_counter() -> _Counted:  # a call's start, then its end, a noisy 1 ms later
+        now[1] = not now[1]
+        now[0] += rng.uniform(0.5e-3, 1.5e-3) if now[1] else 0.0
+        return _Counted(now[0])
+
+    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=perf_counter))
+    policy = TimingPolicy(warmup_calls=0, min_repeats=2, max_repeats=repeats, budget_s=1e9, target_relative_ci=0.0)
+    _Counted.comparisons, _Counted.limit = 0, repeats * repeats / 8  # well below sorting at every repeat
+    assert measure(lambda: None, torch.device("cpu"), policy).repeats == repeats
+    return _Counted.comparisons
+
+
+def test_the_stopping_rule_costs_n_log_n_comparisons_not_a_sort_per_repeat(monkeypatch):
+    """`--timing max_repeats=1000000` on a fast kernel: each repeat must cost about log n comparisons, so that four
+    times the repeats cost about four times the comparisons (sorting at every repeat: sixteen times)."""
+    fewer, more = (_comparisons_timing(repeats, monkeypatch) for repeats in (1000, 4000))
+    assert more / fewer < 4 * math.log(4000) / math.log(1000) * 1.25

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import codecs
 import json
+import os
+import re
+import signal
+import time
 
 import pytest
 import torch
@@ -152,8 +157,18 @@ def test_bwd_mode_times_the_backward_alone(tmp_path):
     assert rows[0]["status"] == "ok" and rows[0]["accuracy_ok"] and rows[0]["time_ms"] > 0
 
 
+class CtrlCAt65(ScriptedAttention):
+    """Correct attention, during whose call at 65 tokens the user presses Ctrl-C (SIGINT)."""
+
+    def __call__(self, q, k, v, *, causal=False):
+        if q.shape[-2] == 65:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # Python's handler raises KeyboardInterrupt within it
+        return super().__call__(q, k, v, causal=causal)
+
+
 def test_interrupted_run_keeps_finished_rows_and_resume_skips_them(tmp_path):
-    stopper = ScriptedAttention("stopper", fail_on_seq_len=65, error=KeyboardInterrupt())
+    stopper = CtrlCAt65("stopper")
     with pytest.raises(KeyboardInterrupt):
         run([stopper], cases(17, 33, 65, 129), tmp_path)
     path = tmp_path / "r.jsonl"
@@ -251,6 +266,62 @@ def test_torn_last_line_is_ignored_with_a_warning(tmp_path):
     _, path = run([implementations.get("naive")], cases(17, 33), tmp_path)
     text = path.read_text()
     path.write_text(text[: len(text) - 40])
+    with pytest.warns(UserWarning, match="incomplete last line"):
+        assert len(results.load(path)) == 1
+
+
+def _resume_argv(out, seq_lens: str = "17") -> list[str]:
+    """`attnbench run --resume` of `run`'s naive rows (cases(...)) into `out`."""
+    grid = ["--impl", "naive", "--seq-len", seq_lens, "--heads", "2", "--batch", "1", "--head-dim", "16"]
+    return [
+        "run",
+        *grid,
+        "--dtype",
+        "float32",
+        "--no-causal",
+        "--mode",
+        "fwd",
+        "--device",
+        "cpu",
+        "--resume",
+        "--out",
+        str(out),
+    ]
+
+
+def test_a_byte_order_mark_is_read_past_and_resumed(tmp_path):
+    """An editor may save a results file with a UTF-8 byte-order mark; it is UTF-8 all the same."""
+    from suite.cli import main
+
+    _, path = run([implementations.get("naive")], cases(17), tmp_path)
+    path.write_bytes(codecs.BOM_UTF8 + path.read_bytes())
+    assert results.load(path).impl.tolist() == ["naive"]
+    assert main(_resume_argv(path, "17,33")) == 0
+    assert results.load(path).seq_len.tolist() == [17, 33]
+
+
+def test_invalid_utf8_names_its_line_and_how_to_keep_the_rows_before_it(tmp_path, capsys):
+    from suite.cli import main
+
+    _, path = run([implementations.get("naive")], cases(17, 33, 65), tmp_path)
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[2] = lines[2].replace(b'"naive"', b'"na\xefve"')  # Latin-1, as another tool might write it
+    path.write_bytes(b"".join(lines))
+    where = re.escape(f"{path}:3: not valid UTF-8 (byte ")
+    kept = re.escape(f"the 2 lines before it are intact: keep them (head -n 2 {path} > KEPT.jsonl)")
+    with pytest.raises(results.ResultsFormatError, match=where + ".*" + kept):
+        results.load(path)
+    assert main(_resume_argv(path)) == 2
+    assert f"--resume: {path}:3: not valid UTF-8" in capsys.readouterr().err
+    kept_path = tmp_path / "KEPT.jsonl"
+    kept_path.write_bytes(b"".join(lines[:2]))  # as the message says; the resume measures the rest
+    assert main(_resume_argv(kept_path, "17,33,65")) == 0
+    assert results.load(kept_path).seq_len.tolist() == [17, 33, 65]
+
+
+def test_a_torn_last_line_that_is_not_utf8_is_ignored_as_a_torn_one(tmp_path):
+    _, path = run([implementations.get("naive")], cases(17), tmp_path)
+    path.write_bytes(path.read_bytes() + b'{"record": "result", "impl": "na\xc3')
     with pytest.warns(UserWarning, match="incomplete last line"):
         assert len(results.load(path)) == 1
 

@@ -20,7 +20,7 @@ import implementations
 from implementations import Implementation
 
 from ..case import Case
-from ..measure import failures
+from ..measure import failures, stop_signals
 from .accuracy import WrongOutput, check_output, judge
 from .poison import poisoned_allocations
 from .workload import random_tensors
@@ -223,7 +223,8 @@ def _called(
         return CheckResult(case, seed, "fail", str(wrong))
     except implementations.Unsupported as unsupported:
         return CheckResult(case, seed, "unsupported", f"refused at run time: {unsupported}")
-    except Exception as error:  # noqa: BLE001 - a crash is a finding, reported with the rest
+    except BaseException as error:  # noqa: BLE001 - a crash is a finding (SystemExit too), but Ctrl-C a stop
+        stop_signals.raise_if_stop(error)
         return CheckResult(case, seed, "error", _described(error))
 
 
@@ -267,7 +268,8 @@ def _twin_disagrees(
     try:
         expected_out = impl.exact_twin(*exact, causal=case.causal)
         expected_grads = torch.autograd.grad(expected_out, exact, grad_out.double()) if with_grad else ()
-    except Exception as error:  # noqa: BLE001 - an implementation's own twin can be broken too
+    except BaseException as error:  # noqa: BLE001 - an implementation's own twin can be broken too
+        stop_signals.raise_if_stop(error)
         return CheckResult(case, seed, "error", f"exact_twin: {_described(error)}")
     expected = dict(zip(TENSORS, (expected_out, *expected_grads)))
     verdict = judge(actual, expected, case.dtype, case.seq_len, impl.atol_scale_for(case))
@@ -314,7 +316,8 @@ def _repeated(
     try:
         with impl.session():
             again = _call(impl, case, inputs, leaves)
-    except Exception as error:  # noqa: BLE001 - a crash on the second call is a finding too
+    except BaseException as error:  # noqa: BLE001 - a crash on the second call is a finding too
+        stop_signals.raise_if_stop(error)
         return CheckResult(case, seed, "error", f"second call: {_described(error)}")
     verdict = judge(again, first, case.dtype, case.seq_len, impl.atol_scale_for(case))
     if not verdict.ok:
@@ -332,8 +335,8 @@ def _repeated(
     return CheckResult(case, seed, "pass", not_bitwise=moved, repeated=True)
 
 
-def _described(error: Exception) -> str:
-    return f"{type(error).__name__}: {' '.join(str(error).split())[:500]}"
+def _described(error: BaseException) -> str:
+    return f"{type(error).__name__}: {' '.join(str(error).split())[:500]}{stop_signals.not_a_stop_note(error)}"
 
 
 def _forward_only_if_need_be(impl: Implementation, case: Case) -> Case:
@@ -490,9 +493,24 @@ def checked(
     """One implementation's conformance check, summed up, and whether it left the device unusable (a sticky CUDA
     error: every later case would crash too, whatever its implementation, so the check stops there). `moving`
     is told (label, cases done, seconds) every 10 s: compiled kernels can take minutes."""
+    with stop_signals.stop_signals_recorded():
+        return _checked(impl, device, dtypes, seed, own, starting, moving)
+
+
+def _checked(
+    impl: Implementation,
+    device: str,
+    dtypes: tuple[str, ...],
+    seed: int,
+    own: list[tuple],
+    starting: Callable[[Case, int], None] | None,
+    moving: Callable[[str, int, float], None] | None,
+) -> tuple[CheckSummary, bool]:
     started = last_note = time.perf_counter()
     results, device_lost = [], False
     for result in check(impl, device, dtypes, seed, own, starting):
+        if (stop := stop_signals.stop_asked()) is not None:  # the implementation swallowed Ctrl-C: stop all the same
+            raise stop
         results.append(result)
         device_lost = result.status == "error" and not failures.device_usable(device)
         if device_lost:

@@ -13,6 +13,7 @@ import torch
 from implementations import Implementation, reference_attention
 
 from ..case import Case, key_of_row
+from ..measure import stop_signals
 from ..measure.failures import free_after_failure, is_out_of_memory
 from ..measure.flops import softmax_case_flops
 from .accuracy import error
@@ -132,10 +133,14 @@ class LocalErrors:
             with torch.no_grad():
                 out = impl(self._inputs.q, self._inputs.k, self._inputs.v, causal=forward.causal)
             return softmax_error(out, self._reference, prefix="softmax_local")
-        except Exception as error:  # noqa: BLE001 - a supplementary figure must not cost the row its timing
+        except BaseException as error:  # noqa: BLE001 - a supplementary figure must not cost the row its timing
+            stop_signals.raise_if_stop(error)
             self.release()
             free_after_failure(forward.device)
-            return {"softmax_local_note": f"not measured: {type(error).__name__}: {' '.join(str(error).split())[:300]}"}
+            detail = (
+                f"{type(error).__name__}: {' '.join(str(error).split())[:300]}{stop_signals.not_a_stop_note(error)}"
+            )
+            return {"softmax_local_note": f"not measured: {detail}"}
 
     def release(self) -> None:
         """Free the current case's inputs and reference; the figures (a few floats each) stay."""

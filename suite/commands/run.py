@@ -238,6 +238,15 @@ def _dry_run(args: argparse.Namespace, request: _Request, skip: set[tuple], died
     return 0
 
 
+def _planned_rows(request: _Request, skip: set[tuple], died: dict | None) -> int:
+    """The rows this run will write: every implementation on every case, less those the file has (--resume), and
+    the row a previous run died in, recorded as such."""
+    from ..case import row_key
+
+    measured = sum(row_key(impl.label, case) not in skip for impl in request.impls for case in request.cases)
+    return measured + (died is not None)
+
+
 def _measure(
     args: argparse.Namespace, request: _Request, skip: set[tuple], died: dict | None, earlier, in_flight
 ) -> int:
@@ -259,6 +268,7 @@ def _measure(
         config=args.config,
         argv=sys.argv[1:],
         threads=request.threads,
+        planned_rows=_planned_rows(request, skip, died),
     )
     if died:
         writer.append(died)

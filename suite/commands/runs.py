@@ -10,7 +10,9 @@ from typing import Any
 
 def add_to(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
-        "runs", help="what results files hold: machine, dates, preset, software, rows by status, implementations"
+        "runs",
+        help="what results files hold: machine, dates, preset, software, rows by status, implementations, and "
+        "whether a run fell short of its plan or died",
     )
     parser.add_argument("results", nargs="*", help="results files (default: every one in results/)")
     parser.add_argument("--format", default="text", choices=("text", "json"))
@@ -37,6 +39,7 @@ def _text(entry: dict[str, Any]) -> str:
             f" · {'; '.join(entry['software']) or 'software not recorded'}",
             f"  {entry['rows']} rows: {statuses} · {runs}{took}",
             f"  {len(entry['implementations'])} implementations: {', '.join(entry['implementations'])}",
+            *([f"  {entry['shortfall']}"] if entry.get("shortfall") else []),
         ]
     )
 
@@ -44,6 +47,7 @@ def _text(entry: dict[str, Any]) -> str:
 def handle(args: argparse.Namespace) -> int:
     from ..results import naming
     from ..results.inventory import describe_file
+    from ..run.completeness import shortfall
     from ..run.config import UsageError
 
     paths = [Path(p) for p in args.results] if args.results else sorted(naming.RESULTS_DIR.glob("*.jsonl"))
@@ -52,6 +56,6 @@ def handle(args: argparse.Namespace) -> int:
         raise UsageError(f"runs: {missing[0]!r} is not a file")
     if not paths:
         raise UsageError(f"runs: no results files in {naming.RESULTS_DIR}/ (name some, or run `attnbench run` first)")
-    entries = [describe_file(path) for path in paths]
+    entries = [{**describe_file(path), "shortfall": shortfall(path)} for path in paths]
     print(json.dumps(entries, indent=2) if args.format == "json" else "\n".join(map(_text, entries)))
     return 0

@@ -32,6 +32,7 @@ import pandas as pd
 from ..case import CASE_FIELDS
 from ..reporting.data import fmt_bytes
 from ..results.files import ResultsFormatError, cpu_machine, load, read, with_explicit_shape
+from ..run.completeness import shortfall_notes
 from ..run.grid_scope import GridScope
 
 KEY = ("impl", *CASE_FIELDS)
@@ -428,6 +429,7 @@ def run(
     if impls is not None:
         base, current, scope = paired(base, current, scope, *impls)
     result = compare(base, current, threshold, scope, memory_threshold)
+    result.notes += shortfall_notes(base_paths, "baseline") + shortfall_notes(current_paths, "current")
     if chart is not None:
         from ..reporting.charts import save_to
         from .chart import ratio_chart

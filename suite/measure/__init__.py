@@ -1,1 +1,2 @@
-"""Measuring one call: timing, memory, FLOPs and traffic, CUDA graphs, energy, peaks, GPU state, profiles."""
+"""Measuring one call: timing, memory, FLOPs and traffic, CUDA graphs, energy, peaks, GPU state, profiles; and
+which failures are a row's, which stop the run."""

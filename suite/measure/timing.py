@@ -9,6 +9,8 @@ The stopping rule follows torch.utils.benchmark's spirit: keep the raw samples, 
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import math
 import statistics
 import time
@@ -54,15 +56,73 @@ class Measurement:
     def median_ci(self) -> tuple[float, float]:
         """A distribution-free ~95% interval for the median, from order statistics."""
         ordered = sorted(self.times_ms)
-        n = len(ordered)
-        half = 1.96 * math.sqrt(n) / 2
-        lo = max(0, math.floor(n / 2 - half))
-        hi = min(n - 1, math.ceil(n / 2 + half) - 1)
+        lo, hi = median_ci_ranks(len(ordered))
         return ordered[lo], ordered[hi]
 
     def median_is_tight(self, relative: float) -> bool:
-        lo, hi = self.median_ci()
-        return (hi - lo) / 2 <= relative * self.median
+        return is_tight(self.median_ci(), self.median, relative)
+
+
+def median_ci_ranks(n: int) -> tuple[int, int]:
+    """The ranks (0-based, in sorted order) of the bounds of the median's ~95% interval among `n` samples."""
+    half = 1.96 * math.sqrt(n) / 2
+    return max(0, math.floor(n / 2 - half)), min(n - 1, math.ceil(n / 2 + half) - 1)
+
+
+def is_tight(interval: tuple[float, float], median: float, relative: float) -> bool:
+    lo, hi = interval
+    return (hi - lo) / 2 <= relative * median
+
+
+class RunningMedianInterval:
+    """The median and the bounds of its ~95% interval (Measurement.median_ci) of the samples added so far,
+    kept up to date as each arrives, so that the stopping rule stays cheap at a million repeats (sorting every
+    sample at each repeat made it quadratic). The samples between the interval's bounds, about 2√n of n, are kept
+    sorted; those below in a max-heap, those above in a min-heap: a sample costs O(log n) comparisons."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._below: list[float] = []  # negated, so that heapq's min is their max
+        self._between: list[float] = []  # sorted: ranks lo..hi
+        self._above: list[float] = []
+
+    def add(self, sample: float) -> None:
+        self.count += 1
+        if self._below and sample < -self._below[0]:
+            heapq.heappush(self._below, -sample)
+        elif self._above and self._above[0] < sample:
+            heapq.heappush(self._above, sample)
+        else:
+            bisect.insort(self._between, sample)
+        self._rebalance()
+
+    def _rebalance(self) -> None:
+        """Moves samples across the bounds until exactly ranks lo..hi lie between them. The surplus goes in first,
+        so that the middle holds enough for both sides' shortfall."""
+        lo, hi = median_ci_ranks(self.count)
+        above = self.count - 1 - hi
+        while len(self._below) > lo:
+            self._between.insert(0, -heapq.heappop(self._below))
+        while len(self._above) > above:
+            self._between.append(heapq.heappop(self._above))
+        while len(self._below) < lo:
+            heapq.heappush(self._below, -self._between.pop(0))
+        while len(self._above) < above:
+            heapq.heappush(self._above, self._between.pop())
+
+    def interval(self) -> tuple[float, float]:
+        return self._between[0], self._between[-1]
+
+    @property
+    def median(self) -> float:
+        """As statistics.median computes it: the middle sample, or the mean of the two middle ones."""
+        middle = self.count // 2 - len(self._below)  # the median's ranks always lie between the bounds
+        if self.count % 2:
+            return self._between[middle]
+        return (self._between[middle - 1] + self._between[middle]) / 2
+
+    def is_tight(self, relative: float) -> bool:
+        return is_tight(self.interval(), self.median, relative)
 
 
 class _L2Flush:
@@ -119,6 +179,7 @@ def measure(
     """Time `fn` repeatedly; `before_each` runs outside the timed region (e.g. clearing grads)."""
     warm_up(fn, device, policy.warmup_calls, before_each)
     result = Measurement()
+    middle = RunningMedianInterval()
     spent = 0.0
     cuda = device.type == "cuda"
     if cuda:
@@ -141,9 +202,10 @@ def measure(
             fn()
             elapsed = (time.perf_counter() - start) * 1e3
         result.times_ms.append(elapsed)
+        middle.add(elapsed)
         spent += elapsed / 1e3
         if result.repeats >= policy.min_repeats and (
-            spent >= policy.budget_s or result.median_is_tight(policy.target_relative_ci)
+            spent >= policy.budget_s or middle.is_tight(policy.target_relative_ci)
         ):
             break
     return result

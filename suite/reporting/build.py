@@ -16,6 +16,7 @@ from ..results.files import ResultsFormatError, load, read
 from ..results.naming import slug
 from ..results.schema import DATA_COLUMNS
 from ..run import config
+from ..run.completeness import shortfall_notes
 from . import charts
 from .attention_maps import attention_map_chart
 from .blocks import Heading, Image, Paragraph, Report, Table, to_html, to_markdown
@@ -488,9 +489,16 @@ def _loaded(paths: list[Path], impls: Collection[str] | None, baseline: str | No
 
 
 def _add_summary(
-    report: Report, paths: list[Path], frame: pd.DataFrame, repeated: int, selection: Paragraph | None
+    report: Report,
+    paths: list[Path],
+    frame: pd.DataFrame,
+    repeated: int,
+    selection: Paragraph | None,
+    shortfalls: list[str],
 ) -> None:
+    """`shortfalls`: a note for each file whose last run fell short of its plan (completeness.py)."""
     report.add(*_environment_blocks(paths), Heading("Summary"), _status_paragraph(frame))
+    report.add(*(Paragraph(f"{note}.") for note in shortfalls))
     if selection is not None:
         report.add(selection)
     if repeated:
@@ -643,11 +651,14 @@ def build_report(
         )
     baseline = baseline or DEFAULT_BASELINE
     say(f"{len(frame)} rows from {len(paths)} file{'s' * (len(paths) != 1)}")
+    shortfalls = shortfall_notes(paths)
+    for note in shortfalls:
+        say(note)
     out_dir = Path(out_dir)
     (out_dir / "charts").mkdir(parents=True, exist_ok=True)
     report = Report(f"attnbench report: {', '.join(p.stem for p in paths)}")
     chart = _Charts(report, out_dir, chart_formats)
-    _add_summary(report, paths, frame, repeated, selection)
+    _add_summary(report, paths, frame, repeated, selection, shortfalls)
     _add_fastest(report, frame, chart, colour_of)
     if baseline in set(measured_impls):
         _add_crossovers(report, frame, baseline)

@@ -6,11 +6,13 @@ every finished row in a well-formed file. `load` reads one or many files into a 
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import os
 import uuid
 import warnings
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -104,21 +106,45 @@ def _end_last_line(path: Path) -> None:
         file.write(b"\n")
 
 
-def _read_records(path: Path) -> Iterable[dict[str, Any]]:
+def _lines(path: Path) -> tuple[list[bytes], bool]:
+    """The file's lines, undecoded, after a UTF-8 byte-order mark (an editor's, harmless) if any; and whether its
+    last line has its newline."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
+        data = Path(path).read_bytes()
+    except OSError as error:
         raise ResultsFormatError(f"{path}: cannot read results file: {error}") from None
-    lines = text.splitlines()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
+    data = data.removeprefix(codecs.BOM_UTF8)
+    return data.splitlines(), data.endswith(b"\n")
+
+
+def _not_utf8(path: Path, number: int, error: UnicodeDecodeError) -> str:
+    """Where a line is not UTF-8, and how to keep the rows before it (attnbench writes ASCII: another tool or a
+    damaged disk wrote this)."""
+    kept = number - 1
+    return (
+        f"{path}:{number}: not valid UTF-8 (byte {error.start + 1} of the line: {error.reason}); the {kept} "
+        f"line{'s' * (kept != 1)} before it are intact: keep them (head -n {kept} {path} > KEPT.jsonl) and "
+        "`attnbench run --resume --out KEPT.jsonl` measures the rest"
+    )
+
+
+def _read_records(path: Path) -> Iterable[dict[str, Any]]:
+    lines, last_ended = _lines(path)
+    for number, raw in enumerate(lines, 1):
+        if not raw.strip():
             continue
+        # A run killed mid-write leaves at most one torn last line, without its newline (each record is written
+        # whole with it); an ended line that is not JSON is not ours, wherever it stands.
+        torn = number == len(lines) and not last_ended
         try:
-            record = json.loads(line)
+            record = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            if torn:
+                warnings.warn(f"{path}:{number}: ignoring incomplete last line", stacklevel=2)
+                continue
+            raise ResultsFormatError(_not_utf8(path, number, error)) from None
         except json.JSONDecodeError as error:
-            # A run killed mid-write leaves at most one torn last line, without its newline (each record is
-            # written whole with it); an ended line that is not JSON is not ours, wherever it stands.
-            if number == len(lines) and not text.endswith("\n"):
+            if torn:
                 warnings.warn(f"{path}:{number}: ignoring incomplete last line", stacklevel=2)
                 continue
             raise ResultsFormatError(f"{path}:{number}: not valid JSON: {error}") from None
@@ -199,15 +225,18 @@ def batching(run: dict[str, Any], row: dict[str, Any]) -> str | None:
     return f"{tokens} tokens per batch" if tokens else None
 
 
-def read(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def read(path: Path, written: Counter | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(run headers, result rows) of one file. A case run again (`run --resume --retry`) appears twice
-    in the file; its later row replaces the earlier one, in the earlier one's place."""
+    in the file; its later row replaces the earlier one, in the earlier one's place. `written`, if given, counts
+    the rows each run wrote, by run_id, replaced ones too (not rows an amendment appended again under it)."""
     runs, latest = [], {}
     for record in _read_records(path):
         if record["record"] == "run":
             runs.append(record)
-        else:
-            latest[key_of_row(record)] = record  # a dict keeps the first insertion's position
+            continue
+        latest[key_of_row(record)] = record  # a dict keeps the first insertion's position
+        if written is not None and record.get("local_errors_run_id") is None:
+            written[record["run_id"]] += 1
     return runs, list(latest.values())
 
 

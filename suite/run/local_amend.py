@@ -18,7 +18,7 @@ from typing import Any
 from implementations import Implementation
 
 from ..case import Case, key_of_row
-from ..measure import failures
+from ..measure import failures, stop_signals
 from ..results.files import ResultsWriter
 from . import runner
 from .config import label_matches
@@ -73,7 +73,21 @@ def amend_local_errors(
     on_start: Callable[[dict[str, Any]], None] | None = None,
 ) -> Amendment:
     """Appends, through `writer`, each of a file's `rows` (of `impls`, if given) that lacks the figure, with
-    `measure(impl, case)`'s. `on_start` is given each row before it is measured."""
+    `measure(impl, case)`'s. `on_start` is given each row before it is measured. Ctrl-C and SIGTERM stop it
+    (KeyboardInterrupt); whatever else an implementation raises is noted in its row (stop_signals)."""
+    with stop_signals.stop_signals_recorded():
+        return _amend(rows, writer, measure, build_impl, redo, impls, on_start)
+
+
+def _amend(
+    rows: list[dict[str, Any]],
+    writer: ResultsWriter,
+    measure: Callable[[Implementation, Case], dict[str, Any]],
+    build_impl: Callable[[str], Implementation],
+    redo: bool,
+    impls: Collection[str] | None,
+    on_start: Callable[[dict[str, Any]], None] | None,
+) -> Amendment:
     todo = rows_to_amend(rows, redo, impls)
     result = Amendment(already_there=len(rows_to_amend(rows, True, impls)) - len(todo))
     built: dict[str, Implementation] = {}
@@ -90,6 +104,8 @@ def amend_local_errors(
         if on_start:
             on_start(row)
         figures = measure(impl, case)
+        if (stop := stop_signals.stop_asked()) is not None:  # the implementation swallowed Ctrl-C: stop all the same
+            raise stop
         lost = "softmax_local_note" in figures and not failures.device_usable(case.device)
         if lost:  # written with its note, so that the next call does not run into the same failure
             figures["softmax_local_note"] += " [the device was unusable after this error; amending stopped here]"

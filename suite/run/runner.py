@@ -1,7 +1,9 @@
 """Runs implementations over cases; every (implementation, case) ends as exactly one result row.
 
 Failures never lose the run: unsupported inputs, out-of-memory and any other exception each become
-a row with its status and reason, and the next case runs. One failure stops it: an error that leaves
+a row with its status and reason, and the next case runs; that includes a `BaseException` an implementation
+raises (SystemExit, GeneratorExit, its own KeyboardInterrupt), but not Ctrl-C or SIGTERM sent to the run,
+which stop it (measure/stop_signals.py tells them apart). One failure stops it: an error that leaves
 the GPU unusable (a sticky CUDA error, such as a kernel's illegal memory access), after which every
 later case would fail too and be blamed on its implementation. That row is written and `DeviceLost`
 is raised; the rest can run in a new process (`run --resume`).
@@ -25,7 +27,7 @@ from ..check.checked_slices import CheckedSlices
 from ..check.expected import ExpectedOutputs, LocalErrors, softmax_error, softmax_reference, twin_reference
 from ..check.poison import poisoned_allocations
 from ..check.workload import Inputs, Workload, make_inputs
-from ..measure import failures
+from ..measure import failures, stop_signals
 from ..measure.cpu_contention import row_verdict as cpu_row_verdict
 from ..measure.cpu_contention import sample as cpu_sample
 from ..measure.cuda_graph import graph_figures, unavailable_reason
@@ -280,10 +282,14 @@ def run_one(
             return {**row, **measure_row(impl, case, inputs, reference, settings, monitor, local_errors)}
         except Unsupported as error:
             return {**row, "status": "unsupported", "reason": str(error)}
-        except Exception as error:  # noqa: BLE001 - any failure becomes a row; the run goes on
+        except BaseException as error:  # noqa: BLE001 - whatever the call raises is the row's, SystemExit too
+            stop_signals.raise_if_stop(error)
             oom = is_out_of_memory(error)
             detail = (
-                " ".join(str(error).split()) if oom else traceback.format_exception_only(type(error), error)[-1].strip()
+                " ".join(str(error).split())
+                if oom
+                else traceback.format_exception_only(type(error), error)[-1].strip()
+                + stop_signals.not_a_stop_note(error)
             )
             failure = ("oom" if oom else "error", detail[:2000])
         # Outside the except block, so the exception and the tensors its frames hold can be freed.
@@ -335,7 +341,22 @@ def run_cases(
     """Every implementation on every case (cases outer, so inputs and reference are made once). No row starts
     after `deadline` (time.monotonic()): the run ends there with TimeLimitReached, each row whole. `on_start`
     is given each row's implementation and case before anything of it runs (the case's inputs count as its
-    first implementation's)."""
+    first implementation's). Ctrl-C and SIGTERM raise KeyboardInterrupt (stop_signals.Terminated) and write no row
+    for the one they interrupt; whatever else an implementation raises is its row's (stop_signals)."""
+    with stop_signals.stop_signals_recorded():
+        return _run_cases(impls, cases, settings, on_row, skip, progress, deadline, on_start)
+
+
+def _run_cases(
+    impls: list[Implementation],
+    cases: list[Case],
+    settings: RunSettings,
+    on_row: Callable[[dict[str, Any]], None],
+    skip: set[tuple],
+    progress,
+    deadline: float | None,
+    on_start: Callable[[dict[str, Any]], None] | None,
+) -> list[dict[str, Any]]:
     todo = [(case, [impl for impl in impls if row_key(impl.label, case) not in skip]) for case in cases]
     todo = [(case, chosen) for case, chosen in todo if chosen]
     total = sum(len(chosen) for _, chosen in todo)
@@ -383,6 +404,8 @@ def run_cases(
             if on_start:
                 on_start(_base_row(impl, case))
             row = run_one(impl, case, inputs, reference, settings, monitor, local_errors)
+            if (stop := stop_signals.stop_asked()) is not None:  # a kernel swallowed the interrupt: its row is moot
+                raise stop
             if not inputs.unchanged_since(untouched):  # its results, and every later one's, would be on other inputs
                 row = {**_base_row(impl, case), "status": "error", "reason": WROTE_INTO_INPUTS}
                 reference.release()

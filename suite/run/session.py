@@ -112,7 +112,8 @@ def measured_settings(cases: list[Case], device: str, seed: int, policy: TimingP
 def results_writer(out: Path, grid, settings: RunSettings, device: str, **how) -> ResultsWriter:
     """A writer whose run header records the environment, the grid asked for (so `compare` tells a case left
     out from a case lost), the measured ceilings and the timing policy; `how`: preset, config, argv, threads (those
-    asked for, None for torch's default; the environment's cpu_threads says how many torch used)."""
+    asked for, None for torch's default; the environment's cpu_threads says how many torch used), planned_rows (the
+    rows the run will write, so that readers tell a run cut short: completeness.py)."""
     run_info = {
         **how,
         "grid": _grid_record(grid),

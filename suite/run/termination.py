@@ -9,9 +9,7 @@ import signal
 import threading
 from collections.abc import Iterator
 
-
-class Terminated(KeyboardInterrupt):
-    """Raised where the program is when SIGTERM arrives; handled wherever Ctrl-C is."""
+from ..measure.stop_signals import Terminated
 
 
 @contextlib.contextmanager

@@ -41,19 +41,24 @@ def test_measure_respects_repeat_bounds_and_runs_setup_outside():
     assert all(t >= 0 for t in result.times_ms)
 
 
-def test_the_timer_measures_a_call_of_known_length_and_leaves_the_setup_out():
-    """A call that spins for 2 ms is measured at 2 ms, not less (a clock read after the call returned) and not
-    much more (the set-up before each call, which also takes 2 ms, must stay outside)."""
-    import time
+def test_the_timer_measures_a_call_of_known_length_and_leaves_the_setup_out(monkeypatch):
+    """A call that takes 2 ms is measured at 2 ms, not less (a clock read after the call returned) and not more
+    (the set-up before each call, which takes 3 ms, must stay outside). The clock is a fake one that only the call
+    and the set-up advance, so that a loaded machine cannot change what is measured."""
+    from types import SimpleNamespace
 
-    def spin(ms: float) -> None:
-        until = time.perf_counter() + ms / 1e3
-        while time.perf_counter() < until:
-            pass
+    from suite.measure import timing
 
+    now = [0.0]
+
+    def takes(ms: float):
+        return lambda: now.__setitem__(0, now[0] + ms / 1e3)
+
+    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=lambda: now[0]))
     policy = TimingPolicy(warmup_calls=1, min_repeats=15, max_repeats=15, budget_s=10.0)
-    result = measure(lambda: spin(2.0), torch.device("cpu"), policy, before_each=lambda: spin(2.0))
-    assert 2.0 <= result.median < 2.5
+    result = measure(takes(2.0), torch.device("cpu"), policy, before_each=takes(3.0))
+    assert result.repeats == 15 and result.times_ms == pytest.approx([2.0] * 15)
+    assert now[0] == pytest.approx(16 * (2.0 + 3.0) / 1e3)  # the warm-up call and its set-up too
 
 
 def test_running_peak_follows_allocations_and_frees_in_order():

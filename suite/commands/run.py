@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from dataclasses import dataclass
@@ -128,19 +129,31 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, threads: int | None) -> int:
+    from ..run import session
+
+    request = _request(args, threads, started=time.monotonic())
+    # The lock is held from before anything is written to the end; --dry-run only reads, and takes none.
+    writing = contextlib.nullcontext(False) if args.dry_run else session.one_writer(request.out, "--out")
+    with writing as exclusive:
+        return _run_alone(args, request, exclusive)
+
+
+def _run_alone(args: argparse.Namespace, request: _Request, exclusive: bool) -> int:
+    """The run, as the only process writing its file where `exclusive` (no other can start one meanwhile)."""
     from ..case import key_of_row, row_key
     from ..results import naming
     from ..results.environment import machine_name
     from ..run.in_flight import InFlight
     from ..run.plan import EarlierRows
 
-    request = _request(args, threads, started=time.monotonic())
-    in_flight = InFlight(request.out)
-    writing = in_flight.running_elsewhere()
+    if request.out.exists() and not args.resume:  # checked under the lock: another run may just have made it
+        raise _usage(f"--out: {str(request.out)!r} already exists (use --resume to continue it, or another path)")
+    in_flight = InFlight(request.out, exclusive=exclusive)
+    writing = in_flight.running_elsewhere()  # never under the lock; the guard where locks are not available
     if writing is not None and not args.dry_run:
         raise _usage(
-            f"--out: {str(request.out)!r} is being written by a run still going on this machine (pid "
-            f"{writing}); two runs appending to one file would interleave their rows"
+            f"--out: {str(request.out)!r} is being written by another process on this machine (pid {writing}); "
+            "two processes appending to one file would interleave their rows"
         )
     skip, died = _stored(args, request, in_flight)
     if died and "error" not in request.retry:
@@ -185,8 +198,6 @@ def _request(args: argparse.Namespace, threads: int | None, started: float) -> _
     label = Path(args.config).stem if args.config else preset_name
     out = Path(args.out) if args.out else session.default_out_path(device, label, args.resume)
     config.writable("--out", out)  # first: a pipe or a device would block --resume's read, or fill memory
-    if out.exists() and not args.resume:
-        raise _usage(f"--out: {str(out)!r} already exists (use --resume to continue it, or another path)")
     retry = session.retry_statuses(args.retry, args.resume)
     policy = config.timing_policy("--timing", from_config.get("timing") if args.timing is None else args.timing, device)
     deadline = started + config.positive_float("--time-limit", args.time_limit) if args.time_limit else None

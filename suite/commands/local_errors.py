@@ -77,7 +77,7 @@ def _amend(args: argparse.Namespace, path: Path, rows: list, impls: list[str] | 
     from ..check.expected import LocalErrors
     from ..measure.settings import RunSettings
     from ..results.environment import collect
-    from ..results.files import ResultsWriter
+    from ..results.files import CannotWrite, ResultsWriter
     from ..run import config
     from ..run.config import UsageError
     from ..run.in_flight import InFlight
@@ -102,8 +102,8 @@ def _amend(args: argparse.Namespace, path: Path, rows: list, impls: list[str] | 
             impls=impls,
             on_start=in_flight.started,
         )
-    except (KeyboardInterrupt, DeviceLost) as stop:
-        return _stopped(path, stop)
+    except (KeyboardInterrupt, DeviceLost, CannotWrite) as stop:
+        return _stopped(path, stop, wrote=writer.started)
     finally:  # any end Python sees; only a process that died leaves the file naming its row
         in_flight.clear()
         writer.close()
@@ -113,11 +113,22 @@ def _amend(args: argparse.Namespace, path: Path, rows: list, impls: list[str] | 
     return 0
 
 
-def _stopped(path: Path, stop: BaseException) -> int:
+def _stopped(path: Path, stop: BaseException, *, wrote: bool) -> int:
     """The exit status of amending that stopped before its last row, after one line saying why and what is kept."""
+    from ..results.files import CannotWrite
+    from ..run.config import UsageError
     from ..run.runner import DeviceLost
     from ..run.termination import exit_status, stop_word
 
+    if isinstance(stop, CannotWrite):
+        if not wrote:  # nothing of this amending is in the file: it could not start
+            raise UsageError(f"local-errors: {stop}")
+        print(
+            f"\nstopped: {stop}; the rows amended so far are in {path}; run the command again, once it can be "
+            "written, to amend the rest",
+            file=sys.stderr,
+        )
+        return 1
     if isinstance(stop, DeviceLost):
         print(
             f"\nstopped: {stop}\nthe rows amended so far are in {path}; run the command again, in a new process, "

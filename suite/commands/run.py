@@ -252,17 +252,15 @@ def _dry_run(args: argparse.Namespace, request: _Request, skip: set[tuple], died
 def _measure(
     args: argparse.Namespace, request: _Request, skip: set[tuple], died: dict | None, earlier, in_flight
 ) -> int:
+    from ..results.files import CannotWrite
     from ..run import session
-    from ..run.progress import Progress
-    from ..run.runner import DeviceLost, TimeLimitReached, run_cases
+    from ..run.runner import DeviceLost, TimeLimitReached
     from ..run.summary import format_table
-    from ..run.termination import exit_status, stop_word
 
-    out = request.out
     settings = session.measured_settings(request.cases, request.device, args.seed, request.policy)
     settings.cuda_graph, settings.energy = args.cuda_graph, args.energy
     writer = session.results_writer(
-        out,
+        request.out,
         request.grid,
         settings,
         request.device,
@@ -271,6 +269,24 @@ def _measure(
         argv=sys.argv[1:],
         threads=request.threads,
     )
+    try:
+        rows = _measure_rows(request, settings, skip, died, earlier, in_flight, writer)
+    except (TimeLimitReached, KeyboardInterrupt, DeviceLost, CannotWrite) as stop:
+        return _stopped(args, request.out, stop, wrote=writer.started)
+    finally:  # any end Python sees; only a process that died leaves the file naming its row
+        writer.close()
+        in_flight.clear()
+    print(format_table(rows))
+    print(f"results: {request.out}")
+    return 0
+
+
+def _measure_rows(request: _Request, settings, skip: set[tuple], died: dict | None, earlier, in_flight, writer) -> list:
+    from ..run import session
+    from ..run.progress import Progress
+    from ..run.runner import run_cases
+
+    out = request.out
     if died:
         writer.append(died)
         print(
@@ -280,43 +296,44 @@ def _measure(
         )
     if skip:
         print(f"resuming {out}: {len(skip)} rows already there", file=sys.stderr)
-    try:
-        rows = run_cases(
-            request.impls,
-            request.cases,
-            settings=settings,
-            on_row=writer.append,
-            skip=skip,
-            progress=Progress(earlier=earlier.seconds),
-            deadline=request.deadline,
-            on_start=in_flight.started,
-        )
-    except TimeLimitReached as reached:
-        writer.close()
-        kept = f"every finished row is in {out}" if reached.done else "no row finished"
-        print(
-            f"\nstopped at --time-limit {args.time_limit} s: {reached}; {kept} (continue with --resume --out {out})",
-            file=sys.stderr,
-        )
+    return run_cases(
+        request.impls,
+        request.cases,
+        settings=settings,
+        on_row=writer.append,
+        skip=skip,
+        progress=Progress(earlier=earlier.seconds),
+        deadline=request.deadline,
+        on_start=in_flight.started,
+    )
+
+
+def _stopped(args: argparse.Namespace, out: Path, stop: BaseException, *, wrote: bool) -> int:
+    """The exit status of a run that stopped before its last row, after one line saying why and what is kept."""
+    from ..results.files import CannotWrite
+    from ..run.runner import DeviceLost, TimeLimitReached
+    from ..run.termination import exit_status, stop_word
+
+    again = f"--resume --out {out}"
+    if isinstance(stop, TimeLimitReached):
+        kept = f"every finished row is in {out}" if stop.done else "no row finished"
+        print(f"\nstopped at --time-limit {args.time_limit} s: {stop}; {kept} (continue with {again})", file=sys.stderr)
         return 3
-    except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM (termination.Terminated)
-        writer.close()
+    if isinstance(stop, DeviceLost):
         print(
-            f"\n{stop_word(interrupt)}: every finished row is in {out} (continue with --resume --out {out})",
-            file=sys.stderr,
-        )
-        return exit_status(interrupt)
-    except DeviceLost as lost:
-        writer.close()
-        print(
-            f"\nstopped: {lost}\nevery finished row is in {out}; the other cases can run in a new process with "
-            f"--resume --out {out} (the failed row counts as done; --retry error runs it again)",
+            f"\nstopped: {stop}\nevery finished row is in {out}; the other cases can run in a new process with "
+            f"{again} (the failed row counts as done; --retry error runs it again)",
             file=sys.stderr,
         )
         return 1
-    finally:  # any end Python sees; only a process that died leaves the file naming its row
-        in_flight.clear()
-    writer.close()
-    print(format_table(rows))
-    print(f"results: {out}")
-    return 0
+    if isinstance(stop, CannotWrite):
+        if not wrote:  # nothing of this run is in the file: it could not start
+            raise _usage(f"--out: {stop}")
+        print(
+            f"\nstopped: {stop}; every finished row is in {out} (continue with {again} once it can be written)",
+            file=sys.stderr,
+        )
+        return 1
+    # Ctrl-C, or SIGTERM (termination.Terminated)
+    print(f"\n{stop_word(stop)}: every finished row is in {out} (continue with {again})", file=sys.stderr)
+    return exit_status(stop)

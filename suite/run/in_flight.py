@@ -16,6 +16,7 @@ pass for the run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..case import CASE_FIELDS
+from ..results.files import CannotWrite
 
 DIED_REASON = (
     "the process died while measuring this row (no exception: killed by the operating system, e.g. "
@@ -50,13 +52,19 @@ class InFlight:
         self.exclusive = exclusive
 
     def started(self, row: dict[str, Any]) -> None:
-        """Name the row about to be measured (its implementation and case), replacing the last one."""
+        """Name the row about to be measured (its implementation and case), replacing the last one. Raises
+        CannotWrite where the marker cannot be written (a full disk), leaving no partial file behind."""
         record = {key: row[key] for key in ("impl", "family", *CASE_FIELDS, "density") if key in row}
         record = {**record, "pid": os.getpid(), "started": process_start(os.getpid()), "host": socket.gethostname()}
         staging = self.path.with_name(self.path.name + ".tmp")
-        staging.parent.mkdir(parents=True, exist_ok=True)
-        staging.write_text(json.dumps(record), encoding="utf-8")
-        os.replace(staging, self.path)  # whole or not at all: a death mid-write leaves the previous name
+        try:
+            staging.parent.mkdir(parents=True, exist_ok=True)
+            staging.write_text(json.dumps(record), encoding="utf-8")
+            os.replace(staging, self.path)  # whole or not at all: a death mid-write leaves the previous name
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                staging.unlink(missing_ok=True)
+            raise CannotWrite(self.path, error) from None
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -14,7 +14,7 @@ from suite.cli import main
 from suite.results import files as results
 from suite.results.files import ResultsWriter
 from suite.run.completeness import shortfall
-from suite.run.in_flight import InFlight
+from suite.run.in_flight import InFlight, process_start
 from tests.conftest import ScriptedAttention
 from tests.test_stop_signals import SignalledAt33, _grid
 
@@ -73,7 +73,9 @@ def test_runs_says_a_run_died_and_in_which_row(tmp_path, monkeypatch, capsys):
         [sys.executable, "-c", "import time; time.sleep(60)"]
     )  # a live process named in the marker: still running
     try:
-        InFlight(out).path.write_text(InFlight(out).path.read_text().replace("999999999", str(other.pid)))
+        marker = json.loads(InFlight(out).path.read_text())  # as the live process itself would have written it
+        marker.update(pid=other.pid, started=process_start(other.pid))
+        InFlight(out).path.write_text(json.dumps(marker))
         assert shortfall(out) == f"being written: a run on this machine (pid {other.pid}) is measuring it now"
     finally:
         other.kill()

@@ -204,19 +204,25 @@ def test_a_marker_whose_row_was_written_after_all_records_nothing(tmp_path, caps
     assert "nothing to run" in capsys.readouterr().out and len(results.read(out)[1]) == 1
 
 
-def test_a_file_another_live_run_is_writing_is_refused(tmp_path, capsys):
+def test_without_locks_a_marker_of_a_live_process_refuses_the_run(tmp_path, capsys, monkeypatch):
+    """Where the platform has no flock (results/lock.py), the marker's pid and that process's start time tell a
+    run still going from a pid the system reused."""
+    from suite.results import lock
+    from suite.run.in_flight import process_start
+
+    monkeypatch.setattr(lock, "fcntl", None)
     out = tmp_path / "r.jsonl"
     assert main(["run", *ONE_ROW, "--out", str(out)]) == 0
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         InFlight(out).started(results.read(out)[1][0])
         marker = json.loads(InFlight(out).path.read_text())
-        InFlight(out).path.write_text(json.dumps({**marker, "pid": other.pid}))
+        InFlight(out).path.write_text(json.dumps({**marker, "pid": other.pid, "started": process_start(other.pid)}))
         assert main(["run", *ONE_ROW, "--causal", "both", "--out", str(out), "--resume"]) == 2
-        assert f"is being written by a run still going on this machine (pid {other.pid})" in capsys.readouterr().err
+        assert f"is being written by another process on this machine (pid {other.pid})" in capsys.readouterr().err
         assert main(["run", *ONE_ROW, "--causal", "both", "--out", str(out), "--resume", "--dry-run"]) == 0
         assert "died" not in capsys.readouterr().err  # it is alive: nothing died
     finally:
         other.kill()
         other.wait()
-    assert len(results.read(out)[1]) == 1
+    assert len(results.read(out)[1]) == 1 and not lock.WriterLock(out).path.exists()

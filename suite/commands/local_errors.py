@@ -28,22 +28,24 @@ def add_to(commands: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..check.expected import LocalErrors
-    from ..measure.settings import RunSettings
-    from ..results.environment import collect
-    from ..results.files import ResultsFormatError, ResultsWriter, read
-    from ..run import config
     from ..run.config import UsageError
-    from ..run.in_flight import InFlight
-    from ..run.local_amend import amend_died_row, amend_local_errors, approximate_rows, rows_to_amend
-    from ..run.runner import DeviceLost
-    from ..run.termination import exit_status, stop_word
+    from ..run.session import one_writer
 
     path = Path(args.results)
     if not path.is_file():
         raise UsageError(f"local-errors: {str(path)!r} is not a file")
+    with one_writer(path, "local-errors") as exclusive:  # read under the lock too: the rows are those amended
+        return _amend_file(args, path, exclusive)
+
+
+def _amend_file(args: argparse.Namespace, path: Path, exclusive: bool) -> int:
+    import torch
+
+    from ..results.files import ResultsFormatError, read
+    from ..run import config
+    from ..run.config import UsageError
+    from ..run.local_amend import approximate_rows, rows_to_amend
+
     try:
         _, rows = read(path)
     except ResultsFormatError as error:
@@ -67,13 +69,28 @@ def handle(args: argparse.Namespace) -> int:
     device = "cuda" if "cuda" in devices else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"local-errors: {path} has rows measured on cuda, and no CUDA device is available here")
+    return _amend(args, path, rows, impls, torch.device(device), exclusive)
+
+
+def _amend(args: argparse.Namespace, path: Path, rows: list, impls: list[str] | None, device, exclusive: bool) -> int:
+    """The amending, as the only process writing `path` where `exclusive`."""
+    from ..check.expected import LocalErrors
+    from ..measure.settings import RunSettings
+    from ..results.environment import collect
+    from ..results.files import CannotWrite, ResultsWriter
+    from ..run import config
+    from ..run.config import UsageError
+    from ..run.in_flight import InFlight
+    from ..run.local_amend import amend_died_row, amend_local_errors
+    from ..run.runner import DeviceLost
+
     run_info = {"amends": "local-inputs errors", "argv": sys.argv[1:], "seed": args.seed}
-    in_flight = InFlight(path, ".amending")
-    if (writing := in_flight.running_elsewhere()) is not None:
+    in_flight = InFlight(path, ".amending", exclusive=exclusive)
+    if (writing := in_flight.running_elsewhere()) is not None:  # never under the lock; the guard without locks
         raise UsageError(
-            f"local-errors: {str(path)!r} is being amended by a process still going on this machine (pid {writing})"
+            f"local-errors: {str(path)!r} is being written by another process on this machine (pid {writing})"
         )
-    writer = ResultsWriter(path, collect(torch.device(device)), run_info)
+    writer = ResultsWriter(path, collect(device), run_info)
     try:
         rows = amend_died_row(rows, in_flight.died_in(), writer)
         done = amend_local_errors(
@@ -85,19 +102,8 @@ def handle(args: argparse.Namespace) -> int:
             impls=impls,
             on_start=in_flight.started,
         )
-    except KeyboardInterrupt as interrupt:
-        print(
-            f"\n{stop_word(interrupt)}: the rows amended so far are in {path}; run the command again to amend the rest",
-            file=sys.stderr,
-        )
-        return exit_status(interrupt)
-    except DeviceLost as lost:
-        print(
-            f"\nstopped: {lost}\nthe rows amended so far are in {path}; run the command again, in a new process, "
-            "to amend the rest",
-            file=sys.stderr,
-        )
-        return 1
+    except (KeyboardInterrupt, DeviceLost, CannotWrite) as stop:
+        return _stopped(path, stop, wrote=writer.started)
     finally:  # any end Python sees; only a process that died leaves the file naming its row
         in_flight.clear()
         writer.close()
@@ -105,3 +111,33 @@ def handle(args: argparse.Namespace) -> int:
     for reason, count in done.cannot_run_here.items():
         print(f"  {count} rows cannot run here: {reason}")
     return 0
+
+
+def _stopped(path: Path, stop: BaseException, *, wrote: bool) -> int:
+    """The exit status of amending that stopped before its last row, after one line saying why and what is kept."""
+    from ..results.files import CannotWrite
+    from ..run.config import UsageError
+    from ..run.runner import DeviceLost
+    from ..run.termination import exit_status, stop_word
+
+    if isinstance(stop, CannotWrite):
+        if not wrote:  # nothing of this amending is in the file: it could not start
+            raise UsageError(f"local-errors: {stop}")
+        print(
+            f"\nstopped: {stop}; the rows amended so far are in {path}; run the command again, once it can be "
+            "written, to amend the rest",
+            file=sys.stderr,
+        )
+        return 1
+    if isinstance(stop, DeviceLost):
+        print(
+            f"\nstopped: {stop}\nthe rows amended so far are in {path}; run the command again, in a new process, "
+            "to amend the rest",
+            file=sys.stderr,
+        )
+        return 1
+    print(
+        f"\n{stop_word(stop)}: the rows amended so far are in {path}; run the command again to amend the rest",
+        file=sys.stderr,
+    )
+    return exit_status(stop)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from dataclasses import dataclass
@@ -128,19 +129,31 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, threads: int | None) -> int:
+    from ..run import session
+
+    request = _request(args, threads, started=time.monotonic())
+    # The lock is held from before anything is written to the end; --dry-run only reads, and takes none.
+    writing = contextlib.nullcontext(False) if args.dry_run else session.one_writer(request.out, "--out")
+    with writing as exclusive:
+        return _run_alone(args, request, exclusive)
+
+
+def _run_alone(args: argparse.Namespace, request: _Request, exclusive: bool) -> int:
+    """The run, as the only process writing its file where `exclusive` (no other can start one meanwhile)."""
     from ..case import key_of_row, row_key
     from ..results import naming
     from ..results.environment import machine_name
     from ..run.in_flight import InFlight
     from ..run.plan import EarlierRows
 
-    request = _request(args, threads, started=time.monotonic())
-    in_flight = InFlight(request.out)
-    writing = in_flight.running_elsewhere()
+    if request.out.exists() and not args.resume:  # checked under the lock: another run may just have made it
+        raise _usage(f"--out: {str(request.out)!r} already exists (use --resume to continue it, or another path)")
+    in_flight = InFlight(request.out, exclusive=exclusive)
+    writing = in_flight.running_elsewhere()  # never under the lock; the guard where locks are not available
     if writing is not None and not args.dry_run:
         raise _usage(
-            f"--out: {str(request.out)!r} is being written by a run still going on this machine (pid "
-            f"{writing}); two runs appending to one file would interleave their rows"
+            f"--out: {str(request.out)!r} is being written by another process on this machine (pid {writing}); "
+            "two processes appending to one file would interleave their rows"
         )
     skip, died = _stored(args, request, in_flight)
     if died and "error" not in request.retry:
@@ -185,8 +198,6 @@ def _request(args: argparse.Namespace, threads: int | None, started: float) -> _
     label = Path(args.config).stem if args.config else preset_name
     out = Path(args.out) if args.out else session.default_out_path(device, label, args.resume)
     config.writable("--out", out)  # first: a pipe or a device would block --resume's read, or fill memory
-    if out.exists() and not args.resume:
-        raise _usage(f"--out: {str(out)!r} already exists (use --resume to continue it, or another path)")
     retry = session.retry_statuses(args.retry, args.resume)
     policy = config.timing_policy("--timing", from_config.get("timing") if args.timing is None else args.timing, device)
     deadline = started + config.positive_float("--time-limit", args.time_limit) if args.time_limit else None
@@ -250,17 +261,15 @@ def _planned_rows(request: _Request, skip: set[tuple], died: dict | None) -> int
 def _measure(
     args: argparse.Namespace, request: _Request, skip: set[tuple], died: dict | None, earlier, in_flight
 ) -> int:
+    from ..results.files import CannotWrite
     from ..run import session
-    from ..run.progress import Progress
-    from ..run.runner import DeviceLost, TimeLimitReached, run_cases
+    from ..run.runner import DeviceLost, TimeLimitReached
     from ..run.summary import format_table
-    from ..run.termination import exit_status, stop_word
 
-    out = request.out
     settings = session.measured_settings(request.cases, request.device, args.seed, request.policy)
     settings.cuda_graph, settings.energy = args.cuda_graph, args.energy
     writer = session.results_writer(
-        out,
+        request.out,
         request.grid,
         settings,
         request.device,
@@ -270,6 +279,24 @@ def _measure(
         threads=request.threads,
         planned_rows=_planned_rows(request, skip, died),
     )
+    try:
+        rows = _measure_rows(request, settings, skip, died, earlier, in_flight, writer)
+    except (TimeLimitReached, KeyboardInterrupt, DeviceLost, CannotWrite) as stop:
+        return _stopped(args, request.out, stop, wrote=writer.started)
+    finally:  # any end Python sees; only a process that died leaves the file naming its row
+        writer.close()
+        in_flight.clear()
+    print(format_table(rows))
+    print(f"results: {request.out}")
+    return 0
+
+
+def _measure_rows(request: _Request, settings, skip: set[tuple], died: dict | None, earlier, in_flight, writer) -> list:
+    from ..run import session
+    from ..run.progress import Progress
+    from ..run.runner import run_cases
+
+    out = request.out
     if died:
         writer.append(died)
         print(
@@ -279,43 +306,44 @@ def _measure(
         )
     if skip:
         print(f"resuming {out}: {len(skip)} rows already there", file=sys.stderr)
-    try:
-        rows = run_cases(
-            request.impls,
-            request.cases,
-            settings=settings,
-            on_row=writer.append,
-            skip=skip,
-            progress=Progress(earlier=earlier.seconds),
-            deadline=request.deadline,
-            on_start=in_flight.started,
-        )
-    except TimeLimitReached as reached:
-        writer.close()
-        kept = f"every finished row is in {out}" if reached.done else "no row finished"
-        print(
-            f"\nstopped at --time-limit {args.time_limit} s: {reached}; {kept} (continue with --resume --out {out})",
-            file=sys.stderr,
-        )
+    return run_cases(
+        request.impls,
+        request.cases,
+        settings=settings,
+        on_row=writer.append,
+        skip=skip,
+        progress=Progress(earlier=earlier.seconds),
+        deadline=request.deadline,
+        on_start=in_flight.started,
+    )
+
+
+def _stopped(args: argparse.Namespace, out: Path, stop: BaseException, *, wrote: bool) -> int:
+    """The exit status of a run that stopped before its last row, after one line saying why and what is kept."""
+    from ..results.files import CannotWrite
+    from ..run.runner import DeviceLost, TimeLimitReached
+    from ..run.termination import exit_status, stop_word
+
+    again = f"--resume --out {out}"
+    if isinstance(stop, TimeLimitReached):
+        kept = f"every finished row is in {out}" if stop.done else "no row finished"
+        print(f"\nstopped at --time-limit {args.time_limit} s: {stop}; {kept} (continue with {again})", file=sys.stderr)
         return 3
-    except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM (termination.Terminated)
-        writer.close()
+    if isinstance(stop, DeviceLost):
         print(
-            f"\n{stop_word(interrupt)}: every finished row is in {out} (continue with --resume --out {out})",
-            file=sys.stderr,
-        )
-        return exit_status(interrupt)
-    except DeviceLost as lost:
-        writer.close()
-        print(
-            f"\nstopped: {lost}\nevery finished row is in {out}; the other cases can run in a new process with "
-            f"--resume --out {out} (the failed row counts as done; --retry error runs it again)",
+            f"\nstopped: {stop}\nevery finished row is in {out}; the other cases can run in a new process with "
+            f"{again} (the failed row counts as done; --retry error runs it again)",
             file=sys.stderr,
         )
         return 1
-    finally:  # any end Python sees; only a process that died leaves the file naming its row
-        in_flight.clear()
-    writer.close()
-    print(format_table(rows))
-    print(f"results: {out}")
-    return 0
+    if isinstance(stop, CannotWrite):
+        if not wrote:  # nothing of this run is in the file: it could not start
+            raise _usage(f"--out: {stop}")
+        print(
+            f"\nstopped: {stop}; every finished row is in {out} (continue with {again} once it can be written)",
+            file=sys.stderr,
+        )
+        return 1
+    # Ctrl-C, or SIGTERM (termination.Terminated)
+    print(f"\n{stop_word(stop)}: every finished row is in {out} (continue with {again})", file=sys.stderr)
+    return exit_status(stop)

@@ -7,6 +7,7 @@ every finished row in a well-formed file. `load` reads one or many files into a 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import json
 import math
 import os
@@ -42,8 +43,19 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+class CannotWrite(Exception):
+    """A results file, or a file beside it, could not be written (a full disk, a quota, an I/O error); the message
+    names the path and the error."""
+
+    def __init__(self, path: str | Path, error: OSError):
+        self.path, self.error = Path(path), error
+        super().__init__(f"cannot write {str(path)!r}: {error.strerror or error}")
+
+
 class ResultsWriter:
-    """Appends to a results file; the header is written when the first line is."""
+    """Appends to a results file; the header is written when the first line is. Each line reaches the file whole
+    or not at all: one that cannot be written (CannotWrite) is cut off again, so the file ends with the last line
+    written whole."""
 
     def __init__(self, path: Path, environment: dict[str, Any], run_info: dict[str, Any]):
         self.path = Path(path)
@@ -55,20 +67,44 @@ class ResultsWriter:
             "environment": environment,
             **run_info,
         }
-        self._file = None
+        self._fd: int | None = None
+        self.started = False  # whether this run's header is in the file: until then, nothing of it is
 
     def _write(self, record: dict[str, Any]) -> None:
-        if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            _end_last_line(self.path)
-            self._file = open(self.path, "a", encoding="utf-8")
-            self._write_line(self._header)
+        if self._fd is None:
+            self._start()
         self._write_line(record)
 
+    def _start(self) -> None:
+        """Opens the file and writes the header; a file this created is removed again where the header fails."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            existed = self.path.exists()
+            _end_last_line(self.path)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
+        except OSError as error:
+            raise CannotWrite(self.path, error) from None
+        try:
+            self._write_line(self._header)
+        except CannotWrite:
+            self.close()
+            if not existed:
+                with contextlib.suppress(OSError):
+                    self.path.unlink()
+            raise
+        self.started = True
+
     def _write_line(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        line = memoryview((json.dumps(json_safe(record), allow_nan=False) + "\n").encode("utf-8"))
+        end = os.lseek(self._fd, 0, os.SEEK_END)
+        try:
+            while line:
+                line = line[os.write(self._fd, line) :]
+            os.fsync(self._fd)
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, end)  # truncating takes no space: the part written goes again
+            raise CannotWrite(self.path, error) from None
 
     def append(self, row: dict[str, Any]) -> None:
         """Writes `row` in the schema's column order; a column the schema does not declare, or a value of
@@ -80,9 +116,9 @@ class ResultsWriter:
         self._write({column.name: record[column.name] for column in ROW if column.name in record})
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def _end_last_line(path: Path) -> None:

@@ -3,8 +3,10 @@ settings, and the writer whose header records them."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -18,6 +20,7 @@ from ..measure.settings import RunSettings, TimingPolicy, describe
 from ..results import naming, speed_settings
 from ..results.environment import collect, machine_name
 from ..results.files import ResultsWriter, finished_keys, recorded_machine, timed_by_runs
+from ..results.lock import ResultsLocked, WriterLock
 from ..results.schema import RETRYABLE
 from .config import UsageError
 from .in_flight import InFlight
@@ -46,6 +49,24 @@ def default_out_path(device: str, preset_name: str, resume: bool) -> Path:
         path = naming.RESULTS_DIR / f"{stem}-{counter}.jsonl"
         counter += 1
     return path
+
+
+@contextlib.contextmanager
+def one_writer(results: Path, flag: str) -> Iterator[bool]:
+    """The body runs holding the lock on `results` (results/lock.py), before it writes anything; yields whether the
+    lock is held (False where locks are not available). Another process holding it is refused with one line naming
+    the file and that process, as is a lock file that cannot be written (a full disk)."""
+    lock = WriterLock(results)
+    try:
+        held = lock.acquire()
+    except ResultsLocked as locked:
+        raise UsageError(f"{flag}: {locked}; two processes appending to one file would interleave their rows") from None
+    except OSError as error:
+        raise UsageError(f"{flag}: cannot write {str(lock.path)!r}: {error.strerror or error}") from None
+    try:
+        yield held
+    finally:
+        lock.release()
 
 
 def refuse_another_machine(out: Path, runs: list[dict], device: str) -> None:

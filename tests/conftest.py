@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 
 import pytest
 import torch
 
 from implementations import Implementation
+
+
+def pytest_configure(config):
+    # A process started in the background by a non-interactive shell inherits SIGINT ignored; the tests that send
+    # themselves Ctrl-C need Python's own handler, as a terminal gives it.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config, items):

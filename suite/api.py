@@ -37,6 +37,7 @@ from .compare.views import verdict_line
 from .measure.cuda_graph import WHY_GPU_ONLY as GRAPH_WHY
 from .measure.energy import WHY_GPU_ONLY as ENERGY_WHY
 from .measure.failures import is_out_of_memory
+from .measure.host_memory import default_limit
 from .results.environment import torch_threads
 from .results.files import load
 from .run import config
@@ -45,6 +46,7 @@ from .run.grid_scope import GridScope
 from .run.progress import Progress
 from .run.runner import run_cases
 from .run.session import measured_settings, results_writer
+from .run.supervisor import DEFAULT_ROW_TIMEOUT_S, Limits, run_supervised, unsendable
 
 AttentionFunction = Callable[..., torch.Tensor]  # (q, k, v, *, causal: bool) -> out
 
@@ -207,6 +209,9 @@ def benchmark(
     cuda_graph: bool = False,
     energy: bool = False,
     threads: int | None = None,
+    worker: bool = False,
+    row_timeout: float = DEFAULT_ROW_TIMEOUT_S,
+    host_memory_limit: int | str | None = None,
 ) -> pd.DataFrame:
     """Every implementation on every case of the grid, one row each (a case one cannot run is a row with its
     reason). Without `batch`, each length's batch is `tokens_per_batch // seq_len`, as in a `run` naming no preset
@@ -217,9 +222,13 @@ def benchmark(
     Progress lines go to stderr unless `progress` is False. `cuda_graph`: also time each forward row replayed from a
     CUDA graph, as `run --cuda-graph` does (GPU only); `energy`: also measure each row's energy per call, as `run
     --energy` does (GPU only). `threads`: the threads torch computes with on a CPU during the run, as `run
-    --threads` sets them (restored after it). Whatever an implementation raises, SystemExit too, is its row's (an
-    `error` row naming it); Ctrl-C stops the run. Rows finished before an interruption or a lost device stay in
-    `out`."""
+    --threads` sets them (restored after it). `worker`: measure in a worker process as `run` does, stopping a row
+    after `row_timeout` seconds (a `timeout` row) or past `host_memory_limit` bytes of host memory (an `oom` row;
+    a size such as "16GiB"; default 90% of the memory available), and going on after a crash; the implementations
+    must be importable (not defined in `__main__`), and a script must guard its own work with `if __name__ ==
+    "__main__":`, which a worker's start imports, as multiprocessing requires. Whatever an implementation raises,
+    SystemExit too, is its row's (an `error` row naming it); Ctrl-C stops the run. Rows finished before an
+    interruption or a lost device stay in `out`."""
     built = _built(impls)
     device = config.device_or_default(device, "device")
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -250,6 +259,7 @@ def benchmark(
         )
     if out is not None:
         config.writable("out", out)
+    limits = _worker_limits(built, row_timeout, host_memory_limit) if worker else None
     with tempfile.TemporaryDirectory() as scratch, torch_threads(threads):
         path = Path(out) if out is not None else Path(scratch) / "results.jsonl"
         settings = measured_settings(cases, device, seed, policy)
@@ -263,13 +273,27 @@ def benchmark(
             config=None,
             argv=["(suite.api.benchmark)"],
             threads=threads,
+            worker=limits.record() if limits else None,
             planned_rows=len(built) * len(cases),
         )
+        how = dict(settings=settings, on_row=writer.append, progress=Progress() if progress else None)
         try:
-            run_cases(built, cases, settings=settings, on_row=writer.append, progress=Progress() if progress else None)
+            if limits is None:
+                run_cases(built, cases, **how)
+            else:
+                run_supervised(built, cases, limits=limits, threads=torch.get_num_threads(), **how)
         finally:
             writer.close()
         return load(path)
+
+
+def _worker_limits(built: list[Implementation], row_timeout: float, host_memory_limit: int | str | None) -> Limits:
+    why_not = unsendable(built)
+    if why_not:
+        raise ValueError(f"worker: {why_not} (allowed: implementations a worker process can import)")
+    timeout = config.positive_float("row_timeout", config.as_flag_text(row_timeout))
+    memory = default_limit() if host_memory_limit is None else config.byte_size("host_memory_limit", host_memory_limit)
+    return Limits(timeout, None if memory is None else int(memory))
 
 
 Results = str | Path | Sequence[str | Path] | pd.DataFrame  # results files, or rows as `benchmark` returns them

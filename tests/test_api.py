@@ -380,6 +380,7 @@ def test_benchmark_and_a_run_naming_no_preset_choose_the_same_batch(monkeypatch,
         "fwd",
         "--device",
         "cpu",
+        "--in-process",  # where run_cases is replaced
     ]
     benchmark("naive", seq_len=[64, 1024], heads=1, head_dim=8, dtype="float32", device="cpu", progress=False)
     assert main(["run", *grid, "--out", str(tmp_path / "none.jsonl")]) == 0

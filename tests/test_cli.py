@@ -203,6 +203,7 @@ def test_a_run_stopped_by_an_unusable_device_exits_1_and_resume_runs_the_rest(
     fake_registry("crashing", fail_on_seq_len=33, error=RuntimeError("CUDA error: an illegal memory access"))
     out = tmp_path / "r.jsonl"
     grid = ["--impl", "crashing,naive", "--seq-len", "17,33,65", "--causal", "false", *TINY[4:]]
+    grid.append("--in-process")  # where device_usable is replaced
     monkeypatch.setattr(failures, "device_usable", lambda device: False)  # asked only after an error row
     assert main(["run", *grid, "--out", str(out)]) == 1
     err = capsys.readouterr().err
@@ -310,7 +311,10 @@ def test_resume_refuses_a_file_timed_on_another_machine(tmp_path, capsys):
     "flags,message",
     [
         (["--retry", "oom"], r"--retry: only with --resume"),
-        (["--resume", "--retry", "ok"], r"--retry: unknown status 'ok' \(allowed: mismatch, unsupported, oom, error\)"),
+        (
+            ["--resume", "--retry", "ok"],
+            r"--retry: unknown status 'ok' \(allowed: mismatch, unsupported, oom, timeout, error\)",
+        ),
         (["--resume", "--retry", "oom,"], r"--retry: unknown status ''"),
     ],
 )
@@ -507,6 +511,7 @@ def test_time_limit_stops_between_rows_and_resume_finishes(tmp_path, monkeypatch
     ]
     clock = itertools.count()  # each reading of the clock is one second later
     monkeypatch.setattr(time, "monotonic", lambda: float(next(clock)))
+    grid.append("--in-process")  # the clock is this process's
     assert main(["run", *grid, "--time-limit", "6.5"]) == 3
     assert "stopped at --time-limit 6.5 s: the time limit passed after" in capsys.readouterr().err
     done = len(results.load(out))

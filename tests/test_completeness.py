@@ -25,7 +25,7 @@ def _stopped_at_33(tmp_path, monkeypatch):
     """A run of 6 rows interrupted by Ctrl-C during its 4th: 3 written."""
     monkeypatch.setitem(implementations.REGISTRY, "signalled", lambda name, **o: SignalledAt33(name, **o))
     out = tmp_path / "r.jsonl"
-    assert main(["run", *_grid("signalled"), "--out", str(out)]) == 130
+    assert main(["run", *_grid("signalled"), "--in-process", "--out", str(out)]) == 130
     return out
 
 

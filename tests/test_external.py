@@ -9,6 +9,7 @@ import pytest
 import implementations
 from suite.cli import main
 from suite.results.files import load
+from tests.plugin_package import write_package
 
 MODULE = textwrap.dedent('''
     import torch
@@ -54,12 +55,7 @@ ENTRY_POINTS = {
 @pytest.fixture
 def installed_package(tmp_path, monkeypatch):
     """A package on sys.path with a dist-info that declares ENTRY_POINTS, as `pip install` would leave it."""
-    (tmp_path / "plugged_attention.py").write_text(MODULE)
-    info = tmp_path / "plugged_attention-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: plugged-attention\nVersion: 1.0\n")
-    lines = "".join(f"{name} = {target}\n" for name, target in ENTRY_POINTS.items())
-    (info / "entry_points.txt").write_text(f"[attnbench.implementations]\n{lines}")
+    write_package(tmp_path, "plugged_attention", MODULE, ENTRY_POINTS)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(implementations, "_declared", None)  # look again, with the package installed
     return tmp_path

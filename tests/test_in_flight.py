@@ -16,6 +16,7 @@ from pathlib import Path
 from suite.cli import main
 from suite.results import files as results
 from suite.run.in_flight import InFlight
+from tests.plugin_package import write_package
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,19 +103,17 @@ ONE_ROW = [
 
 
 def _package(where: Path) -> Path:
-    """A package declaring `dies-at-33` as an implementation, as `pip install` would leave it."""
-    where.mkdir()
-    (where / "dying_attention.py").write_text(MODULE)
-    info = where / "dying_attention-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: dying-attention\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(
-        "[attnbench.implementations]\ndies-at-33 = dying_attention:DiesAt33\n"
-        "terminated-at-33 = dying_attention:TerminatedAt33\n"
-        "segfaults-at-33 = dying_attention:SegfaultsAt33\n"
-        "exits-at-33 = dying_attention:ExitsAt33\n"
-    )
-    return where
+    """A package declaring `dies-at-33` and its kin as implementations, as `pip install` would leave it."""
+    declared = {
+        name: f"dying_attention:{cls}"
+        for name, cls in (
+            ("dies-at-33", "DiesAt33"),
+            ("terminated-at-33", "TerminatedAt33"),
+            ("segfaults-at-33", "SegfaultsAt33"),
+            ("exits-at-33", "ExitsAt33"),
+        )
+    }
+    return write_package(where, "dying_attention", MODULE, declared)
 
 
 def _attnbench(*args: str, path: Path) -> subprocess.CompletedProcess:
@@ -127,7 +126,7 @@ def _attnbench(*args: str, path: Path) -> subprocess.CompletedProcess:
 def test_a_row_whose_process_died_is_recorded_on_resume_and_the_run_goes_on(tmp_path):
     package = _package(tmp_path / "package")
     out = tmp_path / "r.jsonl"
-    died = _attnbench("run", *GRID, "--out", str(out), path=package)
+    died = _attnbench("run", *GRID, "--in-process", "--out", str(out), path=package)
     assert died.returncode == -signal.SIGKILL, died.stderr[-2000:]
     assert [(r["impl"], r["seq_len"]) for r in results.read(out)[1]] == [
         ("naive", 17),
@@ -136,7 +135,7 @@ def test_a_row_whose_process_died_is_recorded_on_resume_and_the_run_goes_on(tmp_
     ]
     assert json.loads(InFlight(out).path.read_text())["impl"] == "dies-at-33"
 
-    resumed = _attnbench("run", *GRID, "--out", str(out), "--resume", path=package)
+    resumed = _attnbench("run", *GRID, "--in-process", "--out", str(out), "--resume", path=package)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "died while measuring dies-at-33 on B1-H1-N33-D16-fp32-dense-fwd: recorded as an error row" in resumed.stderr
     rows = {(r["impl"], r["seq_len"]): r for r in results.read(out)[1]}
@@ -149,7 +148,9 @@ def test_a_row_whose_process_died_is_recorded_on_resume_and_the_run_goes_on(tmp_
 def test_a_segfault_names_the_python_line_it_happened_in_and_its_row(tmp_path):
     package = _package(tmp_path / "package")
     out = tmp_path / "r.jsonl"
-    crashed = _attnbench("run", *GRID[:1], "naive,segfaults-at-33", *GRID[2:], "--out", str(out), path=package)
+    crashed = _attnbench(
+        "run", *GRID[:1], "naive,segfaults-at-33", *GRID[2:], "--in-process", "--out", str(out), path=package
+    )
     assert crashed.returncode == -signal.SIGSEGV
     assert "Fatal Python error: Segmentation fault" in crashed.stderr
     assert re.search(r'File ".*dying_attention\.py", line \d+ in __call__', crashed.stderr)
@@ -170,7 +171,7 @@ def test_sigterm_ends_a_run_as_ctrl_c_does_and_blames_no_row(tmp_path):
     package = _package(tmp_path / "package")
     out = tmp_path / "r.jsonl"
     grid = [*GRID[:1], "naive,terminated-at-33", *GRID[2:]]
-    stopped = _attnbench("run", *grid, "--out", str(out), path=package)
+    stopped = _attnbench("run", *grid, "--in-process", "--out", str(out), path=package)
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
     assert f"terminated (SIGTERM): every finished row is in {out}" in stopped.stderr
     assert len(results.read(out)[1]) == 3 and not InFlight(out).path.exists()  # resuming measures N33 again

@@ -116,7 +116,7 @@ def test_an_error_that_leaves_the_device_unusable_stops_the_run_after_writing_it
         ("naive", 17, "ok"),
         ("crashing", 33, "error"),
     ]
-    assert "illegal memory access" in written[-1]["reason"] and "the run stopped here" in written[-1]["reason"]
+    assert "illegal memory access" in written[-1]["reason"] and "ran in a new process" in written[-1]["reason"]
 
     # an ordinary error leaves the device usable: the run goes on
     monkeypatch.setattr(failures, "device_usable", lambda device: True)
@@ -245,7 +245,7 @@ def test_load_reads_many_files_and_rejects_garbage(tmp_path):
         ({"impl": None}, r"impl is None \(allowed: a non-empty string\)"),
         ({"causal": "false"}, r"causal is 'false' \(allowed: true or false\)"),
         ({"mode": "forward"}, r"mode is 'forward' \(allowed: fwd, bwd, fwd\+bwd\)"),
-        ({"status": "great"}, r"status is 'great' \(allowed: ok, mismatch, unsupported, oom, error\)"),
+        ({"status": "great"}, r"status is 'great' \(allowed: ok, mismatch, unsupported, oom, timeout, error\)"),
         ({"time_ms": "fast"}, r"time_ms is 'fast' \(allowed: a number, or null\)"),
     ],
 )

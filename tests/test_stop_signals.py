@@ -87,7 +87,7 @@ def test_ctrl_c_and_sigterm_stop_the_run_whatever_the_kernel_makes_of_them(
         implementations.REGISTRY, "signalled", lambda name, **o: SignalledAt33(name, signal_number, then, **o)
     )
     out = tmp_path / "r.jsonl"
-    assert main(["run", *_grid("signalled"), "--out", str(out)]) == status
+    assert main(["run", *_grid("signalled"), "--in-process", "--out", str(out)]) == status
     assert f"{word}: every finished row is in {out}" in capsys.readouterr().err
     assert [(row["impl"], row["seq_len"]) for row in results.read(out)[1]] == [
         ("naive", 17),

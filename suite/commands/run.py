@@ -86,11 +86,34 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="also measure each row's energy per call and mean power from the GPU's energy counter "
         "(NVML; about 2 s more per row; GPU only)",
     )
+    _add_worker_arguments(parser)
     parser.add_argument(
         "--dry-run",
         dest="dry_run",
         action="store_true",
         help="print what the run would measure, skip (--resume) or record as unsupported, and stop",
+    )
+
+
+def _add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--row-timeout",
+        dest="row_timeout",
+        help="seconds one row may take, compilation and autotuning included, before its worker process is stopped "
+        "and the row recorded as timeout; a new worker goes on (default 600)",
+    )
+    parser.add_argument(
+        "--host-memory-limit",
+        dest="host_memory_limit",
+        help="SIZE (e.g. 16GiB): host memory the worker may hold before it is stopped and its row recorded as oom; "
+        "a new worker goes on (default: 90%% of the memory available when the run starts)",
+    )
+    parser.add_argument(
+        "--in-process",
+        dest="in_process",
+        action="store_true",
+        help="measure in this process, without a worker (for a debugger or a profiler): no --row-timeout or "
+        "--host-memory-limit, and a hang or a crash ends the run (continue with --resume)",
     )
 
 
@@ -115,6 +138,7 @@ class _Request:
     policy: Any
     deadline: float | None
     threads: int | None
+    limits: Any  # supervisor.Limits; None: measured in this process (--in-process)
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -207,7 +231,30 @@ def _request(args: argparse.Namespace, threads: int | None, started: float) -> _
     ):
         if asked and config.gpu_only(flag, device, why):
             raise _usage(config.gpu_only(flag, device, why))
-    return _Request(device, preset_name, grid, impls, cases, out, retry, policy, deadline, threads)
+    limits = _limits(args, impls)
+    return _Request(device, preset_name, grid, impls, cases, out, retry, policy, deadline, threads, limits)
+
+
+def _limits(args: argparse.Namespace, impls: list):
+    """The worker's limits, or None to measure in this process (--in-process, or implementations that cannot be
+    sent to a worker, which is said)."""
+    from ..measure.host_memory import default_limit
+    from ..run import config
+    from ..run.supervisor import DEFAULT_ROW_TIMEOUT_S, Limits, unsendable
+
+    if args.in_process:
+        for flag, value in (("--row-timeout", args.row_timeout), ("--host-memory-limit", args.host_memory_limit)):
+            if value is not None:
+                raise _usage(f"{flag}: {value!r} needs a worker process, and --in-process measures without one")
+        return None
+    timeout = config.positive_float("--row-timeout", args.row_timeout) if args.row_timeout else DEFAULT_ROW_TIMEOUT_S
+    memory = args.host_memory_limit
+    memory = int(config.byte_size("--host-memory-limit", memory)) if memory is not None else default_limit()
+    why_not = unsendable(impls)
+    if why_not:
+        print(f"attnbench: warning: measuring in this process: {why_not}", file=sys.stderr)
+        return None
+    return Limits(timeout, memory)
 
 
 def _stored(args: argparse.Namespace, request: _Request, in_flight) -> tuple[set[tuple], dict | None]:
@@ -265,6 +312,7 @@ def _measure(
     from ..run import session
     from ..run.runner import DeviceLost, TimeLimitReached
     from ..run.summary import format_table
+    from ..run.supervisor import WorkerFailed
 
     settings = session.measured_settings(request.cases, request.device, args.seed, request.policy)
     settings.cuda_graph, settings.energy = args.cuda_graph, args.energy
@@ -277,11 +325,12 @@ def _measure(
         config=args.config,
         argv=sys.argv[1:],
         threads=request.threads,
+        worker=request.limits.record() if request.limits else None,
         planned_rows=_planned_rows(request, skip, died),
     )
     try:
         rows = _measure_rows(request, settings, skip, died, earlier, in_flight, writer)
-    except (TimeLimitReached, KeyboardInterrupt, DeviceLost, CannotWrite) as stop:
+    except (TimeLimitReached, KeyboardInterrupt, DeviceLost, CannotWrite, WorkerFailed) as stop:
         return _stopped(args, request.out, stop, wrote=writer.started)
     finally:  # any end Python sees; only a process that died leaves the file naming its row
         writer.close()
@@ -295,6 +344,7 @@ def _measure_rows(request: _Request, settings, skip: set[tuple], died: dict | No
     from ..run import session
     from ..run.progress import Progress
     from ..run.runner import run_cases
+    from ..run.supervisor import run_supervised
 
     out = request.out
     if died:
@@ -306,9 +356,7 @@ def _measure_rows(request: _Request, settings, skip: set[tuple], died: dict | No
         )
     if skip:
         print(f"resuming {out}: {len(skip)} rows already there", file=sys.stderr)
-    return run_cases(
-        request.impls,
-        request.cases,
+    how = dict(
         settings=settings,
         on_row=writer.append,
         skip=skip,
@@ -316,12 +364,22 @@ def _measure_rows(request: _Request, settings, skip: set[tuple], died: dict | No
         deadline=request.deadline,
         on_start=in_flight.started,
     )
+    if request.limits is None:
+        return run_cases(request.impls, request.cases, **how)
+    return run_supervised(request.impls, request.cases, limits=request.limits, threads=_threads(), **how)
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _stopped(args: argparse.Namespace, out: Path, stop: BaseException, *, wrote: bool) -> int:
     """The exit status of a run that stopped before its last row, after one line saying why and what is kept."""
     from ..results.files import CannotWrite
     from ..run.runner import DeviceLost, TimeLimitReached
+    from ..run.supervisor import WorkerFailed
     from ..run.termination import exit_status, stop_word
 
     again = f"--resume --out {out}"
@@ -335,6 +393,9 @@ def _stopped(args: argparse.Namespace, out: Path, stop: BaseException, *, wrote:
             f"{again} (the failed row counts as done; --retry error runs it again)",
             file=sys.stderr,
         )
+        return 1
+    if isinstance(stop, WorkerFailed):
+        print(f"\nstopped: {stop}\nevery finished row is in {out} (continue with {again})", file=sys.stderr)
         return 1
     if isinstance(stop, CannotWrite):
         if not wrote:  # nothing of this run is in the file: it could not start

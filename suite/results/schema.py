@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-STATUSES = ("ok", "mismatch", "unsupported", "oom", "error")
+STATUSES = ("ok", "mismatch", "unsupported", "oom", "timeout", "error")
 # Statuses a resumed run may measure again (`--resume --retry`): every failed or skipped row.
 RETRYABLE = tuple(status for status in STATUSES if status != "ok")
 
@@ -58,7 +58,13 @@ CASE = _columns(
     ("q_len", "int", "tokens", "queries, the last of the `seq_len` positions; null = `seq_len`", True),
 )
 OUTCOME = _columns(
-    ("status", "str", "", "ok, mismatch (ran, but disagrees with the reference), unsupported, oom or error", True),
+    (
+        "status",
+        "str",
+        "",
+        "ok, mismatch (ran, but disagrees with the reference), unsupported, oom, timeout (--row-timeout) or error",
+        True,
+    ),
     ("reason", "str", "", "why, for every status but ok (and for ok rows whose accuracy was not checked)", True),
     ("backend", "str", "", "the kernel actually dispatched (`sdpa*`, `xformers`)", True),
 )

@@ -413,7 +413,7 @@ def _run_cases(
                 reference = softmax_reference(case, inputs, settings)  # it may have been computed from changed inputs
             lost = row["status"] == "error" and not failures.device_usable(case.device)
             if lost:
-                row["reason"] += " [the device was unusable after this error; the run stopped here]"
+                row["reason"] += " [the device was unusable after this error: the rows after it ran in a new process]"
             row["row_s"] = _seconds_since(row_started)
             row_started = time.monotonic()
             record(row)

@@ -1,0 +1,296 @@
+"""A run measures in a worker process that it watches: a row that hangs, eats host memory or crashes its process
+is recorded with what happened, and a new worker measures the rows after it, without `--resume`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from suite import api
+from suite.cli import main
+from suite.results import files as results
+from suite.run.in_flight import InFlight
+from suite.run.supervisor import how_a_process_ended
+from tests.plugin_package import write_package
+
+ROOT = Path(__file__).resolve().parent.parent
+
+MODULE = textwrap.dedent('''
+    import ctypes, os, time
+    import torch
+    from implementations import Implementation
+
+    def _sdpa(q, k, v, causal):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+    class Misbehaves(Implementation):
+        """Softmax attention, but at `at` tokens (every length if None) it misbehaves as `act` does; it writes its
+        pid to $WORKER_PID_FILE first."""
+
+        at = 33
+
+        def __call__(self, q, k, v, *, causal=False):
+            if self.at is None or q.shape[-2] == self.at:
+                if os.environ.get("WORKER_PID_FILE"):
+                    with open(os.environ["WORKER_PID_FILE"], "w") as file:
+                        file.write(str(os.getpid()))
+                self.act()
+            return _sdpa(q, k, v, causal)
+
+    class Hangs(Misbehaves):
+        def act(self):
+            while True:
+                time.sleep(0.05)
+
+    class Hoards(Misbehaves):
+        """Takes host memory without bound (up to 8 GiB, so that a failing test leaves the machine alone)."""
+
+        def act(self):
+            hoard = []
+            for _ in range(128):
+                hoard.append(bytearray(b"x") * (64 << 20))  # written, so resident
+                time.sleep(0.01)
+            raise MemoryError("8 GiB taken and not stopped")
+
+    class Segfaults(Misbehaves):
+        def act(self):
+            ctypes.string_at(0)
+
+    class Exits(Misbehaves):
+        def act(self):
+            raise SystemExit(0)
+
+    class LosesDevice(Misbehaves):
+        """Fails as a kernel's illegal memory access does, leaving its process's device unusable."""
+
+        def act(self):
+            import suite.measure.failures as failures
+
+            failures.device_usable = lambda device: False  # in this worker only, as a sticky CUDA error is
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    class LosesDeviceAlways(LosesDevice):
+        at = None
+''')
+
+KINDS = {
+    "hangs": "Hangs",
+    "hoards": "Hoards",
+    "segfaults": "Segfaults",
+    "exits": "Exits",
+    "loses-device": "LosesDevice",
+    "loses-device-always": "LosesDeviceAlways",
+}
+
+
+def _grid(impl: str) -> list[str]:
+    return [
+        *("--impl", f"naive,{impl}", "--seq-len", "17,33,65", "--heads", "1", "--batch", "1", "--head-dim", "16"),
+        *("--dtype", "float32", "--mode", "fwd", "--no-causal", "--device", "cpu", "--timing", "max_repeats=7"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory) -> Path:
+    """A package declaring the misbehaving implementations, as `pip install` would leave it."""
+    declared = {name: f"misbehaving_attention:{cls}" for name, cls in KINDS.items()}
+    return write_package(tmp_path_factory.mktemp("package"), "misbehaving_attention", MODULE, declared)
+
+
+def _start(*args: str, package: Path, **env: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(package), str(ROOT)]), **env}
+    return subprocess.Popen(
+        [sys.executable, "-m", "suite", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _run(*args: str, package: Path) -> tuple[int, str, list[dict]]:
+    process = _start(*args, package=package)
+    _, stderr = process.communicate(timeout=300)
+    out = Path(args[args.index("--out") + 1])
+    return process.returncode, stderr, results.read(out)[1] if out.exists() else []
+
+
+def _by_row(rows: list[dict]) -> dict[tuple, dict]:
+    return {(row["impl"], row["seq_len"]): row for row in rows}
+
+
+def _rest_measured(rows: dict[tuple, dict], *failed: tuple) -> None:
+    """Every row but the failed ones measured and correct, the ones after them included."""
+    assert len(rows) == 3 * (1 + len(failed)), sorted(rows)
+    assert {key: row["status"] for key, row in rows.items() if key not in failed} == dict.fromkeys(
+        set(rows) - set(failed), "ok"
+    )
+
+
+def test_a_hanging_row_is_a_timeout_and_the_rows_after_it_are_measured(tmp_path, package):
+    out = tmp_path / "r.jsonl"
+    status, stderr, rows = _run("run", *_grid("hangs"), "--row-timeout", "4", "--out", str(out), package=package)
+    assert status == 0, stderr[-2000:]
+    rows = _by_row(rows)
+    _rest_measured(rows, ("hangs", 33))
+    hung = rows["hangs", 33]
+    assert hung["status"] == "timeout" and "--row-timeout" in hung["reason"] and hung["row_s"] >= 4
+    assert "TIMEOUT" in stderr  # the progress line
+    assert results.read(out)[0][-1]["worker"]["row_timeout_s"] == 4
+    assert not InFlight(out).path.exists()
+
+
+def test_a_row_past_the_host_memory_limit_is_oom_and_retried_by_retry_oom(tmp_path, package):
+    out = tmp_path / "r.jsonl"
+    limit = ["--host-memory-limit", "1.5GiB"]
+    status, stderr, rows = _run("run", *_grid("hoards"), *limit, "--out", str(out), package=package)
+    assert status == 0, stderr[-2000:]
+    rows = _by_row(rows)
+    _rest_measured(rows, ("hoards", 33))
+    hoarded = rows["hoards", 33]
+    assert hoarded["status"] == "oom" and "host memory" in hoarded["reason"], hoarded["reason"]
+    assert "--host-memory-limit 1.5 GiB" in hoarded["reason"]
+
+    again = _run("run", *_grid("hoards"), *limit, "--out", str(out), "--resume", "--retry", "oom", package=package)
+    assert again[0] == 0, again[1][-2000:]
+    assert "1 measurements to run" in again[1] and _by_row(again[2])["hoards", 33]["status"] == "oom"
+
+
+def test_a_crash_in_native_code_or_system_exit_is_its_row_and_a_new_worker_goes_on(tmp_path, package):
+    out = tmp_path / "r.jsonl"
+    status, stderr, rows = _run("run", *_grid("segfaults,exits"), "--out", str(out), package=package)
+    assert status == 0, stderr[-2000:]
+    rows = _by_row(rows)
+    _rest_measured(rows, ("segfaults", 33), ("exits", 33))
+    crashed = rows["segfaults", 33]
+    assert crashed["status"] == "error" and "segmentation fault" in crashed["reason"], crashed["reason"]
+    assert "a new worker measured the rows after it" in crashed["reason"]
+    assert rows["exits", 33]["status"] == "error" and "SystemExit" in rows["exits", 33]["reason"]
+
+
+def test_a_lost_device_is_left_to_a_new_worker_and_a_second_loss_in_a_row_stops_the_run(tmp_path, package):
+    out = tmp_path / "r.jsonl"
+    status, stderr, rows = _run("run", *_grid("loses-device"), "--out", str(out), package=package)
+    assert status == 0, stderr[-2000:]
+    rows = _by_row(rows)
+    _rest_measured(rows, ("loses-device", 33))
+    assert "illegal memory access" in rows["loses-device", 33]["reason"]
+
+    out = tmp_path / "always.jsonl"
+    grid = _grid("loses-device-always")
+    grid[1] = "loses-device-always"
+    status, stderr, rows = _run("run", *grid, "--out", str(out), package=package)
+    assert status == 1 and "left the device unusable" in stderr, stderr[-2000:]
+    assert [(row["seq_len"], row["status"]) for row in rows] == [(17, "error"), (33, "error")]
+
+
+def _wait_for_pid(run: subprocess.Popen, pid_file: Path) -> int:
+    deadline = time.monotonic() + 120
+    while not pid_file.exists() or not pid_file.read_text():
+        assert run.poll() is None and time.monotonic() < deadline, run.stderr.read()[-2000:]
+        time.sleep(0.1)
+    return int(pid_file.read_text())
+
+
+def _wait_until_gone(pid: int) -> None:
+    deadline = time.monotonic() + 30
+    while _alive(pid):
+        assert time.monotonic() < deadline, f"worker {pid} outlived its run"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize(("signal_number", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_stops_the_run_and_its_worker_keeping_every_finished_row(
+    tmp_path, package, signal_number, status
+):
+    out, pid_file = tmp_path / "r.jsonl", tmp_path / "worker.pid"
+    run = _start("run", *_grid("hangs"), "--out", str(out), package=package, WORKER_PID_FILE=str(pid_file))
+    worker = _wait_for_pid(run, pid_file)
+    run.send_signal(signal_number)
+    _, stderr = run.communicate(timeout=60)
+    assert run.returncode == status and f"every finished row is in {out}" in stderr, stderr[-2000:]
+    assert [(row["impl"], row["seq_len"]) for row in results.read(out)[1]] == [
+        ("naive", 17),
+        ("hangs", 17),
+        ("naive", 33),
+    ]
+    assert not InFlight(out).path.exists()
+    _wait_until_gone(worker)
+
+
+def test_killing_the_run_ends_its_worker(tmp_path, package):
+    """A run killed outright (kill -9) takes its worker with it: no orphan left hanging on a kernel."""
+    out, pid_file = tmp_path / "r.jsonl", tmp_path / "worker.pid"
+    run = _start("run", *_grid("hangs"), "--out", str(out), package=package, WORKER_PID_FILE=str(pid_file))
+    worker = _wait_for_pid(run, pid_file)
+    assert worker != run.pid
+    run.kill()
+    run.communicate()
+    _wait_until_gone(worker)
+    assert InFlight(out).died_in()["impl"] == "hangs"  # the run's own death is still found by --resume
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def test_bad_worker_flags_exit_2_with_one_line(tmp_path, capsys):
+    for flags, expected in (
+        (["--row-timeout", "0"], "--row-timeout: '0' is not a positive number"),
+        (["--host-memory-limit", "lots"], "--host-memory-limit: 'lots' is not a size"),
+        (["--in-process", "--row-timeout", "5"], "--row-timeout: '5' needs a worker process"),
+    ):
+        assert main(["run", *_grid("sdpa"), *flags, "--out", str(tmp_path / "r.jsonl")]) == 2
+        stderr = capsys.readouterr().err
+        assert expected in stderr and len(stderr.strip().splitlines()) == 1, stderr
+        assert not (tmp_path / "r.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("exitcode", "words"),
+    [(-signal.SIGKILL, "out-of-memory killer"), (-signal.SIGSEGV, "segmentation fault"), (3, "status 3"), (None, "")],
+)
+def test_how_a_worker_ended_is_said_in_words(exitcode, words):
+    assert words in how_a_process_ended(exitcode)
+
+
+def test_the_api_measures_in_a_worker_where_asked(tmp_path):
+    out = tmp_path / "r.jsonl"
+    rows = api.benchmark(
+        ["naive", "sdpa"],
+        seq_len=33,
+        heads=1,
+        head_dim=16,
+        batch=1,
+        device="cpu",
+        out=out,
+        worker=True,
+        row_timeout=60,
+        host_memory_limit="8GiB",
+        timing="max_repeats=9",
+        progress=False,
+    )
+    assert list(rows.status) == ["ok", "ok"]
+    assert results.read(out)[0][-1]["worker"] == {"row_timeout_s": 60.0, "host_memory_limit_bytes": 8 << 30}
+
+
+def test_the_api_refuses_a_worker_for_what_it_cannot_send(tmp_path):
+    def attention(q, k, v, *, causal=False):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+    local = api.as_implementation(attention, name="local")
+    with pytest.raises(ValueError, match="^worker: local cannot be sent to a worker process"):
+        api.benchmark([local], seq_len=33, heads=1, head_dim=16, batch=1, device="cpu", worker=True)

@@ -45,7 +45,7 @@ from .run.completeness import shortfall_notes
 from .run.grid_scope import GridScope
 from .run.progress import Progress
 from .run.runner import run_cases
-from .run.session import measured_settings, results_writer
+from .run.session import measured_settings, one_writer, results_writer
 from .run.supervisor import DEFAULT_ROW_TIMEOUT_S, Limits, run_supervised, unsendable
 
 AttentionFunction = Callable[..., torch.Tensor]  # (q, k, v, *, causal: bool) -> out
@@ -253,38 +253,61 @@ def benchmark(
     )
     cases = grid.cases(device)  # raises ValueError where kv_heads does not divide heads, or q_len exceeds seq_len
     policy = config.timing_policy("timing", None if timing is None else config.as_flag_text(timing), device)
-    if out is not None and Path(out).exists():
-        raise ValueError(
-            f"out: {str(out)!r} already exists (allowed: a new path; `attnbench run --resume --out` continues a file)"
-        )
+    _refuse_existing(out)
     if out is not None:
         config.writable("out", out)
     limits = _worker_limits(built, row_timeout, host_memory_limit) if worker else None
     with tempfile.TemporaryDirectory() as scratch, torch_threads(threads):
         path = Path(out) if out is not None else Path(scratch) / "results.jsonl"
-        settings = measured_settings(cases, device, seed, policy)
-        settings.cuda_graph, settings.energy = cuda_graph, energy
-        writer = results_writer(
-            path,
-            grid,
-            settings,
-            device,
-            preset=None,
-            config=None,
-            argv=["(suite.api.benchmark)"],
-            threads=threads,
-            worker=limits.record() if limits else None,
-            planned_rows=len(built) * len(cases),
-        )
-        how = dict(settings=settings, on_row=writer.append, progress=Progress() if progress else None)
-        try:
-            if limits is None:
-                run_cases(built, cases, **how)
-            else:
-                run_supervised(built, cases, limits=limits, threads=torch.get_num_threads(), **how)
-        finally:
-            writer.close()
+        with one_writer(path, "out"):  # as `run` does: no other process may write `out` meanwhile
+            _refuse_existing(out)
+            _measure_into(path, built, cases, grid, device, seed, policy, threads, limits, cuda_graph, energy, progress)
         return load(path)
+
+
+def _refuse_existing(out: str | Path | None) -> None:
+    if out is not None and Path(out).exists():
+        raise ValueError(
+            f"out: {str(out)!r} already exists (allowed: a new path; `attnbench run --resume --out` continues a file)"
+        )
+
+
+def _measure_into(
+    path: Path,
+    built: list[Implementation],
+    cases: list,
+    grid: Grid,
+    device: str,
+    seed: int,
+    policy,
+    threads: int | None,
+    limits: Limits | None,
+    cuda_graph: bool,
+    energy: bool,
+    progress: bool,
+) -> None:
+    settings = measured_settings(cases, device, seed, policy)
+    settings.cuda_graph, settings.energy = cuda_graph, energy
+    writer = results_writer(
+        path,
+        grid,
+        settings,
+        device,
+        preset=None,
+        config=None,
+        argv=["(suite.api.benchmark)"],
+        threads=threads,
+        worker=limits.record() if limits else None,
+        planned_rows=len(built) * len(cases),
+    )
+    how = dict(settings=settings, on_row=writer.append, progress=Progress() if progress else None)
+    try:
+        if limits is None:
+            run_cases(built, cases, **how)
+        else:
+            run_supervised(built, cases, limits=limits, threads=torch.get_num_threads(), **how)
+    finally:
+        writer.close()
 
 
 def _worker_limits(built: list[Implementation], row_timeout: float, host_memory_limit: int | str | None) -> Limits:

@@ -115,12 +115,26 @@ def aten_ops(call) -> set[str]:
     return {event.key for event in profiler.key_averages()}
 
 
+def rows_of(impls, cases, *, settings, on_row=None, **how) -> list[dict]:
+    """run_cases(impls, cases, ...), returning the rows it gives `on_row` (which gets them too, where given)."""
+    from suite.run.runner import run_cases
+
+    rows: list[dict] = []
+
+    def kept(row: dict) -> None:
+        rows.append(row)
+        if on_row:
+            on_row(row)
+
+    run_cases(impls, cases, settings=settings, on_row=kept, **how)
+    return rows
+
+
 def run_into(path, impls, cases, settings, device: str = "cpu") -> list[dict]:
     """run_cases over `cases`, its rows written to the results file `path` as `attnbench run` writes them."""
     from suite.results.files import ResultsWriter
-    from suite.run.runner import run_cases
 
     writer = ResultsWriter(path, {"device": device}, {"preset": "test"})
-    rows = run_cases(impls, cases, settings=settings, on_row=writer.append)
+    rows = rows_of(impls, cases, settings=settings, on_row=writer.append)
     writer.close()
     return rows

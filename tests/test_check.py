@@ -50,7 +50,7 @@ def test_an_error_that_leaves_the_device_unusable_stops_the_check(capsys, fake_r
 
     fake_registry("crashes-at-17", fail_on_seq_len=17, error=RuntimeError("illegal memory access"))
     monkeypatch.setattr(failures, "device_usable", lambda device: False)  # asked only after an error
-    status, out = _check(capsys, "--impl", "crashes-at-17,naive", "--dtype", "bfloat16")
+    status, out = _check(capsys, "--impl", "crashes-at-17,naive", "--dtype", "bfloat16", "--in-process")
     assert status == 1
     assert "crashes-at-17: FAILED (4 passed, 0 failed, 1 errors" in out  # stopped at its first crash
     assert "stopped: the device was unusable after the error on B3-H2-N17-D64-bf16-dense-fwd+bwd" in out

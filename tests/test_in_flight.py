@@ -160,7 +160,8 @@ def test_a_segfault_names_the_python_line_it_happened_in_and_its_row(tmp_path):
 def test_check_verbose_names_the_case_a_crash_ended_the_process_in(tmp_path):
     package = _package(tmp_path / "package")
     crashed = _attnbench(
-        "check", "--impl", "segfaults-at-33", "--device", "cpu", "--dtype", "float32", "--verbose", path=package
+        *("check", "--impl", "segfaults-at-33", "--device", "cpu", "--dtype", "float32", "--verbose", "--in-process"),
+        path=package,
     )
     assert crashed.returncode == -signal.SIGSEGV
     before_the_crash = crashed.stderr[: crashed.stderr.index("Fatal Python error")].strip().splitlines()[-1]

@@ -15,6 +15,7 @@ from implementations.linformer import LinformerAttention, random_projections
 from suite.case import Case
 from suite.check.accuracy import judge
 from suite.check.conformance import check_case
+from tests.conftest import rows_of
 from tests.twin_check import assert_matches_twin
 
 
@@ -195,13 +196,12 @@ def test_rows_report_its_error_against_softmax_and_reports_draw_it(tmp_path, mon
     from suite.reporting import build, charts
     from suite.results.files import ResultsWriter
     from suite.run import config
-    from suite.run.runner import run_cases
 
     path = tmp_path / "rows.jsonl"
     writer = ResultsWriter(path, {"device": "cpu", "cpu": "test cpu", "torch": "x"}, {"preset": "test"})
     cases = [Case(1, 2, n, 16, "float32", causal, "fwd", "cpu") for n in (16, 32) for causal in (False, True)]
     fast = RunSettings(policies={"cpu": TimingPolicy(warmup_calls=1, min_repeats=3, max_repeats=3, budget_s=0.01)})
-    rows = run_cases(
+    rows = rows_of(
         [config.build_impl("--impl", spec) for spec in ("linear", "linformer:k=8")],
         cases,
         settings=fast,

@@ -13,9 +13,10 @@ from suite.case import Case
 from suite.check.workload import LOCAL_CORRELATION_TOKENS, LOCAL_SELF_LOGIT, local_shape, local_tensors, random_tensors
 from suite.measure.settings import RunSettings, TimingPolicy
 from suite.reporting.build import _accuracy_table
-from suite.results.files import ResultsWriter, load
+from suite.results.files import load
 from suite.run import config
 from suite.run.runner import run_cases
+from tests.conftest import run_into
 
 FAST = RunSettings(policies={"cpu": TimingPolicy(warmup_calls=1, min_repeats=3, max_repeats=3, budget_s=0.01)})
 
@@ -85,9 +86,7 @@ def test_runner_reports_each_approximation_against_softmax_on_local_inputs_too(t
         config.build_impl("t", "sparse-window:window=64"),
         implementations.get("linear"),
     ]
-    writer = ResultsWriter(tmp_path / "r.jsonl", {"device": "cpu"}, {"preset": "test"})
-    rows = run_cases(impls, [case], settings=FAST, on_row=writer.append)
-    writer.close()
+    rows = run_into(tmp_path / "r.jsonl", impls, [case], FAST)
     exact, window, linear = rows
     assert exact["status"] == window["status"] == linear["status"] == "ok"
     assert "softmax_local_rel_rms_err" not in exact
@@ -110,7 +109,8 @@ def test_a_failure_on_local_inputs_leaves_the_row_its_timing(tmp_path):
             return super().__call__(q, k, v, causal=causal)
 
     case = Case(1, 2, 64, 16, "float32", False, "fwd+bwd", "cpu")
-    rows = run_cases([FailsOnLocalInputs("fails-on-local")], [case], settings=FAST, on_row=lambda row: None)
+    rows: list[dict] = []
+    run_cases([FailsOnLocalInputs("fails-on-local")], [case], settings=FAST, on_row=rows.append)
     assert rows[0]["status"] == "ok" and rows[0]["time_ms"] > 0
     assert "planted failure" in rows[0]["softmax_local_note"]
 
@@ -144,9 +144,9 @@ def test_local_figures_are_measured_once_per_forward_case_and_inputs_made_once_p
     )
     forward = Case(1, 2, 64, 16, "float32", False, "fwd", "cpu")
     cases = [forward, replace(forward, mode="fwd+bwd"), replace(forward, causal=True)]
-    rows = run_cases(
-        [implementations.get("linear"), implementations.get("performer")], cases, settings=FAST, on_row=lambda row: None
-    )
+    rows: list[dict] = []
+    approximations = [implementations.get("linear"), implementations.get("performer")]
+    run_cases(approximations, cases, settings=FAST, on_row=rows.append)
     # fwd+bwd reuses the fwd figures; both approximations share one set of local inputs per case.
     assert figures == ["linear", "performer", "linear", "performer"]
     assert inputs == [forward.label, replace(forward, causal=True).label]

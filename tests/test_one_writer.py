@@ -238,3 +238,15 @@ def test_a_second_lock_on_one_file_is_refused_naming_the_holder_and_released_wit
     assert not WriterLock(out).path.exists()
     with WriterLock(out) as held:  # released: the next one takes it
         assert held
+
+
+def test_the_api_takes_the_lock_on_its_out_file(tmp_path):
+    from suite import api
+
+    out = tmp_path / "r.jsonl"
+    with WriterLock(out):
+        with pytest.raises(ValueError, match=r"^out: .*r\.jsonl.* two processes appending to one file"):
+            api.benchmark("naive", seq_len=9, heads=1, head_dim=8, batch=1, device="cpu", out=out, progress=False)
+    assert not out.exists()
+    frame = api.benchmark("naive", seq_len=9, heads=1, head_dim=8, batch=1, device="cpu", out=out, progress=False)
+    assert list(frame.status) == ["ok"] and not WriterLock(out).path.exists()

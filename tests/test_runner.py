@@ -19,7 +19,7 @@ from suite.measure.settings import RunSettings, TimingPolicy
 from suite.results import files as results
 from suite.results.files import ResultsWriter
 from suite.run.runner import run_cases
-from tests.conftest import ScriptedAttention, WithSession
+from tests.conftest import ScriptedAttention, WithSession, rows_of
 
 FAST = RunSettings(policies={"cpu": TimingPolicy(warmup_calls=1, min_repeats=3, max_repeats=5, budget_s=0.05)})
 
@@ -30,7 +30,7 @@ def cases(*seq_lens, mode="fwd"):
 
 def run(impls, case_list, tmp_path, **kwargs):
     writer = ResultsWriter(tmp_path / "r.jsonl", {"device": "cpu"}, {"preset": "test"})
-    rows = run_cases(impls, case_list, settings=FAST, on_row=writer.append, **kwargs)
+    rows = rows_of(impls, case_list, settings=FAST, on_row=writer.append, **kwargs)
     writer.close()
     return rows, tmp_path / "r.jsonl"
 
@@ -178,7 +178,7 @@ def test_interrupted_run_keeps_finished_rows_and_resume_skips_them(tmp_path):
         json.loads(line)  # every line is whole
     done = results.finished_keys(results.read(path)[1])
     writer = ResultsWriter(path, {"device": "cpu"}, {"preset": "test"})
-    rows = run_cases(
+    rows = rows_of(
         [ScriptedAttention("stopper")], cases(17, 33, 65, 129), settings=FAST, on_row=writer.append, skip=done
     )
     writer.close()
@@ -189,7 +189,7 @@ def test_interrupted_run_keeps_finished_rows_and_resume_skips_them(tmp_path):
 def test_reference_is_skipped_when_not_one_slice_fits_its_limit(tmp_path):
     settings = RunSettings(policies=FAST.policies, max_reference_flops={"cpu": 10.0})
     writer = ResultsWriter(tmp_path / "r.jsonl", {}, {})
-    rows = run_cases([implementations.get("naive")], cases(33), settings=settings, on_row=writer.append)
+    rows = rows_of([implementations.get("naive")], cases(33), settings=settings, on_row=writer.append)
     assert rows[0]["status"] == "ok" and rows[0]["accuracy_ok"] is None
     assert rows[0]["reason"].startswith("accuracy not checked: one (batch, head) slice of the float64 reference needs")
 
@@ -208,7 +208,7 @@ def test_above_its_budget_the_reference_covers_some_slices_first_and_last_includ
     per_slice = 4 * 40 * 40 * 16 * 3.5 * (4 // (kv_heads or 4))  # softmax FLOPs of one (batch, kv head) slice
     settings = RunSettings(policies=FAST.policies, max_reference_flops={"cpu": 2.5 * per_slice})
     writer = ResultsWriter(tmp_path / "r.jsonl", {}, {})
-    rows = run_cases(
+    rows = rows_of(
         [implementations.get("naive"), implementations.get("performer"), WrongInLastBatch("wrong")],
         [case],
         settings=settings,
@@ -376,10 +376,10 @@ def test_rows_report_achieved_bandwidth_against_the_measured_peak(tmp_path):
 
     case = cases(64, mode="fwd+bwd")[0]
     settings = RunSettings(policies=FAST.policies, peak_gbytes_per_s=50.0)
-    [row] = run_cases([implementations.get("naive")], [case], settings=settings, on_row=lambda r: None)
+    [row] = rows_of([implementations.get("naive")], [case], settings=settings, on_row=lambda r: None)
     assert row["gbytes_per_s"] == pytest.approx(minimum_bytes(case) / (row["time_ms"] * 1e-3) / 1e9)
     assert row["bandwidth_fraction"] == pytest.approx(row["gbytes_per_s"] / 50.0)
-    [row] = run_cases([implementations.get("naive")], [case], settings=FAST, on_row=lambda r: None)
+    [row] = rows_of([implementations.get("naive")], [case], settings=FAST, on_row=lambda r: None)
     assert row["gbytes_per_s"] > 0 and row["bandwidth_fraction"] is None  # no peak measured (CPU runs)
 
 

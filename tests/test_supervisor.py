@@ -247,13 +247,31 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+def test_a_check_that_crashes_or_hangs_names_its_case_and_the_next_implementation_is_checked(package):
+    check = ["check", "--impl", "segfaults,hangs,naive", "--device", "cpu", "--dtype", "float32"]
+    process = _start(*check, "--case-timeout", "5", package=package)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 1, stderr[-2000:]
+    lines = stdout.splitlines()
+    crashed = next(line for line in lines if line.startswith("  ERROR") and "segmentation fault" in line)
+    assert "-N33-" in crashed and "its worker process died checking it" in crashed
+    hung = next(line for line in lines if line.startswith("  ERROR") and "--case-timeout" in line)
+    assert "-N33-" in hung and "no result after 5 s" in hung
+    verdicts = {line.split(":")[0]: line.split()[1] for line in lines if not line.startswith(" ")}
+    assert [verdicts.get(impl) for impl in ("segfaults", "hangs", "naive")] == ["FAILED", "FAILED", "ok"]
+
+
 def test_bad_worker_flags_exit_2_with_one_line(tmp_path, capsys):
-    for flags, expected in (
-        (["--row-timeout", "0"], "--row-timeout: '0' is not a positive number"),
-        (["--host-memory-limit", "lots"], "--host-memory-limit: 'lots' is not a size"),
-        (["--in-process", "--row-timeout", "5"], "--row-timeout: '5' needs a worker process"),
+    check = ["check", "--impl", "naive", "--device", "cpu"]
+    for argv, expected in (
+        ([*_grid("sdpa"), "--row-timeout", "0"], "--row-timeout: '0' is not a positive number"),
+        ([*_grid("sdpa"), "--host-memory-limit", "lots"], "--host-memory-limit: 'lots' is not a size"),
+        ([*_grid("sdpa"), "--in-process", "--row-timeout", "5"], "--row-timeout: '5' needs a worker process"),
+        ([*check, "--case-timeout", "-1"], "--case-timeout: '-1' is not a positive number"),
+        ([*check, "--in-process", "--host-memory-limit", "1GiB"], "--host-memory-limit: '1GiB' needs a worker"),
     ):
-        assert main(["run", *_grid("sdpa"), *flags, "--out", str(tmp_path / "r.jsonl")]) == 2
+        command = ["check"] if argv[0] == "check" else ["run", "--out", str(tmp_path / "r.jsonl")]
+        assert main([*command, *argv[argv[0] == "check" :]]) == 2
         stderr = capsys.readouterr().err
         assert expected in stderr and len(stderr.strip().splitlines()) == 1, stderr
         assert not (tmp_path / "r.jsonl").exists()

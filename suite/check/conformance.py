@@ -489,12 +489,14 @@ def checked(
     own: list[tuple] = (),
     starting: Callable[[Case, int], None] | None = None,
     moving: Callable[[str, int, float], None] | None = None,
+    on_result: Callable[[CheckResult], None] | None = None,
 ) -> tuple[CheckSummary, bool]:
     """One implementation's conformance check, summed up, and whether it left the device unusable (a sticky CUDA
     error: every later case would crash too, whatever its implementation, so the check stops there). `moving`
-    is told (label, cases done, seconds) every 10 s: compiled kernels can take minutes."""
+    is told (label, cases done, seconds) every 10 s: compiled kernels can take minutes; `on_result` is given each
+    case's result as it comes."""
     with stop_signals.stop_signals_recorded():
-        return _checked(impl, device, dtypes, seed, own, starting, moving)
+        return _checked(impl, device, dtypes, seed, own, starting, moving, on_result)
 
 
 def _checked(
@@ -505,6 +507,7 @@ def _checked(
     own: list[tuple],
     starting: Callable[[Case, int], None] | None,
     moving: Callable[[str, int, float], None] | None,
+    on_result: Callable[[CheckResult], None] | None,
 ) -> tuple[CheckSummary, bool]:
     started = last_note = time.perf_counter()
     results, device_lost = [], False
@@ -512,6 +515,8 @@ def _checked(
         if (stop := stop_signals.stop_asked()) is not None:  # the implementation swallowed Ctrl-C: stop all the same
             raise stop
         results.append(result)
+        if on_result:
+            on_result(result)
         device_lost = result.status == "error" and not failures.device_usable(device)
         if device_lost:
             break

@@ -36,6 +36,24 @@ def add_to(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="name each case before it runs (to find the one a crash that ends the process was in)",
     )
+    parser.add_argument(
+        "--case-timeout",
+        dest="case_timeout",
+        help="seconds one case may take, compilation included, before the implementation's worker process is "
+        "stopped and the case recorded as an error; the next implementation goes on (default 600)",
+    )
+    parser.add_argument(
+        "--host-memory-limit",
+        dest="host_memory_limit",
+        help="SIZE (e.g. 16GiB): host memory the worker may hold before it is stopped, its case an error "
+        "(default: 90%% of the memory available when the check starts)",
+    )
+    parser.add_argument(
+        "--in-process",
+        dest="in_process",
+        action="store_true",
+        help="check in this process, without a worker (for a debugger): a hang or a crash ends the check",
+    )
     parser.set_defaults(handler=handle)
 
 
@@ -73,17 +91,18 @@ def handle(args: argparse.Namespace) -> int:
             "by the query heads)",
             flush=True,
         )
+    limits = _limits(args)
     all_ok, summaries = True, []
     for number, spec in enumerate(specs):
         impl = config.build_impl("--impl", spec)
         starting = functools.partial(_announce_case, impl.label) if args.verbose else None
-        summary, device_lost = conformance.checked(
-            impl, device, dtypes, args.seed, own, starting, moving=_say_it_is_moving
-        )
+        summary, device_lost = _checked(impl, device, dtypes, args.seed, own, starting, limits)
         summaries.append(summary)
         print(summary.format(), flush=True)
         all_ok &= summary.ok
-        if device_lost:
+        if device_lost and limits is not None:  # the next implementation's worker is a new process
+            print(f"  the device was unusable after the error on {summary.results[-1].case.label}", flush=True)
+        elif device_lost:
             print(f"  stopped: the device was unusable after the error on {summary.results[-1].case.label}", flush=True)
             for rest in specs[number + 1 :]:
                 print(f"{rest}: NOT CHECKED (the device was unusable after {impl.label}'s error)", flush=True)
@@ -102,6 +121,37 @@ def handle(args: argparse.Namespace) -> int:
         )
         print(f"results: {args.json}")
     return 0 if all_ok else 1
+
+
+def _limits(args: argparse.Namespace):
+    """The worker's limits, or None to check in this process (--in-process)."""
+    from ..measure.host_memory import default_limit
+    from ..run import config
+    from ..run.supervisor import DEFAULT_ROW_TIMEOUT_S, Limits
+
+    if args.in_process:
+        for flag, value in (("--case-timeout", args.case_timeout), ("--host-memory-limit", args.host_memory_limit)):
+            if value is not None:
+                raise config.UsageError(
+                    f"{flag}: {value!r} needs a worker process, and --in-process checks without one"
+                )
+        return None
+    timeout = config.positive_float("--case-timeout", args.case_timeout) if args.case_timeout else None
+    memory = args.host_memory_limit
+    memory = int(config.byte_size("--host-memory-limit", memory)) if memory is not None else default_limit()
+    return Limits(timeout or DEFAULT_ROW_TIMEOUT_S, memory, timeout_flag="--case-timeout")
+
+
+def _checked(impl, device: str, dtypes: tuple[str, ...], seed: int, own: list, starting, limits):
+    """conformance.checked, in a worker where `limits` are given and the implementation can be sent to one (a crash
+    or a hang then ends its check, naming the case, and the next implementation's goes on)."""
+    from ..check import conformance
+    from ..run.supervisor import check_in_worker, unsendable
+    from ..run.worker import CheckJob
+
+    if limits is None or unsendable([impl]):
+        return conformance.checked(impl, device, dtypes, seed, own, starting, moving=_say_it_is_moving)
+    return check_in_worker(CheckJob(impl, device, dtypes, seed, own, starting, _say_it_is_moving), limits)
 
 
 def _say_it_is_moving(label: str, done: int, seconds: float) -> None:

@@ -311,9 +311,10 @@ def _measure(
     from ..results.files import CannotWrite
     from ..run import session
     from ..run.runner import DeviceLost, TimeLimitReached
-    from ..run.summary import format_table
+    from ..run.summary import SummaryTable
     from ..run.supervisor import WorkerFailed
 
+    _say_if_large(request, skip, earlier)
     settings = session.measured_settings(request.cases, request.device, args.seed, request.policy)
     settings.cuda_graph, settings.energy = args.cuda_graph, args.energy
     writer = session.results_writer(
@@ -328,19 +329,35 @@ def _measure(
         worker=request.limits.record() if request.limits else None,
         planned_rows=_planned_rows(request, skip, died),
     )
+    table = SummaryTable()
+
+    def written_and_shown(row: dict) -> None:
+        writer.append(row)
+        table.add(row)
+
     try:
-        rows = _measure_rows(request, settings, skip, died, earlier, in_flight, writer)
+        _measure_rows(request, settings, skip, died, earlier, in_flight, written_and_shown)
     except (TimeLimitReached, KeyboardInterrupt, DeviceLost, CannotWrite, WorkerFailed) as stop:
         return _stopped(args, request.out, stop, wrote=writer.started)
     finally:  # any end Python sees; only a process that died leaves the file naming its row
         writer.close()
         in_flight.clear()
-    print(format_table(rows))
+    print(table.render())
     print(f"results: {request.out}")
     return 0
 
 
-def _measure_rows(request: _Request, settings, skip: set[tuple], died: dict | None, earlier, in_flight, writer) -> list:
+def _say_if_large(request: _Request, skip: set[tuple], earlier) -> None:
+    from ..case import row_key
+    from ..run.plan import size_warning
+
+    keys = (row_key(impl.label, case) for case in request.cases for impl in request.impls)
+    warning = size_warning((key for key in keys if key not in skip), earlier.seconds)
+    if warning:
+        print(f"attnbench: warning: {warning}", file=sys.stderr, flush=True)
+
+
+def _measure_rows(request: _Request, settings, skip: set[tuple], died: dict | None, earlier, in_flight, on_row) -> None:
     from ..run import session
     from ..run.progress import Progress
     from ..run.runner import run_cases
@@ -348,7 +365,7 @@ def _measure_rows(request: _Request, settings, skip: set[tuple], died: dict | No
 
     out = request.out
     if died:
-        writer.append(died)
+        on_row(died)
         print(
             f"the run that wrote {out} died while measuring {session.row_name(died)}: recorded as an error row"
             + (" (--retry error: measured again below)" if "error" in request.retry else ""),
@@ -358,15 +375,16 @@ def _measure_rows(request: _Request, settings, skip: set[tuple], died: dict | No
         print(f"resuming {out}: {len(skip)} rows already there", file=sys.stderr)
     how = dict(
         settings=settings,
-        on_row=writer.append,
+        on_row=on_row,
         skip=skip,
         progress=Progress(earlier=earlier.seconds),
         deadline=request.deadline,
         on_start=in_flight.started,
     )
     if request.limits is None:
-        return run_cases(request.impls, request.cases, **how)
-    return run_supervised(request.impls, request.cases, limits=request.limits, threads=_threads(), **how)
+        run_cases(request.impls, request.cases, **how)
+    else:
+        run_supervised(request.impls, request.cases, limits=request.limits, threads=_threads(), **how)
 
 
 def _threads() -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -162,4 +162,30 @@ def _estimate_line(measure: int, known: int, files: list[Path]) -> str:
         f"took before: {known} of the {measure} rows to measure were measured on this machine model, in {files}; "
         "the column sums their wall times"
         + ("" if known == measure else f", and the other {measure - known} rows have none")
+    )
+
+
+LARGE_PLAN_ROWS = 10_000  # a plan past this many rows, or past LONG_PLAN_S by earlier times, is announced
+LONG_PLAN_S = 24 * 3600
+
+
+def size_warning(keys: Iterable[tuple], earlier: Mapping[tuple, float]) -> str | None:
+    """One line for a plan (the row keys to measure) larger than LARGE_PLAN_ROWS rows or, by what those of its rows
+    that earlier runs on this machine model measured took then, longer than LONG_PLAN_S; None for a smaller one."""
+    rows = known = 0
+    seconds = 0.0
+    for key in keys:
+        rows += 1
+        if key in earlier:
+            known += 1
+            seconds += earlier[key]
+    estimate = seconds / known * rows if known else None
+    if rows <= LARGE_PLAN_ROWS and (estimate is None or estimate <= LONG_PLAN_S):
+        return None
+    took = (
+        f", about {_duration(estimate)} by what {known} of them took in earlier runs on this machine" if known else ""
+    )
+    return (
+        f"this run plans {rows} rows{took}: --dry-run shows the plan, and --time-limit S stops a run cleanly between "
+        "rows (continue it with --resume)"
     )

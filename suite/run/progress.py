@@ -30,6 +30,8 @@ class Progress:
         self._current = ""
         self._label_width = 15
         self._pending: Counter = Counter()  # row keys still to run
+        self._earlier_left = 0.0  # what the pending rows with an earlier time took then, summed
+        self._unknown_left = 0  # pending rows without one: each row costs O(1), whatever the run's size
         self._taken = self._expected = 0.0  # this run's and the earlier runs' times of the rows done that had both
 
     def start(self, total: int, labels: list[str] = (), keys: list[tuple] = ()) -> None:
@@ -38,7 +40,9 @@ class Progress:
         self.total, self.done, self.started = total, 0, time.monotonic()
         self._label_width = max([15, *map(len, labels)])
         self._pending = Counter(keys)
-        by_earlier = bool(keys) and all(key in self.earlier for key in keys)
+        self._earlier_left = sum(self.earlier[key] for key in keys if key in self.earlier)
+        self._unknown_left = sum(key not in self.earlier for key in keys)
+        by_earlier = bool(keys) and not self._unknown_left
         print(
             f"attnbench: {total} measurements to run"
             + ("; time left from what these rows took in earlier runs on this machine model" if by_earlier else ""),
@@ -47,9 +51,9 @@ class Progress:
         )
 
     def _left(self, elapsed: float) -> float:
-        if self._pending and all(key in self.earlier for key in self._pending):
+        if self._pending and not self._unknown_left:
             scale = self._taken / self._expected if self._expected > 0 else 1.0
-            return scale * sum(self.earlier[key] * count for key, count in self._pending.items())
+            return scale * max(self._earlier_left, 0.0)
         return elapsed / self.done * (self.total - self.done)
 
     def row_started(self, impl: str, case: Case) -> None:
@@ -58,10 +62,14 @@ class Progress:
     def row_done(self, row: dict[str, Any]) -> None:
         self.done += 1
         key = key_of_row(row)
-        if self._pending[key] > 1:
+        if self._pending.get(key):
             self._pending[key] -= 1
-        else:
-            self._pending.pop(key, None)
+            if not self._pending[key]:
+                del self._pending[key]
+            if key in self.earlier:
+                self._earlier_left -= self.earlier[key]
+            else:
+                self._unknown_left -= 1
         if key in self.earlier and isinstance(row.get("row_s"), (int, float)):
             self._taken += row["row_s"]
             self._expected += self.earlier[key]

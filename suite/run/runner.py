@@ -337,8 +337,9 @@ def run_cases(
     progress=None,
     deadline: float | None = None,
     on_start: Callable[[dict[str, Any]], None] | None = None,
-) -> list[dict[str, Any]]:
-    """Every implementation on every case (cases outer, so inputs and reference are made once). No row starts
+) -> None:
+    """Every implementation on every case (cases outer, so inputs and reference are made once), each row given to
+    `on_row` and kept by no one here, so that a run's memory does not grow with its rows. No row starts
     after `deadline` (time.monotonic()): the run ends there with TimeLimitReached, each row whole. `on_start`
     is given each row's implementation and case before anything of it runs (the case's inputs count as its
     first implementation's). Ctrl-C and SIGTERM raise KeyboardInterrupt (stop_signals.Terminated) and write no row
@@ -356,13 +357,13 @@ def _run_cases(
     progress,
     deadline: float | None,
     on_start: Callable[[dict[str, Any]], None] | None,
-) -> list[dict[str, Any]]:
+) -> None:
     todo = [(case, [impl for impl in impls if row_key(impl.label, case) not in skip]) for case in cases]
     todo = [(case, chosen) for case, chosen in todo if chosen]
     total = sum(len(chosen) for _, chosen in todo)
     monitors: dict[str, GpuMonitor] = {}
     local_errors = LocalErrors(settings)
-    rows = []
+    done = 0
     if progress:
         progress.start(
             total,
@@ -372,10 +373,11 @@ def _run_cases(
 
     def check_deadline() -> None:
         if deadline is not None and time.monotonic() >= deadline:
-            raise TimeLimitReached(len(rows), total)
+            raise TimeLimitReached(done, total)
 
     def record(row: dict[str, Any]) -> None:
-        rows.append(row)
+        nonlocal done
+        done += 1
         on_row(row)
         if progress:
             progress.row_done(row)
@@ -422,4 +424,3 @@ def _run_cases(
         reference.release()
         local_errors.release()
         del inputs, reference
-    return rows

@@ -26,29 +26,68 @@ def _cell(row: dict[str, Any]) -> str:
     return _SHORT.get(row["status"], row["status"])
 
 
+MAX_CELLS = 5000  # the table shows the first rows' cells: past a few screens a table is read in the results file
+
+
+class SummaryTable:
+    """The table printed after a run, folded row by row: it keeps each row's cell, not the row (a row holds every
+    repeat's time), and only the first MAX_CELLS, so a run of a million rows does not grow with them."""
+
+    def __init__(self) -> None:
+        self.impls: dict[str, None] = {}
+        self.by_case: dict[str, dict[str, str]] = {}
+        self.cells = self.rows_not_shown = 0
+        self.seen: set[str] = set()  # which notes the table needs
+
+    def add(self, row: dict[str, Any]) -> None:
+        measured = row["status"] in ("ok", "mismatch")
+        for note, present in (
+            ("noisy", measured and bool(row.get("noisy"))),
+            ("q_len", bool(row.get("q_len"))),
+            ("graph", row.get("graph_time_ms") is not None),
+            ("energy", row.get("energy_j") is not None),
+        ):
+            if present:
+                self.seen.add(note)
+        if self.cells >= MAX_CELLS:
+            self.rows_not_shown += 1
+            return
+        self.cells += 1
+        self.impls.setdefault(row["impl"])
+        self.by_case.setdefault(Case.from_row(row).label, {})[row["impl"]] = _cell(row)
+
+    def render(self) -> str:
+        header = ["case", *self.impls]
+        body = [[label, *(cells.get(impl, "-") for impl in self.impls)] for label, cells in self.by_case.items()]
+        widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+        render = lambda line: "  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()  # noqa: E731
+        lines = [render(header), render(["-" * w for w in widths]), *(render(line) for line in body)]
+        if self.rows_not_shown:
+            lines.append(f"... and {self.rows_not_shown} more rows, not shown here: they are in the results file")
+        return "\n".join(lines + self._notes())
+
+    def _notes(self) -> list[str]:
+        notes = [
+            "cells: median time and TFLOP/s; ! = accuracy mismatch; unsupp./oom/timeout/error: see the results file"
+        ]
+        if "noisy" in self.seen:
+            notes.append(
+                "~ = noisy: its repeats' IQR is above the policy's noisy_relative_iqr of the median; compare with care"
+            )
+        if "q_len" in self.seen:
+            notes.append(
+                "cases with fewer queries than keys (-Q): GB/s instead, the least memory traffic of the call (the "
+                "whole KV cache read once, or a carried state in its place) over its time"
+            )
+        if "graph" in self.seen:
+            notes.append("(graph ...): the median of the call replayed from a CUDA graph (--cuda-graph)")
+        if "energy" in self.seen:
+            notes.append("mJ: the board's energy per call, from NVML's counter (--energy)")
+        return notes
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
-    impls = list(dict.fromkeys(row["impl"] for row in rows))
-    by_case: dict[str, dict[str, str]] = {}
+    table = SummaryTable()
     for row in rows:
-        label = Case.from_row(row).label
-        by_case.setdefault(label, {})[row["impl"]] = _cell(row)
-    header = ["case", *impls]
-    body = [[label, *(cells.get(impl, "-") for impl in impls)] for label, cells in by_case.items()]
-    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
-    render = lambda line: "  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()  # noqa: E731
-    lines = [render(header), render(["-" * w for w in widths]), *(render(line) for line in body)]
-    lines.append("cells: median time and TFLOP/s; ! = accuracy mismatch; unsupp./oom/error: see the results file")
-    if any(row.get("noisy") and row["status"] in ("ok", "mismatch") for row in rows):
-        lines.append(
-            "~ = noisy: its repeats' IQR is above the policy's noisy_relative_iqr of the median; compare with care"
-        )
-    if any(row.get("q_len") for row in rows):
-        lines.append(
-            "cases with fewer queries than keys (-Q): GB/s instead, the least memory traffic of the call (the "
-            "whole KV cache read once, or a carried state in its place) over its time"
-        )
-    if any(row.get("graph_time_ms") is not None for row in rows):
-        lines.append("(graph ...): the median of the call replayed from a CUDA graph (--cuda-graph)")
-    if any(row.get("energy_j") is not None for row in rows):
-        lines.append("mJ: the board's energy per call, from NVML's counter (--energy)")
-    return "\n".join(lines)
+        table.add(row)
+    return table.render()

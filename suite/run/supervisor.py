@@ -24,6 +24,7 @@ from typing import Any
 from implementations import Implementation
 
 from ..case import Case, key_of_row, row_key
+from ..check.conformance import CheckResult, CheckSummary
 from ..measure import stop_signals
 from ..measure.host_memory import gib, resident_bytes
 from ..measure.settings import RunSettings
@@ -40,6 +41,7 @@ _GONE = object()  # the worker's end of the connection closed
 class Limits:
     row_timeout_s: float = DEFAULT_ROW_TIMEOUT_S
     host_memory_bytes: int | None = None  # None: not watched (no /proc to read it from)
+    timeout_flag: str = "--row-timeout"  # the flag that set row_timeout_s, for the reasons that name it
 
     def record(self) -> dict[str, Any]:
         return {"row_timeout_s": self.row_timeout_s, "host_memory_limit_bytes": self.host_memory_bytes}
@@ -69,12 +71,12 @@ def _context() -> multiprocessing.context.BaseContext:
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["suite.run.worker", "suite.run.runner"])
+    context.set_forkserver_preload(["suite.run.worker", "suite.run.runner", "suite.check.conformance"])
     return context
 
 
 class _Worker:
-    def __init__(self, job: worker_module.Job):
+    def __init__(self, job: worker_module.Job | worker_module.CheckJob):
         context = _context()
         self.connection, child_end = context.Pipe()
         self.process = context.Process(
@@ -134,12 +136,13 @@ AFTER = "; a new worker measured the rows after it"
 
 
 class _Rows:
-    """The rows the run has recorded, written and shown as they come."""
+    """The rows the run has recorded, written and shown as they come; their keys are kept (for a new worker to
+    skip), not the rows."""
 
     def __init__(self, on_row: Callable[[dict], None], on_start: Callable[[dict], None] | None, progress) -> None:
         self.on_row, self.on_start, self.progress = on_row, on_start, progress
-        self.rows: list[dict[str, Any]] = []
         self.keys: set[tuple] = set()
+        self.last: dict[str, Any] | None = None
         self.healthy = True  # a row measured since the device was last lost
 
     def started(self, row: dict[str, Any]) -> None:
@@ -149,7 +152,7 @@ class _Rows:
             self.progress.row_started(row["impl"], Case.from_row(row))
 
     def record(self, row: dict[str, Any]) -> None:
-        self.rows.append(row)
+        self.last = row
         self.keys.add(key_of_row(row))
         self.healthy = self.healthy or row["status"] in ("ok", "mismatch")
         self.on_row(row)
@@ -169,7 +172,7 @@ def run_supervised(
     progress=None,
     deadline: float | None = None,
     on_start: Callable[[dict[str, Any]], None] | None = None,
-) -> list[dict[str, Any]]:
+) -> None:
     """runner.run_cases in workers, with the same rows, stops and exceptions, and a new worker after each one
     stopped or lost (see the module's docstring). A worker that lost the GPU is replaced, since a new process gets
     a new CUDA context; a second loss before any row was measured stops the run with DeviceLost."""
@@ -180,16 +183,16 @@ def run_supervised(
     with stop_signals.stop_signals_recorded():
         while True:
             if deadline is not None and time.monotonic() >= deadline:
-                raise TimeLimitReached(len(recorded.rows), len(todo))
+                raise TimeLimitReached(len(recorded.keys), len(todo))
             job = worker_module.Job(impls, cases, settings, threads, deadline, {*skip, *recorded.keys})
             outcome = _one_worker(job, recorded, limits)
             if outcome == "done":
-                return recorded.rows
+                return
             if outcome == "time-limit":
-                raise TimeLimitReached(len(recorded.rows), len(todo))
+                raise TimeLimitReached(len(recorded.keys), len(todo))
             if outcome == "device-lost":
                 if not recorded.healthy:
-                    raise DeviceLost(recorded.rows[-1])
+                    raise DeviceLost(recorded.last)
                 recorded.healthy = False
 
 
@@ -240,7 +243,7 @@ def _over_a_limit(
     if current is None and waited > max(limits.row_timeout_s, SILENT_START_S):
         raise WorkerFailed(f"the worker process sent nothing for {waited:.0f} s outside any row")
     if current is not None and waited > limits.row_timeout_s:
-        return "timeout", f"no result after {limits.row_timeout_s:g} s (--row-timeout): its worker was stopped"
+        return "timeout", f"no result after {limits.row_timeout_s:g} s ({limits.timeout_flag}): its worker was stopped"
     if current is None or limits.host_memory_bytes is None:
         return None
     resident = worker.resident_bytes()
@@ -260,3 +263,40 @@ def _failed(current: dict[str, Any], since: float, status: str, reason: str) -> 
 def _last_line(text: str) -> str:
     lines = [line for line in str(text).strip().splitlines() if line.strip()]
     return lines[-1].strip() if lines else "no detail"
+
+
+def check_in_worker(job: worker_module.CheckJob, limits: Limits) -> tuple[CheckSummary, bool]:
+    """conformance.checked in a worker: a case past a limit, or one its worker died in, is an `error` result naming
+    what happened, after the results before it; the implementation's check ends there, and the next implementation's
+    starts in a new worker. Whether the device was lost counts only where the worker said so itself."""
+    worker = _Worker(job)
+    results: list[CheckResult] = []
+    current: tuple[Case, int] | None = None  # the case being checked, and its seed
+    started = since = time.monotonic()
+    try:
+        while True:
+            message = worker.receive(POLL_S)
+            kind = message[0] if isinstance(message, tuple) else None
+            if kind == "end" and message[1] == "done":
+                return message[2]
+            if kind == "start":
+                current, since = message[1], time.monotonic()
+            elif kind == "result":
+                results.append(message[1])
+                current = None
+            elif message is _GONE or kind == "end":
+                failure = worker.how_it_ended() if message is _GONE else _last_line(message[2])
+                return _cut_short(job, results, current, started, f"its worker process died checking it: {failure}")
+            elif over := _over_a_limit(worker, current, since, limits):
+                return _cut_short(job, results, current, started, over[1])
+    finally:
+        worker.stop()
+
+
+def _cut_short(
+    job: worker_module.CheckJob, results: list[CheckResult], current: tuple | None, started: float, why: str
+) -> tuple[CheckSummary, bool]:
+    if current is None:
+        raise WorkerFailed(f"the worker process failed outside any case: {why}")
+    results = [*results, CheckResult(*current, status="error", detail=why)]
+    return CheckSummary(job.impl.label, results, time.monotonic() - started, job.impl.family), False

@@ -225,10 +225,9 @@ def benchmark(
     --threads` sets them (restored after it). `worker`: measure in a worker process as `run` does, stopping a row
     after `row_timeout` seconds (a `timeout` row) or past `host_memory_limit` bytes of host memory (an `oom` row;
     a size such as "16GiB"; default 90% of the memory available), and going on after a crash; the implementations
-    must be importable (not defined in `__main__`), and a script must guard its own work with `if __name__ ==
-    "__main__":`, which a worker's start imports, as multiprocessing requires. Whatever an implementation raises,
-    SystemExit too, is its row's (an `error` row naming it); Ctrl-C stops the run. Rows finished before an
-    interruption or a lost device stay in `out`."""
+    must be importable (not defined in `__main__`). Whatever an implementation raises, SystemExit too, is its
+    row's (an `error` row naming it); Ctrl-C stops the run. Rows finished before an interruption or a lost device
+    stay in `out`."""
     built = _built(impls)
     device = config.device_or_default(device, "device")
     if isinstance(seed, bool) or not isinstance(seed, int):

@@ -312,3 +312,22 @@ def test_the_api_refuses_a_worker_for_what_it_cannot_send(tmp_path):
     local = api.as_implementation(attention, name="local")
     with pytest.raises(ValueError, match="^worker: local cannot be sent to a worker process"):
         api.benchmark([local], seq_len=33, heads=1, head_dim=16, batch=1, device="cpu", worker=True)
+
+
+def test_a_script_without_a_main_guard_is_not_run_again_by_its_worker(tmp_path):
+    """multiprocessing would import the script again in each worker, running its benchmark there too."""
+    script = tmp_path / "bench.py"
+    script.write_text(
+        textwrap.dedent("""
+            import sys
+            from suite import api
+            print("script ran", file=sys.stderr)
+            frame = api.benchmark("naive", seq_len=9, heads=1, head_dim=8, batch=1, device="cpu", worker=True,
+                                  progress=False)
+            print(list(frame.status))
+        """)
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "['ok']" and done.stderr.count("script ran") == 1

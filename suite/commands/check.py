@@ -58,6 +58,10 @@ def add_to(commands: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
+    if not args.in_process:
+        from ..run import worker_server
+
+        worker_server.start_early()
     from ..check import conformance
     from ..check.poison import poisoning
     from ..run import config

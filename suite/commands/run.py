@@ -144,6 +144,10 @@ class _Request:
 def handle(args: argparse.Namespace) -> int:
     """`attnbench run`, with torch's CPU threads set by --threads for all of it: they name the machine
     (machine_name) its results file and --resume's checks go by."""
+    if not (args.in_process or args.dry_run):
+        from ..run import worker_server
+
+        worker_server.start_early()
     from ..results.environment import torch_threads
     from ..run import config
 

@@ -11,14 +11,14 @@ limit, which CUDA's large virtual reservations would break.
 
 from __future__ import annotations
 
-import functools
-import multiprocessing
+import contextlib
 import os
 import pickle
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from multiprocessing import spawn
 from typing import Any
 
 from implementations import Implementation
@@ -29,6 +29,7 @@ from ..measure import stop_signals
 from ..measure.host_memory import gib, resident_bytes
 from ..measure.settings import RunSettings
 from . import worker as worker_module
+from . import worker_server
 from .runner import DeviceLost, TimeLimitReached
 
 POLL_S = 0.1  # how often the run looks at its worker: at a few GB/s of allocation, under 1 GB past the limit
@@ -64,25 +65,36 @@ def unsendable(impls: list[Implementation]) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=1)
-def _context() -> multiprocessing.context.BaseContext:
-    """A fork server that has imported torch and the runner once: each worker starts from it in milliseconds, and
-    none inherits a CUDA context (the server never makes one). Spawn where there is no fork server."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["suite.run.worker", "suite.run.runner", "suite.check.conformance"])
-    return context
+@contextlib.contextmanager
+def _main_module_left_out() -> Iterator[None]:
+    """A worker that multiprocessing starts imports the program's main module again (as __mp_main__), running a
+    script's unguarded top level, the benchmark that started it included. A job names only importable modules
+    (unsendable() refuses __main__), so the worker needs none of it: the main module is left out of what a worker
+    is told to prepare."""
+    original = spawn.get_preparation_data
+
+    def without_main(name: str) -> dict:
+        data = original(name)
+        for key in ("init_main_from_path", "init_main_from_name"):
+            data.pop(key, None)
+        return data
+
+    spawn.get_preparation_data = without_main
+    try:
+        yield
+    finally:
+        spawn.get_preparation_data = original
 
 
 class _Worker:
     def __init__(self, job: worker_module.Job | worker_module.CheckJob):
-        context = _context()
+        context = worker_server.context()
         self.connection, child_end = context.Pipe()
         self.process = context.Process(
             target=worker_module.work, args=(child_end, pickle.dumps(job)), name="attnbench-worker"
         )
-        self.process.start()
+        with _main_module_left_out():
+            self.process.start()
         child_end.close()
 
     def receive(self, timeout: float) -> Any:

@@ -193,7 +193,7 @@ def test_an_unusable_device_stops_amending_after_writing_the_row_that_broke_it(t
     monkeypatch.setattr(implementations.linear.LinearAttention, "__call__", crash)
     monkeypatch.setattr(failures, "device_usable", lambda device: False)  # asked only after a failed figure
     capsys.readouterr()
-    assert main(["local-errors", str(path)]) == 1
+    assert main(["local-errors", str(path), "--in-process"]) == 1  # where the device is replaced
     assert "stopped: linear on B1-H2-N33-D16-fp32-dense-fwd left the device unusable" in capsys.readouterr().err
     broken = results.load(path).set_index(["impl", "mode"])
     assert "amending stopped here" in broken.loc[("linear", "fwd"), "softmax_local_note"]
@@ -220,7 +220,7 @@ def test_a_kernels_system_exit_is_noted_in_its_rows_and_amending_goes_on(tmp_pat
 
     monkeypatch.setattr(implementations.linear.LinearAttention, "__call__", exits)
     capsys.readouterr()
-    assert main(["local-errors", str(path)]) == 0
+    assert main(["local-errors", str(path), "--in-process"]) == 0  # where the call is replaced
     assert "amended 6 rows" in capsys.readouterr().out
     amended = results.load(path).query("family != 'exact'").set_index("impl")
     assert set(amended.loc["linear", "softmax_local_note"]) == {f"not measured: SystemExit: 0{NOT_A_STOP}"}

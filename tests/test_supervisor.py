@@ -27,6 +27,7 @@ MODULE = textwrap.dedent('''
     import ctypes, os, time
     import torch
     from implementations import Implementation
+    from implementations.linear import LinearAttention
 
     def _sdpa(q, k, v, causal):
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
@@ -79,6 +80,17 @@ MODULE = textwrap.dedent('''
 
     class LosesDeviceAlways(LosesDevice):
         at = None
+
+    class LinearMisbehaves(LinearAttention):
+        """Linear attention that, where $MISBEHAVE says so, hangs at 17 tokens or crashes at 33."""
+
+        def __call__(self, q, k, v, *, causal=False):
+            act = os.environ.get("MISBEHAVE", "")
+            if "hang" in act and q.shape[-2] == 17:
+                Hangs.act(self)
+            if "segfault" in act and q.shape[-2] == 33:
+                Segfaults.act(self)
+            return super().__call__(q, k, v, causal=causal)
 ''')
 
 KINDS = {
@@ -88,6 +100,7 @@ KINDS = {
     "exits": "Exits",
     "loses-device": "LosesDevice",
     "loses-device-always": "LosesDeviceAlways",
+    "linear-misbehaves": "LinearMisbehaves",
 }
 
 
@@ -331,3 +344,18 @@ def test_a_script_without_a_main_guard_is_not_run_again_by_its_worker(tmp_path):
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "['ok']" and done.stderr.count("script ran") == 1
+
+
+def test_local_errors_note_a_row_whose_worker_hung_or_crashed_and_amend_the_rest(tmp_path, package):
+    """An approximation that hangs or crashes on local inputs costs its own figure, noted, and no other row's."""
+    out = tmp_path / "r.jsonl"
+    grid = _grid("linear-misbehaves")
+    grid[1] = "linear-misbehaves"
+    assert _run("run", *grid, "--out", str(out), package=package)[0] == 0
+    amend = _start("local-errors", str(out), "--redo", "--row-timeout", "4", package=package, MISBEHAVE="hang,segfault")
+    _, stderr = amend.communicate(timeout=300)
+    assert amend.returncode == 0, stderr[-2000:]
+    rows = {row["seq_len"]: row for row in results.load(out).to_dict("records")}
+    assert "no result after 4 s (--row-timeout)" in rows[17]["softmax_local_note"]
+    assert "segmentation fault" in rows[33]["softmax_local_note"]
+    assert rows[65]["softmax_local_rel_rms_err"] > 0

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import worker_flags
+
 if TYPE_CHECKING:
     from ..case import Case
 
@@ -36,23 +38,8 @@ def add_to(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="name each case before it runs (to find the one a crash that ends the process was in)",
     )
-    parser.add_argument(
-        "--case-timeout",
-        dest="case_timeout",
-        help="seconds one case may take, compilation included, before the implementation's worker process is "
-        "stopped and the case recorded as an error; the next implementation goes on (default 600)",
-    )
-    parser.add_argument(
-        "--host-memory-limit",
-        dest="host_memory_limit",
-        help="SIZE (e.g. 16GiB): host memory the worker may hold before it is stopped, its case an error "
-        "(default: 90%% of the memory available when the check starts)",
-    )
-    parser.add_argument(
-        "--in-process",
-        dest="in_process",
-        action="store_true",
-        help="check in this process, without a worker (for a debugger): a hang or a crash ends the check",
+    worker_flags.add_to(
+        parser, "--case-timeout", "one case", "the case recorded as an error; the next implementation goes on"
     )
     parser.set_defaults(handler=handle)
 
@@ -95,7 +82,7 @@ def handle(args: argparse.Namespace) -> int:
             "by the query heads)",
             flush=True,
         )
-    limits = _limits(args)
+    limits = worker_flags.limits(args, "--case-timeout")
     all_ok, summaries = True, []
     for number, spec in enumerate(specs):
         impl = config.build_impl("--impl", spec)
@@ -125,25 +112,6 @@ def handle(args: argparse.Namespace) -> int:
         )
         print(f"results: {args.json}")
     return 0 if all_ok else 1
-
-
-def _limits(args: argparse.Namespace):
-    """The worker's limits, or None to check in this process (--in-process)."""
-    from ..measure.host_memory import default_limit
-    from ..run import config
-    from ..run.supervisor import DEFAULT_ROW_TIMEOUT_S, Limits
-
-    if args.in_process:
-        for flag, value in (("--case-timeout", args.case_timeout), ("--host-memory-limit", args.host_memory_limit)):
-            if value is not None:
-                raise config.UsageError(
-                    f"{flag}: {value!r} needs a worker process, and --in-process checks without one"
-                )
-        return None
-    timeout = config.positive_float("--case-timeout", args.case_timeout) if args.case_timeout else None
-    memory = args.host_memory_limit
-    memory = int(config.byte_size("--host-memory-limit", memory)) if memory is not None else default_limit()
-    return Limits(timeout or DEFAULT_ROW_TIMEOUT_S, memory, timeout_flag="--case-timeout")
 
 
 def _checked(impl, device: str, dtypes: tuple[str, ...], seed: int, own: list, starting, limits):

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import worker_flags
+
 
 def add_to(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
@@ -24,6 +26,7 @@ def add_to(commands: argparse._SubParsersAction) -> None:
         help="NAME[:KEY=VALUE...][,NAME...]: only these implementations' rows (a name "
         "covers all its options; default: every approximate row)",
     )
+    worker_flags.add_to(parser, "--row-timeout", "one row", "the row noted as not measured, saying why")
     parser.set_defaults(handler=handle)
 
 
@@ -31,6 +34,7 @@ def handle(args: argparse.Namespace) -> int:
     from ..run.config import UsageError
     from ..run.session import one_writer
 
+    worker_flags.limits(args, "--row-timeout")  # its flags checked before the file is read
     path = Path(args.results)
     if not path.is_file():
         raise UsageError(f"local-errors: {str(path)!r} is not a file")
@@ -74,8 +78,6 @@ def _amend_file(args: argparse.Namespace, path: Path, exclusive: bool) -> int:
 
 def _amend(args: argparse.Namespace, path: Path, rows: list, impls: list[str] | None, device, exclusive: bool) -> int:
     """The amending, as the only process writing `path` where `exclusive`."""
-    from ..check.expected import LocalErrors
-    from ..measure.settings import RunSettings
     from ..results.environment import collect
     from ..results.files import CannotWrite, ResultsWriter
     from ..run import config
@@ -91,12 +93,13 @@ def _amend(args: argparse.Namespace, path: Path, rows: list, impls: list[str] | 
             f"local-errors: {str(path)!r} is being written by another process on this machine (pid {writing})"
         )
     writer = ResultsWriter(path, collect(device), run_info)
+    measure = _measure(args)
     try:
         rows = amend_died_row(rows, in_flight.died_in(), writer)
         done = amend_local_errors(
             rows,
             writer,
-            LocalErrors(RunSettings(seed=args.seed)).of,
+            measure,
             lambda label: config.build_impl("results file", label),
             redo=args.redo,
             impls=impls,
@@ -105,12 +108,24 @@ def _amend(args: argparse.Namespace, path: Path, rows: list, impls: list[str] | 
     except (KeyboardInterrupt, DeviceLost, CannotWrite) as stop:
         return _stopped(path, stop, wrote=writer.started)
     finally:  # any end Python sees; only a process that died leaves the file naming its row
+        getattr(measure, "close", lambda: None)()
         in_flight.clear()
         writer.close()
     print(f"amended {done.amended} rows of {path}; {done.already_there} already had the figure (or why not)")
     for reason, count in done.cannot_run_here.items():
         print(f"  {count} rows cannot run here: {reason}")
     return 0
+
+
+def _measure(args: argparse.Namespace):
+    """LocalErrors.of, in a worker unless --in-process."""
+    from ..check.expected import LocalErrors
+    from ..measure.settings import RunSettings
+    from ..run.supervisor import LocalErrorsInWorker
+
+    limits = worker_flags.limits(args, "--row-timeout")
+    settings = RunSettings(seed=args.seed)
+    return LocalErrors(settings).of if limits is None else LocalErrorsInWorker(settings, limits)
 
 
 def _stopped(path: Path, stop: BaseException, *, wrote: bool) -> int:

@@ -13,6 +13,7 @@ from typing import Any
 from ..measure.settings import ADJUSTABLE, TimingPolicy, describe
 from ..results.schema import RETRYABLE
 from ..run.presets import CONFIG_KEYS, PRESETS
+from . import worker_flags
 
 
 def _timing_help() -> str:
@@ -86,34 +87,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="also measure each row's energy per call and mean power from the GPU's energy counter "
         "(NVML; about 2 s more per row; GPU only)",
     )
-    _add_worker_arguments(parser)
+    worker_flags.add_to(parser, "--row-timeout", "one row", "the row recorded as timeout or oom; a new worker goes on")
     parser.add_argument(
         "--dry-run",
         dest="dry_run",
         action="store_true",
         help="print what the run would measure, skip (--resume) or record as unsupported, and stop",
-    )
-
-
-def _add_worker_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--row-timeout",
-        dest="row_timeout",
-        help="seconds one row may take, compilation and autotuning included, before its worker process is stopped "
-        "and the row recorded as timeout; a new worker goes on (default 600)",
-    )
-    parser.add_argument(
-        "--host-memory-limit",
-        dest="host_memory_limit",
-        help="SIZE (e.g. 16GiB): host memory the worker may hold before it is stopped and its row recorded as oom; "
-        "a new worker goes on (default: 90%% of the memory available when the run starts)",
-    )
-    parser.add_argument(
-        "--in-process",
-        dest="in_process",
-        action="store_true",
-        help="measure in this process, without a worker (for a debugger or a profiler): no --row-timeout or "
-        "--host-memory-limit, and a hang or a crash ends the run (continue with --resume)",
     )
 
 
@@ -242,23 +221,14 @@ def _request(args: argparse.Namespace, threads: int | None, started: float) -> _
 def _limits(args: argparse.Namespace, impls: list):
     """The worker's limits, or None to measure in this process (--in-process, or implementations that cannot be
     sent to a worker, which is said)."""
-    from ..measure.host_memory import default_limit
-    from ..run import config
-    from ..run.supervisor import DEFAULT_ROW_TIMEOUT_S, Limits, unsendable
+    from ..run.supervisor import unsendable
 
-    if args.in_process:
-        for flag, value in (("--row-timeout", args.row_timeout), ("--host-memory-limit", args.host_memory_limit)):
-            if value is not None:
-                raise _usage(f"{flag}: {value!r} needs a worker process, and --in-process measures without one")
-        return None
-    timeout = config.positive_float("--row-timeout", args.row_timeout) if args.row_timeout else DEFAULT_ROW_TIMEOUT_S
-    memory = args.host_memory_limit
-    memory = int(config.byte_size("--host-memory-limit", memory)) if memory is not None else default_limit()
-    why_not = unsendable(impls)
+    limits = worker_flags.limits(args, "--row-timeout")
+    why_not = limits and unsendable(impls)
     if why_not:
         print(f"attnbench: warning: measuring in this process: {why_not}", file=sys.stderr)
         return None
-    return Limits(timeout, memory)
+    return limits
 
 
 def _stored(args: argparse.Namespace, request: _Request, in_flight) -> tuple[set[tuple], dict | None]:

@@ -87,11 +87,11 @@ def _main_module_left_out() -> Iterator[None]:
 
 
 class _Worker:
-    def __init__(self, job: worker_module.Job | worker_module.CheckJob):
+    def __init__(self, job: worker_module.Job | worker_module.CheckJob | worker_module.LocalErrorsJob):
         context = worker_server.context()
         self.connection, child_end = context.Pipe()
         self.process = context.Process(
-            target=worker_module.work, args=(child_end, pickle.dumps(job)), name="attnbench-worker"
+            target=worker_module.work, args=(child_end, pickle.dumps(job), os.getpid()), name="attnbench-worker"
         )
         with _main_module_left_out():
             self.process.start()
@@ -312,3 +312,38 @@ def _cut_short(
         raise WorkerFailed(f"the worker process failed outside any case: {why}")
     results = [*results, CheckResult(*current, status="error", detail=why)]
     return CheckSummary(job.impl.label, results, time.monotonic() - started, job.impl.family), False
+
+
+class LocalErrorsInWorker:
+    """check.expected.LocalErrors.of, served by a worker: a row past a limit, or one its worker died on, gets a note
+    saying so instead of its figures, and the next row a new worker. close() when done."""
+
+    def __init__(self, settings: RunSettings, limits: Limits):
+        self.job, self.limits = worker_module.LocalErrorsJob(settings), limits
+        self.worker: _Worker | None = None
+
+    def __call__(self, impl: Implementation, case: Case) -> dict[str, Any]:
+        self.worker = self.worker or _Worker(self.job)
+        self.worker.connection.send((impl, case))
+        since = time.monotonic()
+        while True:
+            message = self.worker.receive(POLL_S)
+            kind = message[0] if isinstance(message, tuple) else None
+            if kind == "result":
+                if message[2]:  # it lost the device, and ended: the next row needs a new worker
+                    self.close()
+                return message[1]
+            if message is _GONE or kind == "end":
+                failure = self.worker.how_it_ended() if message is _GONE else _last_line(message[2])
+                why = f"its worker process died measuring it: {failure}"
+            elif over := _over_a_limit(self.worker, (impl, case), since, self.limits):
+                why = over[1]
+            else:
+                continue
+            self.close()
+            return {"softmax_local_note": f"not measured: {why}"}
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import pickle
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from ..case import Case
 from ..measure.settings import RunSettings
 
 Send = Callable[[tuple], None]
+Receive = Callable[[], Any]
 
 
 @dataclass
@@ -37,7 +39,7 @@ class Job:
     deadline: float | None = None  # time.monotonic(), the same clock in every process of a Linux machine
     skip: set[tuple] = field(default_factory=set)
 
-    def run(self, send: Send) -> tuple[str, Any]:
+    def run(self, send: Send, receive: Receive) -> tuple[str, Any]:
         import torch
 
         from .runner import DeviceLost, TimeLimitReached, run_cases
@@ -73,7 +75,7 @@ class CheckJob:
     starting: Callable[[Case, int], None] | None = None
     moving: Callable[[str, int, float], None] | None = None
 
-    def run(self, send: Send) -> tuple[str, Any]:
+    def run(self, send: Send, receive: Receive) -> tuple[str, Any]:
         from ..check import conformance
 
         def starting(case: Case, seed: int) -> None:
@@ -94,15 +96,42 @@ class CheckJob:
         return "done", checked
 
 
-def work(connection: Connection, job_bytes: bytes) -> None:
+@dataclass
+class LocalErrorsJob:
+    """Local-inputs errors (check.expected.LocalErrors) served a row at a time: each request (impl, case) is
+    answered ("result", figures, device_lost); None ends it. After a failure that left the device unusable it
+    ends, for a new worker to take the next request."""
+
+    settings: RunSettings
+    serves = True  # it reads its connection: the run's end closing ends the read
+
+    def run(self, send: Send, receive: Receive) -> tuple[str, Any]:
+        from ..check.expected import LocalErrors
+        from ..measure import failures
+
+        errors = LocalErrors(self.settings)
+        while (request := receive()) is not None:
+            impl, case = request
+            figures = errors.of(impl, case)
+            lost = "softmax_local_note" in figures and not failures.device_usable(case.device)
+            send(("result", figures, lost))
+            if lost:
+                return "device-lost", None
+        return "done", None
+
+
+def work(connection: Connection, job_bytes: bytes, run_pid: int) -> None:
     """The worker's main: unpickles its job here, with the run's sys.path, so that implementations registered from
     the run's path import in the worker too."""
     os.setsid()
-    _exit_with_the_run(connection)
     send = connection.send
     try:
-        job: Job | CheckJob = pickle.loads(job_bytes)
-        outcome, detail = job.run(send)
+        job: Job | CheckJob | LocalErrorsJob = pickle.loads(job_bytes)
+        if getattr(job, "serves", False):
+            _exit_when_gone(run_pid)
+        else:
+            _exit_with_the_run(connection)
+        outcome, detail = job.run(send, connection.recv)
         send(("end", outcome, detail))
     except BaseException:  # noqa: BLE001 - the run records it; a worker has no one else to tell
         send(("end", "failed", traceback.format_exc()))
@@ -122,3 +151,18 @@ def _exit_with_the_run(connection: Connection) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="exit-with-the-run", daemon=True).start()
+
+
+def _exit_when_gone(run_pid: int) -> None:
+    """Ends this process once the run's process is gone, for a job that reads its connection itself: checked every
+    second, by the run's pid and start time (a pid the system gave to another process since does not pass)."""
+    from .in_flight import process_start
+
+    started = process_start(run_pid)
+
+    def watch() -> None:
+        while process_start(run_pid) == started and started is not None:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-when-the-run-is-gone", daemon=True).start()

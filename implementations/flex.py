@@ -20,6 +20,7 @@ import torch
 from .base import Implementation, device_reasons
 from .block_mask import Visible, block_mask_by_rows
 from .compiling import compiled
+from .documents import packing_reasons
 
 
 def flex_reasons(case) -> list[str]:
@@ -74,7 +75,7 @@ class FlexAttention(Implementation):
         self._flex = FlexCall()
 
     def supports(self, case) -> list[str]:
-        reasons = device_reasons(case, {"cuda"})
+        reasons = device_reasons(case, {"cuda"}) + packing_reasons(case, "a document mask_mod is not wired here")
         return reasons or flex_reasons(case)
 
     def __call__(self, q, k, v, *, causal=False):

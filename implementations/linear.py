@@ -39,6 +39,7 @@ from .carried_state import (
     summed_keys,
 )
 from .compiling import COMPILE_OPTION, CompileOnRequest
+from .documents import packing_reasons
 from .flops import linear_attention_flops
 
 
@@ -320,7 +321,11 @@ class LinearAttention(Implementation):
         self._carried: CarriedState[KeySums] = CarriedState()
 
     def supports(self, case) -> list[str]:
-        return device_reasons(case, {"cpu", "cuda"}) + carried_state_reasons(case, self._state)
+        return (
+            device_reasons(case, {"cpu", "cuda"})
+            + carried_state_reasons(case, self._state)
+            + packing_reasons(case, "not wired here yet")
+        )
 
     def atol_scale_for(self, case) -> float:
         # With one key, out = v and dq, dk vanish in theory. In bfloat16 the numerator φ(q)ᵀ Σ φ(k)vᵀ is multiplied

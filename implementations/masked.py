@@ -18,6 +18,7 @@ import torch
 from .base import CaseLike, Implementation, device_reasons
 from .block_mask import block_mask_by_rows
 from .chunked_masked import ChunkedMaskedAttention, QueryChunk
+from .documents import packing_reasons
 from .flex import FlexCall, flex_reasons
 from .reference import reference_attention, softmax_weights
 
@@ -80,7 +81,7 @@ class MaskedAttention(Implementation):
         return self._pairs[key]
 
     def supports(self, case) -> list[str]:
-        return device_reasons(case, {"cpu", "cuda"}) + flex_reasons(case)
+        return device_reasons(case, {"cpu", "cuda"}) + flex_reasons(case) + packing_reasons(case, "not wired here yet")
 
     def exact_twin(self, q, k, v, *, causal=False):
         return reference_attention(q, k, v, causal=causal, mask=self.allowed)

@@ -46,6 +46,7 @@ from .carried_state import (
     summed_keys,
 )
 from .compiling import COMPILE_OPTION, CompileOnRequest
+from .documents import packing_reasons
 from .flops import linear_attention_flops, random_feature_flops
 from .linear import (
     ChangedFeatures,
@@ -228,7 +229,11 @@ class PerformerAttention(Implementation):
         return self._projections[key]
 
     def supports(self, case) -> list[str]:
-        return device_reasons(case, {"cpu", "cuda"}) + carried_state_reasons(case, self.settings["state"])
+        return (
+            device_reasons(case, {"cpu", "cuda"})
+            + carried_state_reasons(case, self.settings["state"])
+            + packing_reasons(case, "not wired here yet")
+        )
 
     def __call__(self, q, k, v, *, causal=False):
         # Drawn here, outside the compiled function, so compilation sees a plain tensor argument.

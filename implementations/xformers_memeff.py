@@ -18,6 +18,7 @@ import re
 import torch
 
 from .base import DTYPES, Implementation, Unsupported, query_len
+from .documents import is_packed, packing_reasons
 
 
 def _condense(message: str) -> list[str]:
@@ -111,6 +112,8 @@ class XformersAttention(Implementation):
         )
 
     def supports(self, case) -> list[str]:
+        if is_packed(case):
+            return packing_reasons(case, "BlockDiagonalMask.from_seqlens is not wired here")
         fmha, problem = _load_xformers()
         if problem:
             return [problem]

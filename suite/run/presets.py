@@ -18,6 +18,7 @@ CONFIG_KEYS = (
     "dtype",
     "causal",
     "mode",
+    "docs",
     "tokens_per_batch",
     "device",
     "timing",

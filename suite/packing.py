@@ -1,0 +1,86 @@
+"""How a case packs documents into its sequences (`--docs`): the spec, checked, and the lengths drawn from it.
+
+    fixed              one document per sequence (today's cases)
+    uniform:MIN-MAX    lengths drawn uniformly from MIN..MAX, the last one cut to fill the sequence
+    lengths:A+B+C      these lengths, which must sum to the sequence's length
+
+Each of a case's batch sequences is packed independently. The lengths are drawn from the run's seed, the spec and
+the sequence length alone, so every row of a case, a resumed run and another batch size (its first sequences) get
+the same packing.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from .case import FIXED
+
+if TYPE_CHECKING:
+    from implementations.documents import DocLens
+
+    from .case import Case
+
+SPEC_FORMS = "fixed, uniform:MIN-MAX (1 <= MIN <= MAX) or lengths:A+B+... (positive, summing to the sequence length)"
+
+
+def parse_docs(text: str) -> str:
+    """The spec in its one spelling (`uniform:128-2048`); ValueError saying what is wrong and what is allowed."""
+    spec = "".join(str(text).split()).lower()
+    kind, _, rest = spec.partition(":")
+    if spec == FIXED:
+        return FIXED
+    if kind == "uniform":
+        match = re.fullmatch(r"(\d+)-(\d+)", rest)
+        if match and 1 <= int(match.group(1)) <= int(match.group(2)):
+            return f"uniform:{int(match.group(1))}-{int(match.group(2))}"
+    elif kind == "lengths":
+        items = rest.split("+")
+        if all(item.isdigit() and int(item) >= 1 for item in items):
+            return "lengths:" + "+".join(str(int(item)) for item in items)
+    elif kind not in ("fixed",):
+        raise ValueError(f"{text!r} is not a packing: unknown distribution {kind!r} (allowed: {SPEC_FORMS})")
+    raise ValueError(f"{text!r} is not a packing (allowed: {SPEC_FORMS})")
+
+
+def length_problem(spec: str, seq_len: int) -> str | None:
+    """Why `spec` cannot pack sequences of `seq_len` tokens (explicit lengths with another sum), or None."""
+    if not spec.startswith("lengths:"):
+        return None
+    total = sum(_explicit(spec))
+    if total != seq_len:
+        return f"docs {spec} sum to {total} tokens, not seq_len {seq_len}"
+    return None
+
+
+def _explicit(spec: str) -> tuple[int, ...]:
+    return tuple(int(item) for item in spec.removeprefix("lengths:").split("+"))
+
+
+def draw_doc_lens(spec: str, batch: int, seq_len: int, seed: int) -> DocLens | None:
+    """Each batch sequence's document lengths (None for `fixed`), the same for the same arguments anywhere."""
+    if spec == FIXED:
+        return None
+    if spec.startswith("lengths:"):
+        return (_explicit(spec),) * batch
+    low, high = (int(part) for part in spec.removeprefix("uniform:").split("-"))
+    generator = random.Random(f"{seed}:{spec}:{seq_len}")  # a string seed is hashed the same in every process
+    return tuple(_uniform_pack(generator, low, high, seq_len) for _ in range(batch))
+
+
+def _uniform_pack(generator: random.Random, low: int, high: int, seq_len: int) -> tuple[int, ...]:
+    lengths, filled = [], 0
+    while filled < seq_len:
+        length = min(generator.randint(low, high), seq_len - filled)  # the last document is cut to fill
+        lengths.append(length)
+        filled += length
+    return tuple(lengths)
+
+
+def with_doc_lens(case: Case, seed: int) -> Case:
+    """The case with its packing drawn from the run's seed (as it is, for `fixed` or a packing already drawn)."""
+    if case.docs == FIXED or case.doc_lens is not None:
+        return case
+    return replace(case, doc_lens=draw_doc_lens(case.docs, case.batch, case.seq_len, seed))

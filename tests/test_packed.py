@@ -1,0 +1,191 @@
+"""Packed documents (`--docs`): the spec, the seeded packing, the rows that record it, the pairs counted, and every
+implementation that runs on a CPU against the float64 reference with the block-diagonal mask."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, replace
+
+import pytest
+import torch
+
+import implementations
+from implementations.documents import per_document
+from implementations.reference import reference_attention
+from suite.case import Case, key_of_row, row_key
+from suite.check.workload import Workload, make_inputs, random_tensors
+from suite.cli import main
+from suite.packing import draw_doc_lens, parse_docs, with_doc_lens
+from suite.results.files import load
+from tests.twin_check import assert_matches_twin, assert_within_allowance
+
+FAST = [
+    "--timing",
+    "warmup_calls=0,min_repeats=1,max_repeats=1",
+    "--device",
+    "cpu",
+    "--dtype",
+    "float32",
+    "--mode",
+    "fwd",
+]
+
+
+def packed(spec: str, seq_len: int, *, batch: int = 2, causal: bool = False, mode: str = "fwd", **fields) -> Case:
+    case = Case(batch, 2, seq_len, 16, fields.pop("dtype", "float32"), causal, mode, "cpu", docs=parse_docs(spec))
+    return with_doc_lens(replace(case, **fields), seed=0)
+
+
+@pytest.mark.parametrize(
+    "docs,message",
+    [
+        ("uniform:64-16", r"--docs: 'uniform:64-16' is not a packing \(allowed: fixed, uniform:MIN-MAX \(1 <= MIN"),
+        ("uniform:0-8", r"--docs: 'uniform:0-8' is not a packing \(allowed: "),
+        ("lengths:0+24", r"--docs: 'lengths:0\+24' is not a packing \(allowed: "),
+        ("zipf:1-8", r"--docs: 'zipf:1-8' is not a packing: unknown distribution 'zipf' \(allowed: fixed, "),
+        ("lengths:8+8", r"--docs: docs lengths:8\+8 sum to 16 tokens, not seq_len 24 \(allowed: lengths:A\+B"),
+        ("uniform:1-", r"--docs: 'uniform:1-' is not a packing"),
+        ("", r"--docs: '' has an empty item"),
+    ],
+)
+def test_bad_docs_specs_exit_2_with_one_line_before_any_work(tmp_path, capsys, docs, message):
+    out = tmp_path / "r.jsonl"
+    assert main(["run", "--impl", "naive", "--seq-len", "24", "--docs", docs, *FAST, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("attnbench: error: ")
+    assert re.search(message, err), err
+    assert not out.exists()
+
+
+def test_packed_documents_with_fewer_queries_exit_2(tmp_path, capsys):
+    flags = ["--impl", "naive", "--seq-len", "24", "--q-len", "4", "--docs", "uniform:2-8", *FAST]
+    assert main(["run", *flags, "--out", str(tmp_path / "r.jsonl")]) == 2
+    assert "--docs: docs uniform:2-8 with q_len 4 (allowed: fixed with --q-len" in capsys.readouterr().err
+
+
+def test_each_spec_has_one_spelling():
+    assert parse_docs(" Uniform:016-64 ") == "uniform:16-64"
+    assert parse_docs("lengths:01+2") == "lengths:1+2"
+    assert parse_docs("FIXED") == "fixed"
+
+
+def test_a_uniform_packing_fills_each_sequence_and_the_same_seed_draws_the_same():
+    lens = draw_doc_lens("uniform:3-9", 4, 100, seed=7)
+    assert len(lens) == 4 and all(sum(sequence) == 100 for sequence in lens)
+    assert all(3 <= length <= 9 for sequence in lens for length in sequence[:-1])  # the last one is cut to fill
+    assert draw_doc_lens("uniform:3-9", 4, 100, seed=7) == lens
+    assert draw_doc_lens("uniform:3-9", 2, 100, seed=7) == lens[:2]  # a smaller batch: the same first sequences
+    assert draw_doc_lens("uniform:3-9", 4, 100, seed=8) != lens
+    assert draw_doc_lens("lengths:60+40", 2, 100, seed=7) == ((60, 40), (60, 40))
+    assert draw_doc_lens("fixed", 2, 100, seed=7) is None
+
+
+def _rows(path) -> list[dict]:
+    return [r for r in map(json.loads, path.read_text().splitlines()) if r["record"] == "result"]
+
+
+def test_every_row_of_a_case_and_a_resumed_run_record_the_same_packing(tmp_path):
+    out = tmp_path / "r.jsonl"
+    grid = [
+        "--seq-len",
+        "24",
+        "--batch",
+        "2",
+        "--heads",
+        "1",
+        "--head-dim",
+        "8",
+        "--docs",
+        "uniform:2-9",
+        "--causal",
+        "false",
+        *FAST,
+    ]
+    assert main(["run", "--impl", "reference", *grid, "--seed", "3", "--out", str(out)]) == 0
+    assert main(["run", "--impl", "reference,sparse-block", *grid, "--seed", "3", "--resume", "--out", str(out)]) == 0
+    rows = _rows(out)
+    assert [(row["impl"], row["status"]) for row in rows] == [("reference", "ok"), ("sparse-block", "unsupported")]
+    assert all(row["docs"] == "uniform:2-9" for row in rows)
+    assert rows[0]["doc_lens"] == rows[1]["doc_lens"]
+    assert [list(lens) for lens in draw_doc_lens("uniform:2-9", 2, 24, seed=3)] == rows[0]["doc_lens"]
+    pairs = sum(d * d for sequence in rows[0]["doc_lens"] for d in sequence)
+    assert rows[0]["density"] == pairs / (2 * 24 * 24)
+    assert Case.from_row(rows[0]).doc_lens == tuple(map(tuple, rows[0]["doc_lens"]))
+
+
+def test_rows_written_before_packed_documents_read_as_one_document_per_sequence(tmp_path):
+    case = Case(1, 2, 16, 8, "float32", True, "fwd", "cpu")
+    old_row = {"impl": "naive", **{k: v for k, v in asdict(case).items() if k not in ("docs", "doc_lens")}}
+    assert key_of_row(old_row) == row_key("naive", case)
+    assert Case.from_row(old_row) == case and Case.from_row(old_row).docs == "fixed"
+    assert key_of_row({**old_row, "docs": "uniform:2-4"}) != row_key("naive", case)  # a packing is another case
+    out = tmp_path / "old.jsonl"
+    out.write_text(
+        json.dumps({"record": "run", "run_id": "r1"})
+        + "\n"
+        + json.dumps({"record": "result", "run_id": "r1", **old_row, "status": "ok", "time_ms": 1.0})
+        + "\n"
+    )
+    assert list(load(out).docs) == ["fixed"]
+
+
+def test_flops_and_density_count_the_pairs_inside_documents_only():
+    impl = implementations.get("reference")
+    dense = packed("lengths:1+3+4", 8, batch=3)
+    causal = replace(dense, causal=True)
+    assert impl.visible_pairs(dense) == 1 + 9 + 16
+    assert impl.visible_pairs(causal) == 1 + 6 + 10
+    assert impl.forward_flops(dense) == 4 * 3 * 2 * (1 + 9 + 16) * 16  # 4·B·H·pairs·D
+    assert impl.forward_flops(causal) == 4 * 3 * 2 * (1 + 6 + 10) * 16
+    # Sequences packed differently: the batch's pairs, a mean per sequence
+    mixed = replace(dense, batch=2, doc_lens=((8,), (4, 4)))
+    assert impl.forward_flops(mixed) == 4 * 2 * 16 * (64 + 32)
+
+
+# Documents of 1 token, of exactly a chunk or block (128: linear's and Performer's chunk, the sparse
+# implementations' block), documents of many lengths, and one document as long as the sequence (today's case).
+PACKINGS = [("lengths:1+1+1+29", 32), ("lengths:128+128", 256), ("uniform:1-12", 48), ("lengths:40", 40)]
+
+
+def _packed_cases():
+    for name in implementations.names():
+        for spec, seq_len in PACKINGS:
+            for causal in (False, True):
+                for mode in ("fwd", "fwd+bwd"):
+                    case = packed(spec, seq_len, causal=causal, mode=mode, kv_heads=1)
+                    yield pytest.param(name, case, id=f"{name}-{case.label}")
+
+
+@pytest.mark.parametrize("name,case", list(_packed_cases()))
+def test_each_implementation_matches_its_float64_twin_on_packed_documents(name, case):
+    assert_matches_twin(name, case, input_seed=11)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_the_reference_attends_within_each_document(causal):
+    """Against softmax attention run on each document alone: the block-diagonal mask, causal within documents."""
+    case = packed("uniform:1-9", 30, causal=causal, mode="fwd+bwd", kv_heads=1)
+    q, k, v, _ = (t.double() for t in random_tensors(case, 5))
+    masked = reference_attention(q, k, v, causal=causal, doc_lens=case.doc_lens)
+    alone = per_document(lambda *t: reference_attention(*t, causal=causal), q, k, v, case.doc_lens)
+    assert_within_allowance(masked, alone, case)
+    assert not torch.allclose(masked, reference_attention(q, k, v, causal=causal))  # the mask changes something
+
+
+def test_implementations_without_packed_documents_say_why():
+    case = packed("uniform:2-8", 32)
+    for name in implementations.names():
+        reasons = implementations.get(name).supports(case)
+        if reasons and name not in ("sdpa-efficient", "sdpa-cudnn"):  # those are refused for the CPU
+            assert any(reason.startswith("docs=uniform:2-8 (supported: fixed") for reason in reasons), (name, reasons)
+
+
+def test_a_call_without_doc_lens_is_not_called_on_packed_documents():
+    class OneDocumentOnly(implementations.Implementation):
+        def __call__(self, q, k, v, *, causal=False):
+            raise AssertionError("called with packed documents")
+
+    case = packed("uniform:2-8", 16)
+    with pytest.raises(implementations.Unsupported, match=r"docs=uniform:2-8 \(supported: fixed; its call takes no"):
+        Workload(OneDocumentOnly("mine"), case, make_inputs(case)).checked_call()

@@ -18,6 +18,7 @@ from .linear import LinearAttention
 from .linear_fla import FlaLinearAttention
 from .linformer import LinformerAttention
 from .naive import NaiveAttention
+from .padded import PaddedDocumentsAttention
 from .performer import PerformerAttention
 from .reference import ReferenceAttention, reference_attention
 from .sdpa import SdpaAttention
@@ -34,6 +35,7 @@ REGISTRY: dict[str, Callable[..., Implementation]] = {
     "sdpa-flash": partial(SdpaAttention, backend="flash"),
     "sdpa-efficient": partial(SdpaAttention, backend="efficient"),
     "sdpa-cudnn": partial(SdpaAttention, backend="cudnn"),
+    "padded": PaddedDocumentsAttention,
     "xformers": XformersAttention,
     "flex": FlexAttention,
     "sparse-window": SlidingWindowAttention,

@@ -102,12 +102,12 @@ def test_every_row_of_a_case_and_a_resumed_run_record_the_same_packing(tmp_path)
         "false",
         *FAST,
     ]
-    assert main(["run", "--impl", "reference", *grid, "--seed", "3", "--out", str(out)]) == 0
-    assert main(["run", "--impl", "reference,sparse-block", *grid, "--seed", "3", "--resume", "--out", str(out)]) == 0
+    assert main(["run", "--impl", "naive,sdpa", *grid, "--seed", "3", "--out", str(out)]) == 0
+    assert main(["run", "--impl", "naive,sdpa,padded", *grid, "--seed", "3", "--resume", "--out", str(out)]) == 0
     rows = _rows(out)
-    assert [(row["impl"], row["status"]) for row in rows] == [("reference", "ok"), ("sparse-block", "unsupported")]
-    assert all(row["docs"] == "uniform:2-9" for row in rows)
-    assert rows[0]["doc_lens"] == rows[1]["doc_lens"]
+    assert [row["impl"] for row in rows] == ["naive", "sdpa", "padded"]
+    assert all(row["status"] == "ok" and row["docs"] == "uniform:2-9" for row in rows), rows
+    assert rows[0]["doc_lens"] == rows[1]["doc_lens"] == rows[2]["doc_lens"]
     assert [list(lens) for lens in draw_doc_lens("uniform:2-9", 2, 24, seed=3)] == rows[0]["doc_lens"]
     pairs = sum(d * d for sequence in rows[0]["doc_lens"] for d in sequence)
     assert rows[0]["density"] == pairs / (2 * 24 * 24)
@@ -131,7 +131,7 @@ def test_rows_written_before_packed_documents_read_as_one_document_per_sequence(
 
 
 def test_flops_and_density_count_the_pairs_inside_documents_only():
-    impl = implementations.get("reference")
+    impl = implementations.get("naive")
     dense = packed("lengths:1+3+4", 8, batch=3)
     causal = replace(dense, causal=True)
     assert impl.visible_pairs(dense) == 1 + 9 + 16
@@ -173,12 +173,33 @@ def test_the_reference_attends_within_each_document(causal):
     assert not torch.allclose(masked, reference_attention(q, k, v, causal=causal))  # the mask changes something
 
 
+def test_one_document_per_sequence_is_todays_case():
+    case = packed("lengths:40", 40, causal=True, mode="fwd+bwd")
+    q, k, v, _ = random_tensors(case, 2)
+    for name in ("naive", "sdpa", "padded", "reference"):
+        impl = implementations.get(name)
+        baseline = implementations.get("sdpa")(q, k, v, causal=True)
+        assert_within_allowance(impl(q, k, v, causal=True, doc_lens=case.doc_lens), baseline, case, impl)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_the_padded_baseline_agrees_with_the_masked_one(causal):
+    case = packed("uniform:1-20", 64, causal=causal, mode="fwd+bwd", kv_heads=1)
+    leaves = [t.requires_grad_() for t in random_tensors(case, 9)[:3]]
+    results = []
+    for name in ("padded", "sdpa"):
+        out = implementations.get(name)(*leaves, causal=causal, doc_lens=case.doc_lens)
+        results.append((out, *torch.autograd.grad(out, leaves, torch.ones_like(out))))
+    assert_within_allowance(results[0], results[1], case)
+
+
 def test_implementations_without_packed_documents_say_why():
     case = packed("uniform:2-8", 32)
     for name in implementations.names():
         reasons = implementations.get(name).supports(case)
         if reasons and name not in ("sdpa-efficient", "sdpa-cudnn"):  # those are refused for the CPU
             assert any(reason.startswith("docs=uniform:2-8 (supported: fixed") for reason in reasons), (name, reasons)
+    assert "docs=fixed" in implementations.get("padded").supports(replace(case, docs="fixed", doc_lens=None))[0]
 
 
 def test_a_call_without_doc_lens_is_not_called_on_packed_documents():

@@ -162,6 +162,29 @@ def test_each_implementation_matches_its_float64_twin_on_packed_documents(name, 
     assert_matches_twin(name, case, input_seed=11)
 
 
+@pytest.mark.parametrize("spec,seq_len", [("lengths:1+2+5+24", 32), ("uniform:1-12", 48)])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+def test_a_sliding_window_narrower_than_its_documents_matches_its_twin(spec, seq_len, causal, mode):
+    case = packed(spec, seq_len, causal=causal, mode=mode, kv_heads=1)
+    assert_matches_twin("sparse-window", case, input_seed=4, options={"window": 3})
+
+
+def test_a_sliding_window_counts_its_pairs_within_documents():
+    window = implementations.get("sparse-window", window=1)
+    dense = packed("lengths:1+3+4", 8, batch=1)
+    assert window.visible_pairs(dense) == 1 + (3 + 2 + 2) + (4 + 3 + 3)  # |i - j| <= 1 inside each document
+    assert window.visible_pairs(replace(dense, causal=True)) == 1 + (3 + 2) + (4 + 3)
+
+
+def test_linear_families_count_the_same_flops_packed_or_not():
+    """Their work is per token: Σ over documents of a document's tokens is the sequence's."""
+    fixed = replace(packed("uniform:1-9", 40), docs="fixed", doc_lens=None)
+    for name in ("linear", "performer"):
+        impl = implementations.get(name)
+        assert impl.forward_flops(packed("uniform:1-9", 40)) == impl.forward_flops(fixed)
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_the_reference_attends_within_each_document(causal):
     """Against softmax attention run on each document alone: the block-diagonal mask, causal within documents."""

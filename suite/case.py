@@ -144,6 +144,8 @@ class Grid:
 
     def cases(self, device: str) -> list[Case]:
         """Each case once, in grid order, even where a list repeats a value (`--seq-len 64,64`)."""
+        from .packing import packs
+
         out = []
         for seq_len, q_len, docs, heads, kv_heads, head_dim, dtype, causal, mode in itertools.product(
             self.seq_len,
@@ -156,7 +158,9 @@ class Grid:
             self.causal,
             self.mode,
         ):
-            _check_packing(docs, seq_len, q_len)
+            _check_packing(docs, self.seq_len, None if q_len == seq_len else q_len)
+            if not packs(docs, seq_len):  # explicit lengths pack the sequences they sum to
+                continue
             if kv_heads and heads % kv_heads:
                 raise GridError(
                     f"kv_heads {kv_heads} does not divide heads {heads}",
@@ -175,14 +179,14 @@ class Grid:
         return list(dict.fromkeys(out))
 
 
-def _check_packing(docs: str, seq_len: int, q_len: int | None) -> None:
-    """GridError where a packing cannot go with a length (explicit lengths of another sum) or with --q-len."""
+def _check_packing(docs: str, seq_lens: tuple[int, ...], q_len: int | None) -> None:
+    """GridError where explicit lengths sum to none of the lengths, or where a packing goes with --q-len."""
     from .packing import length_problem
 
-    problem = length_problem(docs, seq_len)
+    problem = length_problem(docs, seq_lens)
     if problem:
-        raise GridError(problem, "--docs", "lengths:A+B+... that sum to every --seq-len, or uniform:MIN-MAX")
-    if q_len and q_len != seq_len and docs != FIXED:
+        raise GridError(problem, "--docs", "lengths:A+B+... that sum to a --seq-len, or uniform:MIN-MAX")
+    if q_len and docs != FIXED:
         raise GridError(
             f"docs {docs} with q_len {q_len}", "--docs", "fixed with --q-len: decoding packed documents is not measured"
         )

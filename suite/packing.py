@@ -2,7 +2,8 @@
 
     fixed              one document per sequence (today's cases)
     uniform:MIN-MAX    lengths drawn uniformly from MIN..MAX, the last one cut to fill the sequence
-    lengths:A+B+C      these lengths, which must sum to the sequence's length
+    lengths:A+B+C      these lengths, which must sum to the sequence's length (`256x32`: 32 documents of 256);
+                       with several sequence lengths, a spec packs those it sums to, and must sum to one
 
 Each of a case's batch sequences is packed independently. The lengths are drawn from the run's seed, the spec and
 the sequence length alone, so every row of a case, a resumed run and another batch size (its first sequences) get
@@ -23,7 +24,10 @@ if TYPE_CHECKING:
 
     from .case import Case
 
-SPEC_FORMS = "fixed, uniform:MIN-MAX (1 <= MIN <= MAX) or lengths:A+B+... (positive, summing to the sequence length)"
+SPEC_FORMS = (
+    "fixed, uniform:MIN-MAX (1 <= MIN <= MAX) or lengths:A+B+... (positive, LxK for K of L, summing to "
+    "a sequence length)"
+)
 
 
 def parse_docs(text: str) -> str:
@@ -37,26 +41,51 @@ def parse_docs(text: str) -> str:
         if match and 1 <= int(match.group(1)) <= int(match.group(2)):
             return f"uniform:{int(match.group(1))}-{int(match.group(2))}"
     elif kind == "lengths":
-        items = rest.split("+")
-        if all(item.isdigit() and int(item) >= 1 for item in items):
-            return "lengths:" + "+".join(str(int(item)) for item in items)
+        lengths = _lengths(rest)
+        if lengths:
+            return "lengths:" + _spelled(lengths)
     elif kind not in ("fixed",):
         raise ValueError(f"{text!r} is not a packing: unknown distribution {kind!r} (allowed: {SPEC_FORMS})")
     raise ValueError(f"{text!r} is not a packing (allowed: {SPEC_FORMS})")
 
 
-def length_problem(spec: str, seq_len: int) -> str | None:
-    """Why `spec` cannot pack sequences of `seq_len` tokens (explicit lengths with another sum), or None."""
-    if not spec.startswith("lengths:"):
+def _lengths(text: str) -> tuple[int, ...] | None:
+    """`8192+256x32` -> the lengths, or None where an item is not a positive length (L, or LxK for K of L)."""
+    lengths: list[int] = []
+    for item in text.split("+"):
+        match = re.fullmatch(r"(\d+)(?:x(\d+))?", item)
+        if not match or int(match.group(1)) < 1 or int(match.group(2) or 1) < 1:
+            return None
+        lengths += [int(match.group(1))] * int(match.group(2) or 1)
+    return tuple(lengths)
+
+
+def _spelled(lengths: tuple[int, ...]) -> str:
+    """Runs of one length as LxK, so that a spec has one spelling however it was written."""
+    runs: list[list[int]] = []
+    for length in lengths:
+        if runs and runs[-1][0] == length:
+            runs[-1][1] += 1
+        else:
+            runs.append([length, 1])
+    return "+".join(f"{length}x{count}" if count > 1 else str(length) for length, count in runs)
+
+
+def packs(spec: str, seq_len: int) -> bool:
+    """Whether `spec` packs sequences of `seq_len` tokens: every spec but explicit lengths of another sum."""
+    return not spec.startswith("lengths:") or sum(_explicit(spec)) == seq_len
+
+
+def length_problem(spec: str, seq_lens: tuple[int, ...]) -> str | None:
+    """Why explicit lengths pack none of the grid's sequence lengths, or None."""
+    if any(packs(spec, seq_len) for seq_len in seq_lens):
         return None
-    total = sum(_explicit(spec))
-    if total != seq_len:
-        return f"docs {spec} sum to {total} tokens, not seq_len {seq_len}"
-    return None
+    lengths = ", ".join(map(str, seq_lens))
+    return f"docs {spec} sum to {sum(_explicit(spec))} tokens, not seq_len {lengths}"
 
 
 def _explicit(spec: str) -> tuple[int, ...]:
-    return tuple(int(item) for item in spec.removeprefix("lengths:").split("+"))
+    return _lengths(spec.removeprefix("lengths:")) or ()
 
 
 def draw_doc_lens(spec: str, batch: int, seq_len: int, seed: int) -> DocLens | None:

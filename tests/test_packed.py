@@ -13,7 +13,7 @@ import torch
 import implementations
 from implementations.documents import per_document
 from implementations.reference import reference_attention
-from suite.case import Case, key_of_row, row_key
+from suite.case import Case, Grid, key_of_row, row_key
 from suite.check.workload import Workload, make_inputs, random_tensors
 from suite.cli import main
 from suite.packing import draw_doc_lens, parse_docs, with_doc_lens
@@ -44,7 +44,8 @@ def packed(spec: str, seq_len: int, *, batch: int = 2, causal: bool = False, mod
         ("uniform:0-8", r"--docs: 'uniform:0-8' is not a packing \(allowed: "),
         ("lengths:0+24", r"--docs: 'lengths:0\+24' is not a packing \(allowed: "),
         ("zipf:1-8", r"--docs: 'zipf:1-8' is not a packing: unknown distribution 'zipf' \(allowed: fixed, "),
-        ("lengths:8+8", r"--docs: docs lengths:8\+8 sum to 16 tokens, not seq_len 24 \(allowed: lengths:A\+B"),
+        ("lengths:8+8", r"--docs: docs lengths:8x2 sum to 16 tokens, not seq_len 24 \(allowed: lengths:A\+B"),
+        ("lengths:8x0", r"--docs: 'lengths:8x0' is not a packing \(allowed: "),
         ("uniform:1-", r"--docs: 'uniform:1-' is not a packing"),
         ("", r"--docs: '' has an empty item"),
     ],
@@ -68,6 +69,17 @@ def test_each_spec_has_one_spelling():
     assert parse_docs(" Uniform:016-64 ") == "uniform:16-64"
     assert parse_docs("lengths:01+2") == "lengths:1+2"
     assert parse_docs("FIXED") == "fixed"
+    assert parse_docs("lengths:8192+256+256+256") == parse_docs("lengths:8192+256x3") == "lengths:8192+256x3"
+
+
+def test_explicit_lengths_pack_the_sequence_lengths_they_sum_to():
+    grid = Grid(("naive",), (16, 24), (1,), (8,), ("float32",), (False,), ("fwd",), (1,), docs=("lengths:8x2", "fixed"))
+    assert [(case.seq_len, case.docs) for case in grid.cases("cpu")] == [
+        (16, "lengths:8x2"),
+        (16, "fixed"),
+        (24, "fixed"),
+    ]
+    assert draw_doc_lens("lengths:10+2x3", 1, 16, seed=0) == ((10, 2, 2, 2),)
 
 
 def test_a_uniform_packing_fills_each_sequence_and_the_same_seed_draws_the_same():

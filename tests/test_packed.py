@@ -4,6 +4,7 @@ implementation that runs on a CPU against the float64 reference with the block-d
 from __future__ import annotations
 
 import json
+import random
 import re
 from dataclasses import asdict, replace
 
@@ -245,3 +246,65 @@ def test_a_call_without_doc_lens_is_not_called_on_packed_documents():
     case = packed("uniform:2-8", 16)
     with pytest.raises(implementations.Unsupported, match=r"docs=uniform:2-8 \(supported: fixed; its call takes no"):
         Workload(OneDocumentOnly("mine"), case, make_inputs(case)).checked_call()
+
+
+def test_a_report_names_each_packing_and_compares_with_the_padded_and_the_masked_baseline(tmp_path):
+    out = tmp_path / "r.jsonl"
+    grid = ["--seq-len", "16,32", "--batch", "1", "--heads", "1", "--head-dim", "8", "--causal", "true"]
+    assert (
+        main(["run", "--impl", "naive,sdpa,padded", *grid, "--docs", "fixed,uniform:2-9", *FAST, "--out", str(out)])
+        == 0
+    )
+    assert main(["report", str(out), "--out", str(tmp_path / "report"), "--chart-formats", "png"]) == 0
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "## Speed-up over sdpa" in report and "## Speed-up over padded" in report
+    titles = [line for line in report.splitlines() if line.startswith("### ") and "causal · fwd" in line]
+    assert any("docs uniform:2-9" in title for title in titles), titles
+    assert any("docs" not in title for title in titles), titles  # one document per sequence: a group of its own
+
+
+def _with_times(records: list[dict], seed: int, slower_docs: str | None = None) -> list[dict]:
+    """Each ok row's times as 40 samples around its median; a packing's rows 30% slower where named."""
+    rng = random.Random(seed)
+    out = []
+    for record in records:
+        record = {**record}
+        if record["record"] == "result" and record["status"] == "ok":
+            center = record["time_ms"] * (1.3 if record["docs"] == slower_docs else 1.0)
+            times = sorted(center * rng.lognormvariate(0, 0.02) for _ in range(40))
+            record.update(times_ms=times, time_ms=times[20], time_iqr_ms=times[30] - times[10], cpu_contended=False)
+        out.append(record)
+    return out
+
+
+def test_compare_matches_rows_by_their_packing(tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    grid = ["--impl", "naive", "--seq-len", "32", "--batch", "1", "--heads", "1", "--head-dim", "8", "--causal", "true"]
+    assert main(["run", *grid, "--docs", "fixed,lengths:16x2", *FAST, "--out", str(out)]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    for name, seed, slower in (("base", 1, None), ("current", 2, "lengths:16x2")):
+        (tmp_path / f"{name}.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in _with_times(records, seed, slower))
+        )
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "base.jsonl"), str(tmp_path / "current.jsonl"), "--format", "json"]) == 1
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert sorted((row["docs"], row["verdict"]) for row in rows) == [("fixed", "same"), ("lengths:16x2", "slower")]
+
+
+def test_recommend_ranks_from_the_rows_of_the_packing_asked_for(tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    grid = ["--impl", "naive,padded", "--seq-len", "32", "--batch", "1", "--heads", "1", "--head-dim", "8"]
+    assert main(["run", *grid, "--causal", "true", "--docs", "fixed,lengths:16x2", *FAST, "--out", str(out)]) == 0
+    shape = ["recommend", "--seq-len", "32", "--heads", "1", "--head-dim", "8", "--dtype", "float32", "--causal"]
+    capsys.readouterr()
+    assert main([*shape, "--docs", "lengths:16+16", "--results", str(out), "--format", "json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["query"]["docs"] == "lengths:16x2"
+    assert {row["impl"] for row in answer["ranked"]} == {"naive", "padded"}  # padded ran only packed
+    assert main([*shape, "--results", str(out), "--format", "json"]) == 0  # one document per sequence: padded can't
+    assert {row["impl"] for row in json.loads(capsys.readouterr().out)["ranked"]} == {"naive"}
+    assert main([*shape, "--docs", "uniform:2-4", "--results", str(out)]) == 2
+    assert "no rows with --docs uniform:2-4 for ungrouped heads in the results (measured: fixed, lengths:16x2)" in (
+        capsys.readouterr().err
+    )

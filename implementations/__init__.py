@@ -22,6 +22,7 @@ from .padded import PaddedDocumentsAttention
 from .performer import PerformerAttention
 from .reference import ReferenceAttention, reference_attention
 from .sdpa import SdpaAttention
+from .sdpa_nested import NestedSdpaAttention
 from .sparse_block import BlockSparseAttention
 from .sparse_window import SlidingWindowAttention
 from .xformers_memeff import XformersAttention
@@ -36,6 +37,7 @@ REGISTRY: dict[str, Callable[..., Implementation]] = {
     "sdpa-efficient": partial(SdpaAttention, backend="efficient"),
     "sdpa-cudnn": partial(SdpaAttention, backend="cudnn"),
     "padded": PaddedDocumentsAttention,
+    "nested-sdpa": NestedSdpaAttention,
     "xformers": XformersAttention,
     "flex": FlexAttention,
     "sparse-window": SlidingWindowAttention,

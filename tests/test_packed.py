@@ -12,7 +12,9 @@ import pytest
 import torch
 
 import implementations
-from implementations.documents import per_document
+from implementations.documents import document_ids, per_document
+from implementations.flex import FlexCall
+from implementations.flex_documents import document_block_mask, document_mask_mod
 from implementations.reference import reference_attention
 from suite.case import Case, Grid, key_of_row, row_key
 from suite.check.workload import Workload, make_inputs, random_tensors
@@ -166,7 +168,8 @@ def _packed_cases():
         for spec, seq_len in PACKINGS:
             for causal in (False, True):
                 for mode in ("fwd", "fwd+bwd"):
-                    case = packed(spec, seq_len, causal=causal, mode=mode, kv_heads=1)
+                    # grouped key/value heads where causal, as many as the queries' otherwise
+                    case = packed(spec, seq_len, causal=causal, mode=mode, kv_heads=1 if causal else None)
                     yield pytest.param(name, case, id=f"{name}-{case.label}")
 
 
@@ -230,10 +233,13 @@ def test_the_padded_baseline_agrees_with_the_masked_one(causal):
 
 
 def test_implementations_without_packed_documents_say_why():
+    """One that runs a case with one document per sequence and refuses it packed names the packing."""
     case = packed("uniform:2-8", 32)
+    fixed = replace(case, docs="fixed", doc_lens=None)
     for name in implementations.names():
-        reasons = implementations.get(name).supports(case)
-        if reasons and name not in ("sdpa-efficient", "sdpa-cudnn"):  # those are refused for the CPU
+        impl = implementations.get(name)
+        reasons = impl.supports(case)
+        if reasons and not impl.supports(fixed):
             assert any(reason.startswith("docs=uniform:2-8 (supported: fixed") for reason in reasons), (name, reasons)
     assert "docs=fixed" in implementations.get("padded").supports(replace(case, docs="fixed", doc_lens=None))[0]
 
@@ -308,3 +314,49 @@ def test_recommend_ranks_from_the_rows_of_the_packing_asked_for(tmp_path, capsys
     assert "no rows with --docs uniform:2-4 for ungrouped heads in the results (measured: fixed, lengths:16x2)" in (
         capsys.readouterr().err
     )
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_the_document_block_mask_is_create_block_mask_s_built_by_rows(causal):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    doc_lens = ((100, 28, 128, 30), (3, 283))  # a document across blocks, one of exactly a block, a partial end
+    ours = document_block_mask(doc_lens, causal, "cpu")
+    theirs = create_block_mask(document_mask_mod(document_ids(doc_lens), causal), 2, None, 286, 286, device="cpu")
+    for counts, indices in (("kv_num_blocks", "kv_indices"), ("full_kv_num_blocks", "full_kv_indices")):
+        assert torch.equal(getattr(ours, counts), getattr(theirs, counts))
+        for (b, h, row), count in zip(
+            torch.cartesian_prod(*map(torch.arange, (2, 1, 3))), getattr(ours, counts).flatten()
+        ):
+            assert torch.equal(getattr(ours, indices)[b, h, row, :count], getattr(theirs, indices)[b, h, row, :count])
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_flex_attention_with_the_document_block_mask_attends_within_documents(causal):
+    """Eager FlexAttention (its CPU forward) with the mask that `flex` compiles on a GPU."""
+    case = packed("lengths:100+28+128+30", 286, causal=causal)
+    q, k, v, _ = random_tensors(case, 3)
+    out = FlexCall(compile_it=False).with_block_mask(q, k, v, document_block_mask(case.doc_lens, causal, "cpu"))
+    assert_within_allowance(out, reference_attention(q, k, v, causal=causal, doc_lens=case.doc_lens), case)
+
+
+def _gpu_cases():
+    for causal in (False, True):
+        for mode in ("fwd", "fwd+bwd"):
+            for spec, seq_len in (("uniform:16-300", 1024), ("lengths:1+127+128+768", 1024)):
+                yield packed(spec, seq_len, causal=causal, mode=mode, dtype="bfloat16", device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["flex", "xformers", "nested-sdpa", "padded", "sdpa", "naive"])
+def test_the_gpu_paths_match_their_twins_on_packed_documents(name):
+    for case in _gpu_cases():
+        assert_matches_twin(name, case, input_seed=5)
+
+
+@pytest.mark.gpu
+def test_nested_sdpa_records_the_variable_length_kernel_it_ran():
+    case = packed("uniform:16-300", 1024, causal=True, dtype="bfloat16", device="cuda")
+    inputs = make_inputs(case)
+    backend = Workload(implementations.get("nested-sdpa"), case, inputs).backend()
+    assert backend.split()[0] in ("flash_attention", "efficient_attention"), backend

@@ -128,7 +128,17 @@ PRESETS: dict[str, Grid] = {
         "decoders (their state carried from call to call)",
     ),
     "varlen": Grid(
-        impls=("naive", "sdpa", "sdpa-efficient", "sdpa-cudnn", "padded", "flex", "xformers", "linear-fla"),
+        impls=(
+            "naive",
+            "sdpa",
+            "sdpa-efficient",
+            "sdpa-cudnn",
+            "padded",
+            "nested-sdpa",
+            "flex",
+            "xformers",
+            "linear-fla",
+        ),
         seq_len=(16384, 65536),
         docs=(
             "uniform:128-2048",

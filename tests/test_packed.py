@@ -360,3 +360,41 @@ def test_nested_sdpa_records_the_variable_length_kernel_it_ran():
     inputs = make_inputs(case)
     backend = Workload(implementations.get("nested-sdpa"), case, inputs).backend()
     assert backend.split()[0] in ("flash_attention", "efficient_attention"), backend
+
+
+def test_a_file_written_before_packed_documents_resumes_as_one_document_per_sequence(tmp_path, capsys):
+    out = tmp_path / "old.jsonl"
+    grid = [
+        "--impl",
+        "naive",
+        "--seq-len",
+        "16",
+        "--batch",
+        "1",
+        "--heads",
+        "1",
+        "--head-dim",
+        "8",
+        "--causal",
+        "false",
+    ]
+    assert main(["run", *grid, *FAST, "--out", str(out)]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    older = [{k: v for k, v in r.items() if k not in ("docs", "doc_lens")} for r in records]
+    out.write_text("".join(json.dumps(record) + "\n" for record in older))
+    capsys.readouterr()
+    assert main(["run", *grid, *FAST, "--resume", "--out", str(out)]) == 0
+    assert "nothing to run: every case is already in" in capsys.readouterr().out
+    assert main(["run", *grid, *FAST, "--docs", "lengths:8x2", "--resume", "--out", str(out)]) == 0  # another case
+    assert [row.get("docs") for row in _rows(out)] == [None, "lengths:8x2"]
+
+
+def test_benchmark_takes_docs_as_run_does():
+    from suite.api import benchmark
+
+    shape = {"seq_len": 24, "heads": 1, "head_dim": 8, "batch": 2, "mode": "fwd", "device": "cpu", "progress": False}
+    frame = benchmark(["naive", "padded"], docs="uniform:2-9", timing={"min_repeats": 1, "max_repeats": 1}, **shape)
+    assert set(frame.docs) == {"uniform:2-9"} and set(frame.status) == {"ok"}
+    assert frame.doc_lens.iloc[0] == frame.doc_lens.iloc[1]
+    with pytest.raises(ValueError, match=r"docs: 'zipf:1-2' is not a packing: unknown distribution 'zipf'"):
+        benchmark("naive", docs="zipf:1-2", **shape)

@@ -160,16 +160,23 @@ def test_flops_and_density_count_the_pairs_inside_documents_only():
 
 # Documents of 1 token, of exactly a chunk or block (128: linear's and Performer's chunk, the sparse
 # implementations' block), documents of many lengths, and one document as long as the sequence (today's case).
-PACKINGS = [("lengths:1+1+1+29", 32), ("lengths:128+128", 256), ("uniform:1-12", 48), ("lengths:40", 40)]
+PACKINGS = [
+    ("lengths:1+1+1+29", 32, "float32"),
+    ("lengths:128+128", 256, "float32"),
+    ("uniform:1-12", 48, "float32"),
+    ("uniform:1-12", 48, "bfloat16"),
+    ("lengths:40", 40, "float32"),
+]
 
 
 def _packed_cases():
     for name in implementations.names():
-        for spec, seq_len in PACKINGS:
+        for spec, seq_len, dtype in PACKINGS:
             for causal in (False, True):
                 for mode in ("fwd", "fwd+bwd"):
                     # grouped key/value heads where causal, as many as the queries' otherwise
-                    case = packed(spec, seq_len, causal=causal, mode=mode, kv_heads=1 if causal else None)
+                    kv_heads = 1 if causal else None
+                    case = packed(spec, seq_len, causal=causal, mode=mode, kv_heads=kv_heads, dtype=dtype)
                     yield pytest.param(name, case, id=f"{name}-{case.label}")
 
 
@@ -212,13 +219,23 @@ def test_the_reference_attends_within_each_document(causal):
     assert not torch.allclose(masked, reference_attention(q, k, v, causal=causal))  # the mask changes something
 
 
-def test_one_document_per_sequence_is_todays_case():
-    case = packed("lengths:40", 40, causal=True, mode="fwd+bwd")
+@pytest.mark.parametrize("causal", [False, True])
+def test_one_document_per_sequence_is_todays_case(causal):
+    """Each implementation's call on one document as long as the sequence agrees with its own call on today's case
+    (with sdpa's, for those that run packed cases only)."""
+    case = packed("lengths:40", 40, causal=causal, mode="fwd")
+    fixed = replace(case, docs="fixed", doc_lens=None)
     q, k, v, _ = random_tensors(case, 2)
-    for name in ("naive", "sdpa", "padded", "reference"):
+    ran = []
+    for name in implementations.names():
         impl = implementations.get(name)
-        baseline = implementations.get("sdpa")(q, k, v, causal=True)
-        assert_within_allowance(impl(q, k, v, causal=True, doc_lens=case.doc_lens), baseline, case, impl)
+        if impl.supports(case):
+            continue
+        baseline = impl if not impl.supports(fixed) else implementations.get("sdpa")
+        expected = baseline(q, k, v, causal=causal)
+        assert_within_allowance(impl(q, k, v, causal=causal, doc_lens=case.doc_lens), expected, case, impl)
+        ran.append(name)
+    assert {"naive", "sdpa", "padded", "linear", "performer", "sparse-window"} <= set(ran)
 
 
 @pytest.mark.parametrize("causal", [False, True])

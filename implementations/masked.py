@@ -36,6 +36,7 @@ class MaskedAttention(Implementation):
         self._flex_call = FlexCall()
         self._pairs: dict[tuple[int, bool, int], int] = {}
         self._plans: dict[tuple, list[QueryChunk]] = {}
+        self._packing: tuple | None = None  # the packing whose documents' plans _plans holds
 
     # --- what a subclass defines -------------------------------------------------------------
     def allowed(self, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
@@ -79,14 +80,14 @@ class MaskedAttention(Implementation):
         """Pairs the mask shows per sequence; packed documents, within each document, averaged over the batch."""
         doc_lens = doc_lens_of(case)
         if doc_lens is not None:
-            pairs = (self._sequence_pairs(length, length, case.causal) for lens in doc_lens for length in lens)
+            pairs = (self._sequence_pairs(length, length, case.causal, "no") for lens in doc_lens for length in lens)
             return sum(pairs) / len(doc_lens)
         return self._sequence_pairs(case.q_len or case.seq_len, case.seq_len, case.causal)
 
-    def _sequence_pairs(self, queries: int, seq_len: int, causal: bool) -> int:
+    def _sequence_pairs(self, queries: int, seq_len: int, causal: bool, keep: str = "alone") -> int:
         key = (seq_len, causal, queries)
         if key not in self._pairs:
-            plan = self._cpu_plan(queries, seq_len, causal, torch.device("cpu"), keep="no")
+            plan = self._cpu_plan(queries, seq_len, causal, torch.device("cpu"), keep)
             self._pairs[key] = sum(int(chunk.seen.sum()) for chunk in plan)
         return self._pairs[key]
 
@@ -106,6 +107,8 @@ class MaskedAttention(Implementation):
 
     def __call__(self, q, k, v, *, causal=False, doc_lens=None):
         if doc_lens is not None:  # packed documents (CPU): each its own call, the mask's positions its own
+            if doc_lens != self._packing:  # the plans of one packing's lengths at a time
+                self._plans, self._packing = {}, doc_lens
             return per_document(lambda *part: self._chunked(*part, causal, "with others"), q, k, v, doc_lens)
         if q.device.type == "cuda":
             return self._flex(q, k, v, causal)

@@ -44,7 +44,7 @@ def parse_docs(text: str) -> str:
         lengths = _lengths(rest)
         if lengths:
             return "lengths:" + _spelled(lengths)
-    elif kind not in ("fixed",):
+    elif kind != FIXED:
         raise ValueError(f"{text!r} is not a packing: unknown distribution {kind!r} (allowed: {SPEC_FORMS})")
     raise ValueError(f"{text!r} is not a packing (allowed: {SPEC_FORMS})")
 

@@ -18,9 +18,11 @@ from .linear import LinearAttention
 from .linear_fla import FlaLinearAttention
 from .linformer import LinformerAttention
 from .naive import NaiveAttention
+from .padded import PaddedDocumentsAttention
 from .performer import PerformerAttention
 from .reference import ReferenceAttention, reference_attention
 from .sdpa import SdpaAttention
+from .sdpa_nested import NestedSdpaAttention
 from .sparse_block import BlockSparseAttention
 from .sparse_window import SlidingWindowAttention
 from .xformers_memeff import XformersAttention
@@ -34,6 +36,8 @@ REGISTRY: dict[str, Callable[..., Implementation]] = {
     "sdpa-flash": partial(SdpaAttention, backend="flash"),
     "sdpa-efficient": partial(SdpaAttention, backend="efficient"),
     "sdpa-cudnn": partial(SdpaAttention, backend="cudnn"),
+    "padded": PaddedDocumentsAttention,
+    "nested-sdpa": NestedSdpaAttention,
     "xformers": XformersAttention,
     "flex": FlexAttention,
     "sparse-window": SlidingWindowAttention,

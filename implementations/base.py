@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Protocol
 
 import torch
 
+from .documents import DocLens, doc_lens_of, mean_pairs
 from .flops import MODE_FACTOR, attention_pairs, softmax_attention_flops
 
 DTYPES: dict[str, torch.dtype] = {
@@ -32,6 +33,9 @@ class CaseLike(Protocol):
     device: str  # "cpu" or "cuda"
     kv_heads: int | None  # grouped-query attention: key/value heads (None: as many as heads)
     q_len: int | None  # queries: the last q_len of the seq_len positions (None: all of them)
+    # Optional: packed documents (documents.py); a case without these has one document per sequence.
+    # docs: str  -- the packing's spec, "fixed" for one document per sequence
+    # doc_lens: tuple[tuple[int, ...], ...] | None  -- each sequence's documents' lengths
 
 
 class Unsupported(Exception):
@@ -123,9 +127,13 @@ class Implementation:
         it must still do the same thing (by entering the set-up itself)."""
         return contextlib.nullcontext()
 
-    def visible_pairs(self, case: CaseLike) -> int:
+    def visible_pairs(self, case: CaseLike) -> float:
         """Query-key pairs of one sequence and head that contribute to the output: N² dense, N(N+1)/2 causal; with
-        q_len queries (the last of the N positions) Q·N dense, and causal each query sees the keys up to its own."""
+        q_len queries (the last of the N positions) Q·N dense, and causal each query sees the keys up to its own.
+        Packed documents: the pairs within documents (Σ d², Σ d(d+1)/2), averaged over the batch's sequences."""
+        doc_lens = doc_lens_of(case)
+        if doc_lens is not None:
+            return mean_pairs(doc_lens, case.causal)
         return attention_pairs(case.q_len or case.seq_len, case.seq_len, case.causal)
 
     def forward_flops(self, case: CaseLike) -> float:
@@ -142,14 +150,23 @@ class Implementation:
         place of those keys and values (a recurrent decoder): that state's bytes. None: it reads the cache."""
         return None
 
-    def exact_twin(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
+    def exact_twin(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        causal: bool = False,
+        doc_lens: DocLens | None = None,
+    ) -> torch.Tensor:
         """The same maths in float64, differentiable: what this implementation is checked against.
 
-        For exact implementations that is softmax attention; approximate families override it.
+        For exact implementations that is softmax attention (within documents, given `doc_lens`); approximate
+        families override it.
         """
         from .reference import reference_attention
 
-        return reference_attention(q, k, v, causal=causal)
+        return reference_attention(q, k, v, causal=causal, doc_lens=doc_lens)
 
     def attention_weights(self, q: torch.Tensor, k: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
         """The (…, N, N) float64 weights this implementation applies to V (for attention-map charts)."""

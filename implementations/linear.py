@@ -39,7 +39,11 @@ from .carried_state import (
     summed_keys,
 )
 from .compiling import COMPILE_OPTION, CompileOnRequest
+from .documents import DocLens, per_document, same_document
 from .flops import linear_attention_flops
+
+# Packed documents run one call per document: the running state (causal) or the sums (not) start afresh at each one.
+PER_DOCUMENT = ", one call per packed document"
 
 
 def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
@@ -255,21 +259,32 @@ def _causal_sums(
 
 
 def quadratic_linear_attention(
-    fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *, causal: bool, chunk_elements: int = 1 << 25
+    fq: torch.Tensor,
+    fk: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool,
+    chunk_elements: int = 1 << 25,
+    doc_lens: DocLens | None = None,
 ) -> torch.Tensor:
     """The exact twin: weights φ(q_i)ᵀφ(k_j), masked, row-normalized, times V; float64 in, float64 out.
 
-    Chunked over queries and checkpointed, so neither forward nor backward holds all N×N weights.
+    Chunked over queries and checkpointed, so neither forward nor backward holds all N×N weights. `doc_lens`:
+    packed documents, each query weighing the keys of its own document only (the block-diagonal mask).
     """
+    documents = None if doc_lens is None else same_document(doc_lens, fq.device)
     batch, heads, q_len, _ = fq.shape
     seq_len = fk.shape[-2]
     rows = max(1, min(q_len, chunk_elements // max(1, batch * heads * seq_len)))
 
     def block(fq_rows: torch.Tensor, start: int) -> torch.Tensor:
         weights = fq_rows @ fk.transpose(-2, -1)
+        query_pos = torch.arange(start, start + fq_rows.shape[-2], device=fq.device)[:, None] + seq_len - q_len
+        key_pos = torch.arange(seq_len, device=fq.device)[None, :]
         if causal:  # queries are the last q_len positions
-            query_pos = torch.arange(start, start + fq_rows.shape[-2], device=fq.device)[:, None] + seq_len - q_len
-            weights = weights * (torch.arange(seq_len, device=fq.device)[None, :] <= query_pos)
+            weights = weights * (key_pos <= query_pos)
+        if documents is not None:
+            weights = weights * documents(query_pos, key_pos)
         return (weights @ v) / weights.sum(-1, keepdim=True)
 
     parts = [checkpoint(block, fq[..., s : s + rows, :], s, use_reentrant=False) for s in range(0, q_len, rows)]
@@ -331,7 +346,9 @@ class LinearAttention(Implementation):
         # not: the allowance grows as 48 / head dim below 48, leaving 1.5× or more, and is as is from 48 up.
         return max(1.0, 48 / case.head_dim)
 
-    def __call__(self, q, k, v, *, causal=False):
+    def __call__(self, q, k, v, *, causal=False, doc_lens=None):
+        if doc_lens is not None:  # packed documents: each its own call, the running state starting afresh
+            return per_document(lambda *part: self._attend(*part, causal), q, k, v, doc_lens)
         earlier = k.shape[-2] - q.shape[-2]
         if not earlier:
             return self._attend(q, k, v, causal)
@@ -362,13 +379,14 @@ class LinearAttention(Implementation):
             elu_feature_map(q), elu_feature_map(k), v, KeySums(state, norm), causal=causal, chunk=self.settings["chunk"]
         )
 
-    def backend(self, q, k, v, *, causal=False) -> str | None:
-        return self._attend.backend + carried_description(self._state, q, k)
+    def backend(self, q, k, v, *, causal=False, doc_lens=None) -> str | None:
+        documents = "" if doc_lens is None else PER_DOCUMENT
+        return self._attend.backend + carried_description(self._state, q, k) + documents
 
-    def exact_twin(self, q, k, v, *, causal=False):
+    def exact_twin(self, q, k, v, *, causal=False, doc_lens=None):
         k, v = expand_kv(q, k, v)
         q, k, v = q.double(), k.double(), v.double()
-        return quadratic_linear_attention(elu_feature_map(q), elu_feature_map(k), v, causal=causal)
+        return quadratic_linear_attention(elu_feature_map(q), elu_feature_map(k), v, causal=causal, doc_lens=doc_lens)
 
     def attention_weights(self, q, k, *, causal=False):
         return linear_weights(elu_feature_map(q.double()), elu_feature_map(k.double()), causal=causal)

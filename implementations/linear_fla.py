@@ -8,6 +8,7 @@ cancels. fla's kernel is causal only and needs a GPU; elsewhere `supports()` say
 from __future__ import annotations
 
 from .base import Unsupported, device_reasons, dtype_reasons, grouped_query_reasons, query_length_reasons
+from .documents import packing_reasons
 from .linear import LinearAttention, elu_feature_map
 
 
@@ -29,6 +30,9 @@ class FlaLinearAttention(LinearAttention):
         reasons += dtype_reasons(case, {"float16", "bfloat16", "float32"})
         reasons += grouped_query_reasons(case, "not wired for fla's kernel here")
         reasons += query_length_reasons(case, "fla's chunk_linear_attn takes as many queries as keys")
+        reasons += packing_reasons(
+            case, "fla's chunk_linear_attn takes no cu_seqlens: its state runs over the sequence"
+        )
         _, problem = _load_fla()
         if problem:
             reasons.append(problem)

@@ -31,6 +31,7 @@ import torch
 
 from .base import Implementation, Option, Unsupported, device_reasons, must_be_positive, query_len
 from .compiling import parse_bool
+from .documents import packing_reasons
 from .flops import low_rank_attention_backward_flops, low_rank_attention_flops
 from .reference import reference_attention, softmax_weights
 from .sdpa import SdpaAttention
@@ -62,6 +63,11 @@ def refusals(causal: bool, q_len: int, seq_len: int) -> list[str]:
     if q_len != seq_len:
         reasons.append(f"q_len={q_len} with seq_len={seq_len} (supported: q_len = seq_len; {FIXED_LENGTH})")
     return reasons
+
+
+# Its projections E, F (k × N) mix the positions of the whole sequence; documents would need projections of their
+# own length each, which is another model, not Linformer on a packed batch.
+WHY_NOT_PACKED = "its k × N projections mix positions across documents"
 
 
 class LinformerAttention(Implementation):
@@ -114,7 +120,11 @@ class LinformerAttention(Implementation):
         return self._projections[key]
 
     def supports(self, case) -> list[str]:
-        return device_reasons(case, {"cpu", "cuda"}) + refusals(case.causal, query_len(case), case.seq_len)
+        return (
+            device_reasons(case, {"cpu", "cuda"})
+            + refusals(case.causal, query_len(case), case.seq_len)
+            + packing_reasons(case, WHY_NOT_PACKED)
+        )
 
     def _refuse(self, q: torch.Tensor, k: torch.Tensor, causal: bool) -> None:
         """Raises Unsupported for what `supports` refuses, where a caller did not ask it first."""

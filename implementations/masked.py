@@ -11,13 +11,14 @@ Positions are those of the keys: with fewer queries than keys, the queries are t
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from .base import CaseLike, Implementation, device_reasons
 from .block_mask import block_mask_by_rows
 from .chunked_masked import ChunkedMaskedAttention, QueryChunk
+from .documents import doc_lens_of, packing_reasons, per_document
 from .flex import FlexCall, flex_reasons
 from .reference import reference_attention, softmax_weights
 
@@ -26,12 +27,16 @@ _CPU_QUERY_CHUNK = 128
 
 class MaskedAttention(Implementation):
     family = "sparse"
+    # Why the mask cannot run packed documents, for one whose positions are the whole sequence's; None: it runs
+    # each document on its own, which a mask of relative positions (a sliding window) allows.
+    why_not_packed: ClassVar[str | None] = None
 
     def __init__(self, name: str, **options: Any):
         super().__init__(name, **options)
         self._flex_call = FlexCall()
         self._pairs: dict[tuple[int, bool, int], int] = {}
         self._plans: dict[tuple, list[QueryChunk]] = {}
+        self._packing: tuple | None = None  # the packing whose documents' plans _plans holds
 
     # --- what a subclass defines -------------------------------------------------------------
     def allowed(self, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
@@ -71,59 +76,80 @@ class MaskedAttention(Implementation):
         ranges = self.candidate_keys(start, stop, seq_len)
         return torch.cat([torch.arange(a, b, device=device) for a, b in ranges]).unique()
 
-    def visible_pairs(self, case: CaseLike) -> int:
-        queries = case.q_len or case.seq_len
-        key = (case.seq_len, case.causal, queries)
+    def visible_pairs(self, case: CaseLike) -> float:
+        """Pairs the mask shows per sequence; packed documents, within each document, averaged over the batch."""
+        doc_lens = doc_lens_of(case)
+        if doc_lens is not None:
+            pairs = (self._sequence_pairs(length, length, case.causal, "no") for lens in doc_lens for length in lens)
+            return sum(pairs) / len(doc_lens)
+        return self._sequence_pairs(case.q_len or case.seq_len, case.seq_len, case.causal)
+
+    def _sequence_pairs(self, queries: int, seq_len: int, causal: bool, keep: str = "alone") -> int:
+        key = (seq_len, causal, queries)
         if key not in self._pairs:
-            plan = self._cpu_plan(queries, case.seq_len, case.causal, torch.device("cpu"))
+            plan = self._cpu_plan(queries, seq_len, causal, torch.device("cpu"), keep)
             self._pairs[key] = sum(int(chunk.seen.sum()) for chunk in plan)
         return self._pairs[key]
 
     def supports(self, case) -> list[str]:
-        return device_reasons(case, {"cpu", "cuda"}) + flex_reasons(case)
+        reasons = device_reasons(case, {"cpu", "cuda"}) + flex_reasons(case)
+        if self.why_not_packed:
+            return reasons + packing_reasons(case, self.why_not_packed)
+        if case.device == "cuda":  # a document mask_mod would take the batch index; one compile per length won't do
+            reasons += packing_reasons(case, "on a GPU, a document mask for FlexAttention is not wired here")
+        return reasons
 
-    def exact_twin(self, q, k, v, *, causal=False):
-        return reference_attention(q, k, v, causal=causal, mask=self.allowed)
+    def exact_twin(self, q, k, v, *, causal=False, doc_lens=None):
+        return reference_attention(q, k, v, causal=causal, mask=self.allowed, doc_lens=doc_lens)
 
     def attention_weights(self, q, k, *, causal=False):
         return softmax_weights(q, k, causal=causal, mask=self.allowed)
 
-    def __call__(self, q, k, v, *, causal=False):
+    def __call__(self, q, k, v, *, causal=False, doc_lens=None):
+        if doc_lens is not None:  # packed documents (CPU): each its own call, the mask's positions its own
+            if doc_lens != self._packing:  # the plans of one packing's lengths at a time
+                self._plans, self._packing = {}, doc_lens
+            return per_document(lambda *part: self._chunked(*part, causal, "with others"), q, k, v, doc_lens)
         if q.device.type == "cuda":
             return self._flex(q, k, v, causal)
         return self._chunked(q, k, v, causal)
 
-    def backend(self, q, k, v, *, causal=False) -> str | None:
-        return (
-            "flex_attention (compiled)"
-            if q.device.type == "cuda"
-            else "query chunks against their candidate keys (cpu)"
-        )
+    def backend(self, q, k, v, *, causal=False, doc_lens=None) -> str | None:
+        if q.device.type == "cuda":
+            return "flex_attention (compiled)"
+        documents = "" if doc_lens is None else ", one call per packed document"
+        return f"query chunks against their candidate keys (cpu){documents}"
 
     def _flex(self, q, k, v, causal: bool) -> torch.Tensor:
         return self._flex_call(q, k, v, lambda q_idx, kv_idx: self.visible(q_idx, kv_idx, causal), mask_key=(causal,))
 
-    def _chunked(self, q, k, v, causal: bool) -> torch.Tensor:
+    def _chunked(self, q, k, v, causal: bool, keep: str = "alone") -> torch.Tensor:
         batch, heads, q_len, head_dim = q.shape
         seq_len = k.shape[-2]
-        plan = self._cpu_plan(q_len, seq_len, causal, q.device)
+        plan = self._cpu_plan(q_len, seq_len, causal, q.device, keep)
         rows = [t.reshape(batch * t.shape[1], t.shape[-2], head_dim) for t in (q, k, v)]
         return ChunkedMaskedAttention.apply(*rows, plan).view(batch, heads, q_len, head_dim)
 
-    def _cpu_plan(self, q_len: int, seq_len: int, causal: bool, device) -> list[QueryChunk]:
+    def _cpu_plan(self, q_len: int, seq_len: int, causal: bool, device, keep: str = "alone") -> list[QueryChunk]:
         """Each query chunk's candidate keys and mask (the queries are the last q_len positions); built on the
-        first call of a shape, like the block mask."""
+        first call of a shape, like the block mask. `keep`: "alone" keeps this shape's plan only (a plan holds
+        N × (candidate keys) booleans), "with others" keeps it beside the others (a packing's document lengths,
+        each of which every call takes), "no" keeps nothing (counting pairs)."""
         key = (q_len, seq_len, causal, device)
-        if key not in self._plans:
-            plan = []
-            offset = seq_len - q_len
-            for start in range(0, q_len, _CPU_QUERY_CHUNK):
-                stop = min(q_len, start + _CPU_QUERY_CHUNK)
-                index = self._key_index(offset + start, offset + stop, seq_len, device)
-                contiguous = int(index[-1] - index[0]) + 1 == len(index)
-                keys = slice(int(index[0]), int(index[-1]) + 1) if contiguous else index
-                positions = torch.arange(offset + start, offset + stop, device=device)
-                seen = self.visible(positions[:, None], index[None, :], causal)
-                plan.append(QueryChunk(start, stop, keys, seen))
-            self._plans = {key: plan}  # one shape at a time: a plan holds N × (candidate keys) booleans
-        return self._plans[key]
+        if key in self._plans:
+            return self._plans[key]
+        plan = []
+        offset = seq_len - q_len
+        for start in range(0, q_len, _CPU_QUERY_CHUNK):
+            stop = min(q_len, start + _CPU_QUERY_CHUNK)
+            index = self._key_index(offset + start, offset + stop, seq_len, device)
+            contiguous = int(index[-1] - index[0]) + 1 == len(index)
+            keys = slice(int(index[0]), int(index[-1]) + 1) if contiguous else index
+            positions = torch.arange(offset + start, offset + stop, device=device)
+            seen = self.visible(positions[:, None], index[None, :], causal)
+            plan.append(QueryChunk(start, stop, keys, seen))
+        if keep == "alone":
+            self._plans = {}
+        if keep != "no":
+            self._plans[key] = plan
+        return plan

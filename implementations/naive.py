@@ -11,6 +11,7 @@ import torch
 
 from .base import Implementation, expand_kv
 from .compiling import COMPILE_OPTION, CompileOnRequest
+from .documents import VisibleMaskCache
 
 
 def _materialized(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -30,6 +31,7 @@ class NaiveAttention(Implementation):
     def __init__(self, name: str, **options):
         super().__init__(name, **options)
         self._masks: dict[tuple[int, int, torch.device], torch.Tensor] = {}
+        self._documents = VisibleMaskCache(hidden=True)
         self._attend = CompileOnRequest(_materialized, self.settings.get("compile", False))
 
     def _causal_mask(self, q_len: int, kv_len: int, device: torch.device) -> torch.Tensor:
@@ -41,8 +43,10 @@ class NaiveAttention(Implementation):
             self._masks[key] = torch.ones(q_len, kv_len, dtype=torch.bool, device=device).triu(1 + kv_len - q_len)
         return self._masks[key]
 
-    def __call__(self, q, k, v, *, causal=False):
+    def __call__(self, q, k, v, *, causal=False, doc_lens=None):
+        if doc_lens is not None:  # packed documents: the block-diagonal mask, materialized
+            return self._attend(q, k, v, self._documents.get(doc_lens, causal, q.device))
         return self._attend(q, k, v, self._causal_mask(q.shape[-2], k.shape[-2], q.device) if causal else None)
 
-    def backend(self, q, k, v, *, causal=False) -> str | None:
+    def backend(self, q, k, v, *, causal=False, doc_lens=None) -> str | None:
         return self._attend.backend

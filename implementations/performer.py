@@ -46,8 +46,10 @@ from .carried_state import (
     summed_keys,
 )
 from .compiling import COMPILE_OPTION, CompileOnRequest
+from .documents import per_document
 from .flops import linear_attention_flops, random_feature_flops
 from .linear import (
+    PER_DOCUMENT,
     ChangedFeatures,
     KeySums,
     decoding_step,
@@ -230,9 +232,11 @@ class PerformerAttention(Implementation):
     def supports(self, case) -> list[str]:
         return device_reasons(case, {"cpu", "cuda"}) + carried_state_reasons(case, self.settings["state"])
 
-    def __call__(self, q, k, v, *, causal=False):
+    def __call__(self, q, k, v, *, causal=False, doc_lens=None):
         # Drawn here, outside the compiled function, so compilation sees a plain tensor argument.
         projection = self.projection(q.shape[-1], q.dtype, q.device)
+        if doc_lens is not None:  # packed documents: each its own call, features and running state its own
+            return per_document(lambda *part: self._attend(*part, projection, causal), q, k, v, doc_lens)
         earlier = k.shape[-2] - q.shape[-2]
         if not earlier:
             return self._attend(q, k, v, projection, causal)
@@ -324,10 +328,13 @@ class PerformerAttention(Implementation):
             fq, fk, v, KeySums(state, norm), causal=causal, chunk=self.settings["chunk"], mm=fq.dtype, changed=changed
         )
 
-    def backend(self, q, k, v, *, causal=False) -> str | None:
-        return self._attend.backend + carried_description(self.settings["state"], q, k)
+    def backend(self, q, k, v, *, causal=False, doc_lens=None) -> str | None:
+        documents = "" if doc_lens is None else PER_DOCUMENT
+        return self._attend.backend + carried_description(self.settings["state"], q, k) + documents
 
-    def exact_twin(self, q, k, v, *, causal=False):
+    def exact_twin(self, q, k, v, *, causal=False, doc_lens=None):
+        if doc_lens is not None:  # each document's features under its own shift, as the calls take them
+            return per_document(lambda *part: self.exact_twin(*part, causal=causal), q, k, v, doc_lens)
         k, v = expand_kv(q, k, v)
         projection = self.projection(q.shape[-1], torch.float64, q.device)
         q, k, v = q.double(), k.double(), v.double()

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 
 from .base import Implementation, device_reasons, expand_kv, query_offset
+from .documents import DocLens, same_document
 
 # Scores of one chunk: batch·heads·chunk·seq float64 values; about 512 MiB.
 _CHUNK_ELEMENTS = 1 << 26
@@ -83,17 +84,32 @@ class _ChunkedAttention(torch.autograd.Function):
 
 
 def reference_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, mask: MaskFn | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = False,
+    mask: MaskFn | None = None,
+    doc_lens: DocLens | None = None,
 ) -> torch.Tensor:
     """Softmax attention computed in float64; differentiable, returns float64 (B, H, Q, D).
 
     q (B, H, Q, D) holds the last Q of the N positions of k and v (B, KV, N, D), Q ≤ N; causal, the query at
     position p sees keys 0..p (the mask aligned to the last key, as in decoding against a KV cache).
     `mask` restricts which keys each query sees (on top of `causal`); every query must see one key.
+    `doc_lens` (one tuple of lengths per batch sequence): packed documents, each query seeing its own only.
     Fewer key/value heads than query heads (grouped-query attention) are repeated per group.
     """
     k, v = expand_kv(q, k, v)
+    if doc_lens is not None:
+        mask = _both(mask, same_document(doc_lens, q.device))
     return _ChunkedAttention.apply(q.double(), k.double(), v.double(), causal, mask)
+
+
+def _both(mask: MaskFn | None, documents: MaskFn) -> MaskFn:
+    if mask is None:
+        return documents
+    return lambda qi, ki: mask(qi, ki) & documents(qi, ki)
 
 
 def softmax_weights(
@@ -119,5 +135,5 @@ class ReferenceAttention(Implementation):
     def supports(self, case) -> list[str]:
         return device_reasons(case, {"cpu", "cuda"})
 
-    def __call__(self, q, k, v, *, causal=False):
-        return reference_attention(q, k, v, causal=causal).to(q.dtype)
+    def __call__(self, q, k, v, *, causal=False, doc_lens=None):
+        return reference_attention(q, k, v, causal=causal, doc_lens=doc_lens).to(q.dtype)

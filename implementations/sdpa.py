@@ -19,6 +19,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.bias import causal_lower_right
 
 from .base import DTYPES, Implementation, Unsupported, device_reasons, query_len
+from .documents import VisibleMaskCache, is_packed
 
 BACKENDS: dict[str, SDPBackend] = {
     "math": SDPBackend.MATH,
@@ -75,7 +76,9 @@ def _pytorch_reasons(backend: str, case) -> list[str]:
         return [f"this PyTorch build ({torch.__version__}) has no {backend} backend check"]
     q, k, v = _probe_tensors(case, requires_grad=case.mode != "fwd")
     is_causal, _ = _mask_of(case.causal, query_len(case), case.seq_len)  # the lower-right bias is checked unmasked
-    params = torch.backends.cuda.SDPAParams(q, k, v, None, 0.0, is_causal, q.shape[1] != k.shape[1])
+    # Packed documents are a materialized boolean mask: the probe carries one, which some kernels refuse.
+    mask = torch.ones(1, 1, q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device) if is_packed(case) else None
+    params = torch.backends.cuda.SDPAParams(q, k, v, mask, 0.0, is_causal and mask is None, q.shape[1] != k.shape[1])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ok = check(params, True)
@@ -96,6 +99,7 @@ class SdpaAttention(Implementation):
         # Auto mode leaves PyTorch's backend flags exactly as the user has them.
         self._context = (lambda: sdpa_kernel([BACKENDS[backend]])) if backend else contextlib.nullcontext
         self._open_sessions = 0
+        self._documents = VisibleMaskCache()
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
@@ -118,8 +122,8 @@ class SdpaAttention(Implementation):
             reasons.append("device=cuda but no CUDA device is available")
         return reasons or _pytorch_reasons(self.forced, case)
 
-    def __call__(self, q, k, v, *, causal=False):
-        is_causal, mask = _mask_of(causal, q.shape[-2], k.shape[-2])
+    def __call__(self, q, k, v, *, causal=False, doc_lens=None):
+        is_causal, mask = self._masks(q, k, causal, doc_lens)
         try:
             with contextlib.nullcontext() if self._open_sessions else self._context():
                 return F.scaled_dot_product_attention(
@@ -132,13 +136,23 @@ class SdpaAttention(Implementation):
                 [f"sdpa backend {self.forced or 'auto'} has no kernel for these inputs: {error}"]
             ) from None
 
-    def backend(self, q, k, v, *, causal=False) -> str | None:
+    def _masks(self, q, k, causal: bool, doc_lens) -> tuple[bool, object | None]:
+        """(is_causal, attn_mask): packed documents as the materialized block-diagonal mask (True: visible)."""
+        if doc_lens is None:
+            return _mask_of(causal, q.shape[-2], k.shape[-2])
+        return False, self._documents.get(doc_lens, causal, q.device)
+
+    def backend(self, q, k, v, *, causal=False, doc_lens=None) -> str | None:
         """The backend PyTorch's dispatcher picks for these inputs (torch._fused_sdp_choice)."""
         choose = getattr(torch, "_fused_sdp_choice", None)
         if choose is None:
             return None
-        is_causal, mask = _mask_of(causal, q.shape[-2], k.shape[-2])
+        is_causal, mask = self._masks(q, k, causal, doc_lens)
         gqa = q.shape[1] != k.shape[1]
+        if doc_lens is not None:
+            with self._context():
+                choice = SDPBackend(choose(q, k, v, mask, 0.0, False, scale=None, enable_gqa=gqa))
+            return f"{_BACKEND_NAMES.get(choice, choice.name.lower())} (materialized block-diagonal mask)"
         with self._context():
             if mask is not None:  # the order in which causal_lower_right tries kernels
                 params = torch.backends.cuda.SDPAParams(q, k, v, None, 0.0, False, gqa)

@@ -31,6 +31,8 @@ class BlockSparseAttention(MaskedAttention):
         "local": Option(default=1, parse=int, check=_non_negative, help="local: neighbouring blocks each side, >= 0"),
         "globals": Option(default=1, parse=int, check=_non_negative, help="globals: leading global blocks, >= 0"),
     }
+    # Its global blocks are the sequence's first: whether they are each document's first is another pattern.
+    why_not_packed = "its blocks and global blocks are positions of the whole sequence, not of each document"
 
     def allowed(self, q_idx, kv_idx):
         block, local, globals_ = self.settings["block"], self.settings["local"], self.settings["globals"]

@@ -18,6 +18,8 @@ import re
 import torch
 
 from .base import DTYPES, Implementation, Unsupported, query_len
+from .documents import DocLens, is_packed
+from .xformers_documents import block_diagonal_bias, one_sequence, packed_output, probe_lengths
 
 
 def _condense(message: str) -> list[str]:
@@ -103,8 +105,25 @@ class XformersAttention(Implementation):
     """`xformers.ops.memory_efficient_attention` in its (batch, seq, heads, head_dim) layout, or with grouped-query
     heads its (batch, seq, groups, heads per group, head_dim) one."""
 
-    def _inputs(self, fmha, q, k, v, causal: bool):
-        """xformers' Inputs for q (B, H, Q, D), k and v (B, KV, N, D) in attnbench's layout."""
+    def __init__(self, name: str, **options):
+        super().__init__(name, **options)
+        self._block_diagonal: tuple[tuple, object] | None = None
+
+    def _documents_bias(self, fmha, doc_lens: DocLens, causal: bool):
+        """The last packing's BlockDiagonal(Causal)Mask, built on its first call (set-up, once per batch)."""
+        key = (doc_lens, causal)
+        if self._block_diagonal is None or self._block_diagonal[0] != key:
+            self._block_diagonal = (key, block_diagonal_bias(fmha, doc_lens, causal))
+        return self._block_diagonal[1]
+
+    def _inputs(self, fmha, q, k, v, causal: bool, doc_lens: DocLens | None = None):
+        """xformers' Inputs for q (B, H, Q, D), k and v (B, KV, N, D) in attnbench's layout; with `doc_lens`, the
+        packed documents as one sequence and its block-diagonal bias."""
+        if doc_lens is not None:
+            query, key, value = one_sequence(q, k, v)
+            return fmha.Inputs(
+                query=query, key=key, value=value, attn_bias=self._documents_bias(fmha, doc_lens, causal)
+            )
         query, key, value = _layout(q, k, v)
         return fmha.Inputs(
             query=query, key=key, value=value, attn_bias=_causal_bias(fmha, causal, q.shape[-2], k.shape[-2])
@@ -125,7 +144,7 @@ class XformersAttention(Implementation):
         )
         kv_heads = case.kv_heads or case.heads
         q, k, v = make(case.heads, query_len(case)), make(kv_heads, case.seq_len), make(kv_heads, case.seq_len)
-        inputs = self._inputs(fmha, q, k, v, case.causal)
+        inputs = self._inputs(fmha, q, k, v, case.causal, probe_lengths(case) if is_packed(case) else None)
         try:
             fmha.dispatch._dispatch_fw(inputs, needs_gradient=case.mode != "fwd")
             if case.mode != "fwd":
@@ -134,10 +153,12 @@ class XformersAttention(Implementation):
             return _extension_problem() + _condense(str(error))
         return []
 
-    def __call__(self, q, k, v, *, causal=False):
+    def __call__(self, q, k, v, *, causal=False, doc_lens=None):
         fmha, problem = _load_xformers()
         if problem:
             raise Unsupported([problem])
+        if doc_lens is not None:
+            return self._documents(fmha, q, k, v, causal, doc_lens)
         query, key, value = _layout(q, k, v)
         bias = _causal_bias(fmha, causal, q.shape[-2], k.shape[-2])
         try:
@@ -147,12 +168,21 @@ class XformersAttention(Implementation):
         # Out is laid out as the query: (B, Q, H, D), or (B, Q, KV, G, D), which flattens to it as a view.
         return out.reshape(q.shape[0], q.shape[2], q.shape[1], out.shape[-1]).transpose(1, 2)
 
-    def backend(self, q, k, v, *, causal=False) -> str | None:
+    def _documents(self, fmha, q, k, v, causal: bool, doc_lens: DocLens) -> torch.Tensor:
+        """Packed documents: the batch as one sequence, with its block-diagonal bias."""
+        inputs = self._inputs(fmha, q, k, v, causal, doc_lens)
+        try:
+            out = fmha.memory_efficient_attention(inputs.query, inputs.key, inputs.value, attn_bias=inputs.attn_bias)
+        except NotImplementedError as error:
+            raise Unsupported(_condense(str(error))) from None
+        return packed_output(out, q)
+
+    def backend(self, q, k, v, *, causal=False, doc_lens=None) -> str | None:
         """The xformers operators its dispatcher picks, forward and (when training) backward."""
         fmha, problem = _load_xformers()
         if problem:
             return None
-        inputs = self._inputs(fmha, q, k, v, causal)
+        inputs = self._inputs(fmha, q, k, v, causal, doc_lens)
         training = q.requires_grad
         names = [f"fwd={fmha.dispatch._dispatch_fw(inputs, needs_gradient=training).NAME}"]
         if training:

@@ -201,6 +201,7 @@ def benchmark(
     dtype: str | Sequence[str] | None = None,
     causal: bool | Sequence[bool] = False,
     mode: str | Sequence[str] = "fwd",
+    docs: str | Sequence[str] = "fixed",
     device: str | None = None,
     out: str | Path | None = None,
     seed: int = 0,
@@ -216,7 +217,8 @@ def benchmark(
     """Every implementation on every case of the grid, one row each (a case one cannot run is a row with its
     reason). Without `batch`, each length's batch is `tokens_per_batch // seq_len`, as in a `run` naming no preset
     (config.keeps_preset_batch). `q_len`: fewer queries than keys, the last positions (decoding against a KV cache of
-    seq_len tokens). `dtype` defaults to bfloat16 on a GPU and float32 on a CPU; `device` to the GPU where there is
+    seq_len tokens). `docs`: packed documents per sequence, as `run --docs` packs them (`uniform:128-2048`). `dtype`
+    defaults to bfloat16 on a GPU and float32 on a CPU; `device` to the GPU where there is
     one. `out`: the results file to write (it must not exist); without it the rows go to a temporary file.
     `timing` changes how each case is timed, as `run --timing` does (`{"min_repeats": 20, "budget_s": 3}`).
     Progress lines go to stderr unless `progress` is False. `cuda_graph`: also time each forward row replayed from a
@@ -249,6 +251,7 @@ def benchmark(
         tokens_per_batch=config.only_one("tokens_per_batch", ints("tokens_per_batch", tokens_per_batch)),
         kv_heads=(None,) if kv_heads is None else ints("kv_heads", kv_heads),
         q_len=(None,) if q_len is None else ints("q_len", q_len),
+        docs=config.docs_specs("docs", config.as_flag_text(docs)),
     )
     cases = grid.cases(device)  # raises ValueError where kv_heads does not divide heads, or q_len exceeds seq_len
     policy = config.timing_policy("timing", None if timing is None else config.as_flag_text(timing), device)

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 MODES = ("fwd", "bwd", "fwd+bwd")
 DEVICES = ("cpu", "cuda")
 TOKENS_PER_BATCH = 16384  # a length's batch without one given: this many tokens over its length, at least 1
+FIXED = "fixed"  # docs: one document per sequence (implementations/documents.py spells it the same)
 _DTYPE_SHORT = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float64": "fp64"}
 
 
@@ -29,10 +30,22 @@ class Case:
     # Decoding against a KV cache: the queries are the last q_len of the seq_len positions, and a causal mask
     # is aligned to the last key. None = as many queries as keys (q_len = seq_len is stored as None).
     q_len: int | None = None
+    # Packed documents (suite/packing.py): the spec, and each sequence's lengths as drawn from it and the run's seed.
+    # The lengths follow from the spec and the seed, so they are no part of the case's identity (its row key).
+    docs: str = FIXED
+    doc_lens: tuple[tuple[int, ...], ...] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.q_len == self.seq_len:  # one spelling per case, so rows and their keys match
             object.__setattr__(self, "q_len", None)
+        if self.docs is None:  # a row written before packed documents: one per sequence
+            object.__setattr__(self, "docs", FIXED)
+        if self.doc_lens is not None:  # a row's lists, read back from JSON
+            object.__setattr__(self, "doc_lens", tuple(tuple(lengths) for lengths in self.doc_lens))
+
+    @property
+    def packed(self) -> bool:
+        return self.docs != FIXED
 
     @property
     def key_value_heads(self) -> int:
@@ -57,23 +70,35 @@ class Case:
         mask = "causal" if self.causal else "dense"
         groups = f"-KV{self.kv_heads}" if self.kv_heads and self.kv_heads != self.heads else ""
         queries = f"-Q{self.q_len}" if self.q_len else ""
+        packing = f"-docs={self.docs}" if self.packed else ""
         return (
             f"B{self.batch}-H{self.heads}{groups}-N{self.seq_len}{queries}-D{self.head_dim}-"
-            f"{_DTYPE_SHORT[self.dtype]}-{mask}-{self.mode}"
+            f"{_DTYPE_SHORT[self.dtype]}-{mask}-{self.mode}{packing}"
         )
 
     @classmethod
     def from_row(cls, row: dict) -> Case:
-        """The case of a result row (files written before kv_heads or q_len existed lack them)."""
-        return cls(**{name: row.get(name) for name in cls.__dataclass_fields__})
+        """The case of a result row (files written before kv_heads, q_len or docs existed lack them)."""
+        return cls(**{name: _present(row.get(name)) for name in cls.__dataclass_fields__})
 
 
-CASE_FIELDS = tuple(Case.__dataclass_fields__)
+def _present(value: Any) -> Any:
+    """A row's value, None where it is missing (a data frame's NaN for a column an old file lacks)."""
+    return None if isinstance(value, float) and value != value else value
+
+
+# The fields that say which case a row measured: its key. A packing's drawn lengths follow from `docs` and the seed.
+CASE_FIELDS = tuple(name for name, spec in Case.__dataclass_fields__.items() if spec.compare)
 
 
 def key_of_row(row: dict[str, Any]) -> tuple:
-    """(impl, *case fields): what a row measured; row_key gives a case being run the same key."""
-    return (row.get("impl"), *(row.get(field) for field in CASE_FIELDS))
+    """(impl, *case fields): what a row measured; row_key gives a case being run the same key. A row written before
+    packed documents has one per sequence."""
+    return (row.get("impl"), *(_key_value(row, field) for field in CASE_FIELDS))
+
+
+def _key_value(row: dict[str, Any], field: str) -> Any:
+    return (row.get(field) or FIXED) if field == "docs" else row.get(field)
 
 
 def row_key(impl_label: str, case: Case) -> tuple:
@@ -110,6 +135,7 @@ class Grid:
     tokens_per_batch: int = TOKENS_PER_BATCH
     kv_heads: tuple[int | None, ...] = (None,)
     q_len: tuple[int | None, ...] = (None,)
+    docs: tuple[str, ...] = (FIXED,)
     description: str = field(default="", compare=False)
 
     def with_overrides(self, **overrides) -> Grid:
@@ -118,10 +144,23 @@ class Grid:
 
     def cases(self, device: str) -> list[Case]:
         """Each case once, in grid order, even where a list repeats a value (`--seq-len 64,64`)."""
+        from .packing import packs
+
         out = []
-        for seq_len, q_len, heads, kv_heads, head_dim, dtype, causal, mode in itertools.product(
-            self.seq_len, self.q_len, self.heads, self.kv_heads, self.head_dim, self.dtype, self.causal, self.mode
+        for seq_len, q_len, docs, heads, kv_heads, head_dim, dtype, causal, mode in itertools.product(
+            self.seq_len,
+            self.q_len,
+            self.docs,
+            self.heads,
+            self.kv_heads,
+            self.head_dim,
+            self.dtype,
+            self.causal,
+            self.mode,
         ):
+            _check_packing(docs, self.seq_len, None if q_len == seq_len else q_len)
+            if not packs(docs, seq_len):  # explicit lengths pack the sequences they sum to
+                continue
             if kv_heads and heads % kv_heads:
                 raise GridError(
                     f"kv_heads {kv_heads} does not divide heads {heads}",
@@ -136,5 +175,18 @@ class Grid:
                 )
             batches = self.batch or (max(1, self.tokens_per_batch // seq_len),)
             for batch in batches:
-                out.append(Case(batch, heads, seq_len, head_dim, dtype, causal, mode, device, kv_heads, q_len))
+                out.append(Case(batch, heads, seq_len, head_dim, dtype, causal, mode, device, kv_heads, q_len, docs))
         return list(dict.fromkeys(out))
+
+
+def _check_packing(docs: str, seq_lens: tuple[int, ...], q_len: int | None) -> None:
+    """GridError where explicit lengths sum to none of the lengths, or where a packing goes with --q-len."""
+    from .packing import length_problem
+
+    problem = length_problem(docs, seq_lens)
+    if problem:
+        raise GridError(problem, "--docs", "lengths:A+B+... that sum to a --seq-len, or uniform:MIN-MAX")
+    if q_len and docs != FIXED:
+        raise GridError(
+            f"docs {docs} with q_len {q_len}", "--docs", "fixed with --q-len: decoding packed documents is not measured"
+        )

@@ -57,7 +57,7 @@ TINY = [
         (["--device", "tpu"], r"--device: unknown device 'tpu' \(allowed: cpu, cuda\)"),
         (
             ["--preset", "huge"],
-            r"--preset: unknown preset 'huge' \(allowed: smoke, quick, default, efficient, long, decode\)",
+            r"--preset: unknown preset 'huge' \(allowed: smoke, quick, default, efficient, long, decode, varlen\)",
         ),
         (
             ["--timing", "repeats=20"],

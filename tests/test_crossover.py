@@ -81,6 +81,7 @@ def _variant(rows: list[dict], *, causal: bool, mode: str, head_dim: int = 128) 
         "gpu": "GPU",
         "batching": None,
         "queries": None,
+        "packing": None,
         "heads": 16,
         "kv_heads": 16,
         "head_dim": head_dim,

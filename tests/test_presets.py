@@ -56,3 +56,21 @@ def test_a_preset_batch_holds_where_the_preset_is_named_or_its_own_lengths_are_m
     assert batches(config.build_grid(smoke, {"seq_len": "1024", "batch": "3"}, preset_named=False)) == {3}
     assert batches(config.build_grid(smoke, {"tokens_per_batch": "2048", "seq_len": "1024"})) == {2}
     assert batches(config.build_grid(smoke, {"tokens_per_batch": "1280"})) == {10, 5}  # over 128 and 255 tokens
+
+
+def test_varlen_packs_documents_of_every_spread_into_16k_and_64k_tokens():
+    cases = PRESETS["varlen"].cases("cuda")
+    assert {(case.seq_len, case.batch) for case in cases} == {(16384, 4), (65536, 1)}
+    assert {case.docs for case in cases if case.seq_len == 16384} == {
+        "uniform:128-2048",
+        "uniform:512-8192",
+        "lengths:8192+256x32",
+    }
+    assert {case.docs for case in cases if case.seq_len == 65536} == {
+        "uniform:128-2048",
+        "uniform:512-8192",
+        "lengths:32768+256x128",
+    }
+    assert {(case.head_dim, case.dtype) for case in cases} == {(128, "bfloat16")}
+    assert {(case.causal, case.mode) for case in cases} == {(c, m) for c in (False, True) for m in ("fwd", "fwd+bwd")}
+    assert {"padded", "sdpa", "nested-sdpa", "flex", "xformers"} <= set(PRESETS["varlen"].impls)

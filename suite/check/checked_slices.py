@@ -57,6 +57,12 @@ class CheckedSlices:
             return x
         return torch.stack([x[b, j : j + 1] for b, j in self.pairs])
 
+    def documents(self, doc_lens: tuple[tuple[int, ...], ...]) -> tuple[tuple[int, ...], ...]:
+        """Each checked slice's documents' lengths: those of its batch sequence."""
+        if self.complete:
+            return doc_lens
+        return tuple(doc_lens[b] for b, _ in self.pairs)
+
     def select(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """out/dq/dk/dv of the whole case -> the same tensors for the checked slices."""
         return {name: (self.key_values if name in ("dk", "dv") else self.queries)(t) for name, t in tensors.items()}

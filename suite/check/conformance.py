@@ -23,7 +23,7 @@ from ..case import Case
 from ..measure import failures, stop_signals
 from .accuracy import WrongOutput, check_output, judge
 from .poison import poisoned_allocations
-from .workload import random_tensors
+from .workload import packing_arguments, random_tensors
 
 # (batch, heads, seq_len, head_dim, kv_heads): length 1, primes, one past a power of two and a
 # length no chunk or block size divides; head dims 16, 64 and 128 (the commonest in models, and its own
@@ -196,7 +196,7 @@ def _call(
     leaves = _leaves(case, inputs) if leaves is None else leaves
     with poisoned_allocations(case.device):
         with torch.set_grad_enabled(with_grad):
-            out = impl(*leaves, causal=case.causal)
+            out = impl(*leaves, causal=case.causal, **packing_arguments(impl, case))
         check_output(out, q)
         grads = torch.autograd.grad(out, leaves, grad_out) if with_grad else ()
     changed = [name for name, leaf, given in zip("qkv", leaves, (q, k, v)) if not torch.equal(leaf.detach(), given)]
@@ -266,7 +266,7 @@ def _twin_disagrees(
     q, k, v, grad_out = inputs
     exact = [t.detach().clone().requires_grad_(with_grad) for t in (q, k, v)]
     try:
-        expected_out = impl.exact_twin(*exact, causal=case.causal)
+        expected_out = impl.exact_twin(*exact, causal=case.causal, **packing_arguments(impl.exact_twin, case))
         expected_grads = torch.autograd.grad(expected_out, exact, grad_out.double()) if with_grad else ()
     except BaseException as error:  # noqa: BLE001 - an implementation's own twin can be broken too
         stop_signals.raise_if_stop(error)

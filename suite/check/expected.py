@@ -18,7 +18,7 @@ from ..measure.failures import free_after_failure, is_out_of_memory
 from ..measure.flops import softmax_case_flops
 from .accuracy import error
 from .checked_slices import CheckedSlices
-from .workload import Inputs, case_seed, local_tensors
+from .workload import Inputs, case_seed, local_tensors, packing_arguments
 
 if TYPE_CHECKING:
     from ..measure.settings import RunSettings
@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 class ExpectedOutputs:
     """Float64 outputs (and gradients) of exact maths on one case's inputs, computed at most once.
 
-    `compute(q, k, v)` gets float64 leaves; the softmax reference is shared by every exact
-    implementation of a case, an approximate family's exact twin is its own.
+    `compute(q, k, v, doc_lens)` gets float64 leaves and the checked slices' documents (None unless the case
+    packs them); the softmax reference is shared by every exact implementation of a case, an approximate
+    family's exact twin is its own.
     """
 
     def __init__(
@@ -68,7 +69,7 @@ class ExpectedOutputs:
         i, slices = self.inputs, self.slices
         q = slices.queries(i.q.detach()).double().requires_grad_(self.case.needs_grad)
         k, v = (slices.key_values(t.detach()).double().requires_grad_(self.case.needs_grad) for t in (i.k, i.v))
-        out = self.compute(q, k, v)
+        out = self.compute(q, k, v, slices.documents(self.case.doc_lens) if self.case.packed else None)
         outputs = {"out": out.detach()}
         if self.case.needs_grad:
             out.backward(slices.queries(i.dout).double())
@@ -80,12 +81,19 @@ class ExpectedOutputs:
 
 
 def softmax_reference(case: Case, inputs: Inputs, settings: RunSettings) -> ExpectedOutputs:
-    return ExpectedOutputs(lambda q, k, v: reference_attention(q, k, v, causal=case.causal), case, inputs, settings)
+    return ExpectedOutputs(
+        lambda q, k, v, doc_lens: reference_attention(q, k, v, causal=case.causal, doc_lens=doc_lens),
+        case,
+        inputs,
+        settings,
+    )
 
 
 def twin_reference(impl: Implementation, case: Case, inputs: Inputs, settings: RunSettings) -> ExpectedOutputs:
     return ExpectedOutputs(
-        lambda q, k, v: impl.exact_twin(q, k, v, causal=case.causal),
+        lambda q, k, v, doc_lens: impl.exact_twin(
+            q, k, v, causal=case.causal, **({} if doc_lens is None else {"doc_lens": doc_lens})
+        ),
         case,
         inputs,
         settings,
@@ -131,7 +139,13 @@ class LocalErrors:
                 self._reference = softmax_reference(forward, self._inputs, self.settings)
                 self._case = forward
             with torch.no_grad():
-                out = impl(self._inputs.q, self._inputs.k, self._inputs.v, causal=forward.causal)
+                out = impl(
+                    self._inputs.q,
+                    self._inputs.k,
+                    self._inputs.v,
+                    causal=forward.causal,
+                    **packing_arguments(impl, forward),
+                )
             return softmax_error(out, self._reference, prefix="softmax_local")
         except BaseException as error:  # noqa: BLE001 - a supplementary figure must not cost the row its timing
             stop_signals.raise_if_stop(error)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import zlib
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from implementations import Implementation
+from implementations import Implementation, Unsupported
 
 from ..case import Case
 from .accuracy import check_output
@@ -133,6 +134,17 @@ def make_inputs(case: Case, seed: int = 0) -> Inputs:
     return Inputs(q, k, v, dout)
 
 
+def packing_arguments(call: Callable[..., object], case: Case) -> dict[str, object]:
+    """What `call` on `case` is given besides q, k, v and causal: its documents' lengths where it packs several per
+    sequence, nothing otherwise (so that implementations without packed documents are called as they always were).
+    A call that takes no `doc_lens` cannot run packed documents: Unsupported, which makes its row say so."""
+    if not case.packed:
+        return {}
+    if "doc_lens" not in inspect.signature(call).parameters:
+        raise Unsupported([f"docs={case.docs} (supported: fixed; its call takes no doc_lens)"])
+    return {"doc_lens": case.doc_lens}
+
+
 class Workload:
     """One implementation on one case's inputs: a checked call, and the call to time."""
 
@@ -142,7 +154,7 @@ class Workload:
 
     def _forward(self) -> torch.Tensor:
         i = self.inputs
-        return self.impl(i.q, i.k, i.v, causal=self.case.causal)
+        return self.impl(i.q, i.k, i.v, causal=self.case.causal, **packing_arguments(self.impl, self.case))
 
     def clear_grads(self) -> None:
         for t in (self.inputs.q, self.inputs.k, self.inputs.v):
@@ -180,4 +192,6 @@ class Workload:
 
     def backend(self) -> str | None:
         i = self.inputs
-        return self.impl.backend(i.q, i.k, i.v, causal=self.case.causal)
+        takes_documents = "doc_lens" in inspect.signature(self.impl.backend).parameters
+        documents = packing_arguments(self.impl.backend, self.case) if takes_documents else {}
+        return self.impl.backend(i.q, i.k, i.v, causal=self.case.causal, **documents)

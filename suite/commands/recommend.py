@@ -29,6 +29,9 @@ def add_to(commands: argparse._SubParsersAction) -> None:
         dest="q_len",
         help="queries against --seq-len keys, as measured with run --q-len (default: = seq-len)",
     )
+    parser.add_argument(
+        "--docs", default="fixed", help="documents packed per sequence, as measured with run --docs (default: fixed)"
+    )
     parser.add_argument("--batch", default="1", help="batch to scale time and memory to (default 1)")
     parser.add_argument("--dtype", default="bfloat16", help="float16, bfloat16 or float32 (default bfloat16)")
     parser.add_argument("--causal", nargs="?", const="true", default="false", help="true (bare flag) or false")
@@ -103,6 +106,7 @@ def handle(args: argparse.Namespace) -> int:
 
     query = Query(
         **one_shape(args, "bfloat16"),
+        docs=config.only_one("--docs", config.docs_specs("--docs", args.docs)),
         max_error=None if args.max_error is None else config.positive_float("--max-error", args.max_error),
         memory_budget=None if args.memory_budget is None else config.byte_size("--memory-budget", args.memory_budget),
     )

@@ -54,6 +54,11 @@ def _add_grid_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-causal", dest="causal", action="store_const", const="false", help="the same as --causal false"
     )
     parser.add_argument("--mode", help="fwd,bwd,fwd+bwd")
+    parser.add_argument(
+        "--docs",
+        help="SPEC[,SPEC...]: documents packed per sequence: fixed (one; default), "
+        "uniform:MIN-MAX (lengths drawn from the seed, the last cut to fit) or lengths:A+B+... (summing to --seq-len)",
+    )
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--threads", help="N: threads torch computes with on a CPU (default: torch's own choice)")
 
@@ -188,7 +193,19 @@ def _request(args: argparse.Namespace, threads: int | None, started: float) -> _
 
     flags = {
         key: getattr(args, key)
-        for key in ("impl", "seq_len", "q_len", "heads", "kv_heads", "batch", "head_dim", "dtype", "causal", "mode")
+        for key in (
+            "impl",
+            "seq_len",
+            "q_len",
+            "heads",
+            "kv_heads",
+            "batch",
+            "head_dim",
+            "dtype",
+            "causal",
+            "mode",
+            "docs",
+        )
     }
     from_config = config.read_config(args.config) if args.config else {}
     device = config.device_or_default(args.device or from_config.get("device"))

@@ -39,6 +39,7 @@ class Query:
     batch: int = 1
     kv_heads: int | None = None  # None: as many as heads
     q_len: int | None = None  # queries against seq_len keys (decoding); None: as many as keys
+    docs: str = "fixed"  # documents packed per sequence (run --docs); a packing's rows answer for it alone
 
 
 @dataclass
@@ -103,7 +104,13 @@ def _interpolate(x: float, x0: float, x1: float, y0: float | None, y1: float | N
     return math.exp(math.log(y0) + t * (math.log(y1) - math.log(y0)))
 
 
-SHAPE_FLAGS = (("head_dim", "--head-dim"), ("dtype", "--dtype"), ("causal", "--causal"), ("mode", "--mode"))
+SHAPE_FLAGS = (
+    ("docs", "--docs"),
+    ("head_dim", "--head-dim"),
+    ("dtype", "--dtype"),
+    ("causal", "--causal"),
+    ("mode", "--mode"),
+)
 
 
 def _same_grouping(frame: pd.DataFrame, query: Query) -> pd.Series:
@@ -150,7 +157,8 @@ def unmeasured_shape(frame: pd.DataFrame, query: Query) -> str | None:
             measured = ", ".join(_shown(value) for value in sorted(set(rows[column])))
             return f"no rows with {flag} {_shown(asked)} for {', '.join(matched)} in the results (measured: {measured})"
         rows = narrower
-        matched.append(f"{flag} {_shown(asked)}")
+        if (column, asked) != ("docs", "fixed"):  # the default packing goes without saying
+            matched.append(f"{flag} {_shown(asked)}")
     return None
 
 
@@ -259,6 +267,7 @@ def rank(frame: pd.DataFrame, query: Query) -> tuple[list[Candidate], list[Exclu
     shape = frame[
         _same_grouping(frame, query)
         & _same_queries(frame, query)
+        & (frame.docs == query.docs)
         & (frame.head_dim == query.head_dim)
         & (frame.dtype == query.dtype)
         & (frame.causal == query.causal)
@@ -291,6 +300,7 @@ def format_answer(query: Query, candidates: list[Candidate], excluded: list[Excl
     grouped = f" ({query.kv_heads} key/value)" if query.kv_heads not in (None, query.heads) else ""
     counted = query_words(query.q_len or query.seq_len, query.seq_len)
     queries = f" ({counted})" if counted else ""
+    queries += f", documents {query.docs}" if query.docs != "fixed" else ""
     lines = [
         f"shape: batch {query.batch}, seq_len {query.seq_len}{queries}, {query.heads} heads{grouped}, "
         f"head dim {query.head_dim}, "

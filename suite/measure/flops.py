@@ -6,6 +6,7 @@ The per-family forward formulas and their derivations live in `implementations/f
 from __future__ import annotations
 
 from implementations import Implementation
+from implementations.documents import mean_pairs
 from implementations.flops import MODE_FACTOR, attention_pairs, softmax_attention_flops
 
 from ..case import Case
@@ -19,5 +20,8 @@ def case_flops(impl: Implementation, case: Case) -> float:
 
 def softmax_case_flops(case: Case) -> float:
     """What exact softmax attention costs on this case (used to bound the float64 reference)."""
-    pairs = attention_pairs(case.query_len, case.seq_len, case.causal)
+    if case.packed and case.doc_lens is not None:
+        pairs = mean_pairs(case.doc_lens, case.causal)
+    else:
+        pairs = attention_pairs(case.query_len, case.seq_len, case.causal)
     return softmax_attention_flops(case.batch, case.heads, pairs, case.head_dim) * MODE_FACTOR[case.mode]

@@ -45,7 +45,8 @@ from .run_grid import grid_words
 from .run_time import run_time_table
 from .scaling import LONGEST_LENGTHS, scaling_tables
 
-CHART_KEYS = ("device", "gpu", "batching", "queries", "dtype", "causal", "mode")
+PADDED_BASELINE = "padded"  # packed documents padded to the longest: what a program without a varlen kernel runs
+CHART_KEYS = ("device", "gpu", "batching", "queries", "packing", "dtype", "causal", "mode")
 
 
 def _environment_blocks(paths: list[Path]) -> list:
@@ -291,6 +292,14 @@ def _add_crossovers(report: Report, frame: pd.DataFrame, baseline: str) -> None:
         )
     for group, table in tables:
         report.add(Heading(group_title(group), 3), table)
+
+
+def _add_padded_crossovers(report: Report, frame: pd.DataFrame, baseline: str) -> None:
+    """Packed documents: every implementation's speed-up over the documents padded to the longest, beside the one
+    over the baseline (`sdpa`, there with the block-diagonal mask materialized)."""
+    packed = frame[frame.packing.notna()]
+    if baseline != PADDED_BASELINE and PADDED_BASELINE in set(packed[packed.status.isin(MEASURED)].impl):
+        _add_crossovers(report, packed, PADDED_BASELINE)
 
 
 def _add_fastest(report: Report, frame: pd.DataFrame, chart, colour_of: dict) -> None:
@@ -662,6 +671,7 @@ def build_report(
     _add_fastest(report, frame, chart, colour_of)
     if baseline in set(measured_impls):
         _add_crossovers(report, frame, baseline)
+    _add_padded_crossovers(report, frame, baseline)
     _add_scaling(report, frame)
     _add_machine_comparisons(report, frame)
     if measured_impls:

@@ -11,8 +11,21 @@ import implementations
 
 # Cases that differ only in seq_len (and the batch that goes with it) are drawn and tabulated together;
 # `batching` (how the batch goes with it) is set only where the results mix several. `queries` keeps decoding
-# cases (a fixed number of queries against seq_len keys) apart from those with as many queries as keys.
-GROUP_KEYS = ("device", "gpu", "batching", "queries", "heads", "kv_heads", "head_dim", "dtype", "causal", "mode")
+# cases (a fixed number of queries against seq_len keys) apart from those with as many queries as keys, and
+# `packing` cases of packed documents apart from each other's packings and from one document per sequence.
+GROUP_KEYS = (
+    "device",
+    "gpu",
+    "batching",
+    "queries",
+    "packing",
+    "heads",
+    "kv_heads",
+    "head_dim",
+    "dtype",
+    "causal",
+    "mode",
+)
 MEASURED = ("ok", "mismatch")
 
 
@@ -36,6 +49,7 @@ def prepare(frame: pd.DataFrame) -> pd.DataFrame:
         if "q_len" in frame
         else None
     )
+    frame["packing"] = [packing_words(docs) for docs in frame["docs"]] if "docs" in frame else None
     for column in (
         "time_ms",
         "time_iqr_ms",
@@ -78,10 +92,17 @@ def query_words(q_len, seq_len) -> str | None:
     return f"{int(q_len)} quer{'y' if int(q_len) == 1 else 'ies'}"
 
 
+def packing_words(docs) -> str | None:
+    """`docs uniform:128-2048` for a case of packed documents; None for one document per sequence."""
+    if not isinstance(docs, str) or docs == "fixed":
+        return None
+    return f"docs {docs}"
+
+
 def scope_words(group: dict) -> list[str]:
-    """The group's batching, where the results mix several, and its queries, for a decoding group (else
-    nothing): for titles and file names."""
-    return [group[key] for key in ("batching", "queries") if isinstance(group.get(key), str)]
+    """The group's batching, where the results mix several, its queries, for a decoding group, and its packing, for
+    packed documents (else nothing): for titles and file names."""
+    return [group[key] for key in ("batching", "queries", "packing") if isinstance(group.get(key), str)]
 
 
 def impl_order(labels: Iterable[str]) -> list[str]:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..case import MODES, key_of_row
+from ..case import FIXED, MODES, key_of_row
 from ..measure import settings as measure_settings
 from . import speed_settings
 from .schema import ROW, ROW_COLUMNS, STATUSES, value_problem
@@ -305,12 +305,15 @@ def load(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
 
 
 def with_explicit_shape(frame: pd.DataFrame) -> pd.DataFrame:
-    """kv_heads None means as many key/value heads as query heads, q_len None as many queries as keys: say so,
-    so rows match and group (pandas leaves rows with a missing group key out of every group)."""
+    """kv_heads None means as many key/value heads as query heads, q_len None as many queries as keys, docs None one
+    document per sequence: say so, so rows match and group (pandas leaves rows with a missing group key out of
+    every group)."""
     if not frame.empty:
         for column, default in (("kv_heads", "heads"), ("q_len", "seq_len")):
             given = frame[column] if column in frame else pd.Series(None, index=frame.index)
             frame[column] = given.where(given.notna(), frame[default]).astype("int64")
+        docs = frame["docs"] if "docs" in frame else pd.Series(None, index=frame.index, dtype=object)
+        frame["docs"] = docs.where(docs.notna(), FIXED)  # rows written before packed documents: one per sequence
     return frame
 
 

@@ -56,6 +56,10 @@ CASE = _columns(
     ("device", "str", "", "cpu or cuda", True),
     ("kv_heads", "int", "", "key/value heads; null = `heads` (no grouping)", True),
     ("q_len", "int", "tokens", "queries, the last of the `seq_len` positions; null = `seq_len`", True),
+    ("docs", "str", "", "documents per sequence: `fixed` (one), `uniform:MIN-MAX` or `lengths:A+B+...`", True),
+)
+PACKING = _columns(
+    ("doc_lens", "list", "tokens", "each batch sequence's documents' lengths, as drawn from `docs` and the seed"),
 )
 OUTCOME = _columns(
     (
@@ -95,7 +99,13 @@ THROUGHPUT = _columns(
     ("bandwidth_fraction", "float", "", "`gbytes_per_s` over this GPU's measured copy bandwidth", True),
     ("peak_mem_bytes", "int", "bytes", "the most memory the call held beyond its inputs (see below)", True),
     ("peak_mem_reason", "str", "", "why `peak_mem_bytes` is null"),
-    ("density", "float", "", "visible query-key pairs over N² (1 dense, ~0.5 causal, less for sparse masks)", True),
+    (
+        "density",
+        "float",
+        "",
+        "visible query-key pairs over N² per sequence (1 dense, ~0.5 causal, less for masks and documents)",
+        True,
+    ),
 )
 ACCURACY = _columns(
     ("max_abs_err", "float", "", "largest absolute error against the float64 exact twin, output and gradients", True),
@@ -132,7 +142,7 @@ MACHINE_STATE = _columns(
     ("gpu_after", "dict", "", "clocks, power and temperature after the case"),
     ("row_s", "float", "s", "wall seconds the row cost the run, everything included: for planning, not a speed", True),
 )
-ROW = (*RECORD, *IDENTITY, *CASE, *OUTCOME, *TIME, *THROUGHPUT, *ACCURACY, *MACHINE_STATE)
+ROW = (*RECORD, *IDENTITY, *CASE, *PACKING, *OUTCOME, *TIME, *THROUGHPUT, *ACCURACY, *MACHINE_STATE)
 
 # Added by `suite.results.load` from each row's run header: what the row was measured with.
 FROM_HEADER = _columns(

@@ -148,6 +148,19 @@ def causal_values(flag: str, text: str) -> tuple[bool, ...]:
     return choices[key]
 
 
+def docs_specs(flag: str, text: str) -> tuple[str, ...]:
+    """Packings (suite/packing.py), comma-separated: `fixed`, `uniform:MIN-MAX`, `lengths:A+B+...`."""
+    from ..packing import parse_docs
+
+    values = []
+    for item in comma_items(flag, text):
+        try:
+            values.append(parse_docs(item))
+        except ValueError as error:
+            raise UsageError(f"{flag}: {error}") from None
+    return tuple(dict.fromkeys(values))
+
+
 def gpu_only(flag: str, device: str, why: str) -> str | None:
     """The usage error of asking for a GPU-only measurement (`flag`) in a run on another device; None on a GPU."""
     if device == "cuda":
@@ -310,6 +323,7 @@ def build_grid(base: Grid, flags: dict[str, str | None], preset_named: bool = Tr
         dtype=parsed("dtype", "--dtype", dtypes),
         causal=parsed("causal", "--causal", causal_values),
         mode=parsed("mode", "--mode", modes),
+        docs=parsed("docs", "--docs", docs_specs),
         tokens_per_batch=None
         if flags.get("tokens_per_batch") is None
         else only_one("tokens_per_batch", positive_ints("tokens_per_batch", flags["tokens_per_batch"])),

@@ -1,5 +1,5 @@
 """Named grids. Budgets: smoke < 1 min on 2 CPU cores; quick < 2 min and default < 8 min on one H100; decode
-has not yet been run on a GPU."""
+and varlen have not yet been run on a GPU."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ CONFIG_KEYS = (
     "dtype",
     "causal",
     "mode",
+    "docs",
     "tokens_per_batch",
     "device",
     "timing",
@@ -125,6 +126,35 @@ PRESETS: dict[str, Grid] = {
         "key/value heads (as in Llama 3 8B), head dim 128, batch 1 and 16; exact kernels, a 4K-token "
         "sliding window (as local-attention layers decode), and linear attention and FAVOR+ as recurrent "
         "decoders (their state carried from call to call)",
+    ),
+    "varlen": Grid(
+        impls=(
+            "naive",
+            "sdpa",
+            "sdpa-efficient",
+            "sdpa-cudnn",
+            "padded",
+            "nested-sdpa",
+            "flex",
+            "xformers",
+            "linear-fla",
+        ),
+        seq_len=(16384, 65536),
+        docs=(
+            "uniform:128-2048",
+            "uniform:512-8192",
+            "lengths:8192+256x32",  # a long-tailed mix: one long document and many short ones, per length
+            "lengths:32768+256x128",
+        ),
+        heads=(16,),
+        head_dim=(128,),
+        dtype=("bfloat16",),
+        causal=(False, True),
+        mode=("fwd", "fwd+bwd"),
+        tokens_per_batch=65536,
+        description="packed documents: 16K- and 64K-token packs (64K tokens per batch) of documents uniform in "
+        "128..2K and 512..8K, and a long-tailed mix (one long, many of 256); the block-diagonal mask materialized "
+        "(naive, sdpa*), documents padded to the longest (padded), and the kernels that take documents",
     ),
 }
 

@@ -39,6 +39,7 @@ from ..measure.memory import peak_call_memory
 from ..measure.settings import RunSettings, TimingPolicy
 from ..measure.timing import Measurement, measure, time_once_wall
 from ..measure.traffic import minimum_bytes
+from ..packing import with_doc_lens
 
 SLOW_FIRST_CALL_MS = 100.0  # above this, one warm-up call is enough
 
@@ -358,6 +359,7 @@ def _run_cases(
     deadline: float | None,
     on_start: Callable[[dict[str, Any]], None] | None,
 ) -> None:
+    cases = [with_doc_lens(case, settings.seed) for case in cases]  # every row of a case packs the same documents
     todo = [(case, [impl for impl in impls if row_key(impl.label, case) not in skip]) for case in cases]
     todo = [(case, chosen) for case, chosen in todo if chosen]
     total = sum(len(chosen) for _, chosen in todo)

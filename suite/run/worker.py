@@ -51,8 +51,11 @@ def _measure(job: Job, on_row, on_start) -> str:
     import torch
 
     from .runner import DeviceLost, TimeLimitReached, run_cases
+    from .shard import pin_device
 
     torch.set_num_threads(job.threads)
+    if job.cases:
+        pin_device(job.cases[0].device)  # under torchrun, the run's own GPU: cuda:LOCAL_RANK
     try:
         run_cases(
             job.impls,

@@ -1,0 +1,324 @@
+"""One grid over the ranks of torchrun (CPU ranks, gloo): each rank measures a share of the cases, and rank 0 merges
+their files into --out as one run, whose rows are those a single process measures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from suite.case import Case, key_of_row, row_key
+from suite.cli import main
+from suite.results import files as results
+from suite.results.files import ResultsWriter
+from suite.run import config, shard
+from suite.run.completeness import shortfall
+from suite.run.merge import merge, model_path
+from tests.plugin_package import write_package
+
+ROOT = Path(__file__).resolve().parent.parent
+GRID = [
+    *("--seq-len", "17,33,65,129", "--heads", "1", "--batch", "1", "--head-dim", "16", "--dtype", "float32"),
+    *("--mode", "fwd", "--no-causal", "--device", "cpu", "--threads", "1", "--timing", "max_repeats=7"),
+]
+ACCURACY = ("status", "max_abs_err", "rel_rms_err", "accuracy_ok", "softmax_rel_rms_err")
+
+HANGS = textwrap.dedent('''
+    import time
+    import torch
+    from implementations import Implementation
+
+    class HangsAt33(Implementation):
+        """Softmax attention that never returns at 33 tokens."""
+
+        def __call__(self, q, k, v, *, causal=False):
+            while q.shape[-2] == 33:
+                time.sleep(0.05)
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+''')
+
+
+def _env(**extra: str) -> dict[str, str]:
+    """One torch thread per process, no launcher variables of the test's own, and the repository importable."""
+    env = {key: value for key, value in os.environ.items() if key not in (*shard.LAUNCH_VARIABLES, "MASTER_PORT")}
+    paths = [extra.pop("PYTHONPATH", ""), str(ROOT)]
+    return {**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, paths)), **extra}
+
+
+def _torchrun(ranks: int, *args: str, cwd: Path, **env: str) -> subprocess.Popen:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}"]
+    return subprocess.Popen(
+        [*launcher, "-m", "suite", "run", *args],
+        cwd=cwd,
+        env=_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _finished(process: subprocess.Popen) -> tuple[int, str]:
+    output, _ = process.communicate(timeout=240)
+    return process.returncode, output
+
+
+def _alone(*args: str, cwd: Path) -> tuple[int, str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "suite", "run", *args], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=240
+    )
+    return done.returncode, done.stderr
+
+
+def _figures(rows: list[dict]) -> dict[tuple, tuple]:
+    return {key_of_row(row): tuple(row.get(name) for name in ACCURACY) for row in rows}
+
+
+def test_two_ranks_write_one_file_with_the_rows_of_one_process(tmp_path):
+    sharded, single = tmp_path / "sharded.jsonl", tmp_path / "single.jsonl"
+    status, output = _finished(_torchrun(2, "--impl", "naive,sdpa", *GRID, "--out", str(sharded), cwd=tmp_path))
+    assert status == 0, output[-3000:]
+    status, stderr = _alone("--impl", "naive,sdpa", *GRID, "--out", str(single), cwd=tmp_path)
+    assert status == 0, stderr[-3000:]
+
+    runs, rows = results.read(sharded)
+    assert _figures(rows) == _figures(results.read(single)[1])  # the same seed: the same inputs, on every rank
+    assert [key_of_row(row) for row in rows] == [key_of_row(row) for row in results.read(single)[1]]  # grid order
+    (header,) = runs
+    assert header["world_size"] == 2 and header["planned_rows"] == 8
+    assert [(rank["rank"], rank["device"], rank["host"]) for rank in header["ranks"]] == [
+        (0, "cpu", socket.gethostname()),
+        (1, "cpu", socket.gethostname()),
+    ]
+    assert {row["rank"] for row in rows} == {0, 1} and {row["run_id"] for row in rows} == {header["run_id"]}
+    for case_rows in _by_case(rows).values():
+        assert len({row["rank"] for row in case_rows}) == 1  # a case's rows share inputs and a reference
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["sharded.jsonl", "single.jsonl"]
+    assert shortfall(sharded) is None
+    assert output.count("measurements to run") == 1 and "[8/8]" in output  # the whole run, on rank 0 only
+    assert results.load(sharded)["rank"].tolist() == [row["rank"] for row in rows]
+
+
+def _by_case(rows: list[dict]) -> dict[Case, list[dict]]:
+    found: dict[Case, list[dict]] = {}
+    for row in rows:
+        found.setdefault(Case.from_row(row), []).append(row)
+    return found
+
+
+def test_one_rank_under_torchrun_measures_the_rows_of_a_run_without_it(tmp_path):
+    launched, plain = tmp_path / "launched.jsonl", tmp_path / "plain.jsonl"
+    grid = ["--impl", "naive", *GRID]
+    status, output = _finished(_torchrun(1, *grid, "--out", str(launched), cwd=tmp_path))
+    assert status == 0, output[-3000:]
+    assert _alone(*grid, "--out", str(plain), cwd=tmp_path)[0] == 0
+    (header,), rows = results.read(launched)
+    assert _figures(rows) == _figures(results.read(plain)[1])
+    assert header["world_size"] == 1 and [rank["device"] for rank in header["ranks"]] == ["cpu"]
+    assert {row["rank"] for row in rows} == {0}
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["launched.jsonl", "plain.jsonl"]
+
+
+def _wait_for_hang(out: Path, run: subprocess.Popen) -> int:
+    """The pid of the rank measuring the hanging row (from its in-flight marker beside its rank file), once the
+    other rank has written every row of its share."""
+    deadline = time.monotonic() + 180
+    while True:
+        hanging = [_marker(path) for path in out.parent.glob(f"{out.stem}.*.rank*.jsonl.running")]
+        hanging = [row for row in hanging if (row.get("impl"), row.get("seq_len")) == ("hangs", 33)]
+        others = [path for path in out.parent.glob(f"{out.stem}.*.rank*.jsonl") if not str(path).endswith("running")]
+        finished = [path for path in others if _result_lines(path) == 2 and not _marker(Path(f"{path}.running"))]
+        if hanging and finished:
+            return hanging[0]["pid"]
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()[0][-3000:]
+        time.sleep(0.2)
+
+
+def _marker(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _result_lines(path: Path) -> int:
+    try:
+        return path.read_text().count('"record": "result"')
+    except OSError:
+        return 0
+
+
+def test_a_killed_rank_keeps_every_finished_row_and_resume_completes_the_file(tmp_path):
+    package = write_package(tmp_path / "package", "hanging_attention", HANGS, {"hangs": "hanging_attention:HangsAt33"})
+    out, grid = tmp_path / "r.jsonl", ["--impl", "naive,hangs", *GRID, "--out", str(tmp_path / "r.jsonl")]
+    run = _torchrun(2, *grid, cwd=tmp_path, PYTHONPATH=str(package))
+    os.kill(_wait_for_hang(out, run), signal.SIGKILL)
+    status, output = _finished(run)
+    assert status != 0
+    _, rows = results.read(out)  # torchrun stopped rank 0 too; it merged what both ranks finished
+    statuses = {(row["impl"], row["seq_len"]): row["status"] for row in rows}
+    assert statuses[("hangs", 33)] == "error" and ("naive", 129) in statuses and ("naive", 17) in statuses, output
+    assert "incomplete" in shortfall(out)
+    assert not list(tmp_path.glob("r.*.rank*")), output[-3000:]
+
+    status, output = _finished(_torchrun(2, *grid, "--resume", cwd=tmp_path, PYTHONPATH=str(package)))
+    assert status == 0, output[-3000:]
+    runs, rows = results.read(out)
+    assert len(rows) == 8 and {key_of_row(row) for row in rows} >= set(_keys(rows))
+    assert {(row["impl"], row["seq_len"]): row["status"] for row in rows} == {
+        **{(impl, n): "ok" for impl in ("naive", "hangs") for n in (17, 33, 65, 129)},
+        ("hangs", 33): "error",
+    }
+    assert "died while measuring" in next(row["reason"] for row in rows if row["status"] == "error")
+    assert len(runs) == 2 and shortfall(out) is None
+    assert not list(tmp_path.glob("r.*.rank*"))
+
+
+def test_ctrl_c_on_the_launcher_keeps_every_finished_row_of_every_rank(tmp_path):
+    package = write_package(tmp_path / "package", "hanging_attention", HANGS, {"hangs": "hanging_attention:HangsAt33"})
+    out = tmp_path / "r.jsonl"
+    run = _torchrun(2, "--impl", "naive,hangs", *GRID, "--out", str(out), cwd=tmp_path, PYTHONPATH=str(package))
+    _wait_for_hang(out, run)
+    run.send_signal(signal.SIGINT)  # torchrun passes it to every rank
+    status, output = _finished(run)
+    assert status != 0 and f"interrupted: every finished row is in {out}" in output, output[-3000:]
+    assert [(row["impl"], row["seq_len"], row["status"]) for row in results.read(out)[1]] == [
+        *((impl, n, "ok") for n in (17,) for impl in ("naive", "hangs")),
+        ("naive", 33, "ok"),
+        *((impl, 129, "ok") for impl in ("naive", "hangs")),
+    ]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["package", "r.jsonl"]
+    assert "incomplete" in shortfall(out)
+
+
+def _keys(rows: list[dict]) -> list[tuple]:
+    return [key_of_row(row) for row in rows]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_rank_that_cannot_reach_the_others_stops_in_one_line(tmp_path):
+    env = _env(RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    done = subprocess.run(
+        [sys.executable, "-m", "suite", "run", "--impl", "naive", *GRID, "--out", str(tmp_path / "r.jsonl")]
+        + ["--rank-timeout", "3"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "could not reach the other ranks within --rank-timeout 3 s" in done.stderr, done.stderr[-3000:]
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("variables", "expected"),
+    [
+        ({"RANK": "0", "WORLD_SIZE": "two", "LOCAL_RANK": "0"}, "WORLD_SIZE: 'two' is not a whole number"),
+        ({"RANK": "0", "WORLD_SIZE": "2"}, "LOCAL_RANK: not set, but RANK, WORLD_SIZE is"),
+        ({"RANK": "2", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}, "RANK: 2 with WORLD_SIZE 2"),
+    ],
+)
+def test_bad_launcher_variables_exit_2_with_one_line(tmp_path, monkeypatch, capsys, variables, expected):
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    assert main(["run", "--impl", "naive", *GRID, "--out", str(tmp_path / "r.jsonl")]) == 2
+    stderr = capsys.readouterr().err
+    assert expected in stderr and len(stderr.strip().splitlines()) == 1, stderr
+
+
+def test_dry_run_under_torchrun_prints_each_ranks_share(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for name, value in {"RANK": "0", "WORLD_SIZE": "3", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(name, value)
+    assert main(["run", "--impl", "naive,sdpa", *GRID, "--out", str(tmp_path / "r.jsonl"), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "under torchrun: 3 ranks, every row of a case on one rank, balanced by the rows' FLOPs" in printed
+    shares = [line.split() for line in printed.splitlines() if line.strip()[:1].isdigit()]
+    assert [share[0] for share in shares] == ["0", "1", "2"] and sum(int(share[2]) for share in shares) == 8
+    monkeypatch.setenv("RANK", "1")
+    assert main(["run", "--impl", "naive,sdpa", *GRID, "--out", str(tmp_path / "r.jsonl"), "--dry-run"]) == 0
+    assert capsys.readouterr().out == ""  # rank 0 speaks for the run
+    assert not list(tmp_path.iterdir())
+
+
+def _cases(count: int) -> list[Case]:
+    return [Case(1, 1 + i % 3, 16 * (1 + i), 16, "float32", bool(i % 2), "fwd", "cpu") for i in range(count)]
+
+
+def test_shares_are_balanced_by_earlier_times_within_one_case(tmp_path):
+    impls = [config.build_impl("--impl", name) for name in ("naive", "sdpa")]
+    cases = _cases(23)
+    earlier = {
+        row_key(impl.label, case): 0.1 + (7 * i + len(impl.label)) % 11
+        for i, case in enumerate(cases)
+        for impl in impls
+    }
+    for ranks in (2, 3, 5):
+        plan = shard.make_plan(impls, cases, set(), earlier, ranks)
+        assert sorted(i for share in plan.shares for i in share) == list(range(len(cases)))
+        loads = [sum(earlier[row_key(impl.label, cases[i])] for i in share for impl in impls) for share in plan.shares]
+        costliest_case = max(sum(earlier[row_key(impl.label, case)] for impl in impls) for case in cases)
+        assert max(loads) - min(loads) <= costliest_case, loads
+        assert plan.expected_s == pytest.approx(loads) and "earlier runs" in plan.basis
+        assert shard.make_plan(impls, cases, set(), earlier, ranks).shares == plan.shares  # every rank agrees
+
+
+def test_shares_fall_back_to_flops_and_leave_out_what_is_done():
+    impls = [config.build_impl("--impl", "naive")]
+    cases = _cases(6)
+    done = {row_key("naive", cases[-1])}
+    plan = shard.make_plan(impls, cases, done, {}, 2)
+    assert "FLOPs" in plan.basis and plan.planned_rows == [len(share) - (5 in share) for share in plan.shares]
+    assert 4 in plan.shares[0]  # the costliest case left goes to rank 0
+    assert plan.todo == [row_key("naive", case) for case in cases[:-1]]
+
+
+def _rank_file(out: Path, group: str, rank: int, threads: int, seq_len: int) -> Path:
+    path = shard.rank_path(out, group, rank)
+    environment = {"device": "cpu", "cpu": "Test CPU", "cpu_threads": threads, "recorded_at": "2026-01-01"}
+    info = {
+        "planned_rows": 1,
+        "shard": {
+            "run": group,
+            "rank": rank,
+            "world_size": 2,
+            "host": f"node{rank}",
+            "device": "cpu",
+            "planned_rows": 2,
+        },
+    }
+    writer = ResultsWriter(path, environment, info)
+    case = Case(1, 1, seq_len, 16, "float32", False, "fwd", "cpu")
+    writer.append({"impl": "naive", "family": "exact", **case.__dict__, "status": "ok", "time_ms": 1.0})
+    writer.close()
+    return path
+
+
+def test_ranks_of_two_machine_models_are_merged_into_a_file_per_model(tmp_path):
+    out, group = tmp_path / "r.jsonl", "0123456789ab"
+    files = [_rank_file(out, group, 0, threads=1, seq_len=16), _rank_file(out, group, 1, threads=2, seq_len=32)]
+    merged = merge(out, files, {}, group)
+    one, two = model_path(out, "Test CPU (1 thread)"), model_path(out, "Test CPU (2 threads)")
+    assert merged.written == [one, two] and not out.exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([one.name, two.name])
+    for path, rank in ((one, 0), (two, 1)):
+        (header,), (row,) = results.read(path)
+        assert header["run_id"] == group and header["planned_rows"] == 1 and header["world_size"] == 2
+        assert [entry["rank"] for entry in header["ranks"]] == [rank] and (row["rank"], row["host"]) == (
+            rank,
+            f"node{rank}",
+        )

@@ -21,6 +21,7 @@ from suite.results import files as results
 from suite.results.files import ResultsWriter
 from suite.run import config, shard
 from suite.run.completeness import shortfall
+from suite.run.in_flight import InFlight
 from suite.run.merge import merge, model_path
 from tests.plugin_package import write_package
 
@@ -81,16 +82,23 @@ def _figures(rows: list[dict]) -> dict[tuple, tuple]:
     return {key_of_row(row): tuple(row.get(name) for name in ACCURACY) for row in rows}
 
 
-def test_two_ranks_write_one_file_with_the_rows_of_one_process(tmp_path):
-    sharded, single = tmp_path / "sharded.jsonl", tmp_path / "single.jsonl"
+@pytest.fixture(scope="module")
+def single(tmp_path_factory) -> list[dict]:
+    """The rows of the grid measured by one process, without torchrun."""
+    where = tmp_path_factory.mktemp("single")
+    status, stderr = _alone("--impl", "naive,sdpa", *GRID, "--out", str(where / "single.jsonl"), cwd=where)
+    assert status == 0, stderr[-3000:]
+    return results.read(where / "single.jsonl")[1]
+
+
+def test_two_ranks_write_one_file_with_the_rows_of_one_process(tmp_path, single):
+    sharded = tmp_path / "sharded.jsonl"
     status, output = _finished(_torchrun(2, "--impl", "naive,sdpa", *GRID, "--out", str(sharded), cwd=tmp_path))
     assert status == 0, output[-3000:]
-    status, stderr = _alone("--impl", "naive,sdpa", *GRID, "--out", str(single), cwd=tmp_path)
-    assert status == 0, stderr[-3000:]
 
     runs, rows = results.read(sharded)
-    assert _figures(rows) == _figures(results.read(single)[1])  # the same seed: the same inputs, on every rank
-    assert [key_of_row(row) for row in rows] == [key_of_row(row) for row in results.read(single)[1]]  # grid order
+    assert _figures(rows) == _figures(single)  # the same seed: the same inputs, on every rank
+    assert _keys(rows) == _keys(single)  # in grid order
     (header,) = runs
     assert header["world_size"] == 2 and header["planned_rows"] == 8
     assert [(rank["rank"], rank["device"], rank["host"]) for rank in header["ranks"]] == [
@@ -100,7 +108,7 @@ def test_two_ranks_write_one_file_with_the_rows_of_one_process(tmp_path):
     assert {row["rank"] for row in rows} == {0, 1} and {row["run_id"] for row in rows} == {header["run_id"]}
     for case_rows in _by_case(rows).values():
         assert len({row["rank"] for row in case_rows}) == 1  # a case's rows share inputs and a reference
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["sharded.jsonl", "single.jsonl"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["sharded.jsonl"]
     assert shortfall(sharded) is None
     assert output.count("measurements to run") == 1 and "[8/8]" in output  # the whole run, on rank 0 only
     assert results.load(sharded)["rank"].tolist() == [row["rank"] for row in rows]
@@ -113,17 +121,15 @@ def _by_case(rows: list[dict]) -> dict[Case, list[dict]]:
     return found
 
 
-def test_one_rank_under_torchrun_measures_the_rows_of_a_run_without_it(tmp_path):
-    launched, plain = tmp_path / "launched.jsonl", tmp_path / "plain.jsonl"
-    grid = ["--impl", "naive", *GRID]
-    status, output = _finished(_torchrun(1, *grid, "--out", str(launched), cwd=tmp_path))
+def test_one_rank_under_torchrun_measures_the_rows_of_a_run_without_it(tmp_path, single):
+    launched = tmp_path / "launched.jsonl"
+    status, output = _finished(_torchrun(1, "--impl", "naive,sdpa", *GRID, "--out", str(launched), cwd=tmp_path))
     assert status == 0, output[-3000:]
-    assert _alone(*grid, "--out", str(plain), cwd=tmp_path)[0] == 0
     (header,), rows = results.read(launched)
-    assert _figures(rows) == _figures(results.read(plain)[1])
+    assert _figures(rows) == _figures(single) and _keys(rows) == _keys(single)
     assert header["world_size"] == 1 and [rank["device"] for rank in header["ranks"]] == ["cpu"]
     assert {row["rank"] for row in rows} == {0}
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["launched.jsonl", "plain.jsonl"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["launched.jsonl"]
 
 
 def _wait_for_hang(out: Path, run: subprocess.Popen) -> int:
@@ -322,3 +328,19 @@ def test_ranks_of_two_machine_models_are_merged_into_a_file_per_model(tmp_path):
             rank,
             f"node{rank}",
         )
+
+
+def test_a_resume_without_torchrun_merges_the_rank_files_a_run_left(tmp_path, monkeypatch):
+    """Rank 0 of a run died before merging: its ranks' files stay beside --out, and any --resume merges them."""
+    monkeypatch.chdir(tmp_path)
+    out, group = tmp_path / "r.jsonl", "0123456789ab"
+    left = _rank_file(out, group, 1, threads=1, seq_len=17)
+    died_in = Case(1, 1, 33, 16, "float32", False, "fwd", "cpu")
+    InFlight(left).started({"impl": "naive", "family": "exact", **died_in.__dict__})
+    assert main(["run", "--impl", "naive", *GRID, "--in-process", "--out", str(out), "--resume"]) == 0
+    runs, rows = results.read(out)
+    assert [run["run_id"] for run in runs][0] == group and len(runs) == 2
+    assert [(row["seq_len"], row["status"]) for row in rows] == [(17, "ok"), (33, "error"), (65, "ok"), (129, "ok")]
+    assert "died while measuring" in rows[1]["reason"] and rows[1]["rank"] == 1
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["r.jsonl"]
+    assert shortfall(out) is None

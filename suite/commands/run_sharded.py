@@ -90,6 +90,7 @@ def _agreed_plan(args, request, launch: Launch, group, out_lock: contextlib.Exit
         if launch.rank == 0:
             raise UsageError(answer)
         return None
+    request.out = answer.out  # every rank's file beside the same --out
     return answer
 
 
@@ -131,7 +132,7 @@ def _plan(args, request, launch: Launch) -> Plan:
     files = [*naming.RESULTS_DIR.glob("*.jsonl"), request.out, *leftovers]
     earlier = EarlierRows.read(files, machine_name(request.device))
     plan = shard.make_plan(request.impls, request.cases, skip, earlier.seconds, launch.world_size, died)
-    plan.leftovers = len(leftovers)
+    plan.leftovers, plan.out = len(leftovers), request.out
     return plan
 
 

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 from implementations import Implementation
 
-from ..case import Case, key_of_row, row_key
+from ..case import Case, row_key
 from ..measure.flops import case_flops, softmax_case_flops
 from .config import UsageError
 
@@ -87,6 +87,7 @@ class Plan:
     died: dict[str, Any] | None = None  # the row a single-process run on --out died in: rank 0 records it
     todo: list[tuple] = field(default_factory=list)  # every row key to measure, in plan order
     leftovers: int = 0  # rank files an earlier run left beside --out, merged at the end
+    out: Path | None = None  # rank 0's --out: a default name depends on the machine model and the date
 
     @property
     def nothing_to_do(self) -> bool:
@@ -106,22 +107,20 @@ def case_costs(
 ) -> tuple[list[float], str]:
     """Each case's expected cost and what it rests on: the earlier times of its rows to measure; for a row without
     one, its FLOPs (a case's float64 reference counted once), in seconds at the rate the rows with times ran."""
-    flops: dict[tuple, float] = {}
+    flops = {}  # of each row to measure, by case
     for case in cases:
         chosen = rows_to_measure(impls, case, skip)
-        for impl in chosen:
-            flops[row_key(impl.label, case)] = _row_flops(impl, case) + softmax_case_flops(case) / len(chosen)
-    timed = [key for key in flops if key in earlier]
-    timed_flops = sum(flops[key] for key in timed)
-    rate = sum(earlier[key] for key in timed) / timed_flops if timed and timed_flops > 0 else 1.0
-    costs = [
-        sum(earlier.get(key, flops[key] * rate) for key in map(lambda impl: row_key(impl.label, case), chosen))
-        for case, chosen in ((case, rows_to_measure(impls, case, skip)) for case in cases)
-    ]
-    if timed and len(timed) == len(flops):
+        reference = softmax_case_flops(case) / max(len(chosen), 1)
+        flops[case] = {row_key(impl.label, case): _row_flops(impl, case) + reference for impl in chosen}
+    rows = {key: value for of_case in flops.values() for key, value in of_case.items()}
+    timed = [key for key in rows if key in earlier]
+    timed_flops = sum(rows[key] for key in timed)
+    rate = sum(earlier[key] for key in timed) / timed_flops if timed_flops > 0 else 1.0
+    costs = [sum(earlier.get(key, value * rate) for key, value in flops[case].items()) for case in cases]
+    if timed and len(timed) == len(rows):
         return costs, "the rows' times in earlier runs on this machine model"
     if timed:
-        return costs, f"earlier times where rows have them ({len(timed)} of {len(flops)}), FLOPs for the others"
+        return costs, f"earlier times where rows have them ({len(timed)} of {len(rows)}), FLOPs for the others"
     return costs, "the rows' FLOPs (no earlier run on this machine model timed them)"
 
 
@@ -333,7 +332,3 @@ def wait_for_ranks(paths: list[Path], patience_s: float | None, poll=None, strea
             said = True
         time.sleep(0.2)
     return locks
-
-
-def stored_keys(rows: Iterable[dict[str, Any]]) -> set[tuple]:
-    return {key_of_row(row) for row in rows}

@@ -344,3 +344,29 @@ def test_a_resume_without_torchrun_merges_the_rank_files_a_run_left(tmp_path, mo
     assert "died while measuring" in rows[1]["reason"] and rows[1]["rank"] == 1
     assert sorted(path.name for path in tmp_path.iterdir()) == ["r.jsonl"]
     assert shortfall(out) is None
+
+
+def test_a_rank_on_another_host_ends_by_its_marker_not_by_a_free_lock(tmp_path):
+    """A network filesystem may not pass a lock to other hosts: a free lock there is no proof that the rank ended."""
+    here, there = (_rank_file(tmp_path / "r.jsonl", "0123456789ab", rank, 1, 16) for rank in (1, 2))
+    _set_host(there, "another-host")
+    _set_host(here, socket.gethostname())
+    assert shard._ended(there, out_of_patience=False) is None
+    assert _held_then_released(shard._ended(here, out_of_patience=False))  # on its own host, a free lock is proof
+    assert _held_then_released(shard._ended(there, out_of_patience=True))  # the run was stopped: no more waiting
+    shard.ended_path(there).touch()
+    assert _held_then_released(shard._ended(there, out_of_patience=False))
+
+
+def _held_then_released(lock) -> bool:
+    held = lock is not None and lock.held
+    if lock is not None:
+        lock.release()
+    return held
+
+
+def _set_host(path: Path, host: str) -> None:
+    header, *rest = path.read_text().splitlines()
+    record = json.loads(header)
+    record["shard"]["host"] = host
+    path.write_text("\n".join([json.dumps(record), *rest]) + "\n")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -303,28 +304,23 @@ def _new_rows(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
     return rows, offset + len(whole)
 
 
-def wait_for_ranks(paths: list[Path], patience_s: float | None, poll=None, stream: TextIO | None = None) -> list[Path]:
-    """Waits until every rank file's rank has ended (rank 0 can take its lock, or, without locks, its ended marker
-    is there), at most `patience_s` (None: for as long as they run); returns the locks taken, which the caller
-    releases, and leaves out the ranks still running when patience ran out."""
-    from ..results.lock import ResultsLocked, WriterLock
-
-    waiting, locks = dict.fromkeys(paths), []
+def wait_for_ranks(paths: list[Path], patience_s: float | None, poll=None, stream: TextIO | None = None) -> list:
+    """Waits until the rank of each rank file has ended, at most `patience_s` (None: for as long as they run);
+    returns the locks taken on the files of those that ended (the caller releases them), and leaves out the ranks
+    still running when patience ran out. `poll` is called between looks (the progress display)."""
+    waiting, locks = list(paths), []
     deadline = None if patience_s is None else time.monotonic() + patience_s
     said = False
     while waiting:
+        out_of_patience = deadline is not None and time.monotonic() >= deadline
         for path in list(waiting):
-            lock = WriterLock(path)
-            try:
-                held = lock.acquire()
-            except ResultsLocked:
-                continue
-            if held or ended_path(path).exists():
+            lock = _ended(path, out_of_patience)
+            if lock is not None:
                 locks.append(lock)
-                del waiting[path]
+                waiting.remove(path)
         if poll:
             poll()
-        if not waiting or (deadline is not None and time.monotonic() >= deadline):
+        if not waiting or out_of_patience:
             break
         if not said and stream is not None:
             ranks = ", ".join(str(rank_of(path)[1]) for path in waiting)
@@ -332,3 +328,33 @@ def wait_for_ranks(paths: list[Path], patience_s: float | None, poll=None, strea
             said = True
         time.sleep(0.2)
     return locks
+
+
+def _ended(path: Path, out_of_patience: bool):
+    """The lock on a rank's file once the rank has ended, else None. A rank ends by writing its ended marker; one
+    killed outright writes none, and is known dead where the lock is free, on its own host (where a lock is
+    reliable: a network filesystem may not pass it to other hosts), or on any once patience ran out."""
+    from ..results.lock import ResultsLocked, WriterLock
+
+    if not (ended_path(path).exists() or out_of_patience or _rank_host(path) == socket.gethostname()):
+        return None
+    lock = WriterLock(path)
+    try:
+        held = lock.acquire()
+    except (ResultsLocked, OSError):
+        return None
+    if held or ended_path(path).exists() or out_of_patience:
+        return lock
+    return None  # no locks here, and no marker: it may still be running
+
+
+def _rank_host(path: Path) -> str | None:
+    """The host its header names (a rank writes its header as it starts), or None before it is there."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as file:
+            header = json.loads(file.readline())
+    except (OSError, ValueError):
+        return None
+    return (header.get("shard") or {}).get("host") if isinstance(header, dict) else None

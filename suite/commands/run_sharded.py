@@ -6,16 +6,27 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..results.files import CannotWrite
 from ..run.config import UsageError
 from ..run.shard import Launch, Plan
 
+if TYPE_CHECKING:
+    from ..measure.settings import RunSettings
+    from ..results.files import ResultsWriter
+    from ..results.lock import WriterLock
+    from ..run.in_flight import InFlight
+    from ..run.plan import EarlierRows
+    from ..run.shard import ProcessGroup, WholeRunProgress
+    from .run import _Request
+
 STOPPED_PATIENCE_S = 20.0  # a stopped run waits this long for the other ranks' last rows: torchrun allows them 30 s
 
 
-def run_sharded(args: argparse.Namespace, request, launch: Launch) -> int:
+def run_sharded(args: argparse.Namespace, request: _Request, launch: Launch) -> int:
     from ..run import shard
 
     if args.dry_run:
@@ -27,7 +38,7 @@ def run_sharded(args: argparse.Namespace, request, launch: Launch) -> int:
         return 1
 
 
-def _run_rank(args: argparse.Namespace, request, launch: Launch, group) -> int:
+def _run_rank(args: argparse.Namespace, request: _Request, launch: Launch, group: ProcessGroup) -> int:
     from ..run import session, shard
 
     with contextlib.ExitStack() as out_lock:  # rank 0 holds --out's lock to the end of the merge
@@ -73,7 +84,9 @@ def _rank_timeout(args: argparse.Namespace) -> float:
     return config.positive_float("--rank-timeout", args.rank_timeout) if args.rank_timeout else DEFAULT_RANK_TIMEOUT_S
 
 
-def _agreed_plan(args, request, launch: Launch, group, out_lock: contextlib.ExitStack) -> Plan | None:
+def _agreed_plan(
+    args: argparse.Namespace, request: _Request, launch: Launch, group: ProcessGroup, out_lock: contextlib.ExitStack
+) -> Plan | None:
     """Rank 0's plan, which every rank receives; None on the other ranks where rank 0 found a usage error, which
     rank 0 raises (it alone says it)."""
     from ..run import session
@@ -94,7 +107,7 @@ def _agreed_plan(args, request, launch: Launch, group, out_lock: contextlib.Exit
     return answer
 
 
-def _all_ready(group, ready) -> bool:
+def _all_ready(group: ProcessGroup, ready: Callable[[], object]) -> bool:
     """Every rank holds the lock on its own file before any measures, so that rank 0 tells a rank that ended from
     one that has not started; False where another rank could not (it says why), raises where this one could not."""
     try:
@@ -108,7 +121,7 @@ def _all_ready(group, ready) -> bool:
     return not any(problems)
 
 
-def _plan(args, request, launch: Launch) -> Plan:
+def _plan(args: argparse.Namespace, request: _Request, launch: Launch) -> Plan:
     """--resume's skips from --out and every rank file beside it; the shares, balanced by earlier row times."""
     from ..results import naming
     from ..results.environment import machine_name
@@ -154,7 +167,7 @@ def _skipped_in_rank_files(paths: list[Path], retry: set[str]) -> set[tuple]:
     return skip
 
 
-def _dry_run(args, request, launch: Launch) -> int:
+def _dry_run(args: argparse.Namespace, request: _Request, launch: Launch) -> int:
     from ..run import shard
     from .run import _dry_run as plain_dry_run
 
@@ -164,7 +177,7 @@ def _dry_run(args, request, launch: Launch) -> int:
     return status
 
 
-def _earlier(request):
+def _earlier(request: _Request) -> EarlierRows:
     from ..results import naming
     from ..results.environment import machine_name
     from ..run.plan import EarlierRows
@@ -172,7 +185,7 @@ def _earlier(request):
     return EarlierRows.read([*naming.RESULTS_DIR.glob("*.jsonl"), request.out], machine_name(request.device))
 
 
-def _measure_share(args, request, launch: Launch, plan: Plan, own: Path) -> tuple:
+def _measure_share(args: argparse.Namespace, request: _Request, launch: Launch, plan: Plan, own: Path) -> tuple:
     """This rank's share into its own file; what stopped it before its last row (None if nothing did), and rank 0's
     progress display."""
     from ..run import shard
@@ -200,7 +213,7 @@ def _measure_share(args, request, launch: Launch, plan: Plan, own: Path) -> tupl
     return None, progress
 
 
-def _progress(request, launch: Launch, plan: Plan):
+def _progress(request: _Request, launch: Launch, plan: Plan) -> WholeRunProgress | None:
     """Rank 0's display of the whole run; the other ranks show none."""
     from ..run import shard
     from ..run.progress import Progress
@@ -211,7 +224,9 @@ def _progress(request, launch: Launch, plan: Plan):
     return shard.WholeRunProgress(Progress(earlier=_earlier(request).seconds), others, len(plan.todo), plan.todo)
 
 
-def _rank_writer(args, request, launch: Launch, plan: Plan, own: Path, cases: list) -> tuple:
+def _rank_writer(
+    args: argparse.Namespace, request: _Request, launch: Launch, plan: Plan, own: Path, cases: list
+) -> tuple:
     import socket
 
     from ..run import session
@@ -242,7 +257,16 @@ def _rank_writer(args, request, launch: Launch, plan: Plan, own: Path, cases: li
     return writer, settings
 
 
-def _measure_rows(request, launch: Launch, plan: Plan, cases: list, settings, writer, in_flight, progress) -> None:
+def _measure_rows(
+    request: _Request,
+    launch: Launch,
+    plan: Plan,
+    cases: list,
+    settings: RunSettings,
+    writer: ResultsWriter,
+    in_flight: InFlight,
+    progress: WholeRunProgress | None,
+) -> None:
     from ..run import session
     from ..run.runner import run_cases
     from ..run.supervisor import run_supervised
@@ -272,7 +296,14 @@ def _measure_rows(request, launch: Launch, plan: Plan, cases: list, settings, wr
         run_supervised(request.impls, cases, limits=request.limits, threads=_threads(), **how)
 
 
-def _merge_all(args, request, launch: Launch, plan: Plan, stop: BaseException | None, progress) -> int:
+def _merge_all(
+    args: argparse.Namespace,
+    request: _Request,
+    launch: Launch,
+    plan: Plan,
+    stop: BaseException | None,
+    progress: WholeRunProgress | None,
+) -> int:
     """Rank 0: waits for the other ranks (for as long as they measure; briefly once the run was stopped), merges
     every rank file beside --out into it, and says what the run did."""
     from ..run.completeness import shortfall
@@ -292,7 +323,9 @@ def _merge_all(args, request, launch: Launch, plan: Plan, stop: BaseException | 
     return 1 if running or short else 0
 
 
-def _wait_and_merge(request, launch: Launch, plan: Plan, stop: BaseException | None, progress) -> tuple:
+def _wait_and_merge(
+    request: _Request, launch: Launch, plan: Plan, stop: BaseException | None, progress: WholeRunProgress | None
+) -> tuple:
     """(what was merged, the rank files still being written when patience ran out, the stop if any). Ctrl-C or
     SIGTERM while waiting shortens the wait; during the merge they wait for its end, so that no file is left half
     merged."""
@@ -331,7 +364,7 @@ def _wait_and_merge(request, launch: Launch, plan: Plan, stop: BaseException | N
 
 
 @contextlib.contextmanager
-def _signals_held():
+def _signals_held() -> Iterator[None]:
     """SIGINT and SIGTERM held back within the block and delivered at its end, where the platform can."""
     import signal
 
@@ -345,7 +378,7 @@ def _signals_held():
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def _locked(path: Path):
+def _locked(path: Path) -> WriterLock:
     from ..results.lock import WriterLock
 
     lock = WriterLock(path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -42,6 +43,27 @@ HANGS = textwrap.dedent('''
 
         def __call__(self, q, k, v, *, causal=False):
             while q.shape[-2] == 33:
+                time.sleep(0.05)
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+''')
+
+
+LOSES_DEVICE = textwrap.dedent('''
+    import os, time
+    import torch
+    from implementations import Implementation
+
+    class LosesDevice(Implementation):
+        """Fails at 33 and 49 tokens as a kernel's illegal memory access does, leaving its process's device unusable
+        (the second loss in a row stops its rank); at 129 tokens it waits for the file $RELEASE first."""
+
+        def __call__(self, q, k, v, *, causal=False):
+            if q.shape[-2] in (33, 49):
+                import suite.measure.failures as failures
+
+                failures.device_usable = lambda device: False
+                raise RuntimeError("CUDA error: an illegal memory access was encountered")
+            while q.shape[-2] == 129 and not os.path.exists(os.environ["RELEASE"]):
                 time.sleep(0.05)
             return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
 ''')
@@ -202,6 +224,27 @@ def test_ctrl_c_on_the_launcher_keeps_every_finished_row_of_every_rank(tmp_path)
     ]
     assert sorted(path.name for path in tmp_path.iterdir()) == ["package", "r.jsonl"]
     assert "incomplete" in shortfall(out)
+
+
+def test_a_rank_that_loses_its_device_lets_the_others_finish(tmp_path):
+    """Rank 1 stops after losing its GPU twice in a row; rank 0, still measuring, finishes its share and merges."""
+    package = write_package(
+        tmp_path / "package", "losing_attention", LOSES_DEVICE, {"loses": "losing_attention:LosesDevice"}
+    )
+    out, release = tmp_path / "r.jsonl", tmp_path / "release"
+    grid = ["--impl", "loses", *GRID, "--seq-len", "17,33,49,65,129", "--out", str(out)]
+    run = _torchrun(2, *grid, cwd=tmp_path, PYTHONPATH=str(package), RELEASE=str(release))
+    deadline = time.monotonic() + 180
+    while not list(tmp_path.glob("r.*.rank1.jsonl.ended")):  # rank 1 has ended: rank 0 waits on its last case
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()[0][-3000:]
+        time.sleep(0.2)
+    release.touch()
+    status, output = _finished(run)
+    assert status != 0 and "rank 1 stopped" in output and "left the device unusable" in output, output[-3000:]
+    statuses = {row["seq_len"]: (row["status"], row["rank"]) for row in results.read(out)[1]}
+    assert statuses == {17: ("ok", 1), 33: ("error", 1), 49: ("error", 1), 129: ("ok", 0)}, output[-3000:]
+    assert "incomplete" in shortfall(out) and "1 missing" in shortfall(out)
+    assert not re.search(r"rank\s*:\s*1 \(local_rank", output), output[-3000:]  # torchrun saw no failure of rank 1
 
 
 def _keys(rows: list[dict]) -> list[tuple]:

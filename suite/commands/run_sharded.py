@@ -59,22 +59,20 @@ def _run_rank(args: argparse.Namespace, request: _Request, launch: Launch, group
             stop, progress = _measure_share(args, request, launch, plan, own)
         if launch.rank == 0:
             return _merge_all(args, request, launch, plan, stop, progress)
-    if stop is None:
-        return 0
-    from .run import _stopped
+    return _rank_status(launch, stop)
 
-    if not isinstance(stop, KeyboardInterrupt):
+
+def _rank_status(launch: Launch, stop: BaseException | None) -> int:
+    """The exit status of a rank other than 0: a signal's where one stopped it; otherwise 0, even where a lost
+    device or a failed worker ended its share early, since torchrun stops every rank once one fails, and the others
+    should finish theirs. Rank 0 reports the run, with the rows it misses."""
+    from ..run.termination import exit_status
+
+    if isinstance(stop, KeyboardInterrupt):
+        return exit_status(stop)
+    if stop is not None:
         print(f"attnbench: rank {launch.rank} stopped: {stop}", file=sys.stderr)
-    with contextlib.redirect_stderr(_Discard()):  # rank 0 says what was kept, and how to go on
-        return _stopped(args, request.out, stop, wrote=True)
-
-
-class _Discard:
-    def write(self, text: str) -> int:
-        return len(text)
-
-    def flush(self) -> None:
-        pass
+    return 0
 
 
 def _rank_timeout(args: argparse.Namespace) -> float:
@@ -338,7 +336,8 @@ def _wait_and_merge(
 
     others = [shard.rank_path(request.out, plan.group, rank) for rank in range(1, launch.world_size)]
     try:
-        patience = None if stop is None else STOPPED_PATIENCE_S
+        # Only a signal ends the other ranks too (torchrun passes it on): after any other stop they go on.
+        patience = STOPPED_PATIENCE_S if isinstance(stop, KeyboardInterrupt) else None
         locks = shard.wait_for_ranks(others, patience, progress.poll if progress else None, sys.stderr)
     except KeyboardInterrupt as interrupt:
         stop = stop or interrupt

@@ -22,7 +22,7 @@ from suite.results import files as results
 from suite.results.files import ResultsWriter
 from suite.run import config, shard
 from suite.run.completeness import shortfall
-from suite.run.in_flight import InFlight
+from suite.run.in_flight import InFlight, process_start
 from suite.run.merge import merge, model_path
 from tests.plugin_package import write_package
 
@@ -413,3 +413,24 @@ def _set_host(path: Path, host: str) -> None:
     record = json.loads(header)
     record["shard"]["host"] = host
     path.write_text("\n".join([json.dumps(record), *rest]) + "\n")
+
+
+def test_dry_run_under_torchrun_takes_a_live_runs_row_for_its_own(tmp_path, monkeypatch, capsys):
+    """A dry run holds no lock: the row another live process is measuring is not a row a dead one left."""
+    monkeypatch.chdir(tmp_path)
+    for name, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "r.jsonl"
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        record = {"impl": "naive", "family": "exact", **Case(1, 1, 33, 16, "float32", False, "fwd", "cpu").__dict__}
+        record.update(pid=live.pid, started=process_start(live.pid), host=socket.gethostname())
+        InFlight(out).path.write_text(json.dumps(record))
+        assert main(["run", "--impl", "naive", *GRID, "--out", str(out), "--dry-run"]) == 0
+    finally:
+        live.kill()
+        live.wait()
+    captured = capsys.readouterr()
+    assert "died while measuring" not in captured.out + captured.err
+    shares = [line.split() for line in captured.out.splitlines() if line.strip()[:1].isdigit()]
+    assert sum(int(share[2]) for share in shares) == 4  # its row is to measure, not skipped as a dead run's

@@ -130,12 +130,13 @@ def _plan(args: argparse.Namespace, request: _Request, launch: Launch) -> Plan:
 
     if request.out.exists() and not args.resume:
         raise UsageError(f"--out: {str(request.out)!r} already exists (use --resume to continue it, or another path)")
-    skip, died = _stored(args, request, InFlight(request.out, exclusive=True))
+    held = not args.dry_run  # the lock on --out, by which any marker found is a dead process's
+    skip, died = _stored(args, request, InFlight(request.out, exclusive=held))
     leftovers = shard.rank_files(request.out)
     if leftovers and not args.resume:
         names = ", ".join(path.name for path in leftovers[:3])
         raise UsageError(f"--out: rank files of an earlier run are beside it ({names}); continue it with --resume")
-    skip |= _skipped_in_rank_files(leftovers, request.retry)
+    skip |= _skipped_in_rank_files(leftovers, request.retry, held)
     if died and "error" not in request.retry:
         from ..case import key_of_row
 
@@ -147,7 +148,7 @@ def _plan(args: argparse.Namespace, request: _Request, launch: Launch) -> Plan:
     return plan
 
 
-def _skipped_in_rank_files(paths: list[Path], retry: set[str]) -> set[tuple]:
+def _skipped_in_rank_files(paths: list[Path], retry: set[str], held: bool) -> set[tuple]:
     """Rows finished in rank files a run left unmerged, and the rows their ranks died in (recorded at the merge)."""
     from ..case import key_of_row
     from ..results.files import ResultsFormatError, finished_keys, read
@@ -159,7 +160,7 @@ def _skipped_in_rank_files(paths: list[Path], retry: set[str]) -> set[tuple]:
             skip |= finished_keys(read(path)[1], retry)
         except ResultsFormatError as error:
             raise UsageError(f"--resume: {error}") from None
-        died = InFlight(path, exclusive=True).died_in()
+        died = InFlight(path, exclusive=held).died_in()
         if died and "error" not in retry:
             skip.add(key_of_row(died))
     return skip

@@ -20,6 +20,7 @@ from suite.case import Case, key_of_row, row_key
 from suite.cli import main
 from suite.results import files as results
 from suite.results.files import ResultsWriter
+from suite.results.schema import DATA_COLUMNS, ROW_COLUMNS
 from suite.run import config, shard
 from suite.run.completeness import shortfall
 from suite.run.in_flight import InFlight, process_start
@@ -434,3 +435,8 @@ def test_dry_run_under_torchrun_takes_a_live_runs_row_for_its_own(tmp_path, monk
     assert "died while measuring" not in captured.out + captured.err
     shares = [line.split() for line in captured.out.splitlines() if line.strip()[:1].isdigit()]
     assert sum(int(share[2]) for share in shares) == 4  # its row is to measure, not skipped as a dead run's
+
+
+def test_rank_and_host_stay_out_of_data_csv():
+    """Empty for every run without torchrun: the report's spreadsheet keeps to what every row has."""
+    assert not {"rank", "host"} & set(DATA_COLUMNS) and {"rank", "host"} <= set(ROW_COLUMNS)

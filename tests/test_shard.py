@@ -197,7 +197,8 @@ def test_a_killed_rank_keeps_every_finished_row_and_resume_completes_the_file(tm
     assert "incomplete" in shortfall(out)
     assert not list(tmp_path.glob("r.*.rank*")), output[-3000:]
 
-    status, output = _finished(_torchrun(2, *grid, "--resume", cwd=tmp_path, PYTHONPATH=str(package)))
+    resume = _torchrun(1, *grid, "--resume", cwd=tmp_path, PYTHONPATH=str(package))  # another number of ranks
+    status, output = _finished(resume)
     assert status == 0, output[-3000:]
     runs, rows = results.read(out)
     assert len(rows) == 8 and {key_of_row(row) for row in rows} >= set(_keys(rows))
@@ -262,7 +263,7 @@ def test_a_rank_that_cannot_reach_the_others_stops_in_one_line(tmp_path):
     env = _env(RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
     done = subprocess.run(
         [sys.executable, "-m", "suite", "run", "--impl", "naive", *GRID, "--out", str(tmp_path / "r.jsonl")]
-        + ["--rank-timeout", "3"],
+        + ["--rank-timeout", "1"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -270,7 +271,7 @@ def test_a_rank_that_cannot_reach_the_others_stops_in_one_line(tmp_path):
         timeout=120,
     )
     assert done.returncode == 1, done.stderr[-3000:]
-    assert "could not reach the other ranks within --rank-timeout 3 s" in done.stderr, done.stderr[-3000:]
+    assert "could not reach the other ranks within --rank-timeout 1 s" in done.stderr, done.stderr[-3000:]
     assert not list(tmp_path.iterdir())
 
 

@@ -441,3 +441,15 @@ def test_dry_run_under_torchrun_takes_a_live_runs_row_for_its_own(tmp_path, monk
 def test_rank_and_host_stay_out_of_data_csv():
     """Empty for every run without torchrun: the report's spreadsheet keeps to what every row has."""
     assert not {"rank", "host"} & set(DATA_COLUMNS) and {"rank", "host"} <= set(ROW_COLUMNS)
+
+
+def test_a_file_named_as_a_rank_file_but_not_one_is_left_where_it_is(tmp_path):
+    out, group = tmp_path / "r.jsonl", "0123456789ab"
+    rank_0 = _rank_file(out, group, 0, threads=1, seq_len=16)
+    stranger = shard.rank_path(out, "ba9876543210", 1)
+    writer = ResultsWriter(stranger, {"device": "cpu"}, {})
+    writer.write_header()
+    writer.close()
+    merged = merge(out, [rank_0, stranger], {}, group)
+    assert [line.split(":")[0] for line in merged.left] == [str(stranger)] and stranger.exists()
+    assert merged.written == [out] and not rank_0.exists()

@@ -312,6 +312,8 @@ def _merge_all(
     merged, running, stop = _wait_and_merge(request, launch, plan, stop, progress)
     for path in running:
         print(f"attnbench: {path} is still being written: --resume merges it", file=sys.stderr)
+    for line in merged.left:
+        print(f"attnbench: not merged: {line}", file=sys.stderr)
     if stop is not None:
         return _stopped(args, request.out, stop, wrote=True)
     print(format_table(merged.rows.get(plan.group, [])))
@@ -319,7 +321,7 @@ def _merge_all(
     short = [f"{path}: {note}" for path in dict.fromkeys(merged.written) if (note := shortfall(path))]
     for line in short:  # a rank that died ended its rows early, and torchrun stopped the others
         print(f"attnbench: {line}", file=sys.stderr)
-    return 1 if running or short else 0
+    return 1 if running or short or merged.left else 0
 
 
 def _wait_and_merge(

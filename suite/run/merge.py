@@ -18,7 +18,7 @@ from typing import Any
 
 from ..case import key_of_row
 from ..results import naming
-from ..results.files import ResultsWriter, read, recorded_machine
+from ..results.files import ResultsFormatError, ResultsWriter, read, recorded_machine
 from ..results.lock import WriterLock
 from . import shard
 from .in_flight import InFlight
@@ -43,30 +43,35 @@ class _RankFile:
 class Merged:
     written: list[Path] = field(default_factory=list)  # the results files the runs were merged into
     rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # each group's rows, as written
+    left: list[str] = field(default_factory=list)  # the rank files left where they are, each with why
 
 
 def merge(out: Path, files: list[Path], order: dict[tuple, int], last_group: str | None = None) -> Merged:
     """Merges the rank files `files` (their locks held by the caller) into `out`, each group as one run; the group
-    `last_group` (this run's) goes last, after those that earlier runs left."""
+    `last_group` (this run's) goes last, after those that earlier runs left. A file that cannot be read as a rank's
+    is left where it is, and said."""
     groups: dict[str, list[_RankFile]] = {}
-    empty = []
-    for path in files:
-        found = _read_rank_file(path)
-        if found is None:
-            empty.append(path)
-        else:
-            groups.setdefault(shard.rank_of(path)[0], []).append(found)
     merged = Merged()
+    for path in files:
+        try:
+            found = _read_rank_file(path)
+        except ResultsFormatError as error:
+            merged.left.append(f"{path}: {error}")
+            continue
+        if found is None:
+            merged.left.append(f"{path}: no run header of a rank (not written by `attnbench run` under torchrun)")
+            continue
+        groups.setdefault(shard.rank_of(path)[0], []).append(found)
     for group in sorted(groups, key=lambda g: (g == last_group, _started(groups[g]), g)):
         merged.rows[group] = _merge_group(out, group, groups[group], order, merged.written)
-    for path in [*files]:
-        _remove(path)
+        for rank in groups[group]:
+            _remove(rank.path)
     return merged
 
 
 def _read_rank_file(path: Path) -> _RankFile | None:
     runs, rows = read(path)
-    if not runs:
+    if not runs or not isinstance(runs[0].get("shard"), dict):
         return None
     _, rank = shard.rank_of(path)
     died = InFlight(path, exclusive=True).died_in()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +16,7 @@ from suite.case import Case
 from suite.measure.gpu_monitor import GpuMonitor
 from suite.measure.peak import measured_copy_gbytes_per_s, measured_matmul_tflops
 from suite.measure.settings import RunSettings
+from suite.results import files as results
 from suite.results.environment import collect
 from suite.run.runner import run_cases
 from tests.twin_check import (
@@ -288,3 +293,37 @@ def test_gpu_decoding_matches_float64_exact_twin(name, options, case):
     from suite.check.conformance import input_seed
 
     assert_matches_twin(name, case, input_seed=input_seed(case), options=options)
+
+
+def _torchrun(ranks: int, out, *flags: str) -> subprocess.CompletedProcess:
+    grid = ["--impl", "sdpa,naive", "--seq-len", "256,512", "--heads", "2", "--batch", "1", "--head-dim", "64"]
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}"]
+        + ["-m", "suite", "run", "--device", "cuda", *grid, "--dtype", "bfloat16", "--mode", "fwd", "--out", str(out)]
+        + list(flags),
+        cwd=out.parent,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_one_rank_under_torchrun_measures_on_its_own_gpu(tmp_path):
+    """The launcher's path on a GPU: the rank pinned to cuda:LOCAL_RANK, its rows merged into --out."""
+    done = _torchrun(1, tmp_path / "r.jsonl")
+    assert done.returncode == 0, done.stderr[-3000:]
+    (header,), rows = results.read(tmp_path / "r.jsonl")
+    assert header["world_size"] == 1 and header["ranks"][0]["device"] == "cuda:0"
+    assert header["ranks"][0]["machine"] == torch.cuda.get_device_name(0)
+    assert [row["status"] for row in rows] == ["ok"] * 4 and {row["rank"] for row in rows} == {0}
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["r.jsonl"]
+
+
+def test_more_ranks_than_gpus_stop_with_one_line(tmp_path):
+    """Two ranks on one GPU would time each other: the rank without a GPU of its own names LOCAL_RANK."""
+    ranks = torch.cuda.device_count() + 1
+    done = _torchrun(ranks, tmp_path / "r.jsonl")
+    assert done.returncode != 0
+    assert f"LOCAL_RANK: {ranks - 1}, and this host has {ranks - 1} GPU" in done.stderr, done.stderr[-3000:]
+    assert not (tmp_path / "r.jsonl").exists()

@@ -94,6 +94,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     worker_flags.add_to(parser, "--row-timeout", "one row", "the row recorded as timeout or oom; a new worker goes on")
     parser.add_argument(
+        "--rank-timeout",
+        dest="rank_timeout",
+        help="under torchrun: seconds each rank waits for the others to start before it stops, measuring nothing "
+        "(default 300)",
+    )
+    parser.add_argument(
         "--dry-run",
         dest="dry_run",
         action="store_true",
@@ -123,6 +129,7 @@ class _Request:
     deadline: float | None
     threads: int | None
     limits: Any  # supervisor.Limits; None: measured in this process (--in-process)
+    pinned_device: str = ""  # the device as the run records it: cuda:LOCAL_RANK under torchrun
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -141,9 +148,17 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, threads: int | None) -> int:
-    from ..run import session
+    from ..run import session, shard
 
+    launch = shard.Launch.from_environment()
     request = _request(args, threads, started=time.monotonic())
+    request.pinned_device = shard.pin_device(request.device)
+    if launch is None and args.resume and shard.rank_files(request.out):
+        launch = shard.Launch(0, 1, 0)  # a run under torchrun left its ranks' files unmerged: merged at the end
+    if launch is not None:
+        from .run_sharded import run_sharded
+
+        return run_sharded(args, request, launch)
     # The lock is held from before anything is written to the end; --dry-run only reads, and takes none.
     writing = contextlib.nullcontext(False) if args.dry_run else session.one_writer(request.out, "--out")
     with writing as exclusive:

@@ -57,9 +57,9 @@ class ResultsWriter:
     or not at all: one that cannot be written (CannotWrite) is cut off again, so the file ends with the last line
     written whole."""
 
-    def __init__(self, path: Path, environment: dict[str, Any], run_info: dict[str, Any]):
+    def __init__(self, path: Path, environment: dict[str, Any], run_info: dict[str, Any], run_id: str | None = None):
         self.path = Path(path)
-        self.run_id = uuid.uuid4().hex[:12]
+        self.run_id = run_id or uuid.uuid4().hex[:12]
         self._header = {
             "record": "run",
             "format": FORMAT_VERSION,
@@ -71,9 +71,13 @@ class ResultsWriter:
         self.started = False  # whether this run's header is in the file: until then, nothing of it is
 
     def _write(self, record: dict[str, Any]) -> None:
+        self.write_header()
+        self._write_line(record)
+
+    def write_header(self) -> None:
+        """Writes the header now, if it is not in the file yet: for a run that must be seen even without rows."""
         if self._fd is None:
             self._start()
-        self._write_line(record)
 
     def _start(self) -> None:
         """Opens the file and writes the header; a file this created is removed again where the header fails."""

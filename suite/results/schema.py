@@ -141,6 +141,8 @@ MACHINE_STATE = _columns(
     ("gpu_before", "dict", "", "clocks, power and temperature before the case"),
     ("gpu_after", "dict", "", "clocks, power and temperature after the case"),
     ("row_s", "float", "s", "wall seconds the row cost the run, everything included: for planning, not a speed", True),
+    ("rank", "int", "", "under torchrun: the rank that measured the row (its header lists each rank's device)"),
+    ("host", "str", "", "under torchrun: the host of the rank that measured the row"),
 )
 ROW = (*RECORD, *IDENTITY, *CASE, *PACKING, *OUTCOME, *TIME, *THROUGHPUT, *ACCURACY, *MACHINE_STATE)
 

@@ -43,8 +43,11 @@ class Job:
         import torch
 
         from .runner import DeviceLost, TimeLimitReached, run_cases
+        from .shard import pin_device
 
         torch.set_num_threads(self.threads)
+        if self.cases:
+            pin_device(self.cases[0].device)  # under torchrun, the run's own GPU: cuda:LOCAL_RANK
         try:
             run_cases(
                 self.impls,

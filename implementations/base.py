@@ -178,6 +178,11 @@ class Implementation:
         """Which kernel this call dispatches to, for implementations that choose for themselves."""
         return None
 
+    def setup_ms(self) -> float | None:
+        """Milliseconds of set-up the last inputs' layout needed outside the timed calls (a document block mask,
+        built once per packing as a training step builds it once for all its layers), or None for none."""
+        return None
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.label}>"
 

@@ -5,7 +5,7 @@ of its batch sequence, `ids[b, q_idx] == ids[b, kv_idx]`, as FlexAttention's doc
 BlockMask has one row of blocks per batch sequence (each packs its own documents), built a few block rows at a
 time as block_mask.py builds the others: create_block_mask would evaluate the whole B × N × N grid at once. Building
 it is set-up, as a training loop builds it once per batch for all its layers: it happens outside the timed calls,
-and the time it took is kept for the row's backend.
+and the time it took is the row's setup_ms.
 """
 
 from __future__ import annotations

@@ -19,8 +19,10 @@ from implementations.reference import reference_attention
 from suite.case import Case, Grid, key_of_row, row_key
 from suite.check.workload import Workload, make_inputs, random_tensors
 from suite.cli import main
+from suite.measure.settings import RunSettings, TimingPolicy
 from suite.packing import draw_doc_lens, parse_docs, with_doc_lens
 from suite.results.files import load
+from tests.conftest import rows_of
 from tests.twin_check import assert_matches_twin, assert_within_allowance
 
 FAST = [
@@ -415,3 +417,17 @@ def test_benchmark_takes_docs_as_run_does():
     assert frame.doc_lens.iloc[0] == frame.doc_lens.iloc[1]
     with pytest.raises(ValueError, match=r"docs: 'zipf:1-2' is not a packing: unknown distribution 'zipf'"):
         benchmark("naive", docs="zipf:1-2", **shape)
+
+
+def test_an_implementations_set_up_time_is_its_rows_setup_ms(tmp_path):
+    """Set-up done once per input layout (flex's document block mask) is reported apart, as compilation is."""
+    from implementations.naive import NaiveAttention
+
+    class BuildsAMask(NaiveAttention):
+        def setup_ms(self) -> float | None:
+            return 12.5
+
+    case = Case(1, 2, 33, 16, "float32", False, "fwd", "cpu")
+    settings = RunSettings(policies={"cpu": TimingPolicy(warmup_calls=0, min_repeats=3, max_repeats=3)})
+    rows = rows_of([BuildsAMask("builds-a-mask"), implementations.get("naive")], [case], settings=settings)
+    assert [row["setup_ms"] for row in rows] == [12.5, None]

@@ -78,6 +78,13 @@ TIME = _columns(
     ("repeats", "int", "", "how many calls were timed", True),
     ("times_ms", "list", "ms", "every timed call's time, in order"),
     ("first_call_ms", "float", "ms", "the first call, with its one-time costs (compilation, autotuning)", True),
+    (
+        "setup_ms",
+        "float",
+        "ms",
+        "set-up for the inputs' layout, outside the timed calls (flex's document block mask, once per packing)",
+        True,
+    ),
     ("noisy", "bool", "", "IQR above the timing policy's `noisy_relative_iqr` of the median (10% by default)", True),
     ("host_ms", "float", "ms", "on CUDA: median time the host took to issue one timed call; null on a CPU", True),
     ("host_bound", "bool", "", "on CUDA: issuing took at least 90% of the GPU time (see below)", True),

@@ -149,6 +149,7 @@ def _measure_in_session(
         if approximate:
             twin.release()  # the softmax reference stays: the case's other implementations share it
         row["backend"] = work.backend()
+        row["setup_ms"] = impl.setup_ms()
         fn, before_each = work.timed_call()
         policy = settings.policies[case.device]
         if row["first_call_ms"] > SLOW_FIRST_CALL_MS:

@@ -94,13 +94,6 @@ def _finished(process: subprocess.Popen) -> tuple[int, str]:
     return process.returncode, output
 
 
-def _alone(*args: str, cwd: Path) -> tuple[int, str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "suite", "run", *args], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=240
-    )
-    return done.returncode, done.stderr
-
-
 def _figures(rows: list[dict]) -> dict[tuple, tuple]:
     return {key_of_row(row): tuple(row.get(name) for name in ACCURACY) for row in rows}
 
@@ -108,10 +101,9 @@ def _figures(rows: list[dict]) -> dict[tuple, tuple]:
 @pytest.fixture(scope="module")
 def single(tmp_path_factory) -> list[dict]:
     """The rows of the grid measured by one process, without torchrun."""
-    where = tmp_path_factory.mktemp("single")
-    status, stderr = _alone("--impl", "naive,sdpa", *GRID, "--out", str(where / "single.jsonl"), cwd=where)
-    assert status == 0, stderr[-3000:]
-    return results.read(where / "single.jsonl")[1]
+    out = tmp_path_factory.mktemp("single") / "single.jsonl"
+    assert main(["run", "--impl", "naive,sdpa", *GRID, "--out", str(out)]) == 0
+    return results.read(out)[1]
 
 
 def test_two_ranks_write_one_file_with_the_rows_of_one_process(tmp_path, single):

@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
+import implementations
 from suite import api
 from suite.cli import main
 from suite.results import files as results
+from suite.results.schema import RETRYABLE
 from suite.run.in_flight import InFlight
 from suite.run.supervisor import how_a_process_ended
 from tests.plugin_package import write_package
@@ -141,63 +143,57 @@ def _by_row(rows: list[dict]) -> dict[tuple, dict]:
     return {(row["impl"], row["seq_len"]): row for row in rows}
 
 
-def _rest_measured(rows: dict[tuple, dict], *failed: tuple) -> None:
-    """Every row but the failed ones measured and correct, the ones after them included."""
-    assert len(rows) == 3 * (1 + len(failed)), sorted(rows)
-    assert {key: row["status"] for key, row in rows.items() if key not in failed} == dict.fromkeys(
-        set(rows) - set(failed), "ok"
-    )
+MISBEHAVING = ("hangs", "hoards", "segfaults", "exits", "loses-device")
 
 
-def test_a_hanging_row_is_a_timeout_and_the_rows_after_it_are_measured(tmp_path, package):
-    out = tmp_path / "r.jsonl"
-    status, stderr, rows = _run("run", *_grid("hangs"), "--row-timeout", "4", "--out", str(out), package=package)
+@pytest.fixture(scope="module")
+def misbehaved(tmp_path_factory, package) -> tuple[int, str, Path, dict[tuple, dict]]:
+    """One run of every misbehaving implementation, each failing at 33 tokens: (exit status, stderr, results file,
+    rows by (implementation, length))."""
+    out = tmp_path_factory.mktemp("misbehaved") / "r.jsonl"
+    limits = ["--row-timeout", "4", "--host-memory-limit", "1.5GiB"]
+    status, stderr, rows = _run("run", *_grid(",".join(MISBEHAVING)), *limits, "--out", str(out), package=package)
+    return status, stderr, out, _by_row(rows)
+
+
+def test_each_misbehaving_row_costs_only_itself_and_the_run_ends_well(misbehaved):
+    status, stderr, out, rows = misbehaved
     assert status == 0, stderr[-2000:]
-    rows = _by_row(rows)
-    _rest_measured(rows, ("hangs", 33))
-    hung = rows["hangs", 33]
-    assert hung["status"] == "timeout" and "--row-timeout" in hung["reason"] and hung["row_s"] >= 4
-    assert "TIMEOUT" in stderr  # the progress line
-    assert results.read(out)[0][-1]["worker"]["row_timeout_s"] == 4
+    failed = {(impl, 33) for impl in MISBEHAVING}
+    assert set(rows) == {(impl, n) for impl in ("naive", *MISBEHAVING) for n in (17, 33, 65)}
+    assert {key: row["status"] for key, row in rows.items() if key not in failed} == dict.fromkeys(
+        set(rows) - failed, "ok"
+    )
+    assert results.read(out)[0][-1]["worker"] == {"row_timeout_s": 4.0, "host_memory_limit_bytes": 3 << 29}
     assert not InFlight(out).path.exists()
 
 
-def test_a_row_past_the_host_memory_limit_is_oom_and_retried_by_retry_oom(tmp_path, package):
-    out = tmp_path / "r.jsonl"
-    limit = ["--host-memory-limit", "1.5GiB"]
-    status, stderr, rows = _run("run", *_grid("hoards"), *limit, "--out", str(out), package=package)
-    assert status == 0, stderr[-2000:]
-    rows = _by_row(rows)
-    _rest_measured(rows, ("hoards", 33))
-    hoarded = rows["hoards", 33]
-    assert hoarded["status"] == "oom" and "host memory" in hoarded["reason"], hoarded["reason"]
-    assert "--host-memory-limit 1.5 GiB" in hoarded["reason"]
-
-    again = _run("run", *_grid("hoards"), *limit, "--out", str(out), "--resume", "--retry", "oom", package=package)
-    assert again[0] == 0, again[1][-2000:]
-    assert "1 measurements to run" in again[1] and _by_row(again[2])["hoards", 33]["status"] == "oom"
+def test_a_hanging_row_is_a_timeout(misbehaved):
+    hung = misbehaved[3]["hangs", 33]
+    assert hung["status"] == "timeout" and "no result after 4 s (--row-timeout)" in hung["reason"]
+    assert hung["row_s"] >= 4 and "TIMEOUT" in misbehaved[1]  # and its progress line says so
 
 
-def test_a_crash_in_native_code_or_system_exit_is_its_row_and_a_new_worker_goes_on(tmp_path, package):
-    out = tmp_path / "r.jsonl"
-    status, stderr, rows = _run("run", *_grid("segfaults,exits"), "--out", str(out), package=package)
-    assert status == 0, stderr[-2000:]
-    rows = _by_row(rows)
-    _rest_measured(rows, ("segfaults", 33), ("exits", 33))
-    crashed = rows["segfaults", 33]
+def test_a_row_past_the_host_memory_limit_is_oom_so_that_retry_oom_redoes_it(misbehaved):
+    hoarded = misbehaved[3]["hoards", 33]
+    assert hoarded["status"] == "oom" and "oom" in RETRYABLE
+    assert "host memory" in hoarded["reason"] and "--host-memory-limit 1.5 GiB" in hoarded["reason"]
+
+
+def test_a_crash_in_native_code_or_system_exit_is_its_row(misbehaved):
+    crashed, exited = misbehaved[3]["segfaults", 33], misbehaved[3]["exits", 33]
     assert crashed["status"] == "error" and "segmentation fault" in crashed["reason"], crashed["reason"]
     assert "a new worker measured the rows after it" in crashed["reason"]
-    assert rows["exits", 33]["status"] == "error" and "SystemExit" in rows["exits", 33]["reason"]
+    assert exited["status"] == "error" and "SystemExit" in exited["reason"]
 
 
-def test_a_lost_device_is_left_to_a_new_worker_and_a_second_loss_in_a_row_stops_the_run(tmp_path, package):
-    out = tmp_path / "r.jsonl"
-    status, stderr, rows = _run("run", *_grid("loses-device"), "--out", str(out), package=package)
-    assert status == 0, stderr[-2000:]
-    rows = _by_row(rows)
-    _rest_measured(rows, ("loses-device", 33))
-    assert "illegal memory access" in rows["loses-device", 33]["reason"]
+def test_a_lost_device_is_left_to_a_new_worker(misbehaved):
+    lost = misbehaved[3]["loses-device", 33]
+    assert lost["status"] == "error" and "illegal memory access" in lost["reason"]
+    assert "the rows after it ran in a new process" in lost["reason"]
 
+
+def test_a_second_lost_device_in_a_row_stops_the_run(tmp_path, package):
     out = tmp_path / "always.jsonl"
     grid = _grid("loses-device-always")
     grid[1] = "loses-device-always"
@@ -221,16 +217,14 @@ def _wait_until_gone(pid: int) -> None:
         time.sleep(0.1)
 
 
-@pytest.mark.parametrize(("signal_number", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_ctrl_c_or_sigterm_stops_the_run_and_its_worker_keeping_every_finished_row(
-    tmp_path, package, signal_number, status
-):
+def test_ctrl_c_stops_the_run_and_its_worker_keeping_every_finished_row(tmp_path, package):
+    """SIGTERM goes the same way (stop_signals); test_stop_signals.py sends both to a run in one process."""
     out, pid_file = tmp_path / "r.jsonl", tmp_path / "worker.pid"
     run = _start("run", *_grid("hangs"), "--out", str(out), package=package, WORKER_PID_FILE=str(pid_file))
     worker = _wait_for_pid(run, pid_file)
-    run.send_signal(signal_number)
+    run.send_signal(signal.SIGINT)
     _, stderr = run.communicate(timeout=60)
-    assert run.returncode == status and f"every finished row is in {out}" in stderr, stderr[-2000:]
+    assert run.returncode == 130 and f"every finished row is in {out}" in stderr, stderr[-2000:]
     assert [(row["impl"], row["seq_len"]) for row in results.read(out)[1]] == [
         ("naive", 17),
         ("hangs", 17),
@@ -346,12 +340,14 @@ def test_a_script_without_a_main_guard_is_not_run_again_by_its_worker(tmp_path):
     assert done.stdout.strip() == "['ok']" and done.stderr.count("script ran") == 1
 
 
-def test_local_errors_note_a_row_whose_worker_hung_or_crashed_and_amend_the_rest(tmp_path, package):
+def test_local_errors_note_a_row_whose_worker_hung_or_crashed_and_amend_the_rest(tmp_path, package, monkeypatch):
     """An approximation that hangs or crashes on local inputs costs its own figure, noted, and no other row's."""
     out = tmp_path / "r.jsonl"
     grid = _grid("linear-misbehaves")
     grid[1] = "linear-misbehaves"
-    assert _run("run", *grid, "--out", str(out), package=package)[0] == 0
+    monkeypatch.syspath_prepend(str(package))  # installed here too, for a run in this process
+    monkeypatch.setattr(implementations, "_declared", None)
+    assert main(["run", *grid, "--out", str(out)]) == 0
     amend = _start("local-errors", str(out), "--redo", "--row-timeout", "4", package=package, MISBEHAVE="hang,segfault")
     _, stderr = amend.communicate(timeout=300)
     assert amend.returncode == 0, stderr[-2000:]

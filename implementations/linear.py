@@ -21,6 +21,7 @@ is the float64 exact twin: the same maths as an explicit N×N weight matrix, chu
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -287,7 +288,10 @@ def quadratic_linear_attention(
             weights = weights * documents(query_pos, key_pos)
         return (weights @ v) / weights.sum(-1, keepdim=True)
 
-    parts = [checkpoint(block, fq[..., s : s + rows, :], s, use_reentrant=False) for s in range(0, q_len, rows)]
+    # Checkpointed only where gradients will flow: without them it saves nothing and costs an import of TorchDynamo.
+    grads = torch.is_grad_enabled() and any(t.requires_grad for t in (fq, fk, v))
+    run = functools.partial(checkpoint, block, use_reentrant=False) if grads else block
+    parts = [run(fq[..., s : s + rows, :], s) for s in range(0, q_len, rows)]
     return torch.cat(parts, dim=-2)
 
 

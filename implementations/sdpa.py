@@ -16,7 +16,6 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.nn.attention.bias import causal_lower_right
 
 from .base import DTYPES, Implementation, Unsupported, device_reasons, query_len
 from .documents import VisibleMaskCache, is_packed
@@ -53,7 +52,10 @@ def _probe_tensors(case, requires_grad: bool) -> tuple[torch.Tensor, torch.Tenso
 @functools.lru_cache(maxsize=8)
 def _lower_right(q_len: int, kv_len: int):
     """Built once per shape, as naive builds its mask: making one costs ~3.5 µs on a CPU, a tenth of a short
-    decoding call."""
+    decoding call. Imported here: torch.nn.attention.bias imports TorchDynamo, which costs every process that
+    lists the implementations about 1.4 s on a CPU."""
+    from torch.nn.attention.bias import causal_lower_right
+
     return causal_lower_right(q_len, kv_len)
 
 

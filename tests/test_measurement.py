@@ -90,7 +90,7 @@ def test_a_profiler_failure_costs_the_memory_figure_only_and_never_hides_the_cal
     import suite.measure.memory
 
     def broken_stop(profiler) -> None:
-        profiler.stop()
+        profiler.__exit__(None, None, None)
         raise RuntimeError("kineto: trace buffer lost")
 
     monkeypatch.setattr(suite.measure.memory, "stop_quietly", broken_stop)

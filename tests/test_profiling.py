@@ -77,16 +77,16 @@ def test_bad_profile_input_exits_2(capsys, flags, message):
 
 
 class _LoggingProfiler:
-    """Stands in for torch.profiler.profile: logs from C++'s file descriptor 2, as kineto does."""
+    """Stands in for a profiler (torch.profiler's or autograd's): logs from C++'s file descriptor 2, as kineto does."""
 
-    def start(self) -> None:
+    def __enter__(self) -> None:
         os.write(
             2,
             b"USDT:2026-11-27 18:26:00 9705:9705 SyncActivityProfilerHandler.cpp:52] profiler_start\n"
             b"WARNING: CUPTI_ERROR_INSUFFICIENT_PRIVILEGES: no GPU activity will be recorded\n",
         )
 
-    def stop(self) -> None:
+    def __exit__(self, *exception) -> None:
         os.write(2, b"USDT:2026-11-27 18:26:00 9705:9705 SyncActivityProfilerHandler.cpp:59] profiler_stop\n")
 
 

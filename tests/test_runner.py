@@ -478,3 +478,19 @@ def test_every_row_records_its_wall_time_and_together_they_are_the_run(tmp_path)
     assert all(isinstance(row["row_s"], float) and row["row_s"] >= 0 for row in rows)
     assert sum(row["row_s"] for row in rows) <= wall + 0.0005 * len(rows)  # each rounded to the millisecond
     assert sum(row["row_s"] for row in rows if row["impl"] == "sleepy") >= 0.01 * Sleepy.calls_made
+
+
+def test_a_forward_run_of_every_cpu_family_leaves_torchdynamo_unimported(tmp_path):
+    """Importing TorchDynamo costs every process that starts a run or a worker about 1.4 s on a CPU."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\nfrom suite.cli import main\n"
+        "status = main(['run', '--impl', 'naive,sdpa,linear,performer,sparse-window,sparse-block,linformer', "
+        "'--seq-len', '16', '--heads', '1', '--batch', '1', '--head-dim', '16', '--dtype', 'float32', "
+        f"'--mode', 'fwd', '--device', 'cpu', '--in-process', '--out', {str(tmp_path / 'r.jsonl')!r}])\n"
+        "print(status, 'torch._dynamo' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.stdout.split()[-2:] == ["0", "False"], done.stdout[-1000:] + done.stderr[-2000:]

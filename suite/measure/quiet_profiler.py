@@ -12,19 +12,20 @@ import sys
 import tempfile
 from collections.abc import Iterator
 
+from torch.autograd.profiler import profile as autograd_profile
 from torch.profiler import profile
 
 ROUTINE = re.compile(r"ActivityProfilerHandler\.cpp:\d+\] profiler_(start|stop)\s*$")
 
 
-def start_quietly(profiler: profile) -> None:
+def start_quietly(profiler: profile | autograd_profile) -> None:
     with _routine_lines_dropped():
-        profiler.start()
+        profiler.__enter__()
 
 
-def stop_quietly(profiler: profile) -> None:
+def stop_quietly(profiler: profile | autograd_profile) -> None:
     with _routine_lines_dropped():
-        profiler.stop()
+        profiler.__exit__(None, None, None)
 
 
 @contextlib.contextmanager

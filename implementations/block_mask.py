@@ -34,8 +34,6 @@ def block_mask_by_rows(
     """The BlockMask of `visible` over q_len × seq_len (q_len: seq_len), with one batch and head dimension of 1.
     `visible` takes positions among the keys: the queries are the last q_len of them. max_elements bounds the
     mask elements evaluated at once (at least one block row is)."""
-    from torch.nn.attention.flex_attention import BlockMask
-
     q_len = q_len or seq_len
     offset = seq_len - q_len
     q_blocks, blocks = -(-q_len // FLEX_BLOCK), -(-seq_len // FLEX_BLOCK)
@@ -52,12 +50,20 @@ def block_mask_by_rows(
         counts = seen.view(last - first, FLEX_BLOCK, blocks, FLEX_BLOCK).sum(dim=(1, 3))
         full.append(counts == full_area)
         partial.append((counts > 0) & (counts < full_area))
-    kv_num_blocks, kv_indices = _ordered(torch.cat(partial)[None, None])
-    full_kv_num_blocks, full_kv_indices = _ordered(torch.cat(full)[None, None])
 
     def mask_mod(b, h, q_idx, kv_idx):
         return visible(q_idx + offset, kv_idx)
 
+    return from_block_flags(torch.cat(partial)[None, None], torch.cat(full)[None, None], mask_mod, (q_len, seq_len))
+
+
+def from_block_flags(partial: torch.Tensor, full: torch.Tensor, mask_mod: Callable, seq_lengths: tuple[int, int]):
+    """The BlockMask whose (batch, head, query block, key block) flags say which blocks are partly visible (mask_mod
+    decides within them) and which are wholly visible."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    kv_num_blocks, kv_indices = _ordered(partial)
+    full_kv_num_blocks, full_kv_indices = _ordered(full)
     return BlockMask.from_kv_blocks(
         kv_num_blocks,
         kv_indices,
@@ -65,5 +71,5 @@ def block_mask_by_rows(
         full_kv_indices,
         BLOCK_SIZE=FLEX_BLOCK,
         mask_mod=mask_mod,
-        seq_lengths=(q_len, seq_len),
+        seq_lengths=seq_lengths,
     )

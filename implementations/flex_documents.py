@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from .block_mask import FLEX_BLOCK, _ordered
+from .block_mask import FLEX_BLOCK, from_block_flags
 from .documents import DocLens, document_ids
 
 _MAX_ELEMENTS = 1 << 25  # mask elements evaluated at once
@@ -56,21 +56,11 @@ def _sequence_blocks(ids: torch.Tensor, causal: bool) -> tuple[torch.Tensor, tor
 
 def document_block_mask(doc_lens: DocLens, causal: bool, device: torch.device | str):
     """FlexAttention's BlockMask of packed documents, one batch row per sequence and one for all heads."""
-    from torch.nn.attention.flex_attention import BlockMask
-
     ids = document_ids(doc_lens, device)
     rows = [_sequence_blocks(sequence, causal) for sequence in ids]
-    kv_num_blocks, kv_indices = _ordered(torch.stack([partial for partial, _ in rows])[:, None])
-    full_kv_num_blocks, full_kv_indices = _ordered(torch.stack([full for _, full in rows])[:, None])
-    return BlockMask.from_kv_blocks(
-        kv_num_blocks,
-        kv_indices,
-        full_kv_num_blocks,
-        full_kv_indices,
-        BLOCK_SIZE=FLEX_BLOCK,
-        mask_mod=document_mask_mod(ids, causal),
-        seq_lengths=(ids.shape[-1], ids.shape[-1]),
-    )
+    partial = torch.stack([partial for partial, _ in rows])[:, None]
+    full = torch.stack([full for _, full in rows])[:, None]
+    return from_block_flags(partial, full, document_mask_mod(ids, causal), (ids.shape[-1], ids.shape[-1]))
 
 
 class DocumentBlockMasks:

@@ -23,10 +23,17 @@ def one_sequence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[tor
     """q (B, H, N, D), k and v (B, KV, N, D) -> (1, B·N, H, D) and (1, B·N, KV, D), or with grouped heads
     (1, B·N, KV, G, D) each, keys and values expanded over G as a view."""
     query, key, value = (x.transpose(1, 2).reshape(1, -1, x.shape[1], x.shape[-1]) for x in (q, k, v))
-    groups = q.shape[1] // k.shape[1]
+    return grouped_heads(query, key, value, q.shape[1] // k.shape[1])
+
+
+def grouped_heads(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, groups: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Heads at dim 2: query (…, H, D), keys and values (…, KV, D) -> with G = H / KV > 1, (…, KV, G, D) each,
+    query head h = kv·G + g, keys and values expanded over g as a view."""
     if groups == 1:
         return query, key, value
-    query = query.unflatten(2, (k.shape[1], groups))
+    query = query.unflatten(2, (key.shape[2], groups))
     key, value = (x.unsqueeze(3).expand(*x.shape[:3], groups, x.shape[-1]) for x in (key, value))
     return query, key, value
 

@@ -19,7 +19,7 @@ import torch
 
 from .base import DTYPES, Implementation, Unsupported, query_len
 from .documents import DocLens, is_packed
-from .xformers_documents import block_diagonal_bias, one_sequence, packed_output, probe_lengths
+from .xformers_documents import block_diagonal_bias, grouped_heads, one_sequence, packed_output, probe_lengths
 
 
 def _condense(message: str) -> list[str]:
@@ -93,12 +93,7 @@ def _layout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Te
     """q (B, H, Q, D), k and v (B, KV, N, D) as views in xformers' layout: (B, Q, H, D) and (B, N, H, D), or with
     grouped heads (B, Q, KV, G, D) and (B, N, KV, G, D), query head h = kv·G + g, keys and values expanded over g."""
     query, key, value = (x.transpose(1, 2) for x in (q, k, v))
-    groups = q.shape[1] // k.shape[1]
-    if groups == 1:
-        return query, key, value
-    query = query.unflatten(2, (k.shape[1], groups))
-    key, value = (x.unsqueeze(3).expand(*x.shape[:3], groups, x.shape[-1]) for x in (key, value))
-    return query, key, value
+    return grouped_heads(query, key, value, q.shape[1] // k.shape[1])
 
 
 class XformersAttention(Implementation):

@@ -311,20 +311,17 @@ def _planned_rows(request: _Request, skip: set[tuple], died: dict | None) -> int
     return measured + (died is not None)
 
 
-def _measure(
-    args: argparse.Namespace, request: _Request, skip: set[tuple], died: dict | None, earlier, in_flight
-) -> int:
-    from ..results.files import CannotWrite
+def _results_writer(
+    args: argparse.Namespace, request: _Request, cases: list, out: Path, planned_rows: int, **header
+) -> tuple:
+    """(the writer of `out`, whose run header records how its rows are measured; the settings they are measured
+    with): `header` adds to the run header (a rank's `shard`)."""
     from ..run import session
-    from ..run.runner import DeviceLost, TimeLimitReached
-    from ..run.summary import SummaryTable
-    from ..run.supervisor import WorkerFailed
 
-    _say_if_large(request, skip, earlier)
-    settings = session.measured_settings(request.cases, request.device, args.seed, request.policy)
+    settings = session.measured_settings(cases, request.device, args.seed, request.policy)
     settings.cuda_graph, settings.energy = args.cuda_graph, args.energy
     writer = session.results_writer(
-        request.out,
+        out,
         request.grid,
         settings,
         request.device,
@@ -333,8 +330,22 @@ def _measure(
         argv=sys.argv[1:],
         threads=request.threads,
         worker=request.limits.record() if request.limits else None,
-        planned_rows=_planned_rows(request, skip, died),
+        planned_rows=planned_rows,
+        **header,
     )
+    return writer, settings
+
+
+def _measure(
+    args: argparse.Namespace, request: _Request, skip: set[tuple], died: dict | None, earlier, in_flight
+) -> int:
+    from ..results.files import CannotWrite
+    from ..run.runner import DeviceLost, TimeLimitReached
+    from ..run.summary import SummaryTable
+    from ..run.supervisor import WorkerFailed
+
+    _say_if_large(request, skip, earlier)
+    writer, settings = _results_writer(args, request, request.cases, request.out, _planned_rows(request, skip, died))
     table = SummaryTable()
 
     def written_and_shown(row: dict) -> None:

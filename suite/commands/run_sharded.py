@@ -228,21 +228,14 @@ def _rank_writer(
 ) -> tuple:
     import socket
 
-    from ..run import session
+    from .run import _results_writer
 
-    settings = session.measured_settings(cases, request.device, args.seed, request.policy)
-    settings.cuda_graph, settings.energy = args.cuda_graph, args.energy
-    writer = session.results_writer(
+    return _results_writer(
+        args,
+        request,
+        cases,
         own,
-        request.grid,
-        settings,
-        request.device,
-        preset=request.preset_name,
-        config=args.config,
-        argv=sys.argv[1:],
-        threads=request.threads,
-        worker=request.limits.record() if request.limits else None,
-        planned_rows=plan.planned_rows[launch.rank],
+        plan.planned_rows[launch.rank],
         shard={
             "run": plan.group,
             "rank": launch.rank,
@@ -253,7 +246,6 @@ def _rank_writer(
             "planned_rows": plan.total_rows,
         },
     )
-    return writer, settings
 
 
 def _measure_rows(

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..measure.settings import ADJUSTABLE, TimingPolicy, describe
 from ..results.schema import RETRYABLE
-from ..run.presets import CONFIG_KEYS, PRESETS
+from ..run.presets import CONFIG_KEYS, GRID_AXES, PRESETS
 from . import worker_flags
 
 
@@ -206,22 +206,7 @@ def _request(args: argparse.Namespace, threads: int | None, started: float) -> _
     from ..run import config, session
     from ..run.presets import default_preset
 
-    flags = {
-        key: getattr(args, key)
-        for key in (
-            "impl",
-            "seq_len",
-            "q_len",
-            "heads",
-            "kv_heads",
-            "batch",
-            "head_dim",
-            "dtype",
-            "causal",
-            "mode",
-            "docs",
-        )
-    }
+    flags = {key: getattr(args, key) for key in GRID_AXES}
     from_config = config.read_config(args.config) if args.config else {}
     device = config.device_or_default(args.device or from_config.get("device"))
     named_preset = args.preset or from_config.get("preset")

@@ -5,24 +5,10 @@ from __future__ import annotations
 
 from ..case import Grid
 
+# The grid's axes, each both a `run` flag and a grid-file key.
+GRID_AXES = ("impl", "seq_len", "q_len", "heads", "kv_heads", "batch", "head_dim", "dtype", "causal", "mode", "docs")
 # The keys a TOML grid file (`--config`) may set.
-CONFIG_KEYS = (
-    "preset",
-    "impl",
-    "seq_len",
-    "q_len",
-    "heads",
-    "kv_heads",
-    "batch",
-    "head_dim",
-    "dtype",
-    "causal",
-    "mode",
-    "docs",
-    "tokens_per_batch",
-    "device",
-    "timing",
-)
+CONFIG_KEYS = ("preset", *GRID_AXES, "tokens_per_batch", "device", "timing")
 
 _FUSED = ("sdpa", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "xformers")
 _POW2 = lambda lo, hi: tuple(1 << p for p in range(lo, hi + 1))  # noqa: E731
